@@ -1,0 +1,124 @@
+// Sampling with libllama's sampler chain over a bare token-data array (no llama_context):
+// the same samplers llama.cpp uses, with the vocabulary-sized work done in C.
+import koffi from 'koffi';
+import { DisposedError, LlamaError } from '../errors.ts';
+import type { LlamaSamplerPtr, RawPtr } from '../ffi/types.ts';
+import type { LlamaTokenDataArray } from '../ffi/llama.ts';
+import { native } from '../runtime.ts';
+import type { Vocab } from './vocab.ts';
+
+/** Sampling settings of one sequence. */
+export interface SamplingOptions {
+  /** <= 0: greedy */
+  temperature?: number;
+  /** 0: off */
+  topK?: number;
+  /** 1: off */
+  topP?: number;
+  /** 0: off */
+  minP?: number;
+  /** 1: off */
+  repeatPenalty?: number;
+  frequencyPenalty?: number;
+  presencePenalty?: number;
+  /** tokens looked back for penalties (default 64) */
+  repeatLastN?: number;
+  /** seed of the final random draw */
+  seed?: number;
+  /** GBNF grammar the output must follow (root rule 'root') */
+  grammar?: string;
+}
+
+/** A sampler chain for one sequence. dispose() is idempotent. */
+export class Sampler {
+  #chain: LlamaSamplerPtr | null;
+  readonly nVocab: number;
+  readonly #data: RawPtr;
+  readonly #ids: Int32Array;
+  readonly #vals: Float32Array;
+  readonly #cur: LlamaTokenDataArray;
+
+  private constructor(chain: LlamaSamplerPtr, nVocab: number) {
+    this.#chain = chain;
+    this.nVocab = nVocab;
+    // llama_token_data is {int32 id; float logit; float p}: 12 bytes, interleaved.
+    this.#data = koffi.alloc('llama_token_data', nVocab) as RawPtr;
+    const ab = koffi.view(this.#data, nVocab * 12);
+    this.#ids = new Int32Array(ab);
+    this.#vals = new Float32Array(ab);
+    this.#cur = { data: this.#data, size: nVocab, selected: -1, sorted: false };
+  }
+
+  /** Builds the chain: grammar, penalties, top-k, top-p, min-p, temperature, seeded draw (or greedy). */
+  static create(nVocab: number, options: SamplingOptions = {}, vocab?: Vocab): Sampler {
+    const { llama: l } = native();
+    const chain = l.llama_sampler_chain_init({ no_perf: true });
+    const add = (s: LlamaSamplerPtr | null, what: string) => {
+      if (!s) {
+        l.llama_sampler_free(chain);
+        throw new LlamaError(`invalid ${what}`);
+      }
+      l.llama_sampler_chain_add(chain, s);
+    };
+    if (options.grammar) {
+      if (!vocab) throw new LlamaError('a grammar needs the vocabulary');
+      add(l.llama_sampler_init_grammar(vocab.ptr, options.grammar, 'root'), 'grammar');
+    }
+    const rp = options.repeatPenalty ?? 1, fp = options.frequencyPenalty ?? 0, pp = options.presencePenalty ?? 0;
+    if (rp !== 1 || fp !== 0 || pp !== 0) add(l.llama_sampler_init_penalties(nVocab, options.repeatLastN ?? 64, rp, fp, pp), 'penalties');
+    const temp = options.temperature ?? 0;
+    if (temp <= 0) {
+      add(l.llama_sampler_init_greedy(), 'greedy sampler');
+    } else {
+      if (options.topK && options.topK > 0) add(l.llama_sampler_init_top_k(options.topK), 'top_k');
+      if (options.topP !== undefined && options.topP < 1) add(l.llama_sampler_init_top_p(options.topP, 1), 'top_p');
+      if (options.minP && options.minP > 0) add(l.llama_sampler_init_min_p(options.minP, 1), 'min_p');
+      add(l.llama_sampler_init_temp(temp), 'temperature');
+      add(l.llama_sampler_init_dist((options.seed ?? 0xffffffff) >>> 0), 'dist sampler');
+    }
+    return new Sampler(chain, nVocab);
+  }
+
+  get #ptr(): LlamaSamplerPtr {
+    if (this.#chain === null) throw new DisposedError('Sampler');
+    return this.#chain;
+  }
+
+  /** Picks the next token from one row of logits (length nVocab) and accepts it. */
+  sample(logits: Float32Array): number {
+    const chain = this.#ptr;
+    const ids = this.#ids, vals = this.#vals, n = this.nVocab;
+    for (let i = 0, j = 0; i < n; i++, j += 3) {
+      ids[j] = i;
+      vals[j + 1] = logits[i]!;
+      vals[j + 2] = 0;
+    }
+    const cur = this.#cur;
+    cur.data = this.#data;
+    cur.size = n;
+    cur.selected = -1;
+    cur.sorted = false;
+    const { llama: l } = native();
+    l.llama_sampler_apply(chain, cur);
+    const sel = Number(cur.selected);
+    if (sel < 0 || sel >= Number(cur.size)) throw new LlamaError('the sampler chain selected no token');
+    const token = cur.data === this.#data
+      ? ids[sel * 3]!
+      : new Int32Array(koffi.view(cur.data, Number(cur.size) * 12))[sel * 3]!;
+    l.llama_sampler_accept(chain, token);
+    return token;
+  }
+
+  /** Feeds a token that was not sampled (prompt tokens, for penalties and grammar). */
+  accept(token: number): void {
+    native().llama.llama_sampler_accept(this.#ptr, token);
+  }
+
+  /** Frees the chain and its token array. Idempotent. */
+  dispose(): void {
+    if (this.#chain === null) return;
+    native().llama.llama_sampler_free(this.#chain);
+    koffi.free(this.#data);
+    this.#chain = null;
+  }
+}

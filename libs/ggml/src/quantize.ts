@@ -1,0 +1,31 @@
+// Converting f32 host data to a ggml tensor type (f16 rows, quantized blocks) with ggml's own
+// kernels, for writing GGUF files.
+import { GgmlError } from './errors.ts';
+import { native } from './runtime.ts';
+import { GgmlType } from './types.ts';
+
+/** Encodes `data` (rows of `nPerRow` f32) as ggml `type`; returns the tensor bytes. */
+export function encodeF32(type: number, data: Float32Array, nPerRow: number): Uint8Array {
+  const { ggml: g } = native();
+  if (data.length % nPerRow !== 0) throw new GgmlError('bad_shape', `${data.length} values are not rows of ${nPerRow}`);
+  const nRows = data.length / nPerRow;
+  if (type === GgmlType.F32) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  if (type === GgmlType.F16) {
+    const out = new Uint16Array(data.length);
+    g.ggml_fp32_to_fp16_row(data, out, data.length);
+    return new Uint8Array(out.buffer);
+  }
+  if (nPerRow % g.ggml_blck_size(type) !== 0) {
+    throw new GgmlError('bad_shape', `rows of ${nPerRow} are not whole ${g.ggml_type_name(type)} blocks of ${g.ggml_blck_size(type)}`);
+  }
+  const out = new Uint8Array(g.ggml_row_size(type, nPerRow) * nRows);
+  g.ggml_quantize_chunk(type, data, out, 0, nRows, nPerRow, null);
+  return out;
+}
+
+/** Decodes f16 bits to f32. */
+export function f16ToF32(src: Uint16Array): Float32Array {
+  const out = new Float32Array(src.length);
+  native().ggml.ggml_fp16_to_fp32_row(src, out, src.length);
+  return out;
+}

@@ -1,0 +1,93 @@
+// KV cell bookkeeping without tensors: slots, removal, positions, masks, and random op sequences.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { KvCells, attendedCells, buildMask } from './mod.ts';
+
+describe('KvCells', () => {
+  it('finds a contiguous slot, stamps it, and returns null when full', () => {
+    const c = new KvCells(8);
+    const p = c.findSlot(3)!;
+    assert.deepEqual(Array.from(p.cells), [0, 1, 2]);
+    assert.equal(p.contiguous, true);
+    assert.equal(c.used, 0, 'findSlot mutates nothing');
+    c.apply(p, [0, 1, 2], [0, 0, 0]);
+    assert.equal(c.used, 3);
+    assert.equal(c.seqPosMax(0), 2);
+    assert.equal(c.seqPosMin(0), 0);
+    assert.equal(c.findSlot(6), null);
+    assert.equal(c.usedMaxP1(), 3);
+  });
+
+  it('falls back to scattered cells when no run is long enough', () => {
+    const c = new KvCells(6);
+    c.apply(c.findSlot(6)!, [0, 1, 2, 3, 4, 5], [0, 1, 0, 1, 0, 1]);
+    c.seqRemove(1, -1, -1);
+    assert.equal(c.used, 3);
+    const p = c.findSlot(3)!;
+    assert.equal(p.contiguous, false);
+    assert.deepEqual(Array.from(p.cells), [1, 3, 5]);
+  });
+
+  it('removes with open bounds and frees cells no sequence holds', () => {
+    const c = new KvCells(10);
+    c.apply(c.findSlot(5)!, [0, 1, 2, 3, 4], [2, 2, 2, 2, 2]);
+    c.seqRemove(2, 3, -1);
+    assert.equal(c.seqPosMax(2), 2);
+    c.seqRemove(2, -1, 1);
+    assert.equal(c.seqPosMin(2), 1);
+    assert.equal(c.used, 2);
+    c.seqRemove(-1, -1, -1);
+    assert.equal(c.used, 0);
+    assert.equal(c.seqPosMax(2), -1);
+  });
+
+  it('masks causally within a sequence and never across sequences', () => {
+    const c = new KvCells(4);
+    c.apply(c.findSlot(4)!, [0, 1, 0, 1], [0, 0, 1, 1]);
+    const mask = new Uint16Array(2 * 4);
+    buildMask(c, 4, [1, 0], [0, 1], mask);
+    // token 0: seq 0 at pos 1 sees cells 0,1; token 1: seq 1 at pos 0 sees cell 2 only
+    assert.deepEqual(Array.from(mask), [0, 0, 0xfc00, 0xfc00, 0xfc00, 0xfc00, 0, 0xfc00]);
+    assert.equal(attendedCells(c), 4);
+  });
+
+  it('keeps exact counts and consistent positions under random operations', () => {
+    let seed = 12345;
+    const rnd = (n: number) => {
+      seed = (seed * 1103515245 + 12345) >>> 0;
+      return seed % n;
+    };
+    const c = new KvCells(64);
+    const model = new Map<number, Set<number>>(); // seq -> positions
+    const next = new Map<number, number>();
+    for (let step = 0; step < 2000; step++) {
+      const seq = rnd(4);
+      if (rnd(3) > 0) {
+        const n = 1 + rnd(6);
+        const plan = c.findSlot(n);
+        const free = 64 - c.used;
+        assert.equal(plan === null, n > free);
+        if (!plan) continue;
+        const start = next.get(seq) ?? 0;
+        const pos = Array.from({ length: n }, (_, i) => start + i);
+        c.apply(plan, pos, new Array(n).fill(seq));
+        next.set(seq, start + n);
+        const s = model.get(seq) ?? new Set<number>();
+        pos.forEach((p) => s.add(p));
+        model.set(seq, s);
+      } else {
+        const p0 = rnd(3) === 0 ? -1 : rnd(40), p1 = rnd(3) === 0 ? -1 : p0 + rnd(20);
+        c.seqRemove(seq, p0, p1);
+        const s = model.get(seq);
+        if (s) for (const p of [...s]) if ((p0 < 0 || p >= p0) && (p1 < 0 || p < p1)) s.delete(p);
+      }
+      let total = 0;
+      for (const [s, set] of model) {
+        total += set.size;
+        assert.equal(c.seqPosMax(s), set.size ? Math.max(...set) : -1);
+        assert.equal(c.seqPosMin(s), set.size ? Math.min(...set) : -1);
+      }
+      assert.equal(c.used, total, `used count exact at step ${step}`);
+    }
+  });
+});

@@ -1,0 +1,31 @@
+// The attention mask of a batch, built from the cells: a token sees a cell when the cell belongs
+// to the token's sequence and holds a position not after the token's (causal).
+import type { KvCells } from './kv-cells.ts';
+
+/** f16 bit patterns */
+const F16_ZERO = 0x0000;
+const F16_NEG_INF = 0xfc00;
+
+/**
+ * Fills `out` (f16 bits, [nTokens][nKv], nKv fastest) with 0 where token t may attend to cell j
+ * and -inf elsewhere.
+ */
+export function buildMask(cells: KvCells, nKv: number, pos: ArrayLike<number>, seq: ArrayLike<number>, out: Uint16Array): void {
+  const n = pos.length;
+  if (out.length < n * nKv) throw new RangeError(`mask buffer of ${out.length} for ${n}x${nKv}`);
+  const cpos = cells.pos;
+  for (let t = 0; t < n; t++) {
+    const p = pos[t]!, s = seq[t]!;
+    const row = t * nKv;
+    for (let j = 0; j < nKv; j++) {
+      const cp = cpos[j]!;
+      out[row + j] = cp >= 0 && cp <= p && cells.hasSeq(j, s) ? F16_ZERO : F16_NEG_INF;
+    }
+  }
+}
+
+/** Cells the attention looks at: used cells padded to 256 (stable graph shapes), capped at size. */
+export function attendedCells(cells: KvCells, pad = 256): number {
+  const used = cells.usedMaxP1();
+  return Math.min(cells.size, Math.max(pad, Math.ceil(used / pad) * pad));
+}

@@ -1,0 +1,121 @@
+// The ggml graph of one stage: layers [l0, l1) of a llama/qwen2 model, op for op as llama.cpp
+// builds it (flash attention over an f16 KV cache), so that the numbers match.
+import { GgmlContext, GgmlPrec, GgmlType, native, type GraphPtr, type RopeParams, type TensorPtr } from '@strata/ggml';
+import type { KvStorage } from '@strata/kv-cache';
+import type { HParams } from './hparams.ts';
+import type { StageWeights } from './weights.ts';
+
+/** Nodes reserved per graph (llama.cpp reserves a similar fixed budget). */
+export const GRAPH_NODES = 8192;
+
+/** The input and output tensors of a built stage graph. */
+export interface StageGraph {
+  ctx: GgmlContext;
+  graph: GraphPtr;
+  /** I32 [n_tokens] on the first stage */
+  tokens: TensorPtr | null;
+  /** F32 [n_embd, n_tokens] on later stages */
+  hidden: TensorPtr | null;
+  /** I32 [n_tokens] */
+  pos: TensorPtr;
+  /** I64 [n_tokens]: the cell each token's K/V row is written to */
+  kvIdxs: TensorPtr;
+  /** F16 [n_kv, n_tokens] */
+  mask: TensorPtr;
+  /** I32 [n_outputs], last stage only, when not every token outputs */
+  outIds: TensorPtr | null;
+  /** hidden state [n_embd, n_tokens] or logits [n_vocab, n_outputs] */
+  out: TensorPtr;
+}
+
+/** Shape of one evaluation. */
+export interface GraphShape {
+  nTokens: number;
+  /** cells the attention reads: [0, nKv) */
+  nKv: number;
+  /** rows of logits to produce on the last stage (nTokens: all) */
+  nOutputs: number;
+}
+
+/** Builds the graph of `weights`' layers for one batch. */
+export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorage, shape: GraphShape): StageGraph {
+  const { nTokens: n, nKv, nOutputs } = shape;
+  const { l0, l1 } = weights.range;
+  const isFirst = l0 === 0, isLast = l1 === hp.nLayer;
+  const ctx = GgmlContext.create({ maxTensors: GRAPH_NODES, graphNodes: GRAPH_NODES });
+  const gf = ctx.graph(GRAPH_NODES);
+  const g = native().ggml;
+  const rowSize = (type: number, ne: number) => g.ggml_row_size(type, ne);
+
+  const tokens = isFirst ? ctx.input(GgmlType.I32, [n], 'inp_tokens') : null;
+  const hidden = isFirst ? null : ctx.input(GgmlType.F32, [hp.nEmbd, n], 'inp_hidden');
+  const pos = ctx.input(GgmlType.I32, [n], 'inp_pos');
+  const kvIdxs = ctx.input(GgmlType.I64, [n], 'inp_kv_idxs');
+  const mask = ctx.input(GgmlType.F16, [nKv, n], 'inp_kq_mask');
+  const outIds = isLast && nOutputs < n ? ctx.input(GgmlType.I32, [nOutputs], 'inp_out_ids') : null;
+
+  const rope: RopeParams = {
+    nDims: hp.nRot, mode: hp.ropeType, nCtxOrig: hp.nCtxTrain, freqBase: hp.ropeFreqBase, freqScale: hp.ropeFreqScale,
+    extFactor: 0, attnFactor: 1, betaFast: 32, betaSlow: 1,
+  };
+  const hd = hp.headDim, nKvEmbd = hd * hp.nHeadKv;
+  const kvType = kv.type;
+  const kqScale = 1 / Math.sqrt(hd);
+
+  let inpL = isFirst ? ctx.getRows(weights.tokEmbd!, tokens!) : hidden!;
+  for (let il = l0; il < l1; il++) {
+    const w = weights.layers[il - l0]!;
+    const slot = il - l0;
+    let inpSA = inpL;
+    let cur = ctx.mul(ctx.rmsNorm(inpL, hp.rmsEps), w.attnNorm);
+
+    let q = ctx.mulMat(w.wq, cur);
+    if (w.bq) q = ctx.add(q, w.bq);
+    let k = ctx.mulMat(w.wk, cur);
+    if (w.bk) k = ctx.add(k, w.bk);
+    let v = ctx.mulMat(w.wv, cur);
+    if (w.bv) v = ctx.add(v, w.bv);
+    q = ctx.reshape3d(q, hd, hp.nHead, n);
+    k = ctx.reshape3d(k, hd, hp.nHeadKv, n);
+    v = ctx.reshape3d(v, hd, hp.nHeadKv, n);
+    q = ctx.ropeExt(q, pos, rope);
+    k = ctx.ropeExt(k, pos, rope);
+    ctx.expand(gf, q);
+    ctx.expand(gf, v);
+    ctx.expand(gf, k);
+
+    // store this batch's K/V rows in their cells
+    const rowF32 = rowSize(GgmlType.F32, nKvEmbd);
+    ctx.expand(gf, ctx.setRows(kv.k[slot]!, ctx.view2d(k, nKvEmbd, n, rowF32, 0), kvIdxs));
+    ctx.expand(gf, ctx.setRows(kv.v[slot]!, ctx.view2d(v, nKvEmbd, n, rowF32, 0), kvIdxs));
+
+    // attend over cells [0, nKv)
+    const kvRow = rowSize(kvType, nKvEmbd), kvHead = rowSize(kvType, hd), kvAll = rowSize(kvType, nKvEmbd * kv.size);
+    const kc = ctx.permute(ctx.view4d(kv.k[slot]!, [hd, hp.nHeadKv, nKv, 1], kvHead, kvRow, kvAll, 0), 0, 2, 1, 3);
+    const vc = ctx.permute(ctx.view4d(kv.v[slot]!, [hd, hp.nHeadKv, nKv, 1], kvHead, kvRow, kvAll, 0), 0, 2, 1, 3);
+    const qp = ctx.permute(q, 0, 2, 1, 3);
+    cur = ctx.flashAttnExt(qp, kc, vc, mask, kqScale, GgmlPrec.F32);
+    cur = ctx.reshape2d(cur, hd * hp.nHead, n);
+    cur = ctx.mulMat(w.wo, cur);
+
+    if (il === hp.nLayer - 1 && outIds) {
+      cur = ctx.getRows(cur, outIds);
+      inpSA = ctx.getRows(inpSA, outIds);
+    }
+    const ffnInp = ctx.add(cur, inpSA);
+    cur = ctx.mul(ctx.rmsNorm(ffnInp, hp.rmsEps), w.ffnNorm);
+    const up = ctx.mulMat(w.ffnUp, cur);
+    const gate = ctx.mulMat(w.ffnGate, cur);
+    cur = ctx.mulMat(w.ffnDown, ctx.swigluSplit(gate, up));
+    inpL = ctx.add(cur, ffnInp);
+  }
+
+  let out = inpL;
+  if (isLast) {
+    out = ctx.mul(ctx.rmsNorm(out, hp.rmsEps), weights.outputNorm!);
+    out = ctx.mulMat(weights.output!, out);
+  }
+  ctx.setOutput(out);
+  ctx.expand(gf, out);
+  return { ctx, graph: gf, tokens, hidden, pos, kvIdxs, mask, outIds, out };
+}

@@ -1,0 +1,97 @@
+// A model's hyperparameters, read from GGUF metadata and checked.
+import { createHash } from 'node:crypto';
+import type { GgufFile } from '@strata/gguf';
+import { RopeType } from '@strata/ggml';
+import { ModelError } from './errors.ts';
+
+/** Architectures whose graph Strata builds. */
+export const SUPPORTED_ARCHS = ['llama', 'qwen2'] as const;
+export type Arch = (typeof SUPPORTED_ARCHS)[number];
+
+/** Everything the graph needs to know about a model. */
+export interface HParams {
+  arch: Arch;
+  nLayer: number;
+  nEmbd: number;
+  nFf: number;
+  nHead: number;
+  nHeadKv: number;
+  /** per-head dimension of K and V */
+  headDim: number;
+  /** rotated dimensions per head */
+  nRot: number;
+  nCtxTrain: number;
+  nVocab: number;
+  rmsEps: number;
+  ropeType: number;
+  ropeFreqBase: number;
+  ropeFreqScale: number;
+  /** sha256 over architecture, hyperparameters and tensor layout: stages of one model share it */
+  fingerprint: string;
+}
+
+function num(file: GgufFile, key: string, fallback?: number): number {
+  const kv = file.kv(key);
+  if (!kv) {
+    if (fallback !== undefined) return fallback;
+    throw new ModelError('missing_metadata', `${file.path}: metadata key ${key} is missing`);
+  }
+  const v = Number(kv.value);
+  if (!Number.isFinite(v)) throw new ModelError('missing_metadata', `${file.path}: metadata key ${key} is not a number`);
+  return v;
+}
+
+/** Reads and validates the hyperparameters of a llama-family GGUF. */
+export function readHParams(file: GgufFile): HParams {
+  const archKv = file.kv('general.architecture');
+  if (!archKv || typeof archKv.value !== 'string') {
+    throw new ModelError('missing_metadata', `${file.path}: general.architecture is missing`);
+  }
+  const arch = archKv.value;
+  if (!(SUPPORTED_ARCHS as readonly string[]).includes(arch)) {
+    throw new ModelError('unknown_architecture', `${file.path}: architecture '${arch}' is not supported (supported: ${SUPPORTED_ARCHS.join(', ')})`);
+  }
+  const a = arch as Arch;
+  const nEmbd = num(file, `${a}.embedding_length`);
+  const nHead = num(file, `${a}.attention.head_count`);
+  const nHeadKv = num(file, `${a}.attention.head_count_kv`, nHead);
+  const headDim = num(file, `${a}.attention.key_length`, nEmbd / nHead);
+  const tokens = file.kv('tokenizer.ggml.tokens');
+  const nVocab = tokens ? (tokens.value as string[]).length : num(file, `${a}.vocab_size`);
+  const scalingType = file.kv(`${a}.rope.scaling.type`)?.value;
+  let ropeFreqScale = 1;
+  if (scalingType === 'linear') ropeFreqScale = 1 / num(file, `${a}.rope.scaling.factor`, 1);
+  else if (scalingType !== undefined && scalingType !== 'none') {
+    throw new ModelError('unknown_architecture', `${file.path}: rope scaling '${String(scalingType)}' is not supported yet`);
+  }
+  const hp: Omit<HParams, 'fingerprint'> = {
+    arch: a,
+    nLayer: num(file, `${a}.block_count`),
+    nEmbd,
+    nFf: num(file, `${a}.feed_forward_length`),
+    nHead,
+    nHeadKv,
+    headDim,
+    nRot: num(file, `${a}.rope.dimension_count`, headDim),
+    nCtxTrain: num(file, `${a}.context_length`),
+    nVocab,
+    rmsEps: num(file, `${a}.attention.layer_norm_rms_epsilon`),
+    ropeType: a === 'qwen2' ? RopeType.NEOX : RopeType.NORMAL,
+    ropeFreqBase: num(file, `${a}.rope.freq_base`, 10000),
+    ropeFreqScale,
+  };
+  for (const [k, v] of Object.entries(hp)) {
+    if (typeof v === 'number' && (!Number.isFinite(v) || v < 0)) throw new ModelError('missing_metadata', `${file.path}: ${k} = ${v} is invalid`);
+  }
+  if (!Number.isInteger(headDim) || headDim <= 0 || nHead % nHeadKv !== 0 || hp.nLayer < 1) {
+    throw new ModelError('missing_metadata', `${file.path}: inconsistent attention shape (n_embd ${nEmbd}, heads ${nHead}/${nHeadKv})`);
+  }
+  const h = createHash('sha256').update(JSON.stringify(hp));
+  for (const t of file.header.tensors) h.update(`${t.name}:${t.type}:${t.ne.join('x')};`);
+  return { ...hp, fingerprint: h.digest('hex').slice(0, 32) };
+}
+
+/** Elements of K (and V) per token and layer: head_dim × n_head_kv. */
+export function nEmbdKvGqa(hp: HParams): number {
+  return hp.headDim * hp.nHeadKv;
+}

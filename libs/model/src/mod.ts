@@ -1,0 +1,10 @@
+// @strata/model: llama-family models cut into layer-range stages.
+export { KvCacheFullError, ModelError } from './errors.ts';
+export { generate, prefill, scoreAll, topK, type GenerateOptions, type GenerateResult } from './generate.ts';
+export { GRAPH_NODES, buildStageGraph, type GraphShape, type StageGraph } from './graph.ts';
+export { SUPPORTED_ARCHS, nEmbdKvGqa, readHParams, type Arch, type HParams } from './hparams.ts';
+export { checkSplit, evenSplit, formatRange, parseRange, parseSplit, type LayerRange } from './layer-range.ts';
+export { Pipeline, type PipelineBatch, type PipelineOptions } from './pipeline.ts';
+export { Stage, type StageBatch, type StageCounters, type StageOptions } from './stage.ts';
+export { DEFAULT_MODEL, Rng, defaultVocab, ensureDefaultModel, synthesize, type SynthOptions } from './synth.ts';
+export { StageWeights, stageTensorList, type LayerWeights } from './weights.ts';

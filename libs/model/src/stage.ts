@@ -1,0 +1,180 @@
+// A stage: layers [l0, l1) of one model on one backend, with the KV cache for those layers.
+// It takes token ids (first stage) or hidden states and returns hidden states or logits.
+import { GgufFile } from '@strata/gguf';
+import { Backend, GgmlType, Scheduler, getTensor, setTensor } from '@strata/ggml';
+import { KvCells, KvStorage, attendedCells, buildMask } from '@strata/kv-cache';
+import { KvCacheFullError, ModelError } from './errors.ts';
+import { nEmbdKvGqa, readHParams, type HParams } from './hparams.ts';
+import { formatRange, type LayerRange } from './layer-range.ts';
+import { GRAPH_NODES, buildStageGraph } from './graph.ts';
+import { StageWeights } from './weights.ts';
+
+/** Options for {@link Stage.open}. */
+export interface StageOptions {
+  /** GGUF file */
+  model: string;
+  /** layers this stage holds; default: all */
+  range?: LayerRange;
+  /** KV cells (default 4096, capped at the training context) */
+  ctxSize?: number;
+  /** CPU threads */
+  threads?: number;
+  /** ggml device name (default CPU) */
+  device?: string;
+  /** K/V type (f16 default) */
+  kvType?: number;
+}
+
+/** One micro-batch through a stage: every token belongs to one sequence. */
+export interface StageBatch {
+  /** token ids // [n] (first stage) */
+  tokens?: Int32Array;
+  /** hidden states // [n * n_embd] (later stages) */
+  hidden?: Float32Array;
+  /** position of each token // [n] */
+  pos: Int32Array;
+  /** sequence of each token // [n] */
+  seq: Int32Array;
+  /** indices of the tokens whose logits the last stage returns; default: all */
+  outputs?: Int32Array;
+}
+
+/** Counters a stage keeps for observability. */
+export interface StageCounters {
+  batches: number;
+  tokens: number;
+}
+
+/** A stage and its KV cache. dispose() frees everything and is idempotent. */
+export class Stage {
+  readonly hp: HParams;
+  readonly range: LayerRange;
+  readonly isFirst: boolean;
+  readonly isLast: boolean;
+  readonly cells: KvCells;
+  readonly counters: StageCounters = { batches: 0, tokens: 0 };
+  readonly backend: Backend;
+  readonly weights: StageWeights;
+  readonly kv: KvStorage;
+  readonly #sched: Scheduler;
+  #maskBuf = new Uint16Array(0);
+  #disposed = false;
+
+  private constructor(hp: HParams, range: LayerRange, backend: Backend, weights: StageWeights, kv: KvStorage, sched: Scheduler) {
+    this.hp = hp;
+    this.range = range;
+    this.isFirst = range.l0 === 0;
+    this.isLast = range.l1 === hp.nLayer;
+    this.backend = backend;
+    this.weights = weights;
+    this.kv = kv;
+    this.cells = new KvCells(kv.size);
+    this.#sched = sched;
+  }
+
+  /** Loads a stage from a GGUF: reads the header and only this range's tensors. */
+  static open(options: StageOptions): Stage {
+    const file = GgufFile.open(options.model);
+    try {
+      const hp = readHParams(file);
+      const range = options.range ?? { l0: 0, l1: hp.nLayer };
+      if (range.l0 < 0 || range.l1 > hp.nLayer || range.l0 >= range.l1) {
+        throw new ModelError('bad_split', `layer range ${formatRange(range)} is outside the model's 0:${hp.nLayer}`);
+      }
+      const size = Math.min(options.ctxSize ?? 4096, hp.nCtxTrain);
+      const backend = Backend.open({ device: options.device, threads: options.threads });
+      let weights: StageWeights | null = null, kv: KvStorage | null = null;
+      try {
+        weights = StageWeights.load(file, hp, range, backend);
+        const layers = Array.from({ length: range.l1 - range.l0 }, (_, i) => range.l0 + i);
+        kv = KvStorage.create(backend, { layers, size, nEmbdKv: nEmbdKvGqa(hp), type: options.kvType ?? GgmlType.F16 });
+        const sched = Scheduler.create({ backends: [backend], graphSize: GRAPH_NODES });
+        return new Stage(hp, range, backend, weights, kv, sched);
+      } catch (err) {
+        kv?.dispose();
+        weights?.dispose();
+        backend.dispose();
+        throw err;
+      }
+    } finally {
+      file.close();
+    }
+  }
+
+  /** Runs one micro-batch; returns hidden states [n * n_embd] or logits [n_outputs * n_vocab]. */
+  eval(batch: StageBatch): Float32Array {
+    if (this.#disposed) throw new ModelError('bad_input', 'stage was disposed');
+    const n = batch.pos.length;
+    this.#checkBatch(batch, n);
+    const plan = this.cells.findSlot(n);
+    if (!plan) throw new KvCacheFullError(n, this.cells.size - this.cells.used);
+    this.cells.apply(plan, batch.pos, batch.seq);
+    try {
+      return this.#run(batch, plan.cells, n);
+    } catch (err) {
+      this.cells.release(plan);
+      throw err;
+    }
+  }
+
+  #run(batch: StageBatch, cells: Int32Array, n: number): Float32Array {
+    const nKv = attendedCells(this.cells);
+    const outputs = this.isLast ? batch.outputs ?? null : null;
+    const nOutputs = this.isLast ? outputs?.length ?? n : n;
+    const sg = buildStageGraph(this.hp, this.weights, this.kv, { nTokens: n, nKv, nOutputs });
+    try {
+      this.#sched.alloc(sg.graph);
+      if (sg.tokens) setTensor(sg.tokens, batch.tokens!);
+      if (sg.hidden) setTensor(sg.hidden, batch.hidden!);
+      setTensor(sg.pos, batch.pos);
+      const idx = new BigInt64Array(n);
+      for (let t = 0; t < n; t++) idx[t] = BigInt(cells[t]!);
+      setTensor(sg.kvIdxs, idx);
+      if (this.#maskBuf.length < n * nKv) this.#maskBuf = new Uint16Array(n * nKv);
+      const mask = this.#maskBuf.subarray(0, n * nKv);
+      buildMask(this.cells, nKv, batch.pos, batch.seq, mask);
+      setTensor(sg.mask, mask);
+      if (sg.outIds) setTensor(sg.outIds, outputs!);
+      this.#sched.run(sg.graph);
+      const width = this.isLast ? this.hp.nVocab : this.hp.nEmbd;
+      const out = new Float32Array(width * nOutputs);
+      getTensor(sg.out, out);
+      this.counters.batches++;
+      this.counters.tokens += n;
+      return out;
+    } finally {
+      sg.ctx.dispose();
+    }
+  }
+
+  #checkBatch(b: StageBatch, n: number): void {
+    if (n === 0) throw new ModelError('bad_input', 'empty batch');
+    if (b.seq.length !== n) throw new ModelError('bad_input', `batch has ${n} positions but ${b.seq.length} seq ids`);
+    if (this.isFirst) {
+      if (!b.tokens || b.tokens.length !== n) throw new ModelError('bad_input', `first stage needs ${n} token ids`);
+      for (const t of b.tokens) {
+        if (t < 0 || t >= this.hp.nVocab) throw new ModelError('bad_input', `token id ${t} outside the vocabulary of ${this.hp.nVocab}`);
+      }
+    } else if (!b.hidden || b.hidden.length !== n * this.hp.nEmbd) {
+      throw new ModelError('bad_input', `stage ${formatRange(this.range)} needs ${n}x${this.hp.nEmbd} hidden values`);
+    }
+    if (b.outputs) {
+      for (const o of b.outputs) if (o < 0 || o >= n) throw new ModelError('bad_input', `output index ${o} outside the batch of ${n}`);
+    }
+  }
+
+  /** Drops a sequence's cells in [p0, p1) (negative bounds are open). */
+  seqRemove(seq: number, p0 = -1, p1 = -1): boolean {
+    return this.cells.seqRemove(seq, p0, p1);
+  }
+
+  /** Frees the scheduler, KV cache, weights and backend. Idempotent. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#sched.dispose();
+    this.kv.dispose();
+    this.weights.dispose();
+    this.backend.dispose();
+  }
+}

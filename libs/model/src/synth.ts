@@ -1,0 +1,166 @@
+// Synthetic llama/qwen2 models: seeded random weights with a real tokenizer vocabulary (copied
+// from the snapshot's vocab GGUFs), a file libllama loads and runs. The output head is scaled so
+// that next-token choices are clear rather than near ties.
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { GgufFile, kvF32, kvStr, kvU32, writeGguf, type GgufKv, type TensorSpec } from '@strata/gguf';
+import { GgmlType, encodeF32, strataCacheDir, vocabDir } from '@strata/ggml';
+import { ModelError } from './errors.ts';
+import type { Arch } from './hparams.ts';
+
+/** What to synthesize. */
+export interface SynthOptions {
+  out: string;
+  arch: Arch;
+  nLayer: number;
+  nEmbd: number;
+  nHead: number;
+  nHeadKv: number;
+  nFf: number;
+  nCtxTrain: number;
+  seed: number;
+  /** type of the 2-D weights: f32, f16 (default) or q8_0 */
+  type?: 'f32' | 'f16' | 'q8_0';
+  /** std of the logits the head produces (default 12) */
+  headScale?: number;
+  /** vocabulary GGUF (default: the snapshot's llama-spm for llama, qwen2 for qwen2) */
+  vocab?: string;
+}
+
+const WEIGHT_TYPES = { f32: GgmlType.F32, f16: GgmlType.F16, q8_0: GgmlType.Q8_0 } as const;
+const FILE_TYPES = { f32: 0, f16: 1, q8_0: 7 } as const; // llama_ftype
+
+/** Seeded generator of normal deviates (mulberry32 + Box-Muller). */
+export class Rng {
+  #s: number;
+  #spare: number | null = null;
+  constructor(seed: number) { this.#s = seed >>> 0; }
+  uniform(): number {
+    let t = (this.#s = (this.#s + 0x6d2b79f5) >>> 0);
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  }
+  normal(): number {
+    if (this.#spare !== null) { const v = this.#spare; this.#spare = null; return v; }
+    const u = 1 - this.uniform(), v = this.uniform();
+    const r = Math.sqrt(-2 * Math.log(u));
+    this.#spare = r * Math.sin(2 * Math.PI * v);
+    return r * Math.cos(2 * Math.PI * v);
+  }
+  fill(n: number, mean: number, std: number): Float32Array {
+    const a = new Float32Array(n);
+    for (let i = 0; i < n; i++) a[i] = mean + std * this.normal();
+    return a;
+  }
+}
+
+/** Default vocabulary file for an architecture. */
+export function defaultVocab(arch: Arch): string {
+  const file = join(vocabDir(), arch === 'qwen2' ? 'ggml-vocab-qwen2.gguf' : 'ggml-vocab-llama-spm.gguf');
+  if (!existsSync(file)) {
+    throw new ModelError('missing_vocab', `vocabulary ${file} is missing: run \`npm run build:native\` (it extracts the vocabularies from node-llama-cpp's llama.cpp snapshot; needs git)`);
+  }
+  return file;
+}
+
+function validate(o: SynthOptions): void {
+  const ints: (keyof SynthOptions)[] = ['nLayer', 'nEmbd', 'nHead', 'nHeadKv', 'nFf', 'nCtxTrain'];
+  for (const k of ints) {
+    const v = o[k] as number;
+    if (!Number.isInteger(v) || v < 1) throw new ModelError('bad_input', `${k} must be a positive integer, got ${v}`);
+  }
+  if (o.nEmbd % o.nHead !== 0) throw new ModelError('bad_input', `n_embd ${o.nEmbd} is not a multiple of n_head ${o.nHead}`);
+  if (o.nHead % o.nHeadKv !== 0) throw new ModelError('bad_input', `n_head ${o.nHead} is not a multiple of n_head_kv ${o.nHeadKv}`);
+  if ((o.nEmbd / o.nHead) % 2 !== 0) throw new ModelError('bad_input', 'head dimension must be even (RoPE rotates pairs)');
+  const type = o.type ?? 'f16';
+  if (!(type in WEIGHT_TYPES)) throw new ModelError('bad_input', `weight type ${type} is not one of f32, f16, q8_0`);
+  if (type === 'q8_0' && (o.nEmbd % 32 !== 0 || o.nFf % 32 !== 0)) {
+    throw new ModelError('bad_input', 'q8_0 needs n_embd and n_ff to be multiples of 32');
+  }
+}
+
+/** Writes a synthetic model; returns the number of parameters. */
+export function synthesize(o: SynthOptions): number {
+  validate(o);
+  const vocabPath = o.vocab ?? defaultVocab(o.arch);
+  const vf = GgufFile.open(vocabPath);
+  const tokenizer: GgufKv[] = [...vf.header.kv.values()].filter((kv) => kv.key.startsWith('tokenizer.'));
+  vf.close();
+  const tokens = tokenizer.find((kv) => kv.key === 'tokenizer.ggml.tokens');
+  if (!tokens) throw new ModelError('missing_vocab', `${vocabPath} has no tokenizer.ggml.tokens`);
+  const nVocab = (tokens.value as string[]).length;
+  if (!tokenizer.some((kv) => kv.key === 'tokenizer.chat_template')) tokenizer.push(kvStr('tokenizer.chat_template', 'chatml'));
+
+  const a = o.arch, type = o.type ?? 'f16', wt = WEIGHT_TYPES[type];
+  const hd = o.nEmbd / o.nHead, q = o.nEmbd, kv = hd * o.nHeadKv;
+  const kvs: GgufKv[] = [
+    kvStr('general.architecture', a),
+    kvStr('general.name', `strata-synth-${a}-${o.nLayer}x${o.nEmbd}-s${o.seed}`),
+    kvU32('general.file_type', FILE_TYPES[type]),
+    kvU32(`${a}.context_length`, o.nCtxTrain),
+    kvU32(`${a}.embedding_length`, o.nEmbd),
+    kvU32(`${a}.block_count`, o.nLayer),
+    kvU32(`${a}.feed_forward_length`, o.nFf),
+    kvU32(`${a}.attention.head_count`, o.nHead),
+    kvU32(`${a}.attention.head_count_kv`, o.nHeadKv),
+    kvU32(`${a}.rope.dimension_count`, hd),
+    kvF32(`${a}.rope.freq_base`, a === 'qwen2' ? 1000000 : 10000),
+    kvF32(`${a}.attention.layer_norm_rms_epsilon`, a === 'qwen2' ? 1e-6 : 1e-5),
+    kvU32(`${a}.vocab_size`, nVocab),
+    ...tokenizer,
+  ];
+  // One deterministic generator per tensor, so a tensor's values depend only on (seed, name).
+  type Spec = TensorSpec & { mean: number; std: number };
+  const specs: Spec[] = [];
+  const add = (name: string, ne: number[], t: number, mean: number, std: number) => specs.push({ name, type: t, ne, mean, std });
+  const resid = 1 / Math.sqrt(2 * o.nLayer);
+  add('token_embd.weight', [o.nEmbd, nVocab], wt, 0, 1);
+  for (let l = 0; l < o.nLayer; l++) {
+    const p = `blk.${l}.`;
+    add(`${p}attn_norm.weight`, [o.nEmbd], GgmlType.F32, 1, 0.1);
+    add(`${p}attn_q.weight`, [o.nEmbd, q], wt, 0, 1 / Math.sqrt(o.nEmbd));
+    add(`${p}attn_k.weight`, [o.nEmbd, kv], wt, 0, 1 / Math.sqrt(o.nEmbd));
+    add(`${p}attn_v.weight`, [o.nEmbd, kv], wt, 0, 1 / Math.sqrt(o.nEmbd));
+    if (a === 'qwen2') {
+      add(`${p}attn_q.bias`, [q], GgmlType.F32, 0, 0.1);
+      add(`${p}attn_k.bias`, [kv], GgmlType.F32, 0, 0.1);
+      add(`${p}attn_v.bias`, [kv], GgmlType.F32, 0, 0.1);
+    }
+    add(`${p}attn_output.weight`, [q, o.nEmbd], wt, 0, resid / Math.sqrt(q));
+    add(`${p}ffn_norm.weight`, [o.nEmbd], GgmlType.F32, 1, 0.1);
+    add(`${p}ffn_gate.weight`, [o.nEmbd, o.nFf], wt, 0, 1 / Math.sqrt(o.nEmbd));
+    add(`${p}ffn_up.weight`, [o.nEmbd, o.nFf], wt, 0, 1 / Math.sqrt(o.nEmbd));
+    add(`${p}ffn_down.weight`, [o.nFf, o.nEmbd], wt, 0, resid / Math.sqrt(o.nFf));
+  }
+  add('output_norm.weight', [o.nEmbd], GgmlType.F32, 1, 0.1);
+  add('output.weight', [o.nEmbd, nVocab], wt, 0, (o.headScale ?? 12) / Math.sqrt(o.nEmbd));
+
+  let params = 0;
+  writeGguf(o.out, kvs, specs, (spec, i) => {
+    const s = specs[i]!;
+    const n = spec.ne.reduce((x, y) => x * y, 1);
+    params += n;
+    const rng = new Rng((o.seed * 1000003 + i * 7919) >>> 0);
+    return encodeF32(spec.type, rng.fill(n, s.mean, s.std), spec.ne[0]!);
+  });
+  return params;
+}
+
+
+/** The embedded default model: small enough to synthesize in seconds, real vocabulary. */
+export const DEFAULT_MODEL: Omit<SynthOptions, 'out'> = {
+  arch: 'llama', nLayer: 8, nEmbd: 256, nHead: 8, nHeadKv: 4, nFf: 768, nCtxTrain: 4096, seed: 42, type: 'f16',
+};
+
+/** Path of the default model in the cache, synthesizing it on first use. */
+export function ensureDefaultModel(cacheRoot?: string): string {
+  const dir = join(strataCacheDir(cacheRoot), 'models');
+  const spec = DEFAULT_MODEL;
+  const file = join(dir, `default-${spec.arch}-${spec.nLayer}x${spec.nEmbd}-s${spec.seed}-${spec.type}.gguf`);
+  if (!existsSync(file)) {
+    mkdirSync(dir, { recursive: true });
+    synthesize({ ...spec, out: file });
+  }
+  return file;
+}

@@ -1,0 +1,169 @@
+// The weights of one stage: exactly the tensors of layers [l0, l1) (plus the embeddings on the
+// first stage and the output head on the last), read from the GGUF into a backend buffer.
+import type { GgufFile, GgufTensorInfo } from '@strata/gguf';
+import { Backend, BackendBuffer, BufferUsage, GgmlContext, hostView, setTensor, tensorInfo, type TensorPtr } from '@strata/ggml';
+import { ModelError } from './errors.ts';
+import { nEmbdKvGqa, type HParams } from './hparams.ts';
+import type { LayerRange } from './layer-range.ts';
+
+/** One transformer block's tensors. */
+export interface LayerWeights {
+  attnNorm: TensorPtr;
+  wq: TensorPtr;
+  wk: TensorPtr;
+  wv: TensorPtr;
+  wo: TensorPtr;
+  bq: TensorPtr | null;
+  bk: TensorPtr | null;
+  bv: TensorPtr | null;
+  ffnNorm: TensorPtr;
+  ffnGate: TensorPtr;
+  ffnUp: TensorPtr;
+  ffnDown: TensorPtr;
+}
+
+interface Want {
+  name: string;
+  ne: number[];
+  optional?: boolean;
+}
+
+/** Tensor names and shapes a stage needs, in file-independent order. */
+export function stageTensorList(hp: HParams, range: LayerRange): Want[] {
+  const kv = nEmbdKvGqa(hp), q = hp.headDim * hp.nHead;
+  const out: Want[] = [];
+  if (range.l0 === 0) out.push({ name: 'token_embd.weight', ne: [hp.nEmbd, hp.nVocab] });
+  for (let l = range.l0; l < range.l1; l++) {
+    const p = `blk.${l}.`;
+    out.push(
+      { name: `${p}attn_norm.weight`, ne: [hp.nEmbd] },
+      { name: `${p}attn_q.weight`, ne: [hp.nEmbd, q] },
+      { name: `${p}attn_k.weight`, ne: [hp.nEmbd, kv] },
+      { name: `${p}attn_v.weight`, ne: [hp.nEmbd, kv] },
+      { name: `${p}attn_output.weight`, ne: [q, hp.nEmbd] },
+      { name: `${p}attn_q.bias`, ne: [q], optional: true },
+      { name: `${p}attn_k.bias`, ne: [kv], optional: true },
+      { name: `${p}attn_v.bias`, ne: [kv], optional: true },
+      { name: `${p}ffn_norm.weight`, ne: [hp.nEmbd] },
+      { name: `${p}ffn_gate.weight`, ne: [hp.nEmbd, hp.nFf] },
+      { name: `${p}ffn_up.weight`, ne: [hp.nEmbd, hp.nFf] },
+      { name: `${p}ffn_down.weight`, ne: [hp.nFf, hp.nEmbd] },
+    );
+  }
+  if (range.l1 === hp.nLayer) {
+    out.push({ name: 'output_norm.weight', ne: [hp.nEmbd] });
+    out.push({ name: 'output.weight', ne: [hp.nEmbd, hp.nVocab], optional: true });
+  }
+  return out;
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  const n = Math.max(a.length, b.length);
+  for (let i = 0; i < n; i++) if ((a[i] ?? 1) !== (b[i] ?? 1)) return false;
+  return true;
+}
+
+/** The weights of one stage, in one backend buffer. dispose() is idempotent. */
+export class StageWeights {
+  readonly range: LayerRange;
+  readonly tokEmbd: TensorPtr | null;
+  readonly layers: LayerWeights[];
+  readonly outputNorm: TensorPtr | null;
+  readonly output: TensorPtr | null;
+  /** bytes of tensor data read from the file */
+  readonly bytesRead: number;
+  readonly #ctx: GgmlContext;
+  readonly #buffer: BackendBuffer;
+
+  private constructor(range: LayerRange, ctx: GgmlContext, buffer: BackendBuffer, byName: Map<string, TensorPtr>, bytesRead: number) {
+    this.range = range;
+    this.#ctx = ctx;
+    this.#buffer = buffer;
+    this.bytesRead = bytesRead;
+    const get = (n: string) => byName.get(n) ?? null;
+    const req = (n: string) => {
+      const t = byName.get(n);
+      if (!t) throw new ModelError('missing_tensor', `tensor ${n} is missing`, { tensor: n });
+      return t;
+    };
+    this.tokEmbd = get('token_embd.weight');
+    this.layers = [];
+    for (let l = range.l0; l < range.l1; l++) {
+      const p = `blk.${l}.`;
+      this.layers.push({
+        attnNorm: req(`${p}attn_norm.weight`), wq: req(`${p}attn_q.weight`), wk: req(`${p}attn_k.weight`),
+        wv: req(`${p}attn_v.weight`), wo: req(`${p}attn_output.weight`), bq: get(`${p}attn_q.bias`),
+        bk: get(`${p}attn_k.bias`), bv: get(`${p}attn_v.bias`), ffnNorm: req(`${p}ffn_norm.weight`),
+        ffnGate: req(`${p}ffn_gate.weight`), ffnUp: req(`${p}ffn_up.weight`), ffnDown: req(`${p}ffn_down.weight`),
+      });
+    }
+    this.outputNorm = get('output_norm.weight');
+    // Tied embeddings: the head reuses token_embd when output.weight is absent.
+    this.output = get('output.weight') ?? get('token_embd.weight');
+  }
+
+  /** Loads the stage's tensors from `file` into `backend`'s memory, reading only their bytes. */
+  static load(file: GgufFile, hp: HParams, range: LayerRange, backend: Backend): StageWeights {
+    if (range.l0 < 0 || range.l1 > hp.nLayer || range.l0 >= range.l1) {
+      throw new ModelError('bad_split', `layer range ${range.l0}:${range.l1} is outside the model's 0:${hp.nLayer}`);
+    }
+    const wants = stageTensorList(hp, range);
+    const isLast = range.l1 === hp.nLayer;
+    // Tied head: the last stage needs token_embd when the file has no output.weight.
+    if (isLast && !file.tensor('output.weight') && range.l0 !== 0) wants.push({ name: 'token_embd.weight', ne: [hp.nEmbd, hp.nVocab] });
+    const infos: GgufTensorInfo[] = [];
+    for (const w of wants) {
+      const info = file.tensor(w.name);
+      if (!info) {
+        if (w.optional) continue;
+        throw new ModelError('missing_tensor', `${file.path}: tensor ${w.name} is missing`, { tensor: w.name });
+      }
+      if (!sameShape(info.ne, w.ne)) {
+        throw new ModelError('bad_tensor_shape', `${file.path}: tensor ${w.name} has shape [${info.ne.join(', ')}], expected [${w.ne.join(', ')}]`, { tensor: w.name });
+      }
+      infos.push(info);
+    }
+    const ctx = GgmlContext.create({ maxTensors: infos.length + 1 });
+    const byName = new Map<string, TensorPtr>();
+    for (const info of infos) byName.set(info.name, ctx.tensor(info.type, info.ne, info.name));
+    let buffer: BackendBuffer;
+    try {
+      buffer = BackendBuffer.allocContext(ctx, backend.bufferType(), BufferUsage.WEIGHTS);
+    } catch (err) {
+      ctx.dispose();
+      throw err;
+    }
+    let bytesRead = 0;
+    try {
+      let staging: Uint8Array | null = null;
+      for (const info of infos) {
+        const t = byName.get(info.name)!;
+        if (buffer.isHost) {
+          file.readTensorBytes(info, hostView(tensorInfo(t).data, info.size));
+        } else {
+          if (!staging || staging.byteLength < info.size) staging = new Uint8Array(info.size);
+          const view = staging.subarray(0, info.size);
+          file.readTensorBytes(info, view);
+          setTensor(t, view);
+        }
+        bytesRead += info.size;
+      }
+      return new StageWeights(range, ctx, buffer, byName, bytesRead);
+    } catch (err) {
+      buffer.dispose();
+      ctx.dispose();
+      throw err;
+    }
+  }
+
+  /** Bytes of device memory the weights occupy. */
+  get bytes(): number {
+    return this.#buffer.size;
+  }
+
+  /** Frees the weights. Idempotent. */
+  dispose(): void {
+    this.#buffer.dispose();
+    this.#ctx.dispose();
+  }
+}

@@ -1,0 +1,9 @@
+// CLI errors: a usage mistake prints the message and usage, exit code 2.
+
+/** The command line is wrong. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}

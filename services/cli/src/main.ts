@@ -1,0 +1,58 @@
+// Entry point of the `strata` command.
+import { GgmlError } from '@strata/ggml';
+import { GgufError } from '@strata/gguf';
+import { KvCacheFullError, ModelError } from '@strata/model';
+import { generateCommand } from './commands/generate.ts';
+import { logitsCommand } from './commands/logits.ts';
+import { modelInfo, modelSynth } from './commands/model.ts';
+import { UsageError } from './errors.ts';
+
+const USAGE = `usage: strata <command> [flags]
+
+commands:
+  model synth --out F.gguf [--arch llama|qwen2] [--n-layer N] [--n-embd D] [--n-head H]
+              [--n-head-kv K] [--n-ff F] [--n-ctx-train C] [--seed S] [--type f32|f16|q8_0]
+              [--head-scale X] [--vocab V.gguf]
+  model info --model F [--json]
+  generate [--model F] [--prompt "…"] [--n-predict N] [--split 0:4,4:8] [--threads T]
+           [--seed S] [--temperature X] [--top-k K] [--top-p P] [--min-p P]
+           [--repeat-penalty X] [--grammar G | --grammar-file F] [--chat] [--ctx-size N] [--json]
+  logits [--model F] [--prompt "…"] [--split …] [--top K] [--json]
+
+Without --model, the embedded default model is synthesized into ~/.cache/strata/models.
+`;
+
+/** Runs the CLI; returns the exit code. */
+export async function main(argv: string[], out: NodeJS.WritableStream = process.stdout): Promise<number> {
+  const [cmd, sub, ...rest] = argv;
+  try {
+    switch (cmd) {
+      case 'model':
+        if (sub === 'synth') return modelSynth(rest, out);
+        if (sub === 'info') return modelInfo(rest, out);
+        throw new UsageError(`unknown model subcommand '${sub ?? ''}'`);
+      case 'generate':
+        return generateCommand(argv.slice(1), out);
+      case 'logits':
+        return logitsCommand(argv.slice(1), out);
+      case undefined:
+      case 'help':
+      case '--help':
+      case '-h':
+        out.write(USAGE);
+        return cmd === undefined ? 2 : 0;
+      default:
+        throw new UsageError(`unknown command '${cmd}'`);
+    }
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`strata: ${err.message}\n\n${USAGE}`);
+      return 2;
+    }
+    if (err instanceof GgufError || err instanceof ModelError || err instanceof GgmlError || err instanceof KvCacheFullError) {
+      process.stderr.write(`strata: ${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  }
+}

@@ -1,0 +1,78 @@
+// npm run bench: Strata against libllama on the same synthetic ~134M llama, same ggml build and
+// threads, side by side. Prompt processing (one 512-token batch) and generation (128 tokens, one
+// at a time from an empty cache), as llama.cpp's llama-bench measures pp512 and tg128. The
+// reference is libllama driven directly (batches into llama_decode). Prints Strata/llama.cpp.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { LlamaReference, loadNative } from '@strata/ggml';
+import { Pipeline } from '@strata/model';
+import { benchModel, mean, parseBenchArgs, std } from './common.ts';
+
+const opts = parseBenchArgs(process.argv.slice(2));
+const native = loadNative();
+console.log(`ggml: ${native.libs.kind} build (${native.libs.dir}), threads ${opts.threads}, ${opts.reps} repetitions`);
+
+interface Row { model: string; test: string; strata: number[]; llama: number[] }
+const rows: Row[] = [];
+
+function timeIt(fn: () => void): number {
+  const t0 = performance.now();
+  fn();
+  return performance.now() - t0;
+}
+
+for (const type of opts.types) {
+  const path = benchModel(type);
+  const ref = LlamaReference.load(path, { nCtx: 1024, nBatch: opts.pp, threads: opts.threads });
+  const p = Pipeline.open({ model: path, threads: opts.threads, ctxSize: 1024 });
+  const prompt = Int32Array.from({ length: opts.pp }, (_, i) => 100 + ((i * 7919) % 20000));
+  const strataPp = () => {
+    p.seqRemove(0);
+    p.forward({ tokens: prompt, pos: Int32Array.from(prompt, (_, i) => i), seq: new Int32Array(prompt.length), outputs: Int32Array.of(prompt.length - 1) });
+  };
+  const llamaPp = () => {
+    ref.clear();
+    ref.decodeTokens(prompt, 0);
+  };
+  const tok = new Int32Array(1), pos = new Int32Array(1), seq = new Int32Array(1);
+  const strataTg = () => {
+    p.seqRemove(0);
+    for (let i = 0; i < opts.tg; i++) {
+      tok[0] = prompt[i]!;
+      pos[0] = i;
+      p.forward({ tokens: tok, pos, seq });
+    }
+  };
+  const llamaTg = () => {
+    ref.clear();
+    for (let i = 0; i < opts.tg; i++) ref.decodeTokens(prompt.subarray(i, i + 1), i);
+  };
+  const pp: Row = { model: `${type}`, test: `pp${opts.pp}`, strata: [], llama: [] };
+  const tg: Row = { model: `${type}`, test: `tg${opts.tg}`, strata: [], llama: [] };
+  strataPp(); llamaPp(); strataTg(); llamaTg(); // warm-up
+  for (let r = 0; r < opts.reps; r++) {
+    // alternate the order so that drift of the machine hits both sides alike
+    const first = r % 2 === 0;
+    for (const side of first ? ['llama', 'strata'] : ['strata', 'llama']) {
+      if (side === 'llama') pp.llama.push((opts.pp * 1000) / timeIt(llamaPp));
+      else pp.strata.push((opts.pp * 1000) / timeIt(strataPp));
+    }
+    for (const side of first ? ['strata', 'llama'] : ['llama', 'strata']) {
+      if (side === 'llama') tg.llama.push((opts.tg * 1000) / timeIt(llamaTg));
+      else tg.strata.push((opts.tg * 1000) / timeIt(strataTg));
+    }
+  }
+  rows.push(pp, tg);
+  p.dispose();
+  ref.dispose();
+}
+
+const fmt = (xs: number[]) => `${mean(xs).toFixed(1).padStart(7)} ± ${std(xs).toFixed(1).padStart(5)}`;
+console.log(`\n${'model'.padEnd(22)} ${'test'.padEnd(6)} ${'strata tok/s'.padStart(16)} ${'llama.cpp tok/s'.padStart(16)}  ratio`);
+for (const r of rows) {
+  const ratio = mean(r.strata) / mean(r.llama);
+  console.log(`${`llama 134M ${r.model}`.padEnd(22)} ${r.test.padEnd(6)} ${fmt(r.strata)} ${fmt(r.llama)}  ${ratio.toFixed(3)}`);
+}
+const out = join(process.cwd(), '.bench');
+mkdirSync(out, { recursive: true });
+writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows }, null, 2));

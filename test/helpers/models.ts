@@ -1,0 +1,29 @@
+// Synthetic models for tests, written once per spec into a shared temporary folder (synthesis
+// is deterministic, so a file written by an earlier test file is the same model).
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { synthesize, type SynthOptions } from '@strata/model';
+
+/** Folder shared by the test files of one machine. */
+export const TEST_DIR = join(tmpdir(), 'strata-test-models');
+
+/** Path of a synthetic model with these options, synthesizing it if needed. */
+export function synthModel(spec: Omit<SynthOptions, 'out'>): string {
+  mkdirSync(TEST_DIR, { recursive: true });
+  const key = createHash('sha256').update(JSON.stringify(spec)).digest('hex').slice(0, 16);
+  const out = join(TEST_DIR, `${spec.arch}-${spec.nLayer}x${spec.nEmbd}-${spec.type ?? 'f16'}-${key}.gguf`);
+  if (!existsSync(out)) synthesize({ ...spec, out });
+  return out;
+}
+
+/** A long English text; tokenized and cut to any prompt length a test needs. */
+export const LONG_TEXT = [
+  'The river ran past the old mill, where the miller kept his accounts in a book bound with red leather.',
+  'Every morning he counted the sacks of flour, wrote the numbers down, and walked to the market square.',
+  'Children followed him and asked for stories about the winter when the river froze from bank to bank.',
+  'He told them about the wolves, the lanterns, the bells of the church, and the baker who lost his hat.',
+  'In the afternoon the clouds rolled in from the hills and the first drops of rain fell on the cobbles.',
+  'By evening the square was empty, the shutters were closed, and only the cats kept watch in the alleys.',
+].join(' ');

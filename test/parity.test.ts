@@ -1,0 +1,128 @@
+// Parity with libllama on the same GGUF: teacher-forced logits at every position of a 128-token
+// prompt and greedy generation of 64 tokens, for llama and qwen2, GQA and MHA, two sizes, every
+// split of the layers.
+//
+// Tolerances. libllama run with the same ggml kernels (extra buffer types off) must give the
+// same bits: Strata builds the same graph op for op, so we allow only 1e-3 of float noise. With
+// llama.cpp's defaults, libllama repacks weights for this CPU and runs other mat-mul kernels, which
+// round f16 products in another order: the logits (std ~12 by the synthetic head's scale) then
+// differ by a few hundredths; we allow 0.1, under 1% of a logit's spread, and require the same
+// greedy tokens. Every split must match the unsplit stage exactly (hidden states cross stage
+// boundaries as f32, unchanged).
+import assert from 'node:assert/strict';
+import { after, describe, it } from 'node:test';
+import { LlamaReference, Sampler, Vocab } from '@strata/ggml';
+import { Pipeline, generate, scoreAll, topK, type LayerRange, type SynthOptions } from '@strata/model';
+import { LONG_TEXT, synthModel } from './helpers/models.ts';
+
+const PROMPT_LEN = 128;
+const N_GEN = 64;
+const THREADS = 2;
+const SAME_KERNEL_TOL = 1e-3;
+const DEFAULT_TOL = 0.1;
+
+type Spec = Omit<SynthOptions, 'out'> & { label: string };
+const MODELS: Spec[] = [
+  { label: 'llama GQA small', arch: 'llama', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 1 },
+  { label: 'llama MHA larger', arch: 'llama', nLayer: 6, nEmbd: 256, nHead: 8, nHeadKv: 8, nFf: 512, nCtxTrain: 1024, seed: 2 },
+  { label: 'llama GQA q8_0', arch: 'llama', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 5, type: 'q8_0' },
+  { label: 'qwen2 GQA small', arch: 'qwen2', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 3 },
+  { label: 'qwen2 MHA larger', arch: 'qwen2', nLayer: 3, nEmbd: 192, nHead: 6, nHeadKv: 6, nFf: 512, nCtxTrain: 1024, seed: 4 },
+];
+
+/** Every way to cut nLayer layers into contiguous stages (all of them up to 4 layers). */
+function splits(nLayer: number): LayerRange[][] {
+  if (nLayer > 4) {
+    return [[{ l0: 0, l1: 1 }, { l0: 1, l1: nLayer }], [{ l0: 0, l1: 3 }, { l0: 3, l1: nLayer }],
+      [{ l0: 0, l1: 2 }, { l0: 2, l1: 4 }, { l0: 4, l1: nLayer }], [{ l0: 0, l1: nLayer - 1 }, { l0: nLayer - 1, l1: nLayer }]];
+  }
+  const out: LayerRange[][] = [];
+  for (let mask = 0; mask < 1 << (nLayer - 1); mask++) {
+    const cuts = [0];
+    for (let b = 0; b < nLayer - 1; b++) if (mask & (1 << b)) cuts.push(b + 1);
+    cuts.push(nLayer);
+    out.push(cuts.slice(1).map((l1, i) => ({ l0: cuts[i]!, l1 })));
+  }
+  return out;
+}
+
+function maxAbsDiff(a: Float32Array[], b: Float32Array[]): number {
+  assert.equal(a.length, b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i]!, y = b[i]!;
+    assert.equal(x.length, y.length);
+    for (let j = 0; j < x.length; j++) m = Math.max(m, Math.abs(x[j]! - y[j]!));
+  }
+  return m;
+}
+
+/** libllama's greedy continuation, with the smallest top-2 margin it saw. */
+function referenceGreedy(ref: LlamaReference, prompt: Int32Array, n: number): { tokens: number[]; minMargin: number } {
+  ref.clear();
+  const sampler = Sampler.create(ref.nVocab, { temperature: 0 });
+  let logits = ref.decode(Array.from(prompt, (token, pos) => ({ token, pos, seq: 0, logits: pos === prompt.length - 1 })))[0]!;
+  const tokens: number[] = [];
+  let minMargin = Infinity;
+  for (let i = 0; i < n; i++) {
+    const [a, b] = topK(logits, 2);
+    minMargin = Math.min(minMargin, a!.logit - b!.logit);
+    const t = sampler.sample(logits);
+    tokens.push(t);
+    if (i < n - 1) logits = ref.decode([{ token: t, pos: prompt.length + i, seq: 0, logits: true }])[0]!;
+  }
+  sampler.dispose();
+  return { tokens, minMargin };
+}
+
+for (const spec of MODELS) {
+  describe(`parity with libllama: ${spec.label}`, () => {
+    const path = synthModel(spec);
+    const vocab = Vocab.load(path);
+    const prompt = vocab.tokenize(LONG_TEXT + ' ' + LONG_TEXT).subarray(0, PROMPT_LEN);
+    const sameKernels = LlamaReference.load(path, { nCtx: 512, threads: THREADS, extraBufts: false });
+    const defaults = LlamaReference.load(path, { nCtx: 512, threads: THREADS });
+    const refRows = defaults.decode(Array.from(prompt, (token, pos) => ({ token, pos, seq: 0, logits: true })));
+    const greedy = referenceGreedy(defaults, prompt, N_GEN);
+    let unsplit: Float32Array[] = [];
+    after(() => {
+      vocab.dispose();
+      sameKernels.dispose();
+      defaults.dispose();
+    });
+
+    it(`logits at all ${PROMPT_LEN} positions match libllama`, (t) => {
+      assert.equal(prompt.length, PROMPT_LEN);
+      const p = Pipeline.open({ model: path, threads: THREADS, ctxSize: 512 });
+      try {
+        unsplit = scoreAll(p, prompt).map((r) => r.slice());
+      } finally {
+        p.dispose();
+      }
+      const exact = sameKernels.decode(Array.from(prompt, (token, pos) => ({ token, pos, seq: 0, logits: true })));
+      const dSame = maxAbsDiff(unsplit, exact);
+      const dDefault = maxAbsDiff(unsplit, refRows);
+      t.diagnostic(`max |Δlogit| vs libllama: ${dSame.toExponential(2)} (same kernels), ${dDefault.toExponential(2)} (llama.cpp defaults, repacked weights)`);
+      assert.ok(dSame <= SAME_KERNEL_TOL, `same-kernel difference ${dSame} > ${SAME_KERNEL_TOL}`);
+      assert.ok(dDefault <= DEFAULT_TOL, `difference ${dDefault} > ${DEFAULT_TOL}`);
+    });
+
+    for (const split of splits(spec.nLayer)) {
+      const label = split.map((r) => `${r.l0}:${r.l1}`).join(',');
+      it(`split ${label}: same logits as one stage and the same ${N_GEN} greedy tokens as libllama`, (t) => {
+        const p = Pipeline.open({ model: path, threads: THREADS, ctxSize: 512, split });
+        try {
+          const rows = scoreAll(p, prompt);
+          const d = maxAbsDiff(rows, unsplit);
+          assert.ok(d <= 1e-6, `split ${label} differs from the unsplit stage by ${d}`);
+          p.seqRemove(0);
+          const res = generate(p, vocab, prompt, { nPredict: N_GEN, temperature: 0, stopAtEog: false });
+          t.diagnostic(`smallest top-2 margin compared: ${greedy.minMargin.toFixed(3)}`);
+          assert.deepEqual(res.tokens, greedy.tokens);
+        } finally {
+          p.dispose();
+        }
+      });
+    }
+  });
+}
