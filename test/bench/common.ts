@@ -28,7 +28,7 @@ export function parseBenchArgs(argv: string[]) {
   };
   return {
     threads: Number(get('threads', '2')),
-    reps: Number(get('reps', '3')),
+    reps: Number(get('reps', '7')),
     pp: Number(get('pp', '512')),
     tg: Number(get('tg', '128')),
     types: get('types', 'f16,q8_0').split(',') as ('f16' | 'q8_0')[],
@@ -36,6 +36,11 @@ export function parseBenchArgs(argv: string[]) {
 }
 
 export const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+/** Median: robust to the odd slow repetition on a shared machine. */
+export const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
 export const std = (xs: number[]) => {
   const m = mean(xs);
   return Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / Math.max(1, xs.length - 1));

@@ -6,7 +6,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { LlamaReference, loadNative } from '@strata/ggml';
 import { Pipeline } from '@strata/model';
-import { benchModel, mean, parseBenchArgs, std } from './common.ts';
+import { benchModel, median, parseBenchArgs, std } from './common.ts';
 
 const opts = parseBenchArgs(process.argv.slice(2));
 const native = loadNative();
@@ -67,10 +67,11 @@ for (const type of opts.types) {
   ref.dispose();
 }
 
-const fmt = (xs: number[]) => `${mean(xs).toFixed(1).padStart(7)} ± ${std(xs).toFixed(1).padStart(5)}`;
-console.log(`\n${'model'.padEnd(22)} ${'test'.padEnd(6)} ${'strata tok/s'.padStart(16)} ${'llama.cpp tok/s'.padStart(16)}  ratio`);
+const fmt = (xs: number[]) => `${median(xs).toFixed(1).padStart(7)} ± ${std(xs).toFixed(1).padStart(5)}`;
+console.log(`\nmedian tok/s ± std over ${opts.reps} alternating repetitions; ratio = median Strata / median llama.cpp`);
+console.log(`${'model'.padEnd(22)} ${'test'.padEnd(6)} ${'strata tok/s'.padStart(16)} ${'llama.cpp tok/s'.padStart(16)}  ratio`);
 for (const r of rows) {
-  const ratio = mean(r.strata) / mean(r.llama);
+  const ratio = median(r.strata) / median(r.llama);
   console.log(`${`llama 134M ${r.model}`.padEnd(22)} ${r.test.padEnd(6)} ${fmt(r.strata)} ${fmt(r.llama)}  ${ratio.toFixed(3)}`);
 }
 const out = join(process.cwd(), '.bench');

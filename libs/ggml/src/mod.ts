@@ -3,7 +3,7 @@ export { Backend, listDevices, type BackendOptions, type DeviceInfo } from './ba
 export { BackendBuffer, BufferUsage, checkStatus } from './buffer.ts';
 export { GgmlContext, getTensor, hostView, setTensor, tensorInfo, type ContextOptions, type RopeParams, type TensorInfo } from './context.ts';
 export { ComputeError, DisposedError, GgmlError, LlamaError, NativeLibraryError } from './errors.ts';
-export type { GraphPtr, TensorPtr } from './ffi/types.ts';
+export type { BufferTypePtr, GraphPtr, TensorPtr } from './ffi/types.ts';
 export { LlamaReference, type RefToken, type ReferenceOptions } from './llama/reference.ts';
 export { Sampler, type SamplingOptions } from './llama/sampler.ts';
 export { Vocab, type ChatMessage } from './llama/vocab.ts';
@@ -13,3 +13,4 @@ export { Scheduler, type SchedulerOptions } from './scheduler.ts';
 export { LogLevel, loadNative, native, type LoadOptions, type Native } from './runtime.ts';
 export { encodeF32, f16ToF32 } from './quantize.ts';
 export { F16_NEG_INF, F16_ZERO, GgmlPrec, GgmlType, RopeType } from './types.ts';
+export { bufferTypeName, cpuExtraBufferTypes, matMulWeightBufferType, supportsMatMulWeight } from './weight-bufts.ts';

@@ -20,6 +20,8 @@ export interface NativeLibs {
   gpu: 'cpu' | 'cuda';
   /** node-llama-cpp version the libraries come from */
   version: string;
+  /** AMX kernels may be used (a native build that probed them) */
+  amx: boolean;
 }
 
 /** Manifest written next to a native build in the cache. */
@@ -120,19 +122,21 @@ export function locateNativeLibs(options: LocateOptions = {}): NativeLibs {
   const gpu = options.gpu ?? 'cpu';
   if (options.dir) {
     if (!existsSync(options.dir)) throw new NativeLibraryError(`library directory ${options.dir} does not exist`);
-    return { dir: options.dir, kind: readNativeManifest(options.dir) ? 'native' : 'prebuilt', gpu, version };
+    const m = readNativeManifest(options.dir);
+    return { dir: options.dir, kind: m ? 'native' : 'prebuilt', gpu, version, amx: m?.amx ?? false };
   }
   const prefer = options.prefer ?? 'auto';
   if (prefer !== 'prebuilt') {
     const dir = nativeBuildDir(version, gpu, options.cacheRoot);
-    if (readNativeManifest(dir)) return { dir, kind: 'native', gpu, version };
+    const m = readNativeManifest(dir);
+    if (m) return { dir, kind: 'native', gpu, version, amx: m.amx ?? false };
     if (prefer === 'native') {
       throw new NativeLibraryError(`no native build in ${dir}: run \`npm run build:native\` (or npm install) first`);
     }
   }
   const dir = prebuiltDir(gpu);
   if (!existsSync(dir)) throw new NativeLibraryError(`prebuilt binaries not found at ${dir}`);
-  return { dir, kind: 'prebuilt', gpu, version };
+  return { dir, kind: 'prebuilt', gpu, version, amx: false };
 }
 
 /** The file in `dir` whose name matches, e.g. libggml-base*.so. */

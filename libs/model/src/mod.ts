@@ -7,4 +7,4 @@ export { checkSplit, evenSplit, formatRange, parseRange, parseSplit, type LayerR
 export { Pipeline, type PipelineBatch, type PipelineOptions } from './pipeline.ts';
 export { Stage, type StageBatch, type StageCounters, type StageOptions } from './stage.ts';
 export { DEFAULT_MODEL, Rng, defaultVocab, ensureDefaultModel, synthesize, type SynthOptions } from './synth.ts';
-export { StageWeights, stageTensorList, type LayerWeights } from './weights.ts';
+export { StageWeights, stageTensorList, type LayerWeights, type WeightOptions } from './weights.ts';

@@ -6,7 +6,7 @@ import { KvCells, KvStorage, attendedCells, buildMask } from '@strata/kv-cache';
 import { KvCacheFullError, ModelError } from './errors.ts';
 import { nEmbdKvGqa, readHParams, type HParams } from './hparams.ts';
 import { formatRange, type LayerRange } from './layer-range.ts';
-import { GRAPH_NODES, buildStageGraph } from './graph.ts';
+import { GRAPH_NODES, buildStageGraph, type GraphShape, type StageGraph } from './graph.ts';
 import { StageWeights } from './weights.ts';
 
 /** Options for {@link Stage.open}. */
@@ -23,6 +23,8 @@ export interface StageOptions {
   device?: string;
   /** K/V type (f16 default) */
   kvType?: number;
+  /** repack mat-mul weights for the CPU's fastest kernels (default true, as llama.cpp) */
+  repack?: boolean;
 }
 
 /** One micro-batch through a stage: every token belongs to one sequence. */
@@ -43,6 +45,8 @@ export interface StageBatch {
 export interface StageCounters {
   batches: number;
   tokens: number;
+  /** batches that reused the previous batch's graph */
+  graphReuses: number;
 }
 
 /** A stage and its KV cache. dispose() frees everything and is idempotent. */
@@ -52,12 +56,13 @@ export class Stage {
   readonly isFirst: boolean;
   readonly isLast: boolean;
   readonly cells: KvCells;
-  readonly counters: StageCounters = { batches: 0, tokens: 0 };
+  readonly counters: StageCounters = { batches: 0, tokens: 0, graphReuses: 0 };
   readonly backend: Backend;
   readonly weights: StageWeights;
   readonly kv: KvStorage;
   readonly #sched: Scheduler;
   #maskBuf = new Uint16Array(0);
+  #graph: { shape: GraphShape; graph: StageGraph } | null = null;
   #disposed = false;
 
   private constructor(hp: HParams, range: LayerRange, backend: Backend, weights: StageWeights, kv: KvStorage, sched: Scheduler) {
@@ -85,7 +90,7 @@ export class Stage {
       const backend = Backend.open({ device: options.device, threads: options.threads });
       let weights: StageWeights | null = null, kv: KvStorage | null = null;
       try {
-        weights = StageWeights.load(file, hp, range, backend);
+        weights = StageWeights.load(file, hp, range, backend, { repack: options.repack });
         const layers = Array.from({ length: range.l1 - range.l0 }, (_, i) => range.l0 + i);
         kv = KvStorage.create(backend, { layers, size, nEmbdKv: nEmbdKvGqa(hp), type: options.kvType ?? GgmlType.F16 });
         const sched = Scheduler.create({ backends: [backend], graphSize: GRAPH_NODES });
@@ -121,30 +126,53 @@ export class Stage {
     const nKv = attendedCells(this.cells);
     const outputs = this.isLast ? batch.outputs ?? null : null;
     const nOutputs = this.isLast ? outputs?.length ?? n : n;
-    const sg = buildStageGraph(this.hp, this.weights, this.kv, { nTokens: n, nKv, nOutputs });
-    try {
-      this.#sched.alloc(sg.graph);
-      if (sg.tokens) setTensor(sg.tokens, batch.tokens!);
-      if (sg.hidden) setTensor(sg.hidden, batch.hidden!);
-      setTensor(sg.pos, batch.pos);
-      const idx = new BigInt64Array(n);
-      for (let t = 0; t < n; t++) idx[t] = BigInt(cells[t]!);
-      setTensor(sg.kvIdxs, idx);
-      if (this.#maskBuf.length < n * nKv) this.#maskBuf = new Uint16Array(n * nKv);
-      const mask = this.#maskBuf.subarray(0, n * nKv);
-      buildMask(this.cells, nKv, batch.pos, batch.seq, mask);
-      setTensor(sg.mask, mask);
-      if (sg.outIds) setTensor(sg.outIds, outputs!);
-      this.#sched.run(sg.graph);
-      const width = this.isLast ? this.hp.nVocab : this.hp.nEmbd;
-      const out = new Float32Array(width * nOutputs);
-      getTensor(sg.out, out);
-      this.counters.batches++;
-      this.counters.tokens += n;
-      return out;
-    } finally {
-      sg.ctx.dispose();
+    const sg = this.#graphFor({ nTokens: n, nKv, nOutputs });
+    if (sg.tokens) setTensor(sg.tokens, batch.tokens!);
+    if (sg.hidden) setTensor(sg.hidden, batch.hidden!);
+    setTensor(sg.pos, batch.pos);
+    const idx = new BigInt64Array(n);
+    for (let t = 0; t < n; t++) idx[t] = BigInt(cells[t]!);
+    setTensor(sg.kvIdxs, idx);
+    if (this.#maskBuf.length < n * nKv) this.#maskBuf = new Uint16Array(n * nKv);
+    const mask = this.#maskBuf.subarray(0, n * nKv);
+    buildMask(this.cells, nKv, batch.pos, batch.seq, mask);
+    setTensor(sg.mask, mask);
+    if (sg.outIds) setTensor(sg.outIds, outputs!);
+    this.#sched.run(sg.graph);
+    const width = this.isLast ? this.hp.nVocab : this.hp.nEmbd;
+    const out = new Float32Array(width * nOutputs);
+    getTensor(sg.out, out);
+    this.counters.batches++;
+    this.counters.tokens += n;
+    return out;
+  }
+
+  /**
+   * The graph for a batch shape, allocated. Consecutive batches of one shape (every decode step
+   * until the attended cells grow by 256) reuse the built and allocated graph, as llama.cpp does:
+   * only the inputs change.
+   */
+  #graphFor(shape: GraphShape): StageGraph {
+    const c = this.#graph;
+    if (c && c.shape.nTokens === shape.nTokens && c.shape.nKv === shape.nKv && c.shape.nOutputs === shape.nOutputs) {
+      this.counters.graphReuses++;
+      return c.graph;
     }
+    this.#dropGraph();
+    const graph = buildStageGraph(this.hp, this.weights, this.kv, shape);
+    try {
+      this.#sched.alloc(graph.graph);
+    } catch (err) {
+      graph.ctx.dispose();
+      throw err;
+    }
+    this.#graph = { shape, graph };
+    return graph;
+  }
+
+  #dropGraph(): void {
+    this.#graph?.graph.ctx.dispose();
+    this.#graph = null;
   }
 
   #checkBatch(b: StageBatch, n: number): void {
@@ -172,6 +200,7 @@ export class Stage {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
+    this.#dropGraph();
     this.#sched.dispose();
     this.kv.dispose();
     this.weights.dispose();

@@ -1,7 +1,10 @@
 // The weights of one stage: exactly the tensors of layers [l0, l1) (plus the embeddings on the
 // first stage and the output head on the last), read from the GGUF into a backend buffer.
 import type { GgufFile, GgufTensorInfo } from '@strata/gguf';
-import { Backend, BackendBuffer, BufferUsage, GgmlContext, hostView, setTensor, tensorInfo, type TensorPtr } from '@strata/ggml';
+import {
+  Backend, BackendBuffer, BufferUsage, GgmlContext, hostView, matMulWeightBufferType, setTensor, tensorInfo,
+  type BufferTypePtr, type TensorPtr,
+} from '@strata/ggml';
 import { ModelError } from './errors.ts';
 import { nEmbdKvGqa, type HParams } from './hparams.ts';
 import type { LayerRange } from './layer-range.ts';
@@ -20,6 +23,17 @@ export interface LayerWeights {
   ffnGate: TensorPtr;
   ffnUp: TensorPtr;
   ffnDown: TensorPtr;
+}
+
+/** Options for {@link StageWeights.load}. */
+export interface WeightOptions {
+  /** let the CPU repack mat-mul weights for its fastest kernels (default true, as llama.cpp) */
+  repack?: boolean;
+}
+
+/** Tensors that feed a mat-mul as its first operand (the ones a repacking buffer can hold). */
+function isMatMulWeight(name: string): boolean {
+  return /(attn_(q|k|v|output)|ffn_(gate|up|down))\.weight$/.test(name) || name === 'output.weight';
 }
 
 interface Want {
@@ -72,13 +86,11 @@ export class StageWeights {
   readonly output: TensorPtr | null;
   /** bytes of tensor data read from the file */
   readonly bytesRead: number;
-  readonly #ctx: GgmlContext;
-  readonly #buffer: BackendBuffer;
+  readonly #parts: { ctx: GgmlContext; buffer: BackendBuffer }[];
 
-  private constructor(range: LayerRange, ctx: GgmlContext, buffer: BackendBuffer, byName: Map<string, TensorPtr>, bytesRead: number) {
+  private constructor(range: LayerRange, parts: { ctx: GgmlContext; buffer: BackendBuffer }[], byName: Map<string, TensorPtr>, bytesRead: number) {
     this.range = range;
-    this.#ctx = ctx;
-    this.#buffer = buffer;
+    this.#parts = parts;
     this.bytesRead = bytesRead;
     const get = (n: string) => byName.get(n) ?? null;
     const req = (n: string) => {
@@ -103,7 +115,7 @@ export class StageWeights {
   }
 
   /** Loads the stage's tensors from `file` into `backend`'s memory, reading only their bytes. */
-  static load(file: GgufFile, hp: HParams, range: LayerRange, backend: Backend): StageWeights {
+  static load(file: GgufFile, hp: HParams, range: LayerRange, backend: Backend, options: WeightOptions = {}): StageWeights {
     if (range.l0 < 0 || range.l1 > hp.nLayer || range.l0 >= range.l1) {
       throw new ModelError('bad_split', `layer range ${range.l0}:${range.l1} is outside the model's 0:${hp.nLayer}`);
     }
@@ -123,47 +135,79 @@ export class StageWeights {
       }
       infos.push(info);
     }
-    const ctx = GgmlContext.create({ maxTensors: infos.length + 1 });
-    const byName = new Map<string, TensorPtr>();
-    for (const info of infos) byName.set(info.name, ctx.tensor(info.type, info.ne, info.name));
-    let buffer: BackendBuffer;
+    // Decide each tensor's buffer type (repacking types for mat-mul weights where the CPU has
+    // them), then allocate one context and buffer per type.
+    const probe = GgmlContext.create({ maxTensors: infos.length + 1 });
+    const groups = new Map<BufferTypePtr, GgufTensorInfo[]>();
     try {
-      buffer = BackendBuffer.allocContext(ctx, backend.bufferType(), BufferUsage.WEIGHTS);
-    } catch (err) {
-      ctx.dispose();
-      throw err;
+      for (const info of infos) {
+        const t = probe.tensor(info.type, info.ne, info.name);
+        const buft = isMatMulWeight(info.name) ? matMulWeightBufferType(backend, t, options.repack ?? true) : backend.bufferType();
+        groups.set(buft, [...(groups.get(buft) ?? []), info]);
+      }
+    } finally {
+      probe.dispose();
     }
+    const parts: { ctx: GgmlContext; buffer: BackendBuffer }[] = [];
+    const byName = new Map<string, TensorPtr>();
     let bytesRead = 0;
     try {
       let staging: Uint8Array | null = null;
-      for (const info of infos) {
-        const t = byName.get(info.name)!;
-        if (buffer.isHost) {
-          file.readTensorBytes(info, hostView(tensorInfo(t).data, info.size));
-        } else {
-          if (!staging || staging.byteLength < info.size) staging = new Uint8Array(info.size);
-          const view = staging.subarray(0, info.size);
-          file.readTensorBytes(info, view);
-          setTensor(t, view);
+      for (const [buft, group] of groups) {
+        const ctx = GgmlContext.create({ maxTensors: group.length + 1 });
+        const local = group.map((info) => ctx.tensor(info.type, info.ne, info.name));
+        let buffer: BackendBuffer;
+        try {
+          buffer = BackendBuffer.allocContext(ctx, buft, BufferUsage.WEIGHTS);
+        } catch (err) {
+          ctx.dispose();
+          throw err;
         }
-        bytesRead += info.size;
+        parts.push({ ctx, buffer });
+        // Plain host memory is read into directly; other types (device memory, repacking
+        // buffers) take the bytes through ggml_backend_tensor_set, which converts them.
+        const direct = buffer.isHost && buft === backend.bufferType();
+        group.forEach((info, i) => {
+          const t = local[i]!;
+          byName.set(info.name, t);
+          if (direct) {
+            file.readTensorBytes(info, hostView(tensorInfo(t).data, info.size));
+          } else {
+            if (!staging || staging.byteLength < info.size) staging = new Uint8Array(info.size);
+            const view = staging.subarray(0, info.size);
+            file.readTensorBytes(info, view);
+            setTensor(t, view);
+          }
+          bytesRead += info.size;
+        });
       }
-      return new StageWeights(range, ctx, buffer, byName, bytesRead);
+      return new StageWeights(range, parts, byName, bytesRead);
     } catch (err) {
-      buffer.dispose();
-      ctx.dispose();
+      for (const p of parts) {
+        p.buffer.dispose();
+        p.ctx.dispose();
+      }
       throw err;
     }
   }
 
   /** Bytes of device memory the weights occupy. */
   get bytes(): number {
-    return this.#buffer.size;
+    return this.#parts.reduce((n, p) => n + p.buffer.size, 0);
+  }
+
+  /** Bytes per buffer type ('CPU', 'CPU_REPACK', 'CUDA0', ...). */
+  memoryByBufferType(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const p of this.#parts) out[p.buffer.typeName] = (out[p.buffer.typeName] ?? 0) + p.buffer.size;
+    return out;
   }
 
   /** Frees the weights. Idempotent. */
   dispose(): void {
-    this.#buffer.dispose();
-    this.#ctx.dispose();
+    for (const p of this.#parts) {
+      p.buffer.dispose();
+      p.ctx.dispose();
+    }
   }
 }

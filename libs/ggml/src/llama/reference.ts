@@ -21,7 +21,11 @@ export interface ReferenceOptions {
   typeV?: number;
   /** flash attention (default on, as Strata's graph uses it) */
   flashAttn?: boolean;
-  /** let libllama repack weights for the CPU (default true, llama.cpp's default) */
+  /**
+   * let libllama repack weights for the CPU (llama.cpp's default). Default: true with a native
+   * build; false with the prebuilt binaries, whose AMX kernels die with SIGILL on machines that
+   * advertise AMX without enabling it (libllama offers no way to skip AMX alone).
+   */
   extraBufts?: boolean;
 }
 
@@ -69,7 +73,7 @@ export class LlamaReference {
     const { llama: l } = native();
     const mp = l.llama_model_default_params();
     mp.n_gpu_layers = 0;
-    mp.use_extra_bufts = options.extraBufts ?? true;
+    mp.use_extra_bufts = options.extraBufts ?? native().libs.kind === 'native';
     const model = l.llama_model_load_from_file(path, mp);
     if (!model) throw new LlamaError(`libllama could not load ${path}`);
     const cp = l.llama_context_default_params();
