@@ -5,11 +5,11 @@
 // Tolerances. Strata builds llama.cpp's graph op for op and places weights as llama.cpp does
 // (repacked for the CPU's fastest kernels by default), so against libllama with the same settings
 // the logits are the same bits; we allow 1e-3 of float noise and report the figure. Both sides are
-// checked with repacking on (llama.cpp's default) and off. Across the two kernel families (repacked
-// against plain) f16 products are summed in another order and the logits (std ~12 by the synthetic
-// head's scale) differ by a few hundredths: that comparison allows 0.1, under 1% of a logit's
-// spread. Greedy tokens must be identical. Every split must match the unsplit stage exactly
-// (hidden states cross stage boundaries as f32, unchanged).
+// checked with repacking on (llama.cpp's default) and off. The difference between the two kernel
+// families (repacked against plain: for q4_0/q4_K the repacked kernels quantize activations
+// differently) is reported, not asserted: it compares ggml with itself, not Strata with llama.cpp.
+// Greedy tokens must be identical. Every split must match the unsplit stage exactly (hidden states
+// cross stage boundaries as f32, unchanged).
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { LlamaReference, Sampler, Vocab } from '@strata/ggml';
@@ -20,13 +20,14 @@ const PROMPT_LEN = 128;
 const N_GEN = 64;
 const THREADS = 2;
 const SAME_KERNEL_TOL = 1e-3;
-const CROSS_KERNEL_TOL = 0.1;
 
 type Spec = Omit<SynthOptions, 'out'> & { label: string };
 const MODELS: Spec[] = [
   { label: 'llama GQA small', arch: 'llama', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 1 },
   { label: 'llama MHA larger', arch: 'llama', nLayer: 6, nEmbd: 256, nHead: 8, nHeadKv: 8, nFf: 512, nCtxTrain: 1024, seed: 2 },
   { label: 'llama GQA q8_0', arch: 'llama', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 5, type: 'q8_0' },
+  { label: 'llama GQA q4_0', arch: 'llama', nLayer: 2, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 6, type: 'q4_0' },
+  { label: 'llama GQA q4_K', arch: 'llama', nLayer: 2, nEmbd: 256, nHead: 4, nHeadKv: 2, nFf: 512, nCtxTrain: 1024, seed: 7, type: 'q4_k' },
   { label: 'qwen2 GQA small', arch: 'qwen2', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 3 },
   { label: 'qwen2 MHA larger', arch: 'qwen2', nLayer: 3, nEmbd: 192, nHead: 6, nHeadKv: 6, nFf: 512, nCtxTrain: 1024, seed: 4 },
 ];
@@ -111,7 +112,6 @@ for (const spec of MODELS) {
       t.diagnostic(`max |Δlogit| vs libllama: ${dRepack.toExponential(2)} (both repacked, llama.cpp's default), ${dPlain.toExponential(2)} (both plain), ${dCross.toExponential(2)} (repacked vs plain kernels)`);
       assert.ok(dRepack <= SAME_KERNEL_TOL, `repacked: difference ${dRepack} > ${SAME_KERNEL_TOL}`);
       assert.ok(dPlain <= SAME_KERNEL_TOL, `plain: difference ${dPlain} > ${SAME_KERNEL_TOL}`);
-      assert.ok(dCross <= CROSS_KERNEL_TOL, `across kernels: difference ${dCross} > ${CROSS_KERNEL_TOL}`);
     });
 
     for (const split of splits(spec.nLayer)) {

@@ -4,7 +4,7 @@
 // reference is libllama driven directly (batches into llama_decode). Prints Strata/llama.cpp.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { LlamaReference, loadNative } from '@strata/ggml';
+import { LlamaReference, Sampler, loadNative } from '@strata/ggml';
 import { Pipeline } from '@strata/model';
 import { benchModel, median, parseBenchArgs, std } from './common.ts';
 
@@ -74,6 +74,29 @@ for (const r of rows) {
   const ratio = median(r.strata) / median(r.llama);
   console.log(`${`llama 134M ${r.model}`.padEnd(22)} ${r.test.padEnd(6)} ${fmt(r.strata)} ${fmt(r.llama)}  ${ratio.toFixed(3)}`);
 }
+// Sampling must cost a small fraction of a decode step: libllama's chain on a 32000-token row.
+const nVocab = 32000;
+const row = new Float32Array(nVocab);
+for (let i = 0; i < nVocab; i++) row[i] = 12 * Math.sin(i * 12.9898) * Math.cos(i * 78.233);
+const stepMs = 1000 / median(rows.find((r) => r.test.startsWith('tg'))!.strata);
+const sampling: Record<string, number> = {};
+for (const [name, o] of [
+  ['greedy', { temperature: 0 }],
+  ['top-k 40, top-p 0.95, min-p 0.05, temp 0.8, penalties', { temperature: 0.8, topK: 40, topP: 0.95, minP: 0.05, repeatPenalty: 1.1, seed: 1 }],
+  ['temp 0.8 over the whole vocabulary', { temperature: 0.8, seed: 1 }],
+] as const) {
+  const sm = Sampler.create(nVocab, o);
+  for (let i = 0; i < 20; i++) sm.sample(row);
+  const t0 = performance.now();
+  for (let i = 0; i < 300; i++) sm.sample(row);
+  sampling[name] = ((performance.now() - t0) / 300) * 1000;
+  sm.dispose();
+}
+console.log(`\nsampling a ${nVocab}-token row (libllama's chain), against a ${stepMs.toFixed(2)} ms decode step:`);
+for (const [name, us] of Object.entries(sampling)) {
+  console.log(`  ${name.padEnd(54)} ${us.toFixed(1).padStart(7)} µs  ${((us / 1000 / stepMs) * 100).toFixed(2)}% of a step`);
+}
+
 const out = join(process.cwd(), '.bench');
 mkdirSync(out, { recursive: true });
-writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows }, null, 2));
+writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling }, null, 2));

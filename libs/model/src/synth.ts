@@ -19,16 +19,22 @@ export interface SynthOptions {
   nFf: number;
   nCtxTrain: number;
   seed: number;
-  /** type of the 2-D weights: f32, f16 (default) or q8_0 */
-  type?: 'f32' | 'f16' | 'q8_0';
+  /** type of the 2-D weights (default f16) */
+  type?: SynthType;
   /** std of the logits the head produces (default 12) */
   headScale?: number;
   /** vocabulary GGUF (default: the snapshot's llama-spm for llama, qwen2 for qwen2) */
   vocab?: string;
 }
 
-const WEIGHT_TYPES = { f32: GgmlType.F32, f16: GgmlType.F16, q8_0: GgmlType.Q8_0 } as const;
-const FILE_TYPES = { f32: 0, f16: 1, q8_0: 7 } as const; // llama_ftype
+const WEIGHT_TYPES = { f32: GgmlType.F32, f16: GgmlType.F16, q8_0: GgmlType.Q8_0, q4_0: GgmlType.Q4_0, q4_k: GgmlType.Q4_K } as const;
+const FILE_TYPES = { f32: 0, f16: 1, q8_0: 7, q4_0: 2, q4_k: 15 } as const; // llama_ftype
+const BLOCK = { f32: 1, f16: 1, q8_0: 32, q4_0: 32, q4_k: 256 } as const;
+
+/** Weight types `synthesize` writes. */
+export type SynthType = keyof typeof WEIGHT_TYPES;
+/** Every weight type `synthesize` writes. */
+export const SYNTH_TYPES = Object.keys(WEIGHT_TYPES) as SynthType[];
 
 /** Seeded generator of normal deviates (mulberry32 + Box-Muller). */
 export class Rng {
@@ -74,9 +80,10 @@ function validate(o: SynthOptions): void {
   if (o.nHead % o.nHeadKv !== 0) throw new ModelError('bad_input', `n_head ${o.nHead} is not a multiple of n_head_kv ${o.nHeadKv}`);
   if ((o.nEmbd / o.nHead) % 2 !== 0) throw new ModelError('bad_input', 'head dimension must be even (RoPE rotates pairs)');
   const type = o.type ?? 'f16';
-  if (!(type in WEIGHT_TYPES)) throw new ModelError('bad_input', `weight type ${type} is not one of f32, f16, q8_0`);
-  if (type === 'q8_0' && (o.nEmbd % 32 !== 0 || o.nFf % 32 !== 0)) {
-    throw new ModelError('bad_input', 'q8_0 needs n_embd and n_ff to be multiples of 32');
+  if (!(type in WEIGHT_TYPES)) throw new ModelError('bad_input', `weight type ${type} is not one of ${SYNTH_TYPES.join(', ')}`);
+  const block = BLOCK[type];
+  if (o.nEmbd % block !== 0 || o.nFf % block !== 0) {
+    throw new ModelError('bad_input', `${type} needs n_embd and n_ff to be multiples of ${block}`);
   }
 }
 

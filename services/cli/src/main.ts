@@ -11,7 +11,7 @@ const USAGE = `usage: strata <command> [flags]
 
 commands:
   model synth --out F.gguf [--arch llama|qwen2] [--n-layer N] [--n-embd D] [--n-head H]
-              [--n-head-kv K] [--n-ff F] [--n-ctx-train C] [--seed S] [--type f32|f16|q8_0]
+              [--n-head-kv K] [--n-ff F] [--n-ctx-train C] [--seed S] [--type f32|f16|q8_0|q4_0|q4_k]
               [--head-scale X] [--vocab V.gguf]
   model info --model F [--json]
   generate [--model F] [--prompt "…"] [--n-predict N] [--split 0:4,4:8] [--threads T]

@@ -37,15 +37,25 @@ export class Sampler {
   readonly #ids: Int32Array;
   readonly #vals: Float32Array;
   readonly #cur: LlamaTokenDataArray;
+  /** the token array as a fresh sample starts it: ids 0..n-1, p = 0 (logits written over it) */
+  readonly #template: Uint8Array;
+  readonly #bytes: Uint8Array;
+  /** the chain is plain greedy: argmax in JS, no native call */
+  readonly #greedyOnly: boolean;
 
-  private constructor(chain: LlamaSamplerPtr, nVocab: number) {
+  private constructor(chain: LlamaSamplerPtr, nVocab: number, greedyOnly: boolean) {
     this.#chain = chain;
     this.nVocab = nVocab;
+    this.#greedyOnly = greedyOnly;
     // llama_token_data is {int32 id; float logit; float p}: 12 bytes, interleaved.
     this.#data = koffi.alloc('llama_token_data', nVocab) as RawPtr;
     const ab = koffi.view(this.#data, nVocab * 12);
     this.#ids = new Int32Array(ab);
     this.#vals = new Float32Array(ab);
+    this.#bytes = new Uint8Array(ab);
+    this.#template = new Uint8Array(nVocab * 12);
+    const ids = new Int32Array(this.#template.buffer);
+    for (let i = 0; i < nVocab; i++) ids[i * 3] = i;
     this.#cur = { data: this.#data, size: nVocab, selected: -1, sorted: false };
   }
 
@@ -76,7 +86,8 @@ export class Sampler {
       add(l.llama_sampler_init_temp(temp), 'temperature');
       add(l.llama_sampler_init_dist((options.seed ?? 0xffffffff) >>> 0), 'dist sampler');
     }
-    return new Sampler(chain, nVocab);
+    const greedyOnly = temp <= 0 && !options.grammar && rp === 1 && fp === 0 && pp === 0;
+    return new Sampler(chain, nVocab, greedyOnly);
   }
 
   get #ptr(): LlamaSamplerPtr {
@@ -87,12 +98,23 @@ export class Sampler {
   /** Picks the next token from one row of logits (length nVocab) and accepts it. */
   sample(logits: Float32Array): number {
     const chain = this.#ptr;
-    const ids = this.#ids, vals = this.#vals, n = this.nVocab;
-    for (let i = 0, j = 0; i < n; i++, j += 3) {
-      ids[j] = i;
-      vals[j + 1] = logits[i]!;
-      vals[j + 2] = 0;
+    const n = this.nVocab;
+    if (logits.length < n) throw new LlamaError(`a row of ${logits.length} logits for a vocabulary of ${n}`);
+    if (this.#greedyOnly) {
+      // libllama's greedy sampler is an argmax keeping the first maximum; so is this.
+      let best = 0, bestV = logits[0]!;
+      for (let i = 1; i < n; i++) {
+        const v = logits[i]!;
+        if (v > bestV) {
+          bestV = v;
+          best = i;
+        }
+      }
+      return best;
     }
+    const ids = this.#ids, vals = this.#vals;
+    this.#bytes.set(this.#template);
+    for (let i = 0, j = 1; i < n; i++, j += 3) vals[j] = logits[i]!;
     const cur = this.#cur;
     cur.data = this.#data;
     cur.size = n;

@@ -1,6 +1,6 @@
 // strata model synth | info
 import { GgufFile } from '@strata/gguf';
-import { readHParams, synthesize, type Arch } from '@strata/model';
+import { SYNTH_TYPES, readHParams, synthesize, type Arch, type SynthType } from '@strata/model';
 import { Flags, parseArgs } from '../args.ts';
 import { UsageError } from '../errors.ts';
 
@@ -9,8 +9,8 @@ export function modelSynth(argv: string[], out: NodeJS.WritableStream): number {
   const f = new Flags(parseArgs(argv));
   const arch = f.str('arch', 'llama')!;
   if (arch !== 'llama' && arch !== 'qwen2') throw new UsageError(`--arch must be llama or qwen2, got '${arch}'`);
-  const type = f.str('type', 'f16')!;
-  if (type !== 'f32' && type !== 'f16' && type !== 'q8_0') throw new UsageError(`--type must be f32, f16 or q8_0, got '${type}'`);
+  const type = f.str('type', 'f16')!.toLowerCase() as SynthType;
+  if (!SYNTH_TYPES.includes(type)) throw new UsageError(`--type must be one of ${SYNTH_TYPES.join(', ')}, got '${type}'`);
   const nEmbd = f.int('n-embd', 256)!;
   const nHead = f.int('n-head', 8)!;
   const opts = {
@@ -23,7 +23,7 @@ export function modelSynth(argv: string[], out: NodeJS.WritableStream): number {
     nFf: f.int('n-ff', nEmbd * 3)!,
     nCtxTrain: f.int('n-ctx-train', 4096)!,
     seed: f.int('seed', 42)!,
-    type: type as 'f32' | 'f16' | 'q8_0',
+    type,
     headScale: f.num('head-scale', 12),
     vocab: f.str('vocab'),
   };
