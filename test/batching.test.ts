@@ -52,10 +52,26 @@ describe('continuous batching', () => {
         });
       }
       assert.deepEqual(got, expected);
+      assert.ok(p.stages[0]!.counters.graphReuses >= 10, 'decode steps of one shape reuse the built graph');
       const used = p.stages[0]!.cells.used;
       p.seqRemove(1);
       assert.equal(p.stages[0]!.cells.used, used - (prompts[1]!.length + 12));
       assert.equal(p.stages[1]!.cells.used, p.stages[0]!.cells.used, 'every stage drops the same cells');
+    } finally {
+      p.dispose();
+    }
+  });
+
+  it('returns the logits of the requested tokens, in the requested order', () => {
+    const p = Pipeline.open({ model: path, threads: 2, ctxSize: 256 });
+    try {
+      const tokens = Int32Array.of(1, 450, 2381, 338, 263), pos = Int32Array.of(0, 1, 2, 3, 4), seq = new Int32Array(5);
+      const all = p.forward({ tokens, pos, seq });
+      p.seqRemove(0);
+      const some = p.forward({ tokens, pos, seq, outputs: Int32Array.of(4, 1) });
+      const v = p.hp.nVocab;
+      assert.deepEqual(some.subarray(0, v), all.subarray(4 * v, 5 * v));
+      assert.deepEqual(some.subarray(v, 2 * v), all.subarray(v, 2 * v));
     } finally {
       p.dispose();
     }

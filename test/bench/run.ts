@@ -4,12 +4,12 @@
 // reference is libllama driven directly (batches into llama_decode). Prints Strata/llama.cpp.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { LlamaReference, Sampler, loadNative } from '@strata/ggml';
+import { LlamaReference, Sampler, loadNative, loadOptionsFromEnv } from '@strata/ggml';
 import { Pipeline } from '@strata/model';
 import { benchModel, median, parseBenchArgs, std } from './common.ts';
 
 const opts = parseBenchArgs(process.argv.slice(2));
-const native = loadNative();
+const native = loadNative(loadOptionsFromEnv());
 console.log(`ggml: ${native.libs.kind} build (${native.libs.dir}), threads ${opts.threads}, ${opts.reps} repetitions`);
 
 interface Row { model: string; test: string; strata: number[]; llama: number[] }

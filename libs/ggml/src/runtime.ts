@@ -82,7 +82,24 @@ export function loadNative(options: LoadOptions = {}): Native {
   return loaded;
 }
 
-/** The loaded native layer; loads it with defaults when nothing was loaded yet. */
+/**
+ * Load options from the environment: the native layer loads lazily under whichever library first
+ * needs it, so its process-wide defaults are the one configuration read here, in one place.
+ * STRATA_GGML: 'native' | 'prebuilt' | a library directory (default: native when built).
+ * STRATA_GGML_LOG: debug | info | warn | error | none (default warn).
+ */
+export function loadOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): LoadOptions {
+  const o: LoadOptions = {};
+  const choice = env.STRATA_GGML;
+  if (choice === 'native' || choice === 'prebuilt') o.prefer = choice;
+  else if (choice) o.dir = choice;
+  const levels: Record<string, number> = { debug: LogLevel.DEBUG, info: LogLevel.INFO, warn: LogLevel.WARN, error: LogLevel.ERROR, none: 99 };
+  const log = env.STRATA_GGML_LOG?.toLowerCase();
+  if (log && log in levels) o.logLevel = levels[log];
+  return o;
+}
+
+/** The loaded native layer; loads it with the environment's defaults when nothing was loaded yet. */
 export function native(): Native {
-  return loaded ?? loadNative();
+  return loaded ?? loadNative(loadOptionsFromEnv());
 }

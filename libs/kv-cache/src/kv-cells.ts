@@ -92,10 +92,12 @@ export class KvCells {
   apply(plan: SlotPlan, pos: ArrayLike<number>, seq: ArrayLike<number>): void {
     const n = plan.cells.length;
     for (let t = 0; t < n; t++) {
+      this.#checkSeq(seq[t]!);
+      if (this.pos[plan.cells[t]!] !== -1) throw new Error(`invariant: slot plan targets used cell ${plan.cells[t]}`);
+    }
+    for (let t = 0; t < n; t++) {
       const i = plan.cells[t]!;
       const s = seq[t]!;
-      this.#checkSeq(s);
-      if (this.pos[i] !== -1) throw new Error(`invariant: slot plan targets used cell ${i}`);
       this.pos[i] = pos[t]!;
       this.#seq[i * WORDS + (s >>> 5)]! |= 1 << (s & 31);
       this.#used++;

@@ -33,13 +33,15 @@ export interface GraphShape {
   nTokens: number;
   /** cells the attention reads: [0, nKv) */
   nKv: number;
-  /** rows of logits to produce on the last stage (nTokens: all) */
+  /** rows of logits to produce on the last stage */
   nOutputs: number;
+  /** select the output rows with an index input (false: every token, in order) */
+  selectOutputs: boolean;
 }
 
 /** Builds the graph of `weights`' layers for one batch. */
 export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorage, shape: GraphShape): StageGraph {
-  const { nTokens: n, nKv, nOutputs } = shape;
+  const { nTokens: n, nKv, nOutputs, selectOutputs } = shape;
   const { l0, l1 } = weights.range;
   const isFirst = l0 === 0, isLast = l1 === hp.nLayer;
   const ctx = GgmlContext.create({ maxTensors: GRAPH_NODES, graphNodes: GRAPH_NODES });
@@ -52,7 +54,7 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
   const pos = ctx.input(GgmlType.I32, [n], 'inp_pos');
   const kvIdxs = ctx.input(GgmlType.I64, [n], 'inp_kv_idxs');
   const mask = ctx.input(GgmlType.F16, [nKv, n], 'inp_kq_mask');
-  const outIds = isLast && nOutputs < n ? ctx.input(GgmlType.I32, [nOutputs], 'inp_out_ids') : null;
+  const outIds = isLast && selectOutputs ? ctx.input(GgmlType.I32, [nOutputs], 'inp_out_ids') : null;
 
   const rope: RopeParams = {
     nDims: hp.nRot, mode: hp.ropeType, nCtxOrig: hp.nCtxTrain, freqBase: hp.ropeFreqBase, freqScale: hp.ropeFreqScale,

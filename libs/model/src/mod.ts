@@ -5,6 +5,6 @@ export { GRAPH_NODES, buildStageGraph, type GraphShape, type StageGraph } from '
 export { SUPPORTED_ARCHS, nEmbdKvGqa, readHParams, type Arch, type HParams } from './hparams.ts';
 export { checkSplit, evenSplit, formatRange, parseRange, parseSplit, type LayerRange } from './layer-range.ts';
 export { Pipeline, type PipelineBatch, type PipelineOptions } from './pipeline.ts';
-export { Stage, type StageBatch, type StageCounters, type StageOptions } from './stage.ts';
+export { Stage, type StageBatch, type StageCounters, type StageMemory, type StageOptions } from './stage.ts';
 export { DEFAULT_MODEL, Rng, SYNTH_TYPES, defaultVocab, ensureDefaultModel, synthesize, type SynthOptions, type SynthType } from './synth.ts';
 export { StageWeights, stageTensorList, type LayerWeights, type WeightOptions } from './weights.ts';

@@ -1,7 +1,7 @@
 // Stages chained in one process, exactly as workers chain them over the network: the hidden
 // states of one stage are the input of the next.
-import { ModelError } from './errors.ts';
-import type { HParams } from './hparams.ts';
+import { GgufFile } from '@strata/gguf';
+import { readHParams, type HParams } from './hparams.ts';
 import { checkSplit, type LayerRange } from './layer-range.ts';
 import { Stage, type StageOptions } from './stage.ts';
 
@@ -32,15 +32,19 @@ export class Pipeline {
 
   /** Opens every stage of the split. */
   static open(options: PipelineOptions): Pipeline {
-    const first = Stage.open({ ...options, range: options.split?.[0] });
-    const stages = [first];
+    // Check the split against the header before loading any weights.
+    const file = GgufFile.open(options.model);
+    let nLayer: number;
     try {
-      if (options.split) {
-        checkSplit(options.split, first.hp.nLayer);
-        for (const range of options.split.slice(1)) stages.push(Stage.open({ ...options, range }));
-      } else if (!first.isLast) {
-        throw new ModelError('bad_split', 'a pipeline without a split must hold every layer');
-      }
+      nLayer = readHParams(file).nLayer;
+    } finally {
+      file.close();
+    }
+    const split = options.split ?? [{ l0: 0, l1: nLayer }];
+    checkSplit(split, nLayer);
+    const stages: Stage[] = [];
+    try {
+      for (const range of split) stages.push(Stage.open({ ...options, range }));
       return new Pipeline(stages);
     } catch (err) {
       for (const s of stages) s.dispose();

@@ -2,7 +2,7 @@
 // It takes token ids (first stage) or hidden states and returns hidden states or logits.
 import { GgufFile } from '@strata/gguf';
 import { Backend, GgmlType, Scheduler, getTensor, setTensor } from '@strata/ggml';
-import { KvCells, KvStorage, attendedCells, buildMask } from '@strata/kv-cache';
+import { KvCells, KvStorage, MAX_SEQ, attendedCells, buildMask } from '@strata/kv-cache';
 import { KvCacheFullError, ModelError } from './errors.ts';
 import { nEmbdKvGqa, readHParams, type HParams } from './hparams.ts';
 import { formatRange, type LayerRange } from './layer-range.ts';
@@ -41,12 +41,25 @@ export interface StageBatch {
   outputs?: Int32Array;
 }
 
+/** Bytes per buffer type, by what the memory holds. */
+export interface StageMemory {
+  weights: Record<string, number>;
+  kv: Record<string, number>;
+  compute: Record<string, number>;
+}
+
 /** Counters a stage keeps for observability. */
 export interface StageCounters {
   batches: number;
   tokens: number;
   /** batches that reused the previous batch's graph */
   graphReuses: number;
+}
+
+function isIdentity(outputs: Int32Array, n: number): boolean {
+  if (outputs.length !== n) return false;
+  for (let i = 0; i < n; i++) if (outputs[i] !== i) return false;
+  return true;
 }
 
 /** A stage and its KV cache. dispose() frees everything and is idempotent. */
@@ -124,9 +137,10 @@ export class Stage {
 
   #run(batch: StageBatch, cells: Int32Array, n: number): Float32Array {
     const nKv = attendedCells(this.cells);
-    const outputs = this.isLast ? batch.outputs ?? null : null;
-    const nOutputs = this.isLast ? outputs?.length ?? n : n;
-    const sg = this.#graphFor({ nTokens: n, nKv, nOutputs });
+    // every token in order needs no row selection (llama.cpp skips it too)
+    const outputs = this.isLast && batch.outputs && !isIdentity(batch.outputs, n) ? batch.outputs : null;
+    const nOutputs = outputs?.length ?? n;
+    const sg = this.#graphFor({ nTokens: n, nKv, nOutputs, selectOutputs: outputs !== null });
     if (sg.tokens) setTensor(sg.tokens, batch.tokens!);
     if (sg.hidden) setTensor(sg.hidden, batch.hidden!);
     setTensor(sg.pos, batch.pos);
@@ -154,7 +168,8 @@ export class Stage {
    */
   #graphFor(shape: GraphShape): StageGraph {
     const c = this.#graph;
-    if (c && c.shape.nTokens === shape.nTokens && c.shape.nKv === shape.nKv && c.shape.nOutputs === shape.nOutputs) {
+    if (c && c.shape.nTokens === shape.nTokens && c.shape.nKv === shape.nKv && c.shape.nOutputs === shape.nOutputs
+      && c.shape.selectOutputs === shape.selectOutputs) {
       this.counters.graphReuses++;
       return c.graph;
     }
@@ -186,9 +201,21 @@ export class Stage {
     } else if (!b.hidden || b.hidden.length !== n * this.hp.nEmbd) {
       throw new ModelError('bad_input', `stage ${formatRange(this.range)} needs ${n}x${this.hp.nEmbd} hidden values`);
     }
+    for (const p of b.pos) if (!(p >= 0)) throw new ModelError('bad_input', `position ${p} is negative`);
+    for (const s of b.seq) if (!(s >= 0 && s < MAX_SEQ)) throw new ModelError('bad_input', `seq id ${s} outside 0..${MAX_SEQ - 1}`);
     if (b.outputs) {
+      if (b.outputs.length === 0) throw new ModelError('bad_input', 'a batch must output at least one token');
       for (const o of b.outputs) if (o < 0 || o >= n) throw new ModelError('bad_input', `output index ${o} outside the batch of ${n}`);
     }
+  }
+
+  /** Bytes of memory per use and buffer type: weights, KV cache, compute scratch. */
+  memory(): StageMemory {
+    return {
+      weights: this.weights.memoryByBufferType(),
+      kv: { [this.kv.bufferType]: this.kv.bytes },
+      compute: { [this.backend.deviceName]: this.#sched.bufferSize(this.backend) },
+    };
   }
 
   /** Drops a sequence's cells in [p0, p1) (negative bounds are open). */

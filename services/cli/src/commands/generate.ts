@@ -48,6 +48,11 @@ export function generateCommand(argv: string[], out: NodeJS.WritableStream): num
       out.write(`${printed.toString('utf8')}\n`);
       const tps = (n: number, ms: number) => (ms > 0 ? ((n * 1000) / ms).toFixed(1) : '-');
       process.stderr.write(`prompt ${tokens.length} tokens ${tps(tokens.length, res.promptMs)} tok/s, generated ${res.tokens.length} tokens ${tps(res.tokens.length - 1, res.genMs)} tok/s\n`);
+      for (const stage of pipeline.stages) {
+        const m = stage.memory();
+        const mb = (r: Record<string, number>) => Object.entries(r).map(([k, v]) => `${(v / 2 ** 20).toFixed(1)} MiB ${k}`).join(' + ');
+        process.stderr.write(`stage ${stage.range.l0}:${stage.range.l1}: weights ${mb(m.weights)}, KV ${mb(m.kv)}, compute ${mb(m.compute)}\n`);
+      }
     }
     return 0;
   } finally {
