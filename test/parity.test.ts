@@ -32,6 +32,7 @@ const MODELS: Spec[] = [
   { label: 'llama GQA small', arch: 'llama', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 1 },
   { label: 'llama MHA larger', arch: 'llama', nLayer: 6, nEmbd: 256, nHead: 8, nHeadKv: 8, nFf: 512, nCtxTrain: 1024, seed: 2 },
   { label: 'llama GQA q8_0', arch: 'llama', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 5, type: 'q8_0' },
+  { label: 'llama GQA RoPE factors', arch: 'llama', nLayer: 2, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 8, ropeFreqs: true },
   { label: 'llama GQA q4_0', arch: 'llama', nLayer: 2, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 6, type: 'q4_0' },
   { label: 'llama GQA q4_K', arch: 'llama', nLayer: 2, nEmbd: 256, nHead: 4, nHeadKv: 2, nFf: 512, nCtxTrain: 1024, seed: 7, type: 'q4_k' },
   { label: 'qwen2 GQA small', arch: 'qwen2', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 3 },

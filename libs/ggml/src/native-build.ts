@@ -130,10 +130,14 @@ function build(srcDir: string, outDir: string, gpu: 'cpu' | 'cuda', version: str
   return manifest;
 }
 
-/** Entry point: `native-build.ts [--gpu cpu|cuda|auto] [--force] [--strict]`. */
+/**
+ * Entry point: `native-build.ts [--gpu auto|cpu|cuda] [--force] [--strict]`. 'auto' (the default)
+ * builds with CUDA where nvcc and an NVIDIA driver exist; a CUDA build holds the CPU backend too.
+ */
 export function main(argv: string[]): number {
   const version = llamaPackageVersion();
-  const gpuArg = argv[argv.indexOf('--gpu') + 1] && argv.includes('--gpu') ? argv[argv.indexOf('--gpu') + 1] : 'cpu';
+  const gpuAt = argv.indexOf('--gpu');
+  const gpuArg = gpuAt >= 0 ? argv[gpuAt + 1] : 'auto';
   const gpu: 'cpu' | 'cuda' = gpuArg === 'cuda' || (gpuArg === 'auto' && has('nvcc') && has('nvidia-smi')) ? 'cuda' : 'cpu';
   const force = argv.includes('--force');
   const srcDir = join(strataCacheDir(), 'llama', `src-${version}`);

@@ -110,8 +110,8 @@ export interface LocateOptions {
   dir?: string;
   /** 'auto' (default): native build if cached, else prebuilt */
   prefer?: 'auto' | 'native' | 'prebuilt';
-  /** 'cpu' (default) or 'cuda' */
-  gpu?: 'cpu' | 'cuda';
+  /** 'auto' (default: a CUDA build when one exists, else CPU), 'cpu' or 'cuda' */
+  gpu?: 'auto' | 'cpu' | 'cuda';
   /** cache root override */
   cacheRoot?: string;
 }
@@ -119,7 +119,10 @@ export interface LocateOptions {
 /** Finds the libraries to load, preferring a native build. */
 export function locateNativeLibs(options: LocateOptions = {}): NativeLibs {
   const version = llamaPackageVersion();
-  const gpu = options.gpu ?? 'cpu';
+  const want = options.gpu ?? 'auto';
+  const gpu: 'cpu' | 'cuda' = want === 'auto'
+    ? (readNativeManifest(nativeBuildDir(version, 'cuda', options.cacheRoot)) ? 'cuda' : 'cpu')
+    : want;
   if (options.dir) {
     if (!existsSync(options.dir)) throw new NativeLibraryError(`library directory ${options.dir} does not exist`);
     const m = readNativeManifest(options.dir);

@@ -58,7 +58,7 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
 
   const rope: RopeParams = {
     nDims: hp.nRot, mode: hp.ropeType, nCtxOrig: hp.nCtxTrain, freqBase: hp.ropeFreqBase, freqScale: hp.ropeFreqScale,
-    extFactor: 0, attnFactor: 1, betaFast: 32, betaSlow: 1,
+    extFactor: 0, attnFactor: 1, betaFast: 32, betaSlow: 1, factors: weights.ropeFreqs,
   };
   const hd = hp.headDim, nKvEmbd = hd * hp.nHeadKv;
   const kvType = kv.type;

@@ -74,16 +74,19 @@ export class Stage {
   readonly weights: StageWeights;
   readonly kv: KvStorage;
   readonly #sched: Scheduler;
+  /** the CPU backend the scheduler falls back to when the stage runs on another device */
+  readonly #cpu: Backend | null;
   #maskBuf = new Uint16Array(0);
   #graph: { shape: GraphShape; graph: StageGraph } | null = null;
   #disposed = false;
 
-  private constructor(hp: HParams, range: LayerRange, backend: Backend, weights: StageWeights, kv: KvStorage, sched: Scheduler) {
+  private constructor(hp: HParams, range: LayerRange, backend: Backend, cpu: Backend | null, weights: StageWeights, kv: KvStorage, sched: Scheduler) {
     this.hp = hp;
     this.range = range;
     this.isFirst = range.l0 === 0;
     this.isLast = range.l1 === hp.nLayer;
     this.backend = backend;
+    this.#cpu = cpu;
     this.weights = weights;
     this.kv = kv;
     this.cells = new KvCells(kv.size);
@@ -101,16 +104,19 @@ export class Stage {
       }
       const size = Math.min(options.ctxSize ?? 4096, hp.nCtxTrain);
       const backend = Backend.open({ device: options.device, threads: options.threads });
-      let weights: StageWeights | null = null, kv: KvStorage | null = null;
+      let weights: StageWeights | null = null, kv: KvStorage | null = null, cpu: Backend | null = null;
       try {
         weights = StageWeights.load(file, hp, range, backend, { repack: options.repack });
         const layers = Array.from({ length: range.l1 - range.l0 }, (_, i) => range.l0 + i);
         kv = KvStorage.create(backend, { layers, size, nEmbdKv: nEmbdKvGqa(hp), type: options.kvType ?? GgmlType.F16 });
-        const sched = Scheduler.create({ backends: [backend], graphSize: GRAPH_NODES });
-        return new Stage(hp, range, backend, weights, kv, sched);
+        // Off the CPU, the CPU backend comes last so the scheduler can run what the device cannot.
+        if (!backend.isCpu) cpu = Backend.open({ threads: options.threads });
+        const sched = Scheduler.create({ backends: cpu ? [backend, cpu] : [backend], graphSize: GRAPH_NODES });
+        return new Stage(hp, range, backend, cpu, weights, kv, sched);
       } catch (err) {
         kv?.dispose();
         weights?.dispose();
+        cpu?.dispose();
         backend.dispose();
         throw err;
       }
@@ -231,6 +237,7 @@ export class Stage {
     this.#sched.dispose();
     this.kv.dispose();
     this.weights.dispose();
+    this.#cpu?.dispose();
     this.backend.dispose();
   }
 }

@@ -25,6 +25,8 @@ export interface SynthOptions {
   headScale?: number;
   /** vocabulary GGUF (default: the snapshot's llama-spm for llama, qwen2 for qwen2) */
   vocab?: string;
+  /** write RoPE frequency factors (rope_freqs.weight, as llama 3.1 files carry) */
+  ropeFreqs?: boolean;
 }
 
 const WEIGHT_TYPES = { f32: GgmlType.F32, f16: GgmlType.F16, q8_0: GgmlType.Q8_0, q4_0: GgmlType.Q4_0, q4_k: GgmlType.Q4_K } as const;
@@ -123,6 +125,7 @@ export function synthesize(o: SynthOptions): number {
   const add = (name: string, ne: number[], t: number, mean: number, std: number) => specs.push({ name, type: t, ne, mean, std });
   const resid = 1 / Math.sqrt(2 * o.nLayer);
   add('token_embd.weight', [o.nEmbd, nVocab], wt, 0, 1);
+  if (o.ropeFreqs) add('rope_freqs.weight', [hd / 2], GgmlType.F32, 2, 0.5);
   for (let l = 0; l < o.nLayer; l++) {
     const p = `blk.${l}.`;
     add(`${p}attn_norm.weight`, [o.nEmbd], GgmlType.F32, 1, 0.1);

@@ -47,6 +47,8 @@ export function stageTensorList(hp: HParams, range: LayerRange): Want[] {
   const kv = nEmbdKvGqa(hp), q = hp.headDim * hp.nHead;
   const out: Want[] = [];
   if (range.l0 === 0) out.push({ name: 'token_embd.weight', ne: [hp.nEmbd, hp.nVocab] });
+  // llama 3.1-style frequency factors: one tensor that every layer's RoPE uses
+  out.push({ name: 'rope_freqs.weight', ne: [hp.nRot / 2], optional: true });
   for (let l = range.l0; l < range.l1; l++) {
     const p = `blk.${l}.`;
     out.push(
@@ -84,6 +86,8 @@ export class StageWeights {
   readonly layers: LayerWeights[];
   readonly outputNorm: TensorPtr | null;
   readonly output: TensorPtr | null;
+  /** RoPE frequency factors [n_rot/2], when the model has them */
+  readonly ropeFreqs: TensorPtr | null;
   /** bytes of tensor data read from the file */
   readonly bytesRead: number;
   readonly #parts: { ctx: GgmlContext; buffer: BackendBuffer }[];
@@ -110,6 +114,7 @@ export class StageWeights {
       });
     }
     this.outputNorm = get('output_norm.weight');
+    this.ropeFreqs = get('rope_freqs.weight');
     // Tied embeddings: the head reuses token_embd when output.weight is absent.
     this.output = get('output.weight') ?? get('token_embd.weight');
   }

@@ -49,7 +49,8 @@ export class LlamaReference {
   readonly #tok: Int32Array;
   readonly #pos: Int32Array;
   readonly #nSeq: Int32Array;
-  readonly #seqPtrs: BigUint64Array;
+  /** the one seq id slot of each batch token // [nBatch] */
+  readonly #seqIds: Int32Array[];
   readonly #out: Int8Array;
 
   private constructor(model: LlamaModelPtr, ctx: LlamaContextPtr, nBatch: number) {
@@ -64,7 +65,8 @@ export class LlamaReference {
     this.#tok = new Int32Array(koffi.view(b.token!, nBatch * 4));
     this.#pos = new Int32Array(koffi.view(b.pos!, nBatch * 4));
     this.#nSeq = new Int32Array(koffi.view(b.n_seq_id!, nBatch * 4));
-    this.#seqPtrs = new BigUint64Array(koffi.view(b.seq_id!, nBatch * 8));
+    const seqPtrs = new BigUint64Array(koffi.view(b.seq_id!, nBatch * 8));
+    this.#seqIds = Array.from(seqPtrs, (p) => new Int32Array(koffi.view(p, 4)));
     this.#out = new Int8Array(koffi.view(b.logits!, nBatch));
   }
 
@@ -116,7 +118,7 @@ export class LlamaReference {
       this.#tok[i] = t.token;
       this.#pos[i] = t.pos;
       this.#nSeq[i] = 1;
-      new Int32Array(koffi.view(this.#seqPtrs[i]!, 4))[0] = t.seq;
+      this.#seqIds[i]![0] = t.seq;
       this.#out[i] = t.logits ? 1 : 0;
       if (t.logits) outIdx.push(i);
     }
@@ -138,7 +140,7 @@ export class LlamaReference {
       this.#tok[i] = tokens[i]!;
       this.#pos[i] = startPos + i;
       this.#nSeq[i] = 1;
-      new Int32Array(koffi.view(this.#seqPtrs[i]!, 4))[0] = seq;
+      this.#seqIds[i]![0] = seq;
       this.#out[i] = i === n - 1 ? 1 : 0;
     }
     this.#batch.n_tokens = n;
