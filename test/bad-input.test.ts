@@ -75,8 +75,15 @@ describe('bad input', () => {
       assert.throws(() => s.eval({ tokens: Int32Array.of(1, 2), pos: Int32Array.of(0, 1), seq: Int32Array.of(0) }),
         (e: unknown) => e instanceof ModelError && /seq ids/.test(e.message));
       s.eval({ tokens: Int32Array.of(1, 2, 3, 4, 5, 6), pos: Int32Array.of(0, 1, 2, 3, 4, 5), seq: new Int32Array(6) });
+      assert.throws(() => s.eval({ tokens: Int32Array.of(1), pos: Int32Array.of(9), seq: Int32Array.of(0) }),
+        (e: unknown) => e instanceof ModelError && /holds positions up to 5, so the batch must start at 6, not 9/.test(e.message));
+      assert.throws(() => s.eval({ tokens: Int32Array.of(1), pos: Int32Array.of(-1), seq: Int32Array.of(1) }),
+        (e: unknown) => e instanceof ModelError && /negative/.test(e.message));
+      assert.throws(() => s.eval({ tokens: Int32Array.of(1), pos: Int32Array.of(0), seq: Int32Array.of(999) }),
+        (e: unknown) => e instanceof ModelError && /seq id 999/.test(e.message));
       assert.throws(() => s.eval({ tokens: Int32Array.of(1, 2, 3), pos: Int32Array.of(6, 7, 8), seq: new Int32Array(3) }),
         (e: unknown) => e instanceof KvCacheFullError && e.needed === 3 && e.free === 2);
+      assert.equal(s.cells.seqPosMax(0), 5);
       assert.equal(s.cells.used, 6, 'a refused batch takes no cells');
     } finally {
       s.dispose();

@@ -141,6 +141,11 @@ export class GgmlContext {
     return this.#g.ggml_rope_ext(this.ptr, a, pos, p.factors ?? null, p.nDims, p.mode, p.nCtxOrig, p.freqBase,
       p.freqScale, p.extFactor, p.attnFactor, p.betaFast, p.betaSlow);
   }
+  /** RoPE written back into `a` (re-rotating cached keys). */
+  ropeExtInplace(a: TensorPtr, pos: TensorPtr, p: RopeParams): TensorPtr {
+    return this.#g.ggml_rope_ext_inplace(this.ptr, a, pos, p.factors ?? null, p.nDims, p.mode, p.nCtxOrig, p.freqBase,
+      p.freqScale, p.extFactor, p.attnFactor, p.betaFast, p.betaSlow);
+  }
   flashAttnExt(q: TensorPtr, k: TensorPtr, v: TensorPtr, mask: TensorPtr | null, scale: number, prec: number): TensorPtr {
     const t = this.#g.ggml_flash_attn_ext(this.ptr, q, k, v, mask, scale, 0, 0);
     this.#g.ggml_flash_attn_ext_set_prec(t, prec);

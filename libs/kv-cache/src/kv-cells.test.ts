@@ -8,7 +8,6 @@ describe('KvCells', () => {
     const c = new KvCells(8);
     const p = c.findSlot(3)!;
     assert.deepEqual(Array.from(p.cells), [0, 1, 2]);
-    assert.equal(p.contiguous, true);
     assert.equal(c.used, 0, 'findSlot mutates nothing');
     c.apply(p, [0, 1, 2], [0, 0, 0]);
     assert.equal(c.used, 3);
@@ -24,7 +23,6 @@ describe('KvCells', () => {
     c.seqRemove(1, -1, -1);
     assert.equal(c.used, 3);
     const p = c.findSlot(3)!;
-    assert.equal(p.contiguous, false);
     assert.deepEqual(Array.from(p.cells), [1, 3, 5]);
   });
 
@@ -49,6 +47,32 @@ describe('KvCells', () => {
     // token 0: seq 0 at pos 1 sees cells 0,1; token 1: seq 1 at pos 0 sees cell 2 only
     assert.deepEqual(Array.from(mask), [0, 0, 0xfc00, 0xfc00, 0xfc00, 0xfc00, 0, 0xfc00]);
     assert.equal(attendedCells(c), 4);
+  });
+
+  it('shares cells on copy, keeps one sequence, and shifts and divides positions', () => {
+    const c = new KvCells(8);
+    c.apply(c.findSlot(4)!, [0, 1, 2, 3], [0, 0, 0, 0]);
+    c.seqCopy(0, 1, 1, 3);
+    assert.equal(c.used, 4, 'copy shares cells');
+    assert.deepEqual([c.seqPosMin(1), c.seqPosMax(1)], [1, 2]);
+    assert.deepEqual(c.seqsOf(1), [0, 1]);
+    c.seqAdd(1, -1, -1, 10);
+    assert.deepEqual(Array.from(c.pos.subarray(0, 4)), [0, 11, 12, 3], 'shared cells move for every sequence in them');
+    assert.deepEqual([c.seqPosMin(0), c.seqPosMax(0)], [0, 12]);
+    assert.equal(c.hasShift, true);
+    assert.deepEqual(Array.from(c.pendingShifts().subarray(0, 4)), [0, 10, 10, 0]);
+    c.seqDivide(0, 10, -1, 4);
+    assert.deepEqual(Array.from(c.pos.subarray(0, 4)), [0, 2, 3, 3]);
+    assert.deepEqual(Array.from(c.pendingShifts().subarray(0, 4)), [0, 19, 19, 0]);
+    c.resetShift();
+    assert.equal(c.hasShift, false);
+    c.seqAdd(0, 0, 1, -5);
+    assert.equal(c.pos[0], -1, 'a cell pushed below 0 is freed');
+    assert.equal(c.used, 3);
+    c.seqKeep(1);
+    assert.equal(c.used, 2);
+    assert.deepEqual(c.seqsOf(1), [1]);
+    assert.equal(c.seqPosMax(0), -1);
   });
 
   it('keeps exact counts and consistent positions under random operations', () => {

@@ -1,5 +1,6 @@
-// Cell bookkeeping of a KV cache, with llama.cpp's semantics (llama_kv_cells): each cell holds a
-// position and the set of sequences that share it. Pure: no tensor in here.
+// Cell bookkeeping of one KV stream, with llama.cpp's semantics (llama_kv_cells and the slot
+// search of llama_kv_cache): each cell holds a position, a pending shift and the set of sequences
+// that share it; each sequence knows its positions. Pure: no tensor in here.
 
 /** Sequences a cache supports (seq ids 0..MAX_SEQ-1). */
 export const MAX_SEQ = 256;
@@ -9,8 +10,11 @@ const WORDS = MAX_SEQ / 32;
 export interface SlotPlan {
   /** cell index of each token // [n_tokens] */
   cells: Int32Array;
-  /** true when the cells are one contiguous run */
-  contiguous: boolean;
+}
+
+/** Half-open position bounds with llama.cpp's rule: a negative bound is open. */
+function bounds(p0: number, p1: number): [number, number] {
+  return [p0 < 0 ? 0 : p0, p1 < 0 ? Number.MAX_SAFE_INTEGER : p1];
 }
 
 /** The cells of one KV stream. */
@@ -19,22 +23,33 @@ export class KvCells {
   readonly size: number;
   /** position of each cell, -1 when empty // [size] */
   readonly pos: Int32Array;
+  /** shift accumulated since the keys were last re-rotated // [size] */
+  readonly shift: Int32Array;
   /** bitset of the seq ids in each cell // [size * WORDS] */
   readonly #seq: Uint32Array;
+  /** per sequence: position → number of cells holding it */
+  readonly #seqPos: (Map<number, number> | undefined)[] = new Array(MAX_SEQ);
   #used = 0;
-  /** next cell to try when looking for a slot */
+  /** where the next slot search starts */
   #head = 0;
+  #hasShift = false;
 
   constructor(size: number) {
     if (!Number.isInteger(size) || size < 1) throw new RangeError(`KV cache size must be a positive integer, got ${size}`);
     this.size = size;
     this.pos = new Int32Array(size).fill(-1);
+    this.shift = new Int32Array(size);
     this.#seq = new Uint32Array(size * WORDS);
   }
 
   /** Cells in use. */
   get used(): number {
     return this.#used;
+  }
+
+  /** Whether some cell's keys still need re-rotating (after seqAdd/seqDivide). */
+  get hasShift(): boolean {
+    return this.#hasShift;
   }
 
   /** One past the highest used cell (0 when empty). */
@@ -48,44 +63,83 @@ export class KvCells {
     return (this.#seq[i * WORDS + (seq >>> 5)]! & (1 << (seq & 31))) !== 0;
   }
 
+  /** The sequences of cell `i`. */
+  seqsOf(i: number): number[] {
+    const out: number[] = [];
+    for (let w = 0; w < WORDS; w++) {
+      let bits = this.#seq[i * WORDS + w]!;
+      while (bits !== 0) {
+        const b = 31 - Math.clz32(bits & -bits);
+        out.push(w * 32 + b);
+        bits &= bits - 1;
+      }
+    }
+    return out;
+  }
+
   #checkSeq(seq: number): void {
     if (!Number.isInteger(seq) || seq < 0 || seq >= MAX_SEQ) throw new RangeError(`seq id ${seq} outside 0..${MAX_SEQ - 1}`);
   }
 
-  #isEmptySeqSet(i: number): boolean {
-    const base = i * WORDS;
-    for (let w = 0; w < WORDS; w++) if (this.#seq[base + w] !== 0) return false;
+  #posInc(seq: number, p: number): void {
+    let m = this.#seqPos[seq];
+    if (!m) m = this.#seqPos[seq] = new Map();
+    m.set(p, (m.get(p) ?? 0) + 1);
+  }
+
+  #posDec(seq: number, p: number): void {
+    const m = this.#seqPos[seq]!;
+    const c = m.get(p)!;
+    if (c <= 1) m.delete(p);
+    else m.set(p, c - 1);
+  }
+
+  /** Adds `seq` to cell i (the cell must hold a position). */
+  #seqAdd(i: number, seq: number): void {
+    if (this.hasSeq(i, seq)) return;
+    this.#seq[i * WORDS + (seq >>> 5)]! |= 1 << (seq & 31);
+    this.#posInc(seq, this.pos[i]!);
+  }
+
+  /** Removes `seq` from cell i; frees the cell when no sequence is left. Returns whether it was freed. */
+  #seqDrop(i: number, seq: number): boolean {
+    this.#seq[i * WORDS + (seq >>> 5)]! &= ~(1 << (seq & 31));
+    this.#posDec(seq, this.pos[i]!);
+    for (let w = 0; w < WORDS; w++) if (this.#seq[i * WORDS + w] !== 0) return false;
+    this.#clearCell(i);
     return true;
   }
 
-  #free(i: number): void {
+  /** Empties cell i (its sequences' position counts must already be dropped). */
+  #clearCell(i: number): void {
     this.pos[i] = -1;
+    this.shift[i] = 0;
     this.#seq.fill(0, i * WORDS, (i + 1) * WORDS);
     this.#used--;
-    if (i < this.#head) this.#head = i;
+  }
+
+  /** Frees cell i whatever it holds. */
+  #freeCell(i: number): void {
+    for (const s of this.seqsOf(i)) this.#posDec(s, this.pos[i]!);
+    this.#clearCell(i);
   }
 
   /**
-   * Finds cells for `n` tokens: a contiguous run from the head if there is one, else any free
-   * cells. Returns null when fewer than `n` cells are free. Mutates nothing.
+   * Finds free cells for `n` tokens as llama.cpp does: scanning from the head (reset to 0 when it
+   * ran far past the used cells), wrapping around, taking the first free cells. Returns null when
+   * fewer than `n` are free. Mutates nothing.
    */
   findSlot(n: number): SlotPlan | null {
     if (n < 1 || n > this.size - this.#used) return null;
     const cells = new Int32Array(n);
-    let run = 0;
-    for (let i = this.#head; i < this.size; i++) {
-      if (this.pos[i] === -1) {
-        if (++run === n) {
-          for (let k = 0; k < n; k++) cells[k] = i - n + 1 + k;
-          return { cells, contiguous: true };
-        }
-      } else {
-        run = 0;
-      }
-    }
+    let head = this.#head > this.#used + 2 * n ? 0 : this.#head;
     let k = 0;
-    for (let i = 0; i < this.size && k < n; i++) if (this.pos[i] === -1) cells[k++] = i;
-    return { cells, contiguous: false };
+    for (let tested = 0; tested < this.size && k < n; tested++) {
+      if (head >= this.size) head = 0;
+      if (this.pos[head] === -1) cells[k++] = head;
+      head++;
+    }
+    return k === n ? { cells } : null;
   }
 
   /** Stamps a plan: token t gets position pos[t] in sequence seq[t]. */
@@ -94,67 +148,173 @@ export class KvCells {
     for (let t = 0; t < n; t++) {
       this.#checkSeq(seq[t]!);
       if (this.pos[plan.cells[t]!] !== -1) throw new Error(`invariant: slot plan targets used cell ${plan.cells[t]}`);
+      if (!(pos[t]! >= 0)) throw new RangeError(`position ${pos[t]} is negative`);
     }
     for (let t = 0; t < n; t++) {
       const i = plan.cells[t]!;
-      const s = seq[t]!;
       this.pos[i] = pos[t]!;
-      this.#seq[i * WORDS + (s >>> 5)]! |= 1 << (s & 31);
       this.#used++;
+      this.#seqAdd(i, seq[t]!);
     }
-    this.#head = (plan.cells[n - 1]! + 1) % this.size;
-  }
-
-  /**
-   * Removes sequence `seq` (or every sequence when seq < 0) from cells with p0 <= pos < p1
-   * (negative bounds are open). Cells left with no sequence are freed.
-   */
-  seqRemove(seq: number, p0: number, p1: number): boolean {
-    const lo = p0 < 0 ? -Infinity : p0, hi = p1 < 0 ? Infinity : p1;
-    if (seq >= 0) this.#checkSeq(seq);
-    for (let i = 0; i < this.size; i++) {
-      const p = this.pos[i]!;
-      if (p < 0 || p < lo || p >= hi) continue;
-      if (seq < 0) {
-        this.#free(i);
-      } else if (this.hasSeq(i, seq)) {
-        this.#seq[i * WORDS + (seq >>> 5)]! &= ~(1 << (seq & 31));
-        if (this.#isEmptySeqSet(i)) this.#free(i);
-      }
-    }
-    return true;
+    this.#head = plan.cells[n - 1]! + 1;
   }
 
   /** Frees the cells of a plan that was applied but whose batch failed. */
   release(plan: SlotPlan): void {
-    for (const i of plan.cells) if (this.pos[i]! >= 0) this.#free(i);
+    for (const i of plan.cells) if (this.pos[i]! >= 0) this.#freeCell(i);
+  }
+
+  #lowerHead(i: number): void {
+    if (i < this.#head) this.#head = i;
+  }
+
+  /**
+   * Removes sequence `seq` (every sequence when seq < 0) from the cells with p0 <= pos < p1
+   * (negative bounds are open); cells left without a sequence are freed. Always succeeds on this
+   * cache (llama.cpp's `false` is for caches that cannot cut a sequence, such as recurrent ones).
+   */
+  seqRemove(seq: number, p0: number, p1: number): boolean {
+    if (seq >= 0) this.#checkSeq(seq);
+    const [lo, hi] = bounds(p0, p1);
+    let first = -1;
+    for (let i = 0; i < this.size; i++) {
+      const p = this.pos[i]!;
+      if (p < 0 || p < lo || p >= hi) continue;
+      if (seq < 0) {
+        this.#freeCell(i);
+        if (first < 0) first = i;
+      } else if (this.hasSeq(i, seq) && this.#seqDrop(i, seq) && first < 0) {
+        first = i;
+      }
+    }
+    if (first >= 0) this.#lowerHead(first);
+    return true;
+  }
+
+  /** Adds `dst` to every cell of `src` with p0 <= pos < p1: the cells are shared, no data moves. */
+  seqCopy(src: number, dst: number, p0: number, p1: number): void {
+    this.#checkSeq(src);
+    this.#checkSeq(dst);
+    if (src === dst) return;
+    const [lo, hi] = bounds(p0, p1);
+    for (let i = 0; i < this.size; i++) {
+      const p = this.pos[i]!;
+      if (p >= lo && p < hi && this.hasSeq(i, src)) this.#seqAdd(i, dst);
+    }
+  }
+
+  /** Keeps only `seq`: other sequences leave every cell; cells without `seq` are freed. */
+  seqKeep(seq: number): void {
+    this.#checkSeq(seq);
+    let first = -1;
+    for (let i = 0; i < this.size; i++) {
+      if (this.pos[i]! < 0) continue;
+      if (this.hasSeq(i, seq)) {
+        for (const s of this.seqsOf(i)) if (s !== seq) this.#seqDrop(i, s);
+      } else {
+        this.#freeCell(i);
+        if (first < 0) first = i;
+      }
+    }
+    if (first >= 0) this.#lowerHead(first);
+  }
+
+  /**
+   * Moves the positions of `seq`'s cells in [p0, p1) by `delta` (the cells' other sequences move
+   * with them, as in llama.cpp); cells pushed below position 0 are freed. Keys are re-rotated
+   * before the next batch.
+   */
+  seqAdd(seq: number, p0: number, p1: number, delta: number): void {
+    this.#checkSeq(seq);
+    if (delta === 0) return;
+    const [lo, hi] = bounds(p0, p1);
+    if (lo === hi) return;
+    let first = -1;
+    for (let i = 0; i < this.size; i++) {
+      const p = this.pos[i]!;
+      if (p < 0 || p < lo || p >= hi || !this.hasSeq(i, seq)) continue;
+      const seqs = this.seqsOf(i);
+      for (const s of seqs) this.#posDec(s, p);
+      this.pos[i] = p + delta;
+      this.shift[i]! += delta;
+      this.#hasShift = true;
+      if (this.pos[i]! < 0) {
+        this.#clearCell(i);
+        if (first < 0) first = i;
+      } else {
+        for (const s of seqs) this.#posInc(s, this.pos[i]!);
+      }
+    }
+    this.#head = first >= 0 ? first : 0;
+  }
+
+  /** Divides the positions of `seq`'s cells in [p0, p1) by `d` (integer division). */
+  seqDivide(seq: number, p0: number, p1: number, d: number): void {
+    this.#checkSeq(seq);
+    if (!Number.isInteger(d) || d < 1) throw new RangeError(`divisor ${d} must be a positive integer`);
+    if (d === 1) return;
+    const [lo, hi] = bounds(p0, p1);
+    if (lo === hi) return;
+    for (let i = 0; i < this.size; i++) {
+      const p = this.pos[i]!;
+      if (p < 0 || p < lo || p >= hi || !this.hasSeq(i, seq)) continue;
+      const seqs = this.seqsOf(i);
+      for (const s of seqs) this.#posDec(s, p);
+      const np = Math.trunc(p / d);
+      this.pos[i] = np;
+      this.shift[i]! += p - np;
+      this.#hasShift = true;
+      for (const s of seqs) this.#posInc(s, np);
+    }
+  }
+
+  /** The key rotation each cell still needs (0 for empty cells) // [size] */
+  pendingShifts(): Int32Array {
+    const out = new Int32Array(this.size);
+    for (let i = 0; i < this.size; i++) out[i] = this.pos[i]! < 0 ? 0 : this.shift[i]!;
+    return out;
+  }
+
+  /** Marks every pending shift as applied to the keys. */
+  resetShift(): void {
+    this.shift.fill(0);
+    this.#hasShift = false;
   }
 
   /** Smallest position of `seq`, or -1 when it has none. */
   seqPosMin(seq: number): number {
-    let m = -1;
-    for (let i = 0; i < this.size; i++) {
-      const p = this.pos[i]!;
-      if (p >= 0 && this.hasSeq(i, seq) && (m < 0 || p < m)) m = p;
-    }
-    return m;
+    const m = this.#seqPos[seq];
+    if (!m || m.size === 0) return -1;
+    let v = Infinity;
+    for (const p of m.keys()) if (p < v) v = p;
+    return v;
   }
 
   /** Largest position of `seq`, or -1 when it has none. */
   seqPosMax(seq: number): number {
-    let m = -1;
-    for (let i = 0; i < this.size; i++) {
-      const p = this.pos[i]!;
-      if (p > m && this.hasSeq(i, seq)) m = p;
-    }
-    return m;
+    const m = this.#seqPos[seq];
+    if (!m || m.size === 0) return -1;
+    let v = -1;
+    for (const p of m.keys()) if (p > v) v = p;
+    return v;
+  }
+
+  /** Number of cells holding `seq`. */
+  seqCells(seq: number): number {
+    const m = this.#seqPos[seq];
+    let n = 0;
+    if (m) for (const c of m.values()) n += c;
+    return n;
   }
 
   /** Empties every cell. */
   clear(): void {
     this.pos.fill(-1);
+    this.shift.fill(0);
     this.#seq.fill(0);
+    this.#seqPos.fill(undefined);
     this.#used = 0;
     this.#head = 0;
+    this.#hasShift = false;
   }
 }

@@ -39,6 +39,14 @@ export interface GraphShape {
   selectOutputs: boolean;
 }
 
+/** The model's RoPE as ggml_rope_ext takes it (YaRN off, as llama.cpp without rope scaling). */
+export function ropeParams(hp: HParams, weights: StageWeights): RopeParams {
+  return {
+    nDims: hp.nRot, mode: hp.ropeType, nCtxOrig: hp.nCtxTrain, freqBase: hp.ropeFreqBase, freqScale: hp.ropeFreqScale,
+    extFactor: 0, attnFactor: 1, betaFast: 32, betaSlow: 1, factors: weights.ropeFreqs,
+  };
+}
+
 /** Builds the graph of `weights`' layers for one batch. */
 export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorage, shape: GraphShape): StageGraph {
   const { nTokens: n, nKv, nOutputs, selectOutputs } = shape;
@@ -56,10 +64,7 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
   const mask = ctx.input(GgmlType.F16, [nKv, n], 'inp_kq_mask');
   const outIds = isLast && selectOutputs ? ctx.input(GgmlType.I32, [nOutputs], 'inp_out_ids') : null;
 
-  const rope: RopeParams = {
-    nDims: hp.nRot, mode: hp.ropeType, nCtxOrig: hp.nCtxTrain, freqBase: hp.ropeFreqBase, freqScale: hp.ropeFreqScale,
-    extFactor: 0, attnFactor: 1, betaFast: 32, betaSlow: 1, factors: weights.ropeFreqs,
-  };
+  const rope = ropeParams(hp, weights);
   const hd = hp.headDim, nKvEmbd = hd * hp.nHeadKv;
   const kvType = kv.type;
   const kqScale = 1 / Math.sqrt(hd);

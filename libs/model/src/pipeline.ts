@@ -69,9 +69,39 @@ export class Pipeline {
     return out;
   }
 
-  /** Drops a sequence from every stage's cache. */
+  /** Drops a sequence's cells in [p0, p1) from every stage's cache. */
   seqRemove(seq: number, p0 = -1, p1 = -1): void {
     for (const s of this.stages) s.seqRemove(seq, p0, p1);
+  }
+
+  /** Shares `src`'s cells with `dst` on every stage. */
+  seqCopy(src: number, dst: number, p0 = -1, p1 = -1): void {
+    for (const s of this.stages) s.seqCopy(src, dst, p0, p1);
+  }
+
+  /** Keeps only `seq` on every stage. */
+  seqKeep(seq: number): void {
+    for (const s of this.stages) s.seqKeep(seq);
+  }
+
+  /** Moves `seq`'s positions in [p0, p1) by `delta` on every stage. */
+  seqAdd(seq: number, p0: number, p1: number, delta: number): void {
+    for (const s of this.stages) s.seqAdd(seq, p0, p1, delta);
+  }
+
+  /** Divides `seq`'s positions in [p0, p1) by `d` on every stage. */
+  seqDivide(seq: number, p0: number, p1: number, d: number): void {
+    for (const s of this.stages) s.seqDivide(seq, p0, p1, d);
+  }
+
+  /** Smallest cached position of `seq` (every stage agrees), -1 when none. */
+  seqPosMin(seq: number): number {
+    return this.stages[0]!.seqPosMin(seq);
+  }
+
+  /** Largest cached position of `seq`, -1 when none. */
+  seqPosMax(seq: number): number {
+    return this.stages[0]!.seqPosMax(seq);
   }
 
   /** Frees every stage. Idempotent. */

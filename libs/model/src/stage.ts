@@ -7,6 +7,7 @@ import { KvCacheFullError, ModelError } from './errors.ts';
 import { nEmbdKvGqa, readHParams, type HParams } from './hparams.ts';
 import { formatRange, type LayerRange } from './layer-range.ts';
 import { GRAPH_NODES, buildStageGraph, type GraphShape, type StageGraph } from './graph.ts';
+import { buildShiftGraph, type ShiftGraph } from './k-shift.ts';
 import { StageWeights } from './weights.ts';
 
 /** Options for {@link Stage.open}. */
@@ -54,6 +55,8 @@ export interface StageCounters {
   tokens: number;
   /** batches that reused the previous batch's graph */
   graphReuses: number;
+  /** K-shift graphs run */
+  shifts: number;
 }
 
 function isIdentity(outputs: Int32Array, n: number): boolean {
@@ -69,7 +72,7 @@ export class Stage {
   readonly isFirst: boolean;
   readonly isLast: boolean;
   readonly cells: KvCells;
-  readonly counters: StageCounters = { batches: 0, tokens: 0, graphReuses: 0 };
+  readonly counters: StageCounters = { batches: 0, tokens: 0, graphReuses: 0, shifts: 0 };
   readonly backend: Backend;
   readonly weights: StageWeights;
   readonly kv: KvStorage;
@@ -78,6 +81,8 @@ export class Stage {
   readonly #cpu: Backend | null;
   #maskBuf = new Uint16Array(0);
   #graph: { shape: GraphShape; graph: StageGraph } | null = null;
+  /** the K-shift graph, with a scheduler of its own so the step graph stays allocated */
+  #shift: { graph: ShiftGraph; sched: Scheduler } | null = null;
   #disposed = false;
 
   private constructor(hp: HParams, range: LayerRange, backend: Backend, cpu: Backend | null, weights: StageWeights, kv: KvStorage, sched: Scheduler) {
@@ -130,6 +135,7 @@ export class Stage {
     if (this.#disposed) throw new ModelError('bad_input', 'stage was disposed');
     const n = batch.pos.length;
     this.#checkBatch(batch, n);
+    if (this.cells.hasShift) this.#applyShift();
     const plan = this.cells.findSlot(n);
     if (!plan) throw new KvCacheFullError(n, this.cells.size - this.cells.used);
     this.cells.apply(plan, batch.pos, batch.seq);
@@ -191,6 +197,20 @@ export class Stage {
     return graph;
   }
 
+  /** Re-rotates the keys of cells that seqAdd/seqDivide moved, then marks the shifts applied. */
+  #applyShift(): void {
+    this.#shift ??= {
+      graph: buildShiftGraph(this.hp, this.weights, this.kv),
+      sched: Scheduler.create({ backends: this.#cpu ? [this.backend, this.#cpu] : [this.backend], graphSize: GRAPH_NODES }),
+    };
+    const { graph, sched } = this.#shift;
+    sched.alloc(graph.graph);
+    setTensor(graph.shift, this.cells.pendingShifts());
+    sched.run(graph.graph);
+    this.cells.resetShift();
+    this.counters.shifts++;
+  }
+
   #dropGraph(): void {
     this.#graph?.graph.ctx.dispose();
     this.#graph = null;
@@ -209,6 +229,15 @@ export class Stage {
     }
     for (const p of b.pos) if (!(p >= 0)) throw new ModelError('bad_input', `position ${p} is negative`);
     for (const s of b.seq) if (!(s >= 0 && s < MAX_SEQ)) throw new ModelError('bad_input', `seq id ${s} outside 0..${MAX_SEQ - 1}`);
+    // llama.cpp's rule: a sequence's positions continue right after what the cache holds
+    const first = new Map<number, number>();
+    for (let t = 0; t < n; t++) first.set(b.seq[t]!, Math.min(first.get(b.seq[t]!) ?? Infinity, b.pos[t]!));
+    for (const [s, p] of first) {
+      const max = this.cells.seqPosMax(s);
+      if (max >= 0 && p !== max + 1) {
+        throw new ModelError('bad_input', `sequence ${s}: the cache holds positions up to ${max}, so the batch must start at ${max + 1}, not ${p}`);
+      }
+    }
     if (b.outputs) {
       if (b.outputs.length === 0) throw new ModelError('bad_input', 'a batch must output at least one token');
       for (const o of b.outputs) if (o < 0 || o >= n) throw new ModelError('bad_input', `output index ${o} outside the batch of ${n}`);
@@ -229,11 +258,43 @@ export class Stage {
     return this.cells.seqRemove(seq, p0, p1);
   }
 
+  /** Shares `src`'s cells in [p0, p1) with `dst` (no data is copied). */
+  seqCopy(src: number, dst: number, p0 = -1, p1 = -1): void {
+    this.cells.seqCopy(src, dst, p0, p1);
+  }
+
+  /** Drops every sequence but `seq`. */
+  seqKeep(seq: number): void {
+    this.cells.seqKeep(seq);
+  }
+
+  /** Moves `seq`'s positions in [p0, p1) by `delta`; keys are re-rotated before the next batch. */
+  seqAdd(seq: number, p0: number, p1: number, delta: number): void {
+    this.cells.seqAdd(seq, p0, p1, delta);
+  }
+
+  /** Divides `seq`'s positions in [p0, p1) by `d`; keys are re-rotated before the next batch. */
+  seqDivide(seq: number, p0: number, p1: number, d: number): void {
+    this.cells.seqDivide(seq, p0, p1, d);
+  }
+
+  /** Smallest cached position of `seq`, -1 when none. */
+  seqPosMin(seq: number): number {
+    return this.cells.seqPosMin(seq);
+  }
+
+  /** Largest cached position of `seq`, -1 when none. */
+  seqPosMax(seq: number): number {
+    return this.cells.seqPosMax(seq);
+  }
+
   /** Frees the scheduler, KV cache, weights and backend. Idempotent. */
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
     this.#dropGraph();
+    this.#shift?.sched.dispose();
+    this.#shift?.graph.ctx.dispose();
     this.#sched.dispose();
     this.kv.dispose();
     this.weights.dispose();

@@ -155,6 +155,10 @@ export class LlamaReference {
   }
 
   seqRemove(seq: number, p0: number, p1: number): boolean { return native().llama.llama_memory_seq_rm(this.memory, seq, p0, p1); }
+  seqCopy(src: number, dst: number, p0: number, p1: number): void { native().llama.llama_memory_seq_cp(this.memory, src, dst, p0, p1); }
+  seqKeep(seq: number): void { native().llama.llama_memory_seq_keep(this.memory, seq); }
+  seqAdd(seq: number, p0: number, p1: number, delta: number): void { native().llama.llama_memory_seq_add(this.memory, seq, p0, p1, delta); }
+  seqDivide(seq: number, p0: number, p1: number, d: number): void { native().llama.llama_memory_seq_div(this.memory, seq, p0, p1, d); }
   seqPosMax(seq: number): number { return native().llama.llama_memory_seq_pos_max(this.memory, seq); }
   seqPosMin(seq: number): number { return native().llama.llama_memory_seq_pos_min(this.memory, seq); }
 

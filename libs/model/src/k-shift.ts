@@ -1,0 +1,35 @@
+// K-shift: after seqAdd/seqDivide moved cells to new positions, their cached keys still carry
+// the rotation of the old ones. This graph re-rotates every layer's keys by each cell's pending
+// shift (RoPE is additive in the angle), as llama.cpp's build_graph_shift does.
+import { GgmlContext, GgmlType, type GraphPtr, type TensorPtr } from '@strata/ggml';
+import type { KvStorage } from '@strata/kv-cache';
+import { native } from '@strata/ggml';
+import { ropeParams } from './graph.ts';
+import type { HParams } from './hparams.ts';
+import type { StageWeights } from './weights.ts';
+
+/** The shift graph of a stage and its one input. */
+export interface ShiftGraph {
+  ctx: GgmlContext;
+  graph: GraphPtr;
+  /** I32 [size]: the rotation each cell still needs */
+  shift: TensorPtr;
+}
+
+/** Builds the graph that re-rotates the keys of every layer of the stage. */
+export function buildShiftGraph(hp: HParams, weights: StageWeights, kv: KvStorage): ShiftGraph {
+  const nodes = 8 * kv.k.length + 8;
+  const ctx = GgmlContext.create({ maxTensors: nodes, graphNodes: nodes });
+  const gf = ctx.graph(nodes);
+  const g = native().ggml;
+  const shift = ctx.input(GgmlType.I32, [kv.size], 'inp_k_shift');
+  const rope = ropeParams(hp, weights);
+  const quantized = kv.type !== GgmlType.F16 && kv.type !== GgmlType.F32;
+  for (const k of kv.k) {
+    const view = ctx.view3d(k, hp.nRot, hp.nHeadKv, kv.size, g.ggml_row_size(kv.type, hp.headDim), g.ggml_row_size(kv.type, hp.headDim * hp.nHeadKv), 0);
+    // quantized keys are rotated in f32 and written back; f16/f32 keys in place
+    const out = quantized ? ctx.cpy(ctx.ropeExt(ctx.cast(view, GgmlType.F32), shift, rope), view) : ctx.ropeExtInplace(view, shift, rope);
+    ctx.expand(gf, out);
+  }
+  return { ctx, graph: gf, shift };
+}
