@@ -1,6 +1,17 @@
 // Tensor storage of a KV cache: per layer of the shard a K and a V tensor of `size` cells, in the
 // backend's memory. The bookkeeping (kv-cells) decides which cells a batch writes and reads.
-import { Backend, BackendBuffer, GgmlContext, GgmlType, native, type TensorPtr } from '@strata/ggml';
+import { Backend, BackendBuffer, GgmlContext, GgmlType, getTensor, native, setTensor, type TensorPtr } from '@strata/ggml';
+
+/** Calls fn(firstCell, firstIndex, count) for each run of consecutive cell indices. */
+function runs(cells: Int32Array, fn: (cell: number, at: number, n: number) => void): void {
+  let start = 0;
+  for (let j = 1; j <= cells.length; j++) {
+    if (j === cells.length || cells[j] !== cells[j - 1]! + 1) {
+      fn(cells[start]!, start, j - start);
+      start = j;
+    }
+  }
+}
 
 /** Options for {@link KvStorage.create}. */
 export interface KvStorageOptions {
@@ -56,6 +67,24 @@ export class KvStorage {
     }
     buffer.clear(0);
     return new KvStorage(o, ctx, buffer, k, v);
+  }
+
+  /** Copies the K and V rows of `cells` in layer slot `slot` into `k` and `v` (rows in cell order). */
+  readRows(slot: number, cells: Int32Array, k: Uint8Array, v: Uint8Array): void {
+    const rb = this.rowBytes;
+    runs(cells, (cell, at, n) => {
+      getTensor(this.k[slot]!, k.subarray(at * rb, (at + n) * rb), cell * rb);
+      getTensor(this.v[slot]!, v.subarray(at * rb, (at + n) * rb), cell * rb);
+    });
+  }
+
+  /** Writes K and V rows (in the order of `cells`) into those cells of layer slot `slot`. */
+  writeRows(slot: number, cells: Int32Array, k: Uint8Array, v: Uint8Array): void {
+    const rb = this.rowBytes;
+    runs(cells, (cell, at, n) => {
+      setTensor(this.k[slot]!, k.subarray(at * rb, (at + n) * rb), cell * rb);
+      setTensor(this.v[slot]!, v.subarray(at * rb, (at + n) * rb), cell * rb);
+    });
   }
 
   /** Bytes of K and V memory. */

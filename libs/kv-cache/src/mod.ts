@@ -2,3 +2,5 @@
 export { KvCells, MAX_SEQ, type SlotPlan } from './kv-cells.ts';
 export { attendedCells, buildMask } from './kv-mask.ts';
 export { KvStorage, type KvStorageOptions } from './kv-storage.ts';
+export { KvStateError } from './errors.ts';
+export { STATE_MAGIC, STATE_VERSION, decodeState, encodeState, stateBytes, type DecodedState, type StateHeader } from './state-format.ts';

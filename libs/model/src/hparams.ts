@@ -26,7 +26,11 @@ export interface HParams {
   ropeType: number;
   ropeFreqBase: number;
   ropeFreqScale: number;
-  /** sha256 over architecture, hyperparameters and tensor layout: stages of one model share it */
+  /**
+   * sha256 over every metadata entry and the tensor layout (names, types, shapes, offsets): the
+   * stages of one file share it. Weights are not read for it (a stage reads only its own), so two
+   * files with identical metadata and layout but other weights would share it.
+   */
   fingerprint: string;
 }
 
@@ -87,7 +91,12 @@ export function readHParams(file: GgufFile): HParams {
     throw new ModelError('missing_metadata', `${file.path}: inconsistent attention shape (n_embd ${nEmbd}, heads ${nHead}/${nHeadKv})`);
   }
   const h = createHash('sha256').update(JSON.stringify(hp));
-  for (const t of file.header.tensors) h.update(`${t.name}:${t.type}:${t.ne.join('x')};`);
+  for (const kv of file.header.kv.values()) {
+    h.update(kv.key);
+    const v = kv.value;
+    h.update(ArrayBuffer.isView(v) ? new Uint8Array(v.buffer, v.byteOffset, v.byteLength) : JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? x.toString() : x)));
+  }
+  for (const t of file.header.tensors) h.update(`${t.name}:${t.type}:${t.ne.join('x')}@${t.offset};`);
   return { ...hp, fingerprint: h.digest('hex').slice(0, 32) };
 }
 

@@ -1,6 +1,7 @@
 // Stages chained in one process, exactly as workers chain them over the network: the hidden
 // states of one stage are the input of the next.
 import { GgufFile } from '@strata/gguf';
+import { KvStateError, decodeState } from '@strata/kv-cache';
 import { readHParams, type HParams } from './hparams.ts';
 import { checkSplit, type LayerRange } from './layer-range.ts';
 import { Stage, type StageOptions } from './stage.ts';
@@ -92,6 +93,34 @@ export class Pipeline {
   /** Divides `seq`'s positions in [p0, p1) by `d` on every stage. */
   seqDivide(seq: number, p0: number, p1: number, d: number): void {
     for (const s of this.stages) s.seqDivide(seq, p0, p1, d);
+  }
+
+  /** One state blob per stage for `seq` (layers of that stage), in stage order. */
+  exportState(seq: number, p0 = -1, p1 = -1): Uint8Array[] {
+    return this.stages.map((s) => s.exportState(seq, { p0, p1 }));
+  }
+
+  /**
+   * Imports blobs exported by any pipeline of the same model, however it was split, into `seq`:
+   * every stage takes the parts that overlap its layers. Throws before changing anything when
+   * the blobs do not cover every layer.
+   */
+  importState(blobs: Uint8Array[], seq: number): void {
+    const states = blobs.map((b) => decodeState(b));
+    for (const s of this.stages) {
+      for (let l = s.range.l0; l < s.range.l1; l++) {
+        if (!states.some(({ header: h }) => h.l0 <= l && l < h.l1)) throw new KvStateError('layer_mismatch', `no KV state holds layer ${l}`);
+      }
+    }
+    const fresh = this.seqPosMax(seq) < 0;
+    try {
+      for (const s of this.stages) {
+        for (const st of states) if (st.header.l0 < s.range.l1 && s.range.l0 < st.header.l1) s.importState(st, seq);
+      }
+    } catch (err) {
+      if (fresh) this.seqRemove(seq); // a half-imported sequence must not stay behind
+      throw err;
+    }
   }
 
   /** Smallest cached position of `seq` (every stage agrees), -1 when none. */

@@ -149,6 +149,23 @@ export class LlamaReference {
     l.llama_synchronize(this.#c);
   }
 
+  /** libllama's own serialized state of one sequence (llama_state_seq_get_data). */
+  stateGet(seq: number): Uint8Array {
+    const { llama: l } = native();
+    const size = l.llama_state_seq_get_size(this.#c, seq);
+    const out = new Uint8Array(size);
+    const n = l.llama_state_seq_get_data(this.#c, out, size, seq);
+    if (n !== size) throw new LlamaError(`llama_state_seq_get_data wrote ${n} of ${size} bytes`);
+    return out;
+  }
+
+  /** Loads a sequence state that stateGet produced (llama_state_seq_set_data). */
+  stateSet(data: Uint8Array, seq: number): void {
+    if (native().llama.llama_state_seq_set_data(this.#c, data, data.byteLength, seq) === 0) {
+      throw new LlamaError('llama_state_seq_set_data refused the state');
+    }
+  }
+
   /** Clears the KV cache. */
   clear(): void {
     native().llama.llama_memory_clear(this.memory, true);
