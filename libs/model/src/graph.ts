@@ -98,8 +98,13 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
 
     // attend over cells [0, nKv)
     const kvRow = rowSize(kvType, nKvEmbd), kvHead = rowSize(kvType, hd), kvAll = rowSize(kvType, nKvEmbd * kv.size);
-    const kc = ctx.permute(ctx.view4d(kv.k[slot]!, [hd, hp.nHeadKv, nKv, 1], kvHead, kvRow, kvAll, 0), 0, 2, 1, 3);
-    const vc = ctx.permute(ctx.view4d(kv.v[slot]!, [hd, hp.nHeadKv, nKv, 1], kvHead, kvRow, kvAll, 0), 0, 2, 1, 3);
+    let kc = ctx.permute(ctx.view4d(kv.k[slot]!, [hd, hp.nHeadKv, nKv, 1], kvHead, kvRow, kvAll, 0), 0, 2, 1, 3);
+    let vc = ctx.permute(ctx.view4d(kv.v[slot]!, [hd, hp.nHeadKv, nKv, 1], kvHead, kvRow, kvAll, 0), 0, 2, 1, 3);
+    // flash attention reads f16 or quantized K/V; an f32 cache is cast, as llama.cpp does
+    if (kvType === GgmlType.F32) {
+      kc = ctx.cast(kc, GgmlType.F16);
+      vc = ctx.cast(vc, GgmlType.F16);
+    }
     const qp = ctx.permute(q, 0, 2, 1, 3);
     cur = ctx.flashAttnExt(qp, kc, vc, mask, kqScale, GgmlPrec.F32);
     cur = ctx.reshape2d(cur, hd * hp.nHead, n);

@@ -16,8 +16,9 @@ commands:
   model info --model F [--json]
   generate [--model F] [--prompt "…"] [--n-predict N] [--split 0:4,4:8] [--threads T]
            [--seed S] [--temperature X] [--top-k K] [--top-p P] [--min-p P]
-           [--repeat-penalty X] [--grammar G | --grammar-file F] [--chat] [--ctx-size N] [--json]
-  logits [--model F] [--prompt "…"] [--split …] [--top K] [--json]
+           [--repeat-penalty X] [--grammar G | --grammar-file F] [--chat] [--ctx-size N]
+           [--kv-type f16|f32|q8_0|q4_0] [--device D] [--json]
+  logits [--model F] [--prompt "…"] [--split …] [--top K] [--kv-type T] [--json]
 
 Without --model, the embedded default model is synthesized into ~/.cache/strata/models.
 `;

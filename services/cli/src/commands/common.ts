@@ -2,9 +2,14 @@
 import { availableParallelism } from 'node:os';
 import { GgufFile } from '@strata/gguf';
 import { ensureDefaultModel, parseSplit, readHParams, Pipeline } from '@strata/model';
+import { GgmlType } from '@strata/ggml';
 import type { Flags } from '../args.ts';
+import { UsageError } from '../errors.ts';
 
-/** A pipeline opened from --model/--split/--threads/--ctx-size/--device. */
+/** K/V cache types a worker can hold. */
+const KV_TYPES: Record<string, number> = { f16: GgmlType.F16, f32: GgmlType.F32, q8_0: GgmlType.Q8_0, q4_0: GgmlType.Q4_0 };
+
+/** A pipeline opened from --model/--split/--threads/--ctx-size/--device/--kv-type. */
 export interface OpenedModel {
   path: string;
   pipeline: Pipeline;
@@ -17,6 +22,9 @@ export function openPipelineFromFlags(f: Flags): OpenedModel {
   const threads = f.int('threads', Math.min(availableParallelism(), 8))!;
   const ctxSize = f.int('ctx-size', 4096)!;
   const device = f.str('device');
+  const kvTypeName = f.str('kv-type', 'f16')!.toLowerCase();
+  const kvType = KV_TYPES[kvTypeName];
+  if (kvType === undefined) throw new UsageError(`--kv-type must be one of ${Object.keys(KV_TYPES).join(', ')}, got '${kvTypeName}'`);
   let split;
   if (splitText) {
     const file = GgufFile.open(path);
@@ -26,5 +34,5 @@ export function openPipelineFromFlags(f: Flags): OpenedModel {
       file.close();
     }
   }
-  return { path, pipeline: Pipeline.open({ model: path, split, threads, ctxSize, device }) };
+  return { path, pipeline: Pipeline.open({ model: path, split, threads, ctxSize, device, kvType }) };
 }
