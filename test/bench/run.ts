@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { LlamaReference, Sampler, loadNative, loadOptionsFromEnv } from '@strata/ggml';
 import { Pipeline } from '@strata/model';
 import { benchModel, median, parseBenchArgs, std } from './common.ts';
+import { runKvBench } from './kv.ts';
 
 const opts = parseBenchArgs(process.argv.slice(2));
 const native = loadNative(loadOptionsFromEnv());
@@ -97,6 +98,8 @@ for (const [name, us] of Object.entries(sampling)) {
   console.log(`  ${name.padEnd(54)} ${us.toFixed(1).padStart(7)} µs  ${((us / 1000 / stepMs) * 100).toFixed(2)}% of a step`);
 }
 
+const kv = runKvBench(opts.threads);
+
 const out = join(process.cwd(), '.bench');
 mkdirSync(out, { recursive: true });
-writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling }, null, 2));
+writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv }, null, 2));

@@ -75,6 +75,26 @@ describe('KvCells', () => {
     assert.equal(c.seqPosMax(0), -1);
   });
 
+  it('shifts a full context: keeps the prefix, drops the oldest, moves the rest back', () => {
+    const c = new KvCells(16);
+    c.apply(c.findSlot(12)!, Array.from({ length: 12 }, (_, i) => i), new Array(12).fill(0));
+    assert.equal(c.contextShift(0, 2), 5);
+    assert.deepEqual(Array.from(c.pos.subarray(0, 12)), [0, 1, -1, -1, -1, -1, -1, 2, 3, 4, 5, 6]);
+    assert.deepEqual(Array.from(c.pendingShifts().subarray(7, 12)), [-5, -5, -5, -5, -5]);
+    assert.equal(c.contextShift(0, 10), 0, 'nothing past the prefix: nothing to do');
+    assert.deepEqual(c.occupancy(), { used: 7, size: 16, ratio: 7 / 16 });
+  });
+
+  it('draws the cells for debugging', () => {
+    const c = new KvCells(6);
+    c.apply(c.findSlot(3)!, [0, 1, 2], [0, 0, 3]);
+    c.seqCopy(0, 1, 0, 1);
+    assert.equal(c.debugDump(), [
+      'kv cells: size 6, used 3, head 3, used_max_p1 3', 'M03...',
+      'seq 0: positions 0..1 in 2 cells', 'seq 1: positions 0..0 in 1 cells', 'seq 3: positions 2..2 in 1 cells', '',
+    ].join('\n'));
+  });
+
   it('keeps exact counts and consistent positions under random operations', () => {
     let seed = 12345;
     const rnd = (n: number) => {

@@ -307,6 +307,53 @@ export class KvCells {
     return n;
   }
 
+  /**
+   * Frees room in a full context the way llama.cpp's examples do: keeps positions [0, nKeep),
+   * drops the next nDiscard (default: half of what follows the kept prefix), and moves the rest
+   * back by nDiscard (the keys are re-rotated before the next batch). Returns how many positions
+   * were dropped.
+   */
+  contextShift(seq: number, nKeep: number, nDiscard?: number): number {
+    const end = this.seqPosMax(seq) + 1;
+    const n = nDiscard ?? Math.floor((end - nKeep) / 2);
+    if (n <= 0 || nKeep < 0 || nKeep + n > end) return 0;
+    this.seqRemove(seq, nKeep, nKeep + n);
+    this.seqAdd(seq, nKeep + n, -1, -n);
+    return n;
+  }
+
+  /** Share of cells in use, for heartbeats. */
+  occupancy(): { used: number; size: number; ratio: number } {
+    return { used: this.#used, size: this.size, ratio: this.#used / this.size };
+  }
+
+  /**
+   * A per-cell picture like llama.cpp's LLAMA_KV_CACHE_DEBUG: one character per cell ('.' empty,
+   * the seq id 0-9 when one sequence holds it, 'M' when several do; other ids as '*'), 256 a line
+   * up to the last used cell, then every sequence's position range.
+   */
+  debugDump(): string {
+    const lines = [`kv cells: size ${this.size}, used ${this.#used}, head ${this.#head}, used_max_p1 ${this.usedMaxP1()}`];
+    let row = '';
+    const shown = Math.min(this.size, Math.max(256, Math.ceil(this.usedMaxP1() / 256) * 256));
+    for (let i = 0; i < shown; i++) {
+      if (this.pos[i]! < 0) row += '.';
+      else {
+        const seqs = this.seqsOf(i);
+        row += seqs.length > 1 ? 'M' : seqs[0]! < 10 ? String(seqs[0]) : '*';
+      }
+      if (i % 256 === 255 || i === shown - 1) {
+        lines.push(row);
+        row = '';
+      }
+    }
+    if (shown < this.size) lines.push(`(${this.size - shown} more cells, all empty)`);
+    for (let s = 0; s < MAX_SEQ; s++) {
+      if (this.seqCells(s) > 0) lines.push(`seq ${s}: positions ${this.seqPosMin(s)}..${this.seqPosMax(s)} in ${this.seqCells(s)} cells`);
+    }
+    return lines.join('\n') + '\n';
+  }
+
   /** Empties every cell. */
   clear(): void {
     this.pos.fill(-1);

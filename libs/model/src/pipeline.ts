@@ -95,6 +95,13 @@ export class Pipeline {
     for (const s of this.stages) s.seqDivide(seq, p0, p1, d);
   }
 
+  /** Context shift of a full sequence on every stage; returns the positions dropped. */
+  contextShift(seq: number, nKeep: number, nDiscard?: number): number {
+    let n = 0;
+    for (const s of this.stages) n = s.contextShift(seq, nKeep, nDiscard);
+    return n;
+  }
+
   /** One state blob per stage for `seq` (layers of that stage), in stage order. */
   exportState(seq: number, p0 = -1, p1 = -1): Uint8Array[] {
     return this.stages.map((s) => s.exportState(seq, { p0, p1 }));

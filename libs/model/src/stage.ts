@@ -29,6 +29,8 @@ export interface StageOptions {
   kvType?: number;
   /** repack mat-mul weights for the CPU's fastest kernels (default true, as llama.cpp) */
   repack?: boolean;
+  /** receives a picture of the cells after every batch (what STRATA_KV_DEBUG=1 switches on) */
+  kvDebug?: (dump: string) => void;
 }
 
 /** One micro-batch through a stage: every token belongs to one sequence. */
@@ -83,6 +85,7 @@ export class Stage {
   /** the CPU backend the scheduler falls back to when the stage runs on another device */
   readonly #cpu: Backend | null;
   #maskBuf = new Uint16Array(0);
+  #kvDebug: ((dump: string) => void) | undefined;
   #graph: { shape: GraphShape; graph: StageGraph } | null = null;
   /** the K-shift graph, with a scheduler of its own so the step graph stays allocated */
   #shift: { graph: ShiftGraph; sched: Scheduler } | null = null;
@@ -120,7 +123,9 @@ export class Stage {
         // Off the CPU, the CPU backend comes last so the scheduler can run what the device cannot.
         if (!backend.isCpu) cpu = Backend.open({ threads: options.threads });
         const sched = Scheduler.create({ backends: cpu ? [backend, cpu] : [backend], graphSize: GRAPH_NODES });
-        return new Stage(hp, range, backend, cpu, weights, kv, sched);
+        const stage = new Stage(hp, range, backend, cpu, weights, kv, sched);
+        stage.#kvDebug = options.kvDebug;
+        return stage;
       } catch (err) {
         kv?.dispose();
         weights?.dispose();
@@ -143,7 +148,9 @@ export class Stage {
     if (!plan) throw new KvCacheFullError(n, this.cells.size - this.cells.used);
     this.cells.apply(plan, batch.pos, batch.seq);
     try {
-      return this.#run(batch, plan.cells, n);
+      const out = this.#run(batch, plan.cells, n);
+      this.#kvDebug?.(`stage ${formatRange(this.range)} after a batch of ${n}: ${this.cells.debugDump()}`);
+      return out;
     } catch (err) {
       this.cells.release(plan);
       throw err;
@@ -356,6 +363,11 @@ export class Stage {
     const cells = new Int32Array(pos.length);
     order.forEach((j, k) => { cells[j] = own[k]!.cell; });
     return { cells, plan: null };
+  }
+
+  /** Context shift of a full sequence (see KvCells.contextShift); returns the positions dropped. */
+  contextShift(seq: number, nKeep: number, nDiscard?: number): number {
+    return this.cells.contextShift(seq, nKeep, nDiscard);
   }
 
   /** Smallest cached position of `seq`, -1 when none. */

@@ -34,5 +34,7 @@ export function openPipelineFromFlags(f: Flags): OpenedModel {
       file.close();
     }
   }
-  return { path, pipeline: Pipeline.open({ model: path, split, threads, ctxSize, device, kvType }) };
+  // STRATA_KV_DEBUG=1 draws every stage's cells after each batch (like LLAMA_KV_CACHE_DEBUG)
+  const kvDebug = process.env.STRATA_KV_DEBUG === '1' ? (d: string) => process.stderr.write(d) : undefined;
+  return { path, pipeline: Pipeline.open({ model: path, split, threads, ctxSize, device, kvType, kvDebug }) };
 }
