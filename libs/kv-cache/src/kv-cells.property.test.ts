@@ -89,6 +89,18 @@ describe('KvCells property test', () => {
           real.seqDivide(seq, p0, p1, d); naive.div(seq, p0, p1, d); what = `div ${seq} ${d}`;
         }
         if (rnd(7) === 0) real.resetShift();
+        if (rnd(25) === 0) {
+          const plan = real.defragPlan();
+          if (plan) {
+            real.applyDefrag(plan);
+            plan.from.forEach((f, k) => {
+              naive.cells[plan.to[k]!] = naive.cells[f]!;
+              naive.free(f);
+            });
+            assert.equal(real.usedMaxP1(), real.used, 'defrag packs the cells');
+            what += ' + defrag';
+          }
+        }
         const used = naive.cells.filter((c) => c.pos >= 0).length;
         assert.equal(real.used, used, `used count after step ${step} (${what})`);
         naive.cells.forEach((c, i) => {

@@ -322,6 +322,41 @@ export class KvCells {
     return n;
   }
 
+  /**
+   * Plans a defragmentation: used cells move down into the holes before them, keeping their
+   * order (so attention visits them as before and no result changes). Returns the moves, lowest
+   * first (to[i] < from[i], and a cell is never read after being written), or null when the used
+   * cells are already packed. Mutates nothing.
+   */
+  defragPlan(): { from: Int32Array; to: Int32Array } | null {
+    const from: number[] = [], to: number[] = [];
+    let next = 0;
+    for (let i = 0; i < this.size; i++) {
+      if (this.pos[i]! < 0) continue;
+      if (i !== next) {
+        from.push(i);
+        to.push(next);
+      }
+      next++;
+    }
+    return from.length ? { from: Int32Array.from(from), to: Int32Array.from(to) } : null;
+  }
+
+  /** Applies a defragmentation plan to the bookkeeping (the caller moves the K/V rows). */
+  applyDefrag(plan: { from: Int32Array; to: Int32Array }): void {
+    for (let k = 0; k < plan.from.length; k++) {
+      const f = plan.from[k]!, t = plan.to[k]!;
+      if (this.pos[t] !== -1 || this.pos[f]! < 0) throw new Error(`invariant: defrag move ${f} -> ${t} onto a used cell or from an empty one`);
+      this.pos[t] = this.pos[f]!;
+      this.shift[t] = this.shift[f]!;
+      this.#seq.copyWithin(t * WORDS, f * WORDS, (f + 1) * WORDS);
+      this.pos[f] = -1;
+      this.shift[f] = 0;
+      this.#seq.fill(0, f * WORDS, (f + 1) * WORDS);
+    }
+    this.#head = this.#used;
+  }
+
   /** Share of cells in use, for heartbeats. */
   occupancy(): { used: number; size: number; ratio: number } {
     return { used: this.#used, size: this.size, ratio: this.#used / this.size };

@@ -95,6 +95,11 @@ export class Pipeline {
     for (const s of this.stages) s.seqDivide(seq, p0, p1, d);
   }
 
+  /** Defragments every stage's cache (results unchanged); returns the cells moved per stage. */
+  defrag(): number[] {
+    return this.stages.map((s) => s.defrag());
+  }
+
   /** Context shift of a full sequence on every stage; returns the positions dropped. */
   contextShift(seq: number, nKeep: number, nDiscard?: number): number {
     let n = 0;

@@ -62,6 +62,8 @@ export interface StageCounters {
   graphReuses: number;
   /** K-shift graphs run */
   shifts: number;
+  /** defragmentations done */
+  defrags: number;
 }
 
 function isIdentity(outputs: Int32Array, n: number): boolean {
@@ -77,7 +79,7 @@ export class Stage {
   readonly isFirst: boolean;
   readonly isLast: boolean;
   readonly cells: KvCells;
-  readonly counters: StageCounters = { batches: 0, tokens: 0, graphReuses: 0, shifts: 0 };
+  readonly counters: StageCounters = { batches: 0, tokens: 0, graphReuses: 0, shifts: 0, defrags: 0 };
   readonly backend: Backend;
   readonly weights: StageWeights;
   readonly kv: KvStorage;
@@ -363,6 +365,24 @@ export class Stage {
     const cells = new Int32Array(pos.length);
     order.forEach((j, k) => { cells[j] = own[k]!.cell; });
     return { cells, plan: null };
+  }
+
+  /**
+   * Moves used cells down into the holes before them, K/V rows included, keeping their order:
+   * no result changes, and later batches attend over fewer cells. Returns the cells moved.
+   */
+  defrag(): number {
+    const plan = this.cells.defragPlan();
+    if (!plan) return 0;
+    const rb = this.kv.rowBytes, n = plan.from.length;
+    const k = new Uint8Array(n * rb), v = new Uint8Array(n * rb);
+    for (let slot = 0; slot < this.kv.k.length; slot++) {
+      this.kv.readRows(slot, plan.from, k, v);
+      this.kv.writeRows(slot, plan.to, k, v);
+    }
+    this.cells.applyDefrag(plan);
+    this.counters.defrags++;
+    return n;
   }
 
   /** Context shift of a full sequence (see KvCells.contextShift); returns the positions dropped. */
