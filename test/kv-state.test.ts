@@ -10,7 +10,7 @@
 // same greedy token at every step.
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
-import { LlamaReference } from '@strata/ggml';
+import { GgmlType, LlamaReference } from '@strata/ggml';
 import { KvStateError } from '@strata/kv-cache';
 import { Pipeline, type LayerRange } from '@strata/model';
 import { synthModel } from './helpers/models.ts';
@@ -23,8 +23,8 @@ const NEXT = Array.from({ length: 12 }, (_, i) => 300 + i * 11);
 
 const open: Pipeline[] = [];
 after(() => open.forEach((p) => p.dispose()));
-function pipeline(split?: LayerRange[], model = path): Pipeline {
-  const p = Pipeline.open({ model, threads: 2, ctxSize: 256, split });
+function pipeline(split?: LayerRange[], model = path, kvType: number = GgmlType.F16): Pipeline {
+  const p = Pipeline.open({ model, threads: 2, ctxSize: 256, split, kvType });
   open.push(p);
   return p;
 }
@@ -103,6 +103,24 @@ describe('KV state export and import', () => {
       b.dispose();
     }
   });
+
+  for (const [from, to] of [['f16', 'q8_0'], ['q8_0', 'f16'], ['f16', 'q4_0']] as const) {
+    it(`converts ${from} rows into a ${to} cache on import`, (t) => {
+      const type = { f16: GgmlType.F16, q8_0: GgmlType.Q8_0, q4_0: GgmlType.Q4_0 };
+      const source = pipeline(H, path, type[from]);
+      prefill(source, 0, PROMPT);
+      const moved = pipeline([{ l0: 0, l1: 1 }, { l0: 1, l1: 4 }], path, type[to]);
+      moved.importState(source.exportState(0), 0);
+      // the same tokens prefilled into a cache of the target type, and into the source's type
+      const native = pipeline(H, path, type[to]);
+      prefill(native, 0, PROMPT);
+      const lMoved = continueDecoding(moved, 0, NEXT), lNative = continueDecoding(native, 0, NEXT), lSource = continueDecoding(source, 0, NEXT);
+      // converting costs less than the target type's own quantization error
+      const quantErr = maxDiff(lNative, lSource), d = maxDiff(lMoved, lNative);
+      t.diagnostic(`|Δlogit| moved vs ${to} cache: ${d.toExponential(2)}; ${to} vs ${from} cache: ${quantErr.toExponential(2)}`);
+      assert.ok(d <= Math.max(quantErr, 1e-3), `conversion error ${d} exceeds the quantization error ${quantErr}`);
+    });
+  }
 
   it('refuses corrupt, truncated and mismatched state and leaves the cache unchanged', () => {
     const dst = pipeline(H);

@@ -1,7 +1,7 @@
 // A stage: layers [l0, l1) of one model on one backend, with the KV cache for those layers.
 // It takes token ids (first stage) or hidden states and returns hidden states or logits.
-import { GgufFile } from '@strata/gguf';
-import { Backend, GgmlType, Scheduler, getTensor, setTensor } from '@strata/ggml';
+import { Backend, GgmlType, Scheduler, convertRows, getTensor, native, setTensor } from '@strata/ggml';
+import { GGML_TYPES, GgufFile } from '@strata/gguf';
 import {
   KvCells, KvStateError, KvStorage, MAX_SEQ, attendedCells, buildMask, decodeState, encodeState, type DecodedState, type SlotPlan,
   type StateHeader,
@@ -330,15 +330,23 @@ export class Stage {
     }
     const l0 = Math.max(h.l0, this.range.l0), l1 = Math.min(h.l1, this.range.l1);
     if (l0 >= l1) throw new KvStateError('layer_mismatch', `KV state holds layers ${h.l0}:${h.l1}, this stage ${formatRange(this.range)}`);
-    if (h.typeK !== this.kv.type || h.typeV !== this.kv.type || h.nEmbdKv !== this.kv.nEmbdKv || h.rowBytesK !== this.kv.rowBytes || h.rowBytesV !== this.kv.rowBytes) {
-      throw new KvStateError('type_mismatch', `KV state rows (type ${h.typeK}/${h.typeV}, ${h.nEmbdKv} per row) do not match this cache (type ${this.kv.type}, ${this.kv.nEmbdKv})`);
+    const g = native().ggml;
+    const known = (t: number) => t in GGML_TYPES && g.ggml_blck_size(t) > 0 && this.kv.nEmbdKv % g.ggml_blck_size(t) === 0;
+    if (h.nEmbdKv !== this.kv.nEmbdKv || !known(h.typeK) || !known(h.typeV)
+      || h.rowBytesK !== g.ggml_row_size(h.typeK, h.nEmbdKv) || h.rowBytesV !== g.ggml_row_size(h.typeV, h.nEmbdKv)) {
+      throw new KvStateError('type_mismatch', `KV state rows (types ${h.typeK}/${h.typeV}, ${h.nEmbdKv} values per row) cannot go into this cache (type ${this.kv.type}, ${this.kv.nEmbdKv} per row)`);
     }
     for (const p of st.pos) if (!(p >= 0)) throw new KvStateError('conflict', `KV state holds a negative position ${p}`);
     if (!(seq >= 0 && seq < MAX_SEQ)) throw new KvStateError('conflict', `seq id ${seq} outside 0..${MAX_SEQ - 1}`);
     const target = this.#cellsFor(seq, st.pos);
     if (target.plan) this.cells.apply(target.plan, st.pos, new Int32Array(st.pos.length).fill(seq));
     try {
-      for (let l = l0; l < l1; l++) this.kv.writeRows(l - this.range.l0, target.cells, st.k[l - h.l0]!, st.v[l - h.l0]!);
+      // rows of another cache type are converted (through f32) into this cache's type
+      const n = st.pos.length, t = this.kv.type;
+      for (let l = l0; l < l1; l++) {
+        const k = convertRows(h.typeK, t, st.k[l - h.l0]!, n, h.nEmbdKv), v = convertRows(h.typeV, t, st.v[l - h.l0]!, n, h.nEmbdKv);
+        this.kv.writeRows(l - this.range.l0, target.cells, k, v);
+      }
     } catch (err) {
       if (target.plan) this.cells.release(target.plan);
       throw err;
