@@ -98,6 +98,24 @@ describe('KV cache operations against libllama', () => {
     assert.ok(worst <= TOL, `logits differ by ${worst}`);
   });
 
+  it('K/V of some layers kept in host memory give the same results', () => {
+    const prompt = tokens(30, 9);
+    const run = (hostLayers?: number[]) => {
+      const p = Pipeline.open({ model: path, threads: 2, ctxSize: N_CTX, split: [{ l0: 0, l1: 2 }, { l0: 2, l1: 4 }], kvHostLayers: hostLayers });
+      try {
+        const out = p.forward({ tokens: Int32Array.from(prompt), pos: Int32Array.from(prompt, (_, i) => i), seq: new Int32Array(prompt.length) });
+        const kvBytes = p.stages.reduce((n, s) => n + Object.values(s.memory().kv).reduce((a, b) => a + b, 0), 0);
+        return { out, kvBytes };
+      } finally {
+        p.dispose();
+      }
+    };
+    const all = run(), some = run([1, 2]);
+    assert.deepEqual(some.out, all.out);
+    assert.equal(some.kvBytes, all.kvBytes, 'the same K/V bytes, placed differently');
+    assert.throws(() => Pipeline.open({ model: path, split: [{ l0: 0, l1: 4 }], kvHostLayers: [7] }), /host layer 7/);
+  });
+
   for (const seed of [11, 12, 13]) {
     it(`random operations and decodes on ${N_SEQ} sequences (seed ${seed})`, (t) => {
       const pair = open(seed % 2 === 0);

@@ -1,6 +1,6 @@
 // Tensor storage of a KV cache: per layer of the shard a K and a V tensor of `size` cells, in the
 // backend's memory. The bookkeeping (kv-cells) decides which cells a batch writes and reads.
-import { Backend, BackendBuffer, GgmlContext, GgmlType, getTensor, native, setTensor, type TensorPtr } from '@strata/ggml';
+import { Backend, BackendBuffer, GgmlContext, GgmlType, getTensor, native, setTensor, type BufferTypePtr, type TensorPtr } from '@strata/ggml';
 
 /** Calls fn(firstCell, firstIndex, count) for each run of consecutive cell indices. */
 function runs(cells: Int32Array, fn: (cell: number, at: number, n: number) => void): void {
@@ -23,9 +23,14 @@ export interface KvStorageOptions {
   nEmbdKv: number;
   /** ggml type of K and V (f16 by default) */
   type?: number;
+  /**
+   * layers whose K/V stay in host memory rather than the device's (llama.cpp's KV offload turned
+   * off per layer); on a CPU device both are the same memory
+   */
+  hostLayers?: number[];
 }
 
-/** K and V tensors for a shard's layers. dispose() is idempotent. */
+/** K and V tensors for a shard's layers, in one buffer per memory kind. dispose() is idempotent. */
 export class KvStorage {
   readonly size: number;
   readonly nEmbdKv: number;
@@ -35,38 +40,58 @@ export class KvStorage {
   readonly v: TensorPtr[];
   /** bytes of one cell's row in one layer */
   readonly rowBytes: number;
-  readonly #ctx: GgmlContext;
-  readonly #buffer: BackendBuffer;
+  readonly #parts: { ctx: GgmlContext; buffer: BackendBuffer }[];
 
-  private constructor(o: Required<KvStorageOptions>, ctx: GgmlContext, buffer: BackendBuffer, k: TensorPtr[], v: TensorPtr[]) {
+  private constructor(o: KvStorageOptions & { type: number }, parts: { ctx: GgmlContext; buffer: BackendBuffer }[], k: TensorPtr[], v: TensorPtr[]) {
     this.size = o.size;
     this.nEmbdKv = o.nEmbdKv;
     this.type = o.type;
-    this.#ctx = ctx;
-    this.#buffer = buffer;
+    this.#parts = parts;
     this.k = k;
     this.v = v;
     this.rowBytes = native().ggml.ggml_row_size(o.type, o.nEmbdKv);
   }
 
-  /** Allocates zeroed K/V tensors in `backend`'s memory. */
+  /** Allocates zeroed K/V tensors: host layers in host memory, the rest in `backend`'s. */
   static create(backend: Backend, options: KvStorageOptions): KvStorage {
-    const o = { type: GgmlType.F16 as number, ...options };
-    const ctx = GgmlContext.create({ maxTensors: 2 * o.layers.length });
-    const k: TensorPtr[] = [], v: TensorPtr[] = [];
-    for (const l of o.layers) {
-      k.push(ctx.tensor(o.type, [o.nEmbdKv, o.size], `cache_k_l${l}`));
-      v.push(ctx.tensor(o.type, [o.nEmbdKv, o.size], `cache_v_l${l}`));
-    }
-    let buffer: BackendBuffer;
+    const o = { ...options, type: options.type ?? GgmlType.F16 };
+    const host = new Set(o.hostLayers ?? []);
+    for (const l of host) if (!o.layers.includes(l)) throw new RangeError(`host layer ${l} is not a layer of this shard`);
+    const { backend: b } = native();
+    const hostBuft = b.ggml_backend_dev_host_buffer_type(backend.device) ?? b.ggml_backend_cpu_buffer_type();
+    // one context per buffer type, so each allocates in one buffer
+    const groups = new Map<BufferTypePtr, number[]>();
+    o.layers.forEach((l, slot) => {
+      const buft = host.has(l) ? hostBuft : backend.bufferType();
+      groups.set(buft, [...(groups.get(buft) ?? []), slot]);
+    });
+    const k: TensorPtr[] = new Array(o.layers.length), v: TensorPtr[] = new Array(o.layers.length);
+    const parts: { ctx: GgmlContext; buffer: BackendBuffer }[] = [];
     try {
-      buffer = BackendBuffer.allocContext(ctx, backend.bufferType());
+      for (const [buft, slots] of groups) {
+        const ctx = GgmlContext.create({ maxTensors: 2 * slots.length });
+        for (const slot of slots) {
+          k[slot] = ctx.tensor(o.type, [o.nEmbdKv, o.size], `cache_k_l${o.layers[slot]}`);
+          v[slot] = ctx.tensor(o.type, [o.nEmbdKv, o.size], `cache_v_l${o.layers[slot]}`);
+        }
+        let buffer: BackendBuffer;
+        try {
+          buffer = BackendBuffer.allocContext(ctx, buft);
+        } catch (err) {
+          ctx.dispose();
+          throw err;
+        }
+        buffer.clear(0);
+        parts.push({ ctx, buffer });
+      }
     } catch (err) {
-      ctx.dispose();
+      for (const p of parts) {
+        p.buffer.dispose();
+        p.ctx.dispose();
+      }
       throw err;
     }
-    buffer.clear(0);
-    return new KvStorage(o, ctx, buffer, k, v);
+    return new KvStorage(o, parts, k, v);
   }
 
   /** Copies the K and V rows of `cells` in layer slot `slot` into `k` and `v` (rows in cell order). */
@@ -89,17 +114,21 @@ export class KvStorage {
 
   /** Bytes of K and V memory. */
   get bytes(): number {
-    return this.#buffer.size;
+    return this.#parts.reduce((n, p) => n + p.buffer.size, 0);
   }
 
-  /** Name of the buffer type holding the cache ('CPU', 'CUDA0', ...). */
-  get bufferType(): string {
-    return this.#buffer.typeName;
+  /** Bytes per buffer type ('CPU', 'CUDA0', 'CUDA_Host', ...). */
+  memoryByBufferType(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const p of this.#parts) out[p.buffer.typeName] = (out[p.buffer.typeName] ?? 0) + p.buffer.size;
+    return out;
   }
 
   /** Frees the storage. Idempotent. */
   dispose(): void {
-    this.#buffer.dispose();
-    this.#ctx.dispose();
+    for (const p of this.#parts) {
+      p.buffer.dispose();
+      p.ctx.dispose();
+    }
   }
 }

@@ -29,6 +29,8 @@ export interface StageOptions {
   kvType?: number;
   /** repack mat-mul weights for the CPU's fastest kernels (default true, as llama.cpp) */
   repack?: boolean;
+  /** model layers whose K/V stay in host memory instead of the device's */
+  kvHostLayers?: number[];
   /** receives a picture of the cells after every batch (what STRATA_KV_DEBUG=1 switches on) */
   kvDebug?: (dump: string) => void;
 }
@@ -115,13 +117,19 @@ export class Stage {
       if (range.l0 < 0 || range.l1 > hp.nLayer || range.l0 >= range.l1) {
         throw new ModelError('bad_split', `layer range ${formatRange(range)} is outside the model's 0:${hp.nLayer}`);
       }
+      for (const l of options.kvHostLayers ?? []) {
+        if (!(Number.isInteger(l) && l >= 0 && l < hp.nLayer)) throw new ModelError('bad_split', `host layer ${l} is not a layer of the model (0:${hp.nLayer})`);
+      }
       const size = Math.min(options.ctxSize ?? 4096, hp.nCtxTrain);
       const backend = Backend.open({ device: options.device, threads: options.threads });
       let weights: StageWeights | null = null, kv: KvStorage | null = null, cpu: Backend | null = null;
       try {
         weights = StageWeights.load(file, hp, range, backend, { repack: options.repack });
         const layers = Array.from({ length: range.l1 - range.l0 }, (_, i) => range.l0 + i);
-        kv = KvStorage.create(backend, { layers, size, nEmbdKv: nEmbdKvGqa(hp), type: options.kvType ?? GgmlType.F16 });
+        kv = KvStorage.create(backend, {
+          layers, size, nEmbdKv: nEmbdKvGqa(hp), type: options.kvType ?? GgmlType.F16,
+          hostLayers: options.kvHostLayers?.filter((l) => l >= range.l0 && l < range.l1),
+        });
         // Off the CPU, the CPU backend comes last so the scheduler can run what the device cannot.
         if (!backend.isCpu) cpu = Backend.open({ threads: options.threads });
         const sched = Scheduler.create({ backends: cpu ? [backend, cpu] : [backend], graphSize: GRAPH_NODES });
@@ -260,7 +268,7 @@ export class Stage {
   memory(): StageMemory {
     return {
       weights: this.weights.memoryByBufferType(),
-      kv: { [this.kv.bufferType]: this.kv.bytes },
+      kv: this.kv.memoryByBufferType(),
       compute: { [this.backend.deviceName]: this.#sched.bufferSize(this.backend) },
     };
   }

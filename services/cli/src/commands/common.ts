@@ -34,7 +34,13 @@ export function openPipelineFromFlags(f: Flags): OpenedModel {
       file.close();
     }
   }
+  const hostText = f.str('kv-host-layers');
+  const kvHostLayers = hostText ? hostText.split(',').map((x) => {
+    const n = Number(x);
+    if (!Number.isInteger(n)) throw new UsageError(`--kv-host-layers takes layer numbers separated by commas, got '${hostText}'`);
+    return n;
+  }) : undefined;
   // STRATA_KV_DEBUG=1 draws every stage's cells after each batch (like LLAMA_KV_CACHE_DEBUG)
   const kvDebug = process.env.STRATA_KV_DEBUG === '1' ? (d: string) => process.stderr.write(d) : undefined;
-  return { path, pipeline: Pipeline.open({ model: path, split, threads, ctxSize, device, kvType, kvDebug }) };
+  return { path, pipeline: Pipeline.open({ model: path, split, threads, ctxSize, device, kvType, kvHostLayers, kvDebug }) };
 }
