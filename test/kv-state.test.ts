@@ -17,6 +17,7 @@ import { synthModel } from './helpers/models.ts';
 
 const REL_TOL = 2e-3;
 const path = synthModel({ arch: 'llama', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 71 });
+const wide = synthModel({ arch: 'qwen2', nLayer: 4, nEmbd: 256, nHead: 4, nHeadKv: 2, nFf: 512, nCtxTrain: 1024, seed: 73 });
 const other = synthModel({ arch: 'llama', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 72 });
 const PROMPT = Array.from({ length: 60 }, (_, i) => 200 + ((i * 97) % 15000));
 const NEXT = Array.from({ length: 12 }, (_, i) => 300 + i * 11);
@@ -104,21 +105,25 @@ describe('KV state export and import', () => {
     }
   });
 
-  for (const [from, to] of [['f16', 'q8_0'], ['q8_0', 'f16'], ['f16', 'q4_0']] as const) {
-    it(`converts ${from} rows into a ${to} cache on import`, (t) => {
+  const conversions = [['f16', 'q8_0', 32], ['q8_0', 'f16', 32], ['f16', 'q4_0', 32], ['f16', 'q8_0', 64], ['q8_0', 'f16', 64], ['q4_0', 'q8_0', 64]] as const;
+  for (const [from, to, head] of conversions) {
+    it(`converts ${from} rows into a ${to} cache on import (heads of ${head}${head === 64 ? ', quantized rows Hadamard-rotated' : ''})`, (t) => {
       const type = { f16: GgmlType.F16, q8_0: GgmlType.Q8_0, q4_0: GgmlType.Q4_0 };
-      const source = pipeline(H, path, type[from]);
+      const model = head === 64 ? wide : path;
+      const source = pipeline(H, model, type[from]);
       prefill(source, 0, PROMPT);
-      const moved = pipeline([{ l0: 0, l1: 1 }, { l0: 1, l1: 4 }], path, type[to]);
+      const moved = pipeline([{ l0: 0, l1: 1 }, { l0: 1, l1: 4 }], model, type[to]);
       moved.importState(source.exportState(0), 0);
       // the same tokens prefilled into a cache of the target type, and into the source's type
-      const native = pipeline(H, path, type[to]);
+      const native = pipeline(H, model, type[to]);
       prefill(native, 0, PROMPT);
       const lMoved = continueDecoding(moved, 0, NEXT), lNative = continueDecoding(native, 0, NEXT), lSource = continueDecoding(source, 0, NEXT);
-      // converting costs less than the target type's own quantization error
-      const quantErr = maxDiff(lNative, lSource), d = maxDiff(lMoved, lNative);
-      t.diagnostic(`|Δlogit| moved vs ${to} cache: ${d.toExponential(2)}; ${to} vs ${from} cache: ${quantErr.toExponential(2)}`);
-      assert.ok(d <= Math.max(quantErr, 1e-3), `conversion error ${d} exceeds the quantization error ${quantErr}`);
+      // the moved sequence goes on about as close to where it came from as the same prompt cached
+      // natively in the target type; converting rounds twice (the source's type, then the
+      // target's), so we allow a quarter more than the target type's own error
+      const dMoved = maxDiff(lMoved, lSource), dNative = maxDiff(lNative, lSource);
+      t.diagnostic(`|Δlogit| from the ${from} source: moved ${dMoved.toExponential(2)}, a native ${to} cache ${dNative.toExponential(2)}`);
+      assert.ok(dMoved <= 1.25 * dNative + 1e-3, `conversion error ${dMoved} exceeds 1.25 × a native ${to} cache's ${dNative}`);
     });
   }
 

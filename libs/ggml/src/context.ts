@@ -117,6 +117,7 @@ export class GgmlContext {
   cont(a: TensorPtr): TensorPtr { return this.#g.ggml_cont(this.ptr, a); }
   reshape2d(a: TensorPtr, ne0: number, ne1: number): TensorPtr { return this.#g.ggml_reshape_2d(this.ptr, a, ne0, ne1); }
   reshape3d(a: TensorPtr, ne0: number, ne1: number, ne2: number): TensorPtr { return this.#g.ggml_reshape_3d(this.ptr, a, ne0, ne1, ne2); }
+  reshape4d(a: TensorPtr, ne0: number, ne1: number, ne2: number, ne3: number): TensorPtr { return this.#g.ggml_reshape_4d(this.ptr, a, ne0, ne1, ne2, ne3); }
   view1d(a: TensorPtr, ne0: number, offset: number): TensorPtr { return this.#g.ggml_view_1d(this.ptr, a, ne0, offset); }
   view2d(a: TensorPtr, ne0: number, ne1: number, nb1: number, offset: number): TensorPtr {
     return this.#g.ggml_view_2d(this.ptr, a, ne0, ne1, nb1, offset);
@@ -152,6 +153,8 @@ export class GgmlContext {
     return t;
   }
   setMulMatPrec(t: TensorPtr, prec: number): void { this.#g.ggml_mul_mat_set_prec(t, prec); }
+  /** GGML_HINT_SRC0_IS_HADAMARD (1): the mat-mul's first operand is a Hadamard matrix. */
+  setMulMatHint(t: TensorPtr, hint: number): void { this.#g.ggml_mul_mat_set_hint(t, hint); }
   setName(t: TensorPtr, name: string): TensorPtr { return this.#g.ggml_set_name(t, name); }
   setOutput(t: TensorPtr): void { this.#g.ggml_set_output(t); }
 

@@ -11,6 +11,6 @@ export { locateNativeLibs, strataCacheDir, type LocateOptions, type NativeLibs }
 export { vocabDir, VOCAB_FILES } from './native-build.ts';
 export { Scheduler, type SchedulerOptions } from './scheduler.ts';
 export { LogLevel, loadNative, loadOptionsFromEnv, native, type LoadOptions, type Native } from './runtime.ts';
-export { convertRows, decodeToF32, encodeF32, f16ToF32 } from './quantize.ts';
+export { decodeToF32, encodeF32, f16ToF32 } from './quantize.ts';
 export { F16_NEG_INF, F16_ZERO, GgmlPrec, GgmlType, RopeType } from './types.ts';
 export { bufferTypeName, cpuExtraBufferTypes, matMulWeightBufferType, supportsMatMulWeight } from './weight-bufts.ts';

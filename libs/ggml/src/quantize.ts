@@ -47,9 +47,3 @@ export function decodeToF32(type: number, data: Uint8Array, n: number): Float32A
   koffi.call(toFloat, toFloatProto, data, out, n);
   return out;
 }
-
-/** Re-encodes rows of `nPerRow` values from one ggml type to another (through f32). */
-export function convertRows(from: number, to: number, rows: Uint8Array, nRows: number, nPerRow: number): Uint8Array {
-  if (from === to) return rows;
-  return encodeF32(to, decodeToF32(from, rows, nRows * nPerRow), nPerRow);
-}

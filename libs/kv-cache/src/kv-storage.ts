@@ -1,5 +1,6 @@
 // Tensor storage of a KV cache: per layer of the shard a K and a V tensor of `size` cells, in the
 // backend's memory. The bookkeeping (kv-cells) decides which cells a batch writes and reads.
+import { rotationSizes } from './rotation.ts';
 import { Backend, BackendBuffer, GgmlContext, GgmlType, getTensor, native, setTensor, type BufferTypePtr, type TensorPtr } from '@strata/ggml';
 
 /** Calls fn(firstCell, firstIndex, count) for each run of consecutive cell indices. */
@@ -23,6 +24,8 @@ export interface KvStorageOptions {
   nEmbdKv: number;
   /** ggml type of K and V (f16 by default) */
   type?: number;
+  /** values per head: quantized K/V of heads that are a multiple of 64 are Hadamard-rotated */
+  headDim?: number;
   /**
    * layers whose K/V stay in host memory rather than the device's (llama.cpp's KV offload turned
    * off per layer); on a CPU device both are the same memory
@@ -40,6 +43,8 @@ export class KvStorage {
   readonly v: TensorPtr[];
   /** bytes of one cell's row in one layer */
   readonly rowBytes: number;
+  /** Hadamard rotation sizes of K and V (0: none), as llama.cpp rotates quantized caches */
+  readonly rot: { k: number; v: number };
   readonly #parts: { ctx: GgmlContext; buffer: BackendBuffer }[];
 
   private constructor(o: KvStorageOptions & { type: number }, parts: { ctx: GgmlContext; buffer: BackendBuffer }[], k: TensorPtr[], v: TensorPtr[]) {
@@ -50,6 +55,8 @@ export class KvStorage {
     this.k = k;
     this.v = v;
     this.rowBytes = native().ggml.ggml_row_size(o.type, o.nEmbdKv);
+    const quantized = o.type !== GgmlType.F16 && o.type !== GgmlType.F32;
+    this.rot = o.headDim ? rotationSizes(o.headDim, quantized, quantized) : { k: 0, v: 0 };
   }
 
   /** Allocates zeroed K/V tensors: host layers in host memory, the rest in `backend`'s. */

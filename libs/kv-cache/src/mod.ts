@@ -4,3 +4,4 @@ export { attendedCells, buildMask } from './kv-mask.ts';
 export { KvStorage, type KvStorageOptions } from './kv-storage.ts';
 export { KvStateError } from './errors.ts';
 export { STATE_MAGIC, STATE_VERSION, decodeState, encodeState, stateBytes, type DecodedState, type StateHeader } from './state-format.ts';
+export { hadamardInPlace, hadamardMatrix, rotationSizes } from './rotation.ts';

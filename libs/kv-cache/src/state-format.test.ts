@@ -5,7 +5,7 @@ import { KvStateError, decodeState, encodeState, type StateHeader } from './mod.
 
 const header: StateHeader = {
   fingerprint: '0123456789abcdef0123456789abcdef', l0: 2, l1: 5, nEmbdKv: 8, typeK: 1, typeV: 1,
-  rowBytesK: 16, rowBytesV: 16, nCells: 3, p0: -1, p1: -1,
+  rowBytesK: 16, rowBytesV: 16, nCells: 3, p0: -1, p1: -1, rotK: 0, rotV: 64,
 };
 const blob = () => encodeState(header, Int32Array.of(7, 8, 9), (l, k, v) => {
   k.fill(l);
@@ -28,7 +28,7 @@ describe('KV state format', () => {
     const flip = (at: number) => { const c = b.slice(); c[at]! ^= 0x40; return c; };
     assert.throws(() => decodeState(flip(0)), refused('bad_magic', /magic/));
     assert.throws(() => decodeState(flip(12)), refused('checksum', /header/));
-    assert.throws(() => decodeState(flip(76)), refused('checksum', /cell/));
+    assert.throws(() => decodeState(flip(80)), refused('checksum', /cell/));
     assert.throws(() => decodeState(flip(b.length - 5)), refused('checksum', /V rows of layer 4/));
     assert.throws(() => decodeState(flip(b.length - 60)), refused('checksum', /K rows of layer 4/));
     assert.throws(() => decodeState(b.subarray(0, b.length - 1)), refused('truncated', /promises/));

@@ -3,7 +3,8 @@
 //
 //   header   magic "STKV", u16 version, u16 header bytes, 32-byte model fingerprint (ascii),
 //            u16 l0, u16 l1, u32 n_embd_kv, u16 type_k, u16 type_v, u32 row_bytes_k,
-//            u32 row_bytes_v, u32 n_cells, i32 p0, i32 p1, u32 crc32 of the header so far
+//            u32 row_bytes_v, u32 n_cells, i32 p0, i32 p1, u16 rot_k, u16 rot_v (Hadamard sizes
+//            of rotated quantized rows, 0: none), u32 crc32 of the header so far
 //   cells    i32 pos[n_cells], u32 crc32
 //   layers   for l in [l0, l1): K rows [n_cells][row_bytes_k], u32 crc32, V rows, u32 crc32
 //
@@ -13,7 +14,7 @@ import { KvStateError } from './errors.ts';
 
 export const STATE_MAGIC = 0x564b5453; // "STKV" little-endian
 export const STATE_VERSION = 1;
-const HEADER_BYTES = 4 + 2 + 2 + 32 + 2 + 2 + 4 + 2 + 2 + 4 + 4 + 4 + 4 + 4 + 4;
+const HEADER_BYTES = 4 + 2 + 2 + 32 + 2 + 2 + 4 + 2 + 2 + 4 + 4 + 4 + 4 + 4 + 2 + 2 + 4;
 
 /** What a state blob holds, besides the rows. */
 export interface StateHeader {
@@ -30,6 +31,9 @@ export interface StateHeader {
   /** positions requested, half-open (-1: open) */
   p0: number;
   p1: number;
+  /** Hadamard rotation of the K and V rows (0: plain values) */
+  rotK: number;
+  rotV: number;
 }
 
 /** A decoded blob: header, cell positions, and views of each layer's rows. */
@@ -70,6 +74,8 @@ export function encodeState(h: StateHeader, pos: Int32Array,
   dv.setUint32(o, h.nCells, true); o += 4;
   dv.setInt32(o, h.p0, true); o += 4;
   dv.setInt32(o, h.p1, true); o += 4;
+  dv.setUint16(o, h.rotK, true); o += 2;
+  dv.setUint16(o, h.rotV, true); o += 2;
   dv.setUint32(o, crc32(out.subarray(0, o)), true); o += 4;
   const cells = new Uint8Array(pos.buffer, pos.byteOffset, pos.byteLength);
   out.set(cells, o);
@@ -110,6 +116,8 @@ export function decodeState(blob: Uint8Array): DecodedState {
     nCells: dv.getUint32(60, true),
     p0: dv.getInt32(64, true),
     p1: dv.getInt32(68, true),
+    rotK: dv.getUint16(72, true),
+    rotV: dv.getUint16(74, true),
   };
   if (h.l1 < h.l0) throw new KvStateError('layer_mismatch', `KV state layer range ${h.l0}:${h.l1} is empty`);
   const total = stateBytes(h);

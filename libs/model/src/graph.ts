@@ -24,8 +24,25 @@ export interface StageGraph {
   mask: TensorPtr;
   /** I32 [n_outputs], last stage only, when not every token outputs */
   outIds: TensorPtr | null;
+  /** F32 [rot, rot] Hadamard matrices, when the cache is quantized and rotated */
+  rotK: TensorPtr | null;
+  rotV: TensorPtr | null;
   /** hidden state [n_embd, n_tokens] or logits [n_vocab, n_outputs] */
   out: TensorPtr;
+}
+
+/** GGML_HINT_SRC0_IS_HADAMARD */
+const HINT_HADAMARD = 1;
+
+/**
+ * Multiplies every `rot`-wide chunk of a contiguous tensor by the Hadamard matrix `rot`
+ * (llama.cpp's llama_mul_mat_hadamard); `shape` is the tensor's shape, restored after.
+ */
+export function mulHadamard(ctx: GgmlContext, cur: TensorPtr, rot: TensorPtr, n: number, shape: readonly number[]): TensorPtr {
+  const total = shape.reduce((a, b) => a * b, 1);
+  const res = ctx.mulMat(rot, ctx.reshape2d(cur, n, total / n));
+  ctx.setMulMatHint(res, HINT_HADAMARD);
+  return ctx.reshape4d(res, shape[0]!, shape[1] ?? 1, shape[2] ?? 1, shape[3] ?? 1);
 }
 
 /** Shape of one evaluation. */
@@ -63,6 +80,8 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
   const kvIdxs = ctx.input(GgmlType.I64, [n], 'inp_kv_idxs');
   const mask = ctx.input(GgmlType.F16, [nKv, n], 'inp_kq_mask');
   const outIds = isLast && selectOutputs ? ctx.input(GgmlType.I32, [nOutputs], 'inp_out_ids') : null;
+  const rotK = kv.rot.k ? ctx.input(GgmlType.F32, [kv.rot.k, kv.rot.k], 'attn_inp_k_rot') : null;
+  const rotV = kv.rot.v ? ctx.input(GgmlType.F32, [kv.rot.v, kv.rot.v], 'attn_inp_v_rot') : null;
 
   const rope = ropeParams(hp, weights);
   const hd = hp.headDim, nKvEmbd = hd * hp.nHeadKv;
@@ -87,6 +106,11 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
     v = ctx.reshape3d(v, hd, hp.nHeadKv, n);
     q = ctx.ropeExt(q, pos, rope);
     k = ctx.ropeExt(k, pos, rope);
+    if (rotK) {
+      q = mulHadamard(ctx, q, rotK, kv.rot.k, [hd, hp.nHead, n]);
+      k = mulHadamard(ctx, k, rotK, kv.rot.k, [hd, hp.nHeadKv, n]);
+    }
+    if (rotV) v = mulHadamard(ctx, v, rotV, kv.rot.v, [hd, hp.nHeadKv, n]);
     ctx.expand(gf, q);
     ctx.expand(gf, v);
     ctx.expand(gf, k);
@@ -108,6 +132,7 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
     const qp = ctx.permute(q, 0, 2, 1, 3);
     cur = ctx.flashAttnExt(qp, kc, vc, mask, kqScale, GgmlPrec.F32);
     cur = ctx.reshape2d(cur, hd * hp.nHead, n);
+    if (rotV) cur = mulHadamard(ctx, cur, rotV, kv.rot.v, [hd * hp.nHead, n]);
     cur = ctx.mulMat(w.wo, cur);
 
     if (il === hp.nLayer - 1 && outIds) {
@@ -129,5 +154,5 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
   }
   ctx.setOutput(out);
   ctx.expand(gf, out);
-  return { ctx, graph: gf, tokens, hidden, pos, kvIdxs, mask, outIds, out };
+  return { ctx, graph: gf, tokens, hidden, pos, kvIdxs, mask, outIds, rotK, rotV, out };
 }

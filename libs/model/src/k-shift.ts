@@ -4,7 +4,7 @@
 import { GgmlContext, GgmlType, type GraphPtr, type TensorPtr } from '@strata/ggml';
 import type { KvStorage } from '@strata/kv-cache';
 import { native } from '@strata/ggml';
-import { ropeParams } from './graph.ts';
+import { mulHadamard, ropeParams } from './graph.ts';
 import type { HParams } from './hparams.ts';
 import type { StageWeights } from './weights.ts';
 
@@ -14,6 +14,8 @@ export interface ShiftGraph {
   graph: GraphPtr;
   /** I32 [size]: the rotation each cell still needs */
   shift: TensorPtr;
+  /** F32 [rot, rot]: the Hadamard matrix of rotated quantized keys */
+  rot: TensorPtr | null;
 }
 
 /** Builds the graph that re-rotates the keys of every layer of the stage. */
@@ -25,11 +27,22 @@ export function buildShiftGraph(hp: HParams, weights: StageWeights, kv: KvStorag
   const shift = ctx.input(GgmlType.I32, [kv.size], 'inp_k_shift');
   const rope = ropeParams(hp, weights);
   const quantized = kv.type !== GgmlType.F16 && kv.type !== GgmlType.F32;
+  const rot = kv.rot.k ? ctx.input(GgmlType.F32, [kv.rot.k, kv.rot.k], 'inp_k_rot') : null;
+  const shape = [hp.nRot, hp.nHeadKv, kv.size];
   for (const k of kv.k) {
     const view = ctx.view3d(k, hp.nRot, hp.nHeadKv, kv.size, g.ggml_row_size(kv.type, hp.headDim), g.ggml_row_size(kv.type, hp.headDim * hp.nHeadKv), 0);
-    // quantized keys are rotated in f32 and written back; f16/f32 keys in place
-    const out = quantized ? ctx.cpy(ctx.ropeExt(ctx.cast(view, GgmlType.F32), shift, rope), view) : ctx.ropeExtInplace(view, shift, rope);
+    let out: TensorPtr;
+    if (quantized) {
+      // quantized keys: to f32, out of the Hadamard domain, rotated, back in, requantized in place
+      let tmp = ctx.cast(view, GgmlType.F32);
+      if (rot) tmp = mulHadamard(ctx, tmp, rot, kv.rot.k, shape);
+      tmp = ctx.ropeExt(tmp, shift, rope);
+      if (rot) tmp = mulHadamard(ctx, tmp, rot, kv.rot.k, shape);
+      out = ctx.cpy(tmp, view);
+    } else {
+      out = ctx.ropeExtInplace(view, shift, rope);
+    }
     ctx.expand(gf, out);
   }
-  return { ctx, graph: gf, shift };
+  return { ctx, graph: gf, shift, rot };
 }

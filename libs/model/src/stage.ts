@@ -1,9 +1,10 @@
 // A stage: layers [l0, l1) of one model on one backend, with the KV cache for those layers.
 // It takes token ids (first stage) or hidden states and returns hidden states or logits.
-import { Backend, GgmlType, Scheduler, convertRows, getTensor, native, setTensor } from '@strata/ggml';
+import { Backend, GgmlType, Scheduler, decodeToF32, encodeF32, getTensor, native, setTensor } from '@strata/ggml';
 import { GGML_TYPES, GgufFile } from '@strata/gguf';
 import {
-  KvCells, KvStateError, KvStorage, MAX_SEQ, attendedCells, buildMask, decodeState, encodeState, type DecodedState, type SlotPlan,
+  KvCells, KvStateError, KvStorage, MAX_SEQ, attendedCells, buildMask, decodeState, encodeState, hadamardInPlace, hadamardMatrix, type DecodedState,
+  type SlotPlan,
   type StateHeader,
 } from '@strata/kv-cache';
 import { KvCacheFullError, ModelError } from './errors.ts';
@@ -90,6 +91,7 @@ export class Stage {
   readonly #cpu: Backend | null;
   #maskBuf = new Uint16Array(0);
   #kvDebug: ((dump: string) => void) | undefined;
+  readonly #rotations = new Map<number, Float32Array>();
   #graph: { shape: GraphShape; graph: StageGraph } | null = null;
   /** the K-shift graph, with a scheduler of its own so the step graph stays allocated */
   #shift: { graph: ShiftGraph; sched: Scheduler } | null = null;
@@ -127,7 +129,7 @@ export class Stage {
         weights = StageWeights.load(file, hp, range, backend, { repack: options.repack });
         const layers = Array.from({ length: range.l1 - range.l0 }, (_, i) => range.l0 + i);
         kv = KvStorage.create(backend, {
-          layers, size, nEmbdKv: nEmbdKvGqa(hp), type: options.kvType ?? GgmlType.F16,
+          layers, size, nEmbdKv: nEmbdKvGqa(hp), type: options.kvType ?? GgmlType.F16, headDim: hp.headDim,
           hostLayers: options.kvHostLayers?.filter((l) => l >= range.l0 && l < range.l1),
         });
         // Off the CPU, the CPU backend comes last so the scheduler can run what the device cannot.
@@ -184,6 +186,8 @@ export class Stage {
     buildMask(this.cells, nKv, batch.pos, batch.seq, mask);
     setTensor(sg.mask, mask);
     if (sg.outIds) setTensor(sg.outIds, outputs!);
+    if (sg.rotK) setTensor(sg.rotK, this.#rotation(this.kv.rot.k));
+    if (sg.rotV) setTensor(sg.rotV, this.#rotation(this.kv.rot.v));
     this.#sched.run(sg.graph);
     const width = this.isLast ? this.hp.nVocab : this.hp.nEmbd;
     const out = new Float32Array(width * nOutputs);
@@ -226,9 +230,17 @@ export class Stage {
     const { graph, sched } = this.#shift;
     sched.alloc(graph.graph);
     setTensor(graph.shift, this.cells.pendingShifts());
+    if (graph.rot) setTensor(graph.rot, this.#rotation(this.kv.rot.k));
     sched.run(graph.graph);
     this.cells.resetShift();
     this.counters.shifts++;
+  }
+
+  /** The n×n Hadamard matrix, built once. */
+  #rotation(n: number): Float32Array {
+    let m = this.#rotations.get(n);
+    if (!m) this.#rotations.set(n, (m = hadamardMatrix(n)));
+    return m;
   }
 
   #dropGraph(): void {
@@ -318,6 +330,7 @@ export class Stage {
     const header: StateHeader = {
       fingerprint: this.hp.fingerprint, l0, l1, nEmbdKv: this.kv.nEmbdKv, typeK: this.kv.type, typeV: this.kv.type,
       rowBytesK: this.kv.rowBytes, rowBytesV: this.kv.rowBytes, nCells: cells.length, p0, p1,
+      rotK: this.kv.rot.k, rotV: this.kv.rot.v,
     };
     return encodeState(header, Int32Array.from(cells, (i) => this.cells.pos[i]!), (layer, k, v) => {
       this.kv.readRows(layer - this.range.l0, cells, k, v);
@@ -341,7 +354,8 @@ export class Stage {
     const g = native().ggml;
     const known = (t: number) => t in GGML_TYPES && g.ggml_blck_size(t) > 0 && this.kv.nEmbdKv % g.ggml_blck_size(t) === 0;
     if (h.nEmbdKv !== this.kv.nEmbdKv || !known(h.typeK) || !known(h.typeV)
-      || h.rowBytesK !== g.ggml_row_size(h.typeK, h.nEmbdKv) || h.rowBytesV !== g.ggml_row_size(h.typeV, h.nEmbdKv)) {
+      || h.rowBytesK !== g.ggml_row_size(h.typeK, h.nEmbdKv) || h.rowBytesV !== g.ggml_row_size(h.typeV, h.nEmbdKv)
+      || ![h.rotK, h.rotV].every((r) => r === 0 || ((r & (r - 1)) === 0 && h.nEmbdKv % r === 0))) {
       throw new KvStateError('type_mismatch', `KV state rows (types ${h.typeK}/${h.typeV}, ${h.nEmbdKv} values per row) cannot go into this cache (type ${this.kv.type}, ${this.kv.nEmbdKv} per row)`);
     }
     for (const p of st.pos) if (!(p >= 0)) throw new KvStateError('conflict', `KV state holds a negative position ${p}`);
@@ -349,10 +363,19 @@ export class Stage {
     const target = this.#cellsFor(seq, st.pos);
     if (target.plan) this.cells.apply(target.plan, st.pos, new Int32Array(st.pos.length).fill(seq));
     try {
-      // rows of another cache type are converted (through f32) into this cache's type
-      const n = st.pos.length, t = this.kv.type;
+      // rows of another cache type (or rotation) are converted through f32 into this cache's own
+      const n = st.pos.length, t = this.kv.type, rot = this.kv.rot;
+      const convert = (rows: Uint8Array, from: number, fromRot: number, toRot: number) => {
+        if (from === t && fromRot === toRot) return rows;
+        const x = decodeToF32(from, rows, n * h.nEmbdKv);
+        if (fromRot !== toRot) {
+          if (fromRot) hadamardInPlace(x, fromRot); // H is its own inverse
+          if (toRot) hadamardInPlace(x, toRot);
+        }
+        return encodeF32(t, x, h.nEmbdKv);
+      };
       for (let l = l0; l < l1; l++) {
-        const k = convertRows(h.typeK, t, st.k[l - h.l0]!, n, h.nEmbdKv), v = convertRows(h.typeV, t, st.v[l - h.l0]!, n, h.nEmbdKv);
+        const k = convert(st.k[l - h.l0]!, h.typeK, h.rotK, rot.k), v = convert(st.v[l - h.l0]!, h.typeV, h.rotV, rot.v);
         this.kv.writeRows(l - this.range.l0, target.cells, k, v);
       }
     } catch (err) {
