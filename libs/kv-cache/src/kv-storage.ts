@@ -1,7 +1,7 @@
 // Tensor storage of a KV cache: per layer of the shard a K and a V tensor of `size` cells, in the
 // backend's memory. The bookkeeping (kv-cells) decides which cells a batch writes and reads.
 import { rotationSizes } from './rotation.ts';
-import { Backend, BackendBuffer, GgmlContext, GgmlType, getTensor, native, setTensor, type BufferTypePtr, type TensorPtr } from '@strata/ggml';
+import { Backend, BufferSet, GgmlType, getTensor, groupByBufferType, native, setTensor, type TensorPtr } from '@strata/ggml';
 
 /** Calls fn(firstCell, firstIndex, count) for each run of consecutive cell indices. */
 function runs(cells: Int32Array, fn: (cell: number, at: number, n: number) => void): void {
@@ -45,13 +45,13 @@ export class KvStorage {
   readonly rowBytes: number;
   /** Hadamard rotation sizes of K and V (0: none), as llama.cpp rotates quantized caches */
   readonly rot: { k: number; v: number };
-  readonly #parts: { ctx: GgmlContext; buffer: BackendBuffer }[];
+  readonly #buffers: BufferSet;
 
-  private constructor(o: KvStorageOptions & { type: number }, parts: { ctx: GgmlContext; buffer: BackendBuffer }[], k: TensorPtr[], v: TensorPtr[]) {
+  private constructor(o: KvStorageOptions & { type: number }, buffers: BufferSet, k: TensorPtr[], v: TensorPtr[]) {
     this.size = o.size;
     this.nEmbdKv = o.nEmbdKv;
     this.type = o.type;
-    this.#parts = parts;
+    this.#buffers = buffers;
     this.k = k;
     this.v = v;
     this.rowBytes = native().ggml.ggml_row_size(o.type, o.nEmbdKv);
@@ -66,39 +66,25 @@ export class KvStorage {
     for (const l of host) if (!o.layers.includes(l)) throw new RangeError(`host layer ${l} is not a layer of this shard`);
     const { backend: b } = native();
     const hostBuft = b.ggml_backend_dev_host_buffer_type(backend.device) ?? b.ggml_backend_cpu_buffer_type();
-    // one context per buffer type, so each allocates in one buffer
-    const groups = new Map<BufferTypePtr, number[]>();
-    o.layers.forEach((l, slot) => {
-      const buft = host.has(l) ? hostBuft : backend.bufferType();
-      groups.set(buft, [...(groups.get(buft) ?? []), slot]);
-    });
+    const slots = o.layers.map((_, slot) => slot);
+    const groups = groupByBufferType(slots, (slot) => (host.has(o.layers[slot]!) ? hostBuft : backend.bufferType()));
     const k: TensorPtr[] = new Array(o.layers.length), v: TensorPtr[] = new Array(o.layers.length);
-    const parts: { ctx: GgmlContext; buffer: BackendBuffer }[] = [];
+    const buffers = new BufferSet();
     try {
-      for (const [buft, slots] of groups) {
-        const ctx = GgmlContext.create({ maxTensors: 2 * slots.length });
-        for (const slot of slots) {
-          k[slot] = ctx.tensor(o.type, [o.nEmbdKv, o.size], `cache_k_l${o.layers[slot]}`);
-          v[slot] = ctx.tensor(o.type, [o.nEmbdKv, o.size], `cache_v_l${o.layers[slot]}`);
-        }
-        let buffer: BackendBuffer;
-        try {
-          buffer = BackendBuffer.allocContext(ctx, buft);
-        } catch (err) {
-          ctx.dispose();
-          throw err;
-        }
+      for (const [buft, group] of groups) {
+        const { buffer } = buffers.add(buft, 2 * group.length, (ctx) => {
+          for (const slot of group) {
+            k[slot] = ctx.tensor(o.type, [o.nEmbdKv, o.size], `cache_k_l${o.layers[slot]}`);
+            v[slot] = ctx.tensor(o.type, [o.nEmbdKv, o.size], `cache_v_l${o.layers[slot]}`);
+          }
+        });
         buffer.clear(0);
-        parts.push({ ctx, buffer });
       }
     } catch (err) {
-      for (const p of parts) {
-        p.buffer.dispose();
-        p.ctx.dispose();
-      }
+      buffers.dispose();
       throw err;
     }
-    return new KvStorage(o, parts, k, v);
+    return new KvStorage(o, buffers, k, v);
   }
 
   /** Copies the K and V rows of `cells` in layer slot `slot` into `k` and `v` (rows in cell order). */
@@ -121,21 +107,16 @@ export class KvStorage {
 
   /** Bytes of K and V memory. */
   get bytes(): number {
-    return this.#parts.reduce((n, p) => n + p.buffer.size, 0);
+    return this.#buffers.bytes;
   }
 
   /** Bytes per buffer type ('CPU', 'CUDA0', 'CUDA_Host', ...). */
   memoryByBufferType(): Record<string, number> {
-    const out: Record<string, number> = {};
-    for (const p of this.#parts) out[p.buffer.typeName] = (out[p.buffer.typeName] ?? 0) + p.buffer.size;
-    return out;
+    return this.#buffers.memoryByBufferType();
   }
 
   /** Frees the storage. Idempotent. */
   dispose(): void {
-    for (const p of this.#parts) {
-      p.buffer.dispose();
-      p.ctx.dispose();
-    }
+    this.#buffers.dispose();
   }
 }

@@ -1,12 +1,9 @@
 // A stage: layers [l0, l1) of one model on one backend, with the KV cache for those layers.
 // It takes token ids (first stage) or hidden states and returns hidden states or logits.
-import { Backend, GgmlType, Scheduler, decodeToF32, encodeF32, getTensor, native, setTensor } from '@strata/ggml';
-import { GGML_TYPES, GgufFile } from '@strata/gguf';
-import {
-  KvCells, KvStateError, KvStorage, MAX_SEQ, attendedCells, buildMask, decodeState, encodeState, hadamardInPlace, hadamardMatrix, type DecodedState,
-  type SlotPlan,
-  type StateHeader,
-} from '@strata/kv-cache';
+import { Backend, GgmlType, Scheduler, getTensor, setTensor } from '@strata/ggml';
+import { GgufFile } from '@strata/gguf';
+import { KvCells, KvStorage, MAX_SEQ, attendedCells, buildMask, hadamardMatrix, type DecodedState } from '@strata/kv-cache';
+import { exportStageState, importStageState, type ExportOptions } from './stage-state.ts';
 import { KvCacheFullError, ModelError } from './errors.ts';
 import { nEmbdKvGqa, readHParams, type HParams } from './hparams.ts';
 import { formatRange, type LayerRange } from './layer-range.ts';
@@ -155,7 +152,7 @@ export class Stage {
     if (this.#disposed) throw new ModelError('bad_input', 'stage was disposed');
     const n = batch.pos.length;
     this.#checkBatch(batch, n);
-    if (this.cells.hasShift) this.#applyShift();
+    this.applyShift();
     const plan = this.cells.findSlot(n);
     if (!plan) throw new KvCacheFullError(n, this.cells.size - this.cells.used);
     this.cells.apply(plan, batch.pos, batch.seq);
@@ -222,7 +219,8 @@ export class Stage {
   }
 
   /** Re-rotates the keys of cells that seqAdd/seqDivide moved, then marks the shifts applied. */
-  #applyShift(): void {
+  applyShift(): void {
+    if (!this.cells.hasShift) return;
     this.#shift ??= {
       graph: buildShiftGraph(this.hp, this.weights, this.kv),
       sched: Scheduler.create({ backends: this.#cpu ? [this.backend, this.#cpu] : [this.backend], graphSize: GRAPH_NODES }),
@@ -314,96 +312,16 @@ export class Stage {
    * Exports `seq`'s cells with p0 <= pos < p1 (negative: open) and their K/V rows for `layers`
    * (default: every layer of the stage), in the checksummed state format.
    */
-  exportState(seq: number, options: { p0?: number; p1?: number; layers?: LayerRange } = {}): Uint8Array {
-    if (this.cells.hasShift) this.#applyShift(); // rows leave with their final rotation
-    const p0 = options.p0 ?? -1, p1 = options.p1 ?? -1;
-    const l0 = Math.max(options.layers?.l0 ?? this.range.l0, this.range.l0);
-    const l1 = Math.min(options.layers?.l1 ?? this.range.l1, this.range.l1);
-    if (l0 >= l1) throw new ModelError('bad_split', `stage ${formatRange(this.range)} holds none of layers ${options.layers ? formatRange(options.layers) : ''}`);
-    const lo = p0 < 0 ? 0 : p0, hi = p1 < 0 ? Infinity : p1;
-    const picked: number[] = [];
-    for (let i = 0; i < this.cells.size; i++) {
-      const p = this.cells.pos[i]!;
-      if (p >= lo && p < hi && this.cells.hasSeq(i, seq)) picked.push(i);
-    }
-    const cells = Int32Array.from(picked);
-    const header: StateHeader = {
-      fingerprint: this.hp.fingerprint, l0, l1, nEmbdKv: this.kv.nEmbdKv, typeK: this.kv.type, typeV: this.kv.type,
-      rowBytesK: this.kv.rowBytes, rowBytesV: this.kv.rowBytes, nCells: cells.length, p0, p1,
-      rotK: this.kv.rot.k, rotV: this.kv.rot.v,
-    };
-    return encodeState(header, Int32Array.from(cells, (i) => this.cells.pos[i]!), (layer, k, v) => {
-      this.kv.readRows(layer - this.range.l0, cells, k, v);
-    });
+  exportState(seq: number, options: ExportOptions = {}): Uint8Array {
+    return exportStageState(this, seq, options);
   }
 
   /**
-   * Imports the part of a state blob that falls in this stage's layers into sequence `seq`.
-   * The first part of a sequence takes new cells; a later part (other layers of the same cells,
-   * from a source split elsewhere) fills the cells the first one took. Everything is checked
-   * before the cache changes: a corrupt, truncated or mismatched blob leaves it as it was.
+   * Imports the part of a state blob that falls in this stage's layers into sequence `seq`
+   * (see stage-state.ts); a corrupt, truncated or mismatched blob leaves the cache as it was.
    */
   importState(blob: Uint8Array | DecodedState, seq: number): { layers: LayerRange; cells: number } {
-    const st = blob instanceof Uint8Array ? decodeState(blob) : blob;
-    const h = st.header;
-    if (h.fingerprint !== this.hp.fingerprint) {
-      throw new KvStateError('model_mismatch', `KV state is of model ${h.fingerprint}, this stage runs ${this.hp.fingerprint}`);
-    }
-    const l0 = Math.max(h.l0, this.range.l0), l1 = Math.min(h.l1, this.range.l1);
-    if (l0 >= l1) throw new KvStateError('layer_mismatch', `KV state holds layers ${h.l0}:${h.l1}, this stage ${formatRange(this.range)}`);
-    const g = native().ggml;
-    const known = (t: number) => t in GGML_TYPES && g.ggml_blck_size(t) > 0 && this.kv.nEmbdKv % g.ggml_blck_size(t) === 0;
-    if (h.nEmbdKv !== this.kv.nEmbdKv || !known(h.typeK) || !known(h.typeV)
-      || h.rowBytesK !== g.ggml_row_size(h.typeK, h.nEmbdKv) || h.rowBytesV !== g.ggml_row_size(h.typeV, h.nEmbdKv)
-      || ![h.rotK, h.rotV].every((r) => r === 0 || ((r & (r - 1)) === 0 && h.nEmbdKv % r === 0))) {
-      throw new KvStateError('type_mismatch', `KV state rows (types ${h.typeK}/${h.typeV}, ${h.nEmbdKv} values per row) cannot go into this cache (type ${this.kv.type}, ${this.kv.nEmbdKv} per row)`);
-    }
-    for (const p of st.pos) if (!(p >= 0)) throw new KvStateError('conflict', `KV state holds a negative position ${p}`);
-    if (!(seq >= 0 && seq < MAX_SEQ)) throw new KvStateError('conflict', `seq id ${seq} outside 0..${MAX_SEQ - 1}`);
-    const target = this.#cellsFor(seq, st.pos);
-    if (target.plan) this.cells.apply(target.plan, st.pos, new Int32Array(st.pos.length).fill(seq));
-    try {
-      // rows of another cache type (or rotation) are converted through f32 into this cache's own
-      const n = st.pos.length, t = this.kv.type, rot = this.kv.rot;
-      const convert = (rows: Uint8Array, from: number, fromRot: number, toRot: number) => {
-        if (from === t && fromRot === toRot) return rows;
-        const x = decodeToF32(from, rows, n * h.nEmbdKv);
-        if (fromRot !== toRot) {
-          if (fromRot) hadamardInPlace(x, fromRot); // H is its own inverse
-          if (toRot) hadamardInPlace(x, toRot);
-        }
-        return encodeF32(t, x, h.nEmbdKv);
-      };
-      for (let l = l0; l < l1; l++) {
-        const k = convert(st.k[l - h.l0]!, h.typeK, h.rotK, rot.k), v = convert(st.v[l - h.l0]!, h.typeV, h.rotV, rot.v);
-        this.kv.writeRows(l - this.range.l0, target.cells, k, v);
-      }
-    } catch (err) {
-      if (target.plan) this.cells.release(target.plan);
-      throw err;
-    }
-    return { layers: { l0, l1 }, cells: st.pos.length };
-  }
-
-  /** Cells that receive imported rows: new ones, or the sequence's own when it holds exactly these positions. */
-  #cellsFor(seq: number, pos: Int32Array): { cells: Int32Array; plan: SlotPlan | null } {
-    if (this.cells.seqCells(seq) === 0) {
-      if (pos.length === 0) return { cells: pos, plan: null };
-      const plan = this.cells.findSlot(pos.length);
-      if (!plan) throw new KvStateError('no_room', `KV state needs ${pos.length} cells, ${this.cells.size - this.cells.used} are free`);
-      return { cells: plan.cells, plan };
-    }
-    // a later part: pair the blob's cells with the sequence's cells of equal positions
-    const own: { cell: number; pos: number }[] = [];
-    for (let i = 0; i < this.cells.size; i++) if (this.cells.pos[i]! >= 0 && this.cells.hasSeq(i, seq)) own.push({ cell: i, pos: this.cells.pos[i]! });
-    const order = Array.from(pos.keys()).sort((a, b) => pos[a]! - pos[b]!);
-    own.sort((a, b) => a.pos - b.pos);
-    if (own.length !== pos.length || order.some((j, k) => pos[j] !== own[k]!.pos)) {
-      throw new KvStateError('conflict', `sequence ${seq} already holds ${own.length} other cells here; remove it before importing`);
-    }
-    const cells = new Int32Array(pos.length);
-    order.forEach((j, k) => { cells[j] = own[k]!.cell; });
-    return { cells, plan: null };
+    return importStageState(this, blob, seq);
   }
 
   /**

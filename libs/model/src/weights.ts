@@ -2,7 +2,7 @@
 // first stage and the output head on the last), read from the GGUF into a backend buffer.
 import type { GgufFile, GgufTensorInfo } from '@strata/gguf';
 import {
-  Backend, BackendBuffer, BufferUsage, GgmlContext, hostView, matMulWeightBufferType, setTensor, tensorInfo,
+  Backend, BufferSet, BufferUsage, GgmlContext, groupByBufferType, hostView, matMulWeightBufferType, setTensor, tensorInfo,
   type BufferTypePtr, type TensorPtr,
 } from '@strata/ggml';
 import { ModelError } from './errors.ts';
@@ -90,11 +90,11 @@ export class StageWeights {
   readonly ropeFreqs: TensorPtr | null;
   /** bytes of tensor data read from the file */
   readonly bytesRead: number;
-  readonly #parts: { ctx: GgmlContext; buffer: BackendBuffer }[];
+  readonly #buffers: BufferSet;
 
-  private constructor(range: LayerRange, parts: { ctx: GgmlContext; buffer: BackendBuffer }[], byName: Map<string, TensorPtr>, bytesRead: number) {
+  private constructor(range: LayerRange, buffers: BufferSet, byName: Map<string, TensorPtr>, bytesRead: number) {
     this.range = range;
-    this.#parts = parts;
+    this.#buffers = buffers;
     this.bytesRead = bytesRead;
     const get = (n: string) => byName.get(n) ?? null;
     const req = (n: string) => {
@@ -143,32 +143,23 @@ export class StageWeights {
     // Decide each tensor's buffer type (repacking types for mat-mul weights where the CPU has
     // them), then allocate one context and buffer per type.
     const probe = GgmlContext.create({ maxTensors: infos.length + 1 });
-    const groups = new Map<BufferTypePtr, GgufTensorInfo[]>();
+    let groups: Map<BufferTypePtr, GgufTensorInfo[]>;
     try {
-      for (const info of infos) {
-        const t = probe.tensor(info.type, info.ne, info.name);
-        const buft = isMatMulWeight(info.name) ? matMulWeightBufferType(backend, t, options.repack ?? true) : backend.bufferType();
-        groups.set(buft, [...(groups.get(buft) ?? []), info]);
-      }
+      groups = groupByBufferType(infos, (info) => {
+        if (!isMatMulWeight(info.name)) return backend.bufferType();
+        return matMulWeightBufferType(backend, probe.tensor(info.type, info.ne, info.name), options.repack ?? true);
+      });
     } finally {
       probe.dispose();
     }
-    const parts: { ctx: GgmlContext; buffer: BackendBuffer }[] = [];
+    const buffers = new BufferSet();
     const byName = new Map<string, TensorPtr>();
     let bytesRead = 0;
     try {
       let staging: Uint8Array | null = null;
       for (const [buft, group] of groups) {
-        const ctx = GgmlContext.create({ maxTensors: group.length + 1 });
-        const local = group.map((info) => ctx.tensor(info.type, info.ne, info.name));
-        let buffer: BackendBuffer;
-        try {
-          buffer = BackendBuffer.allocContext(ctx, buft, BufferUsage.WEIGHTS);
-        } catch (err) {
-          ctx.dispose();
-          throw err;
-        }
-        parts.push({ ctx, buffer });
+        const { made: local, buffer } = buffers.add(buft, group.length + 1,
+          (ctx) => group.map((info) => ctx.tensor(info.type, info.ne, info.name)), BufferUsage.WEIGHTS);
         // Plain host memory is read into directly; other types (device memory, repacking
         // buffers) take the bytes through ggml_backend_tensor_set, which converts them.
         const direct = buffer.isHost && buft === backend.bufferType();
@@ -186,33 +177,25 @@ export class StageWeights {
           bytesRead += info.size;
         });
       }
-      return new StageWeights(range, parts, byName, bytesRead);
+      return new StageWeights(range, buffers, byName, bytesRead);
     } catch (err) {
-      for (const p of parts) {
-        p.buffer.dispose();
-        p.ctx.dispose();
-      }
+      buffers.dispose();
       throw err;
     }
   }
 
   /** Bytes of device memory the weights occupy. */
   get bytes(): number {
-    return this.#parts.reduce((n, p) => n + p.buffer.size, 0);
+    return this.#buffers.bytes;
   }
 
   /** Bytes per buffer type ('CPU', 'CPU_REPACK', 'CUDA0', ...). */
   memoryByBufferType(): Record<string, number> {
-    const out: Record<string, number> = {};
-    for (const p of this.#parts) out[p.buffer.typeName] = (out[p.buffer.typeName] ?? 0) + p.buffer.size;
-    return out;
+    return this.#buffers.memoryByBufferType();
   }
 
   /** Frees the weights. Idempotent. */
   dispose(): void {
-    for (const p of this.#parts) {
-      p.buffer.dispose();
-      p.ctx.dispose();
-    }
+    this.#buffers.dispose();
   }
 }

@@ -1,0 +1,112 @@
+// Exporting and importing one sequence's KV state on a stage: the cells (positions) and their
+// K/V rows for a layer range, in the checksummed format of @strata/kv-cache.
+import { GGML_TYPES } from '@strata/gguf';
+import { decodeToF32, encodeF32, native } from '@strata/ggml';
+import {
+  KvStateError, MAX_SEQ, decodeState, encodeState, hadamardInPlace, type DecodedState, type SlotPlan, type StateHeader,
+} from '@strata/kv-cache';
+import { ModelError } from './errors.ts';
+import { formatRange, type LayerRange } from './layer-range.ts';
+import type { Stage } from './stage.ts';
+
+/** What to export: positions [p0, p1) (negative: open) and a layer range (default: the stage's). */
+export interface ExportOptions {
+  p0?: number;
+  p1?: number;
+  layers?: LayerRange;
+}
+
+/** Exports `seq`'s cells and their K/V rows; pending K-shifts are applied first. */
+export function exportStageState(stage: Stage, seq: number, options: ExportOptions = {}): Uint8Array {
+  stage.applyShift(); // rows leave with their final rotation
+  const { cells: kvCells, kv, range } = stage;
+  const p0 = options.p0 ?? -1, p1 = options.p1 ?? -1;
+  const l0 = Math.max(options.layers?.l0 ?? range.l0, range.l0);
+  const l1 = Math.min(options.layers?.l1 ?? range.l1, range.l1);
+  if (l0 >= l1) throw new ModelError('bad_split', `stage ${formatRange(range)} holds none of layers ${options.layers ? formatRange(options.layers) : ''}`);
+  const lo = p0 < 0 ? 0 : p0, hi = p1 < 0 ? Infinity : p1;
+  const picked: number[] = [];
+  for (let i = 0; i < kvCells.size; i++) {
+    const p = kvCells.pos[i]!;
+    if (p >= lo && p < hi && kvCells.hasSeq(i, seq)) picked.push(i);
+  }
+  const cells = Int32Array.from(picked);
+  const header: StateHeader = {
+    fingerprint: stage.hp.fingerprint, l0, l1, nEmbdKv: kv.nEmbdKv, typeK: kv.type, typeV: kv.type,
+    rowBytesK: kv.rowBytes, rowBytesV: kv.rowBytes, nCells: cells.length, p0, p1, rotK: kv.rot.k, rotV: kv.rot.v,
+  };
+  return encodeState(header, Int32Array.from(cells, (i) => kvCells.pos[i]!), (layer, k, v) => {
+    kv.readRows(layer - range.l0, cells, k, v);
+  });
+}
+
+/**
+ * Imports the part of a state blob that falls in the stage's layers into sequence `seq`. The
+ * first part of a sequence takes new cells; a later part (other layers of the same cells, from a
+ * source split elsewhere) fills the cells the first one took. Rows of another cache type or
+ * rotation are converted. Everything is checked before the cache changes.
+ */
+export function importStageState(stage: Stage, blob: Uint8Array | DecodedState, seq: number): { layers: LayerRange; cells: number } {
+  const st = blob instanceof Uint8Array ? decodeState(blob) : blob;
+  const h = st.header;
+  const { kv, range, hp } = stage;
+  if (h.fingerprint !== hp.fingerprint) {
+    throw new KvStateError('model_mismatch', `KV state is of model ${h.fingerprint}, this stage runs ${hp.fingerprint}`);
+  }
+  const l0 = Math.max(h.l0, range.l0), l1 = Math.min(h.l1, range.l1);
+  if (l0 >= l1) throw new KvStateError('layer_mismatch', `KV state holds layers ${h.l0}:${h.l1}, this stage ${formatRange(range)}`);
+  const g = native().ggml;
+  const known = (t: number) => t in GGML_TYPES && g.ggml_blck_size(t) > 0 && kv.nEmbdKv % g.ggml_blck_size(t) === 0;
+  if (h.nEmbdKv !== kv.nEmbdKv || !known(h.typeK) || !known(h.typeV)
+    || h.rowBytesK !== g.ggml_row_size(h.typeK, h.nEmbdKv) || h.rowBytesV !== g.ggml_row_size(h.typeV, h.nEmbdKv)
+    || ![h.rotK, h.rotV].every((r) => r === 0 || ((r & (r - 1)) === 0 && h.nEmbdKv % r === 0))) {
+    throw new KvStateError('type_mismatch', `KV state rows (types ${h.typeK}/${h.typeV}, ${h.nEmbdKv} values per row) cannot go into this cache (type ${kv.type}, ${kv.nEmbdKv} per row)`);
+  }
+  for (const p of st.pos) if (!(p >= 0)) throw new KvStateError('conflict', `KV state holds a negative position ${p}`);
+  if (!(seq >= 0 && seq < MAX_SEQ)) throw new KvStateError('conflict', `seq id ${seq} outside 0..${MAX_SEQ - 1}`);
+  const target = cellsFor(stage, seq, st.pos);
+  if (target.plan) stage.cells.apply(target.plan, st.pos, new Int32Array(st.pos.length).fill(seq));
+  try {
+    // rows of another cache type (or rotation) are converted through f32 into this cache's own
+    const n = st.pos.length;
+    const convert = (rows: Uint8Array, from: number, fromRot: number, toRot: number) => {
+      if (from === kv.type && fromRot === toRot) return rows;
+      const x = decodeToF32(from, rows, n * h.nEmbdKv);
+      if (fromRot !== toRot) {
+        if (fromRot) hadamardInPlace(x, fromRot); // H is its own inverse
+        if (toRot) hadamardInPlace(x, toRot);
+      }
+      return encodeF32(kv.type, x, h.nEmbdKv);
+    };
+    for (let l = l0; l < l1; l++) {
+      const k = convert(st.k[l - h.l0]!, h.typeK, h.rotK, kv.rot.k), v = convert(st.v[l - h.l0]!, h.typeV, h.rotV, kv.rot.v);
+      kv.writeRows(l - range.l0, target.cells, k, v);
+    }
+  } catch (err) {
+    if (target.plan) stage.cells.release(target.plan);
+    throw err;
+  }
+  return { layers: { l0, l1 }, cells: st.pos.length };
+}
+
+/** Cells that receive imported rows: new ones, or the sequence's own when it holds exactly these positions. */
+function cellsFor(stage: Stage, seq: number, pos: Int32Array): { cells: Int32Array; plan: SlotPlan | null } {
+  const c = stage.cells;
+  if (c.seqCells(seq) === 0) {
+    if (pos.length === 0) return { cells: pos, plan: null };
+    const plan = c.findSlot(pos.length);
+    if (!plan) throw new KvStateError('no_room', `KV state needs ${pos.length} cells, ${c.size - c.used} are free`);
+    return { cells: plan.cells, plan };
+  }
+  // a later part: pair the blob's cells with the sequence's cells of equal positions
+  const own: { cell: number; pos: number }[] = [];
+  for (let i = 0; i < c.size; i++) if (c.pos[i]! >= 0 && c.hasSeq(i, seq)) own.push({ cell: i, pos: c.pos[i]! });
+  const order = Array.from(pos.keys()).sort((a, b) => pos[a]! - pos[b]!);
+  own.sort((a, b) => a.pos - b.pos);
+  if (own.length !== pos.length || order.some((j, k) => pos[j] !== own[k]!.pos)) {
+    throw new KvStateError('conflict', `sequence ${seq} already holds ${own.length} other cells here; remove it before importing`);
+  }
+  const cells = new Int32Array(pos.length);
+  order.forEach((j, k) => { cells[j] = own[k]!.cell; });
+  return { cells, plan: null };
+}
