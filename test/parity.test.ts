@@ -9,7 +9,9 @@
 // families (repacked against plain: for q4_0/q4_K the repacked kernels quantize activations
 // differently) is reported, not asserted: it compares ggml with itself, not Strata with llama.cpp.
 // Greedy tokens must be identical. Every split must match the unsplit stage exactly (hidden states
-// cross stage boundaries as f32, unchanged).
+// cross stage boundaries as f32, unchanged). The reported top-2 margin can be 0: ggml's f16
+// mat-muls give logits on an f16 grid (steps of 1/16 near 100), so two of 151,936 qwen2 tokens can
+// tie exactly; with identical bits on both sides the tie breaks the same way (first index).
 //
 // With node-llama-cpp's prebuilt binaries (no native build) libllama cannot repack without its
 // AMX kernels, which crash on machines that advertise AMX without enabling it; there both sides
