@@ -33,23 +33,20 @@ export class Pipeline {
 
   /** Opens every stage of the split. */
   static open(options: PipelineOptions): Pipeline {
-    // Check the split against the header before loading any weights.
+    // One header read for every stage; the split is checked before any weight is loaded.
     const file = GgufFile.open(options.model);
-    let nLayer: number;
-    try {
-      nLayer = readHParams(file).nLayer;
-    } finally {
-      file.close();
-    }
-    const split = options.split ?? [{ l0: 0, l1: nLayer }];
-    checkSplit(split, nLayer);
     const stages: Stage[] = [];
     try {
-      for (const range of split) stages.push(Stage.open({ ...options, range }));
+      const hp = readHParams(file);
+      const split = options.split ?? [{ l0: 0, l1: hp.nLayer }];
+      checkSplit(split, hp.nLayer);
+      for (const range of split) stages.push(Stage.load(file, hp, { ...options, range }));
       return new Pipeline(stages);
     } catch (err) {
       for (const s of stages) s.dispose();
       throw err;
+    } finally {
+      file.close();
     }
   }
 

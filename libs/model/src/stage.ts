@@ -111,39 +111,43 @@ export class Stage {
   static open(options: StageOptions): Stage {
     const file = GgufFile.open(options.model);
     try {
-      const hp = readHParams(file);
-      const range = options.range ?? { l0: 0, l1: hp.nLayer };
-      if (range.l0 < 0 || range.l1 > hp.nLayer || range.l0 >= range.l1) {
-        throw new ModelError('bad_split', `layer range ${formatRange(range)} is outside the model's 0:${hp.nLayer}`);
-      }
-      for (const l of options.kvHostLayers ?? []) {
-        if (!(Number.isInteger(l) && l >= 0 && l < hp.nLayer)) throw new ModelError('bad_split', `host layer ${l} is not a layer of the model (0:${hp.nLayer})`);
-      }
-      const size = Math.min(options.ctxSize ?? 4096, hp.nCtxTrain);
-      const backend = Backend.open({ device: options.device, threads: options.threads });
-      let weights: StageWeights | null = null, kv: KvStorage | null = null, cpu: Backend | null = null;
-      try {
-        weights = StageWeights.load(file, hp, range, backend, { repack: options.repack });
-        const layers = Array.from({ length: range.l1 - range.l0 }, (_, i) => range.l0 + i);
-        kv = KvStorage.create(backend, {
-          layers, size, nEmbdKv: nEmbdKvGqa(hp), type: options.kvType ?? GgmlType.F16, headDim: hp.headDim,
-          hostLayers: options.kvHostLayers?.filter((l) => l >= range.l0 && l < range.l1),
-        });
-        // Off the CPU, the CPU backend comes last so the scheduler can run what the device cannot.
-        if (!backend.isCpu) cpu = Backend.open({ threads: options.threads });
-        const sched = Scheduler.create({ backends: cpu ? [backend, cpu] : [backend], graphSize: GRAPH_NODES });
-        const stage = new Stage(hp, range, backend, cpu, weights, kv, sched);
-        stage.#kvDebug = options.kvDebug;
-        return stage;
-      } catch (err) {
-        kv?.dispose();
-        weights?.dispose();
-        cpu?.dispose();
-        backend.dispose();
-        throw err;
-      }
+      return Stage.load(file, readHParams(file), options);
     } finally {
       file.close();
+    }
+  }
+
+  /** Loads a stage from an open GGUF whose header was read (a pipeline opens the file once). */
+  static load(file: GgufFile, hp: HParams, options: StageOptions): Stage {
+    const range = options.range ?? { l0: 0, l1: hp.nLayer };
+    if (range.l0 < 0 || range.l1 > hp.nLayer || range.l0 >= range.l1) {
+      throw new ModelError('bad_split', `layer range ${formatRange(range)} is outside the model's 0:${hp.nLayer}`);
+    }
+    for (const l of options.kvHostLayers ?? []) {
+      if (!(Number.isInteger(l) && l >= 0 && l < hp.nLayer)) throw new ModelError('bad_split', `host layer ${l} is not a layer of the model (0:${hp.nLayer})`);
+    }
+    const size = Math.min(options.ctxSize ?? 4096, hp.nCtxTrain);
+    const backend = Backend.open({ device: options.device, threads: options.threads });
+    let weights: StageWeights | null = null, kv: KvStorage | null = null, cpu: Backend | null = null;
+    try {
+      weights = StageWeights.load(file, hp, range, backend, { repack: options.repack });
+      const layers = Array.from({ length: range.l1 - range.l0 }, (_, i) => range.l0 + i);
+      kv = KvStorage.create(backend, {
+        layers, size, nEmbdKv: nEmbdKvGqa(hp), type: options.kvType ?? GgmlType.F16, headDim: hp.headDim,
+        hostLayers: options.kvHostLayers?.filter((l) => l >= range.l0 && l < range.l1),
+      });
+      // Off the CPU, the CPU backend comes last so the scheduler can run what the device cannot.
+      if (!backend.isCpu) cpu = Backend.open({ threads: options.threads });
+      const sched = Scheduler.create({ backends: cpu ? [backend, cpu] : [backend], graphSize: GRAPH_NODES });
+      const stage = new Stage(hp, range, backend, cpu, weights, kv, sched);
+      stage.#kvDebug = options.kvDebug;
+      return stage;
+    } catch (err) {
+      kv?.dispose();
+      weights?.dispose();
+      cpu?.dispose();
+      backend.dispose();
+      throw err;
     }
   }
 
