@@ -75,6 +75,17 @@ describe('KvCells', () => {
     assert.equal(c.seqPosMax(0), -1);
   });
 
+  it('masks what a sliding window hides and frees what no sequence can see any more', () => {
+    const c = new KvCells(8);
+    c.apply(c.findSlot(6)!, [0, 1, 2, 3, 4, 5], [0, 0, 0, 0, 0, 0]);
+    const mask = new Uint16Array(6);
+    buildMask(c, 6, [5], [0], mask, 3); // window 3: a token at 5 sees 3, 4, 5
+    assert.deepEqual(Array.from(mask), [0xfc00, 0xfc00, 0xfc00, 0, 0, 0]);
+    c.seqCopy(0, 1, 1, 2); // seq 1 shares position 1 and has nothing newer
+    assert.equal(c.pruneSwa(3), 3, 'positions 0, 2, 3 are out of seq 0\'s window (its next token is 6)');
+    assert.deepEqual(Array.from(c.pos.subarray(0, 6)), [-1, 1, -1, -1, 4, 5], 'position 1 stays: seq 1 still sees it');
+  });
+
   it('shifts a full context: keeps the prefix, drops the oldest, moves the rest back', () => {
     const c = new KvCells(16);
     c.apply(c.findSlot(12)!, Array.from({ length: 12 }, (_, i) => i), new Array(12).fill(0));

@@ -357,6 +357,34 @@ export class KvCells {
     this.#head = this.#used;
   }
 
+  /**
+   * Frees the cells that every one of their sequences can no longer see through a sliding window
+   * of `nSwa` positions: the sequence's next token (at posMax + 1) masks positions up to
+   * posMax + 1 - nSwa. Only a shard whose layers all use the window may do this. Returns the
+   * cells freed.
+   */
+  pruneSwa(nSwa: number): number {
+    if (nSwa <= 0) return 0;
+    const limit = new Map<number, number>(); // seq -> highest position it can no longer see
+    let freed = 0;
+    for (let i = 0; i < this.size; i++) {
+      const p = this.pos[i]!;
+      if (p < 0) continue;
+      const seqs = this.seqsOf(i);
+      const dead = seqs.every((s) => {
+        let l = limit.get(s);
+        if (l === undefined) limit.set(s, (l = this.seqPosMax(s) + 1 - nSwa));
+        return p <= l;
+      });
+      if (dead) {
+        this.#freeCell(i);
+        this.#lowerHead(i);
+        freed++;
+      }
+    }
+    return freed;
+  }
+
   /** Share of cells in use, for heartbeats. */
   occupancy(): { used: number; size: number; ratio: number } {
     return { used: this.#used, size: this.size, ratio: this.#used / this.size };

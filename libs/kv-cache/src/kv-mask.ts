@@ -8,9 +8,10 @@ const F16_NEG_INF = 0xfc00;
 
 /**
  * Fills `out` (f16 bits, [nTokens][nKv], nKv fastest) with 0 where token t may attend to cell j
- * and -inf elsewhere.
+ * and -inf elsewhere. With a sliding window `nSwa` > 0 a token at p also masks cells at positions
+ * p - nSwa and before (llama.cpp's LLAMA_SWA_TYPE_STANDARD).
  */
-export function buildMask(cells: KvCells, nKv: number, pos: ArrayLike<number>, seq: ArrayLike<number>, out: Uint16Array): void {
+export function buildMask(cells: KvCells, nKv: number, pos: ArrayLike<number>, seq: ArrayLike<number>, out: Uint16Array, nSwa = 0): void {
   const n = pos.length;
   if (out.length < n * nKv) throw new RangeError(`mask buffer of ${out.length} for ${n}x${nKv}`);
   const cpos = cells.pos;
@@ -19,7 +20,8 @@ export function buildMask(cells: KvCells, nKv: number, pos: ArrayLike<number>, s
     const row = t * nKv;
     for (let j = 0; j < nKv; j++) {
       const cp = cpos[j]!;
-      out[row + j] = cp >= 0 && cp <= p && cells.hasSeq(j, s) ? F16_ZERO : F16_NEG_INF;
+      const visible = cp >= 0 && cp <= p && (nSwa === 0 || p - cp < nSwa) && cells.hasSeq(j, s);
+      out[row + j] = visible ? F16_ZERO : F16_NEG_INF;
     }
   }
 }

@@ -20,8 +20,10 @@ export interface StageGraph {
   pos: TensorPtr;
   /** I64 [n_tokens]: the cell each token's K/V row is written to */
   kvIdxs: TensorPtr;
-  /** F16 [n_kv, n_tokens] */
-  mask: TensorPtr;
+  /** F16 [n_kv, n_tokens]: causal, same sequence (null when every layer is windowed) */
+  mask: TensorPtr | null;
+  /** F16 [n_kv, n_tokens]: also within the sliding window (null when no layer is windowed) */
+  maskSwa: TensorPtr | null;
   /** I32 [n_outputs], last stage only, when not every token outputs */
   outIds: TensorPtr | null;
   /** F32 [rot, rot] Hadamard matrices, when the cache is quantized and rotated */
@@ -78,7 +80,9 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
   const hidden = isFirst ? null : ctx.input(GgmlType.F32, [hp.nEmbd, n], 'inp_hidden');
   const pos = ctx.input(GgmlType.I32, [n], 'inp_pos');
   const kvIdxs = ctx.input(GgmlType.I64, [n], 'inp_kv_idxs');
-  const mask = ctx.input(GgmlType.F16, [nKv, n], 'inp_kq_mask');
+  const swa = hp.swaLayers.slice(l0, l1);
+  const mask = swa.some((x) => !x) ? ctx.input(GgmlType.F16, [nKv, n], 'inp_kq_mask') : null;
+  const maskSwa = swa.some((x) => x) ? ctx.input(GgmlType.F16, [nKv, n], 'inp_kq_mask_swa') : null;
   const outIds = isLast && selectOutputs ? ctx.input(GgmlType.I32, [nOutputs], 'inp_out_ids') : null;
   const rotK = kv.rot.k ? ctx.input(GgmlType.F32, [kv.rot.k, kv.rot.k], 'attn_inp_k_rot') : null;
   const rotV = kv.rot.v ? ctx.input(GgmlType.F32, [kv.rot.v, kv.rot.v], 'attn_inp_v_rot') : null;
@@ -93,7 +97,8 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
     const w = weights.layers[il - l0]!;
     const slot = il - l0;
     let inpSA = inpL;
-    let cur = ctx.mul(ctx.rmsNorm(inpL, hp.rmsEps), w.attnNorm);
+    // llama/qwen2 normalize before attention; exaone4 after it (and normalizes Q and K per head)
+    let cur = w.attnNorm ? ctx.mul(ctx.rmsNorm(inpL, hp.rmsEps), w.attnNorm) : inpL;
 
     let q = ctx.mulMat(w.wq, cur);
     if (w.bq) q = ctx.add(q, w.bq);
@@ -104,8 +109,13 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
     q = ctx.reshape3d(q, hd, hp.nHead, n);
     k = ctx.reshape3d(k, hd, hp.nHeadKv, n);
     v = ctx.reshape3d(v, hd, hp.nHeadKv, n);
-    q = ctx.ropeExt(q, pos, rope);
-    k = ctx.ropeExt(k, pos, rope);
+    if (w.qNorm) q = ctx.mul(ctx.rmsNorm(q, hp.rmsEps), w.qNorm);
+    if (w.kNorm) k = ctx.mul(ctx.rmsNorm(k, hp.rmsEps), w.kNorm);
+    // with a sliding window, exaone4's full-attention layers use no positions (NoPE)
+    if (hp.arch !== 'exaone4' || hp.nSwa === 0 || hp.swaLayers[il]) {
+      q = ctx.ropeExt(q, pos, rope);
+      k = ctx.ropeExt(k, pos, rope);
+    }
     if (rotK) {
       q = mulHadamard(ctx, q, rotK, kv.rot.k, [hd, hp.nHead, n]);
       k = mulHadamard(ctx, k, rotK, kv.rot.k, [hd, hp.nHeadKv, n]);
@@ -130,7 +140,7 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
       vc = ctx.cast(vc, GgmlType.F16);
     }
     const qp = ctx.permute(q, 0, 2, 1, 3);
-    cur = ctx.flashAttnExt(qp, kc, vc, mask, kqScale, GgmlPrec.F32);
+    cur = ctx.flashAttnExt(qp, kc, vc, hp.swaLayers[il] ? maskSwa : mask, kqScale, GgmlPrec.F32);
     cur = ctx.reshape2d(cur, hd * hp.nHead, n);
     if (rotV) cur = mulHadamard(ctx, cur, rotV, kv.rot.v, [hd * hp.nHead, n]);
     cur = ctx.mulMat(w.wo, cur);
@@ -139,11 +149,13 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
       cur = ctx.getRows(cur, outIds);
       inpSA = ctx.getRows(inpSA, outIds);
     }
+    if (w.attnPostNorm) cur = ctx.mul(ctx.rmsNorm(cur, hp.rmsEps), w.attnPostNorm);
     const ffnInp = ctx.add(cur, inpSA);
-    cur = ctx.mul(ctx.rmsNorm(ffnInp, hp.rmsEps), w.ffnNorm);
+    cur = w.ffnNorm ? ctx.mul(ctx.rmsNorm(ffnInp, hp.rmsEps), w.ffnNorm) : ffnInp;
     const up = ctx.mulMat(w.ffnUp, cur);
     const gate = ctx.mulMat(w.ffnGate, cur);
     cur = ctx.mulMat(w.ffnDown, ctx.swigluSplit(gate, up));
+    if (w.ffnPostNorm) cur = ctx.mul(ctx.rmsNorm(cur, hp.rmsEps), w.ffnPostNorm);
     inpL = ctx.add(cur, ffnInp);
   }
 
@@ -154,5 +166,5 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
   }
   ctx.setOutput(out);
   ctx.expand(gf, out);
-  return { ctx, graph: gf, tokens, hidden, pos, kvIdxs, mask, outIds, rotK, rotV, out };
+  return { ctx, graph: gf, tokens, hidden, pos, kvIdxs, mask, maskSwa, outIds, rotK, rotV, out };
 }

@@ -5,7 +5,7 @@ import { RopeType } from '@strata/ggml';
 import { ModelError } from './errors.ts';
 
 /** Architectures whose graph Strata builds. */
-export const SUPPORTED_ARCHS = ['llama', 'qwen2'] as const;
+export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'exaone4'] as const;
 export type Arch = (typeof SUPPORTED_ARCHS)[number];
 
 /** Everything the graph needs to know about a model. */
@@ -26,6 +26,10 @@ export interface HParams {
   ropeType: number;
   ropeFreqBase: number;
   ropeFreqScale: number;
+  /** sliding window (positions a token sees, itself included); 0: full attention everywhere */
+  nSwa: number;
+  /** per layer: attends within the sliding window // [n_layer] */
+  swaLayers: boolean[];
   /**
    * sha256 over every metadata entry and the tensor layout (names, types, shapes, offsets): the
    * stages of one file share it. Weights are not read for it (a stage reads only its own), so two
@@ -80,9 +84,10 @@ export function readHParams(file: GgufFile): HParams {
     nCtxTrain: num(file, `${a}.context_length`),
     nVocab,
     rmsEps: num(file, `${a}.attention.layer_norm_rms_epsilon`),
-    ropeType: a === 'qwen2' ? RopeType.NEOX : RopeType.NORMAL,
+    ropeType: a === 'llama' ? RopeType.NORMAL : RopeType.NEOX,
     ropeFreqBase: num(file, `${a}.rope.freq_base`, 10000),
     ropeFreqScale,
+    ...slidingWindow(file, a, num(file, `${a}.block_count`)),
   };
   for (const [k, v] of Object.entries(hp)) {
     if (typeof v === 'number' && (!Number.isFinite(v) || v < 0)) throw new ModelError('missing_metadata', `${file.path}: ${k} = ${v} is invalid`);
@@ -98,6 +103,24 @@ export function readHParams(file: GgufFile): HParams {
   }
   for (const t of file.header.tensors) h.update(`${t.name}:${t.type}:${t.ne.join('x')}@${t.offset};`);
   return { ...hp, fingerprint: h.digest('hex').slice(0, 32) };
+}
+
+/**
+ * The sliding window as libllama reads it. exaone4 turns it on for its 64-layer shape only (every
+ * layer but each `pattern`-th, default 4, attends within `attention.sliding_window`, default 4096);
+ * llama and qwen2 attend to everything.
+ */
+function slidingWindow(file: GgufFile, arch: Arch, nLayer: number): { nSwa: number; swaLayers: boolean[] } {
+  if (arch !== 'exaone4' || nLayer !== 64) return { nSwa: 0, swaLayers: new Array(nLayer).fill(false) };
+  const nSwa = num(file, `${arch}.attention.sliding_window`, 4096);
+  const patternKv = file.kv(`${arch}.attention.sliding_window_pattern`);
+  if (patternKv && (ArrayBuffer.isView(patternKv.value) || Array.isArray(patternKv.value))) {
+    const arr = Array.from(patternKv!.value as ArrayLike<number | boolean>, (x) => Boolean(x));
+    if (arr.length !== nLayer) throw new ModelError('missing_metadata', `${file.path}: sliding_window_pattern has ${arr.length} entries for ${nLayer} layers`);
+    return { nSwa, swaLayers: arr };
+  }
+  const period = patternKv ? Number(patternKv.value) : 4;
+  return { nSwa, swaLayers: Array.from({ length: nLayer }, (_, il) => period === 0 || il % period < period - 1) };
 }
 
 /** Elements of K (and V) per token and layer: head_dim × n_head_kv. */

@@ -64,6 +64,8 @@ export interface StageCounters {
   shifts: number;
   /** defragmentations done */
   defrags: number;
+  /** cells freed because they fell out of every sequence's sliding window */
+  swaPruned: number;
 }
 
 function isIdentity(outputs: Int32Array, n: number): boolean {
@@ -79,7 +81,7 @@ export class Stage {
   readonly isFirst: boolean;
   readonly isLast: boolean;
   readonly cells: KvCells;
-  readonly counters: StageCounters = { batches: 0, tokens: 0, graphReuses: 0, shifts: 0, defrags: 0 };
+  readonly counters: StageCounters = { batches: 0, tokens: 0, graphReuses: 0, shifts: 0, defrags: 0, swaPruned: 0 };
   readonly backend: Backend;
   readonly weights: StageWeights;
   readonly kv: KvStorage;
@@ -162,6 +164,10 @@ export class Stage {
     this.cells.apply(plan, batch.pos, batch.seq);
     try {
       const out = this.#run(batch, plan.cells, n);
+      // a shard whose layers all attend through the window keeps only what the window still sees
+      if (this.hp.nSwa > 0 && this.hp.swaLayers.slice(this.range.l0, this.range.l1).every((x) => x)) {
+        this.counters.swaPruned += this.cells.pruneSwa(this.hp.nSwa);
+      }
       this.#kvDebug?.(`stage ${formatRange(this.range)} after a batch of ${n}: ${this.cells.debugDump()}`);
       return out;
     } catch (err) {
@@ -184,8 +190,14 @@ export class Stage {
     setTensor(sg.kvIdxs, idx);
     if (this.#maskBuf.length < n * nKv) this.#maskBuf = new Uint16Array(n * nKv);
     const mask = this.#maskBuf.subarray(0, n * nKv);
-    buildMask(this.cells, nKv, batch.pos, batch.seq, mask);
-    setTensor(sg.mask, mask);
+    if (sg.mask) {
+      buildMask(this.cells, nKv, batch.pos, batch.seq, mask);
+      setTensor(sg.mask, mask);
+    }
+    if (sg.maskSwa) {
+      buildMask(this.cells, nKv, batch.pos, batch.seq, mask, this.hp.nSwa);
+      setTensor(sg.maskSwa, mask);
+    }
     if (sg.outIds) setTensor(sg.outIds, outputs!);
     if (sg.rotK) setTensor(sg.rotK, this.#rotation(this.kv.rot.k));
     if (sg.rotV) setTensor(sg.rotV, this.#rotation(this.kv.rot.v));

@@ -27,6 +27,8 @@ export interface SynthOptions {
   vocab?: string;
   /** write RoPE frequency factors (rope_freqs.weight, as llama 3.1 files carry) */
   ropeFreqs?: boolean;
+  /** exaone4: attention.sliding_window (libllama windows a 64-layer exaone4 only) */
+  slidingWindow?: number;
 }
 
 const WEIGHT_TYPES = { f32: GgmlType.F32, f16: GgmlType.F16, q8_0: GgmlType.Q8_0, q4_0: GgmlType.Q4_0, q4_k: GgmlType.Q4_K } as const;
@@ -117,6 +119,7 @@ export function synthesize(o: SynthOptions): number {
     kvF32(`${a}.rope.freq_base`, a === 'qwen2' ? 1000000 : 10000),
     kvF32(`${a}.attention.layer_norm_rms_epsilon`, a === 'qwen2' ? 1e-6 : 1e-5),
     kvU32(`${a}.vocab_size`, nVocab),
+    ...(o.slidingWindow ? [kvU32(`${a}.attention.sliding_window`, o.slidingWindow)] : []),
     ...tokenizer,
   ];
   // One deterministic generator per tensor, so a tensor's values depend only on (seed, name).
@@ -126,9 +129,15 @@ export function synthesize(o: SynthOptions): number {
   const resid = 1 / Math.sqrt(2 * o.nLayer);
   add('token_embd.weight', [o.nEmbd, nVocab], wt, 0, 1);
   if (o.ropeFreqs) add('rope_freqs.weight', [hd / 2], GgmlType.F32, 2, 0.5);
+  const post = a === 'exaone4';
   for (let l = 0; l < o.nLayer; l++) {
     const p = `blk.${l}.`;
-    add(`${p}attn_norm.weight`, [o.nEmbd], GgmlType.F32, 1, 0.1);
+    if (post) {
+      add(`${p}attn_q_norm.weight`, [hd], GgmlType.F32, 1, 0.1);
+      add(`${p}attn_k_norm.weight`, [hd], GgmlType.F32, 1, 0.1);
+    } else {
+      add(`${p}attn_norm.weight`, [o.nEmbd], GgmlType.F32, 1, 0.1);
+    }
     add(`${p}attn_q.weight`, [o.nEmbd, q], wt, 0, 1 / Math.sqrt(o.nEmbd));
     add(`${p}attn_k.weight`, [o.nEmbd, kv], wt, 0, 1 / Math.sqrt(o.nEmbd));
     add(`${p}attn_v.weight`, [o.nEmbd, kv], wt, 0, 1 / Math.sqrt(o.nEmbd));
@@ -138,10 +147,14 @@ export function synthesize(o: SynthOptions): number {
       add(`${p}attn_v.bias`, [kv], GgmlType.F32, 0, 0.1);
     }
     add(`${p}attn_output.weight`, [q, o.nEmbd], wt, 0, resid / Math.sqrt(q));
-    add(`${p}ffn_norm.weight`, [o.nEmbd], GgmlType.F32, 1, 0.1);
+    // exaone4 normalizes after attention and after the FFN; with a unit-ish scale there the
+    // residual would grow by one per layer, so the post-norms are scaled like a residual branch
+    if (post) add(`${p}post_attention_norm.weight`, [o.nEmbd], GgmlType.F32, resid, 0.1 * resid);
+    else add(`${p}ffn_norm.weight`, [o.nEmbd], GgmlType.F32, 1, 0.1);
     add(`${p}ffn_gate.weight`, [o.nEmbd, o.nFf], wt, 0, 1 / Math.sqrt(o.nEmbd));
     add(`${p}ffn_up.weight`, [o.nEmbd, o.nFf], wt, 0, 1 / Math.sqrt(o.nEmbd));
     add(`${p}ffn_down.weight`, [o.nFf, o.nEmbd], wt, 0, resid / Math.sqrt(o.nFf));
+    if (post) add(`${p}post_ffw_norm.weight`, [o.nEmbd], GgmlType.F32, resid, 0.1 * resid);
   }
   add('output_norm.weight', [o.nEmbd], GgmlType.F32, 1, 0.1);
   add('output.weight', [o.nEmbd, nVocab], wt, 0, (o.headScale ?? 12) / Math.sqrt(o.nEmbd));

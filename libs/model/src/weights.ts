@@ -11,7 +11,8 @@ import type { LayerRange } from './layer-range.ts';
 
 /** One transformer block's tensors. */
 export interface LayerWeights {
-  attnNorm: TensorPtr;
+  /** pre-attention norm (llama, qwen2) */
+  attnNorm: TensorPtr | null;
   wq: TensorPtr;
   wk: TensorPtr;
   wv: TensorPtr;
@@ -19,7 +20,13 @@ export interface LayerWeights {
   bq: TensorPtr | null;
   bk: TensorPtr | null;
   bv: TensorPtr | null;
-  ffnNorm: TensorPtr;
+  /** pre-FFN norm (llama, qwen2) */
+  ffnNorm: TensorPtr | null;
+  /** per-head norms of Q and K, norms after attention and after the FFN (exaone4) */
+  qNorm: TensorPtr | null;
+  kNorm: TensorPtr | null;
+  attnPostNorm: TensorPtr | null;
+  ffnPostNorm: TensorPtr | null;
   ffnGate: TensorPtr;
   ffnUp: TensorPtr;
   ffnDown: TensorPtr;
@@ -49,10 +56,20 @@ export function stageTensorList(hp: HParams, range: LayerRange): Want[] {
   if (range.l0 === 0) out.push({ name: 'token_embd.weight', ne: [hp.nEmbd, hp.nVocab] });
   // llama 3.1-style frequency factors: one tensor that every layer's RoPE uses
   out.push({ name: 'rope_freqs.weight', ne: [hp.nRot / 2], optional: true });
+  const post = hp.arch === 'exaone4';
   for (let l = range.l0; l < range.l1; l++) {
     const p = `blk.${l}.`;
+    if (post) {
+      out.push(
+        { name: `${p}attn_q_norm.weight`, ne: [hp.headDim] },
+        { name: `${p}attn_k_norm.weight`, ne: [hp.headDim] },
+        { name: `${p}post_attention_norm.weight`, ne: [hp.nEmbd] },
+        { name: `${p}post_ffw_norm.weight`, ne: [hp.nEmbd] },
+      );
+    } else {
+      out.push({ name: `${p}attn_norm.weight`, ne: [hp.nEmbd] }, { name: `${p}ffn_norm.weight`, ne: [hp.nEmbd] });
+    }
     out.push(
-      { name: `${p}attn_norm.weight`, ne: [hp.nEmbd] },
       { name: `${p}attn_q.weight`, ne: [hp.nEmbd, q] },
       { name: `${p}attn_k.weight`, ne: [hp.nEmbd, kv] },
       { name: `${p}attn_v.weight`, ne: [hp.nEmbd, kv] },
@@ -60,7 +77,6 @@ export function stageTensorList(hp: HParams, range: LayerRange): Want[] {
       { name: `${p}attn_q.bias`, ne: [q], optional: true },
       { name: `${p}attn_k.bias`, ne: [kv], optional: true },
       { name: `${p}attn_v.bias`, ne: [kv], optional: true },
-      { name: `${p}ffn_norm.weight`, ne: [hp.nEmbd] },
       { name: `${p}ffn_gate.weight`, ne: [hp.nEmbd, hp.nFf] },
       { name: `${p}ffn_up.weight`, ne: [hp.nEmbd, hp.nFf] },
       { name: `${p}ffn_down.weight`, ne: [hp.nFf, hp.nEmbd] },
@@ -107,9 +123,11 @@ export class StageWeights {
     for (let l = range.l0; l < range.l1; l++) {
       const p = `blk.${l}.`;
       this.layers.push({
-        attnNorm: req(`${p}attn_norm.weight`), wq: req(`${p}attn_q.weight`), wk: req(`${p}attn_k.weight`),
+        attnNorm: get(`${p}attn_norm.weight`), wq: req(`${p}attn_q.weight`), wk: req(`${p}attn_k.weight`),
         wv: req(`${p}attn_v.weight`), wo: req(`${p}attn_output.weight`), bq: get(`${p}attn_q.bias`),
-        bk: get(`${p}attn_k.bias`), bv: get(`${p}attn_v.bias`), ffnNorm: req(`${p}ffn_norm.weight`),
+        bk: get(`${p}attn_k.bias`), bv: get(`${p}attn_v.bias`), ffnNorm: get(`${p}ffn_norm.weight`),
+        qNorm: get(`${p}attn_q_norm.weight`), kNorm: get(`${p}attn_k_norm.weight`),
+        attnPostNorm: get(`${p}post_attention_norm.weight`), ffnPostNorm: get(`${p}post_ffw_norm.weight`),
         ffnGate: req(`${p}ffn_gate.weight`), ffnUp: req(`${p}ffn_up.weight`), ffnDown: req(`${p}ffn_down.weight`),
       });
     }

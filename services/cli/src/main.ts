@@ -10,9 +10,9 @@ import { UsageError } from './errors.ts';
 const USAGE = `usage: strata <command> [flags]
 
 commands:
-  model synth --out F.gguf [--arch llama|qwen2] [--n-layer N] [--n-embd D] [--n-head H]
+  model synth --out F.gguf [--arch llama|qwen2|exaone4] [--n-layer N] [--n-embd D] [--n-head H]
               [--n-head-kv K] [--n-ff F] [--n-ctx-train C] [--seed S] [--type f32|f16|q8_0|q4_0|q4_k]
-              [--head-scale X] [--vocab V.gguf]
+              [--head-scale X] [--vocab V.gguf] [--sliding-window W]
   model info --model F [--json]
   generate [--model F] [--prompt "…"] [--n-predict N] [--split 0:4,4:8] [--threads T]
            [--seed S] [--temperature X] [--top-k K] [--top-p P] [--min-p P]

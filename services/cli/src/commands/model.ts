@@ -1,6 +1,6 @@
 // strata model synth | info
 import { GgufFile } from '@strata/gguf';
-import { SYNTH_TYPES, readHParams, synthesize, type Arch, type SynthType } from '@strata/model';
+import { SUPPORTED_ARCHS, SYNTH_TYPES, readHParams, synthesize, type Arch, type SynthType } from '@strata/model';
 import { Flags, parseArgs } from '../args.ts';
 import { UsageError } from '../errors.ts';
 
@@ -8,7 +8,7 @@ import { UsageError } from '../errors.ts';
 export function modelSynth(argv: string[], out: NodeJS.WritableStream): number {
   const f = new Flags(parseArgs(argv));
   const arch = f.str('arch', 'llama')!;
-  if (arch !== 'llama' && arch !== 'qwen2') throw new UsageError(`--arch must be llama or qwen2, got '${arch}'`);
+  if (!(SUPPORTED_ARCHS as readonly string[]).includes(arch)) throw new UsageError(`--arch must be one of ${SUPPORTED_ARCHS.join(', ')}, got '${arch}'`);
   const type = f.str('type', 'f16')!.toLowerCase() as SynthType;
   if (!SYNTH_TYPES.includes(type)) throw new UsageError(`--type must be one of ${SYNTH_TYPES.join(', ')}, got '${type}'`);
   const nEmbd = f.int('n-embd', 256)!;
@@ -26,6 +26,7 @@ export function modelSynth(argv: string[], out: NodeJS.WritableStream): number {
     type,
     headScale: f.num('head-scale', 12),
     vocab: f.str('vocab'),
+    slidingWindow: f.int('sliding-window'),
   };
   f.done();
   const t0 = performance.now();
