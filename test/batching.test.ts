@@ -62,6 +62,20 @@ describe('continuous batching', () => {
     }
   });
 
+  it('reserves the compute memory of the largest batch at load', () => {
+    const p = Pipeline.open({ model: path, threads: 2, ctxSize: 512, maxBatch: 64, split: [{ l0: 0, l1: 2 }, { l0: 2, l1: 4 }] });
+    try {
+      const before = p.stages.map((s) => Object.values(s.memory().compute)[0]!);
+      assert.ok(before.every((b) => b > 0), 'compute buffers exist before the first batch');
+      assert.ok(before[1]! >= 64 * p.hp.nVocab * 4, 'the last stage holds room for 64 rows of logits');
+      const n = 64, tokens = Int32Array.from({ length: n }, (_, i) => 100 + i);
+      p.forward({ tokens, pos: Int32Array.from(tokens, (_, i) => i), seq: new Int32Array(n) });
+      assert.deepEqual(p.stages.map((s) => Object.values(s.memory().compute)[0]!), before, 'a batch of that size needs no more');
+    } finally {
+      p.dispose();
+    }
+  });
+
   it('returns the logits of the requested tokens, in the requested order', () => {
     const p = Pipeline.open({ model: path, threads: 2, ctxSize: 256 });
     try {

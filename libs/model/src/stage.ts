@@ -31,6 +31,11 @@ export interface StageOptions {
   kvHostLayers?: number[];
   /** receives a picture of the cells after every batch (what STRATA_KV_DEBUG=1 switches on) */
   kvDebug?: (dump: string) => void;
+  /**
+   * tokens of the largest micro-batch to reserve compute memory for at load (default 512, as
+   * llama.cpp's n_ubatch): memory is known, and short of it fails, before serving starts
+   */
+  maxBatch?: number;
 }
 
 /** One micro-batch through a stage: every token belongs to one sequence. */
@@ -130,7 +135,7 @@ export class Stage {
     }
     const size = Math.min(options.ctxSize ?? 4096, hp.nCtxTrain);
     const backend = Backend.open({ device: options.device, threads: options.threads });
-    let weights: StageWeights | null = null, kv: KvStorage | null = null, cpu: Backend | null = null;
+    let weights: StageWeights | null = null, kv: KvStorage | null = null, cpu: Backend | null = null, sched: Scheduler | null = null;
     try {
       weights = StageWeights.load(file, hp, range, backend, { repack: options.repack });
       const layers = Array.from({ length: range.l1 - range.l0 }, (_, i) => range.l0 + i);
@@ -140,11 +145,22 @@ export class Stage {
       });
       // Off the CPU, the CPU backend comes last so the scheduler can run what the device cannot.
       if (!backend.isCpu) cpu = Backend.open({ threads: options.threads });
-      const sched = Scheduler.create({ backends: cpu ? [backend, cpu] : [backend], graphSize: GRAPH_NODES });
+      sched = Scheduler.create({ backends: cpu ? [backend, cpu] : [backend], graphSize: GRAPH_NODES });
+      // reserve the compute buffers of the largest batch, every token an output, all cells attended
+      const maxBatch = options.maxBatch ?? 512;
+      if (maxBatch > 0) {
+        const worst = buildStageGraph(hp, weights, kv, { nTokens: maxBatch, nKv: size, nOutputs: maxBatch, selectOutputs: false });
+        try {
+          sched.reserve(worst.graph);
+        } finally {
+          worst.ctx.dispose();
+        }
+      }
       const stage = new Stage(hp, range, backend, cpu, weights, kv, sched);
       stage.#kvDebug = options.kvDebug;
       return stage;
     } catch (err) {
+      sched?.dispose();
       kv?.dispose();
       weights?.dispose();
       cpu?.dispose();
