@@ -19,10 +19,11 @@ interface Pair {
   ref: LlamaReference;
 }
 
-function open(split: boolean): Pair {
+function open(split: boolean, streams = 1): Pair {
   return {
-    p: Pipeline.open({ model: path, threads: 2, ctxSize: N_CTX, split: split ? [{ l0: 0, l1: 2 }, { l0: 2, l1: 4 }] : undefined }),
-    ref: LlamaReference.load(path, { nCtx: N_CTX, nSeqMax: N_SEQ, threads: 2 }),
+    // per-sequence streams: N_CTX cells each here, N_CTX * N_SEQ / N_SEQ each in libllama
+    p: Pipeline.open({ model: path, threads: 2, ctxSize: N_CTX, split: split ? [{ l0: 0, l1: 2 }, { l0: 2, l1: 4 }] : undefined, kvStreams: streams }),
+    ref: LlamaReference.load(path, { nCtx: N_CTX * streams, nSeqMax: N_SEQ, threads: 2, kvUnified: streams === 1 }),
   };
 }
 
@@ -42,10 +43,21 @@ function decode(pair: Pair, items: { seq: number; tokens: number[] }[]): number 
   const v = pair.p.hp.nVocab;
   let d = 0;
   theirs.forEach((row, r) => {
-    for (let j = 0; j < v; j++) d = Math.max(d, Math.abs(row[j]! - ours[r * v + j]!));
+    let a = 0, b = 0;
+    for (let j = 0; j < v; j++) {
+      d = Math.max(d, Math.abs(row[j]! - ours[r * v + j]!));
+      lastScale = Math.max(lastScale, Math.abs(row[j]!));
+      if (row[j]! > row[a]!) a = j;
+      if (ours[r * v + j]! > ours[r * v + b]!) b = j;
+    }
+    if (a !== b) argmaxMismatches++;
   });
   return d;
 }
+
+/** Largest |logit| libllama produced so far, and outputs whose greedy token differed. */
+let lastScale = 0;
+let argmaxMismatches = 0;
 
 function checkPositions(pair: Pair, what: string): void {
   for (let s = 0; s < N_SEQ; s++) {
@@ -96,6 +108,39 @@ describe('KV cache operations against libllama', () => {
     worst = Math.max(worst, decode(pair, [{ seq: 2, tokens: tokens(6, 8) }]));
     t.diagnostic(`largest |Δlogit|: ${worst.toExponential(2)}`);
     assert.ok(worst <= TOL, `logits differ by ${worst}`);
+  });
+
+  it('one stream per sequence: copies between streams copy data, each stream fills on its own', (t) => {
+    const pair = open(true, N_SEQ);
+    pairs.push(pair);
+    // Positions must agree exactly. Logits agree to f16 rounding only: libllama splits a batch
+    // whose sequences bring unequal token counts into equal micro-batches (other mat-mul shapes),
+    // and Strata's attention spans the cells of every stream (masked) where libllama's spans one
+    // stream; either changes how ggml partitions its sums (we have not isolated which one shows
+    // here). Measured relative to the largest |logit|, with the greedy token checked at every output.
+    let worst = decode(pair, [{ seq: 0, tokens: tokens(20, 21) }]);
+    worst = Math.max(worst, decode(pair, [{ seq: 1, tokens: tokens(12, 22) }]));
+    for (const side of [pair.p, pair.ref]) side.seqCopy(0, 2, -1, -1);
+    checkPositions(pair, 'seq_cp across streams');
+    const cells = pair.p.stages[0]!.cells;
+    assert.equal(cells.used, 20 + 12 + 20, 'a copy between streams takes cells of its own');
+    worst = Math.max(worst, decode(pair, [{ seq: 2, tokens: tokens(3, 23) }, { seq: 0, tokens: tokens(2, 24) }, { seq: 1, tokens: tokens(1, 25) }]));
+    for (const side of [pair.p, pair.ref]) {
+      side.seqAdd(2, 5, -1, -2);
+      side.seqDivide(1, 4, -1, 2);
+    }
+    checkPositions(pair, 'seq_add / seq_div');
+    worst = Math.max(worst, decode(pair, [{ seq: 1, tokens: tokens(2, 26) }, { seq: 2, tokens: tokens(2, 27) }]));
+    for (const side of [pair.p, pair.ref]) side.seqKeep(0);
+    checkPositions(pair, 'seq_keep (within its own stream)');
+    assert.ok(pair.p.seqPosMax(1) >= 0 && pair.p.seqPosMax(2) >= 0, 'other streams keep their sequences');
+    for (const side of [pair.p, pair.ref]) side.seqRemove(-1, 10, -1);
+    checkPositions(pair, 'seq_rm of every sequence');
+    worst = Math.max(worst, decode(pair, [{ seq: 0, tokens: tokens(3, 28) }, { seq: 2, tokens: tokens(3, 29) }]));
+    t.diagnostic(`largest |Δlogit|: ${worst.toExponential(2)} (largest |logit| ${lastScale.toFixed(1)})`);
+    assert.ok(worst <= 2e-3 * lastScale, `logits differ by ${worst}`);
+    assert.equal(argmaxMismatches, 0, 'the same greedy token at every output');
+    assert.throws(() => pair.p.seqCopy(0, 3, 0, 5), /whole sequences/);
   });
 
   it('K/V of some layers kept in host memory give the same results', () => {

@@ -17,10 +17,18 @@ function bounds(p0: number, p1: number): [number, number] {
   return [p0 < 0 ? 0 : p0, p1 < 0 ? Number.MAX_SAFE_INTEGER : p1];
 }
 
-/** The cells of one KV stream. */
+/**
+ * The cells of a KV cache: one stream shared by every sequence (cells shared between sequences),
+ * or one stream per sequence (seq s owns cells [s·streamSize, (s+1)·streamSize); copying between
+ * streams copies cells, and the caller copies their K/V rows), as llama.cpp's kv_unified.
+ */
 export class KvCells {
-  /** number of cells */
+  /** number of cells, all streams together */
   readonly size: number;
+  /** 1: one stream shared by all sequences; n: sequence s has stream s */
+  readonly streams: number;
+  /** cells per stream */
+  readonly streamSize: number;
   /** position of each cell, -1 when empty // [size] */
   readonly pos: Int32Array;
   /** shift accumulated since the keys were last re-rotated // [size] */
@@ -30,13 +38,22 @@ export class KvCells {
   /** per sequence: position → number of cells holding it */
   readonly #seqPos: (Map<number, number> | undefined)[] = new Array(MAX_SEQ);
   #used = 0;
-  /** where the next slot search starts */
-  #head = 0;
+  /** per stream: cells in use */
+  readonly #usedPer: Int32Array;
+  /** per stream: where the next slot search starts (an absolute cell index) */
+  readonly #heads: Int32Array;
   #hasShift = false;
 
-  constructor(size: number) {
+  constructor(size: number, streams = 1) {
     if (!Number.isInteger(size) || size < 1) throw new RangeError(`KV cache size must be a positive integer, got ${size}`);
+    if (!Number.isInteger(streams) || streams < 1 || size % streams !== 0 || streams > MAX_SEQ) {
+      throw new RangeError(`${streams} streams cannot split ${size} cells evenly`);
+    }
     this.size = size;
+    this.streams = streams;
+    this.streamSize = size / streams;
+    this.#usedPer = new Int32Array(streams);
+    this.#heads = Int32Array.from({ length: streams }, (_, s) => s * this.streamSize);
     this.pos = new Int32Array(size).fill(-1);
     this.shift = new Int32Array(size);
     this.#seq = new Uint32Array(size * WORDS);
@@ -78,7 +95,17 @@ export class KvCells {
   }
 
   #checkSeq(seq: number): void {
-    if (!Number.isInteger(seq) || seq < 0 || seq >= MAX_SEQ) throw new RangeError(`seq id ${seq} outside 0..${MAX_SEQ - 1}`);
+    const max = this.streams > 1 ? this.streams : MAX_SEQ;
+    if (!Number.isInteger(seq) || seq < 0 || seq >= max) throw new RangeError(`seq id ${seq} outside 0..${max - 1}`);
+  }
+
+  /** The stream sequence `seq` lives in. */
+  streamOf(seq: number): number {
+    return this.streams === 1 ? 0 : seq;
+  }
+
+  #streamOfCell(i: number): number {
+    return this.streams === 1 ? 0 : Math.floor(i / this.streamSize);
   }
 
   #posInc(seq: number, p: number): void {
@@ -116,6 +143,7 @@ export class KvCells {
     this.shift[i] = 0;
     this.#seq.fill(0, i * WORDS, (i + 1) * WORDS);
     this.#used--;
+    this.#usedPer[this.#streamOfCell(i)]!--;
   }
 
   /** Frees cell i whatever it holds. */
@@ -129,17 +157,38 @@ export class KvCells {
    * ran far past the used cells), wrapping around, taking the first free cells. Returns null when
    * fewer than `n` are free. Mutates nothing.
    */
-  findSlot(n: number): SlotPlan | null {
-    if (n < 1 || n > this.size - this.#used) return null;
+  findSlot(n: number, stream = 0): SlotPlan | null {
+    const lo = stream * this.streamSize, hi = lo + this.streamSize, used = this.#usedPer[stream]!;
+    if (n < 1 || n > this.streamSize - used) return null;
     const cells = new Int32Array(n);
-    let head = this.#head > this.#used + 2 * n ? 0 : this.#head;
+    let head = this.#heads[stream]! - lo > used + 2 * n ? lo : this.#heads[stream]!;
     let k = 0;
-    for (let tested = 0; tested < this.size && k < n; tested++) {
-      if (head >= this.size) head = 0;
+    for (let tested = 0; tested < this.streamSize && k < n; tested++) {
+      if (head >= hi) head = lo;
       if (this.pos[head] === -1) cells[k++] = head;
       head++;
     }
     return k === n ? { cells } : null;
+  }
+
+  /** Finds cells for a batch whose token t belongs to seqs[t], each in its sequence's stream. */
+  findSlotFor(seqs: ArrayLike<number>): SlotPlan | null {
+    if (this.streams === 1) return this.findSlot(seqs.length);
+    const byStream = new Map<number, number[]>();
+    for (let t = 0; t < seqs.length; t++) {
+      this.#checkSeq(seqs[t]!);
+      const s = this.streamOf(seqs[t]!);
+      const list = byStream.get(s);
+      if (list) list.push(t);
+      else byStream.set(s, [t]);
+    }
+    const cells = new Int32Array(seqs.length);
+    for (const [s, tokens] of byStream) {
+      const plan = this.findSlot(tokens.length, s);
+      if (!plan) return null;
+      tokens.forEach((t, k) => { cells[t] = plan.cells[k]!; });
+    }
+    return { cells };
   }
 
   /** Stamps a plan: token t gets position pos[t] in sequence seq[t]. */
@@ -154,9 +203,10 @@ export class KvCells {
       const i = plan.cells[t]!;
       this.pos[i] = pos[t]!;
       this.#used++;
+      this.#usedPer[this.#streamOfCell(i)]!++;
       this.#seqAdd(i, seq[t]!);
+      this.#heads[this.#streamOfCell(i)] = i + 1;
     }
-    this.#head = plan.cells[n - 1]! + 1;
   }
 
   /** Frees the cells of a plan that was applied but whose batch failed. */
@@ -165,7 +215,8 @@ export class KvCells {
   }
 
   #lowerHead(i: number): void {
-    if (i < this.#head) this.#head = i;
+    const s = this.#streamOfCell(i);
+    if (i < this.#heads[s]!) this.#heads[s] = i;
   }
 
   /**
@@ -191,23 +242,50 @@ export class KvCells {
     return true;
   }
 
-  /** Adds `dst` to every cell of `src` with p0 <= pos < p1: the cells are shared, no data moves. */
-  seqCopy(src: number, dst: number, p0: number, p1: number): void {
+  /**
+   * Gives `dst` the cells of `src` with p0 <= pos < p1. In one stream the cells are shared and
+   * no data moves (returns null). Across streams (llama.cpp: whole sequences only) `dst`'s stream
+   * is emptied and takes a copy of `src`'s cells at the same places; the returned moves tell the
+   * caller which K/V rows to copy.
+   */
+  seqCopy(src: number, dst: number, p0: number, p1: number): { from: Int32Array; to: Int32Array } | null {
     this.#checkSeq(src);
     this.#checkSeq(dst);
-    if (src === dst) return;
+    if (src === dst) return null;
     const [lo, hi] = bounds(p0, p1);
-    for (let i = 0; i < this.size; i++) {
-      const p = this.pos[i]!;
-      if (p >= lo && p < hi && this.hasSeq(i, src)) this.#seqAdd(i, dst);
+    const s0 = this.streamOf(src), s1 = this.streamOf(dst);
+    if (s0 === s1) {
+      for (let i = 0; i < this.size; i++) {
+        const p = this.pos[i]!;
+        if (p >= lo && p < hi && this.hasSeq(i, src)) this.#seqAdd(i, dst);
+      }
+      return null;
     }
+    if (p0 > 0 || (p1 >= 0 && p1 < Number.MAX_SAFE_INTEGER)) throw new RangeError('copying between streams copies whole sequences (p0 and p1 must be open)');
+    const base0 = s0 * this.streamSize, base1 = s1 * this.streamSize;
+    for (let i = base1; i < base1 + this.streamSize; i++) if (this.pos[i]! >= 0) this.#freeCell(i);
+    const from: number[] = [], to: number[] = [];
+    for (let k = 0; k < this.streamSize; k++) {
+      const i = base0 + k, j = base1 + k;
+      if (this.pos[i]! < 0 || !this.hasSeq(i, src)) continue;
+      this.pos[j] = this.pos[i]!;
+      this.shift[j] = this.shift[i]!;
+      this.#used++;
+      this.#usedPer[s1]!++;
+      this.#seqAdd(j, dst);
+      from.push(i);
+      to.push(j);
+    }
+    this.#heads[s1] = this.#heads[s0]! - base0 + base1;
+    return { from: Int32Array.from(from), to: Int32Array.from(to) };
   }
 
-  /** Keeps only `seq`: other sequences leave every cell; cells without `seq` are freed. */
+  /** Keeps only `seq` in its stream: other sequences leave its cells; cells without it are freed. */
   seqKeep(seq: number): void {
     this.#checkSeq(seq);
     let first = -1;
-    for (let i = 0; i < this.size; i++) {
+    const base = this.streamOf(seq) * this.streamSize;
+    for (let i = base; i < base + this.streamSize; i++) {
       if (this.pos[i]! < 0) continue;
       if (this.hasSeq(i, seq)) {
         for (const s of this.seqsOf(i)) if (s !== seq) this.#seqDrop(i, s);
@@ -245,7 +323,8 @@ export class KvCells {
         for (const s of seqs) this.#posInc(s, this.pos[i]!);
       }
     }
-    this.#head = first >= 0 ? first : 0;
+    const base = this.streamOf(seq) * this.streamSize;
+    this.#heads[this.streamOf(seq)] = first >= 0 ? first : base;
   }
 
   /** Divides the positions of `seq`'s cells in [p0, p1) by `d` (integer division). */
@@ -330,14 +409,17 @@ export class KvCells {
    */
   defragPlan(): { from: Int32Array; to: Int32Array } | null {
     const from: number[] = [], to: number[] = [];
-    let next = 0;
-    for (let i = 0; i < this.size; i++) {
-      if (this.pos[i]! < 0) continue;
-      if (i !== next) {
-        from.push(i);
-        to.push(next);
+    for (let s = 0; s < this.streams; s++) {
+      const base = s * this.streamSize;
+      let next = base;
+      for (let i = base; i < base + this.streamSize; i++) {
+        if (this.pos[i]! < 0) continue;
+        if (i !== next) {
+          from.push(i);
+          to.push(next);
+        }
+        next++;
       }
-      next++;
     }
     return from.length ? { from: Int32Array.from(from), to: Int32Array.from(to) } : null;
   }
@@ -354,7 +436,7 @@ export class KvCells {
       this.shift[f] = 0;
       this.#seq.fill(0, f * WORDS, (f + 1) * WORDS);
     }
-    this.#head = this.#used;
+    for (let st = 0; st < this.streams; st++) this.#heads[st] = st * this.streamSize + this.#usedPer[st]!;
   }
 
   /**
@@ -396,7 +478,8 @@ export class KvCells {
    * up to the last used cell, then every sequence's position range.
    */
   debugDump(): string {
-    const lines = [`kv cells: size ${this.size}, used ${this.#used}, head ${this.#head}, used_max_p1 ${this.usedMaxP1()}`];
+    const heads = this.streams === 1 ? `head ${this.#heads[0]}` : `${this.streams} streams, heads ${Array.from(this.#heads).join(' ')}`;
+    const lines = [`kv cells: size ${this.size}, used ${this.#used}, ${heads}, used_max_p1 ${this.usedMaxP1()}`];
     let row = '';
     const shown = Math.min(this.size, Math.max(256, Math.ceil(this.usedMaxP1() / 256) * 256));
     for (let i = 0; i < shown; i++) {
@@ -424,7 +507,8 @@ export class KvCells {
     this.#seq.fill(0);
     this.#seqPos.fill(undefined);
     this.#used = 0;
-    this.#head = 0;
+    this.#usedPer.fill(0);
+    this.#heads.forEach((_, st) => { this.#heads[st] = st * this.streamSize; });
     this.#hasShift = false;
   }
 }

@@ -63,7 +63,8 @@ export function importStageState(stage: Stage, blob: Uint8Array | DecodedState, 
     throw new KvStateError('type_mismatch', `KV state rows (types ${h.typeK}/${h.typeV}, ${h.nEmbdKv} values per row) cannot go into this cache (type ${kv.type}, ${kv.nEmbdKv} per row)`);
   }
   for (const p of st.pos) if (!(p >= 0)) throw new KvStateError('conflict', `KV state holds a negative position ${p}`);
-  if (!(seq >= 0 && seq < MAX_SEQ)) throw new KvStateError('conflict', `seq id ${seq} outside 0..${MAX_SEQ - 1}`);
+  const maxSeq = stage.cells.streams > 1 ? stage.cells.streams : MAX_SEQ;
+  if (!(seq >= 0 && seq < maxSeq)) throw new KvStateError('conflict', `seq id ${seq} outside 0..${maxSeq - 1}`);
   const target = cellsFor(stage, seq, st.pos);
   if (target.plan) stage.cells.apply(target.plan, st.pos, new Int32Array(st.pos.length).fill(seq));
   try {
@@ -94,7 +95,7 @@ function cellsFor(stage: Stage, seq: number, pos: Int32Array): { cells: Int32Arr
   const c = stage.cells;
   if (c.seqCells(seq) === 0) {
     if (pos.length === 0) return { cells: pos, plan: null };
-    const plan = c.findSlot(pos.length);
+    const plan = c.findSlotFor(new Int32Array(pos.length).fill(seq));
     if (!plan) throw new KvStateError('no_room', `KV state needs ${pos.length} cells, ${c.size - c.used} are free`);
     return { cells: plan.cells, plan };
   }

@@ -29,6 +29,12 @@ export interface StageOptions {
   repack?: boolean;
   /** model layers whose K/V stay in host memory instead of the device's */
   kvHostLayers?: number[];
+  /**
+   * 1 (default): one stream that every sequence shares (a shared prefix is held once); n: one
+   * stream of ctxSize cells per sequence 0..n-1, copies between them copying data
+   * (llama.cpp's kv_unified = false)
+   */
+  kvStreams?: number;
   /** receives a picture of the cells after every batch (what STRATA_KV_DEBUG=1 switches on) */
   kvDebug?: (dump: string) => void;
   /**
@@ -101,7 +107,7 @@ export class Stage {
   #shift: { graph: ShiftGraph; sched: Scheduler } | null = null;
   #disposed = false;
 
-  private constructor(hp: HParams, range: LayerRange, backend: Backend, cpu: Backend | null, weights: StageWeights, kv: KvStorage, sched: Scheduler) {
+  private constructor(hp: HParams, range: LayerRange, backend: Backend, cpu: Backend | null, weights: StageWeights, kv: KvStorage, sched: Scheduler, streams: number) {
     this.hp = hp;
     this.range = range;
     this.isFirst = range.l0 === 0;
@@ -110,7 +116,7 @@ export class Stage {
     this.#cpu = cpu;
     this.weights = weights;
     this.kv = kv;
-    this.cells = new KvCells(kv.size);
+    this.cells = new KvCells(kv.size, streams);
     this.#sched = sched;
   }
 
@@ -133,7 +139,10 @@ export class Stage {
     for (const l of options.kvHostLayers ?? []) {
       if (!(Number.isInteger(l) && l >= 0 && l < hp.nLayer)) throw new ModelError('bad_split', `host layer ${l} is not a layer of the model (0:${hp.nLayer})`);
     }
-    const size = Math.min(options.ctxSize ?? 4096, hp.nCtxTrain);
+    const streams = options.kvStreams ?? 1;
+    if (!Number.isInteger(streams) || streams < 1 || streams > MAX_SEQ) throw new ModelError('bad_input', `kvStreams must be 1..${MAX_SEQ}, got ${streams}`);
+    // ctxSize cells per stream (llama.cpp gives each stream n_ctx / n_seq_max)
+    const size = Math.min(options.ctxSize ?? 4096, hp.nCtxTrain) * streams;
     const backend = Backend.open({ device: options.device, threads: options.threads });
     let weights: StageWeights | null = null, kv: KvStorage | null = null, cpu: Backend | null = null, sched: Scheduler | null = null;
     try {
@@ -149,14 +158,14 @@ export class Stage {
       // reserve the compute buffers of the largest batch, every token an output, all cells attended
       const maxBatch = options.maxBatch ?? 512;
       if (maxBatch > 0) {
-        const worst = buildStageGraph(hp, weights, kv, { nTokens: maxBatch, nKv: size, nOutputs: maxBatch, selectOutputs: false });
+        const worst = buildStageGraph(hp, weights, kv, { nTokens: maxBatch, nKv: kv.size, nOutputs: maxBatch, selectOutputs: false });
         try {
           sched.reserve(worst.graph);
         } finally {
           worst.ctx.dispose();
         }
       }
-      const stage = new Stage(hp, range, backend, cpu, weights, kv, sched);
+      const stage = new Stage(hp, range, backend, cpu, weights, kv, sched, streams);
       stage.#kvDebug = options.kvDebug;
       return stage;
     } catch (err) {
@@ -175,7 +184,7 @@ export class Stage {
     const n = batch.pos.length;
     this.#checkBatch(batch, n);
     this.applyShift();
-    const plan = this.cells.findSlot(n);
+    const plan = this.cells.findSlotFor(batch.seq);
     if (!plan) throw new KvCacheFullError(n, this.cells.size - this.cells.used);
     this.cells.apply(plan, batch.pos, batch.seq);
     try {
@@ -290,7 +299,8 @@ export class Stage {
       throw new ModelError('bad_input', `stage ${formatRange(this.range)} needs ${n}x${this.hp.nEmbd} hidden values`);
     }
     for (const p of b.pos) if (!(p >= 0)) throw new ModelError('bad_input', `position ${p} is negative`);
-    for (const s of b.seq) if (!(s >= 0 && s < MAX_SEQ)) throw new ModelError('bad_input', `seq id ${s} outside 0..${MAX_SEQ - 1}`);
+    const maxSeq = this.cells.streams > 1 ? this.cells.streams : MAX_SEQ;
+    for (const s of b.seq) if (!(s >= 0 && s < maxSeq)) throw new ModelError('bad_input', `seq id ${s} outside 0..${maxSeq - 1}`);
     // llama.cpp's rule: a sequence's positions continue right after what the cache holds
     const first = new Map<number, number>();
     for (let t = 0; t < n; t++) first.set(b.seq[t]!, Math.min(first.get(b.seq[t]!) ?? Infinity, b.pos[t]!));
@@ -322,7 +332,14 @@ export class Stage {
 
   /** Shares `src`'s cells in [p0, p1) with `dst` (no data is copied). */
   seqCopy(src: number, dst: number, p0 = -1, p1 = -1): void {
-    this.cells.seqCopy(src, dst, p0, p1);
+    // across streams the cells were copied: their K/V rows follow, in every layer
+    const moved = this.cells.seqCopy(src, dst, p0, p1);
+    if (!moved || moved.from.length === 0) return;
+    const rb = this.kv.rowBytes, k = new Uint8Array(moved.from.length * rb), v = new Uint8Array(moved.from.length * rb);
+    for (let slot = 0; slot < this.kv.k.length; slot++) {
+      this.kv.readRows(slot, moved.from, k, v);
+      this.kv.writeRows(slot, moved.to, k, v);
+    }
   }
 
   /** Drops every sequence but `seq`. */

@@ -17,7 +17,7 @@ commands:
   generate [--model F] [--prompt "…"] [--n-predict N] [--split 0:4,4:8] [--threads T]
            [--seed S] [--temperature X] [--top-k K] [--top-p P] [--min-p P]
            [--repeat-penalty X] [--grammar G | --grammar-file F] [--chat] [--ctx-size N]
-           [--kv-type f16|f32|q8_0|q4_0] [--kv-host-layers 0,1] [--device D] [--json]
+           [--kv-type f16|f32|q8_0|q4_0] [--kv-host-layers 0,1] [--kv-streams N] [--device D] [--json]
   logits [--model F] [--prompt "…"] [--split …] [--top K] [--kv-type T] [--json]
 
 Without --model, the embedded default model is synthesized into ~/.cache/strata/models.

@@ -19,6 +19,8 @@ export interface ReferenceOptions {
   /** ggml type of K and V (default f16 = 1) */
   typeK?: number;
   typeV?: number;
+  /** one KV stream shared by all sequences (default true); false: one stream per sequence */
+  kvUnified?: boolean;
   /** flash attention (default on, as Strata's graph uses it) */
   flashAttn?: boolean;
   /**
@@ -89,7 +91,7 @@ export class LlamaReference {
     cp.type_k = options.typeK ?? 1;
     cp.type_v = options.typeV ?? 1;
     cp.flash_attn_type = options.flashAttn === false ? LLAMA_FLASH_ATTN_TYPE.DISABLED : LLAMA_FLASH_ATTN_TYPE.ENABLED;
-    cp.kv_unified = true;
+    cp.kv_unified = options.kvUnified ?? true;
     cp.no_perf = true;
     const ctx = l.llama_init_from_model(model, cp);
     if (!ctx) {

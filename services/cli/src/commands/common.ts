@@ -40,7 +40,8 @@ export function openPipelineFromFlags(f: Flags): OpenedModel {
     if (!Number.isInteger(n)) throw new UsageError(`--kv-host-layers takes layer numbers separated by commas, got '${hostText}'`);
     return n;
   }) : undefined;
+  const kvStreams = f.int('kv-streams', 1)!;
   // STRATA_KV_DEBUG=1 draws every stage's cells after each batch (like LLAMA_KV_CACHE_DEBUG)
   const kvDebug = process.env.STRATA_KV_DEBUG === '1' ? (d: string) => process.stderr.write(d) : undefined;
-  return { path, pipeline: Pipeline.open({ model: path, split, threads, ctxSize, device, kvType, kvHostLayers, kvDebug }) };
+  return { path, pipeline: Pipeline.open({ model: path, split, threads, ctxSize, device, kvType, kvHostLayers, kvStreams, kvDebug }) };
 }
