@@ -17,6 +17,15 @@ describe('KvCells', () => {
     assert.equal(c.usedMaxP1(), 3);
   });
 
+  it('finds a contiguous run when asked, or null when there is none', () => {
+    const c = new KvCells(10);
+    c.apply(c.findSlot(10)!, Array.from({ length: 10 }, (_, i) => i), [0, 1, 0, 1, 1, 1, 0, 0, 0, 1]);
+    c.seqRemove(0, -1, -1); // frees cells 0, 2, 6, 7, 8
+    assert.deepEqual(Array.from(c.findSlot(3, 0, true)!.cells), [6, 7, 8]);
+    assert.deepEqual(Array.from(c.findSlot(3)!.cells), [0, 2, 6], 'scattered takes the first free cells');
+    assert.equal(c.findSlot(4, 0, true), null, 'no run of 4 although 5 cells are free');
+  });
+
   it('falls back to scattered cells when no run is long enough', () => {
     const c = new KvCells(6);
     c.apply(c.findSlot(6)!, [0, 1, 2, 3, 4, 5], [0, 1, 0, 1, 0, 1]);

@@ -153,15 +153,32 @@ export class KvCells {
   }
 
   /**
-   * Finds free cells for `n` tokens as llama.cpp does: scanning from the head (reset to 0 when it
-   * ran far past the used cells), wrapping around, taking the first free cells. Returns null when
-   * fewer than `n` are free. Mutates nothing.
+   * Finds free cells for `n` tokens in a stream as llama.cpp does: scanning from the head (reset
+   * to the stream's start when it ran far past the used cells), wrapping around, taking the first
+   * free cells, or with `contiguous` the first run of n free cells. Returns null when there is no
+   * room. Mutates nothing.
    */
-  findSlot(n: number, stream = 0): SlotPlan | null {
+  findSlot(n: number, stream = 0, contiguous = false): SlotPlan | null {
     const lo = stream * this.streamSize, hi = lo + this.streamSize, used = this.#usedPer[stream]!;
     if (n < 1 || n > this.streamSize - used) return null;
-    const cells = new Int32Array(n);
     let head = this.#heads[stream]! - lo > used + 2 * n ? lo : this.#heads[stream]!;
+    if (contiguous) {
+      // llama.cpp's `cont`: n free cells in a row, tried from the head, wrapping once
+      for (let tested = 0; tested < this.streamSize;) {
+        if (head + n > hi) {
+          tested += hi - head;
+          head = lo;
+          continue;
+        }
+        let run = 0;
+        while (run < n && this.pos[head + run] === -1) run++;
+        if (run === n) return { cells: Int32Array.from({ length: n }, (_, k) => head + k) };
+        tested += run + 1;
+        head += run + 1;
+      }
+      return null;
+    }
+    const cells = new Int32Array(n);
     let k = 0;
     for (let tested = 0; tested < this.streamSize && k < n; tested++) {
       if (head >= hi) head = lo;
