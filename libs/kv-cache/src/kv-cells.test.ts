@@ -17,6 +17,24 @@ describe('KvCells', () => {
     assert.equal(c.usedMaxP1(), 3);
   });
 
+  it('keeps one stream per sequence: own slots, own heads, copies between streams', () => {
+    const c = new KvCells(8, 2); // seq 0 owns cells 0-3, seq 1 cells 4-7
+    c.apply(c.findSlotFor([0, 0, 0])!, [0, 1, 2], [0, 0, 0]);
+    c.apply(c.findSlotFor([1, 1, 1])!, [0, 1, 2], [1, 1, 1]);
+    assert.deepEqual(Array.from(c.pos), [0, 1, 2, -1, 0, 1, 2, -1]);
+    c.seqRemove(-1, 0, 1); // every stream's head drops to its own first freed cell
+    assert.deepEqual(Array.from(c.findSlotFor([1, 0])!.cells), [4, 0]);
+    assert.equal(c.findSlotFor([0, 0, 0]), null, 'stream 0 has two free cells');
+    const moved = c.seqCopy(0, 1, -1, -1)!;
+    assert.deepEqual([Array.from(moved.from), Array.from(moved.to)], [[1, 2], [5, 6]], 'seq 1 gets a copy of seq 0 at the same places');
+    assert.deepEqual(c.seqsOf(5), [1]);
+    assert.equal(c.used, 4);
+    c.seqKeep(0);
+    assert.equal(c.seqPosMax(1), 2, 'seq_keep acts within its own stream');
+    assert.throws(() => c.seqCopy(0, 1, 1, -1), /whole sequences/);
+    assert.throws(() => c.findSlotFor([2]), /seq id 2 outside 0..1/);
+  });
+
   it('finds a contiguous run when asked, or null when there is none', () => {
     const c = new KvCells(10);
     c.apply(c.findSlot(10)!, Array.from({ length: 10 }, (_, i) => i), [0, 1, 0, 1, 1, 1, 0, 0, 0, 1]);

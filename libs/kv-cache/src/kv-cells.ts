@@ -244,18 +244,16 @@ export class KvCells {
   seqRemove(seq: number, p0: number, p1: number): boolean {
     if (seq >= 0) this.#checkSeq(seq);
     const [lo, hi] = bounds(p0, p1);
-    let first = -1;
     for (let i = 0; i < this.size; i++) {
       const p = this.pos[i]!;
       if (p < 0 || p < lo || p >= hi) continue;
       if (seq < 0) {
         this.#freeCell(i);
-        if (first < 0) first = i;
-      } else if (this.hasSeq(i, seq) && this.#seqDrop(i, seq) && first < 0) {
-        first = i;
+        this.#lowerHead(i); // per stream: its head drops to its first freed cell
+      } else if (this.hasSeq(i, seq) && this.#seqDrop(i, seq)) {
+        this.#lowerHead(i);
       }
     }
-    if (first >= 0) this.#lowerHead(first);
     return true;
   }
 
