@@ -102,6 +102,8 @@ export class Stage {
   #maskBuf = new Uint16Array(0);
   #kvDebug: ((dump: string) => void) | undefined;
   readonly #rotations = new Map<number, Float32Array>();
+  /** every layer of the stage attends through a sliding window */
+  readonly #windowedOnly: boolean;
   #graph: { shape: GraphShape; graph: StageGraph } | null = null;
   /** the K-shift graph, with a scheduler of its own so the step graph stays allocated */
   #shift: { graph: ShiftGraph; sched: Scheduler } | null = null;
@@ -117,6 +119,7 @@ export class Stage {
     this.weights = weights;
     this.kv = kv;
     this.cells = new KvCells(kv.size, streams);
+    this.#windowedOnly = hp.nSwa > 0 && hp.swaLayers.slice(range.l0, range.l1).every((x) => x);
     this.#sched = sched;
   }
 
@@ -190,9 +193,7 @@ export class Stage {
     try {
       const out = this.#run(batch, plan.cells, n);
       // a shard whose layers all attend through the window keeps only what the window still sees
-      if (this.hp.nSwa > 0 && this.hp.swaLayers.slice(this.range.l0, this.range.l1).every((x) => x)) {
-        this.counters.swaPruned += this.cells.pruneSwa(this.hp.nSwa);
-      }
+      if (this.#windowedOnly) this.counters.swaPruned += this.cells.pruneSwa(this.hp.nSwa);
       this.#kvDebug?.(`stage ${formatRange(this.range)} after a batch of ${n}: ${this.cells.debugDump()}`);
       return out;
     } catch (err) {
