@@ -51,6 +51,7 @@ describe('sliding-window attention against libllama (exaone4)', () => {
         const tol = pruning ? 2e-3 * scale : TOL;
         assert.ok(worst <= tol, `logits differ by ${worst} > ${tol}`);
         const total = PROMPT.length + NEXT.length;
+        assert.equal(p.seqPosMin(0), pruning ? total - (WINDOW - 1) : 0, 'the positions every stage still holds');
         p.stages.forEach((s) => {
           const windowed = p.hp.swaLayers.slice(s.range.l0, s.range.l1).every((x) => x);
           assert.equal(s.cells.used, windowed ? WINDOW - 1 : total, `stage ${s.range.l0}:${s.range.l1} cells`);

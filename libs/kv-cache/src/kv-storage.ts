@@ -105,6 +105,15 @@ export class KvStorage {
     });
   }
 
+  /** Copies the K/V rows of cells `from[i]` onto cells `to[i]` in every layer (all read first). */
+  moveRows(from: Int32Array, to: Int32Array): void {
+    const rb = this.rowBytes, k = new Uint8Array(from.length * rb), v = new Uint8Array(from.length * rb);
+    for (let slot = 0; slot < this.k.length; slot++) {
+      this.readRows(slot, from, k, v);
+      this.writeRows(slot, to, k, v);
+    }
+  }
+
   /** Bytes of K and V memory. */
   get bytes(): number {
     return this.#buffers.bytes;

@@ -132,12 +132,15 @@ export class Pipeline {
     }
   }
 
-  /** Smallest cached position of `seq` (every stage agrees), -1 when none. */
+  /**
+   * Smallest position of `seq` that every stage still holds (a windowed stage may have dropped
+   * older ones; llama.cpp's iSWA cache answers the same way), -1 when none.
+   */
   seqPosMin(seq: number): number {
-    return this.stages[0]!.seqPosMin(seq);
+    return Math.max(...this.stages.map((s) => s.seqPosMin(seq)));
   }
 
-  /** Largest cached position of `seq`, -1 when none. */
+  /** Largest cached position of `seq` (every stage holds it), -1 when none. */
   seqPosMax(seq: number): number {
     return this.stages[0]!.seqPosMax(seq);
   }

@@ -17,7 +17,7 @@ export interface StageOptions {
   model: string;
   /** layers this stage holds; default: all */
   range?: LayerRange;
-  /** KV cells (default 4096, capped at the training context) */
+  /** KV cells per stream (default 4096, capped at the training context) */
   ctxSize?: number;
   /** CPU threads */
   threads?: number;
@@ -190,16 +190,17 @@ export class Stage {
     const plan = this.cells.findSlotFor(batch.seq);
     if (!plan) throw new KvCacheFullError(n, this.cells.size - this.cells.used);
     this.cells.apply(plan, batch.pos, batch.seq);
+    let out: Float32Array;
     try {
-      const out = this.#run(batch, plan.cells, n);
-      // a shard whose layers all attend through the window keeps only what the window still sees
-      if (this.#windowedOnly) this.counters.swaPruned += this.cells.pruneSwa(this.hp.nSwa);
-      this.#kvDebug?.(`stage ${formatRange(this.range)} after a batch of ${n}: ${this.cells.debugDump()}`);
-      return out;
+      out = this.#run(batch, plan.cells, n);
     } catch (err) {
       this.cells.release(plan);
       throw err;
     }
+    // a shard whose layers all attend through the window keeps only what the window still sees
+    if (this.#windowedOnly) this.counters.swaPruned += this.cells.pruneSwa(this.hp.nSwa);
+    this.#kvDebug?.(`stage ${formatRange(this.range)} after a batch of ${n}: ${this.cells.debugDump()}`);
+    return out;
   }
 
   #run(batch: StageBatch, cells: Int32Array, n: number): Float32Array {
@@ -331,16 +332,13 @@ export class Stage {
     return this.cells.seqRemove(seq, p0, p1);
   }
 
-  /** Shares `src`'s cells in [p0, p1) with `dst` (no data is copied). */
+  /**
+   * Gives `dst` `src`'s cells in [p0, p1): shared within one stream (no data copied), copied with
+   * their K/V rows across per-sequence streams.
+   */
   seqCopy(src: number, dst: number, p0 = -1, p1 = -1): void {
-    // across streams the cells were copied: their K/V rows follow, in every layer
     const moved = this.cells.seqCopy(src, dst, p0, p1);
-    if (!moved || moved.from.length === 0) return;
-    const rb = this.kv.rowBytes, k = new Uint8Array(moved.from.length * rb), v = new Uint8Array(moved.from.length * rb);
-    for (let slot = 0; slot < this.kv.k.length; slot++) {
-      this.kv.readRows(slot, moved.from, k, v);
-      this.kv.writeRows(slot, moved.to, k, v);
-    }
+    if (moved && moved.from.length > 0) this.kv.moveRows(moved.from, moved.to);
   }
 
   /** Drops every sequence but `seq`. */
@@ -381,15 +379,10 @@ export class Stage {
   defrag(): number {
     const plan = this.cells.defragPlan();
     if (!plan) return 0;
-    const rb = this.kv.rowBytes, n = plan.from.length;
-    const k = new Uint8Array(n * rb), v = new Uint8Array(n * rb);
-    for (let slot = 0; slot < this.kv.k.length; slot++) {
-      this.kv.readRows(slot, plan.from, k, v);
-      this.kv.writeRows(slot, plan.to, k, v);
-    }
+    this.kv.moveRows(plan.from, plan.to);
     this.cells.applyDefrag(plan);
     this.counters.defrags++;
-    return n;
+    return plan.from.length;
   }
 
   /** Context shift of a full sequence (see KvCells.contextShift); returns the positions dropped. */
