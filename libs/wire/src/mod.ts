@@ -1,0 +1,8 @@
+// @strata/wire: the messages (buf-generated from proto/), NATS subjects, codecs and chunking.
+export * from './gen/strata/v1/common_pb.ts';
+export * from './gen/strata/v1/worker_pb.ts';
+export * from './gen/strata/v1/coordinator_pb.ts';
+export { StageInputAssembler, encodeStageInput, type StageMessage } from './activations.ts';
+export { decode, encode } from './codec.ts';
+export { WireError } from './errors.ts';
+export { checkId, isId, subjects } from './subjects.ts';

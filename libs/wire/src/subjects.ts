@@ -1,0 +1,39 @@
+// Every NATS subject Strata uses, built here and nowhere else: strata.v1.<role>.<verb>[.<id>].
+import { WireError } from './errors.ts';
+
+const PREFIX = 'strata.v1';
+// A NATS subject token: no dots, wildcards or whitespace.
+const ID = /^[A-Za-z0-9_-]{1,128}$/;
+
+/** Whether `id` can be one token of a subject (worker, coordinator, request and session ids). */
+export function isId(id: string): boolean {
+  return ID.test(id);
+}
+
+/** Throws unless `id` can be one token of a subject. */
+export function checkId(id: string, what = 'id'): string {
+  if (!ID.test(id)) throw new WireError('bad_subject', `${what} '${id}' must be 1-128 of A-Z a-z 0-9 _ -`);
+  return id;
+}
+
+/** Subjects, by role. */
+export const subjects = {
+  /** workers publish Heartbeat here */
+  workerHeartbeat: () => `${PREFIX}.worker.heartbeat`,
+  /** StageInput chunks for one worker */
+  workerStep: (worker: string) => `${PREFIX}.worker.step.${checkId(worker, 'worker id')}`,
+  /** SeqOpRequest -> SeqOpReply */
+  workerSeq: (worker: string) => `${PREFIX}.worker.seq.${checkId(worker, 'worker id')}`,
+  /** StatsRequest -> StageStats */
+  workerStats: (worker: string) => `${PREFIX}.worker.stats.${checkId(worker, 'worker id')}`,
+  /** GenerateRequest -> GenerateReply (queue group: the leader answers) */
+  coordinatorGenerate: () => `${PREFIX}.coordinator.generate`,
+  /** CancelRequest */
+  coordinatorCancel: () => `${PREFIX}.coordinator.cancel`,
+  /** ClusterRequest -> ClusterState */
+  coordinatorCluster: () => `${PREFIX}.coordinator.cluster`,
+  /** StepResult from last stages to one coordinator */
+  coordinatorResult: (coordinator: string) => `${PREFIX}.coordinator.result.${checkId(coordinator, 'coordinator id')}`,
+  /** GenerateEvent stream of one request */
+  gatewayEvents: (request: string) => `${PREFIX}.gateway.events.${checkId(request, 'request id')}`,
+} as const;
