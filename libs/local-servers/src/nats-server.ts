@@ -1,0 +1,47 @@
+// A private nats-server on a loopback port: plain core NATS, no JetStream, no auth.
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { launchServer, type LocalServer } from './managed-server.ts';
+import { checkInteger, resolveServerOptions, type ServerOptions } from './server-options.ts';
+import { tcpExchange } from './tcp-probe.ts';
+
+/** Options of {@link startNats}. */
+export interface NatsOptions extends ServerOptions {
+  /** largest message payload the server accepts, bytes; nats-server's 1 MiB when absent */
+  maxPayload?: number;
+}
+
+/** nats-server refuses a max_payload above its max_pending, 64 MiB by default. */
+const MAX_PAYLOAD_LIMIT = 64 * 1024 * 1024; // bytes
+
+/** The nats.conf that startNats writes: listen on 127.0.0.1 only. */
+export function natsConfig(port: number, maxPayload?: number): string {
+  const lines = ['# Written by @strata/local-servers; rewritten on every start.', `listen: "127.0.0.1:${port}"`];
+  if (maxPayload !== undefined) lines.push(`max_payload: ${maxPayload}`);
+  return lines.join('\n') + '\n';
+}
+
+/** Ready once a client connecting on `port` receives the server's `INFO {...}` line. */
+async function natsReady(port: number, timeoutMs: number): Promise<boolean> {
+  const text = await tcpExchange(port, undefined, (t) => t.includes('\r\n'), timeoutMs);
+  return text !== null && text.startsWith('INFO ');
+}
+
+/** Starts nats-server on 127.0.0.1 with `dir/nats.conf` and resolves once it greets clients. */
+export async function startNats(options: NatsOptions): Promise<LocalServer> {
+  const resolved = await resolveServerOptions('nats-server', options);
+  const maxPayload = options.maxPayload === undefined ? undefined : checkInteger('nats-server', 'maxPayload', options.maxPayload, 1, MAX_PAYLOAD_LIMIT);
+  const config = join(resolved.dir, 'nats.conf');
+  await writeFile(config, natsConfig(resolved.port, maxPayload));
+  return launchServer({
+    name: 'nats-server',
+    binary: resolved.binary,
+    args: ['-c', config],
+    cwd: resolved.dir,
+    url: `nats://127.0.0.1:${resolved.port}`,
+    port: resolved.port,
+    probe: natsReady,
+    startTimeoutMs: resolved.startTimeoutMs,
+    stopTimeoutMs: resolved.stopTimeoutMs,
+  });
+}
