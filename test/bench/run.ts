@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { LlamaReference, Sampler, loadNative, loadOptionsFromEnv } from '@strata/ggml';
 import { Pipeline } from '@strata/model';
 import { benchModel, median, parseBenchArgs, std } from './common.ts';
+import { runClusterBench } from './cluster.ts';
 import { runKvBench } from './kv.ts';
 
 const opts = parseBenchArgs(process.argv.slice(2));
@@ -99,7 +100,8 @@ for (const [name, us] of Object.entries(sampling)) {
 }
 
 const kv = runKvBench(opts.threads);
+const cluster = await runClusterBench(benchModel('f16'), Math.max(1, Math.min(opts.reps, 3)));
 
 const out = join(process.cwd(), '.bench');
 mkdirSync(out, { recursive: true });
-writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv }, null, 2));
+writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv, cluster }, null, 2));

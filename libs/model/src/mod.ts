@@ -10,3 +10,4 @@ export { DEFAULT_MODEL, Rng, SYNTH_TYPES, defaultVocab, ensureDefaultModel, synt
 export { StageWeights, stageTensorList, type LayerWeights, type WeightOptions } from './weights.ts';
 export { buildShiftGraph, type ShiftGraph } from './k-shift.ts';
 export { exportStageState, importStageState, type ExportOptions } from './stage-state.ts';
+export { modelIdOf } from './model-id.ts';

@@ -5,6 +5,9 @@ import { KvCacheFullError, ModelError } from '@strata/model';
 import { generateCommand } from './commands/generate.ts';
 import { logitsCommand } from './commands/logits.ts';
 import { modelInfo, modelSynth } from './commands/model.ts';
+import { coordinatorCommand, gatewayCommand, workerCommand } from './commands/serve.ts';
+import { upCommand } from './commands/up.ts';
+import { ConfigError } from '@strata/config';
 import { UsageError } from './errors.ts';
 
 const USAGE = `usage: strata <command> [flags]
@@ -19,6 +22,11 @@ commands:
            [--repeat-penalty X] [--grammar G | --grammar-file F] [--chat] [--ctx-size N]
            [--kv-type f16|f32|q8_0|q4_0] [--kv-host-layers 0,1] [--kv-streams N] [--device D] [--json]
   logits [--model F] [--prompt "…"] [--split …] [--top K] [--kv-type T] [--json]
+  up [--model F] [--workers N] [--pipelines P] [--port 8080] [--prompt "…"] [--max-tokens N]
+     [--threads T] [--ctx-size N] [--kv-type T] [--once] [--verbose]
+  worker [--model F] [--layers 0:4] [--id W] [--nats-url U] … (strata worker --help)
+  coordinator [--nats-url U] [--redis-url U] … (strata coordinator --help)
+  gateway [--port 8080] [--model F] [--nats-url U] … (strata gateway --help)
 
 Without --model, the embedded default model is synthesized into ~/.cache/strata/models.
 `;
@@ -36,6 +44,14 @@ export async function main(argv: string[], out: NodeJS.WritableStream = process.
         return generateCommand(argv.slice(1), out);
       case 'logits':
         return logitsCommand(argv.slice(1), out);
+      case 'up':
+        return await upCommand(argv.slice(1), out);
+      case 'worker':
+        return await workerCommand(argv.slice(1), out);
+      case 'coordinator':
+        return await coordinatorCommand(argv.slice(1), out);
+      case 'gateway':
+        return await gatewayCommand(argv.slice(1), out);
       case undefined:
       case 'help':
       case '--help':
@@ -46,6 +62,10 @@ export async function main(argv: string[], out: NodeJS.WritableStream = process.
         throw new UsageError(`unknown command '${cmd}'`);
     }
   } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`strata: ${err.message}\n`);
+      return 2;
+    }
     if (err instanceof UsageError) {
       process.stderr.write(`strata: ${err.message}\n\n${USAGE}`);
       return 2;

@@ -1,0 +1,54 @@
+// strata up: the whole local cluster on this machine, a first request answered, then serving
+// until Ctrl-C.
+import { spawnSync } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Flags, parseArgs } from '../args.ts';
+import { LocalCluster } from '../local-cluster.ts';
+import { untilSignal } from './serve.ts';
+
+/** `strata up [--model F] [--workers N] [--pipelines P] [--port 8080] [--prompt …] [--once]` */
+export async function upCommand(argv: string[], out: NodeJS.WritableStream): Promise<number> {
+  const f = new Flags(parseArgs(argv, ['once', 'verbose']));
+  const o = {
+    model: f.str('model'),
+    workers: f.int('workers', 2)!,
+    pipelines: f.int('pipelines', 1)!,
+    port: f.int('port', 8080)!,
+    threads: f.int('threads'),
+    ctxSize: f.int('ctx-size'),
+    kvType: f.str('kv-type'),
+    logLevel: f.bool('verbose') ? 'info' : 'warn',
+  };
+  const prompt = f.str('prompt', 'Once upon a time')!;
+  const maxTokens = f.int('max-tokens', 32)!;
+  const once = f.bool('once');
+  f.done();
+  // nats-server and redis-server come from Debian's packages: installed here when missing (as root).
+  const ensure = spawnSync(process.execPath, [join(dirname(fileURLToPath(import.meta.url)), '../../../../scripts/ensure-servers.mjs')], { stdio: 'inherit' });
+  if (ensure.status !== 0) return 1;
+  const t0 = Date.now();
+  out.write(`strata up: starting nats-server, redis-server, a coordinator, ${o.pipelines} pipeline(s) of ${o.workers} worker(s) and a gateway…\n`);
+  const cluster = await LocalCluster.start(o);
+  try {
+    out.write(`strata up: ready in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+    for (const s of cluster.services) if (s.role === 'worker') out.write(`  worker ${s.id}: layers ${s.layers!.l0}:${s.layers!.l1}\n`);
+    out.write(`  NATS ${cluster.nats.url}, Redis ${cluster.redis.url}\n`);
+    const models = (await (await fetch(`${cluster.url}/v1/models`)).json()) as { data: { id: string }[] };
+    const model = models.data[0]!.id;
+    const r = await fetch(`${cluster.url}/v1/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model, prompt, max_tokens: maxTokens, temperature: 0 }),
+    });
+    const body = (await r.json()) as { choices?: { text: string }[]; error?: { message: string } };
+    if (!r.ok) throw new Error(`the first request failed: ${body.error?.message ?? r.status}`);
+    out.write(`\n$ curl ${cluster.url}/v1/completions -d '{"model":"${model}","prompt":${JSON.stringify(prompt)},"max_tokens":${maxTokens},"temperature":0}'\n`);
+    out.write(`${prompt}${body.choices![0]!.text}\n\n`);
+    out.write(`Strata is serving model '${model}' at ${cluster.url} (OpenAI API under /v1).${once ? '' : ' Ctrl-C stops it.'}\n`);
+    if (!once) await untilSignal();
+    return 0;
+  } finally {
+    out.write('strata up: stopping…\n');
+    await cluster.stop();
+  }
+}

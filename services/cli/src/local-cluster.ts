@@ -1,0 +1,204 @@
+// A whole Strata cluster on this machine: private nats-server and redis-server on free loopback
+// ports, then the coordinator, the workers and the gateway as separate processes, exactly as
+// they run on separate machines. `strata up`, the end-to-end tests and the benchmarks use it.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { GgufFile } from '@strata/gguf';
+import { freePort, startNats, startRedis, type LocalServer } from '@strata/local-servers';
+import { ensureDefaultModel, evenSplit, formatRange, readHParams, type LayerRange } from '@strata/model';
+
+const BIN = join(dirname(fileURLToPath(import.meta.url)), '../../../bin/strata.mjs');
+
+/** Options of {@link LocalCluster.start}. */
+export interface LocalClusterOptions {
+  /** GGUF file (default: the synthetic default model) */
+  model?: string;
+  /** pipelines of the model (default 1) */
+  pipelines?: number;
+  /** workers (stages) per pipeline (default 2) */
+  workers?: number;
+  /** explicit layer ranges per pipeline, instead of pipelines × workers */
+  splits?: LayerRange[][];
+  /** gateway port (default 8080; 0: a free one) */
+  port?: number;
+  /** CPU threads per worker (default: the cores shared out, at least 1) */
+  threads?: number;
+  /** KV cells per worker (default 4096) */
+  ctxSize?: number;
+  /** K/V type of every worker (default f16) */
+  kvType?: string;
+  /** log level of the services (default warn) */
+  logLevel?: string;
+  /** where Redis keeps its data (default: a fresh temporary folder, removed at stop) */
+  dataDir?: string;
+  /** extra flags for every worker, coordinator and gateway */
+  workerFlags?: string[];
+  coordinatorFlags?: string[];
+  /** where the services' log lines go (default: this process's stderr) */
+  logSink?: (line: string) => void;
+  /** NATS's max payload in bytes (default: nats-server's 1 MiB) */
+  natsMaxPayload?: number;
+  /** milliseconds to wait for the gateway to be ready (default 180000) */
+  readyTimeoutMs?: number;
+}
+
+/** A service process of the cluster. */
+export interface ServiceProcess {
+  role: 'coordinator' | 'worker' | 'gateway';
+  id: string;
+  /** layers, for workers */
+  layers?: LayerRange;
+  proc: ChildProcess;
+}
+
+/**
+ * Default splits: pipeline p cuts the layers evenly into `workers` stages, inner boundaries
+ * moved down by p, so several pipelines of one model are split at different layers.
+ */
+export function defaultSplits(nLayer: number, pipelines: number, workers: number): LayerRange[][] {
+  const out: LayerRange[][] = [];
+  for (let p = 0; p < pipelines; p++) {
+    const even = evenSplit(nLayer, workers);
+    const cuts = even.slice(1).map((r, i) => Math.max(i + 1, r.l0 - p));
+    const bounds = [0, ...cuts, nLayer];
+    out.push(bounds.slice(1).map((l1, i) => ({ l0: bounds[i]!, l1 })));
+  }
+  return out;
+}
+
+/** A running local cluster. stop() is idempotent. */
+export class LocalCluster {
+  readonly model: string;
+  readonly nats: LocalServer;
+  readonly redis: LocalServer;
+  readonly url: string;
+  readonly services: ServiceProcess[] = [];
+  readonly splits: LayerRange[][];
+  readonly #dataDir: string | null;
+  readonly #o: LocalClusterOptions;
+  #stopping: Promise<void> | null = null;
+
+  private constructor(o: LocalClusterOptions, model: string, splits: LayerRange[][], nats: LocalServer, redis: LocalServer, url: string, dataDir: string | null) {
+    this.#o = o;
+    this.model = model;
+    this.splits = splits;
+    this.nats = nats;
+    this.redis = redis;
+    this.url = url;
+    this.#dataDir = dataDir;
+  }
+
+  /** Starts every server and service and waits until the gateway is ready with every pipeline. */
+  static async start(o: LocalClusterOptions = {}): Promise<LocalCluster> {
+    const model = o.model ?? ensureDefaultModel();
+    const file = GgufFile.open(model);
+    let nLayer: number;
+    try {
+      nLayer = readHParams(file).nLayer;
+    } finally {
+      file.close();
+    }
+    const splits = o.splits ?? defaultSplits(nLayer, o.pipelines ?? 1, o.workers ?? 2);
+    const ownData = o.dataDir === undefined;
+    const dataDir = o.dataDir ?? mkdtempSync(join(tmpdir(), 'strata-up-'));
+    const nats = await startNats({ dir: join(dataDir, 'nats'), maxPayload: o.natsMaxPayload });
+    let redis: LocalServer;
+    try {
+      redis = await startRedis({ dir: join(dataDir, 'redis') });
+    } catch (err) {
+      await nats.stop();
+      throw err;
+    }
+    const port = o.port === 0 ? await freePort() : o.port ?? 8080;
+    const c = new LocalCluster(o, model, splits, nats, redis, `http://127.0.0.1:${port}`, ownData ? dataDir : null);
+    try {
+      const nWorkers = splits.reduce((n, s) => n + s.length, 0);
+      const threads = o.threads ?? Math.max(1, Math.floor(availableParallelism() / nWorkers));
+      const common = ['--nats-url', nats.url, '--log-level', o.logLevel ?? 'warn'];
+      c.#spawn('coordinator', 'coordinator', ['coordinator', ...common, '--redis-url', redis.url, '--id', 'coordinator', ...(o.coordinatorFlags ?? [])]);
+      splits.forEach((split, p) => split.forEach((layers, s) => {
+        const id = `p${p}-s${s}`;
+        c.#spawn('worker', id, ['worker', ...common, '--id', id, '--model', model, '--layers', formatRange(layers), '--threads', String(threads),
+          '--ctx-size', String(o.ctxSize ?? 4096), '--kv-type', o.kvType ?? 'f16', ...(o.workerFlags ?? [])], layers);
+      }));
+      c.#spawn('gateway', 'gateway', ['gateway', ...common, '--model', model, '--port', String(port)]);
+      await c.#ready(splits.length, o.readyTimeoutMs ?? 180_000);
+      return c;
+    } catch (err) {
+      await c.stop();
+      throw err;
+    }
+  }
+
+  #spawn(role: ServiceProcess['role'], id: string, args: string[], layers?: LayerRange): void {
+    const proc = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } });
+    const sink = this.#o.logSink ?? ((line: string) => process.stderr.write(`[${id}] ${line}\n`));
+    let buf = '';
+    const onData = (d: Buffer) => {
+      buf += d.toString('utf8');
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        sink(buf.slice(0, i));
+        buf = buf.slice(i + 1);
+      }
+    };
+    proc.stderr!.on('data', onData);
+    proc.on('exit', (code, signal) => {
+      if (!this.#stopping) sink(`${role} ${id} exited unexpectedly (${signal ?? `code ${code}`})`);
+    });
+    proc.stdout!.on('data', () => {});
+    this.services.push({ role, id, layers, proc });
+  }
+
+  async #ready(pipelines: number, timeoutMs: number): Promise<void> {
+    const t0 = Date.now();
+    let last = '';
+    while (Date.now() - t0 < timeoutMs) {
+      const dead = this.services.find((s) => s.proc.exitCode !== null || s.proc.signalCode !== null);
+      if (dead) throw new Error(`${dead.role} ${dead.id} exited (${dead.proc.exitCode ?? dead.proc.signalCode}) while the cluster started`);
+      try {
+        const r = await fetch(`${this.url}/readyz`);
+        const body = (await r.json()) as { pipelines?: number; error?: { message: string } };
+        if (r.status === 200 && (body.pipelines ?? 0) >= pipelines) return;
+        last = body.error?.message ?? `${body.pipelines ?? 0} of ${pipelines} pipelines`;
+      } catch (err) {
+        last = (err as Error).message;
+      }
+      await sleep(200);
+    }
+    throw new Error(`the local cluster was not ready after ${timeoutMs} ms: ${last}`);
+  }
+
+  /** The process of a service by id. */
+  service(id: string): ServiceProcess {
+    const s = this.services.find((x) => x.id === id);
+    if (!s) throw new Error(`no service ${id}`);
+    return s;
+  }
+
+  /** Stops the gateway, then the coordinator and workers, then Redis and NATS. Idempotent. */
+  stop(): Promise<void> {
+    this.#stopping ??= (async () => {
+      const order: ServiceProcess['role'][] = ['gateway', 'coordinator', 'worker'];
+      for (const role of order) await Promise.all(this.services.filter((s) => s.role === role).map((s) => stopProcess(s.proc)));
+      await this.redis.stop();
+      await this.nats.stop();
+      if (this.#dataDir) rmSync(this.#dataDir, { recursive: true, force: true });
+    })();
+    return this.#stopping;
+  }
+}
+
+/** SIGTERM, then SIGKILL after 10 s; resolves when the process is gone. */
+export async function stopProcess(p: ChildProcess): Promise<void> {
+  if (p.exitCode !== null || p.signalCode !== null) return;
+  const gone = new Promise<void>((resolve) => p.once('exit', () => resolve()));
+  p.kill('SIGTERM');
+  const t = setTimeout(() => p.kill('SIGKILL'), 10_000);
+  await gone;
+  clearTimeout(t);
+}

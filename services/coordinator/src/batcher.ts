@@ -1,0 +1,64 @@
+// Continuous batching: which tokens of which jobs go into the next micro-batch. Decoding jobs
+// come first (one token each, at most decodeCap of them so that several micro-batches can be in
+// flight), then prefill chunks fill what is left of the budget, at most prefillChunk prompt
+// tokens per micro-batch so a long prompt never stalls everyone's decoding. Pure.
+import { isReady, nextPos, type Job } from './session.ts';
+
+/** One job's tokens in a micro-batch. */
+export interface PlannedEntry {
+  job: Job;
+  tokens: number[];
+  pos0: number;
+  /** sample after the last token */
+  output: boolean;
+}
+
+/** Limits of one micro-batch. */
+export interface BatchLimits {
+  /** tokens in a micro-batch at most (the workers' max batch) */
+  maxBatch: number;
+  /** prompt tokens in a micro-batch at most */
+  prefillChunk: number;
+  /** decoding jobs in a micro-batch at most */
+  decodeCap: number;
+}
+
+/** Plans the next micro-batch from `jobs` (in arrival order); null when none is ready. */
+export function planMicroBatch(jobs: readonly Job[], l: BatchLimits): PlannedEntry[] | null {
+  const entries: PlannedEntry[] = [];
+  let used = 0;
+  let decodes = 0;
+  for (const j of jobs) {
+    if (!isReady(j) || j.fed < j.prompt.length || used >= l.maxBatch || decodes >= l.decodeCap) continue;
+    entries.push({ job: j, tokens: [j.pending!], pos0: nextPos(j), output: true });
+    used++;
+    decodes++;
+  }
+  let prefill = 0;
+  for (const j of jobs) {
+    if (!isReady(j) || j.fed >= j.prompt.length) continue;
+    const n = Math.min(j.prompt.length - j.fed, l.maxBatch - used, l.prefillChunk - prefill);
+    if (n <= 0) break;
+    entries.push({ job: j, tokens: j.prompt.slice(j.fed, j.fed + n), pos0: nextPos(j), output: j.fed + n === j.prompt.length });
+    used += n;
+    prefill += n;
+  }
+  return entries.length > 0 ? entries : null;
+}
+
+/** Marks the planned tokens as sent. */
+export function applyPlan(entries: readonly PlannedEntry[]): void {
+  for (const e of entries) {
+    const j = e.job;
+    if (j.fed < j.prompt.length) j.fed += e.tokens.length;
+    else j.pending = null;
+    j.pos += e.tokens.length;
+    j.inflight++;
+    if (e.output) j.awaitingToken = true;
+  }
+}
+
+/** Decoding jobs per micro-batch so that `depth` micro-batches share `active` jobs. */
+export function decodeCap(active: number, depth: number): number {
+  return Math.max(1, Math.ceil(active / Math.max(1, depth)));
+}

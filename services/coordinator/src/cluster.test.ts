@@ -1,0 +1,41 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { create } from '@bufbuild/protobuf';
+import { StageInfoSchema } from '@strata/wire';
+import { clusterTransition, initialCluster, type ClusterMsg } from './cluster.ts';
+
+const stage = (id: string, l0: number, l1: number, fp = 'fp', started = 1n) =>
+  create(StageInfoSchema, { workerId: id, l0, l1, nLayer: 8, modelFingerprint: fp, modelId: 'm', startedAtMs: started });
+const hb = (info: ReturnType<typeof stage>, nowMs: number, draining = false): ClusterMsg => ({ type: 'heartbeat', info, kvCellsUsed: 0, draining, nowMs });
+const o = { workerTimeoutMs: 3000 };
+
+test('pipelines assemble from stages of one model, split differently, and only once', () => {
+  const s = initialCluster();
+  const ups: string[] = [];
+  const feed = (m: ClusterMsg) => {
+    for (const e of clusterTransition(s, m, o).effects) if (e.type === 'pipeline_up') ups.push(e.pipeline.id);
+  };
+  feed(hb(stage('a', 0, 4), 0));
+  feed(hb(stage('x', 0, 8, 'other'), 0));
+  assert.deepEqual(ups, ['x'], 'a one-stage pipeline of another model');
+  feed(hb(stage('c', 0, 2), 0));
+  feed(hb(stage('b', 4, 8), 0));
+  feed(hb(stage('d', 2, 8), 0));
+  feed(hb(stage('b', 4, 8), 10));
+  assert.deepEqual(ups, ['x', 'a~b', 'c~d']);
+  assert.equal(s.pipelines.get('c~d')!.stages.map((st) => `${st.l0}:${st.l1}`).join(','), '0:2,2:8');
+});
+
+test('a silent, restarted or draining worker takes its pipeline down; a new stage rebuilds one', () => {
+  const s = initialCluster();
+  const run = (m: ClusterMsg) => clusterTransition(s, m, o).effects.map((e) => `${e.type}:${e.pipeline.id}`);
+  run(hb(stage('a', 0, 4), 0));
+  assert.deepEqual(run(hb(stage('b', 4, 8), 0)), ['pipeline_up:a~b']);
+  run(hb(stage('a', 0, 4), 2500));
+  assert.deepEqual(run({ type: 'tick', nowMs: 3500 }), ['pipeline_down:a~b'], 'b missed heartbeats');
+  assert.equal(s.workers.has('b'), false);
+  assert.deepEqual(run(hb(stage('b', 4, 8), 3600)), ['pipeline_up:a~b']);
+  assert.deepEqual(run(hb(stage('b', 4, 8, 'fp', 2n), 3700)), ['pipeline_down:a~b', 'pipeline_up:a~b'], 'restart: its cache is gone');
+  assert.deepEqual(run(hb(stage('a', 0, 4), 3800, true)), ['pipeline_down:a~b']);
+  assert.equal(s.pipelines.size, 0);
+});

@@ -1,0 +1,30 @@
+// The coordinator's configuration: one schema, read from flags, STRATA_* environment and a JSON file.
+import { isId } from '@strata/wire';
+import { randomBytes } from 'node:crypto';
+import { loadConfig, ConfigError, type ConfigOf, type Schema, type Sources } from '@strata/config';
+
+/** Every setting of a coordinator. */
+export const coordinatorSchema = {
+  id: { kind: 'string', doc: 'coordinator id (default: random)' },
+  natsUrl: { kind: 'string', doc: 'NATS server', default: 'nats://127.0.0.1:4222' },
+  redisUrl: { kind: 'string', doc: 'Redis server', default: 'redis://127.0.0.1:6379' },
+  workerTimeoutMs: { kind: 'int', doc: 'a worker unheard for this long is dead', default: 3000 },
+  prefillChunk: { kind: 'int', doc: 'prompt tokens per micro-batch at most', default: 256 },
+  stepTimeoutMs: { kind: 'int', doc: 'a step unanswered for this long fails', default: 60000 },
+  seqOpTimeoutMs: { kind: 'int', doc: 'a sequence operation unanswered for this long fails', default: 5000 },
+  logLevel: { kind: 'string', doc: 'debug, info, warn, error, none', default: 'info' },
+} satisfies Schema;
+
+/** A coordinator's settings, compiled and checked. */
+export type CoordinatorConfig = Omit<ConfigOf<typeof coordinatorSchema>, 'id'> & { id: string };
+
+/** Reads and checks a coordinator's configuration. */
+export function coordinatorConfig(sources?: Sources): CoordinatorConfig {
+  const c = loadConfig(coordinatorSchema, sources);
+  const id = c.id ?? `c-${randomBytes(4).toString('hex')}`;
+  if (!isId(id)) throw new ConfigError('bad_value', `id '${id}' must be 1-128 of A-Z a-z 0-9 _ -`, 'id');
+  for (const k of ['workerTimeoutMs', 'prefillChunk', 'stepTimeoutMs', 'seqOpTimeoutMs'] as const) {
+    if (c[k] < 1) throw new ConfigError('bad_value', `${k} must be at least 1, got ${c[k]}`, k);
+  }
+  return { ...c, id };
+}

@@ -1,0 +1,171 @@
+// The coordinator process: the runtime around the actors. It feeds heartbeats and ticks to the
+// cluster actor, keeps one scheduler per pipeline, routes generate requests to a pipeline and
+// step results to their scheduler, and answers cluster queries.
+import type { Logger } from '@strata/log';
+import {
+  CancelRequestSchema, ClusterStateSchema, GenerateReplySchema, GenerateRequestSchema, HeartbeatSchema, StepResultSchema,
+  decode, encode, isId, subjects, type GenerateReply, type GenerateRequest,
+} from '@strata/wire';
+import { Redis } from 'ioredis';
+import { connect, type Msg, type NatsConnection } from 'nats';
+import { clusterTransition, initialCluster, type ClusterEffect, type ClusterState } from './cluster.ts';
+import type { CoordinatorConfig } from './config.ts';
+import { PipelineScheduler, refuse } from './pipeline-runner.ts';
+import { SessionStore } from './session-store.ts';
+
+/** A running coordinator. stop() is idempotent. */
+export class Coordinator {
+  readonly id: string;
+  readonly #c: CoordinatorConfig;
+  readonly #nc: NatsConnection;
+  readonly #redis: Redis;
+  readonly #store: SessionStore;
+  readonly #log: Logger;
+  readonly #cluster: ClusterState = initialCluster();
+  readonly #schedulers = new Map<string, PipelineScheduler>();
+  #timer: NodeJS.Timeout | undefined;
+  #stopping: Promise<void> | null = null;
+
+  private constructor(c: CoordinatorConfig, nc: NatsConnection, redis: Redis, log: Logger) {
+    this.id = c.id;
+    this.#c = c;
+    this.#nc = nc;
+    this.#redis = redis;
+    this.#store = new SessionStore(redis, c.id);
+    this.#log = log.child({ coordinator: c.id });
+  }
+
+  /** Connects to NATS and Redis and starts serving. */
+  static async start(c: CoordinatorConfig, log: Logger): Promise<Coordinator> {
+    const redis = new Redis(c.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 3 });
+    await redis.connect();
+    let nc: NatsConnection;
+    try {
+      nc = await connect({ servers: c.natsUrl, name: `strata-coordinator-${c.id}`, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+    } catch (err) {
+      redis.disconnect();
+      throw err;
+    }
+    const co = new Coordinator(c, nc, redis, log);
+    const sub = (subject: string, fn: (m: Msg) => void, queue?: string) =>
+      nc.subscribe(subject, { queue, callback: (err, m) => (err ? co.#log.error('subscription', { subject, err }) : fn(m)) });
+    sub(subjects.workerHeartbeat(), (m) => co.#onHeartbeat(m));
+    sub(subjects.coordinatorResult(c.id), (m) => co.#onResult(m));
+    sub(subjects.coordinatorGenerate(), (m) => void co.#onGenerate(m), 'coordinator');
+    sub(subjects.coordinatorCancel(), (m) => co.#onCancel(m));
+    sub(subjects.coordinatorCluster(), (m) => co.#onCluster(m), 'coordinator');
+    co.#timer = setInterval(() => co.#tick(), Math.min(1000, c.workerTimeoutMs / 3));
+    co.#log.info('coordinator ready', { nats: c.natsUrl, redis: c.redisUrl });
+    return co;
+  }
+
+  #apply(effects: ClusterEffect[]): void {
+    for (const e of effects) {
+      if (e.type === 'pipeline_up') {
+        this.#schedulers.set(e.pipeline.id, new PipelineScheduler(e.pipeline, {
+          nc: this.#nc, resultSubject: subjects.coordinatorResult(this.id), store: this.#store, log: this.#log,
+          options: { prefillChunk: this.#c.prefillChunk, stepTimeoutMs: this.#c.stepTimeoutMs, seqOpTimeoutMs: this.#c.seqOpTimeoutMs },
+        }));
+        this.#log.info('pipeline up', { pipeline: e.pipeline.id, model: e.pipeline.modelId, layers: e.pipeline.stages.map((s) => `${s.l0}:${s.l1}`).join(',') });
+      } else {
+        this.#schedulers.get(e.pipeline.id)?.down(e.reason);
+        this.#schedulers.delete(e.pipeline.id);
+        this.#log.warn('pipeline down', { pipeline: e.pipeline.id, reason: e.reason });
+      }
+    }
+  }
+
+  #onHeartbeat(m: Msg): void {
+    let hb;
+    try {
+      hb = decode(HeartbeatSchema, m.data, m.subject);
+    } catch (err) {
+      this.#log.warn('refused a heartbeat', { err });
+      return;
+    }
+    if (!hb.stage || !isId(hb.stage.workerId) || hb.stage.l0 >= hb.stage.l1 || hb.stage.l1 > hb.stage.nLayer) {
+      this.#log.warn('refused a heartbeat with a bad stage', { worker: hb.stage?.workerId });
+      return;
+    }
+    this.#apply(clusterTransition(this.#cluster, { type: 'heartbeat', info: hb.stage, kvCellsUsed: hb.kvCellsUsed, draining: hb.draining, nowMs: Date.now() }, this.#c).effects);
+  }
+
+  #tick(): void {
+    const now = Date.now();
+    this.#apply(clusterTransition(this.#cluster, { type: 'tick', nowMs: now }, this.#c).effects);
+    for (const s of this.#schedulers.values()) s.tick(now);
+  }
+
+  #onResult(m: Msg): void {
+    try {
+      const r = decode(StepResultSchema, m.data, m.subject);
+      this.#schedulers.get(r.pipelineId)?.onResult(r);
+    } catch (err) {
+      this.#log.warn('refused a step result', { err });
+    }
+  }
+
+  async #onGenerate(m: Msg): Promise<void> {
+    let reply: GenerateReply;
+    try {
+      const req = decode(GenerateRequestSchema, m.data, m.subject);
+      reply = await this.#admit(req);
+    } catch (err) {
+      reply = refuse('bad_request', (err as Error).message);
+    }
+    m.respond(encode(GenerateReplySchema, reply));
+  }
+
+  /** Checks a request and hands it to the pipeline that holds its session or is least loaded. */
+  #admit(req: GenerateRequest): Promise<GenerateReply> {
+    if (!isId(req.requestId)) return Promise.resolve(refuse('bad_request', 'a request id is 1-128 of A-Z a-z 0-9 _ -'));
+    if (req.eventsSubject !== subjects.gatewayEvents(req.requestId)) return Promise.resolve(refuse('bad_request', 'events go to the request\'s own gateway subject'));
+    if (req.prompt.length === 0) return Promise.resolve(refuse('bad_request', 'the prompt is empty'));
+    if (req.sessionId && Math.max(1, req.n) > 1) return Promise.resolve(refuse('bad_request', 'a session continues one conversation: n must be 1'));
+    const candidates = [...this.#schedulers.values()].filter((s) => s.view.modelId === req.modelId);
+    if (candidates.length === 0) return Promise.resolve(refuse('no_pipeline', `no pipeline serves model '${req.modelId}'`));
+    const nVocab = candidates[0]!.view.stages[0]!.nVocab;
+    for (const t of req.prompt) if (t < 0 || t >= nVocab) return Promise.resolve(refuse('bad_request', `token ${t} is outside the vocabulary of ${nVocab}`));
+    const home = req.sessionId ? candidates.find((s) => s.holds(req.sessionId)) : undefined;
+    const target = home ?? candidates.reduce((a, b) => (b.load < a.load ? b : a));
+    return target.admit(req);
+  }
+
+  #onCancel(m: Msg): void {
+    try {
+      const { requestId, indices } = decode(CancelRequestSchema, m.data, m.subject);
+      for (const s of this.#schedulers.values()) if (s.cancel(requestId, indices)) break;
+    } catch (err) {
+      this.#log.warn('refused a cancel', { err });
+    }
+  }
+
+  #onCluster(m: Msg): void {
+    m.respond(encode(ClusterStateSchema, {
+      coordinatorId: this.id,
+      pipelines: [...this.#schedulers.values()].map((s) => ({
+        id: s.view.id, modelId: s.view.modelId, modelFingerprint: s.view.fingerprint, stages: s.view.stages,
+        sessions: s.sessions, seqsUsed: s.seqsUsed, queued: s.queued,
+      })),
+      workers: [...this.#cluster.workers.values()].map((w) => ({
+        stage: w.info, kvCellsUsed: w.kvCellsUsed, lastSeenMs: BigInt(w.lastSeenMs), pipelineId: this.#cluster.memberOf.get(w.info.workerId) ?? '', draining: w.draining,
+      })),
+    }));
+  }
+
+  /** Stops taking requests, fails what runs with a retriable error, drains NATS, closes Redis. */
+  stop(): Promise<void> {
+    this.#stopping ??= (async () => {
+      clearInterval(this.#timer);
+      for (const s of this.#schedulers.values()) s.down('the coordinator is stopping');
+      try {
+        await this.#nc.drain();
+      } catch (err) {
+        this.#log.warn('NATS drain failed', { err });
+      }
+      await this.#redis.quit().catch(() => this.#redis.disconnect());
+      this.#log.info('coordinator stopped');
+    })();
+    return this.#stopping;
+  }
+}

@@ -1,0 +1,9 @@
+// @strata/coordinator: cluster, scheduler and session actors, and the process around them.
+export { clusterTransition, initialCluster, pipelineId, type ClusterEffect, type ClusterMsg, type ClusterOptions, type ClusterState, type PipelineView, type WorkerView } from './cluster.ts';
+export { applyPlan, decodeCap, planMicroBatch, type BatchLimits, type PlannedEntry } from './batcher.ts';
+export { coordinatorConfig, coordinatorSchema, type CoordinatorConfig } from './config.ts';
+export { Coordinator } from './coordinator.ts';
+export { CoordinatorError } from './errors.ts';
+export { PipelineScheduler, commonPrefix, refuse, type SchedulerDeps, type SchedulerOptions } from './pipeline-runner.ts';
+export { SessionStore, type SessionRecord } from './session-store.ts';
+export { cachedTokens, jobTransition, newJob, type Job, type JobEffect, type JobMsg } from './session.ts';

@@ -1,0 +1,383 @@
+// The scheduler actor of one pipeline: it owns the pipeline's sequence ids and resident sessions,
+// admits requests, plans micro-batches (batcher.ts) and keeps up to one per stage in flight,
+// turns step results into job transitions (session.ts) and client events, and cleans up after
+// each job.
+import type { Logger } from '@strata/log';
+import {
+  FinishReason, GenerateEventSchema, SeqOpKind, SeqOpReplySchema, SeqOpRequestSchema, decode, encode, encodeStageInput,
+  subjects, type GenerateReply, type GenerateRequest, type SampledToken, type SeqOp, type StepEntry, type StepResult,
+} from '@strata/wire';
+import type { NatsConnection } from 'nats';
+import { applyPlan, decodeCap, planMicroBatch, type PlannedEntry } from './batcher.ts';
+import type { PipelineView } from './cluster.ts';
+import { CoordinatorError } from './errors.ts';
+import { cachedTokens, cellsNeeded, jobTransition, newJob, type Job, type JobEffect } from './session.ts';
+import type { SessionStore } from './session-store.ts';
+
+/** Settings of a scheduler. */
+export interface SchedulerOptions {
+  /** prompt tokens per micro-batch at most */
+  prefillChunk: number;
+  /** a step unanswered for this long fails its jobs (milliseconds) */
+  stepTimeoutMs: number;
+  /** a sequence-operation request unanswered for this long fails (milliseconds) */
+  seqOpTimeoutMs: number;
+}
+
+/** What a scheduler needs from the coordinator around it. */
+export interface SchedulerDeps {
+  nc: NatsConnection;
+  /** subject the last stage answers to */
+  resultSubject: string;
+  store: SessionStore;
+  log: Logger;
+  options: SchedulerOptions;
+}
+
+/** A session whose cells stay on this pipeline between its turns. */
+interface Resident {
+  seq: number;
+  /** tokens its sequence holds, positions 0.. */
+  tokens: number[];
+  lastUsedMs: number;
+  busy: boolean;
+  epoch: number;
+}
+
+interface Request {
+  req: GenerateRequest;
+  jobs: Job[];
+  cached: number;
+  epoch: number;
+  /** jobs not yet retired */
+  live: number;
+}
+
+interface InFlight {
+  entries: PlannedEntry[];
+  sentMs: number;
+}
+
+/** Shortest common prefix length of two token lists. */
+export function commonPrefix(a: readonly number[], b: readonly number[]): number {
+  let i = 0;
+  while (i < a.length && i < b.length && a[i] === b[i]) i++;
+  return i;
+}
+
+/** The scheduler of one pipeline. */
+export class PipelineScheduler {
+  readonly view: PipelineView;
+  readonly #d: SchedulerDeps;
+  readonly #log: Logger;
+  readonly #free: number[];
+  readonly #residents = new Map<string, Resident>();
+  readonly #jobs: Job[] = [];
+  readonly #requests = new Map<string, Request>();
+  readonly #waiting: { req: GenerateRequest; resolve: (r: GenerateReply) => void }[] = [];
+  readonly #inflight = new Map<bigint, InFlight>();
+  readonly #maxBatch: number;
+  readonly #nSeqMax: number;
+  /** cells every stage can hold */
+  readonly capacity: number;
+  #nextStep = BigInt(Date.now()) << 16n;
+  #down = false;
+
+  constructor(view: PipelineView, deps: SchedulerDeps) {
+    this.view = view;
+    this.#d = deps;
+    this.#log = deps.log.child({ pipeline: view.id });
+    this.#maxBatch = Math.min(...view.stages.map((s) => s.maxBatch));
+    this.#nSeqMax = Math.min(...view.stages.map((s) => s.nSeqMax));
+    this.capacity = Math.min(...view.stages.map((s) => s.kvCells), view.stages[0]!.nCtxTrain);
+    this.#free = Array.from({ length: this.#nSeqMax }, (_, i) => this.#nSeqMax - 1 - i);
+  }
+
+  /** micro-batches kept in flight: one per stage, so every stage has work */
+  get depth(): number {
+    return this.view.stages.length;
+  }
+
+  /** requests running or waiting */
+  get load(): number {
+    return this.#requests.size + this.#waiting.length;
+  }
+
+  /** sequence ids in use */
+  get seqsUsed(): number {
+    return this.#nSeqMax - this.#free.length;
+  }
+
+  /** requests waiting for sequences or cells */
+  get queued(): number {
+    return this.#waiting.length;
+  }
+
+  /** sessions resident here */
+  get sessions(): number {
+    return this.#residents.size;
+  }
+
+  /** Whether `session` holds cells here. */
+  holds(session: string): boolean {
+    return this.#residents.has(session);
+  }
+
+  /** Admits a request: it starts at once, or waits for sequences and cells to free up. */
+  admit(req: GenerateRequest): Promise<GenerateReply> {
+    const n = Math.max(1, req.n);
+    const limit = this.capacity;
+    if (req.prompt.length + Math.max(1, req.maxTokens) > limit) {
+      return Promise.resolve(refuse('context_length_exceeded', `${req.prompt.length} prompt tokens + ${req.maxTokens || 1} to generate exceed the context of ${limit}`));
+    }
+    if (n > this.#nSeqMax) return Promise.resolve(refuse('bad_request', `n=${n} choices exceed the ${this.#nSeqMax} sequences of a pipeline`));
+    return new Promise((resolve) => {
+      this.#waiting.push({ req, resolve });
+      this.#startWaiting();
+    });
+  }
+
+  #startWaiting(): void {
+    while (this.#waiting.length > 0 && !this.#down) {
+      const w = this.#waiting[0]!;
+      const r = this.#tryStart(w.req);
+      if (r === null) return;
+      this.#waiting.shift();
+      r.then(w.resolve, (err: unknown) => w.resolve(refuse(err instanceof CoordinatorError ? err.code : 'internal', (err as Error).message)));
+    }
+  }
+
+  /** cells reserved by running jobs and idle residents */
+  #reserved(): number {
+    let n = 0;
+    for (const j of this.#jobs) n += cellsNeeded(j);
+    for (const r of this.#residents.values()) if (!r.busy) n += r.tokens.length;
+    return n;
+  }
+
+  /** Starts `req` if sequences and cells allow (evicting idle sessions); null: wait. */
+  #tryStart(req: GenerateRequest): Promise<GenerateReply> | null {
+    const n = Math.max(1, req.n);
+    const resident = req.sessionId ? this.#residents.get(req.sessionId) : undefined;
+    if (resident?.busy) return Promise.resolve(refuse('session_busy', `session ${req.sessionId} is answering another request`));
+    const maxTokens = req.maxTokens > 0 ? req.maxTokens : this.capacity - req.prompt.length;
+    let cached = 0;
+    if (resident) {
+      cached = commonPrefix(resident.tokens, req.prompt);
+      // At least one prompt token must be evaluated to get the logits to sample from.
+      if (cached === req.prompt.length) cached--;
+    }
+    const need = n * maxTokens + (req.prompt.length - cached) * n;
+    const seqsNeeded = resident ? 0 : n;
+    const evict: string[] = [];
+    let free = this.#free.length, room = this.capacity - this.#reserved();
+    const idle = [...this.#residents.entries()].filter(([id, r]) => !r.busy && id !== req.sessionId).sort((a, b) => a[1].lastUsedMs - b[1].lastUsedMs);
+    for (const [id, r] of idle) {
+      if (free >= seqsNeeded && room >= need) break;
+      evict.push(id);
+      free++;
+      room += r.tokens.length;
+    }
+    if (free < seqsNeeded || room < need) {
+      if (this.#jobs.length === 0) return Promise.resolve(refuse('kv_full', `the pipeline cannot hold ${need} more cells`));
+      return null;
+    }
+    const seqs: number[] = [];
+    const ops: SeqOp[] = [];
+    for (const id of evict) {
+      const r = this.#residents.get(id)!;
+      this.#residents.delete(id);
+      ops.push(seqOp(SeqOpKind.REMOVE, r.seq));
+      this.#free.push(r.seq);
+    }
+    if (resident) {
+      resident.busy = true;
+      seqs.push(resident.seq);
+      if (cached < resident.tokens.length) ops.push(seqOp(SeqOpKind.REMOVE, resident.seq, cached, -1));
+    } else {
+      for (let i = 0; i < n; i++) seqs.push(this.#free.pop()!);
+    }
+    const jobs = seqs.map((seq, index) => newJob({
+      requestId: req.requestId, index, sessionId: req.sessionId, seq, prompt: req.prompt.slice(cached), pos0: cached,
+      sampling: { ...req.sampling!, seed: (req.sampling?.seed ?? 0) + index }, maxTokens,
+    }));
+    const request: Request = { req, jobs, cached, epoch: 0, live: jobs.length };
+    this.#requests.set(req.requestId, request);
+    // Reserve the cells now; tokens flow once the caches and Redis agree.
+    const start = async (): Promise<GenerateReply> => {
+      try {
+        if (ops.length > 0) await this.#seqOps(ops);
+        if (req.sessionId) {
+          request.epoch = await this.#d.store.claim(req.sessionId, this.view.id);
+          await this.#d.store.write(req.sessionId, request.epoch, cached, req.prompt.slice(cached));
+        }
+      } catch (err) {
+        for (const j of jobs) this.#free.push(j.seq);
+        if (resident) this.#residents.delete(req.sessionId);
+        this.#requests.delete(req.requestId);
+        throw err;
+      }
+      if (resident) resident.epoch = request.epoch;
+      this.#jobs.push(...jobs);
+      this.#pump();
+      return { $typeName: 'strata.v1.GenerateReply', accepted: true, cachedTokens: cached, pipelineId: this.view.id };
+    };
+    return start();
+  }
+
+  /** Sends micro-batches while fewer than `depth` are in flight and some job is ready. */
+  #pump(): void {
+    while (!this.#down && this.#inflight.size < this.depth) {
+      const active = this.#jobs.filter((j) => j.finish === null).length;
+      const plan = planMicroBatch(this.#jobs, { maxBatch: this.#maxBatch, prefillChunk: this.#d.options.prefillChunk, decodeCap: decodeCap(active, this.depth) });
+      if (!plan) return;
+      applyPlan(plan);
+      this.#send(plan);
+    }
+  }
+
+  #send(plan: PlannedEntry[]): void {
+    const stepId = this.#nextStep++;
+    const entries: StepEntry[] = [];
+    const tokens: number[] = [];
+    for (const e of plan) {
+      const j = e.job;
+      const sampling = e.output && !j.samplerSent ? j.sampling : undefined;
+      if (sampling) j.samplerSent = true;
+      entries.push({ $typeName: 'strata.v1.StepEntry', seq: j.seq, nTokens: e.tokens.length, pos0: e.pos0, output: e.output, sampling });
+      tokens.push(...e.tokens);
+    }
+    const route = this.view.stages.map((s) => s.workerId);
+    this.#inflight.set(stepId, { entries: plan, sentMs: Date.now() });
+    const header = {
+      $typeName: 'strata.v1.StepHeader' as const, stepId, pipelineId: this.view.id, route, hop: 0,
+      replySubject: this.#d.resultSubject, entries, tokens, traceparent: '', stageMs: [],
+    };
+    for (const chunk of encodeStageInput(header, new Float32Array(0), this.#d.nc.info?.max_payload ?? 1 << 20)) {
+      this.#d.nc.publish(subjects.workerStep(route[0]!), chunk);
+    }
+  }
+
+  /** Takes the answer to one of this pipeline's steps. */
+  onResult(r: StepResult): void {
+    const f = this.#inflight.get(r.stepId);
+    if (!f) return; // late: its jobs already failed on a timeout
+    this.#inflight.delete(r.stepId);
+    this.#log.debug('step', { step: r.stepId, rttMs: Date.now() - f.sentMs, stageMs: r.stageMs, entries: f.entries.length });
+    const bySeq = new Map(r.tokens.map((t) => [t.seq, t]));
+    for (const e of f.entries) {
+      const j = e.job;
+      j.inflight--;
+      let fx: JobEffect[] = [];
+      if (r.error) fx = jobTransition(j, { type: 'failed', code: r.error.code, message: r.error.message });
+      else if (e.output) {
+        const t = bySeq.get(j.seq);
+        fx = t ? jobTransition(j, { type: 'sampled', token: t }) : jobTransition(j, { type: 'failed', code: 'stage_failed', message: `step ${r.stepId} returned no token for seq ${j.seq}` });
+      }
+      this.#effects(j, fx);
+    }
+    this.#retireFinished();
+    this.#pump();
+  }
+
+  #effects(j: Job, fx: JobEffect[]): void {
+    const request = this.#requests.get(j.requestId);
+    if (!request) return;
+    for (const e of fx) {
+      if (e.type !== 'emit') continue;
+      this.#event(request, j, [e.token], FinishReason.UNSPECIFIED);
+      if (j.sessionId) void this.#d.store.write(j.sessionId, request.epoch, -1, [e.token.token]).catch((err: unknown) => this.#log.warn('session history write failed', { session: j.sessionId, err }));
+    }
+  }
+
+  #event(request: Request, j: Job, tokens: SampledToken[], finish: FinishReason): void {
+    const error = j.error ? { $typeName: 'strata.v1.Error' as const, code: j.error.code, message: j.error.message, workerId: '' } : undefined;
+    this.#d.nc.publish(request.req.eventsSubject, encode(GenerateEventSchema, {
+      requestId: request.req.requestId, index: j.index, tokens, finish, error,
+      promptTokens: finish === FinishReason.UNSPECIFIED ? 0 : request.req.prompt.length,
+      cachedTokens: finish === FinishReason.UNSPECIFIED ? 0 : request.cached,
+    }));
+  }
+
+  /** Retires jobs that are finished with nothing in flight: final event, then their cells. */
+  #retireFinished(): void {
+    for (let i = 0; i < this.#jobs.length; i++) {
+      const j = this.#jobs[i]!;
+      if (j.finish === null || j.inflight > 0) continue;
+      this.#jobs.splice(i--, 1);
+      const request = this.#requests.get(j.requestId)!;
+      this.#event(request, j, [], j.finish);
+      if (--request.live === 0) this.#requests.delete(j.requestId);
+      void this.#release(j, request).catch((err: unknown) => this.#log.error('releasing a sequence failed', { seq: j.seq, err }));
+    }
+  }
+
+  async #release(j: Job, request: Request): Promise<void> {
+    const resident = j.sessionId ? this.#residents.get(j.sessionId) : undefined;
+    if (j.sessionId && j.finish !== FinishReason.ERROR) {
+      const prefix = resident ? resident.tokens.slice(0, j.pos0) : [];
+      const tokens = [...prefix, ...cachedTokens(j)];
+      this.#residents.set(j.sessionId, { seq: j.seq, tokens, lastUsedMs: Date.now(), busy: false, epoch: request.epoch });
+    } else {
+      if (resident) this.#residents.delete(j.sessionId);
+      if (!this.#down) await this.#seqOps([seqOp(SeqOpKind.REMOVE, j.seq)]);
+      this.#free.push(j.seq);
+    }
+    this.#startWaiting();
+  }
+
+  /** Cancels a request's jobs (those of `indices`, or all). */
+  cancel(requestId: string, indices: readonly number[] = []): boolean {
+    const request = this.#requests.get(requestId);
+    if (!request) return false;
+    for (const j of request.jobs) if (indices.length === 0 || indices.includes(j.index)) jobTransition(j, { type: 'cancel' });
+    this.#retireFinished();
+    return true;
+  }
+
+  /** Fails steps unanswered for too long. */
+  tick(nowMs: number): void {
+    for (const [id, f] of this.#inflight) {
+      if (nowMs - f.sentMs <= this.#d.options.stepTimeoutMs) continue;
+      this.#log.warn('step timed out', { step: id });
+      this.onResult({ $typeName: 'strata.v1.StepResult', stepId: id, pipelineId: this.view.id, tokens: [], stageMs: [], error: { $typeName: 'strata.v1.Error', code: 'step_timeout', message: `no answer to step ${id} in ${this.#d.options.stepTimeoutMs} ms`, workerId: '' } });
+    }
+  }
+
+  /** The pipeline went away: everything on it fails with a retriable error. */
+  down(reason: string): void {
+    this.#down = true;
+    this.#inflight.clear();
+    for (const j of this.#jobs) {
+      j.inflight = 0;
+      jobTransition(j, { type: 'failed', code: 'pipeline_down', message: reason });
+    }
+    this.#retireFinished();
+    for (const w of this.#waiting.splice(0)) w.resolve(refuse('pipeline_down', reason));
+    this.#residents.clear();
+  }
+
+  /** Sends sequence operations to every stage; throws CoordinatorError if one refuses. */
+  async #seqOps(ops: SeqOp[]): Promise<void> {
+    const body = encode(SeqOpRequestSchema, { ops });
+    await Promise.all(this.view.stages.map(async (s) => {
+      let reply;
+      try {
+        const m = await this.#d.nc.request(subjects.workerSeq(s.workerId), body, { timeout: this.#d.options.seqOpTimeoutMs });
+        reply = decode(SeqOpReplySchema, m.data, m.subject);
+      } catch (err) {
+        throw new CoordinatorError('stage_failed', `worker ${s.workerId} did not apply sequence operations: ${(err as Error).message}`);
+      }
+      if (reply.error) throw new CoordinatorError(reply.error.code, `worker ${s.workerId}: ${reply.error.message}`);
+    }));
+  }
+}
+
+function seqOp(kind: SeqOpKind, seq: number, p0 = -1, p1 = -1): SeqOp {
+  return { $typeName: 'strata.v1.SeqOp', kind, seq, dst: 0, p0, p1, delta: 0 };
+}
+
+/** A refusal as the coordinator answers it. */
+export function refuse(code: string, message: string): GenerateReply {
+  return { $typeName: 'strata.v1.GenerateReply', accepted: false, error: { $typeName: 'strata.v1.Error', code, message, workerId: '' }, cachedTokens: 0, pipelineId: '' };
+}

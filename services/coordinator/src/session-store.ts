@@ -1,0 +1,70 @@
+// Sessions in Redis, the source of truth for who owns a session and what it holds:
+//   strata:session:<id>          hash  owner (coordinator id), pipeline, epoch, updated_ms
+//   strata:session:<id>:tokens   list  token history (what a pipeline must prefill to rebuild it)
+// Every write after a claim carries the claim's epoch; a Lua script refuses writes from an older
+// epoch, so a stale owner can never change a session another owner has taken.
+import type { Redis } from 'ioredis';
+
+const key = (id: string) => `strata:session:${id}`;
+const tokensKey = (id: string) => `strata:session:${id}:tokens`;
+
+// KEYS: hash, tokens; ARGV: epoch, keep (tokens to keep), ...tokens to append.
+const FENCED_WRITE = `
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+local keep = tonumber(ARGV[2])
+if keep >= 0 then
+  if keep == 0 then redis.call('DEL', KEYS[2]) else redis.call('LTRIM', KEYS[2], 0, keep - 1) end
+end
+if #ARGV > 2 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 3)) end
+return 1`;
+
+/** A session's record. */
+export interface SessionRecord {
+  owner: string;
+  pipeline: string;
+  epoch: number;
+  tokens: number[];
+}
+
+/** Redis-backed session ownership and token history. */
+export class SessionStore {
+  readonly #redis: Redis;
+  readonly #owner: string;
+
+  constructor(redis: Redis, owner: string) {
+    this.#redis = redis;
+    this.#owner = owner;
+  }
+
+  /** Takes the session for `pipeline`: raises its epoch and returns it. */
+  async claim(id: string, pipeline: string): Promise<number> {
+    const r = await this.#redis.multi()
+      .hincrby(key(id), 'epoch', 1)
+      .hset(key(id), 'owner', this.#owner, 'pipeline', pipeline, 'updated_ms', Date.now())
+      .exec();
+    const epoch = r?.[0]?.[1];
+    if (typeof epoch !== 'number') throw new Error(`claiming session ${id} failed: ${String(r?.[0]?.[0] ?? 'no reply')}`);
+    return epoch;
+  }
+
+  /**
+   * Keeps the first `keep` tokens of the history (-1: all) and appends `tokens`, if `epoch` is
+   * still the session's; false when another owner has taken it since.
+   */
+  async write(id: string, epoch: number, keep: number, tokens: readonly number[]): Promise<boolean> {
+    const ok = await this.#redis.eval(FENCED_WRITE, 2, key(id), tokensKey(id), epoch, keep, ...tokens);
+    return ok === 1;
+  }
+
+  /** The session's record, or null. */
+  async get(id: string): Promise<SessionRecord | null> {
+    const [h, t] = await Promise.all([this.#redis.hgetall(key(id)), this.#redis.lrange(tokensKey(id), 0, -1)]);
+    if (!h.epoch) return null;
+    return { owner: h.owner ?? '', pipeline: h.pipeline ?? '', epoch: Number(h.epoch), tokens: t.map(Number) };
+  }
+
+  /** Forgets a session. */
+  async delete(id: string): Promise<void> {
+    await this.#redis.del(key(id), tokensKey(id));
+  }
+}

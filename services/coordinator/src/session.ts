@@ -1,0 +1,107 @@
+// The session actor's logic: one choice of one request on one sequence. It is fed prompt tokens
+// (in chunks) and then its own samples, and decides when it is done. Pure: the scheduler runs
+// it and carries out the effects.
+import { FinishReason, type SampledToken, type Sampling } from '@strata/wire';
+
+/** One choice of a request, as it moves through a pipeline. */
+export interface Job {
+  requestId: string;
+  /** choice index */
+  index: number;
+  /** '' for a one-off sequence, else the session whose cells stay for its next turn */
+  sessionId: string;
+  /** sequence id on every stage of the pipeline */
+  seq: number;
+  /** tokens to evaluate before sampling: the prompt after what the cache already holds */
+  prompt: number[];
+  /** position of prompt[0] (tokens already in the cache) */
+  pos0: number;
+  /** prompt tokens sent to the pipeline */
+  fed: number;
+  /** position of the next token sent */
+  pos: number;
+  sampling: Sampling;
+  /** sampling settings travel with the first entry that asks for a token */
+  samplerSent: boolean;
+  maxTokens: number;
+  generated: SampledToken[];
+  /** last sampled token, not yet evaluated */
+  pending: number | null;
+  /** a micro-batch that will sample this job is in flight */
+  awaitingToken: boolean;
+  /** micro-batches in flight holding this job's tokens */
+  inflight: number;
+  cancelled: boolean;
+  finish: FinishReason | null;
+  /** failure code and message when finish is ERROR */
+  error: { code: string; message: string } | null;
+}
+
+/** What a job asks the runtime to do after a transition. */
+export type JobEffect =
+  | { type: 'emit'; token: SampledToken }
+  | { type: 'finish'; reason: FinishReason };
+
+/** Messages a job takes. */
+export type JobMsg =
+  | { type: 'sampled'; token: SampledToken }
+  | { type: 'cancel' }
+  | { type: 'failed'; code: string; message: string };
+
+/** A new job. */
+export function newJob(init: Pick<Job, 'requestId' | 'index' | 'sessionId' | 'seq' | 'prompt' | 'pos0' | 'sampling' | 'maxTokens'>): Job {
+  if (init.prompt.length === 0) throw new Error('a job needs at least one token to evaluate');
+  return { ...init, fed: 0, pos: init.pos0, samplerSent: false, generated: [], pending: null, awaitingToken: false, inflight: 0, cancelled: false, finish: null, error: null };
+}
+
+/** Position of the next token the job will feed. */
+export function nextPos(j: Job): number {
+  return j.pos;
+}
+
+/** Whether the job has tokens to send now. */
+export function isReady(j: Job): boolean {
+  return j.finish === null && !j.cancelled && !j.awaitingToken && (j.fed < j.prompt.length || j.pending !== null);
+}
+
+/** Tokens the job's sequence will hold at most when it ends (cells to reserve). */
+export function cellsNeeded(j: Job): number {
+  return j.pos0 + j.prompt.length + j.maxTokens;
+}
+
+/** The job actor's transition. The job is updated in place. */
+export function jobTransition(j: Job, msg: JobMsg): JobEffect[] {
+  if (j.finish !== null) return [];
+  const finish = (reason: FinishReason): JobEffect => {
+    j.finish = reason;
+    return { type: 'finish', reason };
+  };
+  switch (msg.type) {
+    case 'sampled': {
+      j.awaitingToken = false;
+      j.generated.push(msg.token);
+      j.pending = msg.token.token;
+      const fx: JobEffect[] = [{ type: 'emit', token: msg.token }];
+      if (msg.token.eog) fx.push(finish(FinishReason.STOP));
+      else if (j.generated.length >= j.maxTokens) fx.push(finish(FinishReason.LENGTH));
+      else if (j.cancelled) fx.push(finish(FinishReason.CANCELLED));
+      return fx;
+    }
+    case 'cancel':
+      j.cancelled = true;
+      // One in flight: its token is dropped with the job when it lands.
+      return j.inflight === 0 || !j.awaitingToken ? [finish(FinishReason.CANCELLED)] : [];
+    case 'failed':
+      j.error = { code: msg.code, message: msg.message };
+      j.awaitingToken = false;
+      return [finish(FinishReason.ERROR)];
+  }
+}
+
+/** Tokens the job's sequence holds in the cache once it is done and nothing is in flight. */
+export function cachedTokens(j: Job): number[] {
+  // The last sample was never evaluated; what was fed is in the cache.
+  const gen = j.generated.map((t) => t.token);
+  const evaluated = gen.slice(0, Math.max(0, gen.length - (j.pending === null ? 0 : 1)));
+  return [...j.prompt.slice(0, j.fed), ...evaluated];
+}

@@ -1,0 +1,27 @@
+// The gateway's configuration: one schema, read from flags, STRATA_* environment and a JSON file.
+import { loadConfig, ConfigError, type ConfigOf, type Schema, type Sources } from '@strata/config';
+import { ensureDefaultModel, modelIdOf } from '@strata/model';
+
+/** Every setting of a gateway. */
+export const gatewaySchema = {
+  host: { kind: 'string', doc: 'address to listen on', default: '127.0.0.1' },
+  port: { kind: 'int', doc: 'port to listen on (0: any free one)', default: 8080 },
+  natsUrl: { kind: 'string', doc: 'NATS server', default: 'nats://127.0.0.1:4222' },
+  model: { kind: 'string', doc: 'GGUF whose vocabulary the gateway tokenizes with (default: the synthetic default model)' },
+  modelId: { kind: 'string', doc: 'model id clients name (default: the file name without .gguf)' },
+  timeoutMs: { kind: 'int', doc: 'the cluster must accept and keep answering within this long', default: 60000 },
+  maxBodyBytes: { kind: 'int', doc: 'largest request body', default: 4 * 1024 * 1024 },
+  logLevel: { kind: 'string', doc: 'debug, info, warn, error, none', default: 'info' },
+} satisfies Schema;
+
+/** A gateway's settings, compiled and checked. */
+export type GatewayConfig = Omit<ConfigOf<typeof gatewaySchema>, 'model' | 'modelId'> & { model: string; modelId: string };
+
+/** Reads and checks a gateway's configuration. */
+export function gatewayConfig(sources?: Sources): GatewayConfig {
+  const c = loadConfig(gatewaySchema, sources);
+  if (c.port < 0 || c.port > 65535) throw new ConfigError('bad_value', `port must be 0-65535, got ${c.port}`, 'port');
+  if (c.timeoutMs < 1 || c.maxBodyBytes < 1) throw new ConfigError('bad_value', 'timeoutMs and maxBodyBytes must be positive');
+  const model = c.model ?? ensureDefaultModel();
+  return { ...c, model, modelId: c.modelId ?? modelIdOf(model) };
+}

@@ -1,0 +1,44 @@
+// Errors a gateway answers with: OpenAI's JSON error shape and an HTTP status.
+
+/** An error for an HTTP caller: status, OpenAI error type, a stable code and the parameter at fault. */
+export class ApiError extends Error {
+  readonly status: number;
+  /** invalid_request_error, not_found_error, rate_limit_error, server_error, ... */
+  readonly type: string;
+  readonly code: string;
+  readonly param: string | null;
+  constructor(status: number, code: string, message: string, param: string | null = null, type?: string) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = status;
+    this.code = code;
+    this.param = param;
+    this.type = type ?? (status === 404 ? 'not_found_error' : status === 429 ? 'rate_limit_error' : status >= 500 ? 'server_error' : 'invalid_request_error');
+  }
+
+  /** The JSON body OpenAI clients parse. */
+  body(): { error: { message: string; type: string; param: string | null; code: string } } {
+    return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
+  }
+}
+
+/** The HTTP answer to a coordinator's refusal code. */
+export function fromClusterError(code: string, message: string): ApiError {
+  switch (code) {
+    case 'context_length_exceeded':
+    case 'bad_request':
+      return new ApiError(400, code, message);
+    case 'no_pipeline':
+      return new ApiError(503, code, message);
+    case 'session_busy':
+      return new ApiError(409, code, message, 'session_id');
+    case 'kv_full':
+      return new ApiError(429, code, message);
+    case 'pipeline_down':
+    case 'stage_failed':
+    case 'step_timeout':
+      return new ApiError(503, code, `${message} (retry the request)`);
+    default:
+      return new ApiError(500, code || 'internal', message);
+  }
+}

@@ -1,0 +1,248 @@
+// The gateway process: an OpenAI-compatible HTTP API in front of the cluster. It checks every
+// request, tokenizes with the model's vocabulary, sends tokens to the coordinator over NATS and
+// streams the answer back as JSON or server-sent events.
+import { randomBytes } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { LlamaError, Vocab } from '@strata/ggml';
+import type { Logger } from '@strata/log';
+import { ClusterStateSchema, decode, encode, ClusterRequestSchema, subjects, type ClusterState } from '@strata/wire';
+import { connect, type NatsConnection } from 'nats';
+import type { GatewayConfig } from './config.ts';
+import { ApiError } from './errors.ts';
+import { runGeneration, type GenerationSink } from './generation.ts';
+import { JsonSchemaError, jsonObjectGrammar, jsonSchemaGrammar } from './json-grammar.ts';
+import { parseChat, parseCompletion, type GenerationSpec } from './openai-request.ts';
+import { chunkBody, finalBody, usageChunk, type ChoiceState, type ResponseMeta } from './responses.ts';
+
+/** A running gateway. stop() is idempotent. */
+export class Gateway {
+  readonly #c: GatewayConfig;
+  readonly #nc: NatsConnection;
+  readonly #vocab: Vocab;
+  readonly #server: Server;
+  readonly #log: Logger;
+  readonly #fingerprint: string;
+  #stopping: Promise<void> | null = null;
+  /** the address the gateway listens on, e.g. http://127.0.0.1:8080 */
+  url = '';
+
+  private constructor(c: GatewayConfig, nc: NatsConnection, vocab: Vocab, log: Logger) {
+    this.#c = c;
+    this.#nc = nc;
+    this.#vocab = vocab;
+    this.#log = log;
+    this.#fingerprint = `strata-${c.modelId}`;
+    this.#server = createServer((req, res) => void this.#handle(req, res));
+  }
+
+  /** Loads the vocabulary, connects to NATS and listens. */
+  static async start(c: GatewayConfig, log: Logger): Promise<Gateway> {
+    const vocab = Vocab.load(c.model);
+    let nc: NatsConnection;
+    try {
+      nc = await connect({ servers: c.natsUrl, name: 'strata-gateway', maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+    } catch (err) {
+      vocab.dispose();
+      throw err;
+    }
+    const g = new Gateway(c, nc, vocab, log);
+    await new Promise<void>((resolve, reject) => {
+      g.#server.once('error', reject);
+      g.#server.listen(c.port, c.host, () => resolve());
+    });
+    const a = g.#server.address() as AddressInfo;
+    g.url = `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
+    log.info('gateway ready', { url: g.url, model: c.modelId });
+    return g;
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0]!;
+    try {
+      const route = `${req.method ?? ''} ${path}`;
+      switch (route) {
+        case 'POST /v1/completions':
+          return await this.#generate(req, res, (b, s) => parseCompletion(b, s));
+        case 'POST /v1/chat/completions':
+          return await this.#generate(req, res, (b, s) => parseChat(b, s));
+        case 'GET /v1/models':
+          return await this.#models(res);
+        case 'GET /healthz':
+          return json(res, 200, { status: 'ok' });
+        case 'GET /readyz':
+          return await this.#ready(res);
+      }
+      if (['/v1/completions', '/v1/chat/completions', '/v1/models', '/healthz', '/readyz'].includes(path)) {
+        throw new ApiError(405, 'method_not_allowed', `${req.method ?? ''} is not allowed on ${path}`);
+      }
+      throw new ApiError(404, 'not_found', `no route ${req.method ?? ''} ${path}`);
+    } catch (err) {
+      this.#fail(res, err);
+    }
+  }
+
+  #fail(res: ServerResponse, err: unknown): void {
+    const e = err instanceof ApiError ? err : new ApiError(500, 'internal', 'internal error');
+    if (!(err instanceof ApiError)) this.#log.error('request failed', { err });
+    if (res.headersSent) {
+      // A stream already started: the error travels as its last event.
+      if (!res.writableEnded) res.end(`data: ${JSON.stringify(e.body())}\n\ndata: [DONE]\n\n`);
+      return;
+    }
+    json(res, e.status, e.body());
+  }
+
+  async #cluster(): Promise<ClusterState> {
+    try {
+      const m = await this.#nc.request(subjects.coordinatorCluster(), encode(ClusterRequestSchema, {}), { timeout: 2000 });
+      return decode(ClusterStateSchema, m.data, m.subject);
+    } catch (err) {
+      throw new ApiError(503, 'coordinator_unavailable', `no coordinator answered: ${(err as Error).message}`);
+    }
+  }
+
+  async #models(res: ServerResponse): Promise<void> {
+    const state = await this.#cluster();
+    const ids = new Set(state.pipelines.map((p) => p.modelId).filter((id) => id === this.#c.modelId));
+    json(res, 200, { object: 'list', data: [...ids].map((id) => ({ id, object: 'model', created: 0, owned_by: 'strata' })) });
+  }
+
+  async #ready(res: ServerResponse): Promise<void> {
+    if (this.#nc.isClosed()) throw new ApiError(503, 'not_ready', 'not connected to NATS');
+    const state = await this.#cluster();
+    const n = state.pipelines.filter((p) => p.modelId === this.#c.modelId).length;
+    if (n === 0) throw new ApiError(503, 'not_ready', `no pipeline serves ${this.#c.modelId} yet`);
+    json(res, 200, { status: 'ready', pipelines: n });
+  }
+
+  #grammar(spec: GenerationSpec): string {
+    if (spec.grammar !== null) {
+      if (spec.responseFormat.type !== 'text') throw new ApiError(400, 'invalid_value', "give either 'grammar' or a JSON 'response_format', not both", 'grammar');
+      return spec.grammar;
+    }
+    try {
+      if (spec.responseFormat.type === 'json_object') return jsonObjectGrammar();
+      if (spec.responseFormat.type === 'json_schema') return jsonSchemaGrammar(spec.responseFormat.schema);
+    } catch (err) {
+      if (err instanceof JsonSchemaError) throw new ApiError(400, err.code, err.message, 'response_format.json_schema.schema');
+      throw err;
+    }
+    return '';
+  }
+
+  #tokens(spec: GenerationSpec): number[] {
+    const p = spec.prompt;
+    if ('tokens' in p) {
+      const nVocab = this.#vocab.size;
+      for (const t of p.tokens) if (t >= nVocab) throw new ApiError(400, 'invalid_value', `token ${t} is outside the vocabulary of ${nVocab}`, 'prompt');
+      return p.tokens;
+    }
+    let text: string;
+    if ('messages' in p) {
+      try {
+        text = this.#vocab.applyChatTemplate(p.messages);
+      } catch (err) {
+        if (err instanceof LlamaError) throw new ApiError(400, 'chat_template', err.message, 'messages');
+        throw err;
+      }
+    } else text = p.text;
+    const tokens = [...this.#vocab.tokenize(text, true, true)];
+    if (tokens.length === 0) throw new ApiError(400, 'invalid_value', 'the prompt is empty', 'prompt');
+    return tokens;
+  }
+
+  async #generate(req: IncomingMessage, res: ServerResponse, parse: (body: unknown, session?: string) => GenerationSpec): Promise<void> {
+    const body = await readJson(req, this.#c.maxBodyBytes);
+    const header = req.headers['x-session-id'];
+    const spec = parse(body, typeof header === 'string' ? header : undefined);
+    if (spec.model !== this.#c.modelId) throw new ApiError(404, 'model_not_found', `the model '${spec.model}' does not exist; this gateway serves '${this.#c.modelId}'`, 'model');
+    const grammar = this.#grammar(spec);
+    const prompt = this.#tokens(spec);
+    const meta: ResponseMeta = {
+      id: `${spec.kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomBytes(12).toString('hex')}`,
+      created: Math.floor(Date.now() / 1000), model: spec.model, fingerprint: this.#fingerprint,
+    };
+    const abort = new AbortController();
+    res.on('close', () => {
+      if (!res.writableFinished) abort.abort();
+    });
+    const choices: ChoiceState[] = Array.from({ length: spec.n }, () => ({ text: '', tokens: [], finish: null }));
+    const started = new Array<boolean>(spec.n).fill(false);
+    const offsets = new Array<number>(spec.n).fill(0);
+    const sse = (obj: unknown) => {
+      if (!res.headersSent) res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+      res.write(`data: ${JSON.stringify(obj)}\n\n`);
+    };
+    const sink: GenerationSink = spec.stream
+      ? {
+        delta: (i, text, tokens) => {
+          if (text === '' && tokens.length === 0) return;
+          sse(chunkBody(spec, meta, i, text, tokens, null, !started[i], offsets[i]!));
+          started[i] = true;
+          offsets[i]! += text.length;
+        },
+        end: (i, finish) => {
+          sse(chunkBody(spec, meta, i, '', [], finish, !started[i], offsets[i]!));
+          started[i] = true;
+        },
+      }
+      : {
+        delta: (i, text, tokens) => {
+          choices[i]!.text += text;
+          choices[i]!.tokens.push(...tokens);
+        },
+        end: (i, finish) => {
+          choices[i]!.finish = finish;
+        },
+      };
+    const usage = await runGeneration({ nc: this.#nc, vocab: this.#vocab, timeoutMs: this.#c.timeoutMs }, spec, prompt, grammar, sink, abort.signal);
+    if (!spec.stream) return json(res, 200, finalBody(spec, meta, choices, usage));
+    if (spec.includeUsage) sse(usageChunk(spec, meta, usage));
+    res.end('data: [DONE]\n\n');
+  }
+
+  /** Stops listening, drains NATS and frees the vocabulary. Idempotent. */
+  stop(): Promise<void> {
+    this.#stopping ??= (async () => {
+      await new Promise<void>((resolve) => {
+        this.#server.close(() => resolve());
+        this.#server.closeIdleConnections();
+      });
+      try {
+        await this.#nc.drain();
+      } catch (err) {
+        this.#log.warn('NATS drain failed', { err });
+      }
+      this.#vocab.dispose();
+      this.#log.info('gateway stopped');
+    })();
+    return this.#stopping;
+  }
+}
+
+function json(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+/** Reads a JSON body of at most `limit` bytes. */
+async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > limit) throw new ApiError(413, 'body_too_large', `the body is ${declared} bytes; at most ${limit} are taken`);
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const chunk of req) {
+    n += (chunk as Buffer).length;
+    if (n > limit) throw new ApiError(413, 'body_too_large', `the body exceeds ${limit} bytes`);
+    parts.push(chunk as Buffer);
+  }
+  const text = Buffer.concat(parts).toString('utf8');
+  if (text.trim() === '') throw new ApiError(400, 'invalid_json', 'the body is empty; send a JSON object');
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new ApiError(400, 'invalid_json', `the body is not JSON: ${(err as Error).message}`);
+  }
+}

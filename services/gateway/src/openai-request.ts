@@ -1,0 +1,172 @@
+// OpenAI request bodies, checked field by field into one internal shape. Every problem is an
+// ApiError(400) naming the parameter, before anything reaches the cluster.
+import { isId } from '@strata/wire';
+import { ApiError } from './errors.ts';
+
+/** A chat message as the template takes it. */
+export interface ChatTurn {
+  role: string;
+  content: string;
+}
+
+/** What to generate, from either endpoint. */
+export interface GenerationSpec {
+  kind: 'completion' | 'chat';
+  model: string;
+  /** completion: text or token ids; chat: the messages */
+  prompt: { text: string } | { tokens: number[] } | { messages: ChatTurn[] };
+  /** 0: up to the end of the context */
+  maxTokens: number;
+  stream: boolean;
+  includeUsage: boolean;
+  stop: string[];
+  n: number;
+  temperature: number;
+  topP: number;
+  topK: number;
+  minP: number;
+  repeatPenalty: number;
+  frequencyPenalty: number;
+  presencePenalty: number;
+  seed: number | null;
+  /** null: no log-probabilities; else the alternatives per token (0..20) */
+  logprobs: number | null;
+  responseFormat: { type: 'text' } | { type: 'json_object' } | { type: 'json_schema'; schema: unknown };
+  /** GBNF grammar (extension, as llama.cpp's server) */
+  grammar: string | null;
+  sessionId: string;
+}
+
+type Body = Record<string, unknown>;
+
+const COMMON = new Set(['model', 'max_tokens', 'stream', 'stream_options', 'stop', 'n', 'temperature', 'top_p', 'top_k', 'min_p',
+  'repeat_penalty', 'frequency_penalty', 'presence_penalty', 'seed', 'logprobs', 'response_format', 'grammar', 'session_id', 'user']);
+const COMPLETION = new Set([...COMMON, 'prompt', 'echo', 'best_of', 'suffix', 'logit_bias']);
+const CHAT = new Set([...COMMON, 'messages', 'top_logprobs', 'max_completion_tokens', 'logit_bias', 'parallel_tool_calls']);
+
+function bad(param: string, message: string): ApiError {
+  return new ApiError(400, 'invalid_value', message, param);
+}
+
+function num(b: Body, k: string, fallback: number, min: number, max: number, int = false): number {
+  const v = b[k];
+  if (v === undefined || v === null) return fallback;
+  if (typeof v !== 'number' || !Number.isFinite(v) || (int && !Number.isInteger(v))) throw bad(k, `'${k}' must be ${int ? 'an integer' : 'a number'}`);
+  if (v < min || v > max) throw bad(k, `'${k}' must be between ${min} and ${max}, got ${v}`);
+  return v;
+}
+
+function bool(b: Body, k: string, fallback: boolean): boolean {
+  const v = b[k];
+  if (v === undefined || v === null) return fallback;
+  if (typeof v !== 'boolean') throw bad(k, `'${k}' must be a boolean`);
+  return v;
+}
+
+function str(b: Body, k: string): string | null {
+  const v = b[k];
+  if (v === undefined || v === null) return null;
+  if (typeof v !== 'string') throw bad(k, `'${k}' must be a string`);
+  return v;
+}
+
+function stops(v: unknown): string[] {
+  if (v === undefined || v === null) return [];
+  const list = typeof v === 'string' ? [v] : v;
+  if (!Array.isArray(list) || list.length > 4 || list.some((s) => typeof s !== 'string' || s.length === 0)) {
+    throw bad('stop', "'stop' is a non-empty string or up to 4 of them");
+  }
+  return list as string[];
+}
+
+function responseFormat(v: unknown): GenerationSpec['responseFormat'] {
+  if (v === undefined || v === null) return { type: 'text' };
+  if (typeof v !== 'object' || Array.isArray(v)) throw bad('response_format', "'response_format' must be an object");
+  const t = (v as Body).type;
+  if (t === 'text' || t === 'json_object') return { type: t };
+  if (t === 'json_schema') {
+    const js = (v as Body).json_schema;
+    if (typeof js !== 'object' || js === null || Array.isArray(js)) throw bad('response_format.json_schema', "'json_schema' must be an object with a 'schema'");
+    const schema = (js as Body).schema;
+    if (typeof schema !== 'object' || schema === null) throw bad('response_format.json_schema.schema', "'json_schema.schema' must be a JSON schema object");
+    return { type: 'json_schema', schema };
+  }
+  throw bad('response_format.type', "'response_format.type' must be text, json_object or json_schema");
+}
+
+function common(b: Body, kind: GenerationSpec['kind'], prompt: GenerationSpec['prompt'], headerSession: string | undefined): GenerationSpec {
+  const known = kind === 'chat' ? CHAT : COMPLETION;
+  for (const k of Object.keys(b)) if (!known.has(k)) throw new ApiError(400, 'unknown_parameter', `unknown parameter '${k}'`, k);
+  const model = str(b, 'model');
+  if (!model) throw new ApiError(400, 'missing_required_parameter', "'model' is required", 'model');
+  const so = b.stream_options;
+  if (so !== undefined && so !== null && (typeof so !== 'object' || Array.isArray(so))) throw bad('stream_options', "'stream_options' must be an object");
+  const includeUsage = so ? bool(so as Body, 'include_usage', false) : false;
+  const stream = bool(b, 'stream', false);
+  if (so && !stream) throw bad('stream_options', "'stream_options' needs 'stream': true");
+  const seed = b.seed === undefined || b.seed === null ? null : num(b, 'seed', 0, -(2 ** 63), 2 ** 64, true);
+  const sessionId = str(b, 'session_id') ?? headerSession ?? '';
+  if (sessionId && !isId(sessionId)) throw bad('session_id', "'session_id' must be 1-128 of A-Z a-z 0-9 _ -");
+  if (b.logit_bias !== undefined && b.logit_bias !== null && Object.keys(b.logit_bias as object).length > 0) throw new ApiError(400, 'unsupported_parameter', "'logit_bias' is not supported", 'logit_bias');
+  const maxKey = kind === 'chat' && b.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens';
+  return {
+    kind, model, prompt,
+    maxTokens: num(b, maxKey, kind === 'completion' ? 16 : 0, 1, 1 << 20, true),
+    stream, includeUsage, stop: stops(b.stop),
+    n: num(b, 'n', 1, 1, 16, true),
+    temperature: num(b, 'temperature', 1, 0, 2),
+    topP: num(b, 'top_p', 0.95, 0, 1),
+    topK: num(b, 'top_k', 40, 0, 1 << 20, true),
+    minP: num(b, 'min_p', 0.05, 0, 1),
+    repeatPenalty: num(b, 'repeat_penalty', 1, 0, 10),
+    frequencyPenalty: num(b, 'frequency_penalty', 0, -2, 2),
+    presencePenalty: num(b, 'presence_penalty', 0, -2, 2),
+    seed: seed === null ? null : Number(BigInt.asUintN(32, BigInt(seed))),
+    logprobs: null,
+    responseFormat: responseFormat(b.response_format),
+    grammar: str(b, 'grammar'),
+    sessionId,
+  };
+}
+
+/** Reads a POST /v1/completions body. */
+export function parseCompletion(body: unknown, headerSession?: string): GenerationSpec {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ApiError(400, 'invalid_body', 'the body must be a JSON object');
+  const b = body as Body;
+  let prompt: GenerationSpec['prompt'];
+  const p = b.prompt;
+  if (typeof p === 'string') prompt = { text: p };
+  else if (Array.isArray(p) && p.length === 1 && typeof p[0] === 'string') prompt = { text: p[0] };
+  else if (Array.isArray(p) && p.length > 0 && p.every((t) => Number.isInteger(t) && t >= 0)) prompt = { tokens: p as number[] };
+  else if (Array.isArray(p) && p.length === 1 && Array.isArray(p[0]) && p[0].length > 0 && p[0].every((t: unknown) => Number.isInteger(t) && (t as number) >= 0)) prompt = { tokens: p[0] as number[] };
+  else if (p === undefined) throw new ApiError(400, 'missing_required_parameter', "'prompt' is required", 'prompt');
+  else throw bad('prompt', "'prompt' must be a string, one string in an array, or token ids (one prompt per request)");
+  if (b.echo === true) throw new ApiError(400, 'unsupported_parameter', "'echo' is not supported", 'echo');
+  if (b.suffix !== undefined && b.suffix !== null) throw new ApiError(400, 'unsupported_parameter', "'suffix' is not supported", 'suffix');
+  if (b.best_of !== undefined && b.best_of !== null && b.best_of !== 1) throw new ApiError(400, 'unsupported_parameter', "'best_of' is not supported", 'best_of');
+  const spec = common(b, 'completion', prompt, headerSession);
+  if (b.logprobs !== undefined && b.logprobs !== null) spec.logprobs = num(b, 'logprobs', 0, 0, 5, true);
+  return spec;
+}
+
+/** Reads a POST /v1/chat/completions body. */
+export function parseChat(body: unknown, headerSession?: string): GenerationSpec {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ApiError(400, 'invalid_body', 'the body must be a JSON object');
+  const b = body as Body;
+  const ms = b.messages;
+  if (!Array.isArray(ms) || ms.length === 0) throw new ApiError(400, 'missing_required_parameter', "'messages' must be a non-empty array", 'messages');
+  const messages = ms.map((m, i): ChatTurn => {
+    if (typeof m !== 'object' || m === null) throw bad(`messages[${i}]`, 'a message is an object');
+    const { role, content } = m as Body;
+    if (typeof role !== 'string' || !['system', 'developer', 'user', 'assistant'].includes(role)) throw bad(`messages[${i}].role`, "'role' must be system, developer, user or assistant");
+    if (typeof content === 'string') return { role: role === 'developer' ? 'system' : role, content };
+    if (Array.isArray(content) && content.every((c) => typeof c === 'object' && c !== null && (c as Body).type === 'text' && typeof (c as Body).text === 'string')) {
+      return { role: role === 'developer' ? 'system' : role, content: content.map((c) => (c as Body).text as string).join('') };
+    }
+    throw bad(`messages[${i}].content`, "'content' must be a string or text parts (no images or audio)");
+  });
+  const spec = common(b, 'chat', { messages }, headerSession);
+  if (bool(b, 'logprobs', false)) spec.logprobs = num(b, 'top_logprobs', 0, 0, 20, true);
+  else if (b.top_logprobs !== undefined && b.top_logprobs !== null) throw bad('top_logprobs', "'top_logprobs' needs 'logprobs': true");
+  return spec;
+}

@@ -1,0 +1,48 @@
+// The worker's configuration: one schema, read from flags, STRATA_* environment and a JSON file.
+import { isId } from '@strata/wire';
+import { hostname } from 'node:os';
+import { GgmlType } from '@strata/ggml';
+import { loadConfig, ConfigError, type ConfigOf, type Schema, type Sources } from '@strata/config';
+import { ensureDefaultModel, modelIdOf } from '@strata/model';
+
+/** Every setting of a worker. */
+export const workerSchema = {
+  model: { kind: 'string', doc: 'GGUF file (default: the synthetic default model)' },
+  modelId: { kind: 'string', doc: 'model id clients name (default: the file name without .gguf)' },
+  layers: { kind: 'string', doc: 'layer range l0:l1 this worker holds (default: every layer)' },
+  id: { kind: 'string', doc: 'worker id, unique in the cluster (default: host-pid)' },
+  natsUrl: { kind: 'string', doc: 'NATS server', default: 'nats://127.0.0.1:4222' },
+  threads: { kind: 'int', doc: 'CPU threads', default: 2 },
+  device: { kind: 'string', doc: 'ggml device (CPU, CUDA0, ...)', default: 'CPU' },
+  ctxSize: { kind: 'int', doc: 'KV cells', default: 4096 },
+  kvType: { kind: 'string', doc: 'K/V type: f16, f32, q8_0, q4_0', default: 'f16' },
+  nSeqMax: { kind: 'int', doc: 'sequences the worker holds at once', default: 64 },
+  maxBatch: { kind: 'int', doc: 'most tokens in one micro-batch', default: 512 },
+  heartbeatMs: { kind: 'int', doc: 'milliseconds between heartbeats', default: 1000 },
+  logLevel: { kind: 'string', doc: 'debug, info, warn, error, none', default: 'info' },
+} satisfies Schema;
+
+const KV_TYPES: Record<string, number> = { f16: GgmlType.F16, f32: GgmlType.F32, q8_0: GgmlType.Q8_0, q4_0: GgmlType.Q4_0 };
+
+/** A worker's settings, compiled and checked. */
+export interface WorkerConfig extends Omit<ConfigOf<typeof workerSchema>, 'model' | 'modelId' | 'id' | 'kvType'> {
+  model: string;
+  modelId: string;
+  id: string;
+  kvType: number;
+  kvTypeName: string;
+}
+
+/** Reads and checks a worker's configuration. */
+export function workerConfig(sources?: Sources): WorkerConfig {
+  const c = loadConfig(workerSchema, sources);
+  const model = c.model ?? ensureDefaultModel();
+  const kvType = KV_TYPES[c.kvType.toLowerCase()];
+  if (kvType === undefined) throw new ConfigError('bad_value', `kvType must be one of ${Object.keys(KV_TYPES).join(', ')}, got '${c.kvType}'`, 'kvType');
+  const id = c.id ?? `${hostname().replace(/[^A-Za-z0-9_-]/g, '-')}-${process.pid}`;
+  if (!isId(id)) throw new ConfigError('bad_value', `id '${id}' must be 1-128 of A-Z a-z 0-9 _ -`, 'id');
+  for (const k of ['threads', 'ctxSize', 'nSeqMax', 'maxBatch', 'heartbeatMs'] as const) {
+    if (c[k] < 1) throw new ConfigError('bad_value', `${k} must be at least 1, got ${c[k]}`, k);
+  }
+  return { ...c, model, modelId: c.modelId ?? modelIdOf(model), id, kvType, kvTypeName: c.kvType.toLowerCase() };
+}

@@ -1,0 +1,99 @@
+// Per-sequence samplers of a last stage, and the log-probabilities OpenAI clients ask for.
+import { Sampler, type SamplingOptions, type Vocab } from '@strata/ggml';
+import type { Sampling, SampledToken, TokenLogprob } from '@strata/wire';
+
+/** Sampling settings from the wire, with the wire's zero values meaning "off". */
+export function samplingOptions(s: Sampling): SamplingOptions {
+  return {
+    temperature: s.temperature,
+    topK: s.topK,
+    topP: s.topP > 0 && s.topP < 1 ? s.topP : 1,
+    minP: s.minP,
+    repeatPenalty: s.repeatPenalty > 0 ? s.repeatPenalty : 1,
+    frequencyPenalty: s.frequencyPenalty,
+    presencePenalty: s.presencePenalty,
+    seed: s.seed,
+    grammar: s.grammar || undefined,
+  };
+}
+
+interface SeqSampler {
+  sampler: Sampler;
+  logprobs: boolean;
+  topLogprobs: number;
+}
+
+/** The samplers of the sequences a last stage serves, by seq id. dispose() is idempotent. */
+export class SamplerSet {
+  readonly #bySeq = new Map<number, SeqSampler>();
+  readonly #nVocab: number;
+  readonly #vocab: Vocab | null;
+
+  constructor(nVocab: number, vocab: Vocab | null) {
+    this.#nVocab = nVocab;
+    this.#vocab = vocab;
+  }
+
+  /** Starts a fresh sampler for `seq` (a new request on it). */
+  reset(seq: number, s: Sampling): void {
+    this.drop(seq);
+    const sampler = Sampler.create(this.#nVocab, samplingOptions(s), this.#vocab ?? undefined);
+    this.#bySeq.set(seq, { sampler, logprobs: s.logprobs, topLogprobs: Math.min(s.topLogprobs, 20) });
+  }
+
+  /** whether `seq` has a sampler */
+  has(seq: number): boolean {
+    return this.#bySeq.has(seq);
+  }
+
+  /** Samples `seq`'s next token from one row of logits. */
+  sample(seq: number, row: Float32Array): SampledToken {
+    const s = this.#bySeq.get(seq);
+    if (!s) throw new Error(`sequence ${seq} has no sampler`);
+    const token = s.sampler.sample(row);
+    const eog = this.#vocab?.isEog(token) ?? false;
+    if (!s.logprobs) return { $typeName: 'strata.v1.SampledToken', seq, token, eog, logprob: 0, top: [] };
+    const lse = logSumExp(row);
+    const top: TokenLogprob[] = s.topLogprobs > 0
+      ? largest(row, s.topLogprobs).map((t) => ({ $typeName: 'strata.v1.TokenLogprob', token: t, logprob: row[t]! - lse }))
+      : [];
+    return { $typeName: 'strata.v1.SampledToken', seq, token, eog, logprob: row[token]! - lse, top };
+  }
+
+  /** Frees `seq`'s sampler, if any. */
+  drop(seq: number): void {
+    this.#bySeq.get(seq)?.sampler.dispose();
+    this.#bySeq.delete(seq);
+  }
+
+  /** Frees every sampler. */
+  dispose(): void {
+    for (const s of this.#bySeq.values()) s.sampler.dispose();
+    this.#bySeq.clear();
+  }
+}
+
+/** log Σ exp(row) without overflow. */
+export function logSumExp(row: Float32Array): number {
+  let max = -Infinity;
+  for (let i = 0; i < row.length; i++) if (row[i]! > max) max = row[i]!;
+  let sum = 0;
+  for (let i = 0; i < row.length; i++) sum += Math.exp(row[i]! - max);
+  return max + Math.log(sum);
+}
+
+/** indices of the k largest values, largest first */
+export function largest(row: Float32Array, k: number): number[] {
+  const best: number[] = [];
+  for (let i = 0; i < row.length; i++) {
+    if (best.length === k && row[i]! <= row[best[k - 1]!]!) continue;
+    let j = Math.min(best.length, k - 1);
+    if (best.length < k) best.push(i);
+    while (j > 0 && row[best[j - 1]!]! < row[i]!) {
+      best[j] = best[j - 1]!;
+      j--;
+    }
+    best[j] = i;
+  }
+  return best;
+}

@@ -1,0 +1,122 @@
+// Runs micro-batches on a stage: checks a step against what this worker is, evaluates it, and on
+// the last stage samples each entry that asks for a token.
+import { KvCacheFullError, ModelError, type Stage } from '@strata/model';
+import type { SampledToken, SeqOp, StepHeader } from '@strata/wire';
+import { SeqOpKind } from '@strata/wire';
+import { WorkerError } from './errors.ts';
+import type { SamplerSet } from './samplers.ts';
+
+/** What a step produced: hidden states for the next stage, or the sampled tokens. */
+export type StepOutput = { kind: 'hidden'; hidden: Float32Array } | { kind: 'tokens'; tokens: SampledToken[] };
+
+/** Options of a {@link StepRunner}. */
+export interface StepRunnerOptions {
+  workerId: string;
+  /** sequence ids are [0, nSeqMax) */
+  nSeqMax: number;
+  /** most tokens in one micro-batch */
+  maxBatch: number;
+}
+
+/** Evaluates steps and sequence operations on one stage. */
+export class StepRunner {
+  readonly stage: Stage;
+  readonly #samplers: SamplerSet | null;
+  readonly #o: StepRunnerOptions;
+
+  constructor(stage: Stage, samplers: SamplerSet | null, options: StepRunnerOptions) {
+    if (stage.isLast !== (samplers !== null)) throw new Error('a last stage needs samplers, and only it');
+    this.stage = stage;
+    this.#samplers = samplers;
+    this.#o = options;
+  }
+
+  /** Runs one micro-batch; a step that does not fit this stage throws WorkerError('bad_step'). */
+  run(h: StepHeader, hidden: Float32Array): StepOutput {
+    const { stage } = this;
+    const bad = (why: string) => new WorkerError('bad_step', `step ${h.stepId}: ${why}`);
+    if (h.route[h.hop] !== this.#o.workerId) throw bad(`routed to '${h.route[h.hop] ?? ''}', this is '${this.#o.workerId}'`);
+    let n = 0;
+    for (const e of h.entries) {
+      if (e.seq >= this.#o.nSeqMax) throw bad(`seq ${e.seq} is not below ${this.#o.nSeqMax}`);
+      if (e.nTokens < 1) throw bad('an entry without tokens');
+      n += e.nTokens;
+    }
+    if (n < 1 || n > this.#o.maxBatch) throw bad(`${n} tokens; a micro-batch holds 1 to ${this.#o.maxBatch}`);
+    if (stage.isFirst ? h.tokens.length !== n : hidden.length !== n * stage.hp.nEmbd) {
+      throw bad(stage.isFirst ? `${h.tokens.length} tokens for entries of ${n}` : `${hidden.length} activations for ${n} tokens of ${stage.hp.nEmbd}`);
+    }
+    if (stage.isFirst) for (const t of h.tokens) if (t < 0 || t >= stage.hp.nVocab) throw bad(`token ${t} outside the vocabulary`);
+    const pos = new Int32Array(n), seq = new Int32Array(n);
+    const outputs: number[] = [];
+    let i = 0;
+    for (const e of h.entries) {
+      for (let t = 0; t < e.nTokens; t++, i++) {
+        pos[i] = e.pos0 + t;
+        seq[i] = e.seq;
+      }
+      if (e.output) outputs.push(i - 1);
+      if (stage.isLast && e.sampling) this.#samplers!.reset(e.seq, e.sampling);
+      if (stage.isLast && e.output && !this.#samplers!.has(e.seq)) throw bad(`seq ${e.seq} asks for a token but has no sampling settings`);
+    }
+    const out = stage.eval({
+      tokens: stage.isFirst ? Int32Array.from(h.tokens) : undefined,
+      hidden: stage.isFirst ? undefined : hidden,
+      pos,
+      seq,
+      outputs: stage.isLast ? Int32Array.from(outputs) : undefined,
+    });
+    if (!stage.isLast) return { kind: 'hidden', hidden: out };
+    const nVocab = stage.hp.nVocab;
+    const tokens: SampledToken[] = [];
+    let o = 0;
+    for (const e of h.entries) {
+      if (!e.output) continue;
+      tokens.push(this.#samplers!.sample(e.seq, out.subarray(o * nVocab, (o + 1) * nVocab)));
+      o++;
+    }
+    return { kind: 'tokens', tokens };
+  }
+
+  /** Applies sequence operations in order; returns each op's sequence's highest position after it. */
+  seqOps(ops: SeqOp[]): number[] {
+    const { stage } = this;
+    for (const op of ops) {
+      if (op.seq >= this.#o.nSeqMax || (op.kind === SeqOpKind.COPY && op.dst >= this.#o.nSeqMax)) {
+        throw new WorkerError('bad_request', `seq op on seq ${op.seq}/${op.dst}: ids are below ${this.#o.nSeqMax}`);
+      }
+    }
+    return ops.map((op) => {
+      switch (op.kind) {
+        case SeqOpKind.REMOVE:
+          if (!stage.seqRemove(op.seq, op.p0, op.p1)) throw new WorkerError('bad_request', `seq ${op.seq}: cannot remove [${op.p0}, ${op.p1}) from the middle of a sequence`);
+          if (op.p0 < 0 && op.p1 < 0) this.#samplers?.drop(op.seq);
+          break;
+        case SeqOpKind.COPY:
+          stage.seqCopy(op.seq, op.dst, op.p0, op.p1);
+          break;
+        case SeqOpKind.KEEP:
+          stage.seqKeep(op.seq);
+          break;
+        case SeqOpKind.ADD:
+          stage.seqAdd(op.seq, op.p0, op.p1, op.delta);
+          break;
+        case SeqOpKind.DIVIDE:
+          if (op.delta < 1) throw new WorkerError('bad_request', `seq ${op.seq}: divide by ${op.delta}`);
+          stage.seqDivide(op.seq, op.p0, op.p1, op.delta);
+          break;
+        default:
+          throw new WorkerError('bad_request', `unknown seq op kind ${op.kind}`);
+      }
+      return stage.seqPosMax(op.seq);
+    });
+  }
+}
+
+/** The wire error code of a failure while running a step. */
+export function stepErrorCode(err: unknown): string {
+  if (err instanceof WorkerError) return err.code;
+  if (err instanceof KvCacheFullError) return 'kv_full';
+  if (err instanceof ModelError && err.code === 'bad_input') return 'bad_step';
+  return 'stage_failed';
+}

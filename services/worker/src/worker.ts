@@ -1,0 +1,200 @@
+// The worker process: one stage on NATS. It heartbeats what it serves, runs the micro-batches
+// routed to it, forwards activations to the next stage, and answers sequence operations and
+// stats requests. Steps run one at a time in arrival order (evaluation is synchronous).
+import { Vocab } from '@strata/ggml';
+import type { Logger } from '@strata/log';
+import { Stage, parseRange, readHParams } from '@strata/model';
+import { GgufFile } from '@strata/gguf';
+import {
+  HeartbeatSchema, SeqOpReplySchema, SeqOpRequestSchema, StageInputAssembler, StageStatsSchema, StepResultSchema,
+  decode, encode, encodeStageInput, subjects, type StageCounters, type StageInfo, type StepHeader,
+} from '@strata/wire';
+import { connect, type Msg, type NatsConnection, type Subscription } from 'nats';
+import type { WorkerConfig } from './config.ts';
+import { WorkerError } from './errors.ts';
+import { SamplerSet } from './samplers.ts';
+import { StepRunner, stepErrorCode } from './step-runner.ts';
+
+/** Steps whose chunks stop arriving for this long are dropped (milliseconds). */
+const PARTIAL_STEP_MS = 30_000;
+
+/** A running worker. stop() drains and frees everything; it is idempotent. */
+export class Worker {
+  readonly info: StageInfo;
+  readonly #runner: StepRunner;
+  readonly #nc: NatsConnection;
+  readonly #log: Logger;
+  readonly #vocab: Vocab | null;
+  readonly #samplers: SamplerSet | null;
+  readonly #assembler = new StageInputAssembler();
+  readonly #subs: Subscription[] = [];
+  readonly #io = { steps: 0n, bytesIn: 0n, bytesOut: 0n };
+  #timer: NodeJS.Timeout | undefined;
+  #stopping: Promise<void> | null = null;
+  #draining = false;
+
+  private constructor(c: WorkerConfig, stage: Stage, vocab: Vocab | null, nc: NatsConnection, log: Logger) {
+    this.#nc = nc;
+    this.#log = log;
+    this.#vocab = vocab;
+    this.#samplers = stage.isLast ? new SamplerSet(stage.hp.nVocab, vocab) : null;
+    this.#runner = new StepRunner(stage, this.#samplers, { workerId: c.id, nSeqMax: c.nSeqMax, maxBatch: c.maxBatch });
+    const hp = stage.hp;
+    this.info = {
+      $typeName: 'strata.v1.StageInfo',
+      workerId: c.id, modelFingerprint: hp.fingerprint, modelId: c.modelId, nLayer: hp.nLayer,
+      l0: stage.range.l0, l1: stage.range.l1, device: c.device, kvCells: stage.cells.size, kvStreams: 1,
+      nSeqMax: c.nSeqMax, maxBatch: c.maxBatch, nVocab: hp.nVocab, nEmbd: hp.nEmbd, nCtxTrain: hp.nCtxTrain,
+      startedAtMs: BigInt(Date.now()),
+    };
+  }
+
+  /** Loads the stage, connects to NATS, subscribes and starts heartbeating. */
+  static async start(c: WorkerConfig, log: Logger): Promise<Worker> {
+    const file = GgufFile.open(c.model);
+    let stage: Stage | undefined;
+    let vocab: Vocab | null = null;
+    try {
+      const hp = readHParams(file);
+      const range = c.layers ? parseRange(c.layers) : { l0: 0, l1: hp.nLayer };
+      stage = Stage.load(file, hp, { model: c.model, range, threads: c.threads, device: c.device, ctxSize: c.ctxSize, kvType: c.kvType, maxBatch: c.maxBatch });
+      if (stage.isLast) vocab = Vocab.load(c.model);
+    } catch (err) {
+      stage?.dispose();
+      throw err;
+    } finally {
+      file.close();
+    }
+    let nc: NatsConnection;
+    try {
+      nc = await connect({ servers: c.natsUrl, name: `strata-worker-${c.id}`, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+    } catch (err) {
+      stage.dispose();
+      vocab?.dispose();
+      throw err;
+    }
+    const w = new Worker(c, stage, vocab, nc, log.child({ worker: c.id }));
+    w.#subscribe();
+    w.#heartbeat();
+    w.#timer = setInterval(() => {
+      w.#heartbeat();
+      for (const id of w.#assembler.prune(PARTIAL_STEP_MS)) w.#log.warn('dropped a step whose chunks stopped coming', { step: id });
+    }, c.heartbeatMs);
+    w.#log.info('worker ready', { layers: `${w.info.l0}:${w.info.l1}`, model: c.modelId, kvCells: w.info.kvCells, nats: c.natsUrl });
+    return w;
+  }
+
+  /** the stage's counters and the worker's traffic */
+  counters(): StageCounters {
+    const c = this.#runner.stage.counters;
+    return {
+      $typeName: 'strata.v1.StageCounters',
+      batches: BigInt(c.batches), tokens: BigInt(c.tokens), graphReuses: BigInt(c.graphReuses), shifts: BigInt(c.shifts),
+      defrags: BigInt(c.defrags), swaPruned: BigInt(c.swaPruned), steps: this.#io.steps, bytesIn: this.#io.bytesIn, bytesOut: this.#io.bytesOut,
+    };
+  }
+
+  #subscribe(): void {
+    const id = this.info.workerId;
+    this.#subs.push(this.#nc.subscribe(subjects.workerStep(id), { callback: (err, m) => err ? this.#log.error('step subscription', { err }) : this.#onStep(m) }));
+    this.#subs.push(this.#nc.subscribe(subjects.workerSeq(id), { callback: (err, m) => err ? this.#log.error('seq subscription', { err }) : this.#onSeq(m) }));
+    this.#subs.push(this.#nc.subscribe(subjects.workerStats(id), { callback: (err, m) => err ? this.#log.error('stats subscription', { err }) : this.#onStats(m) }));
+  }
+
+  #heartbeat(): void {
+    if (this.#nc.isClosed()) return;
+    const cells = this.#runner.stage.cells;
+    this.#nc.publish(subjects.workerHeartbeat(), encode(HeartbeatSchema, {
+      stage: this.info, kvCellsUsed: cells.used, sequences: countSequences(this.#runner.stage, this.info.nSeqMax),
+      counters: this.counters(), sentAtMs: BigInt(Date.now()), draining: this.#draining,
+    }));
+  }
+
+  #onStep(m: Msg): void {
+    this.#io.bytesIn += BigInt(m.data.length);
+    let whole;
+    try {
+      whole = this.#assembler.add(m.data);
+    } catch (err) {
+      // Without a whole header there is no one to answer: the coordinator's step timeout covers it.
+      this.#log.warn('refused a step chunk', { err });
+      return;
+    }
+    if (!whole) return;
+    this.#io.steps++;
+    const h = whole.header;
+    const t0 = performance.now();
+    try {
+      const out = this.#runner.run(h, whole.hidden);
+      h.stageMs.push(performance.now() - t0);
+      if (out.kind === 'hidden') {
+        const next = h.route[h.hop + 1];
+        if (next === undefined) throw new WorkerError('bad_step', `step ${h.stepId}: no stage after hop ${h.hop} but this stage is not the last`);
+        h.hop++;
+        for (const chunk of encodeStageInput(h, out.hidden, this.#nc.info?.max_payload ?? 1 << 20)) {
+          this.#io.bytesOut += BigInt(chunk.length);
+          this.#nc.publish(subjects.workerStep(next), chunk);
+        }
+      } else {
+        this.#reply(h, { stepId: h.stepId, pipelineId: h.pipelineId, tokens: out.tokens, stageMs: h.stageMs });
+      }
+    } catch (err) {
+      const code = stepErrorCode(err);
+      if (code === 'stage_failed') this.#log.error('step failed', { step: h.stepId, err });
+      this.#reply(h, { stepId: h.stepId, pipelineId: h.pipelineId, error: { code, message: (err as Error).message, workerId: this.info.workerId } });
+    }
+  }
+
+  #reply(h: StepHeader, result: Parameters<typeof encode<typeof StepResultSchema>>[1]): void {
+    if (!h.replySubject.startsWith('strata.v1.coordinator.result.')) {
+      this.#log.warn('step with a reply subject outside the protocol', { subject: h.replySubject });
+      return;
+    }
+    this.#nc.publish(h.replySubject, encode(StepResultSchema, result));
+  }
+
+  #onSeq(m: Msg): void {
+    try {
+      const req = decode(SeqOpRequestSchema, m.data, m.subject);
+      const posMax = this.#runner.seqOps(req.ops);
+      m.respond(encode(SeqOpReplySchema, { posMax, kvCellsUsed: this.#runner.stage.cells.used }));
+    } catch (err) {
+      const code = err instanceof WorkerError ? err.code : 'bad_request';
+      m.respond(encode(SeqOpReplySchema, { error: { code, message: (err as Error).message, workerId: this.info.workerId } }));
+    }
+  }
+
+  #onStats(m: Msg): void {
+    const mem = this.#runner.stage.memory();
+    const big = (r: Record<string, number>) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, BigInt(v)]));
+    m.respond(encode(StageStatsSchema, {
+      stage: this.info, counters: this.counters(), kvCellsUsed: this.#runner.stage.cells.used,
+      weightsBytes: big(mem.weights), kvBytes: big(mem.kv), computeBytes: big(mem.compute),
+    }));
+  }
+
+  /** Stops taking work, says so in a last heartbeat, drains NATS and frees the stage. Idempotent. */
+  stop(): Promise<void> {
+    this.#stopping ??= (async () => {
+      this.#draining = true;
+      clearInterval(this.#timer);
+      this.#heartbeat();
+      try {
+        await this.#nc.drain();
+      } catch (err) {
+        this.#log.warn('NATS drain failed', { err });
+      }
+      this.#samplers?.dispose();
+      this.#runner.stage.dispose();
+      this.#vocab?.dispose();
+      this.#log.info('worker stopped');
+    })();
+    return this.#stopping;
+  }
+}
+
+function countSequences(stage: Stage, nSeqMax: number): number {
+  let n = 0;
+  for (let s = 0; s < nSeqMax; s++) if (stage.seqPosMax(s) >= 0) n++;
+  return n;
+}

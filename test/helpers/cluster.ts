@@ -1,0 +1,31 @@
+// Helpers for end-to-end tests against a local cluster: the single-process reference (what
+// `strata generate` prints) and a worker's counters read over NATS.
+import { Writable } from 'node:stream';
+import { connect } from 'nats';
+import { main } from '../../services/cli/src/main.ts';
+import { StageStatsSchema, StatsRequestSchema, decode, encode, subjects, type StageStats } from '@strata/wire';
+
+/** Runs `strata generate … --json` in this process; returns its token ids and text. */
+export async function strataGenerate(args: string[]): Promise<{ tokens: number[]; text: string }> {
+  let text = '';
+  const out = new Writable({
+    write(chunk, _enc, cb) {
+      text += String(chunk);
+      cb();
+    },
+  });
+  const code = await main(['generate', ...args, '--json'], out);
+  if (code !== 0) throw new Error(`strata generate ${args.join(' ')} exited ${code}`);
+  return JSON.parse(text) as { tokens: number[]; text: string };
+}
+
+/** A worker's StageStats, asked over NATS. */
+export async function workerStats(natsUrl: string, worker: string): Promise<StageStats> {
+  const nc = await connect({ servers: natsUrl });
+  try {
+    const m = await nc.request(subjects.workerStats(worker), encode(StatsRequestSchema, {}), { timeout: 5000 });
+    return decode(StageStatsSchema, m.data);
+  } finally {
+    await nc.close();
+  }
+}
