@@ -10,6 +10,7 @@ export const coordinatorSchema = {
   redisUrl: { kind: 'string', doc: 'Redis server', default: 'redis://127.0.0.1:6379' },
   workerTimeoutMs: { kind: 'int', doc: 'a worker unheard for this long is dead', default: 3000 },
   prefillChunk: { kind: 'int', doc: 'prompt tokens per micro-batch at most', default: 256 },
+  defaultMaxTokens: { kind: 'int', doc: 'tokens a request without max_tokens may generate', default: 1024 },
   stepTimeoutMs: { kind: 'int', doc: 'a step unanswered for this long fails', default: 60000 },
   seqOpTimeoutMs: { kind: 'int', doc: 'a sequence operation unanswered for this long fails', default: 5000 },
   logLevel: { kind: 'string', doc: 'debug, info, warn, error, none', default: 'info' },
@@ -23,7 +24,7 @@ export function coordinatorConfig(sources?: Sources): CoordinatorConfig {
   const c = loadConfig(coordinatorSchema, sources);
   const id = c.id ?? `c-${randomBytes(4).toString('hex')}`;
   if (!isId(id)) throw new ConfigError('bad_value', `id '${id}' must be 1-128 of A-Z a-z 0-9 _ -`, 'id');
-  for (const k of ['workerTimeoutMs', 'prefillChunk', 'stepTimeoutMs', 'seqOpTimeoutMs'] as const) {
+  for (const k of ['workerTimeoutMs', 'prefillChunk', 'defaultMaxTokens', 'stepTimeoutMs', 'seqOpTimeoutMs'] as const) {
     if (c[k] < 1) throw new ConfigError('bad_value', `${k} must be at least 1, got ${c[k]}`, k);
   }
   return { ...c, id };

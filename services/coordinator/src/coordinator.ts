@@ -51,7 +51,7 @@ export class Coordinator {
       nc.subscribe(subject, { queue, callback: (err, m) => (err ? co.#log.error('subscription', { subject, err }) : fn(m)) });
     sub(subjects.workerHeartbeat(), (m) => co.#onHeartbeat(m));
     sub(subjects.coordinatorResult(c.id), (m) => co.#onResult(m));
-    sub(subjects.coordinatorGenerate(), (m) => void co.#onGenerate(m), 'coordinator');
+    sub(subjects.coordinatorGenerate(), (m) => co.#onGenerate(m), 'coordinator');
     sub(subjects.coordinatorCancel(), (m) => co.#onCancel(m));
     sub(subjects.coordinatorCluster(), (m) => co.#onCluster(m), 'coordinator');
     co.#timer = setInterval(() => co.#tick(), Math.min(1000, c.workerTimeoutMs / 3));
@@ -64,7 +64,7 @@ export class Coordinator {
       if (e.type === 'pipeline_up') {
         this.#schedulers.set(e.pipeline.id, new PipelineScheduler(e.pipeline, {
           nc: this.#nc, resultSubject: subjects.coordinatorResult(this.id), store: this.#store, log: this.#log,
-          options: { prefillChunk: this.#c.prefillChunk, stepTimeoutMs: this.#c.stepTimeoutMs, seqOpTimeoutMs: this.#c.seqOpTimeoutMs },
+          options: { prefillChunk: this.#c.prefillChunk, stepTimeoutMs: this.#c.stepTimeoutMs, seqOpTimeoutMs: this.#c.seqOpTimeoutMs, defaultMaxTokens: this.#c.defaultMaxTokens },
         }));
         this.#log.info('pipeline up', { pipeline: e.pipeline.id, model: e.pipeline.modelId, layers: e.pipeline.stages.map((s) => `${s.l0}:${s.l1}`).join(',') });
       } else {
@@ -105,11 +105,11 @@ export class Coordinator {
     }
   }
 
-  async #onGenerate(m: Msg): Promise<void> {
+  #onGenerate(m: Msg): void {
     let reply: GenerateReply;
     try {
       const req = decode(GenerateRequestSchema, m.data, m.subject);
-      reply = await this.#admit(req);
+      reply = this.#admit(req);
     } catch (err) {
       reply = refuse('bad_request', (err as Error).message);
     }
@@ -117,15 +117,15 @@ export class Coordinator {
   }
 
   /** Checks a request and hands it to the pipeline that holds its session or is least loaded. */
-  #admit(req: GenerateRequest): Promise<GenerateReply> {
-    if (!isId(req.requestId)) return Promise.resolve(refuse('bad_request', 'a request id is 1-128 of A-Z a-z 0-9 _ -'));
-    if (req.eventsSubject !== subjects.gatewayEvents(req.requestId)) return Promise.resolve(refuse('bad_request', 'events go to the request\'s own gateway subject'));
-    if (req.prompt.length === 0) return Promise.resolve(refuse('bad_request', 'the prompt is empty'));
-    if (req.sessionId && Math.max(1, req.n) > 1) return Promise.resolve(refuse('bad_request', 'a session continues one conversation: n must be 1'));
+  #admit(req: GenerateRequest): GenerateReply {
+    if (!isId(req.requestId)) return refuse('bad_request', 'a request id is 1-128 of A-Z a-z 0-9 _ -');
+    if (req.eventsSubject !== subjects.gatewayEvents(req.requestId)) return refuse('bad_request', 'events go to the request\'s own gateway subject');
+    if (req.prompt.length === 0) return refuse('bad_request', 'the prompt is empty');
+    if (req.sessionId && Math.max(1, req.n) > 1) return refuse('bad_request', 'a session continues one conversation: n must be 1');
     const candidates = [...this.#schedulers.values()].filter((s) => s.view.modelId === req.modelId);
-    if (candidates.length === 0) return Promise.resolve(refuse('no_pipeline', `no pipeline serves model '${req.modelId}'`));
+    if (candidates.length === 0) return refuse('no_pipeline', `no pipeline serves model '${req.modelId}'`);
     const nVocab = candidates[0]!.view.stages[0]!.nVocab;
-    for (const t of req.prompt) if (t < 0 || t >= nVocab) return Promise.resolve(refuse('bad_request', `token ${t} is outside the vocabulary of ${nVocab}`));
+    for (const t of req.prompt) if (t < 0 || t >= nVocab) return refuse('bad_request', `token ${t} is outside the vocabulary of ${nVocab}`);
     const home = req.sessionId ? candidates.find((s) => s.holds(req.sessionId)) : undefined;
     const target = home ?? candidates.reduce((a, b) => (b.load < a.load ? b : a));
     return target.admit(req);

@@ -22,6 +22,8 @@ export interface SchedulerOptions {
   stepTimeoutMs: number;
   /** a sequence-operation request unanswered for this long fails (milliseconds) */
   seqOpTimeoutMs: number;
+  /** tokens a request without max_tokens may generate (cells reserved for it) */
+  defaultMaxTokens: number;
 }
 
 /** What a scheduler needs from the coordinator around it. */
@@ -74,7 +76,7 @@ export class PipelineScheduler {
   readonly #residents = new Map<string, Resident>();
   readonly #jobs: Job[] = [];
   readonly #requests = new Map<string, Request>();
-  readonly #waiting: { req: GenerateRequest; resolve: (r: GenerateReply) => void }[] = [];
+  readonly #waiting: GenerateRequest[] = [];
   readonly #inflight = new Map<bigint, InFlight>();
   readonly #maxBatch: number;
   readonly #nSeqMax: number;
@@ -123,31 +125,49 @@ export class PipelineScheduler {
     return this.#residents.has(session);
   }
 
-  /** Admits a request: it starts at once, or waits for sequences and cells to free up. */
-  admit(req: GenerateRequest): Promise<GenerateReply> {
+  /**
+   * Admits a request: refused at once (it can never run here, or its session is busy), started,
+   * or queued until sequences and cells free up. Accepted requests report failures as events.
+   */
+  admit(req: GenerateRequest): GenerateReply {
     const n = Math.max(1, req.n);
     const limit = this.capacity;
     if (req.prompt.length + Math.max(1, req.maxTokens) > limit) {
-      return Promise.resolve(refuse('context_length_exceeded', `${req.prompt.length} prompt tokens + ${req.maxTokens || 1} to generate exceed the context of ${limit}`));
+      return refuse('context_length_exceeded', `${req.prompt.length} prompt tokens + ${req.maxTokens || 1} to generate exceed the context of ${limit}`);
     }
-    if (n > this.#nSeqMax) return Promise.resolve(refuse('bad_request', `n=${n} choices exceed the ${this.#nSeqMax} sequences of a pipeline`));
-    return new Promise((resolve) => {
-      this.#waiting.push({ req, resolve });
-      this.#startWaiting();
-    });
+    if (n > this.#nSeqMax) return refuse('bad_request', `n=${n} choices exceed the ${this.#nSeqMax} sequences of a pipeline`);
+    if (this.#down) return refuse('pipeline_down', `pipeline ${this.view.id} is down`);
+    if (this.#waiting.length === 0) {
+      const r = this.#tryStart(req);
+      if (r === 'wait') this.#waiting.push(req);
+      else if (r !== 'started') return r;
+    } else {
+      this.#waiting.push(req);
+    }
+    return { $typeName: 'strata.v1.GenerateReply', accepted: true, cachedTokens: 0, pipelineId: this.view.id };
   }
 
+  /** Starts queued requests, in order, while they fit. */
   #startWaiting(): void {
     while (this.#waiting.length > 0 && !this.#down) {
-      const w = this.#waiting[0]!;
-      const r = this.#tryStart(w.req);
-      if (r === null) return;
+      const req = this.#waiting[0]!;
+      const r = this.#tryStart(req);
+      if (r === 'wait') return;
       this.#waiting.shift();
-      r.then(w.resolve, (err: unknown) => w.resolve(refuse(err instanceof CoordinatorError ? err.code : 'internal', (err as Error).message)));
+      if (r !== 'started') this.#failRequest(req, r.error!.code, r.error!.message);
     }
   }
 
-  /** cells reserved by running jobs and idle residents */
+  /** Tells the gateway every choice of a request that never started failed. */
+  #failRequest(req: GenerateRequest, code: string, message: string): void {
+    for (let index = 0; index < Math.max(1, req.n); index++) {
+      this.#d.nc.publish(req.eventsSubject, encode(GenerateEventSchema, {
+        requestId: req.requestId, index, finish: FinishReason.ERROR, error: { code, message }, promptTokens: req.prompt.length,
+      }));
+    }
+  }
+
+  /** cells reserved by jobs and idle residents */
   #reserved(): number {
     let n = 0;
     for (const j of this.#jobs) n += cellsNeeded(j);
@@ -155,74 +175,100 @@ export class PipelineScheduler {
     return n;
   }
 
-  /** Starts `req` if sequences and cells allow (evicting idle sessions); null: wait. */
-  #tryStart(req: GenerateRequest): Promise<GenerateReply> | null {
+  /**
+   * Starts `req` if sequences and cells allow, evicting idle sessions least recently used first;
+   * 'wait' when they do not allow it yet, a refusal when they never will.
+   */
+  #tryStart(req: GenerateRequest): 'started' | 'wait' | GenerateReply {
     const n = Math.max(1, req.n);
     const resident = req.sessionId ? this.#residents.get(req.sessionId) : undefined;
-    if (resident?.busy) return Promise.resolve(refuse('session_busy', `session ${req.sessionId} is answering another request`));
-    const maxTokens = req.maxTokens > 0 ? req.maxTokens : this.capacity - req.prompt.length;
+    if (resident?.busy) return refuse('session_busy', `session ${req.sessionId} is answering another request`);
+    const maxTokens = req.maxTokens > 0 ? req.maxTokens : Math.min(this.#d.options.defaultMaxTokens, this.capacity - req.prompt.length);
     let cached = 0;
     if (resident) {
       cached = commonPrefix(resident.tokens, req.prompt);
       // At least one prompt token must be evaluated to get the logits to sample from.
       if (cached === req.prompt.length) cached--;
     }
-    const need = n * maxTokens + (req.prompt.length - cached) * n;
+    const need = n * (maxTokens + req.prompt.length - cached);
     const seqsNeeded = resident ? 0 : n;
-    const evict: string[] = [];
+    const evict: Resident[] = [];
     let free = this.#free.length, room = this.capacity - this.#reserved();
+    // The session's own cells past the common prefix are removed before it starts.
+    if (resident) room += resident.tokens.length - cached;
     const idle = [...this.#residents.entries()].filter(([id, r]) => !r.busy && id !== req.sessionId).sort((a, b) => a[1].lastUsedMs - b[1].lastUsedMs);
-    for (const [id, r] of idle) {
+    for (const [, r] of idle) {
       if (free >= seqsNeeded && room >= need) break;
-      evict.push(id);
+      evict.push(r);
       free++;
       room += r.tokens.length;
     }
     if (free < seqsNeeded || room < need) {
-      if (this.#jobs.length === 0) return Promise.resolve(refuse('kv_full', `the pipeline cannot hold ${need} more cells`));
-      return null;
+      // Nothing is evicted for a request that cannot start anyway.
+      if (this.#jobs.length === 0) return refuse('kv_full', `the pipeline cannot hold ${need} more cells`);
+      return 'wait';
     }
-    const seqs: number[] = [];
+    for (const [id, r] of idle) if (evict.includes(r)) this.#residents.delete(id);
     const ops: SeqOp[] = [];
-    for (const id of evict) {
-      const r = this.#residents.get(id)!;
-      this.#residents.delete(id);
-      ops.push(seqOp(SeqOpKind.REMOVE, r.seq));
-      this.#free.push(r.seq);
-    }
+    const seqs: number[] = [];
     if (resident) {
       resident.busy = true;
       seqs.push(resident.seq);
       if (cached < resident.tokens.length) ops.push(seqOp(SeqOpKind.REMOVE, resident.seq, cached, -1));
     } else {
-      for (let i = 0; i < n; i++) seqs.push(this.#free.pop()!);
+      // Evicted sequences are emptied by this request's own operations before its first step.
+      for (let i = 0; i < n; i++) {
+        const r = evict.pop();
+        if (r) ops.push(seqOp(SeqOpKind.REMOVE, r.seq));
+        seqs.push(r ? r.seq : this.#free.pop()!);
+      }
+      // The session is here from now on: a second request of it is busy, not a second copy.
+      if (req.sessionId) this.#residents.set(req.sessionId, { seq: seqs[0]!, tokens: [], lastUsedMs: Date.now(), busy: true, epoch: 0 });
     }
     const jobs = seqs.map((seq, index) => newJob({
       requestId: req.requestId, index, sessionId: req.sessionId, seq, prompt: req.prompt.slice(cached), pos0: cached,
       sampling: { ...req.sampling!, seed: (req.sampling?.seed ?? 0) + index }, maxTokens,
     }));
+    for (const r of evict) void this.#dropSeq(r.seq);
+    this.#log.debug('start', { request: req.requestId, session: req.sessionId, seqs, cached, need, evicted: evict.length, free: [...this.#free] });
     const request: Request = { req, jobs, cached, epoch: 0, live: jobs.length };
     this.#requests.set(req.requestId, request);
-    // Reserve the cells now; tokens flow once the caches and Redis agree.
-    const start = async (): Promise<GenerateReply> => {
-      try {
-        if (ops.length > 0) await this.#seqOps(ops);
-        if (req.sessionId) {
-          request.epoch = await this.#d.store.claim(req.sessionId, this.view.id);
-          await this.#d.store.write(req.sessionId, request.epoch, cached, req.prompt.slice(cached));
-        }
-      } catch (err) {
-        for (const j of jobs) this.#free.push(j.seq);
-        if (resident) this.#residents.delete(req.sessionId);
-        this.#requests.delete(req.requestId);
-        throw err;
+    // The cells count as reserved now; tokens flow once the caches and Redis agree.
+    for (const j of jobs) j.held = true;
+    this.#jobs.push(...jobs);
+    void this.#start(request, ops);
+    return 'started';
+  }
+
+  async #start(request: Request, ops: SeqOp[]): Promise<void> {
+    const { req, jobs, cached } = request;
+    try {
+      if (ops.length > 0) await this.#seqOps(ops);
+      if (req.sessionId) {
+        request.epoch = await this.#d.store.claim(req.sessionId, this.view.id);
+        await this.#d.store.write(req.sessionId, request.epoch, cached, req.prompt.slice(cached));
+        const r = this.#residents.get(req.sessionId);
+        if (r) r.epoch = request.epoch;
       }
-      if (resident) resident.epoch = request.epoch;
-      this.#jobs.push(...jobs);
-      this.#pump();
-      return { $typeName: 'strata.v1.GenerateReply', accepted: true, cachedTokens: cached, pipelineId: this.view.id };
-    };
-    return start();
+    } catch (err) {
+      const code = err instanceof CoordinatorError ? err.code : 'internal';
+      for (const j of jobs) jobTransition(j, { type: 'failed', code, message: (err as Error).message });
+    }
+    for (const j of jobs) j.held = false;
+    this.#retireFinished();
+    this.#pump();
+  }
+
+  /** Empties a sequence on every stage and frees its id; an id whose removal failed stays out of use. */
+  async #dropSeq(seq: number): Promise<void> {
+    if (this.#down) return;
+    try {
+      await this.#seqOps([seqOp(SeqOpKind.REMOVE, seq)]);
+      this.#free.push(seq);
+    } catch (err) {
+      this.#log.error('a sequence could not be emptied; its id stays out of use', { seq, err });
+    }
+    this.#startWaiting();
   }
 
   /** Sends micro-batches while fewer than `depth` are in flight and some job is ready. */
@@ -308,26 +354,29 @@ export class PipelineScheduler {
       const request = this.#requests.get(j.requestId)!;
       this.#event(request, j, [], j.finish);
       if (--request.live === 0) this.#requests.delete(j.requestId);
-      void this.#release(j, request).catch((err: unknown) => this.#log.error('releasing a sequence failed', { seq: j.seq, err }));
+      this.#release(j, request);
     }
   }
 
-  async #release(j: Job, request: Request): Promise<void> {
-    const resident = j.sessionId ? this.#residents.get(j.sessionId) : undefined;
+  #release(j: Job, request: Request): void {
     if (j.sessionId && j.finish !== FinishReason.ERROR) {
-      const prefix = resident ? resident.tokens.slice(0, j.pos0) : [];
-      const tokens = [...prefix, ...cachedTokens(j)];
-      this.#residents.set(j.sessionId, { seq: j.seq, tokens, lastUsedMs: Date.now(), busy: false, epoch: request.epoch });
+      const prefix = this.#residents.get(j.sessionId)?.tokens.slice(0, j.pos0) ?? [];
+      this.#residents.set(j.sessionId, { seq: j.seq, tokens: [...prefix, ...cachedTokens(j)], lastUsedMs: Date.now(), busy: false, epoch: request.epoch });
+      this.#startWaiting();
     } else {
-      if (resident) this.#residents.delete(j.sessionId);
-      if (!this.#down) await this.#seqOps([seqOp(SeqOpKind.REMOVE, j.seq)]);
-      this.#free.push(j.seq);
+      if (j.sessionId) this.#residents.delete(j.sessionId);
+      void this.#dropSeq(j.seq);
     }
-    this.#startWaiting();
   }
 
   /** Cancels a request's jobs (those of `indices`, or all). */
   cancel(requestId: string, indices: readonly number[] = []): boolean {
+    const queued = this.#waiting.findIndex((r) => r.requestId === requestId);
+    if (queued >= 0) {
+      const [req] = this.#waiting.splice(queued, 1);
+      this.#failRequest(req!, 'cancelled', 'cancelled before it started');
+      return true;
+    }
     const request = this.#requests.get(requestId);
     if (!request) return false;
     for (const j of request.jobs) if (indices.length === 0 || indices.includes(j.index)) jobTransition(j, { type: 'cancel' });
@@ -353,7 +402,7 @@ export class PipelineScheduler {
       jobTransition(j, { type: 'failed', code: 'pipeline_down', message: reason });
     }
     this.#retireFinished();
-    for (const w of this.#waiting.splice(0)) w.resolve(refuse('pipeline_down', reason));
+    for (const req of this.#waiting.splice(0)) this.#failRequest(req, 'pipeline_down', reason);
     this.#residents.clear();
   }
 

@@ -31,6 +31,8 @@ export interface Job {
   awaitingToken: boolean;
   /** micro-batches in flight holding this job's tokens */
   inflight: number;
+  /** not ready yet: its sequence operations and session claim are under way */
+  held: boolean;
   cancelled: boolean;
   finish: FinishReason | null;
   /** failure code and message when finish is ERROR */
@@ -51,7 +53,7 @@ export type JobMsg =
 /** A new job. */
 export function newJob(init: Pick<Job, 'requestId' | 'index' | 'sessionId' | 'seq' | 'prompt' | 'pos0' | 'sampling' | 'maxTokens'>): Job {
   if (init.prompt.length === 0) throw new Error('a job needs at least one token to evaluate');
-  return { ...init, fed: 0, pos: init.pos0, samplerSent: false, generated: [], pending: null, awaitingToken: false, inflight: 0, cancelled: false, finish: null, error: null };
+  return { ...init, fed: 0, pos: init.pos0, samplerSent: false, generated: [], pending: null, awaitingToken: false, inflight: 0, held: false, cancelled: false, finish: null, error: null };
 }
 
 /** Position of the next token the job will feed. */
@@ -61,7 +63,7 @@ export function nextPos(j: Job): number {
 
 /** Whether the job has tokens to send now. */
 export function isReady(j: Job): boolean {
-  return j.finish === null && !j.cancelled && !j.awaitingToken && (j.fed < j.prompt.length || j.pending !== null);
+  return j.finish === null && !j.cancelled && !j.held && !j.awaitingToken && (j.fed < j.prompt.length || j.pending !== null);
 }
 
 /** Tokens the job's sequence will hold at most when it ends (cells to reserve). */

@@ -20,7 +20,7 @@ test('chat bodies: content parts, developer role, logprobs, max_completion_token
   const c = parseChat({ model: 'm', messages: [{ role: 'developer', content: 'be brief' }, { role: 'user', content: [{ type: 'text', text: 'a' }, { type: 'text', text: 'b' }] }], logprobs: true, top_logprobs: 3, max_completion_tokens: 7 });
   assert.deepEqual(c.prompt, { messages: [{ role: 'system', content: 'be brief' }, { role: 'user', content: 'ab' }] });
   assert.deepEqual([c.logprobs, c.maxTokens], [3, 7]);
-  assert.equal(parseChat({ model: 'm', messages: [{ role: 'user', content: 'x' }] }).maxTokens, 0, 'to the end of the context');
+  assert.equal(parseChat({ model: 'm', messages: [{ role: 'user', content: 'x' }] }).maxTokens, 0, 'the coordinator decides');
 });
 
 test('every bad field is a 400 naming it', () => {
