@@ -2,6 +2,7 @@
 // coordinator, workers, sampling on the last stage) against the same two stages chained in one
 // process, at 1, 8 and 32 concurrent sessions; then time to first token and time per output
 // token under a load of concurrent streaming clients.
+import { request } from 'node:http';
 import { Sampler } from '@strata/ggml';
 import { Pipeline, prefill, type LayerRange } from '@strata/model';
 import { LocalCluster } from '../../services/cli/src/local-cluster.ts';
@@ -40,30 +41,38 @@ interface StreamTiming {
   tokens: number[];
 }
 
-/** One streaming completion; records when each content chunk arrived. */
-async function streamed(url: string, model: string, prompt: number[], maxTokens: number): Promise<StreamTiming> {
+/**
+ * One streaming completion on a connection of its own (no keep-alive pool: the in-process runs
+ * between cluster runs block this process, and a pooled socket the server closed meanwhile
+ * would fail the next request); records when each token arrived.
+ */
+function streamed(url: string, model: string, prompt: number[], maxTokens: number): Promise<StreamTiming> {
   const start = performance.now();
-  const r = await fetch(`${url}/v1/completions`, {
-    method: 'POST', headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ model, prompt, max_tokens: maxTokens, temperature: 0, stream: true, logprobs: 0 }),
+  const body = JSON.stringify({ model, prompt, max_tokens: maxTokens, temperature: 0, stream: true, logprobs: 0 });
+  return new Promise((resolve, reject) => {
+    const req = request(`${url}/v1/completions`, { method: 'POST', agent: false, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+      const tokens: number[] = [];
+      let buf = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => {
+        buf += d;
+        let i;
+        while ((i = buf.indexOf('\n\n')) >= 0) {
+          const ev = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          if (!ev.startsWith('data: ') || ev === 'data: [DONE]') continue;
+          const j = JSON.parse(ev.slice(6)) as { choices: { logprobs: { tokens: string[] } | null }[]; error?: { message: string } };
+          if (j.error) return reject(new Error(j.error.message));
+          const n = j.choices[0]?.logprobs?.tokens.length ?? 0;
+          for (let k = 0; k < n; k++) tokens.push(performance.now());
+        }
+      });
+      res.on('end', () => (res.statusCode === 200 ? resolve({ start, tokens }) : reject(new Error(`HTTP ${res.statusCode}: ${buf}`))));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(body);
   });
-  if (!r.ok || !r.body) throw new Error(`HTTP ${r.status}: ${await r.text()}`);
-  const tokens: number[] = [];
-  const dec = new TextDecoder();
-  let buf = '';
-  for await (const part of r.body) {
-    buf += dec.decode(part as Uint8Array, { stream: true });
-    let i;
-    while ((i = buf.indexOf('\n\n')) >= 0) {
-      const ev = buf.slice(0, i);
-      buf = buf.slice(i + 2);
-      if (!ev.startsWith('data: ') || ev === 'data: [DONE]') continue;
-      const j = JSON.parse(ev.slice(6)) as { choices: { logprobs: { tokens: string[] } | null }[] };
-      const n = j.choices[0]?.logprobs?.tokens.length ?? 0;
-      for (let k = 0; k < n; k++) tokens.push(performance.now());
-    }
-  }
-  return { start, tokens };
 }
 
 /** Decode tokens/s of `c` concurrent streams: tokens in the window where all of them decode. */
@@ -83,26 +92,21 @@ const pct = (xs: number[], p: number) => {
 /** Runs the cluster benchmarks on `model` (12 layers); prints and returns the figures. */
 export async function runClusterBench(model: string, reps: number): Promise<unknown> {
   console.log(`\ncluster: stages ${SPLIT.map((r) => `${r.l0}:${r.l1}`).join(', ')}, one thread each, ${PROMPT}-token prompts, greedy; medians of ${reps}`);
-  // The in-process references first: their synchronous compute would stall this process's
-  // HTTP client while the cluster's connections idle.
   const counts = [1, 8, 32];
-  const local = counts.map((c) => {
-    const one: number[] = [], two: number[] = [];
-    for (let r = 0; r < reps; r++) {
-      one.push(inProcess(model, c, 1));
-      two.push(inProcess(model, c, 2));
-    }
-    return { local1: median(one), local2: median(two) };
-  });
   const cluster = await LocalCluster.start({ model, splits: [SPLIT], port: 0, threads: 1, logLevel: process.env.BENCH_LOG ?? 'error' });
   const rows: { sessions: number; nats: number; local1: number; local2: number }[] = [];
   try {
     const id = ((await (await fetch(`${cluster.url}/v1/models`)).json()) as { data: { id: string }[] }).data[0]!.id;
     await overCluster(cluster.url, id, 2); // warm-up
-    for (const [i, c] of counts.entries()) {
-      const nats: number[] = [];
-      for (let r = 0; r < reps; r++) nats.push(await overCluster(cluster.url, id, c));
-      rows.push({ sessions: c, nats: median(nats), ...local[i]! });
+    for (const c of counts) {
+      const nats: number[] = [], local1: number[] = [], local2: number[] = [];
+      // Alternate the three so that the machine's drift hits them alike.
+      for (let r = 0; r < reps; r++) {
+        nats.push(await overCluster(cluster.url, id, c));
+        local1.push(inProcess(model, c, 1));
+        local2.push(inProcess(model, c, 2));
+      }
+      rows.push({ sessions: c, nats: median(nats), local1: median(local1), local2: median(local2) });
     }
     console.log(`${'sessions'.padStart(8)} ${'over NATS'.padStart(10)} ${'1 process'.padStart(10)} ${'ratio'.padStart(6)} ${'1 proc 2T'.padStart(10)} ${'ratio'.padStart(6)}   decode tok/s`);
     for (const r of rows) {

@@ -23,6 +23,7 @@ function timeIt(fn: () => void): number {
   return performance.now() - t0;
 }
 
+function engineBench(): void {
 for (const type of opts.types) {
   const path = benchModel(type);
   const ref = LlamaReference.load(path, { nCtx: 1024, nBatch: opts.pp, threads: opts.threads });
@@ -69,6 +70,9 @@ for (const type of opts.types) {
   ref.dispose();
 }
 
+}
+
+function printEngine(): void {
 const fmt = (xs: number[]) => `${median(xs).toFixed(1).padStart(7)} ± ${std(xs).toFixed(1).padStart(5)}`;
 console.log(`\nmedian tok/s ± std over ${opts.reps} alternating repetitions; ratio = median Strata / median llama.cpp`);
 console.log(`${'model'.padEnd(22)} ${'test'.padEnd(6)} ${'strata tok/s'.padStart(16)} ${'llama.cpp tok/s'.padStart(16)}  ratio`);
@@ -76,12 +80,14 @@ for (const r of rows) {
   const ratio = median(r.strata) / median(r.llama);
   console.log(`${`llama 134M ${r.model}`.padEnd(22)} ${r.test.padEnd(6)} ${fmt(r.strata)} ${fmt(r.llama)}  ${ratio.toFixed(3)}`);
 }
+}
+
 // Sampling must cost a small fraction of a decode step: libllama's chain on a 32000-token row.
+function samplingBench(sampling: Record<string, number>): void {
 const nVocab = 32000;
 const row = new Float32Array(nVocab);
 for (let i = 0; i < nVocab; i++) row[i] = 12 * Math.sin(i * 12.9898) * Math.cos(i * 78.233);
 const stepMs = 1000 / median(rows.find((r) => r.test.startsWith('tg'))!.strata);
-const sampling: Record<string, number> = {};
 for (const [name, o] of [
   ['greedy', { temperature: 0 }],
   ['top-k 40, top-p 0.95, min-p 0.05, temp 0.8, penalties', { temperature: 0.8, topK: 40, topP: 0.95, minP: 0.05, repeatPenalty: 1.1, seed: 1 }],
@@ -99,8 +105,16 @@ for (const [name, us] of Object.entries(sampling)) {
   console.log(`  ${name.padEnd(54)} ${us.toFixed(1).padStart(7)} µs  ${((us / 1000 / stepMs) * 100).toFixed(2)}% of a step`);
 }
 
-const kv = runKvBench(opts.threads);
-const cluster = await runClusterBench(benchModel('f16'), Math.max(1, Math.min(opts.reps, 3)));
+}
+
+const sampling: Record<string, number> = {};
+if (opts.only.has('engine')) {
+  engineBench();
+  printEngine();
+  samplingBench(sampling);
+}
+const kv = opts.only.has('kv') ? runKvBench(opts.threads) : null;
+const cluster = opts.only.has('cluster') ? await runClusterBench(benchModel('f16'), Math.max(1, Math.min(opts.reps, 3))) : null;
 
 const out = join(process.cwd(), '.bench');
 mkdirSync(out, { recursive: true });
