@@ -29,6 +29,22 @@ describe('sampling', () => {
     }
   });
 
+  it('a fresh chain that replays the first samples continues exactly like the original', () => {
+    const rows = Array.from({ length: 24 }, (_, r) => Float32Array.from({ length: vocab.size }, (_, i) => 4 * Math.sin(i * 0.37 + r * 1.3) * Math.cos(i * 0.011 * (r + 1))));
+    for (const o of [SAMPLING, { ...SAMPLING, grammar: 'root ::= [a-z ]+' }]) {
+      const a = Sampler.create(vocab.size, o, vocab);
+      const drawn = rows.map((row) => a.sample(row));
+      a.dispose();
+      const b = Sampler.create(vocab.size, o, vocab);
+      b.replay(drawn.slice(0, 10));
+      assert.deepEqual(rows.slice(10).map((row) => b.sample(row)), drawn.slice(10), 'grammar' in o ? 'with a grammar' : 'seeded chain');
+      b.dispose();
+      const c = Sampler.create(vocab.size, o, vocab);
+      assert.notDeepEqual(rows.slice(10).map((row) => c.sample(row)), drawn.slice(10), 'without the replay the draws differ');
+      c.dispose();
+    }
+  });
+
   it('gives the tokens libllama gives with the same chain on its own logits', () => {
     const p = Pipeline.open({ model: path, threads: 2, ctxSize: 256 });
     const ref = LlamaReference.load(path, { nCtx: 256, threads: 2, extraBufts: false });

@@ -23,6 +23,15 @@ describe('KV state format', () => {
     assert.ok(d.v[2]!.every((b) => b === 104));
   });
 
+  it('decodes a Buffer at any offset of a larger buffer (as a network stack hands it over)', () => {
+    const b = blob();
+    const big = Buffer.alloc(b.length + 3);
+    big.set(b, 3);
+    const d = decodeState(big.subarray(3));
+    assert.deepEqual(Array.from(d.pos), [7, 8, 9]);
+    assert.ok(d.v[0]!.every((x) => x === 102));
+  });
+
   it('refuses damage anywhere, naming where', () => {
     const b = blob();
     const flip = (at: number) => { const c = b.slice(); c[at]! ^= 0x40; return c; };

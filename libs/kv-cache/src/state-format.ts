@@ -126,7 +126,9 @@ export function decodeState(blob: Uint8Array): DecodedState {
   let o = HEADER_BYTES;
   const cellBytes = blob.subarray(o, o + h.nCells * 4);
   if (crc32(cellBytes) !== dv.getUint32(o + cellBytes.length, true)) throw new KvStateError('checksum', 'KV state cell checksum mismatch');
-  const pos = new Int32Array(cellBytes.slice().buffer);
+  // A copy, aligned: the blob may be a Buffer (whose slice() is a view) at any offset of a pool.
+  const pos = new Int32Array(h.nCells);
+  new Uint8Array(pos.buffer).set(cellBytes);
   o += cellBytes.length + 4;
   const k: Uint8Array[] = [], v: Uint8Array[] = [];
   const kBytes = h.nCells * h.rowBytesK, vBytes = h.nCells * h.rowBytesV;

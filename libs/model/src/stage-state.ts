@@ -90,24 +90,27 @@ export function importStageState(stage: Stage, blob: Uint8Array | DecodedState, 
   return { layers: { l0, l1 }, cells: st.pos.length };
 }
 
-/** Cells that receive imported rows: new ones, or the sequence's own when it holds exactly these positions. */
+/**
+ * Cells that receive imported rows: new ones when the sequence holds none of the blob's
+ * positions (a first part, or positions after the ones it holds: a later round of a migration),
+ * or the sequence's own when it holds every one of them (other layers of the same cells, from a
+ * source split elsewhere). A blob that overlaps what the sequence holds only in part is refused.
+ */
 function cellsFor(stage: Stage, seq: number, pos: Int32Array): { cells: Int32Array; plan: SlotPlan | null } {
   const c = stage.cells;
-  if (c.seqCells(seq) === 0) {
-    if (pos.length === 0) return { cells: pos, plan: null };
+  if (pos.length === 0) return { cells: pos, plan: null };
+  const held = new Map<number, number>();
+  if (c.seqCells(seq) > 0) for (let i = 0; i < c.size; i++) if (c.pos[i]! >= 0 && c.hasSeq(i, seq)) held.set(c.pos[i]!, i);
+  let n = 0;
+  for (const p of pos) if (held.has(p)) n++;
+  if (n === 0) {
+    if (new Set(pos).size !== pos.length) throw new KvStateError('conflict', 'KV state holds a position twice');
     const plan = c.findSlotFor(new Int32Array(pos.length).fill(seq));
     if (!plan) throw new KvStateError('no_room', `KV state needs ${pos.length} cells, ${c.size - c.used} are free`);
     return { cells: plan.cells, plan };
   }
-  // a later part: pair the blob's cells with the sequence's cells of equal positions
-  const own: { cell: number; pos: number }[] = [];
-  for (let i = 0; i < c.size; i++) if (c.pos[i]! >= 0 && c.hasSeq(i, seq)) own.push({ cell: i, pos: c.pos[i]! });
-  const order = Array.from(pos.keys()).sort((a, b) => pos[a]! - pos[b]!);
-  own.sort((a, b) => a.pos - b.pos);
-  if (own.length !== pos.length || order.some((j, k) => pos[j] !== own[k]!.pos)) {
-    throw new KvStateError('conflict', `sequence ${seq} already holds ${own.length} other cells here; remove it before importing`);
+  if (n !== pos.length || held.size < pos.length) {
+    throw new KvStateError('conflict', `sequence ${seq} holds ${n} of the ${pos.length} positions imported; remove it before importing`);
   }
-  const cells = new Int32Array(pos.length);
-  order.forEach((j, k) => { cells[j] = own[k]!.cell; });
-  return { cells, plan: null };
+  return { cells: Int32Array.from(pos, (p) => held.get(p)!), plan: null };
 }

@@ -24,6 +24,8 @@ export const subjects = {
   workerStep: (worker: string) => `${PREFIX}.worker.step.${checkId(worker, 'worker id')}`,
   /** SeqOpRequest -> SeqOpReply */
   workerSeq: (worker: string) => `${PREFIX}.worker.seq.${checkId(worker, 'worker id')}`,
+  /** MigrateOutRequest -> MigrateOutReply: stream a sequence's state to a target stage */
+  workerMigrate: (worker: string) => `${PREFIX}.worker.migrate.${checkId(worker, 'worker id')}`,
   /** StatsRequest -> StageStats */
   workerStats: (worker: string) => `${PREFIX}.worker.stats.${checkId(worker, 'worker id')}`,
   /** GenerateRequest -> GenerateReply (queue group: the leader answers) */
@@ -32,6 +34,10 @@ export const subjects = {
   coordinatorCancel: () => `${PREFIX}.coordinator.cancel`,
   /** ClusterRequest -> ClusterState */
   coordinatorCluster: () => `${PREFIX}.coordinator.cluster`,
+  /** MigrateRequest -> MigrateReply */
+  coordinatorMigrate: () => `${PREFIX}.coordinator.migrate`,
+  /** MigrationsRequest -> MigrationList */
+  coordinatorMigrations: () => `${PREFIX}.coordinator.migrations`,
   /** StepResult from last stages to one coordinator */
   coordinatorResult: (coordinator: string) => `${PREFIX}.coordinator.result.${checkId(coordinator, 'coordinator id')}`,
   /** GenerateEvent stream of one request */

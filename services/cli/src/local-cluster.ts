@@ -31,6 +31,8 @@ export interface LocalClusterOptions {
   ctxSize?: number;
   /** K/V type of every worker (default f16) */
   kvType?: string;
+  /** K/V type per pipeline, instead of kvType */
+  kvTypes?: string[];
   /** log level of the services (default warn) */
   logLevel?: string;
   /** where Redis keeps its data (default: a fresh temporary folder, removed at stop) */
@@ -122,8 +124,8 @@ export class LocalCluster {
       c.#spawn('coordinator', 'coordinator', ['coordinator', ...common, '--redis-url', redis.url, '--id', 'coordinator', ...(o.coordinatorFlags ?? [])]);
       splits.forEach((split, p) => split.forEach((layers, s) => {
         const id = `p${p}-s${s}`;
-        c.#spawn('worker', id, ['worker', ...common, '--id', id, '--model', model, '--layers', formatRange(layers), '--threads', String(threads),
-          '--ctx-size', String(o.ctxSize ?? 4096), '--kv-type', o.kvType ?? 'f16', ...(o.workerFlags ?? [])], layers);
+        c.#spawn('worker', id, ['worker', ...common, '--id', id, '--group', `p${p}`, '--model', model, '--layers', formatRange(layers), '--threads', String(threads),
+          '--ctx-size', String(o.ctxSize ?? 4096), '--kv-type', o.kvTypes?.[p] ?? o.kvType ?? 'f16', ...(o.workerFlags ?? [])], layers);
       }));
       c.#spawn('gateway', 'gateway', ['gateway', ...common, '--model', model, '--port', String(port)]);
       await c.#ready(splits.length, o.readyTimeoutMs ?? 180_000);

@@ -7,6 +7,7 @@ import { logitsCommand } from './commands/logits.ts';
 import { modelInfo, modelSynth } from './commands/model.ts';
 import { coordinatorCommand, gatewayCommand, workerCommand } from './commands/serve.ts';
 import { upCommand } from './commands/up.ts';
+import { migrateCommand, migrationsCommand } from './commands/migrate.ts';
 import { ConfigError } from '@strata/config';
 import { UsageError } from './errors.ts';
 
@@ -27,6 +28,8 @@ commands:
   worker [--model F] [--layers 0:4] [--id W] [--nats-url U] … (strata worker --help)
   coordinator [--nats-url U] [--redis-url U] … (strata coordinator --help)
   gateway [--port 8080] [--model F] [--nats-url U] … (strata gateway --help)
+  migrate <session> [--to PIPELINE] [--wait] [--json] [--nats-url U]
+  migrations [--limit N] [--nats-url U]
 
 Without --model, the embedded default model is synthesized into ~/.cache/strata/models.
 `;
@@ -52,6 +55,10 @@ export async function main(argv: string[], out: NodeJS.WritableStream = process.
         return await coordinatorCommand(argv.slice(1), out);
       case 'gateway':
         return await gatewayCommand(argv.slice(1), out);
+      case 'migrate':
+        return await migrateCommand(argv.slice(1), out);
+      case 'migrations':
+        return await migrationsCommand(argv.slice(1), out);
       case undefined:
       case 'help':
       case '--help':

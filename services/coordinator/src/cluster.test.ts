@@ -4,8 +4,8 @@ import { create } from '@bufbuild/protobuf';
 import { StageInfoSchema } from '@strata/wire';
 import { clusterTransition, initialCluster, type ClusterMsg } from './cluster.ts';
 
-const stage = (id: string, l0: number, l1: number, fp = 'fp', started = 1n) =>
-  create(StageInfoSchema, { workerId: id, l0, l1, nLayer: 8, modelFingerprint: fp, modelId: 'm', startedAtMs: started });
+const stage = (id: string, l0: number, l1: number, fp = 'fp', started = 1n, group = '') =>
+  create(StageInfoSchema, { workerId: id, l0, l1, nLayer: 8, modelFingerprint: fp, modelId: 'm', startedAtMs: started, group });
 const hb = (info: ReturnType<typeof stage>, nowMs: number, draining = false): ClusterMsg => ({ type: 'heartbeat', info, kvCellsUsed: 0, draining, nowMs });
 const o = { workerTimeoutMs: 3000 };
 
@@ -38,4 +38,13 @@ test('a silent, restarted or draining worker takes its pipeline down; a new stag
   assert.deepEqual(run(hb(stage('b', 4, 8, 'fp', 2n), 3700)), ['pipeline_down:a~b', 'pipeline_up:a~b'], 'restart: its cache is gone');
   assert.deepEqual(run(hb(stage('a', 0, 4), 3800, true)), ['pipeline_down:a~b']);
   assert.equal(s.pipelines.size, 0);
+});
+
+test('stages chain only within their pipeline group', () => {
+  const s = initialCluster();
+  const ups: string[] = [];
+  for (const info of [stage('a0', 0, 4, 'fp', 1n, 'A'), stage('b1', 4, 8, 'fp', 1n, 'B'), stage('a1', 4, 8, 'fp', 1n, 'A'), stage('b0', 0, 4, 'fp', 1n, 'B')]) {
+    for (const e of clusterTransition(s, hb(info, 0), o).effects) ups.push(e.pipeline.id);
+  }
+  assert.deepEqual(ups, ['a0~a1', 'b0~b1']);
 });

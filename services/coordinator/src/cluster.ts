@@ -82,9 +82,9 @@ export function clusterTransition(s: ClusterState, msg: ClusterMsg, o: ClusterOp
 }
 
 /**
- * Chains free stages into pipelines: per model fingerprint, depth-first from a stage starting at
- * layer 0 through stages starting where the previous one ends, in worker-id order, so the same
- * workers always give the same pipelines.
+ * Chains free stages into pipelines: per model fingerprint and pipeline group, depth-first from a
+ * stage starting at layer 0 through stages starting where the previous one ends, in worker-id
+ * order, so the same workers always give the same pipelines.
  */
 function assemble(s: ClusterState): PipelineView[] {
   const free = [...s.workers.values()]
@@ -98,6 +98,7 @@ function assemble(s: ClusterState): PipelineView[] {
     if (path.length > 0 && at === nLayer) return path;
     for (const st of free) {
       if (used.has(st.workerId) || st.l0 !== at || st.modelFingerprint !== fp || path.includes(st)) continue;
+      if (path.length > 0 && st.group !== path[0]!.group) continue;
       if (path.length > 0 && (st.nLayer !== nLayer || st.modelId !== path[0]!.modelId)) continue;
       const r = chain(st.l1, fp, [...path, st]);
       if (r) return r;

@@ -13,19 +13,25 @@ export const coordinatorSchema = {
   defaultMaxTokens: { kind: 'int', doc: 'tokens a request without max_tokens may generate', default: 1024 },
   stepTimeoutMs: { kind: 'int', doc: 'a step unanswered for this long fails', default: 60000 },
   seqOpTimeoutMs: { kind: 'int', doc: 'a sequence operation unanswered for this long fails', default: 5000 },
+  migrationRounds: { kind: 'int', doc: 'pre-copy rounds of a migration at most', default: 3 },
+  migrationDelta: { kind: 'int', doc: 'a pre-copy round of at most this many new positions goes to the switch', default: 8 },
+  pushTimeoutMs: { kind: 'int', doc: 'a source push unanswered for this long aborts its migration', default: 120000 },
   logLevel: { kind: 'string', doc: 'debug, info, warn, error, none', default: 'info' },
 } satisfies Schema;
 
 /** A coordinator's settings, compiled and checked. */
-export type CoordinatorConfig = Omit<ConfigOf<typeof coordinatorSchema>, 'id'> & { id: string };
+export type CoordinatorConfig = Omit<ConfigOf<typeof coordinatorSchema>, 'id'> & {
+  id: string;
+  migration: { maxRounds: number; deltaPositions: number; pushTimeoutMs: number };
+};
 
 /** Reads and checks a coordinator's configuration. */
 export function coordinatorConfig(sources?: Sources): CoordinatorConfig {
   const c = loadConfig(coordinatorSchema, sources);
   const id = c.id ?? `c-${randomBytes(4).toString('hex')}`;
   if (!isId(id)) throw new ConfigError('bad_value', `id '${id}' must be 1-128 of A-Z a-z 0-9 _ -`, 'id');
-  for (const k of ['workerTimeoutMs', 'prefillChunk', 'defaultMaxTokens', 'stepTimeoutMs', 'seqOpTimeoutMs'] as const) {
+  for (const k of ['workerTimeoutMs', 'prefillChunk', 'defaultMaxTokens', 'stepTimeoutMs', 'seqOpTimeoutMs', 'migrationRounds', 'pushTimeoutMs'] as const) {
     if (c[k] < 1) throw new ConfigError('bad_value', `${k} must be at least 1, got ${c[k]}`, k);
   }
-  return { ...c, id };
+  return { ...c, id, migration: { maxRounds: c.migrationRounds, deltaPositions: c.migrationDelta, pushTimeoutMs: c.pushTimeoutMs } };
 }

@@ -3,15 +3,27 @@
 // step results to their scheduler, and answers cluster queries.
 import type { Logger } from '@strata/log';
 import {
-  CancelRequestSchema, ClusterStateSchema, GenerateReplySchema, GenerateRequestSchema, HeartbeatSchema, StepResultSchema,
-  decode, encode, isId, subjects, type GenerateReply, type GenerateRequest,
+  CancelRequestSchema, ClusterStateSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, GenerateReplySchema, GenerateRequestSchema, HeartbeatSchema, StepResultSchema,
+  decode, encode, isId, subjects, type GenerateReply, type GenerateRequest, type MigrateReply, type MigrationInfo,
 } from '@strata/wire';
 import { Redis } from 'ioredis';
 import { connect, type Msg, type NatsConnection } from 'nats';
 import { clusterTransition, initialCluster, type ClusterEffect, type ClusterState } from './cluster.ts';
 import type { CoordinatorConfig } from './config.ts';
+import { CoordinatorError } from './errors.ts';
 import { PipelineScheduler, refuse } from './pipeline-runner.ts';
+import { MigrationLedger, type MigrationRecord } from './ledger.ts';
+import { startMigration } from './migration.ts';
 import { SessionStore } from './session-store.ts';
+
+/** A ledger record on the wire. */
+function migrationInfo(r: MigrationRecord): MigrationInfo {
+  return {
+    $typeName: 'strata.v1.MigrationInfo', id: r.id, sessionId: r.session, fromPipeline: r.from, toPipeline: r.to, state: r.state, reason: r.reason,
+    error: r.error, bytes: BigInt(r.bytes), rounds: r.rounds, copyMs: r.copyMs, pauseMs: r.pauseMs, totalMs: r.totalMs, createdMs: BigInt(r.createdMs),
+    plan: r.plan, positions: r.positions,
+  };
+}
 
 /** A running coordinator. stop() is idempotent. */
 export class Coordinator {
@@ -23,6 +35,9 @@ export class Coordinator {
   readonly #log: Logger;
   readonly #cluster: ClusterState = initialCluster();
   readonly #schedulers = new Map<string, PipelineScheduler>();
+  readonly #ledger: MigrationLedger;
+  /** session -> migration under way */
+  readonly #moving = new Map<string, Promise<MigrationRecord>>();
   #timer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | null = null;
 
@@ -32,6 +47,7 @@ export class Coordinator {
     this.#nc = nc;
     this.#redis = redis;
     this.#store = new SessionStore(redis, c.id);
+    this.#ledger = new MigrationLedger(redis);
     this.#log = log.child({ coordinator: c.id });
   }
 
@@ -54,6 +70,9 @@ export class Coordinator {
     sub(subjects.coordinatorGenerate(), (m) => co.#onGenerate(m), 'coordinator');
     sub(subjects.coordinatorCancel(), (m) => co.#onCancel(m));
     sub(subjects.coordinatorCluster(), (m) => co.#onCluster(m), 'coordinator');
+    sub(subjects.coordinatorMigrate(), (m) => void co.#onMigrate(m), 'coordinator');
+    sub(subjects.coordinatorMigrations(), (m) => void co.#onMigrations(m), 'coordinator');
+    await co.#recoverMigrations();
     co.#timer = setInterval(() => co.#tick(), Math.min(1000, c.workerTimeoutMs / 3));
     co.#log.info('coordinator ready', { nats: c.natsUrl, redis: c.redisUrl });
     return co;
@@ -72,6 +91,60 @@ export class Coordinator {
         this.#schedulers.delete(e.pipeline.id);
         this.#log.warn('pipeline down', { pipeline: e.pipeline.id, reason: e.reason });
       }
+    }
+  }
+
+  /**
+   * Migrations a previous coordinator left unfinished: the epoch claim is the commit point, so one
+   * whose session is now owned by its target is done, and any other aborted. (The target's
+   * sequence is emptied when its pipeline comes up: a new coordinator clears every sequence.)
+   */
+  async #recoverMigrations(): Promise<void> {
+    for (const m of await this.#ledger.active()) {
+      const s = await this.#store.get(m.session);
+      const committed = m.state === 'switching' && s?.pipeline === m.to;
+      await this.#ledger.update(m.id, m.session, committed ? 'done' : 'aborted', committed ? {} : { error: `coordinator ${m.owner} stopped during the migration (${m.state})` });
+      this.#log.warn('finished a migration from the ledger', { migration: m.id, state: committed ? 'done' : 'aborted' });
+    }
+  }
+
+  async #onMigrate(m: Msg): Promise<void> {
+    let reply: MigrateReply;
+    try {
+      const req = decode(MigrateRequestSchema, m.data, m.subject);
+      const rec = await this.migrate(req.sessionId, req.toPipeline, req.reason || 'operator', req.wait);
+      reply = { $typeName: 'strata.v1.MigrateReply', migration: migrationInfo(rec) };
+    } catch (err) {
+      const code = err instanceof CoordinatorError ? err.code : 'bad_request';
+      reply = { $typeName: 'strata.v1.MigrateReply', error: { $typeName: 'strata.v1.Error', code, message: (err as Error).message, workerId: '' } };
+    }
+    m.respond(encode(MigrateReplySchema, reply));
+  }
+
+  /** Moves a session to `to` (or the least loaded other pipeline of its model); with `wait`, resolves when it ended. */
+  async migrate(session: string, to: string, reason: string, wait: boolean): Promise<MigrationRecord> {
+    if (!isId(session)) throw new CoordinatorError('bad_request', 'a session id is 1-128 of A-Z a-z 0-9 _ -');
+    if (this.#moving.has(session)) throw new CoordinatorError('session_busy', `session ${session} is already moving`);
+    const src = [...this.#schedulers.values()].find((s) => s.session(session) !== null);
+    if (!src) throw new CoordinatorError('not_found', `no pipeline holds session ${session}`);
+    const others = [...this.#schedulers.values()].filter((s) => s !== src && s.view.fingerprint === src.view.fingerprint);
+    const dst = to ? this.#schedulers.get(to) : others.reduce<PipelineScheduler | undefined>((a, b) => (!a || b.load < a.load ? b : a), undefined);
+    if (!dst) throw new CoordinatorError('no_pipeline', to ? `no pipeline ${to}` : `no other pipeline serves ${src.view.modelId}`);
+    if (dst === src) throw new CoordinatorError('bad_request', `session ${session} is already on ${to}`);
+    const mig = await startMigration({ nc: this.#nc, ledger: this.#ledger, store: this.#store, log: this.#log, owner: this.id, options: this.#c.migration }, session, src, dst, reason);
+    const finished = mig.finished.finally(() => this.#moving.delete(session));
+    this.#moving.set(session, finished);
+    return wait ? finished : mig.record;
+  }
+
+  async #onMigrations(m: Msg): Promise<void> {
+    try {
+      const req = decode(MigrationsRequestSchema, m.data, m.subject);
+      const list = await this.#ledger.list(Math.min(req.limit || 100, 1000));
+      m.respond(encode(MigrationListSchema, { migrations: list.map(migrationInfo) }));
+    } catch (err) {
+      this.#log.warn('migrations query failed', { err });
+      m.respond(encode(MigrationListSchema, {}));
     }
   }
 
@@ -127,7 +200,8 @@ export class Coordinator {
     const nVocab = candidates[0]!.view.stages[0]!.nVocab;
     for (const t of req.prompt) if (t < 0 || t >= nVocab) return refuse('bad_request', `token ${t} is outside the vocabulary of ${nVocab}`);
     const home = req.sessionId ? candidates.find((s) => s.holds(req.sessionId)) : undefined;
-    const target = home ?? candidates.reduce((a, b) => (b.load < a.load ? b : a));
+    // Least loaded; ties go to the lowest pipeline id, so placement is predictable.
+    const target = home ?? candidates.reduce((a, b) => (b.load < a.load || (b.load === a.load && b.view.id < a.view.id) ? b : a));
     return target.admit(req);
   }
 

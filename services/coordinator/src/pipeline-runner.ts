@@ -78,12 +78,20 @@ export class PipelineScheduler {
   readonly #requests = new Map<string, Request>();
   readonly #waiting: GenerateRequest[] = [];
   readonly #inflight = new Map<bigint, InFlight>();
+  /** sessions moving off this pipeline: they take no new request */
+  readonly #migrating = new Set<string>();
+  /** jobs on hold, waiting for their last step to come back */
+  readonly #holdWaiters = new Map<Job, () => void>();
+  /** sequences reserved for sessions moving here, and their cells */
+  readonly #incoming = new Map<number, number>();
   readonly #maxBatch: number;
   readonly #nSeqMax: number;
   /** cells every stage can hold */
   readonly capacity: number;
   #nextStep = BigInt(Date.now()) << 16n;
   #down = false;
+  /** every sequence of the stages has been emptied */
+  #clean = false;
 
   constructor(view: PipelineView, deps: SchedulerDeps) {
     this.view = view;
@@ -93,6 +101,15 @@ export class PipelineScheduler {
     this.#nSeqMax = Math.min(...view.stages.map((s) => s.nSeqMax));
     this.capacity = Math.min(...view.stages.map((s) => s.kvCells), view.stages[0]!.nCtxTrain);
     this.#free = Array.from({ length: this.#nSeqMax }, (_, i) => this.#nSeqMax - 1 - i);
+    // A new pipeline knows nothing of what its stages hold (a restarted coordinator, a stage
+    // that served another pipeline): every sequence is emptied before the first request.
+    void this.#seqOps(this.#free.map((seq) => seqOp(SeqOpKind.REMOVE, seq))).then(
+      () => {
+        this.#clean = true;
+        this.#startWaiting();
+      },
+      (err: unknown) => this.#log.error('emptying the stages of a new pipeline failed', { err }),
+    );
   }
 
   /** micro-batches kept in flight: one per stage, so every stage has work */
@@ -137,7 +154,7 @@ export class PipelineScheduler {
     }
     if (n > this.#nSeqMax) return refuse('bad_request', `n=${n} choices exceed the ${this.#nSeqMax} sequences of a pipeline`);
     if (this.#down) return refuse('pipeline_down', `pipeline ${this.view.id} is down`);
-    if (this.#waiting.length === 0) {
+    if (this.#waiting.length === 0 && this.#clean) {
       const r = this.#tryStart(req);
       if (r === 'wait') this.#waiting.push(req);
       else if (r !== 'started') return r;
@@ -149,7 +166,7 @@ export class PipelineScheduler {
 
   /** Starts queued requests, in order, while they fit. */
   #startWaiting(): void {
-    while (this.#waiting.length > 0 && !this.#down) {
+    while (this.#waiting.length > 0 && !this.#down && this.#clean) {
       const req = this.#waiting[0]!;
       const r = this.#tryStart(req);
       if (r === 'wait') return;
@@ -172,6 +189,7 @@ export class PipelineScheduler {
     let n = 0;
     for (const j of this.#jobs) n += cellsNeeded(j);
     for (const r of this.#residents.values()) if (!r.busy) n += r.tokens.length;
+    for (const c of this.#incoming.values()) n += c;
     return n;
   }
 
@@ -182,7 +200,7 @@ export class PipelineScheduler {
   #tryStart(req: GenerateRequest): 'started' | 'wait' | GenerateReply {
     const n = Math.max(1, req.n);
     const resident = req.sessionId ? this.#residents.get(req.sessionId) : undefined;
-    if (resident?.busy) return refuse('session_busy', `session ${req.sessionId} is answering another request`);
+    if (resident?.busy || this.#migrating.has(req.sessionId)) return refuse('session_busy', `session ${req.sessionId} is answering another request or moving`);
     const maxTokens = req.maxTokens > 0 ? req.maxTokens : Math.min(this.#d.options.defaultMaxTokens, this.capacity - req.prompt.length);
     let cached = 0;
     if (resident) {
@@ -290,7 +308,8 @@ export class PipelineScheduler {
       const j = e.job;
       const sampling = e.output && !j.samplerSent ? j.sampling : undefined;
       if (sampling) j.samplerSent = true;
-      entries.push({ $typeName: 'strata.v1.StepEntry', seq: j.seq, nTokens: e.tokens.length, pos0: e.pos0, output: e.output, sampling });
+      const replay = sampling ? j.replay : [];
+      entries.push({ $typeName: 'strata.v1.StepEntry', seq: j.seq, nTokens: e.tokens.length, pos0: e.pos0, output: e.output, sampling, replay });
       tokens.push(...e.tokens);
     }
     const route = this.view.stages.map((s) => s.workerId);
@@ -314,6 +333,7 @@ export class PipelineScheduler {
     for (const e of f.entries) {
       const j = e.job;
       j.inflight--;
+      if (!r.error) j.done = e.pos0 + e.tokens.length;
       let fx: JobEffect[] = [];
       if (r.error) fx = jobTransition(j, { type: 'failed', code: r.error.code, message: r.error.message });
       else if (e.output) {
@@ -321,6 +341,12 @@ export class PipelineScheduler {
         fx = t ? jobTransition(j, { type: 'sampled', token: t }) : jobTransition(j, { type: 'failed', code: 'stage_failed', message: `step ${r.stepId} returned no token for seq ${j.seq}` });
       }
       this.#effects(j, fx);
+    }
+    for (const [j, resolve] of this.#holdWaiters) {
+      if (j.inflight === 0) {
+        this.#holdWaiters.delete(j);
+        resolve();
+      }
     }
     this.#retireFinished();
     this.#pump();
@@ -361,7 +387,7 @@ export class PipelineScheduler {
   #release(j: Job, request: Request): void {
     if (j.sessionId && j.finish !== FinishReason.ERROR) {
       const prefix = this.#residents.get(j.sessionId)?.tokens.slice(0, j.pos0) ?? [];
-      this.#residents.set(j.sessionId, { seq: j.seq, tokens: [...prefix, ...cachedTokens(j)], lastUsedMs: Date.now(), busy: false, epoch: request.epoch });
+      this.#residents.set(j.sessionId, { seq: j.seq, tokens: [...prefix, ...cachedTokens(j)], lastUsedMs: Date.now(), busy: this.#migrating.has(j.sessionId), epoch: request.epoch });
       this.#startWaiting();
     } else {
       if (j.sessionId) this.#residents.delete(j.sessionId);
@@ -382,6 +408,117 @@ export class PipelineScheduler {
     for (const j of request.jobs) if (indices.length === 0 || indices.includes(j.index)) jobTransition(j, { type: 'cancel' });
     this.#retireFinished();
     return true;
+  }
+
+  /** Where a session stands here: its sequence, the positions every stage holds, its running job. */
+  session(id: string): { seq: number; done: number; job: Job | null } | null {
+    const job = this.#jobs.find((j) => j.sessionId === id) ?? null;
+    if (job) return { seq: job.seq, done: job.done, job };
+    const r = this.#residents.get(id);
+    return r ? { seq: r.seq, done: r.tokens.length, job: null } : null;
+  }
+
+  /** Marks a session as moving: no new request of it starts here until {@link endMigration}. */
+  beginMigration(id: string): void {
+    this.#migrating.add(id);
+    const r = this.#residents.get(id);
+    if (r && !this.#jobs.some((j) => j.sessionId === id)) r.busy = true;
+  }
+
+  /** Stops scheduling the session's job and waits until none of its steps is in flight. */
+  hold(id: string): Promise<void> {
+    const job = this.#jobs.find((j) => j.sessionId === id);
+    if (!job) return Promise.resolve();
+    job.held = true;
+    if (job.inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#holdWaiters.set(job, resolve));
+  }
+
+  /** The session stays here (a migration aborted): it takes requests and decodes again. */
+  endMigration(id: string): void {
+    this.#migrating.delete(id);
+    const job = this.#jobs.find((j) => j.sessionId === id);
+    if (job) job.held = false;
+    const r = this.#residents.get(id);
+    if (r && !job) r.busy = false;
+    this.#pump();
+    this.#startWaiting();
+  }
+
+  /**
+   * Reserves a sequence and `cells` cells for a session moving here, evicting idle sessions
+   * least recently used first; null when they cannot be had.
+   */
+  reserveIncoming(cells: number): number | null {
+    let room = this.capacity - this.#reserved();
+    const idle = [...this.#residents.entries()].filter(([, r]) => !r.busy).sort((a, b) => a[1].lastUsedMs - b[1].lastUsedMs);
+    const evict: [string, Resident][] = [];
+    let free = this.#free.length;
+    for (const e of idle) {
+      if (free >= 1 && room >= cells) break;
+      evict.push(e);
+      free++;
+      room += e[1].tokens.length;
+    }
+    if (free < 1 || room < cells) return null;
+    for (const [id] of evict) this.#residents.delete(id);
+    const seq = evict.length > 0 ? evict.pop()![1].seq : this.#free.pop()!;
+    for (const [, r] of evict) void this.#dropSeq(r.seq);
+    this.#incoming.set(seq, cells);
+    return seq;
+  }
+
+  /** Gives up a reservation: its sequence is emptied on every stage and freed. */
+  cancelIncoming(seq: number): Promise<void> {
+    this.#incoming.delete(seq);
+    return this.#dropSeq(seq);
+  }
+
+  /** Empties a sequence on every stage (before a session moves in). */
+  clearSeq(seq: number): Promise<void> {
+    return this.#seqOps([seqOp(SeqOpKind.REMOVE, seq)]);
+  }
+
+  /** Takes a held session off this pipeline; its sequence is emptied and freed. */
+  detach(id: string): { job: Job | null; request: Request | null; tokens: number[] } {
+    this.#migrating.delete(id);
+    const job = this.#jobs.find((j) => j.sessionId === id) ?? null;
+    const r = this.#residents.get(id);
+    this.#residents.delete(id);
+    let request: Request | null = null;
+    let seq = r?.seq ?? -1;
+    if (job) {
+      this.#jobs.splice(this.#jobs.indexOf(job), 1);
+      request = this.#requests.get(job.requestId) ?? null;
+      this.#requests.delete(job.requestId);
+      seq = job.seq;
+    }
+    if (seq >= 0) void this.#dropSeq(seq);
+    const prefix = job ? (r?.tokens ?? []).slice(0, job.pos0) : r?.tokens ?? [];
+    return { job, request, tokens: job ? [...prefix, ...cachedTokens(job)] : prefix };
+  }
+
+  /** Takes a session that moved here into the reserved sequence `seq`; its job goes on decoding. */
+  adopt(id: string, seq: number, moved: { job: Job | null; request: Request | null; tokens: number[] }, epoch: number): void {
+    this.#incoming.delete(seq);
+    const { job, request } = moved;
+    if (job && request) {
+      // The prompt tokens it fed and the samples it evaluated are now the cached prefix.
+      const tokens = moved.tokens;
+      job.seq = seq;
+      job.samplerSent = false;
+      job.replay = job.generated.map((t) => t.token);
+      job.held = false;
+      job.inflight = 0;
+      request.epoch = epoch;
+      this.#residents.set(id, { seq, tokens: tokens.slice(0, job.pos0), lastUsedMs: Date.now(), busy: true, epoch });
+      this.#requests.set(job.requestId, request);
+      this.#jobs.push(job);
+      this.#pump();
+    } else {
+      this.#residents.set(id, { seq, tokens: moved.tokens, lastUsedMs: Date.now(), busy: false, epoch });
+      this.#startWaiting();
+    }
   }
 
   /** Fails steps unanswered for too long. */

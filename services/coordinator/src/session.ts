@@ -31,8 +31,12 @@ export interface Job {
   awaitingToken: boolean;
   /** micro-batches in flight holding this job's tokens */
   inflight: number;
-  /** not ready yet: its sequence operations and session claim are under way */
+  /** not ready: its sequence operations and session claim are under way, or it is moving */
   held: boolean;
+  /** position after the last token whose step came back: what every stage holds for sure */
+  done: number;
+  /** tokens sampled for this request before it moved here, replayed into the new sampler */
+  replay: number[];
   cancelled: boolean;
   finish: FinishReason | null;
   /** failure code and message when finish is ERROR */
@@ -53,7 +57,7 @@ export type JobMsg =
 /** A new job. */
 export function newJob(init: Pick<Job, 'requestId' | 'index' | 'sessionId' | 'seq' | 'prompt' | 'pos0' | 'sampling' | 'maxTokens'>): Job {
   if (init.prompt.length === 0) throw new Error('a job needs at least one token to evaluate');
-  return { ...init, fed: 0, pos: init.pos0, samplerSent: false, generated: [], pending: null, awaitingToken: false, inflight: 0, held: false, cancelled: false, finish: null, error: null };
+  return { ...init, fed: 0, pos: init.pos0, samplerSent: false, generated: [], pending: null, awaitingToken: false, inflight: 0, held: false, done: init.pos0, replay: [], cancelled: false, finish: null, error: null };
 }
 
 /** Position of the next token the job will feed. */

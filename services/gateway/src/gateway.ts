@@ -6,7 +6,10 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { LlamaError, Vocab } from '@strata/ggml';
 import type { Logger } from '@strata/log';
-import { ClusterStateSchema, decode, encode, ClusterRequestSchema, subjects, type ClusterState } from '@strata/wire';
+import {
+  ClusterStateSchema, ClusterRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, decode, encode, isId,
+  subjects, toJson, type ClusterState, type MigrationInfo,
+} from '@strata/wire';
 import { connect, type NatsConnection } from 'nats';
 import type { GatewayConfig } from './config.ts';
 import { ApiError } from './errors.ts';
@@ -73,6 +76,11 @@ export class Gateway {
         case 'GET /readyz':
           return await this.#ready(res);
       }
+      const mig = /^\/admin\/v1\/sessions\/([^/]+)\/migrate$/.exec(path);
+      if (mig && req.method === 'POST') return await this.#migrate(req, res, decodeURIComponent(mig[1]!));
+      if (route === 'GET /admin/v1/migrations') return await this.#migrations(req, res);
+      if (route === 'GET /admin/v1/cluster') return json(res, 200, toJson(ClusterStateSchema, await this.#cluster()));
+      if (mig || ['/admin/v1/migrations', '/admin/v1/cluster'].includes(path)) throw new ApiError(405, 'method_not_allowed', `${req.method ?? ''} is not allowed on ${path}`);
       if (['/v1/completions', '/v1/chat/completions', '/v1/models', '/healthz', '/readyz'].includes(path)) {
         throw new ApiError(405, 'method_not_allowed', `${req.method ?? ''} is not allowed on ${path}`);
       }
@@ -114,6 +122,45 @@ export class Gateway {
     const n = state.pipelines.filter((p) => p.modelId === this.#c.modelId).length;
     if (n === 0) throw new ApiError(503, 'not_ready', `no pipeline serves ${this.#c.modelId} yet`);
     json(res, 200, { status: 'ready', pipelines: n });
+  }
+
+  async #migrate(req: IncomingMessage, res: ServerResponse, session: string): Promise<void> {
+    if (!isId(session)) throw new ApiError(400, 'invalid_value', 'a session id is 1-128 of A-Z a-z 0-9 _ -', 'session_id');
+    const raw = await readJson(req, this.#c.maxBodyBytes, true);
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ApiError(400, 'invalid_body', 'the body must be a JSON object');
+    const b = raw as Record<string, unknown>;
+    for (const k of Object.keys(b)) if (!['to', 'wait', 'reason'].includes(k)) throw new ApiError(400, 'unknown_parameter', `unknown parameter '${k}'`, k);
+    if (b.to !== undefined && typeof b.to !== 'string') throw new ApiError(400, 'invalid_value', "'to' is a pipeline id", 'to');
+    if (b.wait !== undefined && typeof b.wait !== 'boolean') throw new ApiError(400, 'invalid_value', "'wait' is a boolean", 'wait');
+    if (b.reason !== undefined && typeof b.reason !== 'string') throw new ApiError(400, 'invalid_value', "'reason' is a string", 'reason');
+    let reply;
+    try {
+      const m = await this.#nc.request(subjects.coordinatorMigrate(), encode(MigrateRequestSchema, {
+        sessionId: session, toPipeline: (b.to as string | undefined) ?? '', wait: (b.wait as boolean | undefined) ?? false, reason: (b.reason as string | undefined) ?? 'operator',
+      }), { timeout: this.#c.timeoutMs });
+      reply = decode(MigrateReplySchema, m.data, m.subject);
+    } catch (err) {
+      throw new ApiError(503, 'coordinator_unavailable', `no coordinator answered: ${(err as Error).message}`);
+    }
+    if (reply.error) {
+      const status = reply.error.code === 'not_found' || reply.error.code === 'no_pipeline' ? 404 : reply.error.code === 'session_busy' ? 409 : 400;
+      throw new ApiError(status, reply.error.code, reply.error.message);
+    }
+    json(res, 202, migrationJson(reply.migration!));
+  }
+
+  async #migrations(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const q = new URL(req.url ?? '/', 'http://x').searchParams.get('limit');
+    const limit = q === null ? 100 : Number(q);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new ApiError(400, 'invalid_value', "'limit' is 1-1000", 'limit');
+    let list;
+    try {
+      const m = await this.#nc.request(subjects.coordinatorMigrations(), encode(MigrationsRequestSchema, { limit }), { timeout: 5000 });
+      list = decode(MigrationListSchema, m.data, m.subject);
+    } catch (err) {
+      throw new ApiError(503, 'coordinator_unavailable', `no coordinator answered: ${(err as Error).message}`);
+    }
+    json(res, 200, { object: 'list', data: list.migrations.map(migrationJson) });
   }
 
   #grammar(spec: GenerationSpec): string {
@@ -221,6 +268,15 @@ export class Gateway {
   }
 }
 
+/** A migration as the admin API shows it. */
+function migrationJson(m: MigrationInfo): Record<string, unknown> {
+  return {
+    id: m.id, session_id: m.sessionId, from: m.fromPipeline, to: m.toPipeline, state: m.state, reason: m.reason, error: m.error || null,
+    bytes: Number(m.bytes), rounds: m.rounds, positions: m.positions, copy_ms: m.copyMs, pause_ms: m.pauseMs, total_ms: m.totalMs,
+    created: Number(m.createdMs), plan: JSON.parse(m.plan || '[]') as unknown,
+  };
+}
+
 function json(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
@@ -228,7 +284,7 @@ function json(res: ServerResponse, status: number, body: unknown): void {
 }
 
 /** Reads a JSON body of at most `limit` bytes. */
-async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
+async function readJson(req: IncomingMessage, limit: number, emptyIsObject = false): Promise<unknown> {
   const declared = Number(req.headers['content-length'] ?? 0);
   if (declared > limit) throw new ApiError(413, 'body_too_large', `the body is ${declared} bytes; at most ${limit} are taken`);
   const parts: Buffer[] = [];
@@ -239,7 +295,10 @@ async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
     parts.push(chunk as Buffer);
   }
   const text = Buffer.concat(parts).toString('utf8');
-  if (text.trim() === '') throw new ApiError(400, 'invalid_json', 'the body is empty; send a JSON object');
+  if (text.trim() === '') {
+    if (emptyIsObject) return {};
+    throw new ApiError(400, 'invalid_json', 'the body is empty; send a JSON object');
+  }
   try {
     return JSON.parse(text);
   } catch (err) {

@@ -11,6 +11,7 @@ export const workerSchema = {
   modelId: { kind: 'string', doc: 'model id clients name (default: the file name without .gguf)' },
   layers: { kind: 'string', doc: 'layer range l0:l1 this worker holds (default: every layer)' },
   id: { kind: 'string', doc: 'worker id, unique in the cluster (default: host-pid)' },
+  group: { kind: 'string', doc: 'pipeline group: this stage chains only with stages of the same group', default: '' },
   natsUrl: { kind: 'string', doc: 'NATS server', default: 'nats://127.0.0.1:4222' },
   threads: { kind: 'int', doc: 'CPU threads', default: 2 },
   device: { kind: 'string', doc: 'ggml device (CPU, CUDA0, ...)', default: 'CPU' },
@@ -18,6 +19,10 @@ export const workerSchema = {
   kvType: { kind: 'string', doc: 'K/V type: f16, f32, q8_0, q4_0', default: 'f16' },
   nSeqMax: { kind: 'int', doc: 'sequences the worker holds at once', default: 64 },
   maxBatch: { kind: 'int', doc: 'most tokens in one micro-batch', default: 512 },
+  grpcHost: { kind: 'string', doc: 'address the KvTransfer gRPC service listens on', default: '127.0.0.1' },
+  grpcPort: { kind: 'int', doc: 'port of the KvTransfer gRPC service (0: any free one)', default: 0 },
+  grpcAdvertise: { kind: 'string', doc: 'host:port other workers reach KvTransfer at (default: host:port it listens on)' },
+  transferMaxBlobBytes: { kind: 'int', doc: 'largest KV state blob a push may carry', default: 256 * 1024 * 1024 },
   heartbeatMs: { kind: 'int', doc: 'milliseconds between heartbeats', default: 1000 },
   logLevel: { kind: 'string', doc: 'debug, info, warn, error, none', default: 'info' },
 } satisfies Schema;

@@ -34,10 +34,11 @@ export class SamplerSet {
     this.#vocab = vocab;
   }
 
-  /** Starts a fresh sampler for `seq` (a new request on it). */
-  reset(seq: number, s: Sampling): void {
+  /** Starts a fresh sampler for `seq` (a new request on it), replaying what it already sampled elsewhere. */
+  reset(seq: number, s: Sampling, replay: readonly number[] = []): void {
     this.drop(seq);
     const sampler = Sampler.create(this.#nVocab, samplingOptions(s), this.#vocab ?? undefined);
+    if (replay.length > 0) sampler.replay(replay);
     this.#bySeq.set(seq, { sampler, logprobs: s.logprobs, topLogprobs: Math.min(s.topLogprobs, 20) });
   }
 

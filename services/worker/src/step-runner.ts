@@ -56,7 +56,7 @@ export class StepRunner {
         seq[i] = e.seq;
       }
       if (e.output) outputs.push(i - 1);
-      if (stage.isLast && e.sampling) this.#samplers!.reset(e.seq, e.sampling);
+      if (stage.isLast && e.sampling) this.#samplers!.reset(e.seq, e.sampling, e.replay);
       if (stage.isLast && e.output && !this.#samplers!.has(e.seq)) throw bad(`seq ${e.seq} asks for a token but has no sampling settings`);
     }
     const out = stage.eval({

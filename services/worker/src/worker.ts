@@ -6,13 +6,14 @@ import type { Logger } from '@strata/log';
 import { Stage, parseRange, readHParams } from '@strata/model';
 import { GgufFile } from '@strata/gguf';
 import {
-  HeartbeatSchema, SeqOpReplySchema, SeqOpRequestSchema, StageInputAssembler, StageStatsSchema, StepResultSchema,
+  HeartbeatSchema, MigrateOutReplySchema, MigrateOutRequestSchema, SeqOpReplySchema, SeqOpRequestSchema, StageInputAssembler, StageStatsSchema, StepResultSchema,
   decode, encode, encodeStageInput, subjects, type StageCounters, type StageInfo, type StepHeader,
 } from '@strata/wire';
 import { connect, type Msg, type NatsConnection, type Subscription } from 'nats';
 import type { WorkerConfig } from './config.ts';
 import { WorkerError } from './errors.ts';
 import { SamplerSet } from './samplers.ts';
+import { KvTransferServer, pushState } from './kv-transfer.ts';
 import { StepRunner, stepErrorCode } from './step-runner.ts';
 
 /** Steps whose chunks stop arriving for this long are dropped (milliseconds). */
@@ -28,6 +29,7 @@ export class Worker {
   readonly #samplers: SamplerSet | null;
   readonly #assembler = new StageInputAssembler();
   readonly #subs: Subscription[] = [];
+  #kv: KvTransferServer | null = null;
   readonly #io = { steps: 0n, bytesIn: 0n, bytesOut: 0n };
   #timer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | null = null;
@@ -45,7 +47,7 @@ export class Worker {
       workerId: c.id, modelFingerprint: hp.fingerprint, modelId: c.modelId, nLayer: hp.nLayer,
       l0: stage.range.l0, l1: stage.range.l1, device: c.device, kvCells: stage.cells.size, kvStreams: 1,
       nSeqMax: c.nSeqMax, maxBatch: c.maxBatch, nVocab: hp.nVocab, nEmbd: hp.nEmbd, nCtxTrain: hp.nCtxTrain,
-      startedAtMs: BigInt(Date.now()),
+      startedAtMs: BigInt(Date.now()), grpcAddress: '', kvType: c.kvTypeName, group: c.group,
     };
   }
 
@@ -74,6 +76,13 @@ export class Worker {
       throw err;
     }
     const w = new Worker(c, stage, vocab, nc, log.child({ worker: c.id }));
+    try {
+      w.#kv = await KvTransferServer.start({ host: c.grpcHost, port: c.grpcPort, workerId: c.id, nSeqMax: c.nSeqMax, stage, log: w.#log, maxBlobBytes: c.transferMaxBlobBytes, onChange: () => w.#heartbeat() });
+    } catch (err) {
+      await w.stop();
+      throw err;
+    }
+    w.info.grpcAddress = c.grpcAdvertise ?? w.#kv.address;
     w.#subscribe();
     w.#heartbeat();
     w.#timer = setInterval(() => {
@@ -98,6 +107,7 @@ export class Worker {
     const id = this.info.workerId;
     this.#subs.push(this.#nc.subscribe(subjects.workerStep(id), { callback: (err, m) => err ? this.#log.error('step subscription', { err }) : this.#onStep(m) }));
     this.#subs.push(this.#nc.subscribe(subjects.workerSeq(id), { callback: (err, m) => err ? this.#log.error('seq subscription', { err }) : this.#onSeq(m) }));
+    this.#subs.push(this.#nc.subscribe(subjects.workerMigrate(id), { callback: (err, m) => err ? this.#log.error('migrate subscription', { err }) : void this.#onMigrate(m) }));
     this.#subs.push(this.#nc.subscribe(subjects.workerStats(id), { callback: (err, m) => err ? this.#log.error('stats subscription', { err }) : this.#onStats(m) }));
   }
 
@@ -164,6 +174,22 @@ export class Worker {
     }
   }
 
+  async #onMigrate(m: Msg): Promise<void> {
+    let out;
+    try {
+      const req = decode(MigrateOutRequestSchema, m.data, m.subject);
+      const r = this.#runner.stage.range;
+      if (req.seq >= this.info.nSeqMax) throw new WorkerError('bad_request', `seq ${req.seq} is not below ${this.info.nSeqMax}`);
+      if (req.l0 >= req.l1 || req.l0 < r.l0 || req.l1 > r.l1) throw new WorkerError('bad_request', `layers ${req.l0}:${req.l1} are not within ${r.l0}:${r.l1}`);
+      if (!req.targetAddress) throw new WorkerError('bad_request', 'no target address');
+      out = await pushState(this.#runner.stage, this.info.workerId, req, this.#log);
+    } catch (err) {
+      const code = err instanceof WorkerError ? err.code : 'bad_request';
+      out = { error: { code, message: (err as Error).message, workerId: this.info.workerId } };
+    }
+    m.respond(encode(MigrateOutReplySchema, out));
+  }
+
   #onStats(m: Msg): void {
     const mem = this.#runner.stage.memory();
     const big = (r: Record<string, number>) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, BigInt(v)]));
@@ -179,6 +205,7 @@ export class Worker {
       this.#draining = true;
       clearInterval(this.#timer);
       this.#heartbeat();
+      await this.#kv?.stop();
       try {
         await this.#nc.drain();
       } catch (err) {

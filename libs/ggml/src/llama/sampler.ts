@@ -131,6 +131,29 @@ export class Sampler {
     return token;
   }
 
+  /**
+   * Brings a fresh chain to where a chain with the same settings stands after sampling `tokens`:
+   * each is drawn once over a flat row (the seeded draw consumes one random number per sample
+   * whatever the row) and then accepted (penalties, grammar). A session that moves to another
+   * worker continues with exactly the samples it would have drawn unmoved.
+   */
+  replay(tokens: ArrayLike<number>): void {
+    if (this.#greedyOnly) return;
+    const { llama: l } = native();
+    const chain = this.#ptr;
+    const n = this.nVocab;
+    for (let t = 0; t < tokens.length; t++) {
+      this.#bytes.set(this.#template);
+      const cur = this.#cur;
+      cur.data = this.#data;
+      cur.size = n;
+      cur.selected = -1;
+      cur.sorted = false;
+      l.llama_sampler_apply(chain, cur);
+      l.llama_sampler_accept(chain, tokens[t]!);
+    }
+  }
+
   /** Feeds a token that was not sampled (prompt tokens, for penalties and grammar). */
   accept(token: number): void {
     native().llama.llama_sampler_accept(this.#ptr, token);

@@ -22,7 +22,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file strata/v1/coordinator.proto.
  */
 export const file_strata_v1_coordinator: GenFile = /*@__PURE__*/
-  fileDesc("ChtzdHJhdGEvdjEvY29vcmRpbmF0b3IucHJvdG8SCXN0cmF0YS52MSLOAQoPR2VuZXJhdGVSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIQCghtb2RlbF9pZBgDIAEoCRIOCgZwcm9tcHQYBCADKAUSEgoKbWF4X3Rva2VucxgFIAEoDRIlCghzYW1wbGluZxgGIAEoCzITLnN0cmF0YS52MS5TYW1wbGluZxIJCgFuGAcgASgNEhYKDmV2ZW50c19zdWJqZWN0GAggASgJEhMKC3RyYWNlcGFyZW50GAkgASgJIm4KDUdlbmVyYXRlUmVwbHkSEAoIYWNjZXB0ZWQYASABKAgSHwoFZXJyb3IYAiABKAsyEC5zdHJhdGEudjEuRXJyb3ISFQoNY2FjaGVkX3Rva2VucxgDIAEoDRITCgtwaXBlbGluZV9pZBgEIAEoCSLTAQoNR2VuZXJhdGVFdmVudBISCgpyZXF1ZXN0X2lkGAEgASgJEg0KBWluZGV4GAIgASgNEicKBnRva2VucxgDIAMoCzIXLnN0cmF0YS52MS5TYW1wbGVkVG9rZW4SJwoGZmluaXNoGAQgASgOMhcuc3RyYXRhLnYxLkZpbmlzaFJlYXNvbhIfCgVlcnJvchgFIAEoCzIQLnN0cmF0YS52MS5FcnJvchIVCg1wcm9tcHRfdG9rZW5zGAYgASgNEhUKDWNhY2hlZF90b2tlbnMYByABKA0iNAoNQ2FuY2VsUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEg8KB2luZGljZXMYAiADKA0iEAoOQ2x1c3RlclJlcXVlc3QiogEKDFBpcGVsaW5lSW5mbxIKCgJpZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIZChFtb2RlbF9maW5nZXJwcmludBgDIAEoCRIkCgZzdGFnZXMYBCADKAsyFC5zdHJhdGEudjEuU3RhZ2VJbmZvEhAKCHNlc3Npb25zGAUgASgNEhEKCXNlcXNfdXNlZBgGIAEoDRIOCgZxdWV1ZWQYByABKA0ihgEKC1dvcmtlclN0YXRlEiMKBXN0YWdlGAEgASgLMhQuc3RyYXRhLnYxLlN0YWdlSW5mbxIVCg1rdl9jZWxsc191c2VkGAIgASgNEhQKDGxhc3Rfc2Vlbl9tcxgDIAEoBBITCgtwaXBlbGluZV9pZBgEIAEoCRIQCghkcmFpbmluZxgFIAEoCCJ7CgxDbHVzdGVyU3RhdGUSFgoOY29vcmRpbmF0b3JfaWQYASABKAkSKgoJcGlwZWxpbmVzGAIgAygLMhcuc3RyYXRhLnYxLlBpcGVsaW5lSW5mbxInCgd3b3JrZXJzGAMgAygLMhYuc3RyYXRhLnYxLldvcmtlclN0YXRlKpUBCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAISGwoXRklOSVNIX1JFQVNPTl9DQU5DRUxMRUQQAxIXChNGSU5JU0hfUkVBU09OX0VSUk9SEARiBnByb3RvMw", [file_strata_v1_common, file_strata_v1_worker]);
+  fileDesc("ChtzdHJhdGEvdjEvY29vcmRpbmF0b3IucHJvdG8SCXN0cmF0YS52MSLOAQoPR2VuZXJhdGVSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIQCghtb2RlbF9pZBgDIAEoCRIOCgZwcm9tcHQYBCADKAUSEgoKbWF4X3Rva2VucxgFIAEoDRIlCghzYW1wbGluZxgGIAEoCzITLnN0cmF0YS52MS5TYW1wbGluZxIJCgFuGAcgASgNEhYKDmV2ZW50c19zdWJqZWN0GAggASgJEhMKC3RyYWNlcGFyZW50GAkgASgJIm4KDUdlbmVyYXRlUmVwbHkSEAoIYWNjZXB0ZWQYASABKAgSHwoFZXJyb3IYAiABKAsyEC5zdHJhdGEudjEuRXJyb3ISFQoNY2FjaGVkX3Rva2VucxgDIAEoDRITCgtwaXBlbGluZV9pZBgEIAEoCSLTAQoNR2VuZXJhdGVFdmVudBISCgpyZXF1ZXN0X2lkGAEgASgJEg0KBWluZGV4GAIgASgNEicKBnRva2VucxgDIAMoCzIXLnN0cmF0YS52MS5TYW1wbGVkVG9rZW4SJwoGZmluaXNoGAQgASgOMhcuc3RyYXRhLnYxLkZpbmlzaFJlYXNvbhIfCgVlcnJvchgFIAEoCzIQLnN0cmF0YS52MS5FcnJvchIVCg1wcm9tcHRfdG9rZW5zGAYgASgNEhUKDWNhY2hlZF90b2tlbnMYByABKA0iNAoNQ2FuY2VsUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEg8KB2luZGljZXMYAiADKA0iEAoOQ2x1c3RlclJlcXVlc3QiogEKDFBpcGVsaW5lSW5mbxIKCgJpZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIZChFtb2RlbF9maW5nZXJwcmludBgDIAEoCRIkCgZzdGFnZXMYBCADKAsyFC5zdHJhdGEudjEuU3RhZ2VJbmZvEhAKCHNlc3Npb25zGAUgASgNEhEKCXNlcXNfdXNlZBgGIAEoDRIOCgZxdWV1ZWQYByABKA0ihgEKC1dvcmtlclN0YXRlEiMKBXN0YWdlGAEgASgLMhQuc3RyYXRhLnYxLlN0YWdlSW5mbxIVCg1rdl9jZWxsc191c2VkGAIgASgNEhQKDGxhc3Rfc2Vlbl9tcxgDIAEoBBITCgtwaXBlbGluZV9pZBgEIAEoCRIQCghkcmFpbmluZxgFIAEoCCJ7CgxDbHVzdGVyU3RhdGUSFgoOY29vcmRpbmF0b3JfaWQYASABKAkSKgoJcGlwZWxpbmVzGAIgAygLMhcuc3RyYXRhLnYxLlBpcGVsaW5lSW5mbxInCgd3b3JrZXJzGAMgAygLMhYuc3RyYXRhLnYxLldvcmtlclN0YXRlIlcKDk1pZ3JhdGVSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEwoLdG9fcGlwZWxpbmUYAiABKAkSDgoGcmVhc29uGAMgASgJEgwKBHdhaXQYBCABKAgiXAoMTWlncmF0ZVJlcGx5Eh8KBWVycm9yGAEgASgLMhAuc3RyYXRhLnYxLkVycm9yEisKCW1pZ3JhdGlvbhgCIAEoCzIYLnN0cmF0YS52MS5NaWdyYXRpb25JbmZvIpICCg1NaWdyYXRpb25JbmZvEgoKAmlkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSFQoNZnJvbV9waXBlbGluZRgDIAEoCRITCgt0b19waXBlbGluZRgEIAEoCRINCgVzdGF0ZRgFIAEoCRIOCgZyZWFzb24YBiABKAkSDQoFZXJyb3IYByABKAkSDQoFYnl0ZXMYCCABKAQSDgoGcm91bmRzGAkgASgNEg8KB2NvcHlfbXMYCiABKAISEAoIcGF1c2VfbXMYCyABKAISEAoIdG90YWxfbXMYDCABKAISEgoKY3JlYXRlZF9tcxgNIAEoBBIMCgRwbGFuGA4gASgJEhEKCXBvc2l0aW9ucxgPIAEoDSIiChFNaWdyYXRpb25zUmVxdWVzdBINCgVsaW1pdBgBIAEoDSI9Cg1NaWdyYXRpb25MaXN0EiwKCm1pZ3JhdGlvbnMYASADKAsyGC5zdHJhdGEudjEuTWlncmF0aW9uSW5mbyqVAQoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xFTkdUSBACEhsKF0ZJTklTSF9SRUFTT05fQ0FOQ0VMTEVEEAMSFwoTRklOSVNIX1JFQVNPTl9FUlJPUhAEYgZwcm90bzM", [file_strata_v1_common, file_strata_v1_worker]);
 
 /**
  * A completion request in tokens (the gateway tokenizes).
@@ -337,6 +337,209 @@ export type ClusterState = Message<"strata.v1.ClusterState"> & {
  */
 export const ClusterStateSchema: GenMessage<ClusterState> = /*@__PURE__*/
   messageDesc(file_strata_v1_coordinator, 7);
+
+/**
+ * Moves a session to another pipeline (strata.v1.coordinator.migrate, request/reply).
+ *
+ * @generated from message strata.v1.MigrateRequest
+ */
+export type MigrateRequest = Message<"strata.v1.MigrateRequest"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * target pipeline id; empty: the least loaded other pipeline of the model
+   *
+   * @generated from field: string to_pipeline = 2;
+   */
+  toPipeline: string;
+
+  /**
+   * why (operator, drain, rebalance); recorded in the ledger
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * answer when the migration ended instead of when it started
+   *
+   * @generated from field: bool wait = 4;
+   */
+  wait: boolean;
+};
+
+/**
+ * Describes the message strata.v1.MigrateRequest.
+ * Use `create(MigrateRequestSchema)` to create a new message.
+ */
+export const MigrateRequestSchema: GenMessage<MigrateRequest> = /*@__PURE__*/
+  messageDesc(file_strata_v1_coordinator, 8);
+
+/**
+ * The answer to a MigrateRequest.
+ *
+ * @generated from message strata.v1.MigrateReply
+ */
+export type MigrateReply = Message<"strata.v1.MigrateReply"> & {
+  /**
+   * @generated from field: strata.v1.Error error = 1;
+   */
+  error?: Error | undefined;
+
+  /**
+   * @generated from field: strata.v1.MigrationInfo migration = 2;
+   */
+  migration?: MigrationInfo | undefined;
+};
+
+/**
+ * Describes the message strata.v1.MigrateReply.
+ * Use `create(MigrateReplySchema)` to create a new message.
+ */
+export const MigrateReplySchema: GenMessage<MigrateReply> = /*@__PURE__*/
+  messageDesc(file_strata_v1_coordinator, 9);
+
+/**
+ * A migration as the Redis ledger records it.
+ *
+ * @generated from message strata.v1.MigrationInfo
+ */
+export type MigrationInfo = Message<"strata.v1.MigrationInfo"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string session_id = 2;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: string from_pipeline = 3;
+   */
+  fromPipeline: string;
+
+  /**
+   * @generated from field: string to_pipeline = 4;
+   */
+  toPipeline: string;
+
+  /**
+   * planned, copying, switching, done, aborted
+   *
+   * @generated from field: string state = 5;
+   */
+  state: string;
+
+  /**
+   * @generated from field: string reason = 6;
+   */
+  reason: string;
+
+  /**
+   * why it aborted
+   *
+   * @generated from field: string error = 7;
+   */
+  error: string;
+
+  /**
+   * @generated from field: uint64 bytes = 8;
+   */
+  bytes: bigint;
+
+  /**
+   * @generated from field: uint32 rounds = 9;
+   */
+  rounds: number;
+
+  /**
+   * milliseconds: pre-copy, the session's pause, start to end
+   *
+   * @generated from field: float copy_ms = 10;
+   */
+  copyMs: number;
+
+  /**
+   * @generated from field: float pause_ms = 11;
+   */
+  pauseMs: number;
+
+  /**
+   * @generated from field: float total_ms = 12;
+   */
+  totalMs: number;
+
+  /**
+   * @generated from field: uint64 created_ms = 13;
+   */
+  createdMs: bigint;
+
+  /**
+   * source stage -> target stage layer ranges, as JSON
+   *
+   * @generated from field: string plan = 14;
+   */
+  plan: string;
+
+  /**
+   * positions the session held when it moved
+   *
+   * @generated from field: uint32 positions = 15;
+   */
+  positions: number;
+};
+
+/**
+ * Describes the message strata.v1.MigrationInfo.
+ * Use `create(MigrationInfoSchema)` to create a new message.
+ */
+export const MigrationInfoSchema: GenMessage<MigrationInfo> = /*@__PURE__*/
+  messageDesc(file_strata_v1_coordinator, 10);
+
+/**
+ * Asks for the recent migrations (strata.v1.coordinator.migrations, request/reply).
+ *
+ * @generated from message strata.v1.MigrationsRequest
+ */
+export type MigrationsRequest = Message<"strata.v1.MigrationsRequest"> & {
+  /**
+   * most recent first, at most this many (0: 100)
+   *
+   * @generated from field: uint32 limit = 1;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message strata.v1.MigrationsRequest.
+ * Use `create(MigrationsRequestSchema)` to create a new message.
+ */
+export const MigrationsRequestSchema: GenMessage<MigrationsRequest> = /*@__PURE__*/
+  messageDesc(file_strata_v1_coordinator, 11);
+
+/**
+ * Recent migrations, most recent first.
+ *
+ * @generated from message strata.v1.MigrationList
+ */
+export type MigrationList = Message<"strata.v1.MigrationList"> & {
+  /**
+   * @generated from field: repeated strata.v1.MigrationInfo migrations = 1;
+   */
+  migrations: MigrationInfo[];
+};
+
+/**
+ * Describes the message strata.v1.MigrationList.
+ * Use `create(MigrationListSchema)` to create a new message.
+ */
+export const MigrationListSchema: GenMessage<MigrationList> = /*@__PURE__*/
+  messageDesc(file_strata_v1_coordinator, 12);
 
 /**
  * Why a choice ended.

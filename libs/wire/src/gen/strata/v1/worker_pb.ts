@@ -21,7 +21,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file strata/v1/worker.proto.
  */
 export const file_strata_v1_worker: GenFile = /*@__PURE__*/
-  fileDesc("ChZzdHJhdGEvdjEvd29ya2VyLnByb3RvEglzdHJhdGEudjEinQIKCVN0YWdlSW5mbxIRCgl3b3JrZXJfaWQYASABKAkSGQoRbW9kZWxfZmluZ2VycHJpbnQYAiABKAkSEAoIbW9kZWxfaWQYAyABKAkSDwoHbl9sYXllchgEIAEoDRIKCgJsMBgFIAEoDRIKCgJsMRgGIAEoDRIOCgZkZXZpY2UYByABKAkSEAoIa3ZfY2VsbHMYCCABKA0SEgoKa3Zfc3RyZWFtcxgJIAEoDRIRCgluX3NlcV9tYXgYCiABKA0SEQoJbWF4X2JhdGNoGAsgASgNEg8KB25fdm9jYWIYDCABKA0SDgoGbl9lbWJkGA0gASgNEhMKC25fY3R4X3RyYWluGA4gASgNEhUKDXN0YXJ0ZWRfYXRfbXMYDyABKAQirAEKCUhlYXJ0YmVhdBIjCgVzdGFnZRgBIAEoCzIULnN0cmF0YS52MS5TdGFnZUluZm8SFQoNa3ZfY2VsbHNfdXNlZBgCIAEoDRIRCglzZXF1ZW5jZXMYAyABKA0SKgoIY291bnRlcnMYBCABKAsyGC5zdHJhdGEudjEuU3RhZ2VDb3VudGVycxISCgpzZW50X2F0X21zGAUgASgEEhAKCGRyYWluaW5nGAYgASgIIq8BCg1TdGFnZUNvdW50ZXJzEg8KB2JhdGNoZXMYASABKAQSDgoGdG9rZW5zGAIgASgEEhQKDGdyYXBoX3JldXNlcxgDIAEoBBIOCgZzaGlmdHMYBCABKAQSDwoHZGVmcmFncxgFIAEoBBISCgpzd2FfcHJ1bmVkGAYgASgEEg0KBXN0ZXBzGAcgASgEEhAKCGJ5dGVzX2luGAggASgEEhEKCWJ5dGVzX291dBgJIAEoBCJvCglTdGVwRW50cnkSCwoDc2VxGAEgASgNEhAKCG5fdG9rZW5zGAIgASgNEgwKBHBvczAYAyABKA0SDgoGb3V0cHV0GAQgASgIEiUKCHNhbXBsaW5nGAUgASgLMhMuc3RyYXRhLnYxLlNhbXBsaW5nIsMBCgpTdGVwSGVhZGVyEg8KB3N0ZXBfaWQYASABKAQSEwoLcGlwZWxpbmVfaWQYAiABKAkSDQoFcm91dGUYAyADKAkSCwoDaG9wGAQgASgNEhUKDXJlcGx5X3N1YmplY3QYBSABKAkSJQoHZW50cmllcxgGIAMoCzIULnN0cmF0YS52MS5TdGVwRW50cnkSDgoGdG9rZW5zGAcgAygFEhMKC3RyYWNlcGFyZW50GAggASgJEhAKCHN0YWdlX21zGAkgAygCInEKClN0YWdlSW5wdXQSJQoGaGVhZGVyGAEgASgLMhUuc3RyYXRhLnYxLlN0ZXBIZWFkZXISDQoFY2h1bmsYAiABKA0SDgoGY2h1bmtzGAMgASgNEg8KB3N0ZXBfaWQYBCABKAQSDAoEZGF0YRgFIAEoDCIuCgxUb2tlbkxvZ3Byb2ISDQoFdG9rZW4YASABKAUSDwoHbG9ncHJvYhgCIAEoAiJuCgxTYW1wbGVkVG9rZW4SCwoDc2VxGAEgASgNEg0KBXRva2VuGAIgASgFEgsKA2VvZxgDIAEoCBIPCgdsb2dwcm9iGAQgASgCEiQKA3RvcBgFIAMoCzIXLnN0cmF0YS52MS5Ub2tlbkxvZ3Byb2IijgEKClN0ZXBSZXN1bHQSDwoHc3RlcF9pZBgBIAEoBBITCgtwaXBlbGluZV9pZBgCIAEoCRInCgZ0b2tlbnMYAyADKAsyFy5zdHJhdGEudjEuU2FtcGxlZFRva2VuEh8KBWVycm9yGAQgASgLMhAuc3RyYXRhLnYxLkVycm9yEhAKCHN0YWdlX21zGAUgAygCImwKBVNlcU9wEiIKBGtpbmQYASABKA4yFC5zdHJhdGEudjEuU2VxT3BLaW5kEgsKA3NlcRgCIAEoDRILCgNkc3QYAyABKA0SCgoCcDAYBCABKAUSCgoCcDEYBSABKAUSDQoFZGVsdGEYBiABKAUiLQoMU2VxT3BSZXF1ZXN0Eh0KA29wcxgBIAMoCzIQLnN0cmF0YS52MS5TZXFPcCJVCgpTZXFPcFJlcGx5Eh8KBWVycm9yGAEgASgLMhAuc3RyYXRhLnYxLkVycm9yEhUKDWt2X2NlbGxzX3VzZWQYAiABKA0SDwoHcG9zX21heBgDIAMoBSIOCgxTdGF0c1JlcXVlc3QixAMKClN0YWdlU3RhdHMSIwoFc3RhZ2UYASABKAsyFC5zdHJhdGEudjEuU3RhZ2VJbmZvEioKCGNvdW50ZXJzGAIgASgLMhguc3RyYXRhLnYxLlN0YWdlQ291bnRlcnMSFQoNa3ZfY2VsbHNfdXNlZBgDIAEoDRI+Cg13ZWlnaHRzX2J5dGVzGAQgAygLMicuc3RyYXRhLnYxLlN0YWdlU3RhdHMuV2VpZ2h0c0J5dGVzRW50cnkSNAoIa3ZfYnl0ZXMYBSADKAsyIi5zdHJhdGEudjEuU3RhZ2VTdGF0cy5LdkJ5dGVzRW50cnkSPgoNY29tcHV0ZV9ieXRlcxgGIAMoCzInLnN0cmF0YS52MS5TdGFnZVN0YXRzLkNvbXB1dGVCeXRlc0VudHJ5GjMKEVdlaWdodHNCeXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEaLgoMS3ZCeXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEaMwoRQ29tcHV0ZUJ5dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4ASqZAQoJU2VxT3BLaW5kEhsKF1NFUV9PUF9LSU5EX1VOU1BFQ0lGSUVEEAASFgoSU0VRX09QX0tJTkRfUkVNT1ZFEAESFAoQU0VRX09QX0tJTkRfQ09QWRACEhQKEFNFUV9PUF9LSU5EX0tFRVAQAxITCg9TRVFfT1BfS0lORF9BREQQBBIWChJTRVFfT1BfS0lORF9ESVZJREUQBWIGcHJvdG8z", [file_strata_v1_common]);
+  fileDesc("ChZzdHJhdGEvdjEvd29ya2VyLnByb3RvEglzdHJhdGEudjEi0wIKCVN0YWdlSW5mbxIRCgl3b3JrZXJfaWQYASABKAkSGQoRbW9kZWxfZmluZ2VycHJpbnQYAiABKAkSEAoIbW9kZWxfaWQYAyABKAkSDwoHbl9sYXllchgEIAEoDRIKCgJsMBgFIAEoDRIKCgJsMRgGIAEoDRIOCgZkZXZpY2UYByABKAkSEAoIa3ZfY2VsbHMYCCABKA0SEgoKa3Zfc3RyZWFtcxgJIAEoDRIRCgluX3NlcV9tYXgYCiABKA0SEQoJbWF4X2JhdGNoGAsgASgNEg8KB25fdm9jYWIYDCABKA0SDgoGbl9lbWJkGA0gASgNEhMKC25fY3R4X3RyYWluGA4gASgNEhUKDXN0YXJ0ZWRfYXRfbXMYDyABKAQSFAoMZ3JwY19hZGRyZXNzGBAgASgJEg8KB2t2X3R5cGUYESABKAkSDQoFZ3JvdXAYEiABKAkirAEKCUhlYXJ0YmVhdBIjCgVzdGFnZRgBIAEoCzIULnN0cmF0YS52MS5TdGFnZUluZm8SFQoNa3ZfY2VsbHNfdXNlZBgCIAEoDRIRCglzZXF1ZW5jZXMYAyABKA0SKgoIY291bnRlcnMYBCABKAsyGC5zdHJhdGEudjEuU3RhZ2VDb3VudGVycxISCgpzZW50X2F0X21zGAUgASgEEhAKCGRyYWluaW5nGAYgASgIIq8BCg1TdGFnZUNvdW50ZXJzEg8KB2JhdGNoZXMYASABKAQSDgoGdG9rZW5zGAIgASgEEhQKDGdyYXBoX3JldXNlcxgDIAEoBBIOCgZzaGlmdHMYBCABKAQSDwoHZGVmcmFncxgFIAEoBBISCgpzd2FfcHJ1bmVkGAYgASgEEg0KBXN0ZXBzGAcgASgEEhAKCGJ5dGVzX2luGAggASgEEhEKCWJ5dGVzX291dBgJIAEoBCJ/CglTdGVwRW50cnkSCwoDc2VxGAEgASgNEhAKCG5fdG9rZW5zGAIgASgNEgwKBHBvczAYAyABKA0SDgoGb3V0cHV0GAQgASgIEiUKCHNhbXBsaW5nGAUgASgLMhMuc3RyYXRhLnYxLlNhbXBsaW5nEg4KBnJlcGxheRgGIAMoBSLDAQoKU3RlcEhlYWRlchIPCgdzdGVwX2lkGAEgASgEEhMKC3BpcGVsaW5lX2lkGAIgASgJEg0KBXJvdXRlGAMgAygJEgsKA2hvcBgEIAEoDRIVCg1yZXBseV9zdWJqZWN0GAUgASgJEiUKB2VudHJpZXMYBiADKAsyFC5zdHJhdGEudjEuU3RlcEVudHJ5Eg4KBnRva2VucxgHIAMoBRITCgt0cmFjZXBhcmVudBgIIAEoCRIQCghzdGFnZV9tcxgJIAMoAiJxCgpTdGFnZUlucHV0EiUKBmhlYWRlchgBIAEoCzIVLnN0cmF0YS52MS5TdGVwSGVhZGVyEg0KBWNodW5rGAIgASgNEg4KBmNodW5rcxgDIAEoDRIPCgdzdGVwX2lkGAQgASgEEgwKBGRhdGEYBSABKAwiLgoMVG9rZW5Mb2dwcm9iEg0KBXRva2VuGAEgASgFEg8KB2xvZ3Byb2IYAiABKAIibgoMU2FtcGxlZFRva2VuEgsKA3NlcRgBIAEoDRINCgV0b2tlbhgCIAEoBRILCgNlb2cYAyABKAgSDwoHbG9ncHJvYhgEIAEoAhIkCgN0b3AYBSADKAsyFy5zdHJhdGEudjEuVG9rZW5Mb2dwcm9iIo4BCgpTdGVwUmVzdWx0Eg8KB3N0ZXBfaWQYASABKAQSEwoLcGlwZWxpbmVfaWQYAiABKAkSJwoGdG9rZW5zGAMgAygLMhcuc3RyYXRhLnYxLlNhbXBsZWRUb2tlbhIfCgVlcnJvchgEIAEoCzIQLnN0cmF0YS52MS5FcnJvchIQCghzdGFnZV9tcxgFIAMoAiJsCgVTZXFPcBIiCgRraW5kGAEgASgOMhQuc3RyYXRhLnYxLlNlcU9wS2luZBILCgNzZXEYAiABKA0SCwoDZHN0GAMgASgNEgoKAnAwGAQgASgFEgoKAnAxGAUgASgFEg0KBWRlbHRhGAYgASgFIi0KDFNlcU9wUmVxdWVzdBIdCgNvcHMYASADKAsyEC5zdHJhdGEudjEuU2VxT3AiVQoKU2VxT3BSZXBseRIfCgVlcnJvchgBIAEoCzIQLnN0cmF0YS52MS5FcnJvchIVCg1rdl9jZWxsc191c2VkGAIgASgNEg8KB3Bvc19tYXgYAyADKAUiDgoMU3RhdHNSZXF1ZXN0IsQDCgpTdGFnZVN0YXRzEiMKBXN0YWdlGAEgASgLMhQuc3RyYXRhLnYxLlN0YWdlSW5mbxIqCghjb3VudGVycxgCIAEoCzIYLnN0cmF0YS52MS5TdGFnZUNvdW50ZXJzEhUKDWt2X2NlbGxzX3VzZWQYAyABKA0SPgoNd2VpZ2h0c19ieXRlcxgEIAMoCzInLnN0cmF0YS52MS5TdGFnZVN0YXRzLldlaWdodHNCeXRlc0VudHJ5EjQKCGt2X2J5dGVzGAUgAygLMiIuc3RyYXRhLnYxLlN0YWdlU3RhdHMuS3ZCeXRlc0VudHJ5Ej4KDWNvbXB1dGVfYnl0ZXMYBiADKAsyJy5zdHJhdGEudjEuU3RhZ2VTdGF0cy5Db21wdXRlQnl0ZXNFbnRyeRozChFXZWlnaHRzQnl0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAQ6AjgBGi4KDEt2Qnl0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAQ6AjgBGjMKEUNvbXB1dGVCeXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEiwAEKEU1pZ3JhdGVPdXRSZXF1ZXN0EhQKDG1pZ3JhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKA0SCgoCcDAYAyABKAUSCgoCcDEYBCABKAUSCgoCbDAYBSABKA0SCgoCbDEYBiABKA0SGAoQdGFyZ2V0X3dvcmtlcl9pZBgHIAEoCRIWCg50YXJnZXRfYWRkcmVzcxgIIAEoCRISCgp0YXJnZXRfc2VxGAkgASgNEhIKCnRpbWVvdXRfbXMYCiABKA0iYQoPTWlncmF0ZU91dFJlcGx5Eh8KBWVycm9yGAEgASgLMhAuc3RyYXRhLnYxLkVycm9yEg0KBWJ5dGVzGAIgASgEEg0KBWNlbGxzGAMgASgNEg8KB3Bvc19tYXgYBCABKAUqmQEKCVNlcU9wS2luZBIbChdTRVFfT1BfS0lORF9VTlNQRUNJRklFRBAAEhYKElNFUV9PUF9LSU5EX1JFTU9WRRABEhQKEFNFUV9PUF9LSU5EX0NPUFkQAhIUChBTRVFfT1BfS0lORF9LRUVQEAMSEwoPU0VRX09QX0tJTkRfQUREEAQSFgoSU0VRX09QX0tJTkRfRElWSURFEAViBnByb3RvMw", [file_strata_v1_common]);
 
 /**
  * What a worker serves: one layer range of one model.
@@ -119,6 +119,27 @@ export type StageInfo = Message<"strata.v1.StageInfo"> & {
    * @generated from field: uint64 started_at_ms = 15;
    */
   startedAtMs: bigint;
+
+  /**
+   * host:port of the worker's KvTransfer gRPC service
+   *
+   * @generated from field: string grpc_address = 16;
+   */
+  grpcAddress: string;
+
+  /**
+   * K/V cache type (ggml type name: f16, q8_0, ...)
+   *
+   * @generated from field: string kv_type = 17;
+   */
+  kvType: string;
+
+  /**
+   * pipeline group: stages of one group chain only with each other; empty: with any ungrouped stage
+   *
+   * @generated from field: string group = 18;
+   */
+  group: string;
 };
 
 /**
@@ -275,6 +296,15 @@ export type StepEntry = Message<"strata.v1.StepEntry"> & {
    * @generated from field: strata.v1.Sampling sampling = 5;
    */
   sampling?: Sampling | undefined;
+
+  /**
+   * with sampling: tokens this request already sampled (elsewhere), replayed into the new
+   * sampler so that it continues exactly where the old one stopped (random state, penalties,
+   * grammar)
+   *
+   * @generated from field: repeated int32 replay = 6;
+   */
+  replay: number[];
 };
 
 /**
@@ -660,6 +690,114 @@ export type StageStats = Message<"strata.v1.StageStats"> & {
  */
 export const StageStatsSchema: GenMessage<StageStats> = /*@__PURE__*/
   messageDesc(file_strata_v1_worker, 13);
+
+/**
+ * Asks a source stage to stream a sequence's KV state to a target stage over KvTransfer.
+ * Subject: strata.v1.worker.migrate.<worker> (request/reply; the reply comes when the target
+ * has imported everything or the push failed).
+ *
+ * @generated from message strata.v1.MigrateOutRequest
+ */
+export type MigrateOutRequest = Message<"strata.v1.MigrateOutRequest"> & {
+  /**
+   * @generated from field: string migration_id = 1;
+   */
+  migrationId: string;
+
+  /**
+   * @generated from field: uint32 seq = 2;
+   */
+  seq: number;
+
+  /**
+   * positions [p0, p1) (p1 < 0: to the end)
+   *
+   * @generated from field: int32 p0 = 3;
+   */
+  p0: number;
+
+  /**
+   * @generated from field: int32 p1 = 4;
+   */
+  p1: number;
+
+  /**
+   * layers to send: the overlap of this stage and the target stage, half-open
+   *
+   * @generated from field: uint32 l0 = 5;
+   */
+  l0: number;
+
+  /**
+   * @generated from field: uint32 l1 = 6;
+   */
+  l1: number;
+
+  /**
+   * @generated from field: string target_worker_id = 7;
+   */
+  targetWorkerId: string;
+
+  /**
+   * @generated from field: string target_address = 8;
+   */
+  targetAddress: string;
+
+  /**
+   * @generated from field: uint32 target_seq = 9;
+   */
+  targetSeq: number;
+
+  /**
+   * the push fails when it has not ended in this many milliseconds
+   *
+   * @generated from field: uint32 timeout_ms = 10;
+   */
+  timeoutMs: number;
+};
+
+/**
+ * Describes the message strata.v1.MigrateOutRequest.
+ * Use `create(MigrateOutRequestSchema)` to create a new message.
+ */
+export const MigrateOutRequestSchema: GenMessage<MigrateOutRequest> = /*@__PURE__*/
+  messageDesc(file_strata_v1_worker, 14);
+
+/**
+ * What a source stage answers when a push ended.
+ *
+ * @generated from message strata.v1.MigrateOutReply
+ */
+export type MigrateOutReply = Message<"strata.v1.MigrateOutReply"> & {
+  /**
+   * @generated from field: strata.v1.Error error = 1;
+   */
+  error?: Error | undefined;
+
+  /**
+   * @generated from field: uint64 bytes = 2;
+   */
+  bytes: bigint;
+
+  /**
+   * @generated from field: uint32 cells = 3;
+   */
+  cells: number;
+
+  /**
+   * highest position sent (-1: none)
+   *
+   * @generated from field: int32 pos_max = 4;
+   */
+  posMax: number;
+};
+
+/**
+ * Describes the message strata.v1.MigrateOutReply.
+ * Use `create(MigrateOutReplySchema)` to create a new message.
+ */
+export const MigrateOutReplySchema: GenMessage<MigrateOutReply> = /*@__PURE__*/
+  messageDesc(file_strata_v1_worker, 15);
 
 /**
  * Kinds of sequence operation, llama.cpp's llama_memory_seq_* ones.

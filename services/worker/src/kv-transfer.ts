@@ -1,0 +1,186 @@
+// KvTransfer on a worker: the gRPC server that imports pushed KV state into this stage, and the
+// client side that exports a sequence in bounded pieces and pushes them to another stage.
+// Memory stays bounded on both sides: the source holds one piece (PIECE_POSITIONS positions of
+// its layers) at a time and waits when gRPC's flow control says the target is behind; the target
+// holds one blob at a time and imports it as soon as it is whole.
+import { once } from 'node:events';
+import { crc32 } from 'node:zlib';
+import { Server, ServerCredentials, credentials, type ServerReadableStream, type sendUnaryData, type ClientWritableStream } from '@grpc/grpc-js';
+import type { Logger } from '@strata/log';
+import type { Stage } from '@strata/model';
+import { KvStateError } from '@strata/kv-cache';
+import { KvTransfer, grpcClient, grpcService, type PushRequest, type PushResponse, type MigrateOutRequest, type MigrateOutReply } from '@strata/wire';
+import { WorkerError } from './errors.ts';
+
+/** positions exported per STKV blob */
+export const PIECE_POSITIONS = 256;
+/** bytes of a blob per gRPC message */
+export const CHUNK_BYTES = 256 * 1024;
+/** largest blob a target takes (a piece of 256 positions of any sane model fits) */
+export const MAX_BLOB_BYTES = 256 * 1024 * 1024;
+
+/** Options of {@link KvTransferServer.start}. */
+export interface KvTransferServerOptions {
+  host: string;
+  /** 0: any free port */
+  port: number;
+  workerId: string;
+  nSeqMax: number;
+  stage: Stage;
+  log: Logger;
+  /** largest blob taken, in bytes (default MAX_BLOB_BYTES) */
+  maxBlobBytes?: number;
+  /** called when a push changed the cache (imported cells, or freed them after a failure) */
+  onChange?: () => void;
+}
+
+function reply(error: { code: string; message: string } | null, cells: number, bytes: number): PushResponse {
+  return { $typeName: 'strata.v1.PushResponse', cells, bytes: BigInt(bytes), error: error ? { $typeName: 'strata.v1.Error', ...error, workerId: '' } : undefined };
+}
+
+/** The KvTransfer gRPC server of one worker. */
+export class KvTransferServer {
+  readonly #server: Server;
+  readonly #o: KvTransferServerOptions;
+  /** host:port others reach it at */
+  address = '';
+
+  private constructor(o: KvTransferServerOptions) {
+    this.#o = o;
+    this.#server = new Server({ 'grpc.max_receive_message_length': CHUNK_BYTES + 4096 });
+    this.#server.addService(grpcService(KvTransfer), { push: (call: ServerReadableStream<PushRequest, PushResponse>, cb: sendUnaryData<PushResponse>) => this.#push(call, cb) });
+  }
+
+  /** Binds and starts serving. */
+  static async start(o: KvTransferServerOptions): Promise<KvTransferServer> {
+    const s = new KvTransferServer(o);
+    const port = await new Promise<number>((resolve, reject) =>
+      s.#server.bindAsync(`${o.host}:${o.port}`, ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+    s.address = `${o.host}:${port}`;
+    return s;
+  }
+
+  #push(call: ServerReadableStream<PushRequest, PushResponse>, cb: sendUnaryData<PushResponse>): void {
+    const { stage, workerId, nSeqMax, log } = this.#o;
+    let header: PushRequest['header'];
+    let blob: Buffer[] = [];
+    let blobBytes = 0, bytes = 0, cells = 0, done = false;
+    const fail = (code: string, message: string) => {
+      if (done) return;
+      done = true;
+      log.warn('refused a KV push', { code, message, migration: header?.migrationId });
+      // The target frees what it took: the sequence is the migration's own.
+      if (header && header.targetSeq < nSeqMax) {
+        stage.seqRemove(header.targetSeq);
+        this.#o.onChange?.();
+      }
+      cb(null, reply({ code, message }, cells, bytes));
+      call.destroy();
+    };
+    call.on('data', (m: PushRequest) => {
+      if (done) return;
+      try {
+        if (!header) {
+          if (!m.header) return fail('bad_chunk', 'a push starts with its header');
+          header = m.header;
+          if (header.targetWorkerId !== workerId) return fail('wrong_worker', `pushed to '${header.targetWorkerId}', this is '${workerId}'`);
+          if (header.modelFingerprint !== stage.hp.fingerprint) return fail('model_mismatch', `the state is of model ${header.modelFingerprint}, this worker runs ${stage.hp.fingerprint}`);
+          if (header.l0 >= header.l1 || header.l0 < stage.range.l0 || header.l1 > stage.range.l1) {
+            return fail('layer_mismatch', `layers ${header.l0}:${header.l1} are not within this stage's ${stage.range.l0}:${stage.range.l1}`);
+          }
+          if (header.targetSeq >= nSeqMax) return fail('bad_chunk', `target seq ${header.targetSeq} is not below ${nSeqMax}`);
+          return;
+        }
+        if (m.header) return fail('bad_chunk', 'a second header');
+        bytes += m.data.length;
+        if ((crc32(m.data) >>> 0) !== m.crc32) return fail('checksum', `a chunk of ${m.data.length} bytes fails its CRC-32`);
+        blobBytes += m.data.length;
+        const max = this.#o.maxBlobBytes ?? MAX_BLOB_BYTES;
+        if (blobBytes > max) return fail('too_large', `a blob over ${max} bytes`);
+        blob.push(Buffer.from(m.data));
+        if (!m.endOfBlob) return;
+        const whole = Buffer.concat(blob);
+        blob = [];
+        blobBytes = 0;
+        const r = stage.importState(whole, header.targetSeq);
+        if (r.layers.l0 !== header.l0 || r.layers.l1 !== header.l1) return fail('layer_mismatch', `a blob of layers ${r.layers.l0}:${r.layers.l1} in a push of ${header.l0}:${header.l1}`);
+        cells += r.cells;
+        this.#o.onChange?.();
+      } catch (err) {
+        if (err instanceof KvStateError) return fail(err.code, err.message);
+        log.error('KV import failed', { err });
+        return fail('import_failed', (err as Error).message);
+      }
+    });
+    call.on('end', () => {
+      if (done) return;
+      done = true;
+      if (blobBytes > 0) return cb(null, reply({ code: 'truncated', message: 'the push ended inside a blob' }, cells, bytes));
+      cb(null, reply(null, cells, bytes));
+    });
+    call.on('error', (err) => {
+      if (!done) log.warn('a KV push broke off', { err, migration: header?.migrationId });
+      done = true;
+    });
+  }
+
+  /** Stops at once (pushes in progress fail on the source's side). */
+  stop(): Promise<void> {
+    return new Promise((resolve) => {
+      this.#server.tryShutdown(() => resolve());
+      setTimeout(() => this.#server.forceShutdown(), 2000).unref();
+    });
+  }
+}
+
+const Client = grpcClient(KvTransfer);
+
+/** Exports `req`'s positions and layers in pieces and pushes them to the target; resolves with the target's tally. */
+export async function pushState(stage: Stage, workerId: string, req: MigrateOutRequest, log: Logger): Promise<MigrateOutReply> {
+  const end = req.p1 < 0 ? stage.seqPosMax(req.seq) + 1 : req.p1;
+  const client = new Client(req.targetAddress, credentials.createInsecure()) as unknown as { push(options: { deadline: number }, cb: (err: Error | null, r?: PushResponse) => void): ClientWritableStream<PushRequest>; close(): void };
+  let sent = 0;
+  let callErr: Error | null = null;
+  let response: PushResponse | undefined;
+  try {
+    const call = client.push({ deadline: Date.now() + (req.timeoutMs || 120_000) }, (err, r) => {
+      callErr = err;
+      response = r;
+    });
+    const finished = new Promise<void>((resolve) => call.on('status', () => resolve()));
+    const write = async (m: Omit<PushRequest, '$typeName'>) => {
+      if (!call.write({ $typeName: 'strata.v1.PushRequest', ...m })) await Promise.race([once(call, 'drain'), finished]);
+      if (response || callErr) throw new WorkerError('push_refused', 'the target ended the push');
+    };
+    await write({
+      header: {
+        $typeName: 'strata.v1.PushHeader', migrationId: req.migrationId, modelFingerprint: stage.hp.fingerprint, targetWorkerId: req.targetWorkerId,
+        targetSeq: req.targetSeq, l0: req.l0, l1: req.l1, sourceWorkerId: workerId,
+      },
+      data: new Uint8Array(0), crc32: 0, endOfBlob: false,
+    });
+    for (let a = Math.max(0, req.p0); a < end; a += PIECE_POSITIONS) {
+      // One piece at a time: export (synchronous: the cells are those of this moment), send, next.
+      const blob = stage.exportState(req.seq, { p0: a, p1: Math.min(end, a + PIECE_POSITIONS), layers: { l0: req.l0, l1: req.l1 } });
+      for (let o = 0; o < blob.length; o += CHUNK_BYTES) {
+        const data = blob.subarray(o, Math.min(blob.length, o + CHUNK_BYTES));
+        await write({ data, crc32: crc32(data) >>> 0, endOfBlob: o + CHUNK_BYTES >= blob.length });
+        sent += data.length;
+      }
+    }
+    call.end();
+    await finished;
+    const r = response as PushResponse | undefined;
+    if (callErr || !r) throw new WorkerError('push_failed', `the push to ${req.targetWorkerId} failed: ${(callErr as Error | null)?.message ?? 'no answer'}`);
+    if (r.error) return { $typeName: 'strata.v1.MigrateOutReply', error: r.error, bytes: BigInt(sent), cells: r.cells, posMax: end - 1 };
+    return { $typeName: 'strata.v1.MigrateOutReply', bytes: BigInt(sent), cells: r.cells, posMax: end - 1 };
+  } catch (err) {
+    const r = response as PushResponse | undefined;
+    if (r?.error) return { $typeName: 'strata.v1.MigrateOutReply', error: r.error, bytes: BigInt(sent), cells: r.cells, posMax: -1 };
+    log.warn('a KV push failed', { migration: req.migrationId, err });
+    const code = err instanceof WorkerError ? err.code : 'push_failed';
+    return { $typeName: 'strata.v1.MigrateOutReply', error: { $typeName: 'strata.v1.Error', code, message: (err as Error).message, workerId }, bytes: BigInt(sent), cells: 0, posMax: -1 };
+  } finally {
+    client.close();
+  }
+}
