@@ -71,6 +71,14 @@ describe('a cluster of two workers splitting the layers', () => {
     assert.equal(usage?.completion_tokens, 20);
   });
 
+  it('a prompt longer than a prefill chunk is prefilled over several steps', async () => {
+    const prompt = Array.from({ length: 40 }, () => 'The river ran past the old mill, where the miller kept his accounts.').join(' ');
+    const ref = await strataGenerate(['--prompt', prompt, '--n-predict', '12', '--split', '0:4,4:8']);
+    const r = await client.completions.create({ model: modelId, prompt, max_tokens: 12, temperature: 0, logprobs: 0 });
+    assert.ok(r.usage!.prompt_tokens > 512, `${r.usage!.prompt_tokens} prompt tokens`);
+    assert.deepEqual(r.choices[0]!.logprobs!.tokens, ref.tokens.map(piece));
+  });
+
   it('a stop string ends the text before it', async () => {
     const ref = await strataGenerate(['--prompt', 'Once upon a time', '--n-predict', '24', '--split', '0:4,4:8']);
     const full = ref.tokens.map(piece).join('');

@@ -150,6 +150,10 @@ describe('migration faults', () => {
       assert.equal(await neu.write('s', e2, -1, [5]), true);
       const rec = await neu.get('s');
       assert.deepEqual(rec, { owner: 'coord-b', pipeline: 'p1', epoch: e2, tokens: [1, 2, 3, 5] });
+      // A long prompt's history is written whole (Lua's unpack is done in slices).
+      const long = Array.from({ length: 20_000 }, (_, i) => i);
+      assert.equal(await neu.write('s', e2, 0, long), true);
+      assert.deepEqual((await neu.get('s'))!.tokens, long);
     } finally {
       a.disconnect();
       b.disconnect();

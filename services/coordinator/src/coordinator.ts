@@ -20,7 +20,7 @@ import { SessionStore } from './session-store.ts';
 function migrationInfo(r: MigrationRecord): MigrationInfo {
   return {
     $typeName: 'strata.v1.MigrationInfo', id: r.id, sessionId: r.session, fromPipeline: r.from, toPipeline: r.to, state: r.state, reason: r.reason,
-    error: r.error, bytes: BigInt(r.bytes), rounds: r.rounds, copyMs: r.copyMs, pauseMs: r.pauseMs, totalMs: r.totalMs, createdMs: BigInt(r.createdMs),
+    error: r.error, bytes: BigInt(r.bytes), rounds: r.rounds, copyMs: r.copyMs, holdMs: r.holdMs, pauseMs: r.pauseMs, totalMs: r.totalMs, createdMs: BigInt(r.createdMs),
     plan: r.plan, positions: r.positions,
   };
 }

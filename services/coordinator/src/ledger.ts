@@ -1,7 +1,7 @@
 // The migration ledger in Redis: a hash per migration and a Redis Stream entry for every state
 // change, so operators (and a coordinator that restarts) can see what happened and why.
 //   strata:migration:<id>     hash    id, session, from, to, plan, state, reason, error, bytes,
-//                                     rounds, copy_ms, pause_ms, total_ms, created_ms, positions,
+//                                     rounds, copyMs, holdMs, pauseMs, totalMs, createdMs, positions,
 //                                     owner, target_seq
 //   strata:migrations         stream  one entry per state change: id, session, state, reason/error
 //   strata:migrations:index   zset    id by created_ms (listing, most recent first)
@@ -24,8 +24,9 @@ export interface MigrationRecord {
   error: string;
   bytes: number;
   rounds: number;
-  /** milliseconds */
+  /** milliseconds: pre-copy; waiting for the step in flight at the hold; no decoding (pause) */
   copyMs: number;
+  holdMs: number;
   pauseMs: number;
   totalMs: number;
   createdMs: number;
@@ -50,7 +51,7 @@ function fromHash(h: Record<string, string>): MigrationRecord {
   const n = (k: string) => Number(h[k] ?? 0);
   return {
     id: h.id ?? '', session: h.session ?? '', from: h.from ?? '', to: h.to ?? '', plan: h.plan ?? '[]', state: (h.state ?? 'planned') as MigrationState,
-    reason: h.reason ?? '', error: h.error ?? '', bytes: n('bytes'), rounds: n('rounds'), copyMs: n('copyMs'), pauseMs: n('pauseMs'), totalMs: n('totalMs'),
+    reason: h.reason ?? '', error: h.error ?? '', bytes: n('bytes'), rounds: n('rounds'), copyMs: n('copyMs'), holdMs: n('holdMs'), pauseMs: n('pauseMs'), totalMs: n('totalMs'),
     createdMs: n('createdMs'), positions: n('positions'), owner: h.owner ?? '', targetSeq: n('targetSeq'),
   };
 }

@@ -73,7 +73,7 @@ export async function startMigration(d: MigrationDeps, session: string, src: Pip
   const record: MigrationRecord = {
     id: `m-${randomBytes(8).toString('hex')}`, session, from: src.view.id, to: dst.view.id, state: 'planned', reason, error: '',
     plan: JSON.stringify(parts.map((p) => ({ source: p.source.workerId, target: p.target.workerId, l0: p.l0, l1: p.l1 }))),
-    bytes: 0, rounds: 0, copyMs: 0, pauseMs: 0, totalMs: 0, createdMs: Date.now(), positions: st.done, owner: d.owner, targetSeq: -1,
+    bytes: 0, rounds: 0, copyMs: 0, holdMs: 0, pauseMs: 0, totalMs: 0, createdMs: Date.now(), positions: st.done, owner: d.owner, targetSeq: -1,
   };
   await d.ledger.create(record);
   src.beginMigration(session);
@@ -108,8 +108,12 @@ async function run(d: MigrationDeps, m: MigrationRecord, parts: PlanPart[], src:
     await d.ledger.update(m.id, m.session, 'switching', { bytes: m.bytes, rounds: m.rounds, copyMs: m.copyMs });
 
     // Switch: hold the session, copy the cells written since, move ownership, resume on the target.
+    // The pause is the time the session does not decode: from its last step's return to its
+    // resumption on the target (the step in flight when the hold began still yields its token).
     const tHold = performance.now();
     await src.hold(m.session);
+    const tHeld = performance.now();
+    m.holdMs = tHeld - tHold;
     const end = src.session(m.session)?.done;
     if (end === undefined) throw new CoordinatorError('not_found', `session ${m.session} ended during the migration`);
     if (end > sent) m.bytes += await copy(d, m, parts, st.seq, targetSeq, sent, end);
@@ -117,10 +121,10 @@ async function run(d: MigrationDeps, m: MigrationRecord, parts: PlanPart[], src:
     const epoch = await d.store.claim(m.session, dst.view.id);
     switched = true;
     dst.adopt(m.session, targetSeq, src.detach(m.session), epoch);
-    m.pauseMs = performance.now() - tHold;
+    m.pauseMs = performance.now() - tHeld;
     m.totalMs = performance.now() - t0;
     m.state = 'done';
-    await d.ledger.update(m.id, m.session, 'done', { bytes: m.bytes, pauseMs: m.pauseMs, totalMs: m.totalMs, positions: m.positions });
+    await d.ledger.update(m.id, m.session, 'done', { bytes: m.bytes, holdMs: m.holdMs, pauseMs: m.pauseMs, totalMs: m.totalMs, positions: m.positions });
     d.log.info('migration done', { migration: m.id, session: m.session, from: m.from, to: m.to, bytes: m.bytes, pauseMs: m.pauseMs, totalMs: m.totalMs });
     return m;
   } catch (err) {

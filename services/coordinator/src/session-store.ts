@@ -15,7 +15,8 @@ local keep = tonumber(ARGV[2])
 if keep >= 0 then
   if keep == 0 then redis.call('DEL', KEYS[2]) else redis.call('LTRIM', KEYS[2], 0, keep - 1) end
 end
-if #ARGV > 2 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 3)) end
+-- in slices: unpack() of a long prompt would overflow Lua's stack
+for i = 3, #ARGV, 1000 do redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV))) end
 return 1`;
 
 /** A session's record. */

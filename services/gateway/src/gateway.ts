@@ -272,7 +272,7 @@ export class Gateway {
 function migrationJson(m: MigrationInfo): Record<string, unknown> {
   return {
     id: m.id, session_id: m.sessionId, from: m.fromPipeline, to: m.toPipeline, state: m.state, reason: m.reason, error: m.error || null,
-    bytes: Number(m.bytes), rounds: m.rounds, positions: m.positions, copy_ms: m.copyMs, pause_ms: m.pauseMs, total_ms: m.totalMs,
+    bytes: Number(m.bytes), rounds: m.rounds, positions: m.positions, copy_ms: m.copyMs, hold_ms: m.holdMs, pause_ms: m.pauseMs, total_ms: m.totalMs,
     created: Number(m.createdMs), plan: JSON.parse(m.plan || '[]') as unknown,
   };
 }

@@ -1,7 +1,7 @@
 // KvTransfer on a worker: the gRPC server that imports pushed KV state into this stage, and the
 // client side that exports a sequence in bounded pieces and pushes them to another stage.
-// Memory stays bounded on both sides: the source holds one piece (PIECE_POSITIONS positions of
-// its layers) at a time and waits when gRPC's flow control says the target is behind; the target
+// Memory stays bounded on both sides: the source holds one piece (about PIECE_BYTES of its rows)
+// at a time and waits when gRPC's flow control says the target is behind; the target
 // holds one blob at a time and imports it as soon as it is whole.
 import { once } from 'node:events';
 import { crc32 } from 'node:zlib';
@@ -12,8 +12,8 @@ import { KvStateError } from '@strata/kv-cache';
 import { KvTransfer, grpcClient, grpcService, type PushRequest, type PushResponse, type MigrateOutRequest, type MigrateOutReply } from '@strata/wire';
 import { WorkerError } from './errors.ts';
 
-/** positions exported per STKV blob */
-export const PIECE_POSITIONS = 256;
+/** bytes of K/V rows per exported STKV blob (a piece): few pieces, each bounded */
+export const PIECE_BYTES = 4 * 1024 * 1024;
 /** bytes of a blob per gRPC message */
 export const CHUNK_BYTES = 256 * 1024;
 /** largest blob a target takes (a piece of 256 positions of any sane model fits) */
@@ -134,11 +134,31 @@ export class KvTransferServer {
 }
 
 const Client = grpcClient(KvTransfer);
+type PushClient = { push(options: { deadline: number }, cb: (err: Error | null, r?: PushResponse) => void): ClientWritableStream<PushRequest>; close(): void };
+/** One channel per target, kept: a migration's rounds and parts reuse its connection. */
+const clients = new Map<string, PushClient>();
+
+function clientFor(address: string): PushClient {
+  let c = clients.get(address);
+  if (!c) {
+    c = new Client(address, credentials.createInsecure()) as unknown as PushClient;
+    clients.set(address, c);
+  }
+  return c;
+}
+
+/** Closes every kept channel (at shutdown). */
+export function closePushClients(): void {
+  for (const c of clients.values()) c.close();
+  clients.clear();
+}
 
 /** Exports `req`'s positions and layers in pieces and pushes them to the target; resolves with the target's tally. */
 export async function pushState(stage: Stage, workerId: string, req: MigrateOutRequest, log: Logger): Promise<MigrateOutReply> {
   const end = req.p1 < 0 ? stage.seqPosMax(req.seq) + 1 : req.p1;
-  const client = new Client(req.targetAddress, credentials.createInsecure()) as unknown as { push(options: { deadline: number }, cb: (err: Error | null, r?: PushResponse) => void): ClientWritableStream<PushRequest>; close(): void };
+  const client = clientFor(req.targetAddress);
+  const rowBytes = stage.kv.rowBytes;
+  const perPiece = Math.max(16, Math.min(4096, Math.floor(PIECE_BYTES / ((req.l1 - req.l0) * 2 * rowBytes))));
   let sent = 0;
   let callErr: Error | null = null;
   let response: PushResponse | undefined;
@@ -159,9 +179,9 @@ export async function pushState(stage: Stage, workerId: string, req: MigrateOutR
       },
       data: new Uint8Array(0), crc32: 0, endOfBlob: false,
     });
-    for (let a = Math.max(0, req.p0); a < end; a += PIECE_POSITIONS) {
+    for (let a = Math.max(0, req.p0); a < end; a += perPiece) {
       // One piece at a time: export (synchronous: the cells are those of this moment), send, next.
-      const blob = stage.exportState(req.seq, { p0: a, p1: Math.min(end, a + PIECE_POSITIONS), layers: { l0: req.l0, l1: req.l1 } });
+      const blob = stage.exportState(req.seq, { p0: a, p1: Math.min(end, a + perPiece), layers: { l0: req.l0, l1: req.l1 } });
       for (let o = 0; o < blob.length; o += CHUNK_BYTES) {
         const data = blob.subarray(o, Math.min(blob.length, o + CHUNK_BYTES));
         await write({ data, crc32: crc32(data) >>> 0, endOfBlob: o + CHUNK_BYTES >= blob.length });
@@ -180,7 +200,5 @@ export async function pushState(stage: Stage, workerId: string, req: MigrateOutR
     log.warn('a KV push failed', { migration: req.migrationId, err });
     const code = err instanceof WorkerError ? err.code : 'push_failed';
     return { $typeName: 'strata.v1.MigrateOutReply', error: { $typeName: 'strata.v1.Error', code, message: (err as Error).message, workerId }, bytes: BigInt(sent), cells: 0, posMax: -1 };
-  } finally {
-    client.close();
   }
 }

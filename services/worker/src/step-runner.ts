@@ -59,12 +59,15 @@ export class StepRunner {
       if (stage.isLast && e.sampling) this.#samplers!.reset(e.seq, e.sampling, e.replay);
       if (stage.isLast && e.output && !this.#samplers!.has(e.seq)) throw bad(`seq ${e.seq} asks for a token but has no sampling settings`);
     }
+    // A step of prompt chunks only samples nothing; the last stage still computes one row of
+    // logits (a stage outputs at least one token) and drops it: one row of the head, next to a
+    // chunk's worth of layers.
     const out = stage.eval({
       tokens: stage.isFirst ? Int32Array.from(h.tokens) : undefined,
       hidden: stage.isFirst ? undefined : hidden,
       pos,
       seq,
-      outputs: stage.isLast ? Int32Array.from(outputs) : undefined,
+      outputs: stage.isLast ? Int32Array.from(outputs.length > 0 ? outputs : [n - 1]) : undefined,
     });
     if (!stage.isLast) return { kind: 'hidden', hidden: out };
     const nVocab = stage.hp.nVocab;

@@ -13,7 +13,7 @@ import { connect, type Msg, type NatsConnection, type Subscription } from 'nats'
 import type { WorkerConfig } from './config.ts';
 import { WorkerError } from './errors.ts';
 import { SamplerSet } from './samplers.ts';
-import { KvTransferServer, pushState } from './kv-transfer.ts';
+import { KvTransferServer, closePushClients, pushState } from './kv-transfer.ts';
 import { StepRunner, stepErrorCode } from './step-runner.ts';
 
 /** Steps whose chunks stop arriving for this long are dropped (milliseconds). */
@@ -206,6 +206,7 @@ export class Worker {
       clearInterval(this.#timer);
       this.#heartbeat();
       await this.#kv?.stop();
+      closePushClients();
       try {
         await this.#nc.drain();
       } catch (err) {
