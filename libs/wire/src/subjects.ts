@@ -36,6 +36,8 @@ export const subjects = {
   coordinatorCluster: () => `${PREFIX}.coordinator.cluster`,
   /** MigrateRequest -> MigrateReply */
   coordinatorMigrate: () => `${PREFIX}.coordinator.migrate`,
+  /** DrainRequest -> DrainReply */
+  coordinatorDrain: () => `${PREFIX}.coordinator.drain`,
   /** MigrationsRequest -> MigrationList */
   coordinatorMigrations: () => `${PREFIX}.coordinator.migrations`,
   /** StepResult from last stages to one coordinator */

@@ -7,7 +7,7 @@ import { logitsCommand } from './commands/logits.ts';
 import { modelInfo, modelSynth } from './commands/model.ts';
 import { coordinatorCommand, gatewayCommand, workerCommand } from './commands/serve.ts';
 import { upCommand } from './commands/up.ts';
-import { migrateCommand, migrationsCommand } from './commands/migrate.ts';
+import { drainCommand, migrateCommand, migrationsCommand } from './commands/migrate.ts';
 import { ConfigError } from '@strata/config';
 import { UsageError } from './errors.ts';
 
@@ -30,6 +30,7 @@ commands:
   gateway [--port 8080] [--model F] [--nats-url U] … (strata gateway --help)
   migrate <session> [--to PIPELINE] [--wait] [--json] [--nats-url U]
   migrations [--limit N] [--nats-url U]
+  drain <worker> [--nats-url U]
 
 Without --model, the embedded default model is synthesized into ~/.cache/strata/models.
 `;
@@ -59,6 +60,8 @@ export async function main(argv: string[], out: NodeJS.WritableStream = process.
         return await migrateCommand(argv.slice(1), out);
       case 'migrations':
         return await migrationsCommand(argv.slice(1), out);
+      case 'drain':
+        return await drainCommand(argv.slice(1), out);
       case undefined:
       case 'help':
       case '--help':

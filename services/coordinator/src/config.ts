@@ -16,6 +16,8 @@ export const coordinatorSchema = {
   migrationRounds: { kind: 'int', doc: 'pre-copy rounds of a migration at most', default: 3 },
   migrationDelta: { kind: 'int', doc: 'a pre-copy round of at most this many new positions goes to the switch', default: 8 },
   pushTimeoutMs: { kind: 'int', doc: 'a source push unanswered for this long aborts its migration', default: 120000 },
+  rebalanceHigh: { kind: 'number', doc: 'a worker whose KV occupancy passes this (0..1) sheds a session; 0: no rebalancer', default: 0.9 },
+  rebalanceLow: { kind: 'number', doc: 'sessions shed go to a pipeline whose occupancy is below this (0..1)', default: 0.7 },
   logLevel: { kind: 'string', doc: 'debug, info, warn, error, none', default: 'info' },
 } satisfies Schema;
 
@@ -33,5 +35,6 @@ export function coordinatorConfig(sources?: Sources): CoordinatorConfig {
   for (const k of ['workerTimeoutMs', 'prefillChunk', 'defaultMaxTokens', 'stepTimeoutMs', 'seqOpTimeoutMs', 'migrationRounds', 'pushTimeoutMs'] as const) {
     if (c[k] < 1) throw new ConfigError('bad_value', `${k} must be at least 1, got ${c[k]}`, k);
   }
+  if (c.rebalanceHigh < 0 || c.rebalanceHigh > 1 || c.rebalanceLow < 0 || c.rebalanceLow > 1) throw new ConfigError('bad_value', 'rebalanceHigh and rebalanceLow are fractions 0..1', 'rebalanceHigh');
   return { ...c, id, migration: { maxRounds: c.migrationRounds, deltaPositions: c.migrationDelta, pushTimeoutMs: c.pushTimeoutMs } };
 }

@@ -3,8 +3,8 @@
 // step results to their scheduler, and answers cluster queries.
 import type { Logger } from '@strata/log';
 import {
-  CancelRequestSchema, ClusterStateSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, GenerateReplySchema, GenerateRequestSchema, HeartbeatSchema, StepResultSchema,
-  decode, encode, isId, subjects, type GenerateReply, type GenerateRequest, type MigrateReply, type MigrationInfo,
+  CancelRequestSchema, ClusterStateSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, GenerateReplySchema, GenerateRequestSchema, HeartbeatSchema, StepResultSchema,
+  decode, encode, isId, subjects, type GenerateReply, type GenerateRequest, type DrainReply, type MigrateReply, type MigrationInfo,
 } from '@strata/wire';
 import { Redis } from 'ioredis';
 import { connect, type Msg, type NatsConnection } from 'nats';
@@ -72,6 +72,7 @@ export class Coordinator {
     sub(subjects.coordinatorCluster(), (m) => co.#onCluster(m), 'coordinator');
     sub(subjects.coordinatorMigrate(), (m) => void co.#onMigrate(m), 'coordinator');
     sub(subjects.coordinatorMigrations(), (m) => void co.#onMigrations(m), 'coordinator');
+    sub(subjects.coordinatorDrain(), (m) => void co.#onDrain(m), 'coordinator');
     await co.#recoverMigrations();
     co.#timer = setInterval(() => co.#tick(), Math.min(1000, c.workerTimeoutMs / 3));
     co.#log.info('coordinator ready', { nats: c.natsUrl, redis: c.redisUrl });
@@ -137,6 +138,79 @@ export class Coordinator {
     return wait ? finished : mig.record;
   }
 
+  async #onDrain(m: Msg): Promise<void> {
+    let reply: DrainReply;
+    try {
+      const req = decode(DrainRequestSchema, m.data, m.subject);
+      reply = await this.drain(req.workerId);
+    } catch (err) {
+      const code = err instanceof CoordinatorError ? err.code : 'bad_request';
+      reply = { $typeName: 'strata.v1.DrainReply', pipelineId: '', migrations: [], waited: 0, failed: 0, error: { $typeName: 'strata.v1.Error', code, message: (err as Error).message, workerId: '' } };
+    }
+    m.respond(encode(DrainReplySchema, reply));
+  }
+
+  /**
+   * Moves every session off the pipeline of `workerId` and waits for its one-off requests, so the
+   * worker can stop: the pipeline takes no new request from now on.
+   */
+  async drain(workerId: string): Promise<DrainReply> {
+    const pid = this.#cluster.memberOf.get(workerId);
+    const src = pid === undefined ? undefined : this.#schedulers.get(pid);
+    if (!src) throw new CoordinatorError('not_found', `worker ${workerId} is in no pipeline`);
+    src.draining = true;
+    this.#log.info('draining', { pipeline: src.view.id, worker: workerId });
+    const records: MigrationRecord[] = [];
+    for (const session of src.sessionIds()) {
+      const moving = this.#moving.get(session);
+      if (moving) {
+        records.push(await moving);
+        continue;
+      }
+      try {
+        records.push(await this.migrate(session, '', `drain ${workerId}`, true));
+      } catch (err) {
+        this.#log.warn('a session could not leave a draining pipeline', { session, err });
+      }
+    }
+    let waited = 0;
+    for (let i = 0; src.oneOff > 0 && i < 600; i++) {
+      waited = Math.max(waited, src.oneOff);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const failed = src.sessionIds().length;
+    return { $typeName: 'strata.v1.DrainReply', pipelineId: src.view.id, migrations: records.map(migrationInfo), waited, failed };
+  }
+
+  /**
+   * The rebalancer: when a worker's KV occupancy passes the high watermark, the largest session of
+   * its pipeline that fits moves to the emptiest other pipeline of the model, so long as that one
+   * stays below the low watermark with it.
+   */
+  #rebalance(): void {
+    const { rebalanceHigh: high, rebalanceLow: low } = this.#c;
+    if (high <= 0 || this.#moving.size > 0) return;
+    const occupancy = (s: PipelineScheduler) => Math.max(...s.view.stages.map((st) => {
+      const w = this.#cluster.workers.get(st.workerId);
+      return w && st.kvCells > 0 ? w.kvCellsUsed / st.kvCells : 0;
+    }));
+    for (const src of this.#schedulers.values()) {
+      if (src.draining || occupancy(src) < high) continue;
+      const dst = [...this.#schedulers.values()]
+        .filter((s) => s !== src && !s.draining && s.view.fingerprint === src.view.fingerprint && occupancy(s) < low)
+        .sort((a, b) => occupancy(a) - occupancy(b))[0];
+      if (!dst) continue;
+      // The largest session that still leaves the target below the low watermark (no ping-pong).
+      const cells = Math.min(...dst.view.stages.map((st) => st.kvCells));
+      const biggest = src.sessionIds().map((id) => ({ id, n: src.session(id)?.done ?? 0 }))
+        .filter((x) => x.n > 0 && occupancy(dst) + x.n / cells < low).sort((a, b) => b.n - a.n)[0];
+      if (!biggest) continue;
+      this.#log.info('rebalancing', { session: biggest.id, from: src.view.id, to: dst.view.id, occupancy: occupancy(src) });
+      void this.migrate(biggest.id, dst.view.id, `rebalance: ${(occupancy(src) * 100).toFixed(0)}% of KV cells used`, false).catch((err: unknown) => this.#log.warn('rebalance failed', { err }));
+      return;
+    }
+  }
+
   async #onMigrations(m: Msg): Promise<void> {
     try {
       const req = decode(MigrationsRequestSchema, m.data, m.subject);
@@ -167,6 +241,7 @@ export class Coordinator {
     const now = Date.now();
     this.#apply(clusterTransition(this.#cluster, { type: 'tick', nowMs: now }, this.#c).effects);
     for (const s of this.#schedulers.values()) s.tick(now);
+    this.#rebalance();
   }
 
   #onResult(m: Msg): void {
@@ -195,8 +270,10 @@ export class Coordinator {
     if (req.eventsSubject !== subjects.gatewayEvents(req.requestId)) return refuse('bad_request', 'events go to the request\'s own gateway subject');
     if (req.prompt.length === 0) return refuse('bad_request', 'the prompt is empty');
     if (req.sessionId && Math.max(1, req.n) > 1) return refuse('bad_request', 'a session continues one conversation: n must be 1');
-    const candidates = [...this.#schedulers.values()].filter((s) => s.view.modelId === req.modelId);
-    if (candidates.length === 0) return refuse('no_pipeline', `no pipeline serves model '${req.modelId}'`);
+    const all = [...this.#schedulers.values()].filter((s) => s.view.modelId === req.modelId);
+    const candidates = all.filter((s) => !s.draining);
+    if (candidates.length === 0) return refuse('no_pipeline', `no pipeline serves model '${req.modelId}'${all.length > 0 ? ' (all are draining)' : ''}`);
+    if (req.sessionId && all.some((s) => s.draining && s.holds(req.sessionId))) return refuse('session_busy', `session ${req.sessionId} is moving off a draining pipeline; retry in a moment`);
     const nVocab = candidates[0]!.view.stages[0]!.nVocab;
     for (const t of req.prompt) if (t < 0 || t >= nVocab) return refuse('bad_request', `token ${t} is outside the vocabulary of ${nVocab}`);
     const home = req.sessionId ? candidates.find((s) => s.holds(req.sessionId)) : undefined;

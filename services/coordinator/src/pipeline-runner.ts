@@ -137,6 +137,19 @@ export class PipelineScheduler {
     return this.#residents.size;
   }
 
+  /** takes no new requests: its sessions are moving off it */
+  draining = false;
+
+  /** Sessions that live here (resident or running). */
+  sessionIds(): string[] {
+    return [...new Set([...this.#residents.keys(), ...this.#jobs.filter((j) => j.sessionId).map((j) => j.sessionId)])];
+  }
+
+  /** one-off requests running or waiting here */
+  get oneOff(): number {
+    return this.#jobs.filter((j) => !j.sessionId).length + this.#waiting.filter((r) => !r.sessionId).length;
+  }
+
   /** Whether `session` holds cells here. */
   holds(session: string): boolean {
     return this.#residents.has(session);

@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net';
 import { LlamaError, Vocab } from '@strata/ggml';
 import type { Logger } from '@strata/log';
 import {
-  ClusterStateSchema, ClusterRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, decode, encode, isId,
+  ClusterStateSchema, ClusterRequestSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, decode, encode, isId,
   subjects, toJson, type ClusterState, type MigrationInfo,
 } from '@strata/wire';
 import { connect, type NatsConnection } from 'nats';
@@ -79,6 +79,8 @@ export class Gateway {
       const mig = /^\/admin\/v1\/sessions\/([^/]+)\/migrate$/.exec(path);
       if (mig && req.method === 'POST') return await this.#migrate(req, res, decodeURIComponent(mig[1]!));
       if (route === 'GET /admin/v1/migrations') return await this.#migrations(req, res);
+      const drain = /^\/admin\/v1\/workers\/([^/]+)\/drain$/.exec(path);
+      if (drain && req.method === 'POST') return await this.#drain(res, decodeURIComponent(drain[1]!));
       if (route === 'GET /admin/v1/cluster') return json(res, 200, toJson(ClusterStateSchema, await this.#cluster()));
       if (mig || ['/admin/v1/migrations', '/admin/v1/cluster'].includes(path)) throw new ApiError(405, 'method_not_allowed', `${req.method ?? ''} is not allowed on ${path}`);
       if (['/v1/completions', '/v1/chat/completions', '/v1/models', '/healthz', '/readyz'].includes(path)) {
@@ -147,6 +149,19 @@ export class Gateway {
       throw new ApiError(status, reply.error.code, reply.error.message);
     }
     json(res, 202, migrationJson(reply.migration!));
+  }
+
+  async #drain(res: ServerResponse, worker: string): Promise<void> {
+    if (!isId(worker)) throw new ApiError(400, 'invalid_value', 'a worker id is 1-128 of A-Z a-z 0-9 _ -', 'worker_id');
+    let reply;
+    try {
+      const m = await this.#nc.request(subjects.coordinatorDrain(), encode(DrainRequestSchema, { workerId: worker }), { timeout: 600_000 });
+      reply = decode(DrainReplySchema, m.data, m.subject);
+    } catch (err) {
+      throw new ApiError(503, 'coordinator_unavailable', `no coordinator answered: ${(err as Error).message}`);
+    }
+    if (reply.error) throw new ApiError(reply.error.code === 'not_found' ? 404 : 400, reply.error.code, reply.error.message);
+    json(res, 200, { pipeline: reply.pipelineId, migrations: reply.migrations.map(migrationJson), waited: reply.waited, failed: reply.failed });
   }
 
   async #migrations(req: IncomingMessage, res: ServerResponse): Promise<void> {

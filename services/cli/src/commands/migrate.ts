@@ -2,7 +2,7 @@
 // view of live migration, over NATS to the coordinator.
 import { connect } from 'nats';
 import {
-  MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, decode, encode, subjects, type MigrationInfo,
+  DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, decode, encode, subjects, type MigrationInfo,
 } from '@strata/wire';
 import { Flags, parseArgs } from '../args.ts';
 import { UsageError } from '../errors.ts';
@@ -52,6 +52,31 @@ export async function migrationsCommand(argv: string[], out: NodeJS.WritableStre
     if (list.migrations.length === 0) out.write('no migrations\n');
     for (const x of list.migrations) out.write(`${line(x)}\n`);
     return 0;
+  } finally {
+    await nc.close();
+  }
+}
+
+/** `strata drain <worker> [--nats-url U]`: moves every session off the worker's pipeline. */
+export async function drainCommand(argv: string[], out: NodeJS.WritableStream): Promise<number> {
+  const a = parseArgs(argv);
+  const f = new Flags(a);
+  const natsUrl = f.str('nats-url', process.env.STRATA_NATS_URL ?? 'nats://127.0.0.1:4222')!;
+  f.done();
+  const worker = a.positionals[0];
+  if (!worker || a.positionals.length > 1) throw new UsageError('strata drain takes one worker id');
+  const nc = await connect({ servers: natsUrl });
+  try {
+    out.write(`draining ${worker}…\n`);
+    const m = await nc.request(subjects.coordinatorDrain(), encode(DrainRequestSchema, { workerId: worker }), { timeout: 600_000 });
+    const r = decode(DrainReplySchema, m.data);
+    if (r.error) {
+      process.stderr.write(`strata: drain ${worker}: ${r.error.code}: ${r.error.message}\n`);
+      return 1;
+    }
+    for (const x of r.migrations) out.write(`${line(x)}\n`);
+    out.write(`pipeline ${r.pipelineId}: ${r.migrations.length} session(s) moved, waited for ${r.waited} one-off request(s), ${r.failed} session(s) left; ${worker} can stop\n`);
+    return r.failed > 0 ? 1 : 0;
   } finally {
     await nc.close();
   }

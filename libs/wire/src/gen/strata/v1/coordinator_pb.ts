@@ -22,7 +22,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file strata/v1/coordinator.proto.
  */
 export const file_strata_v1_coordinator: GenFile = /*@__PURE__*/
-  fileDesc("ChtzdHJhdGEvdjEvY29vcmRpbmF0b3IucHJvdG8SCXN0cmF0YS52MSLOAQoPR2VuZXJhdGVSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIQCghtb2RlbF9pZBgDIAEoCRIOCgZwcm9tcHQYBCADKAUSEgoKbWF4X3Rva2VucxgFIAEoDRIlCghzYW1wbGluZxgGIAEoCzITLnN0cmF0YS52MS5TYW1wbGluZxIJCgFuGAcgASgNEhYKDmV2ZW50c19zdWJqZWN0GAggASgJEhMKC3RyYWNlcGFyZW50GAkgASgJIm4KDUdlbmVyYXRlUmVwbHkSEAoIYWNjZXB0ZWQYASABKAgSHwoFZXJyb3IYAiABKAsyEC5zdHJhdGEudjEuRXJyb3ISFQoNY2FjaGVkX3Rva2VucxgDIAEoDRITCgtwaXBlbGluZV9pZBgEIAEoCSLTAQoNR2VuZXJhdGVFdmVudBISCgpyZXF1ZXN0X2lkGAEgASgJEg0KBWluZGV4GAIgASgNEicKBnRva2VucxgDIAMoCzIXLnN0cmF0YS52MS5TYW1wbGVkVG9rZW4SJwoGZmluaXNoGAQgASgOMhcuc3RyYXRhLnYxLkZpbmlzaFJlYXNvbhIfCgVlcnJvchgFIAEoCzIQLnN0cmF0YS52MS5FcnJvchIVCg1wcm9tcHRfdG9rZW5zGAYgASgNEhUKDWNhY2hlZF90b2tlbnMYByABKA0iNAoNQ2FuY2VsUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEg8KB2luZGljZXMYAiADKA0iEAoOQ2x1c3RlclJlcXVlc3QiogEKDFBpcGVsaW5lSW5mbxIKCgJpZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIZChFtb2RlbF9maW5nZXJwcmludBgDIAEoCRIkCgZzdGFnZXMYBCADKAsyFC5zdHJhdGEudjEuU3RhZ2VJbmZvEhAKCHNlc3Npb25zGAUgASgNEhEKCXNlcXNfdXNlZBgGIAEoDRIOCgZxdWV1ZWQYByABKA0ihgEKC1dvcmtlclN0YXRlEiMKBXN0YWdlGAEgASgLMhQuc3RyYXRhLnYxLlN0YWdlSW5mbxIVCg1rdl9jZWxsc191c2VkGAIgASgNEhQKDGxhc3Rfc2Vlbl9tcxgDIAEoBBITCgtwaXBlbGluZV9pZBgEIAEoCRIQCghkcmFpbmluZxgFIAEoCCJ7CgxDbHVzdGVyU3RhdGUSFgoOY29vcmRpbmF0b3JfaWQYASABKAkSKgoJcGlwZWxpbmVzGAIgAygLMhcuc3RyYXRhLnYxLlBpcGVsaW5lSW5mbxInCgd3b3JrZXJzGAMgAygLMhYuc3RyYXRhLnYxLldvcmtlclN0YXRlIlcKDk1pZ3JhdGVSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEwoLdG9fcGlwZWxpbmUYAiABKAkSDgoGcmVhc29uGAMgASgJEgwKBHdhaXQYBCABKAgiXAoMTWlncmF0ZVJlcGx5Eh8KBWVycm9yGAEgASgLMhAuc3RyYXRhLnYxLkVycm9yEisKCW1pZ3JhdGlvbhgCIAEoCzIYLnN0cmF0YS52MS5NaWdyYXRpb25JbmZvIqMCCg1NaWdyYXRpb25JbmZvEgoKAmlkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSFQoNZnJvbV9waXBlbGluZRgDIAEoCRITCgt0b19waXBlbGluZRgEIAEoCRINCgVzdGF0ZRgFIAEoCRIOCgZyZWFzb24YBiABKAkSDQoFZXJyb3IYByABKAkSDQoFYnl0ZXMYCCABKAQSDgoGcm91bmRzGAkgASgNEg8KB2NvcHlfbXMYCiABKAISEAoIcGF1c2VfbXMYCyABKAISEAoIdG90YWxfbXMYDCABKAISEgoKY3JlYXRlZF9tcxgNIAEoBBIMCgRwbGFuGA4gASgJEhEKCXBvc2l0aW9ucxgPIAEoDRIPCgdob2xkX21zGBAgASgCIiIKEU1pZ3JhdGlvbnNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgNIj0KDU1pZ3JhdGlvbkxpc3QSLAoKbWlncmF0aW9ucxgBIAMoCzIYLnN0cmF0YS52MS5NaWdyYXRpb25JbmZvKpUBCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAISGwoXRklOSVNIX1JFQVNPTl9DQU5DRUxMRUQQAxIXChNGSU5JU0hfUkVBU09OX0VSUk9SEARiBnByb3RvMw", [file_strata_v1_common, file_strata_v1_worker]);
+  fileDesc("ChtzdHJhdGEvdjEvY29vcmRpbmF0b3IucHJvdG8SCXN0cmF0YS52MSLOAQoPR2VuZXJhdGVSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIQCghtb2RlbF9pZBgDIAEoCRIOCgZwcm9tcHQYBCADKAUSEgoKbWF4X3Rva2VucxgFIAEoDRIlCghzYW1wbGluZxgGIAEoCzITLnN0cmF0YS52MS5TYW1wbGluZxIJCgFuGAcgASgNEhYKDmV2ZW50c19zdWJqZWN0GAggASgJEhMKC3RyYWNlcGFyZW50GAkgASgJIm4KDUdlbmVyYXRlUmVwbHkSEAoIYWNjZXB0ZWQYASABKAgSHwoFZXJyb3IYAiABKAsyEC5zdHJhdGEudjEuRXJyb3ISFQoNY2FjaGVkX3Rva2VucxgDIAEoDRITCgtwaXBlbGluZV9pZBgEIAEoCSLTAQoNR2VuZXJhdGVFdmVudBISCgpyZXF1ZXN0X2lkGAEgASgJEg0KBWluZGV4GAIgASgNEicKBnRva2VucxgDIAMoCzIXLnN0cmF0YS52MS5TYW1wbGVkVG9rZW4SJwoGZmluaXNoGAQgASgOMhcuc3RyYXRhLnYxLkZpbmlzaFJlYXNvbhIfCgVlcnJvchgFIAEoCzIQLnN0cmF0YS52MS5FcnJvchIVCg1wcm9tcHRfdG9rZW5zGAYgASgNEhUKDWNhY2hlZF90b2tlbnMYByABKA0iNAoNQ2FuY2VsUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEg8KB2luZGljZXMYAiADKA0iEAoOQ2x1c3RlclJlcXVlc3QiogEKDFBpcGVsaW5lSW5mbxIKCgJpZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIZChFtb2RlbF9maW5nZXJwcmludBgDIAEoCRIkCgZzdGFnZXMYBCADKAsyFC5zdHJhdGEudjEuU3RhZ2VJbmZvEhAKCHNlc3Npb25zGAUgASgNEhEKCXNlcXNfdXNlZBgGIAEoDRIOCgZxdWV1ZWQYByABKA0ihgEKC1dvcmtlclN0YXRlEiMKBXN0YWdlGAEgASgLMhQuc3RyYXRhLnYxLlN0YWdlSW5mbxIVCg1rdl9jZWxsc191c2VkGAIgASgNEhQKDGxhc3Rfc2Vlbl9tcxgDIAEoBBITCgtwaXBlbGluZV9pZBgEIAEoCRIQCghkcmFpbmluZxgFIAEoCCJ7CgxDbHVzdGVyU3RhdGUSFgoOY29vcmRpbmF0b3JfaWQYASABKAkSKgoJcGlwZWxpbmVzGAIgAygLMhcuc3RyYXRhLnYxLlBpcGVsaW5lSW5mbxInCgd3b3JrZXJzGAMgAygLMhYuc3RyYXRhLnYxLldvcmtlclN0YXRlIlcKDk1pZ3JhdGVSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEwoLdG9fcGlwZWxpbmUYAiABKAkSDgoGcmVhc29uGAMgASgJEgwKBHdhaXQYBCABKAgiXAoMTWlncmF0ZVJlcGx5Eh8KBWVycm9yGAEgASgLMhAuc3RyYXRhLnYxLkVycm9yEisKCW1pZ3JhdGlvbhgCIAEoCzIYLnN0cmF0YS52MS5NaWdyYXRpb25JbmZvIqMCCg1NaWdyYXRpb25JbmZvEgoKAmlkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSFQoNZnJvbV9waXBlbGluZRgDIAEoCRITCgt0b19waXBlbGluZRgEIAEoCRINCgVzdGF0ZRgFIAEoCRIOCgZyZWFzb24YBiABKAkSDQoFZXJyb3IYByABKAkSDQoFYnl0ZXMYCCABKAQSDgoGcm91bmRzGAkgASgNEg8KB2NvcHlfbXMYCiABKAISEAoIcGF1c2VfbXMYCyABKAISEAoIdG90YWxfbXMYDCABKAISEgoKY3JlYXRlZF9tcxgNIAEoBBIMCgRwbGFuGA4gASgJEhEKCXBvc2l0aW9ucxgPIAEoDRIPCgdob2xkX21zGBAgASgCIiIKEU1pZ3JhdGlvbnNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgNIj0KDU1pZ3JhdGlvbkxpc3QSLAoKbWlncmF0aW9ucxgBIAMoCzIYLnN0cmF0YS52MS5NaWdyYXRpb25JbmZvIiEKDERyYWluUmVxdWVzdBIRCgl3b3JrZXJfaWQYASABKAkikAEKCkRyYWluUmVwbHkSHwoFZXJyb3IYASABKAsyEC5zdHJhdGEudjEuRXJyb3ISEwoLcGlwZWxpbmVfaWQYAiABKAkSLAoKbWlncmF0aW9ucxgDIAMoCzIYLnN0cmF0YS52MS5NaWdyYXRpb25JbmZvEg4KBndhaXRlZBgEIAEoDRIOCgZmYWlsZWQYBSABKA0qlQEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSRklOSVNIX1JFQVNPTl9TVE9QEAESGAoURklOSVNIX1JFQVNPTl9MRU5HVEgQAhIbChdGSU5JU0hfUkVBU09OX0NBTkNFTExFRBADEhcKE0ZJTklTSF9SRUFTT05fRVJST1IQBGIGcHJvdG8z", [file_strata_v1_common, file_strata_v1_worker]);
 
 /**
  * A completion request in tokens (the gateway tokenizes).
@@ -548,6 +548,71 @@ export type MigrationList = Message<"strata.v1.MigrationList"> & {
  */
 export const MigrationListSchema: GenMessage<MigrationList> = /*@__PURE__*/
   messageDesc(file_strata_v1_coordinator, 12);
+
+/**
+ * Moves every session off a worker's pipeline so the worker can be stopped
+ * (strata.v1.coordinator.drain, request/reply; the reply comes when the drain ended).
+ *
+ * @generated from message strata.v1.DrainRequest
+ */
+export type DrainRequest = Message<"strata.v1.DrainRequest"> & {
+  /**
+   * @generated from field: string worker_id = 1;
+   */
+  workerId: string;
+};
+
+/**
+ * Describes the message strata.v1.DrainRequest.
+ * Use `create(DrainRequestSchema)` to create a new message.
+ */
+export const DrainRequestSchema: GenMessage<DrainRequest> = /*@__PURE__*/
+  messageDesc(file_strata_v1_coordinator, 13);
+
+/**
+ * The answer to a DrainRequest.
+ *
+ * @generated from message strata.v1.DrainReply
+ */
+export type DrainReply = Message<"strata.v1.DrainReply"> & {
+  /**
+   * @generated from field: strata.v1.Error error = 1;
+   */
+  error?: Error | undefined;
+
+  /**
+   * @generated from field: string pipeline_id = 2;
+   */
+  pipelineId: string;
+
+  /**
+   * migrations started for the pipeline's sessions
+   *
+   * @generated from field: repeated strata.v1.MigrationInfo migrations = 3;
+   */
+  migrations: MigrationInfo[];
+
+  /**
+   * one-off requests it waited for
+   *
+   * @generated from field: uint32 waited = 4;
+   */
+  waited: number;
+
+  /**
+   * sessions that could not move (their migration aborted)
+   *
+   * @generated from field: uint32 failed = 5;
+   */
+  failed: number;
+};
+
+/**
+ * Describes the message strata.v1.DrainReply.
+ * Use `create(DrainReplySchema)` to create a new message.
+ */
+export const DrainReplySchema: GenMessage<DrainReply> = /*@__PURE__*/
+  messageDesc(file_strata_v1_coordinator, 14);
 
 /**
  * Why a choice ended.

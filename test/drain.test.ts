@@ -1,0 +1,107 @@
+// Draining a worker moves every session off its pipeline (a streaming one without losing a token)
+// so it can stop; the rebalancer moves a session off a pipeline whose KV cells pass the watermark.
+import assert from 'node:assert/strict';
+import { Writable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, describe, it } from 'node:test';
+import { Redis } from 'ioredis';
+import { Vocab } from '@strata/ggml';
+import { ensureDefaultModel } from '@strata/model';
+import { LocalCluster } from '../services/cli/src/local-cluster.ts';
+import { main } from '../services/cli/src/main.ts';
+import { strataGenerate } from './helpers/cluster.ts';
+
+const model = ensureDefaultModel();
+const MODEL_ID = 'default-llama-8x256-s42-f16';
+
+async function cli(args: string[]): Promise<{ code: number; out: string }> {
+  let out = '';
+  const w = new Writable({ write(c, _e, cb) { out += String(c); cb(); } });
+  const code = await main(args, w);
+  return { code, out };
+}
+
+const complete = (url: string, session: string, body: Record<string, unknown>) =>
+  fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-session-id': session }, body: JSON.stringify({ model: MODEL_ID, temperature: 0, ...body }) });
+
+describe('drain', () => {
+  let cluster: LocalCluster;
+  let redis: Redis;
+  before(async () => {
+    cluster = await LocalCluster.start({ model, pipelines: 2, workers: 2, port: 0, threads: 1, ctxSize: 1024, coordinatorFlags: ['--rebalance-high', '0'] });
+    redis = new Redis(cluster.redis.url);
+  });
+  after(async () => {
+    redis?.disconnect();
+    await cluster?.stop();
+  });
+
+  it('moves every session off the pipeline, a streaming one without losing a token, and takes no new work there', async () => {
+    for (const s of ['d-1', 'd-2']) assert.equal((await complete(cluster.url, s, { prompt: `Session ${s} by the river`, max_tokens: 6 })).status, 200);
+    const ref = await strataGenerate(['--prompt', 'Once upon a time', '--n-predict', '100', '--split', '0:4,4:8']);
+    const vocab = Vocab.load(model);
+    const expected = ref.tokens.map((t) => vocab.tokenBytes(t).toString('utf8'));
+    vocab.dispose();
+    const r = await complete(cluster.url, 'd-3', { prompt: 'Once upon a time', max_tokens: 100, stream: true, logprobs: 0 });
+    const tokens: string[] = [];
+    let drained: Promise<{ code: number; out: string }> | null = null;
+    let buf = '';
+    for await (const part of r.body!) {
+      buf += Buffer.from(part as Uint8Array).toString('utf8');
+      let i;
+      while ((i = buf.indexOf('\n\n')) >= 0) {
+        const ev = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        if (ev === 'data: [DONE]') continue;
+        tokens.push(...((JSON.parse(ev.slice(6)) as { choices: { logprobs: { tokens: string[] } | null }[] }).choices[0]!.logprobs?.tokens ?? []));
+        if (tokens.length >= 10 && !drained) drained = cli(['drain', 'p0-s1', '--nats-url', cluster.nats.url]);
+      }
+    }
+    const d = await drained!;
+    assert.equal(d.code, 0, d.out);
+    assert.match(d.out, /3 session\(s\) moved/);
+    assert.deepEqual(tokens, expected, 'the stream went on across the drain');
+    for (const s of ['d-1', 'd-2', 'd-3']) assert.equal((await redis.hgetall(`strata:session:${s}`)).pipeline, 'p1-s0~p1-s1', s);
+    assert.equal((await complete(cluster.url, 'd-4', { prompt: 'A new session', max_tokens: 2 })).status, 200);
+    assert.equal((await redis.hgetall('strata:session:d-4')).pipeline, 'p1-s0~p1-s1', 'the drained pipeline takes no new work');
+    const list = await cli(['migrations', '--nats-url', cluster.nats.url]);
+    assert.equal((list.out.match(/drain p0-s1/g) ?? []).length, 3, list.out);
+  });
+});
+
+describe('rebalancer', () => {
+  let cluster: LocalCluster;
+  let redis: Redis;
+  before(async () => {
+    cluster = await LocalCluster.start({ model, pipelines: 2, workers: 2, port: 0, threads: 1, ctxSize: 256, coordinatorFlags: ['--rebalance-high', '0.6', '--rebalance-low', '0.5'] });
+    redis = new Redis(cluster.redis.url);
+  });
+  after(async () => {
+    redis?.disconnect();
+    await cluster?.stop();
+  });
+
+  it('moves a session off a pipeline whose KV occupancy passed the high watermark, and only one', async () => {
+    // Two sessions of ~118 cells each on one pipeline of 256: 92 % > 60 %; one fits the other below 50 %.
+    const words = 'the river ran past the old mill where the miller kept his accounts in a book bound with red leather'.split(' ');
+    for (const s of ['r-1', 'r-2']) {
+      const prompt = Array.from({ length: 5 }, () => words.join(' ')).join(' ');
+      assert.equal((await complete(cluster.url, s, { prompt: `${s} ${prompt}`, max_tokens: 4 })).status, 200);
+    }
+    const owner = async (s: string) => (await redis.hgetall(`strata:session:${s}`)).pipeline;
+    let moved: string[] = [];
+    for (let i = 0; i < 60 && moved.length === 0; i++) {
+      await sleep(200);
+      moved = ['r-1', 'r-2'];
+      moved = (await Promise.all(moved.map(async (s) => ((await owner(s)) === 'p1-s0~p1-s1' ? s : '')))).filter(Boolean);
+    }
+    assert.equal(moved.length, 1, 'one session moved');
+    await sleep(3000);
+    const after = await Promise.all(['r-1', 'r-2'].map(owner));
+    assert.deepEqual(after.sort(), ['p0-s0~p0-s1', 'p1-s0~p1-s1'], 'and it stays: no ping-pong');
+    const entries = await redis.xrange('strata:migrations', '-', '+');
+    const reasons = entries.filter(([, f]) => f[f.indexOf('state') + 1] === 'planned').map(([, f]) => f[f.indexOf('reason') + 1]);
+    assert.equal(reasons.length, 1);
+    assert.match(reasons[0]!, /^rebalance: \d+% of KV cells used$/);
+  });
+});
