@@ -162,3 +162,46 @@ describe('migration faults', () => {
     }
   });
 });
+
+describe('a coordinator restarting mid-migration', () => {
+  let cluster: LocalCluster;
+  let redis: Redis;
+  before(async () => {
+    cluster = await LocalCluster.start({ model, pipelines: 2, workers: 2, port: 0, threads: 1, ctxSize: 512 });
+    redis = new Redis(cluster.redis.url);
+  });
+  after(async () => {
+    redis?.disconnect();
+    await cluster?.stop();
+  });
+
+  it('finishes from the ledger what passed the switch and aborts the rest', async () => {
+    // What a coordinator killed mid-migration leaves: one before its epoch switch, one after.
+    const rec = (id: string, session: string, state: string) => ({ id, session, from: P0, to: P1, plan: '[]', state, reason: 'test', error: '', owner: 'coordinator', createdMs: Date.now(), targetSeq: 3 });
+    for (const [id, session, state] of [['m-before', 's-before', 'copying'], ['m-after', 's-after', 'switching']] as const) {
+      await redis.hset(`strata:migration:${id}`, rec(id, session, state));
+      await redis.sadd('strata:migrations:active', id);
+      await redis.zadd('strata:migrations:index', Date.now(), id);
+    }
+    await redis.hset('strata:session:s-before', { owner: 'coordinator', pipeline: P0, epoch: 1 });
+    await redis.hset('strata:session:s-after', { owner: 'coordinator', pipeline: P1, epoch: 2 });
+    await cluster.restart('coordinator', 'SIGKILL');
+    let active = 2;
+    for (let i = 0; i < 100 && active > 0; i++) {
+      await sleep(100);
+      active = await redis.scard('strata:migrations:active');
+    }
+    assert.equal(active, 0);
+    assert.equal(await redis.hget('strata:migration:m-after', 'state'), 'done');
+    assert.equal(await redis.hget('strata:migration:m-before', 'state'), 'aborted');
+    assert.match((await redis.hget('strata:migration:m-before', 'error'))!, /stopped during the migration \(copying\)/);
+    // And the restarted coordinator serves.
+    let ok = false;
+    for (let i = 0; i < 100 && !ok; i++) {
+      await sleep(100);
+      const r = await fetch(`${cluster.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'default-llama-8x256-s42-f16', prompt: 'x', max_tokens: 2 }) });
+      ok = r.status === 200;
+    }
+    assert.ok(ok, 'the restarted coordinator answers');
+  });
+});

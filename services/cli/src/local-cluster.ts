@@ -55,6 +55,8 @@ export interface ServiceProcess {
   /** layers, for workers */
   layers?: LayerRange;
   proc: ChildProcess;
+  /** the strata command line it runs */
+  args: string[];
 }
 
 /**
@@ -136,7 +138,7 @@ export class LocalCluster {
     }
   }
 
-  #spawn(role: ServiceProcess['role'], id: string, args: string[], layers?: LayerRange): void {
+  #spawn(role: ServiceProcess['role'], id: string, args: string[], layers?: LayerRange): ServiceProcess {
     const proc = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } });
     const sink = this.#o.logSink ?? ((line: string) => process.stderr.write(`[${id}] ${line}\n`));
     let buf = '';
@@ -149,11 +151,25 @@ export class LocalCluster {
       }
     };
     proc.stderr!.on('data', onData);
-    proc.on('exit', (code, signal) => {
-      if (!this.#stopping) sink(`${role} ${id} exited unexpectedly (${signal ?? `code ${code}`})`);
-    });
     proc.stdout!.on('data', () => {});
-    this.services.push({ role, id, layers, proc });
+    const service: ServiceProcess = { role, id, layers, proc, args };
+    proc.on('exit', (code, signal) => {
+      if (!this.#stopping && this.services.includes(service)) sink(`${role} ${id} exited unexpectedly (${signal ?? `code ${code}`})`);
+    });
+    this.services.push(service);
+    return service;
+  }
+
+  /** Stops a service (SIGTERM, or `signal`) and starts it again with the same command line. */
+  async restart(id: string, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    const old = this.service(id);
+    this.services.splice(this.services.indexOf(old), 1);
+    if (old.proc.exitCode === null && old.proc.signalCode === null) {
+      const gone = new Promise<void>((resolve) => old.proc.once('exit', () => resolve()));
+      old.proc.kill(signal);
+      await gone;
+    }
+    this.#spawn(old.role, old.id, old.args, old.layers);
   }
 
   async #ready(pipelines: number, timeoutMs: number): Promise<void> {
