@@ -7,9 +7,31 @@ import { after, before, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
 import { Vocab } from '@strata/ggml';
 import { ensureDefaultModel } from '@strata/model';
+
+/** Greedy tokens of a prompt in one process, with the margin of each choice. */
+function greedy(prompt: string, n: number): { tokens: string[]; margins: number[] } {
+  const vocab = Vocab.load(model);
+  const p = Pipeline.open({ model, threads: 2, ctxSize: 1024 });
+  try {
+    const toks = vocab.tokenize(prompt, true, true);
+    let logits = prefill(p, toks, 0);
+    const tokens: string[] = [], margins: number[] = [];
+    for (let k = 0; k < n; k++) {
+      const [a, b] = topK(logits, 2);
+      tokens.push(vocab.tokenBytes(a!.token).toString('utf8'));
+      margins.push(a!.logit - b!.logit);
+      logits = p.forward({ tokens: Int32Array.of(a!.token), pos: Int32Array.of(toks.length + k), seq: Int32Array.of(0) });
+    }
+    return { tokens, margins };
+  } finally {
+    p.dispose();
+    vocab.dispose();
+  }
+}
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
 import { main } from '../services/cli/src/main.ts';
-import { strataGenerate } from './helpers/cluster.ts';
+import { matchedUntilTie } from './helpers/cluster.ts';
+import { Pipeline, prefill, topK } from '@strata/model';
 
 const model = ensureDefaultModel();
 const MODEL_ID = 'default-llama-8x256-s42-f16';
@@ -38,11 +60,8 @@ describe('drain', () => {
 
   it('moves every session off the pipeline, a streaming one without losing a token, and takes no new work there', async () => {
     for (const s of ['d-1', 'd-2']) assert.equal((await complete(cluster.url, s, { prompt: `Session ${s} by the river`, max_tokens: 6 })).status, 200);
-    const ref = await strataGenerate(['--prompt', 'Once upon a time', '--n-predict', '100', '--split', '0:4,4:8']);
-    const vocab = Vocab.load(model);
-    const expected = ref.tokens.map((t) => vocab.tokenBytes(t).toString('utf8'));
-    vocab.dispose();
-    const r = await complete(cluster.url, 'd-3', { prompt: 'Once upon a time', max_tokens: 100, stream: true, logprobs: 0 });
+    const ref = greedy('The river ran', 100);
+    const r = await complete(cluster.url, 'd-3', { prompt: 'The river ran', max_tokens: 100, stream: true, logprobs: 0 });
     const tokens: string[] = [];
     let drained: Promise<{ code: number; out: string }> | null = null;
     let buf = '';
@@ -60,7 +79,10 @@ describe('drain', () => {
     const d = await drained!;
     assert.equal(d.code, 0, d.out);
     assert.match(d.out, /3 session\(s\) moved/);
-    assert.deepEqual(tokens, expected, 'the stream went on across the drain');
+    assert.equal(tokens.length, 100, 'the stream went on across the drain');
+    const m = matchedUntilTie(tokens, ref.tokens, ref.margins);
+    assert.ok(m.compared >= 40, `the reference has a near tie at token ${m.compared}: pick another prompt`);
+    assert.ok(m.equal, `the first ${m.compared} tokens (up to the reference's first near tie) are the unmoved ones`);
     for (const s of ['d-1', 'd-2', 'd-3']) assert.equal((await redis.hgetall(`strata:session:${s}`)).pipeline, 'p1-s0~p1-s1', s);
     assert.equal((await complete(cluster.url, 'd-4', { prompt: 'A new session', max_tokens: 2 })).status, 200);
     assert.equal((await redis.hgetall('strata:session:d-4')).pipeline, 'p1-s0~p1-s1', 'the drained pipeline takes no new work');

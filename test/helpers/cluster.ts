@@ -29,3 +29,15 @@ export async function workerStats(natsUrl: string, worker: string): Promise<Stag
     await nc.close();
   }
 }
+
+/**
+ * How many of `got` match `want` up to the first near tie of the reference (`margins[i]`, the
+ * gap between its two best logits at token i, below `tie`): batching, cell order and re-prefill
+ * change float sums, and where two logits are (nearly) equal either token is right.
+ */
+export function matchedUntilTie(got: readonly string[], want: readonly string[], margins: readonly number[], tie = 0.05): { compared: number; equal: boolean } {
+  let compared = margins.findIndex((m) => m < tie);
+  if (compared < 0) compared = want.length;
+  const equal = got.length >= compared && got.slice(0, compared).every((t, i) => t === want[i]);
+  return { compared, equal };
+}

@@ -72,3 +72,24 @@ test('a job finishes on an end token, on max_tokens, on cancel, on failure; the 
   assert.deepEqual(jobTransition(d, { type: 'failed', code: 'kv_full', message: 'x' }), [{ type: 'finish', reason: FinishReason.ERROR }]);
   assert.deepEqual(jobTransition(d, { type: 'cancel' }), [], 'a finished job takes nothing more');
 });
+
+test('a rebuilt job prefills what it held and every sample, then samples the next token', async () => {
+  const { rebuildJob } = await import('./session.ts');
+  const a = job('a', 3, 0, 10, 2);
+  applyPlan(planMicroBatch([a], limits)!);
+  jobTransition(a, { type: 'sampled', token: tok(0, 7) });
+  a.inflight--;
+  applyPlan(planMicroBatch([a], limits)!);
+  jobTransition(a, { type: 'sampled', token: tok(0, 8) });
+  a.inflight--;
+  rebuildJob(a, [50, 51]);
+  assert.deepEqual(a.prompt, [50, 51, 100, 101, 102, 7, 8]);
+  assert.deepEqual(a.replay, [7, 8]);
+  const plan = planMicroBatch([a], limits);
+  assert.equal(shape(plan), 'a:0+7!', 'one prefill that samples the third token');
+  applyPlan(plan!);
+  jobTransition(a, { type: 'sampled', token: tok(0, 9) });
+  a.inflight--;
+  assert.deepEqual(a.generated.map((t) => t.token), [7, 8, 9]);
+  assert.deepEqual(cachedTokens(a), [50, 51, 100, 101, 102, 7, 8], 'samples in the prompt are not counted twice');
+});

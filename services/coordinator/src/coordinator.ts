@@ -3,7 +3,7 @@
 // step results to their scheduler, and answers cluster queries.
 import type { Logger } from '@strata/log';
 import {
-  CancelRequestSchema, ClusterStateSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, GenerateReplySchema, GenerateRequestSchema, HeartbeatSchema, StepResultSchema,
+  CancelRequestSchema, ClusterStateSchema, FinishReason, GenerateEventSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, GenerateReplySchema, GenerateRequestSchema, HeartbeatSchema, StepResultSchema,
   decode, encode, isId, subjects, type GenerateReply, type GenerateRequest, type DrainReply, type MigrateReply, type MigrationInfo,
 } from '@strata/wire';
 import { Redis } from 'ioredis';
@@ -11,7 +11,7 @@ import { connect, type Msg, type NatsConnection } from 'nats';
 import { clusterTransition, initialCluster, type ClusterEffect, type ClusterState } from './cluster.ts';
 import type { CoordinatorConfig } from './config.ts';
 import { CoordinatorError } from './errors.ts';
-import { PipelineScheduler, refuse } from './pipeline-runner.ts';
+import { PipelineScheduler, refuse, type Rebuild } from './pipeline-runner.ts';
 import { MigrationLedger, type MigrationRecord } from './ledger.ts';
 import { startMigration } from './migration.ts';
 import { SessionStore } from './session-store.ts';
@@ -88,9 +88,10 @@ export class Coordinator {
         }));
         this.#log.info('pipeline up', { pipeline: e.pipeline.id, model: e.pipeline.modelId, layers: e.pipeline.stages.map((s) => `${s.l0}:${s.l1}`).join(',') });
       } else {
-        this.#schedulers.get(e.pipeline.id)?.down(e.reason);
+        const down = this.#schedulers.get(e.pipeline.id);
         this.#schedulers.delete(e.pipeline.id);
         this.#log.warn('pipeline down', { pipeline: e.pipeline.id, reason: e.reason });
+        for (const r of down?.down(e.reason) ?? []) this.#replace(r, e.pipeline.fingerprint, e.reason);
       }
     }
   }
@@ -222,6 +223,28 @@ export class Coordinator {
     }
   }
 
+  /** Re-places a request whose pipeline went down on the least loaded healthy one of its model. */
+  #replace(r: Rebuild, fingerprint: string, reason: string): void {
+    const target = [...this.#schedulers.values()].filter((s) => s.view.fingerprint === fingerprint && !s.draining)
+      .reduce<PipelineScheduler | undefined>((a, b) => (!a || b.load < a.load ? b : a), undefined);
+    if (target) {
+      this.#log.warn('rebuilding a request on another pipeline', { request: r.request.req.requestId, to: target.view.id });
+      target.rebuild(r);
+      return;
+    }
+    this.#failRebuild(r, `${reason}, and no other pipeline serves the model`);
+  }
+
+  /** Ends a request that cannot be rebuilt with a retriable error. */
+  #failRebuild(r: Rebuild, message: string): void {
+    for (const j of r.jobs) {
+      this.#nc.publish(r.request.req.eventsSubject, encode(GenerateEventSchema, {
+        requestId: r.request.req.requestId, index: j.index, finish: FinishReason.ERROR, promptTokens: r.request.req.prompt.length,
+        error: { code: 'pipeline_down', message },
+      }));
+    }
+  }
+
   #onHeartbeat(m: Msg): void {
     let hb;
     try {
@@ -308,7 +331,7 @@ export class Coordinator {
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
       clearInterval(this.#timer);
-      for (const s of this.#schedulers.values()) s.down('the coordinator is stopping');
+      for (const s of this.#schedulers.values()) for (const r of s.down('the coordinator is stopping')) this.#failRebuild(r, 'the coordinator is stopping');
       try {
         await this.#nc.drain();
       } catch (err) {

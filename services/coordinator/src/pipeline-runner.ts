@@ -11,7 +11,7 @@ import type { NatsConnection } from 'nats';
 import { applyPlan, decodeCap, planMicroBatch, type PlannedEntry } from './batcher.ts';
 import type { PipelineView } from './cluster.ts';
 import { CoordinatorError } from './errors.ts';
-import { cachedTokens, cellsNeeded, jobTransition, newJob, type Job, type JobEffect } from './session.ts';
+import { cachedTokens, cellsNeeded, jobTransition, newJob, rebuildJob, type Job, type JobEffect } from './session.ts';
 import type { SessionStore } from './session-store.ts';
 
 /** Settings of a scheduler. */
@@ -46,13 +46,20 @@ interface Resident {
   epoch: number;
 }
 
-interface Request {
+/** A request on this pipeline and its jobs (one per choice). */
+export interface Request {
   req: GenerateRequest;
   jobs: Job[];
   cached: number;
   epoch: number;
   /** jobs not yet retired */
   live: number;
+}
+
+/** A request whose pipeline went down, with the jobs to rebuild by re-prefill elsewhere. */
+export interface Rebuild {
+  request: Request;
+  jobs: Job[];
 }
 
 interface InFlight {
@@ -77,6 +84,8 @@ export class PipelineScheduler {
   readonly #jobs: Job[] = [];
   readonly #requests = new Map<string, Request>();
   readonly #waiting: GenerateRequest[] = [];
+  /** requests from a pipeline that went down, waiting to be rebuilt here */
+  readonly #rebuilds: Rebuild[] = [];
   readonly #inflight = new Map<bigint, InFlight>();
   /** sessions moving off this pipeline: they take no new request */
   readonly #migrating = new Set<string>();
@@ -119,7 +128,7 @@ export class PipelineScheduler {
 
   /** requests running or waiting */
   get load(): number {
-    return this.#requests.size + this.#waiting.length;
+    return this.#requests.size + this.#waiting.length + this.#rebuilds.length;
   }
 
   /** sequence ids in use */
@@ -129,7 +138,7 @@ export class PipelineScheduler {
 
   /** requests waiting for sequences or cells */
   get queued(): number {
-    return this.#waiting.length;
+    return this.#waiting.length + this.#rebuilds.length;
   }
 
   /** sessions resident here */
@@ -179,6 +188,10 @@ export class PipelineScheduler {
 
   /** Starts queued requests, in order, while they fit. */
   #startWaiting(): void {
+    while (this.#rebuilds.length > 0 && !this.#down && this.#clean) {
+      if (!this.#tryRebuild(this.#rebuilds[0]!)) return;
+      this.#rebuilds.shift();
+    }
     while (this.#waiting.length > 0 && !this.#down && this.#clean) {
       const req = this.#waiting[0]!;
       const r = this.#tryStart(req);
@@ -543,17 +556,90 @@ export class PipelineScheduler {
     }
   }
 
-  /** The pipeline went away: everything on it fails with a retriable error. */
-  down(reason: string): void {
+  /**
+   * The pipeline went away. Requests still generating are handed back to be rebuilt elsewhere
+   * (their cells are lost, their tokens are not); queued requests fail with a retriable error.
+   */
+  down(reason: string): Rebuild[] {
     this.#down = true;
     this.#inflight.clear();
+    // A migration holding a session here learns it is gone when its hold ends.
+    for (const resolve of this.#holdWaiters.values()) resolve();
+    this.#holdWaiters.clear();
+    const orphans: Rebuild[] = [];
+    for (const request of this.#requests.values()) {
+      const live = request.jobs.filter((j) => j.finish === null && this.#jobs.includes(j));
+      if (live.length === 0) continue;
+      const prefix = request.req.sessionId ? this.#residents.get(request.req.sessionId)?.tokens ?? [] : [];
+      for (const j of live) {
+        this.#jobs.splice(this.#jobs.indexOf(j), 1);
+        rebuildJob(j, prefix.slice(0, j.pos0));
+      }
+      orphans.push({ request, jobs: live });
+    }
     for (const j of this.#jobs) {
       j.inflight = 0;
       jobTransition(j, { type: 'failed', code: 'pipeline_down', message: reason });
     }
     this.#retireFinished();
     for (const req of this.#waiting.splice(0)) this.#failRequest(req, 'pipeline_down', reason);
+    for (const r of this.#rebuilds.splice(0)) orphans.push(r);
     this.#residents.clear();
+    this.#requests.clear();
+    return orphans;
+  }
+
+  /** Takes requests whose pipeline went down: they prefill what they held here and go on. */
+  rebuild(r: Rebuild): void {
+    this.#rebuilds.push(r);
+    this.#startWaiting();
+  }
+
+  /** Starts a rebuild if sequences and cells allow; false: wait. */
+  #tryRebuild(r: Rebuild): boolean {
+    const need = r.jobs.reduce((n, j) => n + cellsNeeded(j), 0);
+    let free = this.#free.length, room = this.capacity - this.#reserved();
+    const idle = [...this.#residents.entries()].filter(([, x]) => !x.busy).sort((a, b) => a[1].lastUsedMs - b[1].lastUsedMs);
+    const evict: [string, Resident][] = [];
+    for (const e of idle) {
+      if (free >= r.jobs.length && room >= need) break;
+      evict.push(e);
+      free++;
+      room += e[1].tokens.length;
+    }
+    if (free < r.jobs.length || room < need) return false;
+    const ops: SeqOp[] = [];
+    for (const [id, x] of evict) {
+      this.#residents.delete(id);
+      ops.push(seqOp(SeqOpKind.REMOVE, x.seq));
+      this.#free.push(x.seq);
+    }
+    const { request, jobs } = r;
+    for (const j of jobs) {
+      j.seq = this.#free.pop()!;
+      j.held = true;
+    }
+    const session = request.req.sessionId;
+    if (session) this.#residents.set(session, { seq: jobs[0]!.seq, tokens: [], lastUsedMs: Date.now(), busy: true, epoch: 0 });
+    this.#requests.set(request.req.requestId, request);
+    this.#jobs.push(...jobs);
+    void (async () => {
+      try {
+        if (ops.length > 0) await this.#seqOps(ops);
+        if (session) {
+          request.epoch = await this.#d.store.claim(session, this.view.id);
+          const res = this.#residents.get(session);
+          if (res) res.epoch = request.epoch;
+        }
+      } catch (err) {
+        for (const j of jobs) jobTransition(j, { type: 'failed', code: err instanceof CoordinatorError ? err.code : 'internal', message: (err as Error).message });
+      }
+      for (const j of jobs) j.held = false;
+      this.#log.info('rebuilding a request by re-prefill', { request: request.req.requestId, session, tokens: jobs[0]!.prompt.length });
+      this.#retireFinished();
+      this.#pump();
+    })();
+    return true;
   }
 
   /** Sends sequence operations to every stage; throws CoordinatorError if one refuses. */

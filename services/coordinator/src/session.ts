@@ -37,6 +37,8 @@ export interface Job {
   done: number;
   /** tokens sampled for this request before it moved here, replayed into the new sampler */
   replay: number[];
+  /** generated tokens that are also at the end of `prompt` (a job rebuilt by re-prefill) */
+  inPrompt: number;
   cancelled: boolean;
   finish: FinishReason | null;
   /** failure code and message when finish is ERROR */
@@ -57,7 +59,7 @@ export type JobMsg =
 /** A new job. */
 export function newJob(init: Pick<Job, 'requestId' | 'index' | 'sessionId' | 'seq' | 'prompt' | 'pos0' | 'sampling' | 'maxTokens'>): Job {
   if (init.prompt.length === 0) throw new Error('a job needs at least one token to evaluate');
-  return { ...init, fed: 0, pos: init.pos0, samplerSent: false, generated: [], pending: null, awaitingToken: false, inflight: 0, held: false, done: init.pos0, replay: [], cancelled: false, finish: null, error: null };
+  return { ...init, fed: 0, pos: init.pos0, samplerSent: false, generated: [], pending: null, awaitingToken: false, inflight: 0, held: false, done: init.pos0, replay: [], inPrompt: 0, cancelled: false, finish: null, error: null };
 }
 
 /** Position of the next token the job will feed. */
@@ -72,7 +74,7 @@ export function isReady(j: Job): boolean {
 
 /** Tokens the job's sequence will hold at most when it ends (cells to reserve). */
 export function cellsNeeded(j: Job): number {
-  return j.pos0 + j.prompt.length + j.maxTokens;
+  return j.pos0 + j.prompt.length + j.maxTokens - j.inPrompt;
 }
 
 /** The job actor's transition. The job is updated in place. */
@@ -106,8 +108,30 @@ export function jobTransition(j: Job, msg: JobMsg): JobEffect[] {
 
 /** Tokens the job's sequence holds in the cache once it is done and nothing is in flight. */
 export function cachedTokens(j: Job): number[] {
-  // The last sample was never evaluated; what was fed is in the cache.
+  // The last sample was never evaluated; what was fed is in the cache (samples a rebuilt job
+  // fed as prompt are in the prompt already).
   const gen = j.generated.map((t) => t.token);
-  const evaluated = gen.slice(0, Math.max(0, gen.length - (j.pending === null ? 0 : 1)));
+  const evaluated = gen.slice(j.inPrompt, Math.max(j.inPrompt, gen.length - (j.pending === null ? 0 : 1)));
   return [...j.prompt.slice(0, j.fed), ...evaluated];
+}
+
+/**
+ * Turns a job whose cells were lost (its pipeline went down) into one that rebuilds them by
+ * prefilling everything its sequence held, and every token it sampled, from position 0: its next
+ * sample follows the last one its client saw, from a sampler that replays them.
+ */
+export function rebuildJob(j: Job, prefix: readonly number[]): void {
+  const gen = j.generated.map((t) => t.token);
+  j.prompt = [...prefix, ...j.prompt, ...gen.slice(j.inPrompt)];
+  j.inPrompt = gen.length;
+  j.pos0 = 0;
+  j.fed = 0;
+  j.pos = 0;
+  j.done = 0;
+  j.pending = null;
+  j.awaitingToken = false;
+  j.inflight = 0;
+  j.samplerSent = false;
+  j.replay = gen;
+  j.held = false;
 }

@@ -1,0 +1,108 @@
+// Losing a worker: its pipeline goes down when the heartbeats stop, every request on it is
+// rebuilt on a healthy pipeline by re-prefilling what it held and what it sampled, and the client's
+// stream goes on from the next token. The worker, restarted, rejoins.
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, describe, it } from 'node:test';
+import { Vocab } from '@strata/ggml';
+import { Pipeline, ensureDefaultModel, prefill, topK } from '@strata/model';
+import { LocalCluster } from '../services/cli/src/local-cluster.ts';
+import { matchedUntilTie } from './helpers/cluster.ts';
+
+const model = ensureDefaultModel();
+const N = 100;
+
+/**
+ * Greedy tokens of `prompt` in one process, and the margin of each choice; from token `k` on, as a
+ * pipeline rebuilt by re-prefill at k computes them.
+ */
+function reference(p: Pipeline, prompt: Int32Array, k: number): { tokens: number[]; margins: number[] } {
+  const margins: number[] = [];
+  const greedy = (tokens: number[], n: number, out: number[]) => {
+    p.seqRemove(0);
+    let logits = prefill(p, tokens, 0);
+    let pos = tokens.length;
+    while (out.length < n) {
+      const [a, b] = topK(logits, 2);
+      out.push(a!.token);
+      margins[out.length - 1] = a!.logit - b!.logit;
+      if (out.length < n) logits = p.forward({ tokens: Int32Array.of(out.at(-1)!), pos: Int32Array.of(pos++), seq: Int32Array.of(0) });
+    }
+    return out;
+  };
+  const whole = greedy([...prompt], N, []);
+  return { tokens: greedy([...prompt, ...whole.slice(0, k)], N, whole.slice(0, k)), margins };
+}
+
+describe('worker loss', () => {
+  let cluster: LocalCluster;
+  let vocab: Vocab;
+  before(async () => {
+    cluster = await LocalCluster.start({
+      model, pipelines: 2, workers: 2, port: 0, threads: 1, ctxSize: 1024,
+      coordinatorFlags: ['--worker-timeout-ms', '1500', '--rebalance-high', '0'], workerFlags: ['--heartbeat-ms', '250'],
+    });
+    vocab = Vocab.load(model);
+  });
+  after(async () => {
+    vocab?.dispose();
+    await cluster?.stop();
+  });
+
+  for (const session of ['loss-session', '']) {
+    it(`kill -9 of a worker: a ${session ? 'session' : 'one-off request'} goes on from the next token on another pipeline`, async () => {
+      let victim = '';
+      const prompt = session ? 'old mill, where' : 'Every morning he';
+      const headers: Record<string, string> = { 'content-type': 'application/json' };
+      if (session) headers['x-session-id'] = session;
+      const r = await fetch(`${cluster.url}/v1/completions`, { method: 'POST', headers, body: JSON.stringify({ model: 'default-llama-8x256-s42-f16', prompt, max_tokens: N, temperature: 0, stream: true, logprobs: 0 }) });
+      const tokens: string[] = [], times: number[] = [];
+      let buf = '';
+      let killed = false;
+      for await (const part of r.body!) {
+        buf += Buffer.from(part as Uint8Array).toString('utf8');
+        let i;
+        while ((i = buf.indexOf('\n\n')) >= 0) {
+          const ev = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          if (ev === 'data: [DONE]') continue;
+          const j = JSON.parse(ev.slice(6)) as { choices: { logprobs: { tokens: string[] } | null }[]; error?: { message: string } };
+          assert.equal(j.error, undefined, j.error?.message);
+          for (const t of j.choices[0]!.logprobs?.tokens ?? []) {
+            tokens.push(t);
+            times.push(performance.now());
+          }
+          if (tokens.length >= 15 && !killed) {
+            killed = true;
+            // The last stage of the pipeline serving this request: the one holding the session, or
+            // the one with a sequence that no session holds.
+            const state = (await (await fetch(`${cluster.url}/admin/v1/cluster`)).json()) as { pipelines: { stages: { workerId: string }[]; seqsUsed?: number; sessions?: number }[] };
+            const busy = state.pipelines.filter((pl) => (session ? (pl.sessions ?? 0) > 0 : (pl.seqsUsed ?? 0) > (pl.sessions ?? 0)));
+            assert.equal(busy.length, 1, JSON.stringify(state.pipelines));
+            victim = busy[0]!.stages.at(-1)!.workerId;
+            cluster.service(victim).proc.kill('SIGKILL');
+          }
+        }
+      }
+      assert.equal(tokens.length, N, 'every token arrived');
+      const gaps = times.slice(1).map((t, i) => t - times[i]!);
+      const k = gaps.indexOf(Math.max(...gaps)) + 1;
+      const p = Pipeline.open({ model, threads: 2, ctxSize: 1024 });
+      const expected = reference(p, vocab.tokenize(prompt, true, true), k);
+      p.dispose();
+      const m = matchedUntilTie(tokens, expected.tokens.map((t) => vocab.tokenBytes(t).toString('utf8')), expected.margins);
+      assert.ok(m.compared > k + 20, `the reference has a near tie at token ${m.compared}, too close to the rebuild at ${k}: pick another prompt`);
+      assert.ok(m.equal, `the first ${m.compared} tokens (up to the reference's first near tie) are the reference's`);
+      assert.ok(Math.max(...gaps) > 1000, 'the kill hit the request: it waited for the heartbeat timeout');
+      console.log(`${victim} killed: recovered after token ${k} in ${Math.max(...gaps).toFixed(0)} ms (heartbeat timeout 1500 ms)`);
+      // The worker comes back and its pipeline rejoins.
+      await cluster.restart(victim);
+      let ready = 0;
+      for (let t = 0; t < 150 && ready < 2; t++) {
+        await sleep(200);
+        ready = ((await (await fetch(`${cluster.url}/readyz`)).json()) as { pipelines?: number }).pipelines ?? 0;
+      }
+      assert.equal(ready, 2, 'both pipelines serve again');
+    });
+  }
+});
