@@ -12,13 +12,13 @@ import { strataGenerate, workerStats } from './helpers/cluster.ts';
 
 const model = ensureDefaultModel();
 
-describe('admission on a pipeline of 4 sequences and 256 cells', () => {
+describe('admission on a pipeline of 4 sequences and 256 cells, queue of 6', () => {
   let cluster: LocalCluster;
   let client: OpenAI;
   let id: string;
 
   before(async () => {
-    cluster = await LocalCluster.start({ model, splits: [[{ l0: 0, l1: 5 }, { l0: 5, l1: 8 }]], port: 0, threads: 1, ctxSize: 256, workerFlags: ['--n-seq-max', '4'] });
+    cluster = await LocalCluster.start({ model, splits: [[{ l0: 0, l1: 5 }, { l0: 5, l1: 8 }]], port: 0, threads: 1, ctxSize: 256, workerFlags: ['--n-seq-max', '4'], coordinatorFlags: ['--max-queue', '6'] });
     client = new OpenAI({ baseURL: `${cluster.url}/v1`, apiKey: 'unused', maxRetries: 0 });
     id = (await client.models.list()).data[0]!.id;
   });
@@ -41,6 +41,20 @@ describe('admission on a pipeline of 4 sequences and 256 cells', () => {
     const same = answers.filter((a) => a.choices[0]!.text === text).length;
     assert.ok(same >= 5, `${same} of 10 equal to strata generate`);
     assert.deepEqual(await cellsUsed(), [0, 0], 'one-off sequences leave no cells behind');
+  });
+
+  it('beyond the queue: 429 with Retry-After, and nothing lost of what was accepted', async () => {
+    const rs = await Promise.all(Array.from({ length: 16 }, () => fetch(`${cluster.url}/v1/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: id, prompt: 'The old mill', max_tokens: 30, temperature: 0 }),
+    })));
+    const ok = rs.filter((r) => r.status === 200), limited = rs.filter((r) => r.status === 429);
+    assert.equal(ok.length + limited.length, 16, `statuses ${rs.map((r) => r.status).join(',')}`);
+    assert.ok(limited.length >= 4 && ok.length >= 8, `${ok.length} served, ${limited.length} told to come back`);
+    for (const r of limited) {
+      assert.equal(r.headers.get('retry-after'), '1');
+      assert.match(((await r.json()) as { error: { code: string } }).error.code, /overloaded/);
+    }
+    for (const r of ok) assert.equal(((await r.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens, 30);
   });
 
   it('a client that goes away frees its sequence at once', async () => {

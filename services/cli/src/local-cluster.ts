@@ -40,6 +40,7 @@ export interface LocalClusterOptions {
   /** extra flags for every worker, coordinator and gateway */
   workerFlags?: string[];
   coordinatorFlags?: string[];
+  gatewayFlags?: string[];
   /** where the services' log lines go (default: this process's stderr) */
   logSink?: (line: string) => void;
   /** NATS's max payload in bytes (default: nats-server's 1 MiB) */
@@ -129,7 +130,7 @@ export class LocalCluster {
         c.#spawn('worker', id, ['worker', ...common, '--id', id, '--group', `p${p}`, '--model', model, '--layers', formatRange(layers), '--threads', String(threads),
           '--ctx-size', String(o.ctxSize ?? 4096), '--kv-type', o.kvTypes?.[p] ?? o.kvType ?? 'f16', ...(o.workerFlags ?? [])], layers);
       }));
-      c.#spawn('gateway', 'gateway', ['gateway', ...common, '--model', model, '--port', String(port)]);
+      c.#spawn('gateway', 'gateway', ['gateway', ...common, '--model', model, '--port', String(port), ...(o.gatewayFlags ?? [])]);
       await c.#ready(splits.length, o.readyTimeoutMs ?? 180_000);
       return c;
     } catch (err) {

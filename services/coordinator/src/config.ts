@@ -11,6 +11,8 @@ export const coordinatorSchema = {
   workerTimeoutMs: { kind: 'int', doc: 'a worker unheard for this long is dead', default: 3000 },
   prefillChunk: { kind: 'int', doc: 'prompt tokens per micro-batch at most', default: 256 },
   defaultMaxTokens: { kind: 'int', doc: 'tokens a request without max_tokens may generate', default: 1024 },
+  maxQueue: { kind: 'int', doc: 'requests a pipeline queues at most before answering 429', default: 256 },
+  queueFactor: { kind: 'number', doc: 'cells queued requests may reserve, in multiples of a pipeline\'s cells, before 429', default: 4 },
   stepTimeoutMs: { kind: 'int', doc: 'a step unanswered for this long fails', default: 60000 },
   seqOpTimeoutMs: { kind: 'int', doc: 'a sequence operation unanswered for this long fails', default: 5000 },
   migrationRounds: { kind: 'int', doc: 'pre-copy rounds of a migration at most', default: 3 },
@@ -32,7 +34,7 @@ export function coordinatorConfig(sources?: Sources): CoordinatorConfig {
   const c = loadConfig(coordinatorSchema, sources);
   const id = c.id ?? `c-${randomBytes(4).toString('hex')}`;
   if (!isId(id)) throw new ConfigError('bad_value', `id '${id}' must be 1-128 of A-Z a-z 0-9 _ -`, 'id');
-  for (const k of ['workerTimeoutMs', 'prefillChunk', 'defaultMaxTokens', 'stepTimeoutMs', 'seqOpTimeoutMs', 'migrationRounds', 'pushTimeoutMs'] as const) {
+  for (const k of ['workerTimeoutMs', 'prefillChunk', 'defaultMaxTokens', 'stepTimeoutMs', 'seqOpTimeoutMs', 'migrationRounds', 'pushTimeoutMs', 'maxQueue', 'queueFactor'] as const) {
     if (c[k] < 1) throw new ConfigError('bad_value', `${k} must be at least 1, got ${c[k]}`, k);
   }
   if (c.rebalanceHigh < 0 || c.rebalanceHigh > 1 || c.rebalanceLow < 0 || c.rebalanceLow > 1) throw new ConfigError('bad_value', 'rebalanceHigh and rebalanceLow are fractions 0..1', 'rebalanceHigh');

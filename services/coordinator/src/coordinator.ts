@@ -84,7 +84,7 @@ export class Coordinator {
       if (e.type === 'pipeline_up') {
         this.#schedulers.set(e.pipeline.id, new PipelineScheduler(e.pipeline, {
           nc: this.#nc, resultSubject: subjects.coordinatorResult(this.id), store: this.#store, log: this.#log,
-          options: { prefillChunk: this.#c.prefillChunk, stepTimeoutMs: this.#c.stepTimeoutMs, seqOpTimeoutMs: this.#c.seqOpTimeoutMs, defaultMaxTokens: this.#c.defaultMaxTokens },
+          options: { prefillChunk: this.#c.prefillChunk, stepTimeoutMs: this.#c.stepTimeoutMs, seqOpTimeoutMs: this.#c.seqOpTimeoutMs, defaultMaxTokens: this.#c.defaultMaxTokens, maxQueue: this.#c.maxQueue, queueFactor: this.#c.queueFactor },
         }));
         this.#log.info('pipeline up', { pipeline: e.pipeline.id, model: e.pipeline.modelId, layers: e.pipeline.stages.map((s) => `${s.l0}:${s.l1}`).join(',') });
       } else {

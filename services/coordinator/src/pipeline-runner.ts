@@ -24,6 +24,10 @@ export interface SchedulerOptions {
   seqOpTimeoutMs: number;
   /** tokens a request without max_tokens may generate (cells reserved for it) */
   defaultMaxTokens: number;
+  /** requests queued at most */
+  maxQueue: number;
+  /** cells the queued requests may reserve at most, in multiples of the pipeline's cells */
+  queueFactor: number;
 }
 
 /** What a scheduler needs from the coordinator around it. */
@@ -176,6 +180,12 @@ export class PipelineScheduler {
     }
     if (n > this.#nSeqMax) return refuse('bad_request', `n=${n} choices exceed the ${this.#nSeqMax} sequences of a pipeline`);
     if (this.#down) return refuse('pipeline_down', `pipeline ${this.view.id} is down`);
+    // Backpressure: the queue holds at most maxQueue requests and queueFactor × the pipeline's
+    // cells of reservations; beyond that a caller is told to come back (429) instead of waiting.
+    const queuedCells = this.#waiting.reduce((c, r) => c + Math.max(1, r.n) * (r.prompt.length + (r.maxTokens || this.#d.options.defaultMaxTokens)), 0);
+    if (this.#waiting.length >= this.#d.options.maxQueue || queuedCells > this.#d.options.queueFactor * this.capacity) {
+      return refuse('overloaded', `pipeline ${this.view.id} has ${this.#waiting.length} requests waiting for ${queuedCells} cells`);
+    }
     if (this.#waiting.length === 0 && this.#clean) {
       const r = this.#tryStart(req);
       if (r === 'wait') this.#waiting.push(req);

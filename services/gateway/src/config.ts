@@ -11,6 +11,7 @@ export const gatewaySchema = {
   modelId: { kind: 'string', doc: 'model id clients name (default: the file name without .gguf)' },
   timeoutMs: { kind: 'int', doc: 'the cluster must accept and keep answering within this long', default: 60000 },
   maxBodyBytes: { kind: 'int', doc: 'largest request body', default: 4 * 1024 * 1024 },
+  apiKeysFile: { kind: 'string', doc: 'file of API keys, one "<key> user|admin" per line (a mounted secret); without it the gateway takes every caller' },
   logLevel: { kind: 'string', doc: 'debug, info, warn, error, none', default: 'info' },
 } satisfies Schema;
 

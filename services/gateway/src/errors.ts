@@ -7,6 +7,8 @@ export class ApiError extends Error {
   readonly type: string;
   readonly code: string;
   readonly param: string | null;
+  /** seconds a client should wait before retrying (sent as Retry-After) */
+  retryAfter: number | null = null;
   constructor(status: number, code: string, message: string, param: string | null = null, type?: string) {
     super(message);
     this.name = 'ApiError';
@@ -33,11 +35,18 @@ export function fromClusterError(code: string, message: string): ApiError {
     case 'session_busy':
       return new ApiError(409, code, message, 'session_id');
     case 'kv_full':
-      return new ApiError(429, code, message);
+    case 'overloaded': {
+      const e = new ApiError(429, code, `${message} (retry later)`);
+      e.retryAfter = 1;
+      return e;
+    }
     case 'pipeline_down':
     case 'stage_failed':
-    case 'step_timeout':
-      return new ApiError(503, code, `${message} (retry the request)`);
+    case 'step_timeout': {
+      const e = new ApiError(503, code, `${message} (retry the request)`);
+      e.retryAfter = 1;
+      return e;
+    }
     default:
       return new ApiError(500, code || 'internal', message);
   }

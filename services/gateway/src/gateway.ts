@@ -12,6 +12,7 @@ import {
 } from '@strata/wire';
 import { connect, type NatsConnection } from 'nats';
 import type { GatewayConfig } from './config.ts';
+import { ApiKeys } from './api-keys.ts';
 import { ApiError } from './errors.ts';
 import { runGeneration, type GenerationSink } from './generation.ts';
 import { JsonSchemaError, jsonObjectGrammar, jsonSchemaGrammar } from './json-grammar.ts';
@@ -26,6 +27,7 @@ export class Gateway {
   readonly #server: Server;
   readonly #log: Logger;
   readonly #fingerprint: string;
+  readonly #keys: ApiKeys | null;
   #stopping: Promise<void> | null = null;
   /** the address the gateway listens on, e.g. http://127.0.0.1:8080 */
   url = '';
@@ -36,6 +38,7 @@ export class Gateway {
     this.#vocab = vocab;
     this.#log = log;
     this.#fingerprint = `strata-${c.modelId}`;
+    this.#keys = c.apiKeysFile ? ApiKeys.load(c.apiKeysFile) : null;
     this.#server = createServer((req, res) => void this.#handle(req, res));
   }
 
@@ -56,13 +59,15 @@ export class Gateway {
     });
     const a = g.#server.address() as AddressInfo;
     g.url = `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
-    log.info('gateway ready', { url: g.url, model: c.modelId });
+    log.info('gateway ready', { url: g.url, model: c.modelId, auth: g.#keys ? 'api keys' : 'none' });
     return g;
   }
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0]!;
     try {
+      // Health is open; the OpenAI API needs a user key, the admin API an admin key.
+      if (this.#keys && path !== '/healthz' && path !== '/readyz') this.#keys.require(req.headers.authorization, path.startsWith('/admin/') ? 'admin' : 'user');
       const route = `${req.method ?? ''} ${path}`;
       switch (route) {
         case 'POST /v1/completions':
@@ -100,7 +105,7 @@ export class Gateway {
       if (!res.writableEnded) res.end(`data: ${JSON.stringify(e.body())}\n\ndata: [DONE]\n\n`);
       return;
     }
-    json(res, e.status, e.body());
+    json(res, e.status, e.body(), e.retryAfter === null ? {} : { 'retry-after': String(e.retryAfter) });
   }
 
   async #cluster(): Promise<ClusterState> {
@@ -292,9 +297,9 @@ function migrationJson(m: MigrationInfo): Record<string, unknown> {
   };
 }
 
-function json(res: ServerResponse, status: number, body: unknown): void {
+function json(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers });
   res.end(text);
 }
 

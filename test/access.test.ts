@@ -1,0 +1,51 @@
+// Access: with an API key file the gateway refuses callers without a key (401), with an unknown
+// key (401) or with a user key on the admin API (403); health stays open; keys never reach logs.
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import OpenAI from 'openai';
+import { ensureDefaultModel } from '@strata/model';
+import { LocalCluster } from '../services/cli/src/local-cluster.ts';
+
+const USER = 'sk-user-0123456789abcdef', ADMIN = 'sk-admin-0123456789abcdef';
+
+describe('API keys', () => {
+  let cluster: LocalCluster;
+  let dir: string;
+  const logs: string[] = [];
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'strata-keys-'));
+    writeFileSync(join(dir, 'keys'), `${USER} user\n${ADMIN} admin\n`);
+    cluster = await LocalCluster.start({
+      model: ensureDefaultModel(), splits: [[{ l0: 0, l1: 8 }]], port: 0, threads: 1, ctxSize: 512, logLevel: 'debug',
+      gatewayFlags: ['--api-keys-file', join(dir, 'keys')], logSink: (l) => logs.push(l),
+    });
+  });
+  after(async () => {
+    await cluster?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('refuses the unauthenticated and the wrong scope, serves the right key', async () => {
+    const get = (path: string, key?: string, method = 'GET') => fetch(`${cluster.url}${path}`, { method, headers: key ? { authorization: `Bearer ${key}` } : {} });
+    assert.equal((await get('/healthz')).status, 200);
+    assert.equal((await get('/readyz')).status, 200);
+    for (const [path, method] of [['/v1/models', 'GET'], ['/admin/v1/migrations', 'GET'], ['/admin/v1/sessions/x/migrate', 'POST']] as const) {
+      const r = await get(path, undefined, method);
+      assert.equal(r.status, 401, path);
+      assert.equal(((await r.json()) as { error: { type: string } }).error.type, 'authentication_error');
+      assert.equal((await get(path, 'sk-wrong-0123456789abcdef', method)).status, 401, path);
+    }
+    assert.equal((await get('/v1/models', USER)).status, 200);
+    assert.equal((await get('/admin/v1/migrations', USER)).status, 403);
+    assert.equal((await get('/admin/v1/migrations', ADMIN)).status, 200);
+    assert.equal((await get('/v1/models', ADMIN)).status, 200, 'an admin key may do what a user key may');
+    const ok = new OpenAI({ baseURL: `${cluster.url}/v1`, apiKey: USER, maxRetries: 0 });
+    assert.equal((await ok.completions.create({ model: 'default-llama-8x256-s42-f16', prompt: 'Hi', max_tokens: 3 })).usage!.completion_tokens, 3);
+    const bad = new OpenAI({ baseURL: `${cluster.url}/v1`, apiKey: 'sk-nope-0123456789abcdef', maxRetries: 0 });
+    await assert.rejects(bad.models.list(), (e: unknown) => e instanceof OpenAI.AuthenticationError);
+    assert.ok(logs.length > 0 && !logs.some((l) => l.includes(USER) || l.includes(ADMIN) || l.includes('sk-wrong')), 'no key in any log line');
+  });
+});
