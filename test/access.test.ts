@@ -49,3 +49,29 @@ describe('API keys', () => {
     assert.ok(logs.length > 0 && !logs.some((l) => l.includes(USER) || l.includes(ADMIN) || l.includes('sk-wrong')), 'no key in any log line');
   });
 });
+
+describe('NATS with user credentials', () => {
+  let cluster: LocalCluster;
+  const logs: string[] = [];
+  before(async () => {
+    cluster = await LocalCluster.start({ model: ensureDefaultModel(), splits: [[{ l0: 0, l1: 8 }]], port: 0, threads: 1, ctxSize: 512, natsAuth: true, logLevel: 'info', logSink: (l) => logs.push(l) });
+  });
+  after(async () => {
+    await cluster?.stop();
+  });
+
+  it('the services log in and serve; an unknown user or none is refused; the password is never logged', async () => {
+    const r = await fetch(`${cluster.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'default-llama-8x256-s42-f16', prompt: 'Hi', max_tokens: 2 }) });
+    assert.equal(r.status, 200);
+    const { connect } = await import('nats');
+    await assert.rejects(connect({ servers: cluster.nats.url, maxReconnectAttempts: 0 }), /Authorization Violation|AUTHORIZATION_VIOLATION/i);
+    await assert.rejects(connect({ servers: cluster.nats.url.replace('nats://', 'nats://intruder:guess@'), maxReconnectAttempts: 0 }), /Authorization Violation|AUTHORIZATION_VIOLATION/i);
+    const { natsOptions } = await import('@strata/wire');
+    const nc = await connect(natsOptions(cluster.natsUrl, 'test'));
+    await nc.close();
+    const password = new URL(cluster.natsUrl).password;
+    assert.ok(password.length >= 20);
+    assert.ok(logs.some((l) => l.includes('nats://strata:***@')), 'ready lines show the URL, redacted');
+    assert.ok(!logs.some((l) => l.includes(password)), 'no log line holds the password');
+  });
+});

@@ -1,23 +1,34 @@
-// A private nats-server on a loopback port: plain core NATS, no JetStream, no auth.
+// A private nats-server on a loopback port: plain core NATS, no JetStream; users with passwords
+// when asked for (clients then connect with nats://user:password@host:port).
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { launchServer, type LocalServer } from './managed-server.ts';
 import { checkInteger, resolveServerOptions, type ServerOptions } from './server-options.ts';
 import { tcpExchange } from './tcp-probe.ts';
+import { LocalServerError } from './errors.ts';
 
 /** Options of {@link startNats}. */
 export interface NatsOptions extends ServerOptions {
   /** largest message payload the server accepts, bytes; nats-server's 1 MiB when absent */
   maxPayload?: number;
+  /** accounts clients must log in with; none: anyone connects */
+  users?: { user: string; password: string }[];
 }
+
+const CREDENTIAL = /^[A-Za-z0-9_.-]{1,128}$/;
 
 /** nats-server refuses a max_payload above its max_pending, 64 MiB by default. */
 const MAX_PAYLOAD_LIMIT = 64 * 1024 * 1024; // bytes
 
 /** The nats.conf that startNats writes: listen on 127.0.0.1 only. */
-export function natsConfig(port: number, maxPayload?: number): string {
+export function natsConfig(port: number, maxPayload?: number, users: readonly { user: string; password: string }[] = []): string {
   const lines = ['# Written by @strata/local-servers; rewritten on every start.', `listen: "127.0.0.1:${port}"`];
   if (maxPayload !== undefined) lines.push(`max_payload: ${maxPayload}`);
+  if (users.length > 0) {
+    lines.push('authorization {', '  users = [');
+    for (const u of users) lines.push(`    { user: "${u.user}", password: "${u.password}" }`);
+    lines.push('  ]', '}');
+  }
   return lines.join('\n') + '\n';
 }
 
@@ -31,8 +42,11 @@ async function natsReady(port: number, timeoutMs: number): Promise<boolean> {
 export async function startNats(options: NatsOptions): Promise<LocalServer> {
   const resolved = await resolveServerOptions('nats-server', options);
   const maxPayload = options.maxPayload === undefined ? undefined : checkInteger('nats-server', 'maxPayload', options.maxPayload, 1, MAX_PAYLOAD_LIMIT);
+  for (const u of options.users ?? []) {
+    if (!CREDENTIAL.test(u.user) || !CREDENTIAL.test(u.password)) throw new LocalServerError('invalid_options', 'nats-server users and passwords are 1-128 of A-Z a-z 0-9 _ . -', { server: 'nats-server' });
+  }
   const config = join(resolved.dir, 'nats.conf');
-  await writeFile(config, natsConfig(resolved.port, maxPayload));
+  await writeFile(config, natsConfig(resolved.port, maxPayload, options.users), { mode: 0o600 });
   return launchServer({
     name: 'nats-server',
     binary: resolved.binary,

@@ -44,3 +44,8 @@ export function createLogger(service: string, options: LoggerOptions = {}, base:
     child: (fields) => createLogger(service, options, { ...base, ...fields }),
   };
 }
+
+/** A URL fit for a log line: its password, if any, replaced by ***. */
+export function redactUrl(url: string): string {
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/@]*):[^@/]*@/i, '$1:***@');
+}

@@ -2,6 +2,7 @@
 // ports, then the coordinator, the workers and the gateway as separate processes, exactly as
 // they run on separate machines. `strata up`, the end-to-end tests and the benchmarks use it.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -43,6 +44,8 @@ export interface LocalClusterOptions {
   gatewayFlags?: string[];
   /** where the services' log lines go (default: this process's stderr) */
   logSink?: (line: string) => void;
+  /** NATS with a user and a random password (services log in with them); default: no auth */
+  natsAuth?: boolean;
   /** NATS's max payload in bytes (default: nats-server's 1 MiB) */
   natsMaxPayload?: number;
   /** milliseconds to wait for the gateway to be ready (default 180000) */
@@ -83,6 +86,8 @@ export class LocalCluster {
   readonly url: string;
   readonly services: ServiceProcess[] = [];
   readonly splits: LayerRange[][];
+  /** the URL services connect to NATS with (credentials included when natsAuth is on) */
+  natsUrl = '';
   readonly #dataDir: string | null;
   readonly #o: LocalClusterOptions;
   #stopping: Promise<void> | null = null;
@@ -110,7 +115,8 @@ export class LocalCluster {
     const splits = o.splits ?? defaultSplits(nLayer, o.pipelines ?? 1, o.workers ?? 2);
     const ownData = o.dataDir === undefined;
     const dataDir = o.dataDir ?? mkdtempSync(join(tmpdir(), 'strata-up-'));
-    const nats = await startNats({ dir: join(dataDir, 'nats'), maxPayload: o.natsMaxPayload });
+    const password = o.natsAuth ? randomBytes(18).toString('base64url') : '';
+    const nats = await startNats({ dir: join(dataDir, 'nats'), maxPayload: o.natsMaxPayload, users: o.natsAuth ? [{ user: 'strata', password }] : undefined });
     let redis: LocalServer;
     try {
       redis = await startRedis({ dir: join(dataDir, 'redis') });
@@ -120,10 +126,11 @@ export class LocalCluster {
     }
     const port = o.port === 0 ? await freePort() : o.port ?? 8080;
     const c = new LocalCluster(o, model, splits, nats, redis, `http://127.0.0.1:${port}`, ownData ? dataDir : null);
+    c.natsUrl = o.natsAuth ? nats.url.replace('nats://', `nats://strata:${password}@`) : nats.url;
     try {
       const nWorkers = splits.reduce((n, s) => n + s.length, 0);
       const threads = o.threads ?? Math.max(1, Math.floor(availableParallelism() / nWorkers));
-      const common = ['--nats-url', nats.url, '--log-level', o.logLevel ?? 'warn'];
+      const common = ['--nats-url', c.natsUrl, '--log-level', o.logLevel ?? 'warn'];
       c.#spawn('coordinator', 'coordinator', ['coordinator', ...common, '--redis-url', redis.url, '--id', 'coordinator', ...(o.coordinatorFlags ?? [])]);
       splits.forEach((split, p) => split.forEach((layers, s) => {
         const id = `p${p}-s${s}`;

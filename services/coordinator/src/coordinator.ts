@@ -1,8 +1,8 @@
 // The coordinator process: the runtime around the actors. It feeds heartbeats and ticks to the
 // cluster actor, keeps one scheduler per pipeline, routes generate requests to a pipeline and
 // step results to their scheduler, and answers cluster queries.
-import type { Logger } from '@strata/log';
-import {
+import { redactUrl, type Logger } from '@strata/log';
+import { natsOptions,
   CancelRequestSchema, ClusterStateSchema, FinishReason, GenerateEventSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, GenerateReplySchema, GenerateRequestSchema, HeartbeatSchema, StepResultSchema,
   decode, encode, isId, subjects, type GenerateReply, type GenerateRequest, type DrainReply, type MigrateReply, type MigrationInfo,
 } from '@strata/wire';
@@ -57,7 +57,7 @@ export class Coordinator {
     await redis.connect();
     let nc: NatsConnection;
     try {
-      nc = await connect({ servers: c.natsUrl, name: `strata-coordinator-${c.id}`, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+      nc = await connect(natsOptions(c.natsUrl, `strata-coordinator-${c.id}`));
     } catch (err) {
       redis.disconnect();
       throw err;
@@ -75,7 +75,7 @@ export class Coordinator {
     sub(subjects.coordinatorDrain(), (m) => void co.#onDrain(m), 'coordinator');
     await co.#recoverMigrations();
     co.#timer = setInterval(() => co.#tick(), Math.min(1000, c.workerTimeoutMs / 3));
-    co.#log.info('coordinator ready', { nats: c.natsUrl, redis: c.redisUrl });
+    co.#log.info('coordinator ready', { nats: redactUrl(c.natsUrl), redis: redactUrl(c.redisUrl) });
     return co;
   }
 

@@ -6,7 +6,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { LlamaError, Vocab } from '@strata/ggml';
 import type { Logger } from '@strata/log';
-import {
+import { natsOptions,
   ClusterStateSchema, ClusterRequestSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, decode, encode, isId,
   subjects, toJson, type ClusterState, type MigrationInfo,
 } from '@strata/wire';
@@ -47,7 +47,7 @@ export class Gateway {
     const vocab = Vocab.load(c.model);
     let nc: NatsConnection;
     try {
-      nc = await connect({ servers: c.natsUrl, name: 'strata-gateway', maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+      nc = await connect(natsOptions(c.natsUrl, 'strata-gateway'));
     } catch (err) {
       vocab.dispose();
       throw err;

@@ -2,10 +2,10 @@
 // routed to it, forwards activations to the next stage, and answers sequence operations and
 // stats requests. Steps run one at a time in arrival order (evaluation is synchronous).
 import { Vocab } from '@strata/ggml';
-import type { Logger } from '@strata/log';
+import { redactUrl, type Logger } from '@strata/log';
 import { Stage, parseRange, readHParams } from '@strata/model';
 import { GgufFile } from '@strata/gguf';
-import {
+import { natsOptions,
   HeartbeatSchema, MigrateOutReplySchema, MigrateOutRequestSchema, SeqOpReplySchema, SeqOpRequestSchema, StageInputAssembler, StageStatsSchema, StepResultSchema,
   decode, encode, encodeStageInput, subjects, type StageCounters, type StageInfo, type StepHeader,
 } from '@strata/wire';
@@ -69,7 +69,7 @@ export class Worker {
     }
     let nc: NatsConnection;
     try {
-      nc = await connect({ servers: c.natsUrl, name: `strata-worker-${c.id}`, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+      nc = await connect(natsOptions(c.natsUrl, `strata-worker-${c.id}`));
     } catch (err) {
       stage.dispose();
       vocab?.dispose();
@@ -89,7 +89,7 @@ export class Worker {
       w.#heartbeat();
       for (const id of w.#assembler.prune(PARTIAL_STEP_MS)) w.#log.warn('dropped a step whose chunks stopped coming', { step: id });
     }, c.heartbeatMs);
-    w.#log.info('worker ready', { layers: `${w.info.l0}:${w.info.l1}`, model: c.modelId, kvCells: w.info.kvCells, nats: c.natsUrl });
+    w.#log.info('worker ready', { layers: `${w.info.l0}:${w.info.l1}`, model: c.modelId, kvCells: w.info.kvCells, nats: redactUrl(c.natsUrl) });
     return w;
   }
 

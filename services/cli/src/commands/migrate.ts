@@ -2,7 +2,7 @@
 // view of live migration, over NATS to the coordinator.
 import { connect } from 'nats';
 import {
-  DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, decode, encode, subjects, type MigrationInfo,
+  DrainReplySchema, DrainRequestSchema, MigrateReplySchema, natsOptions, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, decode, encode, subjects, type MigrationInfo,
 } from '@strata/wire';
 import { Flags, parseArgs } from '../args.ts';
 import { UsageError } from '../errors.ts';
@@ -24,7 +24,7 @@ export async function migrateCommand(argv: string[], out: NodeJS.WritableStream)
   f.done();
   const session = a.positionals[0];
   if (!session || a.positionals.length > 1) throw new UsageError('strata migrate takes one session id');
-  const nc = await connect({ servers: natsUrl });
+  const nc = await connect({ ...natsOptions(natsUrl, 'strata-cli'), maxReconnectAttempts: 0 });
   try {
     const m = await nc.request(subjects.coordinatorMigrate(), encode(MigrateRequestSchema, { sessionId: session, toPipeline: to, wait, reason: 'operator (strata migrate)' }), { timeout: 180_000 });
     const r = decode(MigrateReplySchema, m.data);
@@ -45,7 +45,7 @@ export async function migrationsCommand(argv: string[], out: NodeJS.WritableStre
   const natsUrl = f.str('nats-url', process.env.STRATA_NATS_URL ?? 'nats://127.0.0.1:4222')!;
   const limit = f.int('limit', 20)!;
   f.done();
-  const nc = await connect({ servers: natsUrl });
+  const nc = await connect({ ...natsOptions(natsUrl, 'strata-cli'), maxReconnectAttempts: 0 });
   try {
     const m = await nc.request(subjects.coordinatorMigrations(), encode(MigrationsRequestSchema, { limit }), { timeout: 5000 });
     const list = decode(MigrationListSchema, m.data);
@@ -65,7 +65,7 @@ export async function drainCommand(argv: string[], out: NodeJS.WritableStream): 
   f.done();
   const worker = a.positionals[0];
   if (!worker || a.positionals.length > 1) throw new UsageError('strata drain takes one worker id');
-  const nc = await connect({ servers: natsUrl });
+  const nc = await connect({ ...natsOptions(natsUrl, 'strata-cli'), maxReconnectAttempts: 0 });
   try {
     out.write(`draining ${worker}…\n`);
     const m = await nc.request(subjects.coordinatorDrain(), encode(DrainRequestSchema, { workerId: worker }), { timeout: 600_000 });
