@@ -11,7 +11,7 @@ import { connect, type Msg, type NatsConnection } from 'nats';
 import { clusterTransition, initialCluster, type ClusterEffect, type ClusterState } from './cluster.ts';
 import type { CoordinatorConfig } from './config.ts';
 import { CoordinatorError } from './errors.ts';
-import { PipelineScheduler, refuse, type Rebuild } from './pipeline-runner.ts';
+import { PipelineScheduler, refuse, type Rebuild } from './scheduler.ts';
 import { MigrationLedger, type MigrationRecord } from './ledger.ts';
 import { startMigration } from './migration.ts';
 import { SessionStore } from './session-store.ts';

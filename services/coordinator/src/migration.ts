@@ -10,7 +10,7 @@ import { MigrateOutReplySchema, MigrateOutRequestSchema, decode, encode, subject
 import type { NatsConnection } from 'nats';
 import { CoordinatorError } from './errors.ts';
 import type { MigrationLedger, MigrationRecord } from './ledger.ts';
-import type { PipelineScheduler } from './pipeline-runner.ts';
+import type { PipelineScheduler } from './scheduler.ts';
 import { cellsNeeded } from './session.ts';
 import type { SessionStore } from './session-store.ts';
 

@@ -220,6 +220,35 @@ export class PipelineScheduler {
     }
   }
 
+  /**
+   * Finds `seqs` sequence ids and room for `cells` more cells (plus `extra` cells about to be
+   * freed), evicting idle sessions least recently used first (never `keep`); null, with nothing
+   * evicted, when even evicting every idle session would not do. Evicted sequences handed out come
+   * with the operations that empty them (to run before their first step); the others are emptied
+   * and freed in the background.
+   */
+  #makeRoom(seqs: number, cells: number, keep = '', extra = 0): { seqs: number[]; ops: SeqOp[] } | null {
+    let free = this.#free.length, room = this.capacity - this.#reserved() + extra;
+    const idle = [...this.#residents.entries()].filter(([id, r]) => !r.busy && id !== keep).sort((a, b) => a[1].lastUsedMs - b[1].lastUsedMs);
+    const evict: [string, Resident][] = [];
+    for (const e of idle) {
+      if (free >= seqs && room >= cells) break;
+      evict.push(e);
+      free++;
+      room += e[1].tokens.length;
+    }
+    if (free < seqs || room < cells) return null;
+    for (const [id] of evict) this.#residents.delete(id);
+    const out: number[] = [], ops: SeqOp[] = [];
+    for (let i = 0; i < seqs; i++) {
+      const e = evict.pop();
+      if (e) ops.push(seqOp(SeqOpKind.REMOVE, e[1].seq));
+      out.push(e ? e[1].seq : this.#free.pop()!);
+    }
+    for (const [, r] of evict) void this.#dropSeq(r.seq);
+    return { seqs: out, ops };
+  }
+
   /** cells reserved by jobs and idle residents */
   #reserved(): number {
     let n = 0;
@@ -245,46 +274,26 @@ export class PipelineScheduler {
       if (cached === req.prompt.length) cached--;
     }
     const need = n * (maxTokens + req.prompt.length - cached);
-    const seqsNeeded = resident ? 0 : n;
-    const evict: Resident[] = [];
-    let free = this.#free.length, room = this.capacity - this.#reserved();
     // The session's own cells past the common prefix are removed before it starts.
-    if (resident) room += resident.tokens.length - cached;
-    const idle = [...this.#residents.entries()].filter(([id, r]) => !r.busy && id !== req.sessionId).sort((a, b) => a[1].lastUsedMs - b[1].lastUsedMs);
-    for (const [, r] of idle) {
-      if (free >= seqsNeeded && room >= need) break;
-      evict.push(r);
-      free++;
-      room += r.tokens.length;
-    }
-    if (free < seqsNeeded || room < need) {
-      // Nothing is evicted for a request that cannot start anyway.
+    const room = this.#makeRoom(resident ? 0 : n, need, req.sessionId, resident ? resident.tokens.length - cached : 0);
+    if (!room) {
       if (this.#jobs.length === 0) return refuse('kv_full', `the pipeline cannot hold ${need} more cells`);
       return 'wait';
     }
-    for (const [id, r] of idle) if (evict.includes(r)) this.#residents.delete(id);
-    const ops: SeqOp[] = [];
-    const seqs: number[] = [];
+    const { ops, seqs } = room;
     if (resident) {
       resident.busy = true;
       seqs.push(resident.seq);
       if (cached < resident.tokens.length) ops.push(seqOp(SeqOpKind.REMOVE, resident.seq, cached, -1));
-    } else {
-      // Evicted sequences are emptied by this request's own operations before its first step.
-      for (let i = 0; i < n; i++) {
-        const r = evict.pop();
-        if (r) ops.push(seqOp(SeqOpKind.REMOVE, r.seq));
-        seqs.push(r ? r.seq : this.#free.pop()!);
-      }
+    } else if (req.sessionId) {
       // The session is here from now on: a second request of it is busy, not a second copy.
-      if (req.sessionId) this.#residents.set(req.sessionId, { seq: seqs[0]!, tokens: [], lastUsedMs: Date.now(), busy: true, epoch: 0 });
+      this.#residents.set(req.sessionId, { seq: seqs[0]!, tokens: [], lastUsedMs: Date.now(), busy: true, epoch: 0 });
     }
     const jobs = seqs.map((seq, index) => newJob({
       requestId: req.requestId, index, sessionId: req.sessionId, seq, prompt: req.prompt.slice(cached), pos0: cached,
       sampling: { ...req.sampling!, seed: (req.sampling?.seed ?? 0) + index }, maxTokens,
     }));
-    for (const r of evict) void this.#dropSeq(r.seq);
-    this.#log.debug('start', { request: req.requestId, session: req.sessionId, seqs, cached, need, evicted: evict.length, free: [...this.#free] });
+    this.#log.debug('start', { request: req.requestId, session: req.sessionId, seqs, cached, need, free: [...this.#free] });
     const request: Request = { req, jobs, cached, epoch: 0, live: jobs.length };
     this.#requests.set(req.requestId, request);
     // The cells count as reserved now; tokens flow once the caches and Redis agree.
@@ -486,20 +495,9 @@ export class PipelineScheduler {
    * least recently used first; null when they cannot be had.
    */
   reserveIncoming(cells: number): number | null {
-    let room = this.capacity - this.#reserved();
-    const idle = [...this.#residents.entries()].filter(([, r]) => !r.busy).sort((a, b) => a[1].lastUsedMs - b[1].lastUsedMs);
-    const evict: [string, Resident][] = [];
-    let free = this.#free.length;
-    for (const e of idle) {
-      if (free >= 1 && room >= cells) break;
-      evict.push(e);
-      free++;
-      room += e[1].tokens.length;
-    }
-    if (free < 1 || room < cells) return null;
-    for (const [id] of evict) this.#residents.delete(id);
-    const seq = evict.length > 0 ? evict.pop()![1].seq : this.#free.pop()!;
-    for (const [, r] of evict) void this.#dropSeq(r.seq);
+    // The migration empties the sequence on every stage before the first piece arrives.
+    const seq = this.#makeRoom(1, cells)?.seqs[0];
+    if (seq === undefined) return null;
     this.#incoming.set(seq, cells);
     return seq;
   }
@@ -608,27 +606,14 @@ export class PipelineScheduler {
   /** Starts a rebuild if sequences and cells allow; false: wait. */
   #tryRebuild(r: Rebuild): boolean {
     const need = r.jobs.reduce((n, j) => n + cellsNeeded(j), 0);
-    let free = this.#free.length, room = this.capacity - this.#reserved();
-    const idle = [...this.#residents.entries()].filter(([, x]) => !x.busy).sort((a, b) => a[1].lastUsedMs - b[1].lastUsedMs);
-    const evict: [string, Resident][] = [];
-    for (const e of idle) {
-      if (free >= r.jobs.length && room >= need) break;
-      evict.push(e);
-      free++;
-      room += e[1].tokens.length;
-    }
-    if (free < r.jobs.length || room < need) return false;
-    const ops: SeqOp[] = [];
-    for (const [id, x] of evict) {
-      this.#residents.delete(id);
-      ops.push(seqOp(SeqOpKind.REMOVE, x.seq));
-      this.#free.push(x.seq);
-    }
+    const room = this.#makeRoom(r.jobs.length, need);
+    if (!room) return false;
+    const { ops } = room;
     const { request, jobs } = r;
-    for (const j of jobs) {
-      j.seq = this.#free.pop()!;
+    jobs.forEach((j, i) => {
+      j.seq = room.seqs[i]!;
       j.held = true;
-    }
+    });
     const session = request.req.sessionId;
     if (session) this.#residents.set(session, { seq: jobs[0]!.seq, tokens: [], lastUsedMs: Date.now(), busy: true, epoch: 0 });
     this.#requests.set(request.req.requestId, request);
