@@ -30,7 +30,7 @@ function greedy(prompt: string, n: number): { tokens: string[]; margins: number[
 }
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
 import { main } from '../services/cli/src/main.ts';
-import { matchedUntilTie } from './helpers/cluster.ts';
+import { matchedUntilTie, readStream } from './helpers/cluster.ts';
 import { Pipeline, prefill, topK } from '@strata/model';
 
 const model = ensureDefaultModel();
@@ -62,20 +62,10 @@ describe('drain', () => {
     for (const s of ['d-1', 'd-2']) assert.equal((await complete(cluster.url, s, { prompt: `Session ${s} by the river`, max_tokens: 6 })).status, 200);
     const ref = greedy('The river ran', 100);
     const r = await complete(cluster.url, 'd-3', { prompt: 'The river ran', max_tokens: 100, stream: true, logprobs: 0 });
-    const tokens: string[] = [];
     let drained: Promise<{ code: number; out: string }> | null = null;
-    let buf = '';
-    for await (const part of r.body!) {
-      buf += Buffer.from(part as Uint8Array).toString('utf8');
-      let i;
-      while ((i = buf.indexOf('\n\n')) >= 0) {
-        const ev = buf.slice(0, i);
-        buf = buf.slice(i + 2);
-        if (ev === 'data: [DONE]') continue;
-        tokens.push(...((JSON.parse(ev.slice(6)) as { choices: { logprobs: { tokens: string[] } | null }[] }).choices[0]!.logprobs?.tokens ?? []));
-        if (tokens.length >= 10 && !drained) drained = cli(['drain', 'p0-s1', '--nats-url', cluster.nats.url]);
-      }
-    }
+    const { tokens } = await readStream(r, (n) => {
+      if (n === 10) drained = cli(['drain', 'p0-s1', '--nats-url', cluster.nats.url]);
+    });
     const d = await drained!;
     assert.equal(d.code, 0, d.out);
     assert.match(d.out, /3 session\(s\) moved/);

@@ -17,7 +17,7 @@ import { Pipeline, ensureDefaultModel, prefill } from '@strata/model';
 import { SessionStore } from '@strata/coordinator';
 import { ClusterRequestSchema, ClusterStateSchema, KvTransfer, decode, encode, grpcClient, subjects, type ClusterState, type PushRequest, type PushResponse } from '@strata/wire';
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
-import { strataGenerate, workerStats } from './helpers/cluster.ts';
+import { readStream, strataGenerate, workerStats } from './helpers/cluster.ts';
 
 const model = ensureDefaultModel();
 const P0 = 'p0-s0~p0-s1', P1 = 'p1-s0~p1-s1';
@@ -53,25 +53,13 @@ describe('migration faults', () => {
       method: 'POST', headers: { 'content-type': 'application/json', 'x-session-id': 'fault-1' },
       body: JSON.stringify({ model: 'default-llama-8x256-s42-f16', prompt: 'Once upon a time', max_tokens: 120, temperature: 0, stream: true, logprobs: 0 }),
     });
-    const tokens: string[] = [];
-    let buf = '';
-    for await (const part of r.body!) {
-      buf += Buffer.from(part as Uint8Array).toString('utf8');
-      let i;
-      while ((i = buf.indexOf('\n\n')) >= 0) {
-        const ev = buf.slice(0, i);
-        buf = buf.slice(i + 2);
-        if (ev === 'data: [DONE]') continue;
-        const j = JSON.parse(ev.slice(6)) as { choices: { logprobs: { tokens: string[] } | null }[] };
-        tokens.push(...(j.choices[0]!.logprobs?.tokens ?? []));
-        if (tokens.length >= 10 && !migration.id) {
-          target.kill('SIGSTOP');
-          const m = await fetch(`${cluster.url}/admin/v1/sessions/fault-1/migrate`, { method: 'POST', body: JSON.stringify({ to: P1, wait: true }) });
-          migration = (await m.json()) as Record<string, unknown>;
-          target.kill('SIGCONT');
-        }
-      }
-    }
+    const { tokens } = await readStream(r, async (n) => {
+      if (n !== 10) return;
+      target.kill('SIGSTOP');
+      const m = await fetch(`${cluster.url}/admin/v1/sessions/fault-1/migrate`, { method: 'POST', body: JSON.stringify({ to: P1, wait: true }) });
+      migration = (await m.json()) as Record<string, unknown>;
+      target.kill('SIGCONT');
+    });
     assert.equal(migration.state, 'aborted', JSON.stringify(migration));
     assert.match(String(migration.error), /source_failed|push|deadline|timed out|TIMEOUT/i);
     assert.equal(migration.from, P0);

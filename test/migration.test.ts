@@ -7,41 +7,16 @@ import { Redis } from 'ioredis';
 import { Vocab, GgmlType } from '@strata/ggml';
 import { Pipeline, ensureDefaultModel, prefill, topK } from '@strata/model';
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
-import { strataGenerate } from './helpers/cluster.ts';
+import { readStream, strataGenerate, type Streamed } from './helpers/cluster.ts';
 
 const model = ensureDefaultModel();
 const SPLITS = [[{ l0: 0, l1: 4 }, { l0: 4, l1: 8 }], [{ l0: 0, l1: 4 }, { l0: 4, l1: 8 }], [{ l0: 0, l1: 3 }, { l0: 3, l1: 8 }], [{ l0: 0, l1: 5 }, { l0: 5, l1: 8 }]];
 const PIPELINES = ['p0-s0~p0-s1', 'p1-s0~p1-s1', 'p2-s0~p2-s1', 'p3-s0~p3-s1'];
 
-interface Streamed {
-  tokens: string[];
-  finish: string | null;
-}
-
-/** A streaming completion; `onToken(n)` runs (and is awaited) after the n-th token arrived. */
+/** A streaming completion of a session; `onToken(n)` runs (and is awaited) after the n-th token. */
 async function stream(url: string, body: Record<string, unknown>, session: string, onToken: (n: number) => Promise<void>): Promise<Streamed> {
   const r = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-session-id': session }, body: JSON.stringify({ ...body, stream: true, logprobs: 0 }) });
-  assert.equal(r.status, 200);
-  const out: Streamed = { tokens: [], finish: null };
-  const dec = new TextDecoder();
-  let buf = '';
-  for await (const part of r.body!) {
-    buf += dec.decode(part as Uint8Array, { stream: true });
-    let i;
-    while ((i = buf.indexOf('\n\n')) >= 0) {
-      const ev = buf.slice(0, i);
-      buf = buf.slice(i + 2);
-      if (ev === 'data: [DONE]') continue;
-      const j = JSON.parse(ev.slice(6)) as { choices: { logprobs: { tokens: string[] } | null; finish_reason: string | null }[]; error?: unknown };
-      assert.equal(j.error, undefined, JSON.stringify(j.error));
-      for (const t of j.choices[0]!.logprobs?.tokens ?? []) {
-        out.tokens.push(t);
-        await onToken(out.tokens.length);
-      }
-      out.finish = j.choices[0]!.finish_reason ?? out.finish;
-    }
-  }
-  return out;
+  return readStream(r, onToken);
 }
 
 describe('live migration', () => {

@@ -8,7 +8,7 @@ import { Redis } from 'ioredis';
 import { Vocab } from '@strata/ggml';
 import { Pipeline, ensureDefaultModel, prefill, topK } from '@strata/model';
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
-import { matchedUntilTie } from './helpers/cluster.ts';
+import { matchedUntilTie, readStream } from './helpers/cluster.ts';
 
 const model = ensureDefaultModel();
 const N = 100;
@@ -58,38 +58,20 @@ describe('worker loss', () => {
       const headers: Record<string, string> = { 'content-type': 'application/json' };
       if (session) headers['x-session-id'] = session;
       const r = await fetch(`${cluster.url}/v1/completions`, { method: 'POST', headers, body: JSON.stringify({ model: 'default-llama-8x256-s42-f16', prompt, max_tokens: N, temperature: 0, stream: true, logprobs: 0 }) });
-      const tokens: string[] = [], times: number[] = [];
-      let buf = '';
-      let killed = false;
-      for await (const part of r.body!) {
-        buf += Buffer.from(part as Uint8Array).toString('utf8');
-        let i;
-        while ((i = buf.indexOf('\n\n')) >= 0) {
-          const ev = buf.slice(0, i);
-          buf = buf.slice(i + 2);
-          if (ev === 'data: [DONE]') continue;
-          const j = JSON.parse(ev.slice(6)) as { choices: { logprobs: { tokens: string[] } | null }[]; error?: { message: string } };
-          assert.equal(j.error, undefined, j.error?.message);
-          for (const t of j.choices[0]!.logprobs?.tokens ?? []) {
-            tokens.push(t);
-            times.push(performance.now());
-          }
-          if (tokens.length >= 15 && !killed) {
-            killed = true;
-            // The last stage of the pipeline serving this request: the one holding the session, or
-            // the one with a sequence that no session holds.
-            const state = (await (await fetch(`${cluster.url}/admin/v1/cluster`)).json()) as { pipelines: { id: string; stages: { workerId: string }[]; seqsUsed?: number; sessions?: number }[] };
-            const redis = new Redis(cluster.redis.url);
-            const home = session ? await redis.hget(`strata:session:${session}`, 'pipeline') : null;
-            redis.disconnect();
-            const busy = state.pipelines.filter((pl) => (session ? pl.id === home : (pl.seqsUsed ?? 0) > (pl.sessions ?? 0)));
-            assert.equal(busy.length, 1, JSON.stringify(state.pipelines));
-            victim = busy[0]!.stages.at(-1)!.workerId;
-            before = busy[0]!.id;
-            cluster.service(victim).proc.kill(signal);
-          }
-        }
-      }
+      const { tokens, times } = await readStream(r, async (n) => {
+        if (n !== 15) return;
+        // The last stage of the pipeline serving this request: the one holding the session, or
+        // the one with a sequence that no session holds.
+        const state = (await (await fetch(`${cluster.url}/admin/v1/cluster`)).json()) as { pipelines: { id: string; stages: { workerId: string }[]; seqsUsed?: number; sessions?: number }[] };
+        const redis = new Redis(cluster.redis.url);
+        const home = session ? await redis.hget(`strata:session:${session}`, 'pipeline') : null;
+        redis.disconnect();
+        const busy = state.pipelines.filter((pl) => (session ? pl.id === home : (pl.seqsUsed ?? 0) > (pl.sessions ?? 0)));
+        assert.equal(busy.length, 1, JSON.stringify(state.pipelines));
+        victim = busy[0]!.stages.at(-1)!.workerId;
+        before = busy[0]!.id;
+        cluster.service(victim).proc.kill(signal);
+      });
       assert.equal(tokens.length, N, 'every token arrived');
       const gaps = times.slice(1).map((t, i) => t - times[i]!);
       const k = gaps.indexOf(Math.max(...gaps)) + 1;

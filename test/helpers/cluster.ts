@@ -41,3 +41,41 @@ export function matchedUntilTie(got: readonly string[], want: readonly string[],
   const equal = got.length >= compared && got.slice(0, compared).every((t, i) => t === want[i]);
   return { compared, equal };
 }
+
+/** What a streamed completion delivered. */
+export interface Streamed {
+  /** token texts (from logprobs: request `logprobs: 0`) */
+  tokens: string[];
+  /** arrival time of each token (performance.now()) */
+  times: number[];
+  finish: string | null;
+}
+
+/**
+ * Reads a completion's server-sent events to the end; `onToken(n)` runs, and is awaited, after
+ * the n-th token arrived (the stream waits meanwhile). An error event fails the read.
+ */
+export async function readStream(r: Response, onToken: (n: number) => unknown = () => {}): Promise<Streamed> {
+  if (r.status !== 200 || !r.body) throw new Error(`HTTP ${r.status}: ${await r.text()}`);
+  const out: Streamed = { tokens: [], times: [], finish: null };
+  const dec = new TextDecoder();
+  let buf = '';
+  for await (const part of r.body) {
+    buf += dec.decode(part as Uint8Array, { stream: true });
+    let i;
+    while ((i = buf.indexOf('\n\n')) >= 0) {
+      const ev = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      if (ev === 'data: [DONE]') continue;
+      const j = JSON.parse(ev.slice(6)) as { choices: { logprobs: { tokens: string[] } | null; finish_reason: string | null }[]; error?: { message: string } };
+      if (j.error) throw new Error(`error event: ${j.error.message}`);
+      for (const t of j.choices[0]?.logprobs?.tokens ?? []) {
+        out.tokens.push(t);
+        out.times.push(performance.now());
+        await onToken(out.tokens.length);
+      }
+      out.finish = j.choices[0]?.finish_reason ?? out.finish;
+    }
+  }
+  return out;
+}
