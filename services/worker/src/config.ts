@@ -22,6 +22,11 @@ export const workerSchema = {
   grpcHost: { kind: 'string', doc: 'address the KvTransfer gRPC service listens on', default: '127.0.0.1' },
   grpcPort: { kind: 'int', doc: 'port of the KvTransfer gRPC service (0: any free one)', default: 0 },
   grpcAdvertise: { kind: 'string', doc: 'host:port other workers reach KvTransfer at (default: host:port it listens on)' },
+  transferTokenFile: { kind: 'string', doc: 'file holding the shared token KvTransfer peers must present (a mounted secret); none: no token' },
+  grpcTlsCert: { kind: 'string', doc: 'PEM certificate of this worker for KvTransfer (with --grpc-tls-key and --grpc-tls-ca: TLS)' },
+  grpcTlsKey: { kind: 'string', doc: 'PEM private key of that certificate' },
+  grpcTlsCa: { kind: 'string', doc: 'PEM CA that signs every worker\'s certificate' },
+  grpcTlsMutual: { kind: 'bool', doc: 'require and check a client certificate from KvTransfer peers', default: false },
   transferMaxBlobBytes: { kind: 'int', doc: 'largest KV state blob a push may carry', default: 256 * 1024 * 1024 },
   heartbeatMs: { kind: 'int', doc: 'milliseconds between heartbeats', default: 1000 },
   logLevel: { kind: 'string', doc: 'debug, info, warn, error, none', default: 'info' },
@@ -49,5 +54,8 @@ export function workerConfig(sources?: Sources): WorkerConfig {
   for (const k of ['threads', 'ctxSize', 'nSeqMax', 'maxBatch', 'heartbeatMs'] as const) {
     if (c[k] < 1) throw new ConfigError('bad_value', `${k} must be at least 1, got ${c[k]}`, k);
   }
+  const tls = [c.grpcTlsCert, c.grpcTlsKey, c.grpcTlsCa].filter((x) => x !== undefined).length;
+  if (tls !== 0 && tls !== 3) throw new ConfigError('bad_value', 'TLS for KvTransfer needs --grpc-tls-cert, --grpc-tls-key and --grpc-tls-ca together', 'grpcTlsCert');
+  if (c.grpcTlsMutual && tls === 0) throw new ConfigError('bad_value', '--grpc-tls-mutual needs TLS', 'grpcTlsMutual');
   return { ...c, model, modelId: c.modelId ?? modelIdOf(model), id, kvType, kvTypeName: c.kvType.toLowerCase() };
 }

@@ -5,7 +5,9 @@
 // holds one blob at a time and imports it as soon as it is whole.
 import { once } from 'node:events';
 import { crc32 } from 'node:zlib';
-import { Server, ServerCredentials, credentials, type ServerReadableStream, type sendUnaryData, type ClientWritableStream } from '@grpc/grpc-js';
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { Metadata, Server, ServerCredentials, credentials, status, type ChannelCredentials, type ServerReadableStream, type sendUnaryData, type ClientWritableStream } from '@grpc/grpc-js';
 import type { Logger } from '@strata/log';
 import type { Stage } from '@strata/model';
 import { KvStateError } from '@strata/kv-cache';
@@ -19,6 +21,24 @@ export const CHUNK_BYTES = 256 * 1024;
 /** largest blob a target takes (a piece of 256 positions of any sane model fits) */
 export const MAX_BLOB_BYTES = 256 * 1024 * 1024;
 
+/** How workers trust each other on KvTransfer: a shared token, TLS (mutual if asked). */
+export interface TransferSecurity {
+  token: string | null;
+  tls: { cert: Buffer; key: Buffer; ca: Buffer; mutual: boolean } | null;
+}
+
+/** Reads the token and TLS files a worker's configuration names. */
+export function loadSecurity(o: { transferTokenFile?: string; grpcTlsCert?: string; grpcTlsKey?: string; grpcTlsCa?: string; grpcTlsMutual: boolean }): TransferSecurity {
+  const token = o.transferTokenFile ? readFileSync(o.transferTokenFile, 'utf8').trim() : null;
+  if (token !== null && token.length < 16) throw new WorkerError('bad_config', `the transfer token in ${o.transferTokenFile} is shorter than 16 characters`);
+  const tls = o.grpcTlsCert && o.grpcTlsKey && o.grpcTlsCa
+    ? { cert: readFileSync(o.grpcTlsCert), key: readFileSync(o.grpcTlsKey), ca: readFileSync(o.grpcTlsCa), mutual: o.grpcTlsMutual }
+    : null;
+  return { token, tls };
+}
+
+const digest = (s: string) => createHash('sha256').update(s).digest();
+
 /** Options of {@link KvTransferServer.start}. */
 export interface KvTransferServerOptions {
   host: string;
@@ -28,6 +48,7 @@ export interface KvTransferServerOptions {
   nSeqMax: number;
   stage: Stage;
   log: Logger;
+  security: TransferSecurity;
   /** largest blob taken, in bytes (default MAX_BLOB_BYTES) */
   maxBlobBytes?: number;
   /** called when a push changed the cache (imported cells, or freed them after a failure) */
@@ -55,13 +76,21 @@ export class KvTransferServer {
   static async start(o: KvTransferServerOptions): Promise<KvTransferServer> {
     const s = new KvTransferServer(o);
     const port = await new Promise<number>((resolve, reject) =>
-      s.#server.bindAsync(`${o.host}:${o.port}`, ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+      s.#server.bindAsync(`${o.host}:${o.port}`, serverCredentials(o.security), (err, p) => (err ? reject(err) : resolve(p))));
     s.address = `${o.host}:${port}`;
     return s;
   }
 
   #push(call: ServerReadableStream<PushRequest, PushResponse>, cb: sendUnaryData<PushResponse>): void {
-    const { stage, workerId, nSeqMax, log } = this.#o;
+    const { stage, workerId, nSeqMax, log, security } = this.#o;
+    if (security.token !== null) {
+      const got = String(call.metadata.get('authorization')[0] ?? '');
+      if (!timingSafeEqual(digest(got), digest(`Bearer ${security.token}`))) {
+        log.warn('refused a KV push without the cluster\'s transfer token', { peer: call.getPeer() });
+        cb({ code: status.UNAUTHENTICATED, details: 'a KV push needs this cluster\'s transfer token' });
+        return;
+      }
+    }
     let header: PushRequest['header'];
     let blob: Buffer[] = [];
     let blobBytes = 0, bytes = 0, cells = 0, done = false;
@@ -133,15 +162,25 @@ export class KvTransferServer {
   }
 }
 
+function serverCredentials(sec: TransferSecurity): ServerCredentials {
+  if (!sec.tls) return ServerCredentials.createInsecure();
+  return ServerCredentials.createSsl(sec.tls.ca, [{ cert_chain: sec.tls.cert, private_key: sec.tls.key }], sec.tls.mutual);
+}
+
+function channelCredentials(sec: TransferSecurity): ChannelCredentials {
+  if (!sec.tls) return credentials.createInsecure();
+  return credentials.createSsl(sec.tls.ca, sec.tls.key, sec.tls.cert);
+}
+
 const Client = grpcClient(KvTransfer);
-type PushClient = { push(options: { deadline: number }, cb: (err: Error | null, r?: PushResponse) => void): ClientWritableStream<PushRequest>; close(): void };
+type PushClient = { push(metadata: Metadata, options: { deadline: number }, cb: (err: Error | null, r?: PushResponse) => void): ClientWritableStream<PushRequest>; close(): void };
 /** One channel per target, kept: a migration's rounds and parts reuse its connection. */
 const clients = new Map<string, PushClient>();
 
-function clientFor(address: string): PushClient {
+function clientFor(address: string, sec: TransferSecurity): PushClient {
   let c = clients.get(address);
   if (!c) {
-    c = new Client(address, credentials.createInsecure()) as unknown as PushClient;
+    c = new Client(address, channelCredentials(sec)) as unknown as PushClient;
     clients.set(address, c);
   }
   return c;
@@ -154,16 +193,18 @@ export function closePushClients(): void {
 }
 
 /** Exports `req`'s positions and layers in pieces and pushes them to the target; resolves with the target's tally. */
-export async function pushState(stage: Stage, workerId: string, req: MigrateOutRequest, log: Logger): Promise<MigrateOutReply> {
+export async function pushState(stage: Stage, workerId: string, req: MigrateOutRequest, log: Logger, security: TransferSecurity): Promise<MigrateOutReply> {
   const end = req.p1 < 0 ? stage.seqPosMax(req.seq) + 1 : req.p1;
-  const client = clientFor(req.targetAddress);
+  const client = clientFor(req.targetAddress, security);
+  const metadata = new Metadata();
+  if (security.token !== null) metadata.set('authorization', `Bearer ${security.token}`);
   const rowBytes = stage.kv.rowBytes;
   const perPiece = Math.max(16, Math.min(4096, Math.floor(PIECE_BYTES / ((req.l1 - req.l0) * 2 * rowBytes))));
   let sent = 0;
   let callErr: Error | null = null;
   let response: PushResponse | undefined;
   try {
-    const call = client.push({ deadline: Date.now() + (req.timeoutMs || 120_000) }, (err, r) => {
+    const call = client.push(metadata, { deadline: Date.now() + (req.timeoutMs || 120_000) }, (err, r) => {
       callErr = err;
       response = r;
     });

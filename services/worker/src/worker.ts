@@ -13,7 +13,7 @@ import { connect, type Msg, type NatsConnection, type Subscription } from 'nats'
 import type { WorkerConfig } from './config.ts';
 import { WorkerError } from './errors.ts';
 import { SamplerSet } from './samplers.ts';
-import { KvTransferServer, closePushClients, pushState } from './kv-transfer.ts';
+import { KvTransferServer, closePushClients, loadSecurity, pushState, type TransferSecurity } from './kv-transfer.ts';
 import { StepRunner, stepErrorCode } from './step-runner.ts';
 
 /** Steps whose chunks stop arriving for this long are dropped (milliseconds). */
@@ -30,6 +30,7 @@ export class Worker {
   readonly #assembler = new StageInputAssembler();
   readonly #subs: Subscription[] = [];
   #kv: KvTransferServer | null = null;
+  #security: TransferSecurity = { token: null, tls: null };
   readonly #io = { steps: 0n, bytesIn: 0n, bytesOut: 0n };
   #timer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | null = null;
@@ -77,7 +78,8 @@ export class Worker {
     }
     const w = new Worker(c, stage, vocab, nc, log.child({ worker: c.id }));
     try {
-      w.#kv = await KvTransferServer.start({ host: c.grpcHost, port: c.grpcPort, workerId: c.id, nSeqMax: c.nSeqMax, stage, log: w.#log, maxBlobBytes: c.transferMaxBlobBytes, onChange: () => w.#heartbeat() });
+      w.#security = loadSecurity(c);
+      w.#kv = await KvTransferServer.start({ security: w.#security, host: c.grpcHost, port: c.grpcPort, workerId: c.id, nSeqMax: c.nSeqMax, stage, log: w.#log, maxBlobBytes: c.transferMaxBlobBytes, onChange: () => w.#heartbeat() });
     } catch (err) {
       await w.stop();
       throw err;
@@ -182,7 +184,7 @@ export class Worker {
       if (req.seq >= this.info.nSeqMax) throw new WorkerError('bad_request', `seq ${req.seq} is not below ${this.info.nSeqMax}`);
       if (req.l0 >= req.l1 || req.l0 < r.l0 || req.l1 > r.l1) throw new WorkerError('bad_request', `layers ${req.l0}:${req.l1} are not within ${r.l0}:${r.l1}`);
       if (!req.targetAddress) throw new WorkerError('bad_request', 'no target address');
-      out = await pushState(this.#runner.stage, this.info.workerId, req, this.#log);
+      out = await pushState(this.#runner.stage, this.info.workerId, req, this.#log, this.#security);
     } catch (err) {
       const code = err instanceof WorkerError ? err.code : 'bad_request';
       out = { error: { code, message: (err as Error).message, workerId: this.info.workerId } };
