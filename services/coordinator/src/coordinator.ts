@@ -8,7 +8,7 @@ import { natsOptions,
 } from '@strata/wire';
 import { Redis } from 'ioredis';
 import { connect, type Msg, type NatsConnection } from 'nats';
-import { clusterTransition, initialCluster, type ClusterEffect, type ClusterState } from './cluster.ts';
+import { clusterTransition, initialCluster, type ClusterEffect, type ClusterState, type PipelineView } from './cluster.ts';
 import type { CoordinatorConfig } from './config.ts';
 import { CoordinatorError } from './errors.ts';
 import { PipelineScheduler, refuse, type Rebuild } from './scheduler.ts';
@@ -79,13 +79,35 @@ export class Coordinator {
     return co;
   }
 
+  /**
+   * A pipeline whose step went unanswered (messages lost in a NATS restart, a stage that hangs)
+   * starts over: a fresh scheduler empties every sequence of its stages, and every request on it
+   * is rebuilt there by re-prefill, from the tokens its client has already seen.
+   */
+  #reset(s: PipelineScheduler): void {
+    this.#log.warn('a step went unanswered: resetting the pipeline', { pipeline: s.view.id });
+    this.#schedulers.delete(s.view.id);
+    const orphans = s.down(`pipeline ${s.view.id} reset after an unanswered step`);
+    const fresh = this.#scheduler(s.view);
+    for (const r of orphans) fresh.rebuild(r);
+  }
+
+  #scheduler(view: PipelineView): PipelineScheduler {
+    const s = new PipelineScheduler(view, {
+      nc: this.#nc, resultSubject: subjects.coordinatorResult(this.id), store: this.#store, log: this.#log,
+      options: {
+        prefillChunk: this.#c.prefillChunk, stepTimeoutMs: this.#c.stepTimeoutMs, seqOpTimeoutMs: this.#c.seqOpTimeoutMs,
+        defaultMaxTokens: this.#c.defaultMaxTokens, maxQueue: this.#c.maxQueue, queueFactor: this.#c.queueFactor,
+      },
+    });
+    this.#schedulers.set(view.id, s);
+    return s;
+  }
+
   #apply(effects: ClusterEffect[]): void {
     for (const e of effects) {
       if (e.type === 'pipeline_up') {
-        this.#schedulers.set(e.pipeline.id, new PipelineScheduler(e.pipeline, {
-          nc: this.#nc, resultSubject: subjects.coordinatorResult(this.id), store: this.#store, log: this.#log,
-          options: { prefillChunk: this.#c.prefillChunk, stepTimeoutMs: this.#c.stepTimeoutMs, seqOpTimeoutMs: this.#c.seqOpTimeoutMs, defaultMaxTokens: this.#c.defaultMaxTokens, maxQueue: this.#c.maxQueue, queueFactor: this.#c.queueFactor },
-        }));
+        this.#scheduler(e.pipeline);
         this.#log.info('pipeline up', { pipeline: e.pipeline.id, model: e.pipeline.modelId, layers: e.pipeline.stages.map((s) => `${s.l0}:${s.l1}`).join(',') });
       } else {
         const down = this.#schedulers.get(e.pipeline.id);
@@ -263,7 +285,7 @@ export class Coordinator {
   #tick(): void {
     const now = Date.now();
     this.#apply(clusterTransition(this.#cluster, { type: 'tick', nowMs: now }, this.#c).effects);
-    for (const s of this.#schedulers.values()) s.tick(now);
+    for (const s of [...this.#schedulers.values()]) if (s.stalled(now)) this.#reset(s);
     this.#rebalance();
   }
 

@@ -409,8 +409,10 @@ export class PipelineScheduler {
 
   #event(request: Request, j: Job, tokens: SampledToken[], finish: FinishReason): void {
     const error = j.error ? { $typeName: 'strata.v1.Error' as const, code: j.error.code, message: j.error.message, workerId: '' } : undefined;
+    // The tokens already sent precede these: the job's samples minus the ones being sent now.
+    const offset = j.generated.length - tokens.length;
     this.#d.nc.publish(request.req.eventsSubject, encode(GenerateEventSchema, {
-      requestId: request.req.requestId, index: j.index, tokens, finish, error,
+      requestId: request.req.requestId, index: j.index, tokens, finish, error, offset,
       promptTokens: finish === FinishReason.UNSPECIFIED ? 0 : request.req.prompt.length,
       cachedTokens: finish === FinishReason.UNSPECIFIED ? 0 : request.cached,
     }));
@@ -556,12 +558,13 @@ export class PipelineScheduler {
   }
 
   /** Fails steps unanswered for too long. */
-  tick(nowMs: number): void {
-    for (const [id, f] of this.#inflight) {
-      if (nowMs - f.sentMs <= this.#d.options.stepTimeoutMs) continue;
-      this.#log.warn('step timed out', { step: id });
-      this.onResult({ $typeName: 'strata.v1.StepResult', stepId: id, pipelineId: this.view.id, tokens: [], stageMs: [], error: { $typeName: 'strata.v1.Error', code: 'step_timeout', message: `no answer to step ${id} in ${this.#d.options.stepTimeoutMs} ms`, workerId: '' } });
-    }
+  /**
+   * Whether a step has gone unanswered for longer than the step timeout: its messages were lost
+   * (a NATS restart) or a stage hangs. The coordinator then resets the pipeline.
+   */
+  stalled(nowMs: number): boolean {
+    for (const f of this.#inflight.values()) if (nowMs - f.sentMs > this.#d.options.stepTimeoutMs) return true;
+    return false;
   }
 
   /**

@@ -48,6 +48,8 @@ export interface GenerationDeps {
 }
 
 interface Choice {
+  /** tokens received for the choice, whatever became of them */
+  seen: number;
   text: TextStream;
   ended: boolean;
   finished: boolean;
@@ -72,7 +74,7 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
   const requestId = randomBytes(12).toString('hex');
   const eventsSubject = subjects.gatewayEvents(requestId);
   const n = spec.n;
-  const choices: Choice[] = Array.from({ length: n }, () => ({ text: new TextStream(spec.stop), ended: false, finished: false, completion: 0 }));
+  const choices: Choice[] = Array.from({ length: n }, () => ({ seen: 0, text: new TextStream(spec.stop), ended: false, finished: false, completion: 0 }));
   let usage: Usage = { promptTokens: prompt.length, completionTokens: 0, cachedTokens: 0 };
   const cancel = (indices: number[] = []) => d.nc.publish(subjects.coordinatorCancel(), encode(CancelRequestSchema, { requestId, indices }));
 
@@ -105,6 +107,13 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
       }
       const c = choices[ev.index];
       if (!c) return;
+      // Events carry how many tokens came before them: a gap (events lost while NATS
+      // reconnected) fails the request rather than hand the client a stream with a hole.
+      if (ev.offset !== c.seen) {
+        cancel();
+        return settle.reject(new ApiError(503, 'events_lost', `tokens ${c.seen}..${ev.offset} of choice ${ev.index} were lost on the way (retry the request)`));
+      }
+      c.seen += ev.tokens.length;
       for (const t of ev.tokens) {
         if (c.ended) break;
         c.completion++;
