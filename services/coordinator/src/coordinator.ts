@@ -262,7 +262,7 @@ export class Coordinator {
     for (const j of r.jobs) {
       this.#nc.publish(r.request.req.eventsSubject, encode(GenerateEventSchema, {
         requestId: r.request.req.requestId, index: j.index, finish: FinishReason.ERROR, promptTokens: r.request.req.prompt.length,
-        error: { code: 'pipeline_down', message },
+        offset: j.generated.length, error: { code: 'pipeline_down', message },
       }));
     }
   }

@@ -450,6 +450,15 @@ export class PipelineScheduler {
       this.#failRequest(req!, 'cancelled', 'cancelled before it started');
       return true;
     }
+    const rebuilding = this.#rebuilds.findIndex((r) => r.request.req.requestId === requestId);
+    if (rebuilding >= 0 && indices.length === 0) {
+      const [r] = this.#rebuilds.splice(rebuilding, 1);
+      for (const j of r!.jobs) {
+        jobTransition(j, { type: 'cancel' });
+        this.#event(r!.request, j, [], FinishReason.CANCELLED);
+      }
+      return true;
+    }
     const request = this.#requests.get(requestId);
     if (!request) return false;
     for (const j of request.jobs) if (indices.length === 0 || indices.includes(j.index)) jobTransition(j, { type: 'cancel' });
