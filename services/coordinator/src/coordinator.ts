@@ -14,6 +14,7 @@ import { CoordinatorError } from './errors.ts';
 import { PipelineScheduler, refuse, type Rebuild } from './scheduler.ts';
 import { MigrationLedger, type MigrationRecord } from './ledger.ts';
 import { startMigration } from './migration.ts';
+import { pickRebalance } from './rebalance.ts';
 import { SessionStore } from './session-store.ts';
 
 /** A ledger record on the wire. */
@@ -211,27 +212,20 @@ export class Coordinator {
    * stays below the low watermark with it.
    */
   #rebalance(): void {
-    const { rebalanceHigh: high, rebalanceLow: low } = this.#c;
-    if (high <= 0 || this.#moving.size > 0) return;
-    const occupancy = (s: PipelineScheduler) => Math.max(...s.view.stages.map((st) => {
-      const w = this.#cluster.workers.get(st.workerId);
-      return w && st.kvCells > 0 ? w.kvCellsUsed / st.kvCells : 0;
+    if (this.#moving.size > 0) return;
+    const loads = [...this.#schedulers.values()].map((s) => ({
+      id: s.view.id, fingerprint: s.view.fingerprint, draining: s.draining,
+      occupancy: Math.max(...s.view.stages.map((st) => {
+        const w = this.#cluster.workers.get(st.workerId);
+        return w && st.kvCells > 0 ? w.kvCellsUsed / st.kvCells : 0;
+      })),
+      cells: Math.min(...s.view.stages.map((st) => st.kvCells)),
+      sessions: s.sessionIds().map((id) => ({ id, cells: s.session(id)?.done ?? 0 })),
     }));
-    for (const src of this.#schedulers.values()) {
-      if (src.draining || occupancy(src) < high) continue;
-      const dst = [...this.#schedulers.values()]
-        .filter((s) => s !== src && !s.draining && s.view.fingerprint === src.view.fingerprint && occupancy(s) < low)
-        .sort((a, b) => occupancy(a) - occupancy(b))[0];
-      if (!dst) continue;
-      // The largest session that still leaves the target below the low watermark (no ping-pong).
-      const cells = Math.min(...dst.view.stages.map((st) => st.kvCells));
-      const biggest = src.sessionIds().map((id) => ({ id, n: src.session(id)?.done ?? 0 }))
-        .filter((x) => x.n > 0 && occupancy(dst) + x.n / cells < low).sort((a, b) => b.n - a.n)[0];
-      if (!biggest) continue;
-      this.#log.info('rebalancing', { session: biggest.id, from: src.view.id, to: dst.view.id, occupancy: occupancy(src) });
-      void this.migrate(biggest.id, dst.view.id, `rebalance: ${(occupancy(src) * 100).toFixed(0)}% of KV cells used`, false).catch((err: unknown) => this.#log.warn('rebalance failed', { err }));
-      return;
-    }
+    const move = pickRebalance(loads, this.#c.rebalanceHigh, this.#c.rebalanceLow);
+    if (!move) return;
+    this.#log.info('rebalancing', { ...move });
+    void this.migrate(move.session, move.to, `rebalance: ${(move.occupancy * 100).toFixed(0)}% of KV cells used`, false).catch((err: unknown) => this.#log.warn('rebalance failed', { err }));
   }
 
   async #onMigrations(m: Msg): Promise<void> {

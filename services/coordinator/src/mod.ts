@@ -7,3 +7,4 @@ export { CoordinatorError } from './errors.ts';
 export { PipelineScheduler, commonPrefix, refuse, type SchedulerDeps, type SchedulerOptions } from './scheduler.ts';
 export { SessionStore, type SessionRecord } from './session-store.ts';
 export { cachedTokens, jobTransition, newJob, type Job, type JobEffect, type JobMsg } from './session.ts';
+export { pickRebalance, type PipelineLoad, type RebalanceMove } from './rebalance.ts';
