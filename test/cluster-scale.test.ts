@@ -4,14 +4,12 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
-import { connect } from 'nats';
 import OpenAI from 'openai';
 import { Vocab } from '@strata/ggml';
 import { Pipeline, ensureDefaultModel, prefill, topK } from '@strata/model';
-import { ClusterRequestSchema, ClusterStateSchema, decode, encode, subjects } from '@strata/wire';
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
 import { LONG_TEXT } from './helpers/models.ts';
-import { workerStats } from './helpers/cluster.ts';
+import { clusterState, workerStats } from './helpers/cluster.ts';
 
 const model = ensureDefaultModel();
 const SESSIONS = 32;
@@ -78,10 +76,7 @@ describe('two pipelines split differently, 32 concurrent sessions', () => {
     assert.ok(whole >= SESSIONS / 2, `only ${whole} answers had no near tie to compare whole`);
 
     // Both pipelines served sessions, and they stay resident.
-    const nc = await connect({ servers: cluster.nats.url });
-    const m = await nc.request(subjects.coordinatorCluster(), encode(ClusterRequestSchema, {}), { timeout: 5000 });
-    await nc.close();
-    const state = decode(ClusterStateSchema, m.data);
+    const state = await clusterState(cluster.nats.url);
     assert.equal(state.pipelines.length, 2);
     assert.equal(state.pipelines.reduce((n, p) => n + p.sessions, 0), SESSIONS);
     for (const p of state.pipelines) assert.ok(p.sessions >= 8, `pipeline ${p.id} holds ${p.sessions} sessions`);

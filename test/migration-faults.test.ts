@@ -15,9 +15,9 @@ import { Vocab } from '@strata/ggml';
 import { startRedis } from '@strata/local-servers';
 import { Pipeline, ensureDefaultModel, prefill } from '@strata/model';
 import { SessionStore } from '@strata/coordinator';
-import { ClusterRequestSchema, ClusterStateSchema, KvTransfer, decode, encode, grpcClient, subjects, type ClusterState, type PushRequest, type PushResponse } from '@strata/wire';
+import { KvTransfer, SeqOpKind, SeqOpRequestSchema, encode, grpcClient, subjects, type ClusterState, type PushRequest, type PushResponse } from '@strata/wire';
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
-import { readStream, strataGenerate, workerStats } from './helpers/cluster.ts';
+import { clusterState, readStream, strataGenerate, workerStats } from './helpers/cluster.ts';
 
 const model = ensureDefaultModel();
 const P0 = 'p0-s0~p0-s1', P1 = 'p1-s0~p1-s1';
@@ -35,9 +35,7 @@ describe('migration faults', () => {
     });
     vocab = Vocab.load(model);
     redis = new Redis(cluster.redis.url);
-    const nc = await connect({ servers: cluster.nats.url });
-    state = decode(ClusterStateSchema, (await nc.request(subjects.coordinatorCluster(), encode(ClusterRequestSchema, {}))).data);
-    await nc.close();
+    state = await clusterState(cluster.nats.url);
   });
   after(async () => {
     redis?.disconnect();
@@ -120,7 +118,7 @@ describe('migration faults', () => {
     assert.equal(ok.error, undefined);
     assert.equal(ok.cells, vocab.tokenize('The river ran past the old mill').length);
     const nc = await connect({ servers: cluster.nats.url });
-    await nc.request(subjects.workerSeq('p0-s1'), encode((await import('@strata/wire')).SeqOpRequestSchema, { ops: [{ kind: 1, seq: 60, p0: -1, p1: -1 }] }));
+    await nc.request(subjects.workerSeq('p0-s1'), encode(SeqOpRequestSchema, { ops: [{ kind: SeqOpKind.REMOVE, seq: 60, p0: -1, p1: -1 }] }));
     await nc.close();
   });
 

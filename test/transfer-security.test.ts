@@ -7,11 +7,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Metadata, credentials, type ChannelCredentials } from '@grpc/grpc-js';
-import { connect } from 'nats';
 import { ensureDefaultModel } from '@strata/model';
-import { ClusterRequestSchema, ClusterStateSchema, KvTransfer, decode, encode, grpcClient, subjects, type PushRequest, type PushResponse } from '@strata/wire';
+import { KvTransfer, grpcClient, type PushRequest, type PushResponse } from '@strata/wire';
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
-import { readStream } from './helpers/cluster.ts';
+import { clusterState, readStream } from './helpers/cluster.ts';
 
 /** A CA and a certificate it signs for 127.0.0.1 (server and client use), made with openssl. */
 function pki(dir: string, name: string): { ca: string; cert: string; key: string } {
@@ -60,9 +59,7 @@ describe('KvTransfer over mutual TLS with a token', () => {
   });
 
   it('refuses a peer without TLS, without a client certificate, with another CA\'s, or without the token', async () => {
-    const nc = await connect({ servers: cluster.nats.url });
-    const st = decode(ClusterStateSchema, (await nc.request(subjects.coordinatorCluster(), encode(ClusterRequestSchema, {}))).data);
-    await nc.close();
+    const st = await clusterState(cluster.nats.url);
     const address = st.workers.find((w) => w.stage!.workerId === 'p1-s1')!.stage!.grpcAddress;
     const Client = grpcClient(KvTransfer);
     const push = (creds: ChannelCredentials, token?: string) => new Promise<PushResponse>((resolve, reject) => {

@@ -3,7 +3,10 @@
 import { Writable } from 'node:stream';
 import { connect } from 'nats';
 import { main } from '../../services/cli/src/main.ts';
-import { StageStatsSchema, StatsRequestSchema, decode, encode, subjects, type StageStats } from '@strata/wire';
+import type { DescMessage, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
+import {
+  ClusterRequestSchema, ClusterStateSchema, StageStatsSchema, StatsRequestSchema, request, subjects, type ClusterState, type StageStats,
+} from '@strata/wire';
 
 /** Runs `strata generate … --json` in this process; returns its token ids and text. */
 export async function strataGenerate(args: string[]): Promise<{ tokens: number[]; text: string }> {
@@ -19,15 +22,24 @@ export async function strataGenerate(args: string[]): Promise<{ tokens: number[]
   return JSON.parse(text) as { tokens: number[]; text: string };
 }
 
-/** A worker's StageStats, asked over NATS. */
-export async function workerStats(natsUrl: string, worker: string): Promise<StageStats> {
+/** Asks over NATS once, on a connection of its own. */
+async function ask<Req extends DescMessage, Rep extends DescMessage>(natsUrl: string, subject: string, req: Req, init: MessageInitShape<Req>, rep: Rep): Promise<MessageShape<Rep>> {
   const nc = await connect({ servers: natsUrl });
   try {
-    const m = await nc.request(subjects.workerStats(worker), encode(StatsRequestSchema, {}), { timeout: 5000 });
-    return decode(StageStatsSchema, m.data);
+    return await request(nc, subject, req, init, rep, 5000);
   } finally {
     await nc.close();
   }
+}
+
+/** A worker's StageStats, asked over NATS. */
+export function workerStats(natsUrl: string, worker: string): Promise<StageStats> {
+  return ask(natsUrl, subjects.workerStats(worker), StatsRequestSchema, {}, StageStatsSchema);
+}
+
+/** The coordinator's ClusterState, asked over NATS. */
+export function clusterState(natsUrl: string): Promise<ClusterState> {
+  return ask(natsUrl, subjects.coordinatorCluster(), ClusterRequestSchema, {}, ClusterStateSchema);
 }
 
 /**

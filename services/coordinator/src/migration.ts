@@ -6,7 +6,7 @@
 // session, the target frees what it took, the ledger says why.
 import { randomBytes } from 'node:crypto';
 import type { Logger } from '@strata/log';
-import { MigrateOutReplySchema, MigrateOutRequestSchema, decode, encode, subjects, type StageInfo } from '@strata/wire';
+import { MigrateOutReplySchema, MigrateOutRequestSchema, request, subjects, type StageInfo } from '@strata/wire';
 import type { NatsConnection } from 'nats';
 import { CoordinatorError } from './errors.ts';
 import type { MigrationLedger, MigrationRecord } from './ledger.ts';
@@ -145,12 +145,11 @@ async function run(d: MigrationDeps, m: MigrationRecord, parts: PlanPart[], src:
 async function copy(d: MigrationDeps, m: MigrationRecord, parts: PlanPart[], seq: number, targetSeq: number, p0: number, p1: number): Promise<number> {
   if (p1 <= p0) return 0;
   const replies = await Promise.all(parts.map(async (p) => {
-    const body = encode(MigrateOutRequestSchema, {
-      migrationId: m.id, seq, p0, p1, l0: p.l0, l1: p.l1, targetWorkerId: p.target.workerId, targetAddress: p.target.grpcAddress, targetSeq, timeoutMs: d.options.pushTimeoutMs,
-    });
     try {
-      const r = await d.nc.request(subjects.workerMigrate(p.source.workerId), body, { timeout: d.options.pushTimeoutMs + 1000 });
-      return { p, r: decode(MigrateOutReplySchema, r.data, r.subject) };
+      const r = await request(d.nc, subjects.workerMigrate(p.source.workerId), MigrateOutRequestSchema, {
+        migrationId: m.id, seq, p0, p1, l0: p.l0, l1: p.l1, targetWorkerId: p.target.workerId, targetAddress: p.target.grpcAddress, targetSeq, timeoutMs: d.options.pushTimeoutMs,
+      }, MigrateOutReplySchema, d.options.pushTimeoutMs + 1000);
+      return { p, r };
     } catch (err) {
       throw new CoordinatorError('source_failed', `worker ${p.source.workerId} did not push layers ${p.l0}:${p.l1}: ${(err as Error).message}`);
     }

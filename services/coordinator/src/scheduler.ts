@@ -4,7 +4,7 @@
 // each job.
 import type { Logger } from '@strata/log';
 import {
-  FinishReason, GenerateEventSchema, SeqOpKind, SeqOpReplySchema, SeqOpRequestSchema, decode, encode, encodeStageInput,
+  FinishReason, GenerateEventSchema, SeqOpKind, SeqOpReplySchema, SeqOpRequestSchema, encode, encodeStageInput, request,
   subjects, type GenerateReply, type GenerateRequest, type SampledToken, type SeqOp, type StepEntry, type StepResult,
 } from '@strata/wire';
 import type { NatsConnection } from 'nats';
@@ -651,12 +651,10 @@ export class PipelineScheduler {
 
   /** Sends sequence operations to every stage; throws CoordinatorError if one refuses. */
   async #seqOps(ops: SeqOp[]): Promise<void> {
-    const body = encode(SeqOpRequestSchema, { ops });
     await Promise.all(this.view.stages.map(async (s) => {
       let reply;
       try {
-        const m = await this.#d.nc.request(subjects.workerSeq(s.workerId), body, { timeout: this.#d.options.seqOpTimeoutMs });
-        reply = decode(SeqOpReplySchema, m.data, m.subject);
+        reply = await request(this.#d.nc, subjects.workerSeq(s.workerId), SeqOpRequestSchema, { ops }, SeqOpReplySchema, this.#d.options.seqOpTimeoutMs);
       } catch (err) {
         throw new CoordinatorError('stage_failed', `worker ${s.workerId} did not apply sequence operations: ${(err as Error).message}`);
       }

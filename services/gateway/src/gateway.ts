@@ -4,11 +4,12 @@
 import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { DescMessage, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
 import { LlamaError, Vocab } from '@strata/ggml';
 import type { Logger } from '@strata/log';
-import { natsOptions,
-  ClusterStateSchema, ClusterRequestSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, decode, encode, isId,
-  subjects, toJson, type ClusterState, type MigrationInfo,
+import {
+  ClusterStateSchema, ClusterRequestSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, isId,
+  natsOptions, request, subjects, toJson, type ClusterState, type MigrationInfo,
 } from '@strata/wire';
 import { connect, type NatsConnection } from 'nats';
 import type { GatewayConfig } from './config.ts';
@@ -108,13 +109,17 @@ export class Gateway {
     json(res, e.status, e.body(), e.retryAfter === null ? {} : { 'retry-after': String(e.retryAfter) });
   }
 
-  async #cluster(): Promise<ClusterState> {
+  /** A request/reply with the coordinator; no (decodable) answer is a 503. */
+  async #ask<Req extends DescMessage, Rep extends DescMessage>(subject: string, req: Req, init: MessageInitShape<Req>, rep: Rep, timeoutMs: number): Promise<MessageShape<Rep>> {
     try {
-      const m = await this.#nc.request(subjects.coordinatorCluster(), encode(ClusterRequestSchema, {}), { timeout: 2000 });
-      return decode(ClusterStateSchema, m.data, m.subject);
+      return await request(this.#nc, subject, req, init, rep, timeoutMs);
     } catch (err) {
       throw new ApiError(503, 'coordinator_unavailable', `no coordinator answered: ${(err as Error).message}`);
     }
+  }
+
+  #cluster(): Promise<ClusterState> {
+    return this.#ask(subjects.coordinatorCluster(), ClusterRequestSchema, {}, ClusterStateSchema, 2000);
   }
 
   async #models(res: ServerResponse): Promise<void> {
@@ -140,15 +145,9 @@ export class Gateway {
     if (b.to !== undefined && typeof b.to !== 'string') throw new ApiError(400, 'invalid_value', "'to' is a pipeline id", 'to');
     if (b.wait !== undefined && typeof b.wait !== 'boolean') throw new ApiError(400, 'invalid_value', "'wait' is a boolean", 'wait');
     if (b.reason !== undefined && typeof b.reason !== 'string') throw new ApiError(400, 'invalid_value', "'reason' is a string", 'reason');
-    let reply;
-    try {
-      const m = await this.#nc.request(subjects.coordinatorMigrate(), encode(MigrateRequestSchema, {
-        sessionId: session, toPipeline: (b.to as string | undefined) ?? '', wait: (b.wait as boolean | undefined) ?? false, reason: (b.reason as string | undefined) ?? 'operator',
-      }), { timeout: this.#c.timeoutMs });
-      reply = decode(MigrateReplySchema, m.data, m.subject);
-    } catch (err) {
-      throw new ApiError(503, 'coordinator_unavailable', `no coordinator answered: ${(err as Error).message}`);
-    }
+    const reply = await this.#ask(subjects.coordinatorMigrate(), MigrateRequestSchema, {
+      sessionId: session, toPipeline: (b.to as string | undefined) ?? '', wait: (b.wait as boolean | undefined) ?? false, reason: (b.reason as string | undefined) ?? 'operator',
+    }, MigrateReplySchema, this.#c.timeoutMs);
     if (reply.error) {
       const status = reply.error.code === 'not_found' || reply.error.code === 'no_pipeline' ? 404 : reply.error.code === 'session_busy' ? 409 : 400;
       throw new ApiError(status, reply.error.code, reply.error.message);
@@ -158,13 +157,7 @@ export class Gateway {
 
   async #drain(res: ServerResponse, worker: string): Promise<void> {
     if (!isId(worker)) throw new ApiError(400, 'invalid_value', 'a worker id is 1-128 of A-Z a-z 0-9 _ -', 'worker_id');
-    let reply;
-    try {
-      const m = await this.#nc.request(subjects.coordinatorDrain(), encode(DrainRequestSchema, { workerId: worker }), { timeout: 600_000 });
-      reply = decode(DrainReplySchema, m.data, m.subject);
-    } catch (err) {
-      throw new ApiError(503, 'coordinator_unavailable', `no coordinator answered: ${(err as Error).message}`);
-    }
+    const reply = await this.#ask(subjects.coordinatorDrain(), DrainRequestSchema, { workerId: worker }, DrainReplySchema, 600_000);
     if (reply.error) throw new ApiError(reply.error.code === 'not_found' ? 404 : 400, reply.error.code, reply.error.message);
     json(res, 200, { pipeline: reply.pipelineId, migrations: reply.migrations.map(migrationJson), waited: reply.waited, failed: reply.failed });
   }
@@ -173,13 +166,7 @@ export class Gateway {
     const q = new URL(req.url ?? '/', 'http://x').searchParams.get('limit');
     const limit = q === null ? 100 : Number(q);
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new ApiError(400, 'invalid_value', "'limit' is 1-1000", 'limit');
-    let list;
-    try {
-      const m = await this.#nc.request(subjects.coordinatorMigrations(), encode(MigrationsRequestSchema, { limit }), { timeout: 5000 });
-      list = decode(MigrationListSchema, m.data, m.subject);
-    } catch (err) {
-      throw new ApiError(503, 'coordinator_unavailable', `no coordinator answered: ${(err as Error).message}`);
-    }
+    const list = await this.#ask(subjects.coordinatorMigrations(), MigrationsRequestSchema, { limit }, MigrationListSchema, 5000);
     json(res, 200, { object: 'list', data: list.migrations.map(migrationJson) });
   }
 

@@ -4,7 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Vocab } from '@strata/ggml';
 import {
-  CancelRequestSchema, FinishReason, GenerateEventSchema, GenerateReplySchema, GenerateRequestSchema, decode, encode, subjects,
+  CancelRequestSchema, FinishReason, GenerateEventSchema, GenerateReplySchema, GenerateRequestSchema, decode, encode, request, subjects,
   type SampledToken,
 } from '@strata/wire';
 import type { NatsConnection } from 'nats';
@@ -145,15 +145,14 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
   try {
     let reply;
     try {
-      const m = await d.nc.request(subjects.coordinatorGenerate(), encode(GenerateRequestSchema, {
+      reply = await request(d.nc, subjects.coordinatorGenerate(), GenerateRequestSchema, {
         requestId, sessionId: spec.sessionId, modelId: spec.model, prompt, maxTokens: spec.maxTokens, n, eventsSubject,
         sampling: {
           temperature: spec.temperature, topK: spec.topK, topP: spec.topP, minP: spec.minP, repeatPenalty: spec.repeatPenalty,
           frequencyPenalty: spec.frequencyPenalty, presencePenalty: spec.presencePenalty,
           seed: spec.seed ?? randomBytes(4).readUInt32LE(0), grammar, logprobs: spec.logprobs !== null, topLogprobs: spec.logprobs ?? 0,
         },
-      }), { timeout: d.timeoutMs });
-      reply = decode(GenerateReplySchema, m.data, m.subject);
+      }, GenerateReplySchema, d.timeoutMs);
     } catch (err) {
       throw err instanceof ApiError ? err : new ApiError(503, 'coordinator_unavailable', `no coordinator answered: ${(err as Error).message} (retry the request)`);
     }

@@ -1,0 +1,25 @@
+// NATS at the wire's edge: connection options from one URL, and typed request/reply.
+import type { DescMessage, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
+import type { ConnectionOptions, NatsConnection } from 'nats';
+import { decode, encode } from './codec.ts';
+
+/**
+ * Connection options for `url` (nats://[user:password@]host:port), with a client name; nats.js
+ * takes user and password as options, so they are lifted out of the URL here. Reconnects for
+ * ever (a NATS restart is survived).
+ */
+export function natsOptions(url: string, name: string): ConnectionOptions {
+  const u = new URL(url);
+  const o: ConnectionOptions = { servers: `${u.protocol}//${u.host}`, name, maxReconnectAttempts: -1, reconnectTimeWait: 250 };
+  if (u.username) o.user = decodeURIComponent(u.username);
+  if (u.password) o.pass = decodeURIComponent(u.password);
+  return o;
+}
+
+/** Sends `init` as `req` on `subject` and decodes the answer as `rep` (WireError when it does not decode). */
+export async function request<Req extends DescMessage, Rep extends DescMessage>(
+  nc: NatsConnection, subject: string, req: Req, init: MessageInitShape<Req>, rep: Rep, timeoutMs: number,
+): Promise<MessageShape<Rep>> {
+  const m = await nc.request(subject, encode(req, init), { timeout: timeoutMs });
+  return decode(rep, m.data, m.subject);
+}
