@@ -403,7 +403,10 @@ export class PipelineScheduler {
     for (const e of fx) {
       if (e.type !== 'emit') continue;
       this.#event(request, j, [e.token], FinishReason.UNSPECIFIED);
-      if (j.sessionId) void this.#d.store.write(j.sessionId, request.epoch, -1, [e.token.token]).catch((err: unknown) => this.#log.warn('session history write failed', { session: j.sessionId, err }));
+      // Written at its position (the history is the prompt, then the samples): a write that
+      // Redis ran but could not acknowledge, resent after a reconnect, lands in the same place.
+      const at = request.req.prompt.length + j.generated.length - 1;
+      if (j.sessionId) void this.#d.store.write(j.sessionId, request.epoch, at, [e.token.token]).catch((err: unknown) => this.#log.warn('session history write failed', { session: j.sessionId, err }));
     }
   }
 
