@@ -3,7 +3,7 @@
 // step results to their scheduler, and answers cluster queries.
 import { redactUrl, type Logger } from '@strata/log';
 import { natsOptions,
-  CancelRequestSchema, ClusterStateSchema, FinishReason, GenerateEventSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, GenerateReplySchema, GenerateRequestSchema, HeartbeatSchema, StepResultSchema,
+  CancelRequestSchema, ClusterStateSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, GenerateReplySchema, GenerateRequestSchema, HeartbeatSchema, StepResultSchema,
   decode, encode, isId, subjects, type GenerateReply, type GenerateRequest, type DrainReply, type MigrateReply, type MigrationInfo,
 } from '@strata/wire';
 import { Redis } from 'ioredis';
@@ -11,7 +11,7 @@ import { connect, type Msg, type NatsConnection } from 'nats';
 import { clusterTransition, initialCluster, type ClusterEffect, type ClusterState, type PipelineView } from './cluster.ts';
 import type { CoordinatorConfig } from './config.ts';
 import { CoordinatorError } from './errors.ts';
-import { PipelineScheduler, refuse, type Rebuild } from './scheduler.ts';
+import { PipelineScheduler, publishFailure, refuse, type Rebuild } from './scheduler.ts';
 import { MigrationLedger, type MigrationRecord } from './ledger.ts';
 import { startMigration } from './migration.ts';
 import { pickRebalance } from './rebalance.ts';
@@ -253,12 +253,7 @@ export class Coordinator {
 
   /** Ends a request that cannot be rebuilt with a retriable error. */
   #failRebuild(r: Rebuild, message: string): void {
-    for (const j of r.jobs) {
-      this.#nc.publish(r.request.req.eventsSubject, encode(GenerateEventSchema, {
-        requestId: r.request.req.requestId, index: j.index, finish: FinishReason.ERROR, promptTokens: r.request.req.prompt.length,
-        offset: j.generated.length, error: { code: 'pipeline_down', message },
-      }));
-    }
+    publishFailure(this.#nc, r.request.req, r.jobs.map((j) => ({ index: j.index, offset: j.generated.length })), 'pipeline_down', message);
   }
 
   #onHeartbeat(m: Msg): void {

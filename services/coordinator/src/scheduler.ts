@@ -213,11 +213,7 @@ export class PipelineScheduler {
 
   /** Tells the gateway every choice of a request that never started failed. */
   #failRequest(req: GenerateRequest, code: string, message: string): void {
-    for (let index = 0; index < Math.max(1, req.n); index++) {
-      this.#d.nc.publish(req.eventsSubject, encode(GenerateEventSchema, {
-        requestId: req.requestId, index, finish: FinishReason.ERROR, error: { code, message }, promptTokens: req.prompt.length,
-      }));
-    }
+    publishFailure(this.#d.nc, req, Array.from({ length: Math.max(1, req.n) }, (_, index) => ({ index, offset: 0 })), code, message);
   }
 
   /**
@@ -662,6 +658,15 @@ export class PipelineScheduler {
         throw new CoordinatorError('stage_failed', `worker ${s.workerId} did not apply sequence operations: ${(err as Error).message}`);
       }
       if (reply.error) throw new CoordinatorError(reply.error.code, `worker ${s.workerId}: ${reply.error.message}`);
+    }));
+  }
+}
+
+/** Ends choices of a request with an error event; `offset`: tokens the choice already sent. */
+export function publishFailure(nc: NatsConnection, req: GenerateRequest, choices: { index: number; offset: number }[], code: string, message: string): void {
+  for (const { index, offset } of choices) {
+    nc.publish(req.eventsSubject, encode(GenerateEventSchema, {
+      requestId: req.requestId, index, offset, finish: FinishReason.ERROR, error: { code, message }, promptTokens: req.prompt.length,
     }));
   }
 }
