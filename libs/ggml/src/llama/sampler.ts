@@ -113,13 +113,8 @@ export class Sampler {
       return best;
     }
     const ids = this.#ids, vals = this.#vals;
-    this.#bytes.set(this.#template);
+    const cur = this.#freshRow();
     for (let i = 0, j = 1; i < n; i++, j += 3) vals[j] = logits[i]!;
-    const cur = this.#cur;
-    cur.data = this.#data;
-    cur.size = n;
-    cur.selected = -1;
-    cur.sorted = false;
     const { llama: l } = native();
     l.llama_sampler_apply(chain, cur);
     const sel = Number(cur.selected);
@@ -141,17 +136,21 @@ export class Sampler {
     if (this.#greedyOnly) return;
     const { llama: l } = native();
     const chain = this.#ptr;
-    const n = this.nVocab;
     for (let t = 0; t < tokens.length; t++) {
-      this.#bytes.set(this.#template);
-      const cur = this.#cur;
-      cur.data = this.#data;
-      cur.size = n;
-      cur.selected = -1;
-      cur.sorted = false;
-      l.llama_sampler_apply(chain, cur);
+      l.llama_sampler_apply(chain, this.#freshRow());
       l.llama_sampler_accept(chain, tokens[t]!);
     }
+  }
+
+  /** The token array reset to ids 0..n-1 with flat logits, ready for the chain. */
+  #freshRow(): LlamaTokenDataArray {
+    this.#bytes.set(this.#template);
+    const cur = this.#cur;
+    cur.data = this.#data;
+    cur.size = this.nVocab;
+    cur.selected = -1;
+    cur.sorted = false;
+    return cur;
   }
 
   /** Feeds a token that was not sampled (prompt tokens, for penalties and grammar). */
