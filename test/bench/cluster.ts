@@ -2,11 +2,10 @@
 // coordinator, workers, sampling on the last stage) against the same two stages chained in one
 // process, at 1, 8 and 32 concurrent sessions; then time to first token and time per output
 // token under a load of concurrent streaming clients.
-import { request } from 'node:http';
 import { Sampler } from '@strata/ggml';
 import { Pipeline, prefill, type LayerRange } from '@strata/model';
 import { LocalCluster } from '../../services/cli/src/local-cluster.ts';
-import { median } from './common.ts';
+import { median, streamCompletion } from './common.ts';
 
 const SPLIT: LayerRange[] = [{ l0: 0, l1: 6 }, { l0: 6, l1: 12 }];
 const PROMPT = 16;
@@ -36,51 +35,16 @@ function inProcess(model: string, c: number, threads: number): number {
   }
 }
 
-interface StreamTiming {
-  start: number;
-  tokens: number[];
-}
-
-/**
- * One streaming completion on a connection of its own (no keep-alive pool: the in-process runs
- * between cluster runs block this process, and a pooled socket the server closed meanwhile
- * would fail the next request); records when each token arrived.
- */
-function streamed(url: string, model: string, prompt: number[], maxTokens: number): Promise<StreamTiming> {
-  const start = performance.now();
-  const body = JSON.stringify({ model, prompt, max_tokens: maxTokens, temperature: 0, stream: true, logprobs: 0 });
-  return new Promise((resolve, reject) => {
-    const req = request(`${url}/v1/completions`, { method: 'POST', agent: false, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
-      const tokens: number[] = [];
-      let buf = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => {
-        buf += d;
-        let i;
-        while ((i = buf.indexOf('\n\n')) >= 0) {
-          const ev = buf.slice(0, i);
-          buf = buf.slice(i + 2);
-          if (!ev.startsWith('data: ') || ev === 'data: [DONE]') continue;
-          const j = JSON.parse(ev.slice(6)) as { choices: { logprobs: { tokens: string[] } | null }[]; error?: { message: string } };
-          if (j.error) return reject(new Error(j.error.message));
-          const n = j.choices[0]?.logprobs?.tokens.length ?? 0;
-          for (let k = 0; k < n; k++) tokens.push(performance.now());
-        }
-      });
-      res.on('end', () => (res.statusCode === 200 ? resolve({ start, tokens }) : reject(new Error(`HTTP ${res.statusCode}: ${buf}`))));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
+/** One greedy streaming completion of token ids. */
+const streamed = (url: string, model: string, prompt: number[], maxTokens: number) =>
+  streamCompletion(url, { model, prompt, max_tokens: maxTokens, temperature: 0 });
 
 /** Decode tokens/s of `c` concurrent streams: tokens in the window where all of them decode. */
 async function overCluster(url: string, model: string, c: number): Promise<number> {
   const runs = await Promise.all(Array.from({ length: c }, (_, i) => streamed(url, model, promptOf(1000 + i), DECODE + 1)));
-  const t1 = Math.max(...runs.map((r) => r.tokens[0]!));
-  const t2 = Math.min(...runs.map((r) => r.tokens.at(-1)!));
-  const n = runs.reduce((s, r) => s + r.tokens.filter((t) => t > t1 && t <= t2).length, 0);
+  const t1 = Math.max(...runs.map((r) => r.times[0]!));
+  const t2 = Math.min(...runs.map((r) => r.times.at(-1)!));
+  const n = runs.reduce((s, r) => s + r.times.filter((t) => t > t1 && t <= t2).length, 0);
   return (n * 1000) / (t2 - t1);
 }
 
@@ -119,8 +83,8 @@ export async function runClusterBench(model: string, reps: number): Promise<unkn
     await Promise.all(Array.from({ length: clients }, async (_, k) => {
       for (let q = 0; q < perClient; q++) {
         const t = await streamed(cluster.url, id, promptOf(5000 + k * perClient + q), maxTokens);
-        ttft.push(t.tokens[0]! - t.start);
-        tpot.push((t.tokens.at(-1)! - t.tokens[0]!) / (t.tokens.length - 1));
+        ttft.push(t.times[0]! - t.start);
+        tpot.push((t.times.at(-1)! - t.times[0]!) / (t.times.length - 1));
       }
     }));
     console.log(`latency, ${clients} concurrent streaming clients × ${perClient} requests of ${maxTokens} tokens: ` +

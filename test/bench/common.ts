@@ -1,5 +1,6 @@
 // Shared pieces of the benchmarks: the benchmark model and argument parsing.
 import { existsSync, mkdirSync } from 'node:fs';
+import { request } from 'node:http';
 import { join } from 'node:path';
 import { strataCacheDir } from '@strata/ggml';
 import { synthesize } from '@strata/model';
@@ -46,3 +47,46 @@ export const std = (xs: number[]) => {
   const m = mean(xs);
   return Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / Math.max(1, xs.length - 1));
 };
+
+/** When a streamed completion started and when each of its tokens arrived (performance.now()). */
+export interface StreamTiming {
+  start: number;
+  times: number[];
+}
+
+/**
+ * One streaming completion (`logprobs: 0`, so every event names its tokens) on a connection of
+ * its own: no keep-alive pool, since in-process runs between cluster runs block this process and
+ * a pooled socket the server closed meanwhile would fail the next request. `onToken(n)` runs
+ * after the n-th token; an error event or a status other than 200 rejects.
+ */
+export function streamCompletion(url: string, body: Record<string, unknown>, headers: Record<string, string> = {}, onToken: (n: number) => void = () => {}): Promise<StreamTiming> {
+  const text = JSON.stringify({ ...body, stream: true, logprobs: 0 });
+  const start = performance.now();
+  return new Promise((resolve, reject) => {
+    const req = request(`${url}/v1/completions`, { method: 'POST', agent: false, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers } }, (res) => {
+      const times: number[] = [];
+      let buf = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => {
+        buf += d;
+        let i;
+        while ((i = buf.indexOf('\n\n')) >= 0) {
+          const ev = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          if (!ev.startsWith('data: {')) continue;
+          const j = JSON.parse(ev.slice(6)) as { choices: { logprobs: { tokens: string[] } | null }[]; error?: { message: string } };
+          if (j.error) return reject(new Error(j.error.message));
+          for (const _ of j.choices[0]?.logprobs?.tokens ?? []) {
+            times.push(performance.now());
+            onToken(times.length);
+          }
+        }
+      });
+      res.on('end', () => (res.statusCode === 200 ? resolve({ start, times }) : reject(new Error(`HTTP ${res.statusCode}: ${buf.slice(0, 300)}`))));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(text);
+  });
+}

@@ -3,13 +3,12 @@
 // client: the longest gap between two tokens) against the session's own decode step, the total
 // time, bytes moved against what its cells hold, transfer throughput, and the time to rebuild the
 // same session by re-prefill instead.
-import { request } from 'node:http';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { strataCacheDir } from '@strata/ggml';
 import { synthesize } from '@strata/model';
 import { LocalCluster } from '../../services/cli/src/local-cluster.ts';
-import { median } from './common.ts';
+import { median, streamCompletion, type StreamTiming } from './common.ts';
 
 const SPEC = { arch: 'llama', nLayer: 8, nEmbd: 256, nHead: 8, nHeadKv: 4, nFf: 768, nCtxTrain: 32768, seed: 42, headScale: 4 } as const;
 const LENGTHS = [256, 1024, 4096, 16384];
@@ -23,39 +22,14 @@ function benchModel(): string {
   return file;
 }
 
-/** Streams a completion; calls `at` once after `n` tokens; returns each token's arrival time. */
-function stream(url: string, session: string, prompt: number[], maxTokens: number, n: number, at: () => Promise<unknown>): Promise<{ start: number; times: number[]; result: unknown }> {
-  const body = JSON.stringify({ model: 'bench-migration-llama-8x256-32k', prompt, max_tokens: maxTokens, temperature: 0, stream: true, logprobs: 0 });
-  const start = performance.now();
-  return new Promise((resolve, reject) => {
-    const req = request(`${url}/v1/completions`, { method: 'POST', agent: false, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'x-session-id': session } }, (res) => {
-      const times: number[] = [];
-      let buf = '';
-      let pending: Promise<unknown> | null = null;
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => {
-        buf += d;
-        let i;
-        while ((i = buf.indexOf('\n\n')) >= 0) {
-          const ev = buf.slice(0, i);
-          buf = buf.slice(i + 2);
-          if (!ev.startsWith('data: {')) continue;
-          const j = JSON.parse(ev.slice(6)) as { choices: { logprobs: { tokens: string[] } | null }[] };
-          for (const _ of j.choices[0]?.logprobs?.tokens ?? []) {
-            times.push(performance.now());
-            if (times.length === n) pending = at();
-          }
-        }
-      });
-      res.on('end', () => {
-        if (times.length < n) return reject(new Error(`the stream ended after ${times.length} tokens: HTTP ${res.statusCode} ${buf.slice(0, 300)}`));
-        void (pending ?? Promise.resolve(null)).then((result) => resolve({ start, times, result }), reject);
-      });
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(body);
+/** Streams a session's completion; runs `at` once after `n` tokens and resolves with its result too. */
+async function stream(url: string, session: string, prompt: number[], maxTokens: number, n: number, at: () => Promise<unknown>): Promise<StreamTiming & { result: unknown }> {
+  let pending: Promise<unknown> | null = null;
+  const t = await streamCompletion(url, { model: 'bench-migration-llama-8x256-32k', prompt, max_tokens: maxTokens, temperature: 0 }, { 'x-session-id': session }, (k) => {
+    if (k === n) pending = at();
   });
+  if (t.times.length < n) throw new Error(`the stream ended after ${t.times.length} tokens`);
+  return { ...t, result: await (pending ?? Promise.resolve(null)) };
 }
 
 /** Runs the migration benchmark; prints and returns the rows. */
