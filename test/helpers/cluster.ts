@@ -1,11 +1,9 @@
 // Helpers for end-to-end tests against a local cluster: the single-process reference (what
 // `strata generate` prints) and a worker's counters read over NATS.
 import { Writable } from 'node:stream';
-import { connect } from 'nats';
 import { main } from '../../services/cli/src/main.ts';
-import type { DescMessage, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
 import {
-  ClusterRequestSchema, ClusterStateSchema, StageStatsSchema, StatsRequestSchema, request, subjects, type ClusterState, type StageStats,
+  ClusterRequestSchema, ClusterStateSchema, StageStatsSchema, StatsRequestSchema, requestOnce, subjects, type ClusterState, type StageStats,
 } from '@strata/wire';
 
 /** Runs `strata generate … --json` in this process; returns its token ids and text. */
@@ -22,24 +20,14 @@ export async function strataGenerate(args: string[]): Promise<{ tokens: number[]
   return JSON.parse(text) as { tokens: number[]; text: string };
 }
 
-/** Asks over NATS once, on a connection of its own. */
-async function ask<Req extends DescMessage, Rep extends DescMessage>(natsUrl: string, subject: string, req: Req, init: MessageInitShape<Req>, rep: Rep): Promise<MessageShape<Rep>> {
-  const nc = await connect({ servers: natsUrl });
-  try {
-    return await request(nc, subject, req, init, rep, 5000);
-  } finally {
-    await nc.close();
-  }
-}
-
 /** A worker's StageStats, asked over NATS. */
 export function workerStats(natsUrl: string, worker: string): Promise<StageStats> {
-  return ask(natsUrl, subjects.workerStats(worker), StatsRequestSchema, {}, StageStatsSchema);
+  return requestOnce(natsUrl, 'test', subjects.workerStats(worker), StatsRequestSchema, {}, StageStatsSchema, 5000);
 }
 
 /** The coordinator's ClusterState, asked over NATS. */
 export function clusterState(natsUrl: string): Promise<ClusterState> {
-  return ask(natsUrl, subjects.coordinatorCluster(), ClusterRequestSchema, {}, ClusterStateSchema);
+  return requestOnce(natsUrl, 'test', subjects.coordinatorCluster(), ClusterRequestSchema, {}, ClusterStateSchema, 5000);
 }
 
 /**

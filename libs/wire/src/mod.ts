@@ -8,4 +8,4 @@ export { WireError } from './errors.ts';
 export { checkId, isId, subjects } from './subjects.ts';
 export * from './gen/strata/v1/kv_transfer_pb.ts';
 export { grpcClient, grpcService } from './grpc.ts';
-export { natsOptions, request } from './nats.ts';
+export { natsOptions, request, requestOnce } from './nats.ts';

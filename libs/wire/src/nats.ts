@@ -1,6 +1,6 @@
 // NATS at the wire's edge: connection options from one URL, and typed request/reply.
 import type { DescMessage, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
-import type { ConnectionOptions, NatsConnection } from 'nats';
+import { connect, type ConnectionOptions, type NatsConnection } from 'nats';
 import { decode, encode } from './codec.ts';
 
 /**
@@ -22,4 +22,16 @@ export async function request<Req extends DescMessage, Rep extends DescMessage>(
 ): Promise<MessageShape<Rep>> {
   const m = await nc.request(subject, encode(req, init), { timeout: timeoutMs });
   return decode(rep, m.data, m.subject);
+}
+
+/** One request/reply on a connection of its own that does not reconnect (tools, tests). */
+export async function requestOnce<Req extends DescMessage, Rep extends DescMessage>(
+  natsUrl: string, name: string, subject: string, req: Req, init: MessageInitShape<Req>, rep: Rep, timeoutMs: number,
+): Promise<MessageShape<Rep>> {
+  const nc = await connect({ ...natsOptions(natsUrl, name), maxReconnectAttempts: 0 });
+  try {
+    return await request(nc, subject, req, init, rep, timeoutMs);
+  } finally {
+    await nc.close();
+  }
 }

@@ -1,9 +1,8 @@
 // strata migrate <session> [--to P] [--wait]; strata migrations [--limit N]: the operator's
 // view of live migration, over NATS to the coordinator.
 import type { DescMessage, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
-import { connect } from 'nats';
 import {
-  DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, natsOptions, request, subjects,
+  DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, requestOnce, subjects,
   type MigrationInfo,
 } from '@strata/wire';
 import { Flags, parseArgs } from '../args.ts';
@@ -12,15 +11,9 @@ import { UsageError } from '../errors.ts';
 /** --nats-url, else STRATA_NATS_URL, else the local default. */
 const natsUrlOf = (f: Flags) => f.str('nats-url', process.env.STRATA_NATS_URL ?? 'nats://127.0.0.1:4222')!;
 
-/** One request/reply with the coordinator on a connection of its own (no reconnecting). */
-async function ask<Req extends DescMessage, Rep extends DescMessage>(natsUrl: string, subject: string, req: Req, init: MessageInitShape<Req>, rep: Rep, timeoutMs: number): Promise<MessageShape<Rep>> {
-  const nc = await connect({ ...natsOptions(natsUrl, 'strata-cli'), maxReconnectAttempts: 0 });
-  try {
-    return await request(nc, subject, req, init, rep, timeoutMs);
-  } finally {
-    await nc.close();
-  }
-}
+/** One request/reply with the coordinator. */
+const ask = <Req extends DescMessage, Rep extends DescMessage>(natsUrl: string, subject: string, req: Req, init: MessageInitShape<Req>, rep: Rep, timeoutMs: number): Promise<MessageShape<Rep>> =>
+  requestOnce(natsUrl, 'strata-cli', subject, req, init, rep, timeoutMs);
 
 function line(m: MigrationInfo): string {
   const plan = (JSON.parse(m.plan || '[]') as { source: string; target: string; l0: number; l1: number }[]).map((p) => `${p.source}→${p.target} ${p.l0}:${p.l1}`).join(', ');
