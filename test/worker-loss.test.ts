@@ -6,34 +6,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
 import { Vocab } from '@strata/ggml';
-import { Pipeline, ensureDefaultModel, prefill, topK } from '@strata/model';
+import { Pipeline, ensureDefaultModel } from '@strata/model';
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
-import { matchedUntilTie, readStream } from './helpers/cluster.ts';
+import { matchedUntilTie, readStream, rebuiltReference } from './helpers/cluster.ts';
 
 const model = ensureDefaultModel();
 const N = 100;
-
-/**
- * Greedy tokens of `prompt` in one process, and the margin of each choice; from token `k` on, as a
- * pipeline rebuilt by re-prefill at k computes them.
- */
-function reference(p: Pipeline, prompt: Int32Array, k: number): { tokens: number[]; margins: number[] } {
-  const margins: number[] = [];
-  const greedy = (tokens: number[], n: number, out: number[]) => {
-    p.seqRemove(0);
-    let logits = prefill(p, tokens, 0);
-    let pos = tokens.length;
-    while (out.length < n) {
-      const [a, b] = topK(logits, 2);
-      out.push(a!.token);
-      margins[out.length - 1] = a!.logit - b!.logit;
-      if (out.length < n) logits = p.forward({ tokens: Int32Array.of(out.at(-1)!), pos: Int32Array.of(pos++), seq: Int32Array.of(0) });
-    }
-    return out;
-  };
-  const whole = greedy([...prompt], N, []);
-  return { tokens: greedy([...prompt, ...whole.slice(0, k)], N, whole.slice(0, k)), margins };
-}
 
 describe('worker loss', () => {
   let cluster: LocalCluster;
@@ -76,7 +54,7 @@ describe('worker loss', () => {
       const gaps = times.slice(1).map((t, i) => t - times[i]!);
       const k = gaps.indexOf(Math.max(...gaps)) + 1;
       const p = Pipeline.open({ model, threads: 2, ctxSize: 1024 });
-      const expected = reference(p, vocab.tokenize(prompt, true, true), k);
+      const expected = rebuiltReference(p, vocab.tokenize(prompt, true, true), N, k);
       p.dispose();
       const m = matchedUntilTie(tokens, expected.tokens.map((t) => vocab.tokenBytes(t).toString('utf8')), expected.margins);
       assert.ok(m.compared > k + 20, `the reference has a near tie at token ${m.compared}, too close to the rebuild at ${k}: pick another prompt`);

@@ -9,6 +9,7 @@ import { Pipeline } from '@strata/model';
 import { benchModel, median, parseBenchArgs, std } from './common.ts';
 import { runClusterBench } from './cluster.ts';
 import { runKvBench } from './kv.ts';
+import { runLoadBench } from './load.ts';
 import { runMigrationBench } from './migration.ts';
 
 const opts = parseBenchArgs(process.argv.slice(2));
@@ -117,7 +118,8 @@ if (opts.only.has('engine')) {
 const kv = opts.only.has('kv') ? runKvBench(opts.threads) : null;
 const cluster = opts.only.has('cluster') ? await runClusterBench(benchModel('f16'), Math.max(1, Math.min(opts.reps, 3))) : null;
 const migration = opts.only.has('migration') ? await runMigrationBench() : null;
+const load = opts.only.has('load') ? await runLoadBench() : null;
 
 const out = join(process.cwd(), '.bench');
 mkdirSync(out, { recursive: true });
-writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv, cluster, migration }, null, 2));
+writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv, cluster, migration, load }, null, 2));

@@ -1,6 +1,7 @@
 // Helpers for end-to-end tests against a local cluster: the single-process reference (what
 // `strata generate` prints) and a worker's counters read over NATS.
 import { Writable } from 'node:stream';
+import { prefill, topK, type Pipeline } from '@strata/model';
 import { main } from '../../services/cli/src/main.ts';
 import {
   ClusterRequestSchema, ClusterStateSchema, StageStatsSchema, StatsRequestSchema, requestOnce, subjects, type ClusterState, type StageStats,
@@ -78,4 +79,26 @@ export async function readStream(r: Response, onToken: (n: number) => unknown = 
     }
   }
   return out;
+}
+
+/**
+ * Greedy tokens of `prompt` in one process, and the margin of each choice; from token `k` on, as
+ * a pipeline rebuilt by re-prefill at k computes them (a lost worker or coordinator).
+ */
+export function rebuiltReference(p: Pipeline, prompt: Int32Array, n: number, k: number): { tokens: number[]; margins: number[] } {
+  const margins: number[] = [];
+  const greedy = (tokens: number[], out: number[]) => {
+    p.seqRemove(0);
+    let logits = prefill(p, tokens, 0);
+    let pos = tokens.length;
+    while (out.length < n) {
+      const [a, b] = topK(logits, 2);
+      out.push(a!.token);
+      margins[out.length - 1] = a!.logit - b!.logit;
+      if (out.length < n) logits = p.forward({ tokens: Int32Array.of(out.at(-1)!), pos: Int32Array.of(pos++), seq: Int32Array.of(0) });
+    }
+    return out;
+  };
+  const whole = greedy([...prompt], []);
+  return { tokens: greedy([...prompt, ...whole.slice(0, k)], whole.slice(0, k)), margins };
 }

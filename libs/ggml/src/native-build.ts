@@ -88,12 +88,12 @@ export function amxUsable(workDir: string): boolean {
 }
 
 /** Configures and builds the `llama` target (and its ggml) natively; returns the manifest. */
-function build(srcDir: string, outDir: string, gpu: 'cpu' | 'cuda', version: string): NativeManifest {
+function build(srcDir: string, outDir: string, gpu: 'cpu' | 'cuda', version: string, portable: boolean): NativeManifest {
   const buildDir = `${outDir}.build`;
   const started = Date.now();
   const cmakeArgs = [
     '-S', srcDir, '-B', buildDir, '-DCMAKE_BUILD_TYPE=Release', '-DBUILD_SHARED_LIBS=ON',
-    '-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON', '-DGGML_NATIVE=ON', '-DGGML_BACKEND_DL=OFF',
+    '-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON', `-DGGML_NATIVE=${portable ? 'OFF' : 'ON'}`, '-DGGML_BACKEND_DL=OFF',
     '-DLLAMA_BUILD_TESTS=OFF', '-DLLAMA_BUILD_EXAMPLES=OFF', '-DLLAMA_BUILD_TOOLS=OFF',
     '-DLLAMA_BUILD_SERVER=OFF', '-DLLAMA_BUILD_COMMON=OFF', '-DLLAMA_CURL=OFF', '-DLLAMA_OPENSSL=OFF',
     `-DGGML_CUDA=${gpu === 'cuda' ? 'ON' : 'OFF'}`,
@@ -105,7 +105,7 @@ function build(srcDir: string, outDir: string, gpu: 'cpu' | 'cuda', version: str
     const noAmx = '-mno-amx-tile -mno-amx-int8 -mno-amx-bf16';
     cmakeArgs.push(`-DCMAKE_C_FLAGS=${noAmx}`, `-DCMAKE_CXX_FLAGS=${noAmx}`);
   }
-  log(`configuring (${gpu}, AMX ${amx ? 'on' : 'off'}) in ${buildDir}`);
+  log(`configuring (${gpu}${portable ? ', portable' : ''}, AMX ${amx ? 'on' : 'off'}) in ${buildDir}`);
   execFileSync('cmake', cmakeArgs, { stdio: ['ignore', 'ignore', 'inherit'] });
   log(`building libllama and ggml with ${availableParallelism()} jobs (minutes; once per machine)`);
   execFileSync('cmake', ['--build', buildDir, '--target', 'llama', '-j', String(availableParallelism())], {
@@ -133,11 +133,15 @@ function build(srcDir: string, outDir: string, gpu: 'cpu' | 'cuda', version: str
 /**
  * Entry point: `native-build.ts [--gpu auto|cpu|cuda] [--force] [--strict]`. 'auto' (the default)
  * builds with CUDA where nvcc and an NVIDIA driver exist; a CUDA build holds the CPU backend too.
+ * For container images, where `npm ci` runs the build with no flags and no GPU: STRATA_GGML_CUDA=1
+ * means --gpu cuda, and STRATA_GGML_PORTABLE=1 builds for any x86-64 CPU with AVX2 and for ggml's
+ * default list of CUDA architectures instead of this machine's CPU and GPUs (-DGGML_NATIVE=OFF).
  */
 export function main(argv: string[]): number {
   const version = llamaPackageVersion();
   const gpuAt = argv.indexOf('--gpu');
-  const gpuArg = gpuAt >= 0 ? argv[gpuAt + 1] : 'auto';
+  const gpuArg = gpuAt >= 0 ? argv[gpuAt + 1] : process.env.STRATA_GGML_CUDA === '1' ? 'cuda' : 'auto';
+  const portable = process.env.STRATA_GGML_PORTABLE === '1';
   const gpu: 'cpu' | 'cuda' = gpuArg === 'cuda' || (gpuArg === 'auto' && has('nvcc') && has('nvidia-smi')) ? 'cuda' : 'cpu';
   const force = argv.includes('--force');
   const srcDir = join(strataCacheDir(), 'llama', `src-${version}`);
@@ -165,7 +169,7 @@ export function main(argv: string[]): number {
     const manifest = withLock(`${outDir}.lock`, () => {
       ensureSource(srcDir);
       if (force) rmSync(outDir, { recursive: true, force: true });
-      return build(srcDir, outDir, gpu, version);
+      return build(srcDir, outDir, gpu, version, portable);
     });
     log(`native ${gpu} build ready in ${outDir} (${manifest.seconds.toFixed(0)} s)`);
     return 0;

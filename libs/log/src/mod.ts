@@ -1,4 +1,6 @@
-// @strata/log: one JSON object per line on stderr, with the service, a level and fields.
+// @strata/log: one JSON object per line on stderr, with the service, a level and fields, and
+// the trace and span ids of the active OpenTelemetry span when there is one.
+import { context, isSpanContextValid, trace } from '@opentelemetry/api';
 
 /** Log levels, least to most severe. */
 export type Level = 'debug' | 'info' | 'warn' | 'error';
@@ -28,13 +30,19 @@ function replacer(_k: string, v: unknown): unknown {
   return v;
 }
 
-/** A logger writing `{"t":…,"level":…,"service":…,"msg":…,…fields}` lines. */
+/** trace_id and span_id of the active span (none without telemetry: the API's context is then always empty). */
+function traceIds(): { trace_id: string; span_id: string } | undefined {
+  const sc = trace.getSpan(context.active())?.spanContext();
+  return sc && isSpanContextValid(sc) ? { trace_id: sc.traceId, span_id: sc.spanId } : undefined;
+}
+
+/** A logger writing `{"t":…,"level":…,"service":…,"msg":…,"trace_id":…,"span_id":…,…fields}` lines. */
 export function createLogger(service: string, options: LoggerOptions = {}, base: Record<string, unknown> = {}): Logger {
   const min = RANK[options.level ?? 'info'];
   const sink = options.sink ?? ((line: string) => process.stderr.write(line));
   const write = (level: Level, msg: string, fields?: Record<string, unknown>) => {
     if (RANK[level] < min) return;
-    sink(JSON.stringify({ t: new Date().toISOString(), level, service, msg, ...base, ...fields }, replacer) + '\n');
+    sink(JSON.stringify({ t: new Date().toISOString(), level, service, msg, ...traceIds(), ...base, ...fields }, replacer) + '\n');
   };
   return {
     debug: (m, f) => write('debug', m, f),

@@ -1,6 +1,6 @@
 // NATS at the wire's edge: connection options from one URL, and typed request/reply.
 import type { DescMessage, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
-import { connect, type ConnectionOptions, type NatsConnection } from 'nats';
+import { connect, type ConnectionOptions, type MsgHdrs, type NatsConnection } from 'nats';
 import { decode, encode } from './codec.ts';
 
 /**
@@ -16,11 +16,14 @@ export function natsOptions(url: string, name: string): ConnectionOptions {
   return o;
 }
 
-/** Sends `init` as `req` on `subject` and decodes the answer as `rep` (WireError when it does not decode). */
+/**
+ * Sends `init` as `req` on `subject` and decodes the answer as `rep` (WireError when it does not
+ * decode); `headers` travel with it (trace context).
+ */
 export async function request<Req extends DescMessage, Rep extends DescMessage>(
-  nc: NatsConnection, subject: string, req: Req, init: MessageInitShape<Req>, rep: Rep, timeoutMs: number,
+  nc: NatsConnection, subject: string, req: Req, init: MessageInitShape<Req>, rep: Rep, timeoutMs: number, headers?: MsgHdrs,
 ): Promise<MessageShape<Rep>> {
-  const m = await nc.request(subject, encode(req, init), { timeout: timeoutMs });
+  const m = await nc.request(subject, encode(req, init), { timeout: timeoutMs, headers });
   return decode(rep, m.data, m.subject);
 }
 

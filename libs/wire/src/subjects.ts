@@ -30,6 +30,8 @@ export const subjects = {
   workerStats: (worker: string) => `${PREFIX}.worker.stats.${checkId(worker, 'worker id')}`,
   /** GenerateRequest -> GenerateReply (queue group: the leader answers) */
   coordinatorGenerate: () => `${PREFIX}.coordinator.generate`,
+  /** GenerateRequest -> GenerateReply, to the leader by id (gateways, once they know it) */
+  coordinatorGenerateAt: (coordinator: string) => `${PREFIX}.coordinator.generate.${checkId(coordinator, 'coordinator id')}`,
   /** CancelRequest */
   coordinatorCancel: () => `${PREFIX}.coordinator.cancel`,
   /** ClusterRequest -> ClusterState */
@@ -40,6 +42,8 @@ export const subjects = {
   coordinatorDrain: () => `${PREFIX}.coordinator.drain`,
   /** MigrationsRequest -> MigrationList */
   coordinatorMigrations: () => `${PREFIX}.coordinator.migrations`,
+  /** LeaderAnnouncement from the leader coordinator, at every lease renewal */
+  coordinatorLeader: () => `${PREFIX}.coordinator.leader`,
   /** StepResult from last stages to one coordinator */
   coordinatorResult: (coordinator: string) => `${PREFIX}.coordinator.result.${checkId(coordinator, 'coordinator id')}`,
   /** GenerateEvent stream of one request */

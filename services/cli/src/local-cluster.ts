@@ -11,6 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { GgufFile } from '@strata/gguf';
 import { freePort, startNats, startRedis, type LocalServer } from '@strata/local-servers';
 import { ensureDefaultModel, evenSplit, formatRange, readHParams, type LayerRange } from '@strata/model';
+import { ClusterRequestSchema, ClusterStateSchema, requestOnce, subjects } from '@strata/wire';
 
 const BIN = join(dirname(fileURLToPath(import.meta.url)), '../../../bin/strata.mjs');
 
@@ -22,6 +23,8 @@ export interface LocalClusterOptions {
   pipelines?: number;
   /** workers (stages) per pipeline (default 2) */
   workers?: number;
+  /** coordinators (default 1): the first leads, the others stand by (ids coordinator, coordinator-2, …) */
+  coordinators?: number;
   /** explicit layer ranges per pipeline, instead of pipelines × workers */
   splits?: LayerRange[][];
   /** gateway port (default 8080; 0: a free one) */
@@ -50,6 +53,8 @@ export interface LocalClusterOptions {
   natsMaxPayload?: number;
   /** milliseconds to wait for the gateway to be ready (default 180000) */
   readyTimeoutMs?: number;
+  /** every service serves Prometheus metrics on a free loopback port of its own (ServiceProcess.metricsPort) */
+  metrics?: boolean;
 }
 
 /** A service process of the cluster. */
@@ -61,6 +66,8 @@ export interface ServiceProcess {
   proc: ChildProcess;
   /** the strata command line it runs */
   args: string[];
+  /** port of its Prometheus endpoint, GET /metrics (0: none) */
+  metricsPort: number;
 }
 
 /**
@@ -90,6 +97,8 @@ export class LocalCluster {
   natsUrl = '';
   readonly #dataDir: string | null;
   readonly #o: LocalClusterOptions;
+  /** free ports for the services' metrics endpoints (option metrics) */
+  readonly #metricsPorts: number[] = [];
   #stopping: Promise<void> | null = null;
 
   private constructor(o: LocalClusterOptions, model: string, splits: LayerRange[][], nats: LocalServer, redis: LocalServer, url: string, dataDir: string | null) {
@@ -129,9 +138,18 @@ export class LocalCluster {
     c.natsUrl = o.natsAuth ? nats.url.replace('nats://', `nats://strata:${password}@`) : nats.url;
     try {
       const nWorkers = splits.reduce((n, s) => n + s.length, 0);
+      while (o.metrics && c.#metricsPorts.length < nWorkers + (o.coordinators ?? 1) + 1) {
+        const p = await freePort();
+        if (!c.#metricsPorts.includes(p)) c.#metricsPorts.push(p);
+      }
       const threads = o.threads ?? Math.max(1, Math.floor(availableParallelism() / nWorkers));
       const common = ['--nats-url', c.natsUrl, '--log-level', o.logLevel ?? 'warn'];
-      c.#spawn('coordinator', 'coordinator', ['coordinator', ...common, '--redis-url', redis.url, '--id', 'coordinator', ...(o.coordinatorFlags ?? [])]);
+      for (let i = 1; i <= (o.coordinators ?? 1); i++) {
+        const id = i === 1 ? 'coordinator' : `coordinator-${i}`;
+        c.#spawn('coordinator', id, ['coordinator', ...common, '--redis-url', redis.url, '--id', id, ...(o.coordinatorFlags ?? [])]);
+        // The first one up takes the lease: start the standbys after it.
+        if (i === 1 && (o.coordinators ?? 1) > 1) await c.#leaderUp();
+      }
       splits.forEach((split, p) => split.forEach((layers, s) => {
         const id = `p${p}-s${s}`;
         c.#spawn('worker', id, ['worker', ...common, '--id', id, '--group', `p${p}`, '--model', model, '--layers', formatRange(layers), '--threads', String(threads),
@@ -146,7 +164,24 @@ export class LocalCluster {
     }
   }
 
+  /** Resolves when a coordinator leads (answers cluster queries). */
+  async #leaderUp(timeoutMs = 60_000): Promise<void> {
+    const t0 = Date.now();
+    for (;;) {
+      try {
+        await requestOnce(this.natsUrl, 'strata-up', subjects.coordinatorCluster(), ClusterRequestSchema, {}, ClusterStateSchema, 1000);
+        return;
+      } catch (err) {
+        if (Date.now() - t0 > timeoutMs) throw new Error(`no coordinator led within ${timeoutMs} ms: ${(err as Error).message}`);
+        await sleep(100);
+      }
+    }
+  }
+
   #spawn(role: ServiceProcess['role'], id: string, args: string[], layers?: LayerRange): ServiceProcess {
+    // A new service takes a metrics port of the pool; a restart keeps its command line, port included.
+    if (this.#o.metrics && !args.includes('--metrics-port')) args = [...args, '--metrics-port', String(this.#metricsPorts.shift() ?? 0)];
+    const mi = args.indexOf('--metrics-port');
     const proc = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } });
     const sink = this.#o.logSink ?? ((line: string) => process.stderr.write(`[${id}] ${line}\n`));
     let buf = '';
@@ -160,7 +195,7 @@ export class LocalCluster {
     };
     proc.stderr!.on('data', onData);
     proc.stdout!.on('data', () => {});
-    const service: ServiceProcess = { role, id, layers, proc, args };
+    const service: ServiceProcess = { role, id, layers, proc, args, metricsPort: mi >= 0 ? Number(args[mi + 1]) : 0 };
     proc.on('exit', (code, signal) => {
       if (!this.#stopping && this.services.includes(service)) sink(`${role} ${id} exited unexpectedly (${signal ?? `code ${code}`})`);
     });

@@ -9,6 +9,7 @@ import { coordinatorCommand, gatewayCommand, workerCommand } from './commands/se
 import { upCommand } from './commands/up.ts';
 import { drainCommand, migrateCommand, migrationsCommand } from './commands/migrate.ts';
 import { ConfigError } from '@strata/config';
+import { TelemetryError } from '@strata/telemetry';
 import { UsageError } from './errors.ts';
 
 const USAGE = `usage: strata <command> [flags]
@@ -80,7 +81,7 @@ export async function main(argv: string[], out: NodeJS.WritableStream = process.
       process.stderr.write(`strata: ${err.message}\n\n${USAGE}`);
       return 2;
     }
-    if (err instanceof GgufError || err instanceof ModelError || err instanceof GgmlError || err instanceof KvCacheFullError) {
+    if (err instanceof GgufError || err instanceof ModelError || err instanceof GgmlError || err instanceof KvCacheFullError || err instanceof TelemetryError) {
       process.stderr.write(`strata: ${err.message}\n`);
       return 1;
     }

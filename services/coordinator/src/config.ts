@@ -2,6 +2,7 @@
 import { isId } from '@strata/wire';
 import { randomBytes } from 'node:crypto';
 import { loadConfig, ConfigError, type ConfigOf, type Schema, type Sources } from '@strata/config';
+import { telemetryOptions, telemetrySchema, type TelemetryOptions } from '@strata/telemetry';
 
 /** Every setting of a coordinator. */
 export const coordinatorSchema = {
@@ -9,6 +10,7 @@ export const coordinatorSchema = {
   natsUrl: { kind: 'string', doc: 'NATS server', default: 'nats://127.0.0.1:4222' },
   redisUrl: { kind: 'string', doc: 'Redis server', default: 'redis://127.0.0.1:6379' },
   workerTimeoutMs: { kind: 'int', doc: 'a worker unheard for this long is dead', default: 3000 },
+  leaseMs: { kind: 'int', doc: 'the leader\'s Redis lease; a standby takes over this long after the leader stops renewing it', default: 3000 },
   prefillChunk: { kind: 'int', doc: 'prompt tokens per micro-batch at most', default: 256 },
   defaultMaxTokens: { kind: 'int', doc: 'tokens a request without max_tokens may generate', default: 1024 },
   maxQueue: { kind: 'int', doc: 'requests a pipeline queues at most before answering 429', default: 256 },
@@ -20,6 +22,7 @@ export const coordinatorSchema = {
   pushTimeoutMs: { kind: 'int', doc: 'a source push unanswered for this long aborts its migration', default: 120000 },
   rebalanceHigh: { kind: 'number', doc: 'a worker whose KV occupancy passes this (0..1) sheds a session; 0: no rebalancer', default: 0.9 },
   rebalanceLow: { kind: 'number', doc: 'sessions shed go to a pipeline whose occupancy is below this (0..1)', default: 0.7 },
+  ...telemetrySchema,
   logLevel: { kind: 'string', doc: 'debug, info, warn, error, none', default: 'info' },
 } satisfies Schema;
 
@@ -27,6 +30,7 @@ export const coordinatorSchema = {
 export type CoordinatorConfig = Omit<ConfigOf<typeof coordinatorSchema>, 'id'> & {
   id: string;
   migration: { maxRounds: number; deltaPositions: number; pushTimeoutMs: number };
+  telemetry: TelemetryOptions;
 };
 
 /** Reads and checks a coordinator's configuration. */
@@ -34,9 +38,9 @@ export function coordinatorConfig(sources?: Sources): CoordinatorConfig {
   const c = loadConfig(coordinatorSchema, sources);
   const id = c.id ?? `c-${randomBytes(4).toString('hex')}`;
   if (!isId(id)) throw new ConfigError('bad_value', `id '${id}' must be 1-128 of A-Z a-z 0-9 _ -`, 'id');
-  for (const k of ['workerTimeoutMs', 'prefillChunk', 'defaultMaxTokens', 'stepTimeoutMs', 'seqOpTimeoutMs', 'migrationRounds', 'pushTimeoutMs', 'maxQueue', 'queueFactor'] as const) {
+  for (const k of ['workerTimeoutMs', 'leaseMs', 'prefillChunk', 'defaultMaxTokens', 'stepTimeoutMs', 'seqOpTimeoutMs', 'migrationRounds', 'pushTimeoutMs', 'maxQueue', 'queueFactor'] as const) {
     if (c[k] < 1) throw new ConfigError('bad_value', `${k} must be at least 1, got ${c[k]}`, k);
   }
   if (c.rebalanceHigh < 0 || c.rebalanceHigh > 1 || c.rebalanceLow < 0 || c.rebalanceLow > 1) throw new ConfigError('bad_value', 'rebalanceHigh and rebalanceLow are fractions 0..1', 'rebalanceHigh');
-  return { ...c, id, migration: { maxRounds: c.migrationRounds, deltaPositions: c.migrationDelta, pushTimeoutMs: c.pushTimeoutMs } };
+  return { ...c, id, migration: { maxRounds: c.migrationRounds, deltaPositions: c.migrationDelta, pushTimeoutMs: c.pushTimeoutMs }, telemetry: telemetryOptions(c, 'coordinator', id, sources?.env) };
 }

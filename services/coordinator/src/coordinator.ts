@@ -1,21 +1,30 @@
 // The coordinator process: the runtime around the actors. It feeds heartbeats and ticks to the
 // cluster actor, keeps one scheduler per pipeline, routes generate requests to a pipeline and
 // step results to their scheduler, and answers cluster queries.
+//
+// Coordinators race for a Redis lease (lease.ts): the holder leads, the others stand by, watching
+// heartbeats so that they know the cluster when their turn comes. A new leader announces itself
+// with a higher term; gateways then hand it the requests the old one had accepted (with what each
+// choice has streamed) and it rebuilds them by re-prefill.
 import { redactUrl, type Logger } from '@strata/log';
 import { natsOptions,
-  CancelRequestSchema, ClusterStateSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, GenerateReplySchema, GenerateRequestSchema, HeartbeatSchema, StepResultSchema,
+  CancelRequestSchema, ClusterStateSchema, LeaderAnnouncementSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, GenerateReplySchema, GenerateRequestSchema, HeartbeatSchema, StepResultSchema,
   decode, encode, isId, subjects, type GenerateReply, type GenerateRequest, type DrainReply, type MigrateReply, type MigrationInfo,
 } from '@strata/wire';
 import { Redis } from 'ioredis';
-import { connect, type Msg, type NatsConnection } from 'nats';
+import { connect, type Msg, type NatsConnection, type Subscription } from 'nats';
 import { clusterTransition, initialCluster, type ClusterEffect, type ClusterState, type PipelineView } from './cluster.ts';
 import type { CoordinatorConfig } from './config.ts';
 import { CoordinatorError } from './errors.ts';
+import { LeaderLease } from './lease.ts';
 import { PipelineScheduler, publishFailure, refuse, type Rebuild } from './scheduler.ts';
 import { MigrationLedger, type MigrationRecord } from './ledger.ts';
 import { startMigration } from './migration.ts';
 import { pickRebalance } from './rebalance.ts';
 import { SessionStore } from './session-store.ts';
+import { tracedAdmit } from './telemetry.ts';
+import { context } from '@opentelemetry/api';
+import { natsContext } from '@strata/telemetry';
 
 /** A ledger record on the wire. */
 function migrationInfo(r: MigrationRecord): MigrationInfo {
@@ -39,7 +48,14 @@ export class Coordinator {
   readonly #ledger: MigrationLedger;
   /** session -> migration under way */
   readonly #moving = new Map<string, Promise<MigrationRecord>>();
+  readonly #lease: LeaderLease;
+  readonly #startedMs = Date.now();
+  /** subscriptions only the leader holds */
+  #leaderSubs: Subscription[] = [];
+  #leading = false;
+  #campaigning = false;
   #timer: NodeJS.Timeout | undefined;
+  #leaseTimer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | null = null;
 
   private constructor(c: CoordinatorConfig, nc: NatsConnection, redis: Redis, log: Logger) {
@@ -49,13 +65,29 @@ export class Coordinator {
     this.#redis = redis;
     this.#store = new SessionStore(redis, c.id);
     this.#ledger = new MigrationLedger(redis);
+    this.#lease = new LeaderLease(redis, c.id, c.leaseMs);
     this.#log = log.child({ coordinator: c.id });
+  }
+
+  /** Whether this coordinator leads now, and its term (0 when standing by). */
+  get term(): number {
+    return this.#leading ? this.#lease.term : 0;
   }
 
   /** Connects to NATS and Redis and starts serving. */
   static async start(c: CoordinatorConfig, log: Logger): Promise<Coordinator> {
     const redis = new Redis(c.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 3 });
     await redis.connect();
+    // ioredis reconnects by itself; without a listener its errors would be 'unhandled'.
+    let redisDown = false;
+    redis.on('error', (err: Error) => {
+      if (!redisDown) log.warn('Redis connection lost: reconnecting', { err: err.message });
+      redisDown = true;
+    });
+    redis.on('ready', () => {
+      if (redisDown) log.info('Redis reconnected');
+      redisDown = false;
+    });
     let nc: NatsConnection;
     try {
       nc = await connect(natsOptions(c.natsUrl, `strata-coordinator-${c.id}`));
@@ -64,38 +96,106 @@ export class Coordinator {
       throw err;
     }
     const co = new Coordinator(c, nc, redis, log);
-    const sub = (subject: string, fn: (m: Msg) => void, queue?: string) =>
-      nc.subscribe(subject, { queue, callback: (err, m) => (err ? co.#log.error('subscription', { subject, err }) : fn(m)) });
-    sub(subjects.workerHeartbeat(), (m) => co.#onHeartbeat(m));
-    sub(subjects.coordinatorResult(c.id), (m) => co.#onResult(m));
-    sub(subjects.coordinatorGenerate(), (m) => co.#onGenerate(m), 'coordinator');
-    sub(subjects.coordinatorCancel(), (m) => co.#onCancel(m));
-    sub(subjects.coordinatorCluster(), (m) => co.#onCluster(m), 'coordinator');
-    sub(subjects.coordinatorMigrate(), (m) => void co.#onMigrate(m), 'coordinator');
-    sub(subjects.coordinatorMigrations(), (m) => void co.#onMigrations(m), 'coordinator');
-    sub(subjects.coordinatorDrain(), (m) => void co.#onDrain(m), 'coordinator');
-    await co.#recoverMigrations();
+    // Standbys watch heartbeats too: they know the cluster when they take over.
+    co.#sub(subjects.workerHeartbeat(), (m) => co.#onHeartbeat(m));
     co.#timer = setInterval(() => co.#tick(), Math.min(1000, c.workerTimeoutMs / 3));
-    co.#log.info('coordinator ready', { nats: redactUrl(c.natsUrl), redis: redactUrl(c.redisUrl) });
+    co.#leaseTimer = setInterval(() => void co.#campaign(), c.leaseMs / 3);
+    void co.#watchNats();
+    await co.#campaign();
+    co.#log.info('coordinator ready', { role: co.#leading ? 'leader' : 'standby', term: co.term, nats: redactUrl(c.natsUrl), redis: redactUrl(c.redisUrl) });
     return co;
   }
 
   /**
-   * A pipeline whose step went unanswered (messages lost in a NATS restart, a stage that hangs)
-   * starts over: a fresh scheduler empties every sequence of its stages, and every request on it
+   * After NATS reconnects, steps in flight may have been lost with the old connection (or the
+   * server): the pipelines that had any start over at once rather than at the step timeout.
+   */
+  async #watchNats(): Promise<void> {
+    for await (const s of this.#nc.status()) {
+      if (s.type !== 'reconnect' || !this.#leading) continue;
+      for (const sc of [...this.#schedulers.values()]) if (sc.inFlight > 0) this.#reset(sc, 'NATS reconnected with steps in flight');
+    }
+  }
+
+  #sub(subject: string, fn: (m: Msg) => void, queue?: string): Subscription {
+    return this.#nc.subscribe(subject, { queue, callback: (err, m) => (err ? this.#log.error('subscription', { subject, err }) : fn(m)) });
+  }
+
+  /** Renews the lease (leader) or tries to take it (standby). */
+  async #campaign(): Promise<void> {
+    if (this.#campaigning || this.#stopping) return;
+    this.#campaigning = true;
+    try {
+      await this.#lease.present();
+      if (this.#leading) {
+        // Redis unreachable throws: the leader goes on, since no standby can take the lease
+        // either; one that can and does raises the term, and stages fence this leader out.
+        if (await this.#lease.renew()) this.#announce();
+        else this.#standDown('another coordinator holds the lease');
+      } else if (Date.now() - this.#startedMs >= this.#c.workerTimeoutMs / 2) {
+        // (A fresh process first listens to heartbeats for a while, to know the pipelines.)
+        const term = await this.#lease.acquire();
+        if (term > 0) await this.#lead(term);
+      }
+    } catch (err) {
+      this.#log.warn('the leader lease could not be checked', { err });
+    } finally {
+      this.#campaigning = false;
+    }
+  }
+
+  #announce(): void {
+    this.#nc.publish(subjects.coordinatorLeader(), encode(LeaderAnnouncementSchema, { coordinatorId: this.id, term: BigInt(this.#lease.term) }));
+  }
+
+  /** Takes the lead: the pipelines seen so far get schedulers (emptying their stages), then work comes. */
+  async #lead(term: number): Promise<void> {
+    this.#leading = true;
+    this.#log.info('leading', { term });
+    for (const p of this.#cluster.pipelines.values()) this.#scheduler(p);
+    await this.#recoverMigrations();
+    const s = (subject: string, fn: (m: Msg) => void, queue?: string) => this.#leaderSubs.push(this.#sub(subject, fn, queue));
+    s(subjects.coordinatorResult(this.id), (m) => this.#onResult(m));
+    s(subjects.coordinatorGenerate(), (m) => this.#onGenerate(m), 'coordinator');
+    s(subjects.coordinatorGenerateAt(this.id), (m) => this.#onGenerate(m));
+    s(subjects.coordinatorCancel(), (m) => this.#onCancel(m));
+    s(subjects.coordinatorCluster(), (m) => this.#onCluster(m), 'coordinator');
+    s(subjects.coordinatorMigrate(), (m) => void this.#onMigrate(m), 'coordinator');
+    s(subjects.coordinatorMigrations(), (m) => void this.#onMigrations(m), 'coordinator');
+    s(subjects.coordinatorDrain(), (m) => void this.#onDrain(m), 'coordinator');
+    this.#announce();
+  }
+
+  /**
+   * Stops leading without a word to anyone: the new leader has the requests from the gateways,
+   * and stages already refuse this coordinator's term.
+   */
+  #standDown(reason: string): void {
+    if (!this.#leading) return;
+    this.#log.error('standing down', { reason });
+    this.#leading = false;
+    for (const sub of this.#leaderSubs.splice(0)) sub.unsubscribe();
+    for (const s of this.#schedulers.values()) s.abandon();
+    this.#schedulers.clear();
+    this.#moving.clear();
+  }
+
+  /**
+   * A pipeline whose step went unanswered (messages lost in a NATS restart, a stage that hangs),
+   * or that had steps in flight when NATS reconnected, starts over: a fresh scheduler empties every sequence of its stages, and every request on it
    * is rebuilt there by re-prefill, from the tokens its client has already seen.
    */
-  #reset(s: PipelineScheduler): void {
-    this.#log.warn('a step went unanswered: resetting the pipeline', { pipeline: s.view.id });
+  #reset(s: PipelineScheduler, why: string): void {
+    this.#log.warn('resetting a pipeline', { pipeline: s.view.id, why });
     this.#schedulers.delete(s.view.id);
-    const orphans = s.down(`pipeline ${s.view.id} reset after an unanswered step`);
+    const orphans = s.down(`pipeline ${s.view.id} reset: ${why}`);
     const fresh = this.#scheduler(s.view);
     for (const r of orphans) fresh.rebuild(r);
   }
 
   #scheduler(view: PipelineView): PipelineScheduler {
     const s = new PipelineScheduler(view, {
-      nc: this.#nc, resultSubject: subjects.coordinatorResult(this.id), store: this.#store, log: this.#log,
+      nc: this.#nc, resultSubject: subjects.coordinatorResult(this.id), store: this.#store, log: this.#log, term: this.#lease.term,
       options: {
         prefillChunk: this.#c.prefillChunk, stepTimeoutMs: this.#c.stepTimeoutMs, seqOpTimeoutMs: this.#c.seqOpTimeoutMs,
         defaultMaxTokens: this.#c.defaultMaxTokens, maxQueue: this.#c.maxQueue, queueFactor: this.#c.queueFactor,
@@ -106,6 +206,7 @@ export class Coordinator {
   }
 
   #apply(effects: ClusterEffect[]): void {
+    if (!this.#leading) return;
     for (const e of effects) {
       if (e.type === 'pipeline_up') {
         this.#scheduler(e.pipeline);
@@ -137,7 +238,8 @@ export class Coordinator {
     let reply: MigrateReply;
     try {
       const req = decode(MigrateRequestSchema, m.data, m.subject);
-      const rec = await this.migrate(req.sessionId, req.toPipeline, req.reason || 'operator', req.wait);
+      // The migration's span is a child of the caller's (the admin API's request).
+      const rec = await context.with(natsContext(m.headers), () => this.migrate(req.sessionId, req.toPipeline, req.reason || 'operator', req.wait));
       reply = { $typeName: 'strata.v1.MigrateReply', migration: migrationInfo(rec) };
     } catch (err) {
       const code = err instanceof CoordinatorError ? err.code : 'bad_request';
@@ -156,7 +258,7 @@ export class Coordinator {
     const dst = to ? this.#schedulers.get(to) : others.reduce<PipelineScheduler | undefined>((a, b) => (!a || b.load < a.load ? b : a), undefined);
     if (!dst) throw new CoordinatorError('no_pipeline', to ? `no pipeline ${to}` : `no other pipeline serves ${src.view.modelId}`);
     if (dst === src) throw new CoordinatorError('bad_request', `session ${session} is already on ${to}`);
-    const mig = await startMigration({ nc: this.#nc, ledger: this.#ledger, store: this.#store, log: this.#log, owner: this.id, options: this.#c.migration }, session, src, dst, reason);
+    const mig = await startMigration({ nc: this.#nc, ledger: this.#ledger, store: this.#store, log: this.#log, owner: this.id, options: this.#c.migration, term: this.#lease.term }, session, src, dst, reason);
     const finished = mig.finished.finally(() => this.#moving.delete(session));
     this.#moving.set(session, finished);
     return wait ? finished : mig.record;
@@ -166,7 +268,7 @@ export class Coordinator {
     let reply: DrainReply;
     try {
       const req = decode(DrainRequestSchema, m.data, m.subject);
-      reply = await this.drain(req.workerId);
+      reply = await context.with(natsContext(m.headers), () => this.drain(req.workerId));
     } catch (err) {
       const code = err instanceof CoordinatorError ? err.code : 'bad_request';
       reply = { $typeName: 'strata.v1.DrainReply', pipelineId: '', migrations: [], waited: 0, failed: 0, error: { $typeName: 'strata.v1.Error', code, message: (err as Error).message, workerId: '' } };
@@ -274,7 +376,8 @@ export class Coordinator {
   #tick(): void {
     const now = Date.now();
     this.#apply(clusterTransition(this.#cluster, { type: 'tick', nowMs: now }, this.#c).effects);
-    for (const s of [...this.#schedulers.values()]) if (s.stalled(now)) this.#reset(s);
+    if (!this.#leading) return;
+    for (const s of [...this.#schedulers.values()]) if (s.stalled(now)) this.#reset(s, 'a step went unanswered');
     this.#rebalance();
   }
 
@@ -291,7 +394,7 @@ export class Coordinator {
     let reply: GenerateReply;
     try {
       const req = decode(GenerateRequestSchema, m.data, m.subject);
-      reply = this.#admit(req);
+      reply = tracedAdmit(req, m.headers, () => this.#admit(req));
     } catch (err) {
       reply = refuse('bad_request', (err as Error).message);
     }
@@ -303,6 +406,9 @@ export class Coordinator {
     if (!isId(req.requestId)) return refuse('bad_request', 'a request id is 1-128 of A-Z a-z 0-9 _ -');
     if (req.eventsSubject !== subjects.gatewayEvents(req.requestId)) return refuse('bad_request', 'events go to the request\'s own gateway subject');
     if (req.prompt.length === 0) return refuse('bad_request', 'the prompt is empty');
+    // A gateway that timed out waiting for the answer asks again: the same request, once.
+    const known = [...this.#schedulers.values()].find((x) => x.knows(req.requestId));
+    if (known) return { $typeName: 'strata.v1.GenerateReply', accepted: true, cachedTokens: 0, pipelineId: known.view.id, coordinatorId: this.id, term: BigInt(this.#lease.term) };
     if (req.sessionId && Math.max(1, req.n) > 1) return refuse('bad_request', 'a session continues one conversation: n must be 1');
     const all = [...this.#schedulers.values()].filter((s) => s.view.modelId === req.modelId);
     const candidates = all.filter((s) => !s.draining);
@@ -313,7 +419,8 @@ export class Coordinator {
     const home = req.sessionId ? candidates.find((s) => s.holds(req.sessionId)) : undefined;
     // Least loaded; ties go to the lowest pipeline id, so placement is predictable.
     const target = home ?? candidates.reduce((a, b) => (b.load < a.load || (b.load === a.load && b.view.id < a.view.id) ? b : a));
-    return target.admit(req);
+    const reply = req.resume.length > 0 ? target.resume(req) : target.admit(req);
+    return { ...reply, coordinatorId: this.id, term: BigInt(this.#lease.term) };
   }
 
   #onCancel(m: Msg): void {
@@ -338,11 +445,32 @@ export class Coordinator {
     }));
   }
 
-  /** Stops taking requests, fails what runs with a retriable error, drains NATS, closes Redis. */
+  /**
+   * Hands over and stops: takes no new work, gives the lease up so that a standby leads at once,
+   * and waits (up to one lease time) for it to announce itself, when the gateways move their
+   * requests to it. Without a successor, what runs fails with a retriable error. Then drains NATS
+   * and closes Redis. Idempotent.
+   */
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
       clearInterval(this.#timer);
-      for (const s of this.#schedulers.values()) for (const r of s.down('the coordinator is stopping')) this.#failRebuild(r, 'the coordinator is stopping');
+      clearInterval(this.#leaseTimer);
+      if (this.#leading) {
+        const intake = new Set([subjects.coordinatorGenerate(), subjects.coordinatorGenerateAt(this.id), subjects.coordinatorMigrate(), subjects.coordinatorDrain(), subjects.coordinatorCluster(), subjects.coordinatorMigrations()]);
+        for (const sub of this.#leaderSubs) if (intake.has(sub.getSubject())) sub.unsubscribe();
+        const term = this.#lease.term;
+        const standbys = await this.#lease.others().catch(() => []);
+        const successor = this.#successor(term, standbys.length > 0 ? this.#c.leaseMs : 0);
+        await this.#lease.release().catch((err: unknown) => this.#log.warn('the lease could not be released', { err }));
+        const next = await successor;
+        if (next) {
+          this.#log.info('handed over', { to: next });
+          this.#standDown(`${next} leads now`);
+        } else {
+          for (const s of this.#schedulers.values()) for (const r of s.down('the coordinator is stopping')) this.#failRebuild(r, 'the coordinator stopped and no standby took over');
+        }
+      }
+      await this.#lease.absent().catch(() => {});
       try {
         await this.#nc.drain();
       } catch (err) {
@@ -352,5 +480,28 @@ export class Coordinator {
       this.#log.info('coordinator stopped');
     })();
     return this.#stopping;
+  }
+
+  /** The id of a coordinator that announces a term above `term` within `ms`, or null. */
+  #successor(term: number, ms: number): Promise<string | null> {
+    return new Promise((resolve) => {
+      const sub = this.#nc.subscribe(subjects.coordinatorLeader(), {
+        callback: (err, m) => {
+          if (err) return;
+          try {
+            const a = decode(LeaderAnnouncementSchema, m.data, m.subject);
+            if (a.term > BigInt(term) && a.coordinatorId !== this.id) finish(a.coordinatorId);
+          } catch {
+            // not an announcement: keep waiting
+          }
+        },
+      });
+      const timer = setTimeout(() => finish(null), ms);
+      const finish = (id: string | null) => {
+        clearTimeout(timer);
+        sub.unsubscribe();
+        resolve(id);
+      };
+    });
   }
 }

@@ -13,6 +13,9 @@ import type { MigrationLedger, MigrationRecord } from './ledger.ts';
 import type { PipelineScheduler } from './scheduler.ts';
 import { cellsNeeded } from './session.ts';
 import type { SessionStore } from './session-store.ts';
+import { traceMigration } from './telemetry.ts';
+import { context } from '@opentelemetry/api';
+import { natsHeaders } from '@strata/telemetry';
 
 /** One source stage feeding one target stage with the layers both hold. */
 export interface PlanPart {
@@ -55,6 +58,8 @@ export interface MigrationDeps {
   log: Logger;
   owner: string;
   options: MigrationOptions;
+  /** the owner's leader term (sources fence by it) */
+  term: number;
 }
 
 /** A migration under way or ended. */
@@ -66,6 +71,8 @@ export interface Migration {
 
 /** Starts moving `session` from `src` to `dst`; the returned record is already in the ledger. */
 export async function startMigration(d: MigrationDeps, session: string, src: PipelineScheduler, dst: PipelineScheduler, reason: string): Promise<Migration> {
+  // Taken before the first await: the migration's span is a child of the caller's context.
+  const parent = context.active();
   const st = src.session(session);
   if (!st) throw new CoordinatorError('not_found', `no session ${session} on pipeline ${src.view.id}`);
   if (src.view.fingerprint !== dst.view.fingerprint) throw new CoordinatorError('model_mismatch', `pipelines ${src.view.id} and ${dst.view.id} run different models`);
@@ -77,7 +84,7 @@ export async function startMigration(d: MigrationDeps, session: string, src: Pip
   };
   await d.ledger.create(record);
   src.beginMigration(session);
-  return { record, finished: run(d, record, parts, src, dst) };
+  return { record, finished: traceMigration(record, parent, () => run(d, record, parts, src, dst)) };
 }
 
 async function run(d: MigrationDeps, m: MigrationRecord, parts: PlanPart[], src: PipelineScheduler, dst: PipelineScheduler): Promise<MigrationRecord> {
@@ -147,8 +154,8 @@ async function copy(d: MigrationDeps, m: MigrationRecord, parts: PlanPart[], seq
   const replies = await Promise.all(parts.map(async (p) => {
     try {
       const r = await request(d.nc, subjects.workerMigrate(p.source.workerId), MigrateOutRequestSchema, {
-        migrationId: m.id, seq, p0, p1, l0: p.l0, l1: p.l1, targetWorkerId: p.target.workerId, targetAddress: p.target.grpcAddress, targetSeq, timeoutMs: d.options.pushTimeoutMs,
-      }, MigrateOutReplySchema, d.options.pushTimeoutMs + 1000);
+        migrationId: m.id, seq, p0, p1, l0: p.l0, l1: p.l1, targetWorkerId: p.target.workerId, targetAddress: p.target.grpcAddress, targetSeq, timeoutMs: d.options.pushTimeoutMs, term: BigInt(d.term),
+      }, MigrateOutReplySchema, d.options.pushTimeoutMs + 1000, natsHeaders());
       return { p, r };
     } catch (err) {
       throw new CoordinatorError('source_failed', `worker ${p.source.workerId} did not push layers ${p.l0}:${p.l1}: ${(err as Error).message}`);

@@ -13,6 +13,8 @@ import type { PipelineView } from './cluster.ts';
 import { CoordinatorError } from './errors.ts';
 import { cachedTokens, cellsNeeded, jobTransition, newJob, rebuildJob, type Job, type JobEffect } from './session.ts';
 import type { SessionStore } from './session-store.ts';
+import { countTokens, endRequest, endStep, observeQueue, startStep, type StepTrace } from './telemetry.ts';
+import { headerBytes } from '@strata/telemetry';
 
 /** Settings of a scheduler. */
 export interface SchedulerOptions {
@@ -38,6 +40,8 @@ export interface SchedulerDeps {
   store: SessionStore;
   log: Logger;
   options: SchedulerOptions;
+  /** the coordinator's leader term, on every step and sequence operation (stages fence by it) */
+  term: number;
 }
 
 /** A session whose cells stay on this pipeline between its turns. */
@@ -69,6 +73,8 @@ export interface Rebuild {
 interface InFlight {
   entries: PlannedEntry[];
   sentMs: number;
+  /** its span, ended when its result comes back or it is lost */
+  trace: StepTrace;
 }
 
 /** Shortest common prefix length of two token lists. */
@@ -102,6 +108,8 @@ export class PipelineScheduler {
   /** cells every stage can hold */
   readonly capacity: number;
   #nextStep = BigInt(Date.now()) << 16n;
+  /** stops reporting this pipeline's queue depth */
+  readonly #unobserve: () => void;
   #down = false;
   /** every sequence of the stages has been emptied */
   #clean = false;
@@ -114,15 +122,28 @@ export class PipelineScheduler {
     this.#nSeqMax = Math.min(...view.stages.map((s) => s.nSeqMax));
     this.capacity = Math.min(...view.stages.map((s) => s.kvCells), view.stages[0]!.nCtxTrain);
     this.#free = Array.from({ length: this.#nSeqMax }, (_, i) => this.#nSeqMax - 1 - i);
-    // A new pipeline knows nothing of what its stages hold (a restarted coordinator, a stage
-    // that served another pipeline): every sequence is emptied before the first request.
-    void this.#seqOps(this.#free.map((seq) => seqOp(SeqOpKind.REMOVE, seq))).then(
-      () => {
+    this.#unobserve = observeQueue(view.id, () => this.queued);
+    void this.#empty();
+  }
+
+  /**
+   * A new pipeline knows nothing of what its stages hold (a restarted coordinator, a stage that
+   * served another pipeline): every sequence is emptied before the first request. A stage that
+   * cannot answer yet (reconnecting to NATS, say) is asked again until it does or the pipeline
+   * goes down; requests wait meanwhile.
+   */
+  async #empty(): Promise<void> {
+    for (let attempt = 0; !this.#down; attempt++) {
+      try {
+        await this.#seqOps(this.#free.map((seq) => seqOp(SeqOpKind.REMOVE, seq)));
         this.#clean = true;
         this.#startWaiting();
-      },
-      (err: unknown) => this.#log.error('emptying the stages of a new pipeline failed', { err }),
-    );
+        return;
+      } catch (err) {
+        if (attempt === 0) this.#log.warn('the stages of a new pipeline could not be emptied yet: retrying', { err });
+        await new Promise((r) => setTimeout(r, Math.min(2000, 100 * 2 ** attempt)));
+      }
+    }
   }
 
   /** micro-batches kept in flight: one per stage, so every stage has work */
@@ -193,7 +214,37 @@ export class PipelineScheduler {
     } else {
       this.#waiting.push(req);
     }
-    return { $typeName: 'strata.v1.GenerateReply', accepted: true, cachedTokens: 0, pipelineId: this.view.id };
+    return { $typeName: 'strata.v1.GenerateReply', accepted: true, cachedTokens: 0, pipelineId: this.view.id, coordinatorId: '', term: 0n };
+  }
+
+  /**
+   * Takes over a request that a previous leader accepted and lost: each choice goes on from the
+   * tokens its client has seen, rebuilt by re-prefill like the requests of a pipeline that went
+   * down (so it queues as a rebuild, never refused for load); choices that ended stay ended.
+   */
+  resume(req: GenerateRequest): GenerateReply {
+    const n = Math.max(1, req.n);
+    if (req.prompt.length + Math.max(1, req.maxTokens) > this.capacity) return refuse('context_length_exceeded', `${req.prompt.length} prompt tokens + ${req.maxTokens || 1} to generate exceed the context of ${this.capacity}`);
+    if (n > this.#nSeqMax) return refuse('bad_request', `n=${n} choices exceed the ${this.#nSeqMax} sequences of a pipeline`);
+    if (this.#down) return refuse('pipeline_down', `pipeline ${this.view.id} is down`);
+    const maxTokens = req.maxTokens > 0 ? req.maxTokens : Math.min(this.#d.options.defaultMaxTokens, this.capacity - req.prompt.length);
+    const progress = new Map(req.resume.map((p) => [p.index, p]));
+    const jobs = Array.from({ length: n }, (_, index) => {
+      const j = newJob({
+        requestId: req.requestId, index, sessionId: req.sessionId, seq: -1, prompt: req.prompt, pos0: 0,
+        sampling: { ...req.sampling!, seed: (req.sampling?.seed ?? 0) + index }, maxTokens,
+      });
+      const p = progress.get(index);
+      j.generated = (p?.tokens ?? []).map((token) => ({ $typeName: 'strata.v1.SampledToken' as const, seq: 0, token, eog: false, logprob: 0, top: [] }));
+      rebuildJob(j, []);
+      if (p?.ended) j.finish = FinishReason.STOP;
+      return j;
+    });
+    const live = jobs.filter((j) => j.finish === null);
+    if (live.length === 0) return refuse('bad_request', 'every choice of the request has ended: nothing to resume');
+    this.#rebuilds.push({ request: { req, jobs, cached: 0, epoch: 0, live: live.length }, jobs: live });
+    this.#startWaiting();
+    return { $typeName: 'strata.v1.GenerateReply', accepted: true, cachedTokens: 0, pipelineId: this.view.id, coordinatorId: '', term: 0n };
   }
 
   /** Starts queued requests, in order, while they fit. */
@@ -354,13 +405,17 @@ export class PipelineScheduler {
       tokens.push(...e.tokens);
     }
     const route = this.view.stages.map((s) => s.workerId);
-    this.#inflight.set(stepId, { entries: plan, sentMs: Date.now() });
+    const trace = startStep(this.view.id, stepId, plan.map((e) => ({
+      req: this.#requests.get(e.job.requestId)?.req, prefill: e.pos0 < e.job.pos0 + e.job.prompt.length, tokens: e.tokens.length,
+    })));
+    this.#inflight.set(stepId, { entries: plan, sentMs: Date.now(), trace });
     const header = {
       $typeName: 'strata.v1.StepHeader' as const, stepId, pipelineId: this.view.id, route, hop: 0,
-      replySubject: this.#d.resultSubject, entries, tokens, traceparent: '', stageMs: [],
+      replySubject: this.#d.resultSubject, entries, tokens, traceparent: '', stageMs: [], term: BigInt(this.#d.term),
     };
-    for (const chunk of encodeStageInput(header, new Float32Array(0), this.#d.nc.info?.max_payload ?? 1 << 20)) {
-      this.#d.nc.publish(subjects.workerStep(route[0]!), chunk);
+    // The trace-context headers count against NATS's max payload.
+    for (const chunk of encodeStageInput(header, new Float32Array(0), (this.#d.nc.info?.max_payload ?? 1 << 20) - headerBytes(trace.headers))) {
+      this.#d.nc.publish(subjects.workerStep(route[0]!), chunk, { headers: trace.headers });
     }
   }
 
@@ -369,6 +424,7 @@ export class PipelineScheduler {
     const f = this.#inflight.get(r.stepId);
     if (!f) return; // late: its jobs already failed on a timeout
     this.#inflight.delete(r.stepId);
+    endStep(f.trace, r.error);
     this.#log.debug('step', { step: r.stepId, rttMs: Date.now() - f.sentMs, stageMs: r.stageMs, entries: f.entries.length });
     const bySeq = new Map(r.tokens.map((t) => [t.seq, t]));
     for (const e of f.entries) {
@@ -399,6 +455,7 @@ export class PipelineScheduler {
     for (const e of fx) {
       if (e.type !== 'emit') continue;
       this.#event(request, j, [e.token], FinishReason.UNSPECIFIED);
+      countTokens(this.view.id, 1);
       // Written at its position (the history is the prompt, then the samples): a write that
       // Redis ran but could not acknowledge, resent after a reconnect, lands in the same place.
       const at = request.req.prompt.length + j.generated.length - 1;
@@ -425,7 +482,10 @@ export class PipelineScheduler {
       this.#jobs.splice(i--, 1);
       const request = this.#requests.get(j.requestId)!;
       this.#event(request, j, [], j.finish);
-      if (--request.live === 0) this.#requests.delete(j.requestId);
+      if (--request.live === 0) {
+        this.#requests.delete(j.requestId);
+        endRequest(request.req, request.jobs.find((x) => x.error)?.error);
+      }
       this.#release(j, request);
     }
   }
@@ -456,6 +516,7 @@ export class PipelineScheduler {
         jobTransition(j, { type: 'cancel' });
         this.#event(r!.request, j, [], FinishReason.CANCELLED);
       }
+      endRequest(r!.request.req);
       return true;
     }
     const request = this.#requests.get(requestId);
@@ -581,6 +642,8 @@ export class PipelineScheduler {
    */
   down(reason: string): Rebuild[] {
     this.#down = true;
+    this.#unobserve();
+    for (const f of this.#inflight.values()) endStep(f.trace, { code: 'pipeline_down', message: reason });
     this.#inflight.clear();
     // A migration holding a session here learns it is gone when its hold ends.
     for (const resolve of this.#holdWaiters.values()) resolve();
@@ -606,6 +669,35 @@ export class PipelineScheduler {
     this.#residents.clear();
     this.#requests.clear();
     return orphans;
+  }
+
+  /**
+   * Drops everything without a word to the gateways: this coordinator is no longer the leader,
+   * and its successor rebuilds what ran here.
+   */
+  abandon(): void {
+    this.#down = true;
+    this.#unobserve();
+    for (const f of this.#inflight.values()) endStep(f.trace, { code: 'abandoned', message: 'no longer the leader' });
+    for (const r of this.#requests.values()) endRequest(r.req, { code: 'abandoned', message: 'no longer the leader' });
+    this.#inflight.clear();
+    for (const resolve of this.#holdWaiters.values()) resolve();
+    this.#holdWaiters.clear();
+    this.#jobs.length = 0;
+    this.#waiting.length = 0;
+    this.#rebuilds.length = 0;
+    this.#residents.clear();
+    this.#requests.clear();
+  }
+
+  /** micro-batches sent and not yet answered */
+  get inFlight(): number {
+    return this.#inflight.size;
+  }
+
+  /** Whether the request is here: running, queued or waiting to be rebuilt. */
+  knows(requestId: string): boolean {
+    return this.#requests.has(requestId) || this.#waiting.some((r) => r.requestId === requestId) || this.#rebuilds.some((r) => r.request.req.requestId === requestId);
   }
 
   /** Takes requests whose pipeline went down: they prefill what they held here and go on. */
@@ -653,7 +745,7 @@ export class PipelineScheduler {
     await Promise.all(this.view.stages.map(async (s) => {
       let reply;
       try {
-        reply = await request(this.#d.nc, subjects.workerSeq(s.workerId), SeqOpRequestSchema, { ops }, SeqOpReplySchema, this.#d.options.seqOpTimeoutMs);
+        reply = await request(this.#d.nc, subjects.workerSeq(s.workerId), SeqOpRequestSchema, { ops, term: BigInt(this.#d.term) }, SeqOpReplySchema, this.#d.options.seqOpTimeoutMs);
       } catch (err) {
         throw new CoordinatorError('stage_failed', `worker ${s.workerId} did not apply sequence operations: ${(err as Error).message}`);
       }
@@ -669,6 +761,7 @@ export function publishFailure(nc: NatsConnection, req: GenerateRequest, choices
       requestId: req.requestId, index, offset, finish: FinishReason.ERROR, error: { code, message }, promptTokens: req.prompt.length,
     }));
   }
+  endRequest(req, { code, message });
 }
 
 function seqOp(kind: SeqOpKind, seq: number, p0 = -1, p1 = -1): SeqOp {
@@ -677,5 +770,5 @@ function seqOp(kind: SeqOpKind, seq: number, p0 = -1, p1 = -1): SeqOp {
 
 /** A refusal as the coordinator answers it. */
 export function refuse(code: string, message: string): GenerateReply {
-  return { $typeName: 'strata.v1.GenerateReply', accepted: false, error: { $typeName: 'strata.v1.Error', code, message, workerId: '' }, cachedTokens: 0, pipelineId: '' };
+  return { $typeName: 'strata.v1.GenerateReply', accepted: false, error: { $typeName: 'strata.v1.Error', code, message, workerId: '' }, cachedTokens: 0, pipelineId: '', coordinatorId: '', term: 0n };
 }

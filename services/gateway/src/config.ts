@@ -1,6 +1,7 @@
 // The gateway's configuration: one schema, read from flags, STRATA_* environment and a JSON file.
 import { loadConfig, ConfigError, type ConfigOf, type Schema, type Sources } from '@strata/config';
 import { ensureDefaultModel, modelIdOf } from '@strata/model';
+import { telemetryOptions, telemetrySchema, type TelemetryOptions } from '@strata/telemetry';
 
 /** Every setting of a gateway. */
 export const gatewaySchema = {
@@ -10,19 +11,21 @@ export const gatewaySchema = {
   model: { kind: 'string', doc: 'GGUF whose vocabulary the gateway tokenizes with (default: the synthetic default model)' },
   modelId: { kind: 'string', doc: 'model id clients name (default: the file name without .gguf)' },
   timeoutMs: { kind: 'int', doc: 'the cluster must accept and keep answering within this long', default: 60000 },
+  drainMs: { kind: 'int', doc: 'on SIGTERM, running requests may finish for this long before their connections close', default: 30000 },
   maxBodyBytes: { kind: 'int', doc: 'largest request body', default: 4 * 1024 * 1024 },
   apiKeysFile: { kind: 'string', doc: 'file of API keys, one "<key> user|admin" per line (a mounted secret); without it the gateway takes every caller' },
+  ...telemetrySchema,
   logLevel: { kind: 'string', doc: 'debug, info, warn, error, none', default: 'info' },
 } satisfies Schema;
 
 /** A gateway's settings, compiled and checked. */
-export type GatewayConfig = Omit<ConfigOf<typeof gatewaySchema>, 'model' | 'modelId'> & { model: string; modelId: string };
+export type GatewayConfig = Omit<ConfigOf<typeof gatewaySchema>, 'model' | 'modelId'> & { model: string; modelId: string; telemetry: TelemetryOptions };
 
 /** Reads and checks a gateway's configuration. */
 export function gatewayConfig(sources?: Sources): GatewayConfig {
   const c = loadConfig(gatewaySchema, sources);
   if (c.port < 0 || c.port > 65535) throw new ConfigError('bad_value', `port must be 0-65535, got ${c.port}`, 'port');
-  if (c.timeoutMs < 1 || c.maxBodyBytes < 1) throw new ConfigError('bad_value', 'timeoutMs and maxBodyBytes must be positive');
+  if (c.timeoutMs < 1 || c.maxBodyBytes < 1 || c.drainMs < 0) throw new ConfigError('bad_value', 'timeoutMs and maxBodyBytes must be positive, drainMs not negative');
   const model = c.model ?? ensureDefaultModel();
-  return { ...c, model, modelId: c.modelId ?? modelIdOf(model) };
+  return { ...c, model, modelId: c.modelId ?? modelIdOf(model), telemetry: telemetryOptions(c, 'gateway', undefined, sources?.env) };
 }

@@ -16,6 +16,9 @@ import type { GatewayConfig } from './config.ts';
 import { ApiKeys } from './api-keys.ts';
 import { ApiError } from './errors.ts';
 import { runGeneration, type GenerationSink } from './generation.ts';
+import { failRequestSpan, traceHttp } from './http-telemetry.ts';
+import { natsHeaders } from '@strata/telemetry';
+import { LeaderWatch } from './leader-watch.ts';
 import { JsonSchemaError, jsonObjectGrammar, jsonSchemaGrammar } from './json-grammar.ts';
 import { parseChat, parseCompletion, type GenerationSpec } from './openai-request.ts';
 import { chunkBody, finalBody, usageChunk, type ChoiceState, type ResponseMeta } from './responses.ts';
@@ -29,6 +32,9 @@ export class Gateway {
   readonly #log: Logger;
   readonly #fingerprint: string;
   readonly #keys: ApiKeys | null;
+  readonly #leader: LeaderWatch;
+  /** generations running now */
+  #running = 0;
   #stopping: Promise<void> | null = null;
   /** the address the gateway listens on, e.g. http://127.0.0.1:8080 */
   url = '';
@@ -40,7 +46,11 @@ export class Gateway {
     this.#log = log;
     this.#fingerprint = `strata-${c.modelId}`;
     this.#keys = c.apiKeysFile ? ApiKeys.load(c.apiKeysFile) : null;
-    this.#server = createServer((req, res) => void this.#handle(req, res));
+    this.#leader = new LeaderWatch(nc, log);
+    this.#server = createServer((req, res) => void traceHttp(req, res, () => this.#handle(req, res)));
+    // Idle keep-alive connections stay open longer than clients and load balancers keep theirs
+    // (Node's 5 s would close under a client about to reuse the connection).
+    this.#server.keepAliveTimeout = 65_000;
   }
 
   /** Loads the vocabulary, connects to NATS and listens. */
@@ -101,6 +111,7 @@ export class Gateway {
   #fail(res: ServerResponse, err: unknown): void {
     const e = err instanceof ApiError ? err : new ApiError(500, 'internal', 'internal error');
     if (!(err instanceof ApiError)) this.#log.error('request failed', { err });
+    if (e.status >= 500 || res.headersSent) failRequestSpan(e.code, e.message);
     if (res.headersSent) {
       // A stream already started: the error travels as its last event.
       if (!res.writableEnded) res.end(`data: ${JSON.stringify(e.body())}\n\ndata: [DONE]\n\n`);
@@ -112,7 +123,7 @@ export class Gateway {
   /** A request/reply with the coordinator; no (decodable) answer is a 503. */
   async #ask<Req extends DescMessage, Rep extends DescMessage>(subject: string, req: Req, init: MessageInitShape<Req>, rep: Rep, timeoutMs: number): Promise<MessageShape<Rep>> {
     try {
-      return await request(this.#nc, subject, req, init, rep, timeoutMs);
+      return await request(this.#nc, subject, req, init, rep, timeoutMs, natsHeaders());
     } catch (err) {
       throw new ApiError(503, 'coordinator_unavailable', `no coordinator answered: ${(err as Error).message}`);
     }
@@ -129,6 +140,7 @@ export class Gateway {
   }
 
   async #ready(res: ServerResponse): Promise<void> {
+    if (this.#stopping) throw new ApiError(503, 'not_ready', 'stopping');
     if (this.#nc.isClosed()) throw new ApiError(503, 'not_ready', 'not connected to NATS');
     const state = await this.#cluster();
     const n = state.pipelines.filter((p) => p.modelId === this.#c.modelId).length;
@@ -207,6 +219,16 @@ export class Gateway {
   }
 
   async #generate(req: IncomingMessage, res: ServerResponse, parse: (body: unknown, session?: string) => GenerationSpec): Promise<void> {
+    if (this.#stopping) throw Object.assign(new ApiError(503, 'shutting_down', 'this gateway is stopping; retry on another'), { retryAfter: 1 });
+    this.#running++;
+    try {
+      await this.#generateOne(req, res, parse);
+    } finally {
+      this.#running--;
+    }
+  }
+
+  async #generateOne(req: IncomingMessage, res: ServerResponse, parse: (body: unknown, session?: string) => GenerationSpec): Promise<void> {
     const body = await readJson(req, this.#c.maxBodyBytes);
     const header = req.headers['x-session-id'];
     const spec = parse(body, typeof header === 'string' ? header : undefined);
@@ -250,19 +272,26 @@ export class Gateway {
           choices[i]!.finish = finish;
         },
       };
-    const usage = await runGeneration({ nc: this.#nc, vocab: this.#vocab, timeoutMs: this.#c.timeoutMs }, spec, prompt, grammar, sink, abort.signal);
+    const usage = await runGeneration({ nc: this.#nc, vocab: this.#vocab, timeoutMs: this.#c.timeoutMs, leader: this.#leader }, spec, prompt, grammar, sink, abort.signal);
     if (!spec.stream) return json(res, 200, finalBody(spec, meta, choices, usage));
     if (spec.includeUsage) sse(usageChunk(spec, meta, usage));
     res.end('data: [DONE]\n\n');
   }
 
-  /** Stops listening, drains NATS and frees the vocabulary. Idempotent. */
+  /**
+   * Stops taking requests (readyz turns 503, new ones get 503), lets the running ones finish for
+   * up to drainMs, then closes what is left, drains NATS and frees the vocabulary. Idempotent.
+   */
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
-      await new Promise<void>((resolve) => {
-        this.#server.close(() => resolve());
-        this.#server.closeIdleConnections();
-      });
+      const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+      this.#server.closeIdleConnections();
+      const until = Date.now() + this.#c.drainMs;
+      while (this.#running > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+      if (this.#running > 0) this.#log.warn('stopping with requests still running', { running: this.#running });
+      this.#server.closeAllConnections();
+      await closed;
+      this.#leader.stop();
       try {
         await this.#nc.drain();
       } catch (err) {

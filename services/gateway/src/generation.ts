@@ -5,12 +5,15 @@ import { randomBytes } from 'node:crypto';
 import type { Vocab } from '@strata/ggml';
 import {
   CancelRequestSchema, FinishReason, GenerateEventSchema, GenerateReplySchema, GenerateRequestSchema, decode, encode, request, subjects,
-  type SampledToken,
+  type ChoiceProgress, type SampledToken,
 } from '@strata/wire';
-import type { NatsConnection } from 'nats';
+import type { Msg, NatsConnection, Subscription } from 'nats';
 import { ApiError, fromClusterError } from './errors.ts';
+import type { LeaderWatch } from './leader-watch.ts';
 import type { GenerationSpec } from './openai-request.ts';
 import { TextStream } from './text-stream.ts';
+import { context } from '@opentelemetry/api';
+import { natsHeaders } from '@strata/telemetry';
 
 /** A generated token as responses show it. */
 export interface TokenOut {
@@ -45,15 +48,20 @@ export interface GenerationDeps {
   vocab: Vocab;
   /** the coordinator must accept within this long, and events must not stop for longer (milliseconds) */
   timeoutMs: number;
+  leader: LeaderWatch;
 }
 
 interface Choice {
-  /** tokens received for the choice, whatever became of them */
-  seen: number;
+  /** token ids received for the choice, whatever became of them */
+  tokens: number[];
   text: TextStream;
+  /** the client has had its end */
   ended: boolean;
+  /** the cluster said it is over */
   finished: boolean;
   completion: number;
+  /** its last token ended the generation */
+  eog: boolean;
 }
 
 function tokenOut(vocab: Vocab, t: SampledToken, withLogprobs: boolean): TokenOut {
@@ -69,17 +77,42 @@ function tokenOut(vocab: Vocab, t: SampledToken, withLogprobs: boolean): TokenOu
   };
 }
 
-/** Runs `spec` on the cluster; resolves with usage when every choice ended. */
+/**
+ * A submission unanswered for this long is sent again (to the leader known by then): the
+ * coordinator takes a request id once, so a slow answer followed by a retry does no harm.
+ */
+const SUBMIT_TRY_MS = 2000;
+
+/** Whether a submission failed because no coordinator was there to answer (yet). */
+function unanswered(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return code === '503' || code === 'TIMEOUT' || code === 'REQUEST_TIMEOUT' || /no responders|timeout/i.test((err as Error).message);
+}
+
+/**
+ * Runs `spec` on the cluster; resolves with usage when every choice ended. When a new coordinator
+ * leader announces itself, the request moves to it with what each choice has streamed so far
+ * (a new request id, so nothing of the old leader reaches the client after that).
+ */
 export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, prompt: number[], grammar: string, sink: GenerationSink, signal: AbortSignal): Promise<Usage> {
-  const requestId = randomBytes(12).toString('hex');
-  const eventsSubject = subjects.gatewayEvents(requestId);
+  // The HTTP request's span: every (re)submission to a coordinator carries it.
+  const traced = context.active();
   const n = spec.n;
-  const choices: Choice[] = Array.from({ length: n }, () => ({ seen: 0, text: new TextStream(spec.stop), ended: false, finished: false, completion: 0 }));
+  const choices: Choice[] = Array.from({ length: n }, () => ({ tokens: [], text: new TextStream(spec.stop), ended: false, finished: false, completion: 0, eog: false }));
   let usage: Usage = { promptTokens: prompt.length, completionTokens: 0, cachedTokens: 0 };
-  const cancel = (indices: number[] = []) => d.nc.publish(subjects.coordinatorCancel(), encode(CancelRequestSchema, { requestId, indices }));
+  const seed = spec.seed ?? randomBytes(4).readUInt32LE(0);
+  /** the attempt now running: its request id, events subscription and the term that accepted it */
+  let current = null as { requestId: string; sub: Subscription; term: bigint } | null;
+  let settled = false;
+  const cancel = (indices: number[] = []) => {
+    if (current) d.nc.publish(subjects.coordinatorCancel(), encode(CancelRequestSchema, { requestId: current.requestId, indices }));
+  };
 
   let settle!: { resolve: (u: Usage) => void; reject: (e: unknown) => void };
-  const done = new Promise<Usage>((resolve, reject) => (settle = { resolve, reject }));
+  const done = new Promise<Usage>((resolve, reject) => (settle = {
+    resolve: (u) => { settled = true; resolve(u); },
+    reject: (e) => { settled = true; reject(e); },
+  }));
   let idle: NodeJS.Timeout | undefined;
   const armIdle = () => {
     clearTimeout(idle);
@@ -95,73 +128,121 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
     if (rest) sink.delta(i, rest, []);
     sink.end(i, finish);
   };
-  const sub = d.nc.subscribe(eventsSubject, {
-    callback: (err, m) => {
-      if (err) return settle.reject(err);
-      armIdle();
-      let ev;
-      try {
-        ev = decode(GenerateEventSchema, m.data, m.subject);
-      } catch (e) {
-        return settle.reject(e);
+  const finishAll = () => {
+    if (choices.every((x) => x.finished)) settle.resolve({ ...usage, completionTokens: choices.reduce((s, x) => s + x.completion, 0) });
+  };
+  const onEvent = (m: Msg) => {
+    armIdle();
+    let ev;
+    try {
+      ev = decode(GenerateEventSchema, m.data, m.subject);
+    } catch (e) {
+      return settle.reject(e);
+    }
+    const c = choices[ev.index];
+    if (!c) return;
+    // Events carry how many tokens came before them: a gap (events lost while NATS
+    // reconnected) fails the request rather than hand the client a stream with a hole.
+    if (ev.offset !== c.tokens.length) {
+      cancel();
+      return settle.reject(new ApiError(503, 'events_lost', `tokens ${c.tokens.length}..${ev.offset} of choice ${ev.index} were lost on the way (retry the request)`));
+    }
+    for (const t of ev.tokens) {
+      c.tokens.push(t.token);
+      c.eog ||= t.eog;
+      if (c.ended) continue;
+      c.completion++;
+      const out = tokenOut(d.vocab, t, spec.logprobs !== null);
+      const text = t.eog ? '' : c.text.push(Uint8Array.from(out.bytes));
+      sink.delta(ev.index, text, [out]);
+      if (c.text.stopped) {
+        cancel([ev.index]);
+        endChoice(ev.index, c, 'stop');
       }
-      const c = choices[ev.index];
-      if (!c) return;
-      // Events carry how many tokens came before them: a gap (events lost while NATS
-      // reconnected) fails the request rather than hand the client a stream with a hole.
-      if (ev.offset !== c.seen) {
+    }
+    if (ev.finish !== FinishReason.UNSPECIFIED) {
+      c.finished = true;
+      usage = { promptTokens: ev.promptTokens, cachedTokens: ev.cachedTokens, completionTokens: 0 };
+      if (ev.finish === FinishReason.ERROR && !c.ended) {
         cancel();
-        return settle.reject(new ApiError(503, 'events_lost', `tokens ${c.seen}..${ev.offset} of choice ${ev.index} were lost on the way (retry the request)`));
+        return settle.reject(fromClusterError(ev.error?.code ?? 'internal', ev.error?.message ?? 'the cluster failed the request'));
       }
-      c.seen += ev.tokens.length;
-      for (const t of ev.tokens) {
-        if (c.ended) break;
-        c.completion++;
-        const out = tokenOut(d.vocab, t, spec.logprobs !== null);
-        const text = t.eog ? '' : c.text.push(Uint8Array.from(out.bytes));
-        sink.delta(ev.index, text, [out]);
-        if (c.text.stopped) {
-          cancel([ev.index]);
-          endChoice(ev.index, c, 'stop');
+      endChoice(ev.index, c, ev.finish === FinishReason.LENGTH ? 'length' : 'stop');
+      finishAll();
+    }
+  };
+
+  /** Sends the request (again, with `resume`), retrying while no coordinator answers; its term. */
+  const submit = async (resume: ChoiceProgress[]): Promise<void> => {
+    const requestId = randomBytes(12).toString('hex');
+    const eventsSubject = subjects.gatewayEvents(requestId);
+    const sub = d.nc.subscribe(eventsSubject, { callback: (err, m) => (err ? settle.reject(err) : onEvent(m)) });
+    current?.sub.unsubscribe();
+    current = { requestId, sub, term: 0n };
+    const deadline = Date.now() + d.timeoutMs;
+    for (;;) {
+      let reply;
+      try {
+        // To the leader by id once it is known: a leader paused past its lease still sits in the
+        // queue group, and NATS would keep handing it requests.
+        const leader = d.leader.leader?.id;
+        reply = await request(d.nc, leader ? subjects.coordinatorGenerateAt(leader) : subjects.coordinatorGenerate(), GenerateRequestSchema, {
+          requestId, sessionId: spec.sessionId, modelId: spec.model, prompt, maxTokens: spec.maxTokens, n, eventsSubject, resume,
+          sampling: {
+            temperature: spec.temperature, topK: spec.topK, topP: spec.topP, minP: spec.minP, repeatPenalty: spec.repeatPenalty,
+            frequencyPenalty: spec.frequencyPenalty, presencePenalty: spec.presencePenalty,
+            seed, grammar, logprobs: spec.logprobs !== null, topLogprobs: spec.logprobs ?? 0,
+          },
+        }, GenerateReplySchema, Math.max(1, Math.min(SUBMIT_TRY_MS, deadline - Date.now())), natsHeaders(traced));
+      } catch (err) {
+        // Between leaders (a failover, a coordinator restarting) nobody answers for a moment.
+        if (unanswered(err) && Date.now() < deadline && !signal.aborted && !settled) {
+          await d.leader.next(Math.min(1000, deadline - Date.now()));
+          continue;
         }
+        throw err instanceof ApiError ? err : new ApiError(503, 'coordinator_unavailable', `no coordinator answered: ${(err as Error).message} (retry the request)`);
       }
-      if (ev.finish !== FinishReason.UNSPECIFIED) {
-        c.finished = true;
-        usage = { promptTokens: ev.promptTokens, cachedTokens: ev.cachedTokens, completionTokens: 0 };
-        if (ev.finish === FinishReason.ERROR && !c.ended) {
-          cancel();
-          return settle.reject(fromClusterError(ev.error?.code ?? 'internal', ev.error?.message ?? 'the cluster failed the request'));
-        }
-        endChoice(ev.index, c, ev.finish === FinishReason.LENGTH ? 'length' : 'stop');
-        if (choices.every((x) => x.finished)) settle.resolve({ ...usage, completionTokens: choices.reduce((s, x) => s + x.completion, 0) });
+      // A new leader that has not heard every worker yet knows no pipeline for the model.
+      if (!reply.accepted && reply.error?.code === 'no_pipeline' && resume.length > 0 && Date.now() < deadline && !settled) {
+        await new Promise((r) => setTimeout(r, 200));
+        continue;
       }
-    },
-  });
+      if (!reply.accepted) throw fromClusterError(reply.error?.code ?? '', reply.error?.message ?? 'refused');
+      if (current?.requestId === requestId) current.term = reply.term;
+      // A successor announced itself while the answer was on its way: move now.
+      const now = d.leader.leader?.term ?? 0n;
+      if (now > reply.term) queueMicrotask(() => onLeader(now));
+      return;
+    }
+  };
+
+  /** A new leader: the request moves to it with each choice's progress. */
+  const onLeader = (term: bigint) => {
+    if (settled || !current || current.term === 0n || term <= current.term) return;
+    for (const c of choices) {
+      // A choice whose end the client has (or whose last token ended it) needs nothing more.
+      if (c.ended || c.eog || c.tokens.length >= spec.maxTokens) c.finished = true;
+    }
+    finishAll();
+    if (settled) return;
+    const resume = choices.map((c, index) => ({ $typeName: 'strata.v1.ChoiceProgress' as const, index, tokens: c.tokens, ended: c.finished }));
+    armIdle();
+    submit(resume).catch((err: unknown) => settle.reject(err));
+  };
+  const stopWatching = d.leader.watch(onLeader);
   const onAbort = () => {
     cancel();
     settle.reject(new ApiError(499, 'client_closed', 'the client went away'));
   };
   signal.addEventListener('abort', onAbort);
   try {
-    let reply;
-    try {
-      reply = await request(d.nc, subjects.coordinatorGenerate(), GenerateRequestSchema, {
-        requestId, sessionId: spec.sessionId, modelId: spec.model, prompt, maxTokens: spec.maxTokens, n, eventsSubject,
-        sampling: {
-          temperature: spec.temperature, topK: spec.topK, topP: spec.topP, minP: spec.minP, repeatPenalty: spec.repeatPenalty,
-          frequencyPenalty: spec.frequencyPenalty, presencePenalty: spec.presencePenalty,
-          seed: spec.seed ?? randomBytes(4).readUInt32LE(0), grammar, logprobs: spec.logprobs !== null, topLogprobs: spec.logprobs ?? 0,
-        },
-      }, GenerateReplySchema, d.timeoutMs);
-    } catch (err) {
-      throw err instanceof ApiError ? err : new ApiError(503, 'coordinator_unavailable', `no coordinator answered: ${(err as Error).message} (retry the request)`);
-    }
-    if (!reply.accepted) throw fromClusterError(reply.error?.code ?? '', reply.error?.message ?? 'refused');
+    await Promise.race([submit([]), done]);
     armIdle();
     return await done;
   } finally {
     clearTimeout(idle);
+    stopWatching();
     signal.removeEventListener('abort', onAbort);
-    sub.unsubscribe();
+    current?.sub.unsubscribe();
   }
 }

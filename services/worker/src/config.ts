@@ -4,12 +4,15 @@ import { hostname } from 'node:os';
 import { GgmlType } from '@strata/ggml';
 import { loadConfig, ConfigError, type ConfigOf, type Schema, type Sources } from '@strata/config';
 import { ensureDefaultModel, modelIdOf } from '@strata/model';
+import { telemetryOptions, telemetrySchema, type TelemetryOptions } from '@strata/telemetry';
 
 /** Every setting of a worker. */
 export const workerSchema = {
   model: { kind: 'string', doc: 'GGUF file (default: the synthetic default model)' },
   modelId: { kind: 'string', doc: 'model id clients name (default: the file name without .gguf)' },
-  layers: { kind: 'string', doc: 'layer range l0:l1 this worker holds (default: every layer)' },
+  layers: { kind: 'string', doc: 'layer range l0:l1 this worker holds (default: its stage of --stages, else every layer)' },
+  stages: { kind: 'string', doc: 'the pipeline\'s layer ranges l0:l1,l1:l2,…; this worker holds the one at --ordinal' },
+  ordinal: { kind: 'int', doc: 'which of --stages this worker holds, from 0 (default: the -N suffix of HOSTNAME, as a StatefulSet pod has)' },
   id: { kind: 'string', doc: 'worker id, unique in the cluster (default: host-pid)' },
   group: { kind: 'string', doc: 'pipeline group: this stage chains only with stages of the same group', default: '' },
   natsUrl: { kind: 'string', doc: 'NATS server', default: 'nats://127.0.0.1:4222' },
@@ -29,6 +32,8 @@ export const workerSchema = {
   grpcTlsMutual: { kind: 'bool', doc: 'require and check a client certificate from KvTransfer peers', default: false },
   transferMaxBlobBytes: { kind: 'int', doc: 'largest KV state blob a push may carry', default: 256 * 1024 * 1024 },
   heartbeatMs: { kind: 'int', doc: 'milliseconds between heartbeats', default: 1000 },
+  drainMs: { kind: 'int', doc: 'on SIGTERM, how long the coordinator may take to migrate this worker\'s sessions away before it stops anyway (0: stop at once; the coordinator rebuilds them)', default: 60000 },
+  ...telemetrySchema,
   logLevel: { kind: 'string', doc: 'debug, info, warn, error, none', default: 'info' },
 } satisfies Schema;
 
@@ -41,6 +46,7 @@ export interface WorkerConfig extends Omit<ConfigOf<typeof workerSchema>, 'model
   id: string;
   kvType: number;
   kvTypeName: string;
+  telemetry: TelemetryOptions;
 }
 
 /** Reads and checks a worker's configuration. */
@@ -57,5 +63,22 @@ export function workerConfig(sources?: Sources): WorkerConfig {
   const tls = [c.grpcTlsCert, c.grpcTlsKey, c.grpcTlsCa].filter((x) => x !== undefined).length;
   if (tls !== 0 && tls !== 3) throw new ConfigError('bad_value', 'TLS for KvTransfer needs --grpc-tls-cert, --grpc-tls-key and --grpc-tls-ca together', 'grpcTlsCert');
   if (c.grpcTlsMutual && tls === 0) throw new ConfigError('bad_value', '--grpc-tls-mutual needs TLS', 'grpcTlsMutual');
-  return { ...c, model, modelId: c.modelId ?? modelIdOf(model), id, kvType, kvTypeName: c.kvType.toLowerCase() };
+  const layers = c.stages === undefined ? c.layers : stageOf(c, (sources?.env ?? process.env).HOSTNAME ?? hostname());
+  return { ...c, layers, model, modelId: c.modelId ?? modelIdOf(model), id, kvType, kvTypeName: c.kvType.toLowerCase(), telemetry: telemetryOptions(c, 'worker', id, sources?.env) };
+}
+
+/** The range of --stages at this worker's ordinal: --ordinal, else the `-N` that ends `host`. */
+function stageOf(c: { layers?: string; stages?: string; ordinal?: number }, host: string): string {
+  if (c.layers !== undefined) throw new ConfigError('bad_value', 'give --layers or --stages, not both', 'stages');
+  const stages = c.stages!.split(',').map((s) => s.trim());
+  let next = 0; // each range starts where the previous one ends, the first at layer 0
+  for (const s of stages) {
+    const m = /^(\d+):(\d+)$/.exec(s);
+    if (!m || Number(m[1]) !== next || Number(m[2]) <= next) throw new ConfigError('bad_value', `stages '${c.stages}' must be ranges l0:l1 that follow each other from layer 0`, 'stages');
+    next = Number(m[2]);
+  }
+  const ordinal = c.ordinal ?? Number(/-(\d+)$/.exec(host)?.[1] ?? NaN);
+  if (Number.isNaN(ordinal)) throw new ConfigError('bad_value', `--stages needs --ordinal or a host name ending in -N, got '${host}'`, 'ordinal');
+  if (ordinal < 0 || ordinal >= stages.length) throw new ConfigError('bad_value', `ordinal ${ordinal} is outside the ${stages.length} stages '${c.stages}'`, 'ordinal');
+  return stages[ordinal]!;
 }

@@ -2,7 +2,7 @@
 
 /** A request a worker refuses or cannot serve. */
 export class WorkerError extends Error {
-  /** bad_step, bad_request, kv_full, stage_failed */
+  /** bad_step, bad_request, kv_full, stage_failed, stale_leader */
   readonly code: string;
   constructor(code: string, message: string) {
     super(message);

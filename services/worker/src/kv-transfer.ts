@@ -13,6 +13,8 @@ import type { Stage } from '@strata/model';
 import { KvStateError } from '@strata/kv-cache';
 import { KvTransfer, grpcClient, grpcService, type PushRequest, type PushResponse, type MigrateOutRequest, type MigrateOutReply } from '@strata/wire';
 import { WorkerError } from './errors.ts';
+import { traceReceive } from './telemetry.ts';
+import { injectMetadata } from '@strata/telemetry';
 
 /** bytes of K/V rows per exported STKV blob (a piece): few pieces, each bounded */
 export const PIECE_BYTES = 4 * 1024 * 1024;
@@ -69,7 +71,9 @@ export class KvTransferServer {
   private constructor(o: KvTransferServerOptions) {
     this.#o = o;
     this.#server = new Server({ 'grpc.max_receive_message_length': CHUNK_BYTES + 4096 });
-    this.#server.addService(grpcService(KvTransfer), { push: (call: ServerReadableStream<PushRequest, PushResponse>, cb: sendUnaryData<PushResponse>) => this.#push(call, cb) });
+    this.#server.addService(grpcService(KvTransfer), {
+      push: (call: ServerReadableStream<PushRequest, PushResponse>, cb: sendUnaryData<PushResponse>) => this.#push(call, traceReceive(call, o.workerId, cb)),
+    });
   }
 
   /** Binds and starts serving. */
@@ -198,6 +202,8 @@ export async function pushState(stage: Stage, workerId: string, req: MigrateOutR
   const client = clientFor(req.targetAddress, security);
   const metadata = new Metadata();
   if (security.token !== null) metadata.set('authorization', `Bearer ${security.token}`);
+  // The active context is the push span's (worker.ts runs this inside it).
+  injectMetadata(metadata);
   const rowBytes = stage.kv.rowBytes;
   const perPiece = Math.max(16, Math.min(4096, Math.floor(PIECE_BYTES / ((req.l1 - req.l0) * 2 * rowBytes))));
   let sent = 0;

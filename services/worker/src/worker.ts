@@ -1,13 +1,15 @@
 // The worker process: one stage on NATS. It heartbeats what it serves, runs the micro-batches
 // routed to it, forwards activations to the next stage, and answers sequence operations and
 // stats requests. Steps run one at a time in arrival order (evaluation is synchronous).
+// Coordinators' messages carry their leader term: a stage drops whatever comes with a term below
+// the newest it has seen (in a message or a leader announcement), fencing out a deposed leader.
 import { Vocab } from '@strata/ggml';
 import { redactUrl, type Logger } from '@strata/log';
 import { Stage, parseRange, readHParams } from '@strata/model';
 import { GgufFile } from '@strata/gguf';
 import { natsOptions,
-  HeartbeatSchema, MigrateOutReplySchema, MigrateOutRequestSchema, SeqOpReplySchema, SeqOpRequestSchema, StageInputAssembler, StageStatsSchema, StepResultSchema,
-  decode, encode, encodeStageInput, subjects, type StageCounters, type StageInfo, type StepHeader,
+  DrainReplySchema, DrainRequestSchema, HeartbeatSchema, LeaderAnnouncementSchema, MigrateOutReplySchema, MigrateOutRequestSchema, SeqOpReplySchema, SeqOpRequestSchema, StageInputAssembler, StageStatsSchema, StepResultSchema,
+  decode, encode, encodeStageInput, request, subjects, type StageCounters, type StageInfo, type StepHeader,
 } from '@strata/wire';
 import { connect, type Msg, type NatsConnection, type Subscription } from 'nats';
 import type { WorkerConfig } from './config.ts';
@@ -15,6 +17,9 @@ import { WorkerError } from './errors.ts';
 import { SamplerSet } from './samplers.ts';
 import { KvTransferServer, closePushClients, loadSecurity, pushState, type TransferSecurity } from './kv-transfer.ts';
 import { StepRunner, stepErrorCode } from './step-runner.ts';
+import { endStage, observeKvCells, startStage, tracePush } from './telemetry.ts';
+import { context } from '@opentelemetry/api';
+import { headerBytes } from '@strata/telemetry';
 
 /** Steps whose chunks stop arriving for this long are dropped (milliseconds). */
 const PARTIAL_STEP_MS = 30_000;
@@ -35,6 +40,10 @@ export class Worker {
   #timer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | null = null;
   #draining = false;
+  /** stops reporting KV occupancy to metrics */
+  #unobserve: () => void = () => {};
+  /** the newest coordinator term seen */
+  #term = 0n;
 
   private constructor(c: WorkerConfig, stage: Stage, vocab: Vocab | null, nc: NatsConnection, log: Logger) {
     this.#nc = nc;
@@ -86,6 +95,7 @@ export class Worker {
     }
     w.info.grpcAddress = c.grpcAdvertise ?? w.#kv.address;
     w.#subscribe();
+    w.#unobserve = observeKvCells(c.id, () => ({ used: w.#runner.stage.cells.used, total: w.#runner.stage.cells.size }));
     w.#heartbeat();
     w.#timer = setInterval(() => {
       w.#heartbeat();
@@ -110,6 +120,7 @@ export class Worker {
     this.#subs.push(this.#nc.subscribe(subjects.workerStep(id), { callback: (err, m) => err ? this.#log.error('step subscription', { err }) : this.#onStep(m) }));
     this.#subs.push(this.#nc.subscribe(subjects.workerSeq(id), { callback: (err, m) => err ? this.#log.error('seq subscription', { err }) : this.#onSeq(m) }));
     this.#subs.push(this.#nc.subscribe(subjects.workerMigrate(id), { callback: (err, m) => err ? this.#log.error('migrate subscription', { err }) : void this.#onMigrate(m) }));
+    this.#subs.push(this.#nc.subscribe(subjects.coordinatorLeader(), { callback: (err, m) => err ? this.#log.error('leader subscription', { err }) : this.#onLeader(m) }));
     this.#subs.push(this.#nc.subscribe(subjects.workerStats(id), { callback: (err, m) => err ? this.#log.error('stats subscription', { err }) : this.#onStats(m) }));
   }
 
@@ -135,7 +146,13 @@ export class Worker {
     if (!whole) return;
     this.#io.steps++;
     const h = whole.header;
+    if (this.#stale(h.term)) {
+      this.#log.warn('dropped a step of a deposed leader', { step: h.stepId, term: h.term, newest: this.#term });
+      return;
+    }
     const t0 = performance.now();
+    const stage = startStage(this.info, h, m.headers);
+    let failure: unknown;
     try {
       const out = this.#runner.run(h, whole.hidden);
       h.stageMs.push(performance.now() - t0);
@@ -143,17 +160,35 @@ export class Worker {
         const next = h.route[h.hop + 1];
         if (next === undefined) throw new WorkerError('bad_step', `step ${h.stepId}: no stage after hop ${h.hop} but this stage is not the last`);
         h.hop++;
-        for (const chunk of encodeStageInput(h, out.hidden, this.#nc.info?.max_payload ?? 1 << 20)) {
+        // The trace-context headers count against NATS's max payload.
+        for (const chunk of encodeStageInput(h, out.hidden, (this.#nc.info?.max_payload ?? 1 << 20) - headerBytes(stage.headers))) {
           this.#io.bytesOut += BigInt(chunk.length);
-          this.#nc.publish(subjects.workerStep(next), chunk);
+          this.#nc.publish(subjects.workerStep(next), chunk, { headers: stage.headers });
         }
       } else {
         this.#reply(h, { stepId: h.stepId, pipelineId: h.pipelineId, tokens: out.tokens, stageMs: h.stageMs });
       }
     } catch (err) {
+      failure = err;
       const code = stepErrorCode(err);
-      if (code === 'stage_failed') this.#log.error('step failed', { step: h.stepId, err });
+      if (code === 'stage_failed') context.with(stage.context, () => this.#log.error('step failed', { step: h.stepId, err }));
       this.#reply(h, { stepId: h.stepId, pipelineId: h.pipelineId, error: { code, message: (err as Error).message, workerId: this.info.workerId } });
+    }
+    endStage(stage, performance.now() - t0, failure);
+  }
+
+  /** Whether `term` is older than the newest seen (0: an unfenced sender, such as a tool). */
+  #stale(term: bigint): boolean {
+    if (term === 0n) return false;
+    if (term > this.#term) this.#term = term;
+    return term < this.#term;
+  }
+
+  #onLeader(m: Msg): void {
+    try {
+      this.#stale(decode(LeaderAnnouncementSchema, m.data, m.subject).term);
+    } catch (err) {
+      this.#log.warn('refused a leader announcement', { err });
     }
   }
 
@@ -168,6 +203,7 @@ export class Worker {
   #onSeq(m: Msg): void {
     try {
       const req = decode(SeqOpRequestSchema, m.data, m.subject);
+      if (this.#stale(req.term)) throw new WorkerError('stale_leader', `term ${req.term} is older than ${this.#term}: another coordinator leads`);
       const posMax = this.#runner.seqOps(req.ops);
       m.respond(encode(SeqOpReplySchema, { posMax, kvCellsUsed: this.#runner.stage.cells.used }));
     } catch (err) {
@@ -180,11 +216,12 @@ export class Worker {
     let out;
     try {
       const req = decode(MigrateOutRequestSchema, m.data, m.subject);
+      if (this.#stale(req.term)) throw new WorkerError('stale_leader', `term ${req.term} is older than ${this.#term}: another coordinator leads`);
       const r = this.#runner.stage.range;
       if (req.seq >= this.info.nSeqMax) throw new WorkerError('bad_request', `seq ${req.seq} is not below ${this.info.nSeqMax}`);
       if (req.l0 >= req.l1 || req.l0 < r.l0 || req.l1 > r.l1) throw new WorkerError('bad_request', `layers ${req.l0}:${req.l1} are not within ${r.l0}:${r.l1}`);
       if (!req.targetAddress) throw new WorkerError('bad_request', 'no target address');
-      out = await pushState(this.#runner.stage, this.info.workerId, req, this.#log, this.#security);
+      out = await tracePush(req, m.headers, () => pushState(this.#runner.stage, this.info.workerId, req, this.#log, this.#security));
     } catch (err) {
       const code = err instanceof WorkerError ? err.code : 'bad_request';
       out = { error: { code, message: (err as Error).message, workerId: this.info.workerId } };
@@ -201,11 +238,33 @@ export class Worker {
     }));
   }
 
+  /**
+   * The graceful stop (SIGTERM): asks the coordinator to drain this worker, which migrates its
+   * sessions to other pipelines and waits for its one-off requests, then stops. Without an answer
+   * within `drainMs` it stops anyway, and the coordinator rebuilds what was left by re-prefill.
+   */
+  async handOff(drainMs: number): Promise<void> {
+    if (drainMs > 0 && !this.#stopping) {
+      const t0 = Date.now();
+      try {
+        const r = await request(this.#nc, subjects.coordinatorDrain(), DrainRequestSchema, { workerId: this.info.workerId }, DrainReplySchema, drainMs);
+        if (r.error) this.#log.warn('the coordinator did not drain this worker', { code: r.error.code, message: r.error.message });
+        else this.#log.info('drained', { migrations: r.migrations.length, left: r.failed, ms: Date.now() - t0 });
+      } catch (err) {
+        // No responders (503): there is no coordinator to hand off to.
+        if ((err as { code?: string }).code === '503') this.#log.info('no coordinator to drain this worker');
+        else this.#log.warn('no coordinator drained this worker', { err });
+      }
+    }
+    await this.stop();
+  }
+
   /** Stops taking work, says so in a last heartbeat, drains NATS and frees the stage. Idempotent. */
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
       this.#draining = true;
       clearInterval(this.#timer);
+      this.#unobserve();
       this.#heartbeat();
       await this.#kv?.stop();
       closePushClients();

@@ -3,7 +3,8 @@
 import { describeConfig, type Schema } from '@strata/config';
 import { Coordinator, coordinatorConfig, coordinatorSchema } from '@strata/coordinator';
 import { Gateway, gatewayConfig, gatewaySchema } from '@strata/gateway';
-import { createLogger, type Level } from '@strata/log';
+import { createLogger, type Level, type Logger } from '@strata/log';
+import { startTelemetry, type TelemetryOptions } from '@strata/telemetry';
 import { Worker, workerConfig, workerSchema } from '@strata/worker';
 
 /** Something that runs until stopped. */
@@ -24,11 +25,28 @@ export function untilSignal(): Promise<NodeJS.Signals> {
   });
 }
 
-async function serve(start: () => Promise<Service>, out: NodeJS.WritableStream, ready?: (s: Service) => string): Promise<number> {
-  const service = await start();
+/** Telemetry of a service process: started before the service, flushed after it stopped. */
+interface ServeTelemetry {
+  options: TelemetryOptions;
+  log: Logger;
+}
+
+async function serve<S extends Service>(start: () => Promise<S>, out: NodeJS.WritableStream, ready?: (s: S) => string, graceful: (s: S) => Promise<void> = (s) => s.stop(), telemetry?: ServeTelemetry): Promise<number> {
+  // Before the service: its meters are taken from the provider registered here.
+  const tel = telemetry ? await startTelemetry(telemetry.options, telemetry.log) : null;
+  let service: S;
+  try {
+    service = await start();
+  } catch (err) {
+    await tel?.shutdown();
+    throw err;
+  }
   if (ready) out.write(`${ready(service)}\n`);
   await untilSignal();
-  await service.stop();
+  // A second signal cuts the graceful stop short.
+  void untilSignal().then(() => process.exit(1));
+  await graceful(service);
+  await tel?.shutdown();
   return 0;
 }
 
@@ -44,19 +62,22 @@ const level = (l: string): Level | 'none' => (['debug', 'info', 'warn', 'error',
 export function workerCommand(argv: string[], out: NodeJS.WritableStream): Promise<number> {
   if (help(argv, 'worker', workerSchema, out)) return Promise.resolve(0);
   const c = workerConfig({ argv });
-  return serve(() => Worker.start(c, createLogger('worker', { level: level(c.logLevel) })), out);
+  const log = createLogger('worker', { level: level(c.logLevel) });
+  return serve(() => Worker.start(c, log), out, undefined, (w) => w.handOff(c.drainMs), { options: c.telemetry, log });
 }
 
 /** `strata coordinator --nats-url … --redis-url …` */
 export function coordinatorCommand(argv: string[], out: NodeJS.WritableStream): Promise<number> {
   if (help(argv, 'coordinator', coordinatorSchema, out)) return Promise.resolve(0);
   const c = coordinatorConfig({ argv });
-  return serve(() => Coordinator.start(c, createLogger('coordinator', { level: level(c.logLevel) })), out);
+  const log = createLogger('coordinator', { level: level(c.logLevel) });
+  return serve(() => Coordinator.start(c, log), out, undefined, undefined, { options: c.telemetry, log });
 }
 
 /** `strata gateway --port 8080 --model F …` */
 export function gatewayCommand(argv: string[], out: NodeJS.WritableStream): Promise<number> {
   if (help(argv, 'gateway', gatewaySchema, out)) return Promise.resolve(0);
   const c = gatewayConfig({ argv });
-  return serve(() => Gateway.start(c, createLogger('gateway', { level: level(c.logLevel) })), out, (g) => (g as Gateway).url);
+  const log = createLogger('gateway', { level: level(c.logLevel) });
+  return serve(() => Gateway.start(c, log), out, (g) => g.url, undefined, { options: c.telemetry, log });
 }

@@ -1,0 +1,205 @@
+{{/* Names: <release>-strata unless the release name already holds the chart's. */}}
+{{- define "strata.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "strata.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels every object carries. */}}
+{{- define "strata.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: strata
+{{- end }}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "gateway"). */}}
+{{- define "strata.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "strata.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "strata.componentLabels" -}}
+{{ include "strata.labels" .root }}
+{{ include "strata.selectorLabels" . }}
+{{- end }}
+
+{{- define "strata.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- define "strata.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "strata.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The pipeline's layer ranges: worker.stages, else an even split of worker.split.layers into
+     worker.split.replicas (stage i is [round(i*L/R), round((i+1)*L/R)), as `strata up` splits). */}}
+{{- define "strata.stages" -}}
+{{- if .Values.worker.stages }}
+{{- join "," .Values.worker.stages }}
+{{- else }}
+{{- $l := int .Values.worker.split.layers }}
+{{- $r := int .Values.worker.split.replicas }}
+{{- $out := list }}
+{{- range $i := until $r }}
+{{- $l0 := div (add (mul 2 $i $l) $r) (mul 2 $r) }}
+{{- $l1 := div (add (mul 2 (add1 $i) $l) $r) (mul 2 $r) }}
+{{- $out = append $out (printf "%d:%d" $l0 $l1) }}
+{{- end }}
+{{- join "," $out }}
+{{- end }}
+{{- end }}
+
+{{- define "strata.workerReplicas" -}}
+{{- len (splitList "," (include "strata.stages" .)) }}
+{{- end }}
+
+{{/* Headless Service of the workers: each pod is <pod>.<this>.<namespace>.svc.<clusterDomain>. */}}
+{{- define "strata.workerService" -}}
+{{ include "strata.fullname" . }}-worker
+{{- end }}
+
+{{/* STRATA_NATS_URL (and STRATA_REDIS_URL with redis=true): built-in services, an external URL, or a Secret. */}}
+{{- define "strata.natsEnv" -}}
+- name: STRATA_NATS_URL
+{{- if .Values.nats.enabled }}
+  value: {{ printf "nats://%s-nats:%d" (include "strata.fullname" .) (int .Values.nats.port) | quote }}
+{{- else if .Values.nats.urlSecret.name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.nats.urlSecret.name }}
+      key: {{ .Values.nats.urlSecret.key }}
+{{- else }}
+  value: {{ required "nats.url is required when nats.enabled is false and nats.urlSecret.name is empty" .Values.nats.url | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "strata.redisEnv" -}}
+- name: STRATA_REDIS_URL
+{{- if .Values.redis.enabled }}
+  value: {{ printf "redis://%s-redis:6379" (include "strata.fullname" .) | quote }}
+{{- else if .Values.redis.urlSecret.name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.urlSecret.name }}
+      key: {{ .Values.redis.urlSecret.key }}
+{{- else }}
+  value: {{ required "redis.url is required when redis.enabled is false and redis.urlSecret.name is empty" .Values.redis.url | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The GGUF every model-reading pod opens. */}}
+{{- define "strata.modelPath" -}}
+{{ .Values.model.mountPath }}/{{ .Values.model.file | default "default-llama-8x256-s42-f16.gguf" }}
+{{- end }}
+
+{{- define "strata.modelEnv" -}}
+- name: STRATA_MODEL
+  value: {{ include "strata.modelPath" . | quote }}
+{{- with .Values.model.id }}
+- name: STRATA_MODEL_ID
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Volumes of a pod that reads the model, plus /tmp (the root file system is read-only). */}}
+{{- define "strata.modelVolumes" -}}
+- name: models
+{{- if .Values.model.existingClaim }}
+  persistentVolumeClaim:
+    claimName: {{ .Values.model.existingClaim }}
+    readOnly: {{ not (empty .Values.model.file) }}
+{{- else }}
+  emptyDir:
+    sizeLimit: {{ .Values.model.emptyDirSize }}
+{{- end }}
+- name: tmp
+  emptyDir: {}
+{{- end }}
+
+{{/* The services only read the model; the init container below writes it. */}}
+{{- define "strata.modelMounts" -}}
+- name: models
+  mountPath: {{ .Values.model.mountPath }}
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- end }}
+
+{{/* Without model.file: an init container writes the default model (what `strata up` serves:
+     llama, 8 layers, n_embd 256, seed 42, f16) into the models volume unless it is there. */}}
+{{- define "strata.modelInit" -}}
+{{- if not .Values.model.file -}}
+initContainers:
+  - name: model
+    image: {{ include "strata.image" . }}
+    imagePullPolicy: {{ .Values.image.pullPolicy }}
+    securityContext: {{- toYaml .Values.securityContext | nindent 6 }}
+    command: ["sh", "-c"]
+    args:
+      - >-
+        test -f "$STRATA_MODEL" || {
+        node /app/bin/strata.mjs model synth --out "$STRATA_MODEL.tmp" --arch llama --n-layer 8
+        --n-embd 256 --n-head 8 --n-head-kv 4 --n-ff 768 --n-ctx-train 4096 --seed 42 --type f16
+        && mv "$STRATA_MODEL.tmp" "$STRATA_MODEL"; }
+    env:
+      {{- include "strata.modelEnv" . | nindent 6 }}
+    volumeMounts:
+      - name: models
+        mountPath: {{ .Values.model.mountPath }}
+      - name: tmp
+        mountPath: /tmp
+    resources: {{- toYaml .Values.model.initResources | nindent 6 }}
+{{- end }}
+{{- end }}
+
+{{/* The Prometheus endpoint, only where metrics are on, on every address so a scraper reaches it. */}}
+{{- define "strata.metricsArgs" -}}
+{{- if .Values.metrics.enabled }}
+- --metrics-port
+- {{ .Values.metrics.port | quote }}
+- --metrics-host
+- 0.0.0.0
+{{- end }}
+{{- end }}
+
+{{- define "strata.metricsPort" -}}
+{{- if .Values.metrics.enabled }}
+- name: metrics
+  containerPort: {{ .Values.metrics.port }}
+  protocol: TCP
+{{- end }}
+{{- end }}
+
+{{/* Secrets: the one named in values, else the chart's own when it makes one, else empty. */}}
+{{- define "strata.apiKeysSecret" -}}
+{{- if .Values.gateway.apiKeys.existingSecret }}
+{{- .Values.gateway.apiKeys.existingSecret }}
+{{- else if .Values.gateway.apiKeys.keys }}
+{{- include "strata.fullname" . }}-api-keys
+{{- end }}
+{{- end }}
+
+{{- define "strata.transferTokenSecret" -}}
+{{- if .Values.worker.transferToken.existingSecret }}
+{{- .Values.worker.transferToken.existingSecret }}
+{{- else if .Values.worker.transferToken.generate }}
+{{- include "strata.fullname" . }}-transfer-token
+{{- end }}
+{{- end }}

@@ -1,0 +1,60 @@
+// Every metric Strata records, in one place: names, units and attributes (docs/observability.md
+// lists them with their Prometheus names). Durations are in seconds, sizes in bytes, as the
+// OpenTelemetry conventions have them.
+import { metrics, type Counter, type Histogram, type MeterProvider, type ObservableGauge } from '@opentelemetry/api';
+
+/** Bucket bounds of step, stage and migration-pause durations: 1 ms to 10 s (seconds). */
+const LATENCY_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10];
+
+/** Strata's instruments. */
+export interface StrataMetrics {
+  /** strata.tokens.generated {pipeline}: tokens sampled for clients (its rate is tokens/s) — coordinator */
+  tokensGenerated: Counter;
+  /** strata.step.duration (s) {pipeline, kind, outcome}: a micro-batch from send to result — coordinator */
+  stepDuration: Histogram;
+  /** strata.queue.depth {pipeline}: requests waiting for sequences or cells — coordinator */
+  queueDepth: ObservableGauge;
+  /** strata.migrations {state: done|aborted}: migrations ended — coordinator */
+  migrations: Counter;
+  /** strata.migration.bytes (By) {state}: KV bytes pushed by migrations — coordinator */
+  migrationBytes: Counter;
+  /** strata.migration.pause (s): time a migrated session did not decode — coordinator */
+  migrationPause: Histogram;
+  /** strata.stage.duration (s) {worker, kind}: one stage computing one micro-batch — worker */
+  stageDuration: Histogram;
+  /** strata.kv.cells.used {worker}: KV cells holding some sequence — worker */
+  kvCellsUsed: ObservableGauge;
+  /** strata.kv.cells.total {worker}: KV cells of the stage — worker */
+  kvCellsTotal: ObservableGauge;
+  /** http.server.request.duration (s) {http.request.method, http.route, http.response.status_code} — gateway */
+  httpDuration: Histogram;
+}
+
+function create(provider: MeterProvider): StrataMetrics {
+  const m = provider.getMeter('strata');
+  const latency = { unit: 's', advice: { explicitBucketBoundaries: LATENCY_BUCKETS } };
+  return {
+    tokensGenerated: m.createCounter('strata.tokens.generated', { description: 'tokens sampled for clients', unit: '{token}' }),
+    stepDuration: m.createHistogram('strata.step.duration', { ...latency, description: 'a micro-batch\'s round trip through its pipeline, seen by the scheduler' }),
+    queueDepth: m.createObservableGauge('strata.queue.depth', { description: 'requests waiting for sequences or KV cells', unit: '{request}' }),
+    migrations: m.createCounter('strata.migrations', { description: 'migrations ended, by state', unit: '{migration}' }),
+    migrationBytes: m.createCounter('strata.migration.bytes', { description: 'KV state bytes pushed by migrations', unit: 'By' }),
+    migrationPause: m.createHistogram('strata.migration.pause', { ...latency, description: 'time a migrated session did not decode (hold to resumption)' }),
+    stageDuration: m.createHistogram('strata.stage.duration', { ...latency, description: 'one stage computing one micro-batch' }),
+    kvCellsUsed: m.createObservableGauge('strata.kv.cells.used', { description: 'KV cells holding some sequence', unit: '{cell}' }),
+    kvCellsTotal: m.createObservableGauge('strata.kv.cells.total', { description: 'KV cells of the stage', unit: '{cell}' }),
+    httpDuration: m.createHistogram('http.server.request.duration', { ...latency, description: 'HTTP requests the gateway answered, to the end of the body' }),
+  };
+}
+
+let cached: { provider: MeterProvider; metrics: StrataMetrics } | null = null;
+
+/**
+ * Strata's instruments on the registered meter provider (no-ops while none is registered),
+ * made once per provider.
+ */
+export function strataMetrics(): StrataMetrics {
+  const provider = metrics.getMeterProvider();
+  if (cached?.provider !== provider) cached = { provider, metrics: create(provider) };
+  return cached.metrics;
+}

@@ -1,0 +1,63 @@
+// Which coordinator leads, as a gateway hears it: the leader announces itself at every lease
+// renewal, and a higher term means a new leader, to which running requests move.
+import type { Logger } from '@strata/log';
+import { LeaderAnnouncementSchema, decode, subjects } from '@strata/wire';
+import type { NatsConnection, Subscription } from 'nats';
+
+/** The leader announcements on one connection. */
+export class LeaderWatch {
+  readonly #sub: Subscription;
+  readonly #watchers = new Set<(term: bigint) => void>();
+  readonly #waiters = new Set<() => void>();
+  #leader: { id: string; term: bigint } | null = null;
+
+  constructor(nc: NatsConnection, log: Logger) {
+    this.#sub = nc.subscribe(subjects.coordinatorLeader(), {
+      callback: (err, m) => {
+        if (err) return log.error('leader subscription', { err });
+        let a;
+        try {
+          a = decode(LeaderAnnouncementSchema, m.data, m.subject);
+        } catch (e) {
+          return log.warn('refused a leader announcement', { err: e });
+        }
+        if (this.#leader && a.term <= this.#leader.term) return;
+        if (this.#leader) log.info('a new coordinator leads', { coordinator: a.coordinatorId, term: a.term });
+        this.#leader = { id: a.coordinatorId, term: a.term };
+        for (const w of this.#watchers) w(a.term);
+        for (const w of this.#waiters) w();
+        this.#waiters.clear();
+      },
+    });
+  }
+
+  /** The leader last announced, or null before the first announcement. */
+  get leader(): { id: string; term: bigint } | null {
+    return this.#leader;
+  }
+
+  /** Calls `fn` with the term of every new leader; returns the function that stops it. */
+  watch(fn: (term: bigint) => void): () => void {
+    this.#watchers.add(fn);
+    return () => this.#watchers.delete(fn);
+  }
+
+  /** Resolves when a new leader announces itself, or after `ms`. */
+  next(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.#waiters.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.#waiters.add(done);
+    });
+  }
+
+  stop(): void {
+    this.#sub.unsubscribe();
+    this.#watchers.clear();
+    for (const w of [...this.#waiters]) w();
+  }
+}

@@ -1,0 +1,131 @@
+// Losing the coordinator: two coordinators race for a Redis lease; when the leader dies (kill -9),
+// stops (SIGTERM) or hangs past its lease (SIGSTOP), the standby leads with a higher term, the
+// gateway moves every running request to it with what its client has seen, and the stream goes on
+// from the next token, rebuilt by re-prefill. A deposed leader that wakes up is fenced out.
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, describe, it } from 'node:test';
+import { Redis } from 'ioredis';
+import { Vocab } from '@strata/ggml';
+import { Pipeline, ensureDefaultModel } from '@strata/model';
+import { SeqOpKind, SeqOpReplySchema, SeqOpRequestSchema, requestOnce, subjects } from '@strata/wire';
+import { LocalCluster } from '../services/cli/src/local-cluster.ts';
+import { clusterState, matchedUntilTie, readStream, rebuiltReference } from './helpers/cluster.ts';
+
+const model = ensureDefaultModel();
+const N = 100;
+
+describe('coordinator failover', () => {
+  let cluster: LocalCluster;
+  let vocab: Vocab;
+  let pipeline: Pipeline;
+  const logs: string[] = [];
+  before(async () => {
+    cluster = await LocalCluster.start({
+      model, coordinators: 2, pipelines: 1, workers: 2, port: 0, threads: 1, ctxSize: 1024, logLevel: 'info',
+      coordinatorFlags: ['--lease-ms', '1500', '--worker-timeout-ms', '1500'], workerFlags: ['--heartbeat-ms', '250'],
+      logSink: (line) => logs.push(line),
+    });
+    vocab = Vocab.load(model);
+    pipeline = Pipeline.open({ model, threads: 2, ctxSize: 1024 });
+  });
+  after(async () => {
+    pipeline?.dispose();
+    vocab?.dispose();
+    await cluster?.stop();
+  });
+
+  /** Streams `prompt`, runs `fault` on the leader after 15 tokens; checks every token against the reference. */
+  async function streamThrough(prompt: string, session: string, fault: (leader: string) => Promise<void>): Promise<{ leader: string; gap: number }> {
+    const leader = (await clusterState(cluster.natsUrl)).coordinatorId;
+    const headers: Record<string, string> = { 'content-type': 'application/json' };
+    if (session) headers['x-session-id'] = session;
+    const r = await fetch(`${cluster.url}/v1/completions`, { method: 'POST', headers, body: JSON.stringify({ model: 'default-llama-8x256-s42-f16', prompt, max_tokens: N, temperature: 0, stream: true, logprobs: 0 }) });
+    const { tokens, times, finish } = await readStream(r, async (n) => {
+      if (n === 15) await fault(leader);
+    });
+    assert.equal(tokens.length, N, 'every token arrived');
+    assert.equal(finish, 'length');
+    const gaps = times.slice(1).map((t, i) => t - times[i]!);
+    const k = gaps.indexOf(Math.max(...gaps)) + 1;
+    const expected = rebuiltReference(pipeline, vocab.tokenize(prompt, true, true), N, k);
+    const m = matchedUntilTie(tokens, expected.tokens.map((t) => vocab.tokenBytes(t).toString('utf8')), expected.margins);
+    assert.ok(m.compared > k + 20, `the reference has a near tie at token ${m.compared}, too close to the rebuild at ${k}: pick another prompt`);
+    assert.ok(m.equal, `the first ${m.compared} tokens (up to the reference's first near tie) are the reference's`);
+    return { leader, gap: Math.max(...gaps) };
+  }
+
+  /** Waits until both coordinators are alive (the restarted one stands by). */
+  async function bothUp(): Promise<void> {
+    const redis = new Redis(cluster.redis.url);
+    try {
+      for (let i = 0; i < 300; i++) {
+        if ((await redis.zrangebyscore('strata:coordinators', Date.now(), '+inf')).length === 2) return;
+        await sleep(100);
+      }
+      throw new Error('the restarted coordinator did not come back');
+    } finally {
+      redis.disconnect();
+    }
+  }
+
+  /** The coordinator that leads once the old one is gone. */
+  async function newLeader(old: string): Promise<string> {
+    for (let i = 0; i < 100; i++) {
+      const id = (await clusterState(cluster.natsUrl).catch(() => null))?.coordinatorId;
+      if (id && id !== old) return id;
+      await sleep(100);
+    }
+    throw new Error(`no coordinator other than ${old} leads`);
+  }
+
+  it('kill -9 of the leader: the standby leads and the stream goes on from the next token', async () => {
+    const { leader, gap } = await streamThrough('old mill, where', 'failover-kill', async (l) => {
+      cluster.service(l).proc.kill('SIGKILL');
+    });
+    const next = await newLeader(leader);
+    console.log(`leader ${leader} killed: ${next} took over, the stream waited ${gap.toFixed(0)} ms (lease 1500 ms)`);
+    assert.ok(gap > 1000, 'the standby waited for the lease to expire');
+    await cluster.restart(leader);
+  });
+
+  it('SIGTERM of the leader: it hands over at once and the stream goes on', async () => {
+    await bothUp();
+    const { leader, gap } = await streamThrough('Every morning he', '', async (l) => {
+      const s = cluster.service(l);
+      const gone = new Promise((resolve) => s.proc.once('exit', resolve));
+      s.proc.kill('SIGTERM');
+      await gone;
+    });
+    const next = await newLeader(leader);
+    console.log(`leader ${leader} stopped: ${next} took over, the stream waited ${gap.toFixed(0)} ms`);
+    assert.ok(logs.some((l) => l.includes('"handed over"') && l.includes(`"to":"${next}"`)), 'the old leader saw its successor announce itself before it left');
+    await cluster.restart(leader);
+  });
+
+  it('a leader paused past its lease is deposed: it stands down when it wakes, and stages refuse its term', async () => {
+    await bothUp();
+    let paused = '';
+    const { leader } = await streamThrough('book bound with', 'failover-pause', async (l) => {
+      paused = l;
+      cluster.service(l).proc.kill('SIGSTOP');
+    });
+    const next = await newLeader(leader);
+    cluster.service(paused).proc.kill('SIGCONT');
+    for (let i = 0; i < 100 && !logs.some((l) => l.includes('"standing down"') && l.includes(`"coordinator":"${paused}"`)); i++) await sleep(100);
+    assert.ok(logs.some((l) => l.includes('"standing down"') && l.includes(`"coordinator":"${paused}"`)), 'the deposed leader stood down');
+    assert.equal((await clusterState(cluster.natsUrl)).coordinatorId, next, 'the new leader still leads');
+    // A stage refuses the old term outright.
+    const redis = new Redis(cluster.redis.url);
+    const term = BigInt((await redis.get('strata:coordinator:term')) ?? '0');
+    redis.disconnect();
+    const refused = await requestOnce(cluster.natsUrl, 'test', subjects.workerSeq('p0-s0'), SeqOpRequestSchema, { ops: [{ kind: SeqOpKind.REMOVE, seq: 0, p0: -1, p1: -1 }], term: term - 1n }, SeqOpReplySchema, 5000);
+    assert.equal(refused.error?.code, 'stale_leader');
+    // Whatever the old one sent on waking was refused or dropped: a request now is exact from the start.
+    const r = await fetch(`${cluster.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'default-llama-8x256-s42-f16', prompt: 'Every morning he', max_tokens: 40, temperature: 0, stream: true, logprobs: 0 }) });
+    const { tokens } = await readStream(r);
+    const want = rebuiltReference(pipeline, vocab.tokenize('Every morning he', true, true), 40, 0);
+    const m = matchedUntilTie(tokens, want.tokens.map((t) => vocab.tokenBytes(t).toString('utf8')), want.margins);
+    assert.ok(m.equal, 'after the deposed leader woke, requests are still exact');
+  });
+});
