@@ -7,7 +7,9 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import OpenAI from 'openai';
 import { ensureDefaultModel } from '@strata/model';
+import { subjects } from '@strata/wire';
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
+import { workerStats } from './helpers/cluster.ts';
 
 const USER = 'sk-user-0123456789abcdef', ADMIN = 'sk-admin-0123456789abcdef';
 
@@ -69,9 +71,45 @@ describe('NATS with user credentials', () => {
     const { natsOptions } = await import('@strata/wire');
     const nc = await connect(natsOptions(cluster.natsUrl, 'test'));
     await nc.close();
-    const password = new URL(cluster.natsUrl).password;
-    assert.ok(password.length >= 20);
-    assert.ok(logs.some((l) => l.includes('nats://strata:***@')), 'ready lines show the URL, redacted');
-    assert.ok(!logs.some((l) => l.includes(password)), 'no log line holds the password');
+    const passwords = Object.values(cluster.natsUrls).map((u) => new URL(u).password);
+    assert.ok(passwords.every((p) => p.length >= 20) && new Set(passwords).size === 4, 'one password per role');
+    assert.ok(logs.some((l) => l.includes('nats://strata-worker:***@')), 'ready lines show the URL, redacted');
+    assert.ok(!logs.some((l) => passwords.some((p) => l.includes(p))), 'no log line holds a password');
+  });
+
+  it('each role is held to its subjects: a gateway cannot drive a worker, a worker cannot speak for the coordinator', async () => {
+    const { connect } = await import('nats');
+    const { natsOptions } = await import('@strata/wire');
+    /** Publishes on `subject` as `role`; the server's permission error, or '' when none came. */
+    const publishAs = async (role: 'gateway' | 'worker' | 'operator', subject: string): Promise<string> => {
+      const nc = await connect({ ...natsOptions(cluster.natsUrls[role], 'test'), maxReconnectAttempts: 0 });
+      let error = '';
+      void (async () => {
+        for await (const st of nc.status()) if (st.type === 'error') error = String(st.data);
+      })();
+      nc.publish(subject, new Uint8Array([1, 2, 3]));
+      await nc.flush();
+      await new Promise((r) => setTimeout(r, 300));
+      await nc.close();
+      return error;
+    };
+    const before = (await workerStats(cluster.natsUrl, 'p0-s0')).counters!.steps;
+    assert.match(await publishAs('gateway', subjects.workerStep('p0-s0')), /Permissions Violation|PERMISSIONS_VIOLATION/i);
+    assert.match(await publishAs('gateway', subjects.coordinatorResult('coordinator')), /Permissions Violation|PERMISSIONS_VIOLATION/i);
+    assert.match(await publishAs('worker', subjects.gatewayEvents('r1')), /Permissions Violation|PERMISSIONS_VIOLATION/i);
+    assert.match(await publishAs('operator', subjects.coordinatorLeader()), /Permissions Violation|PERMISSIONS_VIOLATION/i);
+    assert.equal(await publishAs('gateway', subjects.coordinatorCancel()), '', 'what the role may do goes through');
+    assert.equal((await workerStats(cluster.natsUrl, 'p0-s0')).counters!.steps, before, 'the worker received no forged step');
+    // Reading another role's traffic is refused too.
+    const nc = await connect({ ...natsOptions(cluster.natsUrls.gateway, 'test'), maxReconnectAttempts: 0 });
+    const refused = await new Promise<string>((resolve) => {
+      nc.subscribe(subjects.workerStep('p0-s0'), { callback: (err) => resolve(err ? err.message : 'a message') });
+      setTimeout(() => resolve(''), 2000);
+    });
+    await nc.close();
+    assert.match(refused, /Permissions Violation|PERMISSIONS_VIOLATION/i);
+    // And the cluster still serves.
+    const r = await fetch(`${cluster.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'default-llama-8x256-s42-f16', prompt: 'Hi', max_tokens: 2 }) });
+    assert.equal(r.status, 200);
   });
 });

@@ -16,6 +16,8 @@ import { envName, flagName, type Schema } from '@strata/config';
 import { coordinatorSchema } from '@strata/coordinator';
 import { gatewaySchema } from '@strata/gateway';
 import { DEFAULT_MODEL, evenSplit, formatRange } from '@strata/model';
+import { findBinary } from '@strata/local-servers';
+import { NATS_ROLES, natsPermissions } from '@strata/wire';
 import { workerConfig, workerSchema } from '@strata/worker';
 
 const root = join(import.meta.dirname, '..');
@@ -271,6 +273,62 @@ describe('helm chart', () => {
     const r = helmTemplate('--set', 'gateway.apiKeys.keys[0]=sk-one admin', '--set', 'gateway.apiKeys.keys[1]=sk-two user', '--show-only', 'templates/secrets.yaml');
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /name: strata-api-keys[\s\S]*api-keys: \|\n {4}sk-one admin\n {4}sk-two user\n/);
+  });
+
+  it('the built-in NATS gives each role its own user, held to the subjects @strata/wire allows it; nats-server enforces them', async () => {
+    const conf = find('default', 'ConfigMap', 'strata-nats-config').data!['nats.conf']!;
+    const list = (xs: readonly string[]) => `[${xs.map((x) => JSON.stringify(x)).join(', ')}]`;
+    for (const role of NATS_ROLES) {
+      const line = conf.split('\n').find((l) => l.includes(`user: "strata-${role}"`));
+      assert.ok(line, `a user for ${role}`);
+      const p = natsPermissions(role);
+      assert.ok(line.includes(`password: $${role.toUpperCase()}_PASSWORD,`), `${role}: the password comes from the environment`);
+      assert.ok(line.includes(`publish: { allow: ${list(p.publish.allow)}, deny: ${list(p.publish.deny)} }`), `${role}: publish as in @strata/wire`);
+      assert.ok(line.includes(`subscribe: { allow: ${list(p.subscribe.allow)}, deny: ${list(p.subscribe.deny)} }`), `${role}: subscribe as in @strata/wire`);
+      assert.ok(line.includes(`allow_responses: ${p.allowResponses}`), `${role}: responses as in @strata/wire`);
+    }
+    assert.deepEqual(Object.keys(find('default', 'Secret', 'strata-nats-users').data!).sort(), [...NATS_ROLES].sort());
+    for (const [kind, name, role] of [['Deployment', 'strata-gateway', 'gateway'], ['Deployment', 'strata-coordinator', 'coordinator'], ['StatefulSet', 'strata-worker', 'worker']] as const) {
+      const env = podEnv(containerOf(find('default', kind, name)), { name: `${name}-0`, namespace: NAMESPACE, labels: {} });
+      assert.equal(env.STRATA_NATS_URL, `nats://strata-${role}:secret:strata-nats-users/${role}@strata-nats:4222`, `${name} logs in as ${role}`);
+    }
+    // The real nats-server takes the rendered file (on a free port, without the monitoring port).
+    const port = await new Promise<number>((resolve) => {
+      const srv = createServer().listen(0, '127.0.0.1', () => {
+        const p = (srv.address() as AddressInfo).port;
+        srv.close(() => resolve(p));
+      });
+    });
+    const confFile = join(dir, 'nats.conf');
+    writeFileSync(confFile, conf.replace(/^port: .*$/m, `port: ${port}`).replace(/^http_port: .*$/m, '').replace(/^/, 'host: "127.0.0.1"\n'));
+    const passwords = Object.fromEntries(NATS_ROLES.map((r) => [`${r.toUpperCase()}_PASSWORD`, `pw-${r}-0123456789`]));
+    const server = spawn(findBinary('nats-server'), ['-c', confFile], { env: { ...process.env, ...passwords }, stdio: 'ignore' });
+    try {
+      const { connect: natsConnect } = await import('nats');
+      const login = async (role: string, password: string) => {
+        for (let i = 0; ; i++) {
+          try {
+            return await natsConnect({ servers: `nats://127.0.0.1:${port}`, user: `strata-${role}`, pass: password, maxReconnectAttempts: 0 });
+          } catch (err) {
+            if (i > 50 || /Authorization/i.test((err as Error).message)) throw err;
+            await new Promise((r) => setTimeout(r, 100));
+          }
+        }
+      };
+      const nc = await login('gateway', 'pw-gateway-0123456789');
+      let error = '';
+      void (async () => {
+        for await (const st of nc.status()) if (st.type === 'error') error = String(st.data);
+      })();
+      nc.publish('strata.v1.worker.step.w0', new Uint8Array(1));
+      await nc.flush();
+      await new Promise((r) => setTimeout(r, 300));
+      assert.match(error, /Permissions Violation|PERMISSIONS_VIOLATION/i, 'a gateway may not send a worker a step');
+      await nc.close();
+      await assert.rejects(login('worker', 'pw-gateway-0123456789'), /Authorization/i, 'each role has its own password');
+    } finally {
+      server.kill();
+    }
   });
 
   it('the gateway and coordinator get only settings they know, and the gateway listens on its probed port', () => {

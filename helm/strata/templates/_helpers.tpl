@@ -75,19 +75,65 @@ app.kubernetes.io/component: {{ .component }}
 {{ include "strata.fullname" . }}-worker
 {{- end }}
 
-{{/* STRATA_NATS_URL (and STRATA_REDIS_URL with redis=true): built-in services, an external URL, or a Secret. */}}
+{{/*
+STRATA_NATS_URL of a role (dict "root" . "role" "worker"): the built-in NATS (with auth, as the
+role's user, its password from the nats-users Secret), an external URL, or a Secret.
+*/}}
 {{- define "strata.natsEnv" -}}
-- name: STRATA_NATS_URL
-{{- if .Values.nats.enabled }}
-  value: {{ printf "nats://%s-nats:%d" (include "strata.fullname" .) (int .Values.nats.port) | quote }}
-{{- else if .Values.nats.urlSecret.name }}
+{{- $root := .root }}
+{{- if and $root.Values.nats.enabled $root.Values.nats.auth.enabled }}
+- name: NATS_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.nats.urlSecret.name }}
-      key: {{ .Values.nats.urlSecret.key }}
-{{- else }}
-  value: {{ required "nats.url is required when nats.enabled is false and nats.urlSecret.name is empty" .Values.nats.url | quote }}
+      name: {{ include "strata.fullname" $root }}-nats-users
+      key: {{ .role }}
 {{- end }}
+- name: STRATA_NATS_URL
+{{- if and $root.Values.nats.enabled $root.Values.nats.auth.enabled }}
+  value: {{ printf "nats://strata-%s:$(NATS_PASSWORD)@%s-nats:%d" .role (include "strata.fullname" $root) (int $root.Values.nats.port) | quote }}
+{{- else if $root.Values.nats.enabled }}
+  value: {{ printf "nats://%s-nats:%d" (include "strata.fullname" $root) (int $root.Values.nats.port) | quote }}
+{{- else if $root.Values.nats.urlSecret.name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.nats.urlSecret.name }}
+      key: {{ $root.Values.nats.urlSecret.key }}
+{{- else }}
+  value: {{ required "nats.url is required when nats.enabled is false and nats.urlSecret.name is empty" $root.Values.nats.url | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+What each role may publish and subscribe to: the same lists as natsPermissions() in
+libs/wire/src/permissions.ts (test/deploy.test.ts holds them equal).
+*/}}
+{{- define "strata.natsPermissions" -}}
+{{- $p := "strata.v1" -}}
+{{- $own := list (printf "%s.coordinator.result.>" $p) (printf "%s.coordinator.leader" $p) -}}
+{{- $perms := dict
+  "worker" (dict
+    "publish" (dict "allow" (list (printf "%s.worker.heartbeat" $p) (printf "%s.worker.step.*" $p) (printf "%s.coordinator.result.*" $p) (printf "%s.coordinator.drain" $p)) "deny" list)
+    "subscribe" (dict "allow" (list (printf "%s.worker.step.*" $p) (printf "%s.worker.seq.*" $p) (printf "%s.worker.migrate.*" $p) (printf "%s.worker.stats.*" $p) (printf "%s.coordinator.leader" $p) "_INBOX.>") "deny" list)
+    "allow_responses" true)
+  "coordinator" (dict
+    "publish" (dict "allow" (list (printf "%s.worker.step.*" $p) (printf "%s.worker.seq.*" $p) (printf "%s.worker.migrate.*" $p) (printf "%s.gateway.events.*" $p) (printf "%s.coordinator.leader" $p)) "deny" list)
+    "subscribe" (dict "allow" (list (printf "%s.worker.heartbeat" $p) (printf "%s.coordinator.>" $p) "_INBOX.>") "deny" list)
+    "allow_responses" true)
+  "gateway" (dict
+    "publish" (dict "allow" (list (printf "%s.coordinator.>" $p)) "deny" $own)
+    "subscribe" (dict "allow" (list (printf "%s.gateway.events.*" $p) (printf "%s.coordinator.leader" $p) "_INBOX.>") "deny" list)
+    "allow_responses" false)
+  "operator" (dict
+    "publish" (dict "allow" (list (printf "%s.coordinator.>" $p) (printf "%s.worker.stats.*" $p)) "deny" $own)
+    "subscribe" (dict "allow" (list "_INBOX.>") "deny" list)
+    "allow_responses" false)
+-}}
+{{- toJson $perms -}}
+{{- end }}
+
+{{/* "a", "b": a list of strings quoted for nats.conf. */}}
+{{- define "strata.quoteList" -}}
+{{- range $i, $x := . }}{{ if $i }}, {{ end }}{{ $x | quote }}{{ end }}
 {{- end }}
 
 {{- define "strata.redisEnv" -}}

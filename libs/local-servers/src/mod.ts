@@ -4,5 +4,5 @@ export { freePort } from './free-port.ts';
 export { findBinary, type FindBinaryOptions } from './find-binary.ts';
 export { type LocalServer } from './managed-server.ts';
 export { type ServerOptions } from './server-options.ts';
-export { startNats, type NatsOptions } from './nats-server.ts';
+export { startNats, type NatsOptions, type NatsUser } from './nats-server.ts';
 export { startRedis, type RedisOptions } from './redis-server.ts';

@@ -1,5 +1,6 @@
 // A private nats-server on a loopback port: plain core NATS, no JetStream; users with passwords
-// when asked for (clients then connect with nats://user:password@host:port).
+// when asked for (clients then connect with nats://user:password@host:port), each with the
+// subjects it may publish and subscribe to when given.
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { launchServer, type LocalServer } from './managed-server.ts';
@@ -12,8 +13,23 @@ export interface NatsOptions extends ServerOptions {
   /** largest message payload the server accepts, bytes; nats-server's 1 MiB when absent */
   maxPayload?: number;
   /** accounts clients must log in with; none: anyone connects */
-  users?: { user: string; password: string }[];
+  users?: NatsUser[];
 }
+
+/** A NATS login, with what it may do (everything when `permissions` is absent). */
+export interface NatsUser {
+  user: string;
+  password: string;
+  permissions?: {
+    publish: { allow: readonly string[]; deny: readonly string[] };
+    subscribe: { allow: readonly string[]; deny: readonly string[] };
+    /** may answer requests it receives */
+    allowResponses: boolean;
+  };
+}
+
+/** A subject pattern in a permission: tokens of subject characters and the wildcards * and >. */
+const PATTERN = /^[A-Za-z0-9_*>-]+(\.[A-Za-z0-9_*>-]+)*$/;
 
 const CREDENTIAL = /^[A-Za-z0-9_.-]{1,128}$/;
 
@@ -21,12 +37,19 @@ const CREDENTIAL = /^[A-Za-z0-9_.-]{1,128}$/;
 const MAX_PAYLOAD_LIMIT = 64 * 1024 * 1024; // bytes
 
 /** The nats.conf that startNats writes: listen on 127.0.0.1 only. */
-export function natsConfig(port: number, maxPayload?: number, users: readonly { user: string; password: string }[] = []): string {
+export function natsConfig(port: number, maxPayload?: number, users: readonly NatsUser[] = []): string {
   const lines = ['# Written by @strata/local-servers; rewritten on every start.', `listen: "127.0.0.1:${port}"`];
   if (maxPayload !== undefined) lines.push(`max_payload: ${maxPayload}`);
   if (users.length > 0) {
     lines.push('authorization {', '  users = [');
-    for (const u of users) lines.push(`    { user: "${u.user}", password: "${u.password}" }`);
+    const list = (xs: readonly string[]) => `[${xs.map((x) => `"${x}"`).join(', ')}]`;
+    for (const u of users) {
+      const p = u.permissions;
+      const perms = p
+        ? `, permissions: { publish: { allow: ${list(p.publish.allow)}, deny: ${list(p.publish.deny)} }, subscribe: { allow: ${list(p.subscribe.allow)}, deny: ${list(p.subscribe.deny)} }${p.allowResponses ? ', allow_responses: true' : ''} }`
+        : '';
+      lines.push(`    { user: "${u.user}", password: "${u.password}"${perms} }`);
+    }
     lines.push('  ]', '}');
   }
   return lines.join('\n') + '\n';
@@ -44,6 +67,9 @@ export async function startNats(options: NatsOptions): Promise<LocalServer> {
   const maxPayload = options.maxPayload === undefined ? undefined : checkInteger('nats-server', 'maxPayload', options.maxPayload, 1, MAX_PAYLOAD_LIMIT);
   for (const u of options.users ?? []) {
     if (!CREDENTIAL.test(u.user) || !CREDENTIAL.test(u.password)) throw new LocalServerError('invalid_options', 'nats-server users and passwords are 1-128 of A-Z a-z 0-9 _ . -', { server: 'nats-server' });
+    const patterns = u.permissions ? [...u.permissions.publish.allow, ...u.permissions.publish.deny, ...u.permissions.subscribe.allow, ...u.permissions.subscribe.deny] : [];
+    const bad = patterns.find((x) => !PATTERN.test(x));
+    if (bad !== undefined) throw new LocalServerError('invalid_options', `'${bad}' is not a NATS subject pattern`, { server: 'nats-server' });
   }
   const config = join(resolved.dir, 'nats.conf');
   await writeFile(config, natsConfig(resolved.port, maxPayload, options.users), { mode: 0o600 });

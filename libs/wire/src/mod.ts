@@ -6,6 +6,7 @@ export { StageInputAssembler, encodeStageInput, type StageMessage } from './acti
 export { decode, encode, toJson } from './codec.ts';
 export { WireError } from './errors.ts';
 export { checkId, isId, subjects } from './subjects.ts';
+export { NATS_ROLES, natsPermissions, type NatsPermissions, type NatsRole } from './permissions.ts';
 export * from './gen/strata/v1/kv_transfer_pb.ts';
 export { grpcClient, grpcService } from './grpc.ts';
 export { natsOptions, request, requestOnce } from './nats.ts';

@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { GgufFile } from '@strata/gguf';
 import { freePort, startNats, startRedis, type LocalServer } from '@strata/local-servers';
 import { ensureDefaultModel, evenSplit, formatRange, readHParams, type LayerRange } from '@strata/model';
-import { ClusterRequestSchema, ClusterStateSchema, requestOnce, subjects } from '@strata/wire';
+import { ClusterRequestSchema, ClusterStateSchema, NATS_ROLES, natsPermissions, requestOnce, subjects, type NatsRole } from '@strata/wire';
 
 const BIN = join(dirname(fileURLToPath(import.meta.url)), '../../../bin/strata.mjs');
 
@@ -47,7 +47,10 @@ export interface LocalClusterOptions {
   gatewayFlags?: string[];
   /** where the services' log lines go (default: this process's stderr) */
   logSink?: (line: string) => void;
-  /** NATS with a user and a random password (services log in with them); default: no auth */
+  /**
+   * NATS with one user per role (worker, coordinator, gateway, operator), each with a random
+   * password and its role's permissions (@strata/wire natsPermissions); default: no auth
+   */
   natsAuth?: boolean;
   /** NATS's max payload in bytes (default: nats-server's 1 MiB) */
   natsMaxPayload?: number;
@@ -93,8 +96,10 @@ export class LocalCluster {
   readonly url: string;
   readonly services: ServiceProcess[] = [];
   readonly splits: LayerRange[][];
-  /** the URL services connect to NATS with (credentials included when natsAuth is on) */
+  /** the URL tools and tests connect to NATS with: the operator role's (credentials included when natsAuth is on) */
   natsUrl = '';
+  /** the URL each role connects with (all natsUrl without natsAuth) */
+  readonly natsUrls: Record<NatsRole, string> = { worker: '', coordinator: '', gateway: '', operator: '' };
   readonly #dataDir: string | null;
   readonly #o: LocalClusterOptions;
   /** free ports for the services' metrics endpoints (option metrics) */
@@ -124,8 +129,8 @@ export class LocalCluster {
     const splits = o.splits ?? defaultSplits(nLayer, o.pipelines ?? 1, o.workers ?? 2);
     const ownData = o.dataDir === undefined;
     const dataDir = o.dataDir ?? mkdtempSync(join(tmpdir(), 'strata-up-'));
-    const password = o.natsAuth ? randomBytes(18).toString('base64url') : '';
-    const nats = await startNats({ dir: join(dataDir, 'nats'), maxPayload: o.natsMaxPayload, users: o.natsAuth ? [{ user: 'strata', password }] : undefined });
+    const users = o.natsAuth ? NATS_ROLES.map((role) => ({ user: `strata-${role}`, password: randomBytes(18).toString('base64url'), permissions: natsPermissions(role) })) : undefined;
+    const nats = await startNats({ dir: join(dataDir, 'nats'), maxPayload: o.natsMaxPayload, users });
     let redis: LocalServer;
     try {
       redis = await startRedis({ dir: join(dataDir, 'redis') });
@@ -135,7 +140,11 @@ export class LocalCluster {
     }
     const port = o.port === 0 ? await freePort() : o.port ?? 8080;
     const c = new LocalCluster(o, model, splits, nats, redis, `http://127.0.0.1:${port}`, ownData ? dataDir : null);
-    c.natsUrl = o.natsAuth ? nats.url.replace('nats://', `nats://strata:${password}@`) : nats.url;
+    for (const role of NATS_ROLES) {
+      const u = users?.find((x) => x.user === `strata-${role}`);
+      c.natsUrls[role] = u ? nats.url.replace('nats://', `nats://${u.user}:${u.password}@`) : nats.url;
+    }
+    c.natsUrl = c.natsUrls.operator;
     try {
       const nWorkers = splits.reduce((n, s) => n + s.length, 0);
       while (o.metrics && c.#metricsPorts.length < nWorkers + (o.coordinators ?? 1) + 1) {
@@ -143,19 +152,19 @@ export class LocalCluster {
         if (!c.#metricsPorts.includes(p)) c.#metricsPorts.push(p);
       }
       const threads = o.threads ?? Math.max(1, Math.floor(availableParallelism() / nWorkers));
-      const common = ['--nats-url', c.natsUrl, '--log-level', o.logLevel ?? 'warn'];
+      const common = (role: NatsRole) => ['--nats-url', c.natsUrls[role], '--log-level', o.logLevel ?? 'warn'];
       for (let i = 1; i <= (o.coordinators ?? 1); i++) {
         const id = i === 1 ? 'coordinator' : `coordinator-${i}`;
-        c.#spawn('coordinator', id, ['coordinator', ...common, '--redis-url', redis.url, '--id', id, ...(o.coordinatorFlags ?? [])]);
+        c.#spawn('coordinator', id, ['coordinator', ...common('coordinator'), '--redis-url', redis.url, '--id', id, ...(o.coordinatorFlags ?? [])]);
         // The first one up takes the lease: start the standbys after it.
         if (i === 1 && (o.coordinators ?? 1) > 1) await c.#leaderUp();
       }
       splits.forEach((split, p) => split.forEach((layers, s) => {
         const id = `p${p}-s${s}`;
-        c.#spawn('worker', id, ['worker', ...common, '--id', id, '--group', `p${p}`, '--model', model, '--layers', formatRange(layers), '--threads', String(threads),
+        c.#spawn('worker', id, ['worker', ...common('worker'), '--id', id, '--group', `p${p}`, '--model', model, '--layers', formatRange(layers), '--threads', String(threads),
           '--ctx-size', String(o.ctxSize ?? 4096), '--kv-type', o.kvTypes?.[p] ?? o.kvType ?? 'f16', ...(o.workerFlags ?? [])], layers);
       }));
-      c.#spawn('gateway', 'gateway', ['gateway', ...common, '--model', model, '--port', String(port), ...(o.gatewayFlags ?? [])]);
+      c.#spawn('gateway', 'gateway', ['gateway', ...common('gateway'), '--model', model, '--port', String(port), ...(o.gatewayFlags ?? [])]);
       await c.#ready(splits.length, o.readyTimeoutMs ?? 180_000);
       return c;
     } catch (err) {
