@@ -181,7 +181,7 @@ describe('fuzzing a live cluster', () => {
   it('NATS: random payloads on every subject leave every service serving', async () => {
     const nc = await connect({ servers: cluster.nats.url });
     const publishOnly = [subjects.workerHeartbeat(), subjects.workerStep('p0-s0'), subjects.workerStep('p0-s1'), subjects.coordinatorCancel(), subjects.coordinatorResult('coordinator')];
-    const requests = [subjects.workerSeq('p0-s0'), subjects.workerSeq('p0-s1'), subjects.workerStats('p0-s1'), subjects.workerMigrate('p0-s0'), subjects.coordinatorGenerate(),
+    const requests = [subjects.workerSeq('p0-s0'), subjects.workerSeq('p0-s1'), subjects.workerStats('p0-s1'), subjects.workerMigrate('p0-s0'), subjects.coordinatorGenerate(), subjects.coordinatorGenerateAt('coordinator'),
       subjects.coordinatorCluster(), subjects.coordinatorMigrate(), subjects.coordinatorMigrations(), subjects.coordinatorDrain()];
     let answered = 0;
     for (let i = 0; i < 300; i++) {

@@ -152,6 +152,9 @@ export class Coordinator {
   async #lead(term: number): Promise<void> {
     this.#leading = true;
     this.#log.info('leading', { term });
+    // Announced first: stages raise their term from announcements, before the new schedulers'
+    // first sequence operations reach them.
+    this.#announce();
     for (const p of this.#cluster.pipelines.values()) this.#scheduler(p);
     await this.#recoverMigrations();
     const s = (subject: string, fn: (m: Msg) => void, queue?: string) => this.#leaderSubs.push(this.#sub(subject, fn, queue));

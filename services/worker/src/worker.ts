@@ -2,7 +2,8 @@
 // routed to it, forwards activations to the next stage, and answers sequence operations and
 // stats requests. Steps run one at a time in arrival order (evaluation is synchronous).
 // Coordinators' messages carry their leader term: a stage drops whatever comes with a term below
-// the newest it has seen (in a message or a leader announcement), fencing out a deposed leader.
+// the newest leader announced, fencing out a deposed leader. (Only announcements raise it: a
+// garbled step or sequence operation cannot fence the real leader out.)
 import { Vocab } from '@strata/ggml';
 import { redactUrl, type Logger } from '@strata/log';
 import { Stage, parseRange, readHParams } from '@strata/model';
@@ -42,7 +43,7 @@ export class Worker {
   #draining = false;
   /** stops reporting KV occupancy to metrics */
   #unobserve: () => void = () => {};
-  /** the newest coordinator term seen */
+  /** the newest leader's term */
   #term = 0n;
 
   private constructor(c: WorkerConfig, stage: Stage, vocab: Vocab | null, nc: NatsConnection, log: Logger) {
@@ -177,16 +178,15 @@ export class Worker {
     endStage(stage, performance.now() - t0, failure);
   }
 
-  /** Whether `term` is older than the newest seen (0: an unfenced sender, such as a tool). */
+  /** Whether `term` is older than the newest leader's (0: an unfenced sender, such as a tool). */
   #stale(term: bigint): boolean {
-    if (term === 0n) return false;
-    if (term > this.#term) this.#term = term;
-    return term < this.#term;
+    return term !== 0n && term < this.#term;
   }
 
   #onLeader(m: Msg): void {
     try {
-      this.#stale(decode(LeaderAnnouncementSchema, m.data, m.subject).term);
+      const { term } = decode(LeaderAnnouncementSchema, m.data, m.subject);
+      if (term > this.#term) this.#term = term;
     } catch (err) {
       this.#log.warn('refused a leader announcement', { err });
     }
