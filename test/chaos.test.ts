@@ -169,18 +169,26 @@ describe('chaos under steady load', () => {
         }
         // The plain reference first; one rebuilt at the longest stall where that differs.
         let m = matchedUntilTie(o.tokens, text(reference(o.prompt, 0).tokens), reference(o.prompt, 0).margins);
+        let why = '';
         if (!m.equal) {
           const gaps = o.times.slice(1).map((t, j) => t - o.times[j]!);
-          const want = reference(o.prompt, gaps.length > 0 ? gaps.indexOf(Math.max(...gaps)) + 1 : 0);
+          const k = gaps.length > 0 ? gaps.indexOf(Math.max(...gaps)) + 1 : 0;
+          const want = reference(o.prompt, k);
           m = matchedUntilTie(o.tokens, text(want.tokens), want.margins);
+          const at = o.tokens.findIndex((t, j) => t !== text(want.tokens)[j]);
+          why = ` (rebuilt at ${k} after a ${Math.max(...gaps).toFixed(0)} ms stall; first difference at ${at}, where the reference's margin is ${want.margins[at]?.toFixed(3)}: ${JSON.stringify(o.tokens[at])} for ${JSON.stringify(text(want.tokens)[at])})`;
         }
         if (o.tokens.length === MAX_TOKENS && o.finish === 'length' && m.equal) completed++;
-        else lost.push(`${o.session || 'one-off'} '${o.prompt}': ${o.tokens.length} tokens, finish ${o.finish}, ${m.equal ? 'tokens right' : 'tokens wrong'}`);
+        else lost.push(`${o.session || 'one-off'} '${o.prompt}': ${o.tokens.length} tokens, finish ${o.finish}, ${m.equal ? 'tokens right' : `tokens wrong${why}`}`);
       }
-      // Recovery: until every stream running at the fault delivered a token again.
+      // Recovery: the longest stall of a stream running at the fault, from the fault on (a token
+      // or two already on their way may still arrive just after it).
       const running = outcomes.filter((o) => o.startMs < w.faultMs && o.endMs > w.faultMs);
-      const resumed = running.map((o) => (o.times.find((t) => t > w.faultMs) ?? o.endMs) - w.faultMs);
-      return { fault: w.name, sent: mine.length, completed, failed, lost, recoveryMs: resumed.length > 0 ? Math.max(...resumed) : 0 };
+      const stalls = running.map((o) => {
+        const after = [w.faultMs, ...o.times.filter((t) => t > w.faultMs), o.endMs];
+        return Math.max(...after.slice(1).map((t, j) => t - after[j]!));
+      });
+      return { fault: w.name, sent: mine.length, completed, failed, lost, recoveryMs: stalls.length > 0 ? Math.max(...stalls) : 0 };
     });
     p.dispose();
     vocab.dispose();

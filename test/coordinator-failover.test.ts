@@ -23,7 +23,7 @@ describe('coordinator failover', () => {
   before(async () => {
     cluster = await LocalCluster.start({
       model, coordinators: 2, pipelines: 1, workers: 2, port: 0, threads: 1, ctxSize: 1024, logLevel: 'info',
-      coordinatorFlags: ['--lease-ms', '1500', '--worker-timeout-ms', '1500'], workerFlags: ['--heartbeat-ms', '250'],
+      coordinatorFlags: ['--lease-ms', '1500', '--worker-timeout-ms', '1500', '--default-max-tokens', '40'], workerFlags: ['--heartbeat-ms', '250'],
       logSink: (line) => logs.push(line),
     });
     vocab = Vocab.load(model);
@@ -100,6 +100,37 @@ describe('coordinator failover', () => {
     const next = await newLeader(leader);
     console.log(`leader ${leader} stopped: ${next} took over, the stream waited ${gap.toFixed(0)} ms`);
     assert.ok(logs.some((l) => l.includes('"handed over"') && l.includes(`"to":"${next}"`)), 'the old leader saw its successor announce itself before it left');
+    await cluster.restart(leader);
+  });
+
+  it('a chat request without max_tokens moves whole: the new leader gives it the default and it ends by length', async () => {
+    await bothUp();
+    const leader = (await clusterState(cluster.natsUrl)).coordinatorId;
+    const r = await fetch(`${cluster.url}/v1/chat/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'default-llama-8x256-s42-f16', messages: [{ role: 'user', content: 'Tell me about the old mill' }], temperature: 0, stream: true, logprobs: true }),
+    });
+    assert.equal(r.status, 200);
+    let tokens = 0, finish: string | null = null, buf = '';
+    const dec = new TextDecoder();
+    for await (const part of r.body!) {
+      buf += dec.decode(part as Uint8Array, { stream: true });
+      let i;
+      while ((i = buf.indexOf('\n\n')) >= 0) {
+        const ev = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        if (!ev.startsWith('data: {')) continue;
+        const j = JSON.parse(ev.slice(6)) as { choices: { logprobs: { content: unknown[] } | null; finish_reason: string | null }[]; error?: { message: string } };
+        assert.equal(j.error, undefined, JSON.stringify(j.error));
+        const before = tokens;
+        tokens += j.choices[0]?.logprobs?.content.length ?? 0;
+        finish = j.choices[0]?.finish_reason ?? finish;
+        if (before < 10 && tokens >= 10) cluster.service(leader).proc.kill('SIGTERM');
+      }
+    }
+    assert.equal(finish, 'length');
+    assert.equal(tokens, 40, 'the default of --default-max-tokens, across the hand-over');
+    await newLeader(leader);
     await cluster.restart(leader);
   });
 

@@ -182,7 +182,7 @@ describe('fuzzing a live cluster', () => {
     const nc = await connect({ servers: cluster.nats.url });
     const publishOnly = [subjects.workerHeartbeat(), subjects.workerStep('p0-s0'), subjects.workerStep('p0-s1'), subjects.coordinatorCancel(), subjects.coordinatorResult('coordinator')];
     const requests = [subjects.workerSeq('p0-s0'), subjects.workerSeq('p0-s1'), subjects.workerStats('p0-s1'), subjects.workerMigrate('p0-s0'), subjects.coordinatorGenerate(), subjects.coordinatorGenerateAt('coordinator'),
-      subjects.coordinatorCluster(), subjects.coordinatorMigrate(), subjects.coordinatorMigrations(), subjects.coordinatorDrain()];
+      subjects.coordinatorCluster(), subjects.coordinatorMigrate(), subjects.coordinatorMigrations(), subjects.coordinatorDrain(), subjects.coordinatorSessions()];
     let answered = 0;
     for (let i = 0; i < 300; i++) {
       const payload = i % 3 ? randomBytes(int(400)) : damage(encode(SeqOpRequestSchema, { ops: [{ kind: 1, seq: int(100), p0: -1, p1: -1 }] }));

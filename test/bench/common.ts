@@ -4,6 +4,7 @@ import { request } from 'node:http';
 import { join } from 'node:path';
 import { strataCacheDir } from '@strata/ggml';
 import { synthesize } from '@strata/model';
+import { Progress } from '../../services/cli/src/format.ts';
 
 /** The ~134M-parameter llama the benchmarks run (llama.cpp's own figures were measured on one). */
 export const BENCH_SPEC = { arch: 'llama', nLayer: 12, nEmbd: 768, nHead: 12, nHeadKv: 12, nFf: 2048, nCtxTrain: 2048, seed: 7 } as const;
@@ -14,8 +15,12 @@ export function benchModel(type: 'f16' | 'q8_0'): string {
   mkdirSync(dir, { recursive: true });
   const file = join(dir, `bench-llama-134m-${type}.gguf`);
   if (!existsSync(file)) {
-    process.stdout.write(`synthesizing ${file} ...\n`);
-    const params = synthesize({ ...BENCH_SPEC, type, out: file });
+    const bar = new Progress({ label: `synthesizing ${file}`, total: 0, amount: (d, t) => `${(d / 1e6).toFixed(1)}M/${(t / 1e6).toFixed(1)}M parameters` });
+    const params = synthesize({ ...BENCH_SPEC, type, out: file, onProgress: (done, total) => {
+      bar.total = total;
+      bar.update(done);
+    } });
+    bar.finish();
     process.stdout.write(`  ${(params / 1e6).toFixed(1)}M parameters\n`);
   }
   return file;

@@ -32,8 +32,8 @@ async function stream(url: string, session: string, prompt: number[], maxTokens:
   return { ...t, result: await (pending ?? Promise.resolve(null)) };
 }
 
-/** Runs the migration benchmark; prints and returns the rows. */
-export async function runMigrationBench(): Promise<unknown> {
+/** Runs the migration benchmark; prints and returns the rows. `onStep` is called after the warm-up and after each length. */
+export async function runMigrationBench(onStep: (detail: string) => void = () => {}): Promise<unknown> {
   const model = benchModel();
   console.log(`\nmigration: llama 8 layers n_embd 256 (K/V ${ROW_BYTES} B per row, f16), pipelines 0:4,4:8 → 0:3,3:8, one thread per worker`);
   const cluster = await LocalCluster.start({ model, splits: [[{ l0: 0, l1: 4 }, { l0: 4, l1: 8 }], [{ l0: 0, l1: 3 }, { l0: 3, l1: 8 }]], port: 0, threads: 1, ctxSize: 20480, logLevel: process.env.BENCH_LOG ?? 'error' });
@@ -42,6 +42,7 @@ export async function runMigrationBench(): Promise<unknown> {
     // Warm-up: the first move between two pipelines opens their gRPC channels.
     const warm = () => fetch(`${cluster.url}/admin/v1/sessions/warm/migrate`, { method: 'POST', body: JSON.stringify({ to: 'p1-s0~p1-s1', wait: true }) }).then((r) => r.json());
     await stream(cluster.url, 'warm', Array.from({ length: 64 }, (_, t) => 200 + t), 32, 8, warm);
+    onStep('warm-up');
     for (const len of LENGTHS) {
       const prompt = Array.from({ length: len }, (_, t) => 100 + ((t * 7919) % 20000));
       const session = `bench-${len}`;
@@ -56,6 +57,7 @@ export async function runMigrationBench(): Promise<unknown> {
       const rebuild = await stream(cluster.url, `rebuild-${len}`, prompt, 1, 1, async () => null);
       const reprefill = rebuild.times[0]! - rebuild.start;
       const cellBytes = m.positions * SPEC.nLayer * 2 * ROW_BYTES;
+      onStep(`${len} tokens`);
       rows.push({ len, step, hold: m.hold_ms, pause: m.pause_ms, gap: worstGap, total: m.total_ms, copy: m.copy_ms, rounds: m.rounds, bytes: m.bytes, cellBytes, reprefill });
     }
   } finally {

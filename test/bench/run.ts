@@ -4,6 +4,7 @@
 // reference is libllama driven directly (batches into llama_decode). Prints Strata/llama.cpp.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { format } from 'node:util';
 import { LlamaReference, Sampler, loadNative, loadOptionsFromEnv } from '@strata/ggml';
 import { Pipeline } from '@strata/model';
 import { benchModel, median, parseBenchArgs, std } from './common.ts';
@@ -11,6 +12,7 @@ import { runClusterBench } from './cluster.ts';
 import { runKvBench } from './kv.ts';
 import { runLoadBench } from './load.ts';
 import { runMigrationBench } from './migration.ts';
+import { Progress } from '../../services/cli/src/format.ts';
 
 const opts = parseBenchArgs(process.argv.slice(2));
 const native = loadNative(loadOptionsFromEnv());
@@ -25,7 +27,29 @@ function timeIt(fn: () => void): number {
   return performance.now() - t0;
 }
 
-function engineBench(): void {
+/**
+ * Runs one section under a bar of its own on stderr (a terminal; plain lines otherwise): `steps`
+ * counted by the `step` it is handed, or only the elapsed time when 0. While the bar shows and
+ * stdout is the terminal too, the section's console.log lines print above it.
+ */
+async function section<T>(name: string, steps: number, fn: (step: (detail?: string) => void) => T | Promise<T>): Promise<T> {
+  const bar = new Progress({ label: `bench ${name}`, total: steps, unit: steps > 0 ? 'steps' : undefined });
+  let done = 0;
+  bar.update(0);
+  const log = console.log;
+  if (bar.tty && process.stdout.isTTY) console.log = (...args: unknown[]) => bar.log(format(...args), process.stdout);
+  // Asynchronous sections leave the event loop free: the elapsed time keeps moving.
+  const tick = setInterval(() => bar.update(done), 250);
+  try {
+    return await fn((detail) => bar.update(++done, detail));
+  } finally {
+    clearInterval(tick);
+    console.log = log;
+    bar.finish();
+  }
+}
+
+function engineBench(step: (detail?: string) => void): void {
 for (const type of opts.types) {
   const path = benchModel(type);
   const ref = LlamaReference.load(path, { nCtx: 1024, nBatch: opts.pp, threads: opts.threads });
@@ -55,6 +79,7 @@ for (const type of opts.types) {
   const pp: Row = { model: `${type}`, test: `pp${opts.pp}`, strata: [], llama: [] };
   const tg: Row = { model: `${type}`, test: `tg${opts.tg}`, strata: [], llama: [] };
   strataPp(); llamaPp(); strataTg(); llamaTg(); // warm-up
+  step(`${type} warm-up`);
   for (let r = 0; r < opts.reps; r++) {
     // alternate the order so that drift of the machine hits both sides alike
     const first = r % 2 === 0;
@@ -66,6 +91,7 @@ for (const type of opts.types) {
       if (side === 'llama') tg.llama.push((opts.tg * 1000) / timeIt(llamaTg));
       else tg.strata.push((opts.tg * 1000) / timeIt(strataTg));
     }
+    step(`${type} repetition ${r + 1}/${opts.reps}`);
   }
   rows.push(pp, tg);
   p.dispose();
@@ -111,14 +137,16 @@ for (const [name, us] of Object.entries(sampling)) {
 
 const sampling: Record<string, number> = {};
 if (opts.only.has('engine')) {
-  engineBench();
+  for (const type of opts.types) benchModel(type);
+  await section('engine', opts.types.length * (opts.reps + 1), (step) => engineBench(step));
   printEngine();
   samplingBench(sampling);
 }
-const kv = opts.only.has('kv') ? runKvBench(opts.threads) : null;
-const cluster = opts.only.has('cluster') ? await runClusterBench(benchModel('f16'), Math.max(1, Math.min(opts.reps, 3))) : null;
-const migration = opts.only.has('migration') ? await runMigrationBench() : null;
-const load = opts.only.has('load') ? await runLoadBench() : null;
+const kv = opts.only.has('kv') ? await section('kv', 0, () => runKvBench(opts.threads)) : null;
+const clusterModel = opts.only.has('cluster') ? benchModel('f16') : '';
+const cluster = opts.only.has('cluster') ? await section('cluster', 0, () => runClusterBench(clusterModel, Math.max(1, Math.min(opts.reps, 3)))) : null;
+const migration = opts.only.has('migration') ? await section('migration', 5, (step) => runMigrationBench(step)) : null;
+const load = opts.only.has('load') ? await section('load', 0, () => runLoadBench()) : null;
 
 const out = join(process.cwd(), '.bench');
 mkdirSync(out, { recursive: true });

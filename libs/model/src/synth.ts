@@ -1,7 +1,7 @@
 // Synthetic llama/qwen2 models: seeded random weights with a real tokenizer vocabulary (copied
 // from the snapshot's vocab GGUFs), a file libllama loads and runs. The output head is scaled so
 // that next-token choices are clear rather than near ties.
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { GgufFile, kvF32, kvStr, kvU32, writeGguf, type GgufKv, type TensorSpec } from '@strata/gguf';
 import { GgmlType, encodeF32, strataCacheDir, vocabDir } from '@strata/ggml';
@@ -29,6 +29,8 @@ export interface SynthOptions {
   ropeFreqs?: boolean;
   /** exaone4: attention.sliding_window (libllama windows a 64-layer exaone4 only) */
   slidingWindow?: number;
+  /** called after each tensor with the parameters written so far and in all (a progress bar) */
+  onProgress?: (done: number, total: number) => void;
 }
 
 const WEIGHT_TYPES = { f32: GgmlType.F32, f16: GgmlType.F16, q8_0: GgmlType.Q8_0, q4_0: GgmlType.Q4_0, q4_k: GgmlType.Q4_K } as const;
@@ -160,12 +162,15 @@ export function synthesize(o: SynthOptions): number {
   add('output.weight', [o.nEmbd, nVocab], wt, 0, (o.headScale ?? 12) / Math.sqrt(o.nEmbd));
 
   let params = 0;
+  const total = specs.reduce((t, spec) => t + spec.ne.reduce((x, y) => x * y, 1), 0);
   writeGguf(o.out, kvs, specs, (spec, i) => {
     const s = specs[i]!;
     const n = spec.ne.reduce((x, y) => x * y, 1);
-    params += n;
     const rng = new Rng((o.seed * 1000003 + i * 7919) >>> 0);
-    return encodeF32(spec.type, rng.fill(n, s.mean, s.std), spec.ne[0]!);
+    const bytes = encodeF32(spec.type, rng.fill(n, s.mean, s.std), spec.ne[0]!);
+    params += n;
+    o.onProgress?.(params, total);
+    return bytes;
   });
   return params;
 }
@@ -176,14 +181,24 @@ export const DEFAULT_MODEL: Omit<SynthOptions, 'out'> = {
   arch: 'llama', nLayer: 8, nEmbd: 256, nHead: 8, nHeadKv: 4, nFf: 768, nCtxTrain: 4096, seed: 42, type: 'f16',
 };
 
-/** Path of the default model in the cache, synthesizing it on first use. */
-export function ensureDefaultModel(cacheRoot?: string): string {
+/**
+ * Path of the default model in the cache, synthesizing it on first use (into a scratch file
+ * renamed when complete, so an interrupted synthesis leaves no half model behind); `onProgress`
+ * as {@link SynthOptions.onProgress}.
+ */
+export function ensureDefaultModel(cacheRoot?: string, onProgress?: (done: number, total: number) => void): string {
   const dir = join(strataCacheDir(cacheRoot), 'models');
   const spec = DEFAULT_MODEL;
   const file = join(dir, `default-${spec.arch}-${spec.nLayer}x${spec.nEmbd}-s${spec.seed}-${spec.type}.gguf`);
   if (!existsSync(file)) {
     mkdirSync(dir, { recursive: true });
-    synthesize({ ...spec, out: file });
+    const scratch = `${file}.${process.pid}.tmp`;
+    try {
+      synthesize({ ...spec, out: scratch, onProgress });
+      renameSync(scratch, file);
+    } finally {
+      rmSync(scratch, { force: true });
+    }
   }
   return file;
 }

@@ -4,6 +4,7 @@ export * from './gen/strata/v1/worker_pb.ts';
 export * from './gen/strata/v1/coordinator_pb.ts';
 export { StageInputAssembler, encodeStageInput, type StageMessage } from './activations.ts';
 export { decode, encode, toJson } from './codec.ts';
+export { MIGRATION_ACTIVE_STATES, migrationJson, sessionJson, type MigrationJson, type PlanPartJson, type SessionJson } from './admin-json.ts';
 export { WireError } from './errors.ts';
 export { checkId, isId, subjects } from './subjects.ts';
 export { NATS_ROLES, natsPermissions, type NatsPermissions, type NatsRole } from './permissions.ts';

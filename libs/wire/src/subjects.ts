@@ -42,6 +42,8 @@ export const subjects = {
   coordinatorDrain: () => `${PREFIX}.coordinator.drain`,
   /** MigrationsRequest -> MigrationList */
   coordinatorMigrations: () => `${PREFIX}.coordinator.migrations`,
+  /** SessionsRequest -> SessionList (the leader answers) */
+  coordinatorSessions: () => `${PREFIX}.coordinator.sessions`,
   /** LeaderAnnouncement from the leader coordinator, at every lease renewal */
   coordinatorLeader: () => `${PREFIX}.coordinator.leader`,
   /** StepResult from last stages to one coordinator */

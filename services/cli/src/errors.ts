@@ -7,3 +7,11 @@ export class UsageError extends Error {
     this.name = 'UsageError';
   }
 }
+
+/** The cluster could not be reached or did not answer (NATS down, no coordinator): exit code 1. */
+export class ClusterError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ClusterError';
+  }
+}

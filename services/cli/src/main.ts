@@ -8,9 +8,10 @@ import { modelInfo, modelSynth } from './commands/model.ts';
 import { coordinatorCommand, gatewayCommand, workerCommand } from './commands/serve.ts';
 import { upCommand } from './commands/up.ts';
 import { drainCommand, migrateCommand, migrationsCommand } from './commands/migrate.ts';
+import { sessionsCommand, statusCommand } from './commands/status.ts';
 import { ConfigError } from '@strata/config';
 import { TelemetryError } from '@strata/telemetry';
-import { UsageError } from './errors.ts';
+import { ClusterError, UsageError } from './errors.ts';
 
 const USAGE = `usage: strata <command> [flags]
 
@@ -29,8 +30,10 @@ commands:
   worker [--model F] [--layers 0:4] [--id W] [--nats-url U] … (strata worker --help)
   coordinator [--nats-url U] [--redis-url U] … (strata coordinator --help)
   gateway [--port 8080] [--model F] [--nats-url U] … (strata gateway --help)
+  status [--json] [--nats-url U]
+  sessions [--limit N] [--json] [--nats-url U]
   migrate <session> [--to PIPELINE] [--wait] [--json] [--nats-url U]
-  migrations [--limit N] [--nats-url U]
+  migrations [--limit N] [--json] [--nats-url U]
   drain <worker> [--nats-url U]
 
 Without --model, the embedded default model is synthesized into ~/.cache/strata/models.
@@ -61,6 +64,10 @@ export async function main(argv: string[], out: NodeJS.WritableStream = process.
         return await migrateCommand(argv.slice(1), out);
       case 'migrations':
         return await migrationsCommand(argv.slice(1), out);
+      case 'status':
+        return await statusCommand(argv.slice(1), out);
+      case 'sessions':
+        return await sessionsCommand(argv.slice(1), out);
       case 'drain':
         return await drainCommand(argv.slice(1), out);
       case undefined:
@@ -80,6 +87,10 @@ export async function main(argv: string[], out: NodeJS.WritableStream = process.
     if (err instanceof UsageError) {
       process.stderr.write(`strata: ${err.message}\n\n${USAGE}`);
       return 2;
+    }
+    if (err instanceof ClusterError) {
+      process.stderr.write(`strata: ${err.message}\n`);
+      return 1;
     }
     if (err instanceof GgufError || err instanceof ModelError || err instanceof GgmlError || err instanceof KvCacheFullError || err instanceof TelemetryError) {
       process.stderr.write(`strata: ${err.message}\n`);

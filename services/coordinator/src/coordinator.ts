@@ -8,7 +8,7 @@
 // choice has streamed) and it rebuilds them by re-prefill.
 import { redactUrl, type Logger } from '@strata/log';
 import { natsOptions,
-  CancelRequestSchema, ClusterStateSchema, LeaderAnnouncementSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, GenerateReplySchema, GenerateRequestSchema, HeartbeatSchema, StepResultSchema,
+  CancelRequestSchema, ClusterStateSchema, LeaderAnnouncementSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, SessionListSchema, SessionsRequestSchema, GenerateReplySchema, GenerateRequestSchema, HeartbeatSchema, StepResultSchema,
   decode, encode, isId, subjects, type GenerateReply, type GenerateRequest, type DrainReply, type MigrateReply, type MigrationInfo,
 } from '@strata/wire';
 import { Redis } from 'ioredis';
@@ -22,6 +22,7 @@ import { MigrationLedger, type MigrationRecord } from './ledger.ts';
 import { startMigration } from './migration.ts';
 import { pickRebalance } from './rebalance.ts';
 import { SessionStore } from './session-store.ts';
+import { listSessions } from './session-list.ts';
 import { tracedAdmit } from './telemetry.ts';
 import { context } from '@opentelemetry/api';
 import { natsContext } from '@strata/telemetry';
@@ -166,6 +167,7 @@ export class Coordinator {
     s(subjects.coordinatorMigrate(), (m) => void this.#onMigrate(m), 'coordinator');
     s(subjects.coordinatorMigrations(), (m) => void this.#onMigrations(m), 'coordinator');
     s(subjects.coordinatorDrain(), (m) => void this.#onDrain(m), 'coordinator');
+    s(subjects.coordinatorSessions(), (m) => this.#onSessions(m), 'coordinator');
     this.#announce();
   }
 
@@ -344,6 +346,18 @@ export class Coordinator {
     }
   }
 
+  /** The sessions every pipeline holds, for operators (strata sessions, the dashboard). */
+  #onSessions(m: Msg): void {
+    try {
+      const req = decode(SessionsRequestSchema, m.data, m.subject);
+      const pipelines = [...this.#schedulers.values()].map((s) => ({ pipelineId: s.view.id, sessions: s.sessionViews() }));
+      m.respond(encode(SessionListSchema, listSessions(pipelines, new Set(this.#moving.keys()), req.limit)));
+    } catch (err) {
+      this.#log.warn('sessions query failed', { err });
+      m.respond(encode(SessionListSchema, {}));
+    }
+  }
+
   /** Re-places a request whose pipeline went down on the least loaded healthy one of its model. */
   #replace(r: Rebuild, fingerprint: string, reason: string): void {
     const target = [...this.#schedulers.values()].filter((s) => s.view.fingerprint === fingerprint && !s.draining)
@@ -440,7 +454,7 @@ export class Coordinator {
       coordinatorId: this.id,
       pipelines: [...this.#schedulers.values()].map((s) => ({
         id: s.view.id, modelId: s.view.modelId, modelFingerprint: s.view.fingerprint, stages: s.view.stages,
-        sessions: s.sessions, seqsUsed: s.seqsUsed, queued: s.queued,
+        sessions: s.sessions, seqsUsed: s.seqsUsed, queued: s.queued, draining: s.draining,
       })),
       workers: [...this.#cluster.workers.values()].map((w) => ({
         stage: w.info, kvCellsUsed: w.kvCellsUsed, lastSeenMs: BigInt(w.lastSeenMs), pipelineId: this.#cluster.memberOf.get(w.info.workerId) ?? '', draining: w.draining,
@@ -459,7 +473,7 @@ export class Coordinator {
       clearInterval(this.#timer);
       clearInterval(this.#leaseTimer);
       if (this.#leading) {
-        const intake = new Set([subjects.coordinatorGenerate(), subjects.coordinatorGenerateAt(this.id), subjects.coordinatorMigrate(), subjects.coordinatorDrain(), subjects.coordinatorCluster(), subjects.coordinatorMigrations()]);
+        const intake = new Set([subjects.coordinatorGenerate(), subjects.coordinatorGenerateAt(this.id), subjects.coordinatorMigrate(), subjects.coordinatorDrain(), subjects.coordinatorCluster(), subjects.coordinatorMigrations(), subjects.coordinatorSessions()]);
         for (const sub of this.#leaderSubs) if (intake.has(sub.getSubject())) sub.unsubscribe();
         const term = this.#lease.term;
         const standbys = await this.#lease.others().catch(() => []);

@@ -54,6 +54,23 @@ interface Resident {
   epoch: number;
 }
 
+/** A session as operators see it: where it lives on this pipeline and what it holds. */
+export interface SessionView {
+  id: string;
+  /** sequence id on every stage */
+  seq: number;
+  /** positions [0, positions) every stage holds */
+  positions: number;
+  /** answering a request now */
+  busy: boolean;
+  /** moving off this pipeline now */
+  moving: boolean;
+  /** milliseconds since the epoch */
+  lastUsedMs: number;
+  /** ownership epoch in Redis */
+  epoch: number;
+}
+
 /** A request on this pipeline and its jobs (one per choice). */
 export interface Request {
   req: GenerateRequest;
@@ -177,6 +194,18 @@ export class PipelineScheduler {
   /** Sessions that live here (resident or running). */
   sessionIds(): string[] {
     return [...new Set([...this.#residents.keys(), ...this.#jobs.filter((j) => j.sessionId).map((j) => j.sessionId)])];
+  }
+
+  /** Read-only snapshot of the sessions that live here, for operators (strata sessions, the dashboard). */
+  sessionViews(): SessionView[] {
+    return this.sessionIds().map((id) => {
+      const job = this.#jobs.find((j) => j.sessionId === id);
+      const r = this.#residents.get(id);
+      return {
+        id, seq: job?.seq ?? r?.seq ?? -1, positions: job ? job.done : r?.tokens.length ?? 0, busy: job !== undefined,
+        moving: this.#migrating.has(id), lastUsedMs: r?.lastUsedMs ?? 0, epoch: job ? this.#requests.get(job.requestId)?.epoch ?? r?.epoch ?? 0 : r?.epoch ?? 0,
+      };
+    });
   }
 
   /** one-off requests running or waiting here */

@@ -8,13 +8,14 @@ import type { DescMessage, MessageInitShape, MessageShape } from '@bufbuild/prot
 import { LlamaError, Vocab } from '@strata/ggml';
 import type { Logger } from '@strata/log';
 import {
-  ClusterStateSchema, ClusterRequestSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, isId,
-  natsOptions, request, subjects, toJson, type ClusterState, type MigrationInfo,
+  ClusterStateSchema, ClusterRequestSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, SessionListSchema, SessionsRequestSchema, isId,
+  migrationJson, natsOptions, request, sessionJson, subjects, toJson, type ClusterState,
 } from '@strata/wire';
 import { connect, type NatsConnection } from 'nats';
 import type { GatewayConfig } from './config.ts';
 import { ApiKeys } from './api-keys.ts';
 import { ApiError } from './errors.ts';
+import { dashboardPage, type DashboardPage } from './dashboard.ts';
 import { runGeneration, type GenerationSink } from './generation.ts';
 import { failRequestSpan, traceHttp } from './http-telemetry.ts';
 import { natsHeaders } from '@strata/telemetry';
@@ -35,6 +36,8 @@ export class Gateway {
   readonly #leader: LeaderWatch;
   /** generations running now */
   #running = 0;
+  /** the dashboard page, read on its first request */
+  #dashboard: DashboardPage | null = null;
   #stopping: Promise<void> | null = null;
   /** the address the gateway listens on, e.g. http://127.0.0.1:8080 */
   url = '';
@@ -77,8 +80,9 @@ export class Gateway {
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0]!;
     try {
-      // Health is open; the OpenAI API needs a user key, the admin API an admin key.
-      if (this.#keys && path !== '/healthz' && path !== '/readyz') this.#keys.require(req.headers.authorization, path.startsWith('/admin/') ? 'admin' : 'user');
+      // Health and the dashboard page (it holds no data) are open; the OpenAI API needs a user
+      // key, the admin API an admin key.
+      if (this.#keys && path !== '/healthz' && path !== '/readyz' && path !== '/dashboard') this.#keys.require(req.headers.authorization, path.startsWith('/admin/') ? 'admin' : 'user');
       const route = `${req.method ?? ''} ${path}`;
       switch (route) {
         case 'POST /v1/completions':
@@ -91,15 +95,18 @@ export class Gateway {
           return json(res, 200, { status: 'ok' });
         case 'GET /readyz':
           return await this.#ready(res);
+        case 'GET /dashboard':
+          return this.#page(res);
       }
       const mig = /^\/admin\/v1\/sessions\/([^/]+)\/migrate$/.exec(path);
       if (mig && req.method === 'POST') return await this.#migrate(req, res, decodeURIComponent(mig[1]!));
       if (route === 'GET /admin/v1/migrations') return await this.#migrations(req, res);
+      if (route === 'GET /admin/v1/sessions') return await this.#sessions(req, res);
       const drain = /^\/admin\/v1\/workers\/([^/]+)\/drain$/.exec(path);
       if (drain && req.method === 'POST') return await this.#drain(res, decodeURIComponent(drain[1]!));
       if (route === 'GET /admin/v1/cluster') return json(res, 200, toJson(ClusterStateSchema, await this.#cluster()));
-      if (mig || ['/admin/v1/migrations', '/admin/v1/cluster'].includes(path)) throw new ApiError(405, 'method_not_allowed', `${req.method ?? ''} is not allowed on ${path}`);
-      if (['/v1/completions', '/v1/chat/completions', '/v1/models', '/healthz', '/readyz'].includes(path)) {
+      if (mig || ['/admin/v1/migrations', '/admin/v1/cluster', '/admin/v1/sessions'].includes(path)) throw new ApiError(405, 'method_not_allowed', `${req.method ?? ''} is not allowed on ${path}`);
+      if (['/v1/completions', '/v1/chat/completions', '/v1/models', '/healthz', '/readyz', '/dashboard'].includes(path)) {
         throw new ApiError(405, 'method_not_allowed', `${req.method ?? ''} is not allowed on ${path}`);
       }
       throw new ApiError(404, 'not_found', `no route ${req.method ?? ''} ${path}`);
@@ -180,6 +187,20 @@ export class Gateway {
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new ApiError(400, 'invalid_value', "'limit' is 1-1000", 'limit');
     const list = await this.#ask(subjects.coordinatorMigrations(), MigrationsRequestSchema, { limit }, MigrationListSchema, 5000);
     json(res, 200, { object: 'list', data: list.migrations.map(migrationJson) });
+  }
+
+  async #sessions(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const q = new URL(req.url ?? '/', 'http://x').searchParams.get('limit');
+    const limit = q === null ? 1000 : Number(q);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new ApiError(400, 'invalid_value', "'limit' is 1-10000", 'limit');
+    const list = await this.#ask(subjects.coordinatorSessions(), SessionsRequestSchema, { limit }, SessionListSchema, 5000);
+    json(res, 200, { object: 'list', data: list.sessions.map(sessionJson), total: list.total });
+  }
+
+  #page(res: ServerResponse): void {
+    this.#dashboard ??= dashboardPage();
+    res.writeHead(200, this.#dashboard.headers);
+    res.end(this.#dashboard.body);
   }
 
   #grammar(spec: GenerationSpec): string {
@@ -302,15 +323,6 @@ export class Gateway {
     })();
     return this.#stopping;
   }
-}
-
-/** A migration as the admin API shows it. */
-function migrationJson(m: MigrationInfo): Record<string, unknown> {
-  return {
-    id: m.id, session_id: m.sessionId, from: m.fromPipeline, to: m.toPipeline, state: m.state, reason: m.reason, error: m.error || null,
-    bytes: Number(m.bytes), rounds: m.rounds, positions: m.positions, copy_ms: m.copyMs, hold_ms: m.holdMs, pause_ms: m.pauseMs, total_ms: m.totalMs,
-    created: Number(m.createdMs), plan: JSON.parse(m.plan || '[]') as unknown,
-  };
 }
 
 function json(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {

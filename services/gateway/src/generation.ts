@@ -219,10 +219,11 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
   /** A new leader: the request moves to it with each choice's progress. */
   const onLeader = (term: bigint) => {
     if (settled || !current || current.term === 0n || term <= current.term) return;
-    for (const c of choices) {
-      // A choice whose end the client has (or whose last token ended it) needs nothing more.
-      if (c.ended || c.eog || c.tokens.length >= spec.maxTokens) c.finished = true;
-    }
+    choices.forEach((c, i) => {
+      // A choice whose end the client has, or whose last token ended it, needs nothing more.
+      if (!c.ended && (c.eog || (spec.maxTokens > 0 && c.tokens.length >= spec.maxTokens))) endChoice(i, c, c.eog ? 'stop' : 'length');
+      if (c.ended) c.finished = true;
+    });
     finishAll();
     if (settled) return;
     const resume = choices.map((c, index) => ({ $typeName: 'strata.v1.ChoiceProgress' as const, index, tokens: c.tokens, ended: c.finished }));

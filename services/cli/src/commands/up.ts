@@ -4,7 +4,9 @@ import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Flags, parseArgs } from '../args.ts';
+import { ensureDefaultModel } from '@strata/model';
 import { LocalCluster } from '../local-cluster.ts';
+import { Progress, Spinner, isTerminal } from '../format.ts';
 import { untilSignal } from './serve.ts';
 
 /** `strata up [--model F] [--workers N] [--pipelines P] [--port 8080] [--prompt …] [--once]` */
@@ -27,9 +29,22 @@ export async function upCommand(argv: string[], out: NodeJS.WritableStream): Pro
   // nats-server and redis-server come from Debian's packages: installed here when missing (as root).
   const ensure = spawnSync(process.execPath, [join(dirname(fileURLToPath(import.meta.url)), '../../../../scripts/ensure-servers.mjs')], { stdio: 'inherit' });
   if (ensure.status !== 0) return 1;
+  // The default model is synthesized on first use (seconds): a bar on a terminal.
+  const synth: { bar?: Progress } = {};
+  const model = o.model ?? ensureDefaultModel(undefined, (done, total) => {
+    synth.bar ??= new Progress({ label: 'synthesizing the default model', total, amount: (d, t) => `${(d / 1e6).toFixed(1)}M/${(t / 1e6).toFixed(1)}M parameters` });
+    synth.bar.update(done);
+  });
+  synth.bar?.finish();
   const t0 = Date.now();
   out.write(`strata up: starting nats-server, redis-server, a coordinator, ${o.pipelines} pipeline(s) of ${o.workers} worker(s) and a gateway…\n`);
-  const cluster = await LocalCluster.start(o);
+  const spinner = isTerminal(process.stderr) ? new Spinner('waiting for every pipeline to be ready') : null;
+  let cluster: LocalCluster;
+  try {
+    cluster = await LocalCluster.start({ ...o, model });
+  } finally {
+    spinner?.stop('');
+  }
   try {
     out.write(`strata up: ready in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
     for (const s of cluster.services) if (s.role === 'worker') out.write(`  worker ${s.id}: layers ${s.layers!.l0}:${s.layers!.l1}\n`);
@@ -44,7 +59,7 @@ export async function upCommand(argv: string[], out: NodeJS.WritableStream): Pro
     if (!r.ok) throw new Error(`the first request failed: ${body.error?.message ?? r.status}`);
     out.write(`\n$ curl ${cluster.url}/v1/completions -d '{"model":"${model}","prompt":${JSON.stringify(prompt)},"max_tokens":${maxTokens},"temperature":0}'\n`);
     out.write(`${prompt}${body.choices![0]!.text}\n\n`);
-    out.write(`Strata is serving model '${model}' at ${cluster.url} (OpenAI API under /v1).${once ? '' : ' Ctrl-C stops it.'}\n`);
+    out.write(`Strata is serving model '${model}' at ${cluster.url} (OpenAI API under /v1, the dashboard at ${cluster.url}/dashboard).${once ? '' : ' Ctrl-C stops it.'}\n`);
     if (!once) await untilSignal();
     return 0;
   } finally {

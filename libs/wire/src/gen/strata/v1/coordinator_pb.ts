@@ -5,6 +5,7 @@
 //   strata.v1.coordinator.generate.<id>   the same, to the leader by id
 //   strata.v1.coordinator.cancel          CancelRequest (publish)
 //   strata.v1.coordinator.cluster         ClusterRequest -> ClusterState (request/reply)
+//   strata.v1.coordinator.sessions        SessionsRequest -> SessionList (request/reply, the leader)
 //   strata.v1.coordinator.leader          LeaderAnnouncement from the leader, every lease renewal
 //   strata.v1.gateway.events.<request>    GenerateEvent stream of one request
 
@@ -24,7 +25,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file strata/v1/coordinator.proto.
  */
 export const file_strata_v1_coordinator: GenFile = /*@__PURE__*/
-  fileDesc("ChtzdHJhdGEvdjEvY29vcmRpbmF0b3IucHJvdG8SCXN0cmF0YS52MSL5AQoPR2VuZXJhdGVSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIQCghtb2RlbF9pZBgDIAEoCRIOCgZwcm9tcHQYBCADKAUSEgoKbWF4X3Rva2VucxgFIAEoDRIlCghzYW1wbGluZxgGIAEoCzITLnN0cmF0YS52MS5TYW1wbGluZxIJCgFuGAcgASgNEhYKDmV2ZW50c19zdWJqZWN0GAggASgJEhMKC3RyYWNlcGFyZW50GAkgASgJEikKBnJlc3VtZRgKIAMoCzIZLnN0cmF0YS52MS5DaG9pY2VQcm9ncmVzcyI+Cg5DaG9pY2VQcm9ncmVzcxINCgVpbmRleBgBIAEoDRIOCgZ0b2tlbnMYAiADKAUSDQoFZW5kZWQYAyABKAgiOgoSTGVhZGVyQW5ub3VuY2VtZW50EhYKDmNvb3JkaW5hdG9yX2lkGAEgASgJEgwKBHRlcm0YAiABKAQilAEKDUdlbmVyYXRlUmVwbHkSEAoIYWNjZXB0ZWQYASABKAgSHwoFZXJyb3IYAiABKAsyEC5zdHJhdGEudjEuRXJyb3ISFQoNY2FjaGVkX3Rva2VucxgDIAEoDRITCgtwaXBlbGluZV9pZBgEIAEoCRIWCg5jb29yZGluYXRvcl9pZBgFIAEoCRIMCgR0ZXJtGAYgASgEIuMBCg1HZW5lcmF0ZUV2ZW50EhIKCnJlcXVlc3RfaWQYASABKAkSDQoFaW5kZXgYAiABKA0SJwoGdG9rZW5zGAMgAygLMhcuc3RyYXRhLnYxLlNhbXBsZWRUb2tlbhInCgZmaW5pc2gYBCABKA4yFy5zdHJhdGEudjEuRmluaXNoUmVhc29uEh8KBWVycm9yGAUgASgLMhAuc3RyYXRhLnYxLkVycm9yEhUKDXByb21wdF90b2tlbnMYBiABKA0SFQoNY2FjaGVkX3Rva2VucxgHIAEoDRIOCgZvZmZzZXQYCCABKA0iNAoNQ2FuY2VsUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEg8KB2luZGljZXMYAiADKA0iEAoOQ2x1c3RlclJlcXVlc3QiogEKDFBpcGVsaW5lSW5mbxIKCgJpZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIZChFtb2RlbF9maW5nZXJwcmludBgDIAEoCRIkCgZzdGFnZXMYBCADKAsyFC5zdHJhdGEudjEuU3RhZ2VJbmZvEhAKCHNlc3Npb25zGAUgASgNEhEKCXNlcXNfdXNlZBgGIAEoDRIOCgZxdWV1ZWQYByABKA0ihgEKC1dvcmtlclN0YXRlEiMKBXN0YWdlGAEgASgLMhQuc3RyYXRhLnYxLlN0YWdlSW5mbxIVCg1rdl9jZWxsc191c2VkGAIgASgNEhQKDGxhc3Rfc2Vlbl9tcxgDIAEoBBITCgtwaXBlbGluZV9pZBgEIAEoCRIQCghkcmFpbmluZxgFIAEoCCJ7CgxDbHVzdGVyU3RhdGUSFgoOY29vcmRpbmF0b3JfaWQYASABKAkSKgoJcGlwZWxpbmVzGAIgAygLMhcuc3RyYXRhLnYxLlBpcGVsaW5lSW5mbxInCgd3b3JrZXJzGAMgAygLMhYuc3RyYXRhLnYxLldvcmtlclN0YXRlIlcKDk1pZ3JhdGVSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEwoLdG9fcGlwZWxpbmUYAiABKAkSDgoGcmVhc29uGAMgASgJEgwKBHdhaXQYBCABKAgiXAoMTWlncmF0ZVJlcGx5Eh8KBWVycm9yGAEgASgLMhAuc3RyYXRhLnYxLkVycm9yEisKCW1pZ3JhdGlvbhgCIAEoCzIYLnN0cmF0YS52MS5NaWdyYXRpb25JbmZvIqMCCg1NaWdyYXRpb25JbmZvEgoKAmlkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSFQoNZnJvbV9waXBlbGluZRgDIAEoCRITCgt0b19waXBlbGluZRgEIAEoCRINCgVzdGF0ZRgFIAEoCRIOCgZyZWFzb24YBiABKAkSDQoFZXJyb3IYByABKAkSDQoFYnl0ZXMYCCABKAQSDgoGcm91bmRzGAkgASgNEg8KB2NvcHlfbXMYCiABKAISEAoIcGF1c2VfbXMYCyABKAISEAoIdG90YWxfbXMYDCABKAISEgoKY3JlYXRlZF9tcxgNIAEoBBIMCgRwbGFuGA4gASgJEhEKCXBvc2l0aW9ucxgPIAEoDRIPCgdob2xkX21zGBAgASgCIiIKEU1pZ3JhdGlvbnNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgNIj0KDU1pZ3JhdGlvbkxpc3QSLAoKbWlncmF0aW9ucxgBIAMoCzIYLnN0cmF0YS52MS5NaWdyYXRpb25JbmZvIiEKDERyYWluUmVxdWVzdBIRCgl3b3JrZXJfaWQYASABKAkikAEKCkRyYWluUmVwbHkSHwoFZXJyb3IYASABKAsyEC5zdHJhdGEudjEuRXJyb3ISEwoLcGlwZWxpbmVfaWQYAiABKAkSLAoKbWlncmF0aW9ucxgDIAMoCzIYLnN0cmF0YS52MS5NaWdyYXRpb25JbmZvEg4KBndhaXRlZBgEIAEoDRIOCgZmYWlsZWQYBSABKA0qlQEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSRklOSVNIX1JFQVNPTl9TVE9QEAESGAoURklOSVNIX1JFQVNPTl9MRU5HVEgQAhIbChdGSU5JU0hfUkVBU09OX0NBTkNFTExFRBADEhcKE0ZJTklTSF9SRUFTT05fRVJST1IQBGIGcHJvdG8z", [file_strata_v1_common, file_strata_v1_worker]);
+  fileDesc("ChtzdHJhdGEvdjEvY29vcmRpbmF0b3IucHJvdG8SCXN0cmF0YS52MSL5AQoPR2VuZXJhdGVSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIQCghtb2RlbF9pZBgDIAEoCRIOCgZwcm9tcHQYBCADKAUSEgoKbWF4X3Rva2VucxgFIAEoDRIlCghzYW1wbGluZxgGIAEoCzITLnN0cmF0YS52MS5TYW1wbGluZxIJCgFuGAcgASgNEhYKDmV2ZW50c19zdWJqZWN0GAggASgJEhMKC3RyYWNlcGFyZW50GAkgASgJEikKBnJlc3VtZRgKIAMoCzIZLnN0cmF0YS52MS5DaG9pY2VQcm9ncmVzcyI+Cg5DaG9pY2VQcm9ncmVzcxINCgVpbmRleBgBIAEoDRIOCgZ0b2tlbnMYAiADKAUSDQoFZW5kZWQYAyABKAgiOgoSTGVhZGVyQW5ub3VuY2VtZW50EhYKDmNvb3JkaW5hdG9yX2lkGAEgASgJEgwKBHRlcm0YAiABKAQilAEKDUdlbmVyYXRlUmVwbHkSEAoIYWNjZXB0ZWQYASABKAgSHwoFZXJyb3IYAiABKAsyEC5zdHJhdGEudjEuRXJyb3ISFQoNY2FjaGVkX3Rva2VucxgDIAEoDRITCgtwaXBlbGluZV9pZBgEIAEoCRIWCg5jb29yZGluYXRvcl9pZBgFIAEoCRIMCgR0ZXJtGAYgASgEIuMBCg1HZW5lcmF0ZUV2ZW50EhIKCnJlcXVlc3RfaWQYASABKAkSDQoFaW5kZXgYAiABKA0SJwoGdG9rZW5zGAMgAygLMhcuc3RyYXRhLnYxLlNhbXBsZWRUb2tlbhInCgZmaW5pc2gYBCABKA4yFy5zdHJhdGEudjEuRmluaXNoUmVhc29uEh8KBWVycm9yGAUgASgLMhAuc3RyYXRhLnYxLkVycm9yEhUKDXByb21wdF90b2tlbnMYBiABKA0SFQoNY2FjaGVkX3Rva2VucxgHIAEoDRIOCgZvZmZzZXQYCCABKA0iNAoNQ2FuY2VsUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEg8KB2luZGljZXMYAiADKA0iEAoOQ2x1c3RlclJlcXVlc3QitAEKDFBpcGVsaW5lSW5mbxIKCgJpZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIZChFtb2RlbF9maW5nZXJwcmludBgDIAEoCRIkCgZzdGFnZXMYBCADKAsyFC5zdHJhdGEudjEuU3RhZ2VJbmZvEhAKCHNlc3Npb25zGAUgASgNEhEKCXNlcXNfdXNlZBgGIAEoDRIOCgZxdWV1ZWQYByABKA0SEAoIZHJhaW5pbmcYCCABKAgihgEKC1dvcmtlclN0YXRlEiMKBXN0YWdlGAEgASgLMhQuc3RyYXRhLnYxLlN0YWdlSW5mbxIVCg1rdl9jZWxsc191c2VkGAIgASgNEhQKDGxhc3Rfc2Vlbl9tcxgDIAEoBBITCgtwaXBlbGluZV9pZBgEIAEoCRIQCghkcmFpbmluZxgFIAEoCCJ7CgxDbHVzdGVyU3RhdGUSFgoOY29vcmRpbmF0b3JfaWQYASABKAkSKgoJcGlwZWxpbmVzGAIgAygLMhcuc3RyYXRhLnYxLlBpcGVsaW5lSW5mbxInCgd3b3JrZXJzGAMgAygLMhYuc3RyYXRhLnYxLldvcmtlclN0YXRlIiAKD1Nlc3Npb25zUmVxdWVzdBINCgVsaW1pdBgBIAEoDSKRAQoLU2Vzc2lvbkluZm8SCgoCaWQYASABKAkSEwoLcGlwZWxpbmVfaWQYAiABKAkSCwoDc2VxGAMgASgFEhEKCXBvc2l0aW9ucxgEIAEoDRIMCgRidXN5GAUgASgIEg4KBm1vdmluZxgGIAEoCBIUCgxsYXN0X3VzZWRfbXMYByABKAQSDQoFZXBvY2gYCCABKAQiRgoLU2Vzc2lvbkxpc3QSKAoIc2Vzc2lvbnMYASADKAsyFi5zdHJhdGEudjEuU2Vzc2lvbkluZm8SDQoFdG90YWwYAiABKA0iVwoOTWlncmF0ZVJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRITCgt0b19waXBlbGluZRgCIAEoCRIOCgZyZWFzb24YAyABKAkSDAoEd2FpdBgEIAEoCCJcCgxNaWdyYXRlUmVwbHkSHwoFZXJyb3IYASABKAsyEC5zdHJhdGEudjEuRXJyb3ISKwoJbWlncmF0aW9uGAIgASgLMhguc3RyYXRhLnYxLk1pZ3JhdGlvbkluZm8iowIKDU1pZ3JhdGlvbkluZm8SCgoCaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIVCg1mcm9tX3BpcGVsaW5lGAMgASgJEhMKC3RvX3BpcGVsaW5lGAQgASgJEg0KBXN0YXRlGAUgASgJEg4KBnJlYXNvbhgGIAEoCRINCgVlcnJvchgHIAEoCRINCgVieXRlcxgIIAEoBBIOCgZyb3VuZHMYCSABKA0SDwoHY29weV9tcxgKIAEoAhIQCghwYXVzZV9tcxgLIAEoAhIQCgh0b3RhbF9tcxgMIAEoAhISCgpjcmVhdGVkX21zGA0gASgEEgwKBHBsYW4YDiABKAkSEQoJcG9zaXRpb25zGA8gASgNEg8KB2hvbGRfbXMYECABKAIiIgoRTWlncmF0aW9uc1JlcXVlc3QSDQoFbGltaXQYASABKA0iPQoNTWlncmF0aW9uTGlzdBIsCgptaWdyYXRpb25zGAEgAygLMhguc3RyYXRhLnYxLk1pZ3JhdGlvbkluZm8iIQoMRHJhaW5SZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCSKQAQoKRHJhaW5SZXBseRIfCgVlcnJvchgBIAEoCzIQLnN0cmF0YS52MS5FcnJvchITCgtwaXBlbGluZV9pZBgCIAEoCRIsCgptaWdyYXRpb25zGAMgAygLMhguc3RyYXRhLnYxLk1pZ3JhdGlvbkluZm8SDgoGd2FpdGVkGAQgASgNEg4KBmZhaWxlZBgFIAEoDSqVAQoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xFTkdUSBACEhsKF0ZJTklTSF9SRUFTT05fQ0FOQ0VMTEVEEAMSFwoTRklOSVNIX1JFQVNPTl9FUlJPUhAEYgZwcm90bzM", [file_strata_v1_common, file_strata_v1_worker]);
 
 /**
  * A completion request in tokens (the gateway tokenizes).
@@ -345,6 +346,13 @@ export type PipelineInfo = Message<"strata.v1.PipelineInfo"> & {
    * @generated from field: uint32 queued = 7;
    */
   queued: number;
+
+  /**
+   * takes no new request: its sessions are moving off it (a drain)
+   *
+   * @generated from field: bool draining = 8;
+   */
+  draining: boolean;
 };
 
 /**
@@ -425,6 +433,119 @@ export const ClusterStateSchema: GenMessage<ClusterState> = /*@__PURE__*/
   messageDesc(file_strata_v1_coordinator, 9);
 
 /**
+ * Asks for the sessions the leader's pipelines hold (strata.v1.coordinator.sessions, request/reply).
+ *
+ * @generated from message strata.v1.SessionsRequest
+ */
+export type SessionsRequest = Message<"strata.v1.SessionsRequest"> & {
+  /**
+   * at most this many, busy ones first, then most recently used first (0: 1000)
+   *
+   * @generated from field: uint32 limit = 1;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message strata.v1.SessionsRequest.
+ * Use `create(SessionsRequestSchema)` to create a new message.
+ */
+export const SessionsRequestSchema: GenMessage<SessionsRequest> = /*@__PURE__*/
+  messageDesc(file_strata_v1_coordinator, 10);
+
+/**
+ * A session where it lives now: its pipeline and what it holds there.
+ *
+ * @generated from message strata.v1.SessionInfo
+ */
+export type SessionInfo = Message<"strata.v1.SessionInfo"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string pipeline_id = 2;
+   */
+  pipelineId: string;
+
+  /**
+   * sequence id on every stage of the pipeline
+   *
+   * @generated from field: int32 seq = 3;
+   */
+  seq: number;
+
+  /**
+   * positions [0, positions) every stage holds: KV cells per stage
+   *
+   * @generated from field: uint32 positions = 4;
+   */
+  positions: number;
+
+  /**
+   * answering a request now
+   *
+   * @generated from field: bool busy = 5;
+   */
+  busy: boolean;
+
+  /**
+   * moving to another pipeline now
+   *
+   * @generated from field: bool moving = 6;
+   */
+  moving: boolean;
+
+  /**
+   * milliseconds since the epoch when its last request ended (or this one started)
+   *
+   * @generated from field: uint64 last_used_ms = 7;
+   */
+  lastUsedMs: bigint;
+
+  /**
+   * ownership epoch in Redis (raised by every claim: a new pipeline, a migration)
+   *
+   * @generated from field: uint64 epoch = 8;
+   */
+  epoch: bigint;
+};
+
+/**
+ * Describes the message strata.v1.SessionInfo.
+ * Use `create(SessionInfoSchema)` to create a new message.
+ */
+export const SessionInfoSchema: GenMessage<SessionInfo> = /*@__PURE__*/
+  messageDesc(file_strata_v1_coordinator, 11);
+
+/**
+ * Sessions, busy ones first, then most recently used first.
+ *
+ * @generated from message strata.v1.SessionList
+ */
+export type SessionList = Message<"strata.v1.SessionList"> & {
+  /**
+   * @generated from field: repeated strata.v1.SessionInfo sessions = 1;
+   */
+  sessions: SessionInfo[];
+
+  /**
+   * sessions in all, before the limit
+   *
+   * @generated from field: uint32 total = 2;
+   */
+  total: number;
+};
+
+/**
+ * Describes the message strata.v1.SessionList.
+ * Use `create(SessionListSchema)` to create a new message.
+ */
+export const SessionListSchema: GenMessage<SessionList> = /*@__PURE__*/
+  messageDesc(file_strata_v1_coordinator, 12);
+
+/**
  * Moves a session to another pipeline (strata.v1.coordinator.migrate, request/reply).
  *
  * @generated from message strata.v1.MigrateRequest
@@ -462,7 +583,7 @@ export type MigrateRequest = Message<"strata.v1.MigrateRequest"> & {
  * Use `create(MigrateRequestSchema)` to create a new message.
  */
 export const MigrateRequestSchema: GenMessage<MigrateRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 10);
+  messageDesc(file_strata_v1_coordinator, 13);
 
 /**
  * The answer to a MigrateRequest.
@@ -486,7 +607,7 @@ export type MigrateReply = Message<"strata.v1.MigrateReply"> & {
  * Use `create(MigrateReplySchema)` to create a new message.
  */
 export const MigrateReplySchema: GenMessage<MigrateReply> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 11);
+  messageDesc(file_strata_v1_coordinator, 14);
 
 /**
  * A migration as the Redis ledger records it.
@@ -593,7 +714,7 @@ export type MigrationInfo = Message<"strata.v1.MigrationInfo"> & {
  * Use `create(MigrationInfoSchema)` to create a new message.
  */
 export const MigrationInfoSchema: GenMessage<MigrationInfo> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 12);
+  messageDesc(file_strata_v1_coordinator, 15);
 
 /**
  * Asks for the recent migrations (strata.v1.coordinator.migrations, request/reply).
@@ -614,7 +735,7 @@ export type MigrationsRequest = Message<"strata.v1.MigrationsRequest"> & {
  * Use `create(MigrationsRequestSchema)` to create a new message.
  */
 export const MigrationsRequestSchema: GenMessage<MigrationsRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 13);
+  messageDesc(file_strata_v1_coordinator, 16);
 
 /**
  * Recent migrations, most recent first.
@@ -633,7 +754,7 @@ export type MigrationList = Message<"strata.v1.MigrationList"> & {
  * Use `create(MigrationListSchema)` to create a new message.
  */
 export const MigrationListSchema: GenMessage<MigrationList> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 14);
+  messageDesc(file_strata_v1_coordinator, 17);
 
 /**
  * Moves every session off a worker's pipeline so the worker can be stopped
@@ -653,7 +774,7 @@ export type DrainRequest = Message<"strata.v1.DrainRequest"> & {
  * Use `create(DrainRequestSchema)` to create a new message.
  */
 export const DrainRequestSchema: GenMessage<DrainRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 15);
+  messageDesc(file_strata_v1_coordinator, 18);
 
 /**
  * The answer to a DrainRequest.
@@ -698,7 +819,7 @@ export type DrainReply = Message<"strata.v1.DrainReply"> & {
  * Use `create(DrainReplySchema)` to create a new message.
  */
 export const DrainReplySchema: GenMessage<DrainReply> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 16);
+  messageDesc(file_strata_v1_coordinator, 19);
 
 /**
  * Why a choice ended.
