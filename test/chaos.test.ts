@@ -19,6 +19,12 @@ const MAX_TOKENS = 40;
 const STEADY_MS = 4000;
 const AFTER_MS = 8000;
 const PROMPTS = ['old mill, where', 'Every morning he', 'book bound with', 'The river ran', 'Once upon a time', 'She opened the door'];
+/**
+ * Two best logits closer than this are a near tie: four clients batched in ever-changing
+ * combinations, and rebuilt requests, sum floats in other orders than the one-token reference
+ * (differences up to ~0.06 a logit were seen), so either token is right there.
+ */
+const TIE = 0.15;
 /** error codes a client may simply retry */
 const RETRIABLE = new Set(['events_lost', 'pipeline_down', 'coordinator_unavailable', 'overloaded', 'kv_full', 'shutting_down', 'no_pipeline']);
 
@@ -168,13 +174,13 @@ describe('chaos under steady load', () => {
           continue;
         }
         // The plain reference first; one rebuilt at the longest stall where that differs.
-        let m = matchedUntilTie(o.tokens, text(reference(o.prompt, 0).tokens), reference(o.prompt, 0).margins);
+        let m = matchedUntilTie(o.tokens, text(reference(o.prompt, 0).tokens), reference(o.prompt, 0).margins, TIE);
         let why = '';
         if (!m.equal) {
           const gaps = o.times.slice(1).map((t, j) => t - o.times[j]!);
           const k = gaps.length > 0 ? gaps.indexOf(Math.max(...gaps)) + 1 : 0;
           const want = reference(o.prompt, k);
-          m = matchedUntilTie(o.tokens, text(want.tokens), want.margins);
+          m = matchedUntilTie(o.tokens, text(want.tokens), want.margins, TIE);
           const at = o.tokens.findIndex((t, j) => t !== text(want.tokens)[j]);
           why = ` (rebuilt at ${k} after a ${Math.max(...gaps).toFixed(0)} ms stall; first difference at ${at}, where the reference's margin is ${want.margins[at]?.toFixed(3)}: ${JSON.stringify(o.tokens[at])} for ${JSON.stringify(text(want.tokens)[at])})`;
         }

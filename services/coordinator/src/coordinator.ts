@@ -175,9 +175,10 @@ export class Coordinator {
    * Stops leading without a word to anyone: the new leader has the requests from the gateways,
    * and stages already refuse this coordinator's term.
    */
-  #standDown(reason: string): void {
+  #standDown(reason: string, handedOver = false): void {
     if (!this.#leading) return;
-    this.#log.error('standing down', { reason });
+    if (handedOver) this.#log.info('standing down', { reason });
+    else this.#log.error('standing down', { reason });
     this.#leading = false;
     for (const sub of this.#leaderSubs.splice(0)) sub.unsubscribe();
     for (const s of this.#schedulers.values()) s.abandon();
@@ -482,7 +483,7 @@ export class Coordinator {
         const next = await successor;
         if (next) {
           this.#log.info('handed over', { to: next });
-          this.#standDown(`${next} leads now`);
+          this.#standDown(`${next} leads now`, true);
         } else {
           for (const s of this.#schedulers.values()) for (const r of s.down('the coordinator is stopping')) this.#failRebuild(r, 'the coordinator stopped and no standby took over');
         }

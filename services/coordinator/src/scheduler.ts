@@ -256,6 +256,14 @@ export class PipelineScheduler {
     if (req.prompt.length + Math.max(1, req.maxTokens) > this.capacity) return refuse('context_length_exceeded', `${req.prompt.length} prompt tokens + ${req.maxTokens || 1} to generate exceed the context of ${this.capacity}`);
     if (n > this.#nSeqMax) return refuse('bad_request', `n=${n} choices exceed the ${this.#nSeqMax} sequences of a pipeline`);
     if (this.#down) return refuse('pipeline_down', `pipeline ${this.view.id} is down`);
+    // The session's earlier attempt (cancelled by the gateway) may still have a step in flight.
+    if (req.sessionId && (this.#residents.get(req.sessionId)?.busy || this.#migrating.has(req.sessionId))) return refuse('session_busy', `session ${req.sessionId} is still answering an earlier attempt`);
+    // Its idle cells here (from that attempt) go: the rebuild prefills everything again.
+    const idle = req.sessionId ? this.#residents.get(req.sessionId) : undefined;
+    if (idle) {
+      this.#residents.delete(req.sessionId);
+      void this.#dropSeq(idle.seq);
+    }
     const maxTokens = req.maxTokens > 0 ? req.maxTokens : Math.min(this.#d.options.defaultMaxTokens, this.capacity - req.prompt.length);
     const progress = new Map(req.resume.map((p) => [p.index, p]));
     const jobs = Array.from({ length: n }, (_, index) => {

@@ -293,7 +293,7 @@ export class Gateway {
           choices[i]!.finish = finish;
         },
       };
-    const usage = await runGeneration({ nc: this.#nc, vocab: this.#vocab, timeoutMs: this.#c.timeoutMs, leader: this.#leader }, spec, prompt, grammar, sink, abort.signal);
+    const usage = await runGeneration({ nc: this.#nc, vocab: this.#vocab, timeoutMs: this.#c.timeoutMs, leader: this.#leader, log: this.#log }, spec, prompt, grammar, sink, abort.signal);
     if (!spec.stream) return json(res, 200, finalBody(spec, meta, choices, usage));
     if (spec.includeUsage) sse(usageChunk(spec, meta, usage));
     res.end('data: [DONE]\n\n');

@@ -10,6 +10,7 @@ import {
 import type { Msg, NatsConnection, Subscription } from 'nats';
 import { ApiError, fromClusterError } from './errors.ts';
 import type { LeaderWatch } from './leader-watch.ts';
+import type { Logger } from '@strata/log';
 import type { GenerationSpec } from './openai-request.ts';
 import { TextStream } from './text-stream.ts';
 import { context } from '@opentelemetry/api';
@@ -49,6 +50,7 @@ export interface GenerationDeps {
   /** the coordinator must accept within this long, and events must not stop for longer (milliseconds) */
   timeoutMs: number;
   leader: LeaderWatch;
+  log: Logger;
 }
 
 interface Choice {
@@ -83,6 +85,9 @@ function tokenOut(vocab: Vocab, t: SampledToken, withLogprobs: boolean): TokenOu
  */
 const SUBMIT_TRY_MS = 2000;
 
+/** Event gaps a request recovers from (by starting over from what its client has) before it fails. */
+const MAX_GAPS = 3;
+
 /** Whether a submission failed because no coordinator was there to answer (yet). */
 function unanswered(err: unknown): boolean {
   const code = (err as { code?: unknown }).code;
@@ -104,6 +109,8 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
   /** the attempt now running: its request id, events subscription and the term that accepted it */
   let current = null as { requestId: string; sub: Subscription; term: bigint } | null;
   let settled = false;
+  /** event gaps recovered from so far */
+  let gaps = 0;
   const cancel = (indices: number[] = []) => {
     if (current) d.nc.publish(subjects.coordinatorCancel(), encode(CancelRequestSchema, { requestId: current.requestId, indices }));
   };
@@ -141,11 +148,15 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
     }
     const c = choices[ev.index];
     if (!c) return;
-    // Events carry how many tokens came before them: a gap (events lost while NATS
-    // reconnected) fails the request rather than hand the client a stream with a hole.
+    // Events carry how many tokens came before them. A gap (events lost while NATS reconnected)
+    // never reaches the client: the request starts over under a new id from what the client
+    // has, as when a new leader takes over; a few times at most, then it fails retriably.
     if (ev.offset !== c.tokens.length) {
+      if (ev.offset < c.tokens.length) return; // one already had
       cancel();
-      return settle.reject(new ApiError(503, 'events_lost', `tokens ${c.tokens.length}..${ev.offset} of choice ${ev.index} were lost on the way (retry the request)`));
+      if (++gaps > MAX_GAPS) return settle.reject(new ApiError(503, 'events_lost', `tokens ${c.tokens.length}..${ev.offset} of choice ${ev.index} were lost on the way (retry the request)`));
+      d.log.warn('events were lost on the way: the request starts over from what its client has', { choice: ev.index, had: c.tokens.length, offset: ev.offset });
+      return move();
     }
     for (const t of ev.tokens) {
       c.tokens.push(t.token);
@@ -202,8 +213,9 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
         }
         throw err instanceof ApiError ? err : new ApiError(503, 'coordinator_unavailable', `no coordinator answered: ${(err as Error).message} (retry the request)`);
       }
-      // A new leader that has not heard every worker yet knows no pipeline for the model.
-      if (!reply.accepted && reply.error?.code === 'no_pipeline' && resume.length > 0 && Date.now() < deadline && !settled) {
+      // A new leader that has not heard every worker yet knows no pipeline for the model; a
+      // session whose cancelled attempt has a step in flight is busy for a moment.
+      if (!reply.accepted && (reply.error?.code === 'no_pipeline' || reply.error?.code === 'session_busy') && resume.length > 0 && Date.now() < deadline && !settled) {
         await new Promise((r) => setTimeout(r, 200));
         continue;
       }
@@ -216,9 +228,14 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
     }
   };
 
-  /** A new leader: the request moves to it with each choice's progress. */
+  /** A new leader: the request moves to it. */
   const onLeader = (term: bigint) => {
     if (settled || !current || current.term === 0n || term <= current.term) return;
+    d.log.info('a new leader: the request moves to it', { term });
+    move();
+  };
+  /** Sends the request again, under a new id, with each choice's progress. */
+  const move = () => {
     choices.forEach((c, i) => {
       // A choice whose end the client has, or whose last token ended it, needs nothing more.
       if (!c.ended && (c.eog || (spec.maxTokens > 0 && c.tokens.length >= spec.maxTokens))) endChoice(i, c, c.eog ? 'stop' : 'length');
