@@ -17,7 +17,8 @@ import { clusterTransition, initialCluster, type ClusterEffect, type ClusterStat
 import type { CoordinatorConfig } from './config.ts';
 import { CoordinatorError } from './errors.ts';
 import { LeaderLease } from './lease.ts';
-import { PipelineScheduler, publishFailure, refuse, type Rebuild } from './scheduler.ts';
+import { publishFailure, refuse } from './replies.ts';
+import { PipelineScheduler, type Rebuild } from './scheduler.ts';
 import { MigrationLedger, type MigrationRecord } from './ledger.ts';
 import { startMigration } from './migration.ts';
 import { pickRebalance } from './rebalance.ts';

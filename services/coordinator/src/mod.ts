@@ -4,7 +4,8 @@ export { applyPlan, decodeCap, planMicroBatch, type BatchLimits, type PlannedEnt
 export { coordinatorConfig, coordinatorSchema, type CoordinatorConfig } from './config.ts';
 export { Coordinator } from './coordinator.ts';
 export { CoordinatorError } from './errors.ts';
-export { PipelineScheduler, commonPrefix, refuse, type SchedulerDeps, type SchedulerOptions } from './scheduler.ts';
+export { refuse } from './replies.ts';
+export { PipelineScheduler, commonPrefix, type SchedulerDeps, type SchedulerOptions } from './scheduler.ts';
 export { SessionStore, type SessionRecord } from './session-store.ts';
 export { cachedTokens, jobTransition, newJob, type Job, type JobEffect, type JobMsg } from './session.ts';
 export { pickRebalance, type PipelineLoad, type RebalanceMove } from './rebalance.ts';

@@ -12,7 +12,9 @@ import { applyPlan, decodeCap, planMicroBatch, type PlannedEntry } from './batch
 import type { PipelineView } from './cluster.ts';
 import { CoordinatorError } from './errors.ts';
 import { cachedTokens, cellsNeeded, jobTransition, newJob, rebuildJob, type Job, type JobEffect } from './session.ts';
+import { publishFailure, refuse, seqOp } from './replies.ts';
 import type { SessionStore } from './session-store.ts';
+import { planRoom, type Resident } from './seq-room.ts';
 import { countTokens, endRequest, endStep, observeQueue, startStep, type StepTrace } from './telemetry.ts';
 import { headerBytes } from '@strata/telemetry';
 
@@ -42,16 +44,6 @@ export interface SchedulerDeps {
   options: SchedulerOptions;
   /** the coordinator's leader term, on every step and sequence operation (stages fence by it) */
   term: number;
-}
-
-/** A session whose cells stay on this pipeline between its turns. */
-interface Resident {
-  seq: number;
-  /** tokens its sequence holds, positions 0.. */
-  tokens: number[];
-  lastUsedMs: number;
-  busy: boolean;
-  epoch: number;
 }
 
 /** A session as operators see it: where it lives on this pipeline and what it holds. */
@@ -312,16 +304,8 @@ export class PipelineScheduler {
    * and freed in the background.
    */
   #makeRoom(seqs: number, cells: number, keep = '', extra = 0): { seqs: number[]; ops: SeqOp[] } | null {
-    let free = this.#free.length, room = this.capacity - this.#reserved() + extra;
-    const idle = [...this.#residents.entries()].filter(([id, r]) => !r.busy && id !== keep).sort((a, b) => a[1].lastUsedMs - b[1].lastUsedMs);
-    const evict: [string, Resident][] = [];
-    for (const e of idle) {
-      if (free >= seqs && room >= cells) break;
-      evict.push(e);
-      free++;
-      room += e[1].tokens.length;
-    }
-    if (free < seqs || room < cells) return null;
+    const evict = planRoom({ free: this.#free.length, room: this.capacity - this.#reserved() + extra, residents: this.#residents, seqs, cells, keep });
+    if (!evict) return null;
     for (const [id] of evict) this.#residents.delete(id);
     const out: number[] = [], ops: SeqOp[] = [];
     for (let i = 0; i < seqs; i++) {
@@ -789,23 +773,4 @@ export class PipelineScheduler {
       if (reply.error) throw new CoordinatorError(reply.error.code, `worker ${s.workerId}: ${reply.error.message}`);
     }));
   }
-}
-
-/** Ends choices of a request with an error event; `offset`: tokens the choice already sent. */
-export function publishFailure(nc: NatsConnection, req: GenerateRequest, choices: { index: number; offset: number }[], code: string, message: string): void {
-  for (const { index, offset } of choices) {
-    nc.publish(req.eventsSubject, encode(GenerateEventSchema, {
-      requestId: req.requestId, index, offset, finish: FinishReason.ERROR, error: { code, message }, promptTokens: req.prompt.length,
-    }));
-  }
-  endRequest(req, { code, message });
-}
-
-function seqOp(kind: SeqOpKind, seq: number, p0 = -1, p1 = -1): SeqOp {
-  return { $typeName: 'strata.v1.SeqOp', kind, seq, dst: 0, p0, p1, delta: 0 };
-}
-
-/** A refusal as the coordinator answers it. */
-export function refuse(code: string, message: string): GenerateReply {
-  return { $typeName: 'strata.v1.GenerateReply', accepted: false, error: { $typeName: 'strata.v1.Error', code, message, workerId: '' }, cachedTokens: 0, pipelineId: '', coordinatorId: '', term: 0n };
 }

@@ -9,7 +9,7 @@ import { createLogger } from '@strata/log';
 import { natsHeaders, startOtlpReceiver, startTelemetry, telemetryOptions, tracer, type OtlpReceiver, type Telemetry } from '@strata/telemetry';
 import { GenerateReplySchema, GenerateRequestSchema, type GenerateReply, type GenerateRequest } from '@strata/wire';
 import { endRequest, endStep, startStep, tracedAdmit } from './telemetry.ts';
-import { refuse } from './scheduler.ts';
+import { refuse } from './replies.ts';
 
 const accepted: GenerateReply = create(GenerateReplySchema, { accepted: true, pipelineId: 'p0' });
 
