@@ -158,7 +158,8 @@ export class Coordinator {
     // first sequence operations reach them.
     this.#announce();
     for (const p of this.#cluster.pipelines.values()) this.#scheduler(p);
-    await this.#recoverMigrations();
+    // (Redis unreachable: the ledger waits for the next leader; this one still serves.)
+    await this.#recoverMigrations().catch((err: unknown) => this.#log.warn('unfinished migrations could not be read from the ledger', { err }));
     const s = (subject: string, fn: (m: Msg) => void, queue?: string) => this.#leaderSubs.push(this.#sub(subject, fn, queue));
     s(subjects.coordinatorResult(this.id), (m) => this.#onResult(m));
     s(subjects.coordinatorGenerate(), (m) => this.#onGenerate(m), 'coordinator');
@@ -189,8 +190,9 @@ export class Coordinator {
 
   /**
    * A pipeline whose step went unanswered (messages lost in a NATS restart, a stage that hangs),
-   * or that had steps in flight when NATS reconnected, starts over: a fresh scheduler empties every sequence of its stages, and every request on it
-   * is rebuilt there by re-prefill, from the tokens its client has already seen.
+   * or that had steps in flight when NATS reconnected, starts over: a fresh scheduler empties
+   * every sequence of its stages, and every request on it is rebuilt there by re-prefill, from
+   * the tokens its client has already seen.
    */
   #reset(s: PipelineScheduler, why: string): void {
     this.#log.warn('resetting a pipeline', { pipeline: s.view.id, why });

@@ -248,6 +248,13 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
     submit(resume).catch((err: unknown) => settle.reject(err));
   };
   const stopWatching = d.leader.watch(onLeader);
+  // Events published while NATS was away may be lost, the last one of a choice included (no later
+  // event would show the gap): after a reconnect the request starts over from what the client has.
+  const stopReconnect = d.leader.onReconnect(() => {
+    if (settled || !current || current.term === 0n) return;
+    cancel();
+    move();
+  });
   const onAbort = () => {
     cancel();
     settle.reject(new ApiError(499, 'client_closed', 'the client went away'));
@@ -260,6 +267,7 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
   } finally {
     clearTimeout(idle);
     stopWatching();
+    stopReconnect();
     signal.removeEventListener('abort', onAbort);
     current?.sub.unsubscribe();
   }

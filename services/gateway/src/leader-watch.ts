@@ -1,5 +1,6 @@
 // Which coordinator leads, as a gateway hears it: the leader announces itself at every lease
-// renewal, and a higher term means a new leader, to which running requests move.
+// renewal, and a higher term means a new leader, to which running requests move. It also says
+// when the gateway's NATS connection came back: events may have been lost meanwhile.
 import type { Logger } from '@strata/log';
 import { LeaderAnnouncementSchema, decode, subjects } from '@strata/wire';
 import type { NatsConnection, Subscription } from 'nats';
@@ -9,6 +10,7 @@ export class LeaderWatch {
   readonly #sub: Subscription;
   readonly #watchers = new Set<(term: bigint) => void>();
   readonly #waiters = new Set<() => void>();
+  readonly #reconnects = new Set<() => void>();
   #leader: { id: string; term: bigint } | null = null;
 
   constructor(nc: NatsConnection, log: Logger) {
@@ -29,6 +31,19 @@ export class LeaderWatch {
         this.#waiters.clear();
       },
     });
+    void (async () => {
+      for await (const st of nc.status()) {
+        if (st.type !== 'reconnect') continue;
+        log.warn('NATS reconnected: running requests start over from what their clients have');
+        for (const fn of this.#reconnects) fn();
+      }
+    })();
+  }
+
+  /** Calls `fn` whenever the connection to NATS comes back; returns the function that stops it. */
+  onReconnect(fn: () => void): () => void {
+    this.#reconnects.add(fn);
+    return () => this.#reconnects.delete(fn);
   }
 
   /** The leader last announced, or null before the first announcement. */
@@ -58,6 +73,7 @@ export class LeaderWatch {
   stop(): void {
     this.#sub.unsubscribe();
     this.#watchers.clear();
+    this.#reconnects.clear();
     for (const w of [...this.#waiters]) w();
   }
 }
