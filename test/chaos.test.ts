@@ -10,7 +10,7 @@ import { Redis } from 'ioredis';
 import { Vocab } from '@strata/ggml';
 import { Pipeline, ensureDefaultModel } from '@strata/model';
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
-import { clusterState, matchedUntilTie, rebuiltReference } from './helpers/cluster.ts';
+import { clusterState, matchedUntilTie, rebuiltReference, sseEvents, type CompletionChunk } from './helpers/cluster.ts';
 
 const model = ensureDefaultModel();
 const MODEL_ID = 'default-llama-8x256-s42-f16';
@@ -54,23 +54,13 @@ async function stream(url: string, client: number, prompt: string, session: stri
       o.error = ((await r.json()) as { error?: { code?: string } }).error?.code ?? `http_${r.status}`;
       return o;
     }
-    const dec = new TextDecoder();
-    let buf = '';
-    for await (const part of r.body!) {
-      buf += dec.decode(part as Uint8Array, { stream: true });
-      let i;
-      while ((i = buf.indexOf('\n\n')) >= 0) {
-        const ev = buf.slice(0, i);
-        buf = buf.slice(i + 2);
-        if (ev === 'data: [DONE]') continue;
-        const j = JSON.parse(ev.slice(6)) as { choices?: { logprobs: { tokens: string[] } | null; finish_reason: string | null }[]; error?: { code: string } };
-        if (j.error) o.error = j.error.code;
-        for (const t of j.choices?.[0]?.logprobs?.tokens ?? []) {
-          o.tokens.push(t);
-          o.times.push(performance.now());
-        }
-        o.finish = j.choices?.[0]?.finish_reason ?? o.finish;
+    for await (const j of sseEvents<CompletionChunk>(r.body!)) {
+      if (j.error) o.error = j.error.code;
+      for (const t of j.choices?.[0]?.logprobs?.tokens ?? []) {
+        o.tokens.push(t);
+        o.times.push(performance.now());
       }
+      o.finish = j.choices?.[0]?.finish_reason ?? o.finish;
     }
   } catch (err) {
     o.error = `client: ${(err as Error).message}`;

@@ -10,7 +10,7 @@ import { Vocab } from '@strata/ggml';
 import { Pipeline, ensureDefaultModel } from '@strata/model';
 import { SeqOpKind, SeqOpReplySchema, SeqOpRequestSchema, requestOnce, subjects } from '@strata/wire';
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
-import { clusterState, matchedUntilTie, readStream, rebuiltReference } from './helpers/cluster.ts';
+import { clusterState, matchedUntilTie, readStream, rebuiltReference, sseEvents } from './helpers/cluster.ts';
 
 const model = ensureDefaultModel();
 const N = 100;
@@ -126,22 +126,14 @@ describe('coordinator failover', () => {
       body: JSON.stringify({ model: 'default-llama-8x256-s42-f16', messages: [{ role: 'user', content: 'Tell me about the old mill' }], temperature: 0, stream: true, logprobs: true }),
     });
     assert.equal(r.status, 200);
-    let tokens = 0, finish: string | null = null, buf = '';
-    const dec = new TextDecoder();
-    for await (const part of r.body!) {
-      buf += dec.decode(part as Uint8Array, { stream: true });
-      let i;
-      while ((i = buf.indexOf('\n\n')) >= 0) {
-        const ev = buf.slice(0, i);
-        buf = buf.slice(i + 2);
-        if (!ev.startsWith('data: {')) continue;
-        const j = JSON.parse(ev.slice(6)) as { choices: { logprobs: { content: unknown[] } | null; finish_reason: string | null }[]; error?: { message: string } };
-        assert.equal(j.error, undefined, JSON.stringify(j.error));
-        const before = tokens;
-        tokens += j.choices[0]?.logprobs?.content.length ?? 0;
-        finish = j.choices[0]?.finish_reason ?? finish;
-        if (before < 10 && tokens >= 10) cluster.service(leader).proc.kill('SIGTERM');
-      }
+    let tokens = 0, finish: string | null = null;
+    type ChatChunk = { choices: { logprobs: { content: unknown[] } | null; finish_reason: string | null }[]; error?: { message: string } };
+    for await (const j of sseEvents<ChatChunk>(r.body!)) {
+      assert.equal(j.error, undefined, JSON.stringify(j.error));
+      const before = tokens;
+      tokens += j.choices[0]?.logprobs?.content.length ?? 0;
+      finish = j.choices[0]?.finish_reason ?? finish;
+      if (before < 10 && tokens >= 10) cluster.service(leader).proc.kill('SIGTERM');
     }
     assert.equal(finish, 'length');
     assert.equal(tokens, 40, 'the default of --default-max-tokens, across the hand-over');

@@ -52,6 +52,27 @@ export interface Streamed {
   finish: string | null;
 }
 
+/** The JSON of every `data: {…}` server-sent event of a streamed response, as they come. */
+export async function* sseEvents<T>(body: AsyncIterable<unknown>): AsyncGenerator<T> {
+  const dec = new TextDecoder();
+  let buf = '';
+  for await (const part of body) {
+    buf += dec.decode(part as Uint8Array, { stream: true });
+    let i;
+    while ((i = buf.indexOf('\n\n')) >= 0) {
+      const ev = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      if (ev.startsWith('data: {')) yield JSON.parse(ev.slice(6)) as T;
+    }
+  }
+}
+
+/** A completion chunk as the gateway streams it (`logprobs: 0` names the tokens). */
+export interface CompletionChunk {
+  choices?: { logprobs: { tokens: string[] } | null; finish_reason: string | null }[];
+  error?: { code: string; message: string };
+}
+
 /**
  * Reads a completion's server-sent events to the end; `onToken(n)` runs, and is awaited, after
  * the n-th token arrived (the stream waits meanwhile). An error event fails the read.
@@ -59,24 +80,14 @@ export interface Streamed {
 export async function readStream(r: Response, onToken: (n: number) => unknown = () => {}): Promise<Streamed> {
   if (r.status !== 200 || !r.body) throw new Error(`HTTP ${r.status}: ${await r.text()}`);
   const out: Streamed = { tokens: [], times: [], finish: null };
-  const dec = new TextDecoder();
-  let buf = '';
-  for await (const part of r.body) {
-    buf += dec.decode(part as Uint8Array, { stream: true });
-    let i;
-    while ((i = buf.indexOf('\n\n')) >= 0) {
-      const ev = buf.slice(0, i);
-      buf = buf.slice(i + 2);
-      if (ev === 'data: [DONE]') continue;
-      const j = JSON.parse(ev.slice(6)) as { choices: { logprobs: { tokens: string[] } | null; finish_reason: string | null }[]; error?: { message: string } };
-      if (j.error) throw new Error(`error event: ${j.error.message}`);
-      for (const t of j.choices[0]?.logprobs?.tokens ?? []) {
-        out.tokens.push(t);
-        out.times.push(performance.now());
-        await onToken(out.tokens.length);
-      }
-      out.finish = j.choices[0]?.finish_reason ?? out.finish;
+  for await (const j of sseEvents<CompletionChunk>(r.body)) {
+    if (j.error) throw new Error(`error event: ${j.error.message}`);
+    for (const t of j.choices?.[0]?.logprobs?.tokens ?? []) {
+      out.tokens.push(t);
+      out.times.push(performance.now());
+      await onToken(out.tokens.length);
     }
+    out.finish = j.choices?.[0]?.finish_reason ?? out.finish;
   }
   return out;
 }

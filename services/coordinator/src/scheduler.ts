@@ -210,18 +210,29 @@ export class PipelineScheduler {
     return this.#residents.has(session);
   }
 
+  /** The refusal of a request this pipeline can never run (now or ever), or null. */
+  #neverRuns(req: GenerateRequest): GenerateReply | null {
+    const n = Math.max(1, req.n);
+    if (req.prompt.length + Math.max(1, req.maxTokens) > this.capacity) {
+      return refuse('context_length_exceeded', `${req.prompt.length} prompt tokens + ${req.maxTokens || 1} to generate exceed the context of ${this.capacity}`);
+    }
+    if (n > this.#nSeqMax) return refuse('bad_request', `n=${n} choices exceed the ${this.#nSeqMax} sequences of a pipeline`);
+    if (this.#down) return refuse('pipeline_down', `pipeline ${this.view.id} is down`);
+    return null;
+  }
+
+  /** Tokens a request may generate: its max_tokens, else the default within the context. */
+  #maxTokens(req: GenerateRequest): number {
+    return req.maxTokens > 0 ? req.maxTokens : Math.min(this.#d.options.defaultMaxTokens, this.capacity - req.prompt.length);
+  }
+
   /**
    * Admits a request: refused at once (it can never run here, or its session is busy), started,
    * or queued until sequences and cells free up. Accepted requests report failures as events.
    */
   admit(req: GenerateRequest): GenerateReply {
-    const n = Math.max(1, req.n);
-    const limit = this.capacity;
-    if (req.prompt.length + Math.max(1, req.maxTokens) > limit) {
-      return refuse('context_length_exceeded', `${req.prompt.length} prompt tokens + ${req.maxTokens || 1} to generate exceed the context of ${limit}`);
-    }
-    if (n > this.#nSeqMax) return refuse('bad_request', `n=${n} choices exceed the ${this.#nSeqMax} sequences of a pipeline`);
-    if (this.#down) return refuse('pipeline_down', `pipeline ${this.view.id} is down`);
+    const never = this.#neverRuns(req);
+    if (never) return never;
     // Backpressure: the queue holds at most maxQueue requests and queueFactor × the pipeline's
     // cells of reservations; beyond that a caller is told to come back (429) instead of waiting.
     const queuedCells = this.#waiting.reduce((c, r) => c + Math.max(1, r.n) * (r.prompt.length + (r.maxTokens || this.#d.options.defaultMaxTokens)), 0);
@@ -244,10 +255,9 @@ export class PipelineScheduler {
    * down (so it queues as a rebuild, never refused for load); choices that ended stay ended.
    */
   resume(req: GenerateRequest): GenerateReply {
+    const never = this.#neverRuns(req);
+    if (never) return never;
     const n = Math.max(1, req.n);
-    if (req.prompt.length + Math.max(1, req.maxTokens) > this.capacity) return refuse('context_length_exceeded', `${req.prompt.length} prompt tokens + ${req.maxTokens || 1} to generate exceed the context of ${this.capacity}`);
-    if (n > this.#nSeqMax) return refuse('bad_request', `n=${n} choices exceed the ${this.#nSeqMax} sequences of a pipeline`);
-    if (this.#down) return refuse('pipeline_down', `pipeline ${this.view.id} is down`);
     // The session's earlier attempt (cancelled by the gateway) may still have a step in flight.
     if (req.sessionId && (this.#residents.get(req.sessionId)?.busy || this.#migrating.has(req.sessionId))) return refuse('session_busy', `session ${req.sessionId} is still answering an earlier attempt`);
     // Its idle cells here (from that attempt) go: the rebuild prefills everything again.
@@ -256,7 +266,7 @@ export class PipelineScheduler {
       this.#residents.delete(req.sessionId);
       void this.#dropSeq(idle.seq);
     }
-    const maxTokens = req.maxTokens > 0 ? req.maxTokens : Math.min(this.#d.options.defaultMaxTokens, this.capacity - req.prompt.length);
+    const maxTokens = this.#maxTokens(req);
     const progress = new Map(req.resume.map((p) => [p.index, p]));
     const jobs = Array.from({ length: n }, (_, index) => {
       const j = newJob({
@@ -334,7 +344,7 @@ export class PipelineScheduler {
     const n = Math.max(1, req.n);
     const resident = req.sessionId ? this.#residents.get(req.sessionId) : undefined;
     if (resident?.busy || this.#migrating.has(req.sessionId)) return refuse('session_busy', `session ${req.sessionId} is answering another request or moving`);
-    const maxTokens = req.maxTokens > 0 ? req.maxTokens : Math.min(this.#d.options.defaultMaxTokens, this.capacity - req.prompt.length);
+    const maxTokens = this.#maxTokens(req);
     let cached = 0;
     if (resident) {
       cached = commonPrefix(resident.tokens, req.prompt);
