@@ -75,7 +75,7 @@ describe('chaos under steady load', () => {
   before(async () => {
     cluster = await LocalCluster.start({
       model, coordinators: 2, pipelines: 2, workers: 2, port: 0, threads: 1, ctxSize: 1024,
-      coordinatorFlags: ['--lease-ms', '1500', '--worker-timeout-ms', '1500', '--step-timeout-ms', '5000', '--rebalance-high', '0'],
+      coordinatorFlags: ['--lease-ms', '1500', '--worker-timeout-ms', '1500', '--step-deadline-floor-ms', '5000', '--rebalance-high', '0'],
       workerFlags: ['--heartbeat-ms', '250'], gatewayFlags: ['--timeout-ms', '20000'],
     });
   });

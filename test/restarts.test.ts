@@ -51,7 +51,7 @@ describe('a Redis restart', () => {
 describe('a NATS restart', () => {
   let cluster: LocalCluster;
   before(async () => {
-    cluster = await LocalCluster.start({ model, splits: [[{ l0: 0, l1: 4 }, { l0: 4, l1: 8 }]], port: 0, threads: 1, ctxSize: 512, coordinatorFlags: ['--step-timeout-ms', '2000'] });
+    cluster = await LocalCluster.start({ model, splits: [[{ l0: 0, l1: 4 }, { l0: 4, l1: 8 }]], port: 0, threads: 1, ctxSize: 512, coordinatorFlags: ['--step-deadline-floor-ms', '2000'] });
   });
   after(async () => {
     await cluster?.stop();

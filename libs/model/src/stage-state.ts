@@ -31,6 +31,11 @@ export function exportStageState(stage: Stage, seq: number, options: ExportOptio
     if (p >= lo && p < hi && kvCells.hasSeq(i, seq)) picked.push(i);
   }
   const cells = Int32Array.from(picked);
+  // While a batch computes (evalAsync) the rows it writes are not final yet.
+  const writing = stage.computing ? new Set(stage.computing) : null;
+  if (writing && cells.some((c) => writing.has(c))) {
+    throw new ModelError('busy', `sequence ${seq}: a batch computing now writes cells of the positions asked for`);
+  }
   const header: StateHeader = {
     fingerprint: stage.hp.fingerprint, l0, l1, nEmbdKv: kv.nEmbdKv, typeK: kv.type, typeV: kv.type,
     rowBytesK: kv.rowBytes, rowBytesV: kv.rowBytes, nCells: cells.length, p0, p1, rotK: kv.rot.k, rotV: kv.rot.v,

@@ -2,7 +2,7 @@
 // It takes token ids (first stage) or hidden states and returns hidden states or logits.
 import { Backend, GgmlType, Scheduler, getTensor, setTensor } from '@strata/ggml';
 import { GgufFile } from '@strata/gguf';
-import { KvCells, KvStorage, MAX_SEQ, attendedCells, buildMask, hadamardMatrix, type DecodedState } from '@strata/kv-cache';
+import { KvCells, KvStorage, MAX_SEQ, attendedCells, buildMask, hadamardMatrix, type DecodedState, type SlotPlan } from '@strata/kv-cache';
 import { exportStageState, importStageState, type ExportOptions } from './stage-state.ts';
 import { KvCacheFullError, ModelError } from './errors.ts';
 import { nEmbdKvGqa, readHParams, type HParams } from './hparams.ts';
@@ -79,6 +79,14 @@ export interface StageCounters {
   swaPruned: number;
 }
 
+/** A batch whose cells are taken and whose inputs are set, ready to compute. */
+interface PreparedBatch {
+  plan: SlotPlan;
+  n: number;
+  graph: StageGraph;
+  nOutputs: number;
+}
+
 function isIdentity(outputs: Int32Array, n: number): boolean {
   if (outputs.length !== n) return false;
   for (let i = 0; i < n; i++) if (outputs[i] !== i) return false;
@@ -107,6 +115,8 @@ export class Stage {
   #graph: { shape: GraphShape; graph: StageGraph } | null = null;
   /** the K-shift graph, with a scheduler of its own so the step graph stays allocated */
   #shift: { graph: ShiftGraph; sched: Scheduler } | null = null;
+  /** cells the batch in evalAsync writes; null when none computes */
+  #computing: Int32Array | null = null;
   #disposed = false;
 
   private constructor(hp: HParams, range: LayerRange, backend: Backend, cpu: Backend | null, weights: StageWeights, kv: KvStorage, sched: Scheduler, streams: number) {
@@ -183,27 +193,72 @@ export class Stage {
 
   /** Runs one micro-batch; returns hidden states [n * n_embd] or logits [n_outputs * n_vocab]. */
   eval(batch: StageBatch): Float32Array {
+    const b = this.#begin(batch);
+    try {
+      this.#sched.run(b.graph.graph);
+    } catch (err) {
+      this.cells.release(b.plan);
+      throw err;
+    }
+    return this.#end(b);
+  }
+
+  /**
+   * eval() with the graph computed on a native pool thread: the calling thread's event loop is
+   * free until the result comes. Meanwhile the stage takes no other batch and no operation that
+   * changes cells; reading (exporting a sequence the batch does not write) is allowed.
+   */
+  async evalAsync(batch: StageBatch): Promise<Float32Array> {
+    const b = this.#begin(batch);
+    this.#computing = b.plan.cells;
+    try {
+      await this.#sched.runAsync(b.graph.graph);
+    } catch (err) {
+      this.cells.release(b.plan);
+      throw err;
+    } finally {
+      this.#computing = null;
+    }
+    return this.#end(b);
+  }
+
+  /** Cells the batch computing now writes (evalAsync), or null when no batch computes. // [n] */
+  get computing(): Int32Array | null {
+    return this.#computing;
+  }
+
+  /** Checks a batch, takes its cells and sets the graph's inputs: everything before compute. */
+  #begin(batch: StageBatch): PreparedBatch {
     if (this.#disposed) throw new ModelError('bad_input', 'stage was disposed');
+    if (this.#computing) throw new ModelError('busy', 'a batch is computing on this stage');
     const n = batch.pos.length;
     this.#checkBatch(batch, n);
     this.applyShift();
     const plan = this.cells.findSlotFor(batch.seq);
     if (!plan) throw new KvCacheFullError(n, this.cells.size - this.cells.used);
     this.cells.apply(plan, batch.pos, batch.seq);
-    let out: Float32Array;
     try {
-      out = this.#run(batch, plan.cells, n);
+      return { plan, n, ...this.#setInputs(batch, plan.cells, n) };
     } catch (err) {
       this.cells.release(plan);
       throw err;
     }
+  }
+
+  /** Reads the output of a computed batch and does the bookkeeping after it. */
+  #end(b: PreparedBatch): Float32Array {
+    const width = this.isLast ? this.hp.nVocab : this.hp.nEmbd;
+    const out = new Float32Array(width * b.nOutputs);
+    getTensor(b.graph.out, out);
+    this.counters.batches++;
+    this.counters.tokens += b.n;
     // a shard whose layers all attend through the window keeps only what the window still sees
     if (this.#windowedOnly) this.counters.swaPruned += this.cells.pruneSwa(this.hp.nSwa);
-    this.#kvDebug?.(`stage ${formatRange(this.range)} after a batch of ${n}: ${this.cells.debugDump()}`);
+    this.#kvDebug?.(`stage ${formatRange(this.range)} after a batch of ${b.n}: ${this.cells.debugDump()}`);
     return out;
   }
 
-  #run(batch: StageBatch, cells: Int32Array, n: number): Float32Array {
+  #setInputs(batch: StageBatch, cells: Int32Array, n: number): { graph: StageGraph; nOutputs: number } {
     const nKv = attendedCells(this.cells);
     // every token in order needs no row selection (llama.cpp skips it too)
     const outputs = this.isLast && batch.outputs && !isIdentity(batch.outputs, n) ? batch.outputs : null;
@@ -228,13 +283,7 @@ export class Stage {
     if (sg.outIds) setTensor(sg.outIds, outputs!);
     if (sg.rotK) setTensor(sg.rotK, this.#rotation(this.kv.rot.k));
     if (sg.rotV) setTensor(sg.rotV, this.#rotation(this.kv.rot.v));
-    this.#sched.run(sg.graph);
-    const width = this.isLast ? this.hp.nVocab : this.hp.nEmbd;
-    const out = new Float32Array(width * nOutputs);
-    getTensor(sg.out, out);
-    this.counters.batches++;
-    this.counters.tokens += n;
-    return out;
+    return { graph: sg, nOutputs };
   }
 
   /**
@@ -264,6 +313,7 @@ export class Stage {
   /** Re-rotates the keys of cells that seqAdd/seqDivide moved, then marks the shifts applied. */
   applyShift(): void {
     if (!this.cells.hasShift) return;
+    this.#idle();
     this.#shift ??= {
       graph: buildShiftGraph(this.hp, this.weights, this.kv),
       sched: Scheduler.create({ backends: this.#cpu ? [this.backend, this.#cpu] : [this.backend], graphSize: GRAPH_NODES }),
@@ -275,6 +325,11 @@ export class Stage {
     sched.run(graph.graph);
     this.cells.resetShift();
     this.counters.shifts++;
+  }
+
+  /** Cells change only between batches: an operation that changes them throws while one computes. */
+  #idle(): void {
+    if (this.#computing) throw new ModelError('busy', 'a batch is computing on this stage: cells change only between batches');
   }
 
   /** The n×n Hadamard matrix, built once. */
@@ -329,6 +384,7 @@ export class Stage {
 
   /** Drops a sequence's cells in [p0, p1) (negative bounds are open). */
   seqRemove(seq: number, p0 = -1, p1 = -1): boolean {
+    this.#idle();
     return this.cells.seqRemove(seq, p0, p1);
   }
 
@@ -337,22 +393,26 @@ export class Stage {
    * their K/V rows across per-sequence streams.
    */
   seqCopy(src: number, dst: number, p0 = -1, p1 = -1): void {
+    this.#idle();
     const moved = this.cells.seqCopy(src, dst, p0, p1);
     if (moved && moved.from.length > 0) this.kv.moveRows(moved.from, moved.to);
   }
 
   /** Drops every sequence but `seq`. */
   seqKeep(seq: number): void {
+    this.#idle();
     this.cells.seqKeep(seq);
   }
 
   /** Moves `seq`'s positions in [p0, p1) by `delta`; keys are re-rotated before the next batch. */
   seqAdd(seq: number, p0: number, p1: number, delta: number): void {
+    this.#idle();
     this.cells.seqAdd(seq, p0, p1, delta);
   }
 
   /** Divides `seq`'s positions in [p0, p1) by `d`; keys are re-rotated before the next batch. */
   seqDivide(seq: number, p0: number, p1: number, d: number): void {
+    this.#idle();
     this.cells.seqDivide(seq, p0, p1, d);
   }
 
@@ -369,6 +429,7 @@ export class Stage {
    * (see stage-state.ts); a corrupt, truncated or mismatched blob leaves the cache as it was.
    */
   importState(blob: Uint8Array | DecodedState, seq: number): { layers: LayerRange; cells: number } {
+    this.#idle();
     return importStageState(this, blob, seq);
   }
 
@@ -377,6 +438,7 @@ export class Stage {
    * no result changes, and later batches attend over fewer cells. Returns the cells moved.
    */
   defrag(): number {
+    this.#idle();
     const plan = this.cells.defragPlan();
     if (!plan) return 0;
     this.kv.moveRows(plan.from, plan.to);
@@ -387,6 +449,7 @@ export class Stage {
 
   /** Context shift of a full sequence (see KvCells.contextShift); returns the positions dropped. */
   contextShift(seq: number, nKeep: number, nDiscard?: number): number {
+    this.#idle();
     return this.cells.contextShift(seq, nKeep, nDiscard);
   }
 

@@ -93,3 +93,22 @@ test('a rebuilt job prefills what it held and every sample, then samples the nex
   assert.deepEqual(a.generated.map((t) => t.token), [7, 8, 9]);
   assert.deepEqual(cachedTokens(a), [50, 51, 100, 101, 102, 7, 8], 'samples in the prompt are not counted twice');
 });
+
+test('a step budget cuts prompt chunks to what fits its predicted time, always letting 16 tokens through', () => {
+  const a = job('a', 1, 0), b = job('b', 200, 1);
+  applyPlan([{ job: a, tokens: [100], pos0: 0, output: true }]);
+  jobTransition(a, { type: 'sampled', token: tok(0, 7) });
+  a.inflight--;
+  const seen: { fixed: number; pos0: number; cap: number }[] = [];
+  // 1 ms per token: a 20 ms budget leaves 19 prompt tokens next to a's decode
+  const within = (fixed: { tokens: number }, pos0: number, cap: number) => {
+    seen.push({ fixed: fixed.tokens, pos0, cap });
+    return Math.max(0, Math.min(cap, 20 - fixed.tokens));
+  };
+  const plan = planMicroBatch([a, b], { ...limits, prefillWithin: within });
+  assert.equal(shape(plan), 'a:1+1! b:0+19');
+  assert.deepEqual(seen, [{ fixed: 1, pos0: 0, cap: 32 }]);
+  applyPlan(plan!);
+  // nothing fits any more: still 16 tokens, so the prompt advances
+  assert.equal(shape(planMicroBatch([a, b], { ...limits, prefillWithin: () => 0 })), 'b:19+16');
+});

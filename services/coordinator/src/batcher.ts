@@ -1,8 +1,13 @@
 // Continuous batching: which tokens of which jobs go into the next micro-batch. Decoding jobs
 // come first (one token each, at most decodeCap of them so that several micro-batches can be in
-// flight), then prefill chunks fill what is left of the budget, at most prefillChunk prompt
-// tokens per micro-batch so a long prompt never stalls everyone's decoding. Pure.
+// flight), then prefill chunks fill what is left, at most prefillChunk prompt tokens per
+// micro-batch and, with a step budget, only as many as keep the micro-batch's predicted time
+// within it, so a long prompt never stalls everyone's decoding. Pure.
 import { isReady, nextPos, type Job } from './session.ts';
+import { workOf, type StepWork } from './step-cost.ts';
+
+/** Prompt tokens a step budget lets through while a cost is known: at least this many, to make progress. */
+export const MIN_PREFILL = 16;
 
 /** One job's tokens in a micro-batch. */
 export interface PlannedEntry {
@@ -21,6 +26,11 @@ export interface BatchLimits {
   prefillChunk: number;
   /** decoding jobs in a micro-batch at most */
   decodeCap: number;
+  /**
+   * the step budget: how many prompt tokens (up to `cap`) of a sequence at `pos0` may join a
+   * micro-batch that already holds `fixed`; absent: `cap`
+   */
+  prefillWithin?: (fixed: StepWork, pos0: number, cap: number) => number;
 }
 
 /** Plans the next micro-batch from `jobs` (in arrival order); null when none is ready. */
@@ -37,7 +47,10 @@ export function planMicroBatch(jobs: readonly Job[], l: BatchLimits): PlannedEnt
   let prefill = 0;
   for (const j of jobs) {
     if (!isReady(j) || j.fed >= j.prompt.length) continue;
-    const n = Math.min(j.prompt.length - j.fed, l.maxBatch - used, l.prefillChunk - prefill);
+    const cap = Math.min(j.prompt.length - j.fed, l.maxBatch - used, l.prefillChunk - prefill);
+    if (cap <= 0) break;
+    const fixed = workOf(entries.map((e) => ({ tokens: e.tokens.length, pos0: e.pos0 })));
+    const n = l.prefillWithin ? Math.max(l.prefillWithin(fixed, nextPos(j), cap), Math.min(cap, prefill === 0 ? MIN_PREFILL : 0)) : cap;
     if (n <= 0) break;
     entries.push({ job: j, tokens: j.prompt.slice(j.fed, j.fed + n), pos0: nextPos(j), output: j.fed + n === j.prompt.length });
     used += n;

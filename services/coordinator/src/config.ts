@@ -15,7 +15,9 @@ export const coordinatorSchema = {
   defaultMaxTokens: { kind: 'int', doc: 'tokens a request without max_tokens may generate', default: 1024 },
   maxQueue: { kind: 'int', doc: 'requests a pipeline queues at most before answering 429', default: 256 },
   queueFactor: { kind: 'number', doc: 'cells queued requests may reserve, in multiples of a pipeline\'s cells, before 429', default: 4 },
-  stepTimeoutMs: { kind: 'int', doc: 'a step unanswered for this long fails', default: 60000 },
+  stepDeadlineFloorMs: { kind: 'int', doc: 'a step is stuck (its pipeline resets) past --step-deadline-margin times its predicted cost, never sooner than this; also the deadline while its cost is unknown', default: 30000 },
+  stepDeadlineMargin: { kind: 'number', doc: 'how many times its predicted cost a step may take before it is stuck', default: 4 },
+  stepBudgetMs: { kind: 'int', doc: 'prompt tokens in a micro-batch are cut so that its predicted time through the pipeline stays within this (0: only --prefill-chunk limits them)', default: 200 },
   seqOpTimeoutMs: { kind: 'int', doc: 'a sequence operation unanswered for this long fails', default: 5000 },
   migrationRounds: { kind: 'int', doc: 'pre-copy rounds of a migration at most', default: 3 },
   migrationDelta: { kind: 'int', doc: 'a pre-copy round of at most this many new positions goes to the switch', default: 8 },
@@ -38,9 +40,10 @@ export function coordinatorConfig(sources?: Sources): CoordinatorConfig {
   const c = loadConfig(coordinatorSchema, sources);
   const id = c.id ?? `c-${randomBytes(4).toString('hex')}`;
   if (!isId(id)) throw new ConfigError('bad_value', `id '${id}' must be 1-128 of A-Z a-z 0-9 _ -`, 'id');
-  for (const k of ['workerTimeoutMs', 'leaseMs', 'prefillChunk', 'defaultMaxTokens', 'stepTimeoutMs', 'seqOpTimeoutMs', 'migrationRounds', 'pushTimeoutMs', 'maxQueue', 'queueFactor'] as const) {
+  for (const k of ['workerTimeoutMs', 'leaseMs', 'prefillChunk', 'defaultMaxTokens', 'stepDeadlineFloorMs', 'stepDeadlineMargin', 'seqOpTimeoutMs', 'migrationRounds', 'pushTimeoutMs', 'maxQueue', 'queueFactor'] as const) {
     if (c[k] < 1) throw new ConfigError('bad_value', `${k} must be at least 1, got ${c[k]}`, k);
   }
+  if (c.stepBudgetMs < 0) throw new ConfigError('bad_value', `stepBudgetMs must be 0 or more, got ${c.stepBudgetMs}`, 'stepBudgetMs');
   if (c.rebalanceHigh < 0 || c.rebalanceHigh > 1 || c.rebalanceLow < 0 || c.rebalanceLow > 1) throw new ConfigError('bad_value', 'rebalanceHigh and rebalanceLow are fractions 0..1', 'rebalanceHigh');
   return { ...c, id, migration: { maxRounds: c.migrationRounds, deltaPositions: c.migrationDelta, pushTimeoutMs: c.pushTimeoutMs }, telemetry: telemetryOptions(c, 'coordinator', id, sources?.env) };
 }

@@ -23,6 +23,7 @@ import { MigrationLedger, type MigrationRecord } from './ledger.ts';
 import { startMigration } from './migration.ts';
 import { pickRebalance } from './rebalance.ts';
 import { SessionStore } from './session-store.ts';
+import { CostBook } from './step-cost.ts';
 import { listSessions } from './session-list.ts';
 import { tracedAdmit } from './telemetry.ts';
 import { context } from '@opentelemetry/api';
@@ -47,6 +48,8 @@ export class Coordinator {
   readonly #log: Logger;
   readonly #cluster: ClusterState = initialCluster();
   readonly #schedulers = new Map<string, PipelineScheduler>();
+  /** what steps cost each worker's stage */
+  readonly #costs = new CostBook();
   readonly #ledger: MigrationLedger;
   /** session -> migration under way */
   readonly #moving = new Map<string, Promise<MigrationRecord>>();
@@ -204,9 +207,10 @@ export class Coordinator {
 
   #scheduler(view: PipelineView): PipelineScheduler {
     const s = new PipelineScheduler(view, {
-      nc: this.#nc, resultSubject: subjects.coordinatorResult(this.id), store: this.#store, log: this.#log, term: this.#lease.term,
+      nc: this.#nc, resultSubject: subjects.coordinatorResult(this.id), store: this.#store, log: this.#log, term: this.#lease.term, costs: this.#costs,
       options: {
-        prefillChunk: this.#c.prefillChunk, stepTimeoutMs: this.#c.stepTimeoutMs, seqOpTimeoutMs: this.#c.seqOpTimeoutMs,
+        prefillChunk: this.#c.prefillChunk, stepDeadlineFloorMs: this.#c.stepDeadlineFloorMs, stepDeadlineMargin: this.#c.stepDeadlineMargin,
+        stepBudgetMs: this.#c.stepBudgetMs, seqOpTimeoutMs: this.#c.seqOpTimeoutMs,
         defaultMaxTokens: this.#c.defaultMaxTokens, maxQueue: this.#c.maxQueue, queueFactor: this.#c.queueFactor,
       },
     });
@@ -398,7 +402,10 @@ export class Coordinator {
     const now = Date.now();
     this.#apply(clusterTransition(this.#cluster, { type: 'tick', nowMs: now }, this.#c).effects);
     if (!this.#leading) return;
-    for (const s of [...this.#schedulers.values()]) if (s.stalled(now)) this.#reset(s, 'a step went unanswered');
+    for (const s of [...this.#schedulers.values()]) {
+      const why = s.stalled(now);
+      if (why) this.#reset(s, why);
+    }
     this.#rebalance();
   }
 

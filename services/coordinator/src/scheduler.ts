@@ -16,14 +16,19 @@ import { publishFailure, refuse, seqOp } from './replies.ts';
 import type { SessionStore } from './session-store.ts';
 import { planRoom, type Resident } from './seq-room.ts';
 import { countTokens, endRequest, endStep, observeQueue, startStep, type StepTrace } from './telemetry.ts';
+import { stepDeadlineMs, tokensWithin, workOf, type CostBook, type StepWork } from './step-cost.ts';
 import { headerBytes } from '@strata/telemetry';
 
 /** Settings of a scheduler. */
 export interface SchedulerOptions {
   /** prompt tokens per micro-batch at most */
   prefillChunk: number;
-  /** a step unanswered for this long fails its jobs (milliseconds) */
-  stepTimeoutMs: number;
+  /** a step is never stuck sooner than this, nor while its cost is unknown (milliseconds) */
+  stepDeadlineFloorMs: number;
+  /** a step is stuck past this many times its predicted cost */
+  stepDeadlineMargin: number;
+  /** prompt tokens per micro-batch are cut to keep its predicted time within this (ms; 0: off) */
+  stepBudgetMs: number;
   /** a sequence-operation request unanswered for this long fails (milliseconds) */
   seqOpTimeoutMs: number;
   /** tokens a request without max_tokens may generate (cells reserved for it) */
@@ -44,6 +49,8 @@ export interface SchedulerDeps {
   options: SchedulerOptions;
   /** the coordinator's leader term, on every step and sequence operation (stages fence by it) */
   term: number;
+  /** what steps cost each stage, learned from results (kept across this pipeline's resets) */
+  costs: CostBook;
 }
 
 /** A session as operators see it: where it lives on this pipeline and what it holds. */
@@ -81,9 +88,23 @@ export interface Rebuild {
 
 interface InFlight {
   entries: PlannedEntry[];
+  work: StepWork;
   sentMs: number;
   /** its span, ended when its result comes back or it is lost */
   trace: StepTrace;
+}
+
+let lastGeneration = 0n;
+
+/**
+ * A generation for a new scheduler: above every earlier one of this process (and, from the
+ * clock, of most others). Stages drop steps and sequence operations of an older generation of
+ * the same term, so a reset pipeline never runs what its previous scheduler had sent.
+ */
+function nextGeneration(): bigint {
+  const g = BigInt(Date.now()) << 12n;
+  lastGeneration = g > lastGeneration ? g : lastGeneration + 1n;
+  return lastGeneration;
 }
 
 /** Shortest common prefix length of two token lists. */
@@ -96,6 +117,8 @@ export function commonPrefix(a: readonly number[], b: readonly number[]): number
 /** The scheduler of one pipeline. */
 export class PipelineScheduler {
   readonly view: PipelineView;
+  /** this scheduler's generation, on each of its steps and sequence operations */
+  readonly generation = nextGeneration();
   readonly #d: SchedulerDeps;
   readonly #log: Logger;
   readonly #free: number[];
@@ -120,6 +143,8 @@ export class PipelineScheduler {
   /** stops reporting this pipeline's queue depth */
   readonly #unobserve: () => void;
   #down = false;
+  /** when the latest step result came back (the step after it has been the oldest since) */
+  #lastResultMs = 0;
   /** every sequence of the stages has been emptied */
   #clean = false;
 
@@ -144,7 +169,10 @@ export class PipelineScheduler {
   async #empty(): Promise<void> {
     for (let attempt = 0; !this.#down; attempt++) {
       try {
-        await this.#seqOps(this.#free.map((seq) => seqOp(SeqOpKind.REMOVE, seq)));
+        const posMax = await this.#seqOps(this.#free.map((seq) => seqOp(SeqOpKind.REMOVE, seq)));
+        // Every stage and this scheduler agree before the first step: nothing held anywhere.
+        const held = posMax.findIndex((stage) => stage.some((p) => p >= 0));
+        if (held >= 0) throw new CoordinatorError('stage_failed', `worker ${this.view.stages[held]!.workerId} still holds positions after emptying every sequence`);
         this.#clean = true;
         this.#startWaiting();
         return;
@@ -416,11 +444,24 @@ export class PipelineScheduler {
   #pump(): void {
     while (!this.#down && this.#inflight.size < this.depth) {
       const active = this.#jobs.filter((j) => j.finish === null).length;
-      const plan = planMicroBatch(this.#jobs, { maxBatch: this.#maxBatch, prefillChunk: this.#d.options.prefillChunk, decodeCap: decodeCap(active, this.depth) });
+      const plan = planMicroBatch(this.#jobs, {
+        maxBatch: this.#maxBatch, prefillChunk: this.#d.options.prefillChunk, decodeCap: decodeCap(active, this.depth),
+        prefillWithin: this.#d.options.stepBudgetMs > 0 ? (f, p, c) => this.#prefillWithin(f, p, c) : undefined,
+      });
       if (!plan) return;
       applyPlan(plan);
       this.#send(plan);
     }
+  }
+
+  /** The step budget: prompt tokens that keep a micro-batch's predicted time within it. */
+  #prefillWithin(fixed: StepWork, pos0: number, cap: number): number {
+    return tokensWithin((w) => this.#d.costs.predict(this.#route, w), this.#d.options.stepBudgetMs, fixed, pos0, cap);
+  }
+
+  /** worker ids of the stages, in order */
+  get #route(): string[] {
+    return this.view.stages.map((s) => s.workerId);
   }
 
   #send(plan: PlannedEntry[]): void {
@@ -439,10 +480,10 @@ export class PipelineScheduler {
     const trace = startStep(this.view.id, stepId, plan.map((e) => ({
       req: this.#requests.get(e.job.requestId)?.req, prefill: e.pos0 < e.job.pos0 + e.job.prompt.length, tokens: e.tokens.length,
     })));
-    this.#inflight.set(stepId, { entries: plan, sentMs: Date.now(), trace });
+    this.#inflight.set(stepId, { entries: plan, work: workOf(plan.map((e) => ({ tokens: e.tokens.length, pos0: e.pos0 }))), sentMs: Date.now(), trace });
     const header = {
       $typeName: 'strata.v1.StepHeader' as const, stepId, pipelineId: this.view.id, route, hop: 0,
-      replySubject: this.#d.resultSubject, entries, tokens, traceparent: '', stageMs: [], term: BigInt(this.#d.term),
+      replySubject: this.#d.resultSubject, entries, tokens, traceparent: '', stageMs: [], term: BigInt(this.#d.term), generation: this.generation,
     };
     // The trace-context headers count against NATS's max payload.
     for (const chunk of encodeStageInput(header, new Float32Array(0), (this.#d.nc.info?.max_payload ?? 1 << 20) - headerBytes(trace.headers))) {
@@ -455,6 +496,8 @@ export class PipelineScheduler {
     const f = this.#inflight.get(r.stepId);
     if (!f) return; // late: its jobs already failed on a timeout
     this.#inflight.delete(r.stepId);
+    this.#lastResultMs = Date.now();
+    if (!r.error && r.stageMs.length === this.view.stages.length) this.#d.costs.observe(this.#route, f.work, r.stageMs);
     endStep(f.trace, r.error);
     this.#log.debug('step', { step: r.stepId, rttMs: Date.now() - f.sentMs, stageMs: r.stageMs, entries: f.entries.length });
     const bySeq = new Map(r.tokens.map((t) => [t.seq, t]));
@@ -611,8 +654,8 @@ export class PipelineScheduler {
   }
 
   /** Empties a sequence on every stage (before a session moves in). */
-  clearSeq(seq: number): Promise<void> {
-    return this.#seqOps([seqOp(SeqOpKind.REMOVE, seq)]);
+  async clearSeq(seq: number): Promise<void> {
+    await this.#seqOps([seqOp(SeqOpKind.REMOVE, seq)]);
   }
 
   /** Takes a held session off this pipeline; its sequence is emptied and freed. */
@@ -657,14 +700,23 @@ export class PipelineScheduler {
     }
   }
 
-  /** Fails steps unanswered for too long. */
   /**
-   * Whether a step has gone unanswered for longer than the step timeout: its messages were lost
-   * (a NATS restart) or a stage hangs. The coordinator then resets the pipeline.
+   * Why the pipeline is stuck, or null: the oldest step in flight (nothing of this pipeline is
+   * ahead of it on any stage) has been so for longer than its deadline, a margin over what its
+   * work costs these stages (the floor while that is unknown). Its messages were lost (a NATS
+   * restart) or a stage hangs; the coordinator then resets the pipeline. A stage that is only
+   * slow keeps heartbeating and is shown, not reset, until its step is that far behind.
    */
-  stalled(nowMs: number): boolean {
-    for (const f of this.#inflight.values()) if (nowMs - f.sentMs > this.#d.options.stepTimeoutMs) return true;
-    return false;
+  stalled(nowMs: number): string | null {
+    const head = this.#inflight.values().next().value;
+    if (!head) return null;
+    const since = Math.max(head.sentMs, this.#lastResultMs);
+    const o = this.#d.options;
+    const predicted = this.#d.costs.predict(this.#route, head.work);
+    const deadline = stepDeadlineMs(predicted, { floorMs: o.stepDeadlineFloorMs, margin: o.stepDeadlineMargin });
+    if (nowMs - since <= deadline) return null;
+    const expected = predicted === null ? 'its cost is not known yet' : `${Math.round(predicted)} ms predicted for ${head.work.tokens} tokens`;
+    return `a step has been unanswered for ${nowMs - since} ms (deadline ${Math.round(deadline)} ms: ${expected})`;
   }
 
   /**
@@ -771,16 +823,21 @@ export class PipelineScheduler {
     return true;
   }
 
-  /** Sends sequence operations to every stage; throws CoordinatorError if one refuses. */
-  async #seqOps(ops: SeqOp[]): Promise<void> {
-    await Promise.all(this.view.stages.map(async (s) => {
+  /**
+   * Sends sequence operations to every stage; throws CoordinatorError if one refuses. Resolves
+   * with each stage's answer: per op, the highest position its sequence holds after it.
+   */
+  async #seqOps(ops: SeqOp[]): Promise<number[][]> {
+    return Promise.all(this.view.stages.map(async (s) => {
       let reply;
       try {
-        reply = await request(this.#d.nc, subjects.workerSeq(s.workerId), SeqOpRequestSchema, { ops, term: BigInt(this.#d.term) }, SeqOpReplySchema, this.#d.options.seqOpTimeoutMs);
+        reply = await request(this.#d.nc, subjects.workerSeq(s.workerId), SeqOpRequestSchema, { ops, term: BigInt(this.#d.term), generation: this.generation }, SeqOpReplySchema, this.#d.options.seqOpTimeoutMs);
       } catch (err) {
         throw new CoordinatorError('stage_failed', `worker ${s.workerId} did not apply sequence operations: ${(err as Error).message}`);
       }
       if (reply.error) throw new CoordinatorError(reply.error.code, `worker ${s.workerId}: ${reply.error.message}`);
+      if (reply.stale) throw new CoordinatorError('stale_generation', `worker ${s.workerId} serves a newer scheduler of pipeline ${this.view.id}`);
+      return reply.posMax;
     }));
   }
 }

@@ -1,15 +1,16 @@
 // KvTransfer on a worker: the gRPC server that imports pushed KV state into this stage, and the
-// client side that exports a sequence in bounded pieces and pushes them to another stage.
-// Memory stays bounded on both sides: the source holds one piece (about PIECE_BYTES of its rows)
-// at a time and waits when gRPC's flow control says the target is behind; the target
-// holds one blob at a time and imports it as soon as it is whole.
+// client side that exports a sequence in bounded pieces and pushes them to another stage. The
+// stage is on its own thread: exports and imports run there, so this thread only moves bytes.
+// Memory stays bounded on both sides: the source holds two pieces (about PIECE_BYTES of its rows
+// each: the one being sent, the next one being exported meanwhile) and waits when gRPC's flow
+// control says the target is behind; the target imports each blob as soon as it is whole and
+// stops reading while two wait to be imported.
 import { once } from 'node:events';
 import { crc32 } from 'node:zlib';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Metadata, Server, ServerCredentials, credentials, status, type ChannelCredentials, type ServerReadableStream, type sendUnaryData, type ClientWritableStream } from '@grpc/grpc-js';
 import type { Logger } from '@strata/log';
-import type { Stage } from '@strata/model';
 import { KvStateError } from '@strata/kv-cache';
 import { KvTransfer, grpcClient, grpcService, type PushRequest, type PushResponse, type MigrateOutRequest, type MigrateOutReply } from '@strata/wire';
 import { WorkerError } from './errors.ts';
@@ -41,6 +42,16 @@ export function loadSecurity(o: { transferTokenFile?: string; grpcTlsCert?: stri
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
 
+/** What KvTransfer needs of a stage (a StageHost: the stage on its thread). */
+export interface TransferStage {
+  readonly description: { fingerprint: string; l0: number; l1: number; rowBytes: number };
+  /** a sequence's cells in [p0, p1) for layers [l0, l1), in the state format */
+  exportState(seq: number, p0: number, p1: number, l0: number, l1: number): Promise<Uint8Array>;
+  seqPosMax(seq: number): Promise<number>;
+  importState(blob: Uint8Array, seq: number): Promise<{ l0: number; l1: number; cells: number }>;
+  dropSeq(seq: number): Promise<void>;
+}
+
 /** Options of {@link KvTransferServer.start}. */
 export interface KvTransferServerOptions {
   host: string;
@@ -48,7 +59,7 @@ export interface KvTransferServerOptions {
   port: number;
   workerId: string;
   nSeqMax: number;
-  stage: Stage;
+  stage: TransferStage;
   log: Logger;
   security: TransferSecurity;
   /** largest blob taken, in bytes (default MAX_BLOB_BYTES) */
@@ -95,20 +106,41 @@ export class KvTransferServer {
         return;
       }
     }
+    const d = stage.description;
     let header: PushRequest['header'];
     let blob: Buffer[] = [];
     let blobBytes = 0, bytes = 0, cells = 0, done = false;
+    /** imports in order, one after the other; reading pauses while two wait */
+    let imports: Promise<void> = Promise.resolve();
+    let waiting = 0;
     const fail = (code: string, message: string) => {
       if (done) return;
       done = true;
       log.warn('refused a KV push', { code, message, migration: header?.migrationId });
       // The target frees what it took: the sequence is the migration's own.
       if (header && header.targetSeq < nSeqMax) {
-        stage.seqRemove(header.targetSeq);
-        this.#o.onChange?.();
+        void stage.dropSeq(header.targetSeq).then(() => this.#o.onChange?.(), (err: unknown) => log.warn('a refused push\'s sequence could not be emptied', { err }));
       }
       cb(null, reply({ code, message }, cells, bytes));
       call.destroy();
+    };
+    const failWith = (err: unknown) => {
+      if (err instanceof KvStateError) return fail(err.code, err.message);
+      log.error('KV import failed', { err });
+      return fail('import_failed', (err as Error).message);
+    };
+    const importBlob = (whole: Buffer, h: NonNullable<PushRequest['header']>) => {
+      if (++waiting >= 2) call.pause();
+      imports = imports.then(async () => {
+        if (done) return;
+        const r = await stage.importState(whole, h.targetSeq);
+        if (r.l0 !== h.l0 || r.l1 !== h.l1) return fail('layer_mismatch', `a blob of layers ${r.l0}:${r.l1} in a push of ${h.l0}:${h.l1}`);
+        cells += r.cells;
+        this.#o.onChange?.();
+      }).catch(failWith).finally(() => {
+        waiting--;
+        if (!done) call.resume();
+      });
     };
     call.on('data', (m: PushRequest) => {
       if (done) return;
@@ -117,9 +149,9 @@ export class KvTransferServer {
           if (!m.header) return fail('bad_chunk', 'a push starts with its header');
           header = m.header;
           if (header.targetWorkerId !== workerId) return fail('wrong_worker', `pushed to '${header.targetWorkerId}', this is '${workerId}'`);
-          if (header.modelFingerprint !== stage.hp.fingerprint) return fail('model_mismatch', `the state is of model ${header.modelFingerprint}, this worker runs ${stage.hp.fingerprint}`);
-          if (header.l0 >= header.l1 || header.l0 < stage.range.l0 || header.l1 > stage.range.l1) {
-            return fail('layer_mismatch', `layers ${header.l0}:${header.l1} are not within this stage's ${stage.range.l0}:${stage.range.l1}`);
+          if (header.modelFingerprint !== d.fingerprint) return fail('model_mismatch', `the state is of model ${header.modelFingerprint}, this worker runs ${d.fingerprint}`);
+          if (header.l0 >= header.l1 || header.l0 < d.l0 || header.l1 > d.l1) {
+            return fail('layer_mismatch', `layers ${header.l0}:${header.l1} are not within this stage's ${d.l0}:${d.l1}`);
           }
           if (header.targetSeq >= nSeqMax) return fail('bad_chunk', `target seq ${header.targetSeq} is not below ${nSeqMax}`);
           return;
@@ -135,21 +167,20 @@ export class KvTransferServer {
         const whole = Buffer.concat(blob);
         blob = [];
         blobBytes = 0;
-        const r = stage.importState(whole, header.targetSeq);
-        if (r.layers.l0 !== header.l0 || r.layers.l1 !== header.l1) return fail('layer_mismatch', `a blob of layers ${r.layers.l0}:${r.layers.l1} in a push of ${header.l0}:${header.l1}`);
-        cells += r.cells;
-        this.#o.onChange?.();
+        importBlob(whole, header);
       } catch (err) {
-        if (err instanceof KvStateError) return fail(err.code, err.message);
-        log.error('KV import failed', { err });
-        return fail('import_failed', (err as Error).message);
+        failWith(err);
       }
     });
     call.on('end', () => {
       if (done) return;
-      done = true;
-      if (blobBytes > 0) return cb(null, reply({ code: 'truncated', message: 'the push ended inside a blob' }, cells, bytes));
-      cb(null, reply(null, cells, bytes));
+      // Replied once every blob is in.
+      void imports.then(() => {
+        if (done) return;
+        done = true;
+        if (blobBytes > 0) return cb(null, reply({ code: 'truncated', message: 'the push ended inside a blob' }, cells, bytes));
+        cb(null, reply(null, cells, bytes));
+      });
     });
     call.on('error', (err) => {
       if (!done) log.warn('a KV push broke off', { err, migration: header?.migrationId });
@@ -196,20 +227,22 @@ export function closePushClients(): void {
   clients.clear();
 }
 
-/** Exports `req`'s positions and layers in pieces and pushes them to the target; resolves with the target's tally. */
-export async function pushState(stage: Stage, workerId: string, req: MigrateOutRequest, log: Logger, security: TransferSecurity): Promise<MigrateOutReply> {
-  const end = req.p1 < 0 ? stage.seqPosMax(req.seq) + 1 : req.p1;
+/**
+ * Exports `req`'s positions and layers in pieces and pushes them to the target; resolves with the
+ * target's tally. The next piece is exported (on the stage thread) while this one is sent.
+ */
+export async function pushState(stage: TransferStage, workerId: string, req: MigrateOutRequest, log: Logger, security: TransferSecurity): Promise<MigrateOutReply> {
   const client = clientFor(req.targetAddress, security);
   const metadata = new Metadata();
   if (security.token !== null) metadata.set('authorization', `Bearer ${security.token}`);
   // The active context is the push span's (worker.ts runs this inside it).
   injectMetadata(metadata);
-  const rowBytes = stage.kv.rowBytes;
-  const perPiece = Math.max(16, Math.min(4096, Math.floor(PIECE_BYTES / ((req.l1 - req.l0) * 2 * rowBytes))));
+  const perPiece = Math.max(16, Math.min(4096, Math.floor(PIECE_BYTES / ((req.l1 - req.l0) * 2 * stage.description.rowBytes))));
   let sent = 0;
   let callErr: Error | null = null;
   let response: PushResponse | undefined;
   try {
+    const end = req.p1 < 0 ? (await stage.seqPosMax(req.seq)) + 1 : req.p1;
     const call = client.push(metadata, { deadline: Date.now() + (req.timeoutMs || 120_000) }, (err, r) => {
       callErr = err;
       response = r;
@@ -221,14 +254,21 @@ export async function pushState(stage: Stage, workerId: string, req: MigrateOutR
     };
     await write({
       header: {
-        $typeName: 'strata.v1.PushHeader', migrationId: req.migrationId, modelFingerprint: stage.hp.fingerprint, targetWorkerId: req.targetWorkerId,
+        $typeName: 'strata.v1.PushHeader', migrationId: req.migrationId, modelFingerprint: stage.description.fingerprint, targetWorkerId: req.targetWorkerId,
         targetSeq: req.targetSeq, l0: req.l0, l1: req.l1, sourceWorkerId: workerId,
       },
       data: new Uint8Array(0), crc32: 0, endOfBlob: false,
     });
-    for (let a = Math.max(0, req.p0); a < end; a += perPiece) {
-      // One piece at a time: export (synchronous: the cells are those of this moment), send, next.
-      const blob = stage.exportState(req.seq, { p0: a, p1: Math.min(end, a + perPiece), layers: { l0: req.l0, l1: req.l1 } });
+    const piece = (a: number) => {
+      const p = stage.exportState(req.seq, a, Math.min(end, a + perPiece), req.l0, req.l1);
+      p.catch(() => {}); // awaited below, or dropped with the push
+      return p;
+    };
+    const p0 = Math.max(0, req.p0);
+    let next = p0 < end ? piece(p0) : null;
+    for (let a = p0; next; a += perPiece) {
+      const blob = await next;
+      next = a + perPiece < end ? piece(a + perPiece) : null;
       for (let o = 0; o < blob.length; o += CHUNK_BYTES) {
         const data = blob.subarray(o, Math.min(blob.length, o + CHUNK_BYTES));
         await write({ data, crc32: crc32(data) >>> 0, endOfBlob: o + CHUNK_BYTES >= blob.length });

@@ -1,13 +1,11 @@
-// Runs micro-batches on a stage: checks a step against what this worker is, evaluates it, and on
+// Runs micro-batches on a stage (on the worker's stage thread): checks a step against what this worker is, evaluates it, and on
 // the last stage samples each entry that asks for a token.
 import { KvCacheFullError, ModelError, type Stage } from '@strata/model';
 import type { SampledToken, SeqOp, StepHeader } from '@strata/wire';
 import { SeqOpKind } from '@strata/wire';
 import { WorkerError } from './errors.ts';
 import type { SamplerSet } from './samplers.ts';
-
-/** What a step produced: hidden states for the next stage, or the sampled tokens. */
-export type StepOutput = { kind: 'hidden'; hidden: Float32Array } | { kind: 'tokens'; tokens: SampledToken[] };
+import type { StepOutput } from './stage-protocol.ts';
 
 /** Options of a {@link StepRunner}. */
 export interface StepRunnerOptions {
@@ -31,8 +29,11 @@ export class StepRunner {
     this.#o = options;
   }
 
-  /** Runs one micro-batch; a step that does not fit this stage throws WorkerError('bad_step'). */
-  run(h: StepHeader, hidden: Float32Array): StepOutput {
+  /**
+   * Runs one micro-batch (the graph computes off this thread's event loop); a step that does not
+   * fit this stage throws WorkerError('bad_step').
+   */
+  async run(h: StepHeader, hidden: Float32Array): Promise<StepOutput> {
     const { stage } = this;
     const bad = (why: string) => new WorkerError('bad_step', `step ${h.stepId}: ${why}`);
     if (h.route[h.hop] !== this.#o.workerId) throw bad(`routed to '${h.route[h.hop] ?? ''}', this is '${this.#o.workerId}'`);
@@ -62,7 +63,7 @@ export class StepRunner {
     // A step of prompt chunks only samples nothing; the last stage still computes one row of
     // logits (a stage outputs at least one token) and drops it: one row of the head, next to a
     // chunk's worth of layers.
-    const out = stage.eval({
+    const out = await stage.evalAsync({
       tokens: stage.isFirst ? Int32Array.from(h.tokens) : undefined,
       hidden: stage.isFirst ? undefined : hidden,
       pos,

@@ -1,23 +1,23 @@
-// The worker process: one stage on NATS. It heartbeats what it serves, runs the micro-batches
-// routed to it, forwards activations to the next stage, and answers sequence operations and
-// stats requests. Steps run one at a time in arrival order (evaluation is synchronous).
+// The worker process: one stage on NATS. Its main thread never computes: the stage (weights,
+// KV cache, samplers) lives on a stage thread (stage-thread.ts) that runs steps, sequence
+// operations and imports in arrival order, while this thread heartbeats, answers stats, receives
+// and decodes the next micro-batches and serves KvTransfer, however long a step takes.
 // Coordinators' messages carry their leader term: a stage drops whatever comes with a term below
 // the newest leader announced, fencing out a deposed leader. (Only announcements raise it: a
-// garbled step or sequence operation cannot fence the real leader out.)
-import { Vocab } from '@strata/ggml';
+// garbled step or sequence operation cannot fence the real leader out.) Steps and sequence
+// operations also carry their pipeline's generation: after a reset, the stage thread drops what
+// the pipeline's earlier scheduler sent, so no stale step refills a sequence the new one emptied.
 import { redactUrl, type Logger } from '@strata/log';
-import { Stage, parseRange, readHParams } from '@strata/model';
-import { GgufFile } from '@strata/gguf';
+import type { StageMemory } from '@strata/model';
 import { natsOptions,
   DrainReplySchema, DrainRequestSchema, HeartbeatSchema, LeaderAnnouncementSchema, MigrateOutReplySchema, MigrateOutRequestSchema, SeqOpReplySchema, SeqOpRequestSchema, StageInputAssembler, StageStatsSchema, StepResultSchema,
-  decode, encode, encodeStageInput, request, subjects, type StageCounters, type StageInfo, type StepHeader,
+  decode, encode, encodeStageInput, request, subjects, type StageCounters, type StageInfo, type StageLoad, type StepHeader,
 } from '@strata/wire';
 import { connect, type Msg, type NatsConnection, type Subscription } from 'nats';
 import type { WorkerConfig } from './config.ts';
 import { WorkerError } from './errors.ts';
-import { SamplerSet } from './samplers.ts';
 import { KvTransferServer, closePushClients, loadSecurity, pushState, type TransferSecurity } from './kv-transfer.ts';
-import { StepRunner, stepErrorCode } from './step-runner.ts';
+import { StageHost } from './stage-host.ts';
 import { endStage, observeKvCells, startStage, tracePush } from './telemetry.ts';
 import { context } from '@opentelemetry/api';
 import { headerBytes } from '@strata/telemetry';
@@ -28,16 +28,15 @@ const PARTIAL_STEP_MS = 30_000;
 /** A running worker. stop() drains and frees everything; it is idempotent. */
 export class Worker {
   readonly info: StageInfo;
-  readonly #runner: StepRunner;
+  readonly #host: StageHost;
   readonly #nc: NatsConnection;
   readonly #log: Logger;
-  readonly #vocab: Vocab | null;
-  readonly #samplers: SamplerSet | null;
   readonly #assembler = new StageInputAssembler();
   readonly #subs: Subscription[] = [];
   #kv: KvTransferServer | null = null;
   #security: TransferSecurity = { token: null, tls: null };
   readonly #io = { steps: 0n, bytesIn: 0n, bytesOut: 0n };
+  #memory: StageMemory;
   #timer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | null = null;
   #draining = false;
@@ -45,58 +44,59 @@ export class Worker {
   #unobserve: () => void = () => {};
   /** the newest leader's term */
   #term = 0n;
+  /** rejects when the stage thread dies on its own: the worker cannot serve any more */
+  readonly failed: Promise<never>;
+  #fail: (err: Error) => void = () => {};
 
-  private constructor(c: WorkerConfig, stage: Stage, vocab: Vocab | null, nc: NatsConnection, log: Logger) {
+  private constructor(c: WorkerConfig, host: StageHost, nc: NatsConnection, log: Logger) {
+    this.#host = host;
     this.#nc = nc;
     this.#log = log;
-    this.#vocab = vocab;
-    this.#samplers = stage.isLast ? new SamplerSet(stage.hp.nVocab, vocab) : null;
-    this.#runner = new StepRunner(stage, this.#samplers, { workerId: c.id, nSeqMax: c.nSeqMax, maxBatch: c.maxBatch });
-    const hp = stage.hp;
+    this.#memory = host.memoryAtLoad;
+    this.failed = new Promise<never>((_, reject) => {
+      this.#fail = reject;
+    });
+    this.failed.catch(() => {});
+    const d = host.description;
     this.info = {
       $typeName: 'strata.v1.StageInfo',
-      workerId: c.id, modelFingerprint: hp.fingerprint, modelId: c.modelId, nLayer: hp.nLayer,
-      l0: stage.range.l0, l1: stage.range.l1, device: c.device, kvCells: stage.cells.size, kvStreams: 1,
-      nSeqMax: c.nSeqMax, maxBatch: c.maxBatch, nVocab: hp.nVocab, nEmbd: hp.nEmbd, nCtxTrain: hp.nCtxTrain,
+      workerId: c.id, modelFingerprint: d.fingerprint, modelId: c.modelId, nLayer: d.nLayer,
+      l0: d.l0, l1: d.l1, device: c.device, kvCells: d.kvCells, kvStreams: 1,
+      nSeqMax: c.nSeqMax, maxBatch: c.maxBatch, nVocab: d.nVocab, nEmbd: d.nEmbd, nCtxTrain: d.nCtxTrain,
       startedAtMs: BigInt(Date.now()), grpcAddress: '', kvType: c.kvTypeName, group: c.group,
+    };
+    host.onLog = (level, message, fields) => this.#log[level](message, fields);
+    host.onFatal = (err) => {
+      this.#log.error('the stage thread died', { err });
+      this.#fail(err);
+      void this.stop();
     };
   }
 
-  /** Loads the stage, connects to NATS, subscribes and starts heartbeating. */
+  /** Loads the stage on its thread, connects to NATS, subscribes and starts heartbeating. */
   static async start(c: WorkerConfig, log: Logger): Promise<Worker> {
-    const file = GgufFile.open(c.model);
-    let stage: Stage | undefined;
-    let vocab: Vocab | null = null;
-    try {
-      const hp = readHParams(file);
-      const range = c.layers ? parseRange(c.layers) : { l0: 0, l1: hp.nLayer };
-      stage = Stage.load(file, hp, { model: c.model, range, threads: c.threads, device: c.device, ctxSize: c.ctxSize, kvType: c.kvType, maxBatch: c.maxBatch });
-      if (stage.isLast) vocab = Vocab.load(c.model);
-    } catch (err) {
-      stage?.dispose();
-      throw err;
-    } finally {
-      file.close();
-    }
+    const host = await StageHost.start({
+      workerId: c.id, model: c.model, layers: c.layers, threads: c.threads, device: c.device, ctxSize: c.ctxSize, kvType: c.kvType,
+      maxBatch: c.maxBatch, nSeqMax: c.nSeqMax, kvDebug: c.kvDebug, testStepDelayMs: c.testStepDelayMs, testStepDelayMinTokens: c.testStepDelayMinTokens,
+    });
     let nc: NatsConnection;
     try {
       nc = await connect(natsOptions(c.natsUrl, `strata-worker-${c.id}`));
     } catch (err) {
-      stage.dispose();
-      vocab?.dispose();
+      await host.close();
       throw err;
     }
-    const w = new Worker(c, stage, vocab, nc, log.child({ worker: c.id }));
+    const w = new Worker(c, host, nc, log.child({ worker: c.id }));
     try {
       w.#security = loadSecurity(c);
-      w.#kv = await KvTransferServer.start({ security: w.#security, host: c.grpcHost, port: c.grpcPort, workerId: c.id, nSeqMax: c.nSeqMax, stage, log: w.#log, maxBlobBytes: c.transferMaxBlobBytes, onChange: () => w.#heartbeat() });
+      w.#kv = await KvTransferServer.start({ security: w.#security, host: c.grpcHost, port: c.grpcPort, workerId: c.id, nSeqMax: c.nSeqMax, stage: host, log: w.#log, maxBlobBytes: c.transferMaxBlobBytes, onChange: () => w.#heartbeat() });
     } catch (err) {
       await w.stop();
       throw err;
     }
     w.info.grpcAddress = c.grpcAdvertise ?? w.#kv.address;
     w.#subscribe();
-    w.#unobserve = observeKvCells(c.id, () => ({ used: w.#runner.stage.cells.used, total: w.#runner.stage.cells.size }));
+    w.#unobserve = observeKvCells(c.id, () => ({ used: w.#host.snapshot.used, total: w.info.kvCells }));
     w.#heartbeat();
     w.#timer = setInterval(() => {
       w.#heartbeat();
@@ -108,7 +108,7 @@ export class Worker {
 
   /** the stage's counters and the worker's traffic */
   counters(): StageCounters {
-    const c = this.#runner.stage.counters;
+    const c = this.#host.snapshot.counters;
     return {
       $typeName: 'strata.v1.StageCounters',
       batches: BigInt(c.batches), tokens: BigInt(c.tokens), graphReuses: BigInt(c.graphReuses), shifts: BigInt(c.shifts),
@@ -116,10 +116,19 @@ export class Worker {
     };
   }
 
+  /** What the stage computes now and what its last step cost. */
+  load(): StageLoad {
+    const s = this.#host.snapshot;
+    return {
+      $typeName: 'strata.v1.StageLoad', busyStepId: s.busy?.stepId ?? 0n, busyTokens: s.busy?.tokens ?? 0, busyMs: s.busy ? Math.max(0, Date.now() - s.busy.sinceMs) : 0,
+      queued: s.queued, lastStepTokens: s.lastStep?.tokens ?? 0, lastStepMs: s.lastStep?.ms ?? 0,
+    };
+  }
+
   #subscribe(): void {
     const id = this.info.workerId;
     this.#subs.push(this.#nc.subscribe(subjects.workerStep(id), { callback: (err, m) => err ? this.#log.error('step subscription', { err }) : this.#onStep(m) }));
-    this.#subs.push(this.#nc.subscribe(subjects.workerSeq(id), { callback: (err, m) => err ? this.#log.error('seq subscription', { err }) : this.#onSeq(m) }));
+    this.#subs.push(this.#nc.subscribe(subjects.workerSeq(id), { callback: (err, m) => err ? this.#log.error('seq subscription', { err }) : void this.#onSeq(m) }));
     this.#subs.push(this.#nc.subscribe(subjects.workerMigrate(id), { callback: (err, m) => err ? this.#log.error('migrate subscription', { err }) : void this.#onMigrate(m) }));
     this.#subs.push(this.#nc.subscribe(subjects.coordinatorLeader(), { callback: (err, m) => err ? this.#log.error('leader subscription', { err }) : this.#onLeader(m) }));
     this.#subs.push(this.#nc.subscribe(subjects.workerStats(id), { callback: (err, m) => err ? this.#log.error('stats subscription', { err }) : this.#onStats(m) }));
@@ -127,20 +136,21 @@ export class Worker {
 
   #heartbeat(): void {
     if (this.#nc.isClosed()) return;
-    const cells = this.#runner.stage.cells;
+    const s = this.#host.snapshot;
     this.#nc.publish(subjects.workerHeartbeat(), encode(HeartbeatSchema, {
-      stage: this.info, kvCellsUsed: cells.used, sequences: countSequences(this.#runner.stage, this.info.nSeqMax),
-      counters: this.counters(), sentAtMs: BigInt(Date.now()), draining: this.#draining,
+      stage: this.info, kvCellsUsed: s.used, sequences: s.sequences,
+      counters: this.counters(), sentAtMs: BigInt(Date.now()), draining: this.#draining, load: this.load(),
     }));
   }
 
+  /** Takes a chunk of a step; a whole step goes to the stage thread at once, in arrival order. */
   #onStep(m: Msg): void {
     this.#io.bytesIn += BigInt(m.data.length);
     let whole;
     try {
       whole = this.#assembler.add(m.data);
     } catch (err) {
-      // Without a whole header there is no one to answer: the coordinator's step timeout covers it.
+      // Without a whole header there is no one to answer: the coordinator's step deadline covers it.
       this.#log.warn('refused a step chunk', { err });
       return;
     }
@@ -151,12 +161,22 @@ export class Worker {
       this.#log.warn('dropped a step of a deposed leader', { step: h.stepId, term: h.term, newest: this.#term });
       return;
     }
+    void this.#runStep(h, whole.hidden, m);
+  }
+
+  async #runStep(h: StepHeader, hidden: Float32Array, m: Msg): Promise<void> {
     const t0 = performance.now();
     const stage = startStage(this.info, h, m.headers);
     let failure: unknown;
     try {
-      const out = this.#runner.run(h, whole.hidden);
-      h.stageMs.push(performance.now() - t0);
+      const answer = await this.#host.step(h, hidden);
+      if ('stale' in answer) {
+        this.#log.debug('dropped a step of an earlier generation of its pipeline', { step: h.stepId, generation: h.generation });
+        endStage(stage, performance.now() - t0, undefined);
+        return;
+      }
+      const out = answer.output;
+      h.stageMs.push(answer.ms);
       if (out.kind === 'hidden') {
         const next = h.route[h.hop + 1];
         if (next === undefined) throw new WorkerError('bad_step', `step ${h.stepId}: no stage after hop ${h.hop} but this stage is not the last`);
@@ -171,7 +191,7 @@ export class Worker {
       }
     } catch (err) {
       failure = err;
-      const code = stepErrorCode(err);
+      const code = err instanceof WorkerError ? err.code : 'stage_failed';
       if (code === 'stage_failed') context.with(stage.context, () => this.#log.error('step failed', { step: h.stepId, err }));
       this.#reply(h, { stepId: h.stepId, pipelineId: h.pipelineId, error: { code, message: (err as Error).message, workerId: this.info.workerId } });
     }
@@ -200,12 +220,14 @@ export class Worker {
     this.#nc.publish(h.replySubject, encode(StepResultSchema, result));
   }
 
-  #onSeq(m: Msg): void {
+  /** Sequence operations run on the stage thread in order with the steps that came before them. */
+  async #onSeq(m: Msg): Promise<void> {
     try {
       const req = decode(SeqOpRequestSchema, m.data, m.subject);
       if (this.#stale(req.term)) throw new WorkerError('stale_leader', `term ${req.term} is older than ${this.#term}: another coordinator leads`);
-      const posMax = this.#runner.seqOps(req.ops);
-      m.respond(encode(SeqOpReplySchema, { posMax, kvCellsUsed: this.#runner.stage.cells.used }));
+      const r = await this.#host.seqOps(req.ops, { term: req.term, generation: req.generation });
+      if ('stale' in r) m.respond(encode(SeqOpReplySchema, { stale: true, kvCellsUsed: this.#host.snapshot.used }));
+      else m.respond(encode(SeqOpReplySchema, { posMax: r.posMax, kvCellsUsed: this.#host.snapshot.used }));
     } catch (err) {
       const code = err instanceof WorkerError ? err.code : 'bad_request';
       m.respond(encode(SeqOpReplySchema, { error: { code, message: (err as Error).message, workerId: this.info.workerId } }));
@@ -217,11 +239,11 @@ export class Worker {
     try {
       const req = decode(MigrateOutRequestSchema, m.data, m.subject);
       if (this.#stale(req.term)) throw new WorkerError('stale_leader', `term ${req.term} is older than ${this.#term}: another coordinator leads`);
-      const r = this.#runner.stage.range;
+      const r = { l0: this.info.l0, l1: this.info.l1 };
       if (req.seq >= this.info.nSeqMax) throw new WorkerError('bad_request', `seq ${req.seq} is not below ${this.info.nSeqMax}`);
       if (req.l0 >= req.l1 || req.l0 < r.l0 || req.l1 > r.l1) throw new WorkerError('bad_request', `layers ${req.l0}:${req.l1} are not within ${r.l0}:${r.l1}`);
       if (!req.targetAddress) throw new WorkerError('bad_request', 'no target address');
-      out = await tracePush(req, m.headers, () => pushState(this.#runner.stage, this.info.workerId, req, this.#log, this.#security));
+      out = await tracePush(req, m.headers, () => pushState(this.#host, this.info.workerId, req, this.#log, this.#security));
     } catch (err) {
       const code = err instanceof WorkerError ? err.code : 'bad_request';
       out = { error: { code, message: (err as Error).message, workerId: this.info.workerId } };
@@ -229,13 +251,17 @@ export class Worker {
     m.respond(encode(MigrateOutReplySchema, out));
   }
 
+  /** Answers at once with what the stage said last; the memory is refreshed for the next ask. */
   #onStats(m: Msg): void {
-    const mem = this.#runner.stage.memory();
+    const mem = this.#memory;
     const big = (r: Record<string, number>) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, BigInt(v)]));
     m.respond(encode(StageStatsSchema, {
-      stage: this.info, counters: this.counters(), kvCellsUsed: this.#runner.stage.cells.used,
+      stage: this.info, counters: this.counters(), kvCellsUsed: this.#host.snapshot.used, load: this.load(),
       weightsBytes: big(mem.weights), kvBytes: big(mem.kv), computeBytes: big(mem.compute),
     }));
+    this.#host.memory().then((fresh) => {
+      this.#memory = fresh;
+    }, () => {});
   }
 
   /**
@@ -273,17 +299,9 @@ export class Worker {
       } catch (err) {
         this.#log.warn('NATS drain failed', { err });
       }
-      this.#samplers?.dispose();
-      this.#runner.stage.dispose();
-      this.#vocab?.dispose();
+      await this.#host.close();
       this.#log.info('worker stopped');
     })();
     return this.#stopping;
   }
-}
-
-function countSequences(stage: Stage, nSeqMax: number): number {
-  let n = 0;
-  for (let s = 0; s < nSeqMax; s++) if (stage.seqPosMax(s) >= 0) n++;
-  return n;
 }

@@ -10,6 +10,8 @@ import { Worker, workerConfig, workerSchema } from '@strata/worker';
 /** Something that runs until stopped. */
 interface Service {
   stop(): Promise<void>;
+  /** rejects if the service fails on its own (then it has stopped, and the process exits 1) */
+  failed?: Promise<never>;
 }
 
 /** Resolves on the first SIGINT or SIGTERM. */
@@ -42,7 +44,13 @@ async function serve<S extends Service>(start: () => Promise<S>, out: NodeJS.Wri
     throw err;
   }
   if (ready) out.write(`${ready(service)}\n`);
-  await untilSignal();
+  try {
+    await Promise.race([untilSignal(), service.failed ?? new Promise<never>(() => {})]);
+  } catch {
+    await service.stop();
+    await tel?.shutdown();
+    return 1;
+  }
   // A second signal cuts the graceful stop short.
   void untilSignal().then(() => process.exit(1));
   await graceful(service);

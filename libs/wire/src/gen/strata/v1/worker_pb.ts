@@ -21,7 +21,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file strata/v1/worker.proto.
  */
 export const file_strata_v1_worker: GenFile = /*@__PURE__*/
-  fileDesc("ChZzdHJhdGEvdjEvd29ya2VyLnByb3RvEglzdHJhdGEudjEi0wIKCVN0YWdlSW5mbxIRCgl3b3JrZXJfaWQYASABKAkSGQoRbW9kZWxfZmluZ2VycHJpbnQYAiABKAkSEAoIbW9kZWxfaWQYAyABKAkSDwoHbl9sYXllchgEIAEoDRIKCgJsMBgFIAEoDRIKCgJsMRgGIAEoDRIOCgZkZXZpY2UYByABKAkSEAoIa3ZfY2VsbHMYCCABKA0SEgoKa3Zfc3RyZWFtcxgJIAEoDRIRCgluX3NlcV9tYXgYCiABKA0SEQoJbWF4X2JhdGNoGAsgASgNEg8KB25fdm9jYWIYDCABKA0SDgoGbl9lbWJkGA0gASgNEhMKC25fY3R4X3RyYWluGA4gASgNEhUKDXN0YXJ0ZWRfYXRfbXMYDyABKAQSFAoMZ3JwY19hZGRyZXNzGBAgASgJEg8KB2t2X3R5cGUYESABKAkSDQoFZ3JvdXAYEiABKAkirAEKCUhlYXJ0YmVhdBIjCgVzdGFnZRgBIAEoCzIULnN0cmF0YS52MS5TdGFnZUluZm8SFQoNa3ZfY2VsbHNfdXNlZBgCIAEoDRIRCglzZXF1ZW5jZXMYAyABKA0SKgoIY291bnRlcnMYBCABKAsyGC5zdHJhdGEudjEuU3RhZ2VDb3VudGVycxISCgpzZW50X2F0X21zGAUgASgEEhAKCGRyYWluaW5nGAYgASgIIq8BCg1TdGFnZUNvdW50ZXJzEg8KB2JhdGNoZXMYASABKAQSDgoGdG9rZW5zGAIgASgEEhQKDGdyYXBoX3JldXNlcxgDIAEoBBIOCgZzaGlmdHMYBCABKAQSDwoHZGVmcmFncxgFIAEoBBISCgpzd2FfcHJ1bmVkGAYgASgEEg0KBXN0ZXBzGAcgASgEEhAKCGJ5dGVzX2luGAggASgEEhEKCWJ5dGVzX291dBgJIAEoBCJ/CglTdGVwRW50cnkSCwoDc2VxGAEgASgNEhAKCG5fdG9rZW5zGAIgASgNEgwKBHBvczAYAyABKA0SDgoGb3V0cHV0GAQgASgIEiUKCHNhbXBsaW5nGAUgASgLMhMuc3RyYXRhLnYxLlNhbXBsaW5nEg4KBnJlcGxheRgGIAMoBSLRAQoKU3RlcEhlYWRlchIPCgdzdGVwX2lkGAEgASgEEhMKC3BpcGVsaW5lX2lkGAIgASgJEg0KBXJvdXRlGAMgAygJEgsKA2hvcBgEIAEoDRIVCg1yZXBseV9zdWJqZWN0GAUgASgJEiUKB2VudHJpZXMYBiADKAsyFC5zdHJhdGEudjEuU3RlcEVudHJ5Eg4KBnRva2VucxgHIAMoBRITCgt0cmFjZXBhcmVudBgIIAEoCRIQCghzdGFnZV9tcxgJIAMoAhIMCgR0ZXJtGAogASgEInEKClN0YWdlSW5wdXQSJQoGaGVhZGVyGAEgASgLMhUuc3RyYXRhLnYxLlN0ZXBIZWFkZXISDQoFY2h1bmsYAiABKA0SDgoGY2h1bmtzGAMgASgNEg8KB3N0ZXBfaWQYBCABKAQSDAoEZGF0YRgFIAEoDCIuCgxUb2tlbkxvZ3Byb2ISDQoFdG9rZW4YASABKAUSDwoHbG9ncHJvYhgCIAEoAiJuCgxTYW1wbGVkVG9rZW4SCwoDc2VxGAEgASgNEg0KBXRva2VuGAIgASgFEgsKA2VvZxgDIAEoCBIPCgdsb2dwcm9iGAQgASgCEiQKA3RvcBgFIAMoCzIXLnN0cmF0YS52MS5Ub2tlbkxvZ3Byb2IijgEKClN0ZXBSZXN1bHQSDwoHc3RlcF9pZBgBIAEoBBITCgtwaXBlbGluZV9pZBgCIAEoCRInCgZ0b2tlbnMYAyADKAsyFy5zdHJhdGEudjEuU2FtcGxlZFRva2VuEh8KBWVycm9yGAQgASgLMhAuc3RyYXRhLnYxLkVycm9yEhAKCHN0YWdlX21zGAUgAygCImwKBVNlcU9wEiIKBGtpbmQYASABKA4yFC5zdHJhdGEudjEuU2VxT3BLaW5kEgsKA3NlcRgCIAEoDRILCgNkc3QYAyABKA0SCgoCcDAYBCABKAUSCgoCcDEYBSABKAUSDQoFZGVsdGEYBiABKAUiOwoMU2VxT3BSZXF1ZXN0Eh0KA29wcxgBIAMoCzIQLnN0cmF0YS52MS5TZXFPcBIMCgR0ZXJtGAIgASgEIlUKClNlcU9wUmVwbHkSHwoFZXJyb3IYASABKAsyEC5zdHJhdGEudjEuRXJyb3ISFQoNa3ZfY2VsbHNfdXNlZBgCIAEoDRIPCgdwb3NfbWF4GAMgAygFIg4KDFN0YXRzUmVxdWVzdCLEAwoKU3RhZ2VTdGF0cxIjCgVzdGFnZRgBIAEoCzIULnN0cmF0YS52MS5TdGFnZUluZm8SKgoIY291bnRlcnMYAiABKAsyGC5zdHJhdGEudjEuU3RhZ2VDb3VudGVycxIVCg1rdl9jZWxsc191c2VkGAMgASgNEj4KDXdlaWdodHNfYnl0ZXMYBCADKAsyJy5zdHJhdGEudjEuU3RhZ2VTdGF0cy5XZWlnaHRzQnl0ZXNFbnRyeRI0Cghrdl9ieXRlcxgFIAMoCzIiLnN0cmF0YS52MS5TdGFnZVN0YXRzLkt2Qnl0ZXNFbnRyeRI+Cg1jb21wdXRlX2J5dGVzGAYgAygLMicuc3RyYXRhLnYxLlN0YWdlU3RhdHMuQ29tcHV0ZUJ5dGVzRW50cnkaMwoRV2VpZ2h0c0J5dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4ARouCgxLdkJ5dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4ARozChFDb21wdXRlQnl0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAQ6AjgBIs4BChFNaWdyYXRlT3V0UmVxdWVzdBIUCgxtaWdyYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgNEgoKAnAwGAMgASgFEgoKAnAxGAQgASgFEgoKAmwwGAUgASgNEgoKAmwxGAYgASgNEhgKEHRhcmdldF93b3JrZXJfaWQYByABKAkSFgoOdGFyZ2V0X2FkZHJlc3MYCCABKAkSEgoKdGFyZ2V0X3NlcRgJIAEoDRISCgp0aW1lb3V0X21zGAogASgNEgwKBHRlcm0YCyABKAQiYQoPTWlncmF0ZU91dFJlcGx5Eh8KBWVycm9yGAEgASgLMhAuc3RyYXRhLnYxLkVycm9yEg0KBWJ5dGVzGAIgASgEEg0KBWNlbGxzGAMgASgNEg8KB3Bvc19tYXgYBCABKAUqmQEKCVNlcU9wS2luZBIbChdTRVFfT1BfS0lORF9VTlNQRUNJRklFRBAAEhYKElNFUV9PUF9LSU5EX1JFTU9WRRABEhQKEFNFUV9PUF9LSU5EX0NPUFkQAhIUChBTRVFfT1BfS0lORF9LRUVQEAMSEwoPU0VRX09QX0tJTkRfQUREEAQSFgoSU0VRX09QX0tJTkRfRElWSURFEAViBnByb3RvMw", [file_strata_v1_common]);
+  fileDesc("ChZzdHJhdGEvdjEvd29ya2VyLnByb3RvEglzdHJhdGEudjEi0wIKCVN0YWdlSW5mbxIRCgl3b3JrZXJfaWQYASABKAkSGQoRbW9kZWxfZmluZ2VycHJpbnQYAiABKAkSEAoIbW9kZWxfaWQYAyABKAkSDwoHbl9sYXllchgEIAEoDRIKCgJsMBgFIAEoDRIKCgJsMRgGIAEoDRIOCgZkZXZpY2UYByABKAkSEAoIa3ZfY2VsbHMYCCABKA0SEgoKa3Zfc3RyZWFtcxgJIAEoDRIRCgluX3NlcV9tYXgYCiABKA0SEQoJbWF4X2JhdGNoGAsgASgNEg8KB25fdm9jYWIYDCABKA0SDgoGbl9lbWJkGA0gASgNEhMKC25fY3R4X3RyYWluGA4gASgNEhUKDXN0YXJ0ZWRfYXRfbXMYDyABKAQSFAoMZ3JwY19hZGRyZXNzGBAgASgJEg8KB2t2X3R5cGUYESABKAkSDQoFZ3JvdXAYEiABKAki0AEKCUhlYXJ0YmVhdBIjCgVzdGFnZRgBIAEoCzIULnN0cmF0YS52MS5TdGFnZUluZm8SFQoNa3ZfY2VsbHNfdXNlZBgCIAEoDRIRCglzZXF1ZW5jZXMYAyABKA0SKgoIY291bnRlcnMYBCABKAsyGC5zdHJhdGEudjEuU3RhZ2VDb3VudGVycxISCgpzZW50X2F0X21zGAUgASgEEhAKCGRyYWluaW5nGAYgASgIEiIKBGxvYWQYByABKAsyFC5zdHJhdGEudjEuU3RhZ2VMb2FkIocBCglTdGFnZUxvYWQSFAoMYnVzeV9zdGVwX2lkGAEgASgEEhMKC2J1c3lfdG9rZW5zGAIgASgNEg8KB2J1c3lfbXMYAyABKA0SDgoGcXVldWVkGAQgASgNEhgKEGxhc3Rfc3RlcF90b2tlbnMYBSABKA0SFAoMbGFzdF9zdGVwX21zGAYgASgCIq8BCg1TdGFnZUNvdW50ZXJzEg8KB2JhdGNoZXMYASABKAQSDgoGdG9rZW5zGAIgASgEEhQKDGdyYXBoX3JldXNlcxgDIAEoBBIOCgZzaGlmdHMYBCABKAQSDwoHZGVmcmFncxgFIAEoBBISCgpzd2FfcHJ1bmVkGAYgASgEEg0KBXN0ZXBzGAcgASgEEhAKCGJ5dGVzX2luGAggASgEEhEKCWJ5dGVzX291dBgJIAEoBCJ/CglTdGVwRW50cnkSCwoDc2VxGAEgASgNEhAKCG5fdG9rZW5zGAIgASgNEgwKBHBvczAYAyABKA0SDgoGb3V0cHV0GAQgASgIEiUKCHNhbXBsaW5nGAUgASgLMhMuc3RyYXRhLnYxLlNhbXBsaW5nEg4KBnJlcGxheRgGIAMoBSLlAQoKU3RlcEhlYWRlchIPCgdzdGVwX2lkGAEgASgEEhMKC3BpcGVsaW5lX2lkGAIgASgJEg0KBXJvdXRlGAMgAygJEgsKA2hvcBgEIAEoDRIVCg1yZXBseV9zdWJqZWN0GAUgASgJEiUKB2VudHJpZXMYBiADKAsyFC5zdHJhdGEudjEuU3RlcEVudHJ5Eg4KBnRva2VucxgHIAMoBRITCgt0cmFjZXBhcmVudBgIIAEoCRIQCghzdGFnZV9tcxgJIAMoAhIMCgR0ZXJtGAogASgEEhIKCmdlbmVyYXRpb24YCyABKAQicQoKU3RhZ2VJbnB1dBIlCgZoZWFkZXIYASABKAsyFS5zdHJhdGEudjEuU3RlcEhlYWRlchINCgVjaHVuaxgCIAEoDRIOCgZjaHVua3MYAyABKA0SDwoHc3RlcF9pZBgEIAEoBBIMCgRkYXRhGAUgASgMIi4KDFRva2VuTG9ncHJvYhINCgV0b2tlbhgBIAEoBRIPCgdsb2dwcm9iGAIgASgCIm4KDFNhbXBsZWRUb2tlbhILCgNzZXEYASABKA0SDQoFdG9rZW4YAiABKAUSCwoDZW9nGAMgASgIEg8KB2xvZ3Byb2IYBCABKAISJAoDdG9wGAUgAygLMhcuc3RyYXRhLnYxLlRva2VuTG9ncHJvYiKOAQoKU3RlcFJlc3VsdBIPCgdzdGVwX2lkGAEgASgEEhMKC3BpcGVsaW5lX2lkGAIgASgJEicKBnRva2VucxgDIAMoCzIXLnN0cmF0YS52MS5TYW1wbGVkVG9rZW4SHwoFZXJyb3IYBCABKAsyEC5zdHJhdGEudjEuRXJyb3ISEAoIc3RhZ2VfbXMYBSADKAIibAoFU2VxT3ASIgoEa2luZBgBIAEoDjIULnN0cmF0YS52MS5TZXFPcEtpbmQSCwoDc2VxGAIgASgNEgsKA2RzdBgDIAEoDRIKCgJwMBgEIAEoBRIKCgJwMRgFIAEoBRINCgVkZWx0YRgGIAEoBSJPCgxTZXFPcFJlcXVlc3QSHQoDb3BzGAEgAygLMhAuc3RyYXRhLnYxLlNlcU9wEgwKBHRlcm0YAiABKAQSEgoKZ2VuZXJhdGlvbhgDIAEoBCJkCgpTZXFPcFJlcGx5Eh8KBWVycm9yGAEgASgLMhAuc3RyYXRhLnYxLkVycm9yEhUKDWt2X2NlbGxzX3VzZWQYAiABKA0SDwoHcG9zX21heBgDIAMoBRINCgVzdGFsZRgEIAEoCCIOCgxTdGF0c1JlcXVlc3Qi6AMKClN0YWdlU3RhdHMSIwoFc3RhZ2UYASABKAsyFC5zdHJhdGEudjEuU3RhZ2VJbmZvEioKCGNvdW50ZXJzGAIgASgLMhguc3RyYXRhLnYxLlN0YWdlQ291bnRlcnMSFQoNa3ZfY2VsbHNfdXNlZBgDIAEoDRI+Cg13ZWlnaHRzX2J5dGVzGAQgAygLMicuc3RyYXRhLnYxLlN0YWdlU3RhdHMuV2VpZ2h0c0J5dGVzRW50cnkSNAoIa3ZfYnl0ZXMYBSADKAsyIi5zdHJhdGEudjEuU3RhZ2VTdGF0cy5LdkJ5dGVzRW50cnkSPgoNY29tcHV0ZV9ieXRlcxgGIAMoCzInLnN0cmF0YS52MS5TdGFnZVN0YXRzLkNvbXB1dGVCeXRlc0VudHJ5EiIKBGxvYWQYByABKAsyFC5zdHJhdGEudjEuU3RhZ2VMb2FkGjMKEVdlaWdodHNCeXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEaLgoMS3ZCeXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEaMwoRQ29tcHV0ZUJ5dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4ASLOAQoRTWlncmF0ZU91dFJlcXVlc3QSFAoMbWlncmF0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoDRIKCgJwMBgDIAEoBRIKCgJwMRgEIAEoBRIKCgJsMBgFIAEoDRIKCgJsMRgGIAEoDRIYChB0YXJnZXRfd29ya2VyX2lkGAcgASgJEhYKDnRhcmdldF9hZGRyZXNzGAggASgJEhIKCnRhcmdldF9zZXEYCSABKA0SEgoKdGltZW91dF9tcxgKIAEoDRIMCgR0ZXJtGAsgASgEImEKD01pZ3JhdGVPdXRSZXBseRIfCgVlcnJvchgBIAEoCzIQLnN0cmF0YS52MS5FcnJvchINCgVieXRlcxgCIAEoBBINCgVjZWxscxgDIAEoDRIPCgdwb3NfbWF4GAQgASgFKpkBCglTZXFPcEtpbmQSGwoXU0VRX09QX0tJTkRfVU5TUEVDSUZJRUQQABIWChJTRVFfT1BfS0lORF9SRU1PVkUQARIUChBTRVFfT1BfS0lORF9DT1BZEAISFAoQU0VRX09QX0tJTkRfS0VFUBADEhMKD1NFUV9PUF9LSU5EX0FERBAEEhYKElNFUV9PUF9LSU5EX0RJVklERRAFYgZwcm90bzM", [file_strata_v1_common]);
 
 /**
  * What a worker serves: one layer range of one model.
@@ -188,6 +188,11 @@ export type Heartbeat = Message<"strata.v1.Heartbeat"> & {
    * @generated from field: bool draining = 6;
    */
   draining: boolean;
+
+  /**
+   * @generated from field: strata.v1.StageLoad load = 7;
+   */
+  load?: StageLoad | undefined;
 };
 
 /**
@@ -196,6 +201,57 @@ export type Heartbeat = Message<"strata.v1.Heartbeat"> & {
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
   messageDesc(file_strata_v1_worker, 1);
+
+/**
+ * What a stage is computing now and what its steps cost: liveness (heartbeats) is apart from
+ * progress (steps), so a long step is shown here rather than taken for death.
+ *
+ * @generated from message strata.v1.StageLoad
+ */
+export type StageLoad = Message<"strata.v1.StageLoad"> & {
+  /**
+   * the step computing now (0: none), its tokens, and milliseconds it has been computing
+   *
+   * @generated from field: uint64 busy_step_id = 1;
+   */
+  busyStepId: bigint;
+
+  /**
+   * @generated from field: uint32 busy_tokens = 2;
+   */
+  busyTokens: number;
+
+  /**
+   * @generated from field: uint32 busy_ms = 3;
+   */
+  busyMs: number;
+
+  /**
+   * steps and operations waiting behind it
+   *
+   * @generated from field: uint32 queued = 4;
+   */
+  queued: number;
+
+  /**
+   * the last step that finished: its tokens and milliseconds
+   *
+   * @generated from field: uint32 last_step_tokens = 5;
+   */
+  lastStepTokens: number;
+
+  /**
+   * @generated from field: float last_step_ms = 6;
+   */
+  lastStepMs: number;
+};
+
+/**
+ * Describes the message strata.v1.StageLoad.
+ * Use `create(StageLoadSchema)` to create a new message.
+ */
+export const StageLoadSchema: GenMessage<StageLoad> = /*@__PURE__*/
+  messageDesc(file_strata_v1_worker, 2);
 
 /**
  * Monotonic counters of a stage.
@@ -258,7 +314,7 @@ export type StageCounters = Message<"strata.v1.StageCounters"> & {
  * Use `create(StageCountersSchema)` to create a new message.
  */
 export const StageCountersSchema: GenMessage<StageCounters> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 2);
+  messageDesc(file_strata_v1_worker, 3);
 
 /**
  * One session's part of a micro-batch: n_tokens consecutive tokens of the batch.
@@ -312,7 +368,7 @@ export type StepEntry = Message<"strata.v1.StepEntry"> & {
  * Use `create(StepEntrySchema)` to create a new message.
  */
 export const StepEntrySchema: GenMessage<StepEntry> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 3);
+  messageDesc(file_strata_v1_worker, 4);
 
 /**
  * The description of one micro-batch, the same at every stage.
@@ -383,6 +439,14 @@ export type StepHeader = Message<"strata.v1.StepHeader"> & {
    * @generated from field: uint64 term = 10;
    */
   term: bigint;
+
+  /**
+   * generation of the pipeline's scheduler that sent it: a pipeline reset starts a new one, and
+   * stages drop steps of an older generation than the newest they saw (with term, 0/0: unfenced)
+   *
+   * @generated from field: uint64 generation = 11;
+   */
+  generation: bigint;
 };
 
 /**
@@ -390,7 +454,7 @@ export type StepHeader = Message<"strata.v1.StepHeader"> & {
  * Use `create(StepHeaderSchema)` to create a new message.
  */
 export const StepHeaderSchema: GenMessage<StepHeader> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 4);
+  messageDesc(file_strata_v1_worker, 5);
 
 /**
  * A micro-batch arriving at a stage, in chunks under NATS's max payload: chunk 0 carries the
@@ -431,7 +495,7 @@ export type StageInput = Message<"strata.v1.StageInput"> & {
  * Use `create(StageInputSchema)` to create a new message.
  */
 export const StageInputSchema: GenMessage<StageInput> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 5);
+  messageDesc(file_strata_v1_worker, 6);
 
 /**
  * A top alternative and its log-probability.
@@ -455,7 +519,7 @@ export type TokenLogprob = Message<"strata.v1.TokenLogprob"> & {
  * Use `create(TokenLogprobSchema)` to create a new message.
  */
 export const TokenLogprobSchema: GenMessage<TokenLogprob> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 6);
+  messageDesc(file_strata_v1_worker, 7);
 
 /**
  * The token sampled for one entry with output set.
@@ -498,7 +562,7 @@ export type SampledToken = Message<"strata.v1.SampledToken"> & {
  * Use `create(SampledTokenSchema)` to create a new message.
  */
 export const SampledTokenSchema: GenMessage<SampledToken> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 7);
+  messageDesc(file_strata_v1_worker, 8);
 
 /**
  * What the last stage (or a failing stage) answers for a micro-batch.
@@ -541,7 +605,7 @@ export type StepResult = Message<"strata.v1.StepResult"> & {
  * Use `create(StepResultSchema)` to create a new message.
  */
 export const StepResultSchema: GenMessage<StepResult> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 8);
+  messageDesc(file_strata_v1_worker, 9);
 
 /**
  * One sequence operation.
@@ -585,7 +649,7 @@ export type SeqOp = Message<"strata.v1.SeqOp"> & {
  * Use `create(SeqOpSchema)` to create a new message.
  */
 export const SeqOpSchema: GenMessage<SeqOp> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 9);
+  messageDesc(file_strata_v1_worker, 10);
 
 /**
  * Sequence operations applied in order.
@@ -604,6 +668,14 @@ export type SeqOpRequest = Message<"strata.v1.SeqOpRequest"> & {
    * @generated from field: uint64 term = 2;
    */
   term: bigint;
+
+  /**
+   * generation of the pipeline's scheduler (see StepHeader.generation); operations of an older
+   * one are dropped unapplied and answered with stale set
+   *
+   * @generated from field: uint64 generation = 3;
+   */
+  generation: bigint;
 };
 
 /**
@@ -611,7 +683,7 @@ export type SeqOpRequest = Message<"strata.v1.SeqOpRequest"> & {
  * Use `create(SeqOpRequestSchema)` to create a new message.
  */
 export const SeqOpRequestSchema: GenMessage<SeqOpRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 10);
+  messageDesc(file_strata_v1_worker, 11);
 
 /**
  * The answer to a SeqOpRequest.
@@ -635,6 +707,13 @@ export type SeqOpReply = Message<"strata.v1.SeqOpReply"> & {
    * @generated from field: repeated int32 pos_max = 3;
    */
   posMax: number[];
+
+  /**
+   * the operations were of an older generation (or term) than the stage's newest: not applied
+   *
+   * @generated from field: bool stale = 4;
+   */
+  stale: boolean;
 };
 
 /**
@@ -642,7 +721,7 @@ export type SeqOpReply = Message<"strata.v1.SeqOpReply"> & {
  * Use `create(SeqOpReplySchema)` to create a new message.
  */
 export const SeqOpReplySchema: GenMessage<SeqOpReply> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 11);
+  messageDesc(file_strata_v1_worker, 12);
 
 /**
  * Asks a worker for its StageStats.
@@ -657,7 +736,7 @@ export type StatsRequest = Message<"strata.v1.StatsRequest"> & {
  * Use `create(StatsRequestSchema)` to create a new message.
  */
 export const StatsRequestSchema: GenMessage<StatsRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 12);
+  messageDesc(file_strata_v1_worker, 13);
 
 /**
  * Counters and memory of a stage.
@@ -696,6 +775,11 @@ export type StageStats = Message<"strata.v1.StageStats"> & {
    * @generated from field: map<string, uint64> compute_bytes = 6;
    */
   computeBytes: { [key: string]: bigint };
+
+  /**
+   * @generated from field: strata.v1.StageLoad load = 7;
+   */
+  load?: StageLoad | undefined;
 };
 
 /**
@@ -703,7 +787,7 @@ export type StageStats = Message<"strata.v1.StageStats"> & {
  * Use `create(StageStatsSchema)` to create a new message.
  */
 export const StageStatsSchema: GenMessage<StageStats> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 13);
+  messageDesc(file_strata_v1_worker, 14);
 
 /**
  * Asks a source stage to stream a sequence's KV state to a target stage over KvTransfer.
@@ -782,7 +866,7 @@ export type MigrateOutRequest = Message<"strata.v1.MigrateOutRequest"> & {
  * Use `create(MigrateOutRequestSchema)` to create a new message.
  */
 export const MigrateOutRequestSchema: GenMessage<MigrateOutRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 14);
+  messageDesc(file_strata_v1_worker, 15);
 
 /**
  * What a source stage answers when a push ended.
@@ -818,7 +902,7 @@ export type MigrateOutReply = Message<"strata.v1.MigrateOutReply"> & {
  * Use `create(MigrateOutReplySchema)` to create a new message.
  */
 export const MigrateOutReplySchema: GenMessage<MigrateOutReply> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 15);
+  messageDesc(file_strata_v1_worker, 16);
 
 /**
  * Kinds of sequence operation, llama.cpp's llama_memory_seq_* ones.

@@ -1,0 +1,170 @@
+// The main thread's side of a worker's stage thread: it starts the thread, sends it work and
+// turns its answers into promises. It never computes; what it knows of the stage without asking
+// (cells in use, the step computing) comes with every answer, so heartbeats and stats never wait.
+import { Worker as Thread } from 'node:worker_threads';
+import { KvStateError } from '@strata/kv-cache';
+import type { StageMemory } from '@strata/model';
+import type { SeqOp, StepHeader } from '@strata/wire';
+import { WorkerError } from './errors.ts';
+import type {
+  Fence, StageDescription, StageFailure, StageMessage, StageRequest, StageSnapshot, StageThreadOptions, StageValues, StepOutput,
+} from './stage-protocol.ts';
+
+type Op = StageRequest['op'];
+type Body<K extends Op> = Omit<Extract<StageRequest, { op: K }>, 'op' | 'id'>;
+
+interface Pending {
+  resolve: (v: unknown) => void;
+  reject: (e: Error) => void;
+}
+
+/** The error of a failure on the stage thread, as the class that was thrown there. */
+function rethrow(f: StageFailure): Error {
+  if (f.name === 'KvStateError') return new KvStateError(f.code, f.message);
+  return new WorkerError(f.code, f.message);
+}
+
+/** The answer to a step: what it produced and how long it computed, or stale (dropped unrun). */
+export type StepAnswer = { output: StepOutput; ms: number } | { stale: true };
+
+/** A worker's stage on its own thread. */
+export class StageHost {
+  readonly description: StageDescription;
+  /** bytes per buffer type, as loaded */
+  memoryAtLoad: StageMemory;
+  readonly #thread: Thread;
+  readonly #pending = new Map<number, Pending>();
+  #nextId = 1;
+  #snapshot: StageSnapshot;
+  #exited: Error | null = null;
+  #closing: Promise<void> | null = null;
+  /** called once if the thread dies on its own (a native crash, an uncaught error) */
+  onFatal: (err: Error) => void = () => {};
+  /** called on every log line the thread sends */
+  onLog: (level: 'warn' | 'error', message: string, fields: Record<string, unknown>) => void = () => {};
+
+  private constructor(thread: Thread, ready: Extract<StageMessage, { type: 'ready' }>) {
+    this.#thread = thread;
+    this.description = ready.description;
+    this.memoryAtLoad = ready.memory;
+    this.#snapshot = ready.snapshot;
+    thread.on('message', (m: StageMessage) => this.#onMessage(m));
+    thread.on('error', (err) => this.#die(err));
+    thread.on('exit', (code) => this.#die(new WorkerError('stage_failed', `the stage thread exited (code ${code})`)));
+  }
+
+  /** Starts the thread and waits until it has loaded the stage (or failed to). */
+  static start(options: StageThreadOptions): Promise<StageHost> {
+    const thread = new Thread(new URL('./stage-thread.mjs', import.meta.url), { workerData: options });
+    return new Promise((resolve, reject) => {
+      // (Only our own listeners go: a Worker's internal ones keep its port working.)
+      const off = () => {
+        thread.off('message', onMessage);
+        thread.off('error', fail);
+        thread.off('exit', onExit);
+      };
+      const fail = (err: Error) => {
+        off();
+        thread.on('error', () => {}); // what it says while ending changes nothing
+        void thread.terminate();
+        reject(err);
+      };
+      const onExit = (code: number) => fail(new Error(`the stage thread exited (code ${code}) while loading`));
+      const onMessage = (m: StageMessage) => {
+        off();
+        if (m.type === 'ready') resolve(new StageHost(thread, m));
+        else if (m.type === 'load_failed') fail(Object.assign(new Error(m.failure.message), { name: m.failure.name, code: m.failure.code }));
+        else fail(new Error(`the stage thread said ${m.type} before it was ready`));
+      };
+      thread.on('message', onMessage);
+      thread.on('error', fail);
+      thread.on('exit', onExit);
+    });
+  }
+
+  /** What the stage held and did at its last answer: never waits for the thread. */
+  get snapshot(): StageSnapshot {
+    return this.#snapshot;
+  }
+
+  #onMessage(m: StageMessage): void {
+    if (m.type === 'log') return this.onLog(m.level, m.message, m.fields);
+    if (m.type !== 'reply' && m.type !== 'snapshot') return;
+    this.#snapshot = m.snapshot;
+    if (m.type !== 'reply') return;
+    const p = this.#pending.get(m.id);
+    if (!p) return;
+    this.#pending.delete(m.id);
+    if (m.ok) p.resolve(m.value);
+    else p.reject(rethrow(m.failure));
+  }
+
+  #die(err: Error): void {
+    if (this.#exited) return;
+    this.#exited = err;
+    for (const p of this.#pending.values()) p.reject(err);
+    this.#pending.clear();
+    if (!this.#closing) this.onFatal(err);
+  }
+
+  #call<K extends Op>(op: K, body: Body<K>, transfer: ArrayBuffer[] = []): Promise<StageValues[K]> {
+    if (this.#exited) return Promise.reject(this.#exited);
+    if (this.#closing) return Promise.reject(new WorkerError('stopping', 'the worker is stopping'));
+    const id = this.#nextId++;
+    return new Promise<StageValues[K]>((resolve, reject) => {
+      this.#pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      this.#thread.postMessage({ op, id, ...body }, transfer);
+    });
+  }
+
+  /** Runs one micro-batch (queued behind the stage's earlier work); `hidden` moves to the thread. */
+  step(header: StepHeader, hidden: Float32Array): Promise<StepAnswer> {
+    const transfer = hidden.byteLength > 0 && hidden.byteOffset === 0 && hidden.byteLength === hidden.buffer.byteLength ? [hidden.buffer as ArrayBuffer] : [];
+    return this.#call('step', { header, hidden }, transfer);
+  }
+
+  /** Applies sequence operations in order, queued behind earlier work. */
+  seqOps(ops: SeqOp[], fence: Fence): Promise<StageValues['seq']> {
+    return this.#call('seq', { ops, fence });
+  }
+
+  /** Exports a sequence's cells in [p0, p1) for layers [l0, l1), as soon as nothing writes them. */
+  exportState(seq: number, p0: number, p1: number, l0: number, l1: number): Promise<Uint8Array> {
+    return this.#call('export', { seq, p0, p1, l0, l1 });
+  }
+
+  /** The sequence's highest position (-1: none), without waiting for the step computing. */
+  seqPosMax(seq: number): Promise<number> {
+    return this.#call('posMax', { seq });
+  }
+
+  /** Checks a state blob at once and imports it into `seq` in order with the stage's other work. */
+  importState(blob: Uint8Array, seq: number): Promise<StageValues['import']> {
+    const whole = blob.byteOffset === 0 && blob.byteLength === blob.buffer.byteLength;
+    return this.#call('import', { blob, seq }, whole ? [blob.buffer as ArrayBuffer] : []);
+  }
+
+  /** Empties a sequence (after a failed push), in order with the stage's other work. */
+  async dropSeq(seq: number): Promise<void> {
+    await this.#call('drop', { seq });
+  }
+
+  /** Bytes per use and buffer type, now. */
+  memory(): Promise<StageMemory> {
+    return this.#call('memory', {});
+  }
+
+  /** Lets the thread finish its step, fails what waits, frees the stage and ends the thread. Idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      if (this.#exited) return;
+      const exited = new Promise<void>((resolve) => this.#thread.once('exit', () => resolve()));
+      this.#thread.postMessage({ op: 'dispose' });
+      // A thread stuck in native code for this long is cut off.
+      const timer = setTimeout(() => void this.#thread.terminate(), 30_000);
+      await exited;
+      clearTimeout(timer);
+    })();
+    return this.#closing;
+  }
+}

@@ -1,0 +1,124 @@
+// The messages between a worker's main thread (NATS, gRPC, heartbeats) and its stage thread (the
+// stage, its KV cache, its samplers). Everything here crosses postMessage: plain data, typed
+// arrays moved (transferred) rather than copied where the sender is done with them.
+import type { StageCounters, StageMemory } from '@strata/model';
+import type { SampledToken, SeqOp, StepHeader } from '@strata/wire';
+
+/** What the stage thread loads (its workerData). */
+export interface StageThreadOptions {
+  workerId: string;
+  model: string;
+  /** layers l0:l1 (default: every layer) */
+  layers?: string;
+  threads: number;
+  device: string;
+  ctxSize: number;
+  kvType: number;
+  maxBatch: number;
+  nSeqMax: number;
+  /** print every stage's cells after each batch (STRATA_KV_DEBUG=1) */
+  kvDebug: boolean;
+  /**
+   * Test only: every step of at least `testStepDelayMinTokens` tokens takes this much longer
+   * (milliseconds, 0: none), as a slow device would; the thread's event loop stays free meanwhile.
+   */
+  testStepDelayMs: number;
+  testStepDelayMinTokens: number;
+}
+
+/** The stage as the main thread knows it, sent once when it is loaded. */
+export interface StageDescription {
+  fingerprint: string;
+  nLayer: number;
+  nVocab: number;
+  nEmbd: number;
+  nCtxTrain: number;
+  l0: number;
+  l1: number;
+  isFirst: boolean;
+  isLast: boolean;
+  /** KV cells, all streams */
+  kvCells: number;
+  /** bytes of one K (or V) row of one cell and layer */
+  rowBytes: number;
+}
+
+/** The step computing now on the stage thread. */
+export interface BusyStep {
+  stepId: bigint;
+  tokens: number;
+  /** Date.now() when it started computing */
+  sinceMs: number;
+}
+
+/** What the main thread knows of the stage without asking: sent with every answer. */
+export interface StageSnapshot {
+  /** cells in use */
+  used: number;
+  /** sequences holding cells */
+  sequences: number;
+  counters: StageCounters;
+  busy: BusyStep | null;
+  /** steps and operations waiting behind the one computing */
+  queued: number;
+  /** the last step: its tokens and how long it computed (milliseconds) */
+  lastStep: { tokens: number; ms: number } | null;
+}
+
+/**
+ * A fence on steps and sequence operations: the coordinator's leader term and the generation of
+ * its pipeline (a pipeline reset starts a new one). Work of an older fence than the newest seen
+ * is dropped unrun; 0/0 is unfenced (tools).
+ */
+export interface Fence {
+  term: bigint;
+  generation: bigint;
+}
+
+/** A request to the stage thread. Each gets exactly one {@link StageReply} with its id. */
+export type StageRequest =
+  | { op: 'step'; id: number; header: StepHeader; hidden: Float32Array }
+  | { op: 'seq'; id: number; ops: SeqOp[]; fence: Fence }
+  | { op: 'export'; id: number; seq: number; p0: number; p1: number; l0: number; l1: number }
+  | { op: 'posMax'; id: number; seq: number }
+  | { op: 'import'; id: number; blob: Uint8Array; seq: number }
+  | { op: 'drop'; id: number; seq: number }
+  | { op: 'memory'; id: number };
+
+/** What a step produced: hidden states for the next stage, or the sampled tokens. */
+export type StepOutput = { kind: 'hidden'; hidden: Float32Array } | { kind: 'tokens'; tokens: SampledToken[] };
+
+/** The value each request answers with. */
+export interface StageValues {
+  step: { output: StepOutput; ms: number } | { stale: true };
+  seq: { posMax: number[] } | { stale: true };
+  export: Uint8Array;
+  posMax: number;
+  import: { l0: number; l1: number; cells: number };
+  drop: null;
+  memory: StageMemory;
+}
+
+/** A failure on the stage thread, by the name and code of the error thrown there. */
+export interface StageFailure {
+  /** the thrown error's class name (WorkerError, KvStateError, ...) */
+  name: string;
+  /** its code, or the wire code of a step's failure */
+  code: string;
+  message: string;
+}
+
+/** Messages from the stage thread. */
+export type StageMessage =
+  | { type: 'ready'; description: StageDescription; memory: StageMemory; snapshot: StageSnapshot }
+  | { type: 'load_failed'; failure: StageFailure }
+  | { type: 'reply'; id: number; ok: true; value: unknown; snapshot: StageSnapshot }
+  | { type: 'reply'; id: number; ok: false; failure: StageFailure; snapshot: StageSnapshot }
+  | { type: 'snapshot'; snapshot: StageSnapshot }
+  | { type: 'log'; level: 'warn' | 'error'; message: string; fields: Record<string, unknown> };
+
+/** Whether fence `a` is older than `b` (then `a`'s work is stale); unfenced work never is. */
+export function fenceOlder(a: Fence, b: Fence): boolean {
+  if (a.term === 0n && a.generation === 0n) return false;
+  return a.term < b.term || (a.term === b.term && a.generation < b.generation);
+}

@@ -1,0 +1,260 @@
+// The stage thread of a worker: it owns the stage (weights, KV cache, samplers) and runs what the
+// main thread sends, so the main thread never computes. Steps, sequence operations, imports and
+// drops change cells: they run one at a time, in arrival order. While a step's graph computes (on
+// a native pool thread, Stage.evalAsync) this thread's loop is free and answers what only reads:
+// exports of positions the step does not write, positions, memory. Work of an older fence (a
+// deposed leader, a pipeline that was reset since) is dropped unrun.
+import { parentPort, workerData } from 'node:worker_threads';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Vocab } from '@strata/ggml';
+import { GgufFile } from '@strata/gguf';
+import { decodeState, type DecodedState } from '@strata/kv-cache';
+import { ModelError, Stage, parseRange, readHParams } from '@strata/model';
+import { SeqOpKind } from '@strata/wire';
+import { SamplerSet } from './samplers.ts';
+import { StepRunner, stepErrorCode } from './step-runner.ts';
+import {
+  fenceOlder, type BusyStep, type Fence, type StageFailure, type StageMessage, type StageRequest, type StageSnapshot, type StageThreadOptions,
+} from './stage-protocol.ts';
+
+/** Work that changes cells: run in arrival order, one at a time. */
+type Ordered =
+  | Extract<StageRequest, { op: 'step' | 'seq' | 'drop' }>
+  | { op: 'import'; id: number; state: DecodedState; seq: number };
+
+type Export = Extract<StageRequest, { op: 'export' }>;
+
+function failure(err: unknown, code?: string): StageFailure {
+  const e = err as { name?: string; code?: unknown; message?: string };
+  return { name: e?.name ?? 'Error', code: code ?? (typeof e?.code === 'string' ? e.code : 'internal'), message: e?.message ?? String(err) };
+}
+
+/** The stage and everything that runs on it; one per thread. */
+class StageActor {
+  readonly #o: StageThreadOptions;
+  readonly #stage: Stage;
+  readonly #runner: StepRunner;
+  readonly #samplers: SamplerSet | null;
+  readonly #vocab: Vocab | null;
+  readonly #post: (m: StageMessage, transfer?: ArrayBuffer[]) => void;
+  readonly #queue: Ordered[] = [];
+  /** exports that asked for rows the computing step writes: served after it */
+  readonly #deferred: Export[] = [];
+  #running = false;
+  #pumping: Promise<void> = Promise.resolve();
+  #busy: BusyStep | null = null;
+  #lastStep: StageSnapshot['lastStep'] = null;
+  /** the newest fence seen */
+  #fence: Fence = { term: 0n, generation: 0n };
+
+  constructor(o: StageThreadOptions, post: (m: StageMessage, transfer?: ArrayBuffer[]) => void) {
+    this.#o = o;
+    this.#post = post;
+    const file = GgufFile.open(o.model);
+    let stage: Stage | undefined;
+    let vocab: Vocab | null = null;
+    try {
+      const hp = readHParams(file);
+      const range = o.layers ? parseRange(o.layers) : { l0: 0, l1: hp.nLayer };
+      stage = Stage.load(file, hp, {
+        model: o.model, range, threads: o.threads, device: o.device, ctxSize: o.ctxSize, kvType: o.kvType, maxBatch: o.maxBatch,
+        kvDebug: o.kvDebug ? (dump) => process.stderr.write(`${dump}\n`) : undefined,
+      });
+      if (stage.isLast) vocab = Vocab.load(o.model);
+    } catch (err) {
+      stage?.dispose();
+      throw err;
+    } finally {
+      file.close();
+    }
+    this.#stage = stage;
+    this.#vocab = vocab;
+    this.#samplers = stage.isLast ? new SamplerSet(stage.hp.nVocab, vocab) : null;
+    this.#runner = new StepRunner(stage, this.#samplers, { workerId: o.workerId, nSeqMax: o.nSeqMax, maxBatch: o.maxBatch });
+  }
+
+  /** Tells the main thread what it loaded. */
+  ready(): void {
+    const s = this.#stage, hp = s.hp;
+    this.#post({
+      type: 'ready', memory: s.memory(), snapshot: this.#snapshot(),
+      description: {
+        fingerprint: hp.fingerprint, nLayer: hp.nLayer, nVocab: hp.nVocab, nEmbd: hp.nEmbd, nCtxTrain: hp.nCtxTrain,
+        l0: s.range.l0, l1: s.range.l1, isFirst: s.isFirst, isLast: s.isLast, kvCells: s.cells.size, rowBytes: s.kv.rowBytes,
+      },
+    });
+  }
+
+  #snapshot(): StageSnapshot {
+    const s = this.#stage;
+    let sequences = 0;
+    for (let q = 0; q < this.#o.nSeqMax; q++) if (s.seqPosMax(q) >= 0) sequences++;
+    return { used: s.cells.used, sequences, counters: { ...s.counters }, busy: this.#busy, queued: this.#queue.length, lastStep: this.#lastStep };
+  }
+
+  #ok(id: number, value: unknown, transfer: ArrayBuffer[] = []): void {
+    this.#post({ type: 'reply', id, ok: true, value, snapshot: this.#snapshot() }, transfer);
+  }
+
+  #fail(id: number, f: StageFailure): void {
+    this.#post({ type: 'reply', id, ok: false, failure: f, snapshot: this.#snapshot() });
+  }
+
+  /** Takes one request from the main thread. */
+  onRequest(r: StageRequest): void {
+    try {
+      switch (r.op) {
+        case 'step':
+          this.#raise({ term: r.header.term, generation: r.header.generation });
+          this.#queue.push(r);
+          break;
+        case 'seq':
+          this.#raise(r.fence);
+          this.#queue.push(r);
+          break;
+        case 'drop':
+          this.#queue.push(r);
+          break;
+        case 'import':
+          // Checked (checksum, format) at once, applied in order.
+          this.#queue.push({ op: 'import', id: r.id, state: decodeState(r.blob), seq: r.seq });
+          break;
+        case 'export':
+          this.#export(r);
+          break;
+        case 'posMax':
+          this.#ok(r.id, this.#stage.seqPosMax(r.seq));
+          break;
+        case 'memory':
+          this.#ok(r.id, this.#stage.memory());
+          break;
+      }
+    } catch (err) {
+      this.#fail(r.id, failure(err));
+    }
+    void this.#pump();
+  }
+
+  #raise(f: Fence): void {
+    if (fenceOlder(this.#fence, f)) this.#fence = { term: f.term, generation: f.generation };
+  }
+
+  /** Exports now, or after the computing step when it writes rows of the positions asked for. */
+  #export(r: Export): void {
+    let blob: Uint8Array;
+    try {
+      blob = this.#stage.exportState(r.seq, { p0: r.p0, p1: r.p1, layers: { l0: r.l0, l1: r.l1 } });
+    } catch (err) {
+      if (err instanceof ModelError && err.code === 'busy') {
+        this.#deferred.push(r);
+        return;
+      }
+      throw err;
+    }
+    this.#ok(r.id, blob, [blob.buffer as ArrayBuffer]);
+  }
+
+  #pump(): Promise<void> {
+    if (!this.#running) this.#pumping = this.#drain();
+    return this.#pumping;
+  }
+
+  async #drain(): Promise<void> {
+    this.#running = true;
+    try {
+      for (let t = this.#queue.shift(); t; t = this.#queue.shift()) {
+        await this.#run(t);
+        for (const e of this.#deferred.splice(0)) {
+          try {
+            this.#export(e);
+          } catch (err) {
+            this.#fail(e.id, failure(err));
+          }
+        }
+      }
+    } finally {
+      this.#running = false;
+    }
+  }
+
+  async #run(t: Ordered): Promise<void> {
+    switch (t.op) {
+      case 'step': return this.#step(t);
+      case 'seq':
+        if (fenceOlder(t.fence, this.#fence)) return this.#ok(t.id, { stale: true });
+        try {
+          this.#ok(t.id, { posMax: this.#runner.seqOps(t.ops) });
+        } catch (err) {
+          this.#fail(t.id, failure(err, (err as { code?: string }).code ?? 'bad_request'));
+        }
+        return;
+      case 'drop':
+        try {
+          this.#runner.seqOps([{ $typeName: 'strata.v1.SeqOp', kind: SeqOpKind.REMOVE, seq: t.seq, dst: 0, p0: -1, p1: -1, delta: 0 }]);
+          this.#ok(t.id, null);
+        } catch (err) {
+          this.#fail(t.id, failure(err));
+        }
+        return;
+      case 'import':
+        try {
+          const r = this.#stage.importState(t.state, t.seq);
+          this.#ok(t.id, { l0: r.layers.l0, l1: r.layers.l1, cells: r.cells });
+        } catch (err) {
+          this.#fail(t.id, failure(err));
+        }
+        return;
+    }
+  }
+
+  async #step(t: Extract<Ordered, { op: 'step' }>): Promise<void> {
+    const h = t.header;
+    if (fenceOlder({ term: h.term, generation: h.generation }, this.#fence)) return this.#ok(t.id, { stale: true });
+    const tokens = h.entries.reduce((n, e) => n + e.nTokens, 0);
+    this.#busy = { stepId: h.stepId, tokens, sinceMs: Date.now() };
+    this.#post({ type: 'snapshot', snapshot: this.#snapshot() });
+    const t0 = performance.now();
+    try {
+      if (this.#o.testStepDelayMs > 0 && tokens >= this.#o.testStepDelayMinTokens) await sleep(this.#o.testStepDelayMs);
+      const output = await this.#runner.run(h, t.hidden);
+      const ms = performance.now() - t0;
+      this.#busy = null;
+      this.#lastStep = { tokens, ms };
+      this.#ok(t.id, { output, ms }, output.kind === 'hidden' ? [output.hidden.buffer as ArrayBuffer] : []);
+    } catch (err) {
+      this.#busy = null;
+      this.#fail(t.id, failure(err, stepErrorCode(err)));
+    }
+  }
+
+  /** Fails what waits, lets the computing step finish, then frees the stage. */
+  async close(): Promise<void> {
+    for (const t of this.#queue.splice(0)) this.#fail(t.id, { name: 'WorkerError', code: 'stopping', message: 'the worker is stopping' });
+    await this.#pumping;
+    this.#samplers?.dispose();
+    this.#stage.dispose();
+    this.#vocab?.dispose();
+  }
+}
+
+const port = parentPort;
+if (!port) throw new Error('stage-thread.ts runs as a worker thread');
+const post = (m: StageMessage, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
+let actor: StageActor | undefined;
+try {
+  actor = new StageActor(workerData as StageThreadOptions, post);
+} catch (err) {
+  post({ type: 'load_failed', failure: failure(err) });
+  port.close();
+}
+if (actor) {
+  const a = actor;
+  port.on('message', (r: StageRequest | { op: 'dispose' }) => {
+    if (r.op === 'dispose') {
+      void a.close().finally(() => port.close());
+      return;
+    }
+    a.onRequest(r);
+  });
+  a.ready();
+}
