@@ -147,4 +147,23 @@ describe('KV state export and import', () => {
     assert.throws(() => dst.importState(blobs, 1), (e: unknown) => e instanceof KvStateError && e.code === 'conflict');
     assert.throws(() => dst.stages[1]!.importState(blobs[0]!, 0), (e: unknown) => e instanceof KvStateError && e.code === 'layer_mismatch');
   });
+
+  it('a target built from parts cut at other positions (merge) fills what it holds and takes new cells for the rest', (t) => {
+    // The stage 0:4 of a target gets layers 0:2 in pieces of 16 positions and layers 2:4 in one
+    // piece of 48: the second overlaps the first two in part. Strict import refuses it; merge
+    // builds the whole sequence, which then decodes as the source does.
+    const s = pipeline(H);
+    prefill(s, 0, PROMPT.slice(0, 48));
+    const dst = pipeline(undefined);
+    const stage = dst.stages[0]!;
+    const part = (p: Pipeline, i: number, p0: number, p1: number) => p.stages[i]!.exportState(0, { p0, p1 });
+    stage.importState(part(s, 0, 0, 16), 0, { merge: true });
+    stage.importState(part(s, 0, 16, 32), 0, { merge: true });
+    assert.throws(() => stage.importState(part(s, 1, 0, 48), 0), (e: unknown) => e instanceof KvStateError && e.code === 'conflict');
+    stage.importState(part(s, 1, 0, 48), 0, { merge: true });
+    stage.importState(part(s, 0, 32, 48), 0, { merge: true });
+    assert.equal(stage.seqPosMax(0), 47);
+    assert.equal(stage.cells.seqCells(0), 48, 'one cell per position');
+    assertClose(t, continueDecoding(dst, 0, NEXT), continueDecoding(s, 0, NEXT), 'after a merged import');
+  });
 });

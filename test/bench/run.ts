@@ -12,6 +12,7 @@ import { runClusterBench } from './cluster.ts';
 import { runKvBench } from './kv.ts';
 import { runLoadBench } from './load.ts';
 import { runMigrationBench } from './migration.ts';
+import { runResponsiveBench } from './responsive.ts';
 import { Progress } from '../../services/cli/src/format.ts';
 
 const opts = parseBenchArgs(process.argv.slice(2));
@@ -147,7 +148,8 @@ const clusterModel = opts.only.has('cluster') ? benchModel('f16') : '';
 const cluster = opts.only.has('cluster') ? await section('cluster', 0, () => runClusterBench(clusterModel, Math.max(1, Math.min(opts.reps, 3)))) : null;
 const migration = opts.only.has('migration') ? await section('migration', 5, (step) => runMigrationBench(step)) : null;
 const load = opts.only.has('load') ? await section('load', 0, () => runLoadBench()) : null;
+const responsive = opts.only.has('responsive') ? await section('responsive', 8, (step) => runResponsiveBench(step)) : null;
 
 const out = join(process.cwd(), '.bench');
 mkdirSync(out, { recursive: true });
-writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv, cluster, migration, load }, null, 2));
+writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv, cluster, migration, load, responsive }, null, 2));

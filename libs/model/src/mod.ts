@@ -9,5 +9,5 @@ export { Stage, type StageBatch, type StageCounters, type StageMemory, type Stag
 export { DEFAULT_MODEL, Rng, SYNTH_TYPES, defaultVocab, ensureDefaultModel, synthesize, type SynthOptions, type SynthType } from './synth.ts';
 export { StageWeights, stageTensorList, type LayerWeights, type WeightOptions } from './weights.ts';
 export { buildShiftGraph, type ShiftGraph } from './k-shift.ts';
-export { exportStageState, importStageState, type ExportOptions } from './stage-state.ts';
+export { exportStageState, importStageState, type ExportOptions, type ImportOptions } from './stage-state.ts';
 export { modelIdOf } from './model-id.ts';

@@ -16,6 +16,15 @@ export interface ExportOptions {
   layers?: LayerRange;
 }
 
+/** How to import. */
+export interface ImportOptions {
+  /**
+   * the sequence is being built from parts that may overlap in positions (a migration's target):
+   * held positions are filled, the others take new cells (default: refuse a partial overlap)
+   */
+  merge?: boolean;
+}
+
 /** Exports `seq`'s cells and their K/V rows; pending K-shifts are applied first. */
 export function exportStageState(stage: Stage, seq: number, options: ExportOptions = {}): Uint8Array {
   stage.applyShift(); // rows leave with their final rotation
@@ -51,7 +60,7 @@ export function exportStageState(stage: Stage, seq: number, options: ExportOptio
  * source split elsewhere) fills the cells the first one took. Rows of another cache type or
  * rotation are converted. Everything is checked before the cache changes.
  */
-export function importStageState(stage: Stage, blob: Uint8Array | DecodedState, seq: number): { layers: LayerRange; cells: number } {
+export function importStageState(stage: Stage, blob: Uint8Array | DecodedState, seq: number, options: ImportOptions = {}): { layers: LayerRange; cells: number } {
   const st = blob instanceof Uint8Array ? decodeState(blob) : blob;
   const h = st.header;
   const { kv, range, hp } = stage;
@@ -70,8 +79,8 @@ export function importStageState(stage: Stage, blob: Uint8Array | DecodedState, 
   for (const p of st.pos) if (!(p >= 0)) throw new KvStateError('conflict', `KV state holds a negative position ${p}`);
   const maxSeq = stage.cells.streams > 1 ? stage.cells.streams : MAX_SEQ;
   if (!(seq >= 0 && seq < maxSeq)) throw new KvStateError('conflict', `seq id ${seq} outside 0..${maxSeq - 1}`);
-  const target = cellsFor(stage, seq, st.pos);
-  if (target.plan) stage.cells.apply(target.plan, st.pos, new Int32Array(st.pos.length).fill(seq));
+  const target = cellsFor(stage, seq, st.pos, options.merge ?? false);
+  if (target.plan) stage.cells.apply(target.plan, target.planPos, new Int32Array(target.planPos.length).fill(seq));
   try {
     // rows of another cache type (or rotation) are converted through f32 into this cache's own
     const n = st.pos.length;
@@ -99,23 +108,26 @@ export function importStageState(stage: Stage, blob: Uint8Array | DecodedState, 
  * Cells that receive imported rows: new ones when the sequence holds none of the blob's
  * positions (a first part, or positions after the ones it holds: a later round of a migration),
  * or the sequence's own when it holds every one of them (other layers of the same cells, from a
- * source split elsewhere). A blob that overlaps what the sequence holds only in part is refused.
+ * source split elsewhere). A blob that overlaps what the sequence holds only in part is refused,
+ * unless `merge` says the sequence is being built from parts (a migration's target, emptied
+ * before its first part): then held positions are filled and the others take new cells.
  */
-function cellsFor(stage: Stage, seq: number, pos: Int32Array): { cells: Int32Array; plan: SlotPlan | null } {
+function cellsFor(stage: Stage, seq: number, pos: Int32Array, merge: boolean): { cells: Int32Array; plan: SlotPlan | null; planPos: Int32Array } {
   const c = stage.cells;
-  if (pos.length === 0) return { cells: pos, plan: null };
+  if (pos.length === 0) return { cells: pos, plan: null, planPos: pos };
   const held = new Map<number, number>();
   if (c.seqCells(seq) > 0) for (let i = 0; i < c.size; i++) if (c.pos[i]! >= 0 && c.hasSeq(i, seq)) held.set(c.pos[i]!, i);
   let n = 0;
   for (const p of pos) if (held.has(p)) n++;
-  if (n === 0) {
-    if (new Set(pos).size !== pos.length) throw new KvStateError('conflict', 'KV state holds a position twice');
-    const plan = c.findSlotFor(new Int32Array(pos.length).fill(seq));
-    if (!plan) throw new KvStateError('no_room', `KV state needs ${pos.length} cells, ${c.size - c.used} are free`);
-    return { cells: plan.cells, plan };
-  }
-  if (n !== pos.length || held.size < pos.length) {
+  if (n === pos.length && held.size >= pos.length) return { cells: Int32Array.from(pos, (p) => held.get(p)!), plan: null, planPos: pos.subarray(0, 0) };
+  if (n > 0 && !merge) {
     throw new KvStateError('conflict', `sequence ${seq} holds ${n} of the ${pos.length} positions imported; remove it before importing`);
   }
-  return { cells: Int32Array.from(pos, (p) => held.get(p)!), plan: null };
+  if (new Set(pos).size !== pos.length) throw new KvStateError('conflict', 'KV state holds a position twice');
+  const fresh = Int32Array.from(pos.filter((p) => !held.has(p)));
+  const plan = c.findSlotFor(new Int32Array(fresh.length).fill(seq));
+  if (!plan) throw new KvStateError('no_room', `KV state needs ${fresh.length} cells, ${c.size - c.used} are free`);
+  const at = new Map<number, number>();
+  fresh.forEach((p, i) => at.set(p, plan.cells[i]!));
+  return { cells: Int32Array.from(pos, (p) => held.get(p) ?? at.get(p)!), plan, planPos: fresh };
 }

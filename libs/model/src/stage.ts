@@ -3,7 +3,7 @@
 import { Backend, GgmlType, Scheduler, getTensor, setTensor } from '@strata/ggml';
 import { GgufFile } from '@strata/gguf';
 import { KvCells, KvStorage, MAX_SEQ, attendedCells, buildMask, hadamardMatrix, type DecodedState, type SlotPlan } from '@strata/kv-cache';
-import { exportStageState, importStageState, type ExportOptions } from './stage-state.ts';
+import { exportStageState, importStageState, type ExportOptions, type ImportOptions } from './stage-state.ts';
 import { KvCacheFullError, ModelError } from './errors.ts';
 import { nEmbdKvGqa, readHParams, type HParams } from './hparams.ts';
 import { formatRange, type LayerRange } from './layer-range.ts';
@@ -428,9 +428,9 @@ export class Stage {
    * Imports the part of a state blob that falls in this stage's layers into sequence `seq`
    * (see stage-state.ts); a corrupt, truncated or mismatched blob leaves the cache as it was.
    */
-  importState(blob: Uint8Array | DecodedState, seq: number): { layers: LayerRange; cells: number } {
+  importState(blob: Uint8Array | DecodedState, seq: number, options: ImportOptions = {}): { layers: LayerRange; cells: number } {
     this.#idle();
-    return importStageState(this, blob, seq);
+    return importStageState(this, blob, seq, options);
   }
 
   /**

@@ -26,6 +26,10 @@ export interface StrataMetrics {
   kvCellsUsed: ObservableGauge;
   /** strata.kv.cells.total {worker}: KV cells of the stage — worker */
   kvCellsTotal: ObservableGauge;
+  /** strata.stage.busy (s) {worker}: how long the step computing now has been computing (0: idle) — worker */
+  stageBusy: ObservableGauge;
+  /** strata.worker.slow {worker}: 1 while its step runs past twice its predicted time — coordinator */
+  workerSlow: ObservableGauge;
   /** http.server.request.duration (s) {http.request.method, http.route, http.response.status_code} — gateway */
   httpDuration: Histogram;
 }
@@ -43,6 +47,8 @@ function create(provider: MeterProvider): StrataMetrics {
     stageDuration: m.createHistogram('strata.stage.duration', { ...latency, description: 'one stage computing one micro-batch' }),
     kvCellsUsed: m.createObservableGauge('strata.kv.cells.used', { description: 'KV cells holding some sequence', unit: '{cell}' }),
     kvCellsTotal: m.createObservableGauge('strata.kv.cells.total', { description: 'KV cells of the stage', unit: '{cell}' }),
+    stageBusy: m.createObservableGauge('strata.stage.busy', { description: 'how long the step computing now has been computing (0: idle)', unit: 's' }),
+    workerSlow: m.createObservableGauge('strata.worker.slow', { description: '1 while a worker\'s step runs past twice its predicted time (shown, never taken down for it)', unit: '{worker}' }),
     httpDuration: m.createHistogram('http.server.request.duration', { ...latency, description: 'HTTP requests the gateway answered, to the end of the body' }),
   };
 }

@@ -111,4 +111,7 @@ test('a step budget cuts prompt chunks to what fits its predicted time, always l
   applyPlan(plan!);
   // nothing fits any more: still 16 tokens, so the prompt advances
   assert.equal(shape(planMicroBatch([a, b], { ...limits, prefillWithin: () => 0 })), 'b:19+16');
+  // with nobody decoding, a prompt takes whole chunks
+  const c = job('c', 200, 2);
+  assert.equal(shape(planMicroBatch([c], { ...limits, prefillWithin: () => 0 })), 'c:0+32');
 });

@@ -1,8 +1,8 @@
 // Continuous batching: which tokens of which jobs go into the next micro-batch. Decoding jobs
 // come first (one token each, at most decodeCap of them so that several micro-batches can be in
 // flight), then prefill chunks fill what is left, at most prefillChunk prompt tokens per
-// micro-batch and, with a step budget, only as many as keep the micro-batch's predicted time
-// within it, so a long prompt never stalls everyone's decoding. Pure.
+// micro-batch and, with a step budget while some session decodes, only as many as keep the
+// micro-batch's predicted time within it, so a long prompt never stalls everyone's decoding. Pure.
 import { isReady, nextPos, type Job } from './session.ts';
 import { workOf, type StepWork } from './step-cost.ts';
 
@@ -44,13 +44,15 @@ export function planMicroBatch(jobs: readonly Job[], l: BatchLimits): PlannedEnt
     used++;
     decodes++;
   }
+  // The budget protects decoding sessions: with none, a prompt takes whole chunks.
+  const within = jobs.some((j) => j.finish === null && j.fed >= j.prompt.length) ? l.prefillWithin : undefined;
   let prefill = 0;
   for (const j of jobs) {
     if (!isReady(j) || j.fed >= j.prompt.length) continue;
     const cap = Math.min(j.prompt.length - j.fed, l.maxBatch - used, l.prefillChunk - prefill);
     if (cap <= 0) break;
     const fixed = workOf(entries.map((e) => ({ tokens: e.tokens.length, pos0: e.pos0 })));
-    const n = l.prefillWithin ? Math.max(l.prefillWithin(fixed, nextPos(j), cap), Math.min(cap, prefill === 0 ? MIN_PREFILL : 0)) : cap;
+    const n = within ? Math.max(within(fixed, nextPos(j), cap), Math.min(cap, prefill === 0 ? MIN_PREFILL : 0)) : cap;
     if (n <= 0) break;
     entries.push({ job: j, tokens: j.prompt.slice(j.fed, j.fed + n), pos0: nextPos(j), output: j.fed + n === j.prompt.length });
     used += n;

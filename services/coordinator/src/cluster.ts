@@ -2,7 +2,7 @@
 // stages of one model covering [0, n_layer)) from the stages it sees and takes a pipeline down
 // when one of its workers stops heartbeating, restarts or drains. Pure: transition(state, msg)
 // returns the next state and the effects for the runtime to carry out.
-import type { StageInfo } from '@strata/wire';
+import type { StageInfo, StageLoad } from '@strata/wire';
 
 /** A worker as last heard. */
 export interface WorkerView {
@@ -10,6 +10,8 @@ export interface WorkerView {
   kvCellsUsed: number;
   lastSeenMs: number;
   draining: boolean;
+  /** what it computed when it last heartbeated */
+  load?: StageLoad;
 }
 
 /** A pipeline: worker ids in layer order. */
@@ -30,7 +32,7 @@ export interface ClusterState {
 
 /** Messages the cluster actor takes. */
 export type ClusterMsg =
-  | { type: 'heartbeat'; info: StageInfo; kvCellsUsed: number; draining: boolean; nowMs: number }
+  | { type: 'heartbeat'; info: StageInfo; kvCellsUsed: number; draining: boolean; nowMs: number; load?: StageLoad }
   | { type: 'tick'; nowMs: number };
 
 /** What the runtime must do. */
@@ -64,7 +66,7 @@ export function clusterTransition(s: ClusterState, msg: ClusterMsg, o: ClusterOp
     const prev = s.workers.get(msg.info.workerId);
     if (prev && prev.info.startedAtMs !== msg.info.startedAtMs) down(msg.info.workerId, `worker ${msg.info.workerId} restarted`);
     if (prev && !prev.draining && msg.draining) down(msg.info.workerId, `worker ${msg.info.workerId} is draining`);
-    s.workers.set(msg.info.workerId, { info: msg.info, kvCellsUsed: msg.kvCellsUsed, lastSeenMs: msg.nowMs, draining: msg.draining });
+    s.workers.set(msg.info.workerId, { info: msg.info, kvCellsUsed: msg.kvCellsUsed, lastSeenMs: msg.nowMs, draining: msg.draining, load: msg.load });
   } else {
     for (const [id, w] of s.workers) {
       if (msg.nowMs - w.lastSeenMs > o.workerTimeoutMs) {

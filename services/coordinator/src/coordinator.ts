@@ -23,9 +23,9 @@ import { MigrationLedger, type MigrationRecord } from './ledger.ts';
 import { startMigration } from './migration.ts';
 import { pickRebalance } from './rebalance.ts';
 import { SessionStore } from './session-store.ts';
-import { CostBook } from './step-cost.ts';
+import { CostBook, judgeLoad } from './step-cost.ts';
 import { listSessions } from './session-list.ts';
-import { tracedAdmit } from './telemetry.ts';
+import { observeSlowWorkers, tracedAdmit } from './telemetry.ts';
 import { context } from '@opentelemetry/api';
 import { natsContext } from '@strata/telemetry';
 
@@ -60,6 +60,8 @@ export class Coordinator {
   #leading = false;
   #campaigning = false;
   #timer: NodeJS.Timeout | undefined;
+  /** stops reporting slow workers to metrics */
+  #unobserve: () => void = () => {};
   #leaseTimer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | null = null;
 
@@ -104,6 +106,7 @@ export class Coordinator {
     // Standbys watch heartbeats too: they know the cluster when they take over.
     co.#sub(subjects.workerHeartbeat(), (m) => co.#onHeartbeat(m));
     co.#timer = setInterval(() => co.#tick(), Math.min(1000, c.workerTimeoutMs / 3));
+    co.#unobserve = observeSlowWorkers(() => [...co.#cluster.workers.values()].map((w) => ({ worker: w.info.workerId, slow: judgeLoad(w.load, co.#costs.stage(w.info.workerId)).slow })));
     co.#leaseTimer = setInterval(() => void co.#campaign(), c.leaseMs / 3);
     void co.#watchNats();
     await co.#campaign();
@@ -395,7 +398,7 @@ export class Coordinator {
       this.#log.warn('refused a heartbeat with a bad stage', { worker: hb.stage?.workerId });
       return;
     }
-    this.#apply(clusterTransition(this.#cluster, { type: 'heartbeat', info: hb.stage, kvCellsUsed: hb.kvCellsUsed, draining: hb.draining, nowMs: Date.now() }, this.#c).effects);
+    this.#apply(clusterTransition(this.#cluster, { type: 'heartbeat', info: hb.stage, kvCellsUsed: hb.kvCellsUsed, draining: hb.draining, nowMs: Date.now(), load: hb.load }, this.#c).effects);
   }
 
   #tick(): void {
@@ -469,6 +472,7 @@ export class Coordinator {
       })),
       workers: [...this.#cluster.workers.values()].map((w) => ({
         stage: w.info, kvCellsUsed: w.kvCellsUsed, lastSeenMs: BigInt(w.lastSeenMs), pipelineId: this.#cluster.memberOf.get(w.info.workerId) ?? '', draining: w.draining,
+        load: w.load, ...judgeLoad(w.load, this.#costs.stage(w.info.workerId)),
       })),
     }));
   }
@@ -483,6 +487,7 @@ export class Coordinator {
     this.#stopping ??= (async () => {
       clearInterval(this.#timer);
       clearInterval(this.#leaseTimer);
+      this.#unobserve();
       if (this.#leading) {
         const intake = new Set([subjects.coordinatorGenerate(), subjects.coordinatorGenerateAt(this.id), subjects.coordinatorMigrate(), subjects.coordinatorDrain(), subjects.coordinatorCluster(), subjects.coordinatorMigrations(), subjects.coordinatorSessions()]);
         for (const sub of this.#leaderSubs) if (intake.has(sub.getSubject())) sub.unsubscribe();

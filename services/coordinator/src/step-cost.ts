@@ -184,3 +184,25 @@ export function tokensWithin(predict: (w: StepWork) => number | null, budgetMs: 
   }
   return lo;
 }
+
+/** A stage's load as its heartbeat tells it (StageLoad). */
+export interface BusyLoad {
+  busyStepId: bigint;
+  busyTokens: number;
+  busyAttention: bigint;
+  busyMs: number;
+}
+
+/** Slower than this many times its prediction, a computing stage is shown as slow. */
+export const SLOW_FACTOR = 2;
+
+/**
+ * The prediction for the step a stage computes now, and whether it has been computing for more
+ * than SLOW_FACTOR times that (and over a second): shown to operators, never a reason to take the
+ * stage down. Unknown cost or no step: not slow.
+ */
+export function judgeLoad(load: BusyLoad | undefined, cost: StageCost): { predictedMs: number; slow: boolean } {
+  if (!load || load.busyStepId === 0n) return { predictedMs: 0, slow: false };
+  const predictedMs = cost.predict({ tokens: load.busyTokens, attention: Number(load.busyAttention) }) ?? 0;
+  return { predictedMs, slow: predictedMs > 0 && load.busyMs > Math.max(1000, SLOW_FACTOR * predictedMs) };
+}

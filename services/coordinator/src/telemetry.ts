@@ -105,6 +105,16 @@ export function observeQueue(pipeline: string, depth: () => number): () => void 
   return () => gauge.removeCallback(cb);
 }
 
+/** Reports, per worker, whether its step runs past twice its predicted time (strata.worker.slow). */
+export function observeSlowWorkers(workers: () => { worker: string; slow: boolean }[]): () => void {
+  const gauge = strataMetrics().workerSlow;
+  const cb = (r: { observe(v: number, a: Record<string, string>): void }) => {
+    for (const w of workers()) r.observe(w.slow ? 1 : 0, { worker: w.worker });
+  };
+  gauge.addCallback(cb);
+  return () => gauge.removeCallback(cb);
+}
+
 /**
  * Runs migration `m` inside its span (a child of `parent`); when it ends, records its state,
  * bytes and pause.

@@ -20,7 +20,13 @@ import { injectMetadata } from '@strata/telemetry';
 /** bytes of K/V rows per exported STKV blob (a piece): few pieces, each bounded */
 export const PIECE_BYTES = 4 * 1024 * 1024;
 /** bytes of a blob per gRPC message */
-export const CHUNK_BYTES = 256 * 1024;
+export const CHUNK_BYTES = 1024 * 1024;
+/**
+ * HTTP/2 flow-control window of a push, per stream and per connection (bytes). Node's default,
+ * 64 KiB, makes the sender wait for a WINDOW_UPDATE every 64 KiB: at loopback speed the push
+ * then runs at the pace of the receiver's event loop, not of the link.
+ */
+export const WINDOW_BYTES = 16 * 1024 * 1024;
 /** largest blob a target takes (a piece of 256 positions of any sane model fits) */
 export const MAX_BLOB_BYTES = 256 * 1024 * 1024;
 
@@ -82,6 +88,7 @@ export class KvTransferServer {
   private constructor(o: KvTransferServerOptions) {
     this.#o = o;
     this.#server = new Server({ 'grpc.max_receive_message_length': CHUNK_BYTES + 4096 });
+    widenServerWindow(this.#server, o.log);
     this.#server.addService(grpcService(KvTransfer), {
       push: (call: ServerReadableStream<PushRequest, PushResponse>, cb: sendUnaryData<PushResponse>) => this.#push(call, traceReceive(call, o.workerId, cb)),
     });
@@ -93,6 +100,7 @@ export class KvTransferServer {
     const port = await new Promise<number>((resolve, reject) =>
       s.#server.bindAsync(`${o.host}:${o.port}`, serverCredentials(o.security), (err, p) => (err ? reject(err) : resolve(p))));
     s.address = `${o.host}:${port}`;
+    widenSessionWindows(s.#server);
     return s;
   }
 
@@ -197,6 +205,26 @@ export class KvTransferServer {
   }
 }
 
+/**
+ * grpc-js 1.14 takes `grpc-node.flow_control_window` on clients only (servers: grpc-node pull
+ * request 3058), so the server's HTTP/2 settings are widened here, through the fields of the pinned
+ * version: the per-stream window in the settings its HTTP/2 server is created with (before bind)...
+ */
+function widenServerWindow(server: Server, log: Logger): void {
+  const common = (server as unknown as { commonServerOptions?: { settings?: Record<string, unknown> } }).commonServerOptions;
+  if (!common) {
+    log.warn('this grpc-js has no commonServerOptions: KvTransfer keeps HTTP/2\'s 64 KiB window');
+    return;
+  }
+  common.settings = { ...common.settings, initialWindowSize: WINDOW_BYTES };
+}
+
+/** ...and the connection window of every session it accepts (after bind). */
+function widenSessionWindows(server: Server): void {
+  const servers = (server as unknown as { http2Servers?: Map<{ on(e: 'session', f: (s: { setLocalWindowSize?(n: number): void }) => void): void }, unknown> }).http2Servers;
+  for (const h of servers?.keys() ?? []) h.on('session', (session) => session.setLocalWindowSize?.(WINDOW_BYTES));
+}
+
 function serverCredentials(sec: TransferSecurity): ServerCredentials {
   if (!sec.tls) return ServerCredentials.createInsecure();
   return ServerCredentials.createSsl(sec.tls.ca, [{ cert_chain: sec.tls.cert, private_key: sec.tls.key }], sec.tls.mutual);
@@ -215,7 +243,7 @@ const clients = new Map<string, PushClient>();
 function clientFor(address: string, sec: TransferSecurity): PushClient {
   let c = clients.get(address);
   if (!c) {
-    c = new Client(address, channelCredentials(sec)) as unknown as PushClient;
+    c = new Client(address, channelCredentials(sec), { 'grpc-node.flow_control_window': WINDOW_BYTES, 'grpc.max_send_message_length': CHUNK_BYTES + 4096 }) as unknown as PushClient;
     clients.set(address, c);
   }
   return c;

@@ -47,6 +47,8 @@ export interface StageDescription {
 export interface BusyStep {
   stepId: bigint;
   tokens: number;
+  /** Σ n_tokens × (pos0 + n_tokens) over its entries: the cells its tokens attend to */
+  attention: number;
   /** Date.now() when it started computing */
   sinceMs: number;
 }

@@ -198,7 +198,8 @@ class StageActor {
         return;
       case 'import':
         try {
-          const r = this.#stage.importState(t.state, t.seq);
+          // A push builds its sequence from parts of several sources, cut at other positions.
+          const r = this.#stage.importState(t.state, t.seq, { merge: true });
           this.#ok(t.id, { l0: r.layers.l0, l1: r.layers.l1, cells: r.cells });
         } catch (err) {
           this.#fail(t.id, failure(err));
@@ -211,7 +212,8 @@ class StageActor {
     const h = t.header;
     if (fenceOlder({ term: h.term, generation: h.generation }, this.#fence)) return this.#ok(t.id, { stale: true });
     const tokens = h.entries.reduce((n, e) => n + e.nTokens, 0);
-    this.#busy = { stepId: h.stepId, tokens, sinceMs: Date.now() };
+    const attention = h.entries.reduce((n, e) => n + e.nTokens * (e.pos0 + e.nTokens), 0);
+    this.#busy = { stepId: h.stepId, tokens, attention, sinceMs: Date.now() };
     this.#post({ type: 'snapshot', snapshot: this.#snapshot() });
     const t0 = performance.now();
     try {

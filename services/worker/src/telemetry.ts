@@ -49,16 +49,19 @@ export function endStage(s: StageTrace, ms: number, error?: unknown): void {
 }
 
 /** Reports the stage's KV cells (used and total) at every collection; returns the function that stops it. */
-export function observeKvCells(worker: string, cells: () => { used: number; total: number }): () => void {
+export function observeKvCells(worker: string, cells: () => { used: number; total: number; busyMs: number }): () => void {
   const m = strataMetrics();
   const attrs = { worker };
   const used = (r: ObservableResult) => r.observe(cells().used, attrs);
   const total = (r: ObservableResult) => r.observe(cells().total, attrs);
+  const busy = (r: ObservableResult) => r.observe(cells().busyMs / 1000, attrs);
   m.kvCellsUsed.addCallback(used);
   m.kvCellsTotal.addCallback(total);
+  m.stageBusy.addCallback(busy);
   return () => {
     m.kvCellsUsed.removeCallback(used);
     m.kvCellsTotal.removeCallback(total);
+    m.stageBusy.removeCallback(busy);
   };
 }
 

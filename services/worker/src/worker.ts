@@ -96,7 +96,7 @@ export class Worker {
     }
     w.info.grpcAddress = c.grpcAdvertise ?? w.#kv.address;
     w.#subscribe();
-    w.#unobserve = observeKvCells(c.id, () => ({ used: w.#host.snapshot.used, total: w.info.kvCells }));
+    w.#unobserve = observeKvCells(c.id, () => ({ used: w.#host.snapshot.used, total: w.info.kvCells, busyMs: w.load().busyMs }));
     w.#heartbeat();
     w.#timer = setInterval(() => {
       w.#heartbeat();
@@ -121,7 +121,7 @@ export class Worker {
     const s = this.#host.snapshot;
     return {
       $typeName: 'strata.v1.StageLoad', busyStepId: s.busy?.stepId ?? 0n, busyTokens: s.busy?.tokens ?? 0, busyMs: s.busy ? Math.max(0, Date.now() - s.busy.sinceMs) : 0,
-      queued: s.queued, lastStepTokens: s.lastStep?.tokens ?? 0, lastStepMs: s.lastStep?.ms ?? 0,
+      busyAttention: BigInt(s.busy?.attention ?? 0), queued: s.queued, lastStepTokens: s.lastStep?.tokens ?? 0, lastStepMs: s.lastStep?.ms ?? 0,
     };
   }
 

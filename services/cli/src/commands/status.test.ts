@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { create } from '@bufbuild/protobuf';
 import { test } from 'node:test';
-import { ClusterStateSchema, MigrationInfoSchema, SessionInfoSchema } from '@strata/wire';
-import { renderMigrations, renderSessions, renderStatus } from './status.ts';
+import { ClusterStateSchema, MigrationInfoSchema, SessionInfoSchema, StageLoadSchema, WorkerStateSchema } from '@strata/wire';
+import { busyNote, renderMigrations, renderSessions, renderStatus } from './status.ts';
 
 const stage = (workerId: string, l0: number, l1: number) => ({ workerId, l0, l1, nLayer: 8, kvCells: 100, kvStreams: 1, kvType: 'f16', nSeqMax: 4 });
 const NOW = 1_000_000;
@@ -44,4 +44,14 @@ test('sessions and migrations tables; an aborted migration says why', () => {
     id: 'm-2', sessionId: 's1', fromPipeline: 'p0', toPipeline: 'p1', state: 'aborted', error: 'no_room: full', createdMs: BigInt(NOW - 61_000), totalMs: 40, reason: 'drain a1',
   })], NOW);
   assert.match(m, /m-2\s+s1\s+p0 → p1\s+aborted\s+0\s+–\s+0\s+–\s+40\.0 ms\s+1 min\s+drain a1\n {2}↳ no_room: full\n$/);
+});
+
+test('a worker inside a long step says so, and SLOW past twice its prediction', () => {
+  const w = (busyMs: number, slow: boolean, predictedMs: number) => create(WorkerStateSchema, {
+    slow, predictedMs, load: create(StageLoadSchema, { busyStepId: 7n, busyTokens: 1024, busyMs }),
+  });
+  assert.equal(busyNote(w(300, false, 250)), '', 'a short step is not worth a note');
+  assert.equal(busyNote(w(4200, false, 3000)), 'step of 1,024 tokens for 4.2 s (3.0 s expected)');
+  assert.equal(busyNote(w(4200, true, 300)), 'SLOW: step of 1,024 tokens for 4.2 s (0.3 s expected)');
+  assert.equal(busyNote(create(WorkerStateSchema, {})), '');
 });

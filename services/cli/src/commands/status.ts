@@ -13,12 +13,20 @@ import { formatAge, formatBytes, formatMs, occupancy, table } from '../format.ts
 /** Cells a stage's KV cache holds in all. */
 const cellsOf = (s: StageInfo | undefined) => (s?.kvCells ?? 0) * Math.max(1, s?.kvStreams ?? 1);
 
+/** What a worker computes now, when it has been at it for a while: "SLOW: step of 1,024 tokens for 4.2 s (0.3 s expected)". */
+export function busyNote(w: WorkerState | undefined): string {
+  const l = w?.load;
+  if (!l || l.busyStepId === 0n || (l.busyMs < 1000 && !w.slow)) return '';
+  const s = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+  return `${w.slow ? 'SLOW: ' : ''}step of ${l.busyTokens.toLocaleString('en')} tokens for ${s(l.busyMs)}${w.predictedMs > 0 ? ` (${s(w.predictedMs)} expected)` : ''}`;
+}
+
 /** Rows of workers: id, layers, K/V type, KV bar, cells, notes. */
 function workerRows(stages: readonly StageInfo[], byId: ReadonlyMap<string, WorkerState>, nowMs: number): string[][] {
   return stages.map((st) => {
     const w = byId.get(st.workerId);
     const used = w?.kvCellsUsed ?? 0, total = cellsOf(st);
-    const notes = [w?.draining ? 'draining' : '', w && nowMs - Number(w.lastSeenMs) > 2500 ? `last heard ${formatAge(Number(w.lastSeenMs), nowMs)} ago` : ''].filter(Boolean).join(', ');
+    const notes = [w?.draining ? 'draining' : '', w && nowMs - Number(w.lastSeenMs) > 2500 ? `last heard ${formatAge(Number(w.lastSeenMs), nowMs)} ago` : '', busyNote(w)].filter(Boolean).join(', ');
     return [`  ${st.workerId}`, `${st.l0}:${st.l1}`, st.kvType || '', occupancy(used, total), `${used.toLocaleString('en')}/${total.toLocaleString('en')} cells`, notes];
   });
 }
