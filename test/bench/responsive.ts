@@ -8,6 +8,7 @@
 //     other sessions decode on both: MiB/s of the pre-copy, the pause, the total (targets:
 //     ≥ 1 GiB/s at 16k, pause ≤ one decode step + 10 ms).
 import { existsSync, mkdirSync } from 'node:fs';
+import { request } from 'node:http';
 import { join } from 'node:path';
 import { connect } from 'nats';
 import { strataCacheDir } from '@strata/ggml';
@@ -18,7 +19,7 @@ import { BENCH_SPEC, median } from './common.ts';
 
 const SPEC = { ...BENCH_SPEC, nCtxTrain: 32768 } as const;
 const MODEL_ID = 'bench-llama-134m-f16-32k';
-const CTX = 24576;
+const CTX = 32768;
 const HEARTBEAT_MS = 1000;
 const LONG = 16384;
 const BACKGROUND = 8;
@@ -41,32 +42,51 @@ const pct = (xs: number[], q: number) => {
 };
 const prompt = (n: number, salt: number) => Array.from({ length: n }, (_, i) => 100 + ((i * 7919 + salt * 104729) % 20000));
 
+/**
+ * One HTTP exchange on a connection of its own (no keep-alive pool: a pooled socket that the
+ * gateway closed while idle fails the next request on it). `onData` sees the body as it comes;
+ * `signal` ends the exchange early, which is then not an error.
+ */
+function exchange(url: string, method: string, body: unknown, headers: Record<string, string>, onData: (text: string) => void, signal?: AbortSignal): Promise<number> {
+  const text = body === undefined ? '' : JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = request(url, { method, agent: false, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers } }, (res) => {
+      res.setEncoding('utf8');
+      res.on('data', onData);
+      res.on('end', () => resolve(res.statusCode ?? 0));
+      res.on('error', (err) => (signal?.aborted ? resolve(res.statusCode ?? 0) : reject(err)));
+    });
+    req.on('error', (err) => (signal?.aborted ? resolve(0) : reject(err)));
+    signal?.addEventListener('abort', () => req.destroy(), { once: true });
+    req.end(text);
+  });
+}
+
+async function getJson<T>(url: string, method = 'GET', body?: unknown): Promise<T> {
+  let out = '';
+  const status = await exchange(url, method, body, {}, (d) => (out += d));
+  if (status >= 300) throw new Error(`${method} ${url}: HTTP ${status}: ${out.slice(0, 300)}`);
+  return JSON.parse(out) as T;
+}
+
 /** A streamed completion: the arrival time of every token (Date.now()); stops early when `signal` aborts. */
 async function decodeStream(url: string, body: Record<string, unknown>, session: string, signal?: AbortSignal): Promise<number[]> {
   const times: number[] = [];
-  try {
-    const r = await fetch(`${url}/v1/completions`, {
-      method: 'POST', signal, headers: { 'content-type': 'application/json', 'x-session-id': session },
-      body: JSON.stringify({ model: MODEL_ID, temperature: 0, ...body, stream: true, logprobs: 0 }),
-    });
-    if (r.status !== 200) throw new Error(`HTTP ${r.status}: ${await r.text()}`);
-    const dec = new TextDecoder();
-    let buf = '';
-    for await (const part of r.body!) {
-      buf += dec.decode(part as Uint8Array, { stream: true });
-      let i;
-      while ((i = buf.indexOf('\n\n')) >= 0) {
-        const ev = buf.slice(0, i);
-        buf = buf.slice(i + 2);
-        if (!ev.startsWith('data: {')) continue;
-        const j = JSON.parse(ev.slice(6)) as { choices?: { logprobs: { tokens: string[] } | null }[]; error?: { message: string } };
-        if (j.error) throw new Error(j.error.message);
-        for (const _ of j.choices?.[0]?.logprobs?.tokens ?? []) times.push(Date.now());
-      }
+  let buf = '', failure: Error | null = null;
+  const status = await exchange(`${url}/v1/completions`, 'POST', { model: MODEL_ID, temperature: 0, ...body, stream: true, logprobs: 0 }, { 'x-session-id': session }, (d) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf('\n\n')) >= 0) {
+      const ev = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      if (!ev.startsWith('data: {')) continue;
+      const j = JSON.parse(ev.slice(6)) as { choices?: { logprobs: { tokens: string[] } | null }[]; error?: { message: string } };
+      if (j.error) failure ??= new Error(j.error.message);
+      for (const _ of j.choices?.[0]?.logprobs?.tokens ?? []) times.push(Date.now());
     }
-  } catch (err) {
-    if (!signal?.aborted) throw err;
-  }
+  }, signal);
+  if (failure) throw failure;
+  if (status !== 200 && !signal?.aborted) throw new Error(`HTTP ${status}: ${buf.slice(0, 300)}`);
   return times;
 }
 
@@ -81,13 +101,12 @@ async function start(budgetMs: number): Promise<Cluster> {
     workerFlags: ['--heartbeat-ms', String(HEARTBEAT_MS)], gatewayFlags: ['--timeout-ms', '900000'],
     coordinatorFlags: ['--step-budget-ms', String(budgetMs), '--rebalance-high', '0', '--default-max-tokens', '256'],
   });
-  const state = (await (await fetch(`${c.url}/admin/v1/cluster`)).json()) as { pipelines: { id: string }[] };
+  const state = await getJson<{ pipelines: { id: string }[] }>(`${c.url}/admin/v1/cluster`);
   return { c, pipelines: state.pipelines.map((p) => p.id).sort() };
 }
 
 async function migrate(url: string, session: string, to: string) {
-  const r = await fetch(`${url}/admin/v1/sessions/${session}/migrate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ to, wait: true }) });
-  const m = (await r.json()) as { state: string; error: string | null; bytes: number; copy_ms: number; pause_ms: number; hold_ms: number; total_ms: number; positions: number; rounds: number };
+  const m = await getJson<{ state: string; error: string | null; bytes: number; copy_ms: number; pause_ms: number; hold_ms: number; total_ms: number; positions: number; rounds: number }>(`${url}/admin/v1/sessions/${session}/migrate`, 'POST', { to, wait: true });
   if (m.state !== 'done') throw new Error(`migration of ${session}: ${m.state} ${m.error ?? JSON.stringify(m)}`);
   return m;
 }
@@ -95,7 +114,7 @@ async function migrate(url: string, session: string, to: string) {
 /** Makes `session` live on `pipeline`: a one-token request, then a move if it landed elsewhere. */
 async function pin(k: Cluster, session: string, pipeline: string, tokens: number[]): Promise<void> {
   await decodeStream(k.c.url, { prompt: tokens, max_tokens: 1 }, session);
-  const state = (await (await fetch(`${k.c.url}/admin/v1/sessions?limit=1000`)).json()) as { data: { id: string; pipeline: string }[] };
+  const state = await getJson<{ data: { id: string; pipeline: string }[] }>(`${k.c.url}/admin/v1/sessions?limit=1000`);
   const at = state.data.find((s) => s.id === session);
   if (at?.pipeline !== pipeline) await migrate(k.c.url, session, pipeline);
 }
@@ -173,7 +192,7 @@ export async function runResponsiveBench(onStep: (detail: string) => void = () =
         await decodeStream(k.c.url, { prompt: prompt(len, len), max_tokens: 1 }, session);
       }
       // It decodes while it moves: its step, and the pause the move caused.
-      const held = (await (await fetch(`${k.c.url}/admin/v1/sessions?limit=1000`)).json()) as { data: { id: string; positions: number }[] };
+      const held = await getJson<{ data: { id: string; positions: number }[] }>(`${k.c.url}/admin/v1/sessions?limit=1000`);
       const positions = held.data.find((s) => s.id === session)?.positions ?? len;
       const ctl = new AbortController();
       const tokens = decodeStream(k.c.url, { prompt: [...prompt(len, len), 7], max_tokens: 48 }, session, ctl.signal);
@@ -204,7 +223,7 @@ export async function runResponsiveBench(onStep: (detail: string) => void = () =
 }
 
 async function where(k: Cluster, session: string): Promise<string> {
-  const s = (await (await fetch(`${k.c.url}/admin/v1/sessions?limit=1000`)).json()) as { data: { id: string; pipeline: string }[] };
+  const s = await getJson<{ data: { id: string; pipeline: string }[] }>(`${k.c.url}/admin/v1/sessions?limit=1000`);
   const at = s.data.find((x) => x.id === session);
   return at?.pipeline ?? '';
 }

@@ -404,6 +404,7 @@ export class Coordinator {
   #tick(): void {
     const now = Date.now();
     this.#apply(clusterTransition(this.#cluster, { type: 'tick', nowMs: now }, this.#c).effects);
+    this.#costs.keepOnly((id) => this.#cluster.workers.has(id));
     if (!this.#leading) return;
     for (const s of [...this.#schedulers.values()]) {
       const why = s.stalled(now);

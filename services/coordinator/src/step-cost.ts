@@ -159,6 +159,11 @@ export class CostBook {
   forget(workerId: string): void {
     this.#byWorker.delete(workerId);
   }
+
+  /** Forgets every worker `alive` does not name. */
+  keepOnly(alive: (workerId: string) => boolean): void {
+    for (const id of this.#byWorker.keys()) if (!alive(id)) this.#byWorker.delete(id);
+  }
 }
 
 /** How long a step may take before it is stuck: a margin over its predicted cost, never below the floor. */

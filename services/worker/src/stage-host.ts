@@ -40,8 +40,6 @@ export class StageHost {
   #closing: Promise<void> | null = null;
   /** called once if the thread dies on its own (a native crash, an uncaught error) */
   onFatal: (err: Error) => void = () => {};
-  /** called on every log line the thread sends */
-  onLog: (level: 'warn' | 'error', message: string, fields: Record<string, unknown>) => void = () => {};
 
   private constructor(thread: Thread, ready: Extract<StageMessage, { type: 'ready' }>) {
     this.#thread = thread;
@@ -88,7 +86,6 @@ export class StageHost {
   }
 
   #onMessage(m: StageMessage): void {
-    if (m.type === 'log') return this.onLog(m.level, m.message, m.fields);
     if (m.type !== 'reply' && m.type !== 'snapshot') return;
     this.#snapshot = m.snapshot;
     if (m.type !== 'reply') return;

@@ -116,8 +116,7 @@ export type StageMessage =
   | { type: 'load_failed'; failure: StageFailure }
   | { type: 'reply'; id: number; ok: true; value: unknown; snapshot: StageSnapshot }
   | { type: 'reply'; id: number; ok: false; failure: StageFailure; snapshot: StageSnapshot }
-  | { type: 'snapshot'; snapshot: StageSnapshot }
-  | { type: 'log'; level: 'warn' | 'error'; message: string; fields: Record<string, unknown> };
+  | { type: 'snapshot'; snapshot: StageSnapshot };
 
 /** Whether fence `a` is older than `b` (then `a`'s work is stale); unfenced work never is. */
 export function fenceOlder(a: Fence, b: Fence): boolean {

@@ -65,7 +65,6 @@ export class Worker {
       nSeqMax: c.nSeqMax, maxBatch: c.maxBatch, nVocab: d.nVocab, nEmbd: d.nEmbd, nCtxTrain: d.nCtxTrain,
       startedAtMs: BigInt(Date.now()), grpcAddress: '', kvType: c.kvTypeName, group: c.group,
     };
-    host.onLog = (level, message, fields) => this.#log[level](message, fields);
     host.onFatal = (err) => {
       this.#log.error('the stage thread died', { err });
       this.#fail(err);
