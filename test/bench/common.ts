@@ -60,38 +60,64 @@ export interface StreamTiming {
 }
 
 /**
- * One streaming completion (`logprobs: 0`, so every event names its tokens) on a connection of
- * its own: no keep-alive pool, since in-process runs between cluster runs block this process and
- * a pooled socket the server closed meanwhile would fail the next request. `onToken(n)` runs
- * after the n-th token; an error event or a status other than 200 rejects.
+ * One HTTP exchange on a connection of its own: no keep-alive pool, since a pooled socket that the
+ * server closed while idle (or while in-process runs between cluster runs blocked this process)
+ * fails the next request on it. `onData` sees the body as it comes; `signal` ends the exchange
+ * early, which is then not an error. Resolves with the status.
  */
-export function streamCompletion(url: string, body: Record<string, unknown>, headers: Record<string, string> = {}, onToken: (n: number) => void = () => {}): Promise<StreamTiming> {
-  const text = JSON.stringify({ ...body, stream: true, logprobs: 0 });
-  const start = performance.now();
+export function exchange(url: string, method: string, body: unknown, headers: Record<string, string>, onData: (text: string) => void, signal?: AbortSignal): Promise<number> {
+  const text = body === undefined ? '' : JSON.stringify(body);
   return new Promise((resolve, reject) => {
-    const req = request(`${url}/v1/completions`, { method: 'POST', agent: false, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers } }, (res) => {
-      const times: number[] = [];
-      let buf = '';
+    const req = request(url, { method, agent: false, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers } }, (res) => {
       res.setEncoding('utf8');
-      res.on('data', (d: string) => {
-        buf += d;
-        let i;
-        while ((i = buf.indexOf('\n\n')) >= 0) {
-          const ev = buf.slice(0, i);
-          buf = buf.slice(i + 2);
-          if (!ev.startsWith('data: {')) continue;
-          const j = JSON.parse(ev.slice(6)) as { choices: { logprobs: { tokens: string[] } | null }[]; error?: { message: string } };
-          if (j.error) return reject(new Error(j.error.message));
-          for (const _ of j.choices[0]?.logprobs?.tokens ?? []) {
-            times.push(performance.now());
-            onToken(times.length);
-          }
-        }
-      });
-      res.on('end', () => (res.statusCode === 200 ? resolve({ start, times }) : reject(new Error(`HTTP ${res.statusCode}: ${buf.slice(0, 300)}`))));
-      res.on('error', reject);
+      res.on('data', onData);
+      res.on('end', () => resolve(res.statusCode ?? 0));
+      res.on('error', (err) => (signal?.aborted ? resolve(res.statusCode ?? 0) : reject(err)));
     });
-    req.on('error', reject);
+    req.on('error', (err) => (signal?.aborted ? resolve(0) : reject(err)));
+    signal?.addEventListener('abort', () => req.destroy(), { once: true });
     req.end(text);
   });
+}
+
+/** A JSON request and its JSON answer; a status of 300 or more rejects. */
+export async function getJson<T>(url: string, method = 'GET', body?: unknown): Promise<T> {
+  let out = '';
+  const status = await exchange(url, method, body, {}, (d) => (out += d));
+  if (status >= 300) throw new Error(`${method} ${url}: HTTP ${status}: ${out.slice(0, 300)}`);
+  return JSON.parse(out) as T;
+}
+
+/**
+ * One streaming completion (`logprobs: 0`, so every event names its tokens): `onToken(n)` runs as
+ * the n-th token arrives. An error event or a status other than 200 rejects; `signal` stops it
+ * early without an error.
+ */
+export async function streamTokens(url: string, body: Record<string, unknown>, headers: Record<string, string>, onToken: (n: number) => void, signal?: AbortSignal): Promise<void> {
+  let buf = '', n = 0, failure: Error | null = null;
+  const status = await exchange(`${url}/v1/completions`, 'POST', { ...body, stream: true, logprobs: 0 }, headers, (d) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf('\n\n')) >= 0) {
+      const ev = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      if (!ev.startsWith('data: {')) continue;
+      const j = JSON.parse(ev.slice(6)) as { choices?: { logprobs: { tokens: string[] } | null }[]; error?: { message: string } };
+      if (j.error) failure ??= new Error(j.error.message);
+      for (const _ of j.choices?.[0]?.logprobs?.tokens ?? []) onToken(++n);
+    }
+  }, signal);
+  if (failure) throw failure;
+  if (status !== 200 && !signal?.aborted) throw new Error(`HTTP ${status}: ${buf.slice(0, 300)}`);
+}
+
+/** One streaming completion; when it started and when each token arrived (performance.now()). */
+export async function streamCompletion(url: string, body: Record<string, unknown>, headers: Record<string, string> = {}, onToken: (n: number) => void = () => {}): Promise<StreamTiming> {
+  const start = performance.now();
+  const times: number[] = [];
+  await streamTokens(url, body, headers, (n) => {
+    times.push(performance.now());
+    onToken(n);
+  });
+  return { start, times };
 }

@@ -8,14 +8,13 @@
 //     other sessions decode on both: MiB/s of the pre-copy, the pause, the total (targets:
 //     ≥ 1 GiB/s at 16k, pause ≤ one decode step + 10 ms).
 import { existsSync, mkdirSync } from 'node:fs';
-import { request } from 'node:http';
 import { join } from 'node:path';
 import { connect } from 'nats';
 import { strataCacheDir } from '@strata/ggml';
 import { synthesize } from '@strata/model';
 import { HeartbeatSchema, decode, subjects } from '@strata/wire';
 import { LocalCluster } from '../../services/cli/src/local-cluster.ts';
-import { BENCH_SPEC, median } from './common.ts';
+import { BENCH_SPEC, getJson, median, streamTokens } from './common.ts';
 
 const SPEC = { ...BENCH_SPEC, nCtxTrain: 32768 } as const;
 const MODEL_ID = 'bench-llama-134m-f16-32k';
@@ -42,51 +41,10 @@ const pct = (xs: number[], q: number) => {
 };
 const prompt = (n: number, salt: number) => Array.from({ length: n }, (_, i) => 100 + ((i * 7919 + salt * 104729) % 20000));
 
-/**
- * One HTTP exchange on a connection of its own (no keep-alive pool: a pooled socket that the
- * gateway closed while idle fails the next request on it). `onData` sees the body as it comes;
- * `signal` ends the exchange early, which is then not an error.
- */
-function exchange(url: string, method: string, body: unknown, headers: Record<string, string>, onData: (text: string) => void, signal?: AbortSignal): Promise<number> {
-  const text = body === undefined ? '' : JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const req = request(url, { method, agent: false, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers } }, (res) => {
-      res.setEncoding('utf8');
-      res.on('data', onData);
-      res.on('end', () => resolve(res.statusCode ?? 0));
-      res.on('error', (err) => (signal?.aborted ? resolve(res.statusCode ?? 0) : reject(err)));
-    });
-    req.on('error', (err) => (signal?.aborted ? resolve(0) : reject(err)));
-    signal?.addEventListener('abort', () => req.destroy(), { once: true });
-    req.end(text);
-  });
-}
-
-async function getJson<T>(url: string, method = 'GET', body?: unknown): Promise<T> {
-  let out = '';
-  const status = await exchange(url, method, body, {}, (d) => (out += d));
-  if (status >= 300) throw new Error(`${method} ${url}: HTTP ${status}: ${out.slice(0, 300)}`);
-  return JSON.parse(out) as T;
-}
-
 /** A streamed completion: the arrival time of every token (Date.now()); stops early when `signal` aborts. */
 async function decodeStream(url: string, body: Record<string, unknown>, session: string, signal?: AbortSignal): Promise<number[]> {
   const times: number[] = [];
-  let buf = '', failure: Error | null = null;
-  const status = await exchange(`${url}/v1/completions`, 'POST', { model: MODEL_ID, temperature: 0, ...body, stream: true, logprobs: 0 }, { 'x-session-id': session }, (d) => {
-    buf += d;
-    let i;
-    while ((i = buf.indexOf('\n\n')) >= 0) {
-      const ev = buf.slice(0, i);
-      buf = buf.slice(i + 2);
-      if (!ev.startsWith('data: {')) continue;
-      const j = JSON.parse(ev.slice(6)) as { choices?: { logprobs: { tokens: string[] } | null }[]; error?: { message: string } };
-      if (j.error) failure ??= new Error(j.error.message);
-      for (const _ of j.choices?.[0]?.logprobs?.tokens ?? []) times.push(Date.now());
-    }
-  }, signal);
-  if (failure) throw failure;
-  if (status !== 200 && !signal?.aborted) throw new Error(`HTTP ${status}: ${buf.slice(0, 300)}`);
+  await streamTokens(url, { model: MODEL_ID, temperature: 0, ...body }, { 'x-session-id': session }, () => times.push(Date.now()), signal);
   return times;
 }
 
@@ -167,9 +125,9 @@ export async function runResponsiveBench(onStep: (detail: string) => void = () =
         beats.set(id, [...(beats.get(id) ?? []), Date.now()]);
       },
     });
-    await pin(k, 'resp-4k', k.pipelines[0]!, prompt(8, 4));
+    await pin(k, 'resp-4k', k.pipelines[0]!, prompt(8, 4096));
     const t0 = Date.now();
-    await decodeStream(k.c.url, { prompt: prompt(4096, 4), max_tokens: 1 }, 'resp-4k');
+    await decodeStream(k.c.url, { prompt: prompt(4096, 4096), max_tokens: 1 }, 'resp-4k');
     const t1 = Date.now();
     const hbGaps = [...beats.values()].flatMap((ts) => ts.slice(1).map((t, i) => [t, t - ts[i]!] as const).filter(([t]) => t > t0 && t <= t1).map(([, g]) => g));
     await nc.close();
