@@ -7,7 +7,7 @@ import type { StageMemory } from '@strata/model';
 import type { SeqOp, StepHeader } from '@strata/wire';
 import { WorkerError } from './errors.ts';
 import type {
-  Fence, StageDescription, StageFailure, StageMessage, StageRequest, StageSnapshot, StageThreadOptions, StageValues, StepOutput,
+  BusyStep, Fence, StageDescription, StageFailure, StageMessage, StageRequest, StageSnapshot, StageThreadOptions, StageValues, StepOutput,
 } from './stage-protocol.ts';
 
 type Op = StageRequest['op'];
@@ -37,6 +37,9 @@ export class StageHost {
   #nextId = 1;
   #snapshot: StageSnapshot;
   #exited: Error | null = null;
+  /** steps sent and not yet answered, oldest first */
+  readonly #steps: { stepId: bigint; tokens: number; attention: number; postedMs: number }[] = [];
+  #lastStepDoneMs = 0;
   #closing: Promise<void> | null = null;
   /** called once if the thread dies on its own (a native crash, an uncaught error) */
   onFatal: (err: Error) => void = () => {};
@@ -86,9 +89,8 @@ export class StageHost {
   }
 
   #onMessage(m: StageMessage): void {
-    if (m.type !== 'reply' && m.type !== 'snapshot') return;
-    this.#snapshot = m.snapshot;
     if (m.type !== 'reply') return;
+    this.#snapshot = m.snapshot;
     const p = this.#pending.get(m.id);
     if (!p) return;
     this.#pending.delete(m.id);
@@ -117,7 +119,26 @@ export class StageHost {
   /** Runs one micro-batch (queued behind the stage's earlier work); `hidden` moves to the thread. */
   step(header: StepHeader, hidden: Float32Array): Promise<StepAnswer> {
     const transfer = hidden.byteLength > 0 && hidden.byteOffset === 0 && hidden.byteLength === hidden.buffer.byteLength ? [hidden.buffer as ArrayBuffer] : [];
-    return this.#call('step', { header, hidden }, transfer);
+    const step = {
+      stepId: header.stepId, postedMs: Date.now(),
+      tokens: header.entries.reduce((n, e) => n + e.nTokens, 0),
+      attention: header.entries.reduce((n, e) => n + e.nTokens * (e.pos0 + e.nTokens), 0),
+    };
+    this.#steps.push(step);
+    return this.#call('step', { header, hidden }, transfer).finally(() => {
+      this.#steps.splice(this.#steps.indexOf(step), 1);
+      this.#lastStepDoneMs = Date.now();
+    });
+  }
+
+  /**
+   * The step the stage runs now: the oldest unanswered one (the thread runs them in order), since
+   * it was sent or the step before it was answered, whichever came later. Reckoned here, so that
+   * knowing it costs the thread no message.
+   */
+  get busy(): BusyStep | null {
+    const h = this.#steps[0];
+    return h ? { stepId: h.stepId, tokens: h.tokens, attention: h.attention, sinceMs: Math.max(h.postedMs, this.#lastStepDoneMs) } : null;
   }
 
   /** Applies sequence operations in order, queued behind earlier work. */

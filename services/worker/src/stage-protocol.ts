@@ -43,25 +43,24 @@ export interface StageDescription {
   rowBytes: number;
 }
 
-/** The step computing now on the stage thread. */
+/** The step the stage thread computes now, as the main thread reckons it. */
 export interface BusyStep {
   stepId: bigint;
   tokens: number;
   /** Σ n_tokens × (pos0 + n_tokens) over its entries: the cells its tokens attend to */
   attention: number;
-  /** Date.now() when it started computing */
+  /** Date.now() since when it has been the stage's oldest unanswered step */
   sinceMs: number;
 }
 
-/** What the main thread knows of the stage without asking: sent with every answer. */
+/** What the main thread knows of the stage without asking: sent with every answer (no extra message per step). */
 export interface StageSnapshot {
   /** cells in use */
   used: number;
   /** sequences holding cells */
   sequences: number;
   counters: StageCounters;
-  busy: BusyStep | null;
-  /** steps and operations waiting behind the one computing */
+  /** steps and operations waiting behind the one running */
   queued: number;
   /** the last step: its tokens and how long it computed (milliseconds) */
   lastStep: { tokens: number; ms: number } | null;
@@ -115,8 +114,7 @@ export type StageMessage =
   | { type: 'ready'; description: StageDescription; memory: StageMemory; snapshot: StageSnapshot }
   | { type: 'load_failed'; failure: StageFailure }
   | { type: 'reply'; id: number; ok: true; value: unknown; snapshot: StageSnapshot }
-  | { type: 'reply'; id: number; ok: false; failure: StageFailure; snapshot: StageSnapshot }
-  | { type: 'snapshot'; snapshot: StageSnapshot };
+  | { type: 'reply'; id: number; ok: false; failure: StageFailure; snapshot: StageSnapshot };
 
 /** Whether fence `a` is older than `b` (then `a`'s work is stale); unfenced work never is. */
 export function fenceOlder(a: Fence, b: Fence): boolean {

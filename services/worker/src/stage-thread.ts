@@ -14,7 +14,7 @@ import { SeqOpKind } from '@strata/wire';
 import { SamplerSet } from './samplers.ts';
 import { StepRunner, stepErrorCode } from './step-runner.ts';
 import {
-  fenceOlder, type BusyStep, type Fence, type StageFailure, type StageMessage, type StageRequest, type StageSnapshot, type StageThreadOptions,
+  fenceOlder, type Fence, type StageFailure, type StageMessage, type StageRequest, type StageSnapshot, type StageThreadOptions,
 } from './stage-protocol.ts';
 
 /** Work that changes cells: run in arrival order, one at a time. */
@@ -42,7 +42,6 @@ class StageActor {
   readonly #deferred: Export[] = [];
   #running = false;
   #pumping: Promise<void> = Promise.resolve();
-  #busy: BusyStep | null = null;
   #lastStep: StageSnapshot['lastStep'] = null;
   /** the newest fence seen */
   #fence: Fence = { term: 0n, generation: 0n };
@@ -89,7 +88,7 @@ class StageActor {
     const s = this.#stage;
     let sequences = 0;
     for (let q = 0; q < this.#o.nSeqMax; q++) if (s.seqPosMax(q) >= 0) sequences++;
-    return { used: s.cells.used, sequences, counters: { ...s.counters }, busy: this.#busy, queued: this.#queue.length, lastStep: this.#lastStep };
+    return { used: s.cells.used, sequences, counters: { ...s.counters }, queued: this.#queue.length, lastStep: this.#lastStep };
   }
 
   #ok(id: number, value: unknown, transfer: ArrayBuffer[] = []): void {
@@ -212,19 +211,14 @@ class StageActor {
     const h = t.header;
     if (fenceOlder({ term: h.term, generation: h.generation }, this.#fence)) return this.#ok(t.id, { stale: true });
     const tokens = h.entries.reduce((n, e) => n + e.nTokens, 0);
-    const attention = h.entries.reduce((n, e) => n + e.nTokens * (e.pos0 + e.nTokens), 0);
-    this.#busy = { stepId: h.stepId, tokens, attention, sinceMs: Date.now() };
-    this.#post({ type: 'snapshot', snapshot: this.#snapshot() });
     const t0 = performance.now();
     try {
       if (this.#o.testStepDelayMs > 0 && tokens >= this.#o.testStepDelayMinTokens) await sleep(this.#o.testStepDelayMs);
       const output = await this.#runner.run(h, t.hidden);
       const ms = performance.now() - t0;
-      this.#busy = null;
       this.#lastStep = { tokens, ms };
       this.#ok(t.id, { output, ms }, output.kind === 'hidden' ? [output.hidden.buffer as ArrayBuffer] : []);
     } catch (err) {
-      this.#busy = null;
       this.#fail(t.id, failure(err, stepErrorCode(err)));
     }
   }

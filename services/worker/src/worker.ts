@@ -117,10 +117,10 @@ export class Worker {
 
   /** What the stage computes now and what its last step cost. */
   load(): StageLoad {
-    const s = this.#host.snapshot;
+    const s = this.#host.snapshot, busy = this.#host.busy;
     return {
-      $typeName: 'strata.v1.StageLoad', busyStepId: s.busy?.stepId ?? 0n, busyTokens: s.busy?.tokens ?? 0, busyMs: s.busy ? Math.max(0, Date.now() - s.busy.sinceMs) : 0,
-      busyAttention: BigInt(s.busy?.attention ?? 0), queued: s.queued, lastStepTokens: s.lastStep?.tokens ?? 0, lastStepMs: s.lastStep?.ms ?? 0,
+      $typeName: 'strata.v1.StageLoad', busyStepId: busy?.stepId ?? 0n, busyTokens: busy?.tokens ?? 0, busyMs: busy ? Math.max(0, Date.now() - busy.sinceMs) : 0,
+      busyAttention: BigInt(busy?.attention ?? 0), queued: s.queued, lastStepTokens: s.lastStep?.tokens ?? 0, lastStepMs: s.lastStep?.ms ?? 0,
     };
   }
 
