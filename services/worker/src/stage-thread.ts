@@ -1,9 +1,9 @@
 // The stage thread of a worker: it owns the stage (weights, KV cache, samplers) and runs what the
 // main thread sends, so the main thread never computes. Steps, sequence operations, imports and
-// drops change cells: they run one at a time, in arrival order. While a step's graph computes (on
-// a native pool thread, Stage.evalAsync) this thread's loop is free and answers what only reads:
-// exports of positions the step does not write, positions, memory. Work of an older fence (a
-// deposed leader, a pipeline that was reset since) is dropped unrun.
+// drops change cells: they run one at a time, in arrival order. While a long step's graph
+// computes (on a native pool thread, Stage.evalAsync; see StepRunner) this thread's loop is free
+// and answers what only reads: exports of positions the step does not write, positions, memory.
+// Work of an older fence (a deposed leader, a pipeline that was reset since) is dropped unrun.
 import { parentPort, workerData } from 'node:worker_threads';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Vocab } from '@strata/ggml';

@@ -1,11 +1,14 @@
 // Runs micro-batches on a stage (on the worker's stage thread): checks a step against what this worker is, evaluates it, and on
 // the last stage samples each entry that asks for a token.
-import { KvCacheFullError, ModelError, type Stage } from '@strata/model';
+import { KvCacheFullError, ModelError, type Stage, type StageBatch } from '@strata/model';
 import type { SampledToken, SeqOp, StepHeader } from '@strata/wire';
 import { SeqOpKind } from '@strata/wire';
 import { WorkerError } from './errors.ts';
 import type { SamplerSet } from './samplers.ts';
 import type { StepOutput } from './stage-protocol.ts';
+
+/** Steps of at least this many tokens compute on a native pool thread (Stage.evalAsync). */
+export const ASYNC_MIN_TOKENS = 64;
 
 /** Options of a {@link StepRunner}. */
 export interface StepRunnerOptions {
@@ -63,7 +66,10 @@ export class StepRunner {
     // A step of prompt chunks only samples nothing; the last stage still computes one row of
     // logits (a stage outputs at least one token) and drops it: one row of the head, next to a
     // chunk's worth of layers.
-    const out = await stage.evalAsync({
+    // A long step computes off this thread's loop (it then still serves exports); a short one
+    // (decoding) computes in place: a pool thread's wake-up would cost it more than it frees.
+    const evaluate = n >= ASYNC_MIN_TOKENS ? (b: StageBatch) => stage.evalAsync(b) : (b: StageBatch) => stage.eval(b);
+    const out = await evaluate({
       tokens: stage.isFirst ? Int32Array.from(h.tokens) : undefined,
       hidden: stage.isFirst ? undefined : hidden,
       pos,
