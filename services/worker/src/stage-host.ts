@@ -4,7 +4,7 @@
 import { Worker as Thread } from 'node:worker_threads';
 import { KvStateError } from '@strata/kv-cache';
 import type { StageMemory } from '@strata/model';
-import type { SeqOp, StepHeader } from '@strata/wire';
+import { SeqOpKind, type SeqOp, type StepHeader } from '@strata/wire';
 import { WorkerError } from './errors.ts';
 import type {
   BusyStep, Fence, StageDescription, StageFailure, StageMessage, StageRequest, StageSnapshot, StageThreadOptions, StageValues, StepOutput,
@@ -162,9 +162,10 @@ export class StageHost {
     return this.#call('import', { blob, seq }, whole ? [blob.buffer as ArrayBuffer] : []);
   }
 
-  /** Empties a sequence (after a failed push), in order with the stage's other work. */
+  /** Empties a sequence (after a failed push): an unfenced removal, in order with the stage's other work. */
   async dropSeq(seq: number): Promise<void> {
-    await this.#call('drop', { seq });
+    const remove: SeqOp = { $typeName: 'strata.v1.SeqOp', kind: SeqOpKind.REMOVE, seq, dst: 0, p0: -1, p1: -1, delta: 0 };
+    await this.seqOps([remove], { term: 0n, generation: 0n });
   }
 
   /** Bytes per use and buffer type, now. */

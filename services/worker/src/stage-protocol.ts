@@ -35,8 +35,6 @@ export interface StageDescription {
   nCtxTrain: number;
   l0: number;
   l1: number;
-  isFirst: boolean;
-  isLast: boolean;
   /** KV cells, all streams */
   kvCells: number;
   /** bytes of one K (or V) row of one cell and layer */
@@ -83,7 +81,6 @@ export type StageRequest =
   | { op: 'export'; id: number; seq: number; p0: number; p1: number; l0: number; l1: number }
   | { op: 'posMax'; id: number; seq: number }
   | { op: 'import'; id: number; blob: Uint8Array; seq: number }
-  | { op: 'drop'; id: number; seq: number }
   | { op: 'memory'; id: number };
 
 /** What a step produced: hidden states for the next stage, or the sampled tokens. */
@@ -96,7 +93,6 @@ export interface StageValues {
   export: Uint8Array;
   posMax: number;
   import: { l0: number; l1: number; cells: number };
-  drop: null;
   memory: StageMemory;
 }
 

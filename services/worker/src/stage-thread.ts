@@ -1,6 +1,6 @@
 // The stage thread of a worker: it owns the stage (weights, KV cache, samplers) and runs what the
-// main thread sends, so the main thread never computes. Steps, sequence operations, imports and
-// drops change cells: they run one at a time, in arrival order. While a long step's graph
+// main thread sends, so the main thread never computes. Steps, sequence operations and imports
+// change cells: they run one at a time, in arrival order. While a long step's graph
 // computes (on a native pool thread, Stage.evalAsync; see StepRunner) this thread's loop is free
 // and answers what only reads: exports of positions the step does not write, positions, memory.
 // Work of an older fence (a deposed leader, a pipeline that was reset since) is dropped unrun.
@@ -10,7 +10,6 @@ import { Vocab } from '@strata/ggml';
 import { GgufFile } from '@strata/gguf';
 import { decodeState, type DecodedState } from '@strata/kv-cache';
 import { ModelError, Stage, parseRange, readHParams } from '@strata/model';
-import { SeqOpKind } from '@strata/wire';
 import { SamplerSet } from './samplers.ts';
 import { StepRunner, stepErrorCode } from './step-runner.ts';
 import {
@@ -19,7 +18,7 @@ import {
 
 /** Work that changes cells: run in arrival order, one at a time. */
 type Ordered =
-  | Extract<StageRequest, { op: 'step' | 'seq' | 'drop' }>
+  | Extract<StageRequest, { op: 'step' | 'seq' }>
   | { op: 'import'; id: number; state: DecodedState; seq: number };
 
 type Export = Extract<StageRequest, { op: 'export' }>;
@@ -79,7 +78,7 @@ class StageActor {
       type: 'ready', memory: s.memory(), snapshot: this.#snapshot(),
       description: {
         fingerprint: hp.fingerprint, nLayer: hp.nLayer, nVocab: hp.nVocab, nEmbd: hp.nEmbd, nCtxTrain: hp.nCtxTrain,
-        l0: s.range.l0, l1: s.range.l1, isFirst: s.isFirst, isLast: s.isLast, kvCells: s.cells.size, rowBytes: s.kv.rowBytes,
+        l0: s.range.l0, l1: s.range.l1, kvCells: s.cells.size, rowBytes: s.kv.rowBytes,
       },
     });
   }
@@ -109,9 +108,6 @@ class StageActor {
           break;
         case 'seq':
           this.#raise(r.fence);
-          this.#queue.push(r);
-          break;
-        case 'drop':
           this.#queue.push(r);
           break;
         case 'import':
@@ -185,14 +181,6 @@ class StageActor {
           this.#ok(t.id, { posMax: this.#runner.seqOps(t.ops) });
         } catch (err) {
           this.#fail(t.id, failure(err, (err as { code?: string }).code ?? 'bad_request'));
-        }
-        return;
-      case 'drop':
-        try {
-          this.#runner.seqOps([{ $typeName: 'strata.v1.SeqOp', kind: SeqOpKind.REMOVE, seq: t.seq, dst: 0, p0: -1, p1: -1, delta: 0 }]);
-          this.#ok(t.id, null);
-        } catch (err) {
-          this.#fail(t.id, failure(err));
         }
         return;
       case 'import':
