@@ -54,7 +54,8 @@ export interface TransferStage {
   /** a sequence's cells in [p0, p1) for layers [l0, l1), in the state format */
   exportState(seq: number, p0: number, p1: number, l0: number, l1: number): Promise<Uint8Array>;
   seqPosMax(seq: number): Promise<number>;
-  importState(blob: Uint8Array, seq: number): Promise<{ l0: number; l1: number; cells: number }>;
+  /** `give`: the caller hands `blob`'s whole buffer over (it moves to the stage thread) */
+  importState(blob: Uint8Array, seq: number, give?: boolean): Promise<{ l0: number; l1: number; cells: number }>;
   dropSeq(seq: number): Promise<void>;
 }
 
@@ -116,7 +117,8 @@ export class KvTransferServer {
     }
     const d = stage.description;
     let header: PushRequest['header'];
-    let blob: Buffer[] = [];
+    /** the blob being received: its chunks are copied in once, as they come */
+    let blob = Buffer.allocUnsafe(0);
     let blobBytes = 0, bytes = 0, cells = 0, done = false;
     /** imports in order, one after the other; reading pauses while two wait */
     let imports: Promise<void> = Promise.resolve();
@@ -141,7 +143,7 @@ export class KvTransferServer {
       if (++waiting >= 2) call.pause();
       imports = imports.then(async () => {
         if (done) return;
-        const r = await stage.importState(whole, h.targetSeq);
+        const r = await stage.importState(whole, h.targetSeq, true);
         if (r.l0 !== h.l0 || r.l1 !== h.l1) return fail('layer_mismatch', `a blob of layers ${r.l0}:${r.l1} in a push of ${h.l0}:${h.l1}`);
         cells += r.cells;
         this.#o.onChange?.();
@@ -170,10 +172,16 @@ export class KvTransferServer {
         blobBytes += m.data.length;
         const max = this.#o.maxBlobBytes ?? MAX_BLOB_BYTES;
         if (blobBytes > max) return fail('too_large', `a blob over ${max} bytes`);
-        blob.push(Buffer.from(m.data));
+        if (blobBytes > blob.length) {
+          const grown = Buffer.allocUnsafe(Math.min(max, Math.max(blobBytes, 2 * blob.length, PIECE_BYTES + CHUNK_BYTES)));
+          grown.set(blob.subarray(0, blobBytes - m.data.length));
+          blob = grown;
+        }
+        blob.set(m.data, blobBytes - m.data.length);
         if (!m.endOfBlob) return;
-        const whole = Buffer.concat(blob);
-        blob = [];
+        // handed over with its buffer (moved to the stage thread, not copied)
+        const whole = blob.subarray(0, blobBytes);
+        blob = Buffer.allocUnsafe(0);
         blobBytes = 0;
         importBlob(whole, header);
       } catch (err) {

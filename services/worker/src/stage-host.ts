@@ -156,9 +156,13 @@ export class StageHost {
     return this.#call('posMax', { seq });
   }
 
-  /** Checks a state blob at once and imports it into `seq` in order with the stage's other work. */
-  importState(blob: Uint8Array, seq: number): Promise<StageValues['import']> {
-    const whole = blob.byteOffset === 0 && blob.byteLength === blob.buffer.byteLength;
+  /**
+   * Checks a state blob at once and imports it into `seq` in order with the stage's other work.
+   * `give`: the caller hands over `blob`'s whole buffer, which then moves to the stage thread
+   * uncopied (as it does anyway when the blob is its whole buffer).
+   */
+  importState(blob: Uint8Array, seq: number, give = false): Promise<StageValues['import']> {
+    const whole = give || (blob.byteOffset === 0 && blob.byteLength === blob.buffer.byteLength);
     return this.#call('import', { blob, seq }, whole ? [blob.buffer as ArrayBuffer] : []);
   }
 
