@@ -85,7 +85,7 @@ describe('chaos under steady load', () => {
 
   /** Waits until both pipelines serve and both coordinators are alive. */
   async function healthy(): Promise<void> {
-    const redis = new Redis(cluster.redis.url);
+    const redis = new Redis(cluster.redisUrl);
     try {
       for (let i = 0; i < 600; i++) {
         const ready = await fetch(`${cluster.url}/readyz`).then(async (r) => ((await r.json()) as { pipelines?: number }).pipelines ?? 0, () => 0);

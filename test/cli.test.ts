@@ -1,7 +1,7 @@
 // The strata command as a user runs it: a separate process, JSON out, clear errors.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -77,6 +77,56 @@ describe('strata command', () => {
       assert.equal(r.code, code, `${args.join(' ')}: ${r.stderr}`);
       assert.match(r.stderr, msg);
       assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+    }
+  });
+});
+
+describe('strata up', () => {
+  it('with STRATA_API_KEYS_FILE answers its first request with a key; strata status finds it; no secret on a command line', async () => {
+    const run = join(dir, 'run');
+    const keys = join(dir, 'up-keys');
+    writeFileSync(keys, '# keys\nsk-up-user-0123456789abcdef user\nsk-up-admin-0123456789abcdef admin\n');
+    const env = { ...process.env, XDG_RUNTIME_DIR: run, STRATA_API_KEYS_FILE: keys, STRATA_NATS_URL: '' };
+    const up = spawn(process.execPath, [join(root, 'bin/strata.mjs'), 'up', '--port', '0', '--workers', '1', '--ctx-size', '512', '--max-tokens', '4'], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    up.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    up.stderr.on('data', (d: Buffer) => { out += d.toString(); });
+    const exited = new Promise<number | null>((resolve) => up.on('exit', (code) => resolve(code)));
+    try {
+      for (let i = 0; i < 600 && !out.includes('Strata is serving'); i++) {
+        if (up.exitCode !== null) break;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      assert.match(out, /Strata is serving model 'default-llama-8x256-s42-f16'/, out);
+      const file = join(run, 'strata', 'up.json');
+      assert.equal(statSync(file).mode & 0o777, 0o600, 'the run file is the user\'s only');
+      const recorded = JSON.parse(readFileSync(file, 'utf8')) as { url: string; natsUrl: string };
+      // strata status, with no --nats-url and no STRATA_NATS_URL, reaches this cluster as the operator
+      const st = spawnSync(process.execPath, [join(root, 'bin/strata.mjs'), 'status', '--json'], { encoding: 'utf8', cwd: root, env });
+      assert.equal(st.status, 0, st.stderr);
+      assert.equal((JSON.parse(st.stdout) as { cluster: { pipelines: unknown[] } }).cluster.pipelines.length, 1);
+      // the gateway wants a key: the user key works, none is refused
+      assert.equal((await fetch(`${recorded.url}/v1/models`)).status, 401);
+      assert.equal((await fetch(`${recorded.url}/v1/models`, { headers: { authorization: 'Bearer sk-up-user-0123456789abcdef' } })).status, 200);
+      // no process of the cluster has a password on its command line
+      const password = new URL(recorded.natsUrl).password;
+      assert.ok(password.length >= 20);
+      const pids = spawnSync('pgrep', ['-f', 'bin/strata.mjs (worker|coordinator|gateway)'], { encoding: 'utf8' }).stdout.trim().split('\n').filter(Boolean);
+      assert.ok(pids.length >= 3);
+      for (const pid of pids) {
+        let cmdline = '';
+        try {
+          cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+        } catch {
+          continue; // (a process of another test that just ended)
+        }
+        assert.ok(!cmdline.includes(password) && !cmdline.includes('sk-up-'), `pid ${pid} has a secret on its command line`);
+      }
+      up.kill('SIGINT');
+      assert.equal(await exited, 0, out);
+      assert.ok(!existsSync(file), 'the run file goes with the run');
+    } finally {
+      if (up.exitCode === null) up.kill('SIGKILL');
     }
   });
 });

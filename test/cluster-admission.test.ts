@@ -26,7 +26,7 @@ describe('admission on a pipeline of 4 sequences and 256 cells, queue of 6', () 
     await cluster?.stop();
   });
 
-  const cellsUsed = async () => (await Promise.all(['p0-s0', 'p0-s1'].map((w) => workerStats(cluster.nats.url, w)))).map((s) => s.kvCellsUsed);
+  const cellsUsed = async () => (await Promise.all(['p0-s0', 'p0-s1'].map((w) => workerStats(cluster.natsUrl, w)))).map((s) => s.kvCellsUsed);
 
   it('ten requests at once: they queue for sequences and cells, and each gets its reference answer', async () => {
     const ref = await strataGenerate(['--prompt', 'The old mill', '--n-predict', '40', '--split', '0:5,5:8']);

@@ -76,17 +76,17 @@ describe('two pipelines split differently, 32 concurrent sessions', () => {
     assert.ok(whole >= SESSIONS / 2, `only ${whole} answers had no near tie to compare whole`);
 
     // Both pipelines served sessions, and they stay resident.
-    const state = await clusterState(cluster.nats.url);
+    const state = await clusterState(cluster.natsUrl);
     assert.equal(state.pipelines.length, 2);
     assert.equal(state.pipelines.reduce((n, p) => n + p.sessions, 0), SESSIONS);
     for (const p of state.pipelines) assert.ok(p.sessions >= 8, `pipeline ${p.id} holds ${p.sessions} sessions`);
 
     // Activations crossed NATS in chunks: more step messages than steps would be single ones.
-    const stats = await workerStats(cluster.nats.url, 'p0-s1');
+    const stats = await workerStats(cluster.natsUrl, 'p0-s1');
     assert.ok(stats.counters!.bytesIn > 64n * 1024n, `stage 1 received ${stats.counters!.bytesIn} bytes`);
 
     // Redis holds each session's owner, epoch and whole token history (prompt + every sample).
-    const redis = new Redis(cluster.redis.url);
+    const redis = new Redis(cluster.redisUrl);
     try {
       for (const i of [0, 17, 31]) {
         const h = await redis.hgetall(`strata:session:s-${i}`);

@@ -21,7 +21,7 @@ describe('a cluster of two workers splitting the layers', () => {
   const piece = (t: number) => vocab.tokenBytes(t).toString('utf8');
 
   before(async () => {
-    cluster = await LocalCluster.start({ model, splits: [[{ l0: 0, l1: 4 }, { l0: 4, l1: 8 }]], port: 0, threads: 1, ctxSize: 2048 });
+    cluster = await LocalCluster.start({ model, splits: [[{ l0: 0, l1: 4 }, { l0: 4, l1: 8 }]], port: 0, threads: 1, ctxSize: 2048, natsAuth: false, signTerms: false }); // junk below comes from a client of no role
     client = new OpenAI({ baseURL: `${cluster.url}/v1`, apiKey: 'unused', maxRetries: 0 });
     vocab = Vocab.load(model);
     modelId = (await client.models.list()).data[0]!.id;
@@ -101,9 +101,9 @@ describe('a cluster of two workers splitting the layers', () => {
     const a = await client.chat.completions.create({ model: modelId, messages: first, max_tokens: 12, temperature: 0 }, { headers: { 'x-session-id': 'conv-1' } });
     assert.equal(a.usage!.prompt_tokens_details?.cached_tokens, 0);
     const second = [...first, { role: 'assistant' as const, content: a.choices[0]!.message.content! }, { role: 'user' as const, content: 'And then?' }];
-    const before = await Promise.all(['p0-s0', 'p0-s1'].map((w) => workerStats(cluster.nats.url, w)));
+    const before = await Promise.all(['p0-s0', 'p0-s1'].map((w) => workerStats(cluster.natsUrl, w)));
     const b = await client.chat.completions.create({ model: modelId, messages: second, max_tokens: 10, temperature: 0 }, { headers: { 'x-session-id': 'conv-1' } });
-    const afterStats = await Promise.all(['p0-s0', 'p0-s1'].map((w) => workerStats(cluster.nats.url, w)));
+    const afterStats = await Promise.all(['p0-s0', 'p0-s1'].map((w) => workerStats(cluster.natsUrl, w)));
     const cached = b.usage!.prompt_tokens_details!.cached_tokens!;
     assert.ok(cached > 20, `cached ${cached} of ${b.usage!.prompt_tokens}`);
     // Evaluated on every stage: the new prompt tokens and every sample but the last.

@@ -67,7 +67,7 @@ describe('coordinator failover', () => {
     for (const s of cluster.services.filter((x) => x.role === 'coordinator')) {
       if (s.proc.exitCode !== null || s.proc.signalCode !== null) await cluster.restart(s.id);
     }
-    const redis = new Redis(cluster.redis.url);
+    const redis = new Redis(cluster.redisUrl);
     try {
       for (let i = 0; i < 300; i++) {
         if ((await redis.zrangebyscore('strata:coordinators', Date.now(), '+inf')).length === 2) return;
@@ -156,10 +156,10 @@ describe('coordinator failover', () => {
     assert.ok(stoodDown(), 'the deposed leader stood down');
     assert.equal((await clusterState(cluster.natsUrl)).coordinatorId, next, 'the new leader still leads');
     // A stage refuses the old term outright.
-    const redis = new Redis(cluster.redis.url);
+    const redis = new Redis(cluster.redisUrl);
     const term = BigInt((await redis.get('strata:coordinator:term')) ?? '0');
     redis.disconnect();
-    const refused = await requestOnce(cluster.natsUrl, 'test', subjects.workerSeq('p0-s0'), SeqOpRequestSchema, { ops: [{ kind: SeqOpKind.REMOVE, seq: 0, p0: -1, p1: -1 }], term: term - 1n }, SeqOpReplySchema, 5000);
+    const refused = await requestOnce(cluster.natsUrls.coordinator, 'test', subjects.workerSeq('p0-s0'), SeqOpRequestSchema, { ops: [{ kind: SeqOpKind.REMOVE, seq: 0, p0: -1, p1: -1 }], term: term - 1n }, SeqOpReplySchema, 5000);
     assert.equal(refused.error?.code, 'stale_leader');
     // Whatever the old one sent on waking was refused or dropped: a request now is exact from the start.
     const r = await fetch(`${cluster.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'default-llama-8x256-s42-f16', prompt: 'Every morning he', max_tokens: 40, temperature: 0, stream: true, logprobs: 0 }) });

@@ -52,7 +52,7 @@ describe('dashboard and operator commands', () => {
 
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'strata-dashboard-'));
-    writeFileSync(join(dir, 'keys'), `${ADMIN} admin\n${USER} user\n`);
+    writeFileSync(join(dir, 'keys'), `${ADMIN} admin\n${USER} user web\n`); // the user's sessions are tenant 'web''s
     cluster = await LocalCluster.start({
       model, pipelines: 2, workers: 2, port: 0, threads: 1, ctxSize: 1024, gatewayFlags: ['--api-keys-file', join(dir, 'keys')],
       // The migration's target worker is stopped for a few seconds: it must not count as dead.
@@ -120,10 +120,10 @@ describe('dashboard and operator commands', () => {
     const ten = new Promise<void>((resolve) => (tenth = resolve));
     streaming = readStream(r, (n) => n === 10 && tenth());
     await ten;
-    const session = page.locator('tr[data-session="dash-1"]');
+    const session = page.locator('tr[data-session="web:dash-1"]');
     await session.waitFor();
     assert.equal(await session.locator('td').nth(1).textContent(), P0);
-    await page.locator(`.pipeline[data-pipeline="${P0}"] .chip`, { hasText: 'dash-1' }).waitFor();
+    await page.locator(`.pipeline[data-pipeline="${P0}"] .chip`, { hasText: 'web:dash-1' }).waitFor();
     // Occupancy comes with the workers' heartbeats (every second): the session's cells show in its workers' KV bars.
     // (Polled from here: the page's Content Security Policy forbids evaluating strings in it.)
     for (const w of ['p0-s0', 'p0-s1']) {
@@ -137,7 +137,7 @@ describe('dashboard and operator commands', () => {
     const target = cluster.service('p1-s1').proc;
     target.kill('SIGSTOP');
     try {
-      const m = await admin('/admin/v1/sessions/dash-1/migrate', { method: 'POST', body: JSON.stringify({ to: P1 }) });
+      const m = await admin('/admin/v1/sessions/web:dash-1/migrate', { method: 'POST', body: JSON.stringify({ to: P1 }) });
       assert.equal(m.status, 202, JSON.stringify(m.body));
       migrationId = m.body.id as string;
       const row = page.locator(`tr[data-migration="${migrationId}"]`);
@@ -145,13 +145,13 @@ describe('dashboard and operator commands', () => {
       assert.ok(['planned', 'copying', 'switching'].includes((await row.getAttribute('data-state'))!), 'the page shows the migration under way');
       assert.equal(await row.locator('.badge').getAttribute('class'), 'badge active');
       assert.equal(await page.locator('#n-active').textContent(), '1');
-      await page.locator('tr[data-session="dash-1"] .badge', { hasText: 'moving' }).waitFor({ timeout: 5000 });
+      await page.locator('tr[data-session="web:dash-1"] .badge', { hasText: 'moving' }).waitFor({ timeout: 5000 });
       await page.screenshot({ path: SCREENSHOT, fullPage: true, animations: 'disabled' });
     } finally {
       target.kill('SIGCONT');
     }
     await page.locator(`tr[data-migration="${migrationId}"][data-state="done"]`).waitFor({ timeout: 30_000 });
-    await page.locator('tr[data-session="dash-1"] td:nth-child(2)', { hasText: P1 }).waitFor({ timeout: 5000 });
+    await page.locator('tr[data-session="web:dash-1"] td:nth-child(2)', { hasText: P1 }).waitFor({ timeout: 5000 });
     assert.equal(await page.locator('#n-active').textContent(), '0');
     const got = await streaming;
     assert.equal(got.tokens.length, 400, 'the stream went on across the move');
@@ -164,7 +164,7 @@ describe('dashboard and operator commands', () => {
     const s = await cli('sessions', '--nats-url', cluster.natsUrl);
     assert.equal(s.code, 0);
     assert.match(s.out, /^SESSION\s+PIPELINE\s+SEQ\s+POSITIONS\s+STATE\s+LAST USED\s+EPOCH\n/);
-    assert.match(s.out, new RegExp(`\\ndash-1\\s+${P1}\\s+\\d+\\s+[\\d,]+\\s+idle\\s+(now|\\d+ s)\\s+\\d+\\n`));
+    assert.match(s.out, new RegExp(`\\nweb:dash-1\\s+${P1}\\s+\\d+\\s+[\\d,]+\\s+idle\\s+(now|\\d+ s)\\s+\\d+\\n`));
     const sj = await cli('sessions', '--json', '--nats-url', cluster.natsUrl);
     const sessions = JSON.parse(sj.out) as { data: { id: string; pipeline: string; positions: number; epoch: number; last_used: number }[]; total: number };
     assert.deepEqual(sessions, (await admin('/admin/v1/sessions')).body, 'the CLI prints what the admin API answers');
@@ -175,7 +175,7 @@ describe('dashboard and operator commands', () => {
     const m = await cli('migrations', '--nats-url', cluster.natsUrl);
     assert.equal(m.code, 0);
     assert.match(m.out, /^MIGRATION\s+SESSION\s+FROM → TO\s+STATE\s+POSITIONS\s+MOVED\s+ROUNDS\s+PAUSE\s+TOTAL\s+AGE\s+REASON\n/);
-    assert.match(m.out, new RegExp(`${migrationId}\\s+dash-1\\s+${P0} → ${P1}\\s+done\\s+[\\d,]+\\s+[\\d.]+ (KiB|MiB)\\s+\\d+\\s+[\\d.]+ m?s\\s+[\\d.]+ m?s\\s+(now|\\d+ s)\\s+operator\\n`));
+    assert.match(m.out, new RegExp(`${migrationId}\\s+web:dash-1\\s+${P0} → ${P1}\\s+done\\s+[\\d,]+\\s+[\\d.]+ (KiB|MiB)\\s+\\d+\\s+[\\d.]+ m?s\\s+[\\d.]+ m?s\\s+(now|\\d+ s)\\s+operator\\n`));
     const mj = JSON.parse((await cli('migrations', '--json', '--nats-url', cluster.natsUrl)).out) as { data: { id: string; state: string; bytes: number }[] };
     assert.deepEqual(mj, (await admin('/admin/v1/migrations?limit=20')).body);
     assert.equal(mj.data[0]!.id, migrationId);
@@ -188,7 +188,7 @@ describe('dashboard and operator commands', () => {
   it('strata drain shows its progress, and status and the page show the drained pipeline', async () => {
     const d = await cli('drain', 'p1-s1', '--nats-url', cluster.natsUrl);
     assert.equal(d.code, 0, d.out);
-    assert.match(d.out, /dash-1\s+p1-s0~p1-s1 → p0-s0~p0-s1\s+done/);
+    assert.match(d.out, /web:dash-1\s+p1-s0~p1-s1 → p0-s0~p0-s1\s+done/);
     assert.match(d.out, /1 session\(s\) moved/);
 
     const st = await cli('status', '--nats-url', cluster.natsUrl);
@@ -198,7 +198,7 @@ describe('dashboard and operator commands', () => {
     for (const w of cluster.services.filter((s) => s.role === 'worker')) {
       assert.match(st.out, new RegExp(`\\n  ${w.id}\\s+${w.layers!.l0}:${w.layers!.l1}\\s+f16\\s+[█░]{16}\\s+\\d+%\\s+[\\d,]+/1,024 cells`), w.id);
     }
-    assert.match(st.out, /sessions: dash-1 \(idle, \d+\)/);
+    assert.match(st.out, /sessions: web:dash-1 \(idle, \d+\)/);
     assert.match(st.out, /drain p1-s1/);
     const sj = JSON.parse((await cli('status', '--json', '--nats-url', cluster.natsUrl)).out) as {
       cluster: { pipelines: { id: string; draining?: boolean }[] }; sessions: { data: { pipeline: string }[] }; migrations: { data: { reason: string }[] };

@@ -17,7 +17,7 @@ import { coordinatorSchema } from '@strata/coordinator';
 import { gatewaySchema } from '@strata/gateway';
 import { DEFAULT_MODEL, evenSplit, formatRange } from '@strata/model';
 import { findBinary } from '@strata/local-servers';
-import { NATS_ROLES, natsPermissions } from '@strata/wire';
+import { FenceSigner, FenceVerifier, NATS_ROLES, natsPermissions } from '@strata/wire';
 import { workerConfig, workerSchema } from '@strata/worker';
 
 const root = join(import.meta.dirname, '..');
@@ -110,7 +110,8 @@ function podEnv(c: Container, pod: { name: string; namespace: string; labels: Re
 /** Every STRATA_* variable and --flag a service gets must be one its schema knows (unknown environment variables are otherwise ignored). */
 function assertKnownSettings(where: string, schema: Schema, env: Record<string, string>, args: string[]): void {
   const envNames = new Set(Object.keys(schema).map(envName));
-  for (const k of Object.keys(env)) if (k.startsWith('STRATA_')) assert.ok(envNames.has(k), `${where}: ${k} is no setting of the service`);
+  // STRATA_<KEY>_FILE: the setting read from a file (@strata/config)
+  for (const k of Object.keys(env)) if (k.startsWith('STRATA_')) assert.ok(envNames.has(k) || envNames.has(k.replace(/_FILE$/, '')), `${where}: ${k} is no setting of the service`);
   // --metrics-port and --metrics-host come with the telemetry work; a schema without them has not got it yet
   const flags = new Set([...Object.keys(schema).map(flagName), ...(schema.metricsPort ? [] : ['metrics-port', 'metrics-host'])]);
   for (const a of args) if (a.startsWith('--')) assert.ok(flags.has(a.slice(2).split('=')[0]!), `${where}: ${a} is no flag of the service`);
@@ -268,6 +269,31 @@ describe('helm chart', () => {
     assert.ok(Buffer.from(token.data!.token!, 'base64').length >= 16);
     const dsts = find('default', 'StatefulSet', 'strata-worker');
     assert.equal(secretFile(dsts, containerOf(dsts), envOf(containerOf(dsts), 'STRATA_TRANSFER_TOKEN_FILE')!.value!), 'strata-transfer-token/token');
+    // Term keys: the private key to coordinators only, the certificate to workers and gateways.
+    for (const c of ['default', 'external'] as const) {
+      const secret = 'strata-term-keys'; // the chart's (default), the operator's of that name (external)
+      const cod = find(c, 'Deployment', 'strata-coordinator');
+      assert.equal(secretFile(cod, containerOf(cod), envOf(containerOf(cod), 'STRATA_TERM_KEY_FILE')!.value!), `${secret}/term.key`);
+      for (const [kind, name] of [['StatefulSet', 'strata-worker'], ['Deployment', 'strata-gateway']] as const) {
+        const m = find(c, kind, name);
+        assert.equal(secretFile(m, containerOf(m), envOf(containerOf(m), 'STRATA_TERM_PUBLIC_KEY_FILE')!.value!), `${secret}/term.crt`);
+        assert.ok(!podOf(m).volumes!.some((v) => v.secret?.items?.some((i) => i.key === 'term.key')), `${name} gets no private key`);
+      }
+    }
+    const keys = find('default', 'Secret', 'strata-term-keys').stringData!;
+    const signer = FenceSigner.fromPem(keys['term.key']!);
+    assert.ok(FenceVerifier.fromPem(keys['term.crt']!).fence(4n, 2n, signer.fence(4n, 2n)), 'the chart\'s certificate verifies what its key signs');
+    // The built-in Redis: an ACL file and the coordinators' URL from one Secret; the default user off.
+    const auth = find('default', 'Secret', 'strata-redis-auth').stringData!;
+    const pw = auth.password!;
+    assert.ok(pw.length >= 32);
+    assert.equal(auth.url, `redis://strata-coordinator:${pw}@strata-redis:6379`);
+    assert.equal(auth['users.acl'], `user default off ~* &* +@all\nuser strata-coordinator on >${pw} ~strata:* &* +@all -@dangerous +info\n`);
+    assert.deepEqual(envOf(containerOf(find('default', 'Deployment', 'strata-coordinator')), 'STRATA_REDIS_URL')!.valueFrom!.secretKeyRef, { name: 'strata-redis-auth', key: 'url' });
+    const rs = find('default', 'StatefulSet', 'strata-redis');
+    const rargs = containerOf(rs).args!;
+    assert.equal(secretFile(rs, containerOf(rs), rargs[rargs.indexOf('--aclfile') + 1]!), 'strata-redis-auth/users.acl');
+    assert.deepEqual(rargs.slice(rargs.indexOf('--maxmemory-policy'), rargs.indexOf('--maxmemory-policy') + 2), ['--maxmemory-policy', 'volatile-lru']);
     assert.equal(envOf(containerOf(find('default', 'Deployment', 'strata-gateway')), 'STRATA_API_KEYS_FILE'), undefined);
     // keys given as values become a Secret the gateway reads
     const r = helmTemplate('--set', 'gateway.apiKeys.keys[0]=sk-one admin', '--set', 'gateway.apiKeys.keys[1]=sk-two user', '--show-only', 'templates/secrets.yaml');
@@ -348,7 +374,7 @@ describe('helm chart', () => {
 describe('docker-compose.yml', () => {
   interface ComposeService {
     image?: string; command?: string[] | null; entrypoint?: string[] | null; environment?: Record<string, string | null>;
-    healthcheck?: { test: string[] }; depends_on?: Record<string, { condition: string }>; volumes?: { source: string; target: string }[];
+    healthcheck?: { test: string[] }; depends_on?: Record<string, { condition: string }>; volumes?: { source: string; target: string; read_only?: boolean; volume?: { subpath?: string } }[];
     ports?: { target: number; published: string }[];
   }
   let services: Record<string, ComposeService>;
@@ -357,14 +383,14 @@ describe('docker-compose.yml', () => {
     const r = run(tools.deployCheck, ['compose', join(root, 'docker-compose.yml')]);
     assert.equal(r.code, 0, r.stderr);
     services = (JSON.parse(r.stdout) as { services: Record<string, ComposeService> }).services;
-    assert.deepEqual(Object.keys(services).sort(), ['coordinator', 'gateway', 'model', 'nats', 'redis', 'worker-0', 'worker-1']);
+    assert.deepEqual(Object.keys(services).sort(), ['coordinator', 'gateway', 'model', 'nats', 'redis', 'secrets', 'worker-0', 'worker-1']);
   });
 
   it('runs persistent Redis, health checks, and two workers splitting the default model that the model service writes', () => {
     const redis = services.redis!;
-    assert.deepEqual(redis.command, ['redis-server', '--appendonly', 'yes', '--appendfsync', 'everysec']);
-    assert.deepEqual(redis.volumes!.map((v) => `${v.source}:${v.target}`), ['redis-data:/data']);
-    for (const [name, s] of Object.entries(services)) if (name !== 'model') assert.ok(s.healthcheck?.test.length, `${name} has a health check`);
+    assert.deepEqual(redis.command, ['redis-server', '/etc/redis/redis.conf', '--appendonly', 'yes', '--appendfsync', 'everysec', '--maxmemory', '512mb', '--maxmemory-policy', 'volatile-lru']);
+    assert.deepEqual(redis.volumes!.map((v) => `${v.source}:${v.target}`), ['redis-data:/data', 'secrets:/etc/redis']);
+    for (const [name, s] of Object.entries(services)) if (name !== 'model' && name !== 'secrets') assert.ok(s.healthcheck?.test.length, `${name} has a health check`);
     // the model service writes exactly what ensureDefaultModel would, under the same name
     const m = DEFAULT_MODEL;
     const file = `/models/default-${m.arch}-${m.nLayer}x${m.nEmbd}-s${m.seed}-${m.type}.gguf`;
@@ -380,19 +406,40 @@ describe('docker-compose.yml', () => {
       const s = services[name]!;
       const reads = name !== 'coordinator';
       assert.equal(s.environment!.STRATA_MODEL, reads ? file : undefined, `${name} reads the default model`);
-      assert.deepEqual((s.volumes ?? []).map((v) => `${v.source}:${v.target}`), reads ? ['models:/models'] : []);
+      assert.deepEqual((s.volumes ?? []).filter((v) => v.source !== 'secrets').map((v) => `${v.source}:${v.target}`), reads ? ['models:/models'] : []);
       const schema = name.startsWith('worker') ? workerSchema : name === 'gateway' ? gatewaySchema : name === 'coordinator' ? coordinatorSchema : null;
       const env = Object.fromEntries(Object.entries(s.environment!).map(([k, v]) => [k, v ?? '']));
       if (schema) assertKnownSettings(`compose ${name}`, schema, env, []);
-      if (name.startsWith('worker')) layers.push(workerConfig({ argv: [], env }).layers!);
+      // (the secret files exist only in the containers: read without them)
+      if (name.startsWith('worker')) layers.push(workerConfig({ argv: [], env: Object.fromEntries(Object.entries(env).filter(([k]) => !k.endsWith('_URL_FILE'))) }).layers!);
     }
     assert.deepEqual(layers, evenSplit(m.nLayer, 2).map(formatRange));
     const after = (name: string) => Object.fromEntries(Object.entries(services[name]!.depends_on ?? {}).map(([k, v]) => [k, v.condition]));
     const workerDeps = { nats: 'service_healthy', model: 'service_completed_successfully' };
+    assert.deepEqual(after('nats'), { secrets: 'service_completed_successfully' });
+    assert.deepEqual(after('redis'), { secrets: 'service_completed_successfully' });
     assert.deepEqual(after('coordinator'), { nats: 'service_healthy', redis: 'service_healthy' });
     assert.deepEqual([after('worker-0'), after('worker-1')], [workerDeps, workerDeps]);
     assert.deepEqual(after('gateway'), { coordinator: 'service_healthy', model: 'service_completed_successfully' });
     assert.deepEqual(services.gateway!.ports!.map((p) => [p.published, p.target]), [['8080', 8080]]);
+  });
+  it('makes its credentials once and gives each service only its own part: NATS users, Redis\'s ACL user, the term keys', () => {
+    assert.deepEqual(services.secrets!.command, ['secrets', '--dir', '/secrets', '--nats-host', 'nats:4222', '--redis-host', 'redis:6379']);
+    const part = (name: string) => services[name]!.volumes!.filter((v) => v.source === 'secrets').map((v) => `${v.volume?.subpath ?? '/'}:${v.target}:${v.read_only ? 'ro' : 'rw'}`);
+    assert.deepEqual(part('nats'), ['nats:/etc/nats:ro']);
+    assert.deepEqual(part('redis'), ['redis:/etc/redis:ro']);
+    assert.deepEqual(part('coordinator'), ['coordinator:/run/strata:ro']);
+    for (const w of ['worker-0', 'worker-1']) assert.deepEqual(part(w), ['worker:/run/strata:ro']);
+    assert.deepEqual(part('gateway'), ['gateway:/run/strata:ro']);
+    assert.deepEqual(services.nats!.command, ['-c', '/etc/nats/nats.conf']);
+    const env = (name: string) => services[name]!.environment!;
+    for (const name of ['coordinator', 'worker-0', 'worker-1', 'gateway']) {
+      assert.equal(env(name).STRATA_NATS_URL_FILE, '/run/strata/nats-url', `${name} logs in to NATS as its role`);
+      assert.equal(env(name).STRATA_NATS_URL, undefined, `${name}: no URL in the file itself`);
+    }
+    assert.equal(env('coordinator').STRATA_REDIS_URL_FILE, '/run/strata/redis-url');
+    assert.equal(env('coordinator').STRATA_TERM_KEY_FILE, '/run/strata/term.key');
+    for (const name of ['worker-0', 'worker-1', 'gateway']) assert.equal(env(name).STRATA_TERM_PUBLIC_KEY_FILE, '/run/strata/term.pub');
   });
 });
 

@@ -51,7 +51,7 @@ describe('drain', () => {
   let redis: Redis;
   before(async () => {
     cluster = await LocalCluster.start({ model, pipelines: 2, workers: 2, port: 0, threads: 1, ctxSize: 1024, coordinatorFlags: ['--rebalance-high', '0'] });
-    redis = new Redis(cluster.redis.url);
+    redis = new Redis(cluster.redisUrl);
   });
   after(async () => {
     redis?.disconnect();
@@ -64,7 +64,7 @@ describe('drain', () => {
     const r = await complete(cluster.url, 'd-3', { prompt: 'The river ran', max_tokens: 100, stream: true, logprobs: 0 });
     let drained: Promise<{ code: number; out: string }> | null = null;
     const { tokens } = await readStream(r, (n) => {
-      if (n === 10) drained = cli(['drain', 'p0-s1', '--nats-url', cluster.nats.url]);
+      if (n === 10) drained = cli(['drain', 'p0-s1', '--nats-url', cluster.natsUrl]);
     });
     const d = await drained!;
     assert.equal(d.code, 0, d.out);
@@ -76,7 +76,7 @@ describe('drain', () => {
     for (const s of ['d-1', 'd-2', 'd-3']) assert.equal((await redis.hgetall(`strata:session:${s}`)).pipeline, 'p1-s0~p1-s1', s);
     assert.equal((await complete(cluster.url, 'd-4', { prompt: 'A new session', max_tokens: 2 })).status, 200);
     assert.equal((await redis.hgetall('strata:session:d-4')).pipeline, 'p1-s0~p1-s1', 'the drained pipeline takes no new work');
-    const list = await cli(['migrations', '--nats-url', cluster.nats.url]);
+    const list = await cli(['migrations', '--nats-url', cluster.natsUrl]);
     assert.equal((list.out.match(/drain p0-s1/g) ?? []).length, 3, list.out);
   });
 });
@@ -86,7 +86,7 @@ describe('rebalancer', () => {
   let redis: Redis;
   before(async () => {
     cluster = await LocalCluster.start({ model, pipelines: 2, workers: 2, port: 0, threads: 1, ctxSize: 256, coordinatorFlags: ['--rebalance-high', '0.6', '--rebalance-low', '0.5'] });
-    redis = new Redis(cluster.redis.url);
+    redis = new Redis(cluster.redisUrl);
   });
   after(async () => {
     redis?.disconnect();

@@ -32,10 +32,12 @@ describe('migration faults', () => {
     cluster = await LocalCluster.start({
       model, pipelines: 2, workers: 2, port: 0, threads: 1, ctxSize: 1024,
       coordinatorFlags: ['--push-timeout-ms', '1500', '--worker-timeout-ms', '2500'], workerFlags: ['--transfer-max-blob-bytes', String(1 << 20)],
+      // damaged pushes and the raw clean-up below come from a test client of no role
+      natsAuth: false, signTerms: false, transferToken: false,
     });
     vocab = Vocab.load(model);
-    redis = new Redis(cluster.redis.url);
-    state = await clusterState(cluster.nats.url);
+    redis = new Redis(cluster.redisUrl);
+    state = await clusterState(cluster.natsUrl);
   });
   after(async () => {
     redis?.disconnect();
@@ -72,7 +74,7 @@ describe('migration faults', () => {
     let used = [1, 1];
     for (let i = 0; i < 100 && used.some((u) => u > 0); i++) {
       await sleep(100);
-      used = await Promise.all(['p1-s0', 'p1-s1'].map(async (w) => (await workerStats(cluster.nats.url, w)).kvCellsUsed));
+      used = await Promise.all(['p1-s0', 'p1-s1'].map(async (w) => (await workerStats(cluster.natsUrl, w)).kvCellsUsed));
     }
     assert.deepEqual(used, [0, 0]);
   });
@@ -96,7 +98,7 @@ describe('migration faults', () => {
       data: new Uint8Array(0), crc32: 0, endOfBlob: false,
     });
     const chunk = (data: Uint8Array, o: Partial<Record<string, unknown>> = {}) => ({ data, crc32: crc32(data) >>> 0, endOfBlob: true, ...o });
-    const before = (await workerStats(cluster.nats.url, 'p0-s1')).kvCellsUsed;
+    const before = (await workerStats(cluster.natsUrl, 'p0-s1')).kvCellsUsed;
     const cases: [string, Omit<PushRequest, '$typeName'>[]][] = [
       ['checksum', [header(), chunk(blob, { crc32: 12345 })]],
       ['model_mismatch', [header({ modelFingerprint: 'f'.repeat(32) }), chunk(blob)]],
@@ -111,7 +113,7 @@ describe('migration faults', () => {
     for (const [code, msgs] of cases) {
       const r = await push(msgs);
       assert.equal(r.error?.code, code, `${code}: ${r.error?.message}`);
-      assert.equal((await workerStats(cluster.nats.url, 'p0-s1')).kvCellsUsed, before, `${code} changed the cache`);
+      assert.equal((await workerStats(cluster.natsUrl, 'p0-s1')).kvCellsUsed, before, `${code} changed the cache`);
     }
     // And the genuine one is taken.
     const ok = await push([header(), chunk(blob)]);
@@ -154,7 +156,7 @@ describe('a coordinator restarting mid-migration', () => {
   let redis: Redis;
   before(async () => {
     cluster = await LocalCluster.start({ model, pipelines: 2, workers: 2, port: 0, threads: 1, ctxSize: 512 });
-    redis = new Redis(cluster.redis.url);
+    redis = new Redis(cluster.redisUrl);
   });
   after(async () => {
     redis?.disconnect();

@@ -34,7 +34,7 @@ describe('live migration', () => {
   before(async () => {
     cluster = await LocalCluster.start({ model, splits: SPLITS, kvTypes: ['f16', 'f16', 'f16', 'q8_0'], port: 0, threads: 1, ctxSize: 1024 });
     vocab = Vocab.load(model);
-    redis = new Redis(cluster.redis.url);
+    redis = new Redis(cluster.redisUrl);
   });
   after(async () => {
     redis?.disconnect();

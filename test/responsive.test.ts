@@ -10,7 +10,7 @@ import { connect, type NatsConnection } from 'nats';
 import { Redis } from 'ioredis';
 import { Vocab } from '@strata/ggml';
 import { Pipeline, ensureDefaultModel } from '@strata/model';
-import { HeartbeatSchema, decode, subjects } from '@strata/wire';
+import { HeartbeatSchema, decode, natsOptions, subjects } from '@strata/wire';
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
 import { matchedUntilTie, readStream, rebuiltReference, workerStats } from './helpers/cluster.ts';
 import { LONG_TEXT } from './helpers/models.ts';
@@ -46,8 +46,8 @@ describe('a stage whose steps take 5 s', () => {
       workerFlags: ['--heartbeat-ms', String(HEARTBEAT_MS), '--max-batch', '1024', '--test-step-delay-ms', String(STEP_DELAY_MS), '--test-step-delay-min-tokens', '64'],
       coordinatorFlags: ['--worker-timeout-ms', '1500', '--prefill-chunk', '1024', '--step-budget-ms', '0', '--rebalance-high', '0'],
     });
-    redis = new Redis(cluster.redis.url);
-    nc = await connect({ servers: cluster.natsUrl });
+    redis = new Redis(cluster.redisUrl);
+    nc = await connect(natsOptions(cluster.natsUrls.coordinator, 'test')); // heartbeats are the coordinators' to read
     nc.subscribe(subjects.workerHeartbeat(), {
       callback: (err, m) => {
         if (err) return;

@@ -31,7 +31,7 @@ describe('a Redis restart', () => {
     assert.equal(tokens.length, 80, 'every token arrived');
     const gaps = times.slice(1).map((t, i) => t - times[i]!);
     console.log(`Redis restarted after token 15; longest gap between tokens ${Math.max(...gaps).toFixed(0)} ms`);
-    const redis = new Redis(cluster.redis.url);
+    const redis = new Redis(cluster.redisUrl);
     const vocab = Vocab.load(model);
     try {
       const h = await redis.hgetall('strata:session:redis-1');

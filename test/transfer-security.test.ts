@@ -59,7 +59,7 @@ describe('KvTransfer over mutual TLS with a token', () => {
   });
 
   it('refuses a peer without TLS, without a client certificate, with another CA\'s, or without the token', async () => {
-    const st = await clusterState(cluster.nats.url);
+    const st = await clusterState(cluster.natsUrl);
     const address = st.workers.find((w) => w.stage!.workerId === 'p1-s1')!.stage!.grpcAddress;
     const Client = grpcClient(KvTransfer);
     const push = (creds: ChannelCredentials, token?: string) => new Promise<PushResponse>((resolve, reject) => {

@@ -41,7 +41,7 @@ describe('worker loss', () => {
         // The last stage of the pipeline serving this request: the one holding the session, or
         // the one with a sequence that no session holds.
         const state = (await (await fetch(`${cluster.url}/admin/v1/cluster`)).json()) as { pipelines: { id: string; stages: { workerId: string }[]; seqsUsed?: number; sessions?: number }[] };
-        const redis = new Redis(cluster.redis.url);
+        const redis = new Redis(cluster.redisUrl);
         const home = session ? await redis.hget(`strata:session:${session}`, 'pipeline') : null;
         redis.disconnect();
         const busy = state.pipelines.filter((pl) => (session ? pl.id === home : (pl.seqsUsed ?? 0) > (pl.sessions ?? 0)));
@@ -62,7 +62,7 @@ describe('worker loss', () => {
       // A killed worker is noticed when its heartbeats stop; a stopping one says so in its last.
       if (signal === 'SIGKILL') assert.ok(Math.max(...gaps) > 1000, 'the kill hit the request: it waited for the heartbeat timeout');
       else {
-        const redis = new Redis(cluster.redis.url);
+        const redis = new Redis(cluster.redisUrl);
         const now = await redis.hgetall(`strata:session:${session}`);
         redis.disconnect();
         assert.notEqual(now.pipeline, before, 'the session was rebuilt on another pipeline');

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { connect } from 'nats';
 import { strataCacheDir } from '@strata/ggml';
 import { synthesize } from '@strata/model';
-import { HeartbeatSchema, decode, subjects } from '@strata/wire';
+import { HeartbeatSchema, decode, natsOptions, subjects } from '@strata/wire';
 import { LocalCluster } from '../../services/cli/src/local-cluster.ts';
 import { BENCH_SPEC, getJson, median, streamTokens } from './common.ts';
 
@@ -117,7 +117,7 @@ export async function runResponsiveBench(onStep: (detail: string) => void = () =
   try {
     // 1: heartbeats while a 4k prompt prefills; that session then moves with 8 decoding.
     const beats = new Map<string, number[]>();
-    const nc = await connect({ servers: k.c.natsUrl });
+    const nc = await connect(natsOptions(k.c.natsUrls.coordinator, 'bench')); // heartbeats are the coordinators' to read
     nc.subscribe(subjects.workerHeartbeat(), {
       callback: (err, m) => {
         if (err) return;

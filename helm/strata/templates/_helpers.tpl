@@ -138,7 +138,12 @@ libs/wire/src/permissions.ts (test/deploy.test.ts holds them equal).
 
 {{- define "strata.redisEnv" -}}
 - name: STRATA_REDIS_URL
-{{- if .Values.redis.enabled }}
+{{- if and .Values.redis.enabled .Values.redis.auth.enabled }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "strata.fullname" . }}-redis-auth
+      key: url
+{{- else if .Values.redis.enabled }}
   value: {{ printf "redis://%s-redis:6379" (include "strata.fullname" .) | quote }}
 {{- else if .Values.redis.urlSecret.name }}
   valueFrom:
@@ -247,5 +252,28 @@ initContainers:
 {{- .Values.worker.transferToken.existingSecret }}
 {{- else if .Values.worker.transferToken.generate }}
 {{- include "strata.fullname" . }}-transfer-token
+{{- end }}
+{{- end }}
+
+{{/* The Secret of the term keys: the chart's or the operator's. */}}
+{{- define "strata.termSecret" -}}
+{{ .Values.termKeys.existingSecret | default (printf "%s-term-keys" (include "strata.fullname" .)) }}
+{{- end }}
+
+{{/* The term key files a role mounts (key: coordinators; crt: workers, gateways). */}}
+{{- define "strata.termVolume" -}}
+{{- if .root.Values.termKeys.enabled }}
+- name: term-keys
+  secret:
+    secretName: {{ include "strata.termSecret" .root }}
+    defaultMode: 0440
+    items:
+      - { key: {{ .item }}, path: {{ .item }} }
+{{- end }}
+{{- end }}
+
+{{- define "strata.termMount" -}}
+{{- if .Values.termKeys.enabled }}
+- { name: term-keys, mountPath: /var/run/strata/term, readOnly: true }
 {{- end }}
 {{- end }}

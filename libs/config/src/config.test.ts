@@ -35,3 +35,13 @@ test('unknown, missing and mistyped values name the key and the source', () => {
   writeFileSync(join(dir, 'extra.json'), '{"model": "m", "nope": 1}');
   assert.throws(() => loadConfig(schema, { argv: ['--config', join(dir, 'extra.json')], env: {} }), is('unknown_key', /nope/));
 });
+
+test('a secret comes from the file STRATA_<KEY>_FILE names; STRATA_<KEY> and flags still win', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'strata-config-'));
+  const secret = join(dir, 'nats-url');
+  writeFileSync(secret, 'nats://strata-worker:s3cret@nats:4222\n');
+  const base = { argv: ['--model', 'a.gguf'] };
+  assert.equal(loadConfig(schema, { ...base, env: { STRATA_NATS_URL_FILE: secret } }).natsUrl, 'nats://strata-worker:s3cret@nats:4222');
+  assert.equal(loadConfig(schema, { ...base, env: { STRATA_NATS_URL_FILE: secret, STRATA_NATS_URL: 'nats://x:4222' } }).natsUrl, 'nats://x:4222');
+  assert.throws(() => loadConfig(schema, { ...base, env: { STRATA_NATS_URL_FILE: join(dir, 'missing') } }), (e: unknown) => e instanceof ConfigError && /STRATA_NATS_URL_FILE/.test(e.message));
+});

@@ -1,7 +1,9 @@
 // One schema per service, read in stages (STYLE habit 10): defaults, then a JSON file named by
 // --config (or STRATA_CONFIG), then STRATA_* environment variables, then command-line flags. Keys
 // are camelCase in the schema and the file, --kebab-case as flags, STRATA_SNAKE_CASE in the
-// environment.
+// environment. A secret (a URL with a password) can come from a file instead: STRATA_<KEY>_FILE
+// names a file whose contents (trimmed) are the value, as Docker secrets and mounted Kubernetes
+// secrets are read; STRATA_<KEY> itself wins over it.
 import { readFileSync } from 'node:fs';
 import { ConfigError } from './errors.ts';
 
@@ -88,6 +90,15 @@ function parseFlags(schema: Schema, argv: string[]): { flags: Map<string, unknow
   return { flags, config };
 }
 
+/** The contents of a secret file, trimmed. */
+function readSecret(path: string, where: string): string {
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch (err) {
+    throw new ConfigError('bad_file', `${where}: cannot read ${path}: ${(err as Error).message}`);
+  }
+}
+
 /** Reads a service's configuration; every problem is a ConfigError naming the key and source. */
 export function loadConfig<S extends Schema>(schema: S, sources: Sources = {}): ConfigOf<S> {
   const argv = sources.argv ?? process.argv.slice(2);
@@ -114,6 +125,8 @@ export function loadConfig<S extends Schema>(schema: S, sources: Sources = {}): 
   for (const [key, field] of Object.entries(schema)) {
     let v: unknown = field.default;
     if (key in file) v = parseValue(field, file[key], key, `config file ${path}`);
+    const secretFile = env[`${envName(key)}_FILE`];
+    if (secretFile !== undefined && secretFile !== '') v = parseValue(field, readSecret(secretFile, `${envName(key)}_FILE`), key, `${envName(key)}_FILE`);
     const e = env[envName(key)];
     if (e !== undefined && e !== '') v = parseValue(field, e, key, envName(key));
     if (flags.has(key)) v = parseValue(field, flags.get(key), key, `--${flagName(key)}`);

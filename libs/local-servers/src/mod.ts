@@ -4,5 +4,5 @@ export { freePort } from './free-port.ts';
 export { findBinary, type FindBinaryOptions } from './find-binary.ts';
 export { type LocalServer } from './managed-server.ts';
 export { type ServerOptions } from './server-options.ts';
-export { startNats, type NatsOptions, type NatsUser } from './nats-server.ts';
-export { startRedis, type RedisOptions } from './redis-server.ts';
+export { natsAuthorization, startNats, type NatsOptions, type NatsUser } from './nats-server.ts';
+export { redisUsers, startRedis, type RedisOptions, type RedisUser } from './redis-server.ts';

@@ -40,19 +40,33 @@ const MAX_PAYLOAD_LIMIT = 64 * 1024 * 1024; // bytes
 export function natsConfig(port: number, maxPayload?: number, users: readonly NatsUser[] = []): string {
   const lines = ['# Written by @strata/local-servers; rewritten on every start.', `listen: "127.0.0.1:${port}"`];
   if (maxPayload !== undefined) lines.push(`max_payload: ${maxPayload}`);
-  if (users.length > 0) {
-    lines.push('authorization {', '  users = [');
-    const list = (xs: readonly string[]) => `[${xs.map((x) => `"${x}"`).join(', ')}]`;
-    for (const u of users) {
-      const p = u.permissions;
-      const perms = p
-        ? `, permissions: { publish: { allow: ${list(p.publish.allow)}, deny: ${list(p.publish.deny)} }, subscribe: { allow: ${list(p.subscribe.allow)}, deny: ${list(p.subscribe.deny)} }${p.allowResponses ? ', allow_responses: true' : ''} }`
-        : '';
-      lines.push(`    { user: "${u.user}", password: "${u.password}"${perms} }`);
-    }
-    lines.push('  ]', '}');
+  return [...lines, ...natsAuthorization(users)].join('\n') + '\n';
+}
+
+/** nats.conf lines that make clients log in as one of `users` (none: no lines), after checking them. */
+export function natsAuthorization(users: readonly NatsUser[]): string[] {
+  if (users.length === 0) return [];
+  checkUsers(users);
+  const lines = ['authorization {', '  users = ['];
+  const list = (xs: readonly string[]) => `[${xs.map((x) => `"${x}"`).join(', ')}]`;
+  for (const u of users) {
+    const p = u.permissions;
+    const perms = p
+      ? `, permissions: { publish: { allow: ${list(p.publish.allow)}, deny: ${list(p.publish.deny)} }, subscribe: { allow: ${list(p.subscribe.allow)}, deny: ${list(p.subscribe.deny)} }${p.allowResponses ? ', allow_responses: true' : ''} }`
+      : '';
+    lines.push(`    { user: "${u.user}", password: "${u.password}"${perms} }`);
   }
-  return lines.join('\n') + '\n';
+  lines.push('  ]', '}');
+  return lines;
+}
+
+function checkUsers(users: readonly NatsUser[]): void {
+  for (const u of users) {
+    if (!CREDENTIAL.test(u.user) || !CREDENTIAL.test(u.password)) throw new LocalServerError('invalid_options', 'nats-server users and passwords are 1-128 of A-Z a-z 0-9 _ . -', { server: 'nats-server' });
+    const patterns = u.permissions ? [...u.permissions.publish.allow, ...u.permissions.publish.deny, ...u.permissions.subscribe.allow, ...u.permissions.subscribe.deny] : [];
+    const bad = patterns.find((x) => !PATTERN.test(x));
+    if (bad !== undefined) throw new LocalServerError('invalid_options', `'${bad}' is not a NATS subject pattern`, { server: 'nats-server' });
+  }
 }
 
 /** Ready once a client connecting on `port` receives the server's `INFO {...}` line. */
@@ -65,12 +79,7 @@ async function natsReady(port: number, timeoutMs: number): Promise<boolean> {
 export async function startNats(options: NatsOptions): Promise<LocalServer> {
   const resolved = await resolveServerOptions('nats-server', options);
   const maxPayload = options.maxPayload === undefined ? undefined : checkInteger('nats-server', 'maxPayload', options.maxPayload, 1, MAX_PAYLOAD_LIMIT);
-  for (const u of options.users ?? []) {
-    if (!CREDENTIAL.test(u.user) || !CREDENTIAL.test(u.password)) throw new LocalServerError('invalid_options', 'nats-server users and passwords are 1-128 of A-Z a-z 0-9 _ . -', { server: 'nats-server' });
-    const patterns = u.permissions ? [...u.permissions.publish.allow, ...u.permissions.publish.deny, ...u.permissions.subscribe.allow, ...u.permissions.subscribe.deny] : [];
-    const bad = patterns.find((x) => !PATTERN.test(x));
-    if (bad !== undefined) throw new LocalServerError('invalid_options', `'${bad}' is not a NATS subject pattern`, { server: 'nats-server' });
-  }
+  checkUsers(options.users ?? []);
   const config = join(resolved.dir, 'nats.conf');
   await writeFile(config, natsConfig(resolved.port, maxPayload, options.users), { mode: 0o600 });
   return launchServer({

@@ -1,5 +1,6 @@
 // The admin API's JSON for ledger records and sessions: one shape for the gateway's
 // /admin/v1/migrations and /admin/v1/sessions, the dashboard that reads them, and `strata … --json`.
+import { splitSessionKey } from './session-key.ts';
 import type { MigrationInfo, SessionInfo } from './gen/strata/v1/coordinator_pb.ts';
 
 /** One part of a migration plan: a source stage sends layers [l0, l1) to a target stage. */
@@ -35,7 +36,10 @@ export interface MigrationJson {
 
 /** A session as the admin API shows it. */
 export interface SessionJson {
+  /** the session's key: [<tenant>:]<id> */
   id: string;
+  /** the tenant that owns it ('' without API keys) */
+  tenant: string;
   pipeline: string;
   seq: number;
   /** positions every stage of its pipeline holds (KV cells per stage) */
@@ -68,5 +72,5 @@ export function migrationJson(m: MigrationInfo): MigrationJson {
 
 /** A session in the admin API's JSON. */
 export function sessionJson(s: SessionInfo): SessionJson {
-  return { id: s.id, pipeline: s.pipelineId, seq: s.seq, positions: s.positions, busy: s.busy, moving: s.moving, last_used: Number(s.lastUsedMs), epoch: Number(s.epoch) };
+  return { id: s.id, tenant: splitSessionKey(s.id).tenant, pipeline: s.pipelineId, seq: s.seq, positions: s.positions, busy: s.busy, moving: s.moving, last_used: Number(s.lastUsedMs), epoch: Number(s.epoch) };
 }

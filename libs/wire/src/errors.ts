@@ -2,7 +2,7 @@
 
 /** A message that cannot be decoded or does not fit the protocol. */
 export class WireError extends Error {
-  /** corrupt, bad_subject, bad_chunk, too_large */
+  /** corrupt, bad_subject, bad_chunk, too_large, bad_key */
   readonly code: string;
   /** subject or message type concerned, when known */
   readonly subject: string | undefined;

@@ -1,5 +1,5 @@
 // The strata command's link to a running cluster: one NATS connection (--nats-url, else
-// STRATA_NATS_URL; the operator's credentials) for every request of one command, each answered by
+// STRATA_NATS_URL, else what a running `strata up` wrote down; the operator's credentials) for every request of one command, each answered by
 // the leader coordinator. Failures become a ClusterError with a message fit for a terminal.
 import type { DescMessage, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
 import { redactUrl } from '@strata/log';
@@ -11,10 +11,11 @@ import {
 import { connect, type NatsConnection } from 'nats';
 import type { Flags } from './args.ts';
 import { ClusterError } from './errors.ts';
+import { readRunFile } from './run-file.ts';
 
-/** --nats-url, else STRATA_NATS_URL, else the local default. */
+/** --nats-url, else STRATA_NATS_URL, else the cluster a running `strata up` of this user started, else the local default. */
 export function natsUrlOf(f: Flags): string {
-  return f.str('nats-url', process.env.STRATA_NATS_URL ?? 'nats://127.0.0.1:4222')!;
+  return f.str('nats-url', process.env.STRATA_NATS_URL || readRunFile()?.natsUrl || 'nats://127.0.0.1:4222')!;
 }
 
 /** A connection to a cluster's coordinator. */

@@ -3,7 +3,8 @@
 // they run on separate machines. `strata up`, the end-to-end tests and the benchmarks use it.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { generateKeyPairSync } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,6 +15,8 @@ import { ensureDefaultModel, evenSplit, formatRange, readHParams, type LayerRang
 import { ClusterRequestSchema, ClusterStateSchema, NATS_ROLES, natsPermissions, requestOnce, subjects, type NatsRole } from '@strata/wire';
 
 const BIN = join(dirname(fileURLToPath(import.meta.url)), '../../../bin/strata.mjs');
+/** What the coordinators' Redis user may do: Strata's keys, no @dangerous command (FLUSHALL, CONFIG, KEYS...), INFO for clients' ready check */
+export const REDIS_RULES = '~strata:* &* +@all -@dangerous +info';
 
 /** Options of {@link LocalCluster.start}. */
 export interface LocalClusterOptions {
@@ -49,9 +52,22 @@ export interface LocalClusterOptions {
   logSink?: (line: string) => void;
   /**
    * NATS with one user per role (worker, coordinator, gateway, operator), each with a random
-   * password and its role's permissions (@strata/wire natsPermissions); default: no auth
+   * password and its role's permissions (@strata/wire natsPermissions); default true. false: any
+   * local process may connect (tests that speak the protocol raw)
    */
   natsAuth?: boolean;
+  /**
+   * Redis with the default user off and one ACL user, the coordinators', with a random password,
+   * limited to strata:* keys and to commands that are not @dangerous; default true
+   */
+  redisAuth?: boolean;
+  /**
+   * an Ed25519 key pair made for the run: coordinators sign their terms and generations with it,
+   * workers and the gateway believe only signed ones; default true
+   */
+  signTerms?: boolean;
+  /** workers present a random token to each other on KvTransfer (--transfer-token-file); default true */
+  transferToken?: boolean;
   /** NATS's max payload in bytes (default: nats-server's 1 MiB) */
   natsMaxPayload?: number;
   /** milliseconds to wait for the gateway to be ready (default 180000) */
@@ -67,8 +83,10 @@ export interface ServiceProcess {
   /** layers, for workers */
   layers?: LayerRange;
   proc: ChildProcess;
-  /** the strata command line it runs */
+  /** the strata command line it runs (no secrets: /proc/<pid>/cmdline is world-readable) */
   args: string[];
+  /** what it gets in its environment besides this process's: the URLs with credentials */
+  env: Record<string, string>;
   /** port of its Prometheus endpoint, GET /metrics (0: none) */
   metricsPort: number;
 }
@@ -100,6 +118,8 @@ export class LocalCluster {
   natsUrl = '';
   /** the URL each role connects with (all natsUrl without natsAuth) */
   readonly natsUrls: Record<NatsRole, string> = { worker: '', coordinator: '', gateway: '', operator: '' };
+  /** the URL coordinators (and tests) connect to Redis with, credentials included when redisAuth is on */
+  redisUrl = '';
   readonly #dataDir: string | null;
   readonly #o: LocalClusterOptions;
   /** free ports for the services' metrics endpoints (option metrics) */
@@ -129,11 +149,13 @@ export class LocalCluster {
     const splits = o.splits ?? defaultSplits(nLayer, o.pipelines ?? 1, o.workers ?? 2);
     const ownData = o.dataDir === undefined;
     const dataDir = o.dataDir ?? mkdtempSync(join(tmpdir(), 'strata-up-'));
-    const users = o.natsAuth ? NATS_ROLES.map((role) => ({ user: `strata-${role}`, password: randomBytes(18).toString('base64url'), permissions: natsPermissions(role) })) : undefined;
+    const secret = () => randomBytes(18).toString('base64url');
+    const users = o.natsAuth ?? true ? NATS_ROLES.map((role) => ({ user: `strata-${role}`, password: secret(), permissions: natsPermissions(role) })) : undefined;
     const nats = await startNats({ dir: join(dataDir, 'nats'), maxPayload: o.natsMaxPayload, users });
+    const redisUser = o.redisAuth ?? true ? { user: 'strata-coordinator', password: secret(), rules: REDIS_RULES } : null;
     let redis: LocalServer;
     try {
-      redis = await startRedis({ dir: join(dataDir, 'redis') });
+      redis = await startRedis({ dir: join(dataDir, 'redis'), users: redisUser ? [redisUser] : [] });
     } catch (err) {
       await nats.stop();
       throw err;
@@ -145,6 +167,7 @@ export class LocalCluster {
       c.natsUrls[role] = u ? nats.url.replace('nats://', `nats://${u.user}:${u.password}@`) : nats.url;
     }
     c.natsUrl = c.natsUrls.operator;
+    c.redisUrl = redisUser ? redis.url.replace('redis://', `redis://${redisUser.user}:${redisUser.password}@`) : redis.url;
     try {
       const nWorkers = splits.reduce((n, s) => n + s.length, 0);
       while (o.metrics && c.#metricsPorts.length < nWorkers + (o.coordinators ?? 1) + 1) {
@@ -152,19 +175,29 @@ export class LocalCluster {
         if (!c.#metricsPorts.includes(p)) c.#metricsPorts.push(p);
       }
       const threads = o.threads ?? Math.max(1, Math.floor(availableParallelism() / nWorkers));
-      const common = (role: NatsRole) => ['--nats-url', c.natsUrls[role], '--log-level', o.logLevel ?? 'warn'];
+      // Credentials go in the environment (readable by this user only), never on a command line.
+      const keys = o.signTerms ?? true ? writeTermKeys(join(dataDir, 'keys')) : null;
+      const common = ['--log-level', o.logLevel ?? 'warn'];
+      const verify = keys ? ['--term-public-key-file', keys.publicKey] : [];
+      let token: string[] = [];
+      if (o.transferToken ?? true) {
+        mkdirSync(join(dataDir, 'keys'), { recursive: true, mode: 0o700 });
+        writeFileSync(join(dataDir, 'keys', 'transfer.token'), secret(), { mode: 0o600 });
+        token = ['--transfer-token-file', join(dataDir, 'keys', 'transfer.token')];
+      }
+      const env = (role: NatsRole): Record<string, string> => ({ STRATA_NATS_URL: c.natsUrls[role], ...(role === 'coordinator' ? { STRATA_REDIS_URL: c.redisUrl } : {}) });
       for (let i = 1; i <= (o.coordinators ?? 1); i++) {
         const id = i === 1 ? 'coordinator' : `coordinator-${i}`;
-        c.#spawn('coordinator', id, ['coordinator', ...common('coordinator'), '--redis-url', redis.url, '--id', id, ...(o.coordinatorFlags ?? [])]);
+        c.#spawn('coordinator', id, ['coordinator', ...common, '--id', id, ...(keys ? ['--term-key-file', keys.privateKey] : []), ...(o.coordinatorFlags ?? [])], env('coordinator'));
         // The first one up takes the lease: start the standbys after it.
         if (i === 1 && (o.coordinators ?? 1) > 1) await c.#leaderUp();
       }
       splits.forEach((split, p) => split.forEach((layers, s) => {
         const id = `p${p}-s${s}`;
-        c.#spawn('worker', id, ['worker', ...common('worker'), '--id', id, '--group', `p${p}`, '--model', model, '--layers', formatRange(layers), '--threads', String(threads),
-          '--ctx-size', String(o.ctxSize ?? 4096), '--kv-type', o.kvTypes?.[p] ?? o.kvType ?? 'f16', ...(o.workerFlags ?? [])], layers);
+        c.#spawn('worker', id, ['worker', ...common, ...verify, ...token, '--id', id, '--group', `p${p}`, '--model', model, '--layers', formatRange(layers), '--threads', String(threads),
+          '--ctx-size', String(o.ctxSize ?? 4096), '--kv-type', o.kvTypes?.[p] ?? o.kvType ?? 'f16', ...(o.workerFlags ?? [])], env('worker'), layers);
       }));
-      c.#spawn('gateway', 'gateway', ['gateway', ...common('gateway'), '--model', model, '--port', String(port), ...(o.gatewayFlags ?? [])]);
+      c.#spawn('gateway', 'gateway', ['gateway', ...common, ...verify, '--model', model, '--port', String(port), ...(o.gatewayFlags ?? [])], env('gateway'));
       await c.#ready(splits.length, o.readyTimeoutMs ?? 180_000);
       return c;
     } catch (err) {
@@ -187,11 +220,11 @@ export class LocalCluster {
     }
   }
 
-  #spawn(role: ServiceProcess['role'], id: string, args: string[], layers?: LayerRange): ServiceProcess {
+  #spawn(role: ServiceProcess['role'], id: string, args: string[], env: Record<string, string>, layers?: LayerRange): ServiceProcess {
     // A new service takes a metrics port of the pool; a restart keeps its command line, port included.
     if (this.#o.metrics && !args.includes('--metrics-port')) args = [...args, '--metrics-port', String(this.#metricsPorts.shift() ?? 0)];
     const mi = args.indexOf('--metrics-port');
-    const proc = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } });
+    const proc = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     const sink = this.#o.logSink ?? ((line: string) => process.stderr.write(`[${id}] ${line}\n`));
     let buf = '';
     const onData = (d: Buffer) => {
@@ -204,7 +237,7 @@ export class LocalCluster {
     };
     proc.stderr!.on('data', onData);
     proc.stdout!.on('data', () => {});
-    const service: ServiceProcess = { role, id, layers, proc, args, metricsPort: mi >= 0 ? Number(args[mi + 1]) : 0 };
+    const service: ServiceProcess = { role, id, layers, proc, args, env, metricsPort: mi >= 0 ? Number(args[mi + 1]) : 0 };
     proc.on('exit', (code, signal) => {
       if (!this.#stopping && this.services.includes(service)) sink(`${role} ${id} exited unexpectedly (${signal ?? `code ${code}`})`);
     });
@@ -221,7 +254,7 @@ export class LocalCluster {
       old.proc.kill(signal);
       await gone;
     }
-    this.#spawn(old.role, old.id, old.args, old.layers);
+    this.#spawn(old.role, old.id, old.args, old.env, old.layers);
   }
 
   async #ready(pipelines: number, timeoutMs: number): Promise<void> {
@@ -271,4 +304,17 @@ export async function stopProcess(p: ChildProcess): Promise<void> {
   const t = setTimeout(() => p.kill('SIGKILL'), 10_000);
   await gone;
   clearTimeout(t);
+}
+
+/**
+ * Writes an Ed25519 key pair for signing terms into `dir` (made private): `term.key` (PKCS#8 PEM,
+ * the coordinators') and `term.pub` (SPKI PEM, workers' and gateways'). Returns their paths.
+ */
+export function writeTermKeys(dir: string): { privateKey: string; publicKey: string } {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const pair = generateKeyPairSync('ed25519');
+  const privateKey = join(dir, 'term.key'), publicKey = join(dir, 'term.pub');
+  writeFileSync(privateKey, pair.privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+  writeFileSync(publicKey, pair.publicKey.export({ type: 'spki', format: 'pem' }), { mode: 0o644 });
+  return { privateKey, publicKey };
 }

@@ -7,6 +7,7 @@ import { logitsCommand } from './commands/logits.ts';
 import { modelInfo, modelSynth } from './commands/model.ts';
 import { coordinatorCommand, gatewayCommand, workerCommand } from './commands/serve.ts';
 import { upCommand } from './commands/up.ts';
+import { secretsCommand } from './commands/secrets.ts';
 import { drainCommand, migrateCommand, migrationsCommand } from './commands/migrate.ts';
 import { sessionsCommand, statusCommand } from './commands/status.ts';
 import { ConfigError } from '@strata/config';
@@ -26,7 +27,8 @@ commands:
            [--kv-type f16|f32|q8_0|q4_0] [--kv-host-layers 0,1] [--kv-streams N] [--device D] [--json]
   logits [--model F] [--prompt "…"] [--split …] [--top K] [--kv-type T] [--json]
   up [--model F] [--workers N] [--pipelines P] [--port 8080] [--prompt "…"] [--max-tokens N]
-     [--threads T] [--ctx-size N] [--kv-type T] [--once] [--verbose]
+     [--threads T] [--ctx-size N] [--kv-type T] [--api-keys-file F] [--once] [--verbose]
+  secrets [--dir secrets] [--nats-host nats:4222] [--redis-host redis:6379] [--force]
   worker [--model F] [--layers 0:4] [--id W] [--nats-url U] … (strata worker --help)
   coordinator [--nats-url U] [--redis-url U] … (strata coordinator --help)
   gateway [--port 8080] [--model F] [--nats-url U] … (strata gateway --help)
@@ -70,6 +72,8 @@ export async function main(argv: string[], out: NodeJS.WritableStream = process.
         return await sessionsCommand(argv.slice(1), out);
       case 'drain':
         return await drainCommand(argv.slice(1), out);
+      case 'secrets':
+        return secretsCommand(argv.slice(1), out);
       case undefined:
       case 'help':
       case '--help':

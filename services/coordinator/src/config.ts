@@ -8,7 +8,9 @@ import { telemetryOptions, telemetrySchema, type TelemetryOptions } from '@strat
 export const coordinatorSchema = {
   id: { kind: 'string', doc: 'coordinator id (default: random)' },
   natsUrl: { kind: 'string', doc: 'NATS server', default: 'nats://127.0.0.1:4222' },
-  redisUrl: { kind: 'string', doc: 'Redis server', default: 'redis://127.0.0.1:6379' },
+  redisUrl: { kind: 'string', doc: 'Redis server (redis://user:password@host:port; pass credentials in STRATA_REDIS_URL, not on the command line)', default: 'redis://127.0.0.1:6379' },
+  termKeyFile: { kind: 'string', doc: 'Ed25519 private key (PKCS#8 PEM) that signs leader terms and pipeline generations; every coordinator of a cluster holds the same one, workers and gateways its public key (unset: unsigned, which verifying workers refuse)' },
+  sessionTtlS: { kind: 'int', doc: 'a session unused for this many seconds is forgotten (its Redis keys expire; 0: never)', default: 86400 },
   workerTimeoutMs: { kind: 'int', doc: 'a worker unheard for this long is dead', default: 3000 },
   leaseMs: { kind: 'int', doc: 'the leader\'s Redis lease; a standby takes over this long after the leader stops renewing it', default: 3000 },
   prefillChunk: { kind: 'int', doc: 'prompt tokens per micro-batch at most', default: 256 },

@@ -6,10 +6,11 @@
 // heartbeats so that they know the cluster when their turn comes. A new leader announces itself
 // with a higher term; gateways then hand it the requests the old one had accepted (with what each
 // choice has streamed) and it rebuilds them by re-prefill.
+import { readFileSync } from 'node:fs';
 import { redactUrl, type Logger } from '@strata/log';
 import { natsOptions,
   CancelRequestSchema, ClusterStateSchema, LeaderAnnouncementSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, SessionListSchema, SessionsRequestSchema, GenerateReplySchema, GenerateRequestSchema, HeartbeatSchema, StepResultSchema,
-  decode, encode, isId, subjects, type GenerateReply, type GenerateRequest, type DrainReply, type MigrateReply, type MigrationInfo,
+  FenceSigner, decode, encode, isId, isSessionKey, subjects, type GenerateReply, type GenerateRequest, type DrainReply, type MigrateReply, type MigrationInfo,
 } from '@strata/wire';
 import { Redis } from 'ioredis';
 import { connect, type Msg, type NatsConnection, type Subscription } from 'nats';
@@ -45,6 +46,9 @@ export class Coordinator {
   readonly #nc: NatsConnection;
   readonly #redis: Redis;
   readonly #store: SessionStore;
+  /** signs terms and generations (--term-key-file); null: they go unsigned */
+  readonly #signer: FenceSigner | null;
+  readonly #proof = (term: bigint, generation: bigint): Uint8Array => this.#signer?.fence(term, generation) ?? new Uint8Array(0);
   readonly #log: Logger;
   readonly #cluster: ClusterState = initialCluster();
   readonly #schedulers = new Map<string, PipelineScheduler>();
@@ -65,12 +69,13 @@ export class Coordinator {
   #leaseTimer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | null = null;
 
-  private constructor(c: CoordinatorConfig, nc: NatsConnection, redis: Redis, log: Logger) {
+  private constructor(c: CoordinatorConfig, nc: NatsConnection, redis: Redis, signer: FenceSigner | null, log: Logger) {
     this.id = c.id;
     this.#c = c;
     this.#nc = nc;
     this.#redis = redis;
-    this.#store = new SessionStore(redis, c.id);
+    this.#store = new SessionStore(redis, c.id, c.sessionTtlS * 1000);
+    this.#signer = signer;
     this.#ledger = new MigrationLedger(redis);
     this.#lease = new LeaderLease(redis, c.id, c.leaseMs);
     this.#log = log.child({ coordinator: c.id });
@@ -83,6 +88,8 @@ export class Coordinator {
 
   /** Connects to NATS and Redis and starts serving. */
   static async start(c: CoordinatorConfig, log: Logger): Promise<Coordinator> {
+    const signer = c.termKeyFile ? FenceSigner.fromPem(readFileSync(c.termKeyFile)) : null;
+    if (!signer) log.warn('leader terms are not signed (--term-key-file): any client allowed to publish to workers can fence this coordinator out');
     const redis = new Redis(c.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 3 });
     await redis.connect();
     // ioredis reconnects by itself; without a listener its errors would be 'unhandled'.
@@ -102,7 +109,7 @@ export class Coordinator {
       redis.disconnect();
       throw err;
     }
-    const co = new Coordinator(c, nc, redis, log);
+    const co = new Coordinator(c, nc, redis, signer, log);
     // Standbys watch heartbeats too: they know the cluster when they take over.
     co.#sub(subjects.workerHeartbeat(), (m) => co.#onHeartbeat(m));
     co.#timer = setInterval(() => co.#tick(), Math.min(1000, c.workerTimeoutMs / 3));
@@ -153,7 +160,8 @@ export class Coordinator {
   }
 
   #announce(): void {
-    this.#nc.publish(subjects.coordinatorLeader(), encode(LeaderAnnouncementSchema, { coordinatorId: this.id, term: BigInt(this.#lease.term) }));
+    const term = BigInt(this.#lease.term);
+    this.#nc.publish(subjects.coordinatorLeader(), encode(LeaderAnnouncementSchema, { coordinatorId: this.id, term, proof: this.#signer?.leader(this.id, term) ?? new Uint8Array(0) }));
   }
 
   /** Takes the lead: the pipelines seen so far get schedulers (emptying their stages), then work comes. */
@@ -210,7 +218,7 @@ export class Coordinator {
 
   #scheduler(view: PipelineView): PipelineScheduler {
     const s = new PipelineScheduler(view, {
-      nc: this.#nc, resultSubject: subjects.coordinatorResult(this.id), store: this.#store, log: this.#log, term: this.#lease.term, costs: this.#costs,
+      nc: this.#nc, resultSubject: subjects.coordinatorResult(this.id), store: this.#store, log: this.#log, term: this.#lease.term, proof: this.#proof, costs: this.#costs,
       options: {
         prefillChunk: this.#c.prefillChunk, stepDeadlineFloorMs: this.#c.stepDeadlineFloorMs, stepDeadlineMargin: this.#c.stepDeadlineMargin,
         stepBudgetMs: this.#c.stepBudgetMs, seqOpTimeoutMs: this.#c.seqOpTimeoutMs,
@@ -266,7 +274,7 @@ export class Coordinator {
 
   /** Moves a session to `to` (or the least loaded other pipeline of its model); with `wait`, resolves when it ended. */
   async migrate(session: string, to: string, reason: string, wait: boolean): Promise<MigrationRecord> {
-    if (!isId(session)) throw new CoordinatorError('bad_request', 'a session id is 1-128 of A-Z a-z 0-9 _ -');
+    if (!isSessionKey(session)) throw new CoordinatorError('bad_request', 'a session is [<tenant>:]<id>: tenant 1-40 of A-Z a-z 0-9 -, id 1-128 of A-Z a-z 0-9 _ -');
     if (this.#moving.has(session)) throw new CoordinatorError('session_busy', `session ${session} is already moving`);
     const src = [...this.#schedulers.values()].find((s) => s.session(session) !== null);
     if (!src) throw new CoordinatorError('not_found', `no pipeline holds session ${session}`);
@@ -274,7 +282,7 @@ export class Coordinator {
     const dst = to ? this.#schedulers.get(to) : others.reduce<PipelineScheduler | undefined>((a, b) => (!a || b.load < a.load ? b : a), undefined);
     if (!dst) throw new CoordinatorError('no_pipeline', to ? `no pipeline ${to}` : `no other pipeline serves ${src.view.modelId}`);
     if (dst === src) throw new CoordinatorError('bad_request', `session ${session} is already on ${to}`);
-    const mig = await startMigration({ nc: this.#nc, ledger: this.#ledger, store: this.#store, log: this.#log, owner: this.id, options: this.#c.migration, term: this.#lease.term }, session, src, dst, reason);
+    const mig = await startMigration({ nc: this.#nc, ledger: this.#ledger, store: this.#store, log: this.#log, owner: this.id, options: this.#c.migration, term: this.#lease.term, proof: this.#proof }, session, src, dst, reason);
     const finished = mig.finished.finally(() => this.#moving.delete(session));
     this.#moving.set(session, finished);
     return wait ? finished : mig.record;
@@ -441,6 +449,7 @@ export class Coordinator {
     // A gateway that timed out waiting for the answer asks again: the same request, once.
     const known = [...this.#schedulers.values()].find((x) => x.knows(req.requestId));
     if (known) return { $typeName: 'strata.v1.GenerateReply', accepted: true, cachedTokens: 0, pipelineId: known.view.id, coordinatorId: this.id, term: BigInt(this.#lease.term) };
+    if (req.sessionId && !isSessionKey(req.sessionId)) return refuse('bad_request', 'a session is [<tenant>:]<id>: tenant 1-40 of A-Z a-z 0-9 -, id 1-128 of A-Z a-z 0-9 _ -');
     if (req.sessionId && Math.max(1, req.n) > 1) return refuse('bad_request', 'a session continues one conversation: n must be 1');
     const all = [...this.#schedulers.values()].filter((s) => s.view.modelId === req.modelId);
     const candidates = all.filter((s) => !s.draining);

@@ -60,6 +60,8 @@ export interface MigrationDeps {
   options: MigrationOptions;
   /** the owner's leader term (sources fence by it) */
   term: number;
+  /** the proof of fence (term, generation) (empty when terms are not signed) */
+  proof: (term: bigint, generation: bigint) => Uint8Array;
 }
 
 /** A migration under way or ended. */
@@ -154,7 +156,7 @@ async function copy(d: MigrationDeps, m: MigrationRecord, parts: PlanPart[], seq
   const replies = await Promise.all(parts.map(async (p) => {
     try {
       const r = await request(d.nc, subjects.workerMigrate(p.source.workerId), MigrateOutRequestSchema, {
-        migrationId: m.id, seq, p0, p1, l0: p.l0, l1: p.l1, targetWorkerId: p.target.workerId, targetAddress: p.target.grpcAddress, targetSeq, timeoutMs: d.options.pushTimeoutMs, term: BigInt(d.term),
+        migrationId: m.id, seq, p0, p1, l0: p.l0, l1: p.l1, targetWorkerId: p.target.workerId, targetAddress: p.target.grpcAddress, targetSeq, timeoutMs: d.options.pushTimeoutMs, term: BigInt(d.term), fenceProof: d.proof(BigInt(d.term), 0n),
       }, MigrateOutReplySchema, d.options.pushTimeoutMs + 1000, natsHeaders());
       return { p, r };
     } catch (err) {

@@ -49,6 +49,8 @@ export interface SchedulerDeps {
   options: SchedulerOptions;
   /** the coordinator's leader term, on every step and sequence operation (stages fence by it) */
   term: number;
+  /** the proof of fence (term, generation) that goes with it (empty when terms are not signed) */
+  proof: (term: bigint, generation: bigint) => Uint8Array;
   /** what steps cost each stage, learned from results (kept across this pipeline's resets) */
   costs: CostBook;
 }
@@ -484,6 +486,7 @@ export class PipelineScheduler {
     const header = {
       $typeName: 'strata.v1.StepHeader' as const, stepId, pipelineId: this.view.id, route, hop: 0,
       replySubject: this.#d.resultSubject, entries, tokens, traceparent: '', stageMs: [], term: BigInt(this.#d.term), generation: this.generation,
+      fenceProof: this.#d.proof(BigInt(this.#d.term), this.generation),
     };
     // The trace-context headers count against NATS's max payload.
     for (const chunk of encodeStageInput(header, new Float32Array(0), (this.#d.nc.info?.max_payload ?? 1 << 20) - headerBytes(trace.headers))) {
@@ -831,7 +834,7 @@ export class PipelineScheduler {
     return Promise.all(this.view.stages.map(async (s) => {
       let reply;
       try {
-        reply = await request(this.#d.nc, subjects.workerSeq(s.workerId), SeqOpRequestSchema, { ops, term: BigInt(this.#d.term), generation: this.generation }, SeqOpReplySchema, this.#d.options.seqOpTimeoutMs);
+        reply = await request(this.#d.nc, subjects.workerSeq(s.workerId), SeqOpRequestSchema, { ops, term: BigInt(this.#d.term), generation: this.generation, fenceProof: this.#d.proof(BigInt(this.#d.term), this.generation) }, SeqOpReplySchema, this.#d.options.seqOpTimeoutMs);
       } catch (err) {
         throw new CoordinatorError('stage_failed', `worker ${s.workerId} did not apply sequence operations: ${(err as Error).message}`);
       }

@@ -2,21 +2,37 @@
 //   strata:session:<id>          hash  owner (coordinator id), pipeline, epoch, updated_ms
 //   strata:session:<id>:tokens   list  token history (what a pipeline must prefill to rebuild it)
 // Every write after a claim carries the claim's epoch; a Lua script refuses writes from an older
-// epoch, so a stale owner can never change a session another owner has taken.
+// epoch, so a stale owner can never change a session another owner has taken. Both keys expire
+// a TTL after the session's last claim or write (--session-ttl-s; 0: never).
 import type { Redis } from 'ioredis';
+import { CoordinatorError } from './errors.ts';
+
+/** Redis failing (down, unreachable, out of memory): a retriable error that says so. */
+async function stored<T>(what: string, op: () => Promise<T>): Promise<T> {
+  try {
+    return await op();
+  } catch (err) {
+    throw new CoordinatorError('store_unavailable', `the session store (Redis) could not ${what}: ${(err as Error).message}`);
+  }
+}
 
 const key = (id: string) => `strata:session:${id}`;
 const tokensKey = (id: string) => `strata:session:${id}:tokens`;
 
-// KEYS: hash, tokens; ARGV: epoch, keep (tokens to keep), ...tokens to append.
+// KEYS: hash, tokens; ARGV: epoch, ttl ms (0: none), keep (tokens to keep), ...tokens to append.
 const FENCED_WRITE = `
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
-local keep = tonumber(ARGV[2])
+local keep = tonumber(ARGV[3])
 if keep >= 0 then
   if keep == 0 then redis.call('DEL', KEYS[2]) else redis.call('LTRIM', KEYS[2], 0, keep - 1) end
 end
 -- in slices: unpack() of a long prompt would overflow Lua's stack
-for i = 3, #ARGV, 1000 do redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV))) end
+for i = 4, #ARGV, 1000 do redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV))) end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
 return 1`;
 
 /** A session's record. */
@@ -31,18 +47,22 @@ export interface SessionRecord {
 export class SessionStore {
   readonly #redis: Redis;
   readonly #owner: string;
+  /** ms a session's keys live after its last claim or write; 0: for ever */
+  readonly #ttlMs: number;
 
-  constructor(redis: Redis, owner: string) {
+  constructor(redis: Redis, owner: string, ttlMs = 0) {
     this.#redis = redis;
     this.#owner = owner;
+    this.#ttlMs = ttlMs;
   }
 
   /** Takes the session for `pipeline`: raises its epoch and returns it. */
   async claim(id: string, pipeline: string): Promise<number> {
-    const r = await this.#redis.multi()
+    const m = this.#redis.multi()
       .hincrby(key(id), 'epoch', 1)
-      .hset(key(id), 'owner', this.#owner, 'pipeline', pipeline, 'updated_ms', Date.now())
-      .exec();
+      .hset(key(id), 'owner', this.#owner, 'pipeline', pipeline, 'updated_ms', Date.now());
+    if (this.#ttlMs > 0) m.pexpire(key(id), this.#ttlMs).pexpire(tokensKey(id), this.#ttlMs);
+    const r = await stored(`claim session ${id}`, () => m.exec());
     const epoch = r?.[0]?.[1];
     if (typeof epoch !== 'number') throw new Error(`claiming session ${id} failed: ${String(r?.[0]?.[0] ?? 'no reply')}`);
     return epoch;
@@ -53,13 +73,13 @@ export class SessionStore {
    * still the session's; false when another owner has taken it since.
    */
   async write(id: string, epoch: number, keep: number, tokens: readonly number[]): Promise<boolean> {
-    const ok = await this.#redis.eval(FENCED_WRITE, 2, key(id), tokensKey(id), epoch, keep, ...tokens);
+    const ok = await stored(`write session ${id}`, () => this.#redis.eval(FENCED_WRITE, 2, key(id), tokensKey(id), epoch, this.#ttlMs, keep, ...tokens));
     return ok === 1;
   }
 
   /** The session's record, or null. */
   async get(id: string): Promise<SessionRecord | null> {
-    const [h, t] = await Promise.all([this.#redis.hgetall(key(id)), this.#redis.lrange(tokensKey(id), 0, -1)]);
+    const [h, t] = await stored(`read session ${id}`, () => Promise.all([this.#redis.hgetall(key(id)), this.#redis.lrange(tokensKey(id), 0, -1)]));
     if (!h.epoch) return null;
     return { owner: h.owner ?? '', pipeline: h.pipeline ?? '', epoch: Number(h.epoch), tokens: t.map(Number) };
   }

@@ -29,3 +29,13 @@ test('a malformed key file names the line, never the key', () => {
   assert.throws(() => ApiKeys.parse('short user'), /16\+ characters/);
   assert.throws(() => ApiKeys.parse('# nothing\n'), /no key/);
 });
+
+test('each key is a tenant of its own unless the file names a shared one', () => {
+  const k = ApiKeys.parse('alice-key-0123456789 user\nbob-key-01234567890 user\nteam-key-a-0123456789 user team-7\nteam-key-b-0123456789 admin team-7\n');
+  const alice = k.callerOf('Bearer alice-key-0123456789'), bob = k.callerOf('Bearer bob-key-01234567890');
+  assert.match(alice.tenant, /^key-[0-9a-f]{12}$/);
+  assert.notEqual(alice.tenant, bob.tenant);
+  assert.equal(k.callerOf('Bearer team-key-a-0123456789').tenant, 'team-7');
+  assert.deepEqual(k.callerOf('Bearer team-key-b-0123456789'), { scope: 'admin', tenant: 'team-7' });
+  assert.throws(() => ApiKeys.parse('alice-key-0123456789 user bad_tenant'), /line 1/);
+});

@@ -13,6 +13,7 @@ export const gatewaySchema = {
   timeoutMs: { kind: 'int', doc: 'the cluster must accept and keep answering within this long', default: 60000 },
   drainMs: { kind: 'int', doc: 'on SIGTERM, running requests may finish for this long before their connections close', default: 30000 },
   maxBodyBytes: { kind: 'int', doc: 'largest request body', default: 4 * 1024 * 1024 },
+  termPublicKeyFile: { kind: 'string', doc: 'the coordinators\' Ed25519 public key (SPKI PEM, or a PEM certificate of it): a leader announcement counts only with their signature (unset: every one does)' },
   apiKeysFile: { kind: 'string', doc: 'file of API keys, one "<key> user|admin" per line (a mounted secret); without it the gateway takes every caller' },
   ...telemetrySchema,
   logLevel: { kind: 'string', doc: 'debug, info, warn, error, none', default: 'info' },

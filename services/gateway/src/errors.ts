@@ -41,6 +41,7 @@ export function fromClusterError(code: string, message: string): ApiError {
       return e;
     }
     case 'pipeline_down':
+    case 'store_unavailable':
     case 'stage_failed':
     case 'step_timeout': {
       const e = new ApiError(503, code, `${message} (retry the request)`);

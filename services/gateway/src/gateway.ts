@@ -1,6 +1,7 @@
 // The gateway process: an OpenAI-compatible HTTP API in front of the cluster. It checks every
 // request, tokenizes with the model's vocabulary, sends tokens to the coordinator over NATS and
 // streams the answer back as JSON or server-sent events.
+import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -8,12 +9,12 @@ import type { DescMessage, MessageInitShape, MessageShape } from '@bufbuild/prot
 import { LlamaError, Vocab } from '@strata/ggml';
 import type { Logger } from '@strata/log';
 import {
-  ClusterStateSchema, ClusterRequestSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, SessionListSchema, SessionsRequestSchema, isId,
+  ClusterStateSchema, ClusterRequestSchema, FenceVerifier, isSessionKey, sessionKey, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, SessionListSchema, SessionsRequestSchema, isId,
   migrationJson, natsOptions, request, sessionJson, subjects, toJson, type ClusterState,
 } from '@strata/wire';
 import { connect, type NatsConnection } from 'nats';
 import type { GatewayConfig } from './config.ts';
-import { ApiKeys } from './api-keys.ts';
+import { ApiKeys, type Caller } from './api-keys.ts';
 import { ApiError } from './errors.ts';
 import { dashboardPage, type DashboardPage } from './dashboard.ts';
 import { runGeneration, type GenerationSink } from './generation.ts';
@@ -49,7 +50,7 @@ export class Gateway {
     this.#log = log;
     this.#fingerprint = `strata-${c.modelId}`;
     this.#keys = c.apiKeysFile ? ApiKeys.load(c.apiKeysFile) : null;
-    this.#leader = new LeaderWatch(nc, log);
+    this.#leader = new LeaderWatch(nc, log, c.termPublicKeyFile ? FenceVerifier.fromPem(readFileSync(c.termPublicKeyFile)) : null);
     this.#server = createServer((req, res) => void traceHttp(req, res, () => this.#handle(req, res)));
     // Idle keep-alive connections stay open longer than clients and load balancers keep theirs
     // (Node's 5 s would close under a client about to reuse the connection).
@@ -82,13 +83,15 @@ export class Gateway {
     try {
       // Health and the dashboard page (it holds no data) are open; the OpenAI API needs a user
       // key, the admin API an admin key.
-      if (this.#keys && path !== '/healthz' && path !== '/readyz' && path !== '/dashboard') this.#keys.require(req.headers.authorization, path.startsWith('/admin/') ? 'admin' : 'user');
+      // Without API keys, every caller is one open tenant.
+      const open = path === '/healthz' || path === '/readyz' || path === '/dashboard';
+      const caller: Caller = this.#keys && !open ? this.#keys.require(req.headers.authorization, path.startsWith('/admin/') ? 'admin' : 'user') : { scope: 'admin', tenant: '' };
       const route = `${req.method ?? ''} ${path}`;
       switch (route) {
         case 'POST /v1/completions':
-          return await this.#generate(req, res, (b, s) => parseCompletion(b, s));
+          return await this.#generate(req, res, caller, (b, s) => parseCompletion(b, s));
         case 'POST /v1/chat/completions':
-          return await this.#generate(req, res, (b, s) => parseChat(b, s));
+          return await this.#generate(req, res, caller, (b, s) => parseChat(b, s));
         case 'GET /v1/models':
           return await this.#models(res);
         case 'GET /healthz':
@@ -156,7 +159,7 @@ export class Gateway {
   }
 
   async #migrate(req: IncomingMessage, res: ServerResponse, session: string): Promise<void> {
-    if (!isId(session)) throw new ApiError(400, 'invalid_value', 'a session id is 1-128 of A-Z a-z 0-9 _ -', 'session_id');
+    if (!isSessionKey(session)) throw new ApiError(400, 'invalid_value', 'a session is [<tenant>:]<id> (as GET /admin/v1/sessions lists it): tenant 1-40 of A-Z a-z 0-9 -, id 1-128 of A-Z a-z 0-9 _ -', 'session_id');
     const raw = await readJson(req, this.#c.maxBodyBytes, true);
     if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ApiError(400, 'invalid_body', 'the body must be a JSON object');
     const b = raw as Record<string, unknown>;
@@ -239,20 +242,22 @@ export class Gateway {
     return tokens;
   }
 
-  async #generate(req: IncomingMessage, res: ServerResponse, parse: (body: unknown, session?: string) => GenerationSpec): Promise<void> {
+  async #generate(req: IncomingMessage, res: ServerResponse, caller: Caller, parse: (body: unknown, session?: string) => GenerationSpec): Promise<void> {
     if (this.#stopping) throw Object.assign(new ApiError(503, 'shutting_down', 'this gateway is stopping; retry on another'), { retryAfter: 1 });
     this.#running++;
     try {
-      await this.#generateOne(req, res, parse);
+      await this.#generateOne(req, res, caller, parse);
     } finally {
       this.#running--;
     }
   }
 
-  async #generateOne(req: IncomingMessage, res: ServerResponse, parse: (body: unknown, session?: string) => GenerationSpec): Promise<void> {
+  async #generateOne(req: IncomingMessage, res: ServerResponse, caller: Caller, parse: (body: unknown, session?: string) => GenerationSpec): Promise<void> {
     const body = await readJson(req, this.#c.maxBodyBytes);
     const header = req.headers['x-session-id'];
     const spec = parse(body, typeof header === 'string' ? header : undefined);
+    // The caller's tenant owns the session: another tenant's session of the same id is another session.
+    if (spec.sessionId) spec.sessionId = sessionKey(caller.tenant, spec.sessionId);
     if (spec.model !== this.#c.modelId) throw new ApiError(404, 'model_not_found', `the model '${spec.model}' does not exist; this gateway serves '${this.#c.modelId}'`, 'model');
     const grammar = this.#grammar(spec);
     const prompt = this.#tokens(spec);

@@ -1,8 +1,9 @@
 // Which coordinator leads, as a gateway hears it: the leader announces itself at every lease
 // renewal, and a higher term means a new leader, to which running requests move. It also says
-// when the gateway's NATS connection came back: events may have been lost meanwhile.
+// when the gateway's NATS connection came back: events may have been lost meanwhile. With the
+// coordinators' public key, an announcement counts only with their signature.
 import type { Logger } from '@strata/log';
-import { LeaderAnnouncementSchema, decode, subjects } from '@strata/wire';
+import { LeaderAnnouncementSchema, decode, subjects, type FenceVerifier } from '@strata/wire';
 import type { NatsConnection, Subscription } from 'nats';
 
 /** The leader announcements on one connection. */
@@ -13,7 +14,7 @@ export class LeaderWatch {
   readonly #reconnects = new Set<() => void>();
   #leader: { id: string; term: bigint } | null = null;
 
-  constructor(nc: NatsConnection, log: Logger) {
+  constructor(nc: NatsConnection, log: Logger, verifier: FenceVerifier | null = null) {
     this.#sub = nc.subscribe(subjects.coordinatorLeader(), {
       callback: (err, m) => {
         if (err) return log.error('leader subscription', { err });
@@ -24,6 +25,9 @@ export class LeaderWatch {
           return log.warn('refused a leader announcement', { err: e });
         }
         if (this.#leader && a.term <= this.#leader.term) return;
+        if (verifier && !verifier.leader(a.coordinatorId, a.term, a.proof)) {
+          return log.warn('refused a leader announcement without the coordinators\' signature', { coordinator: a.coordinatorId, term: a.term });
+        }
         if (this.#leader) log.info('a new coordinator leads', { coordinator: a.coordinatorId, term: a.term });
         this.#leader = { id: a.coordinatorId, term: a.term };
         for (const w of this.#watchers) w(a.term);

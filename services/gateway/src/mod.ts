@@ -1,4 +1,5 @@
 // @strata/gateway: the OpenAI-compatible HTTP gateway.
+export { ApiKeys } from './api-keys.ts';
 export { ApiError, fromClusterError } from './errors.ts';
 export { gatewayConfig, gatewaySchema, type GatewayConfig } from './config.ts';
 export { Gateway } from './gateway.ts';

@@ -25,6 +25,7 @@ export const workerSchema = {
   grpcHost: { kind: 'string', doc: 'address the KvTransfer gRPC service listens on', default: '127.0.0.1' },
   grpcPort: { kind: 'int', doc: 'port of the KvTransfer gRPC service (0: any free one)', default: 0 },
   grpcAdvertise: { kind: 'string', doc: 'host:port other workers reach KvTransfer at (default: host:port it listens on)' },
+  termPublicKeyFile: { kind: 'string', doc: 'the coordinators\' Ed25519 public key (SPKI PEM, or a PEM certificate of it): a newer leader term or pipeline generation is taken only with their signature, unfenced messages are refused (unset: every term is believed)' },
   transferTokenFile: { kind: 'string', doc: 'file holding the shared token KvTransfer peers must present (a mounted secret); none: no token' },
   grpcTlsCert: { kind: 'string', doc: 'PEM certificate of this worker for KvTransfer (with --grpc-tls-key and --grpc-tls-ca: TLS)' },
   grpcTlsKey: { kind: 'string', doc: 'PEM private key of that certificate' },

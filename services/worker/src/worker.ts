@@ -9,7 +9,8 @@
 // the pipeline's earlier scheduler sent, so no stale step refills a sequence the new one emptied.
 import { redactUrl, type Logger } from '@strata/log';
 import type { StageMemory } from '@strata/model';
-import { natsOptions,
+import { readFileSync } from 'node:fs';
+import { FenceGuard, FenceVerifier, natsOptions,
   DrainReplySchema, DrainRequestSchema, HeartbeatSchema, LeaderAnnouncementSchema, MigrateOutReplySchema, MigrateOutRequestSchema, SeqOpReplySchema, SeqOpRequestSchema, StageInputAssembler, StageStatsSchema, StepResultSchema,
   decode, encode, encodeStageInput, request, subjects, type StageCounters, type StageInfo, type StageLoad, type StepHeader,
 } from '@strata/wire';
@@ -44,12 +45,17 @@ export class Worker {
   #unobserve: () => void = () => {};
   /** the newest leader's term */
   #term = 0n;
+  /** which fences (term, generation) this worker believes (--term-public-key-file) */
+  readonly #guard: FenceGuard;
+  readonly #verifier: FenceVerifier | null;
   /** rejects when the stage thread dies on its own: the worker cannot serve any more */
   readonly failed: Promise<never>;
   #fail: (err: Error) => void = () => {};
 
-  private constructor(c: WorkerConfig, host: StageHost, nc: NatsConnection, log: Logger) {
+  private constructor(c: WorkerConfig, host: StageHost, nc: NatsConnection, verifier: FenceVerifier | null, log: Logger) {
     this.#host = host;
+    this.#verifier = verifier;
+    this.#guard = new FenceGuard(verifier);
     this.#nc = nc;
     this.#log = log;
     this.#memory = host.memoryAtLoad;
@@ -74,6 +80,8 @@ export class Worker {
 
   /** Loads the stage on its thread, connects to NATS, subscribes and starts heartbeating. */
   static async start(c: WorkerConfig, log: Logger): Promise<Worker> {
+    const verifier = c.termPublicKeyFile ? FenceVerifier.fromPem(readFileSync(c.termPublicKeyFile)) : null;
+    if (!verifier) log.warn('leader terms are not verified (--term-public-key-file): any client allowed to publish here can fence the leader out');
     const host = await StageHost.start({
       workerId: c.id, model: c.model, layers: c.layers, threads: c.threads, device: c.device, ctxSize: c.ctxSize, kvType: c.kvType,
       maxBatch: c.maxBatch, nSeqMax: c.nSeqMax, kvDebug: c.kvDebug, testStepDelayMs: c.testStepDelayMs, testStepDelayMinTokens: c.testStepDelayMinTokens,
@@ -85,7 +93,7 @@ export class Worker {
       await host.close();
       throw err;
     }
-    const w = new Worker(c, host, nc, log.child({ worker: c.id }));
+    const w = new Worker(c, host, nc, verifier, log.child({ worker: c.id }));
     try {
       w.#security = loadSecurity(c);
       w.#kv = await KvTransferServer.start({ security: w.#security, host: c.grpcHost, port: c.grpcPort, workerId: c.id, nSeqMax: c.nSeqMax, stage: host, log: w.#log, maxBlobBytes: c.transferMaxBlobBytes, onChange: () => w.#heartbeat() });
@@ -160,6 +168,11 @@ export class Worker {
       this.#log.warn('dropped a step of a deposed leader', { step: h.stepId, term: h.term, newest: this.#term });
       return;
     }
+    const refused = this.#guard.refuse(h.term, h.generation, h.fenceProof);
+    if (refused) {
+      this.#log.warn('dropped a step of an unproven fence', { step: h.stepId, why: refused });
+      return;
+    }
     void this.#runStep(h, whole.hidden, m);
   }
 
@@ -204,8 +217,13 @@ export class Worker {
 
   #onLeader(m: Msg): void {
     try {
-      const { term } = decode(LeaderAnnouncementSchema, m.data, m.subject);
-      if (term > this.#term) this.#term = term;
+      const a = decode(LeaderAnnouncementSchema, m.data, m.subject);
+      if (a.term <= this.#term) return;
+      if (this.#verifier && !this.#verifier.leader(a.coordinatorId, a.term, a.proof)) {
+        this.#log.warn('refused a leader announcement without the coordinators\' signature', { coordinator: a.coordinatorId, term: a.term });
+        return;
+      }
+      this.#term = a.term;
     } catch (err) {
       this.#log.warn('refused a leader announcement', { err });
     }
@@ -224,6 +242,8 @@ export class Worker {
     try {
       const req = decode(SeqOpRequestSchema, m.data, m.subject);
       if (this.#stale(req.term)) throw new WorkerError('stale_leader', `term ${req.term} is older than ${this.#term}: another coordinator leads`);
+      const refused = this.#guard.refuse(req.term, req.generation, req.fenceProof);
+      if (refused) throw new WorkerError('unproven_fence', refused);
       const r = await this.#host.seqOps(req.ops, { term: req.term, generation: req.generation });
       if ('stale' in r) m.respond(encode(SeqOpReplySchema, { stale: true, kvCellsUsed: this.#host.snapshot.used }));
       else m.respond(encode(SeqOpReplySchema, { posMax: r.posMax, kvCellsUsed: this.#host.snapshot.used }));
@@ -238,6 +258,8 @@ export class Worker {
     try {
       const req = decode(MigrateOutRequestSchema, m.data, m.subject);
       if (this.#stale(req.term)) throw new WorkerError('stale_leader', `term ${req.term} is older than ${this.#term}: another coordinator leads`);
+      const refused = this.#guard.refuse(req.term, 0n, req.fenceProof);
+      if (refused) throw new WorkerError('unproven_fence', refused);
       const r = { l0: this.info.l0, l1: this.info.l1 };
       if (req.seq >= this.info.nSeqMax) throw new WorkerError('bad_request', `seq ${req.seq} is not below ${this.info.nSeqMax}`);
       if (req.l0 >= req.l1 || req.l0 < r.l0 || req.l1 > r.l1) throw new WorkerError('bad_request', `layers ${req.l0}:${req.l1} are not within ${r.l0}:${r.l1}`);

@@ -8,8 +8,12 @@ import { ensureDefaultModel } from '@strata/model';
 import { LocalCluster } from '../local-cluster.ts';
 import { Progress, Spinner, isTerminal } from '../format.ts';
 import { untilSignal } from './serve.ts';
+import { readFileSync } from 'node:fs';
+import { ApiKeys } from '@strata/gateway';
+import { UsageError } from '../errors.ts';
+import { removeRunFile, runFilePath, writeRunFile } from '../run-file.ts';
 
-/** `strata up [--model F] [--workers N] [--pipelines P] [--port 8080] [--prompt …] [--once]` */
+/** `strata up [--model F] [--workers N] [--pipelines P] [--port 8080] [--api-keys-file F] [--prompt …] [--once]` */
 export async function upCommand(argv: string[], out: NodeJS.WritableStream): Promise<number> {
   const f = new Flags(parseArgs(argv, ['once', 'verbose']));
   const o = {
@@ -25,7 +29,16 @@ export async function upCommand(argv: string[], out: NodeJS.WritableStream): Pro
   const prompt = f.str('prompt', 'Once upon a time')!;
   const maxTokens = f.int('max-tokens', 32)!;
   const once = f.bool('once');
+  // API keys (the flag, or STRATA_API_KEYS_FILE as the gateway reads it): the first request
+  // below goes with the file's first user key.
+  const keysFile = f.str('api-keys-file', process.env.STRATA_API_KEYS_FILE);
   f.done();
+  let auth: Record<string, string> = {};
+  if (keysFile) {
+    const key = ApiKeys.firstKey(readFileSync(keysFile, 'utf8'), 'user') ?? ApiKeys.firstKey(readFileSync(keysFile, 'utf8'), 'admin');
+    if (!key) throw new UsageError(`${keysFile} holds no key`);
+    auth = { authorization: `Bearer ${key}` };
+  }
   // nats-server and redis-server come from Debian's packages: installed here when missing (as root).
   const ensure = spawnSync(process.execPath, [join(dirname(fileURLToPath(import.meta.url)), '../../../../scripts/ensure-servers.mjs')], { stdio: 'inherit' });
   if (ensure.status !== 0) return 1;
@@ -41,29 +54,33 @@ export async function upCommand(argv: string[], out: NodeJS.WritableStream): Pro
   const spinner = isTerminal(process.stderr) ? new Spinner('waiting for every pipeline to be ready') : null;
   let cluster: LocalCluster;
   try {
-    cluster = await LocalCluster.start({ ...o, model });
+    cluster = await LocalCluster.start({ ...o, model, gatewayFlags: keysFile ? ['--api-keys-file', keysFile] : [] });
   } finally {
     spinner?.stop('');
   }
   try {
     out.write(`strata up: ready in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
     for (const s of cluster.services) if (s.role === 'worker') out.write(`  worker ${s.id}: layers ${s.layers!.l0}:${s.layers!.l1}\n`);
-    out.write(`  NATS ${cluster.nats.url}, Redis ${cluster.redis.url}\n`);
-    const models = (await (await fetch(`${cluster.url}/v1/models`)).json()) as { data: { id: string }[] };
-    const model = models.data[0]!.id;
+    out.write(`  NATS ${cluster.nats.url} (a user per role), Redis ${cluster.redis.url} (ACL user), terms signed; credentials in ${runFilePath()}\n`);
+    writeRunFile({ pid: process.pid, url: cluster.url, natsUrl: cluster.natsUrl });
+    const listed = await fetch(`${cluster.url}/v1/models`, { headers: auth });
+    const models = (await listed.json()) as { data?: { id: string }[]; error?: { message: string } };
+    if (!listed.ok || !models.data?.[0]) throw new Error(`the gateway did not list its model: ${models.error?.message ?? listed.status}`);
+    const model = models.data[0].id;
     const r = await fetch(`${cluster.url}/v1/completions`, {
-      method: 'POST', headers: { 'content-type': 'application/json' },
+      method: 'POST', headers: { 'content-type': 'application/json', ...auth },
       body: JSON.stringify({ model, prompt, max_tokens: maxTokens, temperature: 0 }),
     });
     const body = (await r.json()) as { choices?: { text: string }[]; error?: { message: string } };
     if (!r.ok) throw new Error(`the first request failed: ${body.error?.message ?? r.status}`);
-    out.write(`\n$ curl ${cluster.url}/v1/completions -d '{"model":"${model}","prompt":${JSON.stringify(prompt)},"max_tokens":${maxTokens},"temperature":0}'\n`);
+    out.write(`\n$ curl ${cluster.url}/v1/completions${keysFile ? " -H 'authorization: Bearer <a key of your file>'" : ''} -d '{"model":"${model}","prompt":${JSON.stringify(prompt)},"max_tokens":${maxTokens},"temperature":0}'\n`);
     out.write(`${prompt}${body.choices![0]!.text}\n\n`);
     out.write(`Strata is serving model '${model}' at ${cluster.url} (OpenAI API under /v1, the dashboard at ${cluster.url}/dashboard).${once ? '' : ' Ctrl-C stops it.'}\n`);
     if (!once) await untilSignal();
     return 0;
   } finally {
     out.write('strata up: stopping…\n');
+    removeRunFile();
     await cluster.stop();
   }
 }
