@@ -1,7 +1,8 @@
 // Losing the coordinator: two coordinators race for a Redis lease; when the leader dies (kill -9),
 // stops (SIGTERM) or hangs past its lease (SIGSTOP), the standby leads with a higher term, the
 // gateway moves every running request to it with what its client has seen, and the stream goes on
-// from the next token, rebuilt by re-prefill. A deposed leader that wakes up is fenced out.
+// from the next token, rebuilt by re-prefill. A deposed leader that wakes up is fenced out. A
+// drain outlives the leader that took it.
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
@@ -167,5 +168,31 @@ describe('coordinator failover', () => {
     const want = rebuiltReference(pipeline, vocab.tokenize('Every morning he', true, true), 40, 0);
     const m = matchedUntilTie(tokens, want.tokens.map((t) => vocab.tokenBytes(t).toString('utf8')), want.margins);
     assert.ok(m.equal, 'after the deposed leader woke, requests are still exact');
+  });
+
+  it('a drain outlives its leader: the new leader keeps the pipeline drained, readiness too, until an undrain', async () => {
+    await bothUp();
+    const post = (path: string, body: unknown) => fetch(`${cluster.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const completion = () => post('/v1/completions', { model: 'default-llama-8x256-s42-f16', prompt: 'The old mill', max_tokens: 2, temperature: 0 });
+    const refused = await post('/admin/v1/workers/p0-s1/drain', {});
+    assert.equal(refused.status, 409, 'the only pipeline drains only when forced');
+    const forced = await post('/admin/v1/workers/p0-s1/drain', { force: true });
+    assert.equal(forced.status, 200, await forced.text());
+    assert.equal((await fetch(`${cluster.url}/readyz`)).status, 503);
+
+    const leader = (await clusterState(cluster.natsUrl)).coordinatorId;
+    cluster.service(leader).proc.kill('SIGKILL');
+    const next = await newLeader(leader);
+    const p0 = (await clusterState(cluster.natsUrl)).pipelines.find((p) => p.id === 'p0-s0~p0-s1');
+    assert.equal(p0?.draining, true, `${next} read the drain from Redis`);
+    const ready = await fetch(`${cluster.url}/readyz`);
+    assert.equal(ready.status, 503);
+    assert.match(((await ready.json()) as { error: { message: string } }).error.message, /^no pipeline can take work/);
+    assert.equal((await completion()).status, 503);
+
+    assert.equal((await post('/admin/v1/workers/p0-s0/undrain', {})).status, 200);
+    assert.equal((await fetch(`${cluster.url}/readyz`)).status, 200);
+    assert.equal((await completion()).status, 200);
+    await cluster.restart(leader);
   });
 });

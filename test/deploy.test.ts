@@ -227,7 +227,7 @@ describe('helm chart', () => {
       const sts = find(c, 'StatefulSet', 'strata-worker');
       const w = containerOf(sts);
       assert.equal(w.startupProbe!.tcpSocket!.port, 'grpc');
-      assert.match(w.lifecycle!.preStop!.exec!.command.join(' '), /node \/app\/bin\/strata\.mjs drain "\$STRATA_ID"/);
+      assert.match(w.lifecycle!.preStop!.exec!.command.join(' '), /node \/app\/bin\/strata\.mjs drain --force "\$STRATA_ID"/);
       assert.ok(podOf(sts).terminationGracePeriodSeconds! > 600, 'the grace period covers the drain\'s 600 s');
       assert.equal(find(c, 'Deployment', 'strata-coordinator').spec!.replicas, 2);
       for (const comp of ['gateway', 'coordinator', 'worker']) find(c, 'PodDisruptionBudget', `strata-${comp}`);

@@ -157,7 +157,7 @@ describe('fuzzing a live cluster', () => {
   };
 
   it('HTTP: random bodies, headers and paths get JSON answers, never a 500 or a hang', async () => {
-    const paths = ['/v1/completions', '/v1/chat/completions', '/v1/models', '/admin/v1/migrations', '/admin/v1/sessions/s/migrate', '/admin/v1/workers/w/drain', '/nope', '/v1/completions?x=1'];
+    const paths = ['/v1/completions', '/v1/chat/completions', '/v1/models', '/admin/v1/migrations', '/admin/v1/sessions/s/migrate', '/admin/v1/workers/w/drain', '/admin/v1/workers/w/undrain', '/nope', '/v1/completions?x=1'];
     const statuses = new Map<number, number>();
     for (let i = 0; i < 200; i++) {
       const path = pick(paths);
@@ -182,7 +182,7 @@ describe('fuzzing a live cluster', () => {
     const nc = await connect({ servers: cluster.nats.url });
     const publishOnly = [subjects.workerHeartbeat(), subjects.workerStep('p0-s0'), subjects.workerStep('p0-s1'), subjects.coordinatorCancel(), subjects.coordinatorResult('coordinator')];
     const requests = [subjects.workerSeq('p0-s0'), subjects.workerSeq('p0-s1'), subjects.workerStats('p0-s1'), subjects.workerMigrate('p0-s0'), subjects.coordinatorGenerate(), subjects.coordinatorGenerateAt('coordinator'),
-      subjects.coordinatorCluster(), subjects.coordinatorMigrate(), subjects.coordinatorMigrations(), subjects.coordinatorDrain(), subjects.coordinatorSessions()];
+      subjects.coordinatorCluster(), subjects.coordinatorMigrate(), subjects.coordinatorMigrations(), subjects.coordinatorDrain(), subjects.coordinatorUndrain(), subjects.coordinatorSessions()];
     let answered = 0;
     for (let i = 0; i < 300; i++) {
       const payload = i % 3 ? randomBytes(int(400)) : damage(encode(SeqOpRequestSchema, { ops: [{ kind: 1, seq: int(100), p0: -1, p1: -1 }] }));

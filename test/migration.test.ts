@@ -6,6 +6,8 @@ import { after, before, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
 import { Vocab, GgmlType } from '@strata/ggml';
 import { Pipeline, ensureDefaultModel, prefill, topK } from '@strata/model';
+import { connect } from 'nats';
+import { MigrateReplySchema, MigrateRequestSchema, natsOptions, request, subjects } from '@strata/wire';
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
 import { readStream, strataGenerate, type Streamed } from './helpers/cluster.ts';
 
@@ -117,6 +119,36 @@ describe('live migration', () => {
       const states = entries.filter(([, f]) => f[1] === m.id).map(([, f]) => f[f.indexOf('state') + 1]);
       assert.deepEqual(states, ['planned', 'copying', 'switching', 'done']);
     }
+    assert.equal(await redis.scard('strata:migrations:active'), 0);
+  });
+
+  it('two migrations of one session at once: one starts, the other is refused (409), every round', async () => {
+    const r = await fetch(`${cluster.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-session-id': 'mig-race' }, body: JSON.stringify({ model: 'default-llama-8x256-s42-f16', prompt: 'Two hands reached for the sack', max_tokens: 4, temperature: 0 }) });
+    assert.equal(r.status, 200);
+    // Over one NATS connection the two requests reach the coordinator together, in one read.
+    const nc = await connect(natsOptions(cluster.natsUrl, 'test-race'));
+    try {
+      for (let round = 0; round < 5; round++) {
+        const ask = () => request(nc, subjects.coordinatorMigrate(), MigrateRequestSchema, { sessionId: 'mig-race', wait: true, reason: `race ${round}` }, MigrateReplySchema, 60_000);
+        const replies = await Promise.all([ask(), ask()]);
+        const started = replies.filter((x) => x.migration), refused = replies.filter((x) => x.error);
+        assert.equal(started.length, 1, `round ${round}: ${JSON.stringify(replies.map((x) => x.error?.message ?? x.migration?.state))}`);
+        assert.equal(started[0]!.migration!.state, 'done');
+        assert.deepEqual(refused.map((x) => x.error!.code), ['session_busy']);
+      }
+    } finally {
+      await nc.close();
+    }
+    // And through the admin API: 202 for one, 409 for the other (the second arrives within a
+    // millisecond or two, while the first move, tens of milliseconds, is under way).
+    for (let round = 0; round < 2; round++) {
+      const post = () => fetch(`${cluster.url}/admin/v1/sessions/mig-race/migrate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ wait: true }) });
+      const statuses = (await Promise.all([post(), post()])).map((x) => x.status).sort();
+      assert.deepEqual(statuses, [202, 409], `HTTP round ${round}`);
+    }
+    const entries = await redis.xrange('strata:migrations', '-', '+');
+    const planned = entries.filter(([, f]) => f[f.indexOf('session') + 1] === 'mig-race' && f[f.indexOf('state') + 1] === 'planned');
+    assert.equal(planned.length, 7, 'one migration per round, none for a refused request');
     assert.equal(await redis.scard('strata:migrations:active'), 0);
   });
 });

@@ -40,6 +40,8 @@ export const subjects = {
   coordinatorMigrate: () => `${PREFIX}.coordinator.migrate`,
   /** DrainRequest -> DrainReply */
   coordinatorDrain: () => `${PREFIX}.coordinator.drain`,
+  /** UndrainRequest -> UndrainReply */
+  coordinatorUndrain: () => `${PREFIX}.coordinator.undrain`,
   /** MigrationsRequest -> MigrationList */
   coordinatorMigrations: () => `${PREFIX}.coordinator.migrations`,
   /** SessionsRequest -> SessionList (the leader answers) */

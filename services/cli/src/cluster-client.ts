@@ -5,8 +5,8 @@ import type { DescMessage, MessageInitShape, MessageShape } from '@bufbuild/prot
 import { redactUrl } from '@strata/log';
 import {
   ClusterRequestSchema, ClusterStateSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema,
-  MigrationsRequestSchema, SessionListSchema, SessionsRequestSchema, natsOptions, request, subjects,
-  type ClusterState, type DrainReply, type MigrateReply, type MigrationList, type SessionList,
+  MigrationsRequestSchema, SessionListSchema, SessionsRequestSchema, UndrainReplySchema, UndrainRequestSchema, natsOptions, request, subjects,
+  type ClusterState, type DrainReply, type MigrateReply, type MigrationList, type SessionList, type UndrainReply,
 } from '@strata/wire';
 import { connect, type NatsConnection } from 'nats';
 import type { Flags } from './args.ts';
@@ -67,9 +67,14 @@ export class ClusterClient {
     return this.#ask(subjects.coordinatorMigrate(), MigrateRequestSchema, init, MigrateReplySchema, 180_000);
   }
 
-  /** Drains a worker's pipeline; answers when the drain ended. */
-  drain(worker: string): Promise<DrainReply> {
-    return this.#ask(subjects.coordinatorDrain(), DrainRequestSchema, { workerId: worker }, DrainReplySchema, 600_000);
+  /** Drains a worker's pipeline (`force`: even its model's last one that takes work); answers when the drain ended. */
+  drain(worker: string, force: boolean): Promise<DrainReply> {
+    return this.#ask(subjects.coordinatorDrain(), DrainRequestSchema, { workerId: worker, force }, DrainReplySchema, 600_000);
+  }
+
+  /** Lets a drained worker's pipeline take work again. */
+  undrain(worker: string): Promise<UndrainReply> {
+    return this.#ask(subjects.coordinatorUndrain(), UndrainRequestSchema, { workerId: worker }, UndrainReplySchema, 10_000);
   }
 
   /** Closes the connection. */

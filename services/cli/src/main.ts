@@ -8,7 +8,8 @@ import { modelInfo, modelSynth } from './commands/model.ts';
 import { coordinatorCommand, gatewayCommand, workerCommand } from './commands/serve.ts';
 import { upCommand } from './commands/up.ts';
 import { secretsCommand } from './commands/secrets.ts';
-import { drainCommand, migrateCommand, migrationsCommand } from './commands/migrate.ts';
+import { drainCommand, undrainCommand } from './commands/drain.ts';
+import { migrateCommand, migrationsCommand } from './commands/migrate.ts';
 import { sessionsCommand, statusCommand } from './commands/status.ts';
 import { ConfigError } from '@strata/config';
 import { TelemetryError } from '@strata/telemetry';
@@ -36,7 +37,8 @@ commands:
   sessions [--limit N] [--json] [--nats-url U]
   migrate <session> [--to PIPELINE] [--wait] [--json] [--nats-url U]
   migrations [--limit N] [--json] [--nats-url U]
-  drain <worker> [--nats-url U]
+  drain <worker> [--force] [--nats-url U]
+  undrain <worker> [--nats-url U]
 
 Without --model, the embedded default model is synthesized into ~/.cache/strata/models.
 `;
@@ -74,6 +76,8 @@ export async function main(argv: string[], out: NodeJS.WritableStream = process.
         return await drainCommand(argv.slice(1), out);
       case 'secrets':
         return secretsCommand(argv.slice(1), out);
+      case 'undrain':
+        return await undrainCommand(argv.slice(1), out);
       case undefined:
       case 'help':
       case '--help':

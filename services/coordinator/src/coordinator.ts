@@ -10,18 +10,21 @@ import { readFileSync } from 'node:fs';
 import { redactUrl, type Logger } from '@strata/log';
 import { natsOptions,
   CancelRequestSchema, ClusterStateSchema, LeaderAnnouncementSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, SessionListSchema, SessionsRequestSchema, GenerateReplySchema, GenerateRequestSchema, HeartbeatSchema, StepResultSchema,
-  FenceSigner, decode, encode, isId, isSessionKey, subjects, type GenerateReply, type GenerateRequest, type DrainReply, type MigrateReply, type MigrationInfo,
+  FenceSigner, UndrainReplySchema, UndrainRequestSchema,
+  decode, encode, isId, isSessionKey, subjects, type GenerateReply, type GenerateRequest, type DrainReply, type MigrateReply, type UndrainReply,
 } from '@strata/wire';
 import { Redis } from 'ioredis';
 import { connect, type Msg, type NatsConnection, type Subscription } from 'nats';
 import { clusterTransition, initialCluster, type ClusterEffect, type ClusterState, type PipelineView } from './cluster.ts';
 import type { CoordinatorConfig } from './config.ts';
+import { DrainBook } from './drain-book.ts';
+import { Drainer, type Moving } from './drainer.ts';
 import { CoordinatorError } from './errors.ts';
 import { LeaderLease } from './lease.ts';
 import { publishFailure, refuse } from './replies.ts';
 import { PipelineScheduler, type Rebuild } from './scheduler.ts';
 import { MigrationLedger, type MigrationRecord } from './ledger.ts';
-import { startMigration } from './migration.ts';
+import { migrationInfo, startMigration } from './migration.ts';
 import { pickRebalance } from './rebalance.ts';
 import { SessionStore } from './session-store.ts';
 import { CostBook, judgeLoad } from './step-cost.ts';
@@ -29,15 +32,6 @@ import { listSessions } from './session-list.ts';
 import { observeSlowWorkers, tracedAdmit } from './telemetry.ts';
 import { context } from '@opentelemetry/api';
 import { natsContext } from '@strata/telemetry';
-
-/** A ledger record on the wire. */
-function migrationInfo(r: MigrationRecord): MigrationInfo {
-  return {
-    $typeName: 'strata.v1.MigrationInfo', id: r.id, sessionId: r.session, fromPipeline: r.from, toPipeline: r.to, state: r.state, reason: r.reason,
-    error: r.error, bytes: BigInt(r.bytes), rounds: r.rounds, copyMs: r.copyMs, holdMs: r.holdMs, pauseMs: r.pauseMs, totalMs: r.totalMs, createdMs: BigInt(r.createdMs),
-    plan: r.plan, positions: r.positions,
-  };
-}
 
 /** A running coordinator. stop() is idempotent. */
 export class Coordinator {
@@ -56,7 +50,8 @@ export class Coordinator {
   readonly #costs = new CostBook();
   readonly #ledger: MigrationLedger;
   /** session -> migration under way */
-  readonly #moving = new Map<string, Promise<MigrationRecord>>();
+  readonly #moving = new Map<string, Moving>();
+  readonly #drainer: Drainer;
   readonly #lease: LeaderLease;
   readonly #startedMs = Date.now();
   /** subscriptions only the leader holds */
@@ -79,6 +74,10 @@ export class Coordinator {
     this.#ledger = new MigrationLedger(redis);
     this.#lease = new LeaderLease(redis, c.id, c.leaseMs);
     this.#log = log.child({ coordinator: c.id });
+    this.#drainer = new Drainer({
+      book: new DrainBook(redis), cluster: this.#cluster, schedulers: this.#schedulers, moving: this.#moving,
+      migrate: (session, reason) => this.migrate(session, '', reason, true), log: this.#log,
+    });
   }
 
   /** Whether this coordinator leads now, and its term (0 when standing by). */
@@ -172,6 +171,8 @@ export class Coordinator {
     // first sequence operations reach them.
     this.#announce();
     for (const p of this.#cluster.pipelines.values()) this.#scheduler(p);
+    // Before any request is taken: a pipeline an earlier leader drained stays drained.
+    await this.#drainer.load();
     // (Redis unreachable: the ledger waits for the next leader; this one still serves.)
     await this.#recoverMigrations().catch((err: unknown) => this.#log.warn('unfinished migrations could not be read from the ledger', { err }));
     const s = (subject: string, fn: (m: Msg) => void, queue?: string) => this.#leaderSubs.push(this.#sub(subject, fn, queue));
@@ -183,6 +184,7 @@ export class Coordinator {
     s(subjects.coordinatorMigrate(), (m) => void this.#onMigrate(m), 'coordinator');
     s(subjects.coordinatorMigrations(), (m) => void this.#onMigrations(m), 'coordinator');
     s(subjects.coordinatorDrain(), (m) => void this.#onDrain(m), 'coordinator');
+    s(subjects.coordinatorUndrain(), (m) => void this.#onUndrain(m), 'coordinator');
     s(subjects.coordinatorSessions(), (m) => this.#onSessions(m), 'coordinator');
     this.#announce();
   }
@@ -200,6 +202,7 @@ export class Coordinator {
     for (const s of this.#schedulers.values()) s.abandon();
     this.#schedulers.clear();
     this.#moving.clear();
+    this.#drainer.unload();
   }
 
   /**
@@ -225,6 +228,7 @@ export class Coordinator {
         defaultMaxTokens: this.#c.defaultMaxTokens, maxQueue: this.#c.maxQueue, queueFactor: this.#c.queueFactor,
       },
     });
+    s.draining = this.#drainer.drains(view.stages);
     this.#schedulers.set(view.id, s);
     return s;
   }
@@ -272,64 +276,61 @@ export class Coordinator {
     m.respond(encode(MigrateReplySchema, reply));
   }
 
-  /** Moves a session to `to` (or the least loaded other pipeline of its model); with `wait`, resolves when it ended. */
+  /**
+   * Moves a session to `to` (or the least loaded other pipeline of its model that takes work);
+   * with `wait`, resolves when it ended. A draining pipeline takes no session. One migration of a
+   * session at a time: the session counts as moving from this call on, before the first await,
+   * so a second call meanwhile is refused (session_busy).
+   */
   async migrate(session: string, to: string, reason: string, wait: boolean): Promise<MigrationRecord> {
     if (!isSessionKey(session)) throw new CoordinatorError('bad_request', 'a session is [<tenant>:]<id>: tenant 1-40 of A-Z a-z 0-9 -, id 1-128 of A-Z a-z 0-9 _ -');
     if (this.#moving.has(session)) throw new CoordinatorError('session_busy', `session ${session} is already moving`);
     const src = [...this.#schedulers.values()].find((s) => s.session(session) !== null);
     if (!src) throw new CoordinatorError('not_found', `no pipeline holds session ${session}`);
-    const others = [...this.#schedulers.values()].filter((s) => s !== src && s.view.fingerprint === src.view.fingerprint);
-    const dst = to ? this.#schedulers.get(to) : others.reduce<PipelineScheduler | undefined>((a, b) => (!a || b.load < a.load ? b : a), undefined);
-    if (!dst) throw new CoordinatorError('no_pipeline', to ? `no pipeline ${to}` : `no other pipeline serves ${src.view.modelId}`);
-    if (dst === src) throw new CoordinatorError('bad_request', `session ${session} is already on ${to}`);
-    const mig = await startMigration({ nc: this.#nc, ledger: this.#ledger, store: this.#store, log: this.#log, owner: this.id, options: this.#c.migration, term: this.#lease.term, proof: this.#proof }, session, src, dst, reason);
-    const finished = mig.finished.finally(() => this.#moving.delete(session));
-    this.#moving.set(session, finished);
-    return wait ? finished : mig.record;
+    let dst: PipelineScheduler | undefined;
+    if (to) {
+      dst = this.#schedulers.get(to);
+      if (!dst) throw new CoordinatorError('no_pipeline', `no pipeline ${to}`);
+      if (dst === src) throw new CoordinatorError('bad_request', `session ${session} is already on ${to}`);
+      if (dst.draining) throw new CoordinatorError('pipeline_draining', `pipeline ${to} is draining: it takes no session`);
+    } else {
+      const others = [...this.#schedulers.values()].filter((s) => s !== src && s.view.fingerprint === src.view.fingerprint);
+      dst = others.filter((s) => !s.draining).reduce<PipelineScheduler | undefined>((a, b) => (!a || b.load < a.load ? b : a), undefined);
+      if (!dst) throw new CoordinatorError('no_pipeline', `no other pipeline of ${src.view.modelId} takes work${others.length > 0 ? ` (${others.length} other(s) draining)` : ''}`);
+    }
+    const started = startMigration({ nc: this.#nc, ledger: this.#ledger, store: this.#store, log: this.#log, owner: this.id, options: this.#c.migration, term: this.#lease.term, proof: this.#proof }, session, src, dst, reason);
+    const entry: Moving = { to: dst.view.id, finished: started.then((m) => m.finished).catch(() => null) };
+    this.#moving.set(session, entry);
+    // (Registered first, so it runs before anyone awaiting the end sees it.)
+    void entry.finished.then(() => {
+      if (this.#moving.get(session) === entry) this.#moving.delete(session);
+    });
+    const mig = await started;
+    return wait ? (await entry.finished) ?? mig.record : mig.record;
   }
 
   async #onDrain(m: Msg): Promise<void> {
     let reply: DrainReply;
     try {
       const req = decode(DrainRequestSchema, m.data, m.subject);
-      reply = await context.with(natsContext(m.headers), () => this.drain(req.workerId));
+      reply = await context.with(natsContext(m.headers), () => this.#drainer.drain(req.workerId, req.force));
     } catch (err) {
       const code = err instanceof CoordinatorError ? err.code : 'bad_request';
-      reply = { $typeName: 'strata.v1.DrainReply', pipelineId: '', migrations: [], waited: 0, failed: 0, error: { $typeName: 'strata.v1.Error', code, message: (err as Error).message, workerId: '' } };
+      reply = { $typeName: 'strata.v1.DrainReply', pipelineId: '', migrations: [], waited: 0, failed: 0, undrained: false, error: { $typeName: 'strata.v1.Error', code, message: (err as Error).message, workerId: '' } };
     }
     m.respond(encode(DrainReplySchema, reply));
   }
 
-  /**
-   * Moves every session off the pipeline of `workerId` and waits for its one-off requests, so the
-   * worker can stop: the pipeline takes no new request from now on.
-   */
-  async drain(workerId: string): Promise<DrainReply> {
-    const pid = this.#cluster.memberOf.get(workerId);
-    const src = pid === undefined ? undefined : this.#schedulers.get(pid);
-    if (!src) throw new CoordinatorError('not_found', `worker ${workerId} is in no pipeline`);
-    src.draining = true;
-    this.#log.info('draining', { pipeline: src.view.id, worker: workerId });
-    const records: MigrationRecord[] = [];
-    for (const session of src.sessionIds()) {
-      const moving = this.#moving.get(session);
-      if (moving) {
-        records.push(await moving);
-        continue;
-      }
-      try {
-        records.push(await this.migrate(session, '', `drain ${workerId}`, true));
-      } catch (err) {
-        this.#log.warn('a session could not leave a draining pipeline', { session, err });
-      }
+  async #onUndrain(m: Msg): Promise<void> {
+    let reply: UndrainReply;
+    try {
+      const req = decode(UndrainRequestSchema, m.data, m.subject);
+      reply = await this.#drainer.undrain(req.workerId);
+    } catch (err) {
+      const code = err instanceof CoordinatorError ? err.code : 'bad_request';
+      reply = { $typeName: 'strata.v1.UndrainReply', pipelineId: '', workers: [], error: { $typeName: 'strata.v1.Error', code, message: (err as Error).message, workerId: '' } };
     }
-    let waited = 0;
-    for (let i = 0; src.oneOff > 0 && i < 600; i++) {
-      waited = Math.max(waited, src.oneOff);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const failed = src.sessionIds().length;
-    return { $typeName: 'strata.v1.DrainReply', pipelineId: src.view.id, migrations: records.map(migrationInfo), waited, failed };
+    m.respond(encode(UndrainReplySchema, reply));
   }
 
   /**
@@ -414,6 +415,7 @@ export class Coordinator {
     this.#apply(clusterTransition(this.#cluster, { type: 'tick', nowMs: now }, this.#c).effects);
     this.#costs.keepOnly((id) => this.#cluster.workers.has(id));
     if (!this.#leading) return;
+    this.#drainer.tick();
     for (const s of [...this.#schedulers.values()]) {
       const why = s.stalled(now);
       if (why) this.#reset(s, why);
@@ -453,7 +455,7 @@ export class Coordinator {
     if (req.sessionId && Math.max(1, req.n) > 1) return refuse('bad_request', 'a session continues one conversation: n must be 1');
     const all = [...this.#schedulers.values()].filter((s) => s.view.modelId === req.modelId);
     const candidates = all.filter((s) => !s.draining);
-    if (candidates.length === 0) return refuse('no_pipeline', `no pipeline serves model '${req.modelId}'${all.length > 0 ? ' (all are draining)' : ''}`);
+    if (candidates.length === 0) return refuse('no_pipeline', all.length > 0 ? `every pipeline of model '${req.modelId}' is draining: none takes a request` : `no pipeline serves model '${req.modelId}'`);
     if (req.sessionId && all.some((s) => s.draining && s.holds(req.sessionId))) return refuse('session_busy', `session ${req.sessionId} is moving off a draining pipeline; retry in a moment`);
     const nVocab = candidates[0]!.view.stages[0]!.nVocab;
     for (const t of req.prompt) if (t < 0 || t >= nVocab) return refuse('bad_request', `token ${t} is outside the vocabulary of ${nVocab}`);
@@ -499,7 +501,7 @@ export class Coordinator {
       clearInterval(this.#leaseTimer);
       this.#unobserve();
       if (this.#leading) {
-        const intake = new Set([subjects.coordinatorGenerate(), subjects.coordinatorGenerateAt(this.id), subjects.coordinatorMigrate(), subjects.coordinatorDrain(), subjects.coordinatorCluster(), subjects.coordinatorMigrations(), subjects.coordinatorSessions()]);
+        const intake = new Set([subjects.coordinatorGenerate(), subjects.coordinatorGenerateAt(this.id), subjects.coordinatorMigrate(), subjects.coordinatorDrain(), subjects.coordinatorUndrain(), subjects.coordinatorCluster(), subjects.coordinatorMigrations(), subjects.coordinatorSessions()]);
         for (const sub of this.#leaderSubs) if (intake.has(sub.getSubject())) sub.unsubscribe();
         const term = this.#lease.term;
         const standbys = await this.#lease.others().catch(() => []);

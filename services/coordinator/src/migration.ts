@@ -6,7 +6,7 @@
 // session, the target frees what it took, the ledger says why.
 import { randomBytes } from 'node:crypto';
 import type { Logger } from '@strata/log';
-import { MigrateOutReplySchema, MigrateOutRequestSchema, request, subjects, type StageInfo } from '@strata/wire';
+import { MigrateOutReplySchema, MigrateOutRequestSchema, request, subjects, type MigrationInfo, type StageInfo } from '@strata/wire';
 import type { NatsConnection } from 'nats';
 import { CoordinatorError } from './errors.ts';
 import type { MigrationLedger, MigrationRecord } from './ledger.ts';
@@ -71,6 +71,15 @@ export interface Migration {
   finished: Promise<MigrationRecord>;
 }
 
+/** A ledger record on the wire. */
+export function migrationInfo(r: MigrationRecord): MigrationInfo {
+  return {
+    $typeName: 'strata.v1.MigrationInfo', id: r.id, sessionId: r.session, fromPipeline: r.from, toPipeline: r.to, state: r.state, reason: r.reason,
+    error: r.error, bytes: BigInt(r.bytes), rounds: r.rounds, copyMs: r.copyMs, holdMs: r.holdMs, pauseMs: r.pauseMs, totalMs: r.totalMs, createdMs: BigInt(r.createdMs),
+    plan: r.plan, positions: r.positions,
+  };
+}
+
 /** Starts moving `session` from `src` to `dst`; the returned record is already in the ledger. */
 export async function startMigration(d: MigrationDeps, session: string, src: PipelineScheduler, dst: PipelineScheduler, reason: string): Promise<Migration> {
   // Taken before the first await: the migration's span is a child of the caller's context.
@@ -127,6 +136,8 @@ async function run(d: MigrationDeps, m: MigrationRecord, parts: PlanPart[], src:
     if (end === undefined) throw new CoordinatorError('not_found', `session ${m.session} ended during the migration`);
     if (end > sent) m.bytes += await copy(d, m, parts, st.seq, targetSeq, sent, end);
     m.positions = end;
+    // A pipeline that began draining meanwhile takes no session: it stays on the source.
+    if (dst.draining) throw new CoordinatorError('pipeline_draining', `pipeline ${dst.view.id} began draining during the migration`);
     const epoch = await d.store.claim(m.session, dst.view.id);
     switched = true;
     dst.adopt(m.session, targetSeq, src.detach(m.session), epoch);

@@ -4,6 +4,7 @@ export { applyPlan, decodeCap, planMicroBatch, type BatchLimits, type PlannedEnt
 export { coordinatorConfig, coordinatorSchema, type CoordinatorConfig } from './config.ts';
 export { Coordinator } from './coordinator.ts';
 export { CoordinatorError } from './errors.ts';
+export { drainOf, drainRefusal, staleMarks, type DrainMark, type DrainTarget, type MarkedWorker } from './drains.ts';
 export { refuse } from './replies.ts';
 export { PipelineScheduler, commonPrefix, type SchedulerDeps, type SchedulerOptions } from './scheduler.ts';
 export { SessionStore, type SessionRecord } from './session-store.ts';

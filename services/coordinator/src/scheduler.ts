@@ -210,7 +210,7 @@ export class PipelineScheduler {
     return this.#residents.size;
   }
 
-  /** takes no new requests: its sessions are moving off it */
+  /** takes no new request and no session (a drain mark holds one of its workers: drains.ts) */
   draining = false;
 
   /** Sessions that live here (resident or running). */

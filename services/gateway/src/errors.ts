@@ -52,3 +52,23 @@ export function fromClusterError(code: string, message: string): ApiError {
       return new ApiError(500, code || 'internal', message);
   }
 }
+
+/** The HTTP answer to a coordinator's refusal of an admin request (migrate, drain, undrain). */
+export function fromAdminError(code: string, message: string): ApiError {
+  switch (code) {
+    case 'not_found':
+    case 'no_pipeline':
+      return new ApiError(404, code, message);
+    case 'session_busy':
+    case 'pipeline_draining':
+    case 'last_pipeline':
+      return new ApiError(409, code, message);
+    case 'unavailable': {
+      const e = new ApiError(503, code, `${message} (retry later)`);
+      e.retryAfter = 1;
+      return e;
+    }
+    default:
+      return new ApiError(400, code, message);
+  }
+}

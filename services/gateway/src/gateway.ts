@@ -9,13 +9,13 @@ import type { DescMessage, MessageInitShape, MessageShape } from '@bufbuild/prot
 import { LlamaError, Vocab } from '@strata/ggml';
 import type { Logger } from '@strata/log';
 import {
-  ClusterStateSchema, ClusterRequestSchema, FenceVerifier, isSessionKey, sessionKey, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, SessionListSchema, SessionsRequestSchema, isId,
+  ClusterStateSchema, ClusterRequestSchema, FenceVerifier, isSessionKey, sessionKey, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, SessionListSchema, SessionsRequestSchema, UndrainReplySchema, UndrainRequestSchema, isId,
   migrationJson, natsOptions, request, sessionJson, subjects, toJson, type ClusterState,
 } from '@strata/wire';
 import { connect, type NatsConnection } from 'nats';
 import type { GatewayConfig } from './config.ts';
 import { ApiKeys, type Caller } from './api-keys.ts';
-import { ApiError } from './errors.ts';
+import { ApiError, fromAdminError } from './errors.ts';
 import { dashboardPage, type DashboardPage } from './dashboard.ts';
 import { runGeneration, type GenerationSink } from './generation.ts';
 import { failRequestSpan, traceHttp } from './http-telemetry.ts';
@@ -105,8 +105,8 @@ export class Gateway {
       if (mig && req.method === 'POST') return await this.#migrate(req, res, decodeURIComponent(mig[1]!));
       if (route === 'GET /admin/v1/migrations') return await this.#migrations(req, res);
       if (route === 'GET /admin/v1/sessions') return await this.#sessions(req, res);
-      const drain = /^\/admin\/v1\/workers\/([^/]+)\/drain$/.exec(path);
-      if (drain && req.method === 'POST') return await this.#drain(res, decodeURIComponent(drain[1]!));
+      const drain = /^\/admin\/v1\/workers\/([^/]+)\/(drain|undrain)$/.exec(path);
+      if (drain && req.method === 'POST') return await (drain[2] === 'drain' ? this.#drain(req, res, decodeURIComponent(drain[1]!)) : this.#undrain(res, decodeURIComponent(drain[1]!)));
       if (route === 'GET /admin/v1/cluster') return json(res, 200, toJson(ClusterStateSchema, await this.#cluster()));
       if (mig || ['/admin/v1/migrations', '/admin/v1/cluster', '/admin/v1/sessions'].includes(path)) throw new ApiError(405, 'method_not_allowed', `${req.method ?? ''} is not allowed on ${path}`);
       if (['/v1/completions', '/v1/chat/completions', '/v1/models', '/healthz', '/readyz', '/dashboard'].includes(path)) {
@@ -149,13 +149,20 @@ export class Gateway {
     json(res, 200, { object: 'list', data: [...ids].map((id) => ({ id, object: 'model', created: 0, owned_by: 'strata' })) });
   }
 
+  /**
+   * Ready when a pipeline can take work for the gateway's model: one is up (every stage
+   * heartbeating) and not draining. A full queue does not count against it (that is a 429, gone
+   * in a moment); a pipeline that is draining does (it takes no request until undrained).
+   */
   async #ready(res: ServerResponse): Promise<void> {
     if (this.#stopping) throw new ApiError(503, 'not_ready', 'stopping');
     if (this.#nc.isClosed()) throw new ApiError(503, 'not_ready', 'not connected to NATS');
     const state = await this.#cluster();
-    const n = state.pipelines.filter((p) => p.modelId === this.#c.modelId).length;
-    if (n === 0) throw new ApiError(503, 'not_ready', `no pipeline serves ${this.#c.modelId} yet`);
-    json(res, 200, { status: 'ready', pipelines: n });
+    const mine = state.pipelines.filter((p) => p.modelId === this.#c.modelId);
+    if (mine.length === 0) throw new ApiError(503, 'not_ready', `no pipeline serves ${this.#c.modelId} yet`);
+    const serving = mine.filter((p) => !p.draining).length;
+    if (serving === 0) throw new ApiError(503, 'not_ready', `no pipeline can take work: the ${mine.length} pipeline(s) of ${this.#c.modelId} are draining`);
+    json(res, 200, { status: 'ready', pipelines: serving, draining: mine.length - serving });
   }
 
   async #migrate(req: IncomingMessage, res: ServerResponse, session: string): Promise<void> {
@@ -170,18 +177,27 @@ export class Gateway {
     const reply = await this.#ask(subjects.coordinatorMigrate(), MigrateRequestSchema, {
       sessionId: session, toPipeline: (b.to as string | undefined) ?? '', wait: (b.wait as boolean | undefined) ?? false, reason: (b.reason as string | undefined) ?? 'operator',
     }, MigrateReplySchema, this.#c.timeoutMs);
-    if (reply.error) {
-      const status = reply.error.code === 'not_found' || reply.error.code === 'no_pipeline' ? 404 : reply.error.code === 'session_busy' ? 409 : 400;
-      throw new ApiError(status, reply.error.code, reply.error.message);
-    }
+    if (reply.error) throw fromAdminError(reply.error.code, reply.error.message);
     json(res, 202, migrationJson(reply.migration!));
   }
 
-  async #drain(res: ServerResponse, worker: string): Promise<void> {
+  async #drain(req: IncomingMessage, res: ServerResponse, worker: string): Promise<void> {
     if (!isId(worker)) throw new ApiError(400, 'invalid_value', 'a worker id is 1-128 of A-Z a-z 0-9 _ -', 'worker_id');
-    const reply = await this.#ask(subjects.coordinatorDrain(), DrainRequestSchema, { workerId: worker }, DrainReplySchema, 600_000);
-    if (reply.error) throw new ApiError(reply.error.code === 'not_found' ? 404 : 400, reply.error.code, reply.error.message);
-    json(res, 200, { pipeline: reply.pipelineId, migrations: reply.migrations.map(migrationJson), waited: reply.waited, failed: reply.failed });
+    const raw = await readJson(req, this.#c.maxBodyBytes, true);
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ApiError(400, 'invalid_body', 'the body must be a JSON object');
+    const b = raw as Record<string, unknown>;
+    for (const k of Object.keys(b)) if (k !== 'force') throw new ApiError(400, 'unknown_parameter', `unknown parameter '${k}'`, k);
+    if (b.force !== undefined && typeof b.force !== 'boolean') throw new ApiError(400, 'invalid_value', "'force' is a boolean", 'force');
+    const reply = await this.#ask(subjects.coordinatorDrain(), DrainRequestSchema, { workerId: worker, force: b.force === true }, DrainReplySchema, 600_000);
+    if (reply.error) throw fromAdminError(reply.error.code, reply.error.message);
+    json(res, 200, { pipeline: reply.pipelineId, migrations: reply.migrations.map(migrationJson), waited: reply.waited, failed: reply.failed, undrained: reply.undrained });
+  }
+
+  async #undrain(res: ServerResponse, worker: string): Promise<void> {
+    if (!isId(worker)) throw new ApiError(400, 'invalid_value', 'a worker id is 1-128 of A-Z a-z 0-9 _ -', 'worker_id');
+    const reply = await this.#ask(subjects.coordinatorUndrain(), UndrainRequestSchema, { workerId: worker }, UndrainReplySchema, 10_000);
+    if (reply.error) throw fromAdminError(reply.error.code, reply.error.message);
+    json(res, 200, { pipeline: reply.pipelineId, workers: reply.workers });
   }
 
   async #migrations(req: IncomingMessage, res: ServerResponse): Promise<void> {

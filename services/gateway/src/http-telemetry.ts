@@ -9,6 +9,7 @@ import { endSpan, httpContext, strataMetrics, tracer } from '@strata/telemetry';
 const TEMPLATES: [RegExp, string][] = [
   [/^\/admin\/v1\/sessions\/[^/]+\/migrate$/, '/admin/v1/sessions/{id}/migrate'],
   [/^\/admin\/v1\/workers\/[^/]+\/drain$/, '/admin/v1/workers/{id}/drain'],
+  [/^\/admin\/v1\/workers\/[^/]+\/undrain$/, '/admin/v1/workers/{id}/undrain'],
 ];
 const ROUTES = new Set(['/v1/completions', '/v1/chat/completions', '/v1/models', '/healthz', '/readyz', '/admin/v1/migrations', '/admin/v1/cluster']);
 

@@ -287,14 +287,16 @@ export class Worker {
 
   /**
    * The graceful stop (SIGTERM): asks the coordinator to drain this worker, which migrates its
-   * sessions to other pipelines and waits for its one-off requests, then stops. Without an answer
-   * within `drainMs` it stops anyway, and the coordinator rebuilds what was left by re-prefill.
+   * sessions to other pipelines and waits for its one-off requests, then stops. The drain is
+   * forced: the worker stops anyway, so even its model's last pipeline first finishes what runs.
+   * Without an answer within `drainMs` it stops anyway, and the coordinator rebuilds what was
+   * left by re-prefill.
    */
   async handOff(drainMs: number): Promise<void> {
     if (drainMs > 0 && !this.#stopping) {
       const t0 = Date.now();
       try {
-        const r = await request(this.#nc, subjects.coordinatorDrain(), DrainRequestSchema, { workerId: this.info.workerId }, DrainReplySchema, drainMs);
+        const r = await request(this.#nc, subjects.coordinatorDrain(), DrainRequestSchema, { workerId: this.info.workerId, force: true }, DrainReplySchema, drainMs);
         if (r.error) this.#log.warn('the coordinator did not drain this worker', { code: r.error.code, message: r.error.message });
         else this.#log.info('drained', { migrations: r.migrations.length, left: r.failed, ms: Date.now() - t0 });
       } catch (err) {

@@ -25,7 +25,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file strata/v1/coordinator.proto.
  */
 export const file_strata_v1_coordinator: GenFile = /*@__PURE__*/
-  fileDesc("ChtzdHJhdGEvdjEvY29vcmRpbmF0b3IucHJvdG8SCXN0cmF0YS52MSL5AQoPR2VuZXJhdGVSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIQCghtb2RlbF9pZBgDIAEoCRIOCgZwcm9tcHQYBCADKAUSEgoKbWF4X3Rva2VucxgFIAEoDRIlCghzYW1wbGluZxgGIAEoCzITLnN0cmF0YS52MS5TYW1wbGluZxIJCgFuGAcgASgNEhYKDmV2ZW50c19zdWJqZWN0GAggASgJEhMKC3RyYWNlcGFyZW50GAkgASgJEikKBnJlc3VtZRgKIAMoCzIZLnN0cmF0YS52MS5DaG9pY2VQcm9ncmVzcyI+Cg5DaG9pY2VQcm9ncmVzcxINCgVpbmRleBgBIAEoDRIOCgZ0b2tlbnMYAiADKAUSDQoFZW5kZWQYAyABKAgiSQoSTGVhZGVyQW5ub3VuY2VtZW50EhYKDmNvb3JkaW5hdG9yX2lkGAEgASgJEgwKBHRlcm0YAiABKAQSDQoFcHJvb2YYAyABKAwilAEKDUdlbmVyYXRlUmVwbHkSEAoIYWNjZXB0ZWQYASABKAgSHwoFZXJyb3IYAiABKAsyEC5zdHJhdGEudjEuRXJyb3ISFQoNY2FjaGVkX3Rva2VucxgDIAEoDRITCgtwaXBlbGluZV9pZBgEIAEoCRIWCg5jb29yZGluYXRvcl9pZBgFIAEoCRIMCgR0ZXJtGAYgASgEIuMBCg1HZW5lcmF0ZUV2ZW50EhIKCnJlcXVlc3RfaWQYASABKAkSDQoFaW5kZXgYAiABKA0SJwoGdG9rZW5zGAMgAygLMhcuc3RyYXRhLnYxLlNhbXBsZWRUb2tlbhInCgZmaW5pc2gYBCABKA4yFy5zdHJhdGEudjEuRmluaXNoUmVhc29uEh8KBWVycm9yGAUgASgLMhAuc3RyYXRhLnYxLkVycm9yEhUKDXByb21wdF90b2tlbnMYBiABKA0SFQoNY2FjaGVkX3Rva2VucxgHIAEoDRIOCgZvZmZzZXQYCCABKA0iNAoNQ2FuY2VsUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEg8KB2luZGljZXMYAiADKA0iEAoOQ2x1c3RlclJlcXVlc3QitAEKDFBpcGVsaW5lSW5mbxIKCgJpZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIZChFtb2RlbF9maW5nZXJwcmludBgDIAEoCRIkCgZzdGFnZXMYBCADKAsyFC5zdHJhdGEudjEuU3RhZ2VJbmZvEhAKCHNlc3Npb25zGAUgASgNEhEKCXNlcXNfdXNlZBgGIAEoDRIOCgZxdWV1ZWQYByABKA0SEAoIZHJhaW5pbmcYCCABKAgizgEKC1dvcmtlclN0YXRlEiMKBXN0YWdlGAEgASgLMhQuc3RyYXRhLnYxLlN0YWdlSW5mbxIVCg1rdl9jZWxsc191c2VkGAIgASgNEhQKDGxhc3Rfc2Vlbl9tcxgDIAEoBBITCgtwaXBlbGluZV9pZBgEIAEoCRIQCghkcmFpbmluZxgFIAEoCBIiCgRsb2FkGAYgASgLMhQuc3RyYXRhLnYxLlN0YWdlTG9hZBIMCgRzbG93GAcgASgIEhQKDHByZWRpY3RlZF9tcxgIIAEoAiJ7CgxDbHVzdGVyU3RhdGUSFgoOY29vcmRpbmF0b3JfaWQYASABKAkSKgoJcGlwZWxpbmVzGAIgAygLMhcuc3RyYXRhLnYxLlBpcGVsaW5lSW5mbxInCgd3b3JrZXJzGAMgAygLMhYuc3RyYXRhLnYxLldvcmtlclN0YXRlIiAKD1Nlc3Npb25zUmVxdWVzdBINCgVsaW1pdBgBIAEoDSKRAQoLU2Vzc2lvbkluZm8SCgoCaWQYASABKAkSEwoLcGlwZWxpbmVfaWQYAiABKAkSCwoDc2VxGAMgASgFEhEKCXBvc2l0aW9ucxgEIAEoDRIMCgRidXN5GAUgASgIEg4KBm1vdmluZxgGIAEoCBIUCgxsYXN0X3VzZWRfbXMYByABKAQSDQoFZXBvY2gYCCABKAQiRgoLU2Vzc2lvbkxpc3QSKAoIc2Vzc2lvbnMYASADKAsyFi5zdHJhdGEudjEuU2Vzc2lvbkluZm8SDQoFdG90YWwYAiABKA0iVwoOTWlncmF0ZVJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRITCgt0b19waXBlbGluZRgCIAEoCRIOCgZyZWFzb24YAyABKAkSDAoEd2FpdBgEIAEoCCJcCgxNaWdyYXRlUmVwbHkSHwoFZXJyb3IYASABKAsyEC5zdHJhdGEudjEuRXJyb3ISKwoJbWlncmF0aW9uGAIgASgLMhguc3RyYXRhLnYxLk1pZ3JhdGlvbkluZm8iowIKDU1pZ3JhdGlvbkluZm8SCgoCaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIVCg1mcm9tX3BpcGVsaW5lGAMgASgJEhMKC3RvX3BpcGVsaW5lGAQgASgJEg0KBXN0YXRlGAUgASgJEg4KBnJlYXNvbhgGIAEoCRINCgVlcnJvchgHIAEoCRINCgVieXRlcxgIIAEoBBIOCgZyb3VuZHMYCSABKA0SDwoHY29weV9tcxgKIAEoAhIQCghwYXVzZV9tcxgLIAEoAhIQCgh0b3RhbF9tcxgMIAEoAhISCgpjcmVhdGVkX21zGA0gASgEEgwKBHBsYW4YDiABKAkSEQoJcG9zaXRpb25zGA8gASgNEg8KB2hvbGRfbXMYECABKAIiIgoRTWlncmF0aW9uc1JlcXVlc3QSDQoFbGltaXQYASABKA0iPQoNTWlncmF0aW9uTGlzdBIsCgptaWdyYXRpb25zGAEgAygLMhguc3RyYXRhLnYxLk1pZ3JhdGlvbkluZm8iIQoMRHJhaW5SZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCSKQAQoKRHJhaW5SZXBseRIfCgVlcnJvchgBIAEoCzIQLnN0cmF0YS52MS5FcnJvchITCgtwaXBlbGluZV9pZBgCIAEoCRIsCgptaWdyYXRpb25zGAMgAygLMhguc3RyYXRhLnYxLk1pZ3JhdGlvbkluZm8SDgoGd2FpdGVkGAQgASgNEg4KBmZhaWxlZBgFIAEoDSqVAQoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xFTkdUSBACEhsKF0ZJTklTSF9SRUFTT05fQ0FOQ0VMTEVEEAMSFwoTRklOSVNIX1JFQVNPTl9FUlJPUhAEYgZwcm90bzM", [file_strata_v1_common, file_strata_v1_worker]);
+  fileDesc("ChtzdHJhdGEvdjEvY29vcmRpbmF0b3IucHJvdG8SCXN0cmF0YS52MSL5AQoPR2VuZXJhdGVSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIQCghtb2RlbF9pZBgDIAEoCRIOCgZwcm9tcHQYBCADKAUSEgoKbWF4X3Rva2VucxgFIAEoDRIlCghzYW1wbGluZxgGIAEoCzITLnN0cmF0YS52MS5TYW1wbGluZxIJCgFuGAcgASgNEhYKDmV2ZW50c19zdWJqZWN0GAggASgJEhMKC3RyYWNlcGFyZW50GAkgASgJEikKBnJlc3VtZRgKIAMoCzIZLnN0cmF0YS52MS5DaG9pY2VQcm9ncmVzcyI+Cg5DaG9pY2VQcm9ncmVzcxINCgVpbmRleBgBIAEoDRIOCgZ0b2tlbnMYAiADKAUSDQoFZW5kZWQYAyABKAgiSQoSTGVhZGVyQW5ub3VuY2VtZW50EhYKDmNvb3JkaW5hdG9yX2lkGAEgASgJEgwKBHRlcm0YAiABKAQSDQoFcHJvb2YYAyABKAwilAEKDUdlbmVyYXRlUmVwbHkSEAoIYWNjZXB0ZWQYASABKAgSHwoFZXJyb3IYAiABKAsyEC5zdHJhdGEudjEuRXJyb3ISFQoNY2FjaGVkX3Rva2VucxgDIAEoDRITCgtwaXBlbGluZV9pZBgEIAEoCRIWCg5jb29yZGluYXRvcl9pZBgFIAEoCRIMCgR0ZXJtGAYgASgEIuMBCg1HZW5lcmF0ZUV2ZW50EhIKCnJlcXVlc3RfaWQYASABKAkSDQoFaW5kZXgYAiABKA0SJwoGdG9rZW5zGAMgAygLMhcuc3RyYXRhLnYxLlNhbXBsZWRUb2tlbhInCgZmaW5pc2gYBCABKA4yFy5zdHJhdGEudjEuRmluaXNoUmVhc29uEh8KBWVycm9yGAUgASgLMhAuc3RyYXRhLnYxLkVycm9yEhUKDXByb21wdF90b2tlbnMYBiABKA0SFQoNY2FjaGVkX3Rva2VucxgHIAEoDRIOCgZvZmZzZXQYCCABKA0iNAoNQ2FuY2VsUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEg8KB2luZGljZXMYAiADKA0iEAoOQ2x1c3RlclJlcXVlc3QitAEKDFBpcGVsaW5lSW5mbxIKCgJpZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIZChFtb2RlbF9maW5nZXJwcmludBgDIAEoCRIkCgZzdGFnZXMYBCADKAsyFC5zdHJhdGEudjEuU3RhZ2VJbmZvEhAKCHNlc3Npb25zGAUgASgNEhEKCXNlcXNfdXNlZBgGIAEoDRIOCgZxdWV1ZWQYByABKA0SEAoIZHJhaW5pbmcYCCABKAgizgEKC1dvcmtlclN0YXRlEiMKBXN0YWdlGAEgASgLMhQuc3RyYXRhLnYxLlN0YWdlSW5mbxIVCg1rdl9jZWxsc191c2VkGAIgASgNEhQKDGxhc3Rfc2Vlbl9tcxgDIAEoBBITCgtwaXBlbGluZV9pZBgEIAEoCRIQCghkcmFpbmluZxgFIAEoCBIiCgRsb2FkGAYgASgLMhQuc3RyYXRhLnYxLlN0YWdlTG9hZBIMCgRzbG93GAcgASgIEhQKDHByZWRpY3RlZF9tcxgIIAEoAiJ7CgxDbHVzdGVyU3RhdGUSFgoOY29vcmRpbmF0b3JfaWQYASABKAkSKgoJcGlwZWxpbmVzGAIgAygLMhcuc3RyYXRhLnYxLlBpcGVsaW5lSW5mbxInCgd3b3JrZXJzGAMgAygLMhYuc3RyYXRhLnYxLldvcmtlclN0YXRlIiAKD1Nlc3Npb25zUmVxdWVzdBINCgVsaW1pdBgBIAEoDSKRAQoLU2Vzc2lvbkluZm8SCgoCaWQYASABKAkSEwoLcGlwZWxpbmVfaWQYAiABKAkSCwoDc2VxGAMgASgFEhEKCXBvc2l0aW9ucxgEIAEoDRIMCgRidXN5GAUgASgIEg4KBm1vdmluZxgGIAEoCBIUCgxsYXN0X3VzZWRfbXMYByABKAQSDQoFZXBvY2gYCCABKAQiRgoLU2Vzc2lvbkxpc3QSKAoIc2Vzc2lvbnMYASADKAsyFi5zdHJhdGEudjEuU2Vzc2lvbkluZm8SDQoFdG90YWwYAiABKA0iVwoOTWlncmF0ZVJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRITCgt0b19waXBlbGluZRgCIAEoCRIOCgZyZWFzb24YAyABKAkSDAoEd2FpdBgEIAEoCCJcCgxNaWdyYXRlUmVwbHkSHwoFZXJyb3IYASABKAsyEC5zdHJhdGEudjEuRXJyb3ISKwoJbWlncmF0aW9uGAIgASgLMhguc3RyYXRhLnYxLk1pZ3JhdGlvbkluZm8iowIKDU1pZ3JhdGlvbkluZm8SCgoCaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIVCg1mcm9tX3BpcGVsaW5lGAMgASgJEhMKC3RvX3BpcGVsaW5lGAQgASgJEg0KBXN0YXRlGAUgASgJEg4KBnJlYXNvbhgGIAEoCRINCgVlcnJvchgHIAEoCRINCgVieXRlcxgIIAEoBBIOCgZyb3VuZHMYCSABKA0SDwoHY29weV9tcxgKIAEoAhIQCghwYXVzZV9tcxgLIAEoAhIQCgh0b3RhbF9tcxgMIAEoAhISCgpjcmVhdGVkX21zGA0gASgEEgwKBHBsYW4YDiABKAkSEQoJcG9zaXRpb25zGA8gASgNEg8KB2hvbGRfbXMYECABKAIiIgoRTWlncmF0aW9uc1JlcXVlc3QSDQoFbGltaXQYASABKA0iPQoNTWlncmF0aW9uTGlzdBIsCgptaWdyYXRpb25zGAEgAygLMhguc3RyYXRhLnYxLk1pZ3JhdGlvbkluZm8iMAoMRHJhaW5SZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRINCgVmb3JjZRgCIAEoCCKjAQoKRHJhaW5SZXBseRIfCgVlcnJvchgBIAEoCzIQLnN0cmF0YS52MS5FcnJvchITCgtwaXBlbGluZV9pZBgCIAEoCRIsCgptaWdyYXRpb25zGAMgAygLMhguc3RyYXRhLnYxLk1pZ3JhdGlvbkluZm8SDgoGd2FpdGVkGAQgASgNEg4KBmZhaWxlZBgFIAEoDRIRCgl1bmRyYWluZWQYBiABKAgiIwoOVW5kcmFpblJlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJIlUKDFVuZHJhaW5SZXBseRIfCgVlcnJvchgBIAEoCzIQLnN0cmF0YS52MS5FcnJvchITCgtwaXBlbGluZV9pZBgCIAEoCRIPCgd3b3JrZXJzGAMgAygJKpUBCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAISGwoXRklOSVNIX1JFQVNPTl9DQU5DRUxMRUQQAxIXChNGSU5JU0hfUkVBU09OX0VSUk9SEARiBnByb3RvMw", [file_strata_v1_common, file_strata_v1_worker]);
 
 /**
  * A completion request in tokens (the gateway tokenizes).
@@ -788,7 +788,11 @@ export const MigrationListSchema: GenMessage<MigrationList> = /*@__PURE__*/
 
 /**
  * Moves every session off a worker's pipeline so the worker can be stopped
- * (strata.v1.coordinator.drain, request/reply; the reply comes when the drain ended).
+ * (strata.v1.coordinator.drain, request/reply; the reply comes when the drain ended). The
+ * pipeline takes no new request and no session while the drain holds: until the drained worker
+ * restarts or stops, or an UndrainRequest. The drain is kept in Redis, so a new leader keeps it.
+ * A drain that would leave the model with no pipeline that takes work is refused
+ * (last_pipeline) unless forced.
  *
  * @generated from message strata.v1.DrainRequest
  */
@@ -797,6 +801,13 @@ export type DrainRequest = Message<"strata.v1.DrainRequest"> & {
    * @generated from field: string worker_id = 1;
    */
   workerId: string;
+
+  /**
+   * drain even the model's last pipeline that takes work (a worker that stops anyway)
+   *
+   * @generated from field: bool force = 2;
+   */
+  force: boolean;
 };
 
 /**
@@ -837,11 +848,18 @@ export type DrainReply = Message<"strata.v1.DrainReply"> & {
   waited: number;
 
   /**
-   * sessions that could not move (their migration aborted)
+   * sessions left on the pipeline when the drain ended (they could not move)
    *
    * @generated from field: uint32 failed = 5;
    */
   failed: number;
+
+  /**
+   * an undrain ended the drain before every session had moved
+   *
+   * @generated from field: bool undrained = 6;
+   */
+  undrained: boolean;
 };
 
 /**
@@ -850,6 +868,59 @@ export type DrainReply = Message<"strata.v1.DrainReply"> & {
  */
 export const DrainReplySchema: GenMessage<DrainReply> = /*@__PURE__*/
   messageDesc(file_strata_v1_coordinator, 19);
+
+/**
+ * Lets a drained worker's pipeline take work again (strata.v1.coordinator.undrain,
+ * request/reply): forgets the drain of every worker of that pipeline.
+ *
+ * @generated from message strata.v1.UndrainRequest
+ */
+export type UndrainRequest = Message<"strata.v1.UndrainRequest"> & {
+  /**
+   * @generated from field: string worker_id = 1;
+   */
+  workerId: string;
+};
+
+/**
+ * Describes the message strata.v1.UndrainRequest.
+ * Use `create(UndrainRequestSchema)` to create a new message.
+ */
+export const UndrainRequestSchema: GenMessage<UndrainRequest> = /*@__PURE__*/
+  messageDesc(file_strata_v1_coordinator, 20);
+
+/**
+ * The answer to an UndrainRequest.
+ *
+ * @generated from message strata.v1.UndrainReply
+ */
+export type UndrainReply = Message<"strata.v1.UndrainReply"> & {
+  /**
+   * @generated from field: strata.v1.Error error = 1;
+   */
+  error?: Error | undefined;
+
+  /**
+   * the pipeline that takes work again; empty when the worker is in no pipeline now
+   *
+   * @generated from field: string pipeline_id = 2;
+   */
+  pipelineId: string;
+
+  /**
+   * workers whose drain was forgotten; empty when none was drained
+   *
+   * @generated from field: repeated string workers = 3;
+   */
+  workers: string[];
+};
+
+/**
+ * Describes the message strata.v1.UndrainReply.
+ * Use `create(UndrainReplySchema)` to create a new message.
+ */
+export const UndrainReplySchema: GenMessage<UndrainReply> = /*@__PURE__*/
+  messageDesc(file_strata_v1_coordinator, 21);
 
 /**
  * Why a choice ended.
