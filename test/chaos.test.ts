@@ -26,7 +26,7 @@ const PROMPTS = ['old mill, where', 'Every morning he', 'book bound with', 'The 
  */
 const TIE = 0.15;
 /** error codes a client may simply retry */
-const RETRIABLE = new Set(['events_lost', 'pipeline_down', 'coordinator_unavailable', 'overloaded', 'kv_full', 'shutting_down', 'no_pipeline']);
+const RETRIABLE = new Set(['events_lost', 'pipeline_down', 'coordinator_unavailable', 'no_coordinator', 'overloaded', 'kv_full', 'shutting_down', 'no_pipeline']);
 
 interface Outcome {
   client: number;

@@ -97,7 +97,7 @@ describe('drain', () => {
     assert.equal(refused.status, 409, JSON.stringify(refused.body));
     assert.equal(refused.body.error?.code, 'last_pipeline');
     assert.match(refused.body.error!.message, new RegExp(`model '${MODEL_ID}' with no pipeline that takes work: the other 1 pipeline\\(s\\) of the model are draining`));
-    assert.equal((await cli(['drain', 'p1-s1', '--nats-url', cluster.nats.url])).code, 1, 'strata drain is refused too');
+    assert.equal((await cli(['drain', 'p1-s1', '--nats-url', cluster.natsUrl])).code, 1, 'strata drain is refused too');
     assert.deepEqual(await owners(['d-1', 'd-2', 'd-3', 'd-4']), [P1, P1, P1, P1], 'no session moved into the draining pipeline');
     assert.equal(await drainMigrations('p1-s0') + await drainMigrations('p1-s1'), 0);
 
@@ -130,7 +130,7 @@ describe('drain', () => {
     assert.match(body.error.message, new RegExp(`every pipeline of model '${MODEL_ID}' is draining`));
 
     // Any worker of a drained pipeline undrains it.
-    const u = await cli(['undrain', 'p0-s0', '--nats-url', cluster.nats.url]);
+    const u = await cli(['undrain', 'p0-s0', '--nats-url', cluster.natsUrl]);
     assert.equal(u.code, 0, u.out);
     assert.equal(u.out, `pipeline ${P0} takes work again (drain of p0-s1 forgotten)\n`);
     const back = await admin('/readyz');
@@ -148,7 +148,7 @@ describe('drain', () => {
   });
 
   it('a drained worker that restarts serves again: its drain ended with the process', async () => {
-    const d = await cli(['drain', 'p1-s1', '--nats-url', cluster.nats.url]);
+    const d = await cli(['drain', 'p1-s1', '--nats-url', cluster.natsUrl]);
     assert.equal(d.code, 0, d.out);
     assert.deepEqual(await owners(['d-1', 'd-2', 'd-3', 'd-4']), [P0, P0, P0, P0], 'the sessions moved to the pipeline that takes work');
     assert.deepEqual(Object.keys(await redis.hgetall('strata:drains')), ['p1-s1']);
@@ -156,7 +156,7 @@ describe('drain', () => {
     let p1: { draining: boolean } | undefined;
     for (let i = 0; i < 300 && !(p1 && !p1.draining); i++) {
       await sleep(200);
-      p1 = (await clusterState(cluster.nats.url).catch(() => null))?.pipelines.find((p) => p.id === P1);
+      p1 = (await clusterState(cluster.natsUrl).catch(() => null))?.pipelines.find((p) => p.id === P1);
     }
     assert.equal(p1?.draining, false, 'the pipeline came back and takes work');
     assert.deepEqual(await redis.hgetall('strata:drains'), {}, 'the restarted worker\'s drain is forgotten');

@@ -124,6 +124,46 @@ describe('migration faults', () => {
     await nc.close();
   });
 
+  it('cells of a session held by a migration stay reserved: a stream admitted meanwhile never runs out', async () => {
+    const post = (session: string, body: Record<string, unknown>) => fetch(`${cluster.url}/v1/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json', ...(session ? { 'x-session-id': session } : {}) },
+      body: JSON.stringify({ model: 'default-llama-8x256-s42-f16', temperature: 0, ...body }),
+    });
+    // Two idle sessions on P0 (the first of two idle pipelines): a long one to move, a short one
+    // whose next turn comes home to P0.
+    const long = 'The river ran past the old mill. '.repeat(67);
+    assert.ok(vocab.tokenize(long, true, true).length > 500);
+    for (const [session, prompt] of [['held-big', long], ['held-small', 'Short one']] as const) {
+      assert.equal((await post(session, { prompt, max_tokens: 1 })).status, 200);
+      assert.equal((await redis.hgetall(`strata:session:${session}`)).pipeline, P0);
+    }
+    // A stream of 404 cells; after 5 tokens the big session starts moving to a pipeline that
+    // stops answering, and the small session's next turn asks for 258 more cells while it moves:
+    // 1024 cells cannot hold all of it (the big one's 540-odd included) until the move aborts.
+    const target = cluster.service('p1-s1').proc;
+    const pending: { migration?: Promise<Response>; second?: Promise<Response> } = {};
+    const r = await post('', { prompt: 'Once upon a time', max_tokens: 400, stream: true, logprobs: 0 });
+    try {
+      const { tokens, finish } = await readStream(r, async (n) => {
+        if (n !== 5) return;
+        target.kill('SIGSTOP');
+        pending.migration = fetch(`${cluster.url}/admin/v1/sessions/held-big/migrate`, { method: 'POST', body: JSON.stringify({ to: P1, wait: true }) });
+        await sleep(300);
+        pending.second = post('held-small', { prompt: 'Short one and then a little more', max_tokens: 250 });
+      });
+      assert.equal(tokens.length, 400, 'the stream ran to its end');
+      assert.equal(finish, 'length');
+      const q = await pending.second!;
+      const body = (await q.json()) as { usage?: { completion_tokens: number }; error?: unknown };
+      assert.equal(q.status, 200, JSON.stringify(body));
+      assert.equal(body.usage?.completion_tokens, 250);
+      const m = (await (await pending.migration!).json()) as Record<string, unknown>;
+      assert.equal(m.state, 'aborted', JSON.stringify(m));
+    } finally {
+      target.kill('SIGCONT');
+    }
+  });
+
   it('a stale owner cannot write a session once another took it (epoch fencing)', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'strata-fence-'));
     const server = await startRedis({ dir });

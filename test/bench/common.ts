@@ -26,7 +26,7 @@ export function benchModel(type: 'f16' | 'q8_0'): string {
   return file;
 }
 
-/** Benchmark options from argv: --threads, --reps, --pp, --tg, --types f16,q8_0, --only engine,kv,cluster,migration,load,responsive. */
+/** Benchmark options from argv: --threads, --reps, --pp, --tg, --types f16,q8_0, --only engine,kv,cluster,migration,load,responsive,grammar. */
 export function parseBenchArgs(argv: string[]) {
   const get = (name: string, fallback: string) => {
     const i = argv.indexOf(`--${name}`);
@@ -38,7 +38,7 @@ export function parseBenchArgs(argv: string[]) {
     pp: Number(get('pp', '512')),
     tg: Number(get('tg', '128')),
     types: get('types', 'f16,q8_0').split(',') as ('f16' | 'q8_0')[],
-    only: new Set(get('only', 'engine,kv,cluster,migration,load,responsive').split(',')),
+    only: new Set(get('only', 'engine,kv,cluster,migration,load,responsive,grammar').split(',')),
   };
 }
 

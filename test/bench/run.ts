@@ -9,6 +9,7 @@ import { LlamaReference, Sampler, loadNative, loadOptionsFromEnv } from '@strata
 import { Pipeline } from '@strata/model';
 import { benchModel, median, parseBenchArgs, std } from './common.ts';
 import { runClusterBench } from './cluster.ts';
+import { runGrammarBench } from './grammar.ts';
 import { runKvBench } from './kv.ts';
 import { runLoadBench } from './load.ts';
 import { runMigrationBench } from './migration.ts';
@@ -149,7 +150,8 @@ const cluster = opts.only.has('cluster') ? await section('cluster', 0, () => run
 const migration = opts.only.has('migration') ? await section('migration', 5, (step) => runMigrationBench(step)) : null;
 const load = opts.only.has('load') ? await section('load', 0, () => runLoadBench()) : null;
 const responsive = opts.only.has('responsive') ? await section('responsive', 8, (step) => runResponsiveBench(step)) : null;
+const grammar = opts.only.has('grammar') ? await section('grammar', 0, () => runGrammarBench()) : null;
 
 const out = join(process.cwd(), '.bench');
 mkdirSync(out, { recursive: true });
-writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv, cluster, migration, load, responsive }, null, 2));
+writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv, cluster, migration, load, responsive, grammar }, null, 2));

@@ -7,7 +7,7 @@ export type { BufferTypePtr, GraphPtr, TensorPtr } from './ffi/types.ts';
 export { LlamaReference, type RefToken, type ReferenceOptions } from './llama/reference.ts';
 export { Sampler, type SamplingOptions } from './llama/sampler.ts';
 export { Vocab, type ChatMessage } from './llama/vocab.ts';
-export { locateNativeLibs, strataCacheDir, type LocateOptions, type NativeLibs } from './native-libs.ts';
+export { llamaPackageDir, locateNativeLibs, strataCacheDir, type LocateOptions, type NativeLibs } from './native-libs.ts';
 export { vocabDir, VOCAB_FILES } from './native-build.ts';
 export { Scheduler, type SchedulerOptions } from './scheduler.ts';
 export { LogLevel, loadNative, loadOptionsFromEnv, native, type LoadOptions, type Native } from './runtime.ts';

@@ -115,3 +115,21 @@ test('a step budget cuts prompt chunks to what fits its predicted time, always l
   const c = job('c', 200, 2);
   assert.equal(shape(planMicroBatch([c], { ...limits, prefillWithin: () => 0 })), 'c:0+32');
 });
+
+test('a job that must run alone goes first, in a micro-batch of its own; the others go on together', () => {
+  const a = job('a', 3, 0), s = job('s', 5, 1), b = job('b', 4, 2);
+  s.alone = true;
+  const jobs = [a, s, b];
+  let plan = planMicroBatch(jobs, limits);
+  assert.equal(shape(plan), 's:0+5!', 'the suspect, alone, although a came first');
+  applyPlan(plan!);
+  plan = planMicroBatch(jobs, limits);
+  assert.equal(shape(plan), 'a:0+3! b:0+4!', 'the others together, the suspect left out');
+  applyPlan(plan!);
+  assert.equal(planMicroBatch(jobs, limits), null);
+  jobTransition(s, { type: 'sampled', token: tok(1, 7) });
+  s.inflight--;
+  jobTransition(a, { type: 'sampled', token: tok(0, 7) });
+  a.inflight--;
+  assert.equal(shape(planMicroBatch(jobs, limits)), 's:5+1!', 'decoding, it still runs alone');
+});

@@ -33,12 +33,17 @@ export interface BatchLimits {
   prefillWithin?: (fixed: StepWork, pos0: number, cap: number) => number;
 }
 
-/** Plans the next micro-batch from `jobs` (in arrival order); null when none is ready. */
+/**
+ * Plans the next micro-batch from `jobs` (in arrival order); null when none is ready. A ready job
+ * that must run alone (Job.alone) goes first, in a micro-batch of its own.
+ */
 export function planMicroBatch(jobs: readonly Job[], l: BatchLimits): PlannedEntry[] | null {
+  const suspect = jobs.find((j) => j.alone && isReady(j));
+  const pool = suspect ? [suspect] : jobs.filter((j) => !j.alone);
   const entries: PlannedEntry[] = [];
   let used = 0;
   let decodes = 0;
-  for (const j of jobs) {
+  for (const j of pool) {
     if (!isReady(j) || j.fed < j.prompt.length || used >= l.maxBatch || decodes >= l.decodeCap) continue;
     entries.push({ job: j, tokens: [j.pending!], pos0: nextPos(j), output: true });
     used++;
@@ -47,7 +52,7 @@ export function planMicroBatch(jobs: readonly Job[], l: BatchLimits): PlannedEnt
   // The budget protects decoding sessions: with none, a prompt takes whole chunks.
   const within = jobs.some((j) => j.finish === null && j.fed >= j.prompt.length) ? l.prefillWithin : undefined;
   let prefill = 0;
-  for (const j of jobs) {
+  for (const j of pool) {
     if (!isReady(j) || j.fed >= j.prompt.length) continue;
     const cap = Math.min(j.prompt.length - j.fed, l.maxBatch - used, l.prefillChunk - prefill);
     if (cap <= 0) break;

@@ -38,7 +38,7 @@ export type ClusterMsg =
 /** What the runtime must do. */
 export type ClusterEffect =
   | { type: 'pipeline_up'; pipeline: PipelineView }
-  | { type: 'pipeline_down'; pipeline: PipelineView; reason: string };
+  | { type: 'pipeline_down'; pipeline: PipelineView; reason: string; lost: boolean };
 
 /** Settings of the cluster actor. */
 export interface ClusterOptions {
@@ -54,23 +54,24 @@ export function initialCluster(): ClusterState {
 /** The cluster actor's transition. The state is updated in place and returned. */
 export function clusterTransition(s: ClusterState, msg: ClusterMsg, o: ClusterOptions): { state: ClusterState; effects: ClusterEffect[] } {
   const effects: ClusterEffect[] = [];
-  const down = (workerId: string, reason: string) => {
+  /** `lost`: a worker died or restarted under the pipeline (a drain is no loss) */
+  const down = (workerId: string, reason: string, lost: boolean) => {
     const pid = s.memberOf.get(workerId);
     const p = pid === undefined ? undefined : s.pipelines.get(pid);
     if (!p) return;
     s.pipelines.delete(p.id);
     for (const st of p.stages) s.memberOf.delete(st.workerId);
-    effects.push({ type: 'pipeline_down', pipeline: p, reason });
+    effects.push({ type: 'pipeline_down', pipeline: p, reason, lost });
   };
   if (msg.type === 'heartbeat') {
     const prev = s.workers.get(msg.info.workerId);
-    if (prev && prev.info.startedAtMs !== msg.info.startedAtMs) down(msg.info.workerId, `worker ${msg.info.workerId} restarted`);
-    if (prev && !prev.draining && msg.draining) down(msg.info.workerId, `worker ${msg.info.workerId} is draining`);
+    if (prev && prev.info.startedAtMs !== msg.info.startedAtMs) down(msg.info.workerId, `worker ${msg.info.workerId} restarted`, true);
+    if (prev && !prev.draining && msg.draining) down(msg.info.workerId, `worker ${msg.info.workerId} is draining`, false);
     s.workers.set(msg.info.workerId, { info: msg.info, kvCellsUsed: msg.kvCellsUsed, lastSeenMs: msg.nowMs, draining: msg.draining, load: msg.load });
   } else {
     for (const [id, w] of s.workers) {
       if (msg.nowMs - w.lastSeenMs > o.workerTimeoutMs) {
-        down(id, `worker ${id} missed heartbeats for ${msg.nowMs - w.lastSeenMs} ms`);
+        down(id, `worker ${id} missed heartbeats for ${msg.nowMs - w.lastSeenMs} ms`, true);
         s.workers.delete(id);
       }
     }

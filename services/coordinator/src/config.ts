@@ -20,6 +20,7 @@ export const coordinatorSchema = {
   stepDeadlineFloorMs: { kind: 'int', doc: 'a step is stuck (its pipeline resets) past --step-deadline-margin times its predicted cost, never sooner than this; also the deadline while its cost is unknown', default: 30000 },
   stepDeadlineMargin: { kind: 'number', doc: 'how many times its predicted cost a step may take before it is stuck', default: 4 },
   stepBudgetMs: { kind: 'int', doc: 'prompt tokens in a micro-batch are cut so that its predicted time through the pipeline stays within this (0: only --prefill-chunk limits them)', default: 200 },
+  maxRequestFailures: { kind: 'int', doc: 'a request in the step that took its pipeline down (stuck past its deadline, or in flight on a worker that died) this many times fails with 400 repeated_failure instead of being rebuilt again', default: 2 },
   seqOpTimeoutMs: { kind: 'int', doc: 'a sequence operation unanswered for this long fails', default: 5000 },
   migrationRounds: { kind: 'int', doc: 'pre-copy rounds of a migration at most', default: 3 },
   migrationDelta: { kind: 'int', doc: 'a pre-copy round of at most this many new positions goes to the switch', default: 8 },
@@ -42,7 +43,7 @@ export function coordinatorConfig(sources?: Sources): CoordinatorConfig {
   const c = loadConfig(coordinatorSchema, sources);
   const id = c.id ?? `c-${randomBytes(4).toString('hex')}`;
   if (!isId(id)) throw new ConfigError('bad_value', `id '${id}' must be 1-128 of A-Z a-z 0-9 _ -`, 'id');
-  for (const k of ['workerTimeoutMs', 'leaseMs', 'prefillChunk', 'defaultMaxTokens', 'stepDeadlineFloorMs', 'stepDeadlineMargin', 'seqOpTimeoutMs', 'migrationRounds', 'pushTimeoutMs', 'maxQueue', 'queueFactor'] as const) {
+  for (const k of ['workerTimeoutMs', 'leaseMs', 'prefillChunk', 'defaultMaxTokens', 'stepDeadlineFloorMs', 'stepDeadlineMargin', 'seqOpTimeoutMs', 'migrationRounds', 'pushTimeoutMs', 'maxQueue', 'queueFactor', 'maxRequestFailures'] as const) {
     if (c[k] < 1) throw new ConfigError('bad_value', `${k} must be at least 1, got ${c[k]}`, k);
   }
   if (c.stepBudgetMs < 0) throw new ConfigError('bad_value', `stepBudgetMs must be 0 or more, got ${c.stepBudgetMs}`, 'stepBudgetMs');

@@ -22,7 +22,7 @@ import { Drainer, type Moving } from './drainer.ts';
 import { CoordinatorError } from './errors.ts';
 import { LeaderLease } from './lease.ts';
 import { publishFailure, refuse } from './replies.ts';
-import { PipelineScheduler, type Rebuild } from './scheduler.ts';
+import { PipelineScheduler, type Blame, type Rebuild } from './scheduler.ts';
 import { MigrationLedger, type MigrationRecord } from './ledger.ts';
 import { migrationInfo, startMigration } from './migration.ts';
 import { pickRebalance } from './rebalance.ts';
@@ -127,7 +127,7 @@ export class Coordinator {
   async #watchNats(): Promise<void> {
     for await (const s of this.#nc.status()) {
       if (s.type !== 'reconnect' || !this.#leading) continue;
-      for (const sc of [...this.#schedulers.values()]) if (sc.inFlight > 0) this.#reset(sc, 'NATS reconnected with steps in flight');
+      for (const sc of [...this.#schedulers.values()]) if (sc.inFlight > 0) this.#reset(sc, 'NATS reconnected with steps in flight', 'none');
     }
   }
 
@@ -209,12 +209,12 @@ export class Coordinator {
    * A pipeline whose step went unanswered (messages lost in a NATS restart, a stage that hangs),
    * or that had steps in flight when NATS reconnected, starts over: a fresh scheduler empties
    * every sequence of its stages, and every request on it is rebuilt there by re-prefill, from
-   * the tokens its client has already seen.
+   * the tokens its client has already seen. `blame`: the requests that count a failure for it.
    */
-  #reset(s: PipelineScheduler, why: string): void {
+  #reset(s: PipelineScheduler, why: string, blame: Blame): void {
     this.#log.warn('resetting a pipeline', { pipeline: s.view.id, why });
     this.#schedulers.delete(s.view.id);
-    const orphans = s.down(`pipeline ${s.view.id} reset: ${why}`);
+    const orphans = s.down(`pipeline ${s.view.id} reset: ${why}`, blame);
     const fresh = this.#scheduler(s.view);
     for (const r of orphans) fresh.rebuild(r);
   }
@@ -225,7 +225,7 @@ export class Coordinator {
       options: {
         prefillChunk: this.#c.prefillChunk, stepDeadlineFloorMs: this.#c.stepDeadlineFloorMs, stepDeadlineMargin: this.#c.stepDeadlineMargin,
         stepBudgetMs: this.#c.stepBudgetMs, seqOpTimeoutMs: this.#c.seqOpTimeoutMs,
-        defaultMaxTokens: this.#c.defaultMaxTokens, maxQueue: this.#c.maxQueue, queueFactor: this.#c.queueFactor,
+        defaultMaxTokens: this.#c.defaultMaxTokens, maxQueue: this.#c.maxQueue, queueFactor: this.#c.queueFactor, maxRequestFailures: this.#c.maxRequestFailures,
       },
     });
     s.draining = this.#drainer.drains(view.stages);
@@ -243,7 +243,8 @@ export class Coordinator {
         const down = this.#schedulers.get(e.pipeline.id);
         this.#schedulers.delete(e.pipeline.id);
         this.#log.warn('pipeline down', { pipeline: e.pipeline.id, reason: e.reason });
-        for (const r of down?.down(e.reason) ?? []) this.#replace(r, e.pipeline.fingerprint, e.reason);
+        // Requests in flight on a worker that died may have killed it.
+        for (const r of down?.down(e.reason, e.lost ? 'inflight' : 'none') ?? []) this.#replace(r, e.pipeline.fingerprint, e.reason);
       }
     }
   }
@@ -418,7 +419,7 @@ export class Coordinator {
     this.#drainer.tick();
     for (const s of [...this.#schedulers.values()]) {
       const why = s.stalled(now);
-      if (why) this.#reset(s, why);
+      if (why) this.#reset(s, why, 'stuck');
     }
     this.#rebalance();
   }

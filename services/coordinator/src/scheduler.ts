@@ -37,6 +37,11 @@ export interface SchedulerOptions {
   maxQueue: number;
   /** cells the queued requests may reserve at most, in multiples of the pipeline's cells */
   queueFactor: number;
+  /**
+   * a request in the step that took its pipeline down (stuck past its deadline, or in flight on
+   * a worker that died) this many times is failed with `repeated_failure` instead of rebuilt again
+   */
+  maxRequestFailures: number;
 }
 
 /** What a scheduler needs from the coordinator around it. */
@@ -80,7 +85,12 @@ export interface Request {
   epoch: number;
   /** jobs not yet retired */
   live: number;
+  /** pipelines it took down: it was in the step that stalled, or in flight when a worker died */
+  failures: number;
 }
+
+/** Which requests a pipeline going down is put on: those of the stuck oldest step, of every step in flight, or none. */
+export type Blame = 'stuck' | 'inflight' | 'none';
 
 /** A request whose pipeline went down, with the jobs to rebuild by re-prefill elsewhere. */
 export interface Rebuild {
@@ -137,6 +147,10 @@ export class PipelineScheduler {
   readonly #holdWaiters = new Map<Job, () => void>();
   /** sequences reserved for sessions moving here, and their cells */
   readonly #incoming = new Map<number, number>();
+  /** sequences being emptied on the stages, and the cells they still hold meanwhile */
+  readonly #releasing = new Map<number, number>();
+  /** sequences whose emptying failed: out of use, their cells counted as held until the pipeline resets */
+  readonly #stranded = new Map<number, number>();
   readonly #maxBatch: number;
   readonly #nSeqMax: number;
   /** cells every stage can hold */
@@ -240,20 +254,25 @@ export class PipelineScheduler {
     return this.#residents.has(session);
   }
 
-  /** The refusal of a request this pipeline can never run (now or ever), or null. */
+  /**
+   * The refusal of a request this pipeline can never run (now or ever), or null. Each choice holds
+   * its own copy of the prompt and its tokens, so all of them must fit the pipeline's cells at once.
+   */
   #neverRuns(req: GenerateRequest): GenerateReply | null {
     const n = Math.max(1, req.n);
-    if (req.prompt.length + Math.max(1, req.maxTokens) > this.capacity) {
-      return refuse('context_length_exceeded', `${req.prompt.length} prompt tokens + ${req.maxTokens || 1} to generate exceed the context of ${this.capacity}`);
-    }
     if (n > this.#nSeqMax) return refuse('bad_request', `n=${n} choices exceed the ${this.#nSeqMax} sequences of a pipeline`);
+    const perChoice = req.prompt.length + Math.max(1, this.#maxTokens(req));
+    if (n * perChoice > this.capacity) {
+      const what = `${req.prompt.length} prompt tokens + ${Math.max(1, this.#maxTokens(req))} to generate`;
+      return refuse('context_length_exceeded', n === 1 ? `${what} exceed the context of ${this.capacity}` : `${n} choices of ${what} each exceed the ${this.capacity} cells of a pipeline`);
+    }
     if (this.#down) return refuse('pipeline_down', `pipeline ${this.view.id} is down`);
     return null;
   }
 
-  /** Tokens a request may generate: its max_tokens, else the default within the context. */
+  /** Tokens a request may generate: its max_tokens, else the default within its choices' share of the context. */
   #maxTokens(req: GenerateRequest): number {
-    return req.maxTokens > 0 ? req.maxTokens : Math.min(this.#d.options.defaultMaxTokens, this.capacity - req.prompt.length);
+    return req.maxTokens > 0 ? req.maxTokens : Math.min(this.#d.options.defaultMaxTokens, Math.floor(this.capacity / Math.max(1, req.n)) - req.prompt.length);
   }
 
   /**
@@ -294,7 +313,7 @@ export class PipelineScheduler {
     const idle = req.sessionId ? this.#residents.get(req.sessionId) : undefined;
     if (idle) {
       this.#residents.delete(req.sessionId);
-      void this.#dropSeq(idle.seq);
+      void this.#dropSeq(idle.seq, idle.tokens.length);
     }
     const maxTokens = this.#maxTokens(req);
     const progress = new Map(req.resume.map((p) => [p.index, p]));
@@ -311,7 +330,7 @@ export class PipelineScheduler {
     });
     const live = jobs.filter((j) => j.finish === null);
     if (live.length === 0) return refuse('bad_request', 'every choice of the request has ended: nothing to resume');
-    this.#rebuilds.push({ request: { req, jobs, cached: 0, epoch: 0, live: live.length }, jobs: live });
+    this.#rebuilds.push({ request: { req, jobs, cached: 0, epoch: 0, live: live.length, failures: 0 }, jobs: live });
     this.#startWaiting();
     return { $typeName: 'strata.v1.GenerateReply', accepted: true, cachedTokens: 0, pipelineId: this.view.id, coordinatorId: '', term: 0n };
   }
@@ -353,16 +372,25 @@ export class PipelineScheduler {
       if (e) ops.push(seqOp(SeqOpKind.REMOVE, e[1].seq));
       out.push(e ? e[1].seq : this.#free.pop()!);
     }
-    for (const [, r] of evict) void this.#dropSeq(r.seq);
+    // Their cells went to the new work: its first step reaches each stage after their removal.
+    for (const [, r] of evict) void this.#dropSeq(r.seq, r.tokens.length, true);
     return { seqs: out, ops };
   }
 
-  /** cells reserved by jobs and idle residents */
+  /**
+   * Cells reserved: every running job's to its end, every session's without a running job (idle,
+   * or held by a migration), sessions moving in, and sequences not yet emptied. A stage never
+   * holds more, so no later admission, eviction or migration can starve a running job.
+   */
   #reserved(): number {
     let n = 0;
-    for (const j of this.#jobs) n += cellsNeeded(j);
-    for (const r of this.#residents.values()) if (!r.busy) n += r.tokens.length;
-    for (const c of this.#incoming.values()) n += c;
+    const running = new Set<string>();
+    for (const j of this.#jobs) {
+      n += cellsNeeded(j);
+      if (j.sessionId) running.add(j.sessionId);
+    }
+    for (const [id, r] of this.#residents) if (!running.has(id)) n += r.tokens.length;
+    for (const cells of [this.#incoming, this.#releasing, this.#stranded]) for (const c of cells.values()) n += c;
     return n;
   }
 
@@ -385,7 +413,10 @@ export class PipelineScheduler {
     // The session's own cells past the common prefix are removed before it starts.
     const room = this.#makeRoom(resident ? 0 : n, need, req.sessionId, resident ? resident.tokens.length - cached : 0);
     if (!room) {
-      if (this.#jobs.length === 0) return refuse('kv_full', `the pipeline cannot hold ${need} more cells`);
+      // Cells come back when a job ends, a sequence is emptied or a migration settles; with none
+      // of these under way (sequences whose emptying failed hold the rest) none will.
+      const settling = this.#jobs.length + this.#releasing.size + this.#incoming.size + this.#migrating.size;
+      if (settling === 0) return refuse('kv_full', `the pipeline cannot hold ${need} more cells now (${[...this.#stranded.values()].reduce((a, b) => a + b, 0)} are held by sequences that could not be emptied)`);
       return 'wait';
     }
     const { ops, seqs } = room;
@@ -402,7 +433,7 @@ export class PipelineScheduler {
       sampling: { ...req.sampling!, seed: (req.sampling?.seed ?? 0) + index }, maxTokens,
     }));
     this.#log.debug('start', { request: req.requestId, session: req.sessionId, seqs, cached, need, free: [...this.#free] });
-    const request: Request = { req, jobs, cached, epoch: 0, live: jobs.length };
+    const request: Request = { req, jobs, cached, epoch: 0, live: jobs.length, failures: 0 };
     this.#requests.set(req.requestId, request);
     // The cells count as reserved now; tokens flow once the caches and Redis agree.
     for (const j of jobs) j.held = true;
@@ -430,15 +461,23 @@ export class PipelineScheduler {
     this.#pump();
   }
 
-  /** Empties a sequence on every stage and frees its id; an id whose removal failed stays out of use. */
-  async #dropSeq(seq: number): Promise<void> {
+  /**
+   * Empties a sequence on every stage and frees its id. `cells` (what it may still hold) count as
+   * reserved until then, unless `given` (the work that evicted it has them already; stages run its
+   * steps after this removal, which was sent first). An id whose removal failed stays out of use,
+   * its cells counted as held.
+   */
+  async #dropSeq(seq: number, cells: number, given = false): Promise<void> {
     if (this.#down) return;
+    if (!given) this.#releasing.set(seq, cells);
     try {
       await this.#seqOps([seqOp(SeqOpKind.REMOVE, seq)]);
       this.#free.push(seq);
     } catch (err) {
       this.#log.error('a sequence could not be emptied; its id stays out of use', { seq, err });
+      this.#stranded.set(seq, cells);
     }
+    this.#releasing.delete(seq);
     this.#startWaiting();
   }
 
@@ -512,7 +551,9 @@ export class PipelineScheduler {
       if (r.error) fx = jobTransition(j, { type: 'failed', code: r.error.code, message: r.error.message });
       else if (e.output) {
         const t = bySeq.get(j.seq);
-        fx = t ? jobTransition(j, { type: 'sampled', token: t }) : jobTransition(j, { type: 'failed', code: 'stage_failed', message: `step ${r.stepId} returned no token for seq ${j.seq}` });
+        if (!t) fx = jobTransition(j, { type: 'failed', code: 'stage_failed', message: `step ${r.stepId} returned no token for seq ${j.seq}` });
+        else if (t.error) fx = jobTransition(j, { type: 'failed', code: t.error.code, message: t.error.message });
+        else fx = jobTransition(j, { type: 'sampled', token: t });
       }
       this.#effects(j, fx);
     }
@@ -574,7 +615,7 @@ export class PipelineScheduler {
       this.#startWaiting();
     } else {
       if (j.sessionId) this.#residents.delete(j.sessionId);
-      void this.#dropSeq(j.seq);
+      void this.#dropSeq(j.seq, j.pos);
     }
   }
 
@@ -652,8 +693,9 @@ export class PipelineScheduler {
 
   /** Gives up a reservation: its sequence is emptied on every stage and freed. */
   cancelIncoming(seq: number): Promise<void> {
+    const cells = this.#incoming.get(seq) ?? 0;
     this.#incoming.delete(seq);
-    return this.#dropSeq(seq);
+    return this.#dropSeq(seq, cells);
   }
 
   /** Empties a sequence on every stage (before a session moves in). */
@@ -675,7 +717,7 @@ export class PipelineScheduler {
       this.#requests.delete(job.requestId);
       seq = job.seq;
     }
-    if (seq >= 0) void this.#dropSeq(seq);
+    if (seq >= 0) void this.#dropSeq(seq, job ? job.pos : r?.tokens.length ?? 0);
     const prefix = job ? (r?.tokens ?? []).slice(0, job.pos0) : r?.tokens ?? [];
     return { job, request, tokens: job ? [...prefix, ...cachedTokens(job)] : prefix };
   }
@@ -725,16 +767,22 @@ export class PipelineScheduler {
   /**
    * The pipeline went away. Requests still generating are handed back to be rebuilt elsewhere
    * (their cells are lost, their tokens are not); queued requests fail with a retriable error.
+   * The requests `blame` names count one more failure; one that reaches the limit is not rebuilt
+   * again but fails with `repeated_failure` (a request that stalls every pipeline it is put on,
+   * a grammar too costly for a step's deadline say, would otherwise take them down in turn).
    */
-  down(reason: string): Rebuild[] {
+  down(reason: string, blame: Blame = 'none'): Rebuild[] {
     this.#down = true;
     this.#unobserve();
-    for (const f of this.#inflight.values()) endStep(f.trace, { code: 'pipeline_down', message: reason });
+    const steps = [...this.#inflight.values()];
+    const blamed = new Set((blame === 'stuck' ? steps.slice(0, 1) : blame === 'inflight' ? steps : []).flatMap((f) => f.entries.map((e) => e.job.requestId)));
+    for (const f of steps) endStep(f.trace, { code: 'pipeline_down', message: reason });
     this.#inflight.clear();
     // A migration holding a session here learns it is gone when its hold ends.
     for (const resolve of this.#holdWaiters.values()) resolve();
     this.#holdWaiters.clear();
     const orphans: Rebuild[] = [];
+    const limit = this.#d.options.maxRequestFailures;
     for (const request of this.#requests.values()) {
       const live = request.jobs.filter((j) => j.finish === null && this.#jobs.includes(j));
       if (live.length === 0) continue;
@@ -742,6 +790,13 @@ export class PipelineScheduler {
       for (const j of live) {
         this.#jobs.splice(this.#jobs.indexOf(j), 1);
         rebuildJob(j, prefix.slice(0, j.pos0));
+      }
+      if (blamed.has(request.req.requestId)) for (const j of live) j.alone = true;
+      if (blamed.has(request.req.requestId) && ++request.failures >= limit) {
+        this.#log.warn('a request took its pipeline down too often: it is not rebuilt again', { request: request.req.requestId, failures: request.failures, reason });
+        publishFailure(this.#d.nc, request.req, live.map((j) => ({ index: j.index, offset: j.generated.length })), 'repeated_failure',
+          `the request was in the step that stalled or lost its pipeline ${request.failures} times (last: ${reason}); it is not run again: make it cheaper (a smaller grammar or prompt)`);
+        continue;
       }
       orphans.push({ request, jobs: live });
     }
@@ -754,6 +809,8 @@ export class PipelineScheduler {
     for (const r of this.#rebuilds.splice(0)) orphans.push(r);
     this.#residents.clear();
     this.#requests.clear();
+    this.#releasing.clear();
+    this.#stranded.clear();
     return orphans;
   }
 

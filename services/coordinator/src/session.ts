@@ -40,6 +40,11 @@ export interface Job {
   /** generated tokens that are also at the end of `prompt` (a job rebuilt by re-prefill) */
   inPrompt: number;
   cancelled: boolean;
+  /**
+   * it was in a step that took a pipeline down: its micro-batches carry nothing else, so that a
+   * second failure is its own and not its neighbours'
+   */
+  alone: boolean;
   finish: FinishReason | null;
   /** failure code and message when finish is ERROR */
   error: { code: string; message: string } | null;
@@ -59,7 +64,7 @@ export type JobMsg =
 /** A new job. */
 export function newJob(init: Pick<Job, 'requestId' | 'index' | 'sessionId' | 'seq' | 'prompt' | 'pos0' | 'sampling' | 'maxTokens'>): Job {
   if (init.prompt.length === 0) throw new Error('a job needs at least one token to evaluate');
-  return { ...init, fed: 0, pos: init.pos0, samplerSent: false, generated: [], pending: null, awaitingToken: false, inflight: 0, held: false, done: init.pos0, replay: [], inPrompt: 0, cancelled: false, finish: null, error: null };
+  return { ...init, fed: 0, pos: init.pos0, samplerSent: false, generated: [], pending: null, awaitingToken: false, inflight: 0, held: false, done: init.pos0, replay: [], inPrompt: 0, cancelled: false, alone: false, finish: null, error: null };
 }
 
 /** Position of the next token the job will feed. */

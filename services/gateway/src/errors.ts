@@ -27,8 +27,11 @@ export class ApiError extends Error {
 /** The HTTP answer to a coordinator's refusal code. */
 export function fromClusterError(code: string, message: string): ApiError {
   switch (code) {
+    // What the client must change: the same request would fail the same way again.
     case 'context_length_exceeded':
     case 'bad_request':
+    case 'invalid_grammar':
+    case 'repeated_failure':
       return new ApiError(400, code, message);
     case 'no_pipeline':
       return new ApiError(503, code, message);

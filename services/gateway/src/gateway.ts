@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { DescMessage, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
-import { LlamaError, Vocab } from '@strata/ggml';
+import { LlamaError, Sampler, Vocab } from '@strata/ggml';
 import type { Logger } from '@strata/log';
 import {
   ClusterStateSchema, ClusterRequestSchema, FenceVerifier, isSessionKey, sessionKey, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, SessionListSchema, SessionsRequestSchema, UndrainReplySchema, UndrainRequestSchema, isId,
@@ -20,6 +20,7 @@ import { dashboardPage, type DashboardPage } from './dashboard.ts';
 import { runGeneration, type GenerationSink } from './generation.ts';
 import { failRequestSpan, traceHttp } from './http-telemetry.ts';
 import { natsHeaders } from '@strata/telemetry';
+import { checkGrammar, GrammarError } from './gbnf-limits.ts';
 import { LeaderWatch } from './leader-watch.ts';
 import { JsonSchemaError, jsonObjectGrammar, jsonSchemaGrammar } from './json-grammar.ts';
 import { parseChat, parseCompletion, type GenerationSpec } from './openai-request.ts';
@@ -39,6 +40,8 @@ export class Gateway {
   #running = 0;
   /** the dashboard page, read on its first request */
   #dashboard: DashboardPage | null = null;
+  /** the grammar of any JSON object (response_format json_object): the gateway's own, built once */
+  #jsonObject: string | null = null;
   #stopping: Promise<void> | null = null;
   /** the address the gateway listens on, e.g. http://127.0.0.1:8080 */
   url = '';
@@ -50,7 +53,7 @@ export class Gateway {
     this.#log = log;
     this.#fingerprint = `strata-${c.modelId}`;
     this.#keys = c.apiKeysFile ? ApiKeys.load(c.apiKeysFile) : null;
-    this.#leader = new LeaderWatch(nc, log, c.termPublicKeyFile ? FenceVerifier.fromPem(readFileSync(c.termPublicKeyFile)) : null);
+    this.#leader = new LeaderWatch(nc, log, c.leaderLapseMs, c.termPublicKeyFile ? FenceVerifier.fromPem(readFileSync(c.termPublicKeyFile)) : null);
     this.#server = createServer((req, res) => void traceHttp(req, res, () => this.#handle(req, res)));
     // Idle keep-alive connections stay open longer than clients and load balancers keep theirs
     // (Node's 5 s would close under a client about to reuse the connection).
@@ -222,19 +225,43 @@ export class Gateway {
     res.end(this.#dashboard.body);
   }
 
+  /**
+   * The request's grammar ('' for none), compiled here once, before anything reaches the cluster:
+   * a JSON schema into GBNF, then the grammar held to the configured limits and parsed by libllama
+   * as the last stage will parse it. Whatever fails is a 400 naming why.
+   */
   #grammar(spec: GenerationSpec): string {
+    const limits = this.#c.grammar;
+    let grammar: string, param: string, what: string;
     if (spec.grammar !== null) {
       if (spec.responseFormat.type !== 'text') throw new ApiError(400, 'invalid_value', "give either 'grammar' or a JSON 'response_format', not both", 'grammar');
-      return spec.grammar;
+      [grammar, param, what] = [spec.grammar, 'grammar', ''];
+    } else if (spec.responseFormat.type === 'json_object') {
+      return (this.#jsonObject ??= jsonObjectGrammar());
+    } else if (spec.responseFormat.type === 'json_schema') {
+      param = 'response_format.json_schema.schema';
+      const bytes = Buffer.byteLength(JSON.stringify(spec.responseFormat.schema));
+      if (bytes > limits.maxBytes) throw new ApiError(400, 'grammar_too_large', `the JSON schema is ${bytes} bytes; at most ${limits.maxBytes} are taken`, param);
+      try {
+        grammar = jsonSchemaGrammar(spec.responseFormat.schema);
+      } catch (err) {
+        if (err instanceof JsonSchemaError) throw new ApiError(400, err.code, err.message, param);
+        throw err;
+      }
+      what = 'the JSON schema compiles to a grammar that fails: ';
+    } else {
+      return '';
     }
+    if (grammar === '') return '';
     try {
-      if (spec.responseFormat.type === 'json_object') return jsonObjectGrammar();
-      if (spec.responseFormat.type === 'json_schema') return jsonSchemaGrammar(spec.responseFormat.schema);
+      checkGrammar(grammar, limits, (piece) => this.#vocab.tokenize(piece, false, true).length === 1);
+      Sampler.checkGrammar(this.#vocab, grammar);
     } catch (err) {
-      if (err instanceof JsonSchemaError) throw new ApiError(400, err.code, err.message, 'response_format.json_schema.schema');
+      if (err instanceof GrammarError) throw new ApiError(400, err.code, what + err.message, param);
+      if (err instanceof LlamaError) throw new ApiError(400, 'invalid_grammar', 'invalid grammar: libllama refused it', param);
       throw err;
     }
-    return '';
+    return grammar;
   }
 
   #tokens(spec: GenerationSpec): number[] {
@@ -289,7 +316,9 @@ export class Gateway {
     const started = new Array<boolean>(spec.n).fill(false);
     const offsets = new Array<number>(spec.n).fill(0);
     const sse = (obj: unknown) => {
-      if (!res.headersSent) res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+      // No Connection header of our own: Node answers keep-alive, or close (and closes after the
+      // stream) when the client asked for it.
+      if (!res.headersSent) res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
       res.write(`data: ${JSON.stringify(obj)}\n\n`);
     };
     const sink: GenerationSink = spec.stream

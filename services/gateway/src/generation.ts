@@ -88,6 +88,13 @@ const SUBMIT_TRY_MS = 2000;
 /** Event gaps a request recovers from (by starting over from what its client has) before it fails. */
 const MAX_GAPS = 3;
 
+/** The answer when no coordinator has held the lease for the leader watch's lapse. */
+function noCoordinator(leader: LeaderWatch): ApiError {
+  const e = new ApiError(503, 'no_coordinator', `no coordinator has led the cluster for ${leader.lapseMs} ms (the leader stopped and no standby took over); retry the request`);
+  e.retryAfter = 1;
+  return e;
+}
+
 /** Whether a submission failed because no coordinator was there to answer (yet). */
 function unanswered(err: unknown): boolean {
   const code = (err as { code?: unknown }).code;
@@ -121,12 +128,26 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
     reject: (e) => { settled = true; reject(e); },
   }));
   let idle: NodeJS.Timeout | undefined;
-  const armIdle = () => {
+  /** when the cluster last said something of this request (an event, an acceptance) */
+  let heardMs = Date.now();
+  /**
+   * Fails the request once the cluster is silent for too long: `timeoutMs`, or the leader watch's
+   * lapse while no coordinator holds the lease (a dead leader without a standby sends nothing more).
+   */
+  const arm = () => {
     clearTimeout(idle);
+    const limit = () => (d.leader.lapsed ? d.leader.lapseMs : d.timeoutMs);
     idle = setTimeout(() => {
+      if (settled) return;
+      // (A lease that came back meanwhile gives the request its full timeout again.)
+      if (Date.now() - heardMs < limit()) return arm();
       cancel();
-      settle.reject(new ApiError(504, 'timeout', `the cluster sent nothing for ${d.timeoutMs} ms`));
-    }, d.timeoutMs);
+      settle.reject(d.leader.lapsed ? noCoordinator(d.leader) : new ApiError(504, 'timeout', `the cluster sent nothing for ${d.timeoutMs} ms`));
+    }, Math.max(0, limit() - (Date.now() - heardMs)));
+  };
+  const armIdle = () => {
+    heardMs = Date.now();
+    arm();
   };
   const endChoice = (i: number, c: Choice, finish: FinishText) => {
     if (c.ended) return;
@@ -206,7 +227,9 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
           },
         }, GenerateReplySchema, Math.max(1, Math.min(SUBMIT_TRY_MS, deadline - Date.now())), natsHeaders(traced));
       } catch (err) {
-        // Between leaders (a failover, a coordinator restarting) nobody answers for a moment.
+        // Between leaders (a failover, a coordinator restarting) nobody answers for a moment;
+        // past the lapse nobody holds the lease, and nobody will answer soon.
+        if (unanswered(err) && d.leader.lapsed) throw noCoordinator(d.leader);
         if (unanswered(err) && Date.now() < deadline && !signal.aborted && !settled) {
           await d.leader.next(Math.min(1000, deadline - Date.now()));
           continue;
@@ -248,6 +271,10 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
     submit(resume).catch((err: unknown) => settle.reject(err));
   };
   const stopWatching = d.leader.watch(onLeader);
+  // No coordinator leads: a request silent for the lapse already fails now.
+  const stopLapse = d.leader.onLapse(() => {
+    if (!settled) arm();
+  });
   // Events published while NATS was away may be lost, the last one of a choice included (no later
   // event would show the gap): after a reconnect the request starts over from what the client has.
   const stopReconnect = d.leader.onReconnect(() => {
@@ -267,6 +294,7 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
   } finally {
     clearTimeout(idle);
     stopWatching();
+    stopLapse();
     stopReconnect();
     signal.removeEventListener('abort', onAbort);
     current?.sub.unsubscribe();

@@ -1,6 +1,8 @@
 // Which coordinator leads, as a gateway hears it: the leader announces itself at every lease
-// renewal, and a higher term means a new leader, to which running requests move. It also says
-// when the gateway's NATS connection came back: events may have been lost meanwhile. With the
+// renewal, and a higher term means a new leader, to which running requests move. Announcements
+// that stop for longer than the lapse mean no coordinator holds the lease (the leader died and no
+// standby took over): requests then fail at once instead of waiting for one. It also says when
+// the gateway's NATS connection came back: events may have been lost meanwhile. With the
 // coordinators' public key, an announcement counts only with their signature.
 import type { Logger } from '@strata/log';
 import { LeaderAnnouncementSchema, decode, subjects, type FenceVerifier } from '@strata/wire';
@@ -9,12 +11,24 @@ import type { NatsConnection, Subscription } from 'nats';
 /** The leader announcements on one connection. */
 export class LeaderWatch {
   readonly #sub: Subscription;
+  readonly #log: Logger;
   readonly #watchers = new Set<(term: bigint) => void>();
   readonly #waiters = new Set<() => void>();
   readonly #reconnects = new Set<() => void>();
+  readonly #lapses = new Set<() => void>();
   #leader: { id: string; term: bigint } | null = null;
+  /** milliseconds without an announcement after which no coordinator holds the lease */
+  readonly lapseMs: number;
+  /** when the leader was last heard (or the connection last came up: give it a lapse to be heard) */
+  #heardMs = Date.now();
+  #lapseTimer: NodeJS.Timeout | undefined;
+  /** NATS is connected: nothing is heard while it is away, and that is no lapse of the lease */
+  #connected = true;
+  #stopped = false;
 
-  constructor(nc: NatsConnection, log: Logger, verifier: FenceVerifier | null = null) {
+  constructor(nc: NatsConnection, log: Logger, lapseMs: number, verifier: FenceVerifier | null = null) {
+    this.#log = log;
+    this.lapseMs = lapseMs;
     this.#sub = nc.subscribe(subjects.coordinatorLeader(), {
       callback: (err, m) => {
         if (err) return log.error('leader subscription', { err });
@@ -24,10 +38,13 @@ export class LeaderWatch {
         } catch (e) {
           return log.warn('refused a leader announcement', { err: e });
         }
-        if (this.#leader && a.term <= this.#leader.term) return;
+        if (this.#leader && a.term < this.#leader.term) return;
         if (verifier && !verifier.leader(a.coordinatorId, a.term, a.proof)) {
           return log.warn('refused a leader announcement without the coordinators\' signature', { coordinator: a.coordinatorId, term: a.term });
         }
+        // The same leader renewing its lease, or a new one.
+        this.#heard();
+        if (this.#leader && a.term === this.#leader.term) return;
         if (this.#leader) log.info('a new coordinator leads', { coordinator: a.coordinatorId, term: a.term });
         this.#leader = { id: a.coordinatorId, term: a.term };
         for (const w of this.#watchers) w(a.term);
@@ -35,13 +52,45 @@ export class LeaderWatch {
         this.#waiters.clear();
       },
     });
+    this.#heard();
     void (async () => {
       for await (const st of nc.status()) {
+        if (st.type === 'disconnect') {
+          this.#connected = false;
+          clearTimeout(this.#lapseTimer);
+        }
         if (st.type !== 'reconnect') continue;
+        this.#connected = true;
+        this.#heard();
         log.warn('NATS reconnected: running requests start over from what their clients have');
         for (const fn of this.#reconnects) fn();
       }
     })();
+  }
+
+  /** Something of the leader (or the connection) was heard now: the lapse starts over. */
+  #heard(): void {
+    const wasLapsed = this.lapsed;
+    this.#heardMs = Date.now();
+    if (wasLapsed) this.#log.info('a coordinator leads again');
+    clearTimeout(this.#lapseTimer);
+    if (this.#stopped) return;
+    this.#lapseTimer = setTimeout(() => {
+      this.#log.error('no coordinator holds the lease: requests fail until one announces itself', { silentMs: Date.now() - this.#heardMs });
+      for (const fn of this.#lapses) fn();
+    }, this.lapseMs + 1);
+    this.#lapseTimer.unref();
+  }
+
+  /** Whether no coordinator has announced itself for longer than the lapse (NATS connected all along). */
+  get lapsed(): boolean {
+    return this.#connected && Date.now() - this.#heardMs > this.lapseMs;
+  }
+
+  /** Calls `fn` whenever the announcements lapse; returns the function that stops it. */
+  onLapse(fn: () => void): () => void {
+    this.#lapses.add(fn);
+    return () => this.#lapses.delete(fn);
   }
 
   /** Calls `fn` whenever the connection to NATS comes back; returns the function that stops it. */
@@ -75,9 +124,12 @@ export class LeaderWatch {
   }
 
   stop(): void {
+    this.#stopped = true;
+    clearTimeout(this.#lapseTimer);
     this.#sub.unsubscribe();
     this.#watchers.clear();
     this.#reconnects.clear();
+    this.#lapses.clear();
     for (const w of [...this.#waiters]) w();
   }
 }

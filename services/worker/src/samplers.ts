@@ -1,5 +1,5 @@
 // Per-sequence samplers of a last stage, and the log-probabilities OpenAI clients ask for.
-import { Sampler, type SamplingOptions, type Vocab } from '@strata/ggml';
+import { LlamaError, Sampler, type SamplingOptions, type Vocab } from '@strata/ggml';
 import type { Sampling, SampledToken, TokenLogprob } from '@strata/wire';
 
 /** Sampling settings from the wire, with the wire's zero values meaning "off". */
@@ -18,7 +18,9 @@ export function samplingOptions(s: Sampling): SamplingOptions {
 }
 
 interface SeqSampler {
-  sampler: Sampler;
+  /** null: libllama refused the settings (`refused` says why) */
+  sampler: Sampler | null;
+  refused: string;
   logprobs: boolean;
   topLogprobs: number;
 }
@@ -34,12 +36,22 @@ export class SamplerSet {
     this.#vocab = vocab;
   }
 
-  /** Starts a fresh sampler for `seq` (a new request on it), replaying what it already sampled elsewhere. */
+  /**
+   * Starts a fresh sampler for `seq` (a new request on it), replaying what it already sampled
+   * elsewhere. Settings libllama refuses (an invalid grammar) fail only this sequence: its samples
+   * carry the error, and the step's other sequences go on.
+   */
   reset(seq: number, s: Sampling, replay: readonly number[] = []): void {
     this.drop(seq);
-    const sampler = Sampler.create(this.#nVocab, samplingOptions(s), this.#vocab ?? undefined);
-    if (replay.length > 0) sampler.replay(replay);
-    this.#bySeq.set(seq, { sampler, logprobs: s.logprobs, topLogprobs: Math.min(s.topLogprobs, 20) });
+    let sampler: Sampler | null = null, refused = '';
+    try {
+      sampler = Sampler.create(this.#nVocab, samplingOptions(s), this.#vocab ?? undefined);
+    } catch (err) {
+      if (!(err instanceof LlamaError)) throw err;
+      refused = err.message;
+    }
+    if (sampler && replay.length > 0) sampler.replay(replay);
+    this.#bySeq.set(seq, { sampler, refused, logprobs: s.logprobs, topLogprobs: Math.min(s.topLogprobs, 20) });
   }
 
   /** whether `seq` has a sampler */
@@ -51,6 +63,10 @@ export class SamplerSet {
   sample(seq: number, row: Float32Array): SampledToken {
     const s = this.#bySeq.get(seq);
     if (!s) throw new Error(`sequence ${seq} has no sampler`);
+    if (!s.sampler) {
+      const code = /grammar/.test(s.refused) ? 'invalid_grammar' : 'bad_request';
+      return { $typeName: 'strata.v1.SampledToken', seq, token: 0, eog: false, logprob: 0, top: [], error: { $typeName: 'strata.v1.Error', code, message: `sequence ${seq}: ${s.refused}`, workerId: '' } };
+    }
     const token = s.sampler.sample(row);
     const eog = this.#vocab?.isEog(token) ?? false;
     if (!s.logprobs) return { $typeName: 'strata.v1.SampledToken', seq, token, eog, logprob: 0, top: [] };
@@ -63,13 +79,13 @@ export class SamplerSet {
 
   /** Frees `seq`'s sampler, if any. */
   drop(seq: number): void {
-    this.#bySeq.get(seq)?.sampler.dispose();
+    this.#bySeq.get(seq)?.sampler?.dispose();
     this.#bySeq.delete(seq);
   }
 
   /** Frees every sampler. */
   dispose(): void {
-    for (const s of this.#bySeq.values()) s.sampler.dispose();
+    for (const s of this.#bySeq.values()) s.sampler?.dispose();
     this.#bySeq.clear();
   }
 }

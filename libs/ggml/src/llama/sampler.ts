@@ -90,6 +90,17 @@ export class Sampler {
     return new Sampler(chain, nVocab, greedyOnly);
   }
 
+  /**
+   * Compiles a GBNF grammar (root rule 'root') as a grammar sampler would, and frees it; throws
+   * LlamaError when libllama refuses it (libllama prints its reason on stderr).
+   */
+  static checkGrammar(vocab: Vocab, grammar: string): void {
+    const { llama: l } = native();
+    const s = l.llama_sampler_init_grammar(vocab.ptr, grammar, 'root');
+    if (!s) throw new LlamaError('invalid grammar');
+    l.llama_sampler_free(s);
+  }
+
   get #ptr(): LlamaSamplerPtr {
     if (this.#chain === null) throw new DisposedError('Sampler');
     return this.#chain;
