@@ -87,7 +87,7 @@ describe('strata up', () => {
     const keys = join(dir, 'up-keys');
     writeFileSync(keys, '# keys\nsk-up-user-0123456789abcdef user\nsk-up-admin-0123456789abcdef admin\n');
     const env = { ...process.env, XDG_RUNTIME_DIR: run, STRATA_API_KEYS_FILE: keys, STRATA_NATS_URL: '' };
-    const up = spawn(process.execPath, [join(root, 'bin/strata.mjs'), 'up', '--port', '0', '--workers', '1', '--ctx-size', '512', '--max-tokens', '4'], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const up = spawn(process.execPath, [join(root, 'bin/strata.mjs'), 'up', '--port', '0', '--workers', '1', '--ctx-size', '512', '--max-tokens', '4'], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     let out = '';
     up.stdout.on('data', (d: Buffer) => { out += d.toString(); });
     up.stderr.on('data', (d: Buffer) => { out += d.toString(); });
@@ -126,7 +126,8 @@ describe('strata up', () => {
       assert.equal(await exited, 0, out);
       assert.ok(!existsSync(file), 'the run file goes with the run');
     } finally {
-      if (up.exitCode === null) up.kill('SIGKILL');
+      // (on a failure: the whole process group, so that no service outlives the test)
+      if (up.exitCode === null) process.kill(-up.pid!, 'SIGKILL');
     }
   });
 });
