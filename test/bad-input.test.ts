@@ -83,8 +83,8 @@ describe('bad input', () => {
         (e: unknown) => e instanceof ModelError && /seq id 999/.test(e.message));
       assert.throws(() => s.eval({ tokens: Int32Array.of(1, 2, 3), pos: Int32Array.of(6, 7, 8), seq: new Int32Array(3) }),
         (e: unknown) => e instanceof KvCacheFullError && e.needed === 3 && e.free === 2);
-      assert.equal(s.cells.seqPosMax(0), 5);
-      assert.equal(s.cells.used, 6, 'a refused batch takes no cells');
+      assert.equal(s.cache.cells.seqPosMax(0), 5);
+      assert.equal(s.cache.cells.used, 6, 'a refused batch takes no cells');
     } finally {
       s.dispose();
     }

@@ -53,10 +53,10 @@ describe('continuous batching', () => {
       }
       assert.deepEqual(got, expected);
       assert.ok(p.stages[0]!.counters.graphReuses >= 10, 'decode steps of one shape reuse the built graph');
-      const used = p.stages[0]!.cells.used;
+      const used = p.stages[0]!.cache.cells.used;
       p.seqRemove(1);
-      assert.equal(p.stages[0]!.cells.used, used - (prompts[1]!.length + 12));
-      assert.equal(p.stages[1]!.cells.used, p.stages[0]!.cells.used, 'every stage drops the same cells');
+      assert.equal(p.stages[0]!.cache.cells.used, used - (prompts[1]!.length + 12));
+      assert.equal(p.stages[1]!.cache.cells.used, p.stages[0]!.cache.cells.used, 'every stage drops the same cells');
     } finally {
       p.dispose();
     }

@@ -90,7 +90,7 @@ describe('fuzzing the boundaries', () => {
     const model = ensureDefaultModel();
     const p = Pipeline.open({ model, threads: 1, ctxSize: 256 });
     prefill(p, Int32Array.from({ length: 40 }, (_, i) => 100 + i), 0);
-    const blob = p.stages[0]!.exportState(0);
+    const blob = p.stages[0]!.cache.exportState(0);
     p.dispose();
     let refused = 0;
     for (let i = 0; i < 2000; i++) {

@@ -30,10 +30,10 @@ describe('defragmentation', () => {
     const a = fragmented(), b = fragmented();
     try {
       const before = [0, 2].map((s) => b.exportState(s));
-      const usedMax = b.stages[0]!.cells.usedMaxP1();
+      const usedMax = b.stages[0]!.cache.cells.usedMaxP1();
       const moved = b.defrag();
       assert.ok(moved.every((m) => m > 0), 'cells moved on every stage');
-      const cells = b.stages[0]!.cells;
+      const cells = b.stages[0]!.cache.cells;
       assert.equal(cells.usedMaxP1(), cells.used, 'packed: no hole below the last used cell');
       assert.ok(cells.usedMaxP1() < usedMax);
       for (const [k, s] of [0, 2].entries()) {

@@ -98,7 +98,7 @@ describe('KV cache operations against libllama', () => {
       side.seqCopy(0, 2, 0, 20);
     }
     checkPositions(pair, 'seq_cp');
-    assert.equal(pair.p.stages[0]!.cells.used, 40, 'copies share cells');
+    assert.equal(pair.p.stages[0]!.cache.cells.used, 40, 'copies share cells');
     worst = Math.max(worst, decode(pair, [{ seq: 1, tokens: tokens(5, 4) }, { seq: 2, tokens: tokens(3, 5) }, { seq: 0, tokens: tokens(2, 6) }]));
     for (const side of [pair.p, pair.ref]) side.seqDivide(1, 10, -1, 2);
     checkPositions(pair, 'seq_div');
@@ -122,7 +122,7 @@ describe('KV cache operations against libllama', () => {
     worst = Math.max(worst, decode(pair, [{ seq: 1, tokens: tokens(12, 22) }]));
     for (const side of [pair.p, pair.ref]) side.seqCopy(0, 2, -1, -1);
     checkPositions(pair, 'seq_cp across streams');
-    const cells = pair.p.stages[0]!.cells;
+    const cells = pair.p.stages[0]!.cache.cells;
     assert.equal(cells.used, 20 + 12 + 20, 'a copy between streams takes cells of its own');
     worst = Math.max(worst, decode(pair, [{ seq: 2, tokens: tokens(3, 23) }, { seq: 0, tokens: tokens(2, 24) }, { seq: 1, tokens: tokens(1, 25) }]));
     for (const side of [pair.p, pair.ref]) {
@@ -190,7 +190,7 @@ describe('KV cache operations against libllama', () => {
         }
         checkPositions(pair, `step ${step}: ${what}`);
         // keep room in the cache: drop the sequence holding the most when it fills up
-        if (pair.p.stages[0]!.cells.used > N_CTX * 0.6) {
+        if (pair.p.stages[0]!.cache.cells.used > N_CTX * 0.6) {
           const victim = rnd(N_SEQ);
           pair.p.seqRemove(victim); pair.ref.seqRemove(victim, -1, -1);
         }

@@ -130,10 +130,10 @@ describe('KV state export and import', () => {
   it('refuses corrupt, truncated and mismatched state and leaves the cache unchanged', () => {
     const dst = pipeline(H);
     prefill(dst, 1, PROMPT.slice(0, 9));
-    const before = dst.stages.map((s) => s.cells.used);
+    const before = dst.stages.map((s) => s.cache.cells.used);
     const expectRefused = (bad: Uint8Array[], code: string) => {
       assert.throws(() => dst.importState(bad, 0), (e: unknown) => e instanceof KvStateError && e.code === code);
-      assert.deepEqual(dst.stages.map((s) => s.cells.used), before, `cache unchanged after ${code}`);
+      assert.deepEqual(dst.stages.map((s) => s.cache.cells.used), before, `cache unchanged after ${code}`);
       assert.equal(dst.seqPosMax(0), -1);
     };
     const flipped = blobs[1]!.slice();
@@ -145,7 +145,7 @@ describe('KV state export and import', () => {
     prefill(foreign, 0, PROMPT.slice(0, 5));
     expectRefused(foreign.exportState(0), 'model_mismatch');
     assert.throws(() => dst.importState(blobs, 1), (e: unknown) => e instanceof KvStateError && e.code === 'conflict');
-    assert.throws(() => dst.stages[1]!.importState(blobs[0]!, 0), (e: unknown) => e instanceof KvStateError && e.code === 'layer_mismatch');
+    assert.throws(() => dst.stages[1]!.cache.importState(blobs[0]!, 0), (e: unknown) => e instanceof KvStateError && e.code === 'layer_mismatch');
   });
 
   it('a target built from parts cut at other positions (merge) fills what it holds and takes new cells for the rest', (t) => {
@@ -156,14 +156,14 @@ describe('KV state export and import', () => {
     prefill(s, 0, PROMPT.slice(0, 48));
     const dst = pipeline(undefined);
     const stage = dst.stages[0]!;
-    const part = (p: Pipeline, i: number, p0: number, p1: number) => p.stages[i]!.exportState(0, { p0, p1 });
-    stage.importState(part(s, 0, 0, 16), 0, { merge: true });
-    stage.importState(part(s, 0, 16, 32), 0, { merge: true });
-    assert.throws(() => stage.importState(part(s, 1, 0, 48), 0), (e: unknown) => e instanceof KvStateError && e.code === 'conflict');
-    stage.importState(part(s, 1, 0, 48), 0, { merge: true });
-    stage.importState(part(s, 0, 32, 48), 0, { merge: true });
-    assert.equal(stage.seqPosMax(0), 47);
-    assert.equal(stage.cells.seqCells(0), 48, 'one cell per position');
+    const part = (p: Pipeline, i: number, p0: number, p1: number) => p.stages[i]!.cache.exportState(0, { p0, p1 });
+    stage.cache.importState(part(s, 0, 0, 16), 0, { merge: true });
+    stage.cache.importState(part(s, 0, 16, 32), 0, { merge: true });
+    assert.throws(() => stage.cache.importState(part(s, 1, 0, 48), 0), (e: unknown) => e instanceof KvStateError && e.code === 'conflict');
+    stage.cache.importState(part(s, 1, 0, 48), 0, { merge: true });
+    stage.cache.importState(part(s, 0, 32, 48), 0, { merge: true });
+    assert.equal(stage.cache.seqPosMax(0), 47);
+    assert.equal(stage.cache.cells.seqCells(0), 48, 'one cell per position');
     assertClose(t, continueDecoding(dst, 0, NEXT), continueDecoding(s, 0, NEXT), 'after a merged import');
   });
 });

@@ -40,7 +40,7 @@ function runStrata(path: string, type: number, nLayer: number): { prompt: Float3
     p.seqRemove(0, 4, 20);
     p.seqAdd(0, 20, -1, -16);
     const after = NEXT.map((token) => p.forward({ tokens: Int32Array.of(token), pos: Int32Array.of(p.seqPosMax(0) + 1), seq: Int32Array.of(0) }));
-    return { prompt, after, shifts: p.stages[1]!.counters.shifts, rowBytes: p.stages[0]!.kv.rowBytes };
+    return { prompt, after, shifts: p.stages[1]!.counters.shifts, rowBytes: p.stages[0]!.cache.storage.rowBytes };
   } finally {
     p.dispose();
   }

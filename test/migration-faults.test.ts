@@ -91,7 +91,7 @@ describe('migration faults', () => {
     // A real blob of layers 4:8, from a pipeline in this process.
     const p = Pipeline.open({ model, threads: 1, ctxSize: 256, split: [{ l0: 0, l1: 4 }, { l0: 4, l1: 8 }] });
     prefill(p, vocab.tokenize('The river ran past the old mill'), 0);
-    const blob = p.stages[1]!.exportState(0);
+    const blob = p.stages[1]!.cache.exportState(0);
     p.dispose();
     const header = (o: Partial<Record<string, unknown>> = {}) => ({
       header: { $typeName: 'strata.v1.PushHeader' as const, migrationId: 'forged', modelFingerprint: w.modelFingerprint, targetWorkerId: 'p0-s1', targetSeq: 60, l0: 4, l1: 8, sourceWorkerId: 'x', ...o },

@@ -45,16 +45,16 @@ describe('sliding-window attention against libllama (exaone4)', () => {
           const o = p.forward({ tokens: Int32Array.of(token), pos: Int32Array.of(PROMPT.length + i), seq: Int32Array.of(0) });
           refNext[i]!.forEach((x, j) => { worst = Math.max(worst, Math.abs(x - o[j]!)); scale = Math.max(scale, Math.abs(x)); });
           assert.equal(argmax(o), argmax(refNext[i]!), `step ${i}: the same greedy token`);
-          if (pruning) assert.ok(p.stages[0]!.cells.used <= WINDOW, `the windowed stage holds ${p.stages[0]!.cells.used} cells`);
+          if (pruning) assert.ok(p.stages[0]!.cache.cells.used <= WINDOW, `the windowed stage holds ${p.stages[0]!.cache.cells.used} cells`);
         });
-        t.diagnostic(`largest |Δlogit| ${worst.toExponential(2)} (largest |logit| ${scale.toFixed(1)}); cells held per stage: ${p.stages.map((s) => s.cells.used).join(', ')}`);
+        t.diagnostic(`largest |Δlogit| ${worst.toExponential(2)} (largest |logit| ${scale.toFixed(1)}); cells held per stage: ${p.stages.map((s) => s.cache.cells.used).join(', ')}`);
         const tol = pruning ? 2e-3 * scale : TOL;
         assert.ok(worst <= tol, `logits differ by ${worst} > ${tol}`);
         const total = PROMPT.length + NEXT.length;
         assert.equal(p.seqPosMin(0), pruning ? total - (WINDOW - 1) : 0, 'the positions every stage still holds');
         p.stages.forEach((s) => {
           const windowed = p.hp.swaLayers.slice(s.range.l0, s.range.l1).every((x) => x);
-          assert.equal(s.cells.used, windowed ? WINDOW - 1 : total, `stage ${s.range.l0}:${s.range.l1} cells`);
+          assert.equal(s.cache.cells.used, windowed ? WINDOW - 1 : total, `stage ${s.range.l0}:${s.range.l1} cells`);
         });
       } finally {
         p.dispose();

@@ -16,7 +16,7 @@ export function runKvBench(threads: number): Record<string, unknown> {
   for (const [name, type] of Object.entries(TYPES)) {
     const formula = 2 * native().ggml.ggml_row_size(type, nEmbdKv);
     const p = Pipeline.open({ model: path, threads, ctxSize: ctx, kvType: type });
-    const measured = p.stages[0]!.kv.bytes / (ctx * BENCH_SPEC.nLayer);
+    const measured = p.stages[0]!.cache.storage.bytes / (ctx * BENCH_SPEC.nLayer);
     p.dispose();
     perType[name] = { formula, measured };
     console.log(`  ${name.padEnd(5)} formula 2 × row_size(${name}, ${nEmbdKv}) = ${String(formula).padStart(5)} B   measured ${measured.toFixed(1).padStart(7)} B   ratio ${(measured / formula).toFixed(4)}`);
@@ -39,7 +39,7 @@ export function runKvBench(threads: number): Record<string, unknown> {
       seq: Int32Array.from({ length: seqs }, (_, s) => s),
     });
   }
-  const used = p.stages[0]!.cells.used;
+  const used = p.stages[0]!.cache.cells.used;
   const unshared = seqs * (prefixLen + own);
   p.dispose();
   console.log(`\nprefix sharing: ${seqs} sequences on one ${prefixLen}-token prefix (seq_cp), then ${own} tokens each:`);

@@ -59,7 +59,7 @@ export interface GraphShape {
 }
 
 /** The model's RoPE as ggml_rope_ext takes it (YaRN off, as llama.cpp without rope scaling). */
-export function ropeParams(hp: HParams, weights: StageWeights): RopeParams {
+export function ropeParams(hp: HParams, weights: Pick<StageWeights, 'ropeFreqs'>): RopeParams {
   return {
     nDims: hp.nRot, mode: hp.ropeType, nCtxOrig: hp.nCtxTrain, freqBase: hp.ropeFreqBase, freqScale: hp.ropeFreqScale,
     extFactor: 0, attnFactor: 1, betaFast: 32, betaSlow: 1, factors: weights.ropeFreqs,

@@ -1,12 +1,11 @@
 // K-shift: after seqAdd/seqDivide moved cells to new positions, their cached keys still carry
 // the rotation of the old ones. This graph re-rotates every layer's keys by each cell's pending
 // shift (RoPE is additive in the angle), as llama.cpp's build_graph_shift does.
-import { GgmlContext, GgmlType, type GraphPtr, type TensorPtr } from '@strata/ggml';
+import { GgmlContext, GgmlType, type GraphPtr, type RopeParams, type TensorPtr } from '@strata/ggml';
 import type { KvStorage } from '@strata/kv-cache';
 import { native } from '@strata/ggml';
-import { mulHadamard, ropeParams } from './graph.ts';
+import { mulHadamard } from './graph.ts';
 import type { HParams } from './hparams.ts';
-import type { StageWeights } from './weights.ts';
 
 /** The shift graph of a stage and its one input. */
 export interface ShiftGraph {
@@ -18,14 +17,13 @@ export interface ShiftGraph {
   rot: TensorPtr | null;
 }
 
-/** Builds the graph that re-rotates the keys of every layer of the stage. */
-export function buildShiftGraph(hp: HParams, weights: StageWeights, kv: KvStorage): ShiftGraph {
+/** Builds the graph that re-rotates the keys of every layer of `kv` by the model's RoPE `rope`. */
+export function buildShiftGraph(hp: HParams, rope: RopeParams, kv: KvStorage): ShiftGraph {
   const nodes = 8 * kv.k.length + 8;
   const ctx = GgmlContext.create({ maxTensors: nodes, graphNodes: nodes });
   const gf = ctx.graph(nodes);
   const g = native().ggml;
   const shift = ctx.input(GgmlType.I32, [kv.size], 'inp_k_shift');
-  const rope = ropeParams(hp, weights);
   const quantized = kv.type !== GgmlType.F16 && kv.type !== GgmlType.F32;
   const rot = kv.rot.k ? ctx.input(GgmlType.F32, [kv.rot.k, kv.rot.k], 'inp_k_rot') : null;
   const shape = [hp.nRot, hp.nHeadKv, kv.size];

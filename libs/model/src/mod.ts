@@ -6,8 +6,9 @@ export { SUPPORTED_ARCHS, nEmbdKvGqa, readHParams, type Arch, type HParams } fro
 export { checkSplit, evenSplit, formatRange, parseRange, parseSplit, type LayerRange } from './layer-range.ts';
 export { Pipeline, type PipelineBatch, type PipelineOptions } from './pipeline.ts';
 export { Stage, type StageBatch, type StageCounters, type StageMemory, type StageOptions } from './stage.ts';
+export { StageCache, type CacheCounters, type StageCacheOptions } from './stage-cache.ts';
 export { DEFAULT_MODEL, Rng, SYNTH_TYPES, defaultVocab, ensureDefaultModel, synthesize, type SynthOptions, type SynthType } from './synth.ts';
 export { StageWeights, stageTensorList, type LayerWeights, type WeightOptions } from './weights.ts';
 export { buildShiftGraph, type ShiftGraph } from './k-shift.ts';
-export { exportStageState, importStageState, type ExportOptions, type ImportOptions } from './stage-state.ts';
+export type { ExportOptions, ImportOptions } from './stage-state.ts';
 export { modelIdOf } from './model-id.ts';

@@ -69,44 +69,44 @@ export class Pipeline {
 
   /** Drops a sequence's cells in [p0, p1) from every stage's cache. */
   seqRemove(seq: number, p0 = -1, p1 = -1): void {
-    for (const s of this.stages) s.seqRemove(seq, p0, p1);
+    for (const s of this.stages) s.cache.seqRemove(seq, p0, p1);
   }
 
   /** Shares `src`'s cells with `dst` on every stage. */
   seqCopy(src: number, dst: number, p0 = -1, p1 = -1): void {
-    for (const s of this.stages) s.seqCopy(src, dst, p0, p1);
+    for (const s of this.stages) s.cache.seqCopy(src, dst, p0, p1);
   }
 
   /** Keeps only `seq` on every stage. */
   seqKeep(seq: number): void {
-    for (const s of this.stages) s.seqKeep(seq);
+    for (const s of this.stages) s.cache.seqKeep(seq);
   }
 
   /** Moves `seq`'s positions in [p0, p1) by `delta` on every stage. */
   seqAdd(seq: number, p0: number, p1: number, delta: number): void {
-    for (const s of this.stages) s.seqAdd(seq, p0, p1, delta);
+    for (const s of this.stages) s.cache.seqAdd(seq, p0, p1, delta);
   }
 
   /** Divides `seq`'s positions in [p0, p1) by `d` on every stage. */
   seqDivide(seq: number, p0: number, p1: number, d: number): void {
-    for (const s of this.stages) s.seqDivide(seq, p0, p1, d);
+    for (const s of this.stages) s.cache.seqDivide(seq, p0, p1, d);
   }
 
   /** Defragments every stage's cache (results unchanged); returns the cells moved per stage. */
   defrag(): number[] {
-    return this.stages.map((s) => s.defrag());
+    return this.stages.map((s) => s.cache.defrag());
   }
 
   /** Context shift of a full sequence on every stage; returns the positions dropped. */
   contextShift(seq: number, nKeep: number, nDiscard?: number): number {
     let n = 0;
-    for (const s of this.stages) n = s.contextShift(seq, nKeep, nDiscard);
+    for (const s of this.stages) n = s.cache.contextShift(seq, nKeep, nDiscard);
     return n;
   }
 
   /** One state blob per stage for `seq` (layers of that stage), in stage order. */
   exportState(seq: number, p0 = -1, p1 = -1): Uint8Array[] {
-    return this.stages.map((s) => s.exportState(seq, { p0, p1 }));
+    return this.stages.map((s) => s.cache.exportState(seq, { p0, p1 }));
   }
 
   /**
@@ -124,7 +124,7 @@ export class Pipeline {
     const fresh = this.seqPosMax(seq) < 0;
     try {
       for (const s of this.stages) {
-        for (const st of states) if (st.header.l0 < s.range.l1 && s.range.l0 < st.header.l1) s.importState(st, seq);
+        for (const st of states) if (st.header.l0 < s.range.l1 && s.range.l0 < st.header.l1) s.cache.importState(st, seq);
       }
     } catch (err) {
       if (fresh) this.seqRemove(seq); // a half-imported sequence must not stay behind
@@ -137,12 +137,12 @@ export class Pipeline {
    * older ones; llama.cpp's iSWA cache answers the same way), -1 when none.
    */
   seqPosMin(seq: number): number {
-    return Math.max(...this.stages.map((s) => s.seqPosMin(seq)));
+    return Math.max(...this.stages.map((s) => s.cache.seqPosMin(seq)));
   }
 
   /** Largest cached position of `seq` (every stage holds it), -1 when none. */
   seqPosMax(seq: number): number {
-    return this.stages[0]!.seqPosMax(seq);
+    return this.stages[0]!.cache.seqPosMax(seq);
   }
 
   /** Frees every stage. Idempotent. */

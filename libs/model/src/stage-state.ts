@@ -1,13 +1,25 @@
-// Exporting and importing one sequence's KV state on a stage: the cells (positions) and their
-// K/V rows for a layer range, in the checksummed format of @strata/kv-cache.
+// Exporting and importing one sequence's KV state: the cells (positions) and their K/V rows for
+// a layer range, in the checksummed format of @strata/kv-cache. StageCache calls these after its
+// own checks (pending K-shifts applied, no batch changing cells); they see only what they read.
 import { GGML_TYPES } from '@strata/gguf';
 import { decodeToF32, encodeF32, native } from '@strata/ggml';
 import {
-  KvStateError, MAX_SEQ, decodeState, encodeState, hadamardInPlace, type DecodedState, type SlotPlan, type StateHeader,
+  KvStateError, MAX_SEQ, decodeState, encodeState, hadamardInPlace,
+  type DecodedState, type KvCells, type KvStorage, type SlotPlan, type StateHeader,
 } from '@strata/kv-cache';
 import { ModelError } from './errors.ts';
+import type { HParams } from './hparams.ts';
 import { formatRange, type LayerRange } from './layer-range.ts';
-import type { Stage } from './stage.ts';
+
+/** What an export reads and an import changes: a stage's layers, cells and K/V rows (a StageCache). */
+export interface SeqStateHost {
+  readonly hp: Pick<HParams, 'fingerprint'>;
+  readonly range: LayerRange;
+  readonly cells: KvCells;
+  readonly storage: KvStorage;
+  /** cells a batch computing now writes, null when none // [n] */
+  readonly locked: Int32Array | null;
+}
 
 /** What to export: positions [p0, p1) (negative: open) and a layer range (default: the stage's). */
 export interface ExportOptions {
@@ -25,10 +37,9 @@ export interface ImportOptions {
   merge?: boolean;
 }
 
-/** Exports `seq`'s cells and their K/V rows; pending K-shifts are applied first. */
-export function exportStageState(stage: Stage, seq: number, options: ExportOptions = {}): Uint8Array {
-  stage.applyShift(); // rows leave with their final rotation
-  const { cells: kvCells, kv, range } = stage;
+/** Exports `seq`'s cells and their K/V rows; the caller applied pending K-shifts. */
+export function exportSeqState(cache: SeqStateHost, seq: number, options: ExportOptions = {}): Uint8Array {
+  const { cells: kvCells, storage: kv, range } = cache;
   const p0 = options.p0 ?? -1, p1 = options.p1 ?? -1;
   const l0 = Math.max(options.layers?.l0 ?? range.l0, range.l0);
   const l1 = Math.min(options.layers?.l1 ?? range.l1, range.l1);
@@ -41,12 +52,12 @@ export function exportStageState(stage: Stage, seq: number, options: ExportOptio
   }
   const cells = Int32Array.from(picked);
   // While a batch computes (evalAsync) the rows it writes are not final yet.
-  const writing = stage.computing ? new Set(stage.computing) : null;
+  const writing = cache.locked ? new Set(cache.locked) : null;
   if (writing && cells.some((c) => writing.has(c))) {
     throw new ModelError('busy', `sequence ${seq}: a batch computing now writes cells of the positions asked for`);
   }
   const header: StateHeader = {
-    fingerprint: stage.hp.fingerprint, l0, l1, nEmbdKv: kv.nEmbdKv, typeK: kv.type, typeV: kv.type,
+    fingerprint: cache.hp.fingerprint, l0, l1, nEmbdKv: kv.nEmbdKv, typeK: kv.type, typeV: kv.type,
     rowBytesK: kv.rowBytes, rowBytesV: kv.rowBytes, nCells: cells.length, p0, p1, rotK: kv.rot.k, rotV: kv.rot.v,
   };
   return encodeState(header, Int32Array.from(cells, (i) => kvCells.pos[i]!), (layer, k, v) => {
@@ -55,15 +66,15 @@ export function exportStageState(stage: Stage, seq: number, options: ExportOptio
 }
 
 /**
- * Imports the part of a state blob that falls in the stage's layers into sequence `seq`. The
+ * Imports the part of a state blob that falls in the cache's layers into sequence `seq`. The
  * first part of a sequence takes new cells; a later part (other layers of the same cells, from a
  * source split elsewhere) fills the cells the first one took. Rows of another cache type or
  * rotation are converted. Everything is checked before the cache changes.
  */
-export function importStageState(stage: Stage, blob: Uint8Array | DecodedState, seq: number, options: ImportOptions = {}): { layers: LayerRange; cells: number } {
+export function importSeqState(cache: SeqStateHost, blob: Uint8Array | DecodedState, seq: number, options: ImportOptions = {}): { layers: LayerRange; cells: number } {
   const st = blob instanceof Uint8Array ? decodeState(blob) : blob;
   const h = st.header;
-  const { kv, range, hp } = stage;
+  const { storage: kv, range, hp } = cache;
   if (h.fingerprint !== hp.fingerprint) {
     throw new KvStateError('model_mismatch', `KV state is of model ${h.fingerprint}, this stage runs ${hp.fingerprint}`);
   }
@@ -77,10 +88,10 @@ export function importStageState(stage: Stage, blob: Uint8Array | DecodedState, 
     throw new KvStateError('type_mismatch', `KV state rows (types ${h.typeK}/${h.typeV}, ${h.nEmbdKv} values per row) cannot go into this cache (type ${kv.type}, ${kv.nEmbdKv} per row)`);
   }
   for (const p of st.pos) if (!(p >= 0)) throw new KvStateError('conflict', `KV state holds a negative position ${p}`);
-  const maxSeq = stage.cells.streams > 1 ? stage.cells.streams : MAX_SEQ;
+  const maxSeq = cache.cells.streams > 1 ? cache.cells.streams : MAX_SEQ;
   if (!(seq >= 0 && seq < maxSeq)) throw new KvStateError('conflict', `seq id ${seq} outside 0..${maxSeq - 1}`);
-  const target = cellsFor(stage, seq, st.pos, options.merge ?? false);
-  if (target.plan) stage.cells.apply(target.plan, target.planPos, new Int32Array(target.planPos.length).fill(seq));
+  const target = cellsFor(cache.cells, seq, st.pos, options.merge ?? false);
+  if (target.plan) cache.cells.apply(target.plan, target.planPos, new Int32Array(target.planPos.length).fill(seq));
   try {
     // rows of another cache type (or rotation) are converted through f32 into this cache's own
     const n = st.pos.length;
@@ -98,7 +109,7 @@ export function importStageState(stage: Stage, blob: Uint8Array | DecodedState, 
       kv.writeRows(l - range.l0, target.cells, k, v);
     }
   } catch (err) {
-    if (target.plan) stage.cells.release(target.plan);
+    if (target.plan) cache.cells.release(target.plan);
     throw err;
   }
   return { layers: { l0, l1 }, cells: st.pos.length };
@@ -112,8 +123,7 @@ export function importStageState(stage: Stage, blob: Uint8Array | DecodedState, 
  * unless `merge` says the sequence is being built from parts (a migration's target, emptied
  * before its first part): then held positions are filled and the others take new cells.
  */
-function cellsFor(stage: Stage, seq: number, pos: Int32Array, merge: boolean): { cells: Int32Array; plan: SlotPlan | null; planPos: Int32Array } {
-  const c = stage.cells;
+function cellsFor(c: KvCells, seq: number, pos: Int32Array, merge: boolean): { cells: Int32Array; plan: SlotPlan | null; planPos: Int32Array } {
   if (pos.length === 0) return { cells: pos, plan: null, planPos: pos };
   const held = new Map<number, number>();
   if (c.seqCells(seq) > 0) for (let i = 0; i < c.size; i++) if (c.pos[i]! >= 0 && c.hasSeq(i, seq)) held.set(c.pos[i]!, i);

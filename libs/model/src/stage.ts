@@ -1,14 +1,14 @@
-// A stage: layers [l0, l1) of one model on one backend, with the KV cache for those layers.
-// It takes token ids (first stage) or hidden states and returns hidden states or logits.
-import { Backend, GgmlType, Scheduler, getTensor, setTensor } from '@strata/ggml';
+// A stage: layers [l0, l1) of one model on one backend, with the KV cache for those layers
+// (stage.cache, a StageCache). It takes token ids (first stage) or hidden states and returns
+// hidden states or logits.
+import { Backend, Scheduler, getTensor, setTensor } from '@strata/ggml';
 import { GgufFile } from '@strata/gguf';
-import { KvCells, KvStorage, MAX_SEQ, attendedCells, buildMask, hadamardMatrix, type DecodedState, type SlotPlan } from '@strata/kv-cache';
-import { exportStageState, importStageState, type ExportOptions, type ImportOptions } from './stage-state.ts';
+import { MAX_SEQ, attendedCells, buildMask, type SlotPlan } from '@strata/kv-cache';
 import { KvCacheFullError, ModelError } from './errors.ts';
-import { nEmbdKvGqa, readHParams, type HParams } from './hparams.ts';
+import { readHParams, type HParams } from './hparams.ts';
 import { formatRange, type LayerRange } from './layer-range.ts';
 import { GRAPH_NODES, buildStageGraph, type GraphShape, type StageGraph } from './graph.ts';
-import { buildShiftGraph, type ShiftGraph } from './k-shift.ts';
+import { StageCache, type CacheCounters } from './stage-cache.ts';
 import { StageWeights } from './weights.ts';
 
 /** Options for {@link Stage.open}. */
@@ -65,18 +65,12 @@ export interface StageMemory {
   compute: Record<string, number>;
 }
 
-/** Counters a stage keeps for observability. */
-export interface StageCounters {
+/** Counters a stage keeps for observability: its batches' and its cache's. */
+export interface StageCounters extends CacheCounters {
   batches: number;
   tokens: number;
   /** batches that reused the previous batch's graph */
   graphReuses: number;
-  /** K-shift graphs run */
-  shifts: number;
-  /** defragmentations done */
-  defrags: number;
-  /** cells freed because they fell out of every sequence's sliding window */
-  swaPruned: number;
 }
 
 /** A batch whose cells are taken and whose inputs are set, ready to compute. */
@@ -93,33 +87,26 @@ function isIdentity(outputs: Int32Array, n: number): boolean {
   return true;
 }
 
-/** A stage and its KV cache. dispose() frees everything and is idempotent. */
+/** A stage: weights, graph and evaluation; its KV cache is `cache`. dispose() frees everything and is idempotent. */
 export class Stage {
   readonly hp: HParams;
   readonly range: LayerRange;
   readonly isFirst: boolean;
   readonly isLast: boolean;
-  readonly cells: KvCells;
-  readonly counters: StageCounters = { batches: 0, tokens: 0, graphReuses: 0, shifts: 0, defrags: 0, swaPruned: 0 };
   readonly backend: Backend;
   readonly weights: StageWeights;
-  readonly kv: KvStorage;
+  /** the KV cache of the stage's layers: cells, K/V rows and every sequence operation */
+  readonly cache: StageCache;
+  readonly #counters = { batches: 0, tokens: 0, graphReuses: 0 };
   readonly #sched: Scheduler;
   /** the CPU backend the scheduler falls back to when the stage runs on another device */
   readonly #cpu: Backend | null;
   #maskBuf = new Uint16Array(0);
   #kvDebug: ((dump: string) => void) | undefined;
-  readonly #rotations = new Map<number, Float32Array>();
-  /** every layer of the stage attends through a sliding window */
-  readonly #windowedOnly: boolean;
   #graph: { shape: GraphShape; graph: StageGraph } | null = null;
-  /** the K-shift graph, with a scheduler of its own so the step graph stays allocated */
-  #shift: { graph: ShiftGraph; sched: Scheduler } | null = null;
-  /** cells the batch in evalAsync writes; null when none computes */
-  #computing: Int32Array | null = null;
   #disposed = false;
 
-  private constructor(hp: HParams, range: LayerRange, backend: Backend, cpu: Backend | null, weights: StageWeights, kv: KvStorage, sched: Scheduler, streams: number) {
+  private constructor(hp: HParams, range: LayerRange, backend: Backend, cpu: Backend | null, weights: StageWeights, cache: StageCache, sched: Scheduler) {
     this.hp = hp;
     this.range = range;
     this.isFirst = range.l0 === 0;
@@ -127,9 +114,7 @@ export class Stage {
     this.backend = backend;
     this.#cpu = cpu;
     this.weights = weights;
-    this.kv = kv;
-    this.cells = new KvCells(kv.size, streams);
-    this.#windowedOnly = hp.nSwa > 0 && hp.swaLayers.slice(range.l0, range.l1).every((x) => x);
+    this.cache = cache;
     this.#sched = sched;
   }
 
@@ -157,20 +142,19 @@ export class Stage {
     // ctxSize cells per stream (llama.cpp gives each stream n_ctx / n_seq_max)
     const size = Math.min(options.ctxSize ?? 4096, hp.nCtxTrain) * streams;
     const backend = Backend.open({ device: options.device, threads: options.threads });
-    let weights: StageWeights | null = null, kv: KvStorage | null = null, cpu: Backend | null = null, sched: Scheduler | null = null;
+    let weights: StageWeights | null = null, cache: StageCache | null = null, cpu: Backend | null = null, sched: Scheduler | null = null;
     try {
       weights = StageWeights.load(file, hp, range, backend, { repack: options.repack });
-      const layers = Array.from({ length: range.l1 - range.l0 }, (_, i) => range.l0 + i);
-      kv = KvStorage.create(backend, {
-        layers, size, nEmbdKv: nEmbdKvGqa(hp), type: options.kvType ?? GgmlType.F16, headDim: hp.headDim,
-        hostLayers: options.kvHostLayers?.filter((l) => l >= range.l0 && l < range.l1),
-      });
       // Off the CPU, the CPU backend comes last so the scheduler can run what the device cannot.
       if (!backend.isCpu) cpu = Backend.open({ threads: options.threads });
+      cache = StageCache.create({
+        hp, range, backend, cpu, size, streams, type: options.kvType, hostLayers: options.kvHostLayers, ropeFreqs: weights.ropeFreqs,
+      });
       sched = Scheduler.create({ backends: cpu ? [backend, cpu] : [backend], graphSize: GRAPH_NODES });
       // reserve the compute buffers of the largest batch, every token an output, all cells attended
       const maxBatch = options.maxBatch ?? 512;
       if (maxBatch > 0) {
+        const kv = cache.storage;
         const worst = buildStageGraph(hp, weights, kv, { nTokens: maxBatch, nKv: kv.size, nOutputs: maxBatch, selectOutputs: false });
         try {
           sched.reserve(worst.graph);
@@ -178,12 +162,12 @@ export class Stage {
           worst.ctx.dispose();
         }
       }
-      const stage = new Stage(hp, range, backend, cpu, weights, kv, sched, streams);
+      const stage = new Stage(hp, range, backend, cpu, weights, cache, sched);
       stage.#kvDebug = options.kvDebug;
       return stage;
     } catch (err) {
       sched?.dispose();
-      kv?.dispose();
+      cache?.dispose();
       weights?.dispose();
       cpu?.dispose();
       backend.dispose();
@@ -197,7 +181,7 @@ export class Stage {
     try {
       this.#sched.run(b.graph.graph);
     } catch (err) {
-      this.cells.release(b.plan);
+      this.cache.release(b.plan);
       throw err;
     }
     return this.#end(b);
@@ -210,37 +194,43 @@ export class Stage {
    */
   async evalAsync(batch: StageBatch): Promise<Float32Array> {
     const b = this.#begin(batch);
-    this.#computing = b.plan.cells;
+    this.cache.lock(b.plan.cells);
     try {
       await this.#sched.runAsync(b.graph.graph);
     } catch (err) {
-      this.cells.release(b.plan);
+      this.cache.release(b.plan);
       throw err;
     } finally {
-      this.#computing = null;
+      this.cache.unlock();
     }
     return this.#end(b);
   }
 
   /** Cells the batch computing now writes (evalAsync), or null when no batch computes. // [n] */
   get computing(): Int32Array | null {
-    return this.#computing;
+    return this.cache.locked;
+  }
+
+  /** What the stage did: batches and tokens, graph reuses, and its cache's counters. */
+  get counters(): StageCounters {
+    return { ...this.#counters, ...this.cache.counters };
   }
 
   /** Checks a batch, takes its cells and sets the graph's inputs: everything before compute. */
   #begin(batch: StageBatch): PreparedBatch {
     if (this.#disposed) throw new ModelError('bad_input', 'stage was disposed');
-    if (this.#computing) throw new ModelError('busy', 'a batch is computing on this stage');
+    if (this.cache.locked) throw new ModelError('busy', 'a batch is computing on this stage');
     const n = batch.pos.length;
     this.#checkBatch(batch, n);
-    this.applyShift();
-    const plan = this.cells.findSlotFor(batch.seq);
-    if (!plan) throw new KvCacheFullError(n, this.cells.size - this.cells.used);
-    this.cells.apply(plan, batch.pos, batch.seq);
+    const { cache } = this;
+    cache.applyShift();
+    const plan = cache.findSlot(batch.seq);
+    if (!plan) throw new KvCacheFullError(n, cache.cells.size - cache.cells.used);
+    cache.apply(plan, batch.pos, batch.seq);
     try {
       return { plan, n, ...this.#setInputs(batch, plan.cells, n) };
     } catch (err) {
-      this.cells.release(plan);
+      cache.release(plan);
       throw err;
     }
   }
@@ -250,16 +240,17 @@ export class Stage {
     const width = this.isLast ? this.hp.nVocab : this.hp.nEmbd;
     const out = new Float32Array(width * b.nOutputs);
     getTensor(b.graph.out, out);
-    this.counters.batches++;
-    this.counters.tokens += b.n;
+    this.#counters.batches++;
+    this.#counters.tokens += b.n;
     // a shard whose layers all attend through the window keeps only what the window still sees
-    if (this.#windowedOnly) this.counters.swaPruned += this.cells.pruneSwa(this.hp.nSwa);
-    this.#kvDebug?.(`stage ${formatRange(this.range)} after a batch of ${b.n}: ${this.cells.debugDump()}`);
+    this.cache.pruneWindow();
+    this.#kvDebug?.(`stage ${formatRange(this.range)} after a batch of ${b.n}: ${this.cache.cells.debugDump()}`);
     return out;
   }
 
-  #setInputs(batch: StageBatch, cells: Int32Array, n: number): { graph: StageGraph; nOutputs: number } {
-    const nKv = attendedCells(this.cells);
+  #setInputs(batch: StageBatch, slots: Int32Array, n: number): { graph: StageGraph; nOutputs: number } {
+    const { cells, storage } = this.cache;
+    const nKv = attendedCells(cells);
     // every token in order needs no row selection (llama.cpp skips it too)
     const outputs = this.isLast && batch.outputs && !isIdentity(batch.outputs, n) ? batch.outputs : null;
     const nOutputs = outputs?.length ?? n;
@@ -268,21 +259,21 @@ export class Stage {
     if (sg.hidden) setTensor(sg.hidden, batch.hidden!);
     setTensor(sg.pos, batch.pos);
     const idx = new BigInt64Array(n);
-    for (let t = 0; t < n; t++) idx[t] = BigInt(cells[t]!);
+    for (let t = 0; t < n; t++) idx[t] = BigInt(slots[t]!);
     setTensor(sg.kvIdxs, idx);
     if (this.#maskBuf.length < n * nKv) this.#maskBuf = new Uint16Array(n * nKv);
     const mask = this.#maskBuf.subarray(0, n * nKv);
     if (sg.mask) {
-      buildMask(this.cells, nKv, batch.pos, batch.seq, mask);
+      buildMask(cells, nKv, batch.pos, batch.seq, mask);
       setTensor(sg.mask, mask);
     }
     if (sg.maskSwa) {
-      buildMask(this.cells, nKv, batch.pos, batch.seq, mask, this.hp.nSwa);
+      buildMask(cells, nKv, batch.pos, batch.seq, mask, this.hp.nSwa);
       setTensor(sg.maskSwa, mask);
     }
     if (sg.outIds) setTensor(sg.outIds, outputs!);
-    if (sg.rotK) setTensor(sg.rotK, this.#rotation(this.kv.rot.k));
-    if (sg.rotV) setTensor(sg.rotV, this.#rotation(this.kv.rot.v));
+    if (sg.rotK) setTensor(sg.rotK, this.cache.rotation(storage.rot.k));
+    if (sg.rotV) setTensor(sg.rotV, this.cache.rotation(storage.rot.v));
     return { graph: sg, nOutputs };
   }
 
@@ -295,11 +286,11 @@ export class Stage {
     const c = this.#graph;
     if (c && c.shape.nTokens === shape.nTokens && c.shape.nKv === shape.nKv && c.shape.nOutputs === shape.nOutputs
       && c.shape.selectOutputs === shape.selectOutputs) {
-      this.counters.graphReuses++;
+      this.#counters.graphReuses++;
       return c.graph;
     }
     this.#dropGraph();
-    const graph = buildStageGraph(this.hp, this.weights, this.kv, shape);
+    const graph = buildStageGraph(this.hp, this.weights, this.cache.storage, shape);
     try {
       this.#sched.alloc(graph.graph);
     } catch (err) {
@@ -308,35 +299,6 @@ export class Stage {
     }
     this.#graph = { shape, graph };
     return graph;
-  }
-
-  /** Re-rotates the keys of cells that seqAdd/seqDivide moved, then marks the shifts applied. */
-  applyShift(): void {
-    if (!this.cells.hasShift) return;
-    this.#idle();
-    this.#shift ??= {
-      graph: buildShiftGraph(this.hp, this.weights, this.kv),
-      sched: Scheduler.create({ backends: this.#cpu ? [this.backend, this.#cpu] : [this.backend], graphSize: GRAPH_NODES }),
-    };
-    const { graph, sched } = this.#shift;
-    sched.alloc(graph.graph);
-    setTensor(graph.shift, this.cells.pendingShifts());
-    if (graph.rot) setTensor(graph.rot, this.#rotation(this.kv.rot.k));
-    sched.run(graph.graph);
-    this.cells.resetShift();
-    this.counters.shifts++;
-  }
-
-  /** Cells change only between batches: an operation that changes them throws while one computes. */
-  #idle(): void {
-    if (this.#computing) throw new ModelError('busy', 'a batch is computing on this stage: cells change only between batches');
-  }
-
-  /** The n×n Hadamard matrix, built once. */
-  #rotation(n: number): Float32Array {
-    let m = this.#rotations.get(n);
-    if (!m) this.#rotations.set(n, (m = hadamardMatrix(n)));
-    return m;
   }
 
   #dropGraph(): void {
@@ -356,13 +318,14 @@ export class Stage {
       throw new ModelError('bad_input', `stage ${formatRange(this.range)} needs ${n}x${this.hp.nEmbd} hidden values`);
     }
     for (const p of b.pos) if (!(p >= 0)) throw new ModelError('bad_input', `position ${p} is negative`);
-    const maxSeq = this.cells.streams > 1 ? this.cells.streams : MAX_SEQ;
+    const { cells } = this.cache;
+    const maxSeq = cells.streams > 1 ? cells.streams : MAX_SEQ;
     for (const s of b.seq) if (!(s >= 0 && s < maxSeq)) throw new ModelError('bad_input', `seq id ${s} outside 0..${maxSeq - 1}`);
     // llama.cpp's rule: a sequence's positions continue right after what the cache holds
     const first = new Map<number, number>();
     for (let t = 0; t < n; t++) first.set(b.seq[t]!, Math.min(first.get(b.seq[t]!) ?? Infinity, b.pos[t]!));
     for (const [s, p] of first) {
-      const max = this.cells.seqPosMax(s);
+      const max = cells.seqPosMax(s);
       if (max >= 0 && p !== max + 1) {
         throw new ModelError('bad_input', `sequence ${s}: the cache holds positions up to ${max}, so the batch must start at ${max + 1}, not ${p}`);
       }
@@ -377,90 +340,9 @@ export class Stage {
   memory(): StageMemory {
     return {
       weights: this.weights.memoryByBufferType(),
-      kv: this.kv.memoryByBufferType(),
+      kv: this.cache.memory(),
       compute: { [this.backend.deviceName]: this.#sched.bufferSize(this.backend) },
     };
-  }
-
-  /** Drops a sequence's cells in [p0, p1) (negative bounds are open). */
-  seqRemove(seq: number, p0 = -1, p1 = -1): boolean {
-    this.#idle();
-    return this.cells.seqRemove(seq, p0, p1);
-  }
-
-  /**
-   * Gives `dst` `src`'s cells in [p0, p1): shared within one stream (no data copied), copied with
-   * their K/V rows across per-sequence streams.
-   */
-  seqCopy(src: number, dst: number, p0 = -1, p1 = -1): void {
-    this.#idle();
-    const moved = this.cells.seqCopy(src, dst, p0, p1);
-    if (moved && moved.from.length > 0) this.kv.moveRows(moved.from, moved.to);
-  }
-
-  /** Drops every sequence but `seq`. */
-  seqKeep(seq: number): void {
-    this.#idle();
-    this.cells.seqKeep(seq);
-  }
-
-  /** Moves `seq`'s positions in [p0, p1) by `delta`; keys are re-rotated before the next batch. */
-  seqAdd(seq: number, p0: number, p1: number, delta: number): void {
-    this.#idle();
-    this.cells.seqAdd(seq, p0, p1, delta);
-  }
-
-  /** Divides `seq`'s positions in [p0, p1) by `d`; keys are re-rotated before the next batch. */
-  seqDivide(seq: number, p0: number, p1: number, d: number): void {
-    this.#idle();
-    this.cells.seqDivide(seq, p0, p1, d);
-  }
-
-  /**
-   * Exports `seq`'s cells with p0 <= pos < p1 (negative: open) and their K/V rows for `layers`
-   * (default: every layer of the stage), in the checksummed state format.
-   */
-  exportState(seq: number, options: ExportOptions = {}): Uint8Array {
-    return exportStageState(this, seq, options);
-  }
-
-  /**
-   * Imports the part of a state blob that falls in this stage's layers into sequence `seq`
-   * (see stage-state.ts); a corrupt, truncated or mismatched blob leaves the cache as it was.
-   */
-  importState(blob: Uint8Array | DecodedState, seq: number, options: ImportOptions = {}): { layers: LayerRange; cells: number } {
-    this.#idle();
-    return importStageState(this, blob, seq, options);
-  }
-
-  /**
-   * Moves used cells down into the holes before them, K/V rows included, keeping their order:
-   * no result changes, and later batches attend over fewer cells. Returns the cells moved.
-   */
-  defrag(): number {
-    this.#idle();
-    const plan = this.cells.defragPlan();
-    if (!plan) return 0;
-    this.kv.moveRows(plan.from, plan.to);
-    this.cells.applyDefrag(plan);
-    this.counters.defrags++;
-    return plan.from.length;
-  }
-
-  /** Context shift of a full sequence (see KvCells.contextShift); returns the positions dropped. */
-  contextShift(seq: number, nKeep: number, nDiscard?: number): number {
-    this.#idle();
-    return this.cells.contextShift(seq, nKeep, nDiscard);
-  }
-
-  /** Smallest cached position of `seq`, -1 when none. */
-  seqPosMin(seq: number): number {
-    return this.cells.seqPosMin(seq);
-  }
-
-  /** Largest cached position of `seq`, -1 when none. */
-  seqPosMax(seq: number): number {
-    return this.cells.seqPosMax(seq);
   }
 
   /** Frees the scheduler, KV cache, weights and backend. Idempotent. */
@@ -468,10 +350,8 @@ export class Stage {
     if (this.#disposed) return;
     this.#disposed = true;
     this.#dropGraph();
-    this.#shift?.sched.dispose();
-    this.#shift?.graph.ctx.dispose();
     this.#sched.dispose();
-    this.kv.dispose();
+    this.cache.dispose();
     this.weights.dispose();
     this.#cpu?.dispose();
     this.backend.dispose();

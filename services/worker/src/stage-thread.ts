@@ -78,7 +78,7 @@ class StageActor {
       type: 'ready', memory: s.memory(), snapshot: this.#snapshot(),
       description: {
         fingerprint: hp.fingerprint, nLayer: hp.nLayer, nVocab: hp.nVocab, nEmbd: hp.nEmbd, nCtxTrain: hp.nCtxTrain,
-        l0: s.range.l0, l1: s.range.l1, kvCells: s.cells.size, rowBytes: s.kv.rowBytes,
+        l0: s.range.l0, l1: s.range.l1, kvCells: s.cache.cells.size, rowBytes: s.cache.storage.rowBytes,
       },
     });
   }
@@ -86,8 +86,8 @@ class StageActor {
   #snapshot(): StageSnapshot {
     const s = this.#stage;
     let sequences = 0;
-    for (let q = 0; q < this.#o.nSeqMax; q++) if (s.seqPosMax(q) >= 0) sequences++;
-    return { used: s.cells.used, sequences, counters: { ...s.counters }, queued: this.#queue.length, lastStep: this.#lastStep };
+    for (let q = 0; q < this.#o.nSeqMax; q++) if (s.cache.seqPosMax(q) >= 0) sequences++;
+    return { used: s.cache.cells.used, sequences, counters: s.counters, queued: this.#queue.length, lastStep: this.#lastStep };
   }
 
   #ok(id: number, value: unknown, transfer: ArrayBuffer[] = []): void {
@@ -118,7 +118,7 @@ class StageActor {
           this.#export(r);
           break;
         case 'posMax':
-          this.#ok(r.id, this.#stage.seqPosMax(r.seq));
+          this.#ok(r.id, this.#stage.cache.seqPosMax(r.seq));
           break;
         case 'memory':
           this.#ok(r.id, this.#stage.memory());
@@ -138,7 +138,7 @@ class StageActor {
   #export(r: Export): void {
     let blob: Uint8Array;
     try {
-      blob = this.#stage.exportState(r.seq, { p0: r.p0, p1: r.p1, layers: { l0: r.l0, l1: r.l1 } });
+      blob = this.#stage.cache.exportState(r.seq, { p0: r.p0, p1: r.p1, layers: { l0: r.l0, l1: r.l1 } });
     } catch (err) {
       if (err instanceof ModelError && err.code === 'busy') {
         this.#deferred.push(r);
@@ -186,7 +186,7 @@ class StageActor {
       case 'import':
         try {
           // A push builds its sequence from parts of several sources, cut at other positions.
-          const r = this.#stage.importState(t.state, t.seq, { merge: true });
+          const r = this.#stage.cache.importState(t.state, t.seq, { merge: true });
           this.#ok(t.id, { l0: r.layers.l0, l1: r.layers.l1, cells: r.cells });
         } catch (err) {
           this.#fail(t.id, failure(err));

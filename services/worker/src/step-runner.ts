@@ -90,7 +90,7 @@ export class StepRunner {
 
   /** Applies sequence operations in order; returns each op's sequence's highest position after it. */
   seqOps(ops: SeqOp[]): number[] {
-    const { stage } = this;
+    const { cache } = this.stage;
     for (const op of ops) {
       if (op.seq >= this.#o.nSeqMax || (op.kind === SeqOpKind.COPY && op.dst >= this.#o.nSeqMax)) {
         throw new WorkerError('bad_request', `seq op on seq ${op.seq}/${op.dst}: ids are below ${this.#o.nSeqMax}`);
@@ -99,26 +99,26 @@ export class StepRunner {
     return ops.map((op) => {
       switch (op.kind) {
         case SeqOpKind.REMOVE:
-          if (!stage.seqRemove(op.seq, op.p0, op.p1)) throw new WorkerError('bad_request', `seq ${op.seq}: cannot remove [${op.p0}, ${op.p1}) from the middle of a sequence`);
+          if (!cache.seqRemove(op.seq, op.p0, op.p1)) throw new WorkerError('bad_request', `seq ${op.seq}: cannot remove [${op.p0}, ${op.p1}) from the middle of a sequence`);
           if (op.p0 < 0 && op.p1 < 0) this.#samplers?.drop(op.seq);
           break;
         case SeqOpKind.COPY:
-          stage.seqCopy(op.seq, op.dst, op.p0, op.p1);
+          cache.seqCopy(op.seq, op.dst, op.p0, op.p1);
           break;
         case SeqOpKind.KEEP:
-          stage.seqKeep(op.seq);
+          cache.seqKeep(op.seq);
           break;
         case SeqOpKind.ADD:
-          stage.seqAdd(op.seq, op.p0, op.p1, op.delta);
+          cache.seqAdd(op.seq, op.p0, op.p1, op.delta);
           break;
         case SeqOpKind.DIVIDE:
           if (op.delta < 1) throw new WorkerError('bad_request', `seq ${op.seq}: divide by ${op.delta}`);
-          stage.seqDivide(op.seq, op.p0, op.p1, op.delta);
+          cache.seqDivide(op.seq, op.p0, op.p1, op.delta);
           break;
         default:
           throw new WorkerError('bad_request', `unknown seq op kind ${op.kind}`);
       }
-      return stage.seqPosMax(op.seq);
+      return cache.seqPosMax(op.seq);
     });
   }
 }
