@@ -39,7 +39,7 @@ export interface BatchLimits {
  */
 export function planMicroBatch(jobs: readonly Job[], l: BatchLimits): PlannedEntry[] | null {
   const suspect = jobs.find((j) => j.alone && isReady(j));
-  const pool = suspect ? [suspect] : jobs.filter((j) => !j.alone);
+  const pool = suspect ? [suspect] : jobs.some((j) => j.alone) ? jobs.filter((j) => !j.alone) : jobs;
   const entries: PlannedEntry[] = [];
   let used = 0;
   let decodes = 0;

@@ -43,6 +43,7 @@ export class LeaderWatch {
           return log.warn('refused a leader announcement without the coordinators\' signature', { coordinator: a.coordinatorId, term: a.term });
         }
         // The same leader renewing its lease, or a new one.
+        if (this.lapsed) log.info('a coordinator leads again', { coordinator: a.coordinatorId });
         this.#heard();
         if (this.#leader && a.term === this.#leader.term) return;
         if (this.#leader) log.info('a new coordinator leads', { coordinator: a.coordinatorId, term: a.term });
@@ -70,9 +71,7 @@ export class LeaderWatch {
 
   /** Something of the leader (or the connection) was heard now: the lapse starts over. */
   #heard(): void {
-    const wasLapsed = this.lapsed;
     this.#heardMs = Date.now();
-    if (wasLapsed) this.#log.info('a coordinator leads again');
     clearTimeout(this.#lapseTimer);
     if (this.#stopped) return;
     this.#lapseTimer = setTimeout(() => {
