@@ -130,4 +130,34 @@ describe('strata up', () => {
       if (up.exitCode === null) process.kill(-up.pid!, 'SIGKILL');
     }
   });
+
+  it('killed with SIGKILL, leaves no Strata service running', async () => {
+    const env = { ...process.env, XDG_RUNTIME_DIR: join(dir, 'run-kill'), STRATA_NATS_URL: '' };
+    const up = spawn(process.execPath, [join(root, 'bin/strata.mjs'), 'up', '--port', '0', '--workers', '1', '--ctx-size', '512', '--max-tokens', '2'], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    let out = '';
+    up.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    try {
+      for (let i = 0; i < 600 && !out.includes('Strata is serving') && up.exitCode === null; i++) await new Promise((r) => setTimeout(r, 200));
+      assert.match(out, /Strata is serving/);
+      const services = spawnSync('pgrep', ['-P', String(up.pid), '-f', 'bin/strata.mjs'], { encoding: 'utf8' }).stdout.trim().split('\n').filter(Boolean).map(Number);
+      assert.equal(services.length, 3, 'a coordinator, a worker and a gateway');
+      up.kill('SIGKILL');
+      const alive = () => services.filter((pid) => {
+        try {
+          process.kill(pid, 0);
+          return true;
+        } catch {
+          return false;
+        }
+      });
+      for (let i = 0; i < 100 && alive().length > 0; i++) await new Promise((r) => setTimeout(r, 200));
+      assert.deepEqual(alive(), [], 'every service stopped by itself once strata up was gone');
+    } finally {
+      try {
+        process.kill(-up.pid!, 'SIGKILL'); // (nats-server and redis-server, which do not watch their parent)
+      } catch {
+        // gone already
+      }
+    }
+  });
 });

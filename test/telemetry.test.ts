@@ -137,8 +137,11 @@ describe('telemetry across the cluster', () => {
     }
     for (const s of spans) assert.ok(BigInt(s.endTimeUnixNano) >= BigInt(s.startTimeUnixNano), `${s.name} ends after it starts`);
 
-    // The coordinator's log line of the request's start carries the trace and its span.
-    const line = logs.map((l) => (l.startsWith('{') ? JSON.parse(l) as Record<string, unknown> : {})).find((l) => l.msg === 'start' && l.trace_id === root.traceId);
+    // The coordinator's log line of the request's start carries the trace and its span (its
+    // stderr may reach us after the spans did, on a loaded machine).
+    const find = () => logs.map((l) => (l.startsWith('{') ? JSON.parse(l) as Record<string, unknown> : {})).find((l) => l.msg === 'start' && l.trace_id === root.traceId);
+    for (let i = 0; i < 50 && !find(); i++) await new Promise((r) => setTimeout(r, 100));
+    const line = find();
     assert.ok(line, 'a log line with the request\'s trace id');
     assert.equal(line.span_id, request!.spanId);
   });

@@ -224,7 +224,8 @@ export class LocalCluster {
     // A new service takes a metrics port of the pool; a restart keeps its command line, port included.
     if (this.#o.metrics && !args.includes('--metrics-port')) args = [...args, '--metrics-port', String(this.#metricsPorts.shift() ?? 0)];
     const mi = args.indexOf('--metrics-port');
-    const proc = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    // (STRATA_EXIT_WITH_PARENT: a service stops by itself when this process is gone, even killed)
+    const proc = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env, STRATA_EXIT_WITH_PARENT: '1' } });
     const sink = this.#o.logSink ?? ((line: string) => process.stderr.write(`[${id}] ${line}\n`));
     let buf = '';
     const onData = (d: Buffer) => {

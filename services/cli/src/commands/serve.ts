@@ -27,6 +27,24 @@ export function untilSignal(): Promise<NodeJS.Signals> {
   });
 }
 
+/**
+ * Resolves when the process that started this one is gone (this one was handed to init), for a
+ * service started with STRATA_EXIT_WITH_PARENT=1 (`strata up`'s: a killed `strata up` leaves no
+ * service behind); never otherwise.
+ */
+function untilParentGone(env: NodeJS.ProcessEnv = process.env): Promise<void> {
+  if (env.STRATA_EXIT_WITH_PARENT !== '1') return new Promise<void>(() => {});
+  const parent = process.ppid;
+  return new Promise((resolve) => {
+    const t = setInterval(() => {
+      if (process.ppid === parent) return;
+      clearInterval(t);
+      resolve();
+    }, 1000);
+    t.unref();
+  });
+}
+
 /** Telemetry of a service process: started before the service, flushed after it stopped. */
 interface ServeTelemetry {
   options: TelemetryOptions;
@@ -45,7 +63,7 @@ async function serve<S extends Service>(start: () => Promise<S>, out: NodeJS.Wri
   }
   if (ready) out.write(`${ready(service)}\n`);
   try {
-    await Promise.race([untilSignal(), service.failed ?? new Promise<never>(() => {})]);
+    await Promise.race([untilSignal(), untilParentGone(), service.failed ?? new Promise<never>(() => {})]);
   } catch {
     await service.stop();
     await tel?.shutdown();
