@@ -4,7 +4,7 @@ import { SUPPORTED_ARCHS, SYNTH_TYPES, readHParams, synthesize, type Arch, type 
 import { Flags, parseArgs } from '../args.ts';
 import { UsageError } from '../errors.ts';
 
-/** `strata model synth --out F --arch llama|qwen2 --n-layer N ...` */
+/** `strata model synth --out F --arch llama|qwen2|exaone4|gemma3 --n-layer N ...` */
 export function modelSynth(argv: string[], out: NodeJS.WritableStream): number {
   const f = new Flags(parseArgs(argv));
   const arch = f.str('arch', 'llama')!;
@@ -27,6 +27,9 @@ export function modelSynth(argv: string[], out: NodeJS.WritableStream): number {
     headScale: f.num('head-scale', 12),
     vocab: f.str('vocab'),
     slidingWindow: f.int('sliding-window'),
+    swaPattern: f.int('swa-pattern'),
+    headDim: f.int('head-dim'),
+    logitSoftcap: f.num('logit-softcap'),
   };
   f.done();
   const t0 = performance.now();
