@@ -16,6 +16,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { LlamaReference, Vocab, native, type ChatMessage } from '@strata/ggml';
+import { GgufFile } from '@strata/gguf';
 import { Pipeline, generate, modelIdOf, prefill, scoreAll, topK, type LayerRange } from '@strata/model';
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
 import { matchedUntilTie, readStream } from './helpers/cluster.ts';
@@ -95,6 +96,16 @@ describe('Gemma 3 270M Q4_K_M against libllama', () => {
         t.diagnostic(`max |Δlogit| over the ${prompt.length}-token prompt ${d.toExponential(2)}; greedy: ${m.compared}/${N_GEN} compared before the first near tie`
           + ` (smallest margin ${Math.min(...want.margins).toFixed(3)}), first difference at ${firstDiff < 0 ? 'none' : firstDiff}; text ${JSON.stringify(vocab.detokenize(got.tokens.slice(0, 24)))}`);
         assert.ok(d <= 1e-3, `prompt logits differ by ${d}`);
+        // each stage read only its own tensors: together the file once, and the tied head's
+        // token_embd a second time on the last stage when it is not also the first
+        const file = GgufFile.open(model);
+        try {
+          const all = file.header.tensors.reduce((n, x) => n + x.size, 0);
+          const tied = p.stages.length > 1 ? file.tensor('token_embd.weight')!.size : 0;
+          assert.equal(p.stages.reduce((n, x) => n + x.weights.bytesRead, 0), all + tied);
+        } finally {
+          file.close();
+        }
         assert.ok(m.compared >= MIN_COMPARED, `only ${m.compared} tokens before a near tie`);
         assert.ok(m.equal, `greedy tokens differ before the first near tie (at ${firstDiff})`);
       } finally {
