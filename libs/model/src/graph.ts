@@ -102,7 +102,7 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
     const slot = il - l0;
     const rope = ropeParams(hp, weights, il);
     let inpSA = inpL;
-    // llama/qwen2 normalize before attention; exaone4 after it (and normalizes Q and K per head)
+    // llama/qwen2/gemma3 normalize before attention; exaone4 after it; exaone4 and gemma3 also normalize Q and K per head
     let cur = w.attnNorm ? ctx.mul(ctx.rmsNorm(inpL, hp.rmsEps), w.attnNorm) : inpL;
 
     let q = ctx.mulMat(w.wq, cur);
