@@ -49,7 +49,8 @@ export function modelInfo(argv: string[], out: NodeJS.WritableStream): number {
     const hp = readHParams(file);
     const bytes = file.header.tensors.reduce((n, t) => n + t.size, 0);
     const info = { path, ...hp, tensors: file.header.tensors.length, tensorBytes: bytes };
-    out.write(json ? `${JSON.stringify(info)}\n` : Object.entries(info).map(([k, v]) => `${k.padEnd(14)} ${v}`).join('\n') + '\n');
+    const w = Math.max(...Object.keys(info).map((k) => k.length));
+    out.write(json ? `${JSON.stringify(info)}\n` : Object.entries(info).map(([k, v]) => `${k.padEnd(w)} ${v}`).join('\n') + '\n');
     return 0;
   } finally {
     file.close();
