@@ -2,10 +2,10 @@
 // exaone4 of 64 layers (libllama windows exaone4 at that depth only; every fourth layer attends to
 // everything and uses no positions). Window 16, a 60-token prompt, then 20 single-token steps:
 // logits match libllama to the bit (we allow 1e-3). A stage whose layers all use the window frees
-// the cells that fell out of it; the others keep every cell. Once cells are freed, new tokens go
-// into the freed cells ahead of older ones, so flash attention (which visits cells in index order
-// and accumulates V in f16) sums in another order than libllama: there we allow 2e-3 of the
-// largest |logit| and require the same greedy token at every step, as kv-state.test.ts does.
+// the cells that fell out of it; the others keep every cell. New tokens still go after the older
+// ones, as in libllama's windowed cache, until the cache wraps (KvCells.pruneSwa), so flash
+// attention (which visits cells in index order and accumulates V in f16) sums in libllama's order
+// there too.
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { LlamaReference } from '@strata/ggml';
@@ -48,8 +48,7 @@ describe('sliding-window attention against libllama (exaone4)', () => {
           if (pruning) assert.ok(p.stages[0]!.cache.cells.used <= WINDOW, `the windowed stage holds ${p.stages[0]!.cache.cells.used} cells`);
         });
         t.diagnostic(`largest |Δlogit| ${worst.toExponential(2)} (largest |logit| ${scale.toFixed(1)}); cells held per stage: ${p.stages.map((s) => s.cache.cells.used).join(', ')}`);
-        const tol = pruning ? 2e-3 * scale : TOL;
-        assert.ok(worst <= tol, `logits differ by ${worst} > ${tol}`);
+        assert.ok(worst <= TOL, `logits differ by ${worst} > ${TOL}`);
         const total = PROMPT.length + NEXT.length;
         assert.equal(p.seqPosMin(0), pruning ? total - (WINDOW - 1) : 0, 'the positions every stage still holds');
         p.stages.forEach((s) => {

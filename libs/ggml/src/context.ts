@@ -110,6 +110,9 @@ export class GgmlContext {
   scale(a: TensorPtr, s: number): TensorPtr { return this.#g.ggml_scale(this.ptr, a, s); }
   silu(a: TensorPtr): TensorPtr { return this.#g.ggml_silu(this.ptr, a); }
   swigluSplit(gate: TensorPtr, up: TensorPtr): TensorPtr { return this.#g.ggml_swiglu_split(this.ptr, gate, up); }
+  /** GELU(a) · b, GELU with the tanh approximation (gemma's gated FFN) */
+  gegluSplit(gate: TensorPtr, up: TensorPtr): TensorPtr { return this.#g.ggml_geglu_split(this.ptr, gate, up); }
+  tanh(a: TensorPtr): TensorPtr { return this.#g.ggml_tanh(this.ptr, a); }
   rmsNorm(a: TensorPtr, eps: number): TensorPtr { return this.#g.ggml_rms_norm(this.ptr, a, eps); }
   mulMat(a: TensorPtr, b: TensorPtr): TensorPtr { return this.#g.ggml_mul_mat(this.ptr, a, b); }
   cpy(a: TensorPtr, b: TensorPtr): TensorPtr { return this.#g.ggml_cpy(this.ptr, a, b); }

@@ -113,6 +113,25 @@ describe('KvCells', () => {
     assert.deepEqual(Array.from(c.pos.subarray(0, 6)), [-1, 1, -1, -1, 4, 5], 'position 1 stays: seq 1 still sees it');
   });
 
+  it('after pruning, new tokens go after the older ones until the cache wraps, as in libllama\'s windowed cache', () => {
+    const c = new KvCells(16);
+    const step = (p: number) => c.apply(c.findSlot(1)!, [p], [0]);
+    c.apply(c.findSlot(8)!, Array.from({ length: 8 }, (_, i) => i), new Array(8).fill(0));
+    assert.equal(c.pruneSwa(3), 6);
+    step(8);
+    assert.equal(c.pos[8], 8, 'not into cell 0, freed ahead of the others');
+    for (let p = 9; p < 16; p++) {
+      step(p);
+      c.pruneSwa(3);
+    }
+    assert.deepEqual(Array.from(c.pos.subarray(13, 16)), [-1, 14, 15], 'each token in the next cell; the window keeps two');
+    step(16);
+    assert.equal(c.pos[0], 16, 'then it wraps to the first freed cell');
+    c.seqRemove(0, -1, -1);
+    step(0);
+    assert.equal(c.pos[0], 0, 'an emptied cache starts from its first cell');
+  });
+
   it('shifts a full context: keeps the prefix, drops the oldest, moves the rest back', () => {
     const c = new KvCells(16);
     c.apply(c.findSlot(12)!, Array.from({ length: 12 }, (_, i) => i), new Array(12).fill(0));

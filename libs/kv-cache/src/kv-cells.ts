@@ -42,6 +42,14 @@ export class KvCells {
   readonly #usedPer: Int32Array;
   /** per stream: where the next slot search starts (an absolute cell index) */
   readonly #heads: Int32Array;
+  /**
+   * cells pruneSwa freed that llama.cpp would still hold (occupied, masked, reused only when a
+   * slot search reaches them) // [size]; the slot search counts them as used, so new tokens keep
+   * going after the older ones as in libllama and flash attention sums in the same order
+   */
+  readonly #windowFreed: Uint8Array;
+  /** per stream: cells marked in #windowFreed */
+  readonly #windowFreedPer: Int32Array;
   #hasShift = false;
 
   constructor(size: number, streams = 1) {
@@ -54,6 +62,8 @@ export class KvCells {
     this.streamSize = size / streams;
     this.#usedPer = new Int32Array(streams);
     this.#heads = Int32Array.from({ length: streams }, (_, s) => s * this.streamSize);
+    this.#windowFreed = new Uint8Array(size);
+    this.#windowFreedPer = new Int32Array(streams);
     this.pos = new Int32Array(size).fill(-1);
     this.shift = new Int32Array(size);
     this.#seq = new Uint32Array(size * WORDS);
@@ -161,7 +171,7 @@ export class KvCells {
   findSlot(n: number, stream = 0, contiguous = false): SlotPlan | null {
     const lo = stream * this.streamSize, hi = lo + this.streamSize, used = this.#usedPer[stream]!;
     if (n < 1 || n > this.streamSize - used) return null;
-    let head = this.#heads[stream]! - lo > used + 2 * n ? lo : this.#heads[stream]!;
+    let head = this.#heads[stream]! - lo > used + this.#windowFreedPer[stream]! + 2 * n ? lo : this.#heads[stream]!;
     if (contiguous) {
       // llama.cpp's `cont`: n free cells in a row, tried from the head, wrapping once
       for (let tested = 0; tested < this.streamSize;) {
@@ -221,6 +231,7 @@ export class KvCells {
       this.pos[i] = pos[t]!;
       this.#used++;
       this.#usedPer[this.#streamOfCell(i)]!++;
+      this.#unmarkWindowFreed(i);
       this.#seqAdd(i, seq[t]!);
       this.#heads[this.#streamOfCell(i)] = i + 1;
     }
@@ -229,6 +240,17 @@ export class KvCells {
   /** Frees the cells of a plan that was applied but whose batch failed. */
   release(plan: SlotPlan): void {
     for (const i of plan.cells) if (this.pos[i]! >= 0) this.#freeCell(i);
+  }
+
+  #unmarkWindowFreed(i: number): void {
+    if (this.#windowFreed[i] === 0) return;
+    this.#windowFreed[i] = 0;
+    this.#windowFreedPer[this.#streamOfCell(i)]!--;
+  }
+
+  #clearWindowFreed(): void {
+    this.#windowFreed.fill(0);
+    this.#windowFreedPer.fill(0);
   }
 
   #lowerHead(i: number): void {
@@ -254,6 +276,8 @@ export class KvCells {
         this.#lowerHead(i);
       }
     }
+    // an empty cache holds nothing masked either (llama.cpp's seq_rm frees those cells too)
+    if (this.#used === 0) this.#clearWindowFreed();
     return true;
   }
 
@@ -452,13 +476,16 @@ export class KvCells {
       this.#seq.fill(0, f * WORDS, (f + 1) * WORDS);
     }
     for (let st = 0; st < this.streams; st++) this.#heads[st] = st * this.streamSize + this.#usedPer[st]!;
+    this.#clearWindowFreed();
   }
 
   /**
    * Frees the cells that every one of their sequences can no longer see through a sliding window
    * of `nSwa` positions: the sequence's next token (at posMax + 1) masks positions up to
    * posMax + 1 - nSwa. Only a shard whose layers all use the window may do this. Returns the
-   * cells freed.
+   * cells freed. The head stays where it is and the slot search still counts these cells as used
+   * (llama.cpp keeps them, masked, until a search reaches them), so new tokens take the same cells
+   * as in libllama's windowed cache until it wraps.
    */
   pruneSwa(nSwa: number): number {
     if (nSwa <= 0) return 0;
@@ -475,7 +502,8 @@ export class KvCells {
       });
       if (dead) {
         this.#freeCell(i);
-        this.#lowerHead(i);
+        this.#windowFreed[i] = 1;
+        this.#windowFreedPer[this.#streamOfCell(i)]!++;
         freed++;
       }
     }
@@ -524,6 +552,7 @@ export class KvCells {
     this.#used = 0;
     this.#usedPer.fill(0);
     this.#heads.forEach((_, st) => { this.#heads[st] = st * this.streamSize; });
+    this.#clearWindowFreed();
     this.#hasShift = false;
   }
 }

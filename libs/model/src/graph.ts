@@ -1,8 +1,8 @@
-// The ggml graph of one stage: layers [l0, l1) of a llama/qwen2 model, op for op as llama.cpp
-// builds it (flash attention over an f16 KV cache), so that the numbers match.
+// The ggml graph of one stage: layers [l0, l1) of a llama/qwen2/exaone4/gemma3 model, op for op
+// as llama.cpp builds it (flash attention over an f16 KV cache), so that the numbers match.
 import { GgmlContext, GgmlPrec, GgmlType, native, type GraphPtr, type RopeParams, type TensorPtr } from '@strata/ggml';
 import type { KvStorage } from '@strata/kv-cache';
-import type { HParams } from './hparams.ts';
+import { layerRope, type HParams } from './hparams.ts';
 import type { StageWeights } from './weights.ts';
 
 /** Nodes reserved per graph (llama.cpp reserves a similar fixed budget). */
@@ -58,10 +58,13 @@ export interface GraphShape {
   selectOutputs: boolean;
 }
 
-/** The model's RoPE as ggml_rope_ext takes it (YaRN off, as llama.cpp without rope scaling). */
-export function ropeParams(hp: HParams, weights: Pick<StageWeights, 'ropeFreqs'>): RopeParams {
+/**
+ * Layer `il`'s RoPE as ggml_rope_ext takes it (YaRN off, as llama.cpp without rope scaling); the
+ * base and scale differ between windowed and full layers on gemma3.
+ */
+export function ropeParams(hp: HParams, weights: Pick<StageWeights, 'ropeFreqs'>, il: number): RopeParams {
   return {
-    nDims: hp.nRot, mode: hp.ropeType, nCtxOrig: hp.nCtxTrain, freqBase: hp.ropeFreqBase, freqScale: hp.ropeFreqScale,
+    nDims: hp.nRot, mode: hp.ropeType, nCtxOrig: hp.nCtxTrain, ...layerRope(hp, il),
     extFactor: 0, attnFactor: 1, betaFast: 32, betaSlow: 1, factors: weights.ropeFreqs,
   };
 }
@@ -87,17 +90,19 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
   const rotK = kv.rot.k ? ctx.input(GgmlType.F32, [kv.rot.k, kv.rot.k], 'attn_inp_k_rot') : null;
   const rotV = kv.rot.v ? ctx.input(GgmlType.F32, [kv.rot.v, kv.rot.v], 'attn_inp_v_rot') : null;
 
-  const rope = ropeParams(hp, weights);
   const hd = hp.headDim, nKvEmbd = hd * hp.nHeadKv;
   const kvType = kv.type;
-  const kqScale = 1 / Math.sqrt(hd);
+  // gemma3 scales Q after RoPE and attends with scale 1
+  const kqScale = hp.qScaled ? 1 : hp.attnScale;
 
   let inpL = isFirst ? ctx.getRows(weights.tokEmbd!, tokens!) : hidden!;
+  if (isFirst && hp.embdScale !== 1) inpL = ctx.scale(inpL, hp.embdScale);
   for (let il = l0; il < l1; il++) {
     const w = weights.layers[il - l0]!;
     const slot = il - l0;
+    const rope = ropeParams(hp, weights, il);
     let inpSA = inpL;
-    // llama/qwen2 normalize before attention; exaone4 after it (and normalizes Q and K per head)
+    // llama/qwen2/gemma3 normalize before attention; exaone4 after it; exaone4 and gemma3 also normalize Q and K per head
     let cur = w.attnNorm ? ctx.mul(ctx.rmsNorm(inpL, hp.rmsEps), w.attnNorm) : inpL;
 
     let q = ctx.mulMat(w.wq, cur);
@@ -116,6 +121,7 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
       q = ctx.ropeExt(q, pos, rope);
       k = ctx.ropeExt(k, pos, rope);
     }
+    if (hp.qScaled) q = ctx.scale(q, hp.attnScale);
     if (rotK) {
       q = mulHadamard(ctx, q, rotK, kv.rot.k, [hd, hp.nHead, n]);
       k = mulHadamard(ctx, k, rotK, kv.rot.k, [hd, hp.nHeadKv, n]);
@@ -154,7 +160,8 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
     cur = w.ffnNorm ? ctx.mul(ctx.rmsNorm(ffnInp, hp.rmsEps), w.ffnNorm) : ffnInp;
     const up = ctx.mulMat(w.ffnUp, cur);
     const gate = ctx.mulMat(w.ffnGate, cur);
-    cur = ctx.mulMat(w.ffnDown, ctx.swigluSplit(gate, up));
+    // gemma3's FFN gates with GELU (tanh approximation), the others with SiLU
+    cur = ctx.mulMat(w.ffnDown, hp.arch === 'gemma3' ? ctx.gegluSplit(gate, up) : ctx.swigluSplit(gate, up));
     if (w.ffnPostNorm) cur = ctx.mul(ctx.rmsNorm(cur, hp.rmsEps), w.ffnPostNorm);
     inpL = ctx.add(cur, ffnInp);
   }
@@ -163,6 +170,7 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
   if (isLast) {
     out = ctx.mul(ctx.rmsNorm(out, hp.rmsEps), weights.outputNorm!);
     out = ctx.mulMat(weights.output!, out);
+    if (hp.logitSoftcap > 0) out = ctx.scale(ctx.tanh(ctx.scale(out, 1 / hp.logitSoftcap)), hp.logitSoftcap);
   }
   ctx.setOutput(out);
   ctx.expand(gf, out);

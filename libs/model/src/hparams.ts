@@ -5,7 +5,7 @@ import { RopeType } from '@strata/ggml';
 import { ModelError } from './errors.ts';
 
 /** Architectures whose graph Strata builds. */
-export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'exaone4'] as const;
+export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'exaone4', 'gemma3'] as const;
 export type Arch = (typeof SUPPORTED_ARCHS)[number];
 
 /** Everything the graph needs to know about a model. */
@@ -24,8 +24,23 @@ export interface HParams {
   nVocab: number;
   rmsEps: number;
   ropeType: number;
+  /** RoPE base and frequency scale of the full-attention layers (every layer without a window) */
   ropeFreqBase: number;
   ropeFreqScale: number;
+  /** RoPE base and frequency scale of the windowed layers (gemma3: `rope.freq_base_swa`, default 10000) */
+  ropeFreqBaseSwa: number;
+  ropeFreqScaleSwa: number;
+  /** multiplier of the token embeddings (gemma3: √n_embd; 1 elsewhere) */
+  embdScale: number;
+  /**
+   * scale of Q·K before the softmax. gemma3 multiplies Q by it after RoPE and passes 1 to the
+   * attention (`qScaled`); the others pass it to the attention
+   */
+  attnScale: number;
+  /** whether Q is multiplied by `attnScale` before the attention rather than inside it */
+  qScaled: boolean;
+  /** final logit soft-capping: logits = c·tanh(logits / c); 0: none */
+  logitSoftcap: number;
   /** sliding window (positions a token sees, itself included); 0: full attention everywhere */
   nSwa: number;
   /** per layer: attends within the sliding window // [n_layer] */
@@ -72,9 +87,12 @@ export function readHParams(file: GgufFile): HParams {
   else if (scalingType !== undefined && scalingType !== 'none') {
     throw new ModelError('unknown_architecture', `${file.path}: rope scaling '${String(scalingType)}' is not supported yet`);
   }
+  const nLayer = num(file, `${a}.block_count`);
+  const swa = slidingWindow(file, a, nLayer);
+  const gemma = a === 'gemma3';
   const hp: Omit<HParams, 'fingerprint'> = {
     arch: a,
-    nLayer: num(file, `${a}.block_count`),
+    nLayer,
     nEmbd,
     nFf: num(file, `${a}.feed_forward_length`),
     nHead,
@@ -87,7 +105,15 @@ export function readHParams(file: GgufFile): HParams {
     ropeType: a === 'llama' ? RopeType.NORMAL : RopeType.NEOX,
     ropeFreqBase: num(file, `${a}.rope.freq_base`, 10000),
     ropeFreqScale,
-    ...slidingWindow(file, a, num(file, `${a}.block_count`)),
+    // libllama reads a windowed layers' base only where the window is on (gemma3), and never
+    // scales their frequencies
+    ropeFreqBaseSwa: gemma && swa.nSwa > 0 ? num(file, `${a}.rope.freq_base_swa`, 10000) : num(file, `${a}.rope.freq_base`, 10000),
+    ropeFreqScaleSwa: gemma && swa.nSwa > 0 ? 1 : ropeFreqScale,
+    embdScale: gemma ? Math.sqrt(nEmbd) : 1,
+    attnScale: gemma ? gemmaAttnScale(nLayer, nEmbd, nHead, headDim) : 1 / Math.sqrt(headDim),
+    qScaled: gemma,
+    logitSoftcap: gemma ? num(file, `${a}.final_logit_softcapping`, 0) : 0,
+    ...swa,
   };
   for (const [k, v] of Object.entries(hp)) {
     if (typeof v === 'number' && (!Number.isFinite(v) || v < 0)) throw new ModelError('missing_metadata', `${file.path}: ${k} = ${v} is invalid`);
@@ -106,12 +132,32 @@ export function readHParams(file: GgufFile): HParams {
 }
 
 /**
- * The sliding window as libllama reads it. exaone4 turns it on for its 64-layer shape only (every
+ * gemma3's attention scale as libllama computes it in f32: 1/√head_dim, except the 27B shape (62
+ * layers), which uses 1/√(n_embd / n_head) (`query_pre_attn_scalar` of Google's config).
+ */
+function gemmaAttnScale(nLayer: number, nEmbd: number, nHead: number, headDim: number): number {
+  const d = nLayer === 62 ? Math.floor(nEmbd / nHead) : headDim;
+  return Math.fround(1 / Math.fround(Math.sqrt(d)));
+}
+
+/**
+ * The sliding window as libllama reads it. gemma3 turns it on where `attention.sliding_window` is
+ * set and > 0: every layer but each `pattern`-th (a scalar; default 6; an array is ignored, as
+ * libllama does) attends within the window. exaone4 turns it on for its 64-layer shape only (every
  * layer but each `pattern`-th, default 4, attends within `attention.sliding_window`, default 4096);
  * llama and qwen2 attend to everything.
  */
 function slidingWindow(file: GgufFile, arch: Arch, nLayer: number): { nSwa: number; swaLayers: boolean[] } {
-  if (arch !== 'exaone4' || nLayer !== 64) return { nSwa: 0, swaLayers: new Array(nLayer).fill(false) };
+  const none = { nSwa: 0, swaLayers: new Array<boolean>(nLayer).fill(false) };
+  if (arch === 'gemma3') {
+    const nSwa = num(file, `${arch}.attention.sliding_window`, 0);
+    if (nSwa === 0) return none;
+    const patternKv = file.kv(`${arch}.attention.sliding_window_pattern`);
+    const scalar = patternKv && !ArrayBuffer.isView(patternKv.value) && !Array.isArray(patternKv.value);
+    const period = scalar ? Number(patternKv.value) : 6;
+    return { nSwa, swaLayers: Array.from({ length: nLayer }, (_, il) => period === 0 || il % period < period - 1) };
+  }
+  if (arch !== 'exaone4' || nLayer !== 64) return none;
   const nSwa = num(file, `${arch}.attention.sliding_window`, 4096);
   const patternKv = file.kv(`${arch}.attention.sliding_window_pattern`);
   if (patternKv && (ArrayBuffer.isView(patternKv.value) || Array.isArray(patternKv.value))) {
@@ -121,6 +167,11 @@ function slidingWindow(file: GgufFile, arch: Arch, nLayer: number): { nSwa: numb
   }
   const period = patternKv ? Number(patternKv.value) : 4;
   return { nSwa, swaLayers: Array.from({ length: nLayer }, (_, il) => period === 0 || il % period < period - 1) };
+}
+
+/** RoPE base and frequency scale of layer `il` (libllama's get_rope_freq_base/scale). */
+export function layerRope(hp: HParams, il: number): { freqBase: number; freqScale: number } {
+  return hp.swaLayers[il] ? { freqBase: hp.ropeFreqBaseSwa, freqScale: hp.ropeFreqScaleSwa } : { freqBase: hp.ropeFreqBase, freqScale: hp.ropeFreqScale };
 }
 
 /** Elements of K (and V) per token and layer: head_dim × n_head_kv. */

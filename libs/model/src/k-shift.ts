@@ -17,8 +17,11 @@ export interface ShiftGraph {
   rot: TensorPtr | null;
 }
 
-/** Builds the graph that re-rotates the keys of every layer of `kv` by the model's RoPE `rope`. */
-export function buildShiftGraph(hp: HParams, rope: RopeParams, kv: KvStorage): ShiftGraph {
+/**
+ * Builds the graph that re-rotates the keys of every layer of `kv` by that layer's RoPE
+ * (`rope(slot)`, slot = layer - l0: windowed and full layers may differ in base and scale).
+ */
+export function buildShiftGraph(hp: HParams, rope: (slot: number) => RopeParams, kv: KvStorage): ShiftGraph {
   const nodes = 8 * kv.k.length + 8;
   const ctx = GgmlContext.create({ maxTensors: nodes, graphNodes: nodes });
   const gf = ctx.graph(nodes);
@@ -27,20 +30,20 @@ export function buildShiftGraph(hp: HParams, rope: RopeParams, kv: KvStorage): S
   const quantized = kv.type !== GgmlType.F16 && kv.type !== GgmlType.F32;
   const rot = kv.rot.k ? ctx.input(GgmlType.F32, [kv.rot.k, kv.rot.k], 'inp_k_rot') : null;
   const shape = [hp.nRot, hp.nHeadKv, kv.size];
-  for (const k of kv.k) {
+  kv.k.forEach((k, slot) => {
     const view = ctx.view3d(k, hp.nRot, hp.nHeadKv, kv.size, g.ggml_row_size(kv.type, hp.headDim), g.ggml_row_size(kv.type, hp.headDim * hp.nHeadKv), 0);
     let out: TensorPtr;
     if (quantized) {
       // quantized keys: to f32, out of the Hadamard domain, rotated, back in, requantized in place
       let tmp = ctx.cast(view, GgmlType.F32);
       if (rot) tmp = mulHadamard(ctx, tmp, rot, kv.rot.k, shape);
-      tmp = ctx.ropeExt(tmp, shift, rope);
+      tmp = ctx.ropeExt(tmp, shift, rope(slot));
       if (rot) tmp = mulHadamard(ctx, tmp, rot, kv.rot.k, shape);
       out = ctx.cpy(tmp, view);
     } else {
-      out = ctx.ropeExtInplace(view, shift, rope);
+      out = ctx.ropeExtInplace(view, shift, rope(slot));
     }
     ctx.expand(gf, out);
-  }
+  });
   return { ctx, graph: gf, shift, rot };
 }

@@ -138,7 +138,7 @@ export class StageCache {
     if (!this.cells.hasShift) return;
     this.#idle();
     this.#shift ??= {
-      graph: buildShiftGraph(this.hp, ropeParams(this.hp, { ropeFreqs: this.#ropeFreqs }), this.storage),
+      graph: buildShiftGraph(this.hp, (slot) => ropeParams(this.hp, { ropeFreqs: this.#ropeFreqs }, this.range.l0 + slot), this.storage),
       sched: Scheduler.create({ backends: this.#backends, graphSize: GRAPH_NODES }),
     };
     const { graph, sched } = this.#shift;

@@ -1,4 +1,4 @@
-// Synthetic llama/qwen2 models: seeded random weights with a real tokenizer vocabulary (copied
+// Synthetic llama/qwen2/exaone4/gemma3 models: seeded random weights with a real tokenizer vocabulary (copied
 // from the snapshot's vocab GGUFs), a file libllama loads and runs. The output head is scaled so
 // that next-token choices are clear rather than near ties.
 import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
@@ -27,8 +27,14 @@ export interface SynthOptions {
   vocab?: string;
   /** write RoPE frequency factors (rope_freqs.weight, as llama 3.1 files carry) */
   ropeFreqs?: boolean;
-  /** exaone4: attention.sliding_window (libllama windows a 64-layer exaone4 only) */
+  /** attention.sliding_window (exaone4: libllama windows a 64-layer exaone4 only; gemma3: any) */
   slidingWindow?: number;
+  /** gemma3: attention.sliding_window_pattern (every n-th layer attends to everything; libllama's default 6) */
+  swaPattern?: number;
+  /** per-head dimension of K and V when it is not n_embd / n_head (attention.key_length; gemma3's 270M: 256 at n_embd 640) */
+  headDim?: number;
+  /** gemma3: final_logit_softcapping (0 or absent: none) */
+  logitSoftcap?: number;
   /** called after each tensor with the parameters written so far and in all (a progress bar) */
   onProgress?: (done: number, total: number) => void;
 }
@@ -82,14 +88,16 @@ function validate(o: SynthOptions): void {
     const v = o[k] as number;
     if (!Number.isInteger(v) || v < 1) throw new ModelError('bad_input', `${k} must be a positive integer, got ${v}`);
   }
-  if (o.nEmbd % o.nHead !== 0) throw new ModelError('bad_input', `n_embd ${o.nEmbd} is not a multiple of n_head ${o.nHead}`);
+  if (o.headDim === undefined && o.nEmbd % o.nHead !== 0) throw new ModelError('bad_input', `n_embd ${o.nEmbd} is not a multiple of n_head ${o.nHead}`);
+  if (o.headDim !== undefined && (!Number.isInteger(o.headDim) || o.headDim < 2)) throw new ModelError('bad_input', `head dimension ${o.headDim} is invalid`);
+  if (o.headDim !== undefined && o.arch === 'llama' && o.headDim !== o.nEmbd / o.nHead) throw new ModelError('bad_input', 'llama needs head dimension n_embd / n_head (libllama checks it)');
   if (o.nHead % o.nHeadKv !== 0) throw new ModelError('bad_input', `n_head ${o.nHead} is not a multiple of n_head_kv ${o.nHeadKv}`);
-  if ((o.nEmbd / o.nHead) % 2 !== 0) throw new ModelError('bad_input', 'head dimension must be even (RoPE rotates pairs)');
+  if ((o.headDim ?? o.nEmbd / o.nHead) % 2 !== 0) throw new ModelError('bad_input', 'head dimension must be even (RoPE rotates pairs)');
   const type = o.type ?? 'f16';
   if (!(type in WEIGHT_TYPES)) throw new ModelError('bad_input', `weight type ${type} is not one of ${SYNTH_TYPES.join(', ')}`);
   const block = BLOCK[type];
-  if (o.nEmbd % block !== 0 || o.nFf % block !== 0) {
-    throw new ModelError('bad_input', `${type} needs n_embd and n_ff to be multiples of ${block}`);
+  if (o.nEmbd % block !== 0 || o.nFf % block !== 0 || ((o.headDim ?? 0) * o.nHead) % block !== 0) {
+    throw new ModelError('bad_input', `${type} needs n_embd, n_ff and head_dim × n_head to be multiples of ${block}`);
   }
 }
 
@@ -106,7 +114,8 @@ export function synthesize(o: SynthOptions): number {
   if (!tokenizer.some((kv) => kv.key === 'tokenizer.chat_template')) tokenizer.push(kvStr('tokenizer.chat_template', 'chatml'));
 
   const a = o.arch, type = o.type ?? 'f16', wt = WEIGHT_TYPES[type];
-  const hd = o.nEmbd / o.nHead, q = o.nEmbd, kv = hd * o.nHeadKv;
+  const hd = o.headDim ?? o.nEmbd / o.nHead, q = hd * o.nHead, kv = hd * o.nHeadKv;
+  const gemma = a === 'gemma3';
   const kvs: GgufKv[] = [
     kvStr('general.architecture', a),
     kvStr('general.name', `strata-synth-${a}-${o.nLayer}x${o.nEmbd}-s${o.seed}`),
@@ -118,10 +127,15 @@ export function synthesize(o: SynthOptions): number {
     kvU32(`${a}.attention.head_count`, o.nHead),
     kvU32(`${a}.attention.head_count_kv`, o.nHeadKv),
     kvU32(`${a}.rope.dimension_count`, hd),
-    kvF32(`${a}.rope.freq_base`, a === 'qwen2' ? 1000000 : 10000),
-    kvF32(`${a}.attention.layer_norm_rms_epsilon`, a === 'qwen2' ? 1e-6 : 1e-5),
+    ...(o.headDim !== undefined ? [kvU32(`${a}.attention.key_length`, hd), kvU32(`${a}.attention.value_length`, hd)] : []),
+    // gemma3 as Google ships it: a global base of 1e6, 1e4 on the windowed layers
+    kvF32(`${a}.rope.freq_base`, a === 'qwen2' || gemma ? 1000000 : 10000),
+    ...(gemma && o.slidingWindow ? [kvF32(`${a}.rope.freq_base_swa`, 10000)] : []),
+    kvF32(`${a}.attention.layer_norm_rms_epsilon`, a === 'qwen2' || gemma ? 1e-6 : 1e-5),
     kvU32(`${a}.vocab_size`, nVocab),
     ...(o.slidingWindow ? [kvU32(`${a}.attention.sliding_window`, o.slidingWindow)] : []),
+    ...(o.swaPattern !== undefined ? [kvU32(`${a}.attention.sliding_window_pattern`, o.swaPattern)] : []),
+    ...(o.logitSoftcap ? [kvF32(`${a}.final_logit_softcapping`, o.logitSoftcap)] : []),
     ...tokenizer,
   ];
   // One deterministic generator per tensor, so a tensor's values depend only on (seed, name).
@@ -129,17 +143,18 @@ export function synthesize(o: SynthOptions): number {
   const specs: Spec[] = [];
   const add = (name: string, ne: number[], t: number, mean: number, std: number) => specs.push({ name, type: t, ne, mean, std });
   const resid = 1 / Math.sqrt(2 * o.nLayer);
-  add('token_embd.weight', [o.nEmbd, nVocab], wt, 0, 1);
+  // gemma3 multiplies the embeddings by √n_embd: rows of std 1/√n_embd come out at about 1
+  add('token_embd.weight', [o.nEmbd, nVocab], wt, 0, gemma ? 1 / Math.sqrt(o.nEmbd) : 1);
   if (o.ropeFreqs) add('rope_freqs.weight', [hd / 2], GgmlType.F32, 2, 0.5);
-  const post = a === 'exaone4';
+  // exaone4 normalizes after attention and the FFN; gemma3 before and after both
+  const post = a === 'exaone4' || gemma, pre = a !== 'exaone4';
   for (let l = 0; l < o.nLayer; l++) {
     const p = `blk.${l}.`;
     if (post) {
       add(`${p}attn_q_norm.weight`, [hd], GgmlType.F32, 1, 0.1);
       add(`${p}attn_k_norm.weight`, [hd], GgmlType.F32, 1, 0.1);
-    } else {
-      add(`${p}attn_norm.weight`, [o.nEmbd], GgmlType.F32, 1, 0.1);
     }
+    if (pre) add(`${p}attn_norm.weight`, [o.nEmbd], GgmlType.F32, 1, 0.1);
     add(`${p}attn_q.weight`, [o.nEmbd, q], wt, 0, 1 / Math.sqrt(o.nEmbd));
     add(`${p}attn_k.weight`, [o.nEmbd, kv], wt, 0, 1 / Math.sqrt(o.nEmbd));
     add(`${p}attn_v.weight`, [o.nEmbd, kv], wt, 0, 1 / Math.sqrt(o.nEmbd));
@@ -152,7 +167,7 @@ export function synthesize(o: SynthOptions): number {
     // exaone4 normalizes after attention and after the FFN; with a unit-ish scale there the
     // residual would grow by one per layer, so the post-norms are scaled like a residual branch
     if (post) add(`${p}post_attention_norm.weight`, [o.nEmbd], GgmlType.F32, resid, 0.1 * resid);
-    else add(`${p}ffn_norm.weight`, [o.nEmbd], GgmlType.F32, 1, 0.1);
+    if (pre) add(`${p}ffn_norm.weight`, [o.nEmbd], GgmlType.F32, 1, 0.1);
     add(`${p}ffn_gate.weight`, [o.nEmbd, o.nFf], wt, 0, 1 / Math.sqrt(o.nEmbd));
     add(`${p}ffn_up.weight`, [o.nEmbd, o.nFf], wt, 0, 1 / Math.sqrt(o.nEmbd));
     add(`${p}ffn_down.weight`, [o.nFf, o.nEmbd], wt, 0, resid / Math.sqrt(o.nFf));

@@ -11,7 +11,7 @@ import type { LayerRange } from './layer-range.ts';
 
 /** One transformer block's tensors. */
 export interface LayerWeights {
-  /** pre-attention norm (llama, qwen2) */
+  /** pre-attention norm (llama, qwen2, gemma3) */
   attnNorm: TensorPtr | null;
   wq: TensorPtr;
   wk: TensorPtr;
@@ -20,9 +20,9 @@ export interface LayerWeights {
   bq: TensorPtr | null;
   bk: TensorPtr | null;
   bv: TensorPtr | null;
-  /** pre-FFN norm (llama, qwen2) */
+  /** pre-FFN norm (llama, qwen2, gemma3) */
   ffnNorm: TensorPtr | null;
-  /** per-head norms of Q and K, norms after attention and after the FFN (exaone4) */
+  /** per-head norms of Q and K, norms after attention and after the FFN (exaone4, gemma3) */
   qNorm: TensorPtr | null;
   kNorm: TensorPtr | null;
   attnPostNorm: TensorPtr | null;
@@ -56,7 +56,9 @@ export function stageTensorList(hp: HParams, range: LayerRange): Want[] {
   if (range.l0 === 0) out.push({ name: 'token_embd.weight', ne: [hp.nEmbd, hp.nVocab] });
   // llama 3.1-style frequency factors: one tensor that every layer's RoPE uses
   out.push({ name: 'rope_freqs.weight', ne: [hp.nRot / 2], optional: true });
-  const post = hp.arch === 'exaone4';
+  // exaone4 normalizes after attention and the FFN; gemma3 before and after both
+  const post = hp.arch === 'exaone4' || hp.arch === 'gemma3';
+  const pre = hp.arch !== 'exaone4';
   for (let l = range.l0; l < range.l1; l++) {
     const p = `blk.${l}.`;
     if (post) {
@@ -66,9 +68,8 @@ export function stageTensorList(hp: HParams, range: LayerRange): Want[] {
         { name: `${p}post_attention_norm.weight`, ne: [hp.nEmbd] },
         { name: `${p}post_ffw_norm.weight`, ne: [hp.nEmbd] },
       );
-    } else {
-      out.push({ name: `${p}attn_norm.weight`, ne: [hp.nEmbd] }, { name: `${p}ffn_norm.weight`, ne: [hp.nEmbd] });
     }
+    if (pre) out.push({ name: `${p}attn_norm.weight`, ne: [hp.nEmbd] }, { name: `${p}ffn_norm.weight`, ne: [hp.nEmbd] });
     out.push(
       { name: `${p}attn_q.weight`, ne: [hp.nEmbd, q] },
       { name: `${p}attn_k.weight`, ne: [hp.nEmbd, kv] },

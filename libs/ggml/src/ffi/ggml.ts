@@ -38,6 +38,8 @@ export function bindGgml(lib: LibraryHandle) {
     ggml_scale: f('ggml_tensor * ggml_scale(ggml_context * ctx, ggml_tensor * a, float s)') as (ctx: ContextPtr, a: TensorPtr, s: number) => TensorPtr,
     ggml_silu: f('ggml_tensor * ggml_silu(ggml_context * ctx, ggml_tensor * a)') as (ctx: ContextPtr, a: TensorPtr) => TensorPtr,
     ggml_swiglu_split: f('ggml_tensor * ggml_swiglu_split(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b)') as (ctx: ContextPtr, a: TensorPtr, b: TensorPtr) => TensorPtr,
+    ggml_geglu_split: f('ggml_tensor * ggml_geglu_split(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b)') as (ctx: ContextPtr, a: TensorPtr, b: TensorPtr) => TensorPtr,
+    ggml_tanh: f('ggml_tensor * ggml_tanh(ggml_context * ctx, ggml_tensor * a)') as (ctx: ContextPtr, a: TensorPtr) => TensorPtr,
     ggml_rms_norm: f('ggml_tensor * ggml_rms_norm(ggml_context * ctx, ggml_tensor * a, float eps)') as (ctx: ContextPtr, a: TensorPtr, eps: number) => TensorPtr,
     ggml_mul_mat: f('ggml_tensor * ggml_mul_mat(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b)') as (ctx: ContextPtr, a: TensorPtr, b: TensorPtr) => TensorPtr,
     ggml_cpy: f('ggml_tensor * ggml_cpy(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b)') as (ctx: ContextPtr, a: TensorPtr, b: TensorPtr) => TensorPtr,

@@ -111,6 +111,7 @@ export function bindLlama(lib: LibraryHandle) {
     llama_model_n_embd: f('int32_t llama_model_n_embd(const llama_model * model)') as (m: LlamaModelPtr) => number,
     llama_model_n_layer: f('int32_t llama_model_n_layer(const llama_model * model)') as (m: LlamaModelPtr) => number,
     llama_model_chat_template: f('const char * llama_model_chat_template(const llama_model * model, const char * name)') as (m: LlamaModelPtr, name: string | null) => string | null,
+    llama_model_meta_val_str: f('int32_t llama_model_meta_val_str(const llama_model * model, const char * key, _Out_ char * buf, size_t buf_size)') as (m: LlamaModelPtr, key: string, buf: Buffer, size: number) => number,
     llama_model_n_params: f('uint64_t llama_model_n_params(const llama_model * model)') as (m: LlamaModelPtr) => number,
     llama_vocab_n_tokens: f('int32_t llama_vocab_n_tokens(const llama_vocab * vocab)') as (v: LlamaVocabPtr) => number,
     llama_vocab_bos: f('llama_token llama_vocab_bos(const llama_vocab * vocab)') as (v: LlamaVocabPtr) => number,

@@ -9,6 +9,12 @@ export interface ChatMessage {
   content: string;
 }
 
+/**
+ * libllama's built-in chat template for architectures whose family has one fixed turn format,
+ * used when a GGUF carries no `tokenizer.chat_template` (Gemma GGUFs are often shipped without).
+ */
+const FAMILY_TEMPLATES: Record<string, string> = { gemma: 'gemma', gemma2: 'gemma', gemma3: 'gemma', exaone4: 'exaone4' };
+
 /** A GGUF's tokenizer, loaded without weights. dispose() is idempotent. */
 export class Vocab {
   #model: LlamaModelPtr | null;
@@ -95,15 +101,39 @@ export class Vocab {
     return native().llama.llama_vocab_is_eog(this.ptr, token);
   }
 
-  /** The model's chat template, or null. */
+  /** The model's chat template (`tokenizer.chat_template`), or null. */
   chatTemplate(): string | null {
     return native().llama.llama_model_chat_template(this.#modelPtr, null);
   }
 
-  /** Formats messages with the model's template (or `template`, a name such as 'chatml'). */
+  /** A metadata value of the GGUF as a string, or null when the key is absent. */
+  meta(key: string): string | null {
+    const { llama: l } = native();
+    let buf = Buffer.alloc(256);
+    let n = l.llama_model_meta_val_str(this.#modelPtr, key, buf, buf.length);
+    if (n >= buf.length) {
+      buf = Buffer.alloc(n + 1);
+      n = l.llama_model_meta_val_str(this.#modelPtr, key, buf, buf.length);
+    }
+    return n < 0 ? null : buf.toString('utf8', 0, n);
+  }
+
+  /**
+   * The template messages are formatted with: the model's own, else the libllama built-in
+   * template of the model's family where its architecture names one (a GGUF of the gemma family
+   * without a template: 'gemma'), else 'chatml' (libllama's server default).
+   */
+  defaultChatTemplate(): string {
+    const own = this.chatTemplate();
+    if (own) return own;
+    const arch = this.meta('general.architecture') ?? '';
+    return FAMILY_TEMPLATES[arch] ?? 'chatml';
+  }
+
+  /** Formats messages with {@link defaultChatTemplate} (or `template`, a name such as 'chatml'). */
   applyChatTemplate(messages: ChatMessage[], addAssistant = true, template?: string): string {
     const { llama: l } = native();
-    const tmpl = template ?? this.chatTemplate() ?? 'chatml';
+    const tmpl = template ?? this.defaultChatTemplate();
     const total = messages.reduce((n, m) => n + Buffer.byteLength(m.content) + Buffer.byteLength(m.role), 0);
     let buf = Buffer.alloc(total * 2 + 256);
     let n = l.llama_chat_apply_template(tmpl, messages, messages.length, addAssistant, buf, buf.length);

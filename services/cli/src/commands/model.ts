@@ -4,7 +4,7 @@ import { SUPPORTED_ARCHS, SYNTH_TYPES, readHParams, synthesize, type Arch, type 
 import { Flags, parseArgs } from '../args.ts';
 import { UsageError } from '../errors.ts';
 
-/** `strata model synth --out F --arch llama|qwen2 --n-layer N ...` */
+/** `strata model synth --out F --arch llama|qwen2|exaone4|gemma3 --n-layer N ...` */
 export function modelSynth(argv: string[], out: NodeJS.WritableStream): number {
   const f = new Flags(parseArgs(argv));
   const arch = f.str('arch', 'llama')!;
@@ -27,6 +27,9 @@ export function modelSynth(argv: string[], out: NodeJS.WritableStream): number {
     headScale: f.num('head-scale', 12),
     vocab: f.str('vocab'),
     slidingWindow: f.int('sliding-window'),
+    swaPattern: f.int('swa-pattern'),
+    headDim: f.int('head-dim'),
+    logitSoftcap: f.num('logit-softcap'),
   };
   f.done();
   const t0 = performance.now();
@@ -46,7 +49,8 @@ export function modelInfo(argv: string[], out: NodeJS.WritableStream): number {
     const hp = readHParams(file);
     const bytes = file.header.tensors.reduce((n, t) => n + t.size, 0);
     const info = { path, ...hp, tensors: file.header.tensors.length, tensorBytes: bytes };
-    out.write(json ? `${JSON.stringify(info)}\n` : Object.entries(info).map(([k, v]) => `${k.padEnd(14)} ${v}`).join('\n') + '\n');
+    const w = Math.max(...Object.keys(info).map((k) => k.length));
+    out.write(json ? `${JSON.stringify(info)}\n` : Object.entries(info).map(([k, v]) => `${k.padEnd(w)} ${v}`).join('\n') + '\n');
     return 0;
   } finally {
     file.close();

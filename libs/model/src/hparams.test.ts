@@ -1,0 +1,61 @@
+// readHParams on metadata-only GGUFs: gemma3's window, its pattern, its two RoPE bases, its
+// attention scale and soft-capping, read as libllama's llama_model_gemma3::load_arch_hparams does.
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { GgufFile, GgufValueType, kvF32, kvStr, kvU32, writeGguf, type GgufKv } from '@strata/gguf';
+import { layerRope, readHParams, type HParams } from './hparams.ts';
+
+function read(nLayer: number, extra: GgufKv[], nEmbd = 640, nHead = 4): HParams {
+  const dir = mkdtempSync(join(tmpdir(), 'strata-hparams-'));
+  try {
+    const path = join(dir, 'm.gguf');
+    writeGguf(path, [
+      kvStr('general.architecture', 'gemma3'), kvU32('gemma3.block_count', nLayer), kvU32('gemma3.embedding_length', nEmbd),
+      kvU32('gemma3.feed_forward_length', 2048), kvU32('gemma3.attention.head_count', nHead), kvU32('gemma3.attention.head_count_kv', 1),
+      kvU32('gemma3.attention.key_length', 256), kvU32('gemma3.context_length', 32768), kvU32('gemma3.vocab_size', 1000),
+      kvF32('gemma3.attention.layer_norm_rms_epsilon', 1e-6), kvF32('gemma3.rope.freq_base', 1e6), ...extra,
+    ], [], () => new Uint8Array(0));
+    const f = GgufFile.open(path);
+    try {
+      return readHParams(f);
+    } finally {
+      f.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const full = (hp: HParams) => hp.swaLayers.flatMap((x, il) => (x ? [] : [il]));
+
+test('gemma3: every sixth layer is global by default; the windowed ones use the local RoPE base', () => {
+  const hp = read(18, [kvU32('gemma3.attention.sliding_window', 512), kvF32('gemma3.rope.freq_base_swa', 20000)]);
+  assert.equal(hp.nSwa, 512);
+  assert.deepEqual(full(hp), [5, 11, 17]);
+  assert.deepEqual(layerRope(hp, 0), { freqBase: 20000, freqScale: 1 });
+  assert.deepEqual(layerRope(hp, 5), { freqBase: 1e6, freqScale: 1 });
+  assert.deepEqual([hp.embdScale, hp.attnScale, hp.qScaled, hp.logitSoftcap], [Math.sqrt(640), 1 / 16, true, 0]);
+});
+
+test('gemma3: a scalar pattern, an ignored array pattern, no window, the local base default, soft-capping, linear scaling on global layers only', () => {
+  assert.deepEqual(full(read(8, [kvU32('gemma3.attention.sliding_window', 64), kvU32('gemma3.attention.sliding_window_pattern', 4)])), [3, 7]);
+  const arr: GgufKv = { key: 'gemma3.attention.sliding_window_pattern', type: GgufValueType.ARRAY, arrayType: GgufValueType.BOOL, value: [true, false, true, false] };
+  assert.deepEqual(full(read(4, [kvU32('gemma3.attention.sliding_window', 64), arr])), [], 'libllama ignores an array here: period 6');
+  const none = read(4, []);
+  assert.equal(none.nSwa, 0);
+  assert.deepEqual(full(none), [0, 1, 2, 3]);
+  assert.equal(layerRope(none, 0).freqBase, 1e6);
+  const capped = read(8, [kvU32('gemma3.attention.sliding_window', 64), kvF32('gemma3.final_logit_softcapping', 30),
+    kvStr('gemma3.rope.scaling.type', 'linear'), kvF32('gemma3.rope.scaling.factor', 8)]);
+  assert.equal(capped.logitSoftcap, 30);
+  assert.equal(layerRope(capped, 0).freqBase, 10000, 'the local base defaults to 10000');
+  assert.deepEqual([layerRope(capped, 0).freqScale, layerRope(capped, 5).freqScale], [1, 1 / 8]);
+});
+
+test('gemma3 27B (62 layers) scales attention by 1/√(n_embd / n_head)', () => {
+  const hp = read(62, [], 5376, 32);
+  assert.equal(hp.attnScale, Math.fround(1 / Math.fround(Math.sqrt(168))));
+});
