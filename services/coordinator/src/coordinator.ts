@@ -25,6 +25,7 @@ import { publishFailure, refuse } from './replies.ts';
 import { PipelineScheduler, type Blame, type Rebuild } from './scheduler.ts';
 import { MigrationLedger, type MigrationRecord } from './ledger.ts';
 import { migrationInfo, startMigration } from './migration.ts';
+import { placeMove, placeRebuild, placeRequest } from './placement.ts';
 import { pickRebalance } from './rebalance.ts';
 import { SessionStore } from './session-store.ts';
 import { CostBook, judgeLoad } from './step-cost.ts';
@@ -288,17 +289,9 @@ export class Coordinator {
     if (this.#moving.has(session)) throw new CoordinatorError('session_busy', `session ${session} is already moving`);
     const src = [...this.#schedulers.values()].find((s) => s.session(session) !== null);
     if (!src) throw new CoordinatorError('not_found', `no pipeline holds session ${session}`);
-    let dst: PipelineScheduler | undefined;
-    if (to) {
-      dst = this.#schedulers.get(to);
-      if (!dst) throw new CoordinatorError('no_pipeline', `no pipeline ${to}`);
-      if (dst === src) throw new CoordinatorError('bad_request', `session ${session} is already on ${to}`);
-      if (dst.draining) throw new CoordinatorError('pipeline_draining', `pipeline ${to} is draining: it takes no session`);
-    } else {
-      const others = [...this.#schedulers.values()].filter((s) => s !== src && s.view.fingerprint === src.view.fingerprint);
-      dst = others.filter((s) => !s.draining).reduce<PipelineScheduler | undefined>((a, b) => (!a || b.load < a.load ? b : a), undefined);
-      if (!dst) throw new CoordinatorError('no_pipeline', `no other pipeline of ${src.view.modelId} takes work${others.length > 0 ? ` (${others.length} other(s) draining)` : ''}`);
-    }
+    const placed = placeMove([...this.#schedulers.values()], session, src, to);
+    if ('refused' in placed) throw new CoordinatorError(placed.refused.code, placed.refused.message);
+    const dst = placed.to;
     const started = startMigration({ nc: this.#nc, ledger: this.#ledger, store: this.#store, log: this.#log, owner: this.id, options: this.#c.migration, term: this.#lease.term, proof: this.#proof }, session, src, dst, reason);
     const entry: Moving = { to: dst.view.id, finished: started.then((m) => m.finished).catch(() => null) };
     this.#moving.set(session, entry);
@@ -381,8 +374,7 @@ export class Coordinator {
 
   /** Re-places a request whose pipeline went down on the least loaded healthy one of its model. */
   #replace(r: Rebuild, fingerprint: string, reason: string): void {
-    const target = [...this.#schedulers.values()].filter((s) => s.view.fingerprint === fingerprint && !s.draining)
-      .reduce<PipelineScheduler | undefined>((a, b) => (!a || b.load < a.load ? b : a), undefined);
+    const target = placeRebuild([...this.#schedulers.values()], fingerprint);
     if (target) {
       this.#log.warn('rebuilding a request on another pipeline', { request: r.request.req.requestId, to: target.view.id });
       target.rebuild(r);
@@ -444,7 +436,7 @@ export class Coordinator {
     m.respond(encode(GenerateReplySchema, reply));
   }
 
-  /** Checks a request and hands it to the pipeline that holds its session or is least loaded. */
+  /** Checks a request and hands it to the pipeline placement chooses (placement.ts). */
   #admit(req: GenerateRequest): GenerateReply {
     if (!isId(req.requestId)) return refuse('bad_request', 'a request id is 1-128 of A-Z a-z 0-9 _ -');
     if (req.eventsSubject !== subjects.gatewayEvents(req.requestId)) return refuse('bad_request', 'events go to the request\'s own gateway subject');
@@ -454,15 +446,11 @@ export class Coordinator {
     if (known) return { $typeName: 'strata.v1.GenerateReply', accepted: true, cachedTokens: 0, pipelineId: known.view.id, coordinatorId: this.id, term: BigInt(this.#lease.term) };
     if (req.sessionId && !isSessionKey(req.sessionId)) return refuse('bad_request', 'a session is [<tenant>:]<id>: tenant 1-40 of A-Z a-z 0-9 -, id 1-128 of A-Z a-z 0-9 _ -');
     if (req.sessionId && Math.max(1, req.n) > 1) return refuse('bad_request', 'a session continues one conversation: n must be 1');
-    const all = [...this.#schedulers.values()].filter((s) => s.view.modelId === req.modelId);
-    const candidates = all.filter((s) => !s.draining);
-    if (candidates.length === 0) return refuse('no_pipeline', all.length > 0 ? `every pipeline of model '${req.modelId}' is draining: none takes a request` : `no pipeline serves model '${req.modelId}'`);
-    if (req.sessionId && all.some((s) => s.draining && s.holds(req.sessionId))) return refuse('session_busy', `session ${req.sessionId} is moving off a draining pipeline; retry in a moment`);
-    const nVocab = candidates[0]!.view.stages[0]!.nVocab;
+    const placed = placeRequest([...this.#schedulers.values()], req.modelId, req.sessionId);
+    if ('refused' in placed) return refuse(placed.refused.code, placed.refused.message);
+    const target = placed.to;
+    const nVocab = target.view.stages[0]!.nVocab;
     for (const t of req.prompt) if (t < 0 || t >= nVocab) return refuse('bad_request', `token ${t} is outside the vocabulary of ${nVocab}`);
-    const home = req.sessionId ? candidates.find((s) => s.holds(req.sessionId)) : undefined;
-    // Least loaded; ties go to the lowest pipeline id, so placement is predictable.
-    const target = home ?? candidates.reduce((a, b) => (b.load < a.load || (b.load === a.load && b.view.id < a.view.id) ? b : a));
     const reply = req.resume.length > 0 ? target.resume(req) : target.admit(req);
     return { ...reply, coordinatorId: this.id, term: BigInt(this.#lease.term) };
   }

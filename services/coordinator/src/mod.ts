@@ -4,7 +4,8 @@ export { applyPlan, decodeCap, planMicroBatch, type BatchLimits, type PlannedEnt
 export { coordinatorConfig, coordinatorSchema, type CoordinatorConfig } from './config.ts';
 export { Coordinator } from './coordinator.ts';
 export { CoordinatorError } from './errors.ts';
-export { drainOf, drainRefusal, staleMarks, type DrainMark, type DrainTarget, type MarkedWorker } from './drains.ts';
+export { drainOf, staleMarks, type DrainMark, type MarkedWorker } from './drains.ts';
+export { drainRefusal, leastLoaded, placeMove, placeRebuild, placeRequest, type DrainTarget, type Placeable, type Placement, type Refusal } from './placement.ts';
 export { refuse } from './replies.ts';
 export { PipelineScheduler, commonPrefix, type SchedulerDeps, type SchedulerOptions } from './scheduler.ts';
 export { SessionStore, type SessionRecord } from './session-store.ts';

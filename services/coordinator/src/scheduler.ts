@@ -10,6 +10,7 @@ import {
 import type { NatsConnection } from 'nats';
 import { applyPlan, decodeCap, planMicroBatch, type PlannedEntry } from './batcher.ts';
 import type { PipelineView } from './cluster.ts';
+import type { Placeable } from './placement.ts';
 import { CoordinatorError } from './errors.ts';
 import { cachedTokens, cellsNeeded, jobTransition, newJob, rebuildJob, type Job, type JobEffect } from './session.ts';
 import { publishFailure, refuse, seqOp } from './replies.ts';
@@ -127,7 +128,7 @@ export function commonPrefix(a: readonly number[], b: readonly number[]): number
 }
 
 /** The scheduler of one pipeline. */
-export class PipelineScheduler {
+export class PipelineScheduler implements Placeable {
   readonly view: PipelineView;
   /** this scheduler's generation, on each of its steps and sequence operations */
   readonly generation = nextGeneration();
@@ -197,6 +198,21 @@ export class PipelineScheduler {
         await new Promise((r) => setTimeout(r, Math.min(2000, 100 * 2 ** attempt)));
       }
     }
+  }
+
+  /** the pipeline's id */
+  get id(): string {
+    return this.view.id;
+  }
+
+  /** the model it serves */
+  get modelId(): string {
+    return this.view.modelId;
+  }
+
+  /** the model's fingerprint */
+  get fingerprint(): string {
+    return this.view.fingerprint;
   }
 
   /** micro-batches kept in flight: one per stage, so every stage has work */
