@@ -21,16 +21,18 @@ import { DrainBook } from './drain-book.ts';
 import { Drainer, type Moving } from './drainer.ts';
 import { CoordinatorError } from './errors.ts';
 import { LeaderLease } from './lease.ts';
-import { publishFailure, refuse } from './replies.ts';
-import { PipelineScheduler, type Blame, type Rebuild } from './scheduler.ts';
+import { encodeEvent, failureEvents, refuse } from './replies.ts';
+import { natsPush } from './kv-push.ts';
+import type { Blame, Rebuild } from './pipeline-core.ts';
+import { PipelineScheduler } from './scheduler.ts';
 import { MigrationLedger, type MigrationRecord } from './ledger.ts';
-import { migrationInfo, startMigration } from './migration.ts';
+import { migrationInfo, startMigration, type MigrationDeps } from './migration.ts';
 import { placeMove, placeRebuild, placeRequest } from './placement.ts';
 import { pickRebalance } from './rebalance.ts';
 import { SessionStore } from './session-store.ts';
 import { CostBook, judgeLoad } from './step-cost.ts';
 import { listSessions } from './session-list.ts';
-import { observeSlowWorkers, tracedAdmit } from './telemetry.ts';
+import { endRequest, observeSlowWorkers, tracedAdmit } from './telemetry.ts';
 import { context } from '@opentelemetry/api';
 import { natsContext } from '@strata/telemetry';
 
@@ -223,10 +225,10 @@ export class Coordinator {
   #scheduler(view: PipelineView): PipelineScheduler {
     const s = new PipelineScheduler(view, {
       nc: this.#nc, resultSubject: subjects.coordinatorResult(this.id), store: this.#store, log: this.#log, term: this.#lease.term, proof: this.#proof, costs: this.#costs,
+      seqOpTimeoutMs: this.#c.seqOpTimeoutMs,
       options: {
         prefillChunk: this.#c.prefillChunk, stepDeadlineFloorMs: this.#c.stepDeadlineFloorMs, stepDeadlineMargin: this.#c.stepDeadlineMargin,
-        stepBudgetMs: this.#c.stepBudgetMs, seqOpTimeoutMs: this.#c.seqOpTimeoutMs,
-        defaultMaxTokens: this.#c.defaultMaxTokens, maxQueue: this.#c.maxQueue, queueFactor: this.#c.queueFactor, maxRequestFailures: this.#c.maxRequestFailures,
+        stepBudgetMs: this.#c.stepBudgetMs, defaultMaxTokens: this.#c.defaultMaxTokens, maxQueue: this.#c.maxQueue, queueFactor: this.#c.queueFactor, maxRequestFailures: this.#c.maxRequestFailures,
       },
     });
     s.draining = this.#drainer.drains(view.stages);
@@ -292,7 +294,11 @@ export class Coordinator {
     const placed = placeMove([...this.#schedulers.values()], session, src, to);
     if ('refused' in placed) throw new CoordinatorError(placed.refused.code, placed.refused.message);
     const dst = placed.to;
-    const started = startMigration({ nc: this.#nc, ledger: this.#ledger, store: this.#store, log: this.#log, owner: this.id, options: this.#c.migration, term: this.#lease.term, proof: this.#proof }, session, src, dst, reason);
+    const deps: MigrationDeps = {
+      ledger: this.#ledger, claim: (s, pipeline) => this.#store.claim(s, pipeline), log: this.#log, owner: this.id, options: this.#c.migration,
+      push: natsPush({ nc: this.#nc, term: this.#lease.term, proof: this.#proof, timeoutMs: this.#c.migration.pushTimeoutMs }),
+    };
+    const started = startMigration(deps, session, src.source, dst.target, reason);
     const entry: Moving = { to: dst.view.id, finished: started.then((m) => m.finished).catch(() => null) };
     this.#moving.set(session, entry);
     // (Registered first, so it runs before anyone awaiting the end sees it.)
@@ -385,7 +391,10 @@ export class Coordinator {
 
   /** Ends a request that cannot be rebuilt with a retriable error. */
   #failRebuild(r: Rebuild, message: string): void {
-    publishFailure(this.#nc, r.request.req, r.jobs.map((j) => ({ index: j.index, offset: j.generated.length })), 'pipeline_down', message);
+    const { req } = r.request;
+    const error = { code: 'pipeline_down', message };
+    for (const e of failureEvents(req, r.jobs.map((j) => ({ index: j.index, offset: j.generated.length })), error.code, error.message)) this.#nc.publish(req.eventsSubject, encodeEvent(e));
+    endRequest(req, error);
   }
 
   #onHeartbeat(m: Msg): void {
