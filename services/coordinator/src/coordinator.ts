@@ -8,13 +8,13 @@
 // choice has streamed) and it rebuilds them by re-prefill.
 import { readFileSync } from 'node:fs';
 import { redactUrl, type Logger } from '@strata/log';
-import { natsOptions,
+import { connectNats, drainNats,
   CancelRequestSchema, ClusterStateSchema, LeaderAnnouncementSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, SessionListSchema, SessionsRequestSchema, GenerateReplySchema, GenerateRequestSchema, HeartbeatSchema, StepResultSchema,
   FenceSigner, UndrainReplySchema, UndrainRequestSchema,
   decode, encode, isId, isSessionKey, subjects, type GenerateReply, type GenerateRequest, type DrainReply, type MigrateReply, type UndrainReply,
 } from '@strata/wire';
 import { Redis } from 'ioredis';
-import { connect, type Msg, type NatsConnection, type Subscription } from 'nats';
+import type { Msg, NatsConnection, Subscription } from 'nats';
 import { clusterTransition, initialCluster, type ClusterEffect, type ClusterState, type PipelineView } from './cluster.ts';
 import type { CoordinatorConfig } from './config.ts';
 import { DrainBook } from './drain-book.ts';
@@ -104,13 +104,7 @@ export class Coordinator {
       if (redisDown) log.info('Redis reconnected');
       redisDown = false;
     });
-    let nc: NatsConnection;
-    try {
-      nc = await connect(natsOptions(c.natsUrl, `strata-coordinator-${c.id}`));
-    } catch (err) {
-      redis.disconnect();
-      throw err;
-    }
+    const nc = await connectNats(c.natsUrl, `strata-coordinator-${c.id}`, () => redis.disconnect());
     const co = new Coordinator(c, nc, redis, signer, log);
     // Standbys watch heartbeats too: they know the cluster when they take over.
     co.#sub(subjects.workerHeartbeat(), (m) => co.#onHeartbeat(m));
@@ -514,11 +508,7 @@ export class Coordinator {
         }
       }
       await this.#lease.absent().catch(() => {});
-      try {
-        await this.#nc.drain();
-      } catch (err) {
-        this.#log.warn('NATS drain failed', { err });
-      }
+      await drainNats(this.#nc, this.#log);
       await this.#redis.quit().catch(() => this.#redis.disconnect());
       this.#log.info('coordinator stopped');
     })();
