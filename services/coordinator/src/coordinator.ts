@@ -1,6 +1,9 @@
-// The coordinator process: the runtime around the actors. It feeds heartbeats and ticks to the
-// cluster actor, keeps one scheduler per pipeline, routes generate requests to a pipeline and
-// step results to their scheduler, and answers cluster queries.
+// The coordinator process: the runtime around the actors (docs/architecture.md). It decodes what
+// comes in, routes it, encodes the answers, and leads: heartbeats and ticks go to the cluster
+// actor (cluster.ts), which says when pipelines come up and go down; each pipeline gets a
+// scheduler (scheduler.ts, around the pipeline's pure core); generate requests go where placement
+// (placement.ts) says, step results to their pipeline's scheduler, migrations to the migrator
+// (migrator.ts), drains to the drainer (drainer.ts); cluster and session queries are answered here.
 //
 // Coordinators race for a Redis lease (lease.ts): the holder leads, the others stand by, watching
 // heartbeats so that they know the cluster when their turn comes. A new leader announces itself
@@ -18,17 +21,16 @@ import type { Msg, NatsConnection, Subscription } from 'nats';
 import { clusterTransition, initialCluster, type ClusterEffect, type ClusterState, type PipelineView } from './cluster.ts';
 import type { CoordinatorConfig } from './config.ts';
 import { DrainBook } from './drain-book.ts';
-import { Drainer, type Moving } from './drainer.ts';
+import { Drainer } from './drainer.ts';
 import { CoordinatorError } from './errors.ts';
 import { LeaderLease } from './lease.ts';
 import { encodeEvent, failureEvents, refuse } from './replies.ts';
-import { natsPush } from './kv-push.ts';
 import type { Blame, Rebuild } from './pipeline-core.ts';
 import { PipelineScheduler } from './scheduler.ts';
-import { MigrationLedger, type MigrationRecord } from './ledger.ts';
-import { migrationInfo, startMigration, type MigrationDeps } from './migration.ts';
-import { placeMove, placeRebuild, placeRequest } from './placement.ts';
-import { pickRebalance } from './rebalance.ts';
+import { MigrationLedger } from './ledger.ts';
+import { migrationInfo } from './migration.ts';
+import { Migrator } from './migrator.ts';
+import { placeRebuild, placeRequest } from './placement.ts';
 import { SessionStore } from './session-store.ts';
 import { CostBook, judgeLoad } from './step-cost.ts';
 import { listSessions } from './session-list.ts';
@@ -51,9 +53,7 @@ export class Coordinator {
   readonly #schedulers = new Map<string, PipelineScheduler>();
   /** what steps cost each worker's stage */
   readonly #costs = new CostBook();
-  readonly #ledger: MigrationLedger;
-  /** session -> migration under way */
-  readonly #moving = new Map<string, Moving>();
+  readonly #migrator: Migrator;
   readonly #drainer: Drainer;
   readonly #lease: LeaderLease;
   readonly #startedMs = Date.now();
@@ -74,12 +74,15 @@ export class Coordinator {
     this.#redis = redis;
     this.#store = new SessionStore(redis, c.id, c.sessionTtlS * 1000);
     this.#signer = signer;
-    this.#ledger = new MigrationLedger(redis);
     this.#lease = new LeaderLease(redis, c.id, c.leaseMs);
     this.#log = log.child({ coordinator: c.id });
+    this.#migrator = new Migrator({
+      nc, ledger: new MigrationLedger(redis), store: this.#store, log: this.#log, owner: c.id, options: c.migration, term: () => this.#lease.term, proof: this.#proof,
+      schedulers: this.#schedulers, cluster: this.#cluster, rebalance: { high: c.rebalanceHigh, low: c.rebalanceLow },
+    });
     this.#drainer = new Drainer({
-      book: new DrainBook(redis), cluster: this.#cluster, schedulers: this.#schedulers, moving: this.#moving,
-      migrate: (session, reason) => this.migrate(session, '', reason, true), log: this.#log,
+      book: new DrainBook(redis), cluster: this.#cluster, schedulers: this.#schedulers, moving: this.#migrator.moving,
+      migrate: (session, reason) => this.#migrator.migrate(session, '', reason, true), log: this.#log,
     });
   }
 
@@ -171,7 +174,7 @@ export class Coordinator {
     // Before any request is taken: a pipeline an earlier leader drained stays drained.
     await this.#drainer.load();
     // (Redis unreachable: the ledger waits for the next leader; this one still serves.)
-    await this.#recoverMigrations().catch((err: unknown) => this.#log.warn('unfinished migrations could not be read from the ledger', { err }));
+    await this.#migrator.recover().catch((err: unknown) => this.#log.warn('unfinished migrations could not be read from the ledger', { err }));
     const s = (subject: string, fn: (m: Msg) => void, queue?: string) => this.#leaderSubs.push(this.#sub(subject, fn, queue));
     s(subjects.coordinatorResult(this.id), (m) => this.#onResult(m));
     s(subjects.coordinatorGenerate(), (m) => this.#onGenerate(m), 'coordinator');
@@ -198,7 +201,7 @@ export class Coordinator {
     for (const sub of this.#leaderSubs.splice(0)) sub.unsubscribe();
     for (const s of this.#schedulers.values()) s.abandon();
     this.#schedulers.clear();
-    this.#moving.clear();
+    this.#migrator.moving.clear();
     this.#drainer.unload();
   }
 
@@ -246,61 +249,18 @@ export class Coordinator {
     }
   }
 
-  /**
-   * Migrations a previous coordinator left unfinished: the epoch claim is the commit point, so one
-   * whose session is now owned by its target is done, and any other aborted. (The target's
-   * sequence is emptied when its pipeline comes up: a new coordinator clears every sequence.)
-   */
-  async #recoverMigrations(): Promise<void> {
-    for (const m of await this.#ledger.active()) {
-      const s = await this.#store.get(m.session);
-      const committed = m.state === 'switching' && s?.pipeline === m.to;
-      await this.#ledger.update(m.id, m.session, committed ? 'done' : 'aborted', committed ? {} : { error: `coordinator ${m.owner} stopped during the migration (${m.state})` });
-      this.#log.warn('finished a migration from the ledger', { migration: m.id, state: committed ? 'done' : 'aborted' });
-    }
-  }
-
   async #onMigrate(m: Msg): Promise<void> {
     let reply: MigrateReply;
     try {
       const req = decode(MigrateRequestSchema, m.data, m.subject);
       // The migration's span is a child of the caller's (the admin API's request).
-      const rec = await context.with(natsContext(m.headers), () => this.migrate(req.sessionId, req.toPipeline, req.reason || 'operator', req.wait));
+      const rec = await context.with(natsContext(m.headers), () => this.#migrator.migrate(req.sessionId, req.toPipeline, req.reason || 'operator', req.wait));
       reply = { $typeName: 'strata.v1.MigrateReply', migration: migrationInfo(rec) };
     } catch (err) {
       const code = err instanceof CoordinatorError ? err.code : 'bad_request';
       reply = { $typeName: 'strata.v1.MigrateReply', error: { $typeName: 'strata.v1.Error', code, message: (err as Error).message, workerId: '' } };
     }
     m.respond(encode(MigrateReplySchema, reply));
-  }
-
-  /**
-   * Moves a session to `to` (or the least loaded other pipeline of its model that takes work);
-   * with `wait`, resolves when it ended. A draining pipeline takes no session. One migration of a
-   * session at a time: the session counts as moving from this call on, before the first await,
-   * so a second call meanwhile is refused (session_busy).
-   */
-  async migrate(session: string, to: string, reason: string, wait: boolean): Promise<MigrationRecord> {
-    if (!isSessionKey(session)) throw new CoordinatorError('bad_request', 'a session is [<tenant>:]<id>: tenant 1-40 of A-Z a-z 0-9 -, id 1-128 of A-Z a-z 0-9 _ -');
-    if (this.#moving.has(session)) throw new CoordinatorError('session_busy', `session ${session} is already moving`);
-    const src = [...this.#schedulers.values()].find((s) => s.session(session) !== null);
-    if (!src) throw new CoordinatorError('not_found', `no pipeline holds session ${session}`);
-    const placed = placeMove([...this.#schedulers.values()], session, src, to);
-    if ('refused' in placed) throw new CoordinatorError(placed.refused.code, placed.refused.message);
-    const dst = placed.to;
-    const deps: MigrationDeps = {
-      ledger: this.#ledger, claim: (s, pipeline) => this.#store.claim(s, pipeline), log: this.#log, owner: this.id, options: this.#c.migration,
-      push: natsPush({ nc: this.#nc, term: this.#lease.term, proof: this.#proof, timeoutMs: this.#c.migration.pushTimeoutMs }),
-    };
-    const started = startMigration(deps, session, src.source, dst.target, reason);
-    const entry: Moving = { to: dst.view.id, finished: started.then((m) => m.finished).catch(() => null) };
-    this.#moving.set(session, entry);
-    // (Registered first, so it runs before anyone awaiting the end sees it.)
-    void entry.finished.then(() => {
-      if (this.#moving.get(session) === entry) this.#moving.delete(session);
-    });
-    const mig = await started;
-    return wait ? (await entry.finished) ?? mig.record : mig.record;
   }
 
   async #onDrain(m: Msg): Promise<void> {
@@ -327,32 +287,10 @@ export class Coordinator {
     m.respond(encode(UndrainReplySchema, reply));
   }
 
-  /**
-   * The rebalancer: when a worker's KV occupancy passes the high watermark, the largest session of
-   * its pipeline that fits moves to the emptiest other pipeline of the model, so long as that one
-   * stays below the low watermark with it.
-   */
-  #rebalance(): void {
-    if (this.#moving.size > 0) return;
-    const loads = [...this.#schedulers.values()].map((s) => ({
-      id: s.view.id, fingerprint: s.view.fingerprint, draining: s.draining,
-      occupancy: Math.max(...s.view.stages.map((st) => {
-        const w = this.#cluster.workers.get(st.workerId);
-        return w && st.kvCells > 0 ? w.kvCellsUsed / st.kvCells : 0;
-      })),
-      cells: Math.min(...s.view.stages.map((st) => st.kvCells)),
-      sessions: s.sessionIds().map((id) => ({ id, cells: s.session(id)?.done ?? 0 })),
-    }));
-    const move = pickRebalance(loads, this.#c.rebalanceHigh, this.#c.rebalanceLow);
-    if (!move) return;
-    this.#log.info('rebalancing', { ...move });
-    void this.migrate(move.session, move.to, `rebalance: ${(move.occupancy * 100).toFixed(0)}% of KV cells used`, false).catch((err: unknown) => this.#log.warn('rebalance failed', { err }));
-  }
-
   async #onMigrations(m: Msg): Promise<void> {
     try {
       const req = decode(MigrationsRequestSchema, m.data, m.subject);
-      const list = await this.#ledger.list(Math.min(req.limit || 100, 1000));
+      const list = await this.#migrator.list(Math.min(req.limit || 100, 1000));
       m.respond(encode(MigrationListSchema, { migrations: list.map(migrationInfo) }));
     } catch (err) {
       this.#log.warn('migrations query failed', { err });
@@ -365,7 +303,7 @@ export class Coordinator {
     try {
       const req = decode(SessionsRequestSchema, m.data, m.subject);
       const pipelines = [...this.#schedulers.values()].map((s) => ({ pipelineId: s.view.id, sessions: s.sessionViews() }));
-      m.respond(encode(SessionListSchema, listSessions(pipelines, new Set(this.#moving.keys()), req.limit)));
+      m.respond(encode(SessionListSchema, listSessions(pipelines, new Set(this.#migrator.moving.keys()), req.limit)));
     } catch (err) {
       this.#log.warn('sessions query failed', { err });
       m.respond(encode(SessionListSchema, {}));
@@ -416,7 +354,7 @@ export class Coordinator {
       const why = s.stalled(now);
       if (why) this.#reset(s, why, 'stuck');
     }
-    this.#rebalance();
+    this.#migrator.rebalance();
   }
 
   #onResult(m: Msg): void {

@@ -10,16 +10,9 @@ import { DrainBook } from './drain-book.ts';
 import { CoordinatorError } from './errors.ts';
 import type { MigrationRecord } from './ledger.ts';
 import { migrationInfo } from './migration.ts';
+import type { Moving } from './migrator.ts';
 import { drainRefusal } from './placement.ts';
 import type { PipelineScheduler } from './scheduler.ts';
-
-/** A migration under way, as the coordinator tracks it. */
-export interface Moving {
-  /** target pipeline */
-  to: string;
-  /** its end (null: it never started) */
-  finished: Promise<MigrationRecord | null>;
-}
 
 /** What the drain actor needs from the coordinator. */
 export interface DrainerDeps {
