@@ -39,7 +39,8 @@ export function encodeStageInput(header: StepHeader, hidden: Float32Array, maxPa
   return out;
 }
 
-interface Partial {
+/** A micro-batch whose chunks are still arriving. */
+interface PartialStep {
   header: StepHeader;
   parts: Uint8Array[];
   chunks: number;
@@ -48,7 +49,7 @@ interface Partial {
 
 /** Puts StageInput chunks back together; chunks of one step arrive in order (one NATS publisher). */
 export class StageInputAssembler {
-  readonly #open = new Map<bigint, Partial>();
+  readonly #open = new Map<bigint, PartialStep>();
 
   /** Adds one message; returns the whole micro-batch when its last chunk arrived, else null. */
   add(bytes: Uint8Array, now = Date.now()): StageMessage | null {

@@ -12,4 +12,4 @@ export { NATS_ROLES, natsPermissions, type NatsPermissions, type NatsRole } from
 export { FenceGuard, FenceSigner, FenceVerifier } from './fence-proof.ts';
 export * from './gen/strata/v1/kv_transfer_pb.ts';
 export { grpcClient, grpcService } from './grpc.ts';
-export { natsOptions, request, requestOnce } from './nats.ts';
+export { connectNats, drainNats, natsOptions, request, requestOnce } from './nats.ts';

@@ -17,6 +17,32 @@ export function natsOptions(url: string, name: string): ConnectionOptions {
 }
 
 /**
+ * Connects to NATS as `name` (see natsOptions). When that fails, `undo` releases what the caller
+ * set up before (a stage, a vocabulary, a Redis client) and the error is thrown on.
+ */
+export async function connectNats(url: string, name: string, undo: () => unknown = () => {}): Promise<NatsConnection> {
+  try {
+    return await connect(natsOptions(url, name));
+  } catch (err) {
+    await undo();
+    throw err;
+  }
+}
+
+/**
+ * A service's last word to NATS when it stops: drains the connection (its subscriptions take what
+ * has arrived, what it published is flushed, then it closes). A failure is logged on `log`, not
+ * thrown: the rest of the stop goes on.
+ */
+export async function drainNats(nc: NatsConnection, log: { warn(msg: string, fields?: Record<string, unknown>): void }): Promise<void> {
+  try {
+    await nc.drain();
+  } catch (err) {
+    log.warn('NATS drain failed', { err });
+  }
+}
+
+/**
  * Sends `init` as `req` on `subject` and decodes the answer as `rep` (WireError when it does not
  * decode); `headers` travel with it (trace context).
  */

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import { create } from '@bufbuild/protobuf';
 import { FinishReason, SampledTokenSchema, SamplingSchema } from '@strata/wire';
 import { applyPlan, decodeCap, planMicroBatch } from './batcher.ts';
-import { cachedTokens, jobTransition, newJob, type Job } from './session.ts';
+import { cachedTokens, jobTransition, newJob, type Job } from './job.ts';
 
 const job = (id: string, promptLen: number, seq: number, maxTokens = 4, pos0 = 0) =>
   newJob({ requestId: id, index: 0, sessionId: '', seq, prompt: Array.from({ length: promptLen }, (_, i) => 100 + i), pos0, sampling: create(SamplingSchema), maxTokens });
@@ -74,7 +74,7 @@ test('a job finishes on an end token, on max_tokens, on cancel, on failure; the 
 });
 
 test('a rebuilt job prefills what it held and every sample, then samples the next token', async () => {
-  const { rebuildJob } = await import('./session.ts');
+  const { rebuildJob } = await import('./job.ts');
   const a = job('a', 3, 0, 10, 2);
   applyPlan(planMicroBatch([a], limits)!);
   jobTransition(a, { type: 'sampled', token: tok(0, 7) });

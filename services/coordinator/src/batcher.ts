@@ -3,7 +3,7 @@
 // flight), then prefill chunks fill what is left, at most prefillChunk prompt tokens per
 // micro-batch and, with a step budget while some session decodes, only as many as keep the
 // micro-batch's predicted time within it, so a long prompt never stalls everyone's decoding. Pure.
-import { isReady, nextPos, type Job } from './session.ts';
+import { isReady, nextPos, type Job } from './job.ts';
 import { workOf, type StepWork } from './step-cost.ts';
 
 /** Prompt tokens a step budget lets through while a cost is known: at least this many, to make progress. */

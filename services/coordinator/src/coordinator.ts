@@ -1,6 +1,9 @@
-// The coordinator process: the runtime around the actors. It feeds heartbeats and ticks to the
-// cluster actor, keeps one scheduler per pipeline, routes generate requests to a pipeline and
-// step results to their scheduler, and answers cluster queries.
+// The coordinator process: the runtime around the actors (docs/architecture.md). It decodes what
+// comes in, routes it, encodes the answers, and leads: heartbeats and ticks go to the cluster
+// actor (cluster.ts), which says when pipelines come up and go down; each pipeline gets a
+// scheduler (scheduler.ts, around the pipeline's pure core); generate requests go where placement
+// (placement.ts) says, step results to their pipeline's scheduler, migrations to the migrator
+// (migrator.ts), drains to the drainer (drainer.ts); cluster and session queries are answered here.
 //
 // Coordinators race for a Redis lease (lease.ts): the holder leads, the others stand by, watching
 // heartbeats so that they know the cluster when their turn comes. A new leader announces itself
@@ -8,28 +11,30 @@
 // choice has streamed) and it rebuilds them by re-prefill.
 import { readFileSync } from 'node:fs';
 import { redactUrl, type Logger } from '@strata/log';
-import { natsOptions,
+import { connectNats, drainNats,
   CancelRequestSchema, ClusterStateSchema, LeaderAnnouncementSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, SessionListSchema, SessionsRequestSchema, GenerateReplySchema, GenerateRequestSchema, HeartbeatSchema, StepResultSchema,
   FenceSigner, UndrainReplySchema, UndrainRequestSchema,
   decode, encode, isId, isSessionKey, subjects, type GenerateReply, type GenerateRequest, type DrainReply, type MigrateReply, type UndrainReply,
 } from '@strata/wire';
 import { Redis } from 'ioredis';
-import { connect, type Msg, type NatsConnection, type Subscription } from 'nats';
+import type { Msg, NatsConnection, Subscription } from 'nats';
 import { clusterTransition, initialCluster, type ClusterEffect, type ClusterState, type PipelineView } from './cluster.ts';
 import type { CoordinatorConfig } from './config.ts';
 import { DrainBook } from './drain-book.ts';
-import { Drainer, type Moving } from './drainer.ts';
+import { Drainer } from './drainer.ts';
 import { CoordinatorError } from './errors.ts';
 import { LeaderLease } from './lease.ts';
-import { publishFailure, refuse } from './replies.ts';
-import { PipelineScheduler, type Blame, type Rebuild } from './scheduler.ts';
-import { MigrationLedger, type MigrationRecord } from './ledger.ts';
-import { migrationInfo, startMigration } from './migration.ts';
-import { pickRebalance } from './rebalance.ts';
+import { encodeEvent, failureEvents, refuse } from './replies.ts';
+import type { Blame, Rebuild } from './pipeline-core.ts';
+import { PipelineScheduler } from './scheduler.ts';
+import { MigrationLedger } from './ledger.ts';
+import { migrationInfo } from './migration.ts';
+import { Migrator } from './migrator.ts';
+import { placeRebuild, placeRequest } from './placement.ts';
 import { SessionStore } from './session-store.ts';
 import { CostBook, judgeLoad } from './step-cost.ts';
 import { listSessions } from './session-list.ts';
-import { observeSlowWorkers, tracedAdmit } from './telemetry.ts';
+import { endRequest, observeSlowWorkers, tracedAdmit } from './telemetry.ts';
 import { context } from '@opentelemetry/api';
 import { natsContext } from '@strata/telemetry';
 
@@ -48,9 +53,7 @@ export class Coordinator {
   readonly #schedulers = new Map<string, PipelineScheduler>();
   /** what steps cost each worker's stage */
   readonly #costs = new CostBook();
-  readonly #ledger: MigrationLedger;
-  /** session -> migration under way */
-  readonly #moving = new Map<string, Moving>();
+  readonly #migrator: Migrator;
   readonly #drainer: Drainer;
   readonly #lease: LeaderLease;
   readonly #startedMs = Date.now();
@@ -71,12 +74,15 @@ export class Coordinator {
     this.#redis = redis;
     this.#store = new SessionStore(redis, c.id, c.sessionTtlS * 1000);
     this.#signer = signer;
-    this.#ledger = new MigrationLedger(redis);
     this.#lease = new LeaderLease(redis, c.id, c.leaseMs);
     this.#log = log.child({ coordinator: c.id });
+    this.#migrator = new Migrator({
+      nc, ledger: new MigrationLedger(redis), store: this.#store, log: this.#log, owner: c.id, options: c.migration, term: () => this.#lease.term, proof: this.#proof,
+      schedulers: this.#schedulers, cluster: this.#cluster, rebalance: { high: c.rebalanceHigh, low: c.rebalanceLow },
+    });
     this.#drainer = new Drainer({
-      book: new DrainBook(redis), cluster: this.#cluster, schedulers: this.#schedulers, moving: this.#moving,
-      migrate: (session, reason) => this.migrate(session, '', reason, true), log: this.#log,
+      book: new DrainBook(redis), cluster: this.#cluster, schedulers: this.#schedulers, moving: this.#migrator.moving,
+      migrate: (session, reason) => this.#migrator.migrate(session, '', reason, true), log: this.#log,
     });
   }
 
@@ -101,13 +107,7 @@ export class Coordinator {
       if (redisDown) log.info('Redis reconnected');
       redisDown = false;
     });
-    let nc: NatsConnection;
-    try {
-      nc = await connect(natsOptions(c.natsUrl, `strata-coordinator-${c.id}`));
-    } catch (err) {
-      redis.disconnect();
-      throw err;
-    }
+    const nc = await connectNats(c.natsUrl, `strata-coordinator-${c.id}`, () => redis.disconnect());
     const co = new Coordinator(c, nc, redis, signer, log);
     // Standbys watch heartbeats too: they know the cluster when they take over.
     co.#sub(subjects.workerHeartbeat(), (m) => co.#onHeartbeat(m));
@@ -174,7 +174,7 @@ export class Coordinator {
     // Before any request is taken: a pipeline an earlier leader drained stays drained.
     await this.#drainer.load();
     // (Redis unreachable: the ledger waits for the next leader; this one still serves.)
-    await this.#recoverMigrations().catch((err: unknown) => this.#log.warn('unfinished migrations could not be read from the ledger', { err }));
+    await this.#migrator.recover().catch((err: unknown) => this.#log.warn('unfinished migrations could not be read from the ledger', { err }));
     const s = (subject: string, fn: (m: Msg) => void, queue?: string) => this.#leaderSubs.push(this.#sub(subject, fn, queue));
     s(subjects.coordinatorResult(this.id), (m) => this.#onResult(m));
     s(subjects.coordinatorGenerate(), (m) => this.#onGenerate(m), 'coordinator');
@@ -201,7 +201,7 @@ export class Coordinator {
     for (const sub of this.#leaderSubs.splice(0)) sub.unsubscribe();
     for (const s of this.#schedulers.values()) s.abandon();
     this.#schedulers.clear();
-    this.#moving.clear();
+    this.#migrator.moving.clear();
     this.#drainer.unload();
   }
 
@@ -222,10 +222,10 @@ export class Coordinator {
   #scheduler(view: PipelineView): PipelineScheduler {
     const s = new PipelineScheduler(view, {
       nc: this.#nc, resultSubject: subjects.coordinatorResult(this.id), store: this.#store, log: this.#log, term: this.#lease.term, proof: this.#proof, costs: this.#costs,
+      seqOpTimeoutMs: this.#c.seqOpTimeoutMs,
       options: {
         prefillChunk: this.#c.prefillChunk, stepDeadlineFloorMs: this.#c.stepDeadlineFloorMs, stepDeadlineMargin: this.#c.stepDeadlineMargin,
-        stepBudgetMs: this.#c.stepBudgetMs, seqOpTimeoutMs: this.#c.seqOpTimeoutMs,
-        defaultMaxTokens: this.#c.defaultMaxTokens, maxQueue: this.#c.maxQueue, queueFactor: this.#c.queueFactor, maxRequestFailures: this.#c.maxRequestFailures,
+        stepBudgetMs: this.#c.stepBudgetMs, defaultMaxTokens: this.#c.defaultMaxTokens, maxQueue: this.#c.maxQueue, queueFactor: this.#c.queueFactor, maxRequestFailures: this.#c.maxRequestFailures,
       },
     });
     s.draining = this.#drainer.drains(view.stages);
@@ -249,65 +249,18 @@ export class Coordinator {
     }
   }
 
-  /**
-   * Migrations a previous coordinator left unfinished: the epoch claim is the commit point, so one
-   * whose session is now owned by its target is done, and any other aborted. (The target's
-   * sequence is emptied when its pipeline comes up: a new coordinator clears every sequence.)
-   */
-  async #recoverMigrations(): Promise<void> {
-    for (const m of await this.#ledger.active()) {
-      const s = await this.#store.get(m.session);
-      const committed = m.state === 'switching' && s?.pipeline === m.to;
-      await this.#ledger.update(m.id, m.session, committed ? 'done' : 'aborted', committed ? {} : { error: `coordinator ${m.owner} stopped during the migration (${m.state})` });
-      this.#log.warn('finished a migration from the ledger', { migration: m.id, state: committed ? 'done' : 'aborted' });
-    }
-  }
-
   async #onMigrate(m: Msg): Promise<void> {
     let reply: MigrateReply;
     try {
       const req = decode(MigrateRequestSchema, m.data, m.subject);
       // The migration's span is a child of the caller's (the admin API's request).
-      const rec = await context.with(natsContext(m.headers), () => this.migrate(req.sessionId, req.toPipeline, req.reason || 'operator', req.wait));
+      const rec = await context.with(natsContext(m.headers), () => this.#migrator.migrate(req.sessionId, req.toPipeline, req.reason || 'operator', req.wait));
       reply = { $typeName: 'strata.v1.MigrateReply', migration: migrationInfo(rec) };
     } catch (err) {
       const code = err instanceof CoordinatorError ? err.code : 'bad_request';
       reply = { $typeName: 'strata.v1.MigrateReply', error: { $typeName: 'strata.v1.Error', code, message: (err as Error).message, workerId: '' } };
     }
     m.respond(encode(MigrateReplySchema, reply));
-  }
-
-  /**
-   * Moves a session to `to` (or the least loaded other pipeline of its model that takes work);
-   * with `wait`, resolves when it ended. A draining pipeline takes no session. One migration of a
-   * session at a time: the session counts as moving from this call on, before the first await,
-   * so a second call meanwhile is refused (session_busy).
-   */
-  async migrate(session: string, to: string, reason: string, wait: boolean): Promise<MigrationRecord> {
-    if (!isSessionKey(session)) throw new CoordinatorError('bad_request', 'a session is [<tenant>:]<id>: tenant 1-40 of A-Z a-z 0-9 -, id 1-128 of A-Z a-z 0-9 _ -');
-    if (this.#moving.has(session)) throw new CoordinatorError('session_busy', `session ${session} is already moving`);
-    const src = [...this.#schedulers.values()].find((s) => s.session(session) !== null);
-    if (!src) throw new CoordinatorError('not_found', `no pipeline holds session ${session}`);
-    let dst: PipelineScheduler | undefined;
-    if (to) {
-      dst = this.#schedulers.get(to);
-      if (!dst) throw new CoordinatorError('no_pipeline', `no pipeline ${to}`);
-      if (dst === src) throw new CoordinatorError('bad_request', `session ${session} is already on ${to}`);
-      if (dst.draining) throw new CoordinatorError('pipeline_draining', `pipeline ${to} is draining: it takes no session`);
-    } else {
-      const others = [...this.#schedulers.values()].filter((s) => s !== src && s.view.fingerprint === src.view.fingerprint);
-      dst = others.filter((s) => !s.draining).reduce<PipelineScheduler | undefined>((a, b) => (!a || b.load < a.load ? b : a), undefined);
-      if (!dst) throw new CoordinatorError('no_pipeline', `no other pipeline of ${src.view.modelId} takes work${others.length > 0 ? ` (${others.length} other(s) draining)` : ''}`);
-    }
-    const started = startMigration({ nc: this.#nc, ledger: this.#ledger, store: this.#store, log: this.#log, owner: this.id, options: this.#c.migration, term: this.#lease.term, proof: this.#proof }, session, src, dst, reason);
-    const entry: Moving = { to: dst.view.id, finished: started.then((m) => m.finished).catch(() => null) };
-    this.#moving.set(session, entry);
-    // (Registered first, so it runs before anyone awaiting the end sees it.)
-    void entry.finished.then(() => {
-      if (this.#moving.get(session) === entry) this.#moving.delete(session);
-    });
-    const mig = await started;
-    return wait ? (await entry.finished) ?? mig.record : mig.record;
   }
 
   async #onDrain(m: Msg): Promise<void> {
@@ -334,32 +287,10 @@ export class Coordinator {
     m.respond(encode(UndrainReplySchema, reply));
   }
 
-  /**
-   * The rebalancer: when a worker's KV occupancy passes the high watermark, the largest session of
-   * its pipeline that fits moves to the emptiest other pipeline of the model, so long as that one
-   * stays below the low watermark with it.
-   */
-  #rebalance(): void {
-    if (this.#moving.size > 0) return;
-    const loads = [...this.#schedulers.values()].map((s) => ({
-      id: s.view.id, fingerprint: s.view.fingerprint, draining: s.draining,
-      occupancy: Math.max(...s.view.stages.map((st) => {
-        const w = this.#cluster.workers.get(st.workerId);
-        return w && st.kvCells > 0 ? w.kvCellsUsed / st.kvCells : 0;
-      })),
-      cells: Math.min(...s.view.stages.map((st) => st.kvCells)),
-      sessions: s.sessionIds().map((id) => ({ id, cells: s.session(id)?.done ?? 0 })),
-    }));
-    const move = pickRebalance(loads, this.#c.rebalanceHigh, this.#c.rebalanceLow);
-    if (!move) return;
-    this.#log.info('rebalancing', { ...move });
-    void this.migrate(move.session, move.to, `rebalance: ${(move.occupancy * 100).toFixed(0)}% of KV cells used`, false).catch((err: unknown) => this.#log.warn('rebalance failed', { err }));
-  }
-
   async #onMigrations(m: Msg): Promise<void> {
     try {
       const req = decode(MigrationsRequestSchema, m.data, m.subject);
-      const list = await this.#ledger.list(Math.min(req.limit || 100, 1000));
+      const list = await this.#migrator.list(Math.min(req.limit || 100, 1000));
       m.respond(encode(MigrationListSchema, { migrations: list.map(migrationInfo) }));
     } catch (err) {
       this.#log.warn('migrations query failed', { err });
@@ -372,7 +303,7 @@ export class Coordinator {
     try {
       const req = decode(SessionsRequestSchema, m.data, m.subject);
       const pipelines = [...this.#schedulers.values()].map((s) => ({ pipelineId: s.view.id, sessions: s.sessionViews() }));
-      m.respond(encode(SessionListSchema, listSessions(pipelines, new Set(this.#moving.keys()), req.limit)));
+      m.respond(encode(SessionListSchema, listSessions(pipelines, new Set(this.#migrator.moving.keys()), req.limit)));
     } catch (err) {
       this.#log.warn('sessions query failed', { err });
       m.respond(encode(SessionListSchema, {}));
@@ -381,8 +312,7 @@ export class Coordinator {
 
   /** Re-places a request whose pipeline went down on the least loaded healthy one of its model. */
   #replace(r: Rebuild, fingerprint: string, reason: string): void {
-    const target = [...this.#schedulers.values()].filter((s) => s.view.fingerprint === fingerprint && !s.draining)
-      .reduce<PipelineScheduler | undefined>((a, b) => (!a || b.load < a.load ? b : a), undefined);
+    const target = placeRebuild([...this.#schedulers.values()], fingerprint);
     if (target) {
       this.#log.warn('rebuilding a request on another pipeline', { request: r.request.req.requestId, to: target.view.id });
       target.rebuild(r);
@@ -393,7 +323,10 @@ export class Coordinator {
 
   /** Ends a request that cannot be rebuilt with a retriable error. */
   #failRebuild(r: Rebuild, message: string): void {
-    publishFailure(this.#nc, r.request.req, r.jobs.map((j) => ({ index: j.index, offset: j.generated.length })), 'pipeline_down', message);
+    const { req } = r.request;
+    const error = { code: 'pipeline_down', message };
+    for (const e of failureEvents(req, r.jobs.map((j) => ({ index: j.index, offset: j.generated.length })), error.code, error.message)) this.#nc.publish(req.eventsSubject, encodeEvent(e));
+    endRequest(req, error);
   }
 
   #onHeartbeat(m: Msg): void {
@@ -421,7 +354,7 @@ export class Coordinator {
       const why = s.stalled(now);
       if (why) this.#reset(s, why, 'stuck');
     }
-    this.#rebalance();
+    this.#migrator.rebalance();
   }
 
   #onResult(m: Msg): void {
@@ -444,7 +377,7 @@ export class Coordinator {
     m.respond(encode(GenerateReplySchema, reply));
   }
 
-  /** Checks a request and hands it to the pipeline that holds its session or is least loaded. */
+  /** Checks a request and hands it to the pipeline placement chooses (placement.ts). */
   #admit(req: GenerateRequest): GenerateReply {
     if (!isId(req.requestId)) return refuse('bad_request', 'a request id is 1-128 of A-Z a-z 0-9 _ -');
     if (req.eventsSubject !== subjects.gatewayEvents(req.requestId)) return refuse('bad_request', 'events go to the request\'s own gateway subject');
@@ -454,15 +387,11 @@ export class Coordinator {
     if (known) return { $typeName: 'strata.v1.GenerateReply', accepted: true, cachedTokens: 0, pipelineId: known.view.id, coordinatorId: this.id, term: BigInt(this.#lease.term) };
     if (req.sessionId && !isSessionKey(req.sessionId)) return refuse('bad_request', 'a session is [<tenant>:]<id>: tenant 1-40 of A-Z a-z 0-9 -, id 1-128 of A-Z a-z 0-9 _ -');
     if (req.sessionId && Math.max(1, req.n) > 1) return refuse('bad_request', 'a session continues one conversation: n must be 1');
-    const all = [...this.#schedulers.values()].filter((s) => s.view.modelId === req.modelId);
-    const candidates = all.filter((s) => !s.draining);
-    if (candidates.length === 0) return refuse('no_pipeline', all.length > 0 ? `every pipeline of model '${req.modelId}' is draining: none takes a request` : `no pipeline serves model '${req.modelId}'`);
-    if (req.sessionId && all.some((s) => s.draining && s.holds(req.sessionId))) return refuse('session_busy', `session ${req.sessionId} is moving off a draining pipeline; retry in a moment`);
-    const nVocab = candidates[0]!.view.stages[0]!.nVocab;
+    const placed = placeRequest([...this.#schedulers.values()], req.modelId, req.sessionId);
+    if ('refused' in placed) return refuse(placed.refused.code, placed.refused.message);
+    const target = placed.to;
+    const nVocab = target.view.stages[0]!.nVocab;
     for (const t of req.prompt) if (t < 0 || t >= nVocab) return refuse('bad_request', `token ${t} is outside the vocabulary of ${nVocab}`);
-    const home = req.sessionId ? candidates.find((s) => s.holds(req.sessionId)) : undefined;
-    // Least loaded; ties go to the lowest pipeline id, so placement is predictable.
-    const target = home ?? candidates.reduce((a, b) => (b.load < a.load || (b.load === a.load && b.view.id < a.view.id) ? b : a));
     const reply = req.resume.length > 0 ? target.resume(req) : target.admit(req);
     return { ...reply, coordinatorId: this.id, term: BigInt(this.#lease.term) };
   }
@@ -517,11 +446,7 @@ export class Coordinator {
         }
       }
       await this.#lease.absent().catch(() => {});
-      try {
-        await this.#nc.drain();
-      } catch (err) {
-        this.#log.warn('NATS drain failed', { err });
-      }
+      await drainNats(this.#nc, this.#log);
       await this.#redis.quit().catch(() => this.#redis.disconnect());
       this.#log.info('coordinator stopped');
     })();

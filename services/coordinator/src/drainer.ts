@@ -7,19 +7,12 @@ import type { Logger } from '@strata/log';
 import type { DrainReply, StageInfo, UndrainReply } from '@strata/wire';
 import type { ClusterState } from './cluster.ts';
 import { DrainBook } from './drain-book.ts';
-import { drainRefusal } from './drains.ts';
 import { CoordinatorError } from './errors.ts';
 import type { MigrationRecord } from './ledger.ts';
 import { migrationInfo } from './migration.ts';
+import type { Moving } from './migrator.ts';
+import { drainRefusal } from './placement.ts';
 import type { PipelineScheduler } from './scheduler.ts';
-
-/** A migration under way, as the coordinator tracks it. */
-export interface Moving {
-  /** target pipeline */
-  to: string;
-  /** its end (null: it never started) */
-  finished: Promise<MigrationRecord | null>;
-}
 
 /** What the drain actor needs from the coordinator. */
 export interface DrainerDeps {
@@ -68,7 +61,7 @@ export class Drainer {
     if (!book.loaded) throw new CoordinatorError('unavailable', 'the drains kept in Redis have not been read yet; retry in a moment');
     if (!src.draining) {
       // Decided and marked with no await between: of two drains at once, the second sees the first.
-      const refusal = force ? null : drainRefusal(workerId, { ...src.view, draining: false }, [...schedulers.values()].map((s) => ({ ...s.view, draining: s.draining })));
+      const refusal = force ? null : drainRefusal(workerId, { ...src.view, draining: false }, [...schedulers.values()]);
       if (refusal) throw new CoordinatorError('last_pipeline', refusal);
       const marked = book.mark({ worker: workerId, startedAtMs: Number(worker.info.startedAtMs), pipeline: src.view.id, forced: force, atMs: Date.now() });
       this.apply();

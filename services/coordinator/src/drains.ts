@@ -25,14 +25,6 @@ export interface MarkedWorker {
   stopping: boolean;
 }
 
-/** A pipeline as a drain's admission sees it. */
-export interface DrainTarget {
-  id: string;
-  modelId: string;
-  fingerprint: string;
-  draining: boolean;
-}
-
 /** The mark that drains a pipeline of these stages (one on one of its worker processes), or null. */
 export function drainOf(stages: readonly StageInfo[], marks: ReadonlyMap<string, DrainMark>): DrainMark | null {
   for (const st of stages) {
@@ -50,21 +42,6 @@ export function staleMarks(marks: ReadonlyMap<string, DrainMark>, workers: Reado
     if (w && (w.startedAtMs !== m.startedAtMs || w.stopping)) out.push(id);
   }
   return out;
-}
-
-/**
- * Why draining `target` (for `worker`) must be refused unless forced, or null: its model would
- * be left with no pipeline that takes work, because every other pipeline of the model (same
- * fingerprint: where its sessions could go) is draining, or there is none. A pipeline already
- * draining is never refused: draining it again changes nothing.
- */
-export function drainRefusal(worker: string, target: DrainTarget, pipelines: readonly DrainTarget[]): string | null {
-  if (target.draining) return null;
-  const others = pipelines.filter((p) => p.id !== target.id && p.fingerprint === target.fingerprint);
-  if (others.some((p) => !p.draining)) return null;
-  const why = others.length === 0 ? 'it is the only pipeline of the model' : `the other ${others.length} pipeline(s) of the model are draining`;
-  return `draining worker ${worker} would leave model '${target.modelId}' with no pipeline that takes work: ${why} (pipeline ${target.id}). `
-    + 'Undrain another pipeline first, or force the drain (strata drain --force, or {"force": true}) to take the model out of service';
 }
 
 /** A mark as stored (JSON). */

@@ -4,64 +4,88 @@
 // the cells written since, switch ownership in Redis (epoch + 1), resume on the target, drop on
 // the source. Any failure before the switch aborts: the source never stopped owning the
 // session, the target frees what it took, the ledger says why.
+//
+// It sees the two pipelines only through two ports, MigrationSource and MigrationTarget (each
+// pipeline's scheduler serves both), and the world through MigrationDeps (the ledger, the
+// session's claim, the pushes of KV state between stages); its decisions are in migration-plan.ts.
 import { randomBytes } from 'node:crypto';
 import type { Logger } from '@strata/log';
-import { MigrateOutReplySchema, MigrateOutRequestSchema, request, subjects, type MigrationInfo, type StageInfo } from '@strata/wire';
-import type { NatsConnection } from 'nats';
+import type { MigrationInfo } from '@strata/wire';
+import { context } from '@opentelemetry/api';
+import type { PipelineView } from './cluster.ts';
 import { CoordinatorError } from './errors.ts';
 import type { MigrationLedger, MigrationRecord } from './ledger.ts';
-import type { PipelineScheduler } from './scheduler.ts';
-import { cellsNeeded } from './session.ts';
-import type { SessionStore } from './session-store.ts';
+import { planMigration, planRound, type PlanPart, type RoundOptions } from './migration-plan.ts';
+import type { MovedSession } from './pipeline-core.ts';
 import { traceMigration } from './telemetry.ts';
-import { context } from '@opentelemetry/api';
-import { natsHeaders } from '@strata/telemetry';
 
-/** One source stage feeding one target stage with the layers both hold. */
-export interface PlanPart {
-  source: StageInfo;
-  target: StageInfo;
-  /** layers, half-open */
-  l0: number;
-  l1: number;
+/** Where a session stands on its pipeline, as a migration sees it. */
+export interface SessionPlace {
+  /** its sequence on every stage */
+  seq: number;
+  /** positions [0, done) every stage holds */
+  done: number;
+  /** cells it takes on a target: to the end of its running request, else what it holds */
+  cells: number;
+  /** a request of it is running: its positions grow */
+  decoding: boolean;
 }
 
-/** For every target stage, the source stages that hold its layers, and which layers each sends. */
-export function planMigration(from: readonly StageInfo[], to: readonly StageInfo[]): PlanPart[] {
-  const parts: PlanPart[] = [];
-  for (const target of to) {
-    for (const source of from) {
-      const l0 = Math.max(source.l0, target.l0), l1 = Math.min(source.l1, target.l1);
-      if (l0 < l1) parts.push({ source, target, l0, l1 });
-    }
-  }
-  const covered = to.reduce((n, t) => n + (t.l1 - t.l0), 0);
-  if (parts.reduce((n, p) => n + (p.l1 - p.l0), 0) !== covered) throw new CoordinatorError('bad_plan', 'the source pipeline does not hold every layer of the target');
-  return parts;
+/** The pipeline a session moves off. */
+export interface MigrationSource {
+  readonly view: PipelineView;
+  /** where the session stands here, or null when it is not here */
+  place(session: string): SessionPlace | null;
+  /** the session starts moving: no new request of it starts here from now on */
+  begin(session: string): void;
+  /** stops scheduling the session; resolves once none of its steps is in flight */
+  hold(session: string): Promise<void>;
+  /** gives the held session up (its sequence here is emptied): what the target adopts */
+  handOver(session: string): MovedSession;
+  /** the move failed before the switch: the session takes requests and decodes here again */
+  stay(session: string): void;
+}
+
+/** The pipeline a session moves to. */
+export interface MigrationTarget {
+  readonly view: PipelineView;
+  /** whether it drains now (it then takes no session) */
+  draining(): boolean;
+  /** a sequence and `cells` cells for the session, emptied on every stage (CoordinatorError no_room when there is no room) */
+  reserve(cells: number): Promise<number>;
+  /** takes the session, handed over at `epoch`, into the reserved sequence */
+  adopt(session: string, seq: number, moved: MovedSession, epoch: number): void;
+  /** gives the reservation up; resolves once its sequence is emptied */
+  cancel(seq: number): Promise<void>;
+}
+
+/** One part of one pre-copy round: a source stage pushes positions [p0, p1) of its layers to a target stage. */
+export interface Push {
+  migrationId: string;
+  part: PlanPart;
+  seq: number;
+  targetSeq: number;
+  p0: number;
+  p1: number;
 }
 
 /** Settings of migrations. */
-export interface MigrationOptions {
-  /** pre-copy rounds at most before the hold */
-  maxRounds: number;
-  /** a round that would send at most this many new positions goes straight to the hold */
-  deltaPositions: number;
+export interface MigrationOptions extends RoundOptions {
   /** a source's push unanswered for this long fails the migration (milliseconds) */
   pushTimeoutMs: number;
 }
 
 /** What the migration actor needs from the coordinator. */
 export interface MigrationDeps {
-  nc: NatsConnection;
-  ledger: MigrationLedger;
-  store: SessionStore;
+  ledger: Pick<MigrationLedger, 'create' | 'update'>;
+  /** carries out one push; the bytes sent (CoordinatorError when it fails) */
+  push: (p: Push) => Promise<number>;
+  /** takes the session for `pipeline` in Redis: the switch; its new epoch */
+  claim: (session: string, pipeline: string) => Promise<number>;
   log: Logger;
+  /** the coordinator that runs it (in the ledger) */
   owner: string;
   options: MigrationOptions;
-  /** the owner's leader term (sources fence by it) */
-  term: number;
-  /** the proof of fence (term, generation) (empty when terms are not signed) */
-  proof: (term: bigint, generation: bigint) => Uint8Array;
 }
 
 /** A migration under way or ended. */
@@ -81,10 +105,10 @@ export function migrationInfo(r: MigrationRecord): MigrationInfo {
 }
 
 /** Starts moving `session` from `src` to `dst`; the returned record is already in the ledger. */
-export async function startMigration(d: MigrationDeps, session: string, src: PipelineScheduler, dst: PipelineScheduler, reason: string): Promise<Migration> {
+export async function startMigration(d: MigrationDeps, session: string, src: MigrationSource, dst: MigrationTarget, reason: string): Promise<Migration> {
   // Taken before the first await: the migration's span is a child of the caller's context.
   const parent = context.active();
-  const st = src.session(session);
+  const st = src.place(session);
   if (!st) throw new CoordinatorError('not_found', `no session ${session} on pipeline ${src.view.id}`);
   if (src.view.fingerprint !== dst.view.fingerprint) throw new CoordinatorError('model_mismatch', `pipelines ${src.view.id} and ${dst.view.id} run different models`);
   const parts = planMigration(src.view.stages, dst.view.stages);
@@ -94,33 +118,35 @@ export async function startMigration(d: MigrationDeps, session: string, src: Pip
     bytes: 0, rounds: 0, copyMs: 0, holdMs: 0, pauseMs: 0, totalMs: 0, createdMs: Date.now(), positions: st.done, owner: d.owner, targetSeq: -1,
   };
   await d.ledger.create(record);
-  src.beginMigration(session);
+  src.begin(session);
   return { record, finished: traceMigration(record, parent, () => run(d, record, parts, src, dst)) };
 }
 
-async function run(d: MigrationDeps, m: MigrationRecord, parts: PlanPart[], src: PipelineScheduler, dst: PipelineScheduler): Promise<MigrationRecord> {
+async function run(d: MigrationDeps, m: MigrationRecord, parts: PlanPart[], src: MigrationSource, dst: MigrationTarget): Promise<MigrationRecord> {
   const t0 = performance.now();
   let targetSeq: number | null = null;
   let switched = false;
   try {
-    const st = src.session(m.session);
+    const st = src.place(m.session);
     if (!st) throw new CoordinatorError('not_found', `session ${m.session} left pipeline ${src.view.id}`);
-    const cells = st.job ? cellsNeeded(st.job) : st.done;
-    targetSeq = dst.reserveIncoming(cells);
-    if (targetSeq === null) throw new CoordinatorError('no_room', `pipeline ${dst.view.id} cannot take ${cells} cells and a sequence`);
+    targetSeq = await dst.reserve(st.cells);
     m.targetSeq = targetSeq;
-    await dst.clearSeq(targetSeq);
     await d.ledger.update(m.id, m.session, 'copying', { targetSeq });
+    const copy = async (p0: number, p1: number) => {
+      if (p1 <= p0) return 0;
+      const bytes = await Promise.all(parts.map((part) => d.push({ migrationId: m.id, part, seq: st.seq, targetSeq: targetSeq!, p0, p1 })));
+      return bytes.reduce((a, b) => a + b, 0);
+    };
 
     // Pre-copy while the session decodes: what every stage holds now, then what it wrote since.
     let sent = 0;
-    for (let round = 1; round <= d.options.maxRounds; round++) {
-      const end = src.session(m.session)?.done ?? sent;
-      if (round > 1 && end - sent <= d.options.deltaPositions) break;
-      m.bytes += await copy(d, m, parts, st.seq, targetSeq, sent, end);
+    for (let round = 1; ; round++) {
+      const now = src.place(m.session);
+      const plan = planRound({ round, sent, end: now?.done ?? sent, decoding: now?.decoding ?? false }, d.options);
+      if ('switch' in plan) break;
+      m.bytes += await copy(plan.copy.p0, plan.copy.p1);
       m.rounds = round;
-      sent = end;
-      if (!src.session(m.session)?.job) break;
+      sent = plan.copy.p1;
     }
     m.copyMs = performance.now() - t0;
     await d.ledger.update(m.id, m.session, 'switching', { bytes: m.bytes, rounds: m.rounds, copyMs: m.copyMs });
@@ -132,15 +158,15 @@ async function run(d: MigrationDeps, m: MigrationRecord, parts: PlanPart[], src:
     await src.hold(m.session);
     const tHeld = performance.now();
     m.holdMs = tHeld - tHold;
-    const end = src.session(m.session)?.done;
+    const end = src.place(m.session)?.done;
     if (end === undefined) throw new CoordinatorError('not_found', `session ${m.session} ended during the migration`);
-    if (end > sent) m.bytes += await copy(d, m, parts, st.seq, targetSeq, sent, end);
+    if (end > sent) m.bytes += await copy(sent, end);
     m.positions = end;
     // A pipeline that began draining meanwhile takes no session: it stays on the source.
-    if (dst.draining) throw new CoordinatorError('pipeline_draining', `pipeline ${dst.view.id} began draining during the migration`);
-    const epoch = await d.store.claim(m.session, dst.view.id);
+    if (dst.draining()) throw new CoordinatorError('pipeline_draining', `pipeline ${dst.view.id} began draining during the migration`);
+    const epoch = await d.claim(m.session, dst.view.id);
     switched = true;
-    dst.adopt(m.session, targetSeq, src.detach(m.session), epoch);
+    dst.adopt(m.session, targetSeq, src.handOver(m.session), epoch);
     m.pauseMs = performance.now() - tHeld;
     m.totalMs = performance.now() - t0;
     m.state = 'done';
@@ -152,32 +178,11 @@ async function run(d: MigrationDeps, m: MigrationRecord, parts: PlanPart[], src:
     m.error = err instanceof CoordinatorError ? `${err.code}: ${err.message}` : (err as Error).message;
     m.totalMs = performance.now() - t0;
     if (!switched) {
-      src.endMigration(m.session);
-      if (targetSeq !== null) await dst.cancelIncoming(targetSeq).catch(() => {});
+      src.stay(m.session);
+      if (targetSeq !== null) await dst.cancel(targetSeq).catch(() => {});
     }
     await d.ledger.update(m.id, m.session, 'aborted', { error: m.error, bytes: m.bytes, totalMs: m.totalMs }).catch((e: unknown) => d.log.error('ledger write failed', { err: e }));
     d.log.warn('migration aborted', { migration: m.id, session: m.session, error: m.error });
     return m;
   }
-}
-
-/** Positions [p0, p1) of every planned part, sources pushing to targets in parallel; bytes sent. */
-async function copy(d: MigrationDeps, m: MigrationRecord, parts: PlanPart[], seq: number, targetSeq: number, p0: number, p1: number): Promise<number> {
-  if (p1 <= p0) return 0;
-  const replies = await Promise.all(parts.map(async (p) => {
-    try {
-      const r = await request(d.nc, subjects.workerMigrate(p.source.workerId), MigrateOutRequestSchema, {
-        migrationId: m.id, seq, p0, p1, l0: p.l0, l1: p.l1, targetWorkerId: p.target.workerId, targetAddress: p.target.grpcAddress, targetSeq, timeoutMs: d.options.pushTimeoutMs, term: BigInt(d.term), fenceProof: d.proof(BigInt(d.term), 0n),
-      }, MigrateOutReplySchema, d.options.pushTimeoutMs + 1000, natsHeaders());
-      return { p, r };
-    } catch (err) {
-      throw new CoordinatorError('source_failed', `worker ${p.source.workerId} did not push layers ${p.l0}:${p.l1}: ${(err as Error).message}`);
-    }
-  }));
-  let bytes = 0;
-  for (const { p, r } of replies) {
-    if (r.error) throw new CoordinatorError(r.error.code || 'push_failed', `${p.source.workerId} → ${p.target.workerId}: ${r.error.message}`);
-    bytes += Number(r.bytes);
-  }
-  return bytes;
 }

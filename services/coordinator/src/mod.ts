@@ -1,12 +1,15 @@
-// @strata/coordinator: cluster, scheduler and session actors, and the process around them.
+// @strata/coordinator: the cluster actor, each pipeline's pure core and its scheduler, jobs, placement, migrations, and the process around them.
 export { clusterTransition, initialCluster, pipelineId, type ClusterEffect, type ClusterMsg, type ClusterOptions, type ClusterState, type PipelineView, type WorkerView } from './cluster.ts';
 export { applyPlan, decodeCap, planMicroBatch, type BatchLimits, type PlannedEntry } from './batcher.ts';
 export { coordinatorConfig, coordinatorSchema, type CoordinatorConfig } from './config.ts';
 export { Coordinator } from './coordinator.ts';
 export { CoordinatorError } from './errors.ts';
-export { drainOf, drainRefusal, staleMarks, type DrainMark, type DrainTarget, type MarkedWorker } from './drains.ts';
+export { drainOf, staleMarks, type DrainMark, type MarkedWorker } from './drains.ts';
+export { drainRefusal, leastLoaded, placeMove, placeRebuild, placeRequest, type DrainTarget, type Placeable, type Placement, type Refusal } from './placement.ts';
 export { refuse } from './replies.ts';
-export { PipelineScheduler, commonPrefix, type SchedulerDeps, type SchedulerOptions } from './scheduler.ts';
+export { PipelineScheduler, type SchedulerDeps } from './scheduler.ts';
+export { commonPrefix, openPipeline, transition, type PipelineCore, type PipelineEffect, type PipelineMsg, type PipelineOptions } from './pipeline-core.ts';
+export { SeqRoom, type Resident, type RoomAsk, type RoomGrant } from './seq-room.ts';
 export { SessionStore, type SessionRecord } from './session-store.ts';
-export { cachedTokens, jobTransition, newJob, type Job, type JobEffect, type JobMsg } from './session.ts';
+export { cachedTokens, jobTransition, newJob, type Job, type JobEffect, type JobMsg } from './job.ts';
 export { pickRebalance, type PipelineLoad, type RebalanceMove } from './rebalance.ts';

@@ -1,17 +1,35 @@
-// What the coordinator sends gateways and stages that is not a step: refusals, failure events and
-// sequence operations.
-import { FinishReason, GenerateEventSchema, encode, type GenerateReply, type GenerateRequest, type SeqOp, type SeqOpKind } from '@strata/wire';
-import type { NatsConnection } from 'nats';
-import { endRequest } from './telemetry.ts';
+// What the coordinator tells gateways and stages besides steps, as values: the answer to a
+// generate request, the events a request's choices stream, sequence operations. Pure: the
+// runtime publishes them.
+import { FinishReason, GenerateEventSchema, encode, type GenerateReply, type GenerateRequest, type SampledToken, type SeqOp, type SeqOpKind } from '@strata/wire';
 
-/** Ends choices of a request with an error event; `offset`: tokens the choice already sent. */
-export function publishFailure(nc: NatsConnection, req: GenerateRequest, choices: { index: number; offset: number }[], code: string, message: string): void {
-  for (const { index, offset } of choices) {
-    nc.publish(req.eventsSubject, encode(GenerateEventSchema, {
-      requestId: req.requestId, index, offset, finish: FinishReason.ERROR, error: { code, message }, promptTokens: req.prompt.length,
-    }));
-  }
-  endRequest(req, { code, message });
+/** An event of one choice of a request, for its gateway. */
+export interface ClientEvent {
+  requestId: string;
+  /** choice index */
+  index: number;
+  /** tokens sampled since the last event */
+  tokens: SampledToken[];
+  /** UNSPECIFIED while the choice goes on */
+  finish: FinishReason;
+  error?: { code: string; message: string };
+  /** tokens of the choice sent before this event (a gateway sees a gap by it) */
+  offset: number;
+  /** set on the last event */
+  promptTokens: number;
+  cachedTokens: number;
+}
+
+/** An event as it goes on the wire. */
+export function encodeEvent(e: ClientEvent): Uint8Array {
+  return encode(GenerateEventSchema, e);
+}
+
+/** The last events of choices of `req` that fail; `offset`: tokens the choice already sent. */
+export function failureEvents(req: GenerateRequest, choices: readonly { index: number; offset: number }[], code: string, message: string): ClientEvent[] {
+  return choices.map(({ index, offset }) => ({
+    requestId: req.requestId, index, offset, tokens: [], finish: FinishReason.ERROR, error: { code, message }, promptTokens: req.prompt.length, cachedTokens: 0,
+  }));
 }
 
 /** One sequence operation (p0, p1 < 0: unbounded). */
@@ -22,4 +40,9 @@ export function seqOp(kind: SeqOpKind, seq: number, p0 = -1, p1 = -1): SeqOp {
 /** A refusal as the coordinator answers it. */
 export function refuse(code: string, message: string): GenerateReply {
   return { $typeName: 'strata.v1.GenerateReply', accepted: false, error: { $typeName: 'strata.v1.Error', code, message, workerId: '' }, cachedTokens: 0, pipelineId: '', coordinatorId: '', term: 0n };
+}
+
+/** An acceptance by pipeline `pipelineId` (the coordinator adds its id and term). */
+export function accept(pipelineId: string): GenerateReply {
+  return { $typeName: 'strata.v1.GenerateReply', accepted: true, cachedTokens: 0, pipelineId, coordinatorId: '', term: 0n };
 }

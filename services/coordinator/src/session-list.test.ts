@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { listSessions } from './session-list.ts';
-import type { SessionView } from './scheduler.ts';
+import type { SessionView } from './pipeline-core.ts';
 
 const view = (id: string, lastUsedMs: number, o: Partial<SessionView> = {}): SessionView => ({ id, seq: 0, positions: 10, busy: false, moving: false, lastUsedMs, epoch: 1, ...o });
 

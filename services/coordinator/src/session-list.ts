@@ -1,7 +1,7 @@
 // The operators' list of sessions (strata.v1.coordinator.sessions): what every pipeline's
 // scheduler holds, merged and ordered. Pure: the coordinator hands it the schedulers' snapshots.
 import type { SessionInfo, SessionList } from '@strata/wire';
-import type { SessionView } from './scheduler.ts';
+import type { SessionView } from './pipeline-core.ts';
 
 /** Sessions answered when a request gives no limit. */
 export const DEFAULT_SESSION_LIMIT = 1000;

@@ -10,9 +10,9 @@ import { LlamaError, Sampler, Vocab } from '@strata/ggml';
 import type { Logger } from '@strata/log';
 import {
   ClusterStateSchema, ClusterRequestSchema, FenceVerifier, isSessionKey, sessionKey, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, SessionListSchema, SessionsRequestSchema, UndrainReplySchema, UndrainRequestSchema, isId,
-  migrationJson, natsOptions, request, sessionJson, subjects, toJson, type ClusterState,
+  connectNats, drainNats, migrationJson, request, sessionJson, subjects, toJson, type ClusterState,
 } from '@strata/wire';
-import { connect, type NatsConnection } from 'nats';
+import type { NatsConnection } from 'nats';
 import type { GatewayConfig } from './config.ts';
 import { ApiKeys, type Caller } from './api-keys.ts';
 import { ApiError, fromAdminError } from './errors.ts';
@@ -63,13 +63,7 @@ export class Gateway {
   /** Loads the vocabulary, connects to NATS and listens. */
   static async start(c: GatewayConfig, log: Logger): Promise<Gateway> {
     const vocab = Vocab.load(c.model);
-    let nc: NatsConnection;
-    try {
-      nc = await connect(natsOptions(c.natsUrl, 'strata-gateway'));
-    } catch (err) {
-      vocab.dispose();
-      throw err;
-    }
+    const nc = await connectNats(c.natsUrl, 'strata-gateway', () => vocab.dispose());
     const g = new Gateway(c, nc, vocab, log);
     await new Promise<void>((resolve, reject) => {
       g.#server.once('error', reject);
@@ -363,11 +357,7 @@ export class Gateway {
       this.#server.closeAllConnections();
       await closed;
       this.#leader.stop();
-      try {
-        await this.#nc.drain();
-      } catch (err) {
-        this.#log.warn('NATS drain failed', { err });
-      }
+      await drainNats(this.#nc, this.#log);
       this.#vocab.dispose();
       this.#log.info('gateway stopped');
     })();

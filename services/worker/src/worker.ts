@@ -10,11 +10,11 @@
 import { redactUrl, type Logger } from '@strata/log';
 import type { StageMemory } from '@strata/model';
 import { readFileSync } from 'node:fs';
-import { FenceGuard, FenceVerifier, natsOptions,
+import { FenceGuard, FenceVerifier, connectNats, drainNats,
   DrainReplySchema, DrainRequestSchema, HeartbeatSchema, LeaderAnnouncementSchema, MigrateOutReplySchema, MigrateOutRequestSchema, SeqOpReplySchema, SeqOpRequestSchema, StageInputAssembler, StageStatsSchema, StepResultSchema,
   decode, encode, encodeStageInput, request, subjects, type StageCounters, type StageInfo, type StageLoad, type StepHeader,
 } from '@strata/wire';
-import { connect, type Msg, type NatsConnection, type Subscription } from 'nats';
+import type { Msg, NatsConnection, Subscription } from 'nats';
 import type { WorkerConfig } from './config.ts';
 import { WorkerError } from './errors.ts';
 import { KvTransferServer, closePushClients, loadSecurity, pushState, type TransferSecurity } from './kv-transfer.ts';
@@ -86,13 +86,7 @@ export class Worker {
       workerId: c.id, model: c.model, layers: c.layers, threads: c.threads, device: c.device, ctxSize: c.ctxSize, kvType: c.kvType,
       maxBatch: c.maxBatch, nSeqMax: c.nSeqMax, kvDebug: c.kvDebug, testStepDelayMs: c.testStepDelayMs, testStepDelayMinTokens: c.testStepDelayMinTokens,
     });
-    let nc: NatsConnection;
-    try {
-      nc = await connect(natsOptions(c.natsUrl, `strata-worker-${c.id}`));
-    } catch (err) {
-      await host.close();
-      throw err;
-    }
+    const nc = await connectNats(c.natsUrl, `strata-worker-${c.id}`, () => host.close());
     const w = new Worker(c, host, nc, verifier, log.child({ worker: c.id }));
     try {
       w.#security = loadSecurity(c);
@@ -317,11 +311,7 @@ export class Worker {
       this.#heartbeat();
       await this.#kv?.stop();
       closePushClients();
-      try {
-        await this.#nc.drain();
-      } catch (err) {
-        this.#log.warn('NATS drain failed', { err });
-      }
+      await drainNats(this.#nc, this.#log);
       await this.#host.close();
       this.#log.info('worker stopped');
     })();

@@ -1,6 +1,7 @@
-// The session actor's logic: one choice of one request on one sequence. It is fed prompt tokens
-// (in chunks) and then its own samples, and decides when it is done. Pure: the scheduler runs
-// it and carries out the effects.
+// A job: one choice of one request on one sequence of a pipeline (a request of n choices runs n
+// jobs; a session's request runs one, on the sequence the session keeps). It is fed prompt tokens
+// (in chunks) and then its own samples, and decides when it is done. Pure: the pipeline's core
+// (pipeline-core.ts) runs it and carries out the effects.
 import { FinishReason, type SampledToken, type Sampling } from '@strata/wire';
 
 /** One choice of a request, as it moves through a pipeline. */

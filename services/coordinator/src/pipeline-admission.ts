@@ -1,0 +1,222 @@
+// Admission into a pipeline's core: a request is refused at once (it can never run here, the
+// queue is full, its session is busy), started (a sequence and cells granted by the room,
+// evicting idle sessions least recently used first) or queued until the room allows it. A request
+// taken over from a pipeline that went down, or from a previous leader, is rebuilt by re-prefill
+// and queues ahead of new ones. A started request's sequences are made ready by one 'prepare'
+// effect (sequence operations, then its session's claim and history in Redis) before its first
+// step. Pure.
+import { FinishReason, SeqOpKind, type GenerateReply, type GenerateRequest, type SeqOp } from '@strata/wire';
+import { cellsNeeded, jobTransition, newJob, rebuildJob, type Job } from './job.ts';
+import { accept, refuse, seqOp } from './replies.ts';
+import { dropSeq, failRequest, running, type Admission, type PipelineCore, type PipelineEffect, type Rebuild } from './pipeline-state.ts';
+import type { RoomAsk, RoomGrant } from './seq-room.ts';
+
+/** Shortest common prefix length of two token lists. */
+export function commonPrefix(a: readonly number[], b: readonly number[]): number {
+  let i = 0;
+  while (i < a.length && i < b.length && a[i] === b[i]) i++;
+  return i;
+}
+
+/** Tokens a request may generate: its max_tokens, else the default within its choices' share of the context. */
+function maxTokensOf(c: PipelineCore, req: GenerateRequest): number {
+  return req.maxTokens > 0 ? req.maxTokens : Math.min(c.options.defaultMaxTokens, Math.floor(c.room.capacity / Math.max(1, req.n)) - req.prompt.length);
+}
+
+/**
+ * The refusal of a request this pipeline can never run (now or ever), or null. Each choice holds
+ * its own copy of the prompt and its tokens, so all of them must fit the pipeline's cells at once.
+ */
+function neverRuns(c: PipelineCore, req: GenerateRequest): GenerateReply | null {
+  const n = Math.max(1, req.n);
+  const { capacity, nSeqMax } = c.room;
+  if (n > nSeqMax) return refuse('bad_request', `n=${n} choices exceed the ${nSeqMax} sequences of a pipeline`);
+  const perChoice = req.prompt.length + Math.max(1, maxTokensOf(c, req));
+  if (n * perChoice > capacity) {
+    const what = `${req.prompt.length} prompt tokens + ${Math.max(1, maxTokensOf(c, req))} to generate`;
+    return refuse('context_length_exceeded', n === 1 ? `${what} exceed the context of ${capacity}` : `${n} choices of ${what} each exceed the ${capacity} cells of a pipeline`);
+  }
+  if (c.down) return refuse('pipeline_down', `pipeline ${c.view.id} is down`);
+  return null;
+}
+
+/**
+ * Admits a request: refused at once (it can never run here, or its session is busy), started,
+ * or queued until sequences and cells free up. Accepted requests report failures as events.
+ */
+export function admit(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, now: number): GenerateReply {
+  const never = neverRuns(c, req);
+  if (never) return never;
+  // Backpressure: the queue holds at most maxQueue requests and queueFactor × the pipeline's
+  // cells of reservations; beyond that a caller is told to come back (429) instead of waiting.
+  const o = c.options;
+  const queuedCells = c.waiting.reduce((n, r) => n + Math.max(1, r.n) * (r.prompt.length + (r.maxTokens || o.defaultMaxTokens)), 0);
+  if (c.waiting.length >= o.maxQueue || queuedCells > o.queueFactor * c.room.capacity) {
+    return refuse('overloaded', `pipeline ${c.view.id} has ${c.waiting.length} requests waiting for ${queuedCells} cells`);
+  }
+  if (c.waiting.length === 0 && c.clean) {
+    const r = tryStart(c, fx, req, now);
+    if (r === 'wait') c.waiting.push(req);
+    else if (r !== 'started') return r;
+  } else {
+    c.waiting.push(req);
+  }
+  return accept(c.view.id);
+}
+
+/**
+ * Takes over a request that a previous leader accepted and lost: each choice goes on from the
+ * tokens its client has seen, rebuilt by re-prefill like the requests of a pipeline that went
+ * down (so it queues as a rebuild, never refused for load); choices that ended stay ended.
+ */
+export function resume(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest): GenerateReply {
+  const never = neverRuns(c, req);
+  if (never) return never;
+  const n = Math.max(1, req.n);
+  const session = req.sessionId;
+  // The session's earlier attempt (cancelled by the gateway) may still have a step in flight.
+  const idle = session ? c.room.residents.get(session) : undefined;
+  if (session && (idle?.busy || c.moving.has(session))) return refuse('session_busy', `session ${session} is still answering an earlier attempt`);
+  // Its idle cells here (from that attempt) go: the rebuild prefills everything again.
+  if (idle) {
+    c.room.residents.delete(session);
+    dropSeq(c, fx, idle.seq, idle.tokens.length);
+  }
+  const maxTokens = maxTokensOf(c, req);
+  const progress = new Map(req.resume.map((p) => [p.index, p]));
+  const jobs = Array.from({ length: n }, (_, index) => {
+    const j = newJob({
+      requestId: req.requestId, index, sessionId: session, seq: -1, prompt: req.prompt, pos0: 0,
+      sampling: { ...req.sampling!, seed: (req.sampling?.seed ?? 0) + index }, maxTokens,
+    });
+    const p = progress.get(index);
+    j.generated = (p?.tokens ?? []).map((token) => ({ $typeName: 'strata.v1.SampledToken' as const, seq: 0, token, eog: false, logprob: 0, top: [] }));
+    rebuildJob(j, []);
+    if (p?.ended) j.finish = FinishReason.STOP;
+    return j;
+  });
+  const live = jobs.filter((j) => j.finish === null);
+  if (live.length === 0) return refuse('bad_request', 'every choice of the request has ended: nothing to resume');
+  c.rebuilds.push({ request: { req, jobs, cached: 0, epoch: 0, live: live.length, failures: 0 }, jobs: live });
+  return accept(c.view.id);
+}
+
+/** Starts queued requests, rebuilds first, in order, while they fit. */
+export function startWaiting(c: PipelineCore, fx: PipelineEffect[], now: number): void {
+  while (c.rebuilds.length > 0 && !c.down && c.clean) {
+    if (!tryRebuild(c, fx, c.rebuilds[0]!, now)) return;
+    c.rebuilds.shift();
+  }
+  while (c.waiting.length > 0 && !c.down && c.clean) {
+    const req = c.waiting[0]!;
+    const r = tryStart(c, fx, req, now);
+    if (r === 'wait') return;
+    c.waiting.shift();
+    if (r !== 'started') failRequest(fx, req, r.error!.code, r.error!.message);
+  }
+}
+
+/** Plans room for `ask` and, when there is, applies it: its evicted sequences not handed out are emptied. */
+function takeRoom(c: PipelineCore, fx: PipelineEffect[], ask: RoomAsk): RoomGrant | null {
+  const grant = c.room.plan(ask, running(c));
+  if (!grant) return null;
+  c.room.apply(grant);
+  // Sent before the new work's first step: its cells are those of these sequences.
+  for (const d of grant.drops) if (!c.down) fx.push({ type: 'drop_seq', seq: d.seq });
+  return grant;
+}
+
+/**
+ * Starts `req` if sequences and cells allow, evicting idle sessions least recently used first;
+ * 'wait' when they do not allow it yet, a refusal when they never will.
+ */
+function tryStart(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, now: number): 'started' | 'wait' | GenerateReply {
+  const n = Math.max(1, req.n);
+  const session = req.sessionId;
+  const resident = session ? c.room.residents.get(session) : undefined;
+  if (resident?.busy || c.moving.has(session)) return refuse('session_busy', `session ${session} is answering another request or moving`);
+  const maxTokens = maxTokensOf(c, req);
+  let cached = 0;
+  if (resident) {
+    cached = commonPrefix(resident.tokens, req.prompt);
+    // At least one prompt token must be evaluated to get the logits to sample from.
+    if (cached === req.prompt.length) cached--;
+  }
+  const need = n * (maxTokens + req.prompt.length - cached);
+  // The session's own cells past the common prefix are removed before it starts.
+  const grant = takeRoom(c, fx, { seqs: resident ? 0 : n, cells: need, keep: session, extra: resident ? resident.tokens.length - cached : 0 });
+  if (!grant) {
+    // Cells come back when a job ends, a sequence is emptied or a migration settles; with none
+    // of these under way (sequences whose emptying failed hold the rest) none will.
+    if (c.jobs.length + c.room.settling + c.moving.size === 0) return refuse('kv_full', `the pipeline cannot hold ${need} more cells now (${c.room.strandedCells} are held by sequences that could not be emptied)`);
+    return 'wait';
+  }
+  const ops = grant.emptyFirst.map((seq) => seqOp(SeqOpKind.REMOVE, seq));
+  const seqs = grant.seqs;
+  if (resident) {
+    resident.busy = true;
+    seqs.push(resident.seq);
+    if (cached < resident.tokens.length) ops.push(seqOp(SeqOpKind.REMOVE, resident.seq, cached, -1));
+  } else if (session) {
+    // The session is here from now on: a second request of it is busy, not a second copy.
+    c.room.residents.set(session, { seq: seqs[0]!, tokens: [], lastUsedMs: now, busy: true, epoch: 0 });
+  }
+  const jobs = seqs.map((seq, index) => newJob({
+    requestId: req.requestId, index, sessionId: session, seq, prompt: req.prompt.slice(cached), pos0: cached,
+    sampling: { ...req.sampling!, seed: (req.sampling?.seed ?? 0) + index }, maxTokens,
+  }));
+  fx.push({ type: 'log', level: 'debug', message: 'start', fields: { request: req.requestId, session, seqs, cached, need } });
+  const request: Admission = { req, jobs, cached, epoch: 0, live: jobs.length, failures: 0 };
+  begin(c, fx, request, jobs, ops, session ? { keep: cached, tokens: req.prompt.slice(cached) } : null);
+  return 'started';
+}
+
+/** Starts a rebuild if sequences and cells allow; false: wait. */
+function tryRebuild(c: PipelineCore, fx: PipelineEffect[], r: Rebuild, now: number): boolean {
+  const need = r.jobs.reduce((n, j) => n + cellsNeeded(j), 0);
+  const grant = takeRoom(c, fx, { seqs: r.jobs.length, cells: need, keep: '', extra: 0 });
+  if (!grant) return false;
+  const { request, jobs } = r;
+  jobs.forEach((j, i) => (j.seq = grant.seqs[i]!));
+  const session = request.req.sessionId;
+  if (session) c.room.residents.set(session, { seq: jobs[0]!.seq, tokens: [], lastUsedMs: now, busy: true, epoch: 0 });
+  fx.push({ type: 'log', level: 'info', message: 'rebuilding a request by re-prefill', fields: { request: request.req.requestId, session, tokens: jobs[0]!.prompt.length } });
+  begin(c, fx, request, jobs, grant.emptyFirst.map((seq) => seqOp(SeqOpKind.REMOVE, seq)), null);
+  return true;
+}
+
+/**
+ * Takes a request's `jobs` in. Their cells count as reserved from now on; they take steps once
+ * their sequences are ready: at once when nothing is to be done, else after the 'prepare' effect
+ * (sequence operations, then the session's claim and, for a new request, its history).
+ */
+function begin(c: PipelineCore, fx: PipelineEffect[], request: Admission, jobs: Job[], ops: SeqOp[], history: { keep: number; tokens: number[] } | null): void {
+  const session = request.req.sessionId;
+  c.requests.set(request.req.requestId, request);
+  c.jobs.push(...jobs);
+  const prepare = ops.length > 0 || session !== '';
+  for (const j of jobs) j.held = prepare;
+  if (prepare) fx.push({ type: 'prepare', requestId: request.req.requestId, ops, claim: session, history });
+}
+
+/** A request's sequences are ready (`session` claimed at `epoch`; '' and 0 without one): its jobs take steps. */
+export function prepared(c: PipelineCore, requestId: string, session: string, epoch: number): void {
+  const r = session ? c.room.residents.get(session) : undefined;
+  if (r) r.epoch = epoch;
+  const request = c.requests.get(requestId);
+  if (!request) return;
+  if (session) request.epoch = epoch;
+  // (A migration that holds the session meanwhile keeps it held.)
+  for (const j of request.jobs) j.held = c.holding.has(j.sessionId);
+}
+
+/** A request's sequences could not be made ready: its jobs fail. */
+export function prepareFailed(c: PipelineCore, requestId: string, code: string, message: string): void {
+  const request = c.requests.get(requestId);
+  if (!request) return;
+  for (const j of request.jobs) {
+    if (!c.jobs.includes(j)) continue;
+    jobTransition(j, { type: 'failed', code, message });
+    j.held = false;
+  }
+}

@@ -1,0 +1,284 @@
+// The pipeline's core without NATS, Redis or a clock: messages in, effects out.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { create } from '@bufbuild/protobuf';
+import {
+  ChoiceProgressSchema, FinishReason, GenerateRequestSchema, SampledTokenSchema, SamplingSchema, SeqOpKind, StageInfoSchema, StepResultSchema, subjects,
+  type GenerateRequest,
+} from '@strata/wire';
+import type { PipelineView } from './cluster.ts';
+import { load, openPipeline, queued, sessionAt, transition, type PipelineCore, type PipelineEffect, type PipelineMsg, type PipelineOptions } from './pipeline-core.ts';
+import { CostBook } from './step-cost.ts';
+
+const OPTIONS: PipelineOptions = {
+  prefillChunk: 256, stepDeadlineFloorMs: 30_000, stepDeadlineMargin: 4, stepBudgetMs: 0, defaultMaxTokens: 16, maxQueue: 4, queueFactor: 4, maxRequestFailures: 2,
+};
+
+/** Two stages of 8 layers, `cells` cells and `seqs` sequences each. */
+function view(id = 'p', cells = 256, seqs = 4): PipelineView {
+  const stage = (w: string, l0: number, l1: number) => create(StageInfoSchema, {
+    workerId: w, modelFingerprint: 'fp', modelId: 'm', nLayer: 8, l0, l1, kvCells: cells, nSeqMax: seqs, maxBatch: 512, nVocab: 1000, nCtxTrain: 4096,
+  });
+  return { id, modelId: 'm', fingerprint: 'fp', stages: [stage(`${id}a`, 0, 4), stage(`${id}b`, 4, 8)] };
+}
+
+/** A core that has emptied its stages, and a way to send it messages. */
+function pipeline(o: Partial<PipelineOptions> = {}, v = view()): { core: PipelineCore; send: (msg: PipelineMsg, now?: number) => PipelineEffect[] } {
+  const { core, effects } = openPipeline(v, { ...OPTIONS, ...o }, new CostBook(), 100n);
+  assert.deepEqual(effects, [{ type: 'empty', seqs: core.room.allSeqs() }], 'a new pipeline first empties every sequence of its stages');
+  const send = (msg: PipelineMsg, now = 0) => transition(core, msg, now);
+  assert.deepEqual(send({ type: 'emptied' }), []);
+  return { core, send };
+}
+
+const req = (id: string, prompt: number, o: Partial<Pick<GenerateRequest, 'n' | 'maxTokens' | 'sessionId'>> = {}) => create(GenerateRequestSchema, {
+  requestId: id, modelId: 'm', prompt: Array.from({ length: prompt }, (_, i) => 10 + i), maxTokens: 2, n: 1, eventsSubject: subjects.gatewayEvents(id),
+  sampling: create(SamplingSchema, { seed: 7 }), ...o,
+});
+const result = (stepId: bigint, tokens: [seq: number, token: number, eog?: boolean][], error?: string) => create(StepResultSchema, {
+  stepId, pipelineId: 'p', tokens: tokens.map(([seq, token, eog]) => create(SampledTokenSchema, { seq, token, eog: eog ?? false })), stageMs: [5, 5],
+  error: error ? { code: error, message: `${error} happened` } : undefined,
+});
+
+const kinds = (fx: PipelineEffect[]) => fx.filter((e) => e.type !== 'log').map((e) => e.type);
+const only = <T extends PipelineEffect['type']>(fx: PipelineEffect[], type: T) => fx.filter((e): e is Extract<PipelineEffect, { type: T }> => e.type === type);
+const reply = (fx: PipelineEffect[]) => only(fx, 'reply')[0]!.reply;
+const steps = (fx: PipelineEffect[]) => only(fx, 'send_step').map((s) => s.entries.map((e) => `${e.seq}:${e.pos0}+${e.nTokens}${e.output ? '!' : ''}`).join(' '));
+const events = (fx: PipelineEffect[]) => only(fx, 'event').map(({ event: e }) => `${e.requestId}/${e.index} ${e.tokens.map((t) => t.token).join(',')}${e.finish ? ` ${FinishReason[e.finish]}` : ''}${e.error ? ` ${e.error.code}` : ''}`);
+
+describe('pipeline core: admission', () => {
+  it('a request waits until the stages are empty, then starts at once', () => {
+    const { core, effects } = openPipeline(view(), OPTIONS, new CostBook(), 100n);
+    const fx = transition(core, { type: 'admit', req: req('a', 3) }, 0);
+    assert.equal(reply(fx).accepted, true);
+    assert.deepEqual(kinds(fx), ['reply'], 'queued: nothing is sent before the stages are empty');
+    assert.equal(effects.length, 1);
+    const started = transition(core, { type: 'emptied' }, 1);
+    assert.deepEqual(steps(started), ['0:0+3!'], 'a one-off request on free sequences needs no preparation: its prompt goes at once');
+    assert.equal(only(started, 'send_step')[0]!.stepId, 100n);
+  });
+
+  it('refuses what can never run here, and what would overfill the queue', () => {
+    const { send } = pipeline({ maxQueue: 1 });
+    const code = (fx: PipelineEffect[]) => reply(fx).error?.code ?? 'accepted';
+    assert.equal(code(send({ type: 'admit', req: req('big', 250, { maxTokens: 10 }) })), 'context_length_exceeded');
+    assert.equal(code(send({ type: 'admit', req: req('many', 3, { n: 5 }) })), 'bad_request', 'more choices than sequences');
+    assert.equal(code(send({ type: 'admit', req: req('n2', 100, { n: 2, maxTokens: 40 }) })), 'context_length_exceeded', 'each choice holds its own copy');
+    for (const id of ['a', 'b', 'c', 'd']) assert.equal(code(send({ type: 'admit', req: req(id, 10, { maxTokens: 50 }) })), 'accepted', id);
+    assert.equal(code(send({ type: 'admit', req: req('e', 10, { maxTokens: 50 }) })), 'accepted', 'the room is full: it queues');
+    assert.equal(code(send({ type: 'admit', req: req('f', 10) })), 'overloaded', 'the queue holds one');
+  });
+
+  it('a session is claimed and its history written before its first step', () => {
+    const { core, send } = pipeline();
+    const fx = send({ type: 'admit', req: req('a', 3, { sessionId: 't:s' }) });
+    assert.deepEqual(kinds(fx), ['prepare', 'reply']);
+    assert.deepEqual(only(fx, 'prepare')[0], { type: 'prepare', requestId: 'a', ops: [], claim: 't:s', history: { keep: 0, tokens: [10, 11, 12] } });
+    assert.deepEqual(send({ type: 'admit', req: req('a2', 3, { sessionId: 't:s' }) }).map((e) => e.type === 'reply' && e.reply.error?.code), ['session_busy']);
+    const ready = send({ type: 'prepared', requestId: 'a', session: 't:s', epoch: 9 });
+    assert.deepEqual(steps(ready), ['0:0+3!']);
+    const first = send({ type: 'step_result', result: result(100n, [[0, 50]]) });
+    assert.deepEqual(events(first), ['a/0 50']);
+    assert.deepEqual(only(first, 'write_history'), [{ type: 'write_history', session: 't:s', epoch: 9, at: 3, tokens: [50] }], 'the sample goes after the prompt, fenced by the claim');
+    assert.deepEqual(steps(first), ['0:3+1!']);
+    const last = send({ type: 'step_result', result: result(101n, [[0, 51]]) }, 5);
+    assert.deepEqual(events(last), ['a/0 51', 'a/0  LENGTH']);
+    assert.deepEqual(kinds(last), ['event', 'write_history', 'event', 'request_ended'], 'its cells stay for its next turn: no sequence is emptied');
+    assert.deepEqual(sessionAt(core, 't:s'), { seq: 0, done: 4, job: null });
+    assert.deepEqual(core.room.residents.get('t:s'), { seq: 0, tokens: [10, 11, 12, 50], lastUsedMs: 5, busy: false, epoch: 9 }, 'the last sample was never evaluated');
+  });
+
+  it("a session's next turn reuses the common prefix and removes the rest", () => {
+    const { send } = pipeline();
+    send({ type: 'admit', req: req('a', 3, { sessionId: 't:s' }) });
+    send({ type: 'prepared', requestId: 'a', session: 't:s', epoch: 1 });
+    send({ type: 'step_result', result: result(100n, [[0, 50]]) });
+    send({ type: 'step_result', result: result(101n, [[0, 51]]) });
+    const next = req('b', 5, { sessionId: 't:s' });
+    next.prompt = [10, 11, 12, 77, 98];
+    const fx = send({ type: 'admit', req: next });
+    const prep = only(fx, 'prepare')[0]!;
+    assert.deepEqual(prep.ops.map((o) => [o.kind, o.seq, o.p0, o.p1]), [[SeqOpKind.REMOVE, 0, 3, -1]], 'positions past the 3 in common go');
+    assert.deepEqual(prep.history, { keep: 3, tokens: [77, 98] });
+    assert.deepEqual(steps(send({ type: 'prepared', requestId: 'b', session: 't:s', epoch: 2 })), ['0:3+2!'], 'only the new tokens are prefilled');
+    const done = send({ type: 'step_result', result: result(102n, [[0, 60]]) });
+    assert.equal(only(done, 'event').at(-1)?.event.cachedTokens, 0, 'only the last event tells the cache');
+    const last = send({ type: 'step_result', result: result(103n, [[0, 61, true]]) });
+    assert.deepEqual(events(last), ['b/0 61', 'b/0  STOP']);
+    assert.equal(only(last, 'event').at(-1)!.event.cachedTokens, 3);
+  });
+});
+
+describe('pipeline core: room', () => {
+  it('evicts idle sessions least recently used first, and empties an evicted sequence before reusing it', () => {
+    const { core, send } = pipeline({}, view('p', 100, 2));
+    for (const [i, s] of ['t:x', 't:y'].entries()) {
+      send({ type: 'admit', req: req(`r${i}`, 10, { sessionId: s, maxTokens: 1 }) }, i);
+      send({ type: 'prepared', requestId: `r${i}`, session: s, epoch: 1 }, i);
+      send({ type: 'step_result', result: result(100n + BigInt(i), [[i, 1]]) }, 10 + i);
+    }
+    assert.deepEqual([...core.room.residents.keys()], ['t:x', 't:y']);
+    const fx = send({ type: 'admit', req: req('new', 30, { maxTokens: 50 }) }, 20);
+    assert.deepEqual([...core.room.residents.keys()], ['t:y'], 't:x was used least recently');
+    const prep = only(fx, 'prepare')[0]!;
+    assert.deepEqual(prep.ops.map((o) => [o.kind, o.seq]), [[SeqOpKind.REMOVE, 0]]);
+    assert.equal(prep.claim, '');
+    assert.deepEqual(steps(send({ type: 'prepared', requestId: 'new', session: '', epoch: 0 })), ['0:0+30!']);
+  });
+
+  it('queues a request until a running one ends, and refuses one that nothing under way could make room for', () => {
+    const { core, send } = pipeline({}, view('p', 100, 1));
+    send({ type: 'admit', req: req('a', 10, { maxTokens: 70 }) });
+    assert.equal(reply(send({ type: 'admit', req: req('b', 10, { maxTokens: 30 }) })).accepted, true);
+    assert.equal(queued(core), 1);
+    assert.equal(load(core), 2);
+    send({ type: 'cancel', requestId: 'a', indices: [] });
+    const fx = send({ type: 'step_result', result: result(100n, [[0, 5]]) });
+    assert.deepEqual(events(fx), ['a/0 5', 'a/0  CANCELLED']);
+    assert.deepEqual(kinds(fx).slice(2), ['request_ended', 'drop_seq'], "a's sequence is emptied");
+    assert.equal(queued(core), 1, "b waits for a's sequence to be emptied");
+    assert.deepEqual(steps(send({ type: 'dropped', seq: 0, ok: true })), ['0:0+10!'], 'then starts on it');
+    const { send: send2 } = pipeline({}, view('q', 100));
+    send2({ type: 'admit', req: req('c', 10, { maxTokens: 70 }) });
+    send2({ type: 'step_result', result: result(100n, [[0, 5]], 'stage_failed') });
+    send2({ type: 'dropped', seq: 0, ok: false });
+    assert.equal(reply(send2({ type: 'admit', req: req('d', 10, { maxTokens: 85 }) })).error?.code, 'kv_full', 'a sequence that could not be emptied holds its cells, and nothing else will free any');
+  });
+});
+
+describe('pipeline core: steps', () => {
+  it('batches decodes first, then prompt chunks, one micro-batch per stage in flight', () => {
+    const { core, send } = pipeline({ prefillChunk: 8 });
+    assert.deepEqual(steps(send({ type: 'admit', req: req('a', 3) })), ['0:0+3!']);
+    assert.deepEqual(steps(send({ type: 'admit', req: req('b', 20) })), ['1:0+8'], 'a prompt chunk follows at once: stages run steps in order');
+    assert.deepEqual(steps(send({ type: 'admit', req: req('c', 2) })), [], 'two stages: two micro-batches in flight at most');
+    assert.equal(core.inflight.size, 2);
+    assert.deepEqual(steps(send({ type: 'step_result', result: result(100n, [[0, 40]]) })), ['0:3+1! 1:8+8'], 'the decode first, then a whole prompt chunk');
+  });
+
+  it('a failed step fails its jobs; a missing token fails the job that asked for it', () => {
+    const { send } = pipeline();
+    send({ type: 'admit', req: req('a', 3) });
+    const fx = send({ type: 'step_result', result: result(100n, [], 'kv_full') });
+    assert.deepEqual(events(fx), ['a/0  ERROR kv_full']);
+    assert.deepEqual(only(fx, 'request_ended')[0]!.error, { code: 'kv_full', message: 'kv_full happened' });
+    assert.deepEqual(only(fx, 'drop_seq'), [{ type: 'drop_seq', seq: 0 }]);
+    send({ type: 'admit', req: req('b', 3) });
+    assert.deepEqual(events(send({ type: 'step_result', result: result(101n, [[3, 9]]) })), ['b/0  ERROR stage_failed']);
+    assert.deepEqual(send({ type: 'step_result', result: result(100n, [[0, 1]]) }), [], 'a late result is dropped');
+  });
+
+  it('n choices sample with seeds seed + i on sequences of their own', () => {
+    const { send } = pipeline();
+    const fx = send({ type: 'admit', req: req('a', 3, { n: 2 }) });
+    const step = only(fx, 'send_step')[0]!;
+    assert.deepEqual(step.entries.map((e) => [e.seq, e.sampling?.seed]), [[0, 7], [1, 8]]);
+    assert.deepEqual(step.tokens, [10, 11, 12, 10, 11, 12]);
+    const next = send({ type: 'step_result', result: result(100n, [[0, 1], [1, 2, true]]) });
+    assert.deepEqual(events(next), ['a/0 1', 'a/1 2', 'a/1  STOP']);
+    assert.deepEqual(steps(next), ['0:3+1!'], 'the sampler settings travel once');
+    assert.equal(only(next, 'send_step')[0]!.entries[0]!.sampling, undefined);
+  });
+
+  it('a stuck oldest step is reported past its deadline', () => {
+    const { send } = pipeline({ stepDeadlineFloorMs: 1000 });
+    send({ type: 'admit', req: req('a', 3) }, 0);
+    assert.deepEqual(send({ type: 'tick' }, 1000), []);
+    assert.match(only(send({ type: 'tick' }, 1001), 'stalled')[0]!.why, /unanswered for 1001 ms \(deadline 1000 ms: its cost is not known yet\)/);
+  });
+});
+
+describe('pipeline core: cancel', () => {
+  it('a queued request fails at once; a running one ends once its token in flight lands; some choices only', () => {
+    const { send } = pipeline({}, view('p', 100));
+    send({ type: 'admit', req: req('a', 10, { maxTokens: 70, n: 1 }) });
+    send({ type: 'admit', req: req('q', 10, { maxTokens: 50 }) });
+    assert.deepEqual(events(send({ type: 'cancel', requestId: 'q', indices: [] })), ['q/0  ERROR cancelled']);
+    assert.deepEqual(send({ type: 'cancel', requestId: 'a', indices: [] }).filter((e) => e.type === 'event'), [], 'its step is in flight');
+    assert.deepEqual(events(send({ type: 'step_result', result: result(100n, [[0, 3]]) })), ['a/0 3', 'a/0  CANCELLED']);
+    const { send: s2 } = pipeline();
+    s2({ type: 'admit', req: req('m', 3, { n: 2, maxTokens: 4 }) });
+    s2({ type: 'step_result', result: result(100n, [[0, 1], [1, 2]]) });
+    assert.deepEqual(events(s2({ type: 'cancel', requestId: 'm', indices: [1] })), [], "choice 1's next token is in flight");
+    // Two stages: each of the two micro-batches in flight carries one decode.
+    const fx = s2({ type: 'step_result', result: result(101n, [[0, 3]]) });
+    assert.deepEqual(events(fx), ['m/0 3']);
+    assert.deepEqual(steps(fx), ['0:4+1!'], 'choice 0 goes on');
+    assert.deepEqual(events(s2({ type: 'step_result', result: result(102n, [[1, 4]]) })), ['m/1 4', 'm/1  CANCELLED']);
+  });
+});
+
+describe('pipeline core: resume and rebuild', () => {
+  it('a resumed request prefills its prompt and what its client saw, replays those samples, and leaves ended choices ended', () => {
+    const { send } = pipeline();
+    const r = req('a', 3, { n: 2, maxTokens: 4 });
+    r.resume = [create(ChoiceProgressSchema, { index: 0, tokens: [50, 51] }), create(ChoiceProgressSchema, { index: 1, tokens: [60], ended: true })];
+    const fx = send({ type: 'resume', req: r });
+    assert.equal(reply(fx).accepted, true);
+    const step = only(fx, 'send_step')[0]!;
+    assert.deepEqual(step.entries.map((e) => [e.seq, e.pos0, e.nTokens, e.replay]), [[0, 0, 5, [50, 51]]]);
+    assert.deepEqual(step.tokens, [10, 11, 12, 50, 51]);
+    const next = send({ type: 'step_result', result: result(100n, [[0, 52]]) });
+    assert.equal(only(next, 'event')[0]!.event.offset, 2, 'the stream goes on after what its client has');
+    const none = req('b', 3);
+    none.resume = [create(ChoiceProgressSchema, { index: 0, tokens: [1], ended: true })];
+    assert.equal(reply(send({ type: 'resume', req: none })).error?.code, 'bad_request');
+  });
+
+  it('a pipeline going down hands running requests back, fails queued ones, and stops a request that took pipelines down too often', () => {
+    const a = pipeline({}, view('p', 100));
+    a.send({ type: 'admit', req: req('run', 10, { maxTokens: 70 }) });
+    a.send({ type: 'step_result', result: result(100n, [[0, 42]]) });
+    a.send({ type: 'admit', req: req('wait', 10, { maxTokens: 50 }) });
+    const fx = a.send({ type: 'down', reason: 'worker died', blame: 'inflight' });
+    assert.deepEqual(events(fx), ['wait/0  ERROR pipeline_down']);
+    const [orphan] = only(fx, 'orphan');
+    assert.deepEqual(orphan!.rebuild.jobs.map((j) => [j.prompt.length, j.replay, j.alone]), [[11, [42], true]], 'it prefills its prompt and sample again, alone');
+    assert.equal(reply(a.send({ type: 'admit', req: req('late', 3) })).error?.code, 'pipeline_down');
+
+    const b = pipeline({}, view('q', 100));
+    assert.deepEqual(steps(b.send({ type: 'rebuild', rebuild: orphan!.rebuild })), ['0:0+11!']);
+    assert.deepEqual(events(b.send({ type: 'step_result', result: result(100n, [[0, 43]]) })), ['run/0 43']);
+    const again = b.send({ type: 'down', reason: 'stuck again', blame: 'stuck' });
+    assert.deepEqual(events(again), ['run/0  ERROR repeated_failure'], 'the second pipeline it took down is the last');
+    assert.deepEqual(only(again, 'orphan'), []);
+  });
+});
+
+describe('pipeline core: a migration', () => {
+  it('the source holds a decoding session until its step lands, then hands it over; the target adopts it and it decodes on', () => {
+    const src = pipeline();
+    src.send({ type: 'admit', req: req('a', 3, { sessionId: 't:s', maxTokens: 5 }) });
+    src.send({ type: 'prepared', requestId: 'a', session: 't:s', epoch: 1 });
+    src.send({ type: 'step_result', result: result(100n, [[0, 50]]) });
+    src.send({ type: 'begin_move', session: 't:s' });
+    assert.equal(reply(src.send({ type: 'admit', req: req('b', 3, { sessionId: 't:s' }) })).error?.code, 'session_busy', 'a moving session takes no request');
+    assert.deepEqual(src.send({ type: 'hold', session: 't:s' }), [], 'its step is in flight');
+    const landed = src.send({ type: 'step_result', result: result(101n, [[0, 51]]) });
+    assert.deepEqual(kinds(landed), ['event', 'write_history', 'held'], 'the token still comes; then nothing more is sent');
+    const dst = pipeline({}, view('q'));
+    const [reserved] = only(dst.send({ type: 'reserve', cells: 8 }), 'reserved');
+    assert.equal(reserved!.seq, 0);
+    const out = src.send({ type: 'hand_over', session: 't:s' });
+    const moved = only(out, 'handed_over')[0]!.moved;
+    assert.deepEqual(moved.tokens, [10, 11, 12, 50]);
+    assert.deepEqual(only(out, 'drop_seq'), [{ type: 'drop_seq', seq: 0 }], 'the source empties its sequence');
+    const on = dst.send({ type: 'adopt', session: 't:s', seq: 0, moved, epoch: 2 });
+    const step = only(on, 'send_step')[0]!;
+    assert.deepEqual(step.entries.map((e) => [e.seq, e.pos0, e.nTokens, e.replay]), [[0, 4, 1, [50, 51]]], 'it decodes on from the target, its sampler replaying its samples');
+    assert.deepEqual(only(dst.send({ type: 'step_result', result: result(100n, [[0, 52]]) }), 'write_history')[0]!.epoch, 2);
+  });
+
+  it('a session that stays decodes again; a reservation given up empties its sequence', () => {
+    const src = pipeline();
+    src.send({ type: 'admit', req: req('a', 3, { sessionId: 't:s', maxTokens: 5 }) });
+    src.send({ type: 'prepared', requestId: 'a', session: 't:s', epoch: 1 });
+    src.send({ type: 'begin_move', session: 't:s' });
+    src.send({ type: 'hold', session: 't:s' });
+    assert.deepEqual(steps(src.send({ type: 'step_result', result: result(100n, [[0, 50]]) })), [], 'held: no step');
+    assert.deepEqual(steps(src.send({ type: 'stay', session: 't:s' })), ['0:3+1!']);
+    const dst = pipeline({}, view('q'));
+    dst.send({ type: 'reserve', cells: 8 });
+    assert.deepEqual(kinds(dst.send({ type: 'unreserve', seq: 0 })), ['drop_seq']);
+  });
+});

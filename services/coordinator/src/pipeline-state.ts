@@ -1,0 +1,273 @@
+// The state of one pipeline's core (pipeline-core.ts): its jobs and the requests they answer,
+// the queue, the room (seq-room.ts), the micro-batches in flight and the sessions a migration
+// moves; the effects the core asks of its runtime; and the read-only questions the coordinator
+// asks of it. Pure: no clock (the time comes with each message), no I/O.
+import type { GenerateReply, GenerateRequest, SeqOp, StepEntry } from '@strata/wire';
+import type { PlannedEntry } from './batcher.ts';
+import type { PipelineView } from './cluster.ts';
+import { cellsNeeded, type Job } from './job.ts';
+import { failureEvents, type ClientEvent } from './replies.ts';
+import { SeqRoom, type Running } from './seq-room.ts';
+import type { CostBook, StepWork } from './step-cost.ts';
+import type { StepTraceEntry } from './telemetry.ts';
+
+/** The policy of a pipeline's core: how it batches, admits and judges its steps. */
+export interface PipelineOptions {
+  /** prompt tokens per micro-batch at most */
+  prefillChunk: number;
+  /** a step is never stuck sooner than this, nor while its cost is unknown (milliseconds) */
+  stepDeadlineFloorMs: number;
+  /** a step is stuck past this many times its predicted cost */
+  stepDeadlineMargin: number;
+  /** prompt tokens per micro-batch are cut to keep its predicted time within this (ms; 0: off) */
+  stepBudgetMs: number;
+  /** tokens a request without max_tokens may generate (cells reserved for it) */
+  defaultMaxTokens: number;
+  /** requests queued at most */
+  maxQueue: number;
+  /** cells the queued requests may reserve at most, in multiples of the pipeline's cells */
+  queueFactor: number;
+  /**
+   * a request in the step that took its pipeline down (stuck past its deadline, or in flight on
+   * a worker that died) this many times is failed with `repeated_failure` instead of rebuilt again
+   */
+  maxRequestFailures: number;
+}
+
+/** An accepted request on this pipeline and its jobs (one per choice). */
+export interface Admission {
+  req: GenerateRequest;
+  jobs: Job[];
+  /** prompt tokens its session's cells already held */
+  cached: number;
+  /** its session's ownership epoch in Redis (0: not claimed yet, or no session) */
+  epoch: number;
+  /** jobs not yet retired */
+  live: number;
+  /** pipelines it took down: it was in the step that stalled, or in flight when a worker died */
+  failures: number;
+}
+
+/** Which requests a pipeline going down is put on: those of the stuck oldest step, of every step in flight, or none. */
+export type Blame = 'stuck' | 'inflight' | 'none';
+
+/** A request whose pipeline went down, with the jobs to rebuild by re-prefill elsewhere. */
+export interface Rebuild {
+  request: Admission;
+  jobs: Job[];
+}
+
+/** A session handed over by a migration's source, for its target to adopt. */
+export interface MovedSession {
+  /** its running job, or null when it was idle */
+  job: Job | null;
+  request: Admission | null;
+  /** what its sequence holds, positions 0.. */
+  tokens: number[];
+}
+
+/** A micro-batch sent and not yet answered. */
+export interface InFlight {
+  entries: PlannedEntry[];
+  work: StepWork;
+  sentMs: number;
+}
+
+/** What the core asks its runtime to do, in this order. */
+export type PipelineEffect =
+  /** the answer to an admit or resume message */
+  | { type: 'reply'; reply: GenerateReply }
+  /** empty these sequences on every stage, asking again until the stages answer; then send 'emptied' */
+  | { type: 'empty'; seqs: number[] }
+  /** send a micro-batch to the first stage */
+  | { type: 'send_step'; stepId: bigint; entries: StepEntry[]; tokens: number[]; trace: StepTraceEntry[] }
+  /**
+   * make a request's sequences ready: run `ops` on every stage, then claim `claim` (a session, '' for
+   * none) in Redis and, with `history`, write its history there; then send 'prepared' (or 'prepare_failed')
+   */
+  | { type: 'prepare'; requestId: string; ops: SeqOp[]; claim: string; history: { keep: number; tokens: number[] } | null }
+  /** empty a sequence on every stage; then send 'dropped' */
+  | { type: 'drop_seq'; seq: number }
+  /** write a session's sampled tokens at position `at` of its history in Redis, fenced by `epoch` */
+  | { type: 'write_history'; session: string; epoch: number; at: number; tokens: number[] }
+  /** publish an event to a request's gateway */
+  | { type: 'event'; subject: string; event: ClientEvent }
+  /** a request is over here (its span ends) */
+  | { type: 'request_ended'; req: GenerateRequest; error?: { code: string; message: string } }
+  /** a migration's hold of this session is complete: none of its steps is in flight */
+  | { type: 'held'; session: string }
+  /** the answer to 'reserve': a sequence for a session moving in, or null */
+  | { type: 'reserved'; seq: number | null }
+  /** the answer to 'hand_over' */
+  | { type: 'handed_over'; moved: MovedSession }
+  /** a request of a pipeline that went down, to rebuild on another */
+  | { type: 'orphan'; rebuild: Rebuild }
+  /** the oldest step is past its deadline: the pipeline must reset */
+  | { type: 'stalled'; why: string }
+  | { type: 'log'; level: 'debug' | 'info' | 'warn' | 'error'; message: string; fields: Record<string, unknown> };
+
+/** The state of a pipeline's core. The core's functions change it in place. */
+export interface PipelineCore {
+  readonly view: PipelineView;
+  readonly options: PipelineOptions;
+  /** what steps cost each stage (shared with later cores of this pipeline) */
+  readonly costs: CostBook;
+  /** worker ids of the stages, in order */
+  readonly route: readonly string[];
+  /** tokens in a micro-batch at most */
+  readonly maxBatch: number;
+  readonly room: SeqRoom;
+  /** running jobs, in arrival order */
+  readonly jobs: Job[];
+  /** requests with running jobs, by request id */
+  readonly requests: Map<string, Admission>;
+  /** accepted requests waiting for sequences or cells, in arrival order */
+  readonly waiting: GenerateRequest[];
+  /** requests from a pipeline that went down, waiting to be rebuilt here */
+  readonly rebuilds: Rebuild[];
+  /** micro-batches in flight by step id, oldest first */
+  readonly inflight: Map<bigint, InFlight>;
+  /** sessions moving off this pipeline: they take no new request */
+  readonly moving: Set<string>;
+  /** sessions a migration holds: their jobs take no step */
+  readonly holding: Set<string>;
+  /** held sessions whose 'held' is not yet said (a step of theirs is in flight) */
+  readonly holdPending: Set<string>;
+  /** the next step's id */
+  nextStep: bigint;
+  /** the pipeline went away: the core does nothing more */
+  down: boolean;
+  /** every sequence of the stages has been emptied: work may start */
+  clean: boolean;
+  /** when the latest step result came back (the step after it has been the oldest since) */
+  lastResultMs: number;
+}
+
+/** micro-batches kept in flight: one per stage, so every stage has work */
+export function depth(c: PipelineCore): number {
+  return c.view.stages.length;
+}
+
+/** A new core for `view`, and what it asks first: empty every sequence of the stages. */
+export function openPipeline(view: PipelineView, options: PipelineOptions, costs: CostBook, firstStepId: bigint): { core: PipelineCore; effects: PipelineEffect[] } {
+  const nSeqMax = Math.min(...view.stages.map((s) => s.nSeqMax));
+  const capacity = Math.min(...view.stages.map((s) => s.kvCells), view.stages[0]!.nCtxTrain);
+  const core: PipelineCore = {
+    view, options, costs, route: view.stages.map((s) => s.workerId), maxBatch: Math.min(...view.stages.map((s) => s.maxBatch)),
+    room: new SeqRoom(nSeqMax, capacity), jobs: [], requests: new Map(), waiting: [], rebuilds: [], inflight: new Map(),
+    moving: new Set(), holding: new Set(), holdPending: new Set(), nextStep: firstStepId, down: false, clean: false, lastResultMs: 0,
+  };
+  return { core, effects: [{ type: 'empty', seqs: core.room.allSeqs() }] };
+}
+
+/** The running job of `session`, if any. */
+export function jobOf(c: PipelineCore, session: string): Job | undefined {
+  return c.jobs.find((j) => j.sessionId === session);
+}
+
+/** What running jobs reserve (seq-room.ts). */
+export function running(c: PipelineCore): Running {
+  let cells = 0;
+  const sessions = new Set<string>();
+  for (const j of c.jobs) {
+    cells += cellsNeeded(j);
+    if (j.sessionId) sessions.add(j.sessionId);
+  }
+  return { cells, sessions };
+}
+
+/** Ends every choice of a request that never started with an error. */
+export function failRequest(fx: PipelineEffect[], req: GenerateRequest, code: string, message: string): void {
+  failChoices(fx, req, Array.from({ length: Math.max(1, req.n) }, (_, index) => ({ index, offset: 0 })), code, message);
+}
+
+/** Ends choices of a request with an error event each; `offset`: tokens the choice already sent. */
+export function failChoices(fx: PipelineEffect[], req: GenerateRequest, choices: readonly { index: number; offset: number }[], code: string, message: string): void {
+  for (const event of failureEvents(req, choices, code, message)) fx.push({ type: 'event', subject: req.eventsSubject, event });
+  fx.push({ type: 'request_ended', req, error: { code, message } });
+}
+
+/** Empties `seq` on the stages and frees it; `cells` (what it may still hold) count as held until then. */
+export function dropSeq(c: PipelineCore, fx: PipelineEffect[], seq: number, cells: number): void {
+  if (c.down) return;
+  c.room.release(seq, cells);
+  fx.push({ type: 'drop_seq', seq });
+}
+
+/** requests running or waiting */
+export function load(c: PipelineCore): number {
+  return c.requests.size + c.waiting.length + c.rebuilds.length;
+}
+
+/** requests waiting for sequences or cells */
+export function queued(c: PipelineCore): number {
+  return c.waiting.length + c.rebuilds.length;
+}
+
+/** one-off requests (no session) running or waiting */
+export function oneOff(c: PipelineCore): number {
+  return c.jobs.filter((j) => !j.sessionId).length + c.waiting.filter((r) => !r.sessionId).length;
+}
+
+/** Sessions that live here (resident or running). */
+export function sessionIds(c: PipelineCore): string[] {
+  return [...new Set([...c.room.residents.keys(), ...c.jobs.filter((j) => j.sessionId).map((j) => j.sessionId)])];
+}
+
+/** Where a session stands here: its sequence, the positions every stage holds, its running job. */
+export function sessionAt(c: PipelineCore, id: string): { seq: number; done: number; job: Job | null } | null {
+  const job = jobOf(c, id);
+  if (job) return { seq: job.seq, done: job.done, job };
+  const r = c.room.residents.get(id);
+  return r ? { seq: r.seq, done: r.tokens.length, job: null } : null;
+}
+
+/** Whether the request is here: running, queued or waiting to be rebuilt. */
+export function knows(c: PipelineCore, requestId: string): boolean {
+  return c.requests.has(requestId) || c.waiting.some((r) => r.requestId === requestId) || c.rebuilds.some((r) => r.request.req.requestId === requestId);
+}
+
+/** A session as operators see it: where it lives on this pipeline and what it holds. */
+export interface SessionView {
+  id: string;
+  /** sequence id on every stage */
+  seq: number;
+  /** positions [0, positions) every stage holds */
+  positions: number;
+  /** answering a request now */
+  busy: boolean;
+  /** moving off this pipeline now */
+  moving: boolean;
+  /** milliseconds since the epoch */
+  lastUsedMs: number;
+  /** ownership epoch in Redis */
+  epoch: number;
+}
+
+/** Snapshot of the sessions that live here, for operators (strata sessions, the dashboard). */
+export function sessionViews(c: PipelineCore): SessionView[] {
+  return sessionIds(c).map((id) => {
+    const job = jobOf(c, id);
+    const r = c.room.residents.get(id);
+    return {
+      id, seq: job?.seq ?? r?.seq ?? -1, positions: job ? job.done : r?.tokens.length ?? 0, busy: job !== undefined,
+      moving: c.moving.has(id), lastUsedMs: r?.lastUsedMs ?? 0, epoch: job ? c.requests.get(job.requestId)?.epoch ?? r?.epoch ?? 0 : r?.epoch ?? 0,
+    };
+  });
+}
+
+/** Whether the hold of `session` is complete: none of its steps is in flight. */
+export function holdDone(c: PipelineCore, session: string): boolean {
+  const job = jobOf(c, session);
+  return !job || job.inflight === 0;
+}
+
+/** Says 'held' for every pending hold that is complete. */
+export function settleHolds(c: PipelineCore, fx: PipelineEffect[]): void {
+  for (const s of c.holdPending) {
+    if (!holdDone(c, s)) continue;
+    c.holdPending.delete(s);
+    fx.push({ type: 'held', session: s });
+  }
+}
+

@@ -1,0 +1,165 @@
+// Steps of a pipeline's core: micro-batches planned (batcher.ts) and sent while fewer than one
+// per stage are in flight, results turned into job transitions (job.ts) and client events,
+// finished jobs retired (their session's cells kept, or their sequence emptied), cancels, and the
+// deadline of the oldest step. Pure.
+import { FinishReason, type SampledToken, type StepEntry, type StepResult } from '@strata/wire';
+import { applyPlan, decodeCap, planMicroBatch, type PlannedEntry } from './batcher.ts';
+import { cachedTokens, jobTransition, type Job, type JobEffect } from './job.ts';
+import { depth, dropSeq, failRequest, type Admission, type PipelineCore, type PipelineEffect } from './pipeline-state.ts';
+import { stepDeadlineMs, tokensWithin, workOf } from './step-cost.ts';
+
+/** Sends micro-batches while fewer than one per stage are in flight and some job is ready. */
+export function pump(c: PipelineCore, fx: PipelineEffect[], now: number): void {
+  const o = c.options;
+  const predict = (w: Parameters<typeof c.costs.predict>[1]) => c.costs.predict(c.route, w);
+  while (!c.down && c.inflight.size < depth(c)) {
+    const active = c.jobs.filter((j) => j.finish === null).length;
+    const plan = planMicroBatch(c.jobs, {
+      maxBatch: c.maxBatch, prefillChunk: o.prefillChunk, decodeCap: decodeCap(active, depth(c)),
+      // The step budget: prompt tokens that keep a micro-batch's predicted time within it.
+      prefillWithin: o.stepBudgetMs > 0 ? (fixed, pos0, cap) => tokensWithin(predict, o.stepBudgetMs, fixed, pos0, cap) : undefined,
+    });
+    if (!plan) return;
+    applyPlan(plan);
+    send(c, fx, plan, now);
+  }
+}
+
+function send(c: PipelineCore, fx: PipelineEffect[], plan: PlannedEntry[], now: number): void {
+  const stepId = c.nextStep++;
+  const entries: StepEntry[] = [];
+  const tokens: number[] = [];
+  for (const e of plan) {
+    const j = e.job;
+    const sampling = e.output && !j.samplerSent ? j.sampling : undefined;
+    if (sampling) j.samplerSent = true;
+    const replay = sampling ? j.replay : [];
+    entries.push({ $typeName: 'strata.v1.StepEntry', seq: j.seq, nTokens: e.tokens.length, pos0: e.pos0, output: e.output, sampling, replay });
+    tokens.push(...e.tokens);
+  }
+  const trace = plan.map((e) => ({ req: c.requests.get(e.job.requestId)?.req, prefill: e.pos0 < e.job.pos0 + e.job.prompt.length, tokens: e.tokens.length }));
+  c.inflight.set(stepId, { entries: plan, work: workOf(plan.map((e) => ({ tokens: e.tokens.length, pos0: e.pos0 }))), sentMs: now });
+  fx.push({ type: 'send_step', stepId, entries, tokens, trace });
+}
+
+/** Takes the answer to one of this pipeline's steps (a late one, whose jobs already failed, is dropped). */
+export function stepResult(c: PipelineCore, fx: PipelineEffect[], r: StepResult, now: number): void {
+  const f = c.inflight.get(r.stepId);
+  if (!f) return;
+  c.inflight.delete(r.stepId);
+  c.lastResultMs = now;
+  if (!r.error && r.stageMs.length === c.view.stages.length) c.costs.observe(c.route, f.work, r.stageMs);
+  const bySeq = new Map(r.tokens.map((t) => [t.seq, t]));
+  for (const e of f.entries) {
+    const j = e.job;
+    j.inflight--;
+    if (!r.error) j.done = e.pos0 + e.tokens.length;
+    let jfx: JobEffect[] = [];
+    if (r.error) jfx = jobTransition(j, { type: 'failed', code: r.error.code, message: r.error.message });
+    else if (e.output) {
+      const t = bySeq.get(j.seq);
+      if (!t) jfx = jobTransition(j, { type: 'failed', code: 'stage_failed', message: `step ${r.stepId} returned no token for seq ${j.seq}` });
+      else if (t.error) jfx = jobTransition(j, { type: 'failed', code: t.error.code, message: t.error.message });
+      else jfx = jobTransition(j, { type: 'sampled', token: t });
+    }
+    emitted(c, fx, j, jfx);
+  }
+}
+
+/** A job's samples: an event each, and for a session its place in the history. */
+function emitted(c: PipelineCore, fx: PipelineEffect[], j: Job, jfx: JobEffect[]): void {
+  const request = c.requests.get(j.requestId);
+  if (!request) return;
+  for (const e of jfx) {
+    if (e.type !== 'emit') continue;
+    event(fx, request, j, [e.token], FinishReason.UNSPECIFIED);
+    // Written at its position (the history is the prompt, then the samples): a write that
+    // Redis ran but could not acknowledge, resent after a reconnect, lands in the same place.
+    const at = request.req.prompt.length + j.generated.length - 1;
+    if (j.sessionId) fx.push({ type: 'write_history', session: j.sessionId, epoch: request.epoch, at, tokens: [e.token.token] });
+  }
+}
+
+/** An event of job `j` carrying `tokens` (its last samples), and its end when `finish` is set. */
+export function event(fx: PipelineEffect[], request: Admission, j: Job, tokens: SampledToken[], finish: FinishReason): void {
+  const last = finish !== FinishReason.UNSPECIFIED;
+  fx.push({
+    type: 'event', subject: request.req.eventsSubject, event: {
+      requestId: request.req.requestId, index: j.index, tokens, finish, error: j.error ?? undefined,
+      // The tokens already sent precede these: the job's samples minus the ones being sent now.
+      offset: j.generated.length - tokens.length,
+      promptTokens: last ? request.req.prompt.length : 0, cachedTokens: last ? request.cached : 0,
+    },
+  });
+}
+
+/** Retires jobs that are finished with nothing in flight: final event, then their cells. */
+export function retireFinished(c: PipelineCore, fx: PipelineEffect[], now: number): void {
+  for (let i = 0; i < c.jobs.length; i++) {
+    const j = c.jobs[i]!;
+    if (j.finish === null || j.inflight > 0) continue;
+    c.jobs.splice(i--, 1);
+    const request = c.requests.get(j.requestId)!;
+    event(fx, request, j, [], j.finish);
+    if (--request.live === 0) {
+      c.requests.delete(j.requestId);
+      const failed = request.jobs.find((x) => x.error)?.error;
+      fx.push(failed ? { type: 'request_ended', req: request.req, error: failed } : { type: 'request_ended', req: request.req });
+    }
+    release(c, fx, j, request, now);
+  }
+}
+
+/** A session that ended well keeps its cells here for its next turn; anything else empties its sequence. */
+function release(c: PipelineCore, fx: PipelineEffect[], j: Job, request: Admission, now: number): void {
+  const residents = c.room.residents;
+  if (j.sessionId && j.finish !== FinishReason.ERROR) {
+    const prefix = residents.get(j.sessionId)?.tokens.slice(0, j.pos0) ?? [];
+    residents.set(j.sessionId, { seq: j.seq, tokens: [...prefix, ...cachedTokens(j)], lastUsedMs: now, busy: c.moving.has(j.sessionId), epoch: request.epoch });
+  } else {
+    if (j.sessionId) residents.delete(j.sessionId);
+    dropSeq(c, fx, j.seq, j.pos);
+  }
+}
+
+/** Cancels a request's jobs (those of `indices`, or all), wherever it is. */
+export function cancel(c: PipelineCore, fx: PipelineEffect[], requestId: string, indices: readonly number[]): void {
+  const queued = c.waiting.findIndex((r) => r.requestId === requestId);
+  if (queued >= 0) {
+    const [req] = c.waiting.splice(queued, 1);
+    failRequest(fx, req!, 'cancelled', 'cancelled before it started');
+    return;
+  }
+  const rebuilding = c.rebuilds.findIndex((r) => r.request.req.requestId === requestId);
+  if (rebuilding >= 0 && indices.length === 0) {
+    const [r] = c.rebuilds.splice(rebuilding, 1);
+    for (const j of r!.jobs) {
+      jobTransition(j, { type: 'cancel' });
+      event(fx, r!.request, j, [], FinishReason.CANCELLED);
+    }
+    fx.push({ type: 'request_ended', req: r!.request.req });
+    return;
+  }
+  const request = c.requests.get(requestId);
+  if (!request) return;
+  for (const j of request.jobs) if (indices.length === 0 || indices.includes(j.index)) jobTransition(j, { type: 'cancel' });
+}
+
+/**
+ * Why the pipeline is stuck, or null: the oldest step in flight (nothing of this pipeline is
+ * ahead of it on any stage) has been so for longer than its deadline, a margin over what its
+ * work costs these stages (the floor while that is unknown). Its messages were lost (a NATS
+ * restart) or a stage hangs; the coordinator then resets the pipeline. A stage that is only
+ * slow keeps heartbeating and is shown, not reset, until its step is that far behind.
+ */
+export function stalled(c: PipelineCore, now: number): string | null {
+  const head = c.inflight.values().next().value;
+  if (!head) return null;
+  const since = Math.max(head.sentMs, c.lastResultMs);
+  const o = c.options;
+  const predicted = c.costs.predict(c.route, head.work);
+  const deadline = stepDeadlineMs(predicted, { floorMs: o.stepDeadlineFloorMs, margin: o.stepDeadlineMargin });
+  if (now - since <= deadline) return null;
+  const expected = predicted === null ? 'its cost is not known yet' : `${Math.round(predicted)} ms predicted for ${head.work.tokens} tokens`;
+  return `a step has been unanswered for ${now - since} ms (deadline ${Math.round(deadline)} ms: ${expected})`;
+}

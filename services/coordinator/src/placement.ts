@@ -1,0 +1,95 @@
+// Placement, pure: every choice of a pipeline the coordinator makes. A request goes to the
+// pipeline that holds its session, else to the least loaded one of its model; a request whose
+// pipeline went down is rebuilt on the least loaded healthy one of the same model; a session moves
+// to the pipeline named or to the least loaded other one; a drain is refused when it would leave a
+// model with no pipeline that takes work. A draining pipeline never takes new work, and ties go to
+// the lowest pipeline id, so every choice is predictable.
+
+/** A pipeline as placement sees it. */
+export interface Placeable {
+  readonly id: string;
+  readonly modelId: string;
+  /** the model's fingerprint: pipelines of one fingerprint can trade sessions and requests */
+  readonly fingerprint: string;
+  /** takes no new request and no session */
+  readonly draining: boolean;
+  /** requests running or waiting on it */
+  readonly load: number;
+  /** whether the session's cells are there */
+  holds(session: string): boolean;
+}
+
+/** A refusal: the code and message the caller answers with. */
+export interface Refusal {
+  code: string;
+  message: string;
+}
+
+/** A choice of pipeline, or why there is none. */
+export type Placement<P> = { to: P } | { refused: Refusal };
+
+/** The least loaded of `pipelines` (ties: the lowest id), or undefined when there is none. */
+export function leastLoaded<P extends Placeable>(pipelines: readonly P[]): P | undefined {
+  let best: P | undefined;
+  for (const p of pipelines) if (!best || p.load < best.load || (p.load === best.load && p.id < best.id)) best = p;
+  return best;
+}
+
+/**
+ * Where a new request of `modelId` (of `session`, '' for none) goes: the pipeline that holds its
+ * session, else the least loaded of its model; refused when no pipeline of the model takes work,
+ * or when its session is on one that drains (it is about to move: the caller retries).
+ */
+export function placeRequest<P extends Placeable>(pipelines: readonly P[], modelId: string, session: string): Placement<P> {
+  const all = pipelines.filter((p) => p.modelId === modelId);
+  const open = all.filter((p) => !p.draining);
+  if (open.length === 0) {
+    return { refused: { code: 'no_pipeline', message: all.length > 0 ? `every pipeline of model '${modelId}' is draining: none takes a request` : `no pipeline serves model '${modelId}'` } };
+  }
+  if (session && all.some((p) => p.draining && p.holds(session))) {
+    return { refused: { code: 'session_busy', message: `session ${session} is moving off a draining pipeline; retry in a moment` } };
+  }
+  const home = session ? open.find((p) => p.holds(session)) : undefined;
+  return { to: home ?? leastLoaded(open)! };
+}
+
+/** Where a request whose pipeline went down is rebuilt: the least loaded open pipeline of `fingerprint`, or undefined. */
+export function placeRebuild<P extends Placeable>(pipelines: readonly P[], fingerprint: string): P | undefined {
+  return leastLoaded(pipelines.filter((p) => p.fingerprint === fingerprint && !p.draining));
+}
+
+/**
+ * Where `session`, on `from`, moves: pipeline `to` when named (it must exist, be another one and
+ * not drain), else the least loaded other open pipeline of the same model.
+ */
+export function placeMove<P extends Placeable>(pipelines: readonly P[], session: string, from: P, to: string): Placement<P> {
+  if (to) {
+    const dst = pipelines.find((p) => p.id === to);
+    if (!dst) return { refused: { code: 'no_pipeline', message: `no pipeline ${to}` } };
+    if (dst === from) return { refused: { code: 'bad_request', message: `session ${session} is already on ${to}` } };
+    if (dst.draining) return { refused: { code: 'pipeline_draining', message: `pipeline ${to} is draining: it takes no session` } };
+    return { to: dst };
+  }
+  const others = pipelines.filter((p) => p !== from && p.fingerprint === from.fingerprint);
+  const dst = leastLoaded(others.filter((p) => !p.draining));
+  if (!dst) return { refused: { code: 'no_pipeline', message: `no other pipeline of ${from.modelId} takes work${others.length > 0 ? ` (${others.length} other(s) draining)` : ''}` } };
+  return { to: dst };
+}
+
+/** A pipeline as a drain's admission sees it. */
+export type DrainTarget = Pick<Placeable, 'id' | 'modelId' | 'fingerprint' | 'draining'>;
+
+/**
+ * Why draining `target` (for `worker`) must be refused unless forced, or null: its model would
+ * be left with no pipeline that takes work, because every other pipeline of the model (same
+ * fingerprint: where its sessions could go) is draining, or there is none. A pipeline already
+ * draining is never refused: draining it again changes nothing.
+ */
+export function drainRefusal(worker: string, target: DrainTarget, pipelines: readonly DrainTarget[]): string | null {
+  if (target.draining) return null;
+  const others = pipelines.filter((p) => p.id !== target.id && p.fingerprint === target.fingerprint);
+  if (others.some((p) => !p.draining)) return null;
+  const why = others.length === 0 ? 'it is the only pipeline of the model' : `the other ${others.length} pipeline(s) of the model are draining`;
+  return `draining worker ${worker} would leave model '${target.modelId}' with no pipeline that takes work: ${why} (pipeline ${target.id}). `
+    + 'Undrain another pipeline first, or force the drain (strata drain --force, or {"force": true}) to take the model out of service';
+}
