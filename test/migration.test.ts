@@ -15,9 +15,17 @@ const model = ensureDefaultModel();
 const SPLITS = [[{ l0: 0, l1: 4 }, { l0: 4, l1: 8 }], [{ l0: 0, l1: 4 }, { l0: 4, l1: 8 }], [{ l0: 0, l1: 3 }, { l0: 3, l1: 8 }], [{ l0: 0, l1: 5 }, { l0: 5, l1: 8 }]];
 const PIPELINES = ['p0-s0~p0-s1', 'p1-s0~p1-s1', 'p2-s0~p2-s1', 'p3-s0~p3-s1'];
 
+/**
+ * Headers that give an exchange a connection of its own: the in-process references below block
+ * this process for tens of seconds on a loaded machine, and a pooled keep-alive socket that the
+ * gateway closed meanwhile fails the next request on it ('fetch failed'; as test/bench/common.ts
+ * found for the benchmarks).
+ */
+const OWN = { connection: 'close' };
+
 /** A streaming completion of a session; `onToken(n)` runs (and is awaited) after the n-th token. */
 async function stream(url: string, body: Record<string, unknown>, session: string, onToken: (n: number) => Promise<void>): Promise<Streamed> {
-  const r = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-session-id': session }, body: JSON.stringify({ ...body, stream: true, logprobs: 0 }) });
+  const r = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { ...OWN, 'content-type': 'application/json', 'x-session-id': session }, body: JSON.stringify({ ...body, stream: true, logprobs: 0 }) });
   return readStream(r, onToken);
 }
 
@@ -27,7 +35,7 @@ describe('live migration', () => {
   let redis: Redis;
   const piece = (t: number) => vocab.tokenBytes(t).toString('utf8');
   const migrate = async (session: string, to: string) => {
-    const r = await fetch(`${cluster.url}/admin/v1/sessions/${session}/migrate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ to, wait: true }) });
+    const r = await fetch(`${cluster.url}/admin/v1/sessions/${session}/migrate`, { method: 'POST', headers: { ...OWN, 'content-type': 'application/json' }, body: JSON.stringify({ to, wait: true }) });
     const j = (await r.json()) as Record<string, unknown>;
     assert.equal(r.status, 202, JSON.stringify(j));
     return j;
@@ -98,7 +106,7 @@ describe('live migration', () => {
 
   it('an idle session moves with its cells, and its next turn reuses them on the new pipeline', async () => {
     const body = { model: 'default-llama-8x256-s42-f16', prompt: 'The miller counted the sacks of flour', max_tokens: 8, temperature: 0 };
-    const post = (b: unknown) => fetch(`${cluster.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-session-id': 'mig-idle' }, body: JSON.stringify(b) }).then((r) => r.json()) as Promise<{ choices: { text: string }[]; usage: { prompt_tokens_details: { cached_tokens: number } } }>;
+    const post = (b: unknown) => fetch(`${cluster.url}/v1/completions`, { method: 'POST', headers: { ...OWN, 'content-type': 'application/json', 'x-session-id': 'mig-idle' }, body: JSON.stringify(b) }).then((r) => r.json()) as Promise<{ choices: { text: string }[]; usage: { prompt_tokens_details: { cached_tokens: number } } }>;
     const first = await post(body);
     const m = await migrate('mig-idle', PIPELINES[2]!);
     assert.equal(m.state, 'done');
@@ -110,7 +118,7 @@ describe('live migration', () => {
   });
 
   it('the ledger holds every migration and its state changes', async () => {
-    const r = await fetch(`${cluster.url}/admin/v1/migrations`);
+    const r = await fetch(`${cluster.url}/admin/v1/migrations`, { headers: OWN });
     const list = ((await r.json()) as { data: { id: string; state: string }[] }).data;
     assert.ok(list.length >= 6);
     for (const m of list) {
@@ -123,7 +131,7 @@ describe('live migration', () => {
   });
 
   it('two migrations of one session at once: one starts, the other is refused (409), every round', async () => {
-    const r = await fetch(`${cluster.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-session-id': 'mig-race' }, body: JSON.stringify({ model: 'default-llama-8x256-s42-f16', prompt: 'Two hands reached for the sack', max_tokens: 4, temperature: 0 }) });
+    const r = await fetch(`${cluster.url}/v1/completions`, { method: 'POST', headers: { ...OWN, 'content-type': 'application/json', 'x-session-id': 'mig-race' }, body: JSON.stringify({ model: 'default-llama-8x256-s42-f16', prompt: 'Two hands reached for the sack', max_tokens: 4, temperature: 0 }) });
     assert.equal(r.status, 200);
     // Over one NATS connection the two requests reach the coordinator together, in one read.
     const nc = await connect(natsOptions(cluster.natsUrl, 'test-race'));
@@ -142,7 +150,7 @@ describe('live migration', () => {
     // And through the admin API: 202 for one, 409 for the other (the second arrives within a
     // millisecond or two, while the first move, tens of milliseconds, is under way).
     for (let round = 0; round < 2; round++) {
-      const post = () => fetch(`${cluster.url}/admin/v1/sessions/mig-race/migrate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ wait: true }) });
+      const post = () => fetch(`${cluster.url}/admin/v1/sessions/mig-race/migrate`, { method: 'POST', headers: { ...OWN, 'content-type': 'application/json' }, body: JSON.stringify({ wait: true }) });
       const statuses = (await Promise.all([post(), post()])).map((x) => x.status).sort();
       assert.deepEqual(statuses, [202, 409], `HTTP round ${round}`);
     }
