@@ -16,7 +16,7 @@ import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { LlamaReference, Sampler, Vocab, native } from '@strata/ggml';
 import { Pipeline, generate, scoreAll, topK, type LayerRange } from '@strata/model';
-import { LONG_TEXT, synthModel } from './helpers/models.ts';
+import { LONG_TEXT, scoreUnsplit, synthModel } from './helpers/models.ts';
 
 const THREADS = 2;
 const REPACK = native().libs.kind === 'native';
@@ -88,14 +88,7 @@ describe('gemma3 against libllama (synthetic, interleaved sliding window)', () =
   });
 
   it('logits at all 128 positions match libllama (repacked and plain kernels)', (t) => {
-    const score = (repack: boolean) => {
-      const p = Pipeline.open({ model: path, threads: THREADS, ctxSize: 512, repack });
-      try {
-        return scoreAll(p, prompt).map((r) => r.slice());
-      } finally {
-        p.dispose();
-      }
-    };
+    const score = (repack: boolean) => scoreUnsplit(path, prompt, THREADS, repack);
     unsplit = score(REPACK);
     const dDefault = maxAbsDiff(unsplit, refRows);
     const dPlain = maxAbsDiff(score(false), plainRows);

@@ -20,7 +20,7 @@ import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { LlamaReference, Sampler, Vocab, native } from '@strata/ggml';
 import { Pipeline, generate, scoreAll, topK, type LayerRange, type SynthOptions } from '@strata/model';
-import { LONG_TEXT, synthModel } from './helpers/models.ts';
+import { LONG_TEXT, scoreUnsplit, synthModel } from './helpers/models.ts';
 
 const PROMPT_LEN = 128;
 const N_GEN = 64;
@@ -104,14 +104,7 @@ for (const spec of MODELS) {
 
     it(`logits at all ${PROMPT_LEN} positions match libllama`, (t) => {
       assert.equal(prompt.length, PROMPT_LEN);
-      const score = (repack: boolean) => {
-        const p = Pipeline.open({ model: path, threads: THREADS, ctxSize: 512, repack });
-        try {
-          return scoreAll(p, prompt).map((r) => r.slice());
-        } finally {
-          p.dispose();
-        }
-      };
+      const score = (repack: boolean) => scoreUnsplit(path, prompt, THREADS, repack);
       unsplit = score(REPACK);
       const plain = score(false);
       const plainRef = sameKernels.decode(Array.from(prompt, (token, pos) => ({ token, pos, seq: 0, logits: true })));

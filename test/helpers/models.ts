@@ -6,7 +6,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { synthesize, type SynthOptions } from '@strata/model';
+import { Pipeline, scoreAll, synthesize, type SynthOptions } from '@strata/model';
 
 /** Folder shared by the test files of one machine. */
 export const TEST_DIR = join(tmpdir(), 'strata-test-models');
@@ -40,3 +40,13 @@ export const LONG_TEXT = [
   'In the afternoon the clouds rolled in from the hills and the first drops of rain fell on the cobbles.',
   'By evening the square was empty, the shutters were closed, and only the cats kept watch in the alleys.',
 ].join(' ');
+
+/** Logits at every position of `tokens` from a fresh one-stage pipeline of `model` (copied out before it is freed). */
+export function scoreUnsplit(model: string, tokens: ArrayLike<number>, threads: number, repack: boolean): Float32Array[] {
+  const p = Pipeline.open({ model, threads, ctxSize: 512, repack });
+  try {
+    return scoreAll(p, tokens).map((r) => r.slice());
+  } finally {
+    p.dispose();
+  }
+}
