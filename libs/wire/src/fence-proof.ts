@@ -12,6 +12,18 @@ import { WireError } from './errors.ts';
 const fenceText = (term: bigint, generation: bigint) => Buffer.from(`strata/v1 fence ${term} ${generation}`, 'utf8');
 const leaderText = (id: string, term: bigint) => Buffer.from(`strata/v1 leader ${id} ${term}`, 'utf8');
 
+/** An Ed25519 key read by `read`; a WireError('bad_key') naming `what` and `expected` otherwise. */
+function ed25519Key(read: (pem: string | Buffer) => KeyObject, pem: string | Buffer, what: string, expected: string): KeyObject {
+  let key: KeyObject;
+  try {
+    key = read(pem);
+  } catch (err) {
+    throw new WireError('bad_key', `${what} is ${expected}: ${(err as Error).message}`);
+  }
+  if (key.asymmetricKeyType !== 'ed25519') throw new WireError('bad_key', `${what} is ${key.asymmetricKeyType ?? 'unknown'}, not Ed25519`);
+  return key;
+}
+
 /** Signs fences and leader announcements (coordinators). */
 export class FenceSigner {
   readonly #key: KeyObject;
@@ -24,14 +36,7 @@ export class FenceSigner {
 
   /** From an Ed25519 private key in PEM (PKCS#8). */
   static fromPem(pem: string | Buffer): FenceSigner {
-    let key: KeyObject;
-    try {
-      key = createPrivateKey(pem);
-    } catch (err) {
-      throw new WireError('bad_key', `the term key is not a private key in PEM: ${(err as Error).message}`);
-    }
-    if (key.asymmetricKeyType !== 'ed25519') throw new WireError('bad_key', `the term key is ${key.asymmetricKeyType ?? 'unknown'}, not Ed25519`);
-    return new FenceSigner(key);
+    return new FenceSigner(ed25519Key(createPrivateKey, pem, 'the term key', 'not a private key in PEM'));
   }
 
   /** The proof of fence (term, generation). */
@@ -62,14 +67,7 @@ export class FenceVerifier {
 
   /** From the Ed25519 public key in PEM (SPKI), or a PEM certificate of it (what the Helm chart makes). */
   static fromPem(pem: string | Buffer): FenceVerifier {
-    let key: KeyObject;
-    try {
-      key = createPublicKey(pem);
-    } catch (err) {
-      throw new WireError('bad_key', `the term public key is neither a public key nor a certificate in PEM: ${(err as Error).message}`);
-    }
-    if (key.asymmetricKeyType !== 'ed25519') throw new WireError('bad_key', `the term public key is ${key.asymmetricKeyType ?? 'unknown'}, not Ed25519`);
-    return new FenceVerifier(key);
+    return new FenceVerifier(ed25519Key(createPublicKey, pem, 'the term public key', 'neither a public key nor a certificate in PEM'));
   }
 
   /** Whether `proof` signs fence (term, generation). */
