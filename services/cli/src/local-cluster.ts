@@ -18,6 +18,9 @@ const BIN = join(dirname(fileURLToPath(import.meta.url)), '../../../bin/strata.m
 /** What the coordinators' Redis user may do: Strata's keys, no @dangerous command (FLUSHALL, CONFIG, KEYS...), INFO for clients' ready check */
 export const REDIS_RULES = '~strata:* &* +@all -@dangerous +info';
 
+/** A random password or token: 144 bits, in characters every config file and URL takes as they are. */
+export const secret = (): string => randomBytes(18).toString('base64url');
+
 /** Options of {@link LocalCluster.start}. */
 export interface LocalClusterOptions {
   /** GGUF file (default: the synthetic default model) */
@@ -149,7 +152,6 @@ export class LocalCluster {
     const splits = o.splits ?? defaultSplits(nLayer, o.pipelines ?? 1, o.workers ?? 2);
     const ownData = o.dataDir === undefined;
     const dataDir = o.dataDir ?? mkdtempSync(join(tmpdir(), 'strata-up-'));
-    const secret = () => randomBytes(18).toString('base64url');
     const users = o.natsAuth ?? true ? NATS_ROLES.map((role) => ({ user: `strata-${role}`, password: secret(), permissions: natsPermissions(role) })) : undefined;
     const nats = await startNats({ dir: join(dataDir, 'nats'), maxPayload: o.natsMaxPayload, users });
     const redisUser = o.redisAuth ?? true ? { user: 'strata-coordinator', password: secret(), rules: REDIS_RULES } : null;

@@ -6,13 +6,12 @@
 //   worker/, gateway/      nats-url, term.pub
 //   operator/              nats-url (strata status, drain, migrate)
 // Passwords are random (144 bits); an existing folder is left as it is unless --force.
-import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { natsAuthorization, redisUsers } from '@strata/local-servers';
 import { NATS_ROLES, natsPermissions, type NatsRole } from '@strata/wire';
 import { Flags, parseArgs } from '../args.ts';
-import { REDIS_RULES, writeTermKeys } from '../local-cluster.ts';
+import { REDIS_RULES, secret, writeTermKeys } from '../local-cluster.ts';
 
 /** `strata secrets --dir D [--nats-host nats:4222] [--redis-host redis:6379] [--force]` */
 export function secretsCommand(argv: string[], out: NodeJS.WritableStream): number {
@@ -33,7 +32,6 @@ export function secretsCommand(argv: string[], out: NodeJS.WritableStream): numb
 
 /** Writes every secret of a deployment into `dir` (see above). */
 export function writeSecrets(dir: string, natsHost: string, redisHost: string): void {
-  const secret = () => randomBytes(18).toString('base64url');
   const users = NATS_ROLES.map((role) => ({ user: `strata-${role}`, password: secret(), permissions: natsPermissions(role) }));
   const redisUser = { user: 'strata-coordinator', password: secret(), rules: REDIS_RULES };
   const put = (sub: string, name: string, text: string, mode = 0o644) => {
