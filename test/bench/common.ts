@@ -26,7 +26,12 @@ export function benchModel(type: 'f16' | 'q8_0'): string {
   return file;
 }
 
-/** Benchmark options from argv: --threads, --reps, --pp, --tg, --types f16,q8_0, --only engine,kv,cluster,migration,load,responsive,grammar. */
+/**
+ * Benchmark options from argv: --threads, --reps, --pp, --tg, --types f16,q8_0, --only
+ * engine,kv,cluster,migration,load,responsive,grammar,serving; for serving also --serving-model
+ * (default: the Gemma 3 270M of ensure-models), --clients 1,8,16,32, --serving-reps (3),
+ * --serving-tokens (128), --serving-strata one,two.
+ */
 export function parseBenchArgs(argv: string[]) {
   const get = (name: string, fallback: string) => {
     const i = argv.indexOf(`--${name}`);
@@ -38,7 +43,12 @@ export function parseBenchArgs(argv: string[]) {
     pp: Number(get('pp', '512')),
     tg: Number(get('tg', '128')),
     types: get('types', 'f16,q8_0').split(',') as ('f16' | 'q8_0')[],
-    only: new Set(get('only', 'engine,kv,cluster,migration,load,responsive,grammar').split(',')),
+    only: new Set(get('only', 'engine,kv,cluster,migration,load,responsive,grammar,serving').split(',')),
+    servingModel: get('serving-model', ''),
+    clients: get('clients', '1,8,16,32').split(',').map(Number),
+    servingReps: Number(get('serving-reps', '3')),
+    servingTokens: Number(get('serving-tokens', '128')),
+    servingStrata: get('serving-strata', 'one,two').split(',') as ('one' | 'two')[],
   };
 }
 

@@ -5,7 +5,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { format } from 'node:util';
-import { LlamaReference, Sampler, loadNative, loadOptionsFromEnv } from '@strata/ggml';
+import { LlamaReference, Sampler, loadNative, loadOptionsFromEnv, strataCacheDir } from '@strata/ggml';
 import { Pipeline } from '@strata/model';
 import { benchModel, median, parseBenchArgs, std } from './common.ts';
 import { runClusterBench } from './cluster.ts';
@@ -14,6 +14,7 @@ import { runKvBench } from './kv.ts';
 import { runLoadBench } from './load.ts';
 import { runMigrationBench } from './migration.ts';
 import { runResponsiveBench } from './responsive.ts';
+import { runServingBench } from './serving.ts';
 import { Progress } from '../../services/cli/src/format.ts';
 
 const opts = parseBenchArgs(process.argv.slice(2));
@@ -151,7 +152,13 @@ const migration = opts.only.has('migration') ? await section('migration', 5, (st
 const load = opts.only.has('load') ? await section('load', 0, () => runLoadBench()) : null;
 const responsive = opts.only.has('responsive') ? await section('responsive', 8, (step) => runResponsiveBench(step)) : null;
 const grammar = opts.only.has('grammar') ? await section('grammar', 0, () => runGrammarBench()) : null;
+const servingModel = opts.servingModel || join(strataCacheDir(), 'models', 'gemma-3-270m-q4_k_m.gguf');
+const serving = opts.only.has('serving')
+  ? await section('serving', 1 + opts.clients.length * opts.servingReps, (step) => runServingBench({
+    model: servingModel, threads: opts.threads, clients: opts.clients, reps: opts.servingReps, tokens: opts.servingTokens, strata: opts.servingStrata,
+  }, step))
+  : null;
 
 const out = join(process.cwd(), '.bench');
 mkdirSync(out, { recursive: true });
-writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv, cluster, migration, load, responsive, grammar }, null, 2));
+writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv, cluster, migration, load, responsive, grammar, serving }, null, 2));

@@ -8,7 +8,7 @@ export { LlamaReference, type RefToken, type ReferenceOptions } from './llama/re
 export { Sampler, type SamplingOptions } from './llama/sampler.ts';
 export { Vocab, type ChatMessage } from './llama/vocab.ts';
 export { llamaPackageDir, locateNativeLibs, strataCacheDir, type LocateOptions, type NativeLibs } from './native-libs.ts';
-export { vocabDir, VOCAB_FILES } from './native-build.ts';
+export { ensureLlamaServer, vocabDir, VOCAB_FILES } from './native-build.ts';
 export { Scheduler, type SchedulerOptions } from './scheduler.ts';
 export { LogLevel, loadNative, loadOptionsFromEnv, native, type LoadOptions, type Native } from './runtime.ts';
 export { decodeToF32, encodeF32, f16ToF32 } from './quantize.ts';

@@ -131,6 +131,43 @@ function build(srcDir: string, outDir: string, gpu: 'cpu' | 'cuda', version: str
 }
 
 /**
+ * Builds llama.cpp's own `llama-server` (CPU, statically linked, this machine's CPU) from the same
+ * pinned snapshot, once, into `<native build dir>-server/llama-server`, and returns its path. The
+ * serving benchmark runs it beside Strata as the reference a user would otherwise pick.
+ */
+export function ensureLlamaServer(version = llamaPackageVersion()): string {
+  const outDir = `${nativeBuildDir(version, 'cpu')}-server`;
+  const bin = join(outDir, 'llama-server');
+  if (existsSync(bin)) return bin;
+  const missing = ['cmake', 'c++', 'git'].filter((c) => !has(c));
+  if (missing.length > 0) throw new Error(`building llama-server needs ${missing.join(', ')}`);
+  const srcDir = join(strataCacheDir(), 'llama', `src-${version}`);
+  return withLock(`${outDir}.lock`, () => {
+    ensureSource(srcDir);
+    const buildDir = `${outDir}.build`;
+    const cmakeArgs = [
+      '-S', srcDir, '-B', buildDir, '-DCMAKE_BUILD_TYPE=Release', '-DBUILD_SHARED_LIBS=OFF', '-DGGML_NATIVE=ON',
+      '-DGGML_BACKEND_DL=OFF', '-DLLAMA_BUILD_TESTS=OFF', '-DLLAMA_BUILD_EXAMPLES=OFF', '-DLLAMA_BUILD_TOOLS=ON',
+      '-DLLAMA_BUILD_SERVER=ON', '-DLLAMA_BUILD_COMMON=ON', '-DLLAMA_CURL=OFF', '-DLLAMA_OPENSSL=OFF', '-DGGML_CUDA=OFF',
+    ];
+    if (has('ninja')) cmakeArgs.push('-G', 'Ninja');
+    if (!amxUsable(buildDir)) {
+      const noAmx = '-mno-amx-tile -mno-amx-int8 -mno-amx-bf16';
+      cmakeArgs.push(`-DCMAKE_C_FLAGS=${noAmx}`, `-DCMAKE_CXX_FLAGS=${noAmx}`);
+    }
+    log(`building llama-server from the pinned snapshot in ${buildDir} (many minutes; once per machine)`);
+    execFileSync('cmake', cmakeArgs, { stdio: ['ignore', 'ignore', 'inherit'] });
+    execFileSync('cmake', ['--build', buildDir, '--target', 'llama-server', '-j', String(availableParallelism())], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
+    mkdirSync(outDir, { recursive: true });
+    cpSync(join(buildDir, 'bin', 'llama-server'), bin);
+    rmSync(buildDir, { recursive: true, force: true });
+    return bin;
+  });
+}
+
+/**
  * Entry point: `native-build.ts [--gpu auto|cpu|cuda] [--force] [--strict]`. 'auto' (the default)
  * builds with CUDA where nvcc and an NVIDIA driver exist; a CUDA build holds the CPU backend too.
  * For container images, where `npm ci` runs the build with no flags and no GPU: STRATA_GGML_CUDA=1

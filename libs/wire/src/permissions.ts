@@ -21,8 +21,8 @@ const COORDINATOR_OWN = [`${P}.coordinator.result.>`, `${P}.coordinator.leader`]
 
 const ROLES: Record<NatsRole, NatsPermissions> = {
   worker: {
-    publish: { allow: [`${P}.worker.heartbeat`, `${P}.worker.step.*`, `${P}.coordinator.result.*`, `${P}.coordinator.drain`], deny: [] },
-    subscribe: { allow: [`${P}.worker.step.*`, `${P}.worker.seq.*`, `${P}.worker.migrate.*`, `${P}.worker.stats.*`, `${P}.coordinator.leader`, INBOX], deny: [] },
+    publish: { allow: [`${P}.worker.heartbeat`, `${P}.worker.step.*`, `${P}.worker.ring.*`, `${P}.coordinator.result.*`, `${P}.coordinator.drain`], deny: [] },
+    subscribe: { allow: [`${P}.worker.step.*`, `${P}.worker.ring.*`, `${P}.worker.seq.*`, `${P}.worker.migrate.*`, `${P}.worker.stats.*`, `${P}.coordinator.leader`, INBOX], deny: [] },
     allowResponses: true,
   },
   coordinator: {

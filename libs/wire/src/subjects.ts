@@ -22,6 +22,8 @@ export const subjects = {
   workerHeartbeat: () => `${PREFIX}.worker.heartbeat`,
   /** StageInput chunks for one worker */
   workerStep: (worker: string) => `${PREFIX}.worker.step.${checkId(worker, 'worker id')}`,
+  /** RingTokens: a last stage's samples, to the first stage of its pipeline */
+  workerRing: (worker: string) => `${PREFIX}.worker.ring.${checkId(worker, 'worker id')}`,
   /** SeqOpRequest -> SeqOpReply */
   workerSeq: (worker: string) => `${PREFIX}.worker.seq.${checkId(worker, 'worker id')}`,
   /** MigrateOutRequest -> MigrateOutReply: stream a sequence's state to a target stage */

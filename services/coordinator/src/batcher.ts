@@ -16,6 +16,10 @@ export interface PlannedEntry {
   pos0: number;
   /** sample after the last token */
   output: boolean;
+  /** its one token is the sample the step this one follows draws (tokens holds 0 for it) */
+  chained?: boolean;
+  /** the first stage dropped this chained entry: the sample it was to take ended its job */
+  dropped?: boolean;
 }
 
 /** Limits of one micro-batch. */
@@ -35,14 +39,15 @@ export interface BatchLimits {
 
 /**
  * Plans the next micro-batch from `jobs` (in arrival order); null when none is ready. A ready job
- * that must run alone (Job.alone) goes first, in a micro-batch of its own.
+ * that must run alone (Job.alone) goes first, in a micro-batch of its own. `chained` jobs (see
+ * {@link chainable}) come first, each with the one token the step they await samples.
  */
-export function planMicroBatch(jobs: readonly Job[], l: BatchLimits): PlannedEntry[] | null {
+export function planMicroBatch(jobs: readonly Job[], l: BatchLimits, chained: readonly Job[] = []): PlannedEntry[] | null {
   const suspect = jobs.find((j) => j.alone && isReady(j));
   const pool = suspect ? [suspect] : jobs.some((j) => j.alone) ? jobs.filter((j) => !j.alone) : jobs;
-  const entries: PlannedEntry[] = [];
-  let used = 0;
-  let decodes = 0;
+  const entries: PlannedEntry[] = suspect ? [] : chained.slice(0, l.maxBatch).map((j) => ({ job: j, tokens: [0], pos0: nextPos(j), output: true, chained: true }));
+  let used = entries.length;
+  let decodes = entries.length;
   for (const j of pool) {
     if (!isReady(j) || j.fed < j.prompt.length || used >= l.maxBatch || decodes >= l.decodeCap) continue;
     entries.push({ job: j, tokens: [j.pending!], pos0: nextPos(j), output: true });
@@ -66,10 +71,27 @@ export function planMicroBatch(jobs: readonly Job[], l: BatchLimits): PlannedEnt
   return entries.length > 0 ? entries : null;
 }
 
+/**
+ * Whether a step may follow the in-flight one whose entry `e` samples for its job, taking that
+ * sample on the stages: the job runs on (not finishing, cancelled, held or alone), nothing
+ * already follows that sample, and the sample cannot be its last by length.
+ */
+export function chainable(e: PlannedEntry): boolean {
+  const j = e.job;
+  return e.output && !e.dropped && j.finish === null && !j.cancelled && !j.held && !j.alone && j.awaitingToken && j.chained === 0 &&
+    j.fed >= j.prompt.length && j.generated.length + 1 < j.maxTokens;
+}
+
 /** Marks the planned tokens as sent. */
 export function applyPlan(entries: readonly PlannedEntry[]): void {
   for (const e of entries) {
     const j = e.job;
+    if (e.chained) {
+      j.pos++;
+      j.inflight++;
+      j.chained++;
+      continue;
+    }
     if (j.fed < j.prompt.length) j.fed += e.tokens.length;
     else j.pending = null;
     j.pos += e.tokens.length;

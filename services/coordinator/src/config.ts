@@ -19,6 +19,7 @@ export const coordinatorSchema = {
   queueFactor: { kind: 'number', doc: 'cells queued requests may reserve, in multiples of a pipeline\'s cells, before 429', default: 4 },
   stepDeadlineFloorMs: { kind: 'int', doc: 'a step is stuck (its pipeline resets) past --step-deadline-margin times its predicted cost, never sooner than this; also the deadline while its cost is unknown', default: 30000 },
   stepDeadlineMargin: { kind: 'number', doc: 'how many times its predicted cost a step may take before it is stuck', default: 4 },
+  overlapSteps: { kind: 'bool', doc: 'plan each decoding step while the one before it computes; the stages hand samples from the last stage to the first (a ring) instead of through the coordinator', default: true },
   stepBudgetMs: { kind: 'int', doc: 'prompt tokens in a micro-batch are cut so that its predicted time through the pipeline stays within this (0: only --prefill-chunk limits them)', default: 200 },
   maxRequestFailures: { kind: 'int', doc: 'a request in the step that took its pipeline down (stuck past its deadline, or in flight on a worker that died) this many times fails with 400 repeated_failure instead of being rebuilt again', default: 2 },
   seqOpTimeoutMs: { kind: 'int', doc: 'a sequence operation unanswered for this long fails', default: 5000 },

@@ -32,6 +32,11 @@ export interface Job {
   awaitingToken: boolean;
   /** micro-batches in flight holding this job's tokens */
   inflight: number;
+  /**
+   * entries in flight that feed the sample awaited now, before it came back (0 or 1): a step
+   * planned while the one that samples it computes (PipelineOptions.overlap)
+   */
+  chained: number;
   /** not ready: its sequence operations and session claim are under way, or it is moving */
   held: boolean;
   /** position after the last token whose step came back: what every stage holds for sure */
@@ -58,14 +63,15 @@ export type JobEffect =
 
 /** Messages a job takes. */
 export type JobMsg =
-  | { type: 'sampled'; token: SampledToken }
+  /** `fedAhead`: a step in flight already feeds this sample (a chained entry), and samples the next */
+  | { type: 'sampled'; token: SampledToken; fedAhead?: boolean }
   | { type: 'cancel' }
   | { type: 'failed'; code: string; message: string };
 
 /** A new job. */
 export function newJob(init: Pick<Job, 'requestId' | 'index' | 'sessionId' | 'seq' | 'prompt' | 'pos0' | 'sampling' | 'maxTokens'>): Job {
   if (init.prompt.length === 0) throw new Error('a job needs at least one token to evaluate');
-  return { ...init, fed: 0, pos: init.pos0, samplerSent: false, generated: [], pending: null, awaitingToken: false, inflight: 0, held: false, done: init.pos0, replay: [], inPrompt: 0, cancelled: false, alone: false, finish: null, error: null };
+  return { ...init, fed: 0, pos: init.pos0, samplerSent: false, generated: [], pending: null, awaitingToken: false, inflight: 0, chained: 0, held: false, done: init.pos0, replay: [], inPrompt: 0, cancelled: false, alone: false, finish: null, error: null };
 }
 
 /** Position of the next token the job will feed. */
@@ -92,11 +98,11 @@ export function jobTransition(j: Job, msg: JobMsg): JobEffect[] {
   };
   switch (msg.type) {
     case 'sampled': {
-      j.awaitingToken = false;
       j.generated.push(msg.token);
-      j.pending = msg.token.token;
+      j.awaitingToken = msg.fedAhead === true;
+      j.pending = msg.fedAhead ? null : msg.token.token;
       const fx: JobEffect[] = [{ type: 'emit', token: msg.token }];
-      if (msg.token.eog) fx.push(finish(FinishReason.STOP));
+      if (msg.token.eog && !j.sampling.ignoreEos) fx.push(finish(FinishReason.STOP));
       else if (j.generated.length >= j.maxTokens) fx.push(finish(FinishReason.LENGTH));
       else if (j.cancelled) fx.push(finish(FinishReason.CANCELLED));
       return fx;
@@ -137,6 +143,7 @@ export function rebuildJob(j: Job, prefix: readonly number[]): void {
   j.pending = null;
   j.awaitingToken = false;
   j.inflight = 0;
+  j.chained = 0;
   j.samplerSent = false;
   j.replay = gen;
   j.held = false;

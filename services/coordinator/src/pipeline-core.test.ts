@@ -11,7 +11,7 @@ import { load, openPipeline, queued, sessionAt, transition, type PipelineCore, t
 import { CostBook } from './step-cost.ts';
 
 const OPTIONS: PipelineOptions = {
-  prefillChunk: 256, stepDeadlineFloorMs: 30_000, stepDeadlineMargin: 4, stepBudgetMs: 0, defaultMaxTokens: 16, maxQueue: 4, queueFactor: 4, maxRequestFailures: 2,
+  prefillChunk: 256, stepDeadlineFloorMs: 30_000, stepDeadlineMargin: 4, stepBudgetMs: 0, defaultMaxTokens: 16, maxQueue: 4, queueFactor: 4, maxRequestFailures: 2, overlap: false,
 };
 
 /** Two stages of 8 layers, `cells` cells and `seqs` sequences each. */
@@ -280,5 +280,100 @@ describe('pipeline core: a migration', () => {
     const dst = pipeline({}, view('q'));
     dst.send({ type: 'reserve', cells: 8 });
     assert.deepEqual(kinds(dst.send({ type: 'unreserve', seq: 0 })), ['drop_seq']);
+  });
+});
+
+describe('pipeline core: overlapping steps (a ring)', () => {
+  /** One stage of 8 layers. */
+  const oneStage = (): PipelineView => {
+    const v = view();
+    return { ...v, stages: [create(StageInfoSchema, { ...v.stages[0]!, l1: 8 })] };
+  };
+  const chained = (fx: PipelineEffect[]) => only(fx, 'send_step').map((s) => `${s.follows}:${s.entries.filter((e) => e.chained).map((e) => e.seq).join(',')}`);
+
+  it('sends the next decoding step while the one before computes, and goes on one step ahead', () => {
+    const { core, send } = pipeline({ overlap: true }, oneStage());
+    const fx = send({ type: 'admit', req: req('a', 3, { maxTokens: 4 }) });
+    assert.deepEqual(steps(fx), ['0:0+3!', '0:3+1!'], "the prompt, and behind it a step that takes its sample on the stage");
+    assert.deepEqual(chained(fx), ['0:', '100:0']);
+    assert.equal(only(fx, 'send_step')[0]!.ring, true, 'the stages keep its samples for a step that follows');
+    assert.equal(core.inflight.size, 2, 'two steps in flight on one stage');
+    const r1 = send({ type: 'step_result', result: result(100n, [[0, 50]]) });
+    assert.deepEqual(events(r1), ['a/0 50']);
+    assert.deepEqual(steps(r1), ['0:4+1!'], 'one more behind the step that took the first sample');
+    assert.deepEqual(chained(r1), ['101:0']);
+    const r2 = send({ type: 'step_result', result: result(101n, [[0, 51]]) });
+    assert.deepEqual(events(r2), ['a/0 51']);
+    assert.deepEqual(steps(r2), ['0:5+1!'], 'the fourth sample is the last by length');
+    const r3 = send({ type: 'step_result', result: result(102n, [[0, 52]]) });
+    assert.deepEqual(steps(r3), [], 'so nothing follows the step that draws it');
+    const r4 = send({ type: 'step_result', result: result(103n, [[0, 53]]) });
+    assert.deepEqual(events(r4), ['a/0 53', 'a/0  LENGTH']);
+    assert.deepEqual(kinds(r4).slice(2), ['request_ended', 'drop_seq']);
+    assert.equal(core.jobs.length, 0);
+  });
+
+  it("drops the chained entry of a sample that ends its choice, and the sequence's positions stay right", () => {
+    const { core, send } = pipeline({ overlap: true }, oneStage());
+    send({ type: 'admit', req: req('a', 3, { maxTokens: 10, sessionId: 't:s' }) });
+    send({ type: 'prepared', requestId: 'a', session: 't:s', epoch: 1 });
+    send({ type: 'step_result', result: result(100n, [[0, 50]]) });
+    const eog = send({ type: 'step_result', result: result(101n, [[0, 51, true]]) });
+    assert.deepEqual(events(eog), ['a/0 51'], 'the end is said once the step that follows is back');
+    assert.deepEqual(steps(eog), []);
+    // The stage dropped the only entry of step 102: it answers with no tokens.
+    const end = send({ type: 'step_result', result: create(StepResultSchema, { stepId: 102n, pipelineId: 'p' }) });
+    assert.deepEqual(events(end), ['a/0  STOP']);
+    assert.deepEqual(core.room.residents.get('t:s')?.tokens, [10, 11, 12, 50], 'the end-of-generation token was never evaluated');
+  });
+
+  it('with ignore_eos an end-of-generation token is fed on like any other', () => {
+    const { send } = pipeline({ overlap: true }, oneStage());
+    const r = req('a', 3, { maxTokens: 5 });
+    r.sampling!.ignoreEos = true;
+    send({ type: 'admit', req: r });
+    send({ type: 'step_result', result: result(100n, [[0, 50]]) });
+    const fx = send({ type: 'step_result', result: result(101n, [[0, 2, true]]) });
+    assert.deepEqual(events(fx), ['a/0 2'], 'not the end');
+    assert.deepEqual(steps(fx), ['0:5+1!'], 'step 102 took it; the next one follows 102');
+    assert.deepEqual(chained(fx), ['102:0']);
+  });
+
+  it('a cancel lets the chained step run and keeps what it evaluated', () => {
+    const { core, send } = pipeline({ overlap: true }, oneStage());
+    send({ type: 'admit', req: req('a', 3, { maxTokens: 10, sessionId: 't:s' }) });
+    send({ type: 'prepared', requestId: 'a', session: 't:s', epoch: 1 });
+    send({ type: 'step_result', result: result(100n, [[0, 50]]) });
+    assert.deepEqual(send({ type: 'cancel', requestId: 'a', indices: [] }), []);
+    const r = send({ type: 'step_result', result: result(101n, [[0, 51]]) });
+    assert.deepEqual(events(r), ['a/0 51'], 'its sample still streams; the step that follows already took it');
+    const end = send({ type: 'step_result', result: result(102n, [[0, 52]]) });
+    assert.deepEqual(events(end), ['a/0  CANCELLED'], "the chained step's own sample is dropped");
+    assert.deepEqual(core.room.residents.get('t:s')?.tokens, [10, 11, 12, 50, 51], 'both fed samples are in the cache');
+  });
+
+  it("two stages: a step per stage in flight, each followed by one that takes its samples; a follower's early answer waits", () => {
+    const { core, send } = pipeline({ overlap: true });
+    assert.deepEqual(chained(send({ type: 'admit', req: req('a', 3, { maxTokens: 10 }) })), ['0:', '100:0'], "nothing else is ready: a's prompt is followed");
+    assert.deepEqual(steps(send({ type: 'admit', req: req('b', 3, { maxTokens: 10 }) })), [], 'two steps are in flight and nothing can follow them yet');
+    const r1 = send({ type: 'step_result', result: result(100n, [[0, 50]]) });
+    assert.deepEqual(steps(r1), ['1:0+3!', '0:4+1!', '1:3+1!'], "b's prompt in the free slot, then a step behind each that samples");
+    assert.deepEqual(chained(r1), ['0:', '101:0', '102:1']);
+    assert.equal(core.inflight.size, 4);
+    // The follower of 101 answers before 101 (another publisher): it is taken after 101.
+    assert.deepEqual(send({ type: 'step_result', result: result(103n, [[0, 52]]) }), []);
+    const both = send({ type: 'step_result', result: result(101n, [[0, 51]]) });
+    assert.deepEqual(events(both), ['a/0 51', 'a/0 52']);
+  });
+
+  it('a failed step drops the entries that follow it, and fails only its jobs', () => {
+    const { core, send } = pipeline({ overlap: true }, oneStage());
+    send({ type: 'admit', req: req('a', 3, { maxTokens: 10 }) });
+    send({ type: 'step_result', result: result(100n, [[0, 50]]) });
+    const failed = send({ type: 'step_result', result: result(101n, [], 'stage_failed') });
+    assert.deepEqual(events(failed), [], 'its job ends once the step that follows is back');
+    const end = send({ type: 'step_result', result: create(StepResultSchema, { stepId: 102n, pipelineId: 'p' }) });
+    assert.deepEqual(events(end), ['a/0  ERROR stage_failed']);
+    assert.equal(core.jobs.length, 0);
   });
 });

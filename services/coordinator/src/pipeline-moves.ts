@@ -85,6 +85,7 @@ export function adopt(c: PipelineCore, session: string, seq: number, moved: Move
     job.replay = job.generated.map((t) => t.token);
     job.held = false;
     job.inflight = 0;
+    job.chained = 0;
     request.epoch = epoch;
     c.room.residents.set(session, { seq, tokens: moved.tokens.slice(0, job.pos0), lastUsedMs: now, busy: true, epoch });
     c.requests.set(job.requestId, request);
@@ -106,6 +107,7 @@ export function down(c: PipelineCore, fx: PipelineEffect[], reason: string, blam
   const steps = [...c.inflight.values()];
   const blamed = new Set((blame === 'stuck' ? steps.slice(0, 1) : blame === 'inflight' ? steps : []).flatMap((f) => f.entries.map((e) => e.job.requestId)));
   c.inflight.clear();
+  c.early.clear();
   releaseHolds(c, fx);
   const limit = c.options.maxRequestFailures;
   for (const request of c.requests.values()) {
@@ -127,6 +129,7 @@ export function down(c: PipelineCore, fx: PipelineEffect[], reason: string, blam
   }
   for (const j of c.jobs) {
     j.inflight = 0;
+    j.chained = 0;
     jobTransition(j, { type: 'failed', code: 'pipeline_down', message: reason });
   }
   retireFinished(c, fx, now);
@@ -144,6 +147,7 @@ export function abandon(c: PipelineCore, fx: PipelineEffect[]): void {
   c.down = true;
   for (const r of c.requests.values()) fx.push({ type: 'request_ended', req: r.req, error: { code: 'abandoned', message: 'no longer the leader' } });
   c.inflight.clear();
+  c.early.clear();
   releaseHolds(c, fx);
   c.jobs.length = 0;
   c.waiting.length = 0;

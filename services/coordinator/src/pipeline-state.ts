@@ -2,7 +2,7 @@
 // the queue, the room (seq-room.ts), the micro-batches in flight and the sessions a migration
 // moves; the effects the core asks of its runtime; and the read-only questions the coordinator
 // asks of it. Pure: no clock (the time comes with each message), no I/O.
-import type { GenerateReply, GenerateRequest, SeqOp, StepEntry } from '@strata/wire';
+import type { GenerateReply, GenerateRequest, SeqOp, StepEntry, StepResult } from '@strata/wire';
 import type { PlannedEntry } from './batcher.ts';
 import type { PipelineView } from './cluster.ts';
 import { cellsNeeded, type Job } from './job.ts';
@@ -32,6 +32,12 @@ export interface PipelineOptions {
    * a worker that died) this many times is failed with `repeated_failure` instead of rebuilt again
    */
   maxRequestFailures: number;
+  /**
+   * overlap steps: while a decoding step computes, the next one is planned and sent; its entries
+   * take the samples of the step they follow on the stages (the last stage hands them to the
+   * first, a ring), not through this coordinator
+   */
+  overlap: boolean;
 }
 
 /** An accepted request on this pipeline and its jobs (one per choice). */
@@ -71,6 +77,10 @@ export interface InFlight {
   entries: PlannedEntry[];
   work: StepWork;
   sentMs: number;
+  /** the step whose samples its chained entries take (null: none) */
+  follows: bigint | null;
+  /** a step that follows this one is in flight */
+  followed: boolean;
 }
 
 /** What the core asks its runtime to do, in this order. */
@@ -80,7 +90,7 @@ export type PipelineEffect =
   /** empty these sequences on every stage, asking again until the stages answer; then send 'emptied' */
   | { type: 'empty'; seqs: number[] }
   /** send a micro-batch to the first stage */
-  | { type: 'send_step'; stepId: bigint; entries: StepEntry[]; tokens: number[]; trace: StepTraceEntry[] }
+  | { type: 'send_step'; stepId: bigint; entries: StepEntry[]; tokens: number[]; trace: StepTraceEntry[]; follows: bigint; ring: boolean }
   /**
    * make a request's sequences ready: run `ops` on every stage, then claim `claim` (a session, '' for
    * none) in Redis and, with `history`, write its history there; then send 'prepared' (or 'prepare_failed')
@@ -127,6 +137,8 @@ export interface PipelineCore {
   readonly rebuilds: Rebuild[];
   /** micro-batches in flight by step id, oldest first */
   readonly inflight: Map<bigint, InFlight>;
+  /** results of steps that came back before the step they follow, by that step's id */
+  readonly early: Map<bigint, StepResult>;
   /** sessions moving off this pipeline: they take no new request */
   readonly moving: Set<string>;
   /** sessions a migration holds: their jobs take no step */
@@ -154,7 +166,7 @@ export function openPipeline(view: PipelineView, options: PipelineOptions, costs
   const capacity = Math.min(...view.stages.map((s) => s.kvCells), view.stages[0]!.nCtxTrain);
   const core: PipelineCore = {
     view, options, costs, route: view.stages.map((s) => s.workerId), maxBatch: Math.min(...view.stages.map((s) => s.maxBatch)),
-    room: new SeqRoom(nSeqMax, capacity), jobs: [], requests: new Map(), waiting: [], rebuilds: [], inflight: new Map(),
+    room: new SeqRoom(nSeqMax, capacity), jobs: [], requests: new Map(), waiting: [], rebuilds: [], inflight: new Map(), early: new Map(),
     moving: new Set(), holding: new Set(), holdPending: new Set(), nextStep: firstStepId, down: false, clean: false, lastResultMs: 0,
   };
   return { core, effects: [{ type: 'empty', seqs: core.room.allSeqs() }] };

@@ -3,29 +3,44 @@
 // finished jobs retired (their session's cells kept, or their sequence emptied), cancels, and the
 // deadline of the oldest step. Pure.
 import { FinishReason, type SampledToken, type StepEntry, type StepResult } from '@strata/wire';
-import { applyPlan, decodeCap, planMicroBatch, type PlannedEntry } from './batcher.ts';
+import { applyPlan, chainable, decodeCap, planMicroBatch, type PlannedEntry } from './batcher.ts';
 import { cachedTokens, jobTransition, type Job, type JobEffect } from './job.ts';
-import { depth, dropSeq, failRequest, type Admission, type PipelineCore, type PipelineEffect } from './pipeline-state.ts';
-import { stepDeadlineMs, tokensWithin, workOf } from './step-cost.ts';
+import { depth, dropSeq, failRequest, type Admission, type InFlight, type PipelineCore, type PipelineEffect } from './pipeline-state.ts';
+import { stepDeadlineMs, tokensWithin, workOf, type StepWork } from './step-cost.ts';
 
-/** Sends micro-batches while fewer than one per stage are in flight and some job is ready. */
+/**
+ * Sends micro-batches while fewer than one per stage are in flight and some job is ready. With
+ * overlap, it then sends one more behind each in-flight step that samples for jobs that go on
+ * (the oldest first): the step that follows it, whose chained entries take those samples on the
+ * stages, plus whatever else is ready. Each job runs at most one step ahead of its samples.
+ */
 export function pump(c: PipelineCore, fx: PipelineEffect[], now: number): void {
   const o = c.options;
   const predict = (w: Parameters<typeof c.costs.predict>[1]) => c.costs.predict(c.route, w);
-  while (!c.down && c.inflight.size < depth(c)) {
+  while (!c.down) {
     const active = c.jobs.filter((j) => j.finish === null).length;
-    const plan = planMicroBatch(c.jobs, {
+    const limits = {
       maxBatch: c.maxBatch, prefillChunk: o.prefillChunk, decodeCap: decodeCap(active, depth(c)),
       // The step budget: prompt tokens that keep a micro-batch's predicted time within it.
-      prefillWithin: o.stepBudgetMs > 0 ? (fixed, pos0, cap) => tokensWithin(predict, o.stepBudgetMs, fixed, pos0, cap) : undefined,
-    });
-    if (!plan) return;
+      prefillWithin: o.stepBudgetMs > 0 ? (fixed: StepWork, pos0: number, cap: number) => tokensWithin(predict, o.stepBudgetMs, fixed, pos0, cap) : undefined,
+    };
+    let plan = c.inflight.size < depth(c) ? planMicroBatch(c.jobs, limits) : null;
+    let lead: [bigint, InFlight] | null = null;
+    if (!plan) {
+      if (!o.overlap) return;
+      lead = [...c.inflight].find(([, f]) => !f.followed && f.entries.some(chainable)) ?? null;
+      if (!lead) return;
+      plan = planMicroBatch(c.jobs, limits, lead[1].entries.filter(chainable).map((e) => e.job));
+      // A step that follows another exists to take some of its samples on the stages.
+      if (!plan?.some((e) => e.chained)) return;
+    }
     applyPlan(plan);
-    send(c, fx, plan, now);
+    if (lead) lead[1].followed = true;
+    send(c, fx, plan, now, lead?.[0] ?? null);
   }
 }
 
-function send(c: PipelineCore, fx: PipelineEffect[], plan: PlannedEntry[], now: number): void {
+function send(c: PipelineCore, fx: PipelineEffect[], plan: PlannedEntry[], now: number, follows: bigint | null): void {
   const stepId = c.nextStep++;
   const entries: StepEntry[] = [];
   const tokens: number[] = [];
@@ -34,35 +49,61 @@ function send(c: PipelineCore, fx: PipelineEffect[], plan: PlannedEntry[], now: 
     const sampling = e.output && !j.samplerSent ? j.sampling : undefined;
     if (sampling) j.samplerSent = true;
     const replay = sampling ? j.replay : [];
-    entries.push({ $typeName: 'strata.v1.StepEntry', seq: j.seq, nTokens: e.tokens.length, pos0: e.pos0, output: e.output, sampling, replay });
+    entries.push({ $typeName: 'strata.v1.StepEntry', seq: j.seq, nTokens: e.tokens.length, pos0: e.pos0, output: e.output, sampling, replay, chained: e.chained === true });
     tokens.push(...e.tokens);
   }
   const trace = plan.map((e) => ({ req: c.requests.get(e.job.requestId)?.req, prefill: e.pos0 < e.job.pos0 + e.job.prompt.length, tokens: e.tokens.length }));
-  c.inflight.set(stepId, { entries: plan, work: workOf(plan.map((e) => ({ tokens: e.tokens.length, pos0: e.pos0 }))), sentMs: now });
-  fx.push({ type: 'send_step', stepId, entries, tokens, trace });
+  c.inflight.set(stepId, { entries: plan, work: workOf(plan.map((e) => ({ tokens: e.tokens.length, pos0: e.pos0 }))), sentMs: now, follows, followed: false });
+  fx.push({ type: 'send_step', stepId, entries, tokens, trace, follows: follows ?? 0n, ring: c.options.overlap && plan.some((e) => e.output) });
 }
 
-/** Takes the answer to one of this pipeline's steps (a late one, whose jobs already failed, is dropped). */
+/**
+ * Takes the answer to one of this pipeline's steps (a late one, whose jobs already failed, is
+ * dropped). A step that follows another is taken after it: one that came back first waits.
+ */
 export function stepResult(c: PipelineCore, fx: PipelineEffect[], r: StepResult, now: number): void {
   const f = c.inflight.get(r.stepId);
   if (!f) return;
+  if (f.follows !== null && c.inflight.has(f.follows)) {
+    c.early.set(f.follows, r);
+    return;
+  }
   c.inflight.delete(r.stepId);
   c.lastResultMs = now;
   if (!r.error && r.stageMs.length === c.view.stages.length) c.costs.observe(c.route, f.work, r.stageMs);
   const bySeq = new Map(r.tokens.map((t) => [t.seq, t]));
+  const follower = f.followed ? [...c.inflight.values()].find((x) => x.follows === r.stepId) : undefined;
   for (const e of f.entries) {
     const j = e.job;
     j.inflight--;
+    if (e.dropped) continue;
     if (!r.error) j.done = e.pos0 + e.tokens.length;
     let jfx: JobEffect[] = [];
+    const t = e.output ? bySeq.get(j.seq) : undefined;
+    // The step that follows took this sample on the stages, or dropped its entry where the sample
+    // ended the job (as the first stage decides: an end of generation it does not ignore, a failure).
+    let fedAhead = false;
+    if (e.output && j.chained > 0) {
+      j.chained--;
+      fedAhead = !r.error && t !== undefined && !t.error && !(t.eog && !j.sampling.ignoreEos);
+      if (!fedAhead) {
+        j.pos--;
+        const ahead = follower?.entries.find((x) => x.job === j && x.chained);
+        if (ahead) ahead.dropped = true;
+      }
+    }
     if (r.error) jfx = jobTransition(j, { type: 'failed', code: r.error.code, message: r.error.message });
     else if (e.output) {
-      const t = bySeq.get(j.seq);
       if (!t) jfx = jobTransition(j, { type: 'failed', code: 'stage_failed', message: `step ${r.stepId} returned no token for seq ${j.seq}` });
       else if (t.error) jfx = jobTransition(j, { type: 'failed', code: t.error.code, message: t.error.message });
-      else jfx = jobTransition(j, { type: 'sampled', token: t });
+      else jfx = jobTransition(j, { type: 'sampled', token: t, fedAhead });
     }
     emitted(c, fx, j, jfx);
+  }
+  const next = c.early.get(r.stepId);
+  if (next) {
+    c.early.delete(r.stepId);
+    stepResult(c, fx, next, now);
   }
 }
 

@@ -223,7 +223,7 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
           sampling: {
             temperature: spec.temperature, topK: spec.topK, topP: spec.topP, minP: spec.minP, repeatPenalty: spec.repeatPenalty,
             frequencyPenalty: spec.frequencyPenalty, presencePenalty: spec.presencePenalty,
-            seed, grammar, logprobs: spec.logprobs !== null, topLogprobs: spec.logprobs ?? 0,
+            seed, grammar, logprobs: spec.logprobs !== null, topLogprobs: spec.logprobs ?? 0, ignoreEos: spec.ignoreEos,
           },
         }, GenerateReplySchema, Math.max(1, Math.min(SUBMIT_TRY_MS, deadline - Date.now())), natsHeaders(traced));
       } catch (err) {

@@ -34,13 +34,15 @@ export interface GenerationSpec {
   responseFormat: { type: 'text' } | { type: 'json_object' } | { type: 'json_schema'; schema: unknown };
   /** GBNF grammar (extension, as llama.cpp's server) */
   grammar: string | null;
+  /** keep generating past end-of-generation tokens until max_tokens (extension, as llama.cpp's server and vLLM) */
+  ignoreEos: boolean;
   sessionId: string;
 }
 
 type Body = Record<string, unknown>;
 
 const COMMON = new Set(['model', 'max_tokens', 'stream', 'stream_options', 'stop', 'n', 'temperature', 'top_p', 'top_k', 'min_p',
-  'repeat_penalty', 'frequency_penalty', 'presence_penalty', 'seed', 'logprobs', 'response_format', 'grammar', 'session_id', 'user']);
+  'repeat_penalty', 'frequency_penalty', 'presence_penalty', 'seed', 'logprobs', 'response_format', 'grammar', 'ignore_eos', 'session_id', 'user']);
 const COMPLETION = new Set([...COMMON, 'prompt', 'echo', 'best_of', 'suffix', 'logit_bias']);
 const CHAT = new Set([...COMMON, 'messages', 'top_logprobs', 'max_completion_tokens', 'logit_bias', 'parallel_tool_calls']);
 
@@ -125,6 +127,7 @@ function common(b: Body, kind: GenerationSpec['kind'], prompt: GenerationSpec['p
     logprobs: null,
     responseFormat: responseFormat(b.response_format),
     grammar: str(b, 'grammar'),
+    ignoreEos: bool(b, 'ignore_eos', false),
     sessionId,
   };
 }

@@ -23,6 +23,7 @@ interface SeqSampler {
   refused: string;
   logprobs: boolean;
   topLogprobs: number;
+  ignoreEos: boolean;
 }
 
 /** The samplers of the sequences a last stage serves, by seq id. dispose() is idempotent. */
@@ -51,7 +52,7 @@ export class SamplerSet {
       refused = err.message;
     }
     if (sampler && replay.length > 0) sampler.replay(replay);
-    this.#bySeq.set(seq, { sampler, refused, logprobs: s.logprobs, topLogprobs: Math.min(s.topLogprobs, 20) });
+    this.#bySeq.set(seq, { sampler, refused, logprobs: s.logprobs, topLogprobs: Math.min(s.topLogprobs, 20), ignoreEos: s.ignoreEos });
   }
 
   /** whether `seq` has a sampler */
@@ -75,6 +76,11 @@ export class SamplerSet {
       ? largest(row, s.topLogprobs).map((t) => ({ $typeName: 'strata.v1.TokenLogprob', token: t, logprob: row[t]! - lse }))
       : [];
     return { $typeName: 'strata.v1.SampledToken', seq, token, eog, logprob: row[token]! - lse, top };
+  }
+
+  /** Whether sample `t` ends its sequence's choice: a failure, or an end of generation it does not ignore. */
+  ends(t: SampledToken): boolean {
+    return t.error !== undefined || (t.eog && !this.#bySeq.get(t.seq)?.ignoreEos);
   }
 
   /** Frees `seq`'s sampler, if any. */

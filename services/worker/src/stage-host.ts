@@ -7,10 +7,10 @@ import type { StageMemory } from '@strata/model';
 import { SeqOpKind, type SeqOp, type StepHeader } from '@strata/wire';
 import { WorkerError } from './errors.ts';
 import type {
-  BusyStep, Fence, StageDescription, StageFailure, StageMessage, StageRequest, StageSnapshot, StageThreadOptions, StageValues, StepOutput,
+  BusyStep, Fence, RingSamples, StageDescription, StageFailure, StageMessage, StageRequest, StageSnapshot, StageThreadOptions, StageValues, StepOutput,
 } from './stage-protocol.ts';
 
-type Op = StageRequest['op'];
+type Op = Exclude<StageRequest['op'], 'ring'>;
 type Body<K extends Op> = Omit<Extract<StageRequest, { op: K }>, 'op' | 'id'>;
 
 interface Pending {
@@ -25,7 +25,7 @@ function rethrow(f: StageFailure): Error {
 }
 
 /** The answer to a step: what it produced and how long it computed, or stale (dropped unrun). */
-export type StepAnswer = { output: StepOutput; ms: number } | { stale: true };
+export type StepAnswer = StageValues['step'];
 
 /** A worker's stage on its own thread. */
 export class StageHost {
@@ -139,6 +139,13 @@ export class StageHost {
   get busy(): BusyStep | null {
     const h = this.#steps[0];
     return h ? { stepId: h.stepId, tokens: h.tokens, attention: h.attention, sinceMs: Math.max(h.postedMs, this.#lastStepDoneMs) } : null;
+  }
+
+  /** Hands the stage the samples of step `stepId` (from the last stage) for a step that follows it; no answer. */
+  ring(stepId: bigint, samples: RingSamples, fence: Fence): void {
+    if (this.#exited || this.#closing) return;
+    const r: StageRequest = { op: 'ring', id: 0, stepId, samples, fence };
+    this.#thread.postMessage(r);
   }
 
   /** Applies sequence operations in order, queued behind earlier work. */

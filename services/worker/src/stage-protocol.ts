@@ -2,7 +2,7 @@
 // stage, its KV cache, its samplers). Everything here crosses postMessage: plain data, typed
 // arrays moved (transferred) rather than copied where the sender is done with them.
 import type { StageCounters, StageMemory } from '@strata/model';
-import type { SampledToken, SeqOp, StepHeader } from '@strata/wire';
+import type { SampledToken, SeqOp, StepEntry, StepHeader } from '@strata/wire';
 
 /** What the stage thread loads (its workerData). */
 export interface StageThreadOptions {
@@ -74,8 +74,12 @@ export interface Fence {
   generation: bigint;
 }
 
-/** A request to the stage thread. Each gets exactly one {@link StageReply} with its id. */
+/**
+ * A request to the stage thread. Each gets exactly one reply with its id, except 'ring' (a step's
+ * samples from the last stage, for a step that follows it here), which gets none.
+ */
 export type StageRequest =
+  | { op: 'ring'; id: 0; stepId: bigint; samples: RingSamples; fence: Fence }
   | { op: 'step'; id: number; header: StepHeader; hidden: Float32Array }
   | { op: 'seq'; id: number; ops: SeqOp[]; fence: Fence }
   | { op: 'export'; id: number; seq: number; p0: number; p1: number; l0: number; l1: number }
@@ -83,12 +87,32 @@ export type StageRequest =
   | { op: 'import'; id: number; blob: Uint8Array; seq: number }
   | { op: 'memory'; id: number };
 
-/** What a step produced: hidden states for the next stage, or the sampled tokens. */
-export type StepOutput = { kind: 'hidden'; hidden: Float32Array } | { kind: 'tokens'; tokens: SampledToken[] };
+/**
+ * What a step produced: hidden states for the next stage, or the sampled tokens (and whether each
+ * ends its choice), or nothing: every entry was chained to a sample that ended its choice.
+ */
+export type StepOutput =
+  | { kind: 'hidden'; hidden: Float32Array }
+  | { kind: 'tokens'; tokens: SampledToken[]; ends: boolean[] }
+  | { kind: 'empty' };
+
+/** A step's samples, as the step that follows it takes them (RingTokens, or the stage's own). */
+export interface RingSamples {
+  /** seq -> its sample, and whether it ends the choice */
+  tokens: Map<number, { token: number; ends: boolean }>;
+  /** the step failed: what follows it drops its chained entries */
+  failed: boolean;
+}
+
+/** The entries and tokens of a step after its first stage filled in (or dropped) its chained entries. */
+export interface ChainedRewrite {
+  entries: StepEntry[];
+  tokens: number[];
+}
 
 /** The value each request answers with. */
 export interface StageValues {
-  step: { output: StepOutput; ms: number } | { stale: true };
+  step: { output: StepOutput; ms: number; rewrite?: ChainedRewrite } | { stale: true };
   seq: { posMax: number[] } | { stale: true };
   export: Uint8Array;
   posMax: number;

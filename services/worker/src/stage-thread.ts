@@ -10,11 +10,18 @@ import { Vocab } from '@strata/ggml';
 import { GgufFile } from '@strata/gguf';
 import { decodeState, type DecodedState } from '@strata/kv-cache';
 import { ModelError, Stage, parseRange, readHParams } from '@strata/model';
+import { RingBook, fillChained, ringSamples } from './ring.ts';
 import { SamplerSet } from './samplers.ts';
 import { StepRunner, stepErrorCode } from './step-runner.ts';
 import {
   fenceOlder, type Fence, type StageFailure, type StageMessage, type StageRequest, type StageSnapshot, type StageThreadOptions,
 } from './stage-protocol.ts';
+
+/**
+ * How long a step that follows another waits for that step's samples before it drops the entries
+ * that take them (the coordinator's step deadline resets a pipeline that stuck sooner).
+ */
+const RING_WAIT_MS = 30_000;
 
 /** Work that changes cells: run in arrival order, one at a time. */
 type Ordered =
@@ -44,6 +51,10 @@ class StageActor {
   #lastStep: StageSnapshot['lastStep'] = null;
   /** the newest fence seen */
   #fence: Fence = { term: 0n, generation: 0n };
+  /** samples of recent steps, for the steps that follow them (a first stage) */
+  readonly #ring = new RingBook();
+  /** close() began: a step waiting for samples stops waiting */
+  #closed = false;
 
   constructor(o: StageThreadOptions, post: (m: StageMessage, transfer?: ArrayBuffer[]) => void) {
     this.#o = o;
@@ -106,6 +117,9 @@ class StageActor {
           this.#raise({ term: r.header.term, generation: r.header.generation });
           this.#queue.push(r);
           break;
+        case 'ring':
+          if (!fenceOlder(r.fence, this.#fence)) this.#ring.record(r.stepId, r.samples);
+          return;
         case 'seq':
           this.#raise(r.fence);
           this.#queue.push(r);
@@ -131,7 +145,9 @@ class StageActor {
   }
 
   #raise(f: Fence): void {
-    if (fenceOlder(this.#fence, f)) this.#fence = { term: f.term, generation: f.generation };
+    if (!fenceOlder(this.#fence, f)) return;
+    this.#fence = { term: f.term, generation: f.generation };
+    this.#ring.interrupt();
   }
 
   /** Exports now, or after the computing step when it writes rows of the positions asked for. */
@@ -197,7 +213,19 @@ class StageActor {
 
   async #step(t: Extract<Ordered, { op: 'step' }>): Promise<void> {
     const h = t.header;
-    if (fenceOlder({ term: h.term, generation: h.generation }, this.#fence)) return this.#ok(t.id, { stale: true });
+    const fence = { term: h.term, generation: h.generation };
+    const stale = () => this.#closed || fenceOlder(fence, this.#fence);
+    if (stale()) return this.#ok(t.id, { stale: true });
+    // A step that follows another takes that step's samples here, in its place in the order.
+    let rewrite;
+    if (h.follows !== 0n && this.#stage.isFirst) {
+      const samples = await this.#ring.wait(h.follows, RING_WAIT_MS, stale);
+      if (stale()) return this.#ok(t.id, { stale: true });
+      rewrite = fillChained(h.entries, h.tokens, samples);
+      h.entries = rewrite.entries;
+      h.tokens = rewrite.tokens;
+      if (h.entries.length === 0) return this.#ok(t.id, { output: { kind: 'empty' }, ms: 0, rewrite });
+    }
     const tokens = h.entries.reduce((n, e) => n + e.nTokens, 0);
     const t0 = performance.now();
     try {
@@ -205,8 +233,11 @@ class StageActor {
       const output = await this.#runner.run(h, t.hidden);
       const ms = performance.now() - t0;
       this.#lastStep = { tokens, ms };
-      this.#ok(t.id, { output, ms }, output.kind === 'hidden' ? [output.hidden.buffer as ArrayBuffer] : []);
+      // One stage is the whole ring: its samples stay here for the step that follows.
+      if (h.ring && this.#stage.isFirst && output.kind === 'tokens') this.#ring.record(h.stepId, ringSamples(output.tokens, output.ends));
+      this.#ok(t.id, { output, ms, rewrite }, output.kind === 'hidden' ? [output.hidden.buffer as ArrayBuffer] : []);
     } catch (err) {
+      if (h.ring && this.#stage.isFirst) this.#ring.record(h.stepId, { tokens: new Map(), failed: true });
       this.#fail(t.id, failure(err, stepErrorCode(err)));
     }
   }
@@ -214,6 +245,8 @@ class StageActor {
   /** Fails what waits, lets the computing step finish, then frees the stage. */
   async close(): Promise<void> {
     for (const t of this.#queue.splice(0)) this.#fail(t.id, { name: 'WorkerError', code: 'stopping', message: 'the worker is stopping' });
+    this.#closed = true;
+    this.#ring.interrupt();
     await this.#pumping;
     this.#samplers?.dispose();
     this.#stage.dispose();

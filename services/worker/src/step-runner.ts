@@ -85,7 +85,7 @@ export class StepRunner {
       tokens.push(this.#samplers!.sample(e.seq, out.subarray(o * nVocab, (o + 1) * nVocab)));
       o++;
     }
-    return { kind: 'tokens', tokens };
+    return { kind: 'tokens', tokens, ends: tokens.map((t) => this.#samplers!.ends(t)) };
   }
 
   /** Applies sequence operations in order; returns each op's sequence's highest position after it. */

@@ -11,7 +11,7 @@ import { redactUrl, type Logger } from '@strata/log';
 import type { StageMemory } from '@strata/model';
 import { readFileSync } from 'node:fs';
 import { FenceGuard, FenceVerifier, connectNats, drainNats,
-  DrainReplySchema, DrainRequestSchema, HeartbeatSchema, LeaderAnnouncementSchema, MigrateOutReplySchema, MigrateOutRequestSchema, SeqOpReplySchema, SeqOpRequestSchema, StageInputAssembler, StageStatsSchema, StepResultSchema,
+  DrainReplySchema, DrainRequestSchema, HeartbeatSchema, LeaderAnnouncementSchema, MigrateOutReplySchema, MigrateOutRequestSchema, RingTokensSchema, SeqOpReplySchema, SeqOpRequestSchema, StageInputAssembler, StageStatsSchema, StepResultSchema,
   decode, encode, encodeStageInput, request, subjects, type StageCounters, type StageInfo, type StageLoad, type StepHeader,
 } from '@strata/wire';
 import type { Msg, NatsConnection, Subscription } from 'nats';
@@ -129,6 +129,7 @@ export class Worker {
   #subscribe(): void {
     const id = this.info.workerId;
     this.#subs.push(this.#nc.subscribe(subjects.workerStep(id), { callback: (err, m) => err ? this.#log.error('step subscription', { err }) : this.#onStep(m) }));
+    this.#subs.push(this.#nc.subscribe(subjects.workerRing(id), { callback: (err, m) => err ? this.#log.error('ring subscription', { err }) : this.#onRing(m) }));
     this.#subs.push(this.#nc.subscribe(subjects.workerSeq(id), { callback: (err, m) => err ? this.#log.error('seq subscription', { err }) : void this.#onSeq(m) }));
     this.#subs.push(this.#nc.subscribe(subjects.workerMigrate(id), { callback: (err, m) => err ? this.#log.error('migrate subscription', { err }) : void this.#onMigrate(m) }));
     this.#subs.push(this.#nc.subscribe(subjects.coordinatorLeader(), { callback: (err, m) => err ? this.#log.error('leader subscription', { err }) : this.#onLeader(m) }));
@@ -182,8 +183,15 @@ export class Worker {
         return;
       }
       const out = answer.output;
+      if (answer.rewrite) {
+        // The first stage filled in (or dropped) the entries chained to the step this one follows.
+        h.entries = answer.rewrite.entries;
+        h.tokens = answer.rewrite.tokens;
+      }
       h.stageMs.push(answer.ms);
-      if (out.kind === 'hidden') {
+      if (out.kind === 'empty') {
+        this.#reply(h, { stepId: h.stepId, pipelineId: h.pipelineId, tokens: [], stageMs: [] });
+      } else if (out.kind === 'hidden') {
         const next = h.route[h.hop + 1];
         if (next === undefined) throw new WorkerError('bad_step', `step ${h.stepId}: no stage after hop ${h.hop} but this stage is not the last`);
         h.hop++;
@@ -193,15 +201,47 @@ export class Worker {
           this.#nc.publish(subjects.workerStep(next), chunk, { headers: stage.headers });
         }
       } else {
+        // The ring first: the first stage may be waiting for these samples to run the next step.
+        if (h.ring && h.hop > 0) this.#ringTo(h, out.tokens.map((t, i) => ({ seq: t.seq, token: t.token, ends: out.ends[i]! })), null);
         this.#reply(h, { stepId: h.stepId, pipelineId: h.pipelineId, tokens: out.tokens, stageMs: h.stageMs });
       }
     } catch (err) {
       failure = err;
       const code = err instanceof WorkerError ? err.code : 'stage_failed';
       if (code === 'stage_failed') context.with(stage.context, () => this.#log.error('step failed', { step: h.stepId, err }));
-      this.#reply(h, { stepId: h.stepId, pipelineId: h.pipelineId, error: { code, message: (err as Error).message, workerId: this.info.workerId } });
+      const error = { code, message: (err as Error).message, workerId: this.info.workerId };
+      // A step that follows this one must not wait for samples that will not come.
+      if (h.ring && h.hop > 0) this.#ringTo(h, [], error);
+      else if (h.ring) this.#host.ring(h.stepId, { tokens: new Map(), failed: true }, { term: h.term, generation: h.generation });
+      this.#reply(h, { stepId: h.stepId, pipelineId: h.pipelineId, error });
     }
     endStage(stage, performance.now() - t0, failure);
+  }
+
+  /** Sends a step's samples (or its failure) to the first stage of its route. */
+  #ringTo(h: StepHeader, tokens: { seq: number; token: number; ends: boolean }[], error: { code: string; message: string; workerId: string } | null): void {
+    const first = h.route[0];
+    if (first === undefined || first === this.info.workerId) return;
+    this.#nc.publish(subjects.workerRing(first), encode(RingTokensSchema, {
+      stepId: h.stepId, pipelineId: h.pipelineId, tokens, error: error ?? undefined, term: h.term, generation: h.generation, fenceProof: h.fenceProof,
+    }));
+  }
+
+  /** A last stage's samples for a step that follows theirs here. */
+  #onRing(m: Msg): void {
+    try {
+      const r = decode(RingTokensSchema, m.data, m.subject);
+      if (this.#stale(r.term)) return;
+      const refused = this.#guard.refuse(r.term, r.generation, r.fenceProof);
+      if (refused) {
+        this.#log.warn('dropped the samples of a step of an unproven fence', { step: r.stepId, why: refused });
+        return;
+      }
+      const tokens = new Map(r.tokens.map((t) => [t.seq, { token: t.token, ends: t.ends }]));
+      this.#host.ring(r.stepId, { tokens, failed: r.error !== undefined }, { term: r.term, generation: r.generation });
+    } catch (err) {
+      this.#log.warn('refused the samples of a step', { err });
+    }
   }
 
   /** Whether `term` is older than the newest leader's (0: an unfenced sender, such as a tool). */

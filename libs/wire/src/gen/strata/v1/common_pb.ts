@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file strata/v1/common.proto.
  */
 export const file_strata_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChZzdHJhdGEvdjEvY29tbW9uLnByb3RvEglzdHJhdGEudjEiOQoFRXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEhEKCXdvcmtlcl9pZBgDIAEoCSLgAQoIU2FtcGxpbmcSEwoLdGVtcGVyYXR1cmUYASABKAISDQoFdG9wX2sYAiABKA0SDQoFdG9wX3AYAyABKAISDQoFbWluX3AYBCABKAISFgoOcmVwZWF0X3BlbmFsdHkYBSABKAISGQoRZnJlcXVlbmN5X3BlbmFsdHkYBiABKAISGAoQcHJlc2VuY2VfcGVuYWx0eRgHIAEoAhIMCgRzZWVkGAggASgNEg8KB2dyYW1tYXIYCSABKAkSEAoIbG9ncHJvYnMYCiABKAgSFAoMdG9wX2xvZ3Byb2JzGAsgASgNYgZwcm90bzM");
+  fileDesc("ChZzdHJhdGEvdjEvY29tbW9uLnByb3RvEglzdHJhdGEudjEiOQoFRXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEhEKCXdvcmtlcl9pZBgDIAEoCSL0AQoIU2FtcGxpbmcSEwoLdGVtcGVyYXR1cmUYASABKAISDQoFdG9wX2sYAiABKA0SDQoFdG9wX3AYAyABKAISDQoFbWluX3AYBCABKAISFgoOcmVwZWF0X3BlbmFsdHkYBSABKAISGQoRZnJlcXVlbmN5X3BlbmFsdHkYBiABKAISGAoQcHJlc2VuY2VfcGVuYWx0eRgHIAEoAhIMCgRzZWVkGAggASgNEg8KB2dyYW1tYXIYCSABKAkSEAoIbG9ncHJvYnMYCiABKAgSFAoMdG9wX2xvZ3Byb2JzGAsgASgNEhIKCmlnbm9yZV9lb3MYDCABKAhiBnByb3RvMw");
 
 /**
  * A failure answered instead of a result. code is stable and machine-readable
@@ -124,6 +124,13 @@ export type Sampling = Message<"strata.v1.Sampling"> & {
    * @generated from field: uint32 top_logprobs = 11;
    */
   topLogprobs: number;
+
+  /**
+   * end-of-generation tokens do not end the choice: it runs to max_tokens
+   *
+   * @generated from field: bool ignore_eos = 12;
+   */
+  ignoreEos: boolean;
 };
 
 /**

@@ -3,6 +3,7 @@
 // NATS subjects (built only by libs/wire/src/subjects.ts):
 //   strata.v1.worker.heartbeat            Heartbeat, every worker, periodically
 //   strata.v1.worker.step.<worker>        StageInput chunks of one micro-batch
+//   strata.v1.worker.ring.<worker>        RingTokens: a last stage's samples, to its first stage
 //   strata.v1.worker.seq.<worker>         SeqOpRequest -> SeqOpReply (request/reply)
 //   strata.v1.worker.stats.<worker>       StatsRequest -> StageStats (request/reply)
 //   strata.v1.coordinator.result.<coord>  StepResult from the last stage
@@ -21,7 +22,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file strata/v1/worker.proto.
  */
 export const file_strata_v1_worker: GenFile = /*@__PURE__*/
-  fileDesc("ChZzdHJhdGEvdjEvd29ya2VyLnByb3RvEglzdHJhdGEudjEi0wIKCVN0YWdlSW5mbxIRCgl3b3JrZXJfaWQYASABKAkSGQoRbW9kZWxfZmluZ2VycHJpbnQYAiABKAkSEAoIbW9kZWxfaWQYAyABKAkSDwoHbl9sYXllchgEIAEoDRIKCgJsMBgFIAEoDRIKCgJsMRgGIAEoDRIOCgZkZXZpY2UYByABKAkSEAoIa3ZfY2VsbHMYCCABKA0SEgoKa3Zfc3RyZWFtcxgJIAEoDRIRCgluX3NlcV9tYXgYCiABKA0SEQoJbWF4X2JhdGNoGAsgASgNEg8KB25fdm9jYWIYDCABKA0SDgoGbl9lbWJkGA0gASgNEhMKC25fY3R4X3RyYWluGA4gASgNEhUKDXN0YXJ0ZWRfYXRfbXMYDyABKAQSFAoMZ3JwY19hZGRyZXNzGBAgASgJEg8KB2t2X3R5cGUYESABKAkSDQoFZ3JvdXAYEiABKAki0AEKCUhlYXJ0YmVhdBIjCgVzdGFnZRgBIAEoCzIULnN0cmF0YS52MS5TdGFnZUluZm8SFQoNa3ZfY2VsbHNfdXNlZBgCIAEoDRIRCglzZXF1ZW5jZXMYAyABKA0SKgoIY291bnRlcnMYBCABKAsyGC5zdHJhdGEudjEuU3RhZ2VDb3VudGVycxISCgpzZW50X2F0X21zGAUgASgEEhAKCGRyYWluaW5nGAYgASgIEiIKBGxvYWQYByABKAsyFC5zdHJhdGEudjEuU3RhZ2VMb2FkIp8BCglTdGFnZUxvYWQSFAoMYnVzeV9zdGVwX2lkGAEgASgEEhMKC2J1c3lfdG9rZW5zGAIgASgNEg8KB2J1c3lfbXMYAyABKA0SDgoGcXVldWVkGAQgASgNEhgKEGxhc3Rfc3RlcF90b2tlbnMYBSABKA0SFAoMbGFzdF9zdGVwX21zGAYgASgCEhYKDmJ1c3lfYXR0ZW50aW9uGAcgASgEIq8BCg1TdGFnZUNvdW50ZXJzEg8KB2JhdGNoZXMYASABKAQSDgoGdG9rZW5zGAIgASgEEhQKDGdyYXBoX3JldXNlcxgDIAEoBBIOCgZzaGlmdHMYBCABKAQSDwoHZGVmcmFncxgFIAEoBBISCgpzd2FfcHJ1bmVkGAYgASgEEg0KBXN0ZXBzGAcgASgEEhAKCGJ5dGVzX2luGAggASgEEhEKCWJ5dGVzX291dBgJIAEoBCJ/CglTdGVwRW50cnkSCwoDc2VxGAEgASgNEhAKCG5fdG9rZW5zGAIgASgNEgwKBHBvczAYAyABKA0SDgoGb3V0cHV0GAQgASgIEiUKCHNhbXBsaW5nGAUgASgLMhMuc3RyYXRhLnYxLlNhbXBsaW5nEg4KBnJlcGxheRgGIAMoBSL6AQoKU3RlcEhlYWRlchIPCgdzdGVwX2lkGAEgASgEEhMKC3BpcGVsaW5lX2lkGAIgASgJEg0KBXJvdXRlGAMgAygJEgsKA2hvcBgEIAEoDRIVCg1yZXBseV9zdWJqZWN0GAUgASgJEiUKB2VudHJpZXMYBiADKAsyFC5zdHJhdGEudjEuU3RlcEVudHJ5Eg4KBnRva2VucxgHIAMoBRITCgt0cmFjZXBhcmVudBgIIAEoCRIQCghzdGFnZV9tcxgJIAMoAhIMCgR0ZXJtGAogASgEEhIKCmdlbmVyYXRpb24YCyABKAQSEwoLZmVuY2VfcHJvb2YYDCABKAwicQoKU3RhZ2VJbnB1dBIlCgZoZWFkZXIYASABKAsyFS5zdHJhdGEudjEuU3RlcEhlYWRlchINCgVjaHVuaxgCIAEoDRIOCgZjaHVua3MYAyABKA0SDwoHc3RlcF9pZBgEIAEoBBIMCgRkYXRhGAUgASgMIi4KDFRva2VuTG9ncHJvYhINCgV0b2tlbhgBIAEoBRIPCgdsb2dwcm9iGAIgASgCIo8BCgxTYW1wbGVkVG9rZW4SCwoDc2VxGAEgASgNEg0KBXRva2VuGAIgASgFEgsKA2VvZxgDIAEoCBIPCgdsb2dwcm9iGAQgASgCEiQKA3RvcBgFIAMoCzIXLnN0cmF0YS52MS5Ub2tlbkxvZ3Byb2ISHwoFZXJyb3IYBiABKAsyEC5zdHJhdGEudjEuRXJyb3IijgEKClN0ZXBSZXN1bHQSDwoHc3RlcF9pZBgBIAEoBBITCgtwaXBlbGluZV9pZBgCIAEoCRInCgZ0b2tlbnMYAyADKAsyFy5zdHJhdGEudjEuU2FtcGxlZFRva2VuEh8KBWVycm9yGAQgASgLMhAuc3RyYXRhLnYxLkVycm9yEhAKCHN0YWdlX21zGAUgAygCImwKBVNlcU9wEiIKBGtpbmQYASABKA4yFC5zdHJhdGEudjEuU2VxT3BLaW5kEgsKA3NlcRgCIAEoDRILCgNkc3QYAyABKA0SCgoCcDAYBCABKAUSCgoCcDEYBSABKAUSDQoFZGVsdGEYBiABKAUiZAoMU2VxT3BSZXF1ZXN0Eh0KA29wcxgBIAMoCzIQLnN0cmF0YS52MS5TZXFPcBIMCgR0ZXJtGAIgASgEEhIKCmdlbmVyYXRpb24YAyABKAQSEwoLZmVuY2VfcHJvb2YYBCABKAwiZAoKU2VxT3BSZXBseRIfCgVlcnJvchgBIAEoCzIQLnN0cmF0YS52MS5FcnJvchIVCg1rdl9jZWxsc191c2VkGAIgASgNEg8KB3Bvc19tYXgYAyADKAUSDQoFc3RhbGUYBCABKAgiDgoMU3RhdHNSZXF1ZXN0IugDCgpTdGFnZVN0YXRzEiMKBXN0YWdlGAEgASgLMhQuc3RyYXRhLnYxLlN0YWdlSW5mbxIqCghjb3VudGVycxgCIAEoCzIYLnN0cmF0YS52MS5TdGFnZUNvdW50ZXJzEhUKDWt2X2NlbGxzX3VzZWQYAyABKA0SPgoNd2VpZ2h0c19ieXRlcxgEIAMoCzInLnN0cmF0YS52MS5TdGFnZVN0YXRzLldlaWdodHNCeXRlc0VudHJ5EjQKCGt2X2J5dGVzGAUgAygLMiIuc3RyYXRhLnYxLlN0YWdlU3RhdHMuS3ZCeXRlc0VudHJ5Ej4KDWNvbXB1dGVfYnl0ZXMYBiADKAsyJy5zdHJhdGEudjEuU3RhZ2VTdGF0cy5Db21wdXRlQnl0ZXNFbnRyeRIiCgRsb2FkGAcgASgLMhQuc3RyYXRhLnYxLlN0YWdlTG9hZBozChFXZWlnaHRzQnl0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAQ6AjgBGi4KDEt2Qnl0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAQ6AjgBGjMKEUNvbXB1dGVCeXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEi4wEKEU1pZ3JhdGVPdXRSZXF1ZXN0EhQKDG1pZ3JhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKA0SCgoCcDAYAyABKAUSCgoCcDEYBCABKAUSCgoCbDAYBSABKA0SCgoCbDEYBiABKA0SGAoQdGFyZ2V0X3dvcmtlcl9pZBgHIAEoCRIWCg50YXJnZXRfYWRkcmVzcxgIIAEoCRISCgp0YXJnZXRfc2VxGAkgASgNEhIKCnRpbWVvdXRfbXMYCiABKA0SDAoEdGVybRgLIAEoBBITCgtmZW5jZV9wcm9vZhgMIAEoDCJhCg9NaWdyYXRlT3V0UmVwbHkSHwoFZXJyb3IYASABKAsyEC5zdHJhdGEudjEuRXJyb3ISDQoFYnl0ZXMYAiABKAQSDQoFY2VsbHMYAyABKA0SDwoHcG9zX21heBgEIAEoBSqZAQoJU2VxT3BLaW5kEhsKF1NFUV9PUF9LSU5EX1VOU1BFQ0lGSUVEEAASFgoSU0VRX09QX0tJTkRfUkVNT1ZFEAESFAoQU0VRX09QX0tJTkRfQ09QWRACEhQKEFNFUV9PUF9LSU5EX0tFRVAQAxITCg9TRVFfT1BfS0lORF9BREQQBBIWChJTRVFfT1BfS0lORF9ESVZJREUQBWIGcHJvdG8z", [file_strata_v1_common]);
+  fileDesc("ChZzdHJhdGEvdjEvd29ya2VyLnByb3RvEglzdHJhdGEudjEi0wIKCVN0YWdlSW5mbxIRCgl3b3JrZXJfaWQYASABKAkSGQoRbW9kZWxfZmluZ2VycHJpbnQYAiABKAkSEAoIbW9kZWxfaWQYAyABKAkSDwoHbl9sYXllchgEIAEoDRIKCgJsMBgFIAEoDRIKCgJsMRgGIAEoDRIOCgZkZXZpY2UYByABKAkSEAoIa3ZfY2VsbHMYCCABKA0SEgoKa3Zfc3RyZWFtcxgJIAEoDRIRCgluX3NlcV9tYXgYCiABKA0SEQoJbWF4X2JhdGNoGAsgASgNEg8KB25fdm9jYWIYDCABKA0SDgoGbl9lbWJkGA0gASgNEhMKC25fY3R4X3RyYWluGA4gASgNEhUKDXN0YXJ0ZWRfYXRfbXMYDyABKAQSFAoMZ3JwY19hZGRyZXNzGBAgASgJEg8KB2t2X3R5cGUYESABKAkSDQoFZ3JvdXAYEiABKAki0AEKCUhlYXJ0YmVhdBIjCgVzdGFnZRgBIAEoCzIULnN0cmF0YS52MS5TdGFnZUluZm8SFQoNa3ZfY2VsbHNfdXNlZBgCIAEoDRIRCglzZXF1ZW5jZXMYAyABKA0SKgoIY291bnRlcnMYBCABKAsyGC5zdHJhdGEudjEuU3RhZ2VDb3VudGVycxISCgpzZW50X2F0X21zGAUgASgEEhAKCGRyYWluaW5nGAYgASgIEiIKBGxvYWQYByABKAsyFC5zdHJhdGEudjEuU3RhZ2VMb2FkIp8BCglTdGFnZUxvYWQSFAoMYnVzeV9zdGVwX2lkGAEgASgEEhMKC2J1c3lfdG9rZW5zGAIgASgNEg8KB2J1c3lfbXMYAyABKA0SDgoGcXVldWVkGAQgASgNEhgKEGxhc3Rfc3RlcF90b2tlbnMYBSABKA0SFAoMbGFzdF9zdGVwX21zGAYgASgCEhYKDmJ1c3lfYXR0ZW50aW9uGAcgASgEIq8BCg1TdGFnZUNvdW50ZXJzEg8KB2JhdGNoZXMYASABKAQSDgoGdG9rZW5zGAIgASgEEhQKDGdyYXBoX3JldXNlcxgDIAEoBBIOCgZzaGlmdHMYBCABKAQSDwoHZGVmcmFncxgFIAEoBBISCgpzd2FfcHJ1bmVkGAYgASgEEg0KBXN0ZXBzGAcgASgEEhAKCGJ5dGVzX2luGAggASgEEhEKCWJ5dGVzX291dBgJIAEoBCKQAQoJU3RlcEVudHJ5EgsKA3NlcRgBIAEoDRIQCghuX3Rva2VucxgCIAEoDRIMCgRwb3MwGAMgASgNEg4KBm91dHB1dBgEIAEoCBIlCghzYW1wbGluZxgFIAEoCzITLnN0cmF0YS52MS5TYW1wbGluZxIOCgZyZXBsYXkYBiADKAUSDwoHY2hhaW5lZBgHIAEoCCKZAgoKU3RlcEhlYWRlchIPCgdzdGVwX2lkGAEgASgEEhMKC3BpcGVsaW5lX2lkGAIgASgJEg0KBXJvdXRlGAMgAygJEgsKA2hvcBgEIAEoDRIVCg1yZXBseV9zdWJqZWN0GAUgASgJEiUKB2VudHJpZXMYBiADKAsyFC5zdHJhdGEudjEuU3RlcEVudHJ5Eg4KBnRva2VucxgHIAMoBRITCgt0cmFjZXBhcmVudBgIIAEoCRIQCghzdGFnZV9tcxgJIAMoAhIMCgR0ZXJtGAogASgEEhIKCmdlbmVyYXRpb24YCyABKAQSEwoLZmVuY2VfcHJvb2YYDCABKAwSDwoHZm9sbG93cxgNIAEoBBIMCgRyaW5nGA4gASgIIrABCgpSaW5nVG9rZW5zEg8KB3N0ZXBfaWQYASABKAQSEwoLcGlwZWxpbmVfaWQYAiABKAkSJAoGdG9rZW5zGAMgAygLMhQuc3RyYXRhLnYxLlJpbmdUb2tlbhIfCgVlcnJvchgEIAEoCzIQLnN0cmF0YS52MS5FcnJvchIMCgR0ZXJtGAUgASgEEhIKCmdlbmVyYXRpb24YBiABKAQSEwoLZmVuY2VfcHJvb2YYByABKAwiNQoJUmluZ1Rva2VuEgsKA3NlcRgBIAEoDRINCgV0b2tlbhgCIAEoBRIMCgRlbmRzGAMgASgIInEKClN0YWdlSW5wdXQSJQoGaGVhZGVyGAEgASgLMhUuc3RyYXRhLnYxLlN0ZXBIZWFkZXISDQoFY2h1bmsYAiABKA0SDgoGY2h1bmtzGAMgASgNEg8KB3N0ZXBfaWQYBCABKAQSDAoEZGF0YRgFIAEoDCIuCgxUb2tlbkxvZ3Byb2ISDQoFdG9rZW4YASABKAUSDwoHbG9ncHJvYhgCIAEoAiKPAQoMU2FtcGxlZFRva2VuEgsKA3NlcRgBIAEoDRINCgV0b2tlbhgCIAEoBRILCgNlb2cYAyABKAgSDwoHbG9ncHJvYhgEIAEoAhIkCgN0b3AYBSADKAsyFy5zdHJhdGEudjEuVG9rZW5Mb2dwcm9iEh8KBWVycm9yGAYgASgLMhAuc3RyYXRhLnYxLkVycm9yIo4BCgpTdGVwUmVzdWx0Eg8KB3N0ZXBfaWQYASABKAQSEwoLcGlwZWxpbmVfaWQYAiABKAkSJwoGdG9rZW5zGAMgAygLMhcuc3RyYXRhLnYxLlNhbXBsZWRUb2tlbhIfCgVlcnJvchgEIAEoCzIQLnN0cmF0YS52MS5FcnJvchIQCghzdGFnZV9tcxgFIAMoAiJsCgVTZXFPcBIiCgRraW5kGAEgASgOMhQuc3RyYXRhLnYxLlNlcU9wS2luZBILCgNzZXEYAiABKA0SCwoDZHN0GAMgASgNEgoKAnAwGAQgASgFEgoKAnAxGAUgASgFEg0KBWRlbHRhGAYgASgFImQKDFNlcU9wUmVxdWVzdBIdCgNvcHMYASADKAsyEC5zdHJhdGEudjEuU2VxT3ASDAoEdGVybRgCIAEoBBISCgpnZW5lcmF0aW9uGAMgASgEEhMKC2ZlbmNlX3Byb29mGAQgASgMImQKClNlcU9wUmVwbHkSHwoFZXJyb3IYASABKAsyEC5zdHJhdGEudjEuRXJyb3ISFQoNa3ZfY2VsbHNfdXNlZBgCIAEoDRIPCgdwb3NfbWF4GAMgAygFEg0KBXN0YWxlGAQgASgIIg4KDFN0YXRzUmVxdWVzdCLoAwoKU3RhZ2VTdGF0cxIjCgVzdGFnZRgBIAEoCzIULnN0cmF0YS52MS5TdGFnZUluZm8SKgoIY291bnRlcnMYAiABKAsyGC5zdHJhdGEudjEuU3RhZ2VDb3VudGVycxIVCg1rdl9jZWxsc191c2VkGAMgASgNEj4KDXdlaWdodHNfYnl0ZXMYBCADKAsyJy5zdHJhdGEudjEuU3RhZ2VTdGF0cy5XZWlnaHRzQnl0ZXNFbnRyeRI0Cghrdl9ieXRlcxgFIAMoCzIiLnN0cmF0YS52MS5TdGFnZVN0YXRzLkt2Qnl0ZXNFbnRyeRI+Cg1jb21wdXRlX2J5dGVzGAYgAygLMicuc3RyYXRhLnYxLlN0YWdlU3RhdHMuQ29tcHV0ZUJ5dGVzRW50cnkSIgoEbG9hZBgHIAEoCzIULnN0cmF0YS52MS5TdGFnZUxvYWQaMwoRV2VpZ2h0c0J5dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4ARouCgxLdkJ5dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4ARozChFDb21wdXRlQnl0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAQ6AjgBIuMBChFNaWdyYXRlT3V0UmVxdWVzdBIUCgxtaWdyYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgNEgoKAnAwGAMgASgFEgoKAnAxGAQgASgFEgoKAmwwGAUgASgNEgoKAmwxGAYgASgNEhgKEHRhcmdldF93b3JrZXJfaWQYByABKAkSFgoOdGFyZ2V0X2FkZHJlc3MYCCABKAkSEgoKdGFyZ2V0X3NlcRgJIAEoDRISCgp0aW1lb3V0X21zGAogASgNEgwKBHRlcm0YCyABKAQSEwoLZmVuY2VfcHJvb2YYDCABKAwiYQoPTWlncmF0ZU91dFJlcGx5Eh8KBWVycm9yGAEgASgLMhAuc3RyYXRhLnYxLkVycm9yEg0KBWJ5dGVzGAIgASgEEg0KBWNlbGxzGAMgASgNEg8KB3Bvc19tYXgYBCABKAUqmQEKCVNlcU9wS2luZBIbChdTRVFfT1BfS0lORF9VTlNQRUNJRklFRBAAEhYKElNFUV9PUF9LSU5EX1JFTU9WRRABEhQKEFNFUV9PUF9LSU5EX0NPUFkQAhIUChBTRVFfT1BfS0lORF9LRUVQEAMSEwoPU0VRX09QX0tJTkRfQUREEAQSFgoSU0VRX09QX0tJTkRfRElWSURFEAViBnByb3RvMw", [file_strata_v1_common]);
 
 /**
  * What a worker serves: one layer range of one model.
@@ -368,6 +369,15 @@ export type StepEntry = Message<"strata.v1.StepEntry"> & {
    * @generated from field: repeated int32 replay = 6;
    */
   replay: number[];
+
+  /**
+   * its one token is the sample that step `follows` (StepHeader) drew for this seq: the first
+   * stage fills it in (tokens holds 0 for it), or drops the entry when that sample ended its
+   * choice (end of generation, a failure) or never came
+   *
+   * @generated from field: bool chained = 7;
+   */
+  chained: boolean;
 };
 
 /**
@@ -462,6 +472,21 @@ export type StepHeader = Message<"strata.v1.StepHeader"> & {
    * @generated from field: bytes fence_proof = 12;
    */
   fenceProof: Uint8Array;
+
+  /**
+   * the step whose samples the chained entries take (0: none): planned while it computes
+   *
+   * @generated from field: uint64 follows = 13;
+   */
+  follows: bigint;
+
+  /**
+   * the last stage sends this step's samples to the first stage (RingTokens), where a step that
+   * follows it may wait for them; with one stage they stay on it
+   *
+   * @generated from field: bool ring = 14;
+   */
+  ring: boolean;
 };
 
 /**
@@ -470,6 +495,91 @@ export type StepHeader = Message<"strata.v1.StepHeader"> & {
  */
 export const StepHeaderSchema: GenMessage<StepHeader> = /*@__PURE__*/
   messageDesc(file_strata_v1_worker, 5);
+
+/**
+ * The samples of one step, from the pipeline's last stage to its first, where the step that
+ * follows it takes them without a round trip through the coordinator. Sent also when the step
+ * failed (error set), so that what follows it does not wait.
+ *
+ * @generated from message strata.v1.RingTokens
+ */
+export type RingTokens = Message<"strata.v1.RingTokens"> & {
+  /**
+   * @generated from field: uint64 step_id = 1;
+   */
+  stepId: bigint;
+
+  /**
+   * @generated from field: string pipeline_id = 2;
+   */
+  pipelineId: string;
+
+  /**
+   * @generated from field: repeated strata.v1.RingToken tokens = 3;
+   */
+  tokens: RingToken[];
+
+  /**
+   * @generated from field: strata.v1.Error error = 4;
+   */
+  error?: Error | undefined;
+
+  /**
+   * the step's fence, as its header carried it
+   *
+   * @generated from field: uint64 term = 5;
+   */
+  term: bigint;
+
+  /**
+   * @generated from field: uint64 generation = 6;
+   */
+  generation: bigint;
+
+  /**
+   * @generated from field: bytes fence_proof = 7;
+   */
+  fenceProof: Uint8Array;
+};
+
+/**
+ * Describes the message strata.v1.RingTokens.
+ * Use `create(RingTokensSchema)` to create a new message.
+ */
+export const RingTokensSchema: GenMessage<RingTokens> = /*@__PURE__*/
+  messageDesc(file_strata_v1_worker, 6);
+
+/**
+ * One sequence's sample in RingTokens.
+ *
+ * @generated from message strata.v1.RingToken
+ */
+export type RingToken = Message<"strata.v1.RingToken"> & {
+  /**
+   * @generated from field: uint32 seq = 1;
+   */
+  seq: number;
+
+  /**
+   * @generated from field: int32 token = 2;
+   */
+  token: number;
+
+  /**
+   * the sample ends its choice (an end-of-generation token it does not ignore, or a failure):
+   * the step that follows drops the seq's chained entry
+   *
+   * @generated from field: bool ends = 3;
+   */
+  ends: boolean;
+};
+
+/**
+ * Describes the message strata.v1.RingToken.
+ * Use `create(RingTokenSchema)` to create a new message.
+ */
+export const RingTokenSchema: GenMessage<RingToken> = /*@__PURE__*/
+  messageDesc(file_strata_v1_worker, 7);
 
 /**
  * A micro-batch arriving at a stage, in chunks under NATS's max payload: chunk 0 carries the
@@ -510,7 +620,7 @@ export type StageInput = Message<"strata.v1.StageInput"> & {
  * Use `create(StageInputSchema)` to create a new message.
  */
 export const StageInputSchema: GenMessage<StageInput> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 6);
+  messageDesc(file_strata_v1_worker, 8);
 
 /**
  * A top alternative and its log-probability.
@@ -534,7 +644,7 @@ export type TokenLogprob = Message<"strata.v1.TokenLogprob"> & {
  * Use `create(TokenLogprobSchema)` to create a new message.
  */
 export const TokenLogprobSchema: GenMessage<TokenLogprob> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 7);
+  messageDesc(file_strata_v1_worker, 9);
 
 /**
  * The token sampled for one entry with output set.
@@ -585,7 +695,7 @@ export type SampledToken = Message<"strata.v1.SampledToken"> & {
  * Use `create(SampledTokenSchema)` to create a new message.
  */
 export const SampledTokenSchema: GenMessage<SampledToken> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 8);
+  messageDesc(file_strata_v1_worker, 10);
 
 /**
  * What the last stage (or a failing stage) answers for a micro-batch.
@@ -628,7 +738,7 @@ export type StepResult = Message<"strata.v1.StepResult"> & {
  * Use `create(StepResultSchema)` to create a new message.
  */
 export const StepResultSchema: GenMessage<StepResult> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 9);
+  messageDesc(file_strata_v1_worker, 11);
 
 /**
  * One sequence operation.
@@ -672,7 +782,7 @@ export type SeqOp = Message<"strata.v1.SeqOp"> & {
  * Use `create(SeqOpSchema)` to create a new message.
  */
 export const SeqOpSchema: GenMessage<SeqOp> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 10);
+  messageDesc(file_strata_v1_worker, 12);
 
 /**
  * Sequence operations applied in order.
@@ -713,7 +823,7 @@ export type SeqOpRequest = Message<"strata.v1.SeqOpRequest"> & {
  * Use `create(SeqOpRequestSchema)` to create a new message.
  */
 export const SeqOpRequestSchema: GenMessage<SeqOpRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 11);
+  messageDesc(file_strata_v1_worker, 13);
 
 /**
  * The answer to a SeqOpRequest.
@@ -751,7 +861,7 @@ export type SeqOpReply = Message<"strata.v1.SeqOpReply"> & {
  * Use `create(SeqOpReplySchema)` to create a new message.
  */
 export const SeqOpReplySchema: GenMessage<SeqOpReply> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 12);
+  messageDesc(file_strata_v1_worker, 14);
 
 /**
  * Asks a worker for its StageStats.
@@ -766,7 +876,7 @@ export type StatsRequest = Message<"strata.v1.StatsRequest"> & {
  * Use `create(StatsRequestSchema)` to create a new message.
  */
 export const StatsRequestSchema: GenMessage<StatsRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 13);
+  messageDesc(file_strata_v1_worker, 15);
 
 /**
  * Counters and memory of a stage.
@@ -817,7 +927,7 @@ export type StageStats = Message<"strata.v1.StageStats"> & {
  * Use `create(StageStatsSchema)` to create a new message.
  */
 export const StageStatsSchema: GenMessage<StageStats> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 14);
+  messageDesc(file_strata_v1_worker, 16);
 
 /**
  * Asks a source stage to stream a sequence's KV state to a target stage over KvTransfer.
@@ -903,7 +1013,7 @@ export type MigrateOutRequest = Message<"strata.v1.MigrateOutRequest"> & {
  * Use `create(MigrateOutRequestSchema)` to create a new message.
  */
 export const MigrateOutRequestSchema: GenMessage<MigrateOutRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 15);
+  messageDesc(file_strata_v1_worker, 17);
 
 /**
  * What a source stage answers when a push ended.
@@ -939,7 +1049,7 @@ export type MigrateOutReply = Message<"strata.v1.MigrateOutReply"> & {
  * Use `create(MigrateOutReplySchema)` to create a new message.
  */
 export const MigrateOutReplySchema: GenMessage<MigrateOutReply> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 16);
+  messageDesc(file_strata_v1_worker, 18);
 
 /**
  * Kinds of sequence operation, llama.cpp's llama_memory_seq_* ones.

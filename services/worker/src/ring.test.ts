@@ -1,0 +1,49 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { create } from '@bufbuild/protobuf';
+import { SampledTokenSchema, StepEntrySchema } from '@strata/wire';
+import { RingBook, fillChained, ringSamples } from './ring.ts';
+
+const entry = (seq: number, nTokens: number, chained = false) => create(StepEntrySchema, { seq, nTokens, pos0: 10, output: true, chained });
+const tok = (seq: number, token: number, eog = false) => create(SampledTokenSchema, { seq, token, eog });
+
+describe('the ring', () => {
+  it('fills chained entries with their samples and drops those that ended or never came', () => {
+    const entries = [entry(0, 1, true), entry(1, 3), entry(2, 1, true), entry(3, 1, true), entry(4, 1, true)];
+    const tokens = [0, 7, 8, 9, 0, 0, 0];
+    const samples = ringSamples([tok(0, 100), tok(2, 102, true), tok(3, 103)], [false, true, false]);
+    const r = fillChained(entries, tokens, samples);
+    assert.deepEqual(r.entries.map((e) => e.seq), [0, 1, 3], 'seq 2 ended its choice, seq 4 has no sample');
+    assert.deepEqual(r.tokens, [100, 7, 8, 9, 103], "the others' tokens are untouched");
+  });
+
+  it('drops every chained entry when the step it follows failed or its samples never came', () => {
+    const entries = [entry(0, 1, true), entry(1, 2)];
+    const failed = { tokens: new Map([[0, { token: 5, ends: false }]]), failed: true };
+    assert.deepEqual(fillChained(entries, [0, 1, 2], failed).tokens, [1, 2]);
+    assert.deepEqual(fillChained(entries, [0, 1, 2], null).entries.map((e) => e.seq), [1]);
+  });
+
+  it('a step waits for the samples it follows, wherever they come from first', async () => {
+    const book = new RingBook();
+    book.record(7n, ringSamples([tok(0, 1)], [false]));
+    assert.equal((await book.wait(7n, 1000, () => false))?.tokens.get(0)?.token, 1, 'already here');
+    const later = book.wait(8n, 5000, () => false);
+    setTimeout(() => book.record(8n, ringSamples([tok(0, 2)], [false])), 20);
+    assert.equal((await later)?.tokens.get(0)?.token, 2, 'woken when they come');
+  });
+
+  it('stops waiting when the step no longer matters, or after its time', async () => {
+    const book = new RingBook();
+    let gone = false;
+    const waiting = book.wait(9n, 5000, () => gone);
+    book.interrupt();
+    await new Promise((r) => setTimeout(r, 10));
+    gone = true;
+    book.interrupt();
+    assert.equal(await waiting, null, 'a newer fence: it is stale');
+    const t0 = Date.now();
+    assert.equal(await book.wait(10n, 50, () => false), null);
+    assert.ok(Date.now() - t0 >= 45, 'it waited its time');
+  });
+});

@@ -1,0 +1,229 @@
+// The serving path against llama.cpp's own server: `llama-server` built from the pinned snapshot
+// and Strata (`strata up`'s cluster with one worker of all the threads, and with two workers of one
+// thread each), all three up at once on the same GGUF, driven by the same client — greedy streaming
+// chat completions of a fixed length at 1, 8, 16 and 32 concurrent clients — and measured
+// alternately after a warm-up. Prints aggregate output tokens/s, time to first token and time per
+// output token (p50/p99) and the ratios to llama-server, and where the CPU went: each process's
+// CPU milliseconds per output token.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { ensureLlamaServer } from '@strata/ggml';
+import { LocalCluster } from '../../services/cli/src/local-cluster.ts';
+import { exchange, median } from './common.ts';
+
+/** Options of the serving benchmark. */
+export interface ServingOptions {
+  model: string;
+  threads: number;
+  clients: number[];
+  reps: number;
+  /** output tokens per request */
+  tokens: number;
+  /** 'one' (one worker), 'two' (two workers) or both, and llama-server always */
+  strata: ('one' | 'two')[];
+}
+
+/** One request's timings (ms, performance.now()). */
+interface Timing { start: number; first: number; last: number; tokens: number }
+
+/** One run of `clients` clients against one server. */
+interface Run { tokS: number; ttft: number[]; tpot: number[]; tokens: number; cpu: Map<string, number> }
+
+interface Target { name: string; url: string; model: string; pids: () => Map<string, number[]> }
+
+const SUBJECTS = ['the sea', 'a clockmaker', 'winter in a mountain town', 'a lost letter', 'the first train', 'an old map', 'a garden at night', 'two rival bakers'];
+
+/** A distinct prompt per request, so no server reuses another request's prefix. */
+const promptOf = (i: number) => `Request ${i}. Write a long, detailed story about ${SUBJECTS[i % SUBJECTS.length]}, with many characters and places.`;
+
+/** One greedy streaming chat completion of exactly `tokens` tokens; its timings. */
+async function chat(t: Target, i: number, tokens: number): Promise<Timing> {
+  const start = performance.now();
+  let first = 0, last = 0, usage = 0, buf = '';
+  const body = {
+    model: t.model, messages: [{ role: 'user', content: promptOf(i) }], max_tokens: tokens, temperature: 0,
+    ignore_eos: true, stream: true, stream_options: { include_usage: true },
+  };
+  const status = await exchange(`${t.url}/v1/chat/completions`, 'POST', body, {}, (d) => {
+    buf += d;
+    let k;
+    while ((k = buf.indexOf('\n\n')) >= 0) {
+      const ev = buf.slice(0, k).trim();
+      buf = buf.slice(k + 2);
+      if (!ev.startsWith('data: {')) continue;
+      const j = JSON.parse(ev.slice(6)) as { choices?: { delta?: { content?: string } }[]; usage?: { completion_tokens: number } };
+      if (j.usage) usage = j.usage.completion_tokens;
+      if (j.choices?.[0]?.delta?.content) {
+        last = performance.now();
+        if (!first) first = last;
+      }
+    }
+  });
+  if (status !== 200) throw new Error(`${t.name}: HTTP ${status}: ${buf.slice(0, 300)}`);
+  if (usage !== tokens) throw new Error(`${t.name}: ${usage} tokens instead of ${tokens} (ignore_eos)`);
+  return { start, first, last, tokens: usage };
+}
+
+/** CPU time (ms) of each pid, from /proc: utime + stime of the process and its threads. */
+function cpuMs(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = f.slice(f.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+function cpuOf(t: Target): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const [name, pids] of t.pids()) out.set(name, pids.reduce((s, p) => s + cpuMs(p), 0));
+  return out;
+}
+
+const pct = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
+};
+
+/** `clients` clients, each sending `perClient` requests back to back. */
+async function run(t: Target, clients: number, perClient: number, tokens: number, base: number): Promise<Run> {
+  const cpu0 = cpuOf(t);
+  const t0 = performance.now();
+  const all = await Promise.all(Array.from({ length: clients }, async (_, c) => {
+    const out: Timing[] = [];
+    for (let r = 0; r < perClient; r++) out.push(await chat(t, base + c * perClient + r, tokens));
+    return out;
+  }));
+  const wall = performance.now() - t0;
+  const cpu1 = cpuOf(t);
+  const timings = all.flat();
+  const n = timings.reduce((s, x) => s + x.tokens, 0);
+  const cpu = new Map([...cpu1].map(([k, v]) => [k, (v - (cpu0.get(k) ?? 0)) / n]));
+  return {
+    tokS: (n * 1000) / wall, tokens: n, cpu,
+    ttft: timings.map((x) => x.first - x.start),
+    tpot: timings.map((x) => (x.last - x.first) / Math.max(1, x.tokens - 1)),
+  };
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Starts llama-server on `model` with `slots` parallel slots; resolves once /health says ok. */
+async function startLlamaServer(bin: string, model: string, threads: number, slots: number, ctxPerSlot: number): Promise<{ proc: ChildProcess; url: string }> {
+  const port = await freePort();
+  const args = ['-m', model, '--host', '127.0.0.1', '--port', String(port), '-t', String(threads), '-tb', String(threads),
+    '-np', String(slots), '-c', String(slots * ctxPerSlot), '-fa', 'on', '--no-webui', '--log-disable'];
+  const proc = spawn(bin, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  proc.stderr!.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-4000)));
+  const url = `http://127.0.0.1:${port}`;
+  const until = Date.now() + 120_000;
+  while (Date.now() < until) {
+    if (proc.exitCode !== null) throw new Error(`llama-server exited (${proc.exitCode}): ${err}`);
+    try {
+      const r = await fetch(`${url}/health`);
+      if (r.ok) return { proc, url };
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  proc.kill('SIGKILL');
+  throw new Error(`llama-server did not become ready: ${err}`);
+}
+
+function strataPids(c: LocalCluster): Map<string, number[]> {
+  const m = new Map<string, number[]>();
+  const add = (k: string, pid: number | undefined) => pid !== undefined && m.set(k, [...(m.get(k) ?? []), pid]);
+  for (const s of c.services) add(s.role, s.proc.pid);
+  add('nats-server', c.nats.pid);
+  add('redis-server', c.redis.pid);
+  return m;
+}
+
+/** Runs the serving benchmark; prints the table and returns the figures. */
+export async function runServingBench(o: ServingOptions, step: (detail?: string) => void): Promise<unknown> {
+  const bin = ensureLlamaServer();
+  const maxClients = Math.max(...o.clients);
+  const ctxPerSlot = 512;
+  console.log(`\nserving: ${o.model.split('/').pop()}, greedy streaming chat, ${o.tokens} tokens per request (ignore_eos), ${o.threads} threads each; ` +
+    `alternating, medians of ${o.reps}`);
+  const ls = await startLlamaServer(bin, o.model, o.threads, maxClients, ctxPerSlot);
+  const clusters: LocalCluster[] = [];
+  const targets: Target[] = [{ name: 'llama-server', url: ls.url, model: 'model', pids: () => new Map([['llama-server', [ls.proc.pid!]]]) }];
+  try {
+    for (const kind of o.strata) {
+      const workers = kind === 'one' ? 1 : 2;
+      const c = await LocalCluster.start({
+        model: o.model, workers, threads: Math.max(1, o.threads / workers), port: 0, ctxSize: maxClients * ctxPerSlot,
+        logLevel: process.env.BENCH_LOG ?? 'error',
+      });
+      clusters.push(c);
+      const id = ((await (await fetch(`${c.url}/v1/models`)).json()) as { data: { id: string }[] }).data[0]!.id;
+      targets.push({ name: `strata ${workers}w`, url: c.url, model: id, pids: () => strataPids(c) });
+    }
+    for (const t of targets) await run(t, 2, 1, 16, 900_000); // warm-up
+    step('warm-up');
+    const results = new Map<string, Map<number, Run[]>>(targets.map((t) => [t.name, new Map()]));
+    let base = 0;
+    for (const clients of o.clients) {
+      const perClient = clients === 1 ? 4 : 2;
+      for (let r = 0; r < o.reps; r++) {
+        // Alternate the order so that the machine's drift hits every server alike.
+        const order = r % 2 === 0 ? targets : [...targets].reverse();
+        for (const t of order) {
+          const runs = results.get(t.name)!;
+          runs.set(clients, [...(runs.get(clients) ?? []), await run(t, clients, perClient, o.tokens, (base += 1000))]);
+        }
+        step(`${clients} clients, repetition ${r + 1}/${o.reps}`);
+      }
+    }
+    return report(o, targets, results);
+  } finally {
+    for (const c of clusters) await c.stop();
+    ls.proc.kill('SIGTERM');
+  }
+}
+
+function report(o: ServingOptions, targets: Target[], results: Map<string, Map<number, Run[]>>): unknown {
+  const ref = results.get('llama-server')!;
+  const rows: Record<string, unknown>[] = [];
+  const f1 = (x: number) => x.toFixed(1);
+  console.log(`${'server'.padEnd(14)} ${'clients'.padStart(7)} ${'tok/s'.padStart(7)} ${'(range)'.padStart(13)} ${'ratio'.padStart(6)} ${'TTFT p50/p99 ms'.padStart(17)} ${'TPOT p50/p99 ms'.padStart(17)} ${'ratio p50'.padStart(9)}`);
+  for (const clients of o.clients) {
+    const refRuns = ref.get(clients)!;
+    const refTok = median(refRuns.map((r) => r.tokS));
+    const refTpot = pct(refRuns.flatMap((r) => r.tpot), 50);
+    for (const t of targets) {
+      const runs = results.get(t.name)!.get(clients)!;
+      const tok = median(runs.map((r) => r.tokS));
+      const ttft = runs.flatMap((r) => r.ttft), tpot = runs.flatMap((r) => r.tpot);
+      const row = {
+        server: t.name, clients, tokS: tok, min: Math.min(...runs.map((r) => r.tokS)), max: Math.max(...runs.map((r) => r.tokS)),
+        ratio: tok / refTok, ttftP50: pct(ttft, 50), ttftP99: pct(ttft, 99), tpotP50: pct(tpot, 50), tpotP99: pct(tpot, 99),
+        tpotRatio: pct(tpot, 50) / refTpot,
+        cpuMsPerToken: Object.fromEntries([...runs[0]!.cpu.keys()].map((k) => [k, median(runs.map((r) => r.cpu.get(k) ?? 0))])),
+      };
+      rows.push(row);
+      console.log(`${t.name.padEnd(14)} ${String(clients).padStart(7)} ${f1(tok).padStart(7)} ${`(${f1(row.min)}–${f1(row.max)})`.padStart(13)} ${row.ratio.toFixed(3).padStart(6)} ` +
+        `${`${Math.round(row.ttftP50)} / ${Math.round(row.ttftP99)}`.padStart(17)} ${`${f1(row.tpotP50)} / ${f1(row.tpotP99)}`.padStart(17)} ${row.tpotRatio.toFixed(3).padStart(9)}`);
+    }
+  }
+  console.log('CPU ms per output token, by process (medians over the repetitions):');
+  for (const r of rows) {
+    const cpu = r.cpuMsPerToken as Record<string, number>;
+    console.log(`  ${String(r.server).padEnd(14)} ${String(r.clients).padStart(3)} clients: ${Object.entries(cpu).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}`);
+  }
+  return rows;
+}
