@@ -30,7 +30,7 @@ export function benchModel(type: 'f16' | 'q8_0'): string {
  * Benchmark options from argv: --threads, --reps, --pp, --tg, --types f16,q8_0, --only
  * engine,kv,cluster,migration,load,responsive,grammar,serving; for serving also --serving-model
  * (default: the Gemma 3 270M of ensure-models), --clients 1,8,16,32, --serving-reps (3),
- * --serving-tokens (128), --serving-strata one,two.
+ * --serving-tokens (128), --serving-strata one,two, --serving-flags '<coordinator flags>'.
  */
 export function parseBenchArgs(argv: string[]) {
   const get = (name: string, fallback: string) => {
@@ -49,6 +49,7 @@ export function parseBenchArgs(argv: string[]) {
     servingReps: Number(get('serving-reps', '3')),
     servingTokens: Number(get('serving-tokens', '128')),
     servingStrata: get('serving-strata', 'one,two').split(',') as ('one' | 'two')[],
+    servingFlags: get('serving-flags', '').split(' ').filter(Boolean),
   };
 }
 

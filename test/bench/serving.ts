@@ -22,6 +22,8 @@ export interface ServingOptions {
   tokens: number;
   /** 'one' (one worker), 'two' (two workers) or both, and llama-server always */
   strata: ('one' | 'two')[];
+  /** extra flags for Strata's coordinator (to compare settings, e.g. --overlap-steps false) */
+  coordinatorFlags: string[];
 }
 
 /** One request's timings (ms, performance.now()). */
@@ -167,7 +169,7 @@ export async function runServingBench(o: ServingOptions, step: (detail?: string)
       const workers = kind === 'one' ? 1 : 2;
       const c = await LocalCluster.start({
         model: o.model, workers, threads: Math.max(1, o.threads / workers), port: 0, ctxSize: maxClients * ctxPerSlot,
-        logLevel: process.env.BENCH_LOG ?? 'error',
+        logLevel: process.env.BENCH_LOG ?? 'error', coordinatorFlags: o.coordinatorFlags,
       });
       clusters.push(c);
       const id = ((await (await fetch(`${c.url}/v1/models`)).json()) as { data: { id: string }[] }).data[0]!.id;

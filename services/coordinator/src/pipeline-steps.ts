@@ -27,10 +27,14 @@ export function pump(c: PipelineCore, fx: PipelineEffect[], now: number): void {
     let plan = c.inflight.size < depth(c) ? planMicroBatch(c.jobs, limits) : null;
     let lead: [bigint, InFlight] | null = null;
     if (!plan) {
-      if (!o.overlap) return;
+      // At most one step queued behind each computing one: a group of jobs left without a
+      // follower takes the next free place when its step is back, so groups merge.
+      if (!o.overlap || c.inflight.size >= 2 * depth(c)) return;
       lead = [...c.inflight].find(([, f]) => !f.followed && f.entries.some(chainable)) ?? null;
       if (!lead) return;
-      plan = planMicroBatch(c.jobs, limits, lead[1].entries.filter(chainable).map((e) => e.job));
+      // At most a fair share of the decoding jobs, so that the micro-batches in flight stay even
+      // (one stage's step is not the whole pipeline's): the rest take the next free place.
+      plan = planMicroBatch(c.jobs, limits, lead[1].entries.filter(chainable).map((e) => e.job).slice(0, limits.decodeCap));
       // A step that follows another exists to take some of its samples on the stages.
       if (!plan?.some((e) => e.chained)) return;
     }
