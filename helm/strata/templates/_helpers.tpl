@@ -112,8 +112,8 @@ libs/wire/src/permissions.ts (test/deploy.test.ts holds them equal).
 {{- $own := list (printf "%s.coordinator.result.>" $p) (printf "%s.coordinator.leader" $p) -}}
 {{- $perms := dict
   "worker" (dict
-    "publish" (dict "allow" (list (printf "%s.worker.heartbeat" $p) (printf "%s.worker.step.*" $p) (printf "%s.coordinator.result.*" $p) (printf "%s.coordinator.drain" $p)) "deny" list)
-    "subscribe" (dict "allow" (list (printf "%s.worker.step.*" $p) (printf "%s.worker.seq.*" $p) (printf "%s.worker.migrate.*" $p) (printf "%s.worker.stats.*" $p) (printf "%s.coordinator.leader" $p) "_INBOX.>") "deny" list)
+    "publish" (dict "allow" (list (printf "%s.worker.heartbeat" $p) (printf "%s.worker.step.*" $p) (printf "%s.worker.ring.*" $p) (printf "%s.coordinator.result.*" $p) (printf "%s.coordinator.drain" $p)) "deny" list)
+    "subscribe" (dict "allow" (list (printf "%s.worker.step.*" $p) (printf "%s.worker.ring.*" $p) (printf "%s.worker.seq.*" $p) (printf "%s.worker.migrate.*" $p) (printf "%s.worker.stats.*" $p) (printf "%s.coordinator.leader" $p) "_INBOX.>") "deny" list)
     "allow_responses" true)
   "coordinator" (dict
     "publish" (dict "allow" (list (printf "%s.worker.step.*" $p) (printf "%s.worker.seq.*" $p) (printf "%s.worker.migrate.*" $p) (printf "%s.gateway.events.*" $p) (printf "%s.coordinator.leader" $p)) "deny" list)

@@ -42,6 +42,12 @@ export interface StageOptions {
    * llama.cpp's n_ubatch): memory is known, and short of it fails, before serving starts
    */
   maxBatch?: number;
+  /**
+   * a last stage's logits go into one buffer the stage keeps, each eval's result valid only until
+   * the next one (default false: a fresh array each time). For a caller that reads them at once
+   * (a worker samples them): no allocation, zero-fill and page faults of megabytes per step.
+   */
+  reuseLogits?: boolean;
 }
 
 /** One micro-batch through a stage: every token belongs to one sequence. */
@@ -102,6 +108,8 @@ export class Stage {
   /** the CPU backend the scheduler falls back to when the stage runs on another device */
   readonly #cpu: Backend | null;
   #maskBuf = new Uint16Array(0);
+  /** the kept logits buffer (StageOptions.reuseLogits), or null */
+  #logitsBuf: Float32Array | null = null;
   #kvDebug: ((dump: string) => void) | undefined;
   #graph: { shape: GraphShape; graph: StageGraph } | null = null;
   #disposed = false;
@@ -164,6 +172,7 @@ export class Stage {
       }
       const stage = new Stage(hp, range, backend, cpu, weights, cache, sched);
       stage.#kvDebug = options.kvDebug;
+      if (options.reuseLogits) stage.#logitsBuf = new Float32Array(0);
       return stage;
     } catch (err) {
       sched?.dispose();
@@ -238,7 +247,14 @@ export class Stage {
   /** Reads the output of a computed batch and does the bookkeeping after it. */
   #end(b: PreparedBatch): Float32Array {
     const width = this.isLast ? this.hp.nVocab : this.hp.nEmbd;
-    const out = new Float32Array(width * b.nOutputs);
+    const size = width * b.nOutputs;
+    let out: Float32Array;
+    if (this.#logitsBuf && this.isLast) {
+      if (this.#logitsBuf.length < size) this.#logitsBuf = new Float32Array(size);
+      out = this.#logitsBuf.subarray(0, size);
+    } else {
+      out = new Float32Array(size);
+    }
     getTensor(b.graph.out, out);
     this.#counters.batches++;
     this.#counters.tokens += b.n;

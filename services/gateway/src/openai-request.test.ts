@@ -14,6 +14,8 @@ test('completion bodies: defaults, prompt forms, stop, logprobs, session', () =>
   const b = parseCompletion({ model: 'm', prompt: 'x', stop: 'END', logprobs: 2, seed: -1, session_id: 'body' }, 'header');
   assert.deepEqual([b.stop, b.logprobs, b.seed, b.sessionId], [['END'], 2, 0xffffffff, 'body']);
   assert.equal(parseCompletion({ model: 'm', prompt: 'x' }, 'hdr').sessionId, 'hdr');
+  assert.equal(a.ignoreEos, false);
+  assert.equal(parseCompletion({ model: 'm', prompt: 'x', ignore_eos: true }).ignoreEos, true, "llama.cpp's and vLLM's extension");
 });
 
 test('chat bodies: content parts, developer role, logprobs, max_completion_tokens', () => {
@@ -32,6 +34,7 @@ test('every bad field is a 400 naming it', () => {
   assert.throws(() => parseCompletion({ model: 'm', prompt: 'x', max_tokens: 1.5 }), refused('max_tokens', /integer/));
   assert.throws(() => parseCompletion({ model: 'm', prompt: 'x', stop: ['a', 'b', 'c', 'd', 'e'] }), refused('stop', /up to 4/));
   assert.throws(() => parseCompletion({ model: 'm', prompt: 'x', stream: 'yes' }), refused('stream', /boolean/));
+  assert.throws(() => parseChat({ model: 'm', messages: [{ role: 'user', content: 'x' }], ignore_eos: 1 }), refused('ignore_eos', /boolean/));
   assert.throws(() => parseCompletion({ model: 'm', prompt: 'x', stream_options: { include_usage: true } }), refused('stream_options', /stream/));
   assert.throws(() => parseCompletion({ model: 'm', prompt: 'x', echo: true }), refused('echo', /not supported/));
   assert.throws(() => parseCompletion({ model: 'm', prompt: 'x', session_id: 'a.b' }), refused('session_id', /A-Z/));

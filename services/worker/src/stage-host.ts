@@ -7,7 +7,7 @@ import type { StageMemory } from '@strata/model';
 import { SeqOpKind, type SeqOp, type StepHeader } from '@strata/wire';
 import { WorkerError } from './errors.ts';
 import type {
-  BusyStep, Fence, RingSamples, StageDescription, StageFailure, StageMessage, StageRequest, StageSnapshot, StageThreadOptions, StageValues, StepOutput,
+  BusyStep, Fence, RingSamples, StageDescription, StageFailure, StageMessage, StageRequest, StageSnapshot, StageThreadOptions, StageValues,
 } from './stage-protocol.ts';
 
 type Op = Exclude<StageRequest['op'], 'ring'>;

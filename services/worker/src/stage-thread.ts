@@ -67,6 +67,8 @@ class StageActor {
       const range = o.layers ? parseRange(o.layers) : { l0: 0, l1: hp.nLayer };
       stage = Stage.load(file, hp, {
         model: o.model, range, threads: o.threads, device: o.device, ctxSize: o.ctxSize, kvType: o.kvType, maxBatch: o.maxBatch,
+        // the step runner samples the logits at once
+        reuseLogits: true,
         kvDebug: o.kvDebug ? (dump) => process.stderr.write(`${dump}\n`) : undefined,
       });
       if (stage.isLast) vocab = Vocab.load(o.model);
