@@ -3,6 +3,7 @@ import { describe, it } from 'node:test';
 import { create } from '@bufbuild/protobuf';
 import { SampledTokenSchema, StepEntrySchema } from '@strata/wire';
 import { RingBook, fillChained, ringSamples } from './ring.ts';
+import { fenceOlder, newestFence } from './stage-protocol.ts';
 
 const entry = (seq: number, nTokens: number, chained = false) => create(StepEntrySchema, { seq, nTokens, pos0: 10, output: true, chained });
 const tok = (seq: number, token: number, eog = false) => create(SampledTokenSchema, { seq, token, eog });
@@ -45,5 +46,18 @@ describe('the ring', () => {
     const t0 = Date.now();
     assert.equal(await book.wait(10n, 50, () => false), null);
     assert.ok(Date.now() - t0 >= 45, 'it waited its time');
+  });
+});
+
+describe('fences on the stage thread', () => {
+  it('the first fenced message raises a stage from 0/0, and older work is then stale', () => {
+    const zero = { term: 0n, generation: 0n };
+    const first = newestFence(zero, { term: 1n, generation: 5n });
+    assert.deepEqual(first, { term: 1n, generation: 5n }, 'a stage that saw nothing takes the first fence (before, 0/0 was never raised and no step was ever stale)');
+    assert.equal(newestFence(first, { term: 1n, generation: 4n }), first, 'an older generation does not lower it');
+    assert.equal(newestFence(first, zero), first, 'unfenced work does not either');
+    assert.deepEqual(newestFence(first, { term: 2n, generation: 1n }), { term: 2n, generation: 1n }, 'a newer term wins over any generation');
+    assert.equal(fenceOlder({ term: 1n, generation: 4n }, first), true);
+    assert.equal(fenceOlder(zero, first), false, 'unfenced work is never stale');
   });
 });

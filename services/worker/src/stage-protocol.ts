@@ -141,3 +141,11 @@ export function fenceOlder(a: Fence, b: Fence): boolean {
   if (a.term === 0n && a.generation === 0n) return false;
   return a.term < b.term || (a.term === b.term && a.generation < b.generation);
 }
+
+/**
+ * The newest of the fence seen so far and `f`: `f` when it is newer. A stage starts at 0/0, which
+ * the first fenced message raises (unfenced work never lowers or raises it).
+ */
+export function newestFence(seen: Fence, f: Fence): Fence {
+  return f.term > seen.term || (f.term === seen.term && f.generation > seen.generation) ? { term: f.term, generation: f.generation } : seen;
+}

@@ -14,7 +14,7 @@ import { RingBook, fillChained, ringSamples } from './ring.ts';
 import { SamplerSet } from './samplers.ts';
 import { StepRunner, stepErrorCode } from './step-runner.ts';
 import {
-  fenceOlder, type Fence, type StageFailure, type StageMessage, type StageRequest, type StageSnapshot, type StageThreadOptions,
+  fenceOlder, newestFence, type Fence, type StageFailure, type StageMessage, type StageRequest, type StageSnapshot, type StageThreadOptions,
 } from './stage-protocol.ts';
 
 /**
@@ -147,8 +147,10 @@ class StageActor {
   }
 
   #raise(f: Fence): void {
-    if (!fenceOlder(this.#fence, f)) return;
-    this.#fence = { term: f.term, generation: f.generation };
+    const newest = newestFence(this.#fence, f);
+    if (newest === this.#fence) return;
+    this.#fence = newest;
+    // A step waiting for samples of an older fence's step no longer waits.
     this.#ring.interrupt();
   }
 

@@ -222,7 +222,7 @@ export class Worker {
   #ringTo(h: StepHeader, tokens: { seq: number; token: number; ends: boolean }[], error: { code: string; message: string; workerId: string } | null): void {
     const first = h.route[0];
     if (first === undefined || first === this.info.workerId) return;
-    this.#nc.publish(subjects.workerRing(first), encode(RingTokensSchema, {
+    this.#publish(subjects.workerRing(first), encode(RingTokensSchema, {
       stepId: h.stepId, pipelineId: h.pipelineId, tokens, error: error ?? undefined, term: h.term, generation: h.generation, fenceProof: h.fenceProof,
     }));
   }
@@ -268,7 +268,19 @@ export class Worker {
       this.#log.warn('step with a reply subject outside the protocol', { subject: h.replySubject });
       return;
     }
-    this.#nc.publish(h.replySubject, encode(StepResultSchema, result));
+    this.#publish(h.replySubject, encode(StepResultSchema, result));
+  }
+
+  /**
+   * Publishes what a step produced. A step that finishes after the connection closed (the worker
+   * is stopping) has no one left to tell: it is dropped, not thrown out of the step.
+   */
+  #publish(subject: string, data: Uint8Array): void {
+    if (this.#nc.isClosed()) {
+      this.#log.debug('dropped what a step produced: NATS is closed', { subject });
+      return;
+    }
+    this.#nc.publish(subject, data);
   }
 
   /** Sequence operations run on the stage thread in order with the steps that came before them. */
