@@ -6,7 +6,7 @@
 // output token (p50/p99) and the ratios to llama-server, and where the CPU went: each process's
 // CPU milliseconds per output token.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { ensureLlamaServer } from '@strata/ggml';
 import { LocalCluster } from '../../services/cli/src/local-cluster.ts';
@@ -156,6 +156,10 @@ function strataPids(c: LocalCluster): Map<string, number[]> {
 
 /** Runs the serving benchmark; prints the table and returns the figures. */
 export async function runServingBench(o: ServingOptions, step: (detail?: string) => void): Promise<unknown> {
+  if (!existsSync(o.model)) {
+    console.log(`\nserving: skipped: no ${o.model} (node scripts/ensure-models.mjs fetches the default, or pass --serving-model)`);
+    return null;
+  }
   let bin: string;
   try {
     bin = ensureLlamaServer();
