@@ -366,6 +366,25 @@ describe('pipeline core: overlapping steps (a ring)', () => {
     assert.deepEqual(events(both), ['a/0 51', 'a/0 52']);
   });
 
+  it('two stages keep at most two steps per stage in flight, each follower a fair share, so groups of jobs merge', () => {
+    const { core, send } = pipeline({ overlap: true }, view('p', 256, 8));
+    // Jobs arrive one by one: each first step holds one prompt, and followers would keep them in
+    // groups of one (six steps in flight for six jobs) if nothing bounded them.
+    for (let i = 0; i < 6; i++) send({ type: 'admit', req: req(`r${i}`, 3, { maxTokens: 30 }) });
+    const samples = new Map<number, number>();
+    for (let round = 0; round < 30; round++) {
+      assert.ok(core.inflight.size <= 4, `round ${round}: ${core.inflight.size} steps in flight for two stages`);
+      const [stepId, f] = core.inflight.entries().next().value!;
+      const active = core.jobs.filter((j) => j.finish === null).length;
+      assert.ok(f.entries.filter((e) => e.chained).length <= Math.ceil(active / 2), 'a follower takes at most a fair share');
+      send({ type: 'step_result', result: result(stepId, f.entries.filter((e) => e.output && !e.dropped).map((e) => [e.job.seq, 100 + (samples.set(e.job.seq, (samples.get(e.job.seq) ?? 0) + 1).get(e.job.seq)!)])) });
+    }
+    const sizes = [...core.inflight.values()].map((f) => f.entries.length);
+    assert.deepEqual(sizes.sort(), [3, 3, 3, 3], 'in the end, two groups of three, each with a step computing and one behind it');
+    assert.equal(samples.size, 6);
+    assert.ok(Math.min(...samples.values()) >= 10, `every job moves on: ${[...samples.values()]}`);
+  });
+
   it('a failed step drops the entries that follow it, and fails only its jobs', () => {
     const { core, send } = pipeline({ overlap: true }, oneStage());
     send({ type: 'admit', req: req('a', 3, { maxTokens: 10 }) });
