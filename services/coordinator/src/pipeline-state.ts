@@ -79,8 +79,8 @@ export interface InFlight {
   sentMs: number;
   /** the step whose samples its chained entries take (null: none) */
   follows: bigint | null;
-  /** a step that follows this one is in flight */
-  followed: boolean;
+  /** the step in flight that follows this one (null: none) */
+  follower: bigint | null;
 }
 
 /** What the core asks its runtime to do, in this order. */

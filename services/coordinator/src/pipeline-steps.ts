@@ -30,7 +30,7 @@ export function pump(c: PipelineCore, fx: PipelineEffect[], now: number): void {
       // At most one step queued behind each computing one: a group of jobs left without a
       // follower takes the next free place when its step is back, so groups merge.
       if (!o.overlap || c.inflight.size >= 2 * depth(c)) return;
-      lead = [...c.inflight].find(([, f]) => !f.followed && f.entries.some(chainable)) ?? null;
+      lead = [...c.inflight].find(([, f]) => f.follower === null && f.entries.some(chainable)) ?? null;
       if (!lead) return;
       // At most a fair share of the decoding jobs, so that the micro-batches in flight stay even
       // (one stage's step is not the whole pipeline's): the rest take the next free place.
@@ -39,12 +39,13 @@ export function pump(c: PipelineCore, fx: PipelineEffect[], now: number): void {
       if (!plan?.some((e) => e.chained)) return;
     }
     applyPlan(plan);
-    if (lead) lead[1].followed = true;
-    send(c, fx, plan, now, lead?.[0] ?? null);
+    const stepId = send(c, fx, plan, now, lead?.[0] ?? null);
+    if (lead) lead[1].follower = stepId;
   }
 }
 
-function send(c: PipelineCore, fx: PipelineEffect[], plan: PlannedEntry[], now: number, follows: bigint | null): void {
+/** Sends a planned micro-batch (following step `follows`, or none); returns its step id. */
+function send(c: PipelineCore, fx: PipelineEffect[], plan: PlannedEntry[], now: number, follows: bigint | null): bigint {
   const stepId = c.nextStep++;
   const entries: StepEntry[] = [];
   const tokens: number[] = [];
@@ -57,8 +58,9 @@ function send(c: PipelineCore, fx: PipelineEffect[], plan: PlannedEntry[], now: 
     tokens.push(...e.tokens);
   }
   const trace = plan.map((e) => ({ req: c.requests.get(e.job.requestId)?.req, prefill: e.pos0 < e.job.pos0 + e.job.prompt.length, tokens: e.tokens.length }));
-  c.inflight.set(stepId, { entries: plan, work: workOf(plan.map((e) => ({ tokens: e.tokens.length, pos0: e.pos0 }))), sentMs: now, follows, followed: false });
+  c.inflight.set(stepId, { entries: plan, work: workOf(plan.map((e) => ({ tokens: e.tokens.length, pos0: e.pos0 }))), sentMs: now, follows, follower: null });
   fx.push({ type: 'send_step', stepId, entries, tokens, trace, follows: follows ?? 0n, ring: c.options.overlap && plan.some((e) => e.output) });
+  return stepId;
 }
 
 /**
@@ -76,7 +78,7 @@ export function stepResult(c: PipelineCore, fx: PipelineEffect[], r: StepResult,
   c.lastResultMs = now;
   if (!r.error && r.stageMs.length === c.view.stages.length) c.costs.observe(c.route, f.work, r.stageMs);
   const bySeq = new Map(r.tokens.map((t) => [t.seq, t]));
-  const follower = f.followed ? [...c.inflight.values()].find((x) => x.follows === r.stepId) : undefined;
+  const follower = f.follower === null ? undefined : c.inflight.get(f.follower);
   for (const e of f.entries) {
     const j = e.job;
     j.inflight--;
