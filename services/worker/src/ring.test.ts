@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { create } from '@bufbuild/protobuf';
 import { SampledTokenSchema, StepEntrySchema } from '@strata/wire';
-import { RingBook, fillChained, ringSamples } from './ring.ts';
+import { RingBook, fillChained, ringEntries, ringSamples } from './ring.ts';
 import { fenceOlder, newestFence } from './stage-protocol.ts';
 
 const entry = (seq: number, nTokens: number, chained = false) => create(StepEntrySchema, { seq, nTokens, pos0: 10, output: true, chained });
@@ -12,7 +12,7 @@ describe('the ring', () => {
   it('fills chained entries with their samples and drops those that ended or never came', () => {
     const entries = [entry(0, 1, true), entry(1, 3), entry(2, 1, true), entry(3, 1, true), entry(4, 1, true)];
     const tokens = [0, 7, 8, 9, 0, 0, 0];
-    const samples = ringSamples([tok(0, 100), tok(2, 102, true), tok(3, 103)], [false, true, false]);
+    const samples = ringSamples(ringEntries([tok(0, 100), tok(2, 102, true), tok(3, 103)], [false, true, false]));
     const r = fillChained(entries, tokens, samples);
     assert.deepEqual(r.entries.map((e) => e.seq), [0, 1, 3], 'seq 2 ended its choice, seq 4 has no sample');
     assert.deepEqual(r.tokens, [100, 7, 8, 9, 103], "the others' tokens are untouched");
@@ -27,10 +27,10 @@ describe('the ring', () => {
 
   it('a step waits for the samples it follows, wherever they come from first', async () => {
     const book = new RingBook();
-    book.record(7n, ringSamples([tok(0, 1)], [false]));
+    book.record(7n, ringSamples(ringEntries([tok(0, 1)], [false])));
     assert.equal((await book.wait(7n, 1000, () => false))?.tokens.get(0)?.token, 1, 'already here');
     const later = book.wait(8n, 5000, () => false);
-    setTimeout(() => book.record(8n, ringSamples([tok(0, 2)], [false])), 20);
+    setTimeout(() => book.record(8n, ringSamples(ringEntries([tok(0, 2)], [false]))), 20);
     assert.equal((await later)?.tokens.get(0)?.token, 2, 'woken when they come');
   });
 

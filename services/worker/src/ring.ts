@@ -33,9 +33,21 @@ export function fillChained(entries: readonly StepEntry[], tokens: readonly numb
   return out;
 }
 
-/** A step's samples as the step that follows it takes them; `ends[i]`: sample i ends its choice. */
-export function ringSamples(tokens: readonly SampledToken[], ends: readonly boolean[]): RingSamples {
-  return { tokens: new Map(tokens.map((t, i) => [t.seq, { token: t.token, ends: ends[i]! }])), failed: false };
+/** One sequence's sample as the ring carries it (RingToken on the wire). */
+export interface RingSample {
+  seq: number;
+  token: number;
+  ends: boolean;
+}
+
+/** A last stage's samples as the ring carries them; `ends[i]`: sample i ends its choice. */
+export function ringEntries(tokens: readonly SampledToken[], ends: readonly boolean[]): RingSample[] {
+  return tokens.map((t, i) => ({ seq: t.seq, token: t.token, ends: ends[i]! }));
+}
+
+/** A step's samples (none when it `failed`) as the step that follows it takes them. */
+export function ringSamples(samples: readonly RingSample[], failed = false): RingSamples {
+  return { tokens: new Map(samples.map((s) => [s.seq, { token: s.token, ends: s.ends }])), failed };
 }
 
 /** The samples of recent steps, and the one step waiting for some. */

@@ -10,7 +10,7 @@ import { Vocab } from '@strata/ggml';
 import { GgufFile } from '@strata/gguf';
 import { decodeState, type DecodedState } from '@strata/kv-cache';
 import { ModelError, Stage, parseRange, readHParams } from '@strata/model';
-import { RingBook, fillChained, ringSamples } from './ring.ts';
+import { RingBook, fillChained, ringEntries, ringSamples } from './ring.ts';
 import { SamplerSet } from './samplers.ts';
 import { StepRunner, stepErrorCode } from './step-runner.ts';
 import {
@@ -238,10 +238,10 @@ class StageActor {
       const ms = performance.now() - t0;
       this.#lastStep = { tokens, ms };
       // One stage is the whole ring: its samples stay here for the step that follows.
-      if (h.ring && this.#stage.isFirst && output.kind === 'tokens') this.#ring.record(h.stepId, ringSamples(output.tokens, output.ends));
+      if (h.ring && this.#stage.isFirst && output.kind === 'tokens') this.#ring.record(h.stepId, ringSamples(ringEntries(output.tokens, output.ends)));
       this.#ok(t.id, { output, ms, rewrite }, output.kind === 'hidden' ? [output.hidden.buffer as ArrayBuffer] : []);
     } catch (err) {
-      if (h.ring && this.#stage.isFirst) this.#ring.record(h.stepId, { tokens: new Map(), failed: true });
+      if (h.ring && this.#stage.isFirst) this.#ring.record(h.stepId, ringSamples([], true));
       this.#fail(t.id, failure(err, stepErrorCode(err)));
     }
   }

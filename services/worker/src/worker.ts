@@ -18,6 +18,7 @@ import type { Msg, NatsConnection, Subscription } from 'nats';
 import type { WorkerConfig } from './config.ts';
 import { WorkerError } from './errors.ts';
 import { KvTransferServer, closePushClients, loadSecurity, pushState, type TransferSecurity } from './kv-transfer.ts';
+import { ringEntries, ringSamples, type RingSample } from './ring.ts';
 import { StageHost } from './stage-host.ts';
 import { endStage, observeKvCells, startStage, tracePush } from './telemetry.ts';
 import { context } from '@opentelemetry/api';
@@ -202,7 +203,7 @@ export class Worker {
         }
       } else {
         // The ring first: the first stage may be waiting for these samples to run the next step.
-        if (h.ring && h.hop > 0) this.#ringTo(h, out.tokens.map((t, i) => ({ seq: t.seq, token: t.token, ends: out.ends[i]! })), null);
+        if (h.ring && h.hop > 0) this.#ringTo(h, ringEntries(out.tokens, out.ends), null);
         this.#reply(h, { stepId: h.stepId, pipelineId: h.pipelineId, tokens: out.tokens, stageMs: h.stageMs });
       }
     } catch (err) {
@@ -210,16 +211,16 @@ export class Worker {
       const code = err instanceof WorkerError ? err.code : 'stage_failed';
       if (code === 'stage_failed') context.with(stage.context, () => this.#log.error('step failed', { step: h.stepId, err }));
       const error = { code, message: (err as Error).message, workerId: this.info.workerId };
-      // A step that follows this one must not wait for samples that will not come.
+      // A step that follows this one must not wait for samples that will not come (a first stage's
+      // own failure is recorded where it ran, on its stage thread).
       if (h.ring && h.hop > 0) this.#ringTo(h, [], error);
-      else if (h.ring) this.#host.ring(h.stepId, { tokens: new Map(), failed: true }, { term: h.term, generation: h.generation });
       this.#reply(h, { stepId: h.stepId, pipelineId: h.pipelineId, error });
     }
     endStage(stage, performance.now() - t0, failure);
   }
 
   /** Sends a step's samples (or its failure) to the first stage of its route. */
-  #ringTo(h: StepHeader, tokens: { seq: number; token: number; ends: boolean }[], error: { code: string; message: string; workerId: string } | null): void {
+  #ringTo(h: StepHeader, tokens: RingSample[], error: { code: string; message: string; workerId: string } | null): void {
     const first = h.route[0];
     if (first === undefined || first === this.info.workerId) return;
     this.#publish(subjects.workerRing(first), encode(RingTokensSchema, {
@@ -237,8 +238,7 @@ export class Worker {
         this.#log.warn('dropped the samples of a step of an unproven fence', { step: r.stepId, why: refused });
         return;
       }
-      const tokens = new Map(r.tokens.map((t) => [t.seq, { token: t.token, ends: t.ends }]));
-      this.#host.ring(r.stepId, { tokens, failed: r.error !== undefined }, { term: r.term, generation: r.generation });
+      this.#host.ring(r.stepId, ringSamples(r.tokens, r.error !== undefined), { term: r.term, generation: r.generation });
     } catch (err) {
       this.#log.warn('refused the samples of a step', { err });
     }
