@@ -10,6 +10,10 @@ const LATENCY_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1
 export interface StrataMetrics {
   /** strata.tokens.generated {pipeline}: tokens sampled for clients (its rate is tokens/s) — coordinator */
   tokensGenerated: Counter;
+  /** strata.prompt.tokens {pipeline}: prompt tokens of requests that ended — coordinator */
+  promptTokens: Counter;
+  /** strata.prompt.tokens.cached {pipeline}: of those, the ones a session or the prefix cache held (hit ratio: cached / all) — coordinator */
+  promptTokensCached: Counter;
   /** strata.step.duration (s) {pipeline, kind, outcome}: a micro-batch from send to result — coordinator */
   stepDuration: Histogram;
   /** strata.queue.depth {pipeline}: requests waiting for sequences or cells — coordinator */
@@ -39,6 +43,8 @@ function create(provider: MeterProvider): StrataMetrics {
   const latency = { unit: 's', advice: { explicitBucketBoundaries: LATENCY_BUCKETS } };
   return {
     tokensGenerated: m.createCounter('strata.tokens.generated', { description: 'tokens sampled for clients', unit: '{token}' }),
+    promptTokens: m.createCounter('strata.prompt.tokens', { description: 'prompt tokens of requests that ended', unit: '{token}' }),
+    promptTokensCached: m.createCounter('strata.prompt.tokens.cached', { description: 'prompt tokens of requests that ended whose cells a session or the prefix cache already held', unit: '{token}' }),
     stepDuration: m.createHistogram('strata.step.duration', { ...latency, description: 'a micro-batch\'s round trip through its pipeline, seen by the scheduler' }),
     queueDepth: m.createObservableGauge('strata.queue.depth', { description: 'requests waiting for sequences or KV cells', unit: '{request}' }),
     migrations: m.createCounter('strata.migrations', { description: 'migrations ended, by state', unit: '{migration}' }),

@@ -20,6 +20,8 @@ export const coordinatorSchema = {
   stepDeadlineFloorMs: { kind: 'int', doc: 'a step is stuck (its pipeline resets) past --step-deadline-margin times its predicted cost, never sooner than this; also the deadline while its cost is unknown', default: 30000 },
   stepDeadlineMargin: { kind: 'number', doc: 'how many times its predicted cost a step may take before it is stuck', default: 4 },
   overlapSteps: { kind: 'bool', doc: 'plan each decoding step while the one before it computes; the stages hand samples from the last stage to the first (a ring) instead of through the coordinator', default: true },
+  prefixCache: { kind: 'bool', doc: 'every request shares the longest cached prefix of its prompt with earlier requests of its cache scope (its tenant); prompts of ended requests stay cached until room is needed', default: true },
+  routeLoadTokens: { kind: 'int', doc: 'placement prices each request running or waiting on a pipeline like this many prompt tokens to compute: a request goes where its uncached prompt plus that price is lowest (a hot prefix spreads once its pipeline is that much busier)', default: 256 },
   stepBudgetMs: { kind: 'int', doc: 'prompt tokens in a micro-batch are cut so that its predicted time through the pipeline stays within this (0: only --prefill-chunk limits them)', default: 200 },
   maxRequestFailures: { kind: 'int', doc: 'a request in the step that took its pipeline down (stuck past its deadline, or in flight on a worker that died) this many times fails with 400 repeated_failure instead of being rebuilt again', default: 2 },
   seqOpTimeoutMs: { kind: 'int', doc: 'a sequence operation unanswered for this long fails', default: 5000 },

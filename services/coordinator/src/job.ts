@@ -3,6 +3,7 @@
 // (in chunks) and then its own samples, and decides when it is done. Pure: the pipeline's core
 // (pipeline-core.ts) runs it and carries out the effects.
 import { FinishReason, type SampledToken, type Sampling } from '@strata/wire';
+import type { PrefixNode } from './prefix-tree.ts';
 
 /** One choice of a request, as it moves through a pipeline. */
 export interface Job {
@@ -54,6 +55,12 @@ export interface Job {
   finish: FinishReason | null;
   /** failure code and message when finish is ERROR */
   error: { code: string; message: string } | null;
+  /** the prefix-cache node its sequence shares positions [0, shared) with (prefix-tree.ts), or null */
+  prefix: PrefixNode | null;
+  /** positions shared with the prefix cache: its cells are the cache's, not reserved by the job */
+  shared: number;
+  /** the prefix-cache node this job computes (its prompt, for later prompts to share), or null */
+  grown: PrefixNode | null;
 }
 
 /** What a job asks the runtime to do after a transition. */
@@ -71,7 +78,7 @@ export type JobMsg =
 /** A new job. */
 export function newJob(init: Pick<Job, 'requestId' | 'index' | 'sessionId' | 'seq' | 'prompt' | 'pos0' | 'sampling' | 'maxTokens'>): Job {
   if (init.prompt.length === 0) throw new Error('a job needs at least one token to evaluate');
-  return { ...init, fed: 0, pos: init.pos0, samplerSent: false, generated: [], pending: null, awaitingToken: false, inflight: 0, chained: 0, held: false, done: init.pos0, replay: [], inPrompt: 0, cancelled: false, alone: false, finish: null, error: null };
+  return { ...init, fed: 0, pos: init.pos0, samplerSent: false, generated: [], pending: null, awaitingToken: false, inflight: 0, chained: 0, held: false, done: init.pos0, replay: [], inPrompt: 0, cancelled: false, alone: false, finish: null, error: null, prefix: null, shared: 0, grown: null };
 }
 
 /** Position of the next token the job will feed. */
@@ -84,9 +91,14 @@ export function isReady(j: Job): boolean {
   return j.finish === null && !j.cancelled && !j.held && !j.awaitingToken && (j.fed < j.prompt.length || j.pending !== null);
 }
 
-/** Tokens the job's sequence will hold at most when it ends (cells to reserve). */
+/** Tokens the job's sequence will hold at most when it ends. */
 export function cellsNeeded(j: Job): number {
   return j.pos0 + j.prompt.length + j.maxTokens - j.inPrompt;
+}
+
+/** Cells the job reserves: what its sequence will hold, less what it shares with the prefix cache. */
+export function ownCells(j: Job): number {
+  return cellsNeeded(j) - j.shared;
 }
 
 /** The job actor's transition. The job is updated in place. */
@@ -147,4 +159,7 @@ export function rebuildJob(j: Job, prefix: readonly number[]): void {
   j.samplerSent = false;
   j.replay = gen;
   j.held = false;
+  j.prefix = null;
+  j.shared = 0;
+  j.grown = null;
 }

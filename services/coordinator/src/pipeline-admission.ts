@@ -9,7 +9,20 @@ import { FinishReason, SeqOpKind, type GenerateReply, type GenerateRequest, type
 import { cellsNeeded, jobTransition, newJob, rebuildJob, type Job } from './job.ts';
 import { accept, refuse, seqOp } from './replies.ts';
 import { dropSeq, failRequest, running, type Admission, type PipelineCore, type PipelineEffect, type Rebuild } from './pipeline-state.ts';
-import type { RoomAsk, RoomGrant } from './seq-room.ts';
+import { PrefixTree, type PrefixMatch } from './prefix-tree.ts';
+import { sharedBy, type RoomAsk, type RoomGrant } from './seq-room.ts';
+
+/**
+ * Prompt tokens a cached prefix must cover to be shared: shorter ones (a chat template's first
+ * tokens) cost a sequence operation and a node for next to nothing.
+ */
+export const MIN_SHARED_PREFIX = 16;
+/**
+ * A request whose prompt matches at least this many more tokens that a running job is computing
+ * now waits for them instead of computing its own copy (requests queued behind it start
+ * meanwhile): many clients with one system prompt prefill it once.
+ */
+export const WAIT_FOR_PREFIX = MIN_SHARED_PREFIX;
 
 /** Shortest common prefix length of two token lists. */
 export function commonPrefix(a: readonly number[], b: readonly number[]): number {
@@ -56,7 +69,7 @@ export function admit(c: PipelineCore, fx: PipelineEffect[], req: GenerateReques
   }
   if (c.waiting.length === 0 && c.clean) {
     const r = tryStart(c, fx, req, now);
-    if (r === 'wait') c.waiting.push(req);
+    if (r === 'wait' || r === 'prefix') c.waiting.push(req);
     else if (r !== 'started') return r;
   } else {
     c.waiting.push(req);
@@ -80,6 +93,7 @@ export function resume(c: PipelineCore, fx: PipelineEffect[], req: GenerateReque
   // Its idle cells here (from that attempt) go: the rebuild prefills everything again.
   if (idle) {
     c.room.residents.delete(session);
+    if (idle.prefix) c.room.prefixes.detach(idle.prefix, idle.seq);
     dropSeq(c, fx, idle.seq, idle.tokens.length);
   }
   const maxTokens = maxTokensOf(c, req);
@@ -107,44 +121,75 @@ export function startWaiting(c: PipelineCore, fx: PipelineEffect[], now: number)
     if (!tryRebuild(c, fx, c.rebuilds[0]!, now)) return;
     c.rebuilds.shift();
   }
-  while (c.waiting.length > 0 && !c.down && c.clean) {
-    const req = c.waiting[0]!;
+  for (let i = 0; i < c.waiting.length && !c.down && c.clean;) {
+    const req = c.waiting[i]!;
     const r = tryStart(c, fx, req, now);
     if (r === 'wait') return;
-    c.waiting.shift();
+    // Waiting for a prefix being computed is not waiting for room: the next request may start.
+    if (r === 'prefix') {
+      i++;
+      continue;
+    }
+    c.waiting.splice(i, 1);
     if (r !== 'started') failRequest(fx, req, r.error!.code, r.error!.message);
   }
 }
 
-/** Plans room for `ask` and, when there is, applies it: its evicted sequences not handed out are emptied. */
-function takeRoom(c: PipelineCore, fx: PipelineEffect[], ask: RoomAsk): RoomGrant | null {
+/**
+ * Plans room for `ask` and, when there is, applies it: its evicted sequences not handed out are
+ * emptied, its evicted cache sequences that keep a shorter path trimmed.
+ */
+export function takeRoom(c: PipelineCore, fx: PipelineEffect[], ask: RoomAsk): RoomGrant | null {
   const grant = c.room.plan(ask, running(c));
   if (!grant) return null;
-  c.room.apply(grant);
+  const trims = c.room.apply(grant);
   // Sent before the new work's first step: its cells are those of these sequences.
   for (const d of grant.drops) if (!c.down) fx.push({ type: 'drop_seq', seq: d.seq });
+  for (const t of trims) if (!c.down) fx.push({ type: 'trim_seq', seq: t.seq, keepTo: t.keepTo });
   return grant;
 }
 
 /**
- * Starts `req` if sequences and cells allow, evicting idle sessions least recently used first;
- * 'wait' when they do not allow it yet, a refusal when they never will.
+ * The cached prefix a request without cells of its own here shares: the longest one in its scope
+ * that every stage holds (leaving one prompt token to evaluate), if long enough; 'wait' when a
+ * running job is computing much more of it right now.
  */
-function tryStart(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, now: number): 'started' | 'wait' | GenerateReply {
+function cachedPrefix(c: PipelineCore, req: GenerateRequest): PrefixMatch | null | 'wait' {
+  if (!c.options.prefixCache) return null;
+  const m = c.room.prefixes.match(req.cacheScope, req.prompt, req.prompt.length - 1);
+  if (!m) return null;
+  if (m.pending >= WAIT_FOR_PREFIX) return 'wait';
+  return m.depth >= MIN_SHARED_PREFIX ? m : null;
+}
+
+/**
+ * Starts `req` if sequences and cells allow, evicting idle sessions and cached prefixes least
+ * recently used first; 'wait' when they do not allow it yet, 'prefix' while a running job computes
+ * much of its prompt, a refusal when it can never run.
+ */
+function tryStart(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, now: number): 'started' | 'wait' | 'prefix' | GenerateReply {
   const n = Math.max(1, req.n);
   const session = req.sessionId;
   const resident = session ? c.room.residents.get(session) : undefined;
   if (resident?.busy || c.moving.has(session)) return refuse('session_busy', `session ${session} is answering another request or moving`);
   const maxTokens = maxTokensOf(c, req);
   let cached = 0;
+  let match: PrefixMatch | null = null;
   if (resident) {
     cached = commonPrefix(resident.tokens, req.prompt);
     // At least one prompt token must be evaluated to get the logits to sample from.
     if (cached === req.prompt.length) cached--;
+  } else {
+    const m = cachedPrefix(c, req);
+    if (m === 'wait') return 'prefix';
+    match = m;
+    cached = m?.depth ?? 0;
   }
   const need = n * (maxTokens + req.prompt.length - cached);
-  // The session's own cells past the common prefix are removed before it starts.
-  const grant = takeRoom(c, fx, { seqs: resident ? 0 : n, cells: need, keep: session, extra: resident ? resident.tokens.length - cached : 0 });
+  // The session's own cells past the common prefix are removed before it starts (less what it
+  // shares with the prefix cache, which the cache counts).
+  const extra = resident ? Math.max(0, resident.tokens.length - Math.max(cached, sharedBy(resident.prefix))) : 0;
+  const grant = takeRoom(c, fx, { seqs: resident ? 0 : n, cells: need, keep: session, extra, protect: match?.node ?? resident?.prefix });
   if (!grant) {
     // Cells come back when a job ends, a sequence is emptied or a migration settles; with none
     // of these under way (sequences whose emptying failed hold the rest) none will.
@@ -153,21 +198,42 @@ function tryStart(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, n
   }
   const ops = grant.emptyFirst.map((seq) => seqOp(SeqOpKind.REMOVE, seq));
   const seqs = grant.seqs;
+  const tree = c.room.prefixes;
+  let prefix = null;
   if (resident) {
     resident.busy = true;
     seqs.push(resident.seq);
     if (cached < resident.tokens.length) ops.push(seqOp(SeqOpKind.REMOVE, resident.seq, cached, -1));
-  } else if (session) {
-    // The session is here from now on: a second request of it is busy, not a second copy.
-    c.room.residents.set(session, { seq: seqs[0]!, tokens: [], lastUsedMs: now, busy: true, epoch: 0 });
+    // It shares no more of the cache than it keeps.
+    if (resident.prefix && cached < sharedBy(resident.prefix)) resident.prefix = tree.reattach(resident.prefix, resident.seq, cached, now);
+    prefix = resident.prefix ?? null;
+  } else if (match) {
+    // Each choice's sequence shares the cached positions: one seq_cp, no compute.
+    const at = tree.attach(match, seqs, now);
+    prefix = at.node;
+    for (const seq of seqs) ops.push(seqOp(SeqOpKind.COPY, at.from, 0, cached, seq));
   }
-  const jobs = seqs.map((seq, index) => newJob({
-    requestId: req.requestId, index, sessionId: session, seq, prompt: req.prompt.slice(cached), pos0: cached,
-    sampling: { ...req.sampling!, seed: (req.sampling?.seed ?? 0) + index }, maxTokens,
-  }));
+  if (session && !resident) {
+    // The session is here from now on: a second request of it is busy, not a second copy.
+    c.room.residents.set(session, { seq: seqs[0]!, tokens: prefix ? PrefixTree.path(prefix) : [], lastUsedMs: now, busy: true, epoch: 0, prefix });
+  }
+  const jobs = seqs.map((seq, index) => {
+    const j = newJob({
+      requestId: req.requestId, index, sessionId: session, seq, prompt: req.prompt.slice(cached), pos0: cached,
+      sampling: { ...req.sampling!, seed: (req.sampling?.seed ?? 0) + index }, maxTokens,
+    });
+    j.prefix = prefix;
+    j.shared = sharedBy(prefix);
+    return j;
+  });
+  // A one-off request's prompt is cached for later ones as it is computed (a session's cells are
+  // its own); one too short for any later prompt to share is not.
+  if (c.options.prefixCache && !session && req.prompt.length > MIN_SHARED_PREFIX) jobs[0]!.grown = tree.grow(req.cacheScope, prefix, jobs[0]!.prompt, jobs[0]!, now);
   fx.push({ type: 'log', level: 'debug', message: 'start', fields: { request: req.requestId, session, seqs, cached, need } });
   const request: Admission = { req, jobs, cached, epoch: 0, live: jobs.length, failures: 0 };
-  begin(c, fx, request, jobs, ops, session ? { keep: cached, tokens: req.prompt.slice(cached) } : null);
+  // A new session's history in Redis is its whole prompt.
+  const keep = resident ? cached : 0;
+  begin(c, fx, request, jobs, ops, session ? { keep, tokens: req.prompt.slice(keep) } : null);
   return 'started';
 }
 

@@ -42,6 +42,8 @@ export type PipelineMsg =
   | { type: 'step_result'; result: StepResult }
   /** a sequence was emptied (`ok`), or its emptying failed (the answer to 'drop_seq') */
   | { type: 'dropped'; seq: number; ok: boolean }
+  /** a cache sequence was trimmed (`ok`), or its trim failed (the answer to 'trim_seq') */
+  | { type: 'trimmed'; seq: number; ok: boolean }
   /** time passes: a step past its deadline is reported ('stalled') */
   | { type: 'tick' }
   /** the pipeline went away; `blame`: whose requests count a failure for it */
@@ -92,6 +94,10 @@ export function transition(c: PipelineCore, msg: PipelineMsg, now: number): Pipe
     case 'dropped':
       if (c.down) return fx;
       c.room.released(msg.seq, msg.ok);
+      break;
+    case 'trimmed':
+      if (c.down) return fx;
+      c.room.trimmed(msg.seq, msg.ok);
       break;
     case 'tick': {
       // A tick changes nothing: it only looks at the oldest step.

@@ -3,8 +3,10 @@
 // (its running requests handed back to be rebuilt elsewhere) or being abandoned (another
 // coordinator leads). Pure.
 import { cachedTokens, jobTransition, rebuildJob } from './job.ts';
-import { dropSeq, failChoices, failRequest, jobOf, running, type Blame, type MovedSession, type PipelineCore, type PipelineEffect } from './pipeline-state.ts';
+import { takeRoom } from './pipeline-admission.ts';
+import { dropSeq, failChoices, failRequest, jobOf, type Blame, type MovedSession, type PipelineCore, type PipelineEffect } from './pipeline-state.ts';
 import { retireFinished } from './pipeline-steps.ts';
+import { PrefixTree } from './prefix-tree.ts';
 
 /** A session starts moving off: no new request of it starts here until it stays or is handed over. */
 export function beginMove(c: PipelineCore, session: string): void {
@@ -41,6 +43,13 @@ export function handOver(c: PipelineCore, fx: PipelineEffect[], session: string)
   const job = jobOf(c, session) ?? null;
   const r = c.room.residents.get(session);
   c.room.residents.delete(session);
+  // Its target holds every position itself: nothing is shared there.
+  const shared = job?.prefix ?? r?.prefix;
+  if (shared) c.room.prefixes.detach(shared, job?.seq ?? r!.seq);
+  if (job) {
+    job.prefix = null;
+    job.shared = 0;
+  }
   let request = null;
   let seq = r?.seq ?? -1;
   if (job) {
@@ -60,10 +69,8 @@ export function handOver(c: PipelineCore, fx: PipelineEffect[], session: string)
  * stage before the first piece arrives.)
  */
 export function reserve(c: PipelineCore, fx: PipelineEffect[], cells: number): number | null {
-  const grant = c.room.plan({ seqs: 1, cells, keep: '', extra: 0 }, running(c));
+  const grant = takeRoom(c, fx, { seqs: 1, cells, keep: '', extra: 0 });
   if (!grant) return null;
-  c.room.apply(grant);
-  for (const d of grant.drops) fx.push({ type: 'drop_seq', seq: d.seq });
   const seq = grant.seqs[0]!;
   c.room.reserveIncoming(seq, cells);
   return seq;
@@ -116,7 +123,8 @@ export function down(c: PipelineCore, fx: PipelineEffect[], reason: string, blam
     const prefix = request.req.sessionId ? c.room.residents.get(request.req.sessionId)?.tokens ?? [] : [];
     for (const j of live) {
       c.jobs.splice(c.jobs.indexOf(j), 1);
-      rebuildJob(j, prefix.slice(0, j.pos0));
+      // A one-off job's first positions were the prefix cache's.
+      rebuildJob(j, (j.prefix && !request.req.sessionId ? PrefixTree.path(j.prefix) : prefix).slice(0, j.pos0));
     }
     if (blamed.has(request.req.requestId)) for (const j of live) j.alone = true;
     if (blamed.has(request.req.requestId) && ++request.failures >= limit) {
@@ -153,6 +161,7 @@ export function abandon(c: PipelineCore, fx: PipelineEffect[]): void {
   c.waiting.length = 0;
   c.rebuilds.length = 0;
   c.room.residents.clear();
+  c.room.prefixes.clear();
   c.requests.clear();
 }
 

@@ -5,7 +5,7 @@
 import type { GenerateReply, GenerateRequest, SeqOp, StepEntry, StepResult } from '@strata/wire';
 import type { PlannedEntry } from './batcher.ts';
 import type { PipelineView } from './cluster.ts';
-import { cellsNeeded, type Job } from './job.ts';
+import { ownCells, type Job } from './job.ts';
 import { failureEvents, type ClientEvent } from './replies.ts';
 import { SeqRoom, type Running } from './seq-room.ts';
 import type { CostBook, StepWork } from './step-cost.ts';
@@ -32,6 +32,8 @@ export interface PipelineOptions {
    * a worker that died) this many times is failed with `repeated_failure` instead of rebuilt again
    */
   maxRequestFailures: number;
+  /** every request reuses the longest cached prefix of its prompt in its scope (prefix-tree.ts) */
+  prefixCache: boolean;
   /**
    * overlap steps: while a decoding step computes, the next one is planned and sent; its entries
    * take the samples of the step they follow on the stages (the last stage hands them to the
@@ -98,6 +100,8 @@ export type PipelineEffect =
   | { type: 'prepare'; requestId: string; ops: SeqOp[]; claim: string; history: { keep: number; tokens: number[] } | null }
   /** empty a sequence on every stage; then send 'dropped' */
   | { type: 'drop_seq'; seq: number }
+  /** drop a cache sequence's positions from `keepTo` on, on every stage; then send 'trimmed' */
+  | { type: 'trim_seq'; seq: number; keepTo: number }
   /** write a session's sampled tokens at position `at` of its history in Redis, fenced by `epoch` */
   | { type: 'write_history'; session: string; epoch: number; at: number; tokens: number[] }
   /** publish an event to a request's gateway */
@@ -182,7 +186,7 @@ export function running(c: PipelineCore): Running {
   let cells = 0;
   const sessions = new Set<string>();
   for (const j of c.jobs) {
-    cells += cellsNeeded(j);
+    cells += ownCells(j);
     if (j.sessionId) sessions.add(j.sessionId);
   }
   return { cells, sessions };

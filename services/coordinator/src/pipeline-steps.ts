@@ -157,16 +157,24 @@ export function retireFinished(c: PipelineCore, fx: PipelineEffect[], now: numbe
   }
 }
 
-/** A session that ended well keeps its cells here for its next turn; anything else empties its sequence. */
+/**
+ * A session that ended well keeps its cells here for its next turn; a one-off request that
+ * computed a prompt for the prefix cache leaves its sequence there; anything else empties its
+ * sequence (positions it shared with the cache stay the cache's).
+ */
 function release(c: PipelineCore, fx: PipelineEffect[], j: Job, request: Admission, now: number): void {
   const residents = c.room.residents;
+  const tree = c.room.prefixes;
   if (j.sessionId && j.finish !== FinishReason.ERROR) {
     const prefix = residents.get(j.sessionId)?.tokens.slice(0, j.pos0) ?? [];
-    residents.set(j.sessionId, { seq: j.seq, tokens: [...prefix, ...cachedTokens(j)], lastUsedMs: now, busy: c.moving.has(j.sessionId), epoch: request.epoch });
-  } else {
-    if (j.sessionId) residents.delete(j.sessionId);
-    dropSeq(c, fx, j.seq, j.pos);
+    residents.set(j.sessionId, { seq: j.seq, tokens: [...prefix, ...cachedTokens(j)], lastUsedMs: now, busy: c.moving.has(j.sessionId), epoch: request.epoch, ...(j.prefix ? { prefix: j.prefix } : {}) });
+    return;
   }
+  if (j.sessionId) residents.delete(j.sessionId);
+  // What a failed step left in the sequence is not to be trusted: it is not cached.
+  const kept = j.grown !== null && tree.ownerEnded(j.grown, j.finish !== FinishReason.ERROR, j.pos, now);
+  if (j.prefix) tree.detach(j.prefix, j.seq);
+  if (!kept) dropSeq(c, fx, j.seq, j.pos);
 }
 
 /** Cancels a request's jobs (those of `indices`, or all), wherever it is. */

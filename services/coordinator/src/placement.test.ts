@@ -55,3 +55,23 @@ test('a drain is refused when no other pipeline of the model would take work, un
   assert.match(only!, /--force/);
   assert.match(drainRefusal('w', t('a'), [t('a'), t('b', true), t('c', true)])!, /the other 2 pipeline\(s\) of the model are draining/);
 });
+
+test('a request goes where its prompt is cached until that pipeline is busier than computing the prompt elsewhere costs', () => {
+  const prompt = Array.from({ length: 1000 }, (_, i) => i);
+  const cachedOn = (id: string, load: number, n: number): Placeable => ({ ...p(id, load), cachedPrefix: (scope) => (scope === 's' ? n : 0) });
+  const hint = { scope: 's', prompt, cacheKey: '', loadTokens: 256 };
+  assert.equal(to(placeRequest([p('a', 0), cachedOn('b', 2, 900)], 'm', '', hint)), 'b', '100 tokens to compute + 512 for its load beat 1000');
+  assert.equal(to(placeRequest([p('a', 0), cachedOn('b', 4, 900)], 'm', '', hint)), 'a', 'four requests there: the prefix spreads');
+  assert.equal(to(placeRequest([p('a', 0), cachedOn('b', 0, 900)], 'm', '', { ...hint, scope: 'other' })), 'a', 'another scope\'s cache counts for nothing');
+  assert.equal(to(placeRequest([p('b', 1), p('a', 1)], 'm', '', hint)), 'a', 'nothing cached: the least loaded, ties to the lowest id');
+});
+
+test('without a cached prefix, one prompt_cache_key goes to one pipeline among the least loaded', () => {
+  const prompt = [1, 2, 3];
+  const all = [p('a', 0), p('b', 0), p('c', 1), p('d', 5)];
+  const chosen = new Set(Array.from({ length: 5 }, () => to(placeRequest(all, 'm', '', { scope: 's', prompt, cacheKey: 'k1', loadTokens: 256 }))));
+  assert.equal(chosen.size, 1, 'the same key, the same pipeline');
+  assert.notEqual([...chosen][0], 'd', 'never a much busier one');
+  const keys = new Set(Array.from({ length: 40 }, (_, i) => to(placeRequest(all, 'm', '', { scope: 's', prompt, cacheKey: `key-${i}`, loadTokens: 256 }))));
+  assert.ok(keys.size >= 2, 'keys spread over the pipelines');
+});

@@ -1,5 +1,9 @@
 // Placement, pure: every choice of a pipeline the coordinator makes. A request goes to the
-// pipeline that holds its session, else to the least loaded one of its model; a request whose
+// pipeline that holds its session, else to the one of its model where it costs least: the prompt
+// tokens it would compute there (what that pipeline's prefix cache lacks) plus a price per request
+// already running or waiting there, so that a hot prefix stays where it is cached until that
+// pipeline is busier than computing it again elsewhere costs (then it spreads); without any cached
+// prefix, requests of one prompt_cache_key go to one pipeline among the least loaded. A request whose
 // pipeline went down is rebuilt on the least loaded healthy one of the same model; a session moves
 // to the pipeline named or to the least loaded other one; a drain is refused when it would leave a
 // model with no pipeline that takes work. A draining pipeline never takes new work, and ties go to
@@ -17,6 +21,47 @@ export interface Placeable {
   readonly load: number;
   /** whether the session's cells are there */
   holds(session: string): boolean;
+  /** prompt tokens of `prompt` its prefix cache holds for `scope` (0 without a cache) */
+  cachedPrefix?(scope: string, prompt: readonly number[]): number;
+}
+
+/** What placement knows of a request besides its model and session. */
+export interface PlaceHint {
+  /** prefix-cache scope */
+  scope: string;
+  prompt: readonly number[];
+  /** OpenAI's prompt_cache_key ('' none) */
+  cacheKey: string;
+  /** what a request running or waiting on a pipeline costs, in prompt tokens to compute */
+  loadTokens: number;
+}
+
+/** A stable pseudo-random score of a key on a pipeline (rendezvous hashing, FNV-1a). */
+function affinity(key: string, id: string): number {
+  let h = 0x811c9dc5;
+  for (const ch of `${key}\u0000${id}`) h = Math.imul(h ^ ch.charCodeAt(0), 0x01000193) >>> 0;
+  return h;
+}
+
+/**
+ * Among `open` pipelines, where a request of `hint` costs least: the prompt tokens it computes
+ * there plus `loadTokens` per request there (ties: less load, then the lowest id). Without a
+ * cached prefix anywhere, a prompt_cache_key picks among the least loaded (within one request).
+ */
+export function cheapest<P extends Placeable>(open: readonly P[], hint: PlaceHint): P {
+  const cached = open.map((p) => p.cachedPrefix?.(hint.scope, hint.prompt) ?? 0);
+  if (hint.cacheKey && cached.every((c) => c === 0)) {
+    const least = Math.min(...open.map((p) => p.load));
+    const near = open.filter((p) => p.load <= least + 1);
+    return near.reduce((best, p) => (affinity(hint.cacheKey, p.id) > affinity(hint.cacheKey, best.id) ? p : best));
+  }
+  let best = 0;
+  const cost = (i: number) => hint.prompt.length - cached[i]! + open[i]!.load * hint.loadTokens;
+  for (let i = 1; i < open.length; i++) {
+    const [a, b] = [open[i]!, open[best]!];
+    if (cost(i) < cost(best) || (cost(i) === cost(best) && (a.load < b.load || (a.load === b.load && a.id < b.id)))) best = i;
+  }
+  return open[best]!;
 }
 
 /** A refusal: the code and message the caller answers with. */
@@ -37,10 +82,11 @@ export function leastLoaded<P extends Placeable>(pipelines: readonly P[]): P | u
 
 /**
  * Where a new request of `modelId` (of `session`, '' for none) goes: the pipeline that holds its
- * session, else the least loaded of its model; refused when no pipeline of the model takes work,
- * or when its session is on one that drains (it is about to move: the caller retries).
+ * session, else the cheapest of its model for `hint` (the least loaded without one); refused when
+ * no pipeline of the model takes work, or when its session is on one that drains (it is about to
+ * move: the caller retries).
  */
-export function placeRequest<P extends Placeable>(pipelines: readonly P[], modelId: string, session: string): Placement<P> {
+export function placeRequest<P extends Placeable>(pipelines: readonly P[], modelId: string, session: string, hint?: PlaceHint): Placement<P> {
   const all = pipelines.filter((p) => p.modelId === modelId);
   const open = all.filter((p) => !p.draining);
   if (open.length === 0) {
@@ -50,7 +96,7 @@ export function placeRequest<P extends Placeable>(pipelines: readonly P[], model
     return { refused: { code: 'session_busy', message: `session ${session} is moving off a draining pipeline; retry in a moment` } };
   }
   const home = session ? open.find((p) => p.holds(session)) : undefined;
-  return { to: home ?? leastLoaded(open)! };
+  return { to: home ?? (hint ? cheapest(open, hint) : leastLoaded(open)!) };
 }
 
 /** Where a request whose pipeline went down is rebuilt: the least loaded open pipeline of `fingerprint`, or undefined. */

@@ -33,8 +33,8 @@ export function failureEvents(req: GenerateRequest, choices: readonly { index: n
 }
 
 /** One sequence operation (p0, p1 < 0: unbounded). */
-export function seqOp(kind: SeqOpKind, seq: number, p0 = -1, p1 = -1): SeqOp {
-  return { $typeName: 'strata.v1.SeqOp', kind, seq, dst: 0, p0, p1, delta: 0 };
+export function seqOp(kind: SeqOpKind, seq: number, p0 = -1, p1 = -1, dst = 0): SeqOp {
+  return { $typeName: 'strata.v1.SeqOp', kind, seq, dst, p0, p1, delta: 0 };
 }
 
 /** A refusal as the coordinator answers it. */

@@ -22,7 +22,7 @@ import type { Placeable } from './placement.ts';
 import { encodeEvent, seqOp } from './replies.ts';
 import type { SessionStore } from './session-store.ts';
 import type { CostBook } from './step-cost.ts';
-import { countTokens, endRequest, endStep, observeQueue, startStep, type StepTrace } from './telemetry.ts';
+import { countPrompt, countTokens, endRequest, endStep, observeQueue, startStep, type StepTrace } from './telemetry.ts';
 
 /** What a scheduler needs from the coordinator around it. */
 export interface SchedulerDeps {
@@ -161,6 +161,12 @@ export class PipelineScheduler implements Placeable {
     return this.#core.room.residents.has(session);
   }
 
+  /** Prompt tokens of `prompt` this pipeline's prefix cache holds for `scope` (every stage has them). */
+  cachedPrefix(scope: string, prompt: readonly number[]): number {
+    if (!this.#core.options.prefixCache || this.#core.down) return 0;
+    return this.#core.room.prefixes.match(scope, prompt, prompt.length - 1)?.depth ?? 0;
+  }
+
   /** Whether the request is here: running, queued or waiting to be rebuilt. */
   knows(requestId: string): boolean {
     return knows(this.#core, requestId);
@@ -247,6 +253,8 @@ export class PipelineScheduler implements Placeable {
         case 'event':
           this.#d.nc.publish(e.subject, encodeEvent(e.event));
           if (e.event.tokens.length > 0) countTokens(this.view.id, e.event.tokens.length);
+          // The last event of a request's first choice tells its prompt and what was cached.
+          if (e.event.finish && e.event.index === 0) countPrompt(this.view.id, e.event.promptTokens, e.event.cachedTokens);
           break;
         case 'write_history':
           void this.#d.store.write(e.session, e.epoch, e.at, e.tokens).catch((err: unknown) => this.#log.warn('session history write failed', { session: e.session, err }));
@@ -264,6 +272,9 @@ export class PipelineScheduler implements Placeable {
           this.#drops.set(e.seq, done);
           break;
         }
+        case 'trim_seq':
+          void this.#trim(e.seq, e.keepTo);
+          break;
         case 'empty':
           void this.#empty(e.seqs);
           break;
@@ -321,6 +332,18 @@ export class PipelineScheduler implements Placeable {
       this.#log.error('a sequence could not be emptied; its id stays out of use', { seq, err });
     }
     this.#deliver({ type: 'dropped', seq, ok });
+  }
+
+  /** Drops a cache sequence's positions from `keepTo` on, on every stage; a failed trim's cells stay counted as held. */
+  async #trim(seq: number, keepTo: number): Promise<void> {
+    let ok = true;
+    try {
+      await this.#seqOps([seqOp(SeqOpKind.REMOVE, seq, keepTo, -1)]);
+    } catch (err) {
+      ok = false;
+      this.#log.error('a cached prefix could not be trimmed; its cells stay counted as held', { seq, err });
+    }
+    this.#deliver({ type: 'trimmed', seq, ok });
   }
 
   /**

@@ -20,7 +20,7 @@ describe('SeqRoom', () => {
   it('grants free ids without evicting while there is room', () => {
     const room = new SeqRoom(4, 1000);
     const g = room.plan(ask(2, 400), idle)!;
-    assert.deepEqual(g, { seqs: [0, 1], evicted: [], emptyFirst: [], drops: [] });
+    assert.deepEqual(g, { seqs: [0, 1], evicted: [], prefixes: [], emptyFirst: [], drops: [] });
     room.apply(g);
     assert.equal(room.seqsUsed, 2);
     assert.deepEqual(room.plan(ask(1, 400), idle)!.seqs, [2]);

@@ -1,12 +1,15 @@
 // Room on a pipeline: its sequence ids and KV cells. Sessions keep their cells between turns
-// (residents); new work may evict idle ones, least recently used first. Plan, then apply:
-// plan() says what new work would get (or null, with nothing changed), and only apply() changes
-// the room. Pure bookkeeping: the pipeline's core turns a grant into sequence operations.
+// (residents), and the prefix cache (prefix-tree.ts) keeps the prompts of requests that ended;
+// new work may evict idle sessions and cache sequences, least recently used first. Plan, then
+// apply: plan() says what new work would get (or null, with nothing changed), and only apply()
+// changes the room. Pure bookkeeping: the pipeline's core turns a grant into sequence operations.
 //
-// Cells are reserved, not counted on the stages: every running job's to its end, every resident
-// session's without a running job, sessions moving in, and sequences not yet emptied (or whose
+// Cells are reserved, not counted on the stages: every running job's to its end (less what it
+// shares with the prefix cache), every resident session's without a running job (less the same),
+// the prefix cache's, sessions moving in, and sequences not yet emptied or trimmed (or whose
 // emptying failed). A stage never holds more, so no later admission, eviction or migration can
 // starve a running job.
+import { PrefixTree, type PrefixNode } from './prefix-tree.ts';
 
 /** A session whose cells stay on a pipeline between its turns. */
 export interface Resident {
@@ -18,6 +21,18 @@ export interface Resident {
   busy: boolean;
   /** ownership epoch in Redis */
   epoch: number;
+  /** the prefix-cache node its sequence shares positions with (prefix-tree.ts) */
+  prefix?: PrefixNode | null;
+}
+
+/** Positions a prefix-cache node's path covers: what a sequence attached to it shares. */
+export function sharedBy(node: PrefixNode | null | undefined): number {
+  return node ? node.start + node.tokens.length : 0;
+}
+
+/** Cells a resident session holds that no one else does. */
+function ownOf(r: Resident): number {
+  return r.tokens.length - sharedBy(r.prefix);
 }
 
 /** What new work asks for. */
@@ -30,6 +45,8 @@ export interface RoomAsk {
   keep: string;
   /** cells about to be freed for this work besides the room (the part of its own session's cells it removes) */
   extra: number;
+  /** a prefix-cache node the work will share: neither it nor any node above it is evicted */
+  protect?: PrefixNode | null;
 }
 
 /** Cells running jobs reserve, and their sessions (whose resident cells those include). */
@@ -51,21 +68,65 @@ export interface RoomGrant {
   seqs: number[];
   /** sessions evicted, least recently used first */
   evicted: string[];
+  /** prefix-cache sequences evicted, and how: emptied ('drop'), or trimmed to their parent's path ('trim') */
+  prefixes: { node: PrefixNode; action: 'drop' | 'trim' }[];
   /** evicted sequences among `seqs`: to empty on every stage before their first step */
   emptyFirst: number[];
   /** evicted sequences not handed out */
   drops: RoomDrop[];
 }
 
-/** The idle sessions to evict for `ask`, least recently used first, or null when even all of them would not do. */
-function evictions(free: number, room: number, residents: ReadonlyMap<string, Resident>, ask: RoomAsk): [string, Resident][] | null {
-  const idle = [...residents.entries()].filter(([id, r]) => !r.busy && id !== ask.keep).sort((x, y) => x[1].lastUsedMs - y[1].lastUsedMs);
-  const evict: [string, Resident][] = [];
+/** Something new work may evict: an idle session, or a cache sequence of the prefix cache. */
+interface Evictable {
+  seq: number;
+  /** cells it frees */
+  cells: number;
+  /** its sequence id is freed */
+  freesSeq: boolean;
+  lastUsedMs: number;
+  session?: string;
+  prefix?: { node: PrefixNode; action: 'drop' | 'trim' };
+}
+
+/** What may be evicted for `ask`, least recently used first (a cache sequence's effect is known in order: evictions). */
+function candidates(residents: ReadonlyMap<string, Resident>, prefixes: PrefixTree, ask: RoomAsk): Evictable[] {
+  const out: Evictable[] = [];
+  // A session attached at or below the node the work shares may be what holds that node.
+  const under = (n: PrefixNode | null | undefined) => {
+    for (; n && ask.protect; n = n.parent) if (n === ask.protect) return true;
+    return false;
+  };
+  for (const [id, r] of residents) {
+    if (!r.busy && id !== ask.keep && !under(r.prefix)) out.push({ seq: r.seq, cells: ownOf(r), freesSeq: true, lastUsedMs: r.lastUsedMs, session: id });
+  }
+  const protect = new Set<PrefixNode>();
+  for (let n = ask.protect ?? null; n; n = n.parent) protect.add(n);
+  for (const node of prefixes.evictable()) {
+    if (!protect.has(node)) out.push({ seq: node.seq, cells: 0, freesSeq: false, lastUsedMs: node.lastUsedMs, prefix: { node, action: 'drop' } });
+  }
+  return out.sort((x, y) => x.lastUsedMs - y.lastUsedMs);
+}
+
+/**
+ * What to evict for `ask`, least recently used first, or null when even all of it would not do.
+ * A cache sequence's eviction is judged after those planned before it (a sibling gone, its parent
+ * may keep the sequence).
+ */
+function evictions(free: number, room: number, idle: Evictable[], ask: RoomAsk, prefixes: PrefixTree): Evictable[] | null {
+  const evict: Evictable[] = [];
+  const gone = new Set<PrefixNode>();
   for (const e of idle) {
     if (free >= ask.seqs && room >= ask.cells) break;
+    if (e.prefix) {
+      const x = prefixes.evictionOf(e.prefix.node, gone);
+      e.cells = x.cells;
+      e.freesSeq = x.action === 'drop';
+      e.prefix.action = x.action;
+      gone.add(e.prefix.node);
+    }
     evict.push(e);
-    free++;
-    room += e[1].tokens.length;
+    if (e.freesSeq) free++;
+    room += e.cells;
   }
   return free >= ask.seqs && room >= ask.cells ? evict : null;
 }
@@ -77,6 +138,8 @@ export class SeqRoom {
   readonly nSeqMax: number;
   /** sessions whose cells stay here, by session */
   readonly residents = new Map<string, Resident>();
+  /** prompts of requests that ended, for later ones to share */
+  readonly prefixes = new PrefixTree();
   /** free ids, the next one last (the lowest id is handed out first) */
   readonly #free: number[];
   /** sequences reserved for sessions moving in -> their cells */
@@ -87,6 +150,10 @@ export class SeqRoom {
   readonly #given = new Map<number, number>();
   /** sequences whose emptying failed: out of use, their cells counted as held until the pipeline resets */
   readonly #stranded = new Map<number, number>();
+  /** cache sequences being trimmed to a shorter path -> the cells they drop meanwhile */
+  readonly #trimming = new Map<number, number>();
+  /** cells of trims that failed: counted as held until the pipeline resets */
+  #trimLost = 0;
 
   constructor(nSeqMax: number, capacity: number) {
     this.nSeqMax = nSeqMax;
@@ -109,18 +176,18 @@ export class SeqRoom {
     return this.#releasing.size + this.#incoming.size;
   }
 
-  /** cells held by sequences whose emptying failed */
+  /** cells held by sequences whose emptying (or trimming) failed */
   get strandedCells(): number {
-    let n = 0;
+    let n = this.#trimLost;
     for (const c of this.#stranded.values()) n += c;
     return n;
   }
 
   /** Cells reserved now, with what `running` jobs reserve. */
   reserved(running: Running): number {
-    let n = running.cells;
-    for (const [id, r] of this.residents) if (!running.sessions.has(id)) n += r.tokens.length;
-    for (const cells of [this.#incoming, this.#releasing, this.#stranded]) for (const c of cells.values()) n += c;
+    let n = running.cells + this.prefixes.cells() + this.#trimLost;
+    for (const [id, r] of this.residents) if (!running.sessions.has(id)) n += ownOf(r);
+    for (const cells of [this.#incoming, this.#releasing, this.#stranded, this.#trimming]) for (const c of cells.values()) n += c;
     return n;
   }
 
@@ -130,33 +197,69 @@ export class SeqRoom {
    * first; null when even evicting every idle session would not do. Changes nothing.
    */
   plan(ask: RoomAsk, running: Running): RoomGrant | null {
-    const evict = evictions(this.#free.length, this.capacity - this.reserved(running) + ask.extra, this.residents, ask);
+    const idle = candidates(this.residents, this.prefixes, ask);
+    const evict = evictions(this.#free.length, this.capacity - this.reserved(running) + ask.extra, idle, ask, this.prefixes);
     if (!evict) return null;
-    const grant: RoomGrant = { seqs: [], evicted: evict.map(([id]) => id), emptyFirst: [], drops: [] };
-    const handed = evict.slice(Math.max(0, evict.length - ask.seqs)).reverse();
+    const grant: RoomGrant = { seqs: [], evicted: [], prefixes: [], emptyFirst: [], drops: [] };
+    for (const e of evict) {
+      if (e.session) grant.evicted.push(e.session);
+      else grant.prefixes.push(e.prefix!);
+    }
+    const freed = evict.filter((e) => e.freesSeq);
+    const handed = freed.slice(Math.max(0, freed.length - ask.seqs)).reverse();
     const fromFree = ask.seqs - handed.length;
-    for (const [, r] of handed) {
-      grant.seqs.push(r.seq);
-      grant.emptyFirst.push(r.seq);
+    for (const e of handed) {
+      grant.seqs.push(e.seq);
+      grant.emptyFirst.push(e.seq);
     }
     for (let i = 0; i < fromFree; i++) grant.seqs.push(this.#free[this.#free.length - 1 - i]!);
-    for (const [, r] of evict.slice(0, evict.length - handed.length)) grant.drops.push({ seq: r.seq, cells: r.tokens.length });
+    for (const e of freed.slice(0, freed.length - handed.length)) grant.drops.push({ seq: e.seq, cells: e.cells });
     return grant;
   }
 
   /**
-   * Carries out a grant planned just before (nothing changed since): evicts its sessions, takes its
-   * ids, and counts its drops as being emptied (their cells went to the new work already: its first
-   * step reaches each stage after their removal, which is sent first).
+   * Carries out a grant planned just before (nothing changed since): evicts its sessions and
+   * cache sequences, takes its ids, and counts its drops as being emptied (their cells went to the
+   * new work already: its first step reaches each stage after their removal, which is sent first).
+   * Returns the cache sequences to trim: each to hold positions [0, keepTo) only.
    */
-  apply(grant: RoomGrant): void {
-    for (const id of grant.evicted) this.residents.delete(id);
+  apply(grant: RoomGrant): { seq: number; keepTo: number }[] {
+    // What leaves the count with each eviction (with the cached prefix nodes only it held) stays
+    // held until its sequence is emptied or trimmed.
+    const left = new Map<number, number>();
+    for (const id of grant.evicted) {
+      const r = this.residents.get(id)!;
+      const before = this.prefixes.cells();
+      this.residents.delete(id);
+      if (r.prefix) this.prefixes.detach(r.prefix, r.seq);
+      left.set(r.seq, ownOf(r) + before - this.prefixes.cells());
+    }
+    const trims: { seq: number; keepTo: number }[] = [];
+    for (const p of grant.prefixes) {
+      const before = this.prefixes.cells();
+      const e = this.prefixes.evict(p.node, p.action);
+      const cells = before - this.prefixes.cells();
+      if (e.action === 'trim') {
+        trims.push({ seq: e.seq, keepTo: e.keepTo });
+        this.#trimming.set(e.seq, (this.#trimming.get(e.seq) ?? 0) + cells);
+      } else {
+        left.set(e.seq, cells);
+      }
+    }
     for (const seq of grant.seqs) {
       if (grant.emptyFirst.includes(seq)) continue;
       const id = this.#free.pop();
       if (id !== seq) throw new Error(`room grant out of date: sequence ${seq} is not the next free id (${id})`);
     }
-    for (const d of grant.drops) this.#given.set(d.seq, d.cells);
+    for (const d of grant.drops) this.#given.set(d.seq, left.get(d.seq) ?? d.cells);
+    return trims;
+  }
+
+  /** A trim of cache sequence `seq` is done (`ok`), or failed (its cells stay counted until the pipeline resets). */
+  trimmed(seq: number, ok: boolean): void {
+    const cells = this.#trimming.get(seq) ?? 0;
+    this.#trimming.delete(seq);
+    if (!ok) this.#trimLost += cells;
   }
 
   /** Reserves `seq` (granted) and its `cells` for a session moving in. */
@@ -188,7 +291,10 @@ export class SeqRoom {
   /** The pipeline went down: nothing it held counts any more. */
   clear(): void {
     this.residents.clear();
+    this.prefixes.clear();
     this.#releasing.clear();
     this.#stranded.clear();
+    this.#trimming.clear();
+    this.#trimLost = 0;
   }
 }

@@ -97,6 +97,12 @@ export function countTokens(pipeline: string, n: number): void {
   strataMetrics().tokensGenerated.add(n, { pipeline });
 }
 
+/** Counts a request's prompt tokens on `pipeline`, and those it found cached. */
+export function countPrompt(pipeline: string, tokens: number, cached: number): void {
+  strataMetrics().promptTokens.add(tokens, { pipeline });
+  strataMetrics().promptTokensCached.add(cached, { pipeline });
+}
+
 /** Reports `pipeline`'s queue depth at every collection; returns the function that stops it. */
 export function observeQueue(pipeline: string, depth: () => number): () => void {
   const gauge = strataMetrics().queueDepth;

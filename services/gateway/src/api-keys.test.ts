@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { ApiKeys } from './api-keys.ts';
+import { ApiKeys, cacheScope } from './api-keys.ts';
 import { ApiError } from './errors.ts';
 
 const keys = ApiKeys.parse('# keys\nuser-key-0123456789 user\nadmin-key-0123456789 admin  # ops\n');
@@ -38,4 +38,15 @@ test('each key is a tenant of its own unless the file names a shared one', () =>
   assert.equal(k.callerOf('Bearer team-key-a-0123456789').tenant, 'team-7');
   assert.deepEqual(k.callerOf('Bearer team-key-b-0123456789'), { scope: 'admin', tenant: 'team-7' });
   assert.throws(() => ApiKeys.parse('alice-key-0123456789 user bad_tenant'), /line 1/);
+});
+
+test('cached prefixes are the tenant\'s, or a cache group\'s the operator names, narrowed by a salt', () => {
+  const k = ApiKeys.parse('alice-key-0123456789 user\ncarol-key-0123456789 user carol cache=public\ndave-key-01234567890 user dave cache=public\n');
+  const alice = k.callerOf('Bearer alice-key-0123456789'), carol = k.callerOf('Bearer carol-key-0123456789'), dave = k.callerOf('Bearer dave-key-01234567890');
+  assert.equal(cacheScope(alice, ''), `tenant:${alice.tenant}`);
+  assert.equal(cacheScope(carol, ''), cacheScope(dave, ''), 'one group, two tenants, one scope');
+  assert.notEqual(carol.tenant, dave.tenant);
+  assert.notEqual(cacheScope(carol, 'x'), cacheScope(carol, ''), 'a salt is a scope of its own');
+  assert.equal(cacheScope({ scope: 'user', tenant: 'group' }, ''), 'tenant:group', 'a tenant named like a group is still a tenant');
+  assert.throws(() => ApiKeys.parse('alice-key-0123456789 user cache=bad_group'), /line 1/);
 });

@@ -1,9 +1,10 @@
 // API keys of the gateway: who may call it, with which scope, as which tenant. Keys come from a
-// file (a Kubernetes secret mounted as one): one key per line, `<key> <scope> [tenant]` with scope
-// `user` or `admin` (`#` starts a comment). A tenant owns the sessions its keys make: keys that
-// name the same tenant share them, and a key that names none is a tenant of its own (`key-` and 12
-// hex digits of its SHA-256). Only SHA-256 digests are kept and compared in constant time; a key
-// never reaches a log line.
+// file (a Kubernetes secret mounted as one): one key per line, `<key> <scope> [tenant]
+// [cache=<group>]` with scope `user` or `admin` (`#` starts a comment). A tenant owns the sessions
+// its keys make: keys that name the same tenant share them, and a key that names none is a tenant
+// of its own (`key-` and 12 hex digits of its SHA-256). Cached prompt prefixes are the tenant's
+// too, unless the operator puts the key in a cache group: keys of one group (of any tenants) share
+// them. Only SHA-256 digests are kept and compared in constant time; a key never reaches a log line.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { ApiError } from './errors.ts';
@@ -16,6 +17,17 @@ export interface Caller {
   scope: Scope;
   /** the tenant whose sessions it reaches ('' without API keys: one open tenant) */
   tenant: string;
+  /** the cache group whose cached prompt prefixes it shares ('': its tenant's own) */
+  cacheGroup?: string;
+}
+
+/**
+ * The prefix-cache scope of a caller's request: its tenant's, or its key's cache group's, and
+ * within it the request's `cache_salt` (requests share cached prefixes only within one scope).
+ */
+export function cacheScope(caller: Caller, salt: string): string {
+  const base = caller.cacheGroup ? `group:${caller.cacheGroup}` : `tenant:${caller.tenant}`;
+  return salt ? `${base}/salt:${salt}` : base;
 }
 
 /** A tenant name: a token of a session key (see sessionKey). */
@@ -37,12 +49,14 @@ export class ApiKeys {
     text.split('\n').forEach((raw, i) => {
       const line = raw.replace(/#.*/, '').trim();
       if (!line) return;
-      const [key, scope, tenant, ...rest] = line.split(/\s+/);
-      if (!key || (scope !== 'user' && scope !== 'admin') || rest.length > 0 || key.length < 16 || (tenant !== undefined && !TENANT.test(tenant))) {
-        throw new Error(`${source}, line ${i + 1}: expected '<key of 16+ characters> user|admin [tenant of 1-40 A-Z a-z 0-9 -]'`);
+      const words = line.split(/\s+/);
+      const group = words.length > 2 && words[words.length - 1]!.startsWith('cache=') ? words.pop()!.slice('cache='.length) : undefined;
+      const [key, scope, tenant, ...rest] = words;
+      if (!key || (scope !== 'user' && scope !== 'admin') || rest.length > 0 || key.length < 16 || (tenant !== undefined && !TENANT.test(tenant)) || (group !== undefined && !TENANT.test(group))) {
+        throw new Error(`${source}, line ${i + 1}: expected '<key of 16+ characters> user|admin [tenant of 1-40 A-Z a-z 0-9 -] [cache=<group of 1-40 A-Z a-z 0-9 ->]'`);
       }
       const d = digest(key);
-      keys.push({ digest: d, caller: { scope, tenant: tenant ?? `key-${d.toString('hex').slice(0, 12)}` } });
+      keys.push({ digest: d, caller: { scope, tenant: tenant ?? `key-${d.toString('hex').slice(0, 12)}`, ...(group ? { cacheGroup: group } : {}) } });
     });
     if (keys.length === 0) throw new Error(`${source} holds no key`);
     return new ApiKeys(keys);

@@ -14,7 +14,7 @@ import {
 } from '@strata/wire';
 import type { NatsConnection } from 'nats';
 import type { GatewayConfig } from './config.ts';
-import { ApiKeys, type Caller } from './api-keys.ts';
+import { ApiKeys, cacheScope, type Caller } from './api-keys.ts';
 import { ApiError, fromAdminError } from './errors.ts';
 import { dashboardPage, type DashboardPage } from './dashboard.ts';
 import { runGeneration, type GenerationSink } from './generation.ts';
@@ -295,6 +295,8 @@ export class Gateway {
     const spec = parse(body, typeof header === 'string' ? header : undefined);
     // The caller's tenant owns the session: another tenant's session of the same id is another session.
     if (spec.sessionId) spec.sessionId = sessionKey(caller.tenant, spec.sessionId);
+    // Cached prompt prefixes are the tenant's (or its key's cache group's): never another's.
+    spec.cacheScope = cacheScope(caller, spec.cacheSalt);
     if (spec.model !== this.#c.modelId) throw new ApiError(404, 'model_not_found', `the model '${spec.model}' does not exist; this gateway serves '${this.#c.modelId}'`, 'model');
     const grammar = this.#grammar(spec);
     const prompt = this.#tokens(spec);

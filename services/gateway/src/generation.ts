@@ -220,6 +220,7 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
         const leader = d.leader.leader?.id;
         reply = await request(d.nc, leader ? subjects.coordinatorGenerateAt(leader) : subjects.coordinatorGenerate(), GenerateRequestSchema, {
           requestId, sessionId: spec.sessionId, modelId: spec.model, prompt, maxTokens: spec.maxTokens, n, eventsSubject, resume,
+          cacheScope: spec.cacheScope, promptCacheKey: spec.promptCacheKey,
           sampling: {
             temperature: spec.temperature, topK: spec.topK, topP: spec.topP, minP: spec.minP, repeatPenalty: spec.repeatPenalty,
             frequencyPenalty: spec.frequencyPenalty, presencePenalty: spec.presencePenalty,

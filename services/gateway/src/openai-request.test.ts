@@ -16,6 +16,9 @@ test('completion bodies: defaults, prompt forms, stop, logprobs, session', () =>
   assert.equal(parseCompletion({ model: 'm', prompt: 'x' }, 'hdr').sessionId, 'hdr');
   assert.equal(a.ignoreEos, false);
   assert.equal(parseCompletion({ model: 'm', prompt: 'x', ignore_eos: true }).ignoreEos, true, "llama.cpp's and vLLM's extension");
+  const cache = parseChat({ model: 'm', messages: [{ role: 'user', content: 'x' }], cache_salt: 'team-2', prompt_cache_key: 'faq' });
+  assert.deepEqual([cache.cacheSalt, cache.promptCacheKey], ['team-2', 'faq'], "vLLM's cache_salt and OpenAI's prompt_cache_key");
+  assert.throws(() => parseCompletion({ model: 'm', prompt: 'x', cache_salt: 'x'.repeat(257) }), refused('cache_salt', /256/));
 });
 
 test('chat bodies: content parts, developer role, logprobs, max_completion_tokens', () => {

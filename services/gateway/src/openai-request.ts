@@ -37,12 +37,19 @@ export interface GenerationSpec {
   /** keep generating past end-of-generation tokens until max_tokens (extension, as llama.cpp's server and vLLM) */
   ignoreEos: boolean;
   sessionId: string;
+  /** requests share cached prompt prefixes only with the same salt (vLLM's cache_salt; '' none) */
+  cacheSalt: string;
+  /** OpenAI's prompt_cache_key: requests of one key go where that prefix was cached ('' none) */
+  promptCacheKey: string;
+  /** the prefix-cache scope (api-keys.ts cacheScope), set by the gateway for the caller */
+  cacheScope: string;
 }
 
 type Body = Record<string, unknown>;
 
 const COMMON = new Set(['model', 'max_tokens', 'stream', 'stream_options', 'stop', 'n', 'temperature', 'top_p', 'top_k', 'min_p',
-  'repeat_penalty', 'frequency_penalty', 'presence_penalty', 'seed', 'logprobs', 'response_format', 'grammar', 'ignore_eos', 'session_id', 'user']);
+  'repeat_penalty', 'frequency_penalty', 'presence_penalty', 'seed', 'logprobs', 'response_format', 'grammar', 'ignore_eos', 'session_id', 'user',
+  'cache_salt', 'prompt_cache_key']);
 const COMPLETION = new Set([...COMMON, 'prompt', 'echo', 'best_of', 'suffix', 'logit_bias']);
 const CHAT = new Set([...COMMON, 'messages', 'top_logprobs', 'max_completion_tokens', 'logit_bias', 'parallel_tool_calls']);
 
@@ -96,6 +103,13 @@ function responseFormat(v: unknown): GenerationSpec['responseFormat'] {
   throw bad('response_format.type', "'response_format.type' must be text, json_object or json_schema");
 }
 
+/** A string parameter of at most 256 characters, '' when absent. */
+function short(b: Body, key: string): string {
+  const v = str(b, key) ?? '';
+  if (v.length > 256) throw bad(key, `'${key}' must be at most 256 characters`);
+  return v;
+}
+
 function common(b: Body, kind: GenerationSpec['kind'], prompt: GenerationSpec['prompt'], headerSession: string | undefined): GenerationSpec {
   const known = kind === 'chat' ? CHAT : COMPLETION;
   for (const k of Object.keys(b)) if (!known.has(k)) throw new ApiError(400, 'unknown_parameter', `unknown parameter '${k}'`, k);
@@ -129,6 +143,9 @@ function common(b: Body, kind: GenerationSpec['kind'], prompt: GenerationSpec['p
     grammar: str(b, 'grammar'),
     ignoreEos: bool(b, 'ignore_eos', false),
     sessionId,
+    cacheSalt: short(b, 'cache_salt'),
+    promptCacheKey: short(b, 'prompt_cache_key'),
+    cacheScope: '',
   };
 }
 

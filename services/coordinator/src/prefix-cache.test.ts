@@ -1,0 +1,186 @@
+// Automatic prefix caching in a pipeline's core: what requests share, what they compute, and a
+// randomized run against llama.cpp's cell bookkeeping (the stages' own KvCells) that checks the
+// core never lets a stage hold more cells than it has, nor sends a position a sequence lacks.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { create } from '@bufbuild/protobuf';
+import { KvCells } from '@strata/kv-cache';
+import { GenerateRequestSchema, SampledTokenSchema, SamplingSchema, SeqOpKind, StageInfoSchema, StepResultSchema, subjects, type GenerateRequest } from '@strata/wire';
+import type { PipelineView } from './cluster.ts';
+import { openPipeline, transition, type PipelineCore, type PipelineEffect, type PipelineMsg, type PipelineOptions } from './pipeline-core.ts';
+import { running } from './pipeline-state.ts';
+import { CostBook } from './step-cost.ts';
+
+const OPTIONS: PipelineOptions = {
+  prefillChunk: 64, stepDeadlineFloorMs: 30_000, stepDeadlineMargin: 4, stepBudgetMs: 0, defaultMaxTokens: 16, maxQueue: 64, queueFactor: 16, maxRequestFailures: 2, overlap: false, prefixCache: true,
+};
+
+function view(cells: number, seqs: number): PipelineView {
+  const stage = (w: string, l0: number, l1: number) => create(StageInfoSchema, {
+    workerId: w, modelFingerprint: 'fp', modelId: 'm', nLayer: 8, l0, l1, kvCells: cells, nSeqMax: seqs, maxBatch: 512, nVocab: 1000, nCtxTrain: 4096,
+  });
+  return { id: 'p', modelId: 'm', fingerprint: 'fp', stages: [stage('a', 0, 4), stage('b', 4, 8)] };
+}
+
+function pipeline(cells = 512, seqs = 8, o: Partial<PipelineOptions> = {}): { core: PipelineCore; send: (msg: PipelineMsg, now?: number) => PipelineEffect[] } {
+  const { core } = openPipeline(view(cells, seqs), { ...OPTIONS, ...o }, new CostBook(), 100n);
+  const send = (msg: PipelineMsg, now = 0) => transition(core, msg, now);
+  send({ type: 'emptied' });
+  return { core, send };
+}
+
+const range = (from: number, n: number) => Array.from({ length: n }, (_, i) => from + i);
+const SYSTEM = range(1000, 100);
+const req = (id: string, prompt: number[], o: Partial<Pick<GenerateRequest, 'sessionId' | 'maxTokens' | 'cacheScope' | 'n'>> = {}) => create(GenerateRequestSchema, {
+  requestId: id, modelId: 'm', prompt, maxTokens: 2, n: 1, eventsSubject: subjects.gatewayEvents(id), sampling: create(SamplingSchema, { seed: 1 }), cacheScope: 'tenant:t', ...o,
+});
+const only = <T extends PipelineEffect['type']>(fx: PipelineEffect[], type: T) => fx.filter((e): e is Extract<PipelineEffect, { type: T }> => e.type === type);
+const steps = (fx: PipelineEffect[]) => only(fx, 'send_step').map((s) => s.entries.map((e) => `${e.seq}:${e.pos0}+${e.nTokens}${e.output ? '!' : ''}`).join(' '));
+const result = (stepId: bigint, tokens: [number, number][]) => create(StepResultSchema, {
+  stepId, pipelineId: 'p', tokens: tokens.map(([seq, token]) => create(SampledTokenSchema, { seq, token })), stageMs: [5, 5],
+});
+const cached = (fx: PipelineEffect[]) => only(fx, 'event').filter((e) => e.event.finish).map((e) => e.event.cachedTokens);
+
+describe('prefix cache in a pipeline core', () => {
+  it('a second prompt with the same system prompt shares its cells with one seq_cp and prefills only its question', () => {
+    const { send } = pipeline();
+    assert.deepEqual(steps(send({ type: 'admit', req: req('a', [...SYSTEM, 1, 2, 3]) })), ['0:0+64', '0:64+39!']);
+    // While the system prompt is being computed, a request that shares it waits for it.
+    assert.deepEqual(send({ type: 'admit', req: req('b', [...SYSTEM, 7, 8]) }).map((e) => e.type).filter((t) => t !== 'log'), ['reply']);
+    assert.deepEqual(only(send({ type: 'step_result', result: result(100n, []) }), 'prepare'), [], 'still waiting: 36 of its positions are being computed');
+    const fx = send({ type: 'step_result', result: result(101n, [[0, 50]]) });
+    const prep = only(fx, 'prepare').find((p) => p.requestId === 'b')!;
+    assert.deepEqual(prep.ops.map((o) => [o.kind, o.seq, o.dst, o.p0, o.p1]), [[SeqOpKind.COPY, 0, 1, 0, 100]], 'b shares a\'s first 100 positions');
+    assert.deepEqual(steps(fx), ['0:103+1!']);
+    assert.deepEqual(steps(send({ type: 'prepared', requestId: 'b', session: '', epoch: 0 })), ['1:100+2!'], 'and computes its own two');
+    assert.deepEqual(cached(send({ type: 'step_result', result: result(102n, [[0, 51]]) })), [0], 'a computed everything');
+    assert.deepEqual(steps(send({ type: 'step_result', result: result(103n, [[1, 60]]) })), ['1:102+1!']);
+    assert.deepEqual(cached(send({ type: 'step_result', result: result(104n, [[1, 61]]) })), [100]);
+  });
+
+  it('a request that ended leaves its prompt cached; another scope never shares it; room evicts it when needed', () => {
+    const { core, send } = pipeline(256, 4);
+    send({ type: 'admit', req: req('a', [...SYSTEM, 1]) });
+    send({ type: 'step_result', result: result(100n, []) });
+    send({ type: 'step_result', result: result(101n, [[0, 50]]) });
+    const fx = send({ type: 'step_result', result: result(102n, [[0, 51]]) });
+    assert.deepEqual(only(fx, 'drop_seq'), [], 'its sequence stays as the cache\'s');
+    assert.equal(core.room.prefixes.cells(), 102, 'its prompt and its first sample');
+    const other = send({ type: 'admit', req: req('x', [...SYSTEM, 2], { cacheScope: 'tenant:u' }) });
+    assert.deepEqual(steps(other), ['1:0+64', '1:64+37!'], 'another tenant computes its own');
+    send({ type: 'step_result', result: result(103n, []) });
+    send({ type: 'step_result', result: result(104n, [[1, 9]]) });
+    send({ type: 'step_result', result: result(105n, [[1, 9]]) });
+    // 256 cells: the two cached prompts (204) leave too little for this one; the older one goes.
+    const big = send({ type: 'admit', req: req('big', range(5000, 100), { maxTokens: 50 }) }, 10);
+    assert.deepEqual(only(big, 'prepare')[0]?.ops.map((o) => [o.kind, o.seq]), [[SeqOpKind.REMOVE, 0]], 'the least recently used cache sequence is emptied and reused');
+    assert.equal(core.room.prefixes.match('tenant:t', [...SYSTEM, 1], 101), null);
+    assert.equal(core.room.prefixes.match('tenant:u', [...SYSTEM, 1], 100)?.depth, 100);
+  });
+
+  it('cached_tokens and the cells of a session whose first turn shares a cached prefix', () => {
+    const { core, send } = pipeline();
+    send({ type: 'admit', req: req('a', [...SYSTEM, 1]) });
+    send({ type: 'step_result', result: result(100n, []) });
+    send({ type: 'step_result', result: result(101n, [[0, 50]]) });
+    send({ type: 'step_result', result: result(102n, [[0, 51]]) });
+    const fx = send({ type: 'admit', req: req('s1', [...SYSTEM, 9, 9], { sessionId: 't:s' }) });
+    const prep = only(fx, 'prepare')[0]!;
+    assert.deepEqual(prep.ops.map((o) => [o.kind, o.seq, o.dst, o.p1]), [[SeqOpKind.COPY, 0, 1, 100]]);
+    assert.deepEqual(prep.history, { keep: 0, tokens: [...SYSTEM, 9, 9] }, 'a new session\'s history is its whole prompt');
+    send({ type: 'prepared', requestId: 's1', session: 't:s', epoch: 1 });
+    send({ type: 'step_result', result: result(103n, [[1, 5]]) });
+    assert.deepEqual(cached(send({ type: 'step_result', result: result(104n, [[1, 6]]) })), [100]);
+    const r = core.room.residents.get('t:s')!;
+    assert.equal(r.tokens.length, 103);
+    assert.equal(core.room.reserved(running(core)), core.room.prefixes.cells() + 3, 'the session holds three cells of its own');
+  });
+
+  it('randomized: the stages never hold more cells than they have, and every step continues its sequences', () => {
+    for (let seed = Number(process.env.PREFIX_SIM_FROM ?? 1); seed <= Number(process.env.PREFIX_SIM_SEEDS ?? 12); seed++) simulate(seed);
+  });
+});
+
+/** A small deterministic generator (mulberry32). */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * Drives a core with random requests (shared system prompts, two tenants, sessions, cancels)
+ * against one stage's KvCells: sequence operations and steps reach it in the order the core
+ * sends them (one NATS connection keeps its messages in order) and are answered later, the
+ * operations' acknowledgements in any order.
+ */
+function simulate(seed: number): void {
+  const rand = rng(seed);
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!;
+  const CELLS = 384;
+  const { core, send } = pipeline(CELLS, 6, { prefillChunk: 48, overlap: seed % 2 === 0 });
+  const kv = new KvCells(CELLS);
+  const replies: PipelineMsg[] = [];
+  // The last shares its first 8 tokens with the first: too few to share, so a lineage of its own.
+  const systems = [range(1000, 70), range(2000, 40), range(3000, 90), [...range(1000, 8), ...range(4000, 50)]];
+  let now = 0, nextId = 0, ended = 0, admitted = 0;
+  const apply = (ops: readonly { kind: SeqOpKind; seq: number; dst: number; p0: number; p1: number }[], reply: PipelineMsg) => {
+    for (const op of ops) {
+      if (op.kind === SeqOpKind.REMOVE) kv.seqRemove(op.seq, op.p0, op.p1);
+      else if (op.kind === SeqOpKind.COPY) kv.seqCopy(op.seq, op.dst, op.p0, op.p1);
+    }
+    replies.push(reply);
+  };
+  const run = (fx: PipelineEffect[]) => {
+    for (const e of fx) {
+      if (e.type === 'prepare') apply(e.ops, { type: 'prepared', requestId: e.requestId, session: e.claim, epoch: e.claim ? 1 : 0 });
+      else if (e.type === 'drop_seq') apply([{ kind: SeqOpKind.REMOVE, seq: e.seq, dst: 0, p0: -1, p1: -1 }], { type: 'dropped', seq: e.seq, ok: true });
+      else if (e.type === 'trim_seq') apply([{ kind: SeqOpKind.REMOVE, seq: e.seq, dst: 0, p0: e.keepTo, p1: -1 }], { type: 'trimmed', seq: e.seq, ok: true });
+      else if (e.type === 'request_ended') ended++;
+      else if (e.type === 'send_step') {
+        const tokens: [number, number][] = [];
+        for (const entry of e.entries) {
+          assert.equal(kv.seqPosMax(entry.seq), entry.pos0 - 1, `seed ${seed}: seq ${entry.seq} holds up to ${kv.seqPosMax(entry.seq)}, the step starts at ${entry.pos0}`);
+          const plan = kv.findSlot(entry.nTokens);
+          assert.ok(plan, `seed ${seed}: the stage has no room for ${entry.nTokens} cells (${kv.used} of ${CELLS} held)`);
+          kv.apply(plan, range(entry.pos0, entry.nTokens), Array(entry.nTokens).fill(entry.seq));
+          if (entry.output) tokens.push([entry.seq, 1 + Math.floor(rand() * 50)]);
+        }
+        replies.push({ type: 'step_result', result: result(e.stepId, tokens) });
+      }
+    }
+    assert.deepEqual(core.room.prefixes.problems(), [], `seed ${seed}: after ${fx.filter((e) => e.type !== 'log').map((e) => e.type).join(', ')}`);
+    const counted = core.room.reserved(running(core));
+    assert.ok(kv.used <= counted, `seed ${seed}: the stage holds ${kv.used} cells, the room counts ${counted}`);
+  };
+  for (let i = 0; i < 400 || replies.length > 0; i++) {
+    now += 1;
+    const r = rand();
+    if (i < 400 && r < 0.25) {
+      const id = `r${nextId++}`;
+      const session = rand() < 0.2 ? `t:s${Math.floor(rand() * 3)}` : '';
+      const prompt = [...pick(systems), ...range(Math.floor(rand() * 1e6), 1 + Math.floor(rand() * 20))];
+      const n = !session && rand() < 0.1 ? 2 : 1;
+      const fx = send({ type: 'admit', req: req(id, prompt, { sessionId: session, n, maxTokens: 1 + Math.floor(rand() * 8), cacheScope: pick(['tenant:t', 'tenant:u']) }) }, now);
+      if (only(fx, 'reply')[0]!.reply.accepted) admitted++;
+      run(fx);
+    } else if (i < 400 && r < 0.28 && nextId > 0) {
+      run(send({ type: 'cancel', requestId: `r${Math.floor(rand() * nextId)}`, indices: [] }, now));
+    } else if (replies.length > 0) {
+      // Step results come back in order (one pipeline); acknowledgements in any order.
+      const k = replies.findIndex((m) => m.type === 'step_result');
+      let idx = Math.floor(rand() * replies.length);
+      if (k >= 0 && (rand() < 0.7 || replies[idx]!.type === 'step_result')) idx = k;
+      const [m] = replies.splice(idx, 1);
+      run(send(m!, now));
+    }
+  }
+  assert.equal(ended, admitted, `seed ${seed}: every accepted request ended`);
+  assert.equal(kv.used, core.room.reserved(running(core)), `seed ${seed}: when all is quiet the room counts exactly what the stage holds`);
+  assert.ok(core.room.prefixes.size > 0, `seed ${seed}: something was cached`);
+}

@@ -1,0 +1,122 @@
+// The prefix cache's radix tree, without a pipeline: what it matches, shares, counts and evicts.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { PrefixTree } from './prefix-tree.ts';
+
+const range = (from: number, n: number) => Array.from({ length: n }, (_, i) => from + i);
+
+describe('PrefixTree', () => {
+  it('matches only what every stage holds, and says how much more a running job is computing', () => {
+    const t = new PrefixTree();
+    const owner = { seq: 3, done: 0 };
+    const node = t.grow('a', null, range(0, 100), owner, 1)!;
+    assert.deepEqual(t.match('a', range(0, 120), 119), { node: t.match('a', range(0, 120), 119)!.node, depth: 0, pending: 100 });
+    owner.done = 40;
+    const m = t.match('a', range(0, 120), 119)!;
+    assert.equal(m.node, node);
+    assert.deepEqual([m.depth, m.pending], [40, 60]);
+    assert.equal(t.match('b', range(0, 120), 119), null, 'another scope never matches');
+    assert.equal(t.cells(), 0, 'a running owner reserves its own cells');
+    owner.done = 100;
+    assert.deepEqual(t.match('a', [...range(0, 50), 999], 50)!.depth, 50, 'a match stops where the prompt differs');
+    assert.equal(t.match('a', range(0, 100), 99)!.depth, 99, 'and within the limit (one prompt token is always evaluated)');
+  });
+
+  it('attaching inside a node splits it; the new sequence copies from one that holds the path', () => {
+    const t = new PrefixTree();
+    const owner = { seq: 3, done: 100 };
+    const node = t.grow('a', null, range(0, 100), owner, 1)!;
+    const at = t.attach(t.match('a', [...range(0, 60), 7], 60)!, [5, 6], 2);
+    assert.equal(at.from, 3, 'the owner holds the path');
+    assert.deepEqual(at.node.tokens, range(0, 60));
+    assert.deepEqual([node.start, node.tokens.length, node.parent], [60, 40, at.node], 'the lower part keeps the owner');
+    assert.deepEqual([...at.node.pins], [5, 6]);
+    assert.equal(t.ownerEnded(node, true, 103, 3), true, 'the owner leaves its sequence as the cache sequence');
+    assert.deepEqual([node.seq, node.extra], [3, 3], 'holding three generated positions past the path');
+    assert.equal(t.cells(), 100 + 3);
+    assert.equal(t.attach(t.match('a', range(0, 70), 69)!, [8], 4).from, 3);
+    assert.deepEqual(PrefixTree.path(node), range(0, 100));
+  });
+
+  it('an owner that ends early leaves only what it computed, and nothing after a failure', () => {
+    const t = new PrefixTree();
+    const a = { seq: 1, done: 30 };
+    const na = t.grow('s', null, range(0, 100), a, 1)!;
+    assert.equal(t.ownerEnded(na, true, 30, 2), true, 'cancelled mid-prompt: its first 30 positions stay');
+    assert.deepEqual([na.tokens.length, na.seq, t.cells()], [30, 1, 30]);
+    const b = { seq: 2, done: 50 };
+    const nb = t.grow('s', null, range(500, 100), b, 3)!;
+    assert.equal(t.ownerEnded(nb, false, 50, 4), false, 'a failed step: its sequence is emptied, nothing is cached');
+    assert.equal(t.match('s', range(500, 10), 9), null);
+    const c = { seq: 4, done: 0 };
+    assert.equal(t.ownerEnded(t.grow('s', null, range(900, 10), c, 5)!, true, 0, 6), false, 'nothing computed, nothing kept');
+    assert.equal(t.size, 1, 'only the first prompt');
+  });
+
+  it('a job attached to a node keeps it until it detaches; nodes no one holds go', () => {
+    const t = new PrefixTree();
+    const owner = { seq: 1, done: 80 };
+    const n = t.grow('s', null, range(0, 80), owner, 1)!;
+    t.ownerEnded(n, true, 80, 2);
+    const { node } = t.attach(t.match('s', range(0, 81), 80)!, [2], 3);
+    assert.equal(node, n);
+    assert.deepEqual(t.evictable(), [], 'pinned by sequence 2');
+    t.detach(node, 2);
+    assert.deepEqual(t.evictable(), [n]);
+    assert.deepEqual(t.evict(n), { seq: 1, action: 'drop', keepTo: 0 });
+    assert.equal(t.match('s', range(0, 81), 80), null);
+    assert.equal(t.cells(), 0);
+  });
+
+  it('evicting the last leaf under a shared path trims its sequence to that path instead of freeing it', () => {
+    const t = new PrefixTree();
+    const system = range(0, 64);
+    const a = { seq: 1, done: 74 };
+    const na = t.grow('s', null, [...system, ...range(100, 10)], a, 1)!;
+    t.ownerEnded(na, true, 76, 2);
+    // A second prompt shares the system part and adds its own question.
+    const at = t.attach(t.match('s', [...system, ...range(200, 10)], 73)!, [2], 3);
+    const b = { seq: 2, done: 74 };
+    const nb = t.grow('s', at.node, range(200, 10), b, 3)!;
+    t.detach(at.node, 2);
+    t.ownerEnded(nb, true, 74, 4);
+    assert.equal(t.cells(), 64 + 10 + 2 + 10, 'the system prompt once, each question, a\'s two generated positions');
+    assert.deepEqual(t.evictable().map((n) => n.seq), [1, 2], 'least recently used first');
+    assert.deepEqual(t.evictionOf(na), { node: na, cells: 12, action: 'drop' }, 'the other question still holds the system prompt');
+    t.evict(na);
+    assert.deepEqual(t.evictionOf(nb), { node: nb, cells: 10, action: 'trim' });
+    assert.deepEqual(t.evict(nb), { seq: 2, action: 'trim', keepTo: 64 });
+    assert.equal(at.node.seq, 2, 'the system prompt keeps a sequence of its own');
+    assert.equal(t.cells(), 64);
+    assert.equal(t.match('s', [...system, 5], 64)!.depth, 64);
+  });
+
+  it('a session attached deep in a path moves up when its next turn keeps less', () => {
+    const t = new PrefixTree();
+    const o = { seq: 1, done: 100 };
+    const n = t.grow('s', null, range(0, 100), o, 1)!;
+    t.ownerEnded(n, true, 100, 2);
+    const { node } = t.attach(t.match('s', range(0, 101), 100)!, [7], 3);
+    const up = t.reattach(node, 7, 30, 4)!;
+    assert.deepEqual([up.start + up.tokens.length, [...up.pins], [...node.pins]], [30, [7], []]);
+    assert.equal(t.reattach(up, 7, 0, 5), null, 'nothing shared any more');
+    assert.equal(t.cells(), 100, 'the cache sequence still holds it all');
+  });
+
+  it('prompts computed from scratch are lineages of their own, even when their first tokens agree', () => {
+    const t = new PrefixTree();
+    const a = { seq: 1, done: 40 };
+    t.ownerEnded(t.grow('s', null, range(0, 40), a, 1)!, true, 40, 1);
+    // Shares 5 tokens with the first prompt, too few to attach: its own copy, its own lineage.
+    const b = { seq: 2, done: 40 };
+    const nb = t.grow('s', null, [...range(0, 5), ...range(500, 35)], b, 2)!;
+    assert.ok(nb, 'cached although another prompt begins the same way');
+    t.ownerEnded(nb, true, 40, 3);
+    assert.equal(t.match('s', [...range(0, 5), ...range(500, 20)], 24)!.depth, 24, 'the longest lineage wins');
+    assert.equal(t.match('s', range(0, 30), 29)!.depth, 29);
+    const c = { seq: 3, done: 0 };
+    t.grow('s', null, [...range(0, 5), ...range(900, 60)], c, 4);
+    assert.deepEqual(t.match('s', [...range(0, 5), ...range(900, 60)], 64)!.pending, 64, 'a longer lineage being computed beats a short one computed');
+    assert.deepEqual(t.problems(), []);
+  });
+});
