@@ -17,8 +17,9 @@ describe('admission on a pipeline of 4 sequences and 256 cells, queue of 6', () 
   let client: OpenAI;
   let id: string;
 
+  // The room's own eviction, without tiers (test/kv-tiers.test.ts has them).
   before(async () => {
-    cluster = await LocalCluster.start({ model, splits: [[{ l0: 0, l1: 5 }, { l0: 5, l1: 8 }]], port: 0, threads: 1, ctxSize: 256, workerFlags: ['--n-seq-max', '4'], coordinatorFlags: ['--max-queue', '6'] });
+    cluster = await LocalCluster.start({ model, splits: [[{ l0: 0, l1: 5 }, { l0: 5, l1: 8 }]], port: 0, threads: 1, ctxSize: 256, workerFlags: ['--n-seq-max', '4'], coordinatorFlags: ['--max-queue', '6', '--kv-tiers', 'false'] });
     client = new OpenAI({ baseURL: `${cluster.url}/v1`, apiKey: 'unused', maxRetries: 0 });
     id = (await client.models.list()).data[0]!.id;
   });

@@ -13,7 +13,7 @@ import { workerStats } from './helpers/cluster.ts';
 
 const MODEL = 'default-llama-8x256-s42-f16';
 const ALICE = 'sk-alice-0123456789abcdef', BOB = 'sk-bob-0123456789abcdefgh';
-const CAROL = 'sk-carol-0123456789abcdef', DAVE = 'sk-dave-0123456789abcdefg';
+const CAROL = 'sk-carol-0123456789abcdef', DAVE = 'sk-dave-0123456789abcdefg', ADMIN = 'sk-admin-0123456789abcdef';
 const SYSTEM = 'You are the archivist of the old mill by the river. You answer in short plain sentences, you never invent a date, '
   + 'and when a visitor asks about the miller, the wheel, the flood of the spring or the bridge, you tell them what the ledgers say and nothing more. ';
 
@@ -29,7 +29,7 @@ describe('prefix cache on a cluster of two stages', () => {
   let dir: string;
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'strata-prefix-'));
-    writeFileSync(join(dir, 'keys'), `${ALICE} user\n${BOB} user\n${CAROL} user carol cache=public\n${DAVE} user dave cache=public\n`);
+    writeFileSync(join(dir, 'keys'), `${ALICE} user\n${BOB} user\n${CAROL} user carol cache=public\n${DAVE} user dave cache=public\n${ADMIN} admin ops\n`);
     cluster = await LocalCluster.start({
       model: ensureDefaultModel(), splits: [[{ l0: 0, l1: 4 }, { l0: 4, l1: 8 }]], port: 0, threads: 1, ctxSize: 2048,
       gatewayFlags: ['--api-keys-file', join(dir, 'keys')],
@@ -96,5 +96,12 @@ describe('prefix cache on a cluster of two stages', () => {
     assert.ok(answers.filter((a) => a.cached > 0).length >= 7, `cached: ${answers.map((a) => a.cached).join(', ')}`);
     assert.ok(computed * 4 < total, `${computed} of ${total} prompt tokens computed`);
     for (const [i, n] of after.entries()) assert.equal(n - before[i]!, computed + 8 * 7, `stage ${i} evaluated what was not cached`);
+  });
+
+  it('operators see the cache: cached prompts, their cells and the share of prompt tokens cached', async () => {
+    const r = await fetch(`${cluster.url}/admin/v1/cluster`, { headers: { authorization: `Bearer ${ADMIN}` } });
+    const p = ((await r.json()) as { pipelines: { cachedPrefixes?: number; cachedCells?: number; promptTokens?: string; cachedPromptTokens?: string }[] }).pipelines[0]!;
+    assert.ok((p.cachedPrefixes ?? 0) > 0 && (p.cachedCells ?? 0) > 100, JSON.stringify(p));
+    assert.ok(Number(p.cachedPromptTokens) > 0 && Number(p.cachedPromptTokens) < Number(p.promptTokens), JSON.stringify(p));
   });
 });

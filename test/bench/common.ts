@@ -43,13 +43,17 @@ export function parseBenchArgs(argv: string[]) {
     pp: Number(get('pp', '512')),
     tg: Number(get('tg', '128')),
     types: get('types', 'f16,q8_0').split(',') as ('f16' | 'q8_0')[],
-    only: new Set(get('only', 'engine,kv,cluster,migration,load,responsive,grammar,serving').split(',')),
+    only: new Set(get('only', 'engine,kv,cluster,migration,load,responsive,grammar,serving,prefix').split(',')),
     servingModel: get('serving-model', ''),
     clients: get('clients', '1,8,16,32').split(',').map(Number),
     servingReps: Number(get('serving-reps', '3')),
     servingTokens: Number(get('serving-tokens', '128')),
     servingStrata: get('serving-strata', 'one,two').split(',') as ('one' | 'two')[],
     servingFlags: get('serving-flags', '').split(' ').filter(Boolean),
+    prefixClients: Number(get('prefix-clients', '16')),
+    prefixSentences: Number(get('prefix-sentences', '70')),
+    prefixReps: Number(get('prefix-reps', '3')),
+    prefixParts: get('prefix-parts', 'shared,routing,tiers').split(','),
   };
 }
 

@@ -14,6 +14,7 @@ import { runKvBench } from './kv.ts';
 import { runLoadBench } from './load.ts';
 import { runMigrationBench } from './migration.ts';
 import { runResponsiveBench } from './responsive.ts';
+import { runPrefixBench } from './prefix.ts';
 import { runServingBench } from './serving.ts';
 import { Progress } from '../../services/cli/src/format.ts';
 
@@ -158,7 +159,12 @@ const serving = opts.only.has('serving')
     model: servingModel, threads: opts.threads, clients: opts.clients, reps: opts.servingReps, tokens: opts.servingTokens, strata: opts.servingStrata, coordinatorFlags: opts.servingFlags,
   }, step))
   : null;
+const prefix = opts.only.has('prefix')
+  ? await section('prefix', 1 + 3 * opts.prefixReps, (step) => runPrefixBench({
+    model: servingModel, threads: opts.threads, clients: opts.prefixClients, systemSentences: opts.prefixSentences, reps: opts.prefixReps, parts: opts.prefixParts,
+  }, step))
+  : null;
 
 const out = join(process.cwd(), '.bench');
 mkdirSync(out, { recursive: true });
-writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv, cluster, migration, load, responsive, grammar, serving }, null, 2));
+writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv, cluster, migration, load, responsive, grammar, serving, prefix }, null, 2));

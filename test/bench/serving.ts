@@ -39,30 +39,42 @@ const SUBJECTS = ['the sea', 'a clockmaker', 'winter in a mountain town', 'a los
 /** A distinct prompt per request, so no server reuses another request's prefix. */
 const promptOf = (i: number) => `Request ${i}. Write a long, detailed story about ${SUBJECTS[i % SUBJECTS.length]}, with many characters and places.`;
 
-/** One greedy streaming chat completion of exactly `tokens` tokens; its timings. */
-async function chat(t: Target, i: number, tokens: number): Promise<Timing> {
-  const start = performance.now();
-  let first = 0, last = 0, usage = 0, buf = '';
-  const body = {
-    model: t.model, messages: [{ role: 'user', content: promptOf(i) }], max_tokens: tokens, temperature: 0,
-    ignore_eos: true, stream: true, stream_options: { include_usage: true },
-  };
-  const status = await exchange(`${t.url}/v1/chat/completions`, 'POST', body, {}, (d) => {
+/**
+ * POSTs a streaming request and hands each server-sent JSON event to `onEvent`; the HTTP status,
+ * and the last 300 characters of the body on an error.
+ */
+export async function postStream(url: string, body: unknown, onEvent: (j: unknown) => void, headers: Record<string, string> = {}): Promise<{ status: number; tail: string }> {
+  let buf = '', tail = '';
+  const status = await exchange(url, 'POST', body, headers, (d) => {
     buf += d;
+    tail = (tail + d).slice(-300);
     let k;
     while ((k = buf.indexOf('\n\n')) >= 0) {
       const ev = buf.slice(0, k).trim();
       buf = buf.slice(k + 2);
-      if (!ev.startsWith('data: {')) continue;
-      const j = JSON.parse(ev.slice(6)) as { choices?: { delta?: { content?: string } }[]; usage?: { completion_tokens: number } };
-      if (j.usage) usage = j.usage.completion_tokens;
-      if (j.choices?.[0]?.delta?.content) {
-        last = performance.now();
-        if (!first) first = last;
-      }
+      if (ev.startsWith('data: {')) onEvent(JSON.parse(ev.slice(6)));
     }
   });
-  if (status !== 200) throw new Error(`${t.name}: HTTP ${status}: ${buf.slice(0, 300)}`);
+  return { status, tail };
+}
+
+/** One greedy streaming chat completion of exactly `tokens` tokens; its timings. */
+async function chat(t: Target, i: number, tokens: number): Promise<Timing> {
+  const start = performance.now();
+  let first = 0, last = 0, usage = 0;
+  const body = {
+    model: t.model, messages: [{ role: 'user', content: promptOf(i) }], max_tokens: tokens, temperature: 0,
+    ignore_eos: true, stream: true, stream_options: { include_usage: true },
+  };
+  const { status, tail } = await postStream(`${t.url}/v1/chat/completions`, body, (e) => {
+    const j = e as { choices?: { delta?: { content?: string } }[]; usage?: { completion_tokens: number } };
+    if (j.usage) usage = j.usage.completion_tokens;
+    if (j.choices?.[0]?.delta?.content) {
+      last = performance.now();
+      if (!first) first = last;
+    }
+  });
+  if (status !== 200) throw new Error(`${t.name}: HTTP ${status}: ${tail}`);
   if (usage !== tokens) throw new Error(`${t.name}: ${usage} tokens instead of ${tokens} (ignore_eos)`);
   return { start, first, last, tokens: usage };
 }
@@ -84,7 +96,8 @@ function cpuOf(t: Target): Map<string, number> {
   return out;
 }
 
-const pct = (xs: number[], p: number) => {
+/** The p-th percentile of `xs` (nearest rank). */
+export const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length === 0 ? NaN : s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
 };
@@ -121,11 +134,11 @@ async function freePort(): Promise<number> {
   });
 }
 
-/** Starts llama-server on `model` with `slots` parallel slots; resolves once /health says ok. */
-async function startLlamaServer(bin: string, model: string, threads: number, slots: number, ctxPerSlot: number): Promise<{ proc: ChildProcess; url: string }> {
+/** Starts llama-server on `model` with `slots` parallel slots (and `extra` flags); resolves once /health says ok. */
+export async function startLlamaServer(bin: string, model: string, threads: number, slots: number, ctxPerSlot: number, extra: string[] = []): Promise<{ proc: ChildProcess; url: string }> {
   const port = await freePort();
   const args = ['-m', model, '--host', '127.0.0.1', '--port', String(port), '-t', String(threads), '-tb', String(threads),
-    '-np', String(slots), '-c', String(slots * ctxPerSlot), '-fa', 'on', '--no-webui', '--log-disable'];
+    '-np', String(slots), '-c', String(slots * ctxPerSlot), '-fa', 'on', '--no-webui', '--log-disable', ...extra];
   const proc = spawn(bin, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   proc.stderr!.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-4000)));

@@ -224,7 +224,7 @@ export class Coordinator {
       nc: this.#nc, resultSubject: subjects.coordinatorResult(this.id), store: this.#store, log: this.#log, term: this.#lease.term, proof: this.#proof, costs: this.#costs,
       seqOpTimeoutMs: this.#c.seqOpTimeoutMs,
       options: {
-        prefillChunk: this.#c.prefillChunk, overlap: this.#c.overlapSteps, prefixCache: this.#c.prefixCache, stepDeadlineFloorMs: this.#c.stepDeadlineFloorMs, stepDeadlineMargin: this.#c.stepDeadlineMargin,
+        prefillChunk: this.#c.prefillChunk, overlap: this.#c.overlapSteps, prefixCache: this.#c.prefixCache, tiers: this.#c.kvTiers, stepDeadlineFloorMs: this.#c.stepDeadlineFloorMs, stepDeadlineMargin: this.#c.stepDeadlineMargin,
         stepBudgetMs: this.#c.stepBudgetMs, defaultMaxTokens: this.#c.defaultMaxTokens, maxQueue: this.#c.maxQueue, queueFactor: this.#c.queueFactor, maxRequestFailures: this.#c.maxRequestFailures,
       },
     });
@@ -387,9 +387,8 @@ export class Coordinator {
     if (known) return { $typeName: 'strata.v1.GenerateReply', accepted: true, cachedTokens: 0, pipelineId: known.view.id, coordinatorId: this.id, term: BigInt(this.#lease.term) };
     if (req.sessionId && !isSessionKey(req.sessionId)) return refuse('bad_request', 'a session is [<tenant>:]<id>: tenant 1-40 of A-Z a-z 0-9 -, id 1-128 of A-Z a-z 0-9 _ -');
     if (req.sessionId && Math.max(1, req.n) > 1) return refuse('bad_request', 'a session continues one conversation: n must be 1');
-    const placed = placeRequest([...this.#schedulers.values()], req.modelId, req.sessionId, {
-      scope: req.cacheScope, prompt: req.prompt, cacheKey: req.promptCacheKey, loadTokens: this.#c.routeLoadTokens,
-    });
+    const hint = this.#c.routeByPrefix ? { scope: req.cacheScope, prompt: req.prompt, cacheKey: req.promptCacheKey, loadTokens: this.#c.routeLoadTokens } : undefined;
+    const placed = placeRequest([...this.#schedulers.values()], req.modelId, req.sessionId, hint);
     if ('refused' in placed) return refuse(placed.refused.code, placed.refused.message);
     const target = placed.to;
     const nVocab = target.view.stages[0]!.nVocab;
@@ -413,6 +412,8 @@ export class Coordinator {
       pipelines: [...this.#schedulers.values()].map((s) => ({
         id: s.view.id, modelId: s.view.modelId, modelFingerprint: s.view.fingerprint, stages: s.view.stages,
         sessions: s.sessions, seqsUsed: s.seqsUsed, queued: s.queued, draining: s.draining,
+        cachedPrefixes: s.prefixCache.prefixes, cachedCells: s.prefixCache.cells,
+        promptTokens: BigInt(s.promptTokens), cachedPromptTokens: BigInt(s.cachedPromptTokens),
       })),
       workers: [...this.#cluster.workers.values()].map((w) => ({
         stage: w.info, kvCellsUsed: w.kvCellsUsed, lastSeenMs: BigInt(w.lastSeenMs), pipelineId: this.#cluster.memberOf.get(w.info.workerId) ?? '', draining: w.draining,

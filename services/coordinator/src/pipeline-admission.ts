@@ -8,7 +8,7 @@
 import { FinishReason, SeqOpKind, type GenerateReply, type GenerateRequest, type SeqOp } from '@strata/wire';
 import { cellsNeeded, jobTransition, newJob, rebuildJob, type Job } from './job.ts';
 import { accept, refuse, seqOp } from './replies.ts';
-import { dropSeq, failRequest, running, type Admission, type PipelineCore, type PipelineEffect, type Rebuild } from './pipeline-state.ts';
+import { dropSeq, failRequest, running, type Admission, type Offloaded, type PipelineCore, type PipelineEffect, type Rebuild } from './pipeline-state.ts';
 import { PrefixTree, type PrefixMatch } from './prefix-tree.ts';
 import { sharedBy, type RoomAsk, type RoomGrant } from './seq-room.ts';
 
@@ -23,6 +23,9 @@ export const MIN_SHARED_PREFIX = 16;
  * meanwhile): many clients with one system prompt prefill it once.
  */
 export const WAIT_FOR_PREFIX = MIN_SHARED_PREFIX;
+
+/** Sessions a pipeline remembers in its workers' tiers at most (the oldest is forgotten). */
+export const MAX_OFFLOADED = 4096;
 
 /** Shortest common prefix length of two token lists. */
 export function commonPrefix(a: readonly number[], b: readonly number[]): number {
@@ -90,7 +93,12 @@ export function resume(c: PipelineCore, fx: PipelineEffect[], req: GenerateReque
   // The session's earlier attempt (cancelled by the gateway) may still have a step in flight.
   const idle = session ? c.room.residents.get(session) : undefined;
   if (session && (idle?.busy || c.moving.has(session))) return refuse('session_busy', `session ${session} is still answering an earlier attempt`);
-  // Its idle cells here (from that attempt) go: the rebuild prefills everything again.
+  // Its idle cells here (from that attempt), or in the tiers, go: the rebuild prefills everything again.
+  const saved = c.offloaded.get(session);
+  if (saved) {
+    c.offloaded.delete(session);
+    fx.push({ type: 'forget', key: saved.key });
+  }
   if (idle) {
     c.room.residents.delete(session);
     if (idle.prefix) c.room.prefixes.detach(idle.prefix, idle.seq);
@@ -137,16 +145,82 @@ export function startWaiting(c: PipelineCore, fx: PipelineEffect[], now: number)
 
 /**
  * Plans room for `ask` and, when there is, applies it: its evicted sequences not handed out are
- * emptied, its evicted cache sequences that keep a shorter path trimmed.
+ * emptied, its evicted cache sequences that keep a shorter path trimmed. With `offload` (and
+ * tiers on), each idle session it evicts is saved to the tiers first: the save reaches every
+ * stage before the emptying of its sequence (sequence operations keep their order), so the
+ * evicted cells go to the new work at once, as without tiers.
  */
-export function takeRoom(c: PipelineCore, fx: PipelineEffect[], ask: RoomAsk): RoomGrant | null {
+export function takeRoom(c: PipelineCore, fx: PipelineEffect[], ask: RoomAsk, offload = false): RoomGrant | null {
   const grant = c.room.plan(ask, running(c));
   if (!grant) return null;
+  if (offload && c.options.tiers) for (const id of grant.evicted) offloadSession(c, fx, id);
   const trims = c.room.apply(grant);
   // Sent before the new work's first step: its cells are those of these sequences.
   for (const d of grant.drops) if (!c.down) fx.push({ type: 'drop_seq', seq: d.seq });
   for (const t of trims) if (!c.down) fx.push({ type: 'trim_seq', seq: t.seq, keepTo: t.keepTo });
   return grant;
+}
+
+/** Saves an idle session about to be evicted to the tiers (its sequence is emptied after). */
+function offloadSession(c: PipelineCore, fx: PipelineEffect[], id: string): void {
+  const r = c.room.residents.get(id)!;
+  const key = `${id}/${c.nextKey++}`;
+  c.offloading.set(id, { tokens: r.tokens, key, epoch: r.epoch });
+  fx.push({ type: 'offload', seq: r.seq, session: id, key });
+}
+
+/** A session's save to the tiers ended: it is restorable from there (`ok`), or forgotten. */
+export function offloaded(c: PipelineCore, fx: PipelineEffect[], session: string, ok: boolean): void {
+  const o = c.offloading.get(session);
+  if (!o) return;
+  c.offloading.delete(session);
+  if (!ok) {
+    // Some stages may have kept their part.
+    fx.push({ type: 'forget', key: o.key });
+    return;
+  }
+  c.offloaded.set(session, o);
+  if (c.offloaded.size > MAX_OFFLOADED) {
+    const [oldest, entry] = c.offloaded.entries().next().value as [string, Offloaded];
+    c.offloaded.delete(oldest);
+    fx.push({ type: 'forget', key: entry.key });
+  }
+}
+
+/**
+ * A session saved to the tiers gets a sequence and its cells back from there ('fresh' when the
+ * prompt keeps too little of it, or more than the request's own cells cover: it is forgotten).
+ */
+function restore(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, saved: Offloaded, now: number): 'started' | 'wait' | 'fresh' | GenerateReply {
+  const session = req.sessionId;
+  const maxTokens = maxTokensOf(c, req);
+  let cached = commonPrefix(saved.tokens, req.prompt);
+  if (cached === req.prompt.length) cached--;
+  // Restored whole, then cut to what the prompt keeps: the job's own cells must hold it all meanwhile.
+  if (cached < MIN_SHARED_PREFIX || saved.tokens.length > req.prompt.length + maxTokens) {
+    c.offloaded.delete(session);
+    fx.push({ type: 'forget', key: saved.key });
+    return 'fresh';
+  }
+  const grant = takeRoom(c, fx, { seqs: 1, cells: maxTokens + req.prompt.length, keep: session, extra: 0 }, true);
+  if (!grant) {
+    if (c.jobs.length + c.room.settling + c.moving.size === 0) return refuse('kv_full', `the pipeline cannot hold ${maxTokens + req.prompt.length} more cells now (${c.room.strandedCells} are held by sequences that could not be emptied)`);
+    return 'wait';
+  }
+  c.offloaded.delete(session);
+  const seq = grant.seqs[0]!;
+  const ops = grant.emptyFirst.map((s) => seqOp(SeqOpKind.REMOVE, s));
+  ops.push({ ...seqOp(SeqOpKind.LOAD, seq), key: saved.key });
+  if (cached < saved.tokens.length) ops.push(seqOp(SeqOpKind.REMOVE, seq, cached, -1));
+  c.room.residents.set(session, { seq, tokens: saved.tokens.slice(0, cached), lastUsedMs: now, busy: true, epoch: saved.epoch });
+  const job = newJob({
+    requestId: req.requestId, index: 0, sessionId: session, seq, prompt: req.prompt.slice(cached), pos0: cached,
+    sampling: { ...req.sampling!, seed: req.sampling?.seed ?? 0 }, maxTokens,
+  });
+  fx.push({ type: 'log', level: 'debug', message: 'restoring a session from the tiers', fields: { request: req.requestId, session, seq, cached, key: saved.key } });
+  const request: Admission = { req, jobs: [job], cached, epoch: 0, live: 1, failures: 0, restore: saved };
+  begin(c, fx, request, [job], ops, { keep: cached, tokens: req.prompt.slice(cached) });
+  return 'started';
 }
 
 /**
@@ -172,6 +246,13 @@ function tryStart(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, n
   const session = req.sessionId;
   const resident = session ? c.room.residents.get(session) : undefined;
   if (resident?.busy || c.moving.has(session)) return refuse('session_busy', `session ${session} is answering another request or moving`);
+  if (session && !resident) {
+    // Being saved to the tiers: it comes back from there once it is.
+    if (c.offloading.has(session)) return 'prefix';
+    const saved = c.offloaded.get(session);
+    const r = saved ? restore(c, fx, req, saved, now) : 'fresh';
+    if (r !== 'fresh') return r;
+  }
   const maxTokens = maxTokensOf(c, req);
   let cached = 0;
   let match: PrefixMatch | null = null;
@@ -189,7 +270,7 @@ function tryStart(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, n
   // The session's own cells past the common prefix are removed before it starts (less what it
   // shares with the prefix cache, which the cache counts).
   const extra = resident ? Math.max(0, resident.tokens.length - Math.max(cached, sharedBy(resident.prefix))) : 0;
-  const grant = takeRoom(c, fx, { seqs: resident ? 0 : n, cells: need, keep: session, extra, protect: match?.node ?? resident?.prefix });
+  const grant = takeRoom(c, fx, { seqs: resident ? 0 : n, cells: need, keep: session, extra, protect: match?.node ?? resident?.prefix }, true);
   if (!grant) {
     // Cells come back when a job ends, a sequence is emptied or a migration settles; with none
     // of these under way (sequences whose emptying failed hold the rest) none will.
@@ -271,15 +352,33 @@ export function prepared(c: PipelineCore, requestId: string, session: string, ep
   if (r) r.epoch = epoch;
   const request = c.requests.get(requestId);
   if (!request) return;
+  request.restore = null;
   if (session) request.epoch = epoch;
   // (A migration that holds the session meanwhile keeps it held.)
   for (const j of request.jobs) j.held = c.holding.has(j.sessionId);
 }
 
-/** A request's sequences could not be made ready: its jobs fail. */
-export function prepareFailed(c: PipelineCore, requestId: string, code: string, message: string): void {
+/**
+ * A request's sequences could not be made ready: its jobs fail; but a session the tiers did not
+ * give back (a state forgotten or damaged there) is prefilled again from its history instead.
+ */
+export function prepareFailed(c: PipelineCore, fx: PipelineEffect[], requestId: string, code: string, message: string): void {
   const request = c.requests.get(requestId);
   if (!request) return;
+  const saved = request.restore;
+  if (saved) {
+    request.restore = null;
+    const j = request.jobs[0]!;
+    const kept = request.cached;
+    fx.push({ type: 'log', level: 'info', message: 'a session could not be restored from the tiers: prefilling it again', fields: { request: requestId, session: j.sessionId, code, message } });
+    rebuildJob(j, saved.tokens.slice(0, j.pos0));
+    j.held = true;
+    request.cached = 0;
+    const r = c.room.residents.get(j.sessionId);
+    if (r) r.tokens = [];
+    fx.push({ type: 'prepare', requestId, ops: [seqOp(SeqOpKind.REMOVE, j.seq)], claim: j.sessionId, history: { keep: kept, tokens: request.req.prompt.slice(kept) } });
+    return;
+  }
   for (const j of request.jobs) {
     if (!c.jobs.includes(j)) continue;
     jobTransition(j, { type: 'failed', code, message });

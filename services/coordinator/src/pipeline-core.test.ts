@@ -11,7 +11,7 @@ import { load, openPipeline, queued, sessionAt, transition, type PipelineCore, t
 import { CostBook } from './step-cost.ts';
 
 const OPTIONS: PipelineOptions = {
-  prefillChunk: 256, stepDeadlineFloorMs: 30_000, stepDeadlineMargin: 4, stepBudgetMs: 0, defaultMaxTokens: 16, maxQueue: 4, queueFactor: 4, maxRequestFailures: 2, overlap: false, prefixCache: false,
+  prefillChunk: 256, stepDeadlineFloorMs: 30_000, stepDeadlineMargin: 4, stepBudgetMs: 0, defaultMaxTokens: 16, maxQueue: 4, queueFactor: 4, maxRequestFailures: 2, overlap: false, prefixCache: false, tiers: false,
 };
 
 /** Two stages of 8 layers, `cells` cells and `seqs` sequences each. */

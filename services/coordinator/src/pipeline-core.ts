@@ -11,7 +11,7 @@
 // resume, rebuild, prepare), pipeline-steps.ts (micro-batches, results, retire, cancel, the
 // deadline), pipeline-moves.ts (a migration's two sides, down, abandon); the room is seq-room.ts.
 import type { GenerateRequest, StepResult } from '@strata/wire';
-import { admit, prepareFailed, prepared, resume, startWaiting } from './pipeline-admission.ts';
+import { admit, offloaded, prepareFailed, prepared, resume, startWaiting } from './pipeline-admission.ts';
 import { abandon, adopt, beginMove, down, handOver, hold, reserve, stay, unreserve } from './pipeline-moves.ts';
 import { settleHolds, type Blame, type MovedSession, type PipelineCore, type PipelineEffect, type Rebuild } from './pipeline-state.ts';
 import { cancel, pump, retireFinished, stalled, stepResult } from './pipeline-steps.ts';
@@ -44,6 +44,8 @@ export type PipelineMsg =
   | { type: 'dropped'; seq: number; ok: boolean }
   /** a cache sequence was trimmed (`ok`), or its trim failed (the answer to 'trim_seq') */
   | { type: 'trimmed'; seq: number; ok: boolean }
+  /** a session was saved to every stage's tiers (`ok`), or not (the first answer to 'offload') */
+  | { type: 'offloaded'; session: string; ok: boolean }
   /** time passes: a step past its deadline is reported ('stalled') */
   | { type: 'tick' }
   /** the pipeline went away; `blame`: whose requests count a failure for it */
@@ -85,7 +87,7 @@ export function transition(c: PipelineCore, msg: PipelineMsg, now: number): Pipe
       break;
     case 'prepare_failed':
       if (c.down) return fx;
-      prepareFailed(c, msg.requestId, msg.code, msg.message);
+      prepareFailed(c, fx, msg.requestId, msg.code, msg.message);
       break;
     case 'step_result':
       stepResult(c, fx, msg.result, now);
@@ -98,6 +100,10 @@ export function transition(c: PipelineCore, msg: PipelineMsg, now: number): Pipe
     case 'trimmed':
       if (c.down) return fx;
       c.room.trimmed(msg.seq, msg.ok);
+      break;
+    case 'offloaded':
+      if (c.down) return fx;
+      offloaded(c, fx, msg.session, msg.ok);
       break;
     case 'tick': {
       // A tick changes nothing: it only looks at the oldest step.

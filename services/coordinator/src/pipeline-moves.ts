@@ -145,6 +145,8 @@ export function down(c: PipelineCore, fx: PipelineEffect[], reason: string, blam
   for (const rebuild of c.rebuilds.splice(0)) fx.push({ type: 'orphan', rebuild });
   c.room.clear();
   c.requests.clear();
+  c.offloading.clear();
+  c.offloaded.clear();
 }
 
 /**
@@ -163,6 +165,8 @@ export function abandon(c: PipelineCore, fx: PipelineEffect[]): void {
   c.room.residents.clear();
   c.room.prefixes.clear();
   c.requests.clear();
+  c.offloading.clear();
+  c.offloaded.clear();
 }
 
 /** Every migration holding a session here learns that its hold ended (the session is gone with the pipeline). */

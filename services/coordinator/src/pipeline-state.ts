@@ -35,6 +35,11 @@ export interface PipelineOptions {
   /** every request reuses the longest cached prefix of its prompt in its scope (prefix-tree.ts) */
   prefixCache: boolean;
   /**
+   * an idle session evicted for new work is saved to its workers' tiers (host memory, disk) and
+   * restored from there when it is used again, instead of re-prefilled
+   */
+  tiers: boolean;
+  /**
    * overlap steps: while a decoding step computes, the next one is planned and sent; its entries
    * take the samples of the step they follow on the stages (the last stage hands them to the
    * first, a ring), not through this coordinator
@@ -48,6 +53,8 @@ export interface Admission {
   jobs: Job[];
   /** prompt tokens its session's cells already held */
   cached: number;
+  /** its session's cells come back from the tiers under this key (null: they do not) */
+  restore?: Offloaded | null;
   /** its session's ownership epoch in Redis (0: not claimed yet, or no session) */
   epoch: number;
   /** jobs not yet retired */
@@ -72,6 +79,13 @@ export interface MovedSession {
   request: Admission | null;
   /** what its sequence holds, positions 0.. */
   tokens: number[];
+}
+
+/** A session evicted to its workers' tiers: what its sequence held, and the key it is kept under. */
+export interface Offloaded {
+  tokens: number[];
+  key: string;
+  epoch: number;
 }
 
 /** A micro-batch sent and not yet answered. */
@@ -100,6 +114,14 @@ export type PipelineEffect =
   | { type: 'prepare'; requestId: string; ops: SeqOp[]; claim: string; history: { keep: number; tokens: number[] } | null }
   /** empty a sequence on every stage; then send 'dropped' */
   | { type: 'drop_seq'; seq: number }
+  /**
+   * save a session's sequence to every stage's tiers under `key` (sent before any later
+   * operation on the sequence: its emptying follows); then send 'offloaded' (whether every stage
+   * saved it)
+   */
+  | { type: 'offload'; seq: number; session: string; key: string }
+  /** forget what every stage's tiers keep under `key` */
+  | { type: 'forget'; key: string }
   /** drop a cache sequence's positions from `keepTo` on, on every stage; then send 'trimmed' */
   | { type: 'trim_seq'; seq: number; keepTo: number }
   /** write a session's sampled tokens at position `at` of its history in Redis, fenced by `epoch` */
@@ -149,6 +171,11 @@ export interface PipelineCore {
   readonly holding: Set<string>;
   /** held sessions whose 'held' is not yet said (a step of theirs is in flight) */
   readonly holdPending: Set<string>;
+  /** sessions being saved to the tiers (they take no request until saved) and saved there */
+  readonly offloading: Map<string, Offloaded>;
+  readonly offloaded: Map<string, Offloaded>;
+  /** the next tier key's number */
+  nextKey: number;
   /** the next step's id */
   nextStep: bigint;
   /** the pipeline went away: the core does nothing more */
@@ -171,7 +198,8 @@ export function openPipeline(view: PipelineView, options: PipelineOptions, costs
   const core: PipelineCore = {
     view, options, costs, route: view.stages.map((s) => s.workerId), maxBatch: Math.min(...view.stages.map((s) => s.maxBatch)),
     room: new SeqRoom(nSeqMax, capacity), jobs: [], requests: new Map(), waiting: [], rebuilds: [], inflight: new Map(), early: new Map(),
-    moving: new Set(), holding: new Set(), holdPending: new Set(), nextStep: firstStepId, down: false, clean: false, lastResultMs: 0,
+    moving: new Set(), holding: new Set(), holdPending: new Set(), offloading: new Map(), offloaded: new Map(), nextKey: 1,
+    nextStep: firstStepId, down: false, clean: false, lastResultMs: 0,
   };
   return { core, effects: [{ type: 'empty', seqs: core.room.allSeqs() }] };
 }

@@ -12,7 +12,7 @@ import { running } from './pipeline-state.ts';
 import { CostBook } from './step-cost.ts';
 
 const OPTIONS: PipelineOptions = {
-  prefillChunk: 64, stepDeadlineFloorMs: 30_000, stepDeadlineMargin: 4, stepBudgetMs: 0, defaultMaxTokens: 16, maxQueue: 64, queueFactor: 16, maxRequestFailures: 2, overlap: false, prefixCache: true,
+  prefillChunk: 64, stepDeadlineFloorMs: 30_000, stepDeadlineMargin: 4, stepBudgetMs: 0, defaultMaxTokens: 16, maxQueue: 64, queueFactor: 16, maxRequestFailures: 2, overlap: false, prefixCache: true, tiers: false,
 };
 
 function view(cells: number, seqs: number): PipelineView {
@@ -101,6 +101,53 @@ describe('prefix cache in a pipeline core', () => {
   });
 });
 
+describe('sessions evicted to the tiers', () => {
+  it('an idle session evicted for new work is saved before its sequence is emptied; its next turn comes back from the tiers', () => {
+    const { core, send } = pipeline(256, 4, { tiers: true, prefixCache: false, defaultMaxTokens: 8 });
+    const history = range(500, 100);
+    send({ type: 'admit', req: req('s-1', history, { sessionId: 't:s', maxTokens: 1 }) }, 1);
+    send({ type: 'prepared', requestId: 's-1', session: 't:s', epoch: 3 }, 1);
+    send({ type: 'step_result', result: result(100n, []) }, 1);
+    send({ type: 'step_result', result: result(101n, [[0, 42]]) }, 2);
+    assert.equal(core.room.residents.get('t:s')?.tokens.length, 100, 'the last sample was never evaluated');
+    // New work needs the session's cells: it is saved, then its sequence is emptied and handed over.
+    const big = send({ type: 'admit', req: req('big', range(9000, 150), { maxTokens: 50 }) }, 3);
+    const kinds = big.filter((e) => e.type === 'offload' || e.type === 'prepare').map((e) => e.type === 'prepare' ? `prepare ${e.ops.map((o) => `${SeqOpKind[o.kind]} ${o.seq}`)}` : `offload ${e.seq}`);
+    assert.deepEqual(kinds, ['offload 0', 'prepare REMOVE 0'], 'the save goes out before the emptying');
+    const key = only(big, 'offload')[0]!.key;
+    // Its next turn waits while it is being saved, then for room.
+    send({ type: 'admit', req: req('s-2', [...history, 42, 7], { sessionId: 't:s' }) }, 4);
+    send({ type: 'offloaded', session: 't:s', ok: true }, 5);
+    assert.deepEqual(steps(send({ type: 'prepared', requestId: 'big', session: '', epoch: 0 }, 6)), ['0:0+64', '0:64+64']);
+    send({ type: 'step_result', result: result(102n, []) }, 7);
+    send({ type: 'step_result', result: result(103n, []) }, 7);
+    let fx: PipelineEffect[] = [];
+    for (let i = 104n; i < 160n && !only(fx, 'prepare').some((p) => p.requestId === 's-2'); i++) {
+      fx = send({ type: 'step_result', result: result(i, [[0, 1]]) }, 8);
+      for (const d of only(fx, 'drop_seq')) fx = send({ type: 'dropped', seq: d.seq, ok: true }, 8);
+    }
+    const prep = only(fx, 'prepare').find((p) => p.requestId === 's-2')!;
+    assert.deepEqual(prep.ops.map((o) => [o.kind, o.key]), [[SeqOpKind.LOAD, key]], 'its state comes back from the tiers');
+    assert.deepEqual(prep.history, { keep: 100, tokens: [42, 7] }, 'its history keeps what the tiers held (the last sample was never evaluated)');
+    const seq = prep.ops[0]!.seq;
+    assert.deepEqual(steps(send({ type: 'prepared', requestId: 's-2', session: 't:s', epoch: 4 }, 9)), [`${seq}:100+2!`], 'only its new tokens are computed');
+  });
+
+  it('a session the tiers lost is prefilled again from its history', () => {
+    const { core, send } = pipeline(256, 4, { tiers: true, prefixCache: false });
+    core.offloaded.set('t:s', { tokens: range(500, 40), key: 't:s/9', epoch: 2 });
+    const fx = send({ type: 'admit', req: req('s-2', [...range(500, 40), 7, 8], { sessionId: 't:s' }) }, 1);
+    assert.deepEqual(only(fx, 'prepare')[0]!.ops.map((o) => [o.kind, o.key]), [[SeqOpKind.LOAD, 't:s/9']]);
+    const again = send({ type: 'prepare_failed', requestId: 's-2', code: 'kv_tier_miss', message: 'no tier holds it' }, 2);
+    const prep = only(again, 'prepare')[0]!;
+    assert.deepEqual(prep.ops.map((o) => [o.kind, o.p0]), [[SeqOpKind.REMOVE, -1]], 'whatever a stage loaded goes');
+    assert.deepEqual(prep.history, { keep: 40, tokens: [7, 8] });
+    assert.deepEqual(steps(send({ type: 'prepared', requestId: 's-2', session: 't:s', epoch: 3 }, 3)), ['0:0+42!'], 'the whole conversation is prefilled');
+    const end = send({ type: 'step_result', result: result(100n, [[0, 5]]) }, 4);
+    assert.deepEqual(only(send({ type: 'step_result', result: result(101n, [[0, 6]]) }, 5), 'event').at(-1)?.event.cachedTokens ?? only(end, 'event').at(-1)?.event.cachedTokens, 0, 'nothing was cached');
+  });
+});
+
 /** A small deterministic generator (mulberry32). */
 function rng(seed: number): () => number {
   let a = seed >>> 0;
@@ -123,16 +170,25 @@ function simulate(seed: number): void {
   const rand = rng(seed);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!;
   const CELLS = 384;
-  const { core, send } = pipeline(CELLS, 6, { prefillChunk: 48, overlap: seed % 2 === 0 });
+  const { core, send } = pipeline(CELLS, 6, { prefillChunk: 48, overlap: seed % 2 === 0, tiers: seed % 3 === 0 });
+  /** what the tiers keep: key -> positions saved */
+  const tiers = new Map<string, number>();
   const kv = new KvCells(CELLS);
   const replies: PipelineMsg[] = [];
   // The last shares its first 8 tokens with the first: too few to share, so a lineage of its own.
   const systems = [range(1000, 70), range(2000, 40), range(3000, 90), [...range(1000, 8), ...range(4000, 50)]];
   let now = 0, nextId = 0, ended = 0, admitted = 0;
-  const apply = (ops: readonly { kind: SeqOpKind; seq: number; dst: number; p0: number; p1: number }[], reply: PipelineMsg) => {
+  const apply = (ops: readonly { kind: SeqOpKind; seq: number; dst: number; p0: number; p1: number; key?: string }[], reply: PipelineMsg) => {
     for (const op of ops) {
       if (op.kind === SeqOpKind.REMOVE) kv.seqRemove(op.seq, op.p0, op.p1);
       else if (op.kind === SeqOpKind.COPY) kv.seqCopy(op.seq, op.dst, op.p0, op.p1);
+      else if (op.kind === SeqOpKind.LOAD) {
+        const n = tiers.get(op.key!)!;
+        tiers.delete(op.key!);
+        const plan = kv.findSlot(n);
+        assert.ok(plan, `seed ${seed}: no room to load ${n} cells`);
+        kv.apply(plan, range(0, n), Array(n).fill(op.seq));
+      }
     }
     replies.push(reply);
   };
@@ -141,6 +197,11 @@ function simulate(seed: number): void {
       if (e.type === 'prepare') apply(e.ops, { type: 'prepared', requestId: e.requestId, session: e.claim, epoch: e.claim ? 1 : 0 });
       else if (e.type === 'drop_seq') apply([{ kind: SeqOpKind.REMOVE, seq: e.seq, dst: 0, p0: -1, p1: -1 }], { type: 'dropped', seq: e.seq, ok: true });
       else if (e.type === 'trim_seq') apply([{ kind: SeqOpKind.REMOVE, seq: e.seq, dst: 0, p0: e.keepTo, p1: -1 }], { type: 'trimmed', seq: e.seq, ok: true });
+      else if (e.type === 'offload') {
+        // Saved before the emptying that follows it.
+        tiers.set(e.key, kv.seqPosMax(e.seq) + 1);
+        replies.push({ type: 'offloaded', session: e.session, ok: true });
+      } else if (e.type === 'forget') tiers.delete(e.key);
       else if (e.type === 'request_ended') ended++;
       else if (e.type === 'send_step') {
         const tokens: [number, number][] = [];

@@ -34,7 +34,7 @@ export function failureEvents(req: GenerateRequest, choices: readonly { index: n
 
 /** One sequence operation (p0, p1 < 0: unbounded). */
 export function seqOp(kind: SeqOpKind, seq: number, p0 = -1, p1 = -1, dst = 0): SeqOp {
-  return { $typeName: 'strata.v1.SeqOp', kind, seq, dst, p0, p1, delta: 0 };
+  return { $typeName: 'strata.v1.SeqOp', kind, seq, dst, p0, p1, delta: 0, key: '' };
 }
 
 /** A refusal as the coordinator answers it. */

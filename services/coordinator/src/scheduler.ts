@@ -63,6 +63,9 @@ export class PipelineScheduler implements Placeable {
   readonly generation = nextGeneration();
   /** takes no new request and no session (a drain mark holds one of its workers: drains.ts) */
   draining = false;
+  /** prompt tokens of requests that ended here, and those a session or the prefix cache held */
+  promptTokens = 0;
+  cachedPromptTokens = 0;
   /** this pipeline as a migration's source */
   readonly source: MigrationSource;
   /** this pipeline as a migration's target */
@@ -136,6 +139,12 @@ export class PipelineScheduler implements Placeable {
     return this.#core.room.residents.size;
   }
 
+  /** The prefix cache: cache sequences and the cells it holds. */
+  get prefixCache(): { prefixes: number; cells: number } {
+    const tree = this.#core.room.prefixes;
+    return { prefixes: tree.cacheSeqs().length, cells: tree.cells() };
+  }
+
   /** one-off requests running or waiting here */
   get oneOff(): number {
     return oneOff(this.#core);
@@ -156,15 +165,24 @@ export class PipelineScheduler implements Placeable {
     return sessionViews(this.#core);
   }
 
-  /** Whether `session` holds cells here. */
+  /**
+   * Whether `session` holds cells here, or in this pipeline's workers' tiers (not while it drains:
+   * a session there is not migrated, and its next request goes elsewhere and prefills).
+   */
   holds(session: string): boolean {
-    return this.#core.room.residents.has(session);
+    const c = this.#core;
+    return c.room.residents.has(session) || (!this.draining && (c.offloaded.has(session) || c.offloading.has(session)));
   }
 
-  /** Prompt tokens of `prompt` this pipeline's prefix cache holds for `scope` (every stage has them). */
+  /**
+   * Prompt tokens of `prompt` this pipeline's prefix cache holds for `scope`, or is computing now
+   * (a request placed here would wait for them: many clients arriving at once with one prompt
+   * go where its first one went).
+   */
   cachedPrefix(scope: string, prompt: readonly number[]): number {
     if (!this.#core.options.prefixCache || this.#core.down) return 0;
-    return this.#core.room.prefixes.match(scope, prompt, prompt.length - 1)?.depth ?? 0;
+    const m = this.#core.room.prefixes.match(scope, prompt, prompt.length - 1);
+    return m ? m.depth + m.pending : 0;
   }
 
   /** Whether the request is here: running, queued or waiting to be rebuilt. */
@@ -254,7 +272,11 @@ export class PipelineScheduler implements Placeable {
           this.#d.nc.publish(e.subject, encodeEvent(e.event));
           if (e.event.tokens.length > 0) countTokens(this.view.id, e.event.tokens.length);
           // The last event of a request's first choice tells its prompt and what was cached.
-          if (e.event.finish && e.event.index === 0) countPrompt(this.view.id, e.event.promptTokens, e.event.cachedTokens);
+          if (e.event.finish && e.event.index === 0) {
+            countPrompt(this.view.id, e.event.promptTokens, e.event.cachedTokens);
+            this.promptTokens += e.event.promptTokens;
+            this.cachedPromptTokens += e.event.cachedTokens;
+          }
           break;
         case 'write_history':
           void this.#d.store.write(e.session, e.epoch, e.at, e.tokens).catch((err: unknown) => this.#log.warn('session history write failed', { session: e.session, err }));
@@ -274,6 +296,13 @@ export class PipelineScheduler implements Placeable {
         }
         case 'trim_seq':
           void this.#trim(e.seq, e.keepTo);
+          break;
+        case 'offload':
+          // Its request is published now, ahead of the sequence's emptying (a later effect).
+          void this.#offload(e.seq, e.session, e.key);
+          break;
+        case 'forget':
+          void this.#seqOps([{ ...seqOp(SeqOpKind.FORGET, 0), key: e.key }]).catch((err: unknown) => this.#log.warn('a tier could not forget a session\'s state', { key: e.key, err }));
           break;
         case 'empty':
           void this.#empty(e.seqs);
@@ -334,6 +363,20 @@ export class PipelineScheduler implements Placeable {
     this.#deliver({ type: 'dropped', seq, ok });
   }
 
+  /** Saves a session's sequence to every stage's tiers ('offloaded'); its emptying follows as another effect. */
+  async #offload(seq: number, session: string, key: string): Promise<void> {
+    let ok = true;
+    try {
+      const saved = await this.#seqOps([{ ...seqOp(SeqOpKind.SAVE, seq), key }]);
+      ok = saved.every((stage) => (stage[0] ?? -1) >= 0);
+      if (!ok) this.#log.warn('a stage\'s tiers did not take an evicted session: it will be prefilled again', { session, seq });
+    } catch (err) {
+      ok = false;
+      this.#log.warn('an evicted session could not be saved to the tiers: it will be prefilled again', { session, seq, err });
+    }
+    this.#deliver({ type: 'offloaded', session, ok });
+  }
+
   /** Drops a cache sequence's positions from `keepTo` on, on every stage; a failed trim's cells stay counted as held. */
   async #trim(seq: number, keepTo: number): Promise<void> {
     let ok = true;
@@ -356,6 +399,8 @@ export class PipelineScheduler implements Placeable {
     for (let attempt = 0; !this.#core.down; attempt++) {
       try {
         const posMax = await this.#seqOps(seqs.map((seq) => seqOp(SeqOpKind.REMOVE, seq)));
+        // What the stages' tiers keep belongs to sequences no one knows of any more.
+        await this.#seqOps([{ ...seqOp(SeqOpKind.FORGET, 0), key: '*' }]);
         // Every stage and this scheduler agree before the first step: nothing held anywhere.
         const held = posMax.findIndex((stage) => stage.some((p) => p >= 0));
         if (held >= 0) throw new CoordinatorError('stage_failed', `worker ${this.view.stages[held]!.workerId} still holds positions after emptying every sequence`);
@@ -403,6 +448,19 @@ export class PipelineScheduler implements Placeable {
    * with each stage's answer: per op, the highest position its sequence holds after it.
    */
   async #seqOps(ops: SeqOp[]): Promise<number[][]> {
+    // A tier operation (SAVE, LOAD, FORGET) goes alone in its request; the others go together, in order.
+    const tier = (o: SeqOp) => o.kind === SeqOpKind.SAVE || o.kind === SeqOpKind.LOAD || o.kind === SeqOpKind.FORGET;
+    if (ops.some(tier) && ops.length > 1) {
+      const out: number[][] = this.view.stages.map(() => []);
+      for (let i = 0; i < ops.length;) {
+        let k = i + 1;
+        if (!tier(ops[i]!)) while (k < ops.length && !tier(ops[k]!)) k++;
+        const part = await this.#seqOps(ops.slice(i, k));
+        part.forEach((p, s) => out[s]!.push(...p));
+        i = k;
+      }
+      return out;
+    }
     const term = BigInt(this.#d.term);
     return Promise.all(this.view.stages.map(async (s) => {
       let reply;

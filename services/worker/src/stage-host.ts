@@ -175,7 +175,7 @@ export class StageHost {
 
   /** Empties a sequence (after a failed push): an unfenced removal, in order with the stage's other work. */
   async dropSeq(seq: number): Promise<void> {
-    const remove: SeqOp = { $typeName: 'strata.v1.SeqOp', kind: SeqOpKind.REMOVE, seq, dst: 0, p0: -1, p1: -1, delta: 0 };
+    const remove: SeqOp = { $typeName: 'strata.v1.SeqOp', kind: SeqOpKind.REMOVE, seq, dst: 0, p0: -1, p1: -1, delta: 0, key: '' };
     await this.seqOps([remove], { term: 0n, generation: 0n });
   }
 

@@ -10,19 +10,25 @@
 import { redactUrl, type Logger } from '@strata/log';
 import type { StageMemory } from '@strata/model';
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { FenceGuard, FenceVerifier, connectNats, drainNats,
   DrainReplySchema, DrainRequestSchema, HeartbeatSchema, LeaderAnnouncementSchema, MigrateOutReplySchema, MigrateOutRequestSchema, RingTokensSchema, SeqOpReplySchema, SeqOpRequestSchema, StageInputAssembler, StageStatsSchema, StepResultSchema,
-  decode, encode, encodeStageInput, request, subjects, type StageCounters, type StageInfo, type StageLoad, type StepHeader,
+  SeqOpKind, decode, encode, encodeStageInput, request, subjects, type SeqOp, type StageCounters, type StageInfo, type StageLoad, type StepHeader,
 } from '@strata/wire';
 import type { Msg, NatsConnection, Subscription } from 'nats';
 import type { WorkerConfig } from './config.ts';
 import { WorkerError } from './errors.ts';
 import { KvTransferServer, closePushClients, loadSecurity, pushState, type TransferSecurity } from './kv-transfer.ts';
+import { decodeState } from '@strata/kv-cache';
+import { KvTiers, TierMiss } from './kv-tiers.ts';
 import { ringEntries, ringSamples, type RingSample } from './ring.ts';
 import { StageHost } from './stage-host.ts';
 import { endStage, observeKvCells, startStage, tracePush } from './telemetry.ts';
 import { context } from '@opentelemetry/api';
 import { headerBytes } from '@strata/telemetry';
+
+/** Sequence operations that go through the tiers, not the stage alone. */
+const isTierOp = (op: SeqOp) => op.kind === SeqOpKind.SAVE || op.kind === SeqOpKind.LOAD || op.kind === SeqOpKind.FORGET;
 
 /** Steps whose chunks stop arriving for this long are dropped (milliseconds). */
 const PARTIAL_STEP_MS = 30_000;
@@ -31,6 +37,8 @@ const PARTIAL_STEP_MS = 30_000;
 export class Worker {
   readonly info: StageInfo;
   readonly #host: StageHost;
+  /** evicted sessions' KV state, below the device's cells */
+  readonly #tiers: KvTiers;
   readonly #nc: NatsConnection;
   readonly #log: Logger;
   readonly #assembler = new StageInputAssembler();
@@ -55,6 +63,8 @@ export class Worker {
 
   private constructor(c: WorkerConfig, host: StageHost, nc: NatsConnection, verifier: FenceVerifier | null, log: Logger) {
     this.#host = host;
+    // Each worker its own folder: workers of a host (or a pod's volume) may share --kv-disk-dir.
+    this.#tiers = new KvTiers(c.kvHostCacheMib * 2 ** 20, c.kvDiskCacheMib * 2 ** 20, c.kvDiskDir ? join(c.kvDiskDir, c.id) : '');
     this.#verifier = verifier;
     this.#guard = new FenceGuard(verifier);
     this.#nc = nc;
@@ -290,12 +300,54 @@ export class Worker {
       if (this.#stale(req.term)) throw new WorkerError('stale_leader', `term ${req.term} is older than ${this.#term}: another coordinator leads`);
       const refused = this.#guard.refuse(req.term, req.generation, req.fenceProof);
       if (refused) throw new WorkerError('unproven_fence', refused);
-      const r = await this.#host.seqOps(req.ops, { term: req.term, generation: req.generation });
+      const fence = { term: req.term, generation: req.generation };
+      const r = req.ops.some(isTierOp) ? await this.#tierOp(req.ops, fence) : await this.#host.seqOps(req.ops, fence);
       if ('stale' in r) m.respond(encode(SeqOpReplySchema, { stale: true, kvCellsUsed: this.#host.snapshot.used }));
       else m.respond(encode(SeqOpReplySchema, { posMax: r.posMax, kvCellsUsed: this.#host.snapshot.used }));
     } catch (err) {
       const code = err instanceof WorkerError ? err.code : 'bad_request';
       m.respond(encode(SeqOpReplySchema, { error: { code, message: (err as Error).message, workerId: this.info.workerId } }));
+    }
+  }
+
+  /**
+   * SAVE, LOAD or FORGET (alone in its request): a sequence's state to or from the tiers. Fenced
+   * like the other sequence operations: an older generation's is answered stale, unapplied.
+   */
+  async #tierOp(ops: SeqOp[], fence: { term: bigint; generation: bigint }): Promise<{ posMax: number[] } | { stale: true }> {
+    if (ops.length !== 1) throw new WorkerError('bad_request', 'a SAVE, LOAD or FORGET goes alone in its request');
+    const op = ops[0]!;
+    if (!op.key) throw new WorkerError('bad_request', 'a tier operation needs a key');
+    if (op.kind !== SeqOpKind.FORGET && op.seq >= this.info.nSeqMax) throw new WorkerError('bad_request', `seq ${op.seq} is not below ${this.info.nSeqMax}`);
+    if (op.kind === SeqOpKind.SAVE) {
+      // Exported before anything else reaches the stage (the sequence's emptying follows this
+      // request): no await before it. Reading a sequence needs no generation check.
+      const exported = this.#host.exportState(op.seq, -1, -1, this.info.l0, this.info.l1);
+      const state = await exported;
+      const { pos } = decodeState(state);
+      if (pos.length === 0 || !this.#tiers.enabled) return { posMax: [-1] };
+      const tier = this.#tiers.put(op.key, state);
+      this.#log.debug('saved a sequence to a tier', { seq: op.seq, key: op.key, tier, bytes: state.byteLength });
+      return { posMax: [tier ? pos.reduce((a, b) => Math.max(a, b), -1) : -1] };
+    }
+    const check = await this.#host.seqOps([], fence);
+    if ('stale' in check) return check;
+    switch (op.kind) {
+      case SeqOpKind.LOAD: {
+        let taken;
+        try {
+          taken = this.#tiers.take(op.key);
+        } catch (err) {
+          if (err instanceof TierMiss) throw new WorkerError('kv_tier_miss', err.message);
+          throw err;
+        }
+        await this.#host.importState(taken.state, op.seq);
+        return { posMax: [await this.#host.seqPosMax(op.seq)] };
+      }
+      default:
+        if (op.key === '*') this.#tiers.clear();
+        else this.#tiers.delete(op.key);
+        return { posMax: [-1] };
     }
   }
 

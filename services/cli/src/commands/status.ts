@@ -11,6 +11,10 @@ import { UsageError } from '../errors.ts';
 import { formatAge, formatBytes, formatMs, occupancy, table } from '../format.ts';
 
 /** Cells a stage's KV cache holds in all. */
+/** Prompt tokens that were cached, as operators read it. */
+const cachedShare = (prompt: bigint, cached: bigint) =>
+  prompt === 0n ? 'no prompt yet' : `${cached} of ${prompt} prompt tokens cached (${((Number(cached) * 100) / Number(prompt)).toFixed(1)}%)`;
+
 const cellsOf = (s: StageInfo | undefined) => (s?.kvCells ?? 0) * Math.max(1, s?.kvStreams ?? 1);
 
 /** What a worker computes now, when it has been at it for a while: "SLOW: step of 1,024 tokens for 4.2 s (0.3 s expected)". */
@@ -75,6 +79,7 @@ export function renderStatus(c: ClusterState, sessions: readonly SessionInfo[], 
   for (const p of [...c.pipelines].sort((x, y) => (x.id < y.id ? -1 : x.id > y.id ? 1 : 0))) {
     const draining = p.draining || p.stages.some((s) => byId.get(s.workerId)?.draining);
     out.push('', `pipeline ${p.id}  ${p.modelId}  ${p.sessions} session(s), ${p.seqsUsed}/${p.stages[0]?.nSeqMax ?? 0} sequences, ${p.queued} queued${draining ? ', draining' : ''}`);
+    out.push(`  prefix cache: ${p.cachedPrefixes} prompt(s) in ${p.cachedCells} cells; ${cachedShare(p.promptTokens, p.cachedPromptTokens)}`);
     out.push(...table(header, workerRows(p.stages, byId, nowMs)));
     const here = sessions.filter((s) => s.pipelineId === p.id);
     if (here.length > 0) {

@@ -1,0 +1,256 @@
+// The prefix cache measured (docs/prefix-cache.md): many clients at once with one long system
+// prompt and distinct short questions, against `llama-server` built from the pinned snapshot
+// (`-np` slots, `--cache-reuse`) and against Strata with the cache out of the way (each request
+// its own `cache_salt`), all up at once on the same GGUF and threads, alternating; then two
+// pipelines with two system prompts, placed by cached prefix against least loaded. Prints prompt
+// tokens computed, time to first token p50/p99, hit ratio and each pipeline's share of the work;
+// then a long session evicted to the tiers, resumed from host memory, from disk, and prefilled again.
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ensureLlamaServer } from '@strata/ggml';
+import { LocalCluster } from '../../services/cli/src/local-cluster.ts';
+import { workerStats } from '../helpers/cluster.ts';
+import { median } from './common.ts';
+import { pct, postStream, startLlamaServer } from './serving.ts';
+
+/** Options of the prefix benchmark. */
+export interface PrefixOptions {
+  model: string;
+  threads: number;
+  /** clients at once, one request each */
+  clients: number;
+  /** sentences of the system prompt (about 28 tokens each with Gemma 3's tokenizer) */
+  systemSentences: number;
+  reps: number;
+  /** which parts: 'shared' (one system prompt, against llama-server), 'routing' (two pipelines), 'tiers' */
+  parts: string[];
+}
+
+/** One request's outcome. */
+interface Answer { ttft: number; prompt: number; computed: number }
+
+/** One run: every client's answer and the wall time. */
+interface Run { answers: Answer[]; wallMs: number }
+
+const TOPICS = ['the miller', 'the wheel', 'the spring flood', 'the stone bridge', 'the ledger', 'the weir', 'the granary', 'the toll'];
+
+/** A system prompt of `n` sentences, unique to `tag` from its first token (no run reuses another's cells). */
+function systemPrompt(tag: string, n: number): string {
+  const out = [`Archive ${tag}.`];
+  for (let i = 0; i < n; i++) out.push(`Rule ${i + 1}: when a visitor asks about ${TOPICS[i % TOPICS.length]}, answer from ledger ${i + 1} in one short plain sentence.`);
+  return out.join(' ');
+}
+
+/** One greedy streaming chat completion; its time to first token and the prompt tokens the server computed. */
+async function ask(url: string, model: string, content: string, extra: Record<string, unknown> = {}, headers: Record<string, string> = {}): Promise<Answer> {
+  const start = performance.now();
+  let first = 0, prompt = 0, computed = -1;
+  const body = { model, messages: [{ role: 'user', content }], max_tokens: 8, temperature: 0, stream: true, stream_options: { include_usage: true }, ...extra };
+  const { status, tail } = await postStream(`${url}/v1/chat/completions`, body, (e) => {
+    const j = e as {
+      choices?: { delta?: { content?: string } }[];
+      usage?: { prompt_tokens: number; prompt_tokens_details?: { cached_tokens?: number } };
+      timings?: { prompt_n?: number };
+    };
+    if (j.choices?.[0]?.delta?.content && !first) first = performance.now();
+    if (j.usage) {
+      prompt = j.usage.prompt_tokens;
+      if (j.usage.prompt_tokens_details?.cached_tokens !== undefined) computed = prompt - j.usage.prompt_tokens_details.cached_tokens;
+    }
+    // llama-server says what it evaluated in its own timings.
+    if (j.timings?.prompt_n !== undefined) computed = j.timings.prompt_n;
+  }, headers);
+  if (status !== 200) throw new Error(`HTTP ${status} from ${url}: ${tail}`);
+  return { ttft: (first || performance.now()) - start, prompt, computed: computed < 0 ? prompt : computed };
+}
+
+/** `questions` at once, each after `system`. */
+async function burst(url: string, model: string, system: string, questions: string[], extra: (i: number) => Record<string, unknown>): Promise<Run> {
+  const t0 = performance.now();
+  const answers = await Promise.all(questions.map((q, i) => ask(url, model, `${system}\n\nQuestion: ${q}`, extra(i))));
+  return { answers, wallMs: performance.now() - t0 };
+}
+
+const questionsFor = (rep: number, n: number) => Array.from({ length: n }, (_, i) => `visitor ${rep}-${i} asks what ledger ${(i % 9) + 1} says about ${TOPICS[i % TOPICS.length]}?`);
+
+async function modelId(url: string): Promise<string> {
+  return ((await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string }[] }).data[0]!.id;
+}
+
+/** Runs the prefix benchmark; prints the tables and returns the figures. */
+export async function runPrefixBench(o: PrefixOptions, step: (detail?: string) => void): Promise<unknown> {
+  if (!existsSync(o.model)) {
+    console.log(`\nprefix: skipped: no ${o.model} (node scripts/ensure-models.mjs fetches the default, or pass --serving-model)`);
+    return null;
+  }
+  let bin: string;
+  try {
+    bin = ensureLlamaServer();
+  } catch (err) {
+    console.log(`\nprefix: skipped: llama-server could not be built (${(err as Error).message})`);
+    return null;
+  }
+  const out: Record<string, unknown> = {};
+  if (o.parts.includes('shared')) out.shared = await shared(o, bin, step);
+  if (o.parts.includes('routing')) out.routing = await routing(o, step);
+  if (o.parts.includes('tiers')) out.tiers = await tiers(o, step);
+  return out;
+}
+
+/** Many clients at once with one system prompt: llama-server, Strata without the cache, Strata with it. */
+async function shared(o: PrefixOptions, bin: string, step: (detail?: string) => void): Promise<unknown> {
+  const systemTokensGuess = 30 * o.systemSentences + 8;
+  const perSlot = systemTokensGuess + 128;
+  console.log(`\nprefix: ${o.model.split('/').pop()}, ${o.clients} clients at once, one system prompt of ${o.systemSentences} sentences + a distinct question each, ` +
+    `8 tokens per answer, ${o.threads} threads; alternating, medians of ${o.reps}`);
+  const ls = await startLlamaServer(bin, o.model, o.threads, o.clients, perSlot, ['--cache-reuse', '256']);
+  // As many cells as llama-server's slots hold together: without the cache every request needs its own copy.
+  // Without the cache the requests queue behind each other's prefills for minutes: no time-outs.
+  const strata = await LocalCluster.start({
+    model: o.model, workers: 1, threads: o.threads, port: 0, ctxSize: o.clients * perSlot, logLevel: process.env.BENCH_LOG ?? 'error',
+    gatewayFlags: ['--timeout-ms', '1800000'], coordinatorFlags: ['--seq-op-timeout-ms', '120000'],
+  });
+  try {
+    const sid = await modelId(strata.url);
+    const salt = () => randomBytes(8).toString('hex');
+    const targets: { name: string; run: (system: string, qs: string[]) => Promise<Run> }[] = [
+      { name: 'llama-server', run: (system, qs) => burst(ls.url, 'model', system, qs, () => ({})) },
+      { name: 'strata, cache off', run: (system, qs) => burst(strata.url, sid, system, qs, () => ({ cache_salt: salt() })) },
+      { name: 'strata, cache on', run: (system, qs) => burst(strata.url, sid, system, qs, () => ({})) },
+    ];
+    for (const t of targets) await t.run(systemPrompt(`warm-${t.name}`, 4), questionsFor(-1, 2));
+    step('warm-up');
+    const runs = new Map<string, Run[]>(targets.map((t) => [t.name, []]));
+    for (let r = 0; r < o.reps; r++) {
+      const order = r % 2 === 0 ? targets : [...targets].reverse();
+      for (const t of order) runs.get(t.name)!.push(await t.run(systemPrompt(`${r}-${salt()}`, o.systemSentences), questionsFor(r, o.clients)));
+      step(`shared system prompt, repetition ${r + 1}/${o.reps}`);
+    }
+    return reportShared(runs);
+  } finally {
+    await strata.stop();
+    ls.proc.kill('SIGTERM');
+  }
+}
+
+function reportShared(runs: Map<string, Run[]>): unknown {
+  const rows = [...runs].map(([name, rs]) => {
+    const all = rs.flatMap((r) => r.answers);
+    return {
+      name, computed: median(rs.map((r) => r.answers.reduce((n, a) => n + a.computed, 0))), prompt: median(rs.map((r) => r.answers.reduce((n, a) => n + a.prompt, 0))),
+      ttftP50: pct(all.map((a) => a.ttft), 50), ttftP99: pct(all.map((a) => a.ttft), 99), wallMs: median(rs.map((r) => r.wallMs)),
+    };
+  });
+  const on = rows.find((r) => r.name === 'strata, cache on')!;
+  console.log(`${'server'.padEnd(18)} ${'prompt tokens'.padStart(13)} ${'computed'.padStart(9)} ${'× on'.padStart(7)} ${'TTFT p50 / p99 ms'.padStart(19)} ${'× on p50'.padStart(9)} ${'wall ms'.padStart(8)}`);
+  for (const r of rows) {
+    console.log(`${r.name.padEnd(18)} ${String(r.prompt).padStart(13)} ${String(r.computed).padStart(9)} ${(r.computed / on.computed).toFixed(1).padStart(7)} ` +
+      `${`${Math.round(r.ttftP50)} / ${Math.round(r.ttftP99)}`.padStart(19)} ${(r.ttftP50 / on.ttftP50).toFixed(1).padStart(9)} ${Math.round(r.wallMs).toString().padStart(8)}`);
+  }
+  return rows;
+}
+
+/**
+ * Two pipelines of one worker (one thread each), two system prompts, clients alternating between
+ * them, all at once: placed by cached prefix (the default) against least loaded.
+ */
+async function routing(o: PrefixOptions, step: (detail?: string) => void): Promise<unknown> {
+  const n = o.clients;
+  const perSlot = 30 * o.systemSentences + 136;
+  const start = (flags: string[]) => LocalCluster.start({
+    model: o.model, pipelines: 2, workers: 1, threads: Math.max(1, o.threads / 2), port: 0, ctxSize: n * perSlot,
+    logLevel: process.env.BENCH_LOG ?? 'error', coordinatorFlags: [...flags, '--seq-op-timeout-ms', '120000'], gatewayFlags: ['--timeout-ms', '1800000'],
+  });
+  const byPrefix = await start([]);
+  const leastLoaded = await start(['--route-by-prefix', 'false']);
+  try {
+    const clusters = [{ name: 'by cached prefix', c: byPrefix }, { name: 'least loaded', c: leastLoaded }];
+    const ids = await Promise.all(clusters.map((x) => modelId(x.c.url)));
+    const results = new Map<string, { hit: number[]; ttft: number[]; share: number[]; computed: number[] }>(clusters.map((x) => [x.name, { hit: [], ttft: [], share: [], computed: [] }]));
+    for (let r = 0; r < o.reps; r++) {
+      const order = r % 2 === 0 ? [0, 1] : [1, 0];
+      for (const k of order) {
+        const { name, c } = clusters[k]!;
+        const workers = ['p0-s0', 'p1-s0'];
+        const before = await Promise.all(workers.map((w) => workerStats(c.natsUrl, w)));
+        const systems = [systemPrompt(`A${r}-${k}`, o.systemSentences), systemPrompt(`B${r}-${k}`, o.systemSentences)];
+        const qs = questionsFor(r, n);
+        // A, A, B, B, …: least loaded then puts each prompt on both pipelines.
+        const answers = await Promise.all(qs.map((q, i) => ask(c.url, ids[k]!, `${systems[Math.floor(i / 2) % 2]}\n\nQuestion: ${q}`)));
+        const after = await Promise.all(workers.map((w) => workerStats(c.natsUrl, w)));
+        const work = after.map((s, i) => Number(s.counters!.tokens - before[i]!.counters!.tokens));
+        const res = results.get(name)!;
+        const prompt = answers.reduce((s, a) => s + a.prompt, 0), computed = answers.reduce((s, a) => s + a.computed, 0);
+        res.hit.push(1 - computed / prompt);
+        res.computed.push(computed);
+        res.ttft.push(...answers.map((a) => a.ttft));
+        res.share.push(Math.max(...work) / Math.max(1, work[0]! + work[1]!));
+      }
+      step(`two pipelines, repetition ${r + 1}/${o.reps}`);
+    }
+    console.log(`two pipelines (one worker, ${Math.max(1, o.threads / 2)} thread each), two system prompts, ${n} clients at once:`);
+    console.log(`${'placement'.padEnd(18)} ${'hit ratio'.padStart(9)} ${'computed'.padStart(9)} ${'TTFT p50 / p99 ms'.padStart(19)} ${'busiest pipeline'.padStart(17)}`);
+    const rows = [...results].map(([name, r]) => ({
+      name, hit: median(r.hit), computed: median(r.computed), ttftP50: pct(r.ttft, 50), ttftP99: pct(r.ttft, 99), busiestShare: median(r.share),
+    }));
+    for (const r of rows) {
+      console.log(`${r.name.padEnd(18)} ${r.hit.toFixed(3).padStart(9)} ${String(r.computed).padStart(9)} ${`${Math.round(r.ttftP50)} / ${Math.round(r.ttftP99)}`.padStart(19)} ` +
+        `${`${(r.busiestShare * 100).toFixed(0)}% of tokens`.padStart(17)}`);
+    }
+    return rows;
+  } finally {
+    await byPrefix.stop();
+    await leastLoaded.stop();
+  }
+}
+
+/**
+ * A session of `tokens` tokens evicted from the device's cells, and its next turn: time to first
+ * token when it comes back from host memory, from disk, and when it is prefilled again (the same
+ * conversation as a new session in a scope of its own).
+ */
+async function tiers(o: PrefixOptions, step: (detail?: string) => void): Promise<unknown> {
+  const sentences = Math.round(o.systemSentences * 2);
+  const ctx = 30 * sentences + 512;
+  const start = (flags: string[]) => LocalCluster.start({
+    model: o.model, workers: 1, threads: o.threads, port: 0, ctxSize: ctx, logLevel: process.env.BENCH_LOG ?? 'error',
+    workerFlags: flags, gatewayFlags: ['--timeout-ms', '1800000'], coordinatorFlags: ['--seq-op-timeout-ms', '120000'],
+  });
+  const dir = mkdtempSync(join(tmpdir(), 'strata-bench-tiers-'));
+  const host = await start([]);
+  const disk = await start(['--kv-host-cache-mib', '0', '--kv-disk-dir', dir]);
+  try {
+    const ttft = new Map<string, number[]>([['from host memory', []], ['from disk', []], ['prefilled again', []]]);
+    let prompt = 0;
+    for (let r = 0; r < o.reps; r++) {
+      for (const [name, c] of [['from host memory', host], ['from disk', disk]] as const) {
+        const id = await modelId(c.url);
+        const history = systemPrompt(`T${r}-${name}`, sentences);
+        const session = { 'x-session-id': `bench-${r}-${name.split(' ')[1]}` };
+        const first = await ask(c.url, id, history, {}, session);
+        prompt = first.prompt;
+        // A request that reserves every cell (and stops at its first line): the session goes to the tiers.
+        await ask(c.url, id, 'Count to ten.', { max_tokens: ctx - 64, stop: ['\n'] });
+        const next = await ask(c.url, id, `${history} Go on.`, {}, session);
+        if (next.computed > 32) throw new Error(`${name}: the session was not restored (${next.computed} prompt tokens computed)`);
+        ttft.get(name)!.push(next.ttft);
+        if (name === 'from host memory') {
+          const again = await ask(c.url, id, `${history} Go on.`, { cache_salt: `fresh-${r}` });
+          ttft.get('prefilled again')!.push(again.ttft);
+        }
+      }
+      step(`tiers, repetition ${r + 1}/${o.reps}`);
+    }
+    const re = median(ttft.get('prefilled again')!);
+    console.log(`an evicted session of ${prompt} tokens, its next turn (one worker, ${o.threads} threads):`);
+    const rows = [...ttft].map(([name, xs]) => ({ name, ttftMs: median(xs), speedup: re / median(xs) }));
+    for (const r of rows) console.log(`  ${r.name.padEnd(18)} time to first token ${Math.round(r.ttftMs).toString().padStart(6)} ms  (${r.speedup.toFixed(1)}× prefilling it again)`);
+    return { tokens: prompt, rows };
+  } finally {
+    await host.stop();
+    await disk.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
