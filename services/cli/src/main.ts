@@ -44,9 +44,32 @@ commands:
 Without --model, the embedded default model is synthesized into ~/.cache/strata/models.
 `;
 
+/** The services, which print their whole configuration for --help themselves. */
+const SERVICES = new Set(['worker', 'coordinator', 'gateway']);
+
+/** USAGE's lines for one command (`model synth`, `up`, …), with their continuation lines; '' when none. */
+export function commandUsage(cmd: string, sub?: string): string {
+  const lines = USAGE.split('\n');
+  const head = cmd === 'model' && sub ? `  model ${sub} ` : `  ${cmd} `;
+  const at = lines.findIndex((l) => l.startsWith(head) || l === head.trimEnd());
+  if (at < 0) return '';
+  const block = [lines[at]!];
+  for (let i = at + 1; i < lines.length && /^ {4,}/.test(lines[i]!); i++) block.push(lines[i]!);
+  // 'usage: strata ' stands where the two spaces of indent were: continuation lines move with it.
+  return `usage: strata ${block[0]!.slice(2)}\n${block.slice(1).map((l) => `${' '.repeat(12)}${l}\n`).join('')}`;
+}
+
 /** Runs the CLI; returns the exit code. */
 export async function main(argv: string[], out: NodeJS.WritableStream = process.stdout): Promise<number> {
   const [cmd, sub, ...rest] = argv;
+  // Every command answers --help (the services with their whole configuration, below).
+  if (cmd && !SERVICES.has(cmd) && argv.slice(1).some((a) => a === '--help' || a === '-h')) {
+    const usage = commandUsage(cmd, cmd === 'model' ? sub : undefined);
+    if (usage) {
+      out.write(usage);
+      return 0;
+    }
+  }
   try {
     switch (cmd) {
       case 'model':

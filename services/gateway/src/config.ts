@@ -21,6 +21,7 @@ export const gatewaySchema = {
   grammarMaxAlternatives: { kind: 'int', doc: 'alternatives a grammar may have, over every rule and group', default: 2048 },
   grammarMaxNesting: { kind: 'int', doc: 'groups a grammar may nest inside one another', default: 32 },
   grammarMaxFanout: { kind: 'int', doc: 'alternatives one rule of a grammar may open at once, through nested rules (the grammar sampler checks every candidate token against each)', default: 256 },
+  corsOrigins: { kind: 'string', doc: 'browser origins allowed to call the API, comma-separated (https://app.example.com), or * for any; unset: no CORS headers (browsers refuse cross-origin calls)', default: '' },
   apiKeysFile: { kind: 'string', doc: 'file of API keys, one "<key> user|admin" per line (a mounted secret); without it the gateway takes every caller' },
   ...telemetrySchema,
   logLevel: { kind: 'string', doc: 'debug, info, warn, error, none', default: 'info' },

@@ -9,6 +9,8 @@ export class ApiError extends Error {
   readonly param: string | null;
   /** seconds a client should wait before retrying (sent as Retry-After) */
   retryAfter: number | null = null;
+  /** more response headers (a 405's Allow) */
+  headers: Record<string, string> = {};
   constructor(status: number, code: string, message: string, param: string | null = null, type?: string) {
     super(message);
     this.name = 'ApiError';

@@ -35,6 +35,8 @@ export class Gateway {
   readonly #log: Logger;
   readonly #fingerprint: string;
   readonly #keys: ApiKeys | null;
+  /** browser origins allowed to call (--cors-origins; '*' for any) */
+  readonly #origins: Set<string>;
   readonly #leader: LeaderWatch;
   /** generations running now */
   #running = 0;
@@ -53,6 +55,7 @@ export class Gateway {
     this.#log = log;
     this.#fingerprint = `strata-${c.modelId}`;
     this.#keys = c.apiKeysFile ? ApiKeys.load(c.apiKeysFile) : null;
+    this.#origins = new Set(c.corsOrigins.split(',').map((o) => o.trim()).filter(Boolean));
     this.#leader = new LeaderWatch(nc, log, c.leaderLapseMs, c.termPublicKeyFile ? FenceVerifier.fromPem(readFileSync(c.termPublicKeyFile)) : null);
     this.#server = createServer((req, res) => void traceHttp(req, res, () => this.#handle(req, res)));
     // Idle keep-alive connections stay open longer than clients and load balancers keep theirs
@@ -78,10 +81,14 @@ export class Gateway {
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0]!;
     try {
+      this.#cors(req, res);
+      // A browser's preflight carries no credentials: it is answered before any key is asked for.
+      const allowed = allowedMethods(path);
+      if (req.method === 'OPTIONS' && allowed) return this.#preflight(req, res, allowed);
       // Health and the dashboard page (it holds no data) are open; the OpenAI API needs a user
       // key, the admin API an admin key.
       // Without API keys, every caller is one open tenant.
-      const open = path === '/healthz' || path === '/readyz' || path === '/dashboard';
+      const open = path === '/healthz' || path === '/health' || path === '/readyz' || path === '/dashboard';
       const caller: Caller = this.#keys && !open ? this.#keys.require(req.headers.authorization, path.startsWith('/admin/') ? 'admin' : 'user') : { scope: 'admin', tenant: '' };
       const route = `${req.method ?? ''} ${path}`;
       switch (route) {
@@ -92,12 +99,15 @@ export class Gateway {
         case 'GET /v1/models':
           return await this.#models(res);
         case 'GET /healthz':
+        case 'GET /health':
           return json(res, 200, { status: 'ok' });
         case 'GET /readyz':
           return await this.#ready(res);
         case 'GET /dashboard':
           return this.#page(res);
       }
+      const model = /^\/v1\/models\/(.+)$/.exec(path);
+      if (model && req.method === 'GET') return await this.#model(res, decodeURIComponent(model[1]!));
       const mig = /^\/admin\/v1\/sessions\/([^/]+)\/migrate$/.exec(path);
       if (mig && req.method === 'POST') return await this.#migrate(req, res, decodeURIComponent(mig[1]!));
       if (route === 'GET /admin/v1/migrations') return await this.#migrations(req, res);
@@ -105,14 +115,37 @@ export class Gateway {
       const drain = /^\/admin\/v1\/workers\/([^/]+)\/(drain|undrain)$/.exec(path);
       if (drain && req.method === 'POST') return await (drain[2] === 'drain' ? this.#drain(req, res, decodeURIComponent(drain[1]!)) : this.#undrain(res, decodeURIComponent(drain[1]!)));
       if (route === 'GET /admin/v1/cluster') return json(res, 200, toJson(ClusterStateSchema, await this.#cluster()));
-      if (mig || ['/admin/v1/migrations', '/admin/v1/cluster', '/admin/v1/sessions'].includes(path)) throw new ApiError(405, 'method_not_allowed', `${req.method ?? ''} is not allowed on ${path}`);
-      if (['/v1/completions', '/v1/chat/completions', '/v1/models', '/healthz', '/readyz', '/dashboard'].includes(path)) {
-        throw new ApiError(405, 'method_not_allowed', `${req.method ?? ''} is not allowed on ${path}`);
+      if (allowed) {
+        const e = new ApiError(405, 'method_not_allowed', `${req.method ?? ''} is not allowed on ${path}; ${allowed.join(', ')} is`);
+        e.headers = { allow: [...allowed, 'OPTIONS'].join(', ') };
+        throw e;
       }
       throw new ApiError(404, 'not_found', `no route ${req.method ?? ''} ${path}`);
     } catch (err) {
       this.#fail(res, err);
     }
+  }
+
+  /** CORS headers for an allowed browser origin (--cors-origins). */
+  #cors(req: IncomingMessage, res: ServerResponse): void {
+    const origin = req.headers.origin;
+    if (!origin || this.#origins.size === 0) return;
+    if (!this.#origins.has('*') && !this.#origins.has(origin)) return;
+    res.setHeader('access-control-allow-origin', this.#origins.has('*') ? '*' : origin);
+    res.setHeader('vary', 'Origin');
+    res.setHeader('access-control-expose-headers', 'retry-after, content-type');
+  }
+
+  /** An OPTIONS request: the methods a path takes, and for an allowed origin what CORS lets through. */
+  #preflight(req: IncomingMessage, res: ServerResponse, allowed: string[]): void {
+    const headers: Record<string, string> = { allow: [...allowed, 'OPTIONS'].join(', ') };
+    if (res.hasHeader('access-control-allow-origin')) {
+      headers['access-control-allow-methods'] = [...allowed, 'OPTIONS'].join(', ');
+      headers['access-control-allow-headers'] = String(req.headers['access-control-request-headers'] ?? 'authorization, content-type');
+      headers['access-control-max-age'] = '600';
+    }
+    res.writeHead(204, headers);
+    res.end();
   }
 
   #fail(res: ServerResponse, err: unknown): void {
@@ -124,7 +157,7 @@ export class Gateway {
       if (!res.writableEnded) res.end(`data: ${JSON.stringify(e.body())}\n\ndata: [DONE]\n\n`);
       return;
     }
-    json(res, e.status, e.body(), e.retryAfter === null ? {} : { 'retry-after': String(e.retryAfter) });
+    json(res, e.status, e.body(), { ...e.headers, ...(e.retryAfter === null ? {} : { 'retry-after': String(e.retryAfter) }) });
   }
 
   /** A request/reply with the coordinator; no (decodable) answer is a 503. */
@@ -141,9 +174,19 @@ export class Gateway {
   }
 
   async #models(res: ServerResponse): Promise<void> {
+    json(res, 200, { object: 'list', data: (await this.#served()).map(modelObject) });
+  }
+
+  /** GET /v1/models/{id}: the model, if a pipeline serves it for this gateway. */
+  async #model(res: ServerResponse, id: string): Promise<void> {
+    if (!(await this.#served()).includes(id)) throw new ApiError(404, 'model_not_found', `the model '${id}' does not exist; this gateway serves '${this.#c.modelId}'`, 'model');
+    json(res, 200, modelObject(id));
+  }
+
+  /** The gateway's model, when some pipeline serves it. */
+  async #served(): Promise<string[]> {
     const state = await this.#cluster();
-    const ids = new Set(state.pipelines.map((p) => p.modelId).filter((id) => id === this.#c.modelId));
-    json(res, 200, { object: 'list', data: [...ids].map((id) => ({ id, object: 'model', created: 0, owned_by: 'strata' })) });
+    return [...new Set(state.pipelines.map((p) => p.modelId).filter((id) => id === this.#c.modelId))];
   }
 
   /**
@@ -300,6 +343,9 @@ export class Gateway {
     if (spec.model !== this.#c.modelId) throw new ApiError(404, 'model_not_found', `the model '${spec.model}' does not exist; this gateway serves '${this.#c.modelId}'`, 'model');
     const grammar = this.#grammar(spec);
     const prompt = this.#tokens(spec);
+    for (const t of spec.logitBias.keys()) {
+      if (t >= this.#vocab.size) throw new ApiError(400, 'invalid_value', `'logit_bias' names token ${t}, outside the vocabulary of ${this.#vocab.size}`, 'logit_bias');
+    }
     const meta: ResponseMeta = {
       id: `${spec.kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomBytes(12).toString('hex')}`,
       created: Math.floor(Date.now() / 1000), model: spec.model, fingerprint: this.#fingerprint,
@@ -317,17 +363,23 @@ export class Gateway {
       if (!res.headersSent) res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
       res.write(`data: ${JSON.stringify(obj)}\n\n`);
     };
+    // A chat stream opens each choice as OpenAI does: a chunk with the role alone.
+    const open = (i: number) => {
+      if (started[i]) return;
+      started[i] = true;
+      if (spec.kind === 'chat') sse(chunkBody(spec, meta, i, '', [], null, true, 0));
+    };
     const sink: GenerationSink = spec.stream
       ? {
         delta: (i, text, tokens) => {
           if (text === '' && tokens.length === 0) return;
-          sse(chunkBody(spec, meta, i, text, tokens, null, !started[i], offsets[i]!));
-          started[i] = true;
+          open(i);
+          sse(chunkBody(spec, meta, i, text, tokens, null, false, offsets[i]!));
           offsets[i]! += text.length;
         },
         end: (i, finish) => {
-          sse(chunkBody(spec, meta, i, '', [], finish, !started[i], offsets[i]!));
-          started[i] = true;
+          open(i);
+          sse(chunkBody(spec, meta, i, '', [], finish, false, offsets[i]!));
         },
       }
       : {
@@ -365,6 +417,18 @@ export class Gateway {
     })();
     return this.#stopping;
   }
+}
+
+/** A model as OpenAI lists it. */
+const modelObject = (id: string) => ({ id, object: 'model', created: 0, owned_by: 'strata' });
+
+/** The methods a known path takes (null: no such path). */
+function allowedMethods(path: string): string[] | null {
+  if (path === '/v1/completions' || path === '/v1/chat/completions') return ['POST'];
+  if (['/v1/models', '/healthz', '/health', '/readyz', '/dashboard', '/admin/v1/migrations', '/admin/v1/sessions', '/admin/v1/cluster'].includes(path)) return ['GET'];
+  if (/^\/v1\/models\/.+$/.test(path)) return ['GET'];
+  if (/^\/admin\/v1\/sessions\/[^/]+\/migrate$/.test(path) || /^\/admin\/v1\/workers\/[^/]+\/(drain|undrain)$/.test(path)) return ['POST'];
+  return null;
 }
 
 function json(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {

@@ -184,9 +184,10 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
       c.eog ||= t.eog;
       if (c.ended) continue;
       c.completion++;
+      // An end of generation is no content: no delta, no logprob entry.
+      if (t.eog) continue;
       const out = tokenOut(d.vocab, t, spec.logprobs !== null);
-      const text = t.eog ? '' : c.text.push(Uint8Array.from(out.bytes));
-      sink.delta(ev.index, text, [out]);
+      sink.delta(ev.index, c.text.push(Uint8Array.from(out.bytes)), [out]);
       if (c.text.stopped) {
         cancel([ev.index]);
         endChoice(ev.index, c, 'stop');
@@ -225,6 +226,7 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
             temperature: spec.temperature, topK: spec.topK, topP: spec.topP, minP: spec.minP, repeatPenalty: spec.repeatPenalty,
             frequencyPenalty: spec.frequencyPenalty, presencePenalty: spec.presencePenalty,
             seed, grammar, logprobs: spec.logprobs !== null, topLogprobs: spec.logprobs ?? 0, ignoreEos: spec.ignoreEos,
+            logitBias: Object.fromEntries(spec.logitBias),
           },
         }, GenerateReplySchema, Math.max(1, Math.min(SUBMIT_TRY_MS, deadline - Date.now())), natsHeaders(traced));
       } catch (err) {

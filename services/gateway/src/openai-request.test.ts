@@ -41,7 +41,9 @@ test('every bad field is a 400 naming it', () => {
   assert.throws(() => parseCompletion({ model: 'm', prompt: 'x', stream_options: { include_usage: true } }), refused('stream_options', /stream/));
   assert.throws(() => parseCompletion({ model: 'm', prompt: 'x', echo: true }), refused('echo', /not supported/));
   assert.throws(() => parseCompletion({ model: 'm', prompt: 'x', session_id: 'a.b' }), refused('session_id', /A-Z/));
-  assert.throws(() => parseCompletion({ model: 'm', prompt: 'x', logit_bias: { 5: 1 } }), refused('logit_bias', /not supported/));
+  assert.deepEqual([...parseCompletion({ model: 'm', prompt: 'x', logit_bias: { 5: 1, 17: -100 } }).logitBias], [[5, 1], [17, -100]], "OpenAI's logit_bias");
+  assert.throws(() => parseCompletion({ model: 'm', prompt: 'x', logit_bias: { 5: 101 } }), refused('logit_bias', /-100 to 100/));
+  assert.throws(() => parseCompletion({ model: 'm', prompt: 'x', logit_bias: { hello: 1 } }), refused('logit_bias', /token ids/));
   assert.throws(() => parseChat({ model: 'm', messages: [] }), refused('messages', /non-empty/));
   assert.throws(() => parseChat({ model: 'm', messages: [{ role: 'user', content: [{ type: 'image_url' }] }] }), refused('messages[0].content', /text/));
   assert.throws(() => parseChat({ model: 'm', messages: [{ role: 'user', content: 'x' }], top_logprobs: 2 }), refused('top_logprobs', /logprobs/));

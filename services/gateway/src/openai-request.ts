@@ -43,15 +43,72 @@ export interface GenerationSpec {
   promptCacheKey: string;
   /** the prefix-cache scope (api-keys.ts cacheScope), set by the gateway for the caller */
   cacheScope: string;
+  /** token id -> bias added to its logit (OpenAI's logit_bias) */
+  logitBias: Map<number, number>;
 }
 
 type Body = Record<string, unknown>;
 
 const COMMON = new Set(['model', 'max_tokens', 'stream', 'stream_options', 'stop', 'n', 'temperature', 'top_p', 'top_k', 'min_p',
   'repeat_penalty', 'frequency_penalty', 'presence_penalty', 'seed', 'logprobs', 'response_format', 'grammar', 'ignore_eos', 'session_id', 'user',
-  'cache_salt', 'prompt_cache_key']);
+  'cache_salt', 'prompt_cache_key', 'metadata', 'store', 'service_tier', 'safety_identifier']);
 const COMPLETION = new Set([...COMMON, 'prompt', 'echo', 'best_of', 'suffix', 'logit_bias']);
-const CHAT = new Set([...COMMON, 'messages', 'top_logprobs', 'max_completion_tokens', 'logit_bias', 'parallel_tool_calls']);
+const CHAT = new Set([...COMMON, 'messages', 'top_logprobs', 'max_completion_tokens', 'logit_bias', 'parallel_tool_calls',
+  'reasoning_effort', 'verbosity', 'modalities', 'audio', 'prediction', 'web_search_options']);
+
+/**
+ * OpenAI parameters taken without effect here, each checked as OpenAI checks it (docs/api.md):
+ * what they ask of a stored completion, a tier, a reasoning model or a moderation log has no
+ * counterpart in Strata. Answers carry service_tier 'default'.
+ */
+function accepted(b: Body): void {
+  const m = b.metadata;
+  if (m !== undefined && m !== null) {
+    if (typeof m !== 'object' || Array.isArray(m)) throw bad('metadata', "'metadata' must be an object of strings");
+    const entries = Object.entries(m as Body);
+    if (entries.length > 16) throw bad('metadata', "'metadata' holds at most 16 keys");
+    for (const [k, v] of entries) {
+      if (k.length > 64 || typeof v !== 'string' || v.length > 512) throw bad('metadata', "'metadata' keys are at most 64 characters and values strings of at most 512");
+    }
+  }
+  bool(b, 'store', false);
+  oneOf(b, 'service_tier', ['auto', 'default', 'flex', 'scale', 'priority']);
+  oneOf(b, 'reasoning_effort', ['none', 'minimal', 'low', 'medium', 'high']);
+  oneOf(b, 'verbosity', ['low', 'medium', 'high']);
+  short(b, 'safety_identifier');
+  short(b, 'user');
+  bool(b, 'parallel_tool_calls', true);
+  const mod = b.modalities;
+  if (mod !== undefined && mod !== null) {
+    if (!Array.isArray(mod) || mod.some((x) => typeof x !== 'string')) throw bad('modalities', "'modalities' must be an array of strings");
+    if (mod.some((x) => x !== 'text')) throw new ApiError(400, 'unsupported_parameter', "only the 'text' modality is served (no audio)", 'modalities');
+  }
+  if (b.audio !== undefined && b.audio !== null) throw new ApiError(400, 'unsupported_parameter', "'audio' output is not served", 'audio');
+  if (b.web_search_options !== undefined && b.web_search_options !== null) throw new ApiError(400, 'unsupported_parameter', "'web_search_options': no web search here", 'web_search_options');
+  const p = b.prediction;
+  if (p !== undefined && p !== null && (typeof p !== 'object' || (p as Body).type !== 'content')) throw bad('prediction', "'prediction' must be {\"type\": \"content\", \"content\": …}");
+}
+
+/** OpenAI's logit_bias: token ids (as keys) to biases from -100 to 100, at most 1024 of them. */
+function logitBias(v: unknown): Map<number, number> {
+  const out = new Map<number, number>();
+  if (v === undefined || v === null) return out;
+  if (typeof v !== 'object' || Array.isArray(v)) throw bad('logit_bias', "'logit_bias' must be an object of token ids to biases");
+  const entries = Object.entries(v as Body);
+  if (entries.length > 1024) throw bad('logit_bias', "'logit_bias' holds at most 1024 tokens");
+  for (const [k, b] of entries) {
+    if (!/^\d{1,9}$/.test(k)) throw bad('logit_bias', `'logit_bias' keys are token ids, got '${k}'`);
+    if (typeof b !== 'number' || !Number.isFinite(b) || b < -100 || b > 100) throw bad('logit_bias', `'logit_bias' values are numbers from -100 to 100, got ${JSON.stringify(b)} for token ${k}`);
+    out.set(Number(k), b);
+  }
+  return out;
+}
+
+function oneOf(b: Body, k: string, values: readonly string[]): void {
+  const v = b[k];
+  if (v === undefined || v === null) return;
+  if (typeof v !== 'string' || !values.includes(v)) throw bad(k, `'${k}' must be one of ${values.join(', ')}`);
+}
 
 function bad(param: string, message: string): ApiError {
   return new ApiError(400, 'invalid_value', message, param);
@@ -113,6 +170,7 @@ function short(b: Body, key: string): string {
 function common(b: Body, kind: GenerationSpec['kind'], prompt: GenerationSpec['prompt'], headerSession: string | undefined): GenerationSpec {
   const known = kind === 'chat' ? CHAT : COMPLETION;
   for (const k of Object.keys(b)) if (!known.has(k)) throw new ApiError(400, 'unknown_parameter', `unknown parameter '${k}'`, k);
+  accepted(b);
   const model = str(b, 'model');
   if (!model) throw new ApiError(400, 'missing_required_parameter', "'model' is required", 'model');
   const so = b.stream_options;
@@ -123,7 +181,6 @@ function common(b: Body, kind: GenerationSpec['kind'], prompt: GenerationSpec['p
   const seed = b.seed === undefined || b.seed === null ? null : num(b, 'seed', 0, -(2 ** 63), 2 ** 64, true);
   const sessionId = str(b, 'session_id') ?? headerSession ?? '';
   if (sessionId && !isId(sessionId)) throw bad('session_id', "'session_id' must be 1-128 of A-Z a-z 0-9 _ -");
-  if (b.logit_bias !== undefined && b.logit_bias !== null && Object.keys(b.logit_bias as object).length > 0) throw new ApiError(400, 'unsupported_parameter', "'logit_bias' is not supported", 'logit_bias');
   const maxKey = kind === 'chat' && b.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens';
   return {
     kind, model, prompt,
@@ -146,6 +203,7 @@ function common(b: Body, kind: GenerationSpec['kind'], prompt: GenerationSpec['p
     cacheSalt: short(b, 'cache_salt'),
     promptCacheKey: short(b, 'prompt_cache_key'),
     cacheScope: '',
+    logitBias: logitBias(b.logit_bias),
   };
 }
 

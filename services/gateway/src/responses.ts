@@ -56,7 +56,7 @@ export function finalBody(spec: GenerationSpec, meta: ResponseMeta, choices: Cho
     };
   }
   return {
-    id: meta.id, object: 'chat.completion', created: meta.created, model: meta.model, system_fingerprint: meta.fingerprint,
+    id: meta.id, object: 'chat.completion', created: meta.created, model: meta.model, system_fingerprint: meta.fingerprint, service_tier: 'default',
     choices: choices.map((c, index) => ({
       index, message: { role: 'assistant', content: c.text, refusal: null }, logprobs: lp ? chatLogprobs(c.tokens) : null, finish_reason: c.finish,
     })),
@@ -77,7 +77,7 @@ export function chunkBody(spec: GenerationSpec, meta: ResponseMeta, index: numbe
   if (first) delta.role = 'assistant';
   if (finish === null) delta.content = text;
   return {
-    id: meta.id, object: 'chat.completion.chunk', created: meta.created, model: meta.model, system_fingerprint: meta.fingerprint,
+    id: meta.id, object: 'chat.completion.chunk', created: meta.created, model: meta.model, system_fingerprint: meta.fingerprint, service_tier: 'default',
     choices: [{ index, delta, logprobs: lp ? chatLogprobs(tokens) : null, finish_reason: finish }],
   };
 }

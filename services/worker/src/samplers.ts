@@ -14,6 +14,7 @@ export function samplingOptions(s: Sampling): SamplingOptions {
     presencePenalty: s.presencePenalty,
     seed: s.seed,
     grammar: s.grammar || undefined,
+    logitBias: Object.keys(s.logitBias).length > 0 ? new Map(Object.entries(s.logitBias).map(([k, v]) => [Number(k), v])) : undefined,
   };
 }
 

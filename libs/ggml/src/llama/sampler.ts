@@ -27,6 +27,8 @@ export interface SamplingOptions {
   seed?: number;
   /** GBNF grammar the output must follow (root rule 'root') */
   grammar?: string;
+  /** added to a token's logit before every other step (OpenAI's logit_bias) */
+  logitBias?: ReadonlyMap<number, number>;
 }
 
 /** A sampler chain for one sequence. dispose() is idempotent. */
@@ -70,6 +72,23 @@ export class Sampler {
       }
       l.llama_sampler_chain_add(chain, s);
     };
+    const bias = options.logitBias;
+    if (bias && bias.size > 0) {
+      // llama_logit_bias is {int32 token; float bias}: 8 bytes each.
+      const raw = new ArrayBuffer(bias.size * 8);
+      const ids = new Int32Array(raw), vals = new Float32Array(raw);
+      let i = 0;
+      for (const [token, b] of bias) {
+        if (!Number.isInteger(token) || token < 0 || token >= nVocab) {
+          l.llama_sampler_free(chain);
+          throw new LlamaError(`logit bias for token ${token}, outside the vocabulary of ${nVocab}`);
+        }
+        ids[i * 2] = token;
+        vals[i * 2 + 1] = b;
+        i++;
+      }
+      add(l.llama_sampler_init_logit_bias(nVocab, bias.size, new Uint8Array(raw)), 'logit bias');
+    }
     if (options.grammar) {
       if (!vocab) throw new LlamaError('a grammar needs the vocabulary');
       add(l.llama_sampler_init_grammar(vocab.ptr, options.grammar, 'root'), 'grammar');
@@ -86,7 +105,7 @@ export class Sampler {
       add(l.llama_sampler_init_temp(temp), 'temperature');
       add(l.llama_sampler_init_dist((options.seed ?? 0xffffffff) >>> 0), 'dist sampler');
     }
-    const greedyOnly = temp <= 0 && !options.grammar && rp === 1 && fp === 0 && pp === 0;
+    const greedyOnly = temp <= 0 && !options.grammar && rp === 1 && fp === 0 && pp === 0 && !(bias && bias.size > 0);
     return new Sampler(chain, nVocab, greedyOnly);
   }
 
