@@ -1,5 +1,5 @@
 // Parity with libllama on the same GGUF: teacher-forced logits at every position of a 128-token
-// prompt and greedy generation of 64 tokens, for llama and qwen2, GQA and MHA, two sizes, every
+// prompt and greedy generation of 64 tokens, for llama, qwen2 and qwen3, GQA and MHA, two sizes, every
 // split of the layers.
 //
 // Tolerances. Strata builds llama.cpp's graph op for op and places weights as llama.cpp does
@@ -39,6 +39,9 @@ const MODELS: Spec[] = [
   { label: 'llama GQA q4_K', arch: 'llama', nLayer: 2, nEmbd: 256, nHead: 4, nHeadKv: 2, nFf: 512, nCtxTrain: 1024, seed: 7, type: 'q4_k' },
   { label: 'qwen2 GQA small', arch: 'qwen2', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 3 },
   { label: 'qwen2 MHA larger', arch: 'qwen2', nLayer: 3, nEmbd: 192, nHead: 6, nHeadKv: 6, nFf: 512, nCtxTrain: 1024, seed: 4 },
+  { label: 'qwen3 GQA small', arch: 'qwen3', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 9 },
+  // as Qwen3 ships: heads wider than n_embd / n_head (its Q is 2 × n_embd)
+  { label: 'qwen3 GQA wide heads', arch: 'qwen3', nLayer: 3, nEmbd: 128, nHead: 4, nHeadKv: 2, headDim: 64, nFf: 384, nCtxTrain: 1024, seed: 10 },
 ];
 
 /** Every way to cut nLayer layers into contiguous stages (all of them up to 4 layers). */

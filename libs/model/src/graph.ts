@@ -1,4 +1,4 @@
-// The ggml graph of one stage: layers [l0, l1) of a llama/qwen2/exaone4/gemma3 model, op for op
+// The ggml graph of one stage: layers [l0, l1) of a llama/qwen2/qwen3/exaone4/gemma3 model, op for op
 // as llama.cpp builds it (flash attention over an f16 KV cache), so that the numbers match.
 import { GgmlContext, GgmlPrec, GgmlType, native, type GraphPtr, type RopeParams, type TensorPtr } from '@strata/ggml';
 import type { KvStorage } from '@strata/kv-cache';
@@ -102,7 +102,7 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
     const slot = il - l0;
     const rope = ropeParams(hp, weights, il);
     let inpSA = inpL;
-    // llama/qwen2/gemma3 normalize before attention; exaone4 after it; exaone4 and gemma3 also normalize Q and K per head
+    // llama/qwen2/qwen3/gemma3 normalize before attention; exaone4 after it; exaone4, gemma3 and qwen3 also normalize Q and K per head
     let cur = w.attnNorm ? ctx.mul(ctx.rmsNorm(inpL, hp.rmsEps), w.attnNorm) : inpL;
 
     let q = ctx.mulMat(w.wq, cur);

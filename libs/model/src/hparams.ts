@@ -5,7 +5,7 @@ import { RopeType } from '@strata/ggml';
 import { ModelError } from './errors.ts';
 
 /** Architectures whose graph Strata builds. */
-export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'exaone4', 'gemma3'] as const;
+export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'qwen3', 'exaone4', 'gemma3'] as const;
 export type Arch = (typeof SUPPORTED_ARCHS)[number];
 
 /** Everything the graph needs to know about a model. */

@@ -1,4 +1,4 @@
-// Synthetic llama/qwen2/exaone4/gemma3 models: seeded random weights with a real tokenizer vocabulary (copied
+// Synthetic llama/qwen2/qwen3/exaone4/gemma3 models: seeded random weights with a real tokenizer vocabulary (copied
 // from the snapshot's vocab GGUFs), a file libllama loads and runs. The output head is scaled so
 // that next-token choices are clear rather than near ties.
 import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
@@ -23,7 +23,7 @@ export interface SynthOptions {
   type?: SynthType;
   /** std of the logits the head produces (default 12) */
   headScale?: number;
-  /** vocabulary GGUF (default: the snapshot's llama-spm for llama, qwen2 for qwen2) */
+  /** vocabulary GGUF (default: the snapshot's llama-spm for llama, exaone4 and gemma3, qwen2 for qwen2 and qwen3) */
   vocab?: string;
   /** write RoPE frequency factors (rope_freqs.weight, as llama 3.1 files carry) */
   ropeFreqs?: boolean;
@@ -75,7 +75,7 @@ export class Rng {
 
 /** Default vocabulary file for an architecture. */
 export function defaultVocab(arch: Arch): string {
-  const file = join(vocabDir(), arch === 'qwen2' ? 'ggml-vocab-qwen2.gguf' : 'ggml-vocab-llama-spm.gguf');
+  const file = join(vocabDir(), arch === 'qwen2' || arch === 'qwen3' ? 'ggml-vocab-qwen2.gguf' : 'ggml-vocab-llama-spm.gguf');
   if (!existsSync(file)) {
     throw new ModelError('missing_vocab', `vocabulary ${file} is missing: run \`npm run build:native\` (it extracts the vocabularies from node-llama-cpp's llama.cpp snapshot; needs git)`);
   }
@@ -129,9 +129,9 @@ export function synthesize(o: SynthOptions): number {
     kvU32(`${a}.rope.dimension_count`, hd),
     ...(o.headDim !== undefined ? [kvU32(`${a}.attention.key_length`, hd), kvU32(`${a}.attention.value_length`, hd)] : []),
     // gemma3 as Google ships it: a global base of 1e6, 1e4 on the windowed layers
-    kvF32(`${a}.rope.freq_base`, a === 'qwen2' || gemma ? 1000000 : 10000),
+    kvF32(`${a}.rope.freq_base`, a === 'qwen2' || a === 'qwen3' || gemma ? 1000000 : 10000),
     ...(gemma && o.slidingWindow ? [kvF32(`${a}.rope.freq_base_swa`, 10000)] : []),
-    kvF32(`${a}.attention.layer_norm_rms_epsilon`, a === 'qwen2' || gemma ? 1e-6 : 1e-5),
+    kvF32(`${a}.attention.layer_norm_rms_epsilon`, a === 'qwen2' || a === 'qwen3' || gemma ? 1e-6 : 1e-5),
     kvU32(`${a}.vocab_size`, nVocab),
     ...(o.slidingWindow ? [kvU32(`${a}.attention.sliding_window`, o.slidingWindow)] : []),
     ...(o.swaPattern !== undefined ? [kvU32(`${a}.attention.sliding_window_pattern`, o.swaPattern)] : []),
@@ -146,11 +146,12 @@ export function synthesize(o: SynthOptions): number {
   // gemma3 multiplies the embeddings by √n_embd: rows of std 1/√n_embd come out at about 1
   add('token_embd.weight', [o.nEmbd, nVocab], wt, 0, gemma ? 1 / Math.sqrt(o.nEmbd) : 1);
   if (o.ropeFreqs) add('rope_freqs.weight', [hd / 2], GgmlType.F32, 2, 0.5);
-  // exaone4 normalizes after attention and the FFN; gemma3 before and after both
+  // exaone4 normalizes after attention and the FFN; gemma3 before and after both; those two and
+  // qwen3 normalize Q and K per head
   const post = a === 'exaone4' || gemma, pre = a !== 'exaone4';
   for (let l = 0; l < o.nLayer; l++) {
     const p = `blk.${l}.`;
-    if (post) {
+    if (post || a === 'qwen3') {
       add(`${p}attn_q_norm.weight`, [hd], GgmlType.F32, 1, 0.1);
       add(`${p}attn_k_norm.weight`, [hd], GgmlType.F32, 1, 0.1);
     }

@@ -56,19 +56,15 @@ export function stageTensorList(hp: HParams, range: LayerRange): Want[] {
   if (range.l0 === 0) out.push({ name: 'token_embd.weight', ne: [hp.nEmbd, hp.nVocab] });
   // llama 3.1-style frequency factors: one tensor that every layer's RoPE uses
   out.push({ name: 'rope_freqs.weight', ne: [hp.nRot / 2], optional: true });
-  // exaone4 normalizes after attention and the FFN; gemma3 before and after both
+  // exaone4 normalizes after attention and the FFN; gemma3 before and after both; those two and
+  // qwen3 normalize Q and K per head
   const post = hp.arch === 'exaone4' || hp.arch === 'gemma3';
   const pre = hp.arch !== 'exaone4';
+  const qkNorm = post || hp.arch === 'qwen3';
   for (let l = range.l0; l < range.l1; l++) {
     const p = `blk.${l}.`;
-    if (post) {
-      out.push(
-        { name: `${p}attn_q_norm.weight`, ne: [hp.headDim] },
-        { name: `${p}attn_k_norm.weight`, ne: [hp.headDim] },
-        { name: `${p}post_attention_norm.weight`, ne: [hp.nEmbd] },
-        { name: `${p}post_ffw_norm.weight`, ne: [hp.nEmbd] },
-      );
-    }
+    if (qkNorm) out.push({ name: `${p}attn_q_norm.weight`, ne: [hp.headDim] }, { name: `${p}attn_k_norm.weight`, ne: [hp.headDim] });
+    if (post) out.push({ name: `${p}post_attention_norm.weight`, ne: [hp.nEmbd] }, { name: `${p}post_ffw_norm.weight`, ne: [hp.nEmbd] });
     if (pre) out.push({ name: `${p}attn_norm.weight`, ne: [hp.nEmbd] }, { name: `${p}ffn_norm.weight`, ne: [hp.nEmbd] });
     out.push(
       { name: `${p}attn_q.weight`, ne: [hp.nEmbd, q] },
