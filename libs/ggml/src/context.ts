@@ -150,8 +150,9 @@ export class GgmlContext {
     return this.#g.ggml_rope_ext_inplace(this.ptr, a, pos, p.factors ?? null, p.nDims, p.mode, p.nCtxOrig, p.freqBase,
       p.freqScale, p.extFactor, p.attnFactor, p.betaFast, p.betaSlow);
   }
-  flashAttnExt(q: TensorPtr, k: TensorPtr, v: TensorPtr, mask: TensorPtr | null, scale: number, prec: number): TensorPtr {
-    const t = this.#g.ggml_flash_attn_ext(this.ptr, q, k, v, mask, scale, 0, 0);
+  /** `softcap` > 0: attention logits become softcap·tanh(logits / softcap) (gemma2) */
+  flashAttnExt(q: TensorPtr, k: TensorPtr, v: TensorPtr, mask: TensorPtr | null, scale: number, prec: number, softcap = 0): TensorPtr {
+    const t = this.#g.ggml_flash_attn_ext(this.ptr, q, k, v, mask, scale, 0, softcap);
     this.#g.ggml_flash_attn_ext_set_prec(t, prec);
     return t;
   }

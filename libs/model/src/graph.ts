@@ -1,4 +1,4 @@
-// The ggml graph of one stage: layers [l0, l1) of a llama/qwen2/qwen3/exaone4/gemma3 model, op for op
+// The ggml graph of one stage: layers [l0, l1) of a llama/qwen2/qwen3/exaone4/gemma2/gemma3 model, op for op
 // as llama.cpp builds it (flash attention over an f16 KV cache), so that the numbers match.
 import { GgmlContext, GgmlPrec, GgmlType, native, type GraphPtr, type RopeParams, type TensorPtr } from '@strata/ggml';
 import type { KvStorage } from '@strata/kv-cache';
@@ -146,7 +146,7 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
       vc = ctx.cast(vc, GgmlType.F16);
     }
     const qp = ctx.permute(q, 0, 2, 1, 3);
-    cur = ctx.flashAttnExt(qp, kc, vc, hp.swaLayers[il] ? maskSwa : mask, kqScale, GgmlPrec.F32);
+    cur = ctx.flashAttnExt(qp, kc, vc, hp.swaLayers[il] ? maskSwa : mask, kqScale, GgmlPrec.F32, hp.attnSoftcap);
     cur = ctx.reshape2d(cur, hd * hp.nHead, n);
     if (rotV) cur = mulHadamard(ctx, cur, rotV, kv.rot.v, [hd * hp.nHead, n]);
     cur = ctx.mulMat(w.wo, cur);
@@ -161,7 +161,7 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
     const up = ctx.mulMat(w.ffnUp, cur);
     const gate = ctx.mulMat(w.ffnGate, cur);
     // gemma3's FFN gates with GELU (tanh approximation), the others with SiLU
-    cur = ctx.mulMat(w.ffnDown, hp.arch === 'gemma3' ? ctx.gegluSplit(gate, up) : ctx.swigluSplit(gate, up));
+    cur = ctx.mulMat(w.ffnDown, hp.arch === 'gemma3' || hp.arch === 'gemma2' ? ctx.gegluSplit(gate, up) : ctx.swigluSplit(gate, up));
     if (w.ffnPostNorm) cur = ctx.mul(ctx.rmsNorm(cur, hp.rmsEps), w.ffnPostNorm);
     inpL = ctx.add(cur, ffnInp);
   }

@@ -5,7 +5,7 @@ import { RopeType } from '@strata/ggml';
 import { ModelError } from './errors.ts';
 
 /** Architectures whose graph Strata builds. */
-export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'qwen3', 'exaone4', 'gemma3'] as const;
+export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'qwen3', 'exaone4', 'gemma2', 'gemma3'] as const;
 export type Arch = (typeof SUPPORTED_ARCHS)[number];
 
 /** Everything the graph needs to know about a model. */
@@ -41,6 +41,8 @@ export interface HParams {
   qScaled: boolean;
   /** final logit soft-capping: logits = c·tanh(logits / c); 0: none */
   logitSoftcap: number;
+  /** attention logit soft-capping, inside the attention (gemma2: `attn_logit_softcapping`, default 50); 0: none */
+  attnSoftcap: number;
   /** sliding window (positions a token sees, itself included); 0: full attention everywhere */
   nSwa: number;
   /** per layer: attends within the sliding window // [n_layer] */
@@ -89,7 +91,7 @@ export function readHParams(file: GgufFile): HParams {
   }
   const nLayer = num(file, `${a}.block_count`);
   const swa = slidingWindow(file, a, nLayer);
-  const gemma = a === 'gemma3';
+  const gemma = a === 'gemma3' || a === 'gemma2';
   const hp: Omit<HParams, 'fingerprint'> = {
     arch: a,
     nLayer,
@@ -107,12 +109,15 @@ export function readHParams(file: GgufFile): HParams {
     ropeFreqScale,
     // libllama reads a windowed layers' base only where the window is on (gemma3), and never
     // scales their frequencies
-    ropeFreqBaseSwa: gemma && swa.nSwa > 0 ? num(file, `${a}.rope.freq_base_swa`, 10000) : num(file, `${a}.rope.freq_base`, 10000),
-    ropeFreqScaleSwa: gemma && swa.nSwa > 0 ? 1 : ropeFreqScale,
+    ropeFreqBaseSwa: a === 'gemma3' && swa.nSwa > 0 ? num(file, `${a}.rope.freq_base_swa`, 10000)
+      // gemma2's windowed layers take the global base unless the file names their own
+      : a === 'gemma2' ? num(file, `${a}.rope.freq_base_swa`, num(file, `${a}.rope.freq_base`, 10000)) : num(file, `${a}.rope.freq_base`, 10000),
+    ropeFreqScaleSwa: a === 'gemma3' && swa.nSwa > 0 ? 1 : ropeFreqScale,
     embdScale: gemma ? Math.sqrt(nEmbd) : 1,
-    attnScale: gemma ? gemmaAttnScale(nLayer, nEmbd, nHead, headDim) : 1 / Math.sqrt(headDim),
+    attnScale: gemma ? gemmaAttnScale(a, nLayer, nEmbd, nHead, headDim) : 1 / Math.sqrt(headDim),
     qScaled: gemma,
-    logitSoftcap: gemma ? num(file, `${a}.final_logit_softcapping`, 0) : 0,
+    logitSoftcap: gemma ? num(file, `${a}.final_logit_softcapping`, a === 'gemma2' ? 30 : 0) : 0,
+    attnSoftcap: a === 'gemma2' ? num(file, `${a}.attn_logit_softcapping`, 50) : 0,
     ...swa,
   };
   for (const [k, v] of Object.entries(hp)) {
@@ -132,11 +137,12 @@ export function readHParams(file: GgufFile): HParams {
 }
 
 /**
- * gemma3's attention scale as libllama computes it in f32: 1/√head_dim, except the 27B shape (62
- * layers), which uses 1/√(n_embd / n_head) (`query_pre_attn_scalar` of Google's config).
+ * gemma's attention scale as libllama computes it in f32: 1/√head_dim, except the 27B shapes
+ * (gemma3: 62 layers, gemma2: 46), which use 1/√(n_embd / n_head) (`query_pre_attn_scalar` of
+ * Google's configs).
  */
-function gemmaAttnScale(nLayer: number, nEmbd: number, nHead: number, headDim: number): number {
-  const d = nLayer === 62 ? Math.floor(nEmbd / nHead) : headDim;
+function gemmaAttnScale(arch: Arch, nLayer: number, nEmbd: number, nHead: number, headDim: number): number {
+  const d = nLayer === (arch === 'gemma2' ? 46 : 62) ? Math.floor(nEmbd / nHead) : headDim;
   return Math.fround(1 / Math.fround(Math.sqrt(d)));
 }
 
@@ -149,6 +155,18 @@ function gemmaAttnScale(nLayer: number, nEmbd: number, nHead: number, headDim: n
  */
 function slidingWindow(file: GgufFile, arch: Arch, nLayer: number): { nSwa: number; swaLayers: boolean[] } {
   const none = { nSwa: 0, swaLayers: new Array<boolean>(nLayer).fill(false) };
+  if (arch === 'gemma2') {
+    // always windowed (4096 unless the file says), every other layer unless a pattern is given
+    const nSwa = num(file, `${arch}.attention.sliding_window`, 4096);
+    const patternKv = file.kv(`${arch}.attention.sliding_window_pattern`);
+    if (patternKv && (ArrayBuffer.isView(patternKv.value) || Array.isArray(patternKv.value))) {
+      const arr = Array.from(patternKv.value as ArrayLike<number | boolean>, (x) => Boolean(x));
+      if (arr.length !== nLayer) throw new ModelError('missing_metadata', `${file.path}: sliding_window_pattern has ${arr.length} entries for ${nLayer} layers`);
+      return { nSwa, swaLayers: arr };
+    }
+    const period = patternKv ? Number(patternKv.value) : 2;
+    return { nSwa, swaLayers: Array.from({ length: nLayer }, (_, il) => period === 0 || il % period < period - 1) };
+  }
   if (arch === 'gemma3') {
     const nSwa = num(file, `${arch}.attention.sliding_window`, 0);
     if (nSwa === 0) return none;

@@ -1,4 +1,4 @@
-// Synthetic llama/qwen2/qwen3/exaone4/gemma3 models: seeded random weights with a real tokenizer vocabulary (copied
+// Synthetic llama/qwen2/qwen3/exaone4/gemma2/gemma3 models: seeded random weights with a real tokenizer vocabulary (copied
 // from the snapshot's vocab GGUFs), a file libllama loads and runs. The output head is scaled so
 // that next-token choices are clear rather than near ties.
 import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
@@ -23,7 +23,7 @@ export interface SynthOptions {
   type?: SynthType;
   /** std of the logits the head produces (default 12) */
   headScale?: number;
-  /** vocabulary GGUF (default: the snapshot's llama-spm for llama, exaone4 and gemma3, qwen2 for qwen2 and qwen3) */
+  /** vocabulary GGUF (default: the snapshot's qwen2 for qwen2 and qwen3, llama-spm for the others) */
   vocab?: string;
   /** write RoPE frequency factors (rope_freqs.weight, as llama 3.1 files carry) */
   ropeFreqs?: boolean;
@@ -33,7 +33,9 @@ export interface SynthOptions {
   swaPattern?: number;
   /** per-head dimension of K and V when it is not n_embd / n_head (attention.key_length; gemma3's 270M: 256 at n_embd 640) */
   headDim?: number;
-  /** gemma3: final_logit_softcapping (0 or absent: none) */
+  /** gemma2: attn_logit_softcapping (absent: libllama's 50) */
+  attnSoftcap?: number;
+  /** gemma2, gemma3: final_logit_softcapping (0 or absent: none for gemma3, libllama's 30 for gemma2) */
   logitSoftcap?: number;
   /** called after each tensor with the parameters written so far and in all (a progress bar) */
   onProgress?: (done: number, total: number) => void;
@@ -115,7 +117,7 @@ export function synthesize(o: SynthOptions): number {
 
   const a = o.arch, type = o.type ?? 'f16', wt = WEIGHT_TYPES[type];
   const hd = o.headDim ?? o.nEmbd / o.nHead, q = hd * o.nHead, kv = hd * o.nHeadKv;
-  const gemma = a === 'gemma3';
+  const gemma = a === 'gemma3' || a === 'gemma2';
   const kvs: GgufKv[] = [
     kvStr('general.architecture', a),
     kvStr('general.name', `strata-synth-${a}-${o.nLayer}x${o.nEmbd}-s${o.seed}`),
@@ -128,9 +130,10 @@ export function synthesize(o: SynthOptions): number {
     kvU32(`${a}.attention.head_count_kv`, o.nHeadKv),
     kvU32(`${a}.rope.dimension_count`, hd),
     ...(o.headDim !== undefined ? [kvU32(`${a}.attention.key_length`, hd), kvU32(`${a}.attention.value_length`, hd)] : []),
-    // gemma3 as Google ships it: a global base of 1e6, 1e4 on the windowed layers
-    kvF32(`${a}.rope.freq_base`, a === 'qwen2' || a === 'qwen3' || gemma ? 1000000 : 10000),
-    ...(gemma && o.slidingWindow ? [kvF32(`${a}.rope.freq_base_swa`, 10000)] : []),
+    // gemma3 as Google ships it: a global base of 1e6, 1e4 on the windowed layers (gemma2: 1e4 on all)
+    kvF32(`${a}.rope.freq_base`, a === 'qwen2' || a === 'qwen3' || a === 'gemma3' ? 1000000 : 10000),
+    ...(a === 'gemma3' && o.slidingWindow ? [kvF32(`${a}.rope.freq_base_swa`, 10000)] : []),
+    ...(a === 'gemma2' && o.attnSoftcap ? [kvF32(`${a}.attn_logit_softcapping`, o.attnSoftcap)] : []),
     kvF32(`${a}.attention.layer_norm_rms_epsilon`, a === 'qwen2' || a === 'qwen3' || gemma ? 1e-6 : 1e-5),
     kvU32(`${a}.vocab_size`, nVocab),
     ...(o.slidingWindow ? [kvU32(`${a}.attention.sliding_window`, o.slidingWindow)] : []),
@@ -151,7 +154,7 @@ export function synthesize(o: SynthOptions): number {
   const post = a === 'exaone4' || gemma, pre = a !== 'exaone4';
   for (let l = 0; l < o.nLayer; l++) {
     const p = `blk.${l}.`;
-    if (post || a === 'qwen3') {
+    if (a === 'exaone4' || a === 'gemma3' || a === 'qwen3') {
       add(`${p}attn_q_norm.weight`, [hd], GgmlType.F32, 1, 0.1);
       add(`${p}attn_k_norm.weight`, [hd], GgmlType.F32, 1, 0.1);
     }
@@ -175,7 +178,8 @@ export function synthesize(o: SynthOptions): number {
     if (post) add(`${p}post_ffw_norm.weight`, [o.nEmbd], GgmlType.F32, resid, 0.1 * resid);
   }
   add('output_norm.weight', [o.nEmbd], GgmlType.F32, 1, 0.1);
-  add('output.weight', [o.nEmbd, nVocab], wt, 0, (o.headScale ?? 12) / Math.sqrt(o.nEmbd));
+  // gemma2's head is its embedding matrix (libllama refuses a file with an output.weight)
+  if (a !== 'gemma2') add('output.weight', [o.nEmbd, nVocab], wt, 0, (o.headScale ?? 12) / Math.sqrt(o.nEmbd));
 
   let params = 0;
   const total = specs.reduce((t, spec) => t + spec.ne.reduce((x, y) => x * y, 1), 0);

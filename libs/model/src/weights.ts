@@ -58,9 +58,9 @@ export function stageTensorList(hp: HParams, range: LayerRange): Want[] {
   out.push({ name: 'rope_freqs.weight', ne: [hp.nRot / 2], optional: true });
   // exaone4 normalizes after attention and the FFN; gemma3 before and after both; those two and
   // qwen3 normalize Q and K per head
-  const post = hp.arch === 'exaone4' || hp.arch === 'gemma3';
+  const post = hp.arch === 'exaone4' || hp.arch === 'gemma3' || hp.arch === 'gemma2';
   const pre = hp.arch !== 'exaone4';
-  const qkNorm = post || hp.arch === 'qwen3';
+  const qkNorm = hp.arch === 'exaone4' || hp.arch === 'gemma3' || hp.arch === 'qwen3';
   for (let l = range.l0; l < range.l1; l++) {
     const p = `blk.${l}.`;
     if (qkNorm) out.push({ name: `${p}attn_q_norm.weight`, ne: [hp.headDim] }, { name: `${p}attn_k_norm.weight`, ne: [hp.headDim] });
