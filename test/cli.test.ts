@@ -69,7 +69,7 @@ describe('strata command', () => {
       [['generate', '--model', model, '--split', '0:2,3:4'], /layers 2:3 uncovered/, 1],
       [['generate', '--model', model, '--n-predict', 'many'], /--n-predict must be an integer/, 2],
       [['generate', '--model', model, '--bogus', '1'], /unknown flag --bogus/, 2],
-      [['model', 'synth', '--out', join(dir, 'x.gguf'), '--arch', 'gpt9'], /--arch must be one of llama, qwen2, qwen3, exaone4, gemma2, gemma3/, 2],
+      [['model', 'synth', '--out', join(dir, 'x.gguf'), '--arch', 'gpt9'], /--arch must be one of llama, qwen2, qwen3, phi3, exaone4, gemma2, gemma3/, 2],
       [['frobnicate'], /unknown command 'frobnicate'/, 2],
     ];
     for (const [args, msg, code] of cases) {

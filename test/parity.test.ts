@@ -1,5 +1,5 @@
 // Parity with libllama on the same GGUF: teacher-forced logits at every position of a 128-token
-// prompt and greedy generation of 64 tokens, for llama, qwen2 and qwen3, GQA and MHA, two sizes, every
+// prompt and greedy generation of 64 tokens, for llama, qwen2, qwen3 and phi3, GQA and MHA, two sizes, every
 // split of the layers.
 //
 // Tolerances. Strata builds llama.cpp's graph op for op and places weights as llama.cpp does
@@ -41,6 +41,8 @@ const MODELS: Spec[] = [
   { label: 'qwen2 MHA larger', arch: 'qwen2', nLayer: 3, nEmbd: 192, nHead: 6, nHeadKv: 6, nFf: 512, nCtxTrain: 1024, seed: 4 },
   { label: 'qwen3 GQA small', arch: 'qwen3', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 9 },
   // as Qwen3 ships: heads wider than n_embd / n_head (its Q is 2 × n_embd)
+  { label: 'phi3 GQA (fused Q/K/V and gate/up)', arch: 'phi3', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 12 },
+  { label: 'phi3 MHA q8_0', arch: 'phi3', nLayer: 3, nEmbd: 128, nHead: 4, nHeadKv: 4, nFf: 256, nCtxTrain: 1024, seed: 13, type: 'q8_0' },
   { label: 'qwen3 GQA wide heads', arch: 'qwen3', nLayer: 3, nEmbd: 128, nHead: 4, nHeadKv: 2, headDim: 64, nFf: 384, nCtxTrain: 1024, seed: 10 },
 ];
 

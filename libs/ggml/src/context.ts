@@ -110,6 +110,8 @@ export class GgmlContext {
   scale(a: TensorPtr, s: number): TensorPtr { return this.#g.ggml_scale(this.ptr, a, s); }
   silu(a: TensorPtr): TensorPtr { return this.#g.ggml_silu(this.ptr, a); }
   swigluSplit(gate: TensorPtr, up: TensorPtr): TensorPtr { return this.#g.ggml_swiglu_split(this.ptr, gate, up); }
+  /** SiLU of a row's first half times its second half (phi3's fused gate and up) */
+  swiglu(a: TensorPtr): TensorPtr { return this.#g.ggml_swiglu(this.ptr, a); }
   /** GELU(a) · b, GELU with the tanh approximation (gemma's gated FFN) */
   gegluSplit(gate: TensorPtr, up: TensorPtr): TensorPtr { return this.#g.ggml_geglu_split(this.ptr, gate, up); }
   tanh(a: TensorPtr): TensorPtr { return this.#g.ggml_tanh(this.ptr, a); }

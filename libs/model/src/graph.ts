@@ -1,4 +1,4 @@
-// The ggml graph of one stage: layers [l0, l1) of a llama/qwen2/qwen3/exaone4/gemma2/gemma3 model, op for op
+// The ggml graph of one stage: layers [l0, l1) of a llama/qwen2/qwen3/phi3/exaone4/gemma2/gemma3 model, op for op
 // as llama.cpp builds it (flash attention over an f16 KV cache), so that the numbers match.
 import { GgmlContext, GgmlPrec, GgmlType, native, type GraphPtr, type RopeParams, type TensorPtr } from '@strata/ggml';
 import type { KvStorage } from '@strata/kv-cache';
@@ -105,15 +105,26 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
     // llama/qwen2/qwen3/gemma3 normalize before attention; exaone4 after it; exaone4, gemma3 and qwen3 also normalize Q and K per head
     let cur = w.attnNorm ? ctx.mul(ctx.rmsNorm(inpL, hp.rmsEps), w.attnNorm) : inpL;
 
-    let q = ctx.mulMat(w.wq, cur);
-    if (w.bq) q = ctx.add(q, w.bq);
-    let k = ctx.mulMat(w.wk, cur);
-    if (w.bk) k = ctx.add(k, w.bk);
-    let v = ctx.mulMat(w.wv, cur);
-    if (w.bv) v = ctx.add(v, w.bv);
-    q = ctx.reshape3d(q, hd, hp.nHead, n);
-    k = ctx.reshape3d(k, hd, hp.nHeadKv, n);
-    v = ctx.reshape3d(v, hd, hp.nHeadKv, n);
+    let q: TensorPtr, k: TensorPtr, v: TensorPtr;
+    if (w.wqkv) {
+      // phi3: one projection, Q, K and V its views (as llama.cpp's build_qkv); V is made
+      // contiguous for the cache (the same values)
+      const qkv = ctx.mulMat(w.wqkv, cur);
+      const row = rowSize(GgmlType.F32, hd * (hp.nHead + 2 * hp.nHeadKv)), head = rowSize(GgmlType.F32, hd);
+      q = ctx.view3d(qkv, hd, hp.nHead, n, head, row, 0);
+      k = ctx.view3d(qkv, hd, hp.nHeadKv, n, head, row, rowSize(GgmlType.F32, hd * hp.nHead));
+      v = ctx.cont(ctx.view3d(qkv, hd, hp.nHeadKv, n, head, row, rowSize(GgmlType.F32, hd * (hp.nHead + hp.nHeadKv))));
+    } else {
+      q = ctx.mulMat(w.wq!, cur);
+      if (w.bq) q = ctx.add(q, w.bq);
+      k = ctx.mulMat(w.wk!, cur);
+      if (w.bk) k = ctx.add(k, w.bk);
+      v = ctx.mulMat(w.wv!, cur);
+      if (w.bv) v = ctx.add(v, w.bv);
+      q = ctx.reshape3d(q, hd, hp.nHead, n);
+      k = ctx.reshape3d(k, hd, hp.nHeadKv, n);
+      v = ctx.reshape3d(v, hd, hp.nHeadKv, n);
+    }
     if (w.qNorm) q = ctx.mul(ctx.rmsNorm(q, hp.rmsEps), w.qNorm);
     if (w.kNorm) k = ctx.mul(ctx.rmsNorm(k, hp.rmsEps), w.kNorm);
     // with a sliding window, exaone4's full-attention layers use no positions (NoPE)
@@ -159,9 +170,14 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
     const ffnInp = ctx.add(cur, inpSA);
     cur = w.ffnNorm ? ctx.mul(ctx.rmsNorm(ffnInp, hp.rmsEps), w.ffnNorm) : ffnInp;
     const up = ctx.mulMat(w.ffnUp, cur);
-    const gate = ctx.mulMat(w.ffnGate, cur);
-    // gemma3's FFN gates with GELU (tanh approximation), the others with SiLU
-    cur = ctx.mulMat(w.ffnDown, hp.arch === 'gemma3' || hp.arch === 'gemma2' ? ctx.gegluSplit(gate, up) : ctx.swigluSplit(gate, up));
+    if (w.ffnGate) {
+      const gate = ctx.mulMat(w.ffnGate, cur);
+      // gemma's FFN gates with GELU (tanh approximation), the others with SiLU
+      cur = ctx.mulMat(w.ffnDown, hp.arch === 'gemma3' || hp.arch === 'gemma2' ? ctx.gegluSplit(gate, up) : ctx.swigluSplit(gate, up));
+    } else {
+      // phi3: the up projection's first half is the gate
+      cur = ctx.mulMat(w.ffnDown, ctx.swiglu(up));
+    }
     if (w.ffnPostNorm) cur = ctx.mul(ctx.rmsNorm(cur, hp.rmsEps), w.ffnPostNorm);
     inpL = ctx.add(cur, ffnInp);
   }

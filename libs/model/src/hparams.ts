@@ -5,7 +5,7 @@ import { RopeType } from '@strata/ggml';
 import { ModelError } from './errors.ts';
 
 /** Architectures whose graph Strata builds. */
-export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'qwen3', 'exaone4', 'gemma2', 'gemma3'] as const;
+export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'qwen3', 'phi3', 'exaone4', 'gemma2', 'gemma3'] as const;
 export type Arch = (typeof SUPPORTED_ARCHS)[number];
 
 /** Everything the graph needs to know about a model. */
@@ -90,6 +90,9 @@ export function readHParams(file: GgufFile): HParams {
     throw new ModelError('unknown_architecture', `${file.path}: rope scaling '${String(scalingType)}' is not supported yet`);
   }
   const nLayer = num(file, `${a}.block_count`);
+  if (a === 'phi3' && file.header.tensors.some((t) => t.name.startsWith('rope_factors_') || /^blk\.\d+\.rope_factors_/.test(t.name))) {
+    throw new ModelError('unknown_architecture', `${file.path}: phi3 with LongRoPE factors (the 128k-context variants) is not supported yet`);
+  }
   const swa = slidingWindow(file, a, nLayer);
   const gemma = a === 'gemma3' || a === 'gemma2';
   const hp: Omit<HParams, 'fingerprint'> = {
@@ -115,7 +118,8 @@ export function readHParams(file: GgufFile): HParams {
     ropeFreqScaleSwa: a === 'gemma3' && swa.nSwa > 0 ? 1 : ropeFreqScale,
     embdScale: gemma ? Math.sqrt(nEmbd) : 1,
     attnScale: gemma ? gemmaAttnScale(a, nLayer, nEmbd, nHead, headDim) : 1 / Math.sqrt(headDim),
-    qScaled: gemma,
+    // gemma and phi3 scale Q after RoPE and pass 1 to the attention
+    qScaled: gemma || a === 'phi3',
     logitSoftcap: gemma ? num(file, `${a}.final_logit_softcapping`, a === 'gemma2' ? 30 : 0) : 0,
     attnSoftcap: a === 'gemma2' ? num(file, `${a}.attn_logit_softcapping`, 50) : 0,
     ...swa,

@@ -1,4 +1,4 @@
-// Synthetic llama/qwen2/qwen3/exaone4/gemma2/gemma3 models: seeded random weights with a real tokenizer vocabulary (copied
+// Synthetic llama/qwen2/qwen3/phi3/exaone4/gemma2/gemma3 models: seeded random weights with a real tokenizer vocabulary (copied
 // from the snapshot's vocab GGUFs), a file libllama loads and runs. The output head is scaled so
 // that next-token choices are clear rather than near ties.
 import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
@@ -120,7 +120,9 @@ export function synthesize(o: SynthOptions): number {
   const gemma = a === 'gemma3' || a === 'gemma2';
   const kvs: GgufKv[] = [
     kvStr('general.architecture', a),
-    kvStr('general.name', `strata-synth-${a}-${o.nLayer}x${o.nEmbd}-s${o.seed}`),
+    // (libllama gives tokens of a model named like Phi-3 attributes by their text, '<|endoftext|>'
+    // among them, which the llama-spm vocabulary lacks: the name avoids it)
+    kvStr('general.name', `strata-synth-${a === 'phi3' ? 'phi-three' : a}-${o.nLayer}x${o.nEmbd}-s${o.seed}`),
     kvU32('general.file_type', FILE_TYPES[type]),
     kvU32(`${a}.context_length`, o.nCtxTrain),
     kvU32(`${a}.embedding_length`, o.nEmbd),
@@ -159,9 +161,13 @@ export function synthesize(o: SynthOptions): number {
       add(`${p}attn_k_norm.weight`, [hd], GgmlType.F32, 1, 0.1);
     }
     if (pre) add(`${p}attn_norm.weight`, [o.nEmbd], GgmlType.F32, 1, 0.1);
-    add(`${p}attn_q.weight`, [o.nEmbd, q], wt, 0, 1 / Math.sqrt(o.nEmbd));
-    add(`${p}attn_k.weight`, [o.nEmbd, kv], wt, 0, 1 / Math.sqrt(o.nEmbd));
-    add(`${p}attn_v.weight`, [o.nEmbd, kv], wt, 0, 1 / Math.sqrt(o.nEmbd));
+    // phi3 fuses Q/K/V into one projection, and the FFN's gate into its up projection (first half)
+    if (a === 'phi3') add(`${p}attn_qkv.weight`, [o.nEmbd, q + 2 * kv], wt, 0, 1 / Math.sqrt(o.nEmbd));
+    else {
+      add(`${p}attn_q.weight`, [o.nEmbd, q], wt, 0, 1 / Math.sqrt(o.nEmbd));
+      add(`${p}attn_k.weight`, [o.nEmbd, kv], wt, 0, 1 / Math.sqrt(o.nEmbd));
+      add(`${p}attn_v.weight`, [o.nEmbd, kv], wt, 0, 1 / Math.sqrt(o.nEmbd));
+    }
     if (a === 'qwen2') {
       add(`${p}attn_q.bias`, [q], GgmlType.F32, 0, 0.1);
       add(`${p}attn_k.bias`, [kv], GgmlType.F32, 0, 0.1);
@@ -172,8 +178,8 @@ export function synthesize(o: SynthOptions): number {
     // residual would grow by one per layer, so the post-norms are scaled like a residual branch
     if (post) add(`${p}post_attention_norm.weight`, [o.nEmbd], GgmlType.F32, resid, 0.1 * resid);
     if (pre) add(`${p}ffn_norm.weight`, [o.nEmbd], GgmlType.F32, 1, 0.1);
-    add(`${p}ffn_gate.weight`, [o.nEmbd, o.nFf], wt, 0, 1 / Math.sqrt(o.nEmbd));
-    add(`${p}ffn_up.weight`, [o.nEmbd, o.nFf], wt, 0, 1 / Math.sqrt(o.nEmbd));
+    if (a !== 'phi3') add(`${p}ffn_gate.weight`, [o.nEmbd, o.nFf], wt, 0, 1 / Math.sqrt(o.nEmbd));
+    add(`${p}ffn_up.weight`, [o.nEmbd, a === 'phi3' ? 2 * o.nFf : o.nFf], wt, 0, 1 / Math.sqrt(o.nEmbd));
     add(`${p}ffn_down.weight`, [o.nFf, o.nEmbd], wt, 0, resid / Math.sqrt(o.nFf));
     if (post) add(`${p}post_ffw_norm.weight`, [o.nEmbd], GgmlType.F32, resid, 0.1 * resid);
   }

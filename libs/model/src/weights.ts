@@ -13,9 +13,11 @@ import type { LayerRange } from './layer-range.ts';
 export interface LayerWeights {
   /** pre-attention norm (llama, qwen2, gemma3) */
   attnNorm: TensorPtr | null;
-  wq: TensorPtr;
-  wk: TensorPtr;
-  wv: TensorPtr;
+  /** Q, K and V projections, or one fused projection (phi3: `wqkv`, the others null) */
+  wq: TensorPtr | null;
+  wk: TensorPtr | null;
+  wv: TensorPtr | null;
+  wqkv: TensorPtr | null;
   wo: TensorPtr;
   bq: TensorPtr | null;
   bk: TensorPtr | null;
@@ -27,7 +29,8 @@ export interface LayerWeights {
   kNorm: TensorPtr | null;
   attnPostNorm: TensorPtr | null;
   ffnPostNorm: TensorPtr | null;
-  ffnGate: TensorPtr;
+  /** null where `ffnUp` holds the gate's rows too (phi3) */
+  ffnGate: TensorPtr | null;
   ffnUp: TensorPtr;
   ffnDown: TensorPtr;
 }
@@ -66,6 +69,16 @@ export function stageTensorList(hp: HParams, range: LayerRange): Want[] {
     if (qkNorm) out.push({ name: `${p}attn_q_norm.weight`, ne: [hp.headDim] }, { name: `${p}attn_k_norm.weight`, ne: [hp.headDim] });
     if (post) out.push({ name: `${p}post_attention_norm.weight`, ne: [hp.nEmbd] }, { name: `${p}post_ffw_norm.weight`, ne: [hp.nEmbd] });
     if (pre) out.push({ name: `${p}attn_norm.weight`, ne: [hp.nEmbd] }, { name: `${p}ffn_norm.weight`, ne: [hp.nEmbd] });
+    if (hp.arch === 'phi3') {
+      // one fused Q/K/V projection, and one up projection that holds the gate's rows too
+      out.push(
+        { name: `${p}attn_qkv.weight`, ne: [hp.nEmbd, q + 2 * kv] },
+        { name: `${p}attn_output.weight`, ne: [q, hp.nEmbd] },
+        { name: `${p}ffn_up.weight`, ne: [hp.nEmbd, 2 * hp.nFf] },
+        { name: `${p}ffn_down.weight`, ne: [hp.nFf, hp.nEmbd] },
+      );
+      continue;
+    }
     out.push(
       { name: `${p}attn_q.weight`, ne: [hp.nEmbd, q] },
       { name: `${p}attn_k.weight`, ne: [hp.nEmbd, kv] },
@@ -120,12 +133,12 @@ export class StageWeights {
     for (let l = range.l0; l < range.l1; l++) {
       const p = `blk.${l}.`;
       this.layers.push({
-        attnNorm: get(`${p}attn_norm.weight`), wq: req(`${p}attn_q.weight`), wk: req(`${p}attn_k.weight`),
-        wv: req(`${p}attn_v.weight`), wo: req(`${p}attn_output.weight`), bq: get(`${p}attn_q.bias`),
+        attnNorm: get(`${p}attn_norm.weight`), wq: get(`${p}attn_q.weight`), wk: get(`${p}attn_k.weight`),
+        wv: get(`${p}attn_v.weight`), wqkv: get(`${p}attn_qkv.weight`), wo: req(`${p}attn_output.weight`), bq: get(`${p}attn_q.bias`),
         bk: get(`${p}attn_k.bias`), bv: get(`${p}attn_v.bias`), ffnNorm: get(`${p}ffn_norm.weight`),
         qNorm: get(`${p}attn_q_norm.weight`), kNorm: get(`${p}attn_k_norm.weight`),
         attnPostNorm: get(`${p}post_attention_norm.weight`), ffnPostNorm: get(`${p}post_ffw_norm.weight`),
-        ffnGate: req(`${p}ffn_gate.weight`), ffnUp: req(`${p}ffn_up.weight`), ffnDown: req(`${p}ffn_down.weight`),
+        ffnGate: get(`${p}ffn_gate.weight`), ffnUp: req(`${p}ffn_up.weight`), ffnDown: req(`${p}ffn_down.weight`),
       });
     }
     this.outputNorm = get('output_norm.weight');

@@ -18,7 +18,7 @@ import { ClusterError, UsageError } from './errors.ts';
 const USAGE = `usage: strata <command> [flags]
 
 commands:
-  model synth --out F.gguf [--arch llama|qwen2|qwen3|exaone4|gemma2|gemma3] [--n-layer N] [--n-embd D] [--n-head H]
+  model synth --out F.gguf [--arch llama|qwen2|qwen3|phi3|exaone4|gemma2|gemma3] [--n-layer N] [--n-embd D] [--n-head H]
               [--n-head-kv K] [--n-ff F] [--n-ctx-train C] [--seed S] [--type f32|f16|q8_0|q4_0|q4_k]
               [--head-scale X] [--vocab V.gguf] [--sliding-window W] [--swa-pattern P]
               [--head-dim D] [--logit-softcap C]

@@ -37,6 +37,7 @@ export function bindGgml(lib: LibraryHandle) {
     ggml_mul: f('ggml_tensor * ggml_mul(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b)') as (ctx: ContextPtr, a: TensorPtr, b: TensorPtr) => TensorPtr,
     ggml_scale: f('ggml_tensor * ggml_scale(ggml_context * ctx, ggml_tensor * a, float s)') as (ctx: ContextPtr, a: TensorPtr, s: number) => TensorPtr,
     ggml_silu: f('ggml_tensor * ggml_silu(ggml_context * ctx, ggml_tensor * a)') as (ctx: ContextPtr, a: TensorPtr) => TensorPtr,
+    ggml_swiglu: f('ggml_tensor * ggml_swiglu(ggml_context * ctx, ggml_tensor * a)') as (ctx: ContextPtr, a: TensorPtr) => TensorPtr,
     ggml_swiglu_split: f('ggml_tensor * ggml_swiglu_split(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b)') as (ctx: ContextPtr, a: TensorPtr, b: TensorPtr) => TensorPtr,
     ggml_geglu_split: f('ggml_tensor * ggml_geglu_split(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b)') as (ctx: ContextPtr, a: TensorPtr, b: TensorPtr) => TensorPtr,
     ggml_tanh: f('ggml_tensor * ggml_tanh(ggml_context * ctx, ggml_tensor * a)') as (ctx: ContextPtr, a: TensorPtr) => TensorPtr,

@@ -4,7 +4,7 @@ import { SUPPORTED_ARCHS, SYNTH_TYPES, readHParams, synthesize, type Arch, type 
 import { Flags, parseArgs } from '../args.ts';
 import { UsageError } from '../errors.ts';
 
-/** `strata model synth --out F --arch llama|qwen2|qwen3|exaone4|gemma2|gemma3 --n-layer N ...` */
+/** `strata model synth --out F --arch llama|qwen2|qwen3|phi3|exaone4|gemma2|gemma3 --n-layer N ...` */
 export function modelSynth(argv: string[], out: NodeJS.WritableStream): number {
   const f = new Flags(parseArgs(argv));
   const arch = f.str('arch', 'llama')!;
