@@ -72,7 +72,18 @@ describe('sessions evicted to host memory and disk', () => {
   };
 
   it('an evicted session comes back from host memory, computing only its new tokens', async () => {
-    for (const s of await evictTwo(host, ['Anna', 'Ben'])) await resume(host, s);
+    const evicted = await evictTwo(host, ['Anna', 'Ben']);
+    // Operators see it saved, holding no cells; it moves only once its next turn brings it back.
+    const list = (await (await fetch(`${host.url}/admin/v1/sessions`)).json()) as { data: { id: string; seq: number; positions: number; saved?: boolean }[] };
+    const anna = list.data.find((x) => x.id.endsWith('tier-Anna'))!;
+    assert.deepEqual([anna.saved, anna.seq], [true, -1], JSON.stringify(anna));
+    assert.ok(anna.positions >= evicted[0]!.held);
+    const move = await fetch(`${host.url}/admin/v1/sessions/${encodeURIComponent(anna.id)}/migrate`, { method: 'POST', body: '{}' });
+    assert.equal(move.status, 400);
+    assert.match(((await move.json()) as { error: { message: string } }).error.message, /saved to the tiers/);
+    for (const s of evicted) await resume(host, s);
+    const after = (await (await fetch(`${host.url}/admin/v1/sessions`)).json()) as { data: { id: string; saved?: boolean }[] };
+    assert.ok(!after.data.find((x) => x.id === anna.id)?.saved, 'back on the stages');
   });
 
   it('and from disk; a damaged file there is refused and its session prefilled again, with the same answer', async () => {

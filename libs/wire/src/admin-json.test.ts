@@ -14,7 +14,7 @@ test('ledger records and sessions in the admin API\'s JSON: numbers, not strings
   });
   assert.deepEqual(migrationJson(create(MigrationInfoSchema, { plan: '{not json' })).plan, [], 'a damaged plan reads as none');
   assert.deepEqual(sessionJson(create(SessionInfoSchema, { id: 's', pipelineId: 'p', seq: 3, positions: 9, busy: true, lastUsedMs: 5n, epoch: 2n })), {
-    id: 's', tenant: '', pipeline: 'p', seq: 3, positions: 9, busy: true, moving: false, last_used: 5, epoch: 2,
+    id: 's', tenant: '', pipeline: 'p', seq: 3, positions: 9, busy: true, moving: false, last_used: 5, epoch: 2, saved: false,
   });
   assert.equal(sessionJson(create(SessionInfoSchema, { id: 'key-0123456789ab:s' })).tenant, 'key-0123456789ab', 'the tenant of a session key');
 });

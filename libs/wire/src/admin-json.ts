@@ -49,6 +49,8 @@ export interface SessionJson {
   /** milliseconds since the epoch */
   last_used: number;
   epoch: number;
+  /** saved to its pipeline's workers' tiers: no cells on the stages (seq -1) until its next turn */
+  saved: boolean;
 }
 
 /** Migration states that are not final. */
@@ -72,5 +74,5 @@ export function migrationJson(m: MigrationInfo): MigrationJson {
 
 /** A session in the admin API's JSON. */
 export function sessionJson(s: SessionInfo): SessionJson {
-  return { id: s.id, tenant: splitSessionKey(s.id).tenant, pipeline: s.pipelineId, seq: s.seq, positions: s.positions, busy: s.busy, moving: s.moving, last_used: Number(s.lastUsedMs), epoch: Number(s.epoch) };
+  return { id: s.id, tenant: splitSessionKey(s.id).tenant, pipeline: s.pipelineId, seq: s.seq, positions: s.positions, busy: s.busy, moving: s.moving, last_used: Number(s.lastUsedMs), epoch: Number(s.epoch), saved: s.saved };
 }

@@ -64,7 +64,11 @@ export class Migrator {
     if (this.moving.has(session)) throw new CoordinatorError('session_busy', `session ${session} is already moving`);
     const pipelines = [...d.schedulers.values()];
     const src = pipelines.find((s) => s.session(session) !== null);
-    if (!src) throw new CoordinatorError('not_found', `no pipeline holds session ${session}`);
+    if (!src) {
+      const saved = pipelines.find((s) => s.holds(session));
+      if (saved) throw new CoordinatorError('bad_request', `session ${session} is saved to the tiers of pipeline ${saved.view.id}'s workers: its next turn brings it back, then it can move`);
+      throw new CoordinatorError('not_found', `no pipeline holds session ${session}`);
+    }
     const placed = placeMove(pipelines, session, src, to);
     if ('refused' in placed) throw new CoordinatorError(placed.refused.code, placed.refused.message);
     const dst = placed.to;

@@ -165,7 +165,7 @@ export function takeRoom(c: PipelineCore, fx: PipelineEffect[], ask: RoomAsk, of
 function offloadSession(c: PipelineCore, fx: PipelineEffect[], id: string): void {
   const r = c.room.residents.get(id)!;
   const key = `${id}/${c.nextKey++}`;
-  c.offloading.set(id, { tokens: r.tokens, key, epoch: r.epoch });
+  c.offloading.set(id, { tokens: r.tokens, key, epoch: r.epoch, lastUsedMs: r.lastUsedMs });
   fx.push({ type: 'offload', seq: r.seq, session: id, key });
 }
 

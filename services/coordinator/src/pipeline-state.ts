@@ -86,6 +86,7 @@ export interface Offloaded {
   tokens: number[];
   key: string;
   epoch: number;
+  lastUsedMs: number;
 }
 
 /** A micro-batch sent and not yet answered. */
@@ -286,18 +287,28 @@ export interface SessionView {
   lastUsedMs: number;
   /** ownership epoch in Redis */
   epoch: number;
+  /** saved to the workers' tiers: no cells on the stages until its next turn */
+  saved: boolean;
 }
 
 /** Snapshot of the sessions that live here, for operators (strata sessions, the dashboard). */
 export function sessionViews(c: PipelineCore): SessionView[] {
-  return sessionIds(c).map((id) => {
+  const here = sessionIds(c);
+  const live = new Set(here);
+  const views = here.map((id): SessionView => {
     const job = jobOf(c, id);
     const r = c.room.residents.get(id);
     return {
       id, seq: job?.seq ?? r?.seq ?? -1, positions: job ? job.done : r?.tokens.length ?? 0, busy: job !== undefined,
-      moving: c.moving.has(id), lastUsedMs: r?.lastUsedMs ?? 0, epoch: job ? c.requests.get(job.requestId)?.epoch ?? r?.epoch ?? 0 : r?.epoch ?? 0,
+      moving: c.moving.has(id), lastUsedMs: r?.lastUsedMs ?? 0, epoch: job ? c.requests.get(job.requestId)?.epoch ?? r?.epoch ?? 0 : r?.epoch ?? 0, saved: false,
     };
   });
+  for (const saved of [c.offloading, c.offloaded]) {
+    for (const [id, o] of saved) {
+      if (!live.has(id)) views.push({ id, seq: -1, positions: o.tokens.length, busy: false, moving: false, lastUsedMs: o.lastUsedMs, epoch: o.epoch, saved: true });
+    }
+  }
+  return views;
 }
 
 /** Whether the hold of `session` is complete: none of its steps is in flight. */

@@ -135,7 +135,7 @@ describe('sessions evicted to the tiers', () => {
 
   it('a session the tiers lost is prefilled again from its history', () => {
     const { core, send } = pipeline(256, 4, { tiers: true, prefixCache: false });
-    core.offloaded.set('t:s', { tokens: range(500, 40), key: 't:s/9', epoch: 2 });
+    core.offloaded.set('t:s', { tokens: range(500, 40), key: 't:s/9', epoch: 2, lastUsedMs: 1 });
     const fx = send({ type: 'admit', req: req('s-2', [...range(500, 40), 7, 8], { sessionId: 't:s' }) }, 1);
     assert.deepEqual(only(fx, 'prepare')[0]!.ops.map((o) => [o.kind, o.key]), [[SeqOpKind.LOAD, 't:s/9']]);
     const again = send({ type: 'prepare_failed', requestId: 's-2', code: 'kv_tier_miss', message: 'no tier holds it' }, 2);

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import { listSessions } from './session-list.ts';
 import type { SessionView } from './pipeline-core.ts';
 
-const view = (id: string, lastUsedMs: number, o: Partial<SessionView> = {}): SessionView => ({ id, seq: 0, positions: 10, busy: false, moving: false, lastUsedMs, epoch: 1, ...o });
+const view = (id: string, lastUsedMs: number, o: Partial<SessionView> = {}): SessionView => ({ id, seq: 0, positions: 10, busy: false, moving: false, lastUsedMs, epoch: 1, saved: false, ...o });
 
 test('sessions of every pipeline: busy and moving first, then the most recently used, then by id', () => {
   const list = listSessions([

@@ -25,7 +25,7 @@ export function listSessions(pipelines: readonly PipelineSessions[], moving: Rea
     for (const s of p.sessions) {
       all.push({
         $typeName: 'strata.v1.SessionInfo', id: s.id, pipelineId: p.pipelineId, seq: s.seq, positions: s.positions, busy: s.busy,
-        moving: s.moving || moving.has(s.id), lastUsedMs: BigInt(Math.max(0, Math.floor(s.lastUsedMs))), epoch: BigInt(Math.max(0, s.epoch)),
+        moving: s.moving || moving.has(s.id), lastUsedMs: BigInt(Math.max(0, Math.floor(s.lastUsedMs))), epoch: BigInt(Math.max(0, s.epoch)), saved: s.saved,
       });
     }
   }

@@ -39,7 +39,7 @@ function workerRows(stages: readonly StageInfo[], byId: ReadonlyMap<string, Work
 export function renderSessions(sessions: readonly SessionInfo[], total: number, nowMs: number): string {
   if (sessions.length === 0) return 'no sessions\n';
   const rows = sessions.map((s) => [
-    s.id, s.pipelineId, String(s.seq), s.positions.toLocaleString('en'), s.moving ? 'moving' : s.busy ? 'busy' : 'idle',
+    s.id, s.pipelineId, String(s.seq), s.positions.toLocaleString('en'), s.moving ? 'moving' : s.busy ? 'busy' : s.saved ? 'saved' : 'idle',
     s.busy ? 'now' : formatAge(Number(s.lastUsedMs), nowMs), String(s.epoch),
   ]);
   const lines = table(['SESSION', 'PIPELINE', 'SEQ', 'POSITIONS', 'STATE', 'LAST USED', 'EPOCH'], rows, [2, 3, 5, 6]);
@@ -83,7 +83,7 @@ export function renderStatus(c: ClusterState, sessions: readonly SessionInfo[], 
     out.push(...table(header, workerRows(p.stages, byId, nowMs)));
     const here = sessions.filter((s) => s.pipelineId === p.id);
     if (here.length > 0) {
-      const shown = here.slice(0, 8).map((s) => `${s.id} (${s.moving ? 'moving' : s.busy ? 'busy' : 'idle'}, ${s.positions})`);
+      const shown = here.slice(0, 8).map((s) => `${s.id} (${s.moving ? 'moving' : s.busy ? 'busy' : s.saved ? 'saved' : 'idle'}, ${s.positions})`);
       out.push(`  sessions: ${shown.join(', ')}${here.length > shown.length ? `, +${here.length - shown.length} more` : ''}`);
     }
   }
