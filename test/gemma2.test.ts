@@ -7,9 +7,9 @@
 // that frees the cells its window dropped), and 32 greedy tokens.
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
-import { LlamaReference, Sampler, Vocab, native } from '@strata/ggml';
+import { LlamaReference, Vocab, native } from '@strata/ggml';
 import { Pipeline, generate, scoreAll, type LayerRange } from '@strata/model';
-import { LONG_TEXT, scoreUnsplit, synthModel } from './helpers/models.ts';
+import { LONG_TEXT, referenceGreedy, scoreUnsplit, synthModel } from './helpers/models.ts';
 
 const THREADS = 2;
 const REPACK = native().libs.kind === 'native';
@@ -36,16 +36,7 @@ describe('gemma2 against libllama (synthetic, every other layer windowed, attent
   const ref = LlamaReference.load(path, { nCtx: 512, threads: THREADS });
   const refRows = ref.decode(Array.from(prompt, (token, pos) => ({ token, pos, seq: 0, logits: true })));
   ref.clear();
-  const greedy: number[] = [];
-  {
-    const sampler = Sampler.create(ref.nVocab, { temperature: 0 });
-    let logits = ref.decode(Array.from(prompt, (token, pos) => ({ token, pos, seq: 0, logits: pos === prompt.length - 1 })))[0]!;
-    for (let i = 0; i < N_GEN; i++) {
-      greedy.push(sampler.sample(logits));
-      if (i < N_GEN - 1) logits = ref.decode([{ token: greedy[i]!, pos: prompt.length + i, seq: 0, logits: true }])[0]!;
-    }
-    sampler.dispose();
-  }
+  const { tokens: greedy } = referenceGreedy(ref, prompt, N_GEN);
   let unsplit: Float32Array[] = [];
   after(() => {
     vocab.dispose();

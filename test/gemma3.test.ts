@@ -14,9 +14,9 @@
 // dropped (new tokens still go after the older ones, as in libllama's windowed cache).
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
-import { LlamaReference, Sampler, Vocab, native } from '@strata/ggml';
+import { LlamaReference, Vocab, native } from '@strata/ggml';
 import { Pipeline, generate, scoreAll, topK, type LayerRange } from '@strata/model';
-import { LONG_TEXT, scoreUnsplit, synthModel } from './helpers/models.ts';
+import { LONG_TEXT, referenceGreedy, scoreUnsplit, synthModel } from './helpers/models.ts';
 
 const THREADS = 2;
 const REPACK = native().libs.kind === 'native';
@@ -52,19 +52,7 @@ describe('gemma3 against libllama (synthetic, interleaved sliding window)', () =
   const plainRows = all(plainRef);
   // libllama's greedy continuation and the smallest top-2 margin on it
   ref.clear();
-  const greedy: number[] = [];
-  let minMargin = Infinity;
-  {
-    const sampler = Sampler.create(ref.nVocab, { temperature: 0 });
-    let logits = ref.decode(Array.from(prompt, (token, pos) => ({ token, pos, seq: 0, logits: pos === prompt.length - 1 })))[0]!;
-    for (let i = 0; i < N_GEN; i++) {
-      const [a, b] = topK(logits, 2);
-      minMargin = Math.min(minMargin, a!.logit - b!.logit);
-      greedy.push(sampler.sample(logits));
-      if (i < N_GEN - 1) logits = ref.decode([{ token: greedy[i]!, pos: prompt.length + i, seq: 0, logits: true }])[0]!;
-    }
-    sampler.dispose();
-  }
+  const { tokens: greedy, minMargin } = referenceGreedy(ref, prompt, N_GEN);
   let unsplit: Float32Array[] = [];
   after(() => {
     vocab.dispose();

@@ -5,15 +5,14 @@
 // pipelines with two system prompts, placed by cached prefix against least loaded. Prints prompt
 // tokens computed, time to first token p50/p99, hit ratio and each pipeline's share of the work;
 // then a long session evicted to the tiers, resumed from host memory, from disk, and prefilled again.
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ensureLlamaServer } from '@strata/ggml';
 import { LocalCluster } from '../../services/cli/src/local-cluster.ts';
 import { workerStats } from '../helpers/cluster.ts';
 import { median } from './common.ts';
-import { pct, postStream, startLlamaServer } from './serving.ts';
+import { pct, postStream, referenceServer, startLlamaServer } from './serving.ts';
 
 /** Options of the prefix benchmark. */
 export interface PrefixOptions {
@@ -81,17 +80,8 @@ async function modelId(url: string): Promise<string> {
 
 /** Runs the prefix benchmark; prints the tables and returns the figures. */
 export async function runPrefixBench(o: PrefixOptions, step: (detail?: string) => void): Promise<unknown> {
-  if (!existsSync(o.model)) {
-    console.log(`\nprefix: skipped: no ${o.model} (node scripts/ensure-models.mjs fetches the default, or pass --serving-model)`);
-    return null;
-  }
-  let bin: string;
-  try {
-    bin = ensureLlamaServer();
-  } catch (err) {
-    console.log(`\nprefix: skipped: llama-server could not be built (${(err as Error).message})`);
-    return null;
-  }
+  const bin = referenceServer('prefix', o.model);
+  if (!bin) return null;
   const out: Record<string, unknown> = {};
   if (o.parts.includes('shared')) out.shared = await shared(o, bin, step);
   if (o.parts.includes('routing')) out.routing = await routing(o, step);

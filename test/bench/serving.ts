@@ -167,20 +167,27 @@ function strataPids(c: LocalCluster): Map<string, number[]> {
   return m;
 }
 
+/**
+ * llama-server's binary for a section measured against it on `model`, or null (said) when the
+ * model is missing or llama-server cannot be built: without a reference there is nothing to measure.
+ */
+export function referenceServer(section: string, model: string): string | null {
+  if (!existsSync(model)) {
+    console.log(`\n${section}: skipped: no ${model} (node scripts/ensure-models.mjs fetches the default, or pass --serving-model)`);
+    return null;
+  }
+  try {
+    return ensureLlamaServer();
+  } catch (err) {
+    console.log(`\n${section}: skipped: llama-server could not be built (${(err as Error).message})`);
+    return null;
+  }
+}
+
 /** Runs the serving benchmark; prints the table and returns the figures. */
 export async function runServingBench(o: ServingOptions, step: (detail?: string) => void): Promise<unknown> {
-  if (!existsSync(o.model)) {
-    console.log(`\nserving: skipped: no ${o.model} (node scripts/ensure-models.mjs fetches the default, or pass --serving-model)`);
-    return null;
-  }
-  let bin: string;
-  try {
-    bin = ensureLlamaServer();
-  } catch (err) {
-    // Without a toolchain there is no reference to measure against: say so, and let the rest stand.
-    console.log(`\nserving: skipped: llama-server could not be built (${(err as Error).message})`);
-    return null;
-  }
+  const bin = referenceServer('serving', o.model);
+  if (!bin) return null;
   const maxClients = Math.max(...o.clients);
   const ctxPerSlot = 512;
   console.log(`\nserving: ${o.model.split('/').pop()}, greedy streaming chat, ${o.tokens} tokens per request (ignore_eos), ${o.threads} threads each; ` +

@@ -6,7 +6,8 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Pipeline, scoreAll, synthesize, type SynthOptions } from '@strata/model';
+import { Sampler, type LlamaReference } from '@strata/ggml';
+import { Pipeline, scoreAll, synthesize, topK, type SynthOptions } from '@strata/model';
 
 /** Folder shared by the test files of one machine. */
 export const TEST_DIR = join(tmpdir(), 'strata-test-models');
@@ -49,4 +50,26 @@ export function scoreUnsplit(model: string, tokens: ArrayLike<number>, threads: 
   } finally {
     p.dispose();
   }
+}
+
+/**
+ * libllama's greedy continuation of `prompt` (from an empty cache of `ref`), `n` tokens, and the
+ * smallest gap between the two best logits along it (a near tie there makes either token right).
+ */
+export function referenceGreedy(ref: LlamaReference, prompt: ArrayLike<number>, n: number): { tokens: number[]; minMargin: number } {
+  const tokens: number[] = [];
+  let minMargin = Infinity;
+  const sampler = Sampler.create(ref.nVocab, { temperature: 0 });
+  try {
+    let logits = ref.decode(Array.from(prompt, (token, pos) => ({ token, pos, seq: 0, logits: pos === prompt.length - 1 })))[0]!;
+    for (let i = 0; i < n; i++) {
+      const [a, b] = topK(logits, 2);
+      minMargin = Math.min(minMargin, a!.logit - b!.logit);
+      tokens.push(sampler.sample(logits));
+      if (i < n - 1) logits = ref.decode([{ token: tokens[i]!, pos: prompt.length + i, seq: 0, logits: true }])[0]!;
+    }
+  } finally {
+    sampler.dispose();
+  }
+  return { tokens, minMargin };
 }

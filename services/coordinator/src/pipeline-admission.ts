@@ -169,6 +169,16 @@ function offloadSession(c: PipelineCore, fx: PipelineEffect[], id: string): void
   fx.push({ type: 'offload', seq: r.seq, session: id, key });
 }
 
+/**
+ * No room for `cells` now: wait, unless nothing under way frees cells. They come back when a job
+ * ends, a sequence is emptied or a migration settles; with none of these under way (sequences
+ * whose emptying failed hold the rest) none will.
+ */
+function noRoom(c: PipelineCore, cells: number): 'wait' | GenerateReply {
+  if (c.jobs.length + c.room.settling + c.moving.size === 0) return refuse('kv_full', `the pipeline cannot hold ${cells} more cells now (${c.room.strandedCells} are held by sequences that could not be emptied)`);
+  return 'wait';
+}
+
 /** A session's save to the tiers ended: it is restorable from there (`ok`), or forgotten. */
 export function offloaded(c: PipelineCore, fx: PipelineEffect[], session: string, ok: boolean): void {
   const o = c.offloading.get(session);
@@ -203,10 +213,7 @@ function restore(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, sa
     return 'fresh';
   }
   const grant = takeRoom(c, fx, { seqs: 1, cells: maxTokens + req.prompt.length, keep: session, extra: 0 }, true);
-  if (!grant) {
-    if (c.jobs.length + c.room.settling + c.moving.size === 0) return refuse('kv_full', `the pipeline cannot hold ${maxTokens + req.prompt.length} more cells now (${c.room.strandedCells} are held by sequences that could not be emptied)`);
-    return 'wait';
-  }
+  if (!grant) return noRoom(c, maxTokens + req.prompt.length);
   c.offloaded.delete(session);
   const seq = grant.seqs[0]!;
   const ops = grant.emptyFirst.map((s) => seqOp(SeqOpKind.REMOVE, s));
@@ -271,12 +278,7 @@ function tryStart(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, n
   // shares with the prefix cache, which the cache counts).
   const extra = resident ? Math.max(0, resident.tokens.length - Math.max(cached, sharedBy(resident.prefix))) : 0;
   const grant = takeRoom(c, fx, { seqs: resident ? 0 : n, cells: need, keep: session, extra, protect: match?.node ?? resident?.prefix }, true);
-  if (!grant) {
-    // Cells come back when a job ends, a sequence is emptied or a migration settles; with none
-    // of these under way (sequences whose emptying failed hold the rest) none will.
-    if (c.jobs.length + c.room.settling + c.moving.size === 0) return refuse('kv_full', `the pipeline cannot hold ${need} more cells now (${c.room.strandedCells} are held by sequences that could not be emptied)`);
-    return 'wait';
-  }
+  if (!grant) return noRoom(c, need);
   const ops = grant.emptyFirst.map((seq) => seqOp(SeqOpKind.REMOVE, seq));
   const seqs = grant.seqs;
   const tree = c.room.prefixes;

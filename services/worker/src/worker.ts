@@ -19,7 +19,6 @@ import type { Msg, NatsConnection, Subscription } from 'nats';
 import type { WorkerConfig } from './config.ts';
 import { WorkerError } from './errors.ts';
 import { KvTransferServer, closePushClients, loadSecurity, pushState, type TransferSecurity } from './kv-transfer.ts';
-import { decodeState } from '@strata/kv-cache';
 import { KvTiers, TierMiss } from './kv-tiers.ts';
 import { ringEntries, ringSamples, type RingSample } from './ring.ts';
 import { StageHost } from './stage-host.ts';
@@ -322,13 +321,13 @@ export class Worker {
     if (op.kind === SeqOpKind.SAVE) {
       // Exported before anything else reaches the stage (the sequence's emptying follows this
       // request): no await before it. Reading a sequence needs no generation check.
+      // Its highest position is asked right behind it, answered before anything later changes it.
       const exported = this.#host.exportState(op.seq, -1, -1, this.info.l0, this.info.l1);
-      const state = await exported;
-      const { pos } = decodeState(state);
-      if (pos.length === 0 || !this.#tiers.enabled) return { posMax: [-1] };
+      const [state, end] = await Promise.all([exported, this.#host.seqPosMax(op.seq)]);
+      if (end < 0 || !this.#tiers.enabled) return { posMax: [-1] };
       const tier = this.#tiers.put(op.key, state);
       this.#log.debug('saved a sequence to a tier', { seq: op.seq, key: op.key, tier, bytes: state.byteLength });
-      return { posMax: [tier ? pos.reduce((a, b) => Math.max(a, b), -1) : -1] };
+      return { posMax: [tier ? end : -1] };
     }
     const check = await this.#host.seqOps([], fence);
     if ('stale' in check) return check;
