@@ -88,6 +88,80 @@ describe('OpenAI clients and browsers at the gateway', () => {
     await assert.rejects(client.completions.create({ model: id, prompt: 'x', max_tokens: 1, logit_bias: { 99999999: 5 } }), (e: unknown) => e instanceof OpenAI.BadRequestError && /outside the vocabulary/.test(e.message));
   });
 
+  describe('tool calling', () => {
+    // A model of random weights never decides to call by itself: tool_choice forces the calls,
+    // and the grammar holds them to the schemas.
+    const tools: OpenAI.ChatCompletionTool[] = [
+      { type: 'function', function: { name: 'get_weather', description: 'Weather now', parameters: { type: 'object', properties: { city: { type: 'string', maxLength: 16 } }, required: ['city'] } } },
+      { type: 'function', function: { name: 'add', parameters: { type: 'object', properties: { a: { type: 'integer', minimum: 0, maximum: 99 }, b: { type: 'integer', minimum: 0, maximum: 99 } }, required: ['a', 'b'], additionalProperties: false } } },
+    ];
+    const ask = { model: '', messages: [{ role: 'user' as const, content: 'What is 2 plus 3?' }], tools, max_tokens: 120, temperature: 0, parallel_tool_calls: false };
+
+    it('a named tool_choice answers one call of that function, with schema-valid arguments, streamed as OpenAI streams it', async () => {
+      const whole = await client.chat.completions.create({ ...ask, model: id, tool_choice: { type: 'function', function: { name: 'add' } } });
+      const c = whole.choices[0]!;
+      assert.equal(c.finish_reason, 'tool_calls');
+      assert.equal(c.message.content, null);
+      const call = c.message.tool_calls![0]!;
+      assert.ok(call.type === 'function' && call.function.name === 'add' && /^call_[0-9a-f]{24}$/.test(call.id), JSON.stringify(call));
+      const args = JSON.parse(call.function.arguments) as { a: number; b: number };
+      assert.deepEqual(Object.keys(args).sort(), ['a', 'b']);
+      assert.ok(Number.isInteger(args.a) && args.a >= 0 && args.a <= 99 && Number.isInteger(args.b), call.function.arguments);
+
+      const stream = await client.chat.completions.create({ ...ask, model: id, tool_choice: { type: 'function', function: { name: 'add' } }, stream: true });
+      const deltas = [];
+      let finish = null;
+      for await (const chunk of stream) {
+        deltas.push(...(chunk.choices[0]?.delta.tool_calls ?? []));
+        finish = chunk.choices[0]?.finish_reason ?? finish;
+      }
+      assert.equal(finish, 'tool_calls');
+      assert.equal(deltas[0]!.function!.name, 'add');
+      assert.equal(deltas[0]!.function!.arguments, '', 'the name comes first, with empty arguments');
+      assert.equal(deltas.map((d) => d.function?.arguments ?? '').join(''), call.function.arguments, 'streamed and whole calls agree (greedy)');
+      assert.ok(deltas.every((d) => d.index === 0));
+    });
+
+    it('a call and its result go back into the conversation; tool_choice none answers text', async () => {
+      const first = await client.chat.completions.create({ ...ask, model: id, tool_choice: 'required' });
+      const call = first.choices[0]!.message.tool_calls![0]!;
+      const messages: OpenAI.ChatCompletionMessageParam[] = [
+        ...ask.messages, first.choices[0]!.message as OpenAI.ChatCompletionMessageParam, { role: 'tool', tool_call_id: call.id, content: '5' },
+      ];
+      const next = await client.chat.completions.create({ ...ask, model: id, messages, tool_choice: 'none', max_tokens: 8 });
+      assert.equal(next.choices[0]!.message.tool_calls, undefined);
+      assert.ok(next.choices[0]!.message.content, 'a text answer');
+      const vocab = Vocab.load(ensureDefaultModel());
+      try {
+        const text = vocab.applyChatTemplate([
+          { role: 'user', content: 'What is 2 plus 3?' },
+          { role: 'assistant', content: `<tool_call>\n{"name": "${call.function.name}", "arguments": ${call.function.arguments}}\n</tool_call>` },
+          { role: 'user', content: '<tool_response>\n5\n</tool_response>' },
+        ]);
+        assert.equal(next.usage!.prompt_tokens, vocab.tokenize(text).length, 'the call and its result are in the prompt, in the hermes format');
+      } finally {
+        vocab.dispose();
+      }
+      // legacy functions answer function_call
+      const legacy = await fetch(`${cluster.url}/v1/chat/completions`, {
+        method: 'POST', headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: id, messages: ask.messages, functions: [(tools[1] as OpenAI.ChatCompletionFunctionTool).function], function_call: { name: 'add' }, max_tokens: 120, temperature: 0 }),
+      });
+      const lj = (await legacy.json()) as { choices: { message: { function_call: { name: string } }; finish_reason: string }[] };
+      assert.deepEqual([lj.choices[0]!.message.function_call.name, lj.choices[0]!.finish_reason], ['add', 'function_call']);
+    });
+
+    it('what cannot work is a 400 before any compute', async () => {
+      const bad = async (extra: Record<string, unknown>, param: string) => {
+        await assert.rejects(client.chat.completions.create({ ...ask, model: id, ...extra } as never), (e: unknown) => e instanceof OpenAI.BadRequestError && e.param === param, JSON.stringify(extra));
+      };
+      await bad({ tool_choice: { type: 'function', function: { name: 'nope' } } }, 'tool_choice.function.name');
+      await bad({ grammar: 'root ::= "x"' }, 'grammar');
+      await bad({ tools: [{ type: 'function', function: { name: 'f', strict: true, parameters: { type: 'object', properties: { q: { type: 'string', pattern: 'a+' } } } } }] }, 'tools[0].function.parameters');
+      await bad({ messages: [{ role: 'tool', tool_call_id: 'call_x', content: '1' }] }, 'messages[0]');
+    });
+  });
+
   it('a browser app of an allowed origin gets through a CORS preflight; 405s say what is allowed', async () => {
     const pre = await fetch(`${cluster.url}/v1/chat/completions`, {
       method: 'OPTIONS', headers: { origin: APP, 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization, content-type' },

@@ -2,8 +2,10 @@
 // LangChain's `langchain-openai` (1.7.4), installed by the test set-up from PyPI into a cache
 // (scripts/ensure-py-clients.mjs). test/py/clients.py makes the calls; this checks what came back:
 // models, chat (plain and streamed, with usage), text completions with logprobs, an OpenAI-shaped
-// 400 that the client raises as BadRequestError without retrying, and LangChain's invoke, stream
-// and structured output (json_schema: constrained decoding).
+// 400 that the client raises as BadRequestError without retrying, LangChain's invoke, stream and
+// structured output (json_schema: constrained decoding), a forced tool call, LangChain's tool
+// loop (bind_tools, the call run, its ToolMessage sent back) and structured output by function
+// calling.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
@@ -38,6 +40,9 @@ describe('Python OpenAI clients', () => {
       openai: string; models: string[]; retrieve: string; chat: { text: string; finish: string; usage: number; tier: string };
       stream: { first: string; text: string; usage: number | null }; completion: { text: string; tokens: number };
       bad: { status: number; param: string | null } | null; langchain: { text: string; stream: string }; structured: { answer?: string } | null;
+      tool_call: { finish: string; name: string; arguments: { a: number; b: number } };
+      langchain_tools: { calls: { name: string; args: { a: number; b: number } }[]; results: string[]; final: string; final_calls: number };
+      structured_tools: { a?: number; b?: number } | null;
     };
     assert.equal(out.openai, '3.57.0');
     assert.deepEqual(out.models, [model]);
@@ -52,5 +57,17 @@ describe('Python OpenAI clients', () => {
     assert.equal(out.langchain.text, out.chat.text, 'LangChain gets the same answer');
     assert.equal(out.langchain.stream, out.chat.text);
     assert.ok(['yes', 'no'].includes(out.structured?.answer ?? ''), JSON.stringify(out.structured));
+    // tools: a forced call with schema-valid arguments, LangChain's tool loop and structured output by function calling
+    const valid = (x: { a?: number; b?: number } | null) => Number.isInteger(x?.a) && Number.isInteger(x?.b) && x!.a! >= 0 && x!.a! <= 99 && x!.b! >= 0 && x!.b! <= 99;
+    assert.equal(out.tool_call.finish, 'tool_calls');
+    assert.equal(out.tool_call.name, 'add');
+    assert.ok(valid(out.tool_call.arguments), JSON.stringify(out.tool_call));
+    assert.equal(out.langchain_tools.calls.length, 1);
+    assert.equal(out.langchain_tools.calls[0]!.name, 'add');
+    const lc = out.langchain_tools.calls[0]!.args;
+    assert.ok(Number.isInteger(lc.a) && Number.isInteger(lc.b), JSON.stringify(lc));
+    assert.deepEqual(out.langchain_tools.results, [String(lc.a + lc.b)], 'the tool ran on the parsed arguments');
+    assert.ok(out.langchain_tools.final.length > 0 && out.langchain_tools.final_calls === 0, JSON.stringify(out.langchain_tools));
+    assert.ok(valid(out.structured_tools) && out.structured_tools!.a! <= 9 && out.structured_tools!.b! <= 9, JSON.stringify(out.structured_tools));
   });
 });

@@ -11,8 +11,9 @@
 // 2. Through a local cluster of two pipelines split differently (9 + 9 and 5 + 7 + 6 layers):
 //    a chat completion formatted with the model's chat template (this GGUF carries none, so
 //    libllama's built-in 'gemma' template: see Vocab.defaultChatTemplate) whose answer reads as
-//    English and equals the in-process greedy answer up to a near tie; and a greedy stream
-//    migrated mid-stream to the other pipeline, which continues exactly as the unmoved reference.
+//    English and equals the in-process greedy answer up to a near tie; a forced tool call whose
+//    argument comes from the question; and a greedy stream migrated mid-stream to the other
+//    pipeline, which continues exactly as the unmoved reference.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { LlamaReference, Vocab, native, type ChatMessage } from '@strata/ggml';
@@ -168,6 +169,27 @@ describe('Gemma 3 270M Q4_K_M through a local cluster', () => {
     t.diagnostic(`answer ${JSON.stringify(answer)} (${j.choices[0]!.finish_reason}); ${m.compared} tokens compared to the in-process reference`);
     assert.ok(m.equal, 'the cluster answers as one process does');
     assertEnglish(answer);
+  });
+
+  it('a forced tool call picks the argument out of the question', async () => {
+    // A base model does not decide to call by itself; tool_choice makes it call, the grammar keeps
+    // the call to the schema, and the model fills in what the question says.
+    const tools = [
+      { type: 'function', function: { name: 'get_weather', description: 'Current weather of a city', parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } },
+      { type: 'function', function: { name: 'add', description: 'Add two integers', parameters: { type: 'object', properties: { a: { type: 'integer' }, b: { type: 'integer' } }, required: ['a', 'b'] } } },
+    ];
+    const r = await fetch(`${cluster.url}/v1/chat/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: id, messages: [{ role: 'user', content: 'What is the weather in Paris?' }], tools, tool_choice: 'required', parallel_tool_calls: false, max_tokens: 40, temperature: 0 }),
+    });
+    const j = (await r.json()) as { choices: { message: { content: string | null; tool_calls: { function: { name: string; arguments: string } }[] }; finish_reason: string }[] };
+    assert.equal(r.status, 200, JSON.stringify(j));
+    const c = j.choices[0]!;
+    assert.equal(c.finish_reason, 'tool_calls', JSON.stringify(c));
+    assert.equal(c.message.content, null);
+    assert.equal(c.message.tool_calls.length, 1);
+    assert.equal(c.message.tool_calls[0]!.function.name, 'get_weather');
+    assert.match((JSON.parse(c.message.tool_calls[0]!.function.arguments) as { city: string }).city, /paris/i);
   });
 
   it('a greedy stream migrated mid-stream to a pipeline split differently continues exactly', async () => {

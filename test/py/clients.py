@@ -6,7 +6,8 @@ import os
 import sys
 
 import openai
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
 url, model = os.environ["STRATA_URL"], os.environ["STRATA_MODEL"]
@@ -43,5 +44,33 @@ structured = ChatOpenAI(base_url=f"{url}/v1", api_key="unused", model=model, tem
     method="json_schema",
 )
 out["structured"] = structured.invoke("Is the river long? Answer yes or no.")
+
+# Tools: a model of random weights never calls by itself, so tool_choice forces the calls.
+add_tool = {"type": "function", "function": {"name": "add", "description": "Add two integers", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 99}, "b": {"type": "integer", "minimum": 0, "maximum": 99}},
+    "required": ["a", "b"], "additionalProperties": False}}}
+called = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "What is 2 plus 3?"}], tools=[add_tool],
+                                        tool_choice="required", parallel_tool_calls=False, max_tokens=120, temperature=0)
+call = called.choices[0].message.tool_calls[0]
+out["tool_call"] = {"finish": called.choices[0].finish_reason, "name": call.function.name, "arguments": json.loads(call.function.arguments)}
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+# LangChain's tool loop: the bound model calls, the tool runs, its result goes back as a ToolMessage.
+base = ChatOpenAI(base_url=f"{url}/v1", api_key="unused", model=model, temperature=0, max_tokens=120, max_retries=0)
+history = [HumanMessage(content="What is 2 plus 3?")]
+ai = base.bind_tools([add], tool_choice="add", parallel_tool_calls=False).invoke(history)
+results = [ToolMessage(content=str(add.invoke(c["args"])), tool_call_id=c["id"]) for c in ai.tool_calls]
+final = base.bind_tools([add], tool_choice="none").invoke(history + [ai] + results)
+out["langchain_tools"] = {"calls": [{"name": c["name"], "args": c["args"]} for c in ai.tool_calls], "results": [r.content for r in results],
+                          "final": final.content, "final_calls": len(final.tool_calls)}
+class_schema = {"title": "Sum", "description": "Two addends", "type": "object",
+                "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}, "b": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["a", "b"]}
+out["structured_tools"] = base.with_structured_output(class_schema, method="function_calling").invoke("Two addends, please.")
 
 json.dump(out, sys.stdout)

@@ -17,14 +17,18 @@ import type { GatewayConfig } from './config.ts';
 import { ApiKeys, cacheScope, type Caller } from './api-keys.ts';
 import { ApiError, fromAdminError } from './errors.ts';
 import { dashboardPage, type DashboardPage } from './dashboard.ts';
-import { runGeneration, type GenerationSink } from './generation.ts';
+import { runGeneration } from './generation.ts';
 import { failRequestSpan, traceHttp } from './http-telemetry.ts';
 import { natsHeaders } from '@strata/telemetry';
 import { checkGrammar, GrammarError } from './gbnf-limits.ts';
 import { LeaderWatch } from './leader-watch.ts';
-import { JsonSchemaError, jsonObjectGrammar, jsonSchemaGrammar } from './json-grammar.ts';
+import { JsonSchemaError, jsonObjectGrammar, jsonSchemaGrammar, jsonSchemaRule } from './json-grammar.ts';
+import type { GbnfBuilder } from './json-grammar-gbnf.ts';
+import { jsonObject } from './json-grammar-primitives.ts';
 import { parseChat, parseCompletion, type GenerationSpec } from './openai-request.ts';
-import { chunkBody, finalBody, usageChunk, type ChoiceState, type ResponseMeta } from './responses.ts';
+import type { ResponseMeta } from './responses.ts';
+import { Answer } from './answer.ts';
+import { enforceableTools, toolFormatOf, toolGrammar, toolMarkers, toolTurns, ToolSchemaError, type ToolFormat } from './tool-format.ts';
 
 /** A running gateway. stop() is idempotent. */
 export class Gateway {
@@ -42,6 +46,10 @@ export class Gateway {
   #running = 0;
   /** the dashboard page, read on its first request */
   #dashboard: DashboardPage | null = null;
+  /** how the model writes tool calls */
+  readonly #toolFormat: ToolFormat;
+  /** tokens that mark tool calls: shown as text even when they are special */
+  readonly #shown: ReadonlySet<number>;
   /** the grammar of any JSON object (response_format json_object): the gateway's own, built once */
   #jsonObject: string | null = null;
   #stopping: Promise<void> | null = null;
@@ -54,6 +62,9 @@ export class Gateway {
     this.#vocab = vocab;
     this.#log = log;
     this.#fingerprint = `strata-${c.modelId}`;
+    this.#toolFormat = toolFormatOf(vocab.defaultChatTemplate());
+    // A marker that is one token of the vocabulary is that token; spelled out, it is plain text.
+    this.#shown = new Set(toolMarkers(this.#toolFormat).map((m) => vocab.tokenize(m, false, true)).filter((t) => t.length === 1).map((t) => t[0]!));
     this.#keys = c.apiKeysFile ? ApiKeys.load(c.apiKeysFile) : null;
     this.#origins = new Set(c.corsOrigins.split(',').map((o) => o.trim()).filter(Boolean));
     this.#leader = new LeaderWatch(nc, log, c.leaderLapseMs, c.termPublicKeyFile ? FenceVerifier.fromPem(readFileSync(c.termPublicKeyFile)) : null);
@@ -264,29 +275,31 @@ export class Gateway {
 
   /**
    * The request's grammar ('' for none), compiled here once, before anything reaches the cluster:
-   * a JSON schema into GBNF, then the grammar held to the configured limits and parsed by libllama
-   * as the last stage will parse it. Whatever fails is a 400 naming why.
+   * a JSON schema (or a turn that must call tools) into GBNF, then the grammar held to the
+   * configured limits and parsed by libllama as the last stage will parse it. Whatever fails is a
+   * 400 naming why.
    */
   #grammar(spec: GenerationSpec): string {
     const limits = this.#c.grammar;
+    const calling = spec.tools.choice.mode !== 'none';
     let grammar: string, param: string, what: string;
     if (spec.grammar !== null) {
       if (spec.responseFormat.type !== 'text') throw new ApiError(400, 'invalid_value', "give either 'grammar' or a JSON 'response_format', not both", 'grammar');
+      if (calling) throw new ApiError(400, 'invalid_value', "give either 'grammar' or 'tools' (or tool_choice 'none'), not both", 'grammar');
       [grammar, param, what] = [spec.grammar, 'grammar', ''];
+    } else if (calling && (spec.tools.choice.mode === 'required' || spec.responseFormat.type !== 'text')) {
+      [grammar, param, what] = [this.#toolsGrammar(spec), 'tools', 'the tools compile to a grammar that fails: '];
     } else if (spec.responseFormat.type === 'json_object') {
       return (this.#jsonObject ??= jsonObjectGrammar());
     } else if (spec.responseFormat.type === 'json_schema') {
       param = 'response_format.json_schema.schema';
-      const bytes = Buffer.byteLength(JSON.stringify(spec.responseFormat.schema));
-      if (bytes > limits.maxBytes) throw new ApiError(400, 'grammar_too_large', `the JSON schema is ${bytes} bytes; at most ${limits.maxBytes} are taken`, param);
-      try {
-        grammar = jsonSchemaGrammar(spec.responseFormat.schema);
-      } catch (err) {
-        if (err instanceof JsonSchemaError) throw new ApiError(400, err.code, err.message, param);
-        throw err;
-      }
+      this.#schemaBytes(spec.responseFormat.schema, param);
+      grammar = schemaGrammar(() => jsonSchemaGrammar((spec.responseFormat as { schema: unknown }).schema), param);
       what = 'the JSON schema compiles to a grammar that fails: ';
     } else {
+      // Tools offered with tool_choice auto: the model may answer or call, unconstrained; a
+      // strict tool's schema must still be one the grammar could enforce.
+      if (calling) this.#enforceable(spec);
       return '';
     }
     if (grammar === '') return '';
@@ -301,6 +314,36 @@ export class Gateway {
     return grammar;
   }
 
+  #schemaBytes(schema: unknown, param: string): void {
+    const bytes = Buffer.byteLength(JSON.stringify(schema));
+    if (bytes > this.#c.grammar.maxBytes) throw new ApiError(400, 'grammar_too_large', `the JSON schema is ${bytes} bytes; at most ${this.#c.grammar.maxBytes} are taken`, param);
+  }
+
+  /** The tools whose argument schemas the grammar enforces; a strict one it cannot enforce is a 400. */
+  #enforceable(spec: GenerationSpec): Set<string> {
+    spec.tools.tools.forEach((t, i) => this.#schemaBytes(t.parameters ?? {}, `tools[${i}].function.parameters`));
+    try {
+      return enforceableTools(spec.tools.tools);
+    } catch (err) {
+      if (err instanceof ToolSchemaError) throw new ApiError(400, 'unsupported_schema', err.message, `tools[${err.index}].function.parameters`);
+      throw err;
+    }
+  }
+
+  /**
+   * The grammar of a turn that calls tools: tool_choice required (or a named function) allows
+   * calls only; auto with a JSON response_format allows calls or the formatted answer.
+   */
+  #toolsGrammar(spec: GenerationSpec): string {
+    const enforced = this.#enforceable(spec);
+    const rf = spec.responseFormat;
+    if (rf.type === 'json_schema') this.#schemaBytes(rf.schema, 'response_format.json_schema.schema');
+    const answer = spec.tools.choice.mode === 'required' || rf.type === 'text' ? undefined
+      : rf.type === 'json_object' ? (b: GbnfBuilder) => jsonObject(b)
+        : (b: GbnfBuilder) => jsonSchemaRule(b, rf.schema, 'answer');
+    return schemaGrammar(() => toolGrammar(this.#toolFormat, spec.tools, enforced, answer), 'response_format.json_schema.schema');
+  }
+
   #tokens(spec: GenerationSpec): number[] {
     const p = spec.prompt;
     if ('tokens' in p) {
@@ -311,7 +354,7 @@ export class Gateway {
     let text: string;
     if ('messages' in p) {
       try {
-        text = this.#vocab.applyChatTemplate(p.messages);
+        text = this.#vocab.applyChatTemplate(toolTurns(this.#toolFormat, p.messages, spec.tools));
       } catch (err) {
         if (err instanceof LlamaError) throw new ApiError(400, 'chat_template', err.message, 'messages');
         throw err;
@@ -354,46 +397,17 @@ export class Gateway {
     res.on('close', () => {
       if (!res.writableFinished) abort.abort();
     });
-    const choices: ChoiceState[] = Array.from({ length: spec.n }, () => ({ text: '', tokens: [], finish: null }));
-    const started = new Array<boolean>(spec.n).fill(false);
-    const offsets = new Array<number>(spec.n).fill(0);
-    const sse = (obj: unknown) => {
-      // No Connection header of our own: Node answers keep-alive, or close (and closes after the
-      // stream) when the client asked for it.
-      if (!res.headersSent) res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
-      res.write(`data: ${JSON.stringify(obj)}\n\n`);
-    };
-    // A chat stream opens each choice as OpenAI does: a chunk with the role alone.
-    const open = (i: number) => {
-      if (started[i]) return;
-      started[i] = true;
-      if (spec.kind === 'chat') sse(chunkBody(spec, meta, i, '', [], null, true, 0));
-    };
-    const sink: GenerationSink = spec.stream
-      ? {
-        delta: (i, text, tokens) => {
-          if (text === '' && tokens.length === 0) return;
-          open(i);
-          sse(chunkBody(spec, meta, i, text, tokens, null, false, offsets[i]!));
-          offsets[i]! += text.length;
-        },
-        end: (i, finish) => {
-          open(i);
-          sse(chunkBody(spec, meta, i, '', [], finish, false, offsets[i]!));
-        },
+    const answer = new Answer(spec, meta, this.#toolFormat, spec.stream
+      ? (obj) => {
+        // No Connection header of our own: Node answers keep-alive, or close (and closes after
+        // the stream) when the client asked for it.
+        if (!res.headersSent) res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+        res.write(`data: ${JSON.stringify(obj)}\n\n`);
       }
-      : {
-        delta: (i, text, tokens) => {
-          choices[i]!.text += text;
-          choices[i]!.tokens.push(...tokens);
-        },
-        end: (i, finish) => {
-          choices[i]!.finish = finish;
-        },
-      };
-    const usage = await runGeneration({ nc: this.#nc, vocab: this.#vocab, timeoutMs: this.#c.timeoutMs, leader: this.#leader, log: this.#log }, spec, prompt, grammar, sink, abort.signal);
-    if (!spec.stream) return json(res, 200, finalBody(spec, meta, choices, usage));
-    if (spec.includeUsage) sse(usageChunk(spec, meta, usage));
+      : null);
+    const usage = await runGeneration({ nc: this.#nc, vocab: this.#vocab, timeoutMs: this.#c.timeoutMs, leader: this.#leader, log: this.#log, shown: this.#shown }, spec, prompt, grammar, answer.sink, abort.signal);
+    if (!spec.stream) return json(res, 200, answer.body(usage));
+    if (spec.includeUsage) res.write(`data: ${JSON.stringify(answer.usageChunk(usage))}\n\n`);
     res.end('data: [DONE]\n\n');
   }
 
@@ -416,6 +430,16 @@ export class Gateway {
       this.#log.info('gateway stopped');
     })();
     return this.#stopping;
+  }
+}
+
+/** A grammar compiled from a JSON schema; a schema the compiler cannot enforce is a 400 naming `param`. */
+function schemaGrammar(compile: () => string, param: string): string {
+  try {
+    return compile();
+  } catch (err) {
+    if (err instanceof JsonSchemaError) throw new ApiError(400, err.code, err.message, param);
+    throw err;
   }
 }
 

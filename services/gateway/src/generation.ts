@@ -51,6 +51,8 @@ export interface GenerationDeps {
   timeoutMs: number;
   leader: LeaderWatch;
   log: Logger;
+  /** special tokens shown as their text (the markers of tool calls) */
+  shown: ReadonlySet<number>;
 }
 
 interface Choice {
@@ -66,8 +68,8 @@ interface Choice {
   eog: boolean;
 }
 
-function tokenOut(vocab: Vocab, t: SampledToken, withLogprobs: boolean): TokenOut {
-  const bytes = t.eog ? new Uint8Array(0) : vocab.tokenBytes(t.token);
+function tokenOut(vocab: Vocab, t: SampledToken, withLogprobs: boolean, shown: ReadonlySet<number>): TokenOut {
+  const bytes = t.eog ? new Uint8Array(0) : vocab.tokenBytes(t.token, shown.has(t.token));
   const piece = (tok: number) => {
     const b = vocab.tokenBytes(tok);
     return { token: tok, text: b.toString('utf8'), bytes: [...b] };
@@ -186,7 +188,7 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
       c.completion++;
       // An end of generation is no content: no delta, no logprob entry.
       if (t.eog) continue;
-      const out = tokenOut(d.vocab, t, spec.logprobs !== null);
+      const out = tokenOut(d.vocab, t, spec.logprobs !== null, d.shown);
       sink.delta(ev.index, c.text.push(Uint8Array.from(out.bytes)), [out]);
       if (c.text.stopped) {
         cancel([ev.index]);

@@ -15,10 +15,17 @@ const NAME_STEM = 48;
 
 /** A grammar under construction: uniquely named rules, rendered with `root` first. */
 export class GbnfBuilder {
+  /** the body of the whitespace rule between JSON tokens (json-grammar-primitives.ts ws) */
+  readonly space: string | null;
   /** name → body; null while reserved but not yet defined (recursive rules) */
   readonly #rules = new Map<string, string | null>();
   /** primitive key → the name it got */
   readonly #shared = new Map<string, string>();
+
+  /** `space`: the whitespace JSON may have between its tokens (default: up to MAX_WS characters). */
+  constructor(space: string | null = null) {
+    this.space = space;
+  }
 
   /** Reserves a fresh rule name derived from `hint`: lowercase letters, digits and dashes. */
   reserve(hint: string): string {

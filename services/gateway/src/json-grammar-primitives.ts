@@ -9,9 +9,9 @@ export const MAX_WS = 20;
 /** Most digits in an integer part or a fraction; keeps numbers finite, as llama.cpp's json.gbnf does. */
 const MAX_DIGITS = 16;
 
-/** Optional whitespace: at most MAX_WS spaces, tabs or newlines. */
+/** Optional whitespace: the builder's own rule, else at most MAX_WS spaces, tabs or newlines. */
 export function ws(b: GbnfBuilder): string {
-  return b.shared('ws', () => `[ \\t\\n]{0,${MAX_WS}}`);
+  return b.shared('ws', () => b.space ?? `[ \\t\\n]{0,${MAX_WS}}`);
 }
 
 /** One character inside a JSON string: no quote, backslash or raw control; or an escape. */

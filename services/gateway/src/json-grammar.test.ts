@@ -6,41 +6,16 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { LlamaError, Sampler, Vocab, vocabDir } from '@strata/ggml';
+import { BYTE0, grammarVerdict } from './grammar-verdict.ts';
 import { GbnfBuilder, repeat } from './json-grammar-gbnf.ts';
 import { integerRange, MAX_WS } from './json-grammar-primitives.ts';
 import { JsonSchemaError, jsonObjectGrammar, jsonSchemaGrammar } from './json-grammar.ts';
 
-// The SentencePiece vocabulary has a byte token for each of the 256 bytes (ids 3..258), after
-// unk, bos and eos. The sampler sees only those 259 tokens, so every text is spelled byte by byte
-// (rejections are exact to the byte) and a grammar step costs microseconds, not a 32000-token scan.
 const vocab = Vocab.load(join(vocabDir(), 'ggml-vocab-llama-spm.gguf'));
 after(() => vocab.dispose());
-const BYTE0 = 3;
-const N_TOKENS = BYTE0 + 256;
 
-/**
- * What libllama's grammar sampler makes of `text`: 'complete' (every byte taken, then EOS
- * allowed), 'incomplete' (every byte taken, EOS masked) or 'rejected at <byte offset>'. Each
- * step gives one token the only high logit; the grammar masks it to -inf when it cannot follow,
- * and greedy sampling then picks another, allowed token. Never accept() an unsampled token:
- * libllama aborts on one the grammar rejects.
- */
-function verdict(grammar: string, text: string): string {
-  const s = Sampler.create(N_TOKENS, { grammar }, vocab);
-  try {
-    const logits = new Float32Array(N_TOKENS);
-    const pick = (token: number): boolean => {
-      logits.fill(0);
-      logits[token] = 10;
-      return s.sample(logits) === token;
-    };
-    const bytes = Buffer.from(text, 'utf8');
-    for (let at = 0; at < bytes.length; at++) if (!pick(BYTE0 + bytes[at]!)) return `rejected at ${at}`;
-    return pick(vocab.eos) ? 'complete' : 'incomplete';
-  } finally {
-    s.dispose();
-  }
-}
+/** What libllama's grammar sampler makes of `text` (grammar-verdict.ts). */
+const verdict = (grammar: string, text: string): string => grammarVerdict(vocab, grammar, text);
 
 /** Where a text in `rejected` must be rejected: the byte offset of this mark, which is removed. */
 const HERE = '‸';

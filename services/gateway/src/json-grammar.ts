@@ -39,7 +39,17 @@ export function jsonObjectGrammar(): string {
 
 /** The grammar of the JSON documents a schema admits: `{type: "json_schema", json_schema: {schema}}`. */
 export function jsonSchemaGrammar(schema: unknown): string {
-  return new SchemaCompiler(schema).compile();
+  const b = new GbnfBuilder();
+  new SchemaCompiler(schema, b).compile('root');
+  return b.render();
+}
+
+/**
+ * Adds the rules of the JSON documents `schema` admits to a grammar being built (its `$ref`s
+ * resolve inside `schema` alone) and returns the name of its rule, derived from `hint`.
+ */
+export function jsonSchemaRule(b: GbnfBuilder, schema: unknown, hint: string): string {
+  return new SchemaCompiler(schema, b).compile(hint);
 }
 
 /** Keywords that never change which documents are valid. `x-*` extensions count too. */
@@ -88,7 +98,7 @@ function fail(pointer: string, message: string): never {
 /** One compilation: the schema document, the grammar being built, and the $ref rules so far. */
 class SchemaCompiler {
   readonly #root: unknown;
-  readonly #b = new GbnfBuilder();
+  readonly #b: GbnfBuilder;
   /** $ref target pointer → its rule */
   readonly #refs = new Map<string, string>();
   /** $ref targets being compiled → container depth when they began (left-recursion check) */
@@ -96,16 +106,18 @@ class SchemaCompiler {
   /** objects and arrays entered: a grammar that re-enters a $ref at the same depth has consumed nothing */
   #depth = 0;
 
-  constructor(root: unknown) {
+  constructor(root: unknown, b: GbnfBuilder) {
     this.#root = root;
+    this.#b = b;
   }
 
-  compile(): string {
-    const root = this.#b.reserve('root');
+  /** Defines the document's rule (named from `hint`) and returns its name. */
+  compile(hint: string): string {
+    const root = this.#b.reserve(hint);
     this.#refs.set('', root);
     this.#open.set('', 0);
-    this.#b.define(root, this.#visit(this.#root, '', ''));
-    return this.#b.render();
+    this.#b.define(root, this.#visit(this.#root, '', hint === 'root' ? '' : hint));
+    return root;
   }
 
   /** The rule of the values `schema` admits (each such rule eats trailing whitespace). */

@@ -2,11 +2,16 @@
 // ApiError(400) naming the parameter, before anything reaches the cluster.
 import { isId } from '@strata/wire';
 import { ApiError } from './errors.ts';
+import { messageCalls, parseToolRequest, type ToolCall, type ToolRequest } from './tool-request.ts';
 
-/** A chat message as the template takes it. */
+/** A chat message as the request gave it. */
 export interface ChatTurn {
-  role: string;
+  role: 'system' | 'user' | 'assistant' | 'tool';
   content: string;
+  /** an assistant turn's tool calls */
+  calls?: ToolCall[];
+  /** a tool turn: the call it answers */
+  callId?: string;
 }
 
 /** What to generate, from either endpoint. */
@@ -45,6 +50,8 @@ export interface GenerationSpec {
   cacheScope: string;
   /** token id -> bias added to its logit (OpenAI's logit_bias) */
   logitBias: Map<number, number>;
+  /** the functions the model may call, and how (chat; none for completions) */
+  tools: ToolRequest;
 }
 
 type Body = Record<string, unknown>;
@@ -54,7 +61,7 @@ const COMMON = new Set(['model', 'max_tokens', 'stream', 'stream_options', 'stop
   'cache_salt', 'prompt_cache_key', 'metadata', 'store', 'service_tier', 'safety_identifier']);
 const COMPLETION = new Set([...COMMON, 'prompt', 'echo', 'best_of', 'suffix', 'logit_bias']);
 const CHAT = new Set([...COMMON, 'messages', 'top_logprobs', 'max_completion_tokens', 'logit_bias', 'parallel_tool_calls',
-  'reasoning_effort', 'verbosity', 'modalities', 'audio', 'prediction', 'web_search_options']);
+  'reasoning_effort', 'verbosity', 'modalities', 'audio', 'prediction', 'web_search_options', 'tools', 'tool_choice', 'functions', 'function_call']);
 
 /**
  * OpenAI parameters taken without effect here, each checked as OpenAI checks it (docs/api.md):
@@ -77,7 +84,6 @@ function accepted(b: Body): void {
   oneOf(b, 'verbosity', ['low', 'medium', 'high']);
   short(b, 'safety_identifier');
   short(b, 'user');
-  bool(b, 'parallel_tool_calls', true);
   const mod = b.modalities;
   if (mod !== undefined && mod !== null) {
     if (!Array.isArray(mod) || mod.some((x) => typeof x !== 'string')) throw bad('modalities', "'modalities' must be an array of strings");
@@ -204,8 +210,12 @@ function common(b: Body, kind: GenerationSpec['kind'], prompt: GenerationSpec['p
     promptCacheKey: short(b, 'prompt_cache_key'),
     cacheScope: '',
     logitBias: logitBias(b.logit_bias),
+    tools: NO_TOOLS,
   };
 }
+
+/** No tools: the answer is text. */
+const NO_TOOLS: ToolRequest = { tools: [], choice: { mode: 'none', allowed: [] }, parallel: false, legacy: false };
 
 /** Reads a POST /v1/completions body. */
 export function parseCompletion(body: unknown, headerSession?: string): GenerationSpec {
@@ -233,18 +243,57 @@ export function parseChat(body: unknown, headerSession?: string): GenerationSpec
   const b = body as Body;
   const ms = b.messages;
   if (!Array.isArray(ms) || ms.length === 0) throw new ApiError(400, 'missing_required_parameter', "'messages' must be a non-empty array", 'messages');
-  const messages = ms.map((m, i): ChatTurn => {
-    if (typeof m !== 'object' || m === null) throw bad(`messages[${i}]`, 'a message is an object');
-    const { role, content } = m as Body;
-    if (typeof role !== 'string' || !['system', 'developer', 'user', 'assistant'].includes(role)) throw bad(`messages[${i}].role`, "'role' must be system, developer, user or assistant");
-    if (typeof content === 'string') return { role: role === 'developer' ? 'system' : role, content };
-    if (Array.isArray(content) && content.every((c) => typeof c === 'object' && c !== null && (c as Body).type === 'text' && typeof (c as Body).text === 'string')) {
-      return { role: role === 'developer' ? 'system' : role, content: content.map((c) => (c as Body).text as string).join('') };
-    }
-    throw bad(`messages[${i}].content`, "'content' must be a string or text parts (no images or audio)");
-  });
+  const messages = ms.map((m, i) => chatTurn(m, i));
+  checkToolResults(messages);
   const spec = common(b, 'chat', { messages }, headerSession);
+  spec.tools = parseToolRequest(b);
   if (bool(b, 'logprobs', false)) spec.logprobs = num(b, 'top_logprobs', 0, 0, 20, true);
   else if (b.top_logprobs !== undefined && b.top_logprobs !== null) throw bad('top_logprobs', "'top_logprobs' needs 'logprobs': true");
   return spec;
+}
+
+const ROLES = ['system', 'developer', 'user', 'assistant', 'tool', 'function'];
+
+/** A message's text: a string, or text parts joined (no images or audio). */
+function messageText(content: unknown, param: string, nullable: boolean): string {
+  if (typeof content === 'string') return content;
+  if ((content === null || content === undefined) && nullable) return '';
+  if (Array.isArray(content) && content.every((c) => typeof c === 'object' && c !== null && ['text', 'refusal'].includes((c as Body).type as string))) {
+    return content.map((c) => ((c as Body).text ?? (c as Body).refusal ?? '') as string).join('');
+  }
+  throw bad(param, "'content' must be a string or text parts (no images or audio)");
+}
+
+/** One message of `messages`: developer counts as system, the legacy function role as tool. */
+function chatTurn(m: unknown, i: number): ChatTurn {
+  if (typeof m !== 'object' || m === null || Array.isArray(m)) throw bad(`messages[${i}]`, 'a message is an object');
+  const b = m as Body;
+  const role = b.role;
+  if (typeof role !== 'string' || !ROLES.includes(role)) throw bad(`messages[${i}].role`, "'role' must be system, developer, user, assistant or tool");
+  if (role === 'assistant') {
+    const calls = messageCalls(b, i);
+    return { role, content: messageText(b.content, `messages[${i}].content`, true), ...(calls.length > 0 ? { calls } : {}) };
+  }
+  if (role === 'tool' || role === 'function') {
+    const id = role === 'tool' ? b.tool_call_id : b.name;
+    if (typeof id !== 'string' || id === '') throw bad(`messages[${i}].${role === 'tool' ? 'tool_call_id' : 'name'}`, `a ${role} message needs '${role === 'tool' ? 'tool_call_id' : 'name'}'`);
+    return { role: 'tool', content: messageText(b.content, `messages[${i}].content`, false), callId: id };
+  }
+  return { role: role === 'developer' ? 'system' : (role as 'system' | 'user'), content: messageText(b.content, `messages[${i}].content`, false) };
+}
+
+/**
+ * Each tool result answers a call of the assistant turn before it (by id; a legacy function
+ * result by the function's name), as OpenAI requires.
+ */
+function checkToolResults(turns: readonly ChatTurn[]): void {
+  let open: ToolCall[] = [];
+  turns.forEach((t, i) => {
+    if (t.role === 'assistant') open = t.calls ?? [];
+    else if (t.role === 'tool') {
+      if (!open.some((c) => c.id === t.callId || c.name === t.callId)) {
+        throw bad(`messages[${i}]`, `a tool message must answer a call of the assistant message before it; no call '${t.callId ?? ''}' is open`);
+      }
+    } else open = [];
+  });
 }

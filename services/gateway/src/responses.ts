@@ -1,6 +1,7 @@
 // OpenAI response bodies and stream chunks for both endpoints, from one choice collector.
 import type { FinishText, TokenOut, Usage } from './generation.ts';
 import type { GenerationSpec } from './openai-request.ts';
+import type { ToolCall } from './tool-request.ts';
 
 /** Fields every response and chunk of one request shares. */
 export interface ResponseMeta {
@@ -14,7 +15,23 @@ export interface ResponseMeta {
 export interface ChoiceState {
   text: string;
   tokens: TokenOut[];
-  finish: FinishText | null;
+  /** the tool calls the model made */
+  calls: ToolCall[];
+  finish: FinishReasonText | null;
+}
+
+/** A choice's finish_reason: why generation ended, or that it ended in tool calls. */
+export type FinishReasonText = FinishText | 'tool_calls' | 'function_call';
+
+/** The assistant message of a chat choice: its text (null when it only called tools) and calls. */
+function chatMessage(spec: GenerationSpec, c: ChoiceState) {
+  const message: Record<string, unknown> = { role: 'assistant', content: c.calls.length > 0 && c.text === '' ? null : c.text, refusal: null };
+  if (c.calls.length > 0 && spec.tools.legacy) {
+    message.function_call = { name: c.calls[0]!.name, arguments: c.calls[0]!.arguments };
+  } else if (c.calls.length > 0) {
+    message.tool_calls = c.calls.map((t) => ({ id: t.id, type: 'function', function: { name: t.name, arguments: t.arguments } }));
+  }
+  return message;
 }
 
 function usageBody(u: Usage) {
@@ -58,14 +75,14 @@ export function finalBody(spec: GenerationSpec, meta: ResponseMeta, choices: Cho
   return {
     id: meta.id, object: 'chat.completion', created: meta.created, model: meta.model, system_fingerprint: meta.fingerprint, service_tier: 'default',
     choices: choices.map((c, index) => ({
-      index, message: { role: 'assistant', content: c.text, refusal: null }, logprobs: lp ? chatLogprobs(c.tokens) : null, finish_reason: c.finish,
+      index, message: chatMessage(spec, c), logprobs: lp ? chatLogprobs(c.tokens) : null, finish_reason: c.finish,
     })),
     usage: usageBody(usage),
   };
 }
 
 /** One stream chunk: new text of a choice, or its end. */
-export function chunkBody(spec: GenerationSpec, meta: ResponseMeta, index: number, text: string, tokens: TokenOut[], finish: FinishText | null, first: boolean, offset: number): unknown {
+export function chunkBody(spec: GenerationSpec, meta: ResponseMeta, index: number, text: string, tokens: TokenOut[], finish: FinishReasonText | null, first: boolean, offset: number): unknown {
   const lp = spec.logprobs !== null && tokens.length > 0;
   if (spec.kind === 'completion') {
     return {
@@ -80,6 +97,22 @@ export function chunkBody(spec: GenerationSpec, meta: ResponseMeta, index: numbe
     id: meta.id, object: 'chat.completion.chunk', created: meta.created, model: meta.model, system_fingerprint: meta.fingerprint, service_tier: 'default',
     choices: [{ index, delta, logprobs: lp ? chatLogprobs(tokens) : null, finish_reason: finish }],
   };
+}
+
+/**
+ * The chunks of one tool call, as OpenAI streams them: the call's id, type and name with empty
+ * arguments, then its arguments (`k`: the call's place among the choice's calls).
+ */
+export function toolCallChunks(spec: GenerationSpec, meta: ResponseMeta, index: number, k: number, call: ToolCall): unknown[] {
+  const chunk = (delta: unknown) => ({
+    id: meta.id, object: 'chat.completion.chunk', created: meta.created, model: meta.model, system_fingerprint: meta.fingerprint, service_tier: 'default',
+    choices: [{ index, delta, logprobs: null, finish_reason: null }],
+  });
+  if (spec.tools.legacy) return [chunk({ function_call: { name: call.name, arguments: '' } }), chunk({ function_call: { arguments: call.arguments } })];
+  return [
+    chunk({ tool_calls: [{ index: k, id: call.id, type: 'function', function: { name: call.name, arguments: '' } }] }),
+    chunk({ tool_calls: [{ index: k, function: { arguments: call.arguments } }] }),
+  ];
 }
 
 /** The last chunk of a stream that asked for usage. */
