@@ -124,7 +124,7 @@ describe('OpenAI clients and browsers at the gateway', () => {
 
     it('a call and its result go back into the conversation; tool_choice none answers text', async () => {
       const first = await client.chat.completions.create({ ...ask, model: id, tool_choice: 'required' });
-      const call = first.choices[0]!.message.tool_calls![0]!;
+      const call = first.choices[0]!.message.tool_calls![0]! as OpenAI.ChatCompletionMessageFunctionToolCall;
       const messages: OpenAI.ChatCompletionMessageParam[] = [
         ...ask.messages, first.choices[0]!.message as OpenAI.ChatCompletionMessageParam, { role: 'tool', tool_call_id: call.id, content: '5' },
       ];

@@ -24,12 +24,14 @@ export interface StageGraph {
   mask: TensorPtr | null;
   /** F16 [n_kv, n_tokens]: also within the sliding window (null when no layer is windowed) */
   maskSwa: TensorPtr | null;
-  /** I32 [n_outputs], last stage only, when not every token outputs */
+  /** I32 [n_outputs + n_embed], last stage only, when not every token outputs */
   outIds: TensorPtr | null;
+  /** F32 [n_embd, n_embed]: the final normalized hidden states of the embedding rows (last stage), or null */
+  embd: TensorPtr | null;
   /** F32 [rot, rot] Hadamard matrices, when the cache is quantized and rotated */
   rotK: TensorPtr | null;
   rotV: TensorPtr | null;
-  /** hidden state [n_embd, n_tokens] or logits [n_vocab, n_outputs] */
+  /** hidden state [n_embd, n_tokens] or logits [n_vocab, n_outputs] (a last stage without logit rows: embd) */
   out: TensorPtr;
 }
 
@@ -54,6 +56,8 @@ export interface GraphShape {
   nKv: number;
   /** rows of logits to produce on the last stage */
   nOutputs: number;
+  /** rows whose final normalized hidden states the last stage produces (embeddings), after the logit rows */
+  nEmbed: number;
   /** select the output rows with an index input (false: every token, in order) */
   selectOutputs: boolean;
 }
@@ -71,7 +75,7 @@ export function ropeParams(hp: HParams, weights: Pick<StageWeights, 'ropeFreqs'>
 
 /** Builds the graph of `weights`' layers for one batch. */
 export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorage, shape: GraphShape): StageGraph {
-  const { nTokens: n, nKv, nOutputs, selectOutputs } = shape;
+  const { nTokens: n, nKv, nOutputs, nEmbed, selectOutputs } = shape;
   const { l0, l1 } = weights.range;
   const isFirst = l0 === 0, isLast = l1 === hp.nLayer;
   const ctx = GgmlContext.create({ maxTensors: GRAPH_NODES, graphNodes: GRAPH_NODES });
@@ -86,7 +90,7 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
   const swa = hp.swaLayers.slice(l0, l1);
   const mask = swa.some((x) => !x) ? ctx.input(GgmlType.F16, [nKv, n], 'inp_kq_mask') : null;
   const maskSwa = swa.some((x) => x) ? ctx.input(GgmlType.F16, [nKv, n], 'inp_kq_mask_swa') : null;
-  const outIds = isLast && selectOutputs ? ctx.input(GgmlType.I32, [nOutputs], 'inp_out_ids') : null;
+  const outIds = isLast && selectOutputs ? ctx.input(GgmlType.I32, [nOutputs + nEmbed], 'inp_out_ids') : null;
   const rotK = kv.rot.k ? ctx.input(GgmlType.F32, [kv.rot.k, kv.rot.k], 'attn_inp_k_rot') : null;
   const rotV = kv.rot.v ? ctx.input(GgmlType.F32, [kv.rot.v, kv.rot.v], 'attn_inp_v_rot') : null;
 
@@ -183,12 +187,24 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
   }
 
   let out = inpL;
+  let embd: TensorPtr | null = null;
   if (isLast) {
-    out = ctx.mul(ctx.rmsNorm(out, hp.rmsEps), weights.outputNorm!);
-    out = ctx.mulMat(weights.output!, out);
-    if (hp.logitSoftcap > 0) out = ctx.scale(ctx.tanh(ctx.scale(out, 1 / hp.logitSoftcap)), hp.logitSoftcap);
+    const normed = ctx.mul(ctx.rmsNorm(out, hp.rmsEps), weights.outputNorm!);
+    // embedding rows (llama.cpp's t_embd): the normalized state after the logit rows
+    const row = rowSize(GgmlType.F32, hp.nEmbd);
+    if (nEmbed > 0) {
+      embd = ctx.cont(ctx.view2d(normed, hp.nEmbd, nEmbed, row, nOutputs * row));
+      ctx.setOutput(embd);
+      ctx.expand(gf, embd);
+    }
+    if (nOutputs > 0) {
+      out = ctx.mulMat(weights.output!, nEmbed > 0 ? ctx.view2d(normed, hp.nEmbd, nOutputs, row, 0) : normed);
+      if (hp.logitSoftcap > 0) out = ctx.scale(ctx.tanh(ctx.scale(out, 1 / hp.logitSoftcap)), hp.logitSoftcap);
+    } else {
+      out = embd!;
+    }
   }
   ctx.setOutput(out);
   ctx.expand(gf, out);
-  return { ctx, graph: gf, tokens, hidden, pos, kvIdxs, mask, maskSwa, outIds, rotK, rotV, out };
+  return { ctx, graph: gf, tokens, hidden, pos, kvIdxs, mask, maskSwa, outIds, embd, rotK, rotV, out };
 }

@@ -48,12 +48,20 @@ export interface HParams {
   /** per layer: attends within the sliding window // [n_layer] */
   swaLayers: boolean[];
   /**
+   * how an embedding pools the final hidden states of its tokens (`<arch>.pooling_type`: 2 cls:
+   * the first token, 3 last: the last; none, mean and anything else: their mean)
+   */
+  pooling: 'mean' | 'cls' | 'last';
+  /**
    * sha256 over every metadata entry and the tensor layout (names, types, shapes, offsets): the
    * stages of one file share it. Weights are not read for it (a stage reads only its own), so two
    * files with identical metadata and layout but other weights would share it.
    */
   fingerprint: string;
 }
+
+/** llama.cpp's pooling types that change which rows an embedding takes (the rest: mean). */
+const POOLING: Record<number, HParams['pooling']> = { 2: 'cls', 3: 'last' };
 
 function num(file: GgufFile, key: string, fallback?: number): number {
   const kv = file.kv(key);
@@ -123,6 +131,7 @@ export function readHParams(file: GgufFile): HParams {
     logitSoftcap: gemma ? num(file, `${a}.final_logit_softcapping`, a === 'gemma2' ? 30 : 0) : 0,
     attnSoftcap: a === 'gemma2' ? num(file, `${a}.attn_logit_softcapping`, 50) : 0,
     ...swa,
+    pooling: POOLING[num(file, `${a}.pooling_type`, 0)] ?? 'mean',
   };
   for (const [k, v] of Object.entries(hp)) {
     if (typeof v === 'number' && (!Number.isFinite(v) || v < 0)) throw new ModelError('missing_metadata', `${file.path}: ${k} = ${v} is invalid`);

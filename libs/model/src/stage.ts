@@ -60,8 +60,13 @@ export interface StageBatch {
   pos: Int32Array;
   /** sequence of each token // [n] */
   seq: Int32Array;
-  /** indices of the tokens whose logits the last stage returns; default: all */
+  /** indices of the tokens whose logits the last stage returns; default: all (none when `embed` is given) */
   outputs?: Int32Array;
+  /**
+   * indices of the tokens whose final normalized hidden states (embeddings) the last stage keeps
+   * in {@link Stage.embeddings} // [n_embed]
+   */
+  embed?: Int32Array;
 }
 
 /** Bytes per buffer type, by what the memory holds. */
@@ -85,6 +90,7 @@ interface PreparedBatch {
   n: number;
   graph: StageGraph;
   nOutputs: number;
+  nEmbed: number;
 }
 
 function isIdentity(outputs: Int32Array, n: number): boolean {
@@ -112,6 +118,7 @@ export class Stage {
   #logitsBuf: Float32Array | null = null;
   #kvDebug: ((dump: string) => void) | undefined;
   #graph: { shape: GraphShape; graph: StageGraph } | null = null;
+  #embeddings = new Float32Array(0);
   #disposed = false;
 
   private constructor(hp: HParams, range: LayerRange, backend: Backend, cpu: Backend | null, weights: StageWeights, cache: StageCache, sched: Scheduler) {
@@ -163,7 +170,7 @@ export class Stage {
       const maxBatch = options.maxBatch ?? 512;
       if (maxBatch > 0) {
         const kv = cache.storage;
-        const worst = buildStageGraph(hp, weights, kv, { nTokens: maxBatch, nKv: kv.size, nOutputs: maxBatch, selectOutputs: false });
+        const worst = buildStageGraph(hp, weights, kv, { nTokens: maxBatch, nKv: kv.size, nOutputs: maxBatch, nEmbed: 0, selectOutputs: false });
         try {
           sched.reserve(worst.graph);
         } finally {
@@ -215,6 +222,14 @@ export class Stage {
     return this.#end(b);
   }
 
+  /**
+   * The last batch's embedding rows (StageBatch.embed), final normalized hidden states in the
+   * order asked // [n_embed * n_embd]; valid until the next batch.
+   */
+  get embeddings(): Float32Array {
+    return this.#embeddings;
+  }
+
   /** Cells the batch computing now writes (evalAsync), or null when no batch computes. // [n] */
   get computing(): Int32Array | null {
     return this.cache.locked;
@@ -255,7 +270,9 @@ export class Stage {
     } else {
       out = new Float32Array(size);
     }
-    getTensor(b.graph.out, out);
+    if (size > 0) getTensor(b.graph.out, out);
+    this.#embeddings = new Float32Array(b.nEmbed * this.hp.nEmbd);
+    if (b.graph.embd) getTensor(b.graph.embd, this.#embeddings);
     this.#counters.batches++;
     this.#counters.tokens += b.n;
     // a shard whose layers all attend through the window keeps only what the window still sees
@@ -264,13 +281,23 @@ export class Stage {
     return out;
   }
 
-  #setInputs(batch: StageBatch, slots: Int32Array, n: number): { graph: StageGraph; nOutputs: number } {
+  #setInputs(batch: StageBatch, slots: Int32Array, n: number): { graph: StageGraph; nOutputs: number; nEmbed: number } {
     const { cells, storage } = this.cache;
     const nKv = attendedCells(cells);
+    const embed = this.isLast && batch.embed && batch.embed.length > 0 ? batch.embed : null;
+    const logitRows = batch.outputs ?? (embed ? new Int32Array(0) : null);
     // every token in order needs no row selection (llama.cpp skips it too)
-    const outputs = this.isLast && batch.outputs && !isIdentity(batch.outputs, n) ? batch.outputs : null;
-    const nOutputs = outputs?.length ?? n;
-    const sg = this.#graphFor({ nTokens: n, nKv, nOutputs, selectOutputs: outputs !== null });
+    let outputs: Int32Array | null = null;
+    if (embed) {
+      outputs = new Int32Array(logitRows!.length + embed.length);
+      outputs.set(logitRows!);
+      outputs.set(embed, logitRows!.length);
+    } else if (this.isLast && logitRows && !isIdentity(logitRows, n)) {
+      outputs = logitRows;
+    }
+    const nEmbed = embed?.length ?? 0;
+    const nOutputs = this.isLast && logitRows ? logitRows.length : n;
+    const sg = this.#graphFor({ nTokens: n, nKv, nOutputs, nEmbed, selectOutputs: outputs !== null });
     if (sg.tokens) setTensor(sg.tokens, batch.tokens!);
     if (sg.hidden) setTensor(sg.hidden, batch.hidden!);
     setTensor(sg.pos, batch.pos);
@@ -290,7 +317,7 @@ export class Stage {
     if (sg.outIds) setTensor(sg.outIds, outputs!);
     if (sg.rotK) setTensor(sg.rotK, this.cache.rotation(storage.rot.k));
     if (sg.rotV) setTensor(sg.rotV, this.cache.rotation(storage.rot.v));
-    return { graph: sg, nOutputs };
+    return { graph: sg, nOutputs, nEmbed };
   }
 
   /**
@@ -301,7 +328,7 @@ export class Stage {
   #graphFor(shape: GraphShape): StageGraph {
     const c = this.#graph;
     if (c && c.shape.nTokens === shape.nTokens && c.shape.nKv === shape.nKv && c.shape.nOutputs === shape.nOutputs
-      && c.shape.selectOutputs === shape.selectOutputs) {
+      && c.shape.nEmbed === shape.nEmbed && c.shape.selectOutputs === shape.selectOutputs) {
       this.#counters.graphReuses++;
       return c.graph;
     }
@@ -346,10 +373,12 @@ export class Stage {
         throw new ModelError('bad_input', `sequence ${s}: the cache holds positions up to ${max}, so the batch must start at ${max + 1}, not ${p}`);
       }
     }
+    const embed = b.embed?.length ?? 0;
     if (b.outputs) {
-      if (b.outputs.length === 0) throw new ModelError('bad_input', 'a batch must output at least one token');
+      if (b.outputs.length === 0 && embed === 0) throw new ModelError('bad_input', 'a batch must output at least one token');
       for (const o of b.outputs) if (o < 0 || o >= n) throw new ModelError('bad_input', `output index ${o} outside the batch of ${n}`);
     }
+    if (b.embed) for (const o of b.embed) if (o < 0 || o >= n) throw new ModelError('bad_input', `embedding index ${o} outside the batch of ${n}`);
   }
 
   /** Bytes of memory per use and buffer type: weights, KV cache, compute scratch. */

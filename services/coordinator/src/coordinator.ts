@@ -387,6 +387,7 @@ export class Coordinator {
     if (known) return { $typeName: 'strata.v1.GenerateReply', accepted: true, cachedTokens: 0, pipelineId: known.view.id, coordinatorId: this.id, term: BigInt(this.#lease.term) };
     if (req.sessionId && !isSessionKey(req.sessionId)) return refuse('bad_request', 'a session is [<tenant>:]<id>: tenant 1-40 of A-Z a-z 0-9 -, id 1-128 of A-Z a-z 0-9 _ -');
     if (req.sessionId && Math.max(1, req.n) > 1) return refuse('bad_request', 'a session continues one conversation: n must be 1');
+    if (req.sampling?.embed && (req.sessionId || Math.max(1, req.n) > 1 || req.maxTokens !== 1)) return refuse('bad_request', 'an embedding is one choice of one answer, without a session');
     const hint = this.#c.routeByPrefix ? { scope: req.cacheScope, prompt: req.prompt, cacheKey: req.promptCacheKey, loadTokens: this.#c.routeLoadTokens } : undefined;
     const placed = placeRequest([...this.#schedulers.values()], req.modelId, req.sessionId, hint);
     if ('refused' in placed) return refuse(placed.refused.code, placed.refused.message);

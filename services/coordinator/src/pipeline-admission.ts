@@ -112,7 +112,7 @@ export function resume(c: PipelineCore, fx: PipelineEffect[], req: GenerateReque
       sampling: { ...req.sampling!, seed: (req.sampling?.seed ?? 0) + index }, maxTokens,
     });
     const p = progress.get(index);
-    j.generated = (p?.tokens ?? []).map((token) => ({ $typeName: 'strata.v1.SampledToken' as const, seq: 0, token, eog: false, logprob: 0, top: [] }));
+    j.generated = (p?.tokens ?? []).map((token) => ({ $typeName: 'strata.v1.SampledToken' as const, seq: 0, token, eog: false, logprob: 0, top: [], embedding: [] }));
     rebuildJob(j, []);
     if (p?.ended) j.finish = FinishReason.STOP;
     return j;
@@ -236,7 +236,8 @@ function restore(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, sa
  * running job is computing much more of it right now.
  */
 function cachedPrefix(c: PipelineCore, req: GenerateRequest): PrefixMatch | null | 'wait' {
-  if (!c.options.prefixCache) return null;
+  // An embedding pools the states of every prompt token: it computes them all.
+  if (!c.options.prefixCache || req.sampling?.embed) return null;
   const m = c.room.prefixes.match(req.cacheScope, req.prompt, req.prompt.length - 1);
   if (!m) return null;
   if (m.pending >= WAIT_FOR_PREFIX) return 'wait';
@@ -310,8 +311,8 @@ function tryStart(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, n
     return j;
   });
   // A one-off request's prompt is cached for later ones as it is computed (a session's cells are
-  // its own); one too short for any later prompt to share is not.
-  if (c.options.prefixCache && !session && req.prompt.length > MIN_SHARED_PREFIX) jobs[0]!.grown = tree.grow(req.cacheScope, prefix, jobs[0]!.prompt, jobs[0]!, now);
+  // its own); one too short for any later prompt to share is not, nor an embedding's.
+  if (c.options.prefixCache && !session && !req.sampling?.embed && req.prompt.length > MIN_SHARED_PREFIX) jobs[0]!.grown = tree.grow(req.cacheScope, prefix, jobs[0]!.prompt, jobs[0]!, now);
   fx.push({ type: 'log', level: 'debug', message: 'start', fields: { request: req.requestId, session, seqs, cached, need } });
   const request: Admission = { req, jobs, cached, epoch: 0, live: jobs.length, failures: 0 };
   // A new session's history in Redis is its whole prompt.

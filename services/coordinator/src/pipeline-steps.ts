@@ -54,7 +54,7 @@ function send(c: PipelineCore, fx: PipelineEffect[], plan: PlannedEntry[], now: 
     const sampling = e.output && !j.samplerSent ? j.sampling : undefined;
     if (sampling) j.samplerSent = true;
     const replay = sampling ? j.replay : [];
-    entries.push({ $typeName: 'strata.v1.StepEntry', seq: j.seq, nTokens: e.tokens.length, pos0: e.pos0, output: e.output, sampling, replay, chained: e.chained === true });
+    entries.push({ $typeName: 'strata.v1.StepEntry', seq: j.seq, nTokens: e.tokens.length, pos0: e.pos0, output: e.output, sampling, replay, chained: e.chained === true, embed: j.sampling.embed });
     tokens.push(...e.tokens);
   }
   const trace = plan.map((e) => ({ req: c.requests.get(e.job.requestId)?.req, prefill: e.pos0 < e.job.pos0 + e.job.prompt.length, tokens: e.tokens.length }));

@@ -17,7 +17,8 @@ import type { GatewayConfig } from './config.ts';
 import { ApiKeys, cacheScope, type Caller } from './api-keys.ts';
 import { ApiError, fromAdminError } from './errors.ts';
 import { dashboardPage, type DashboardPage } from './dashboard.ts';
-import { runGeneration } from './generation.ts';
+import { runGeneration, type GenerationDeps } from './generation.ts';
+import { embeddingSpec, encodeEmbedding, parseEmbeddings, shorten } from './embeddings.ts';
 import { failRequestSpan, traceHttp } from './http-telemetry.ts';
 import { natsHeaders } from '@strata/telemetry';
 import { checkGrammar, GrammarError } from './gbnf-limits.ts';
@@ -50,6 +51,8 @@ export class Gateway {
   readonly #toolFormat: ToolFormat;
   /** tokens that mark tool calls: shown as text even when they are special */
   readonly #shown: ReadonlySet<number>;
+  /** the model's hidden width: an embedding's length */
+  readonly #width: number;
   /** the grammar of any JSON object (response_format json_object): the gateway's own, built once */
   #jsonObject: string | null = null;
   #stopping: Promise<void> | null = null;
@@ -63,6 +66,7 @@ export class Gateway {
     this.#log = log;
     this.#fingerprint = `strata-${c.modelId}`;
     this.#toolFormat = toolFormatOf(vocab.defaultChatTemplate());
+    this.#width = Number(vocab.meta(`${vocab.meta('general.architecture') ?? ''}.embedding_length`) ?? 0);
     // A marker that is one token of the vocabulary is that token; spelled out, it is plain text.
     this.#shown = new Set(toolMarkers(this.#toolFormat).map((m) => vocab.tokenize(m, false, true)).filter((t) => t.length === 1).map((t) => t[0]!));
     this.#keys = c.apiKeysFile ? ApiKeys.load(c.apiKeysFile) : null;
@@ -104,9 +108,11 @@ export class Gateway {
       const route = `${req.method ?? ''} ${path}`;
       switch (route) {
         case 'POST /v1/completions':
-          return await this.#generate(req, res, caller, (b, s) => parseCompletion(b, s));
+          return await this.#counted(() => this.#generateOne(req, res, caller, (b, s) => parseCompletion(b, s)));
         case 'POST /v1/chat/completions':
-          return await this.#generate(req, res, caller, (b, s) => parseChat(b, s));
+          return await this.#counted(() => this.#generateOne(req, res, caller, (b, s) => parseChat(b, s)));
+        case 'POST /v1/embeddings':
+          return await this.#counted(() => this.#embeddings(req, res, caller));
         case 'GET /v1/models':
           return await this.#models(res);
         case 'GET /healthz':
@@ -365,14 +371,73 @@ export class Gateway {
     return tokens;
   }
 
-  async #generate(req: IncomingMessage, res: ServerResponse, caller: Caller, parse: (body: unknown, session?: string) => GenerationSpec): Promise<void> {
+  /** Runs a request that uses the cluster, counted as running (a stopping gateway lets it finish). */
+  async #counted(run: () => Promise<void>): Promise<void> {
     if (this.#stopping) throw Object.assign(new ApiError(503, 'shutting_down', 'this gateway is stopping; retry on another'), { retryAfter: 1 });
     this.#running++;
     try {
-      await this.#generateOne(req, res, caller, parse);
+      await run();
     } finally {
       this.#running--;
     }
+  }
+
+  /** The cluster's part of a request: what runGeneration needs. */
+  get #deps(): GenerationDeps {
+    return { nc: this.#nc, vocab: this.#vocab, timeoutMs: this.#c.timeoutMs, leader: this.#leader, log: this.#log, shown: this.#shown };
+  }
+
+  /** Aborted when the client goes away before its answer is written. */
+  #clientGone(res: ServerResponse): AbortController {
+    const abort = new AbortController();
+    res.on('close', () => {
+      if (!res.writableFinished) abort.abort();
+    });
+    return abort;
+  }
+
+  /**
+   * POST /v1/embeddings: each input evaluated on the cluster (at most EMBED_CONCURRENCY at once,
+   * so a long list queues here instead of filling the pipelines' queues), its pooled state cut to
+   * `dimensions` and written as floats or base64.
+   */
+  async #embeddings(req: IncomingMessage, res: ServerResponse, caller: Caller): Promise<void> {
+    const r = parseEmbeddings(await readJson(req, this.#c.maxBodyBytes));
+    if (r.model !== this.#c.modelId) throw new ApiError(404, 'model_not_found', `the model '${r.model}' does not exist; this gateway serves '${this.#c.modelId}'`, 'model');
+    if (r.dimensions !== null && r.dimensions > this.#width) throw new ApiError(400, 'invalid_value', `'dimensions' is at most ${this.#width}, the model's width`, 'dimensions');
+    const prompts = r.inputs.map((x, i) => {
+      if ('tokens' in x) {
+        for (const t of x.tokens) if (t >= this.#vocab.size) throw new ApiError(400, 'invalid_value', `input ${i}: token ${t} is outside the vocabulary of ${this.#vocab.size}`, 'input');
+        return x.tokens;
+      }
+      // Text is text: special-token spellings in it are not parsed as tokens.
+      return [...this.#vocab.tokenize(x.text, true, false)];
+    });
+    const spec = embeddingSpec(r.model, cacheScope(caller, ''));
+    const abort = this.#clientGone(res);
+    const vectors: number[][] = new Array(prompts.length);
+    let next = 0, tokens = 0;
+    const run = async () => {
+      while (next < prompts.length && !abort.signal.aborted) {
+        const i = next++;
+        let got: number[] | null = null;
+        const usage = await runGeneration(this.#deps, spec, prompts[i]!, '', { delta: () => {}, end: () => {}, embedding: (_, v) => (got = v) }, abort.signal);
+        if (!got) throw new ApiError(502, 'no_embedding', `the cluster answered input ${i} without an embedding`);
+        vectors[i] = got;
+        tokens += usage.promptTokens;
+      }
+    };
+    try {
+      await Promise.all(Array.from({ length: Math.min(EMBED_CONCURRENCY, prompts.length) }, run));
+    } catch (err) {
+      abort.abort();
+      throw err;
+    }
+    json(res, 200, {
+      object: 'list', model: r.model,
+      data: vectors.map((v, index) => ({ object: 'embedding', index, embedding: encodeEmbedding(shorten(v, r.dimensions), r.encoding) })),
+      usage: { prompt_tokens: tokens, total_tokens: tokens },
+    });
   }
 
   async #generateOne(req: IncomingMessage, res: ServerResponse, caller: Caller, parse: (body: unknown, session?: string) => GenerationSpec): Promise<void> {
@@ -393,10 +458,7 @@ export class Gateway {
       id: `${spec.kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomBytes(12).toString('hex')}`,
       created: Math.floor(Date.now() / 1000), model: spec.model, fingerprint: this.#fingerprint,
     };
-    const abort = new AbortController();
-    res.on('close', () => {
-      if (!res.writableFinished) abort.abort();
-    });
+    const abort = this.#clientGone(res);
     const answer = new Answer(spec, meta, this.#toolFormat, spec.stream
       ? (obj) => {
         // No Connection header of our own: Node answers keep-alive, or close (and closes after
@@ -405,7 +467,7 @@ export class Gateway {
         res.write(`data: ${JSON.stringify(obj)}\n\n`);
       }
       : null);
-    const usage = await runGeneration({ nc: this.#nc, vocab: this.#vocab, timeoutMs: this.#c.timeoutMs, leader: this.#leader, log: this.#log, shown: this.#shown }, spec, prompt, grammar, answer.sink, abort.signal);
+    const usage = await runGeneration(this.#deps, spec, prompt, grammar, answer.sink, abort.signal);
     if (!spec.stream) return json(res, 200, answer.body(usage));
     if (spec.includeUsage) res.write(`data: ${JSON.stringify(answer.usageChunk(usage))}\n\n`);
     res.end('data: [DONE]\n\n');
@@ -443,12 +505,15 @@ function schemaGrammar(compile: () => string, param: string): string {
   }
 }
 
+/** Embeddings of one request computed at once (the rest wait their turn at the gateway). */
+const EMBED_CONCURRENCY = 8;
+
 /** A model as OpenAI lists it. */
 const modelObject = (id: string) => ({ id, object: 'model', created: 0, owned_by: 'strata' });
 
 /** The methods a known path takes (null: no such path). */
 function allowedMethods(path: string): string[] | null {
-  if (path === '/v1/completions' || path === '/v1/chat/completions') return ['POST'];
+  if (path === '/v1/completions' || path === '/v1/chat/completions' || path === '/v1/embeddings') return ['POST'];
   if (['/v1/models', '/healthz', '/health', '/readyz', '/dashboard', '/admin/v1/migrations', '/admin/v1/sessions', '/admin/v1/cluster'].includes(path)) return ['GET'];
   if (/^\/v1\/models\/.+$/.test(path)) return ['GET'];
   if (/^\/admin\/v1\/sessions\/[^/]+\/migrate$/.test(path) || /^\/admin\/v1\/workers\/[^/]+\/(drain|undrain)$/.test(path)) return ['POST'];

@@ -34,6 +34,8 @@ export interface GenerationSink {
   delta(index: number, text: string, tokens: TokenOut[]): void;
   /** a choice ended */
   end(index: number, finish: FinishText): void;
+  /** an embedding request's answer, unit length // [n_embd] */
+  embedding?(index: number, values: number[]): void;
 }
 
 /** Token counts of a finished request. */
@@ -186,6 +188,7 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
       c.eog ||= t.eog;
       if (c.ended) continue;
       c.completion++;
+      if (t.embedding.length > 0) sink.embedding?.(ev.index, t.embedding);
       // An end of generation is no content: no delta, no logprob entry.
       if (t.eog) continue;
       const out = tokenOut(d.vocab, t, spec.logprobs !== null, d.shown);
@@ -228,7 +231,7 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
             temperature: spec.temperature, topK: spec.topK, topP: spec.topP, minP: spec.minP, repeatPenalty: spec.repeatPenalty,
             frequencyPenalty: spec.frequencyPenalty, presencePenalty: spec.presencePenalty,
             seed, grammar, logprobs: spec.logprobs !== null, topLogprobs: spec.logprobs ?? 0, ignoreEos: spec.ignoreEos,
-            logitBias: Object.fromEntries(spec.logitBias),
+            logitBias: Object.fromEntries(spec.logitBias), embed: spec.embed,
           },
         }, GenerateReplySchema, Math.max(1, Math.min(SUBMIT_TRY_MS, deadline - Date.now())), natsHeaders(traced));
       } catch (err) {

@@ -52,6 +52,8 @@ export interface GenerationSpec {
   logitBias: Map<number, number>;
   /** the functions the model may call, and how (chat; none for completions) */
   tools: ToolRequest;
+  /** an embedding: the prompt's pooled final hidden state instead of generated tokens */
+  embed: boolean;
 }
 
 type Body = Record<string, unknown>;
@@ -211,11 +213,12 @@ function common(b: Body, kind: GenerationSpec['kind'], prompt: GenerationSpec['p
     cacheScope: '',
     logitBias: logitBias(b.logit_bias),
     tools: NO_TOOLS,
+    embed: false,
   };
 }
 
 /** No tools: the answer is text. */
-const NO_TOOLS: ToolRequest = { tools: [], choice: { mode: 'none', allowed: [] }, parallel: false, legacy: false };
+export const NO_TOOLS: ToolRequest = { tools: [], choice: { mode: 'none', allowed: [] }, parallel: false, legacy: false };
 
 /** Reads a POST /v1/completions body. */
 export function parseCompletion(body: unknown, headerSession?: string): GenerationSpec {

@@ -67,16 +67,16 @@ export class SamplerSet {
     if (!s) throw new Error(`sequence ${seq} has no sampler`);
     if (!s.sampler) {
       const code = /grammar/.test(s.refused) ? 'invalid_grammar' : 'bad_request';
-      return { $typeName: 'strata.v1.SampledToken', seq, token: 0, eog: false, logprob: 0, top: [], error: { $typeName: 'strata.v1.Error', code, message: `sequence ${seq}: ${s.refused}`, workerId: '' } };
+      return { $typeName: 'strata.v1.SampledToken', seq, token: 0, eog: false, logprob: 0, top: [], embedding: [], error: { $typeName: 'strata.v1.Error', code, message: `sequence ${seq}: ${s.refused}`, workerId: '' } };
     }
     const token = s.sampler.sample(row);
     const eog = this.#vocab?.isEog(token) ?? false;
-    if (!s.logprobs) return { $typeName: 'strata.v1.SampledToken', seq, token, eog, logprob: 0, top: [] };
+    if (!s.logprobs) return { $typeName: 'strata.v1.SampledToken', seq, token, eog, logprob: 0, top: [], embedding: [] };
     const lse = logSumExp(row);
     const top: TokenLogprob[] = s.topLogprobs > 0
       ? largest(row, s.topLogprobs).map((t) => ({ $typeName: 'strata.v1.TokenLogprob', token: t, logprob: row[t]! - lse }))
       : [];
-    return { $typeName: 'strata.v1.SampledToken', seq, token, eog, logprob: row[token]! - lse, top };
+    return { $typeName: 'strata.v1.SampledToken', seq, token, eog, logprob: row[token]! - lse, top, embedding: [] };
   }
 
   /** Whether sample `t` ends its sequence's choice: a failure, or an end of generation it does not ignore. */

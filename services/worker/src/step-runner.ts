@@ -4,6 +4,7 @@ import { KvCacheFullError, ModelError, type Stage, type StageBatch } from '@stra
 import type { SampledToken, SeqOp, StepHeader } from '@strata/wire';
 import { SeqOpKind } from '@strata/wire';
 import { WorkerError } from './errors.ts';
+import { EmbeddingPools } from './pooling.ts';
 import type { SamplerSet } from './samplers.ts';
 import type { StepOutput } from './stage-protocol.ts';
 
@@ -23,12 +24,15 @@ export interface StepRunnerOptions {
 export class StepRunner {
   readonly stage: Stage;
   readonly #samplers: SamplerSet | null;
+  /** embedding requests' pooled states (last stage) */
+  readonly #pools: EmbeddingPools;
   readonly #o: StepRunnerOptions;
 
   constructor(stage: Stage, samplers: SamplerSet | null, options: StepRunnerOptions) {
     if (stage.isLast !== (samplers !== null)) throw new Error('a last stage needs samplers, and only it');
     this.stage = stage;
     this.#samplers = samplers;
+    this.#pools = new EmbeddingPools(stage.hp.nEmbd, stage.hp.pooling);
     this.#o = options;
   }
 
@@ -52,14 +56,16 @@ export class StepRunner {
     }
     if (stage.isFirst) for (const t of h.tokens) if (t < 0 || t >= stage.hp.nVocab) throw bad(`token ${t} outside the vocabulary`);
     const pos = new Int32Array(n), seq = new Int32Array(n);
-    const outputs: number[] = [];
+    const outputs: number[] = [], embed: number[] = [];
     let i = 0;
     for (const e of h.entries) {
+      if (stage.isLast && e.embed && e.pos0 === 0) this.#pools.reset(e.seq);
       for (let t = 0; t < e.nTokens; t++, i++) {
         pos[i] = e.pos0 + t;
         seq[i] = e.seq;
+        if (e.embed) embed.push(i);
       }
-      if (e.output) outputs.push(i - 1);
+      if (e.output && !e.embed) outputs.push(i - 1);
       if (stage.isLast && e.sampling) this.#samplers!.reset(e.seq, e.sampling, e.replay);
       if (stage.isLast && e.output && !this.#samplers!.has(e.seq)) throw bad(`seq ${e.seq} asks for a token but has no sampling settings`);
     }
@@ -74,13 +80,21 @@ export class StepRunner {
       hidden: stage.isFirst ? undefined : hidden,
       pos,
       seq,
-      outputs: stage.isLast ? Int32Array.from(outputs.length > 0 ? outputs : [n - 1]) : undefined,
+      outputs: stage.isLast ? Int32Array.from(outputs.length > 0 || embed.length > 0 ? outputs : [n - 1]) : undefined,
+      embed: stage.isLast && embed.length > 0 ? Int32Array.from(embed) : undefined,
     });
     if (!stage.isLast) return { kind: 'hidden', hidden: out };
-    const nVocab = stage.hp.nVocab;
+    const { nVocab, nEmbd } = stage.hp;
+    const embeddings = stage.embeddings;
     const tokens: SampledToken[] = [];
-    let o = 0;
+    let o = 0, r = 0;
     for (const e of h.entries) {
+      if (e.embed) {
+        this.#pools.add(e.seq, embeddings.subarray(r * nEmbd, (r + e.nTokens) * nEmbd));
+        r += e.nTokens;
+        if (e.output) tokens.push({ $typeName: 'strata.v1.SampledToken', seq: e.seq, token: 0, eog: true, logprob: 0, top: [], embedding: this.#pools.finish(e.seq) });
+        continue;
+      }
       if (!e.output) continue;
       tokens.push(this.#samplers!.sample(e.seq, out.subarray(o * nVocab, (o + 1) * nVocab)));
       o++;
@@ -100,7 +114,10 @@ export class StepRunner {
       switch (op.kind) {
         case SeqOpKind.REMOVE:
           if (!cache.seqRemove(op.seq, op.p0, op.p1)) throw new WorkerError('bad_request', `seq ${op.seq}: cannot remove [${op.p0}, ${op.p1}) from the middle of a sequence`);
-          if (op.p0 < 0 && op.p1 < 0) this.#samplers?.drop(op.seq);
+          if (op.p0 < 0 && op.p1 < 0) {
+            this.#samplers?.drop(op.seq);
+            this.#pools.drop(op.seq);
+          }
           break;
         case SeqOpKind.COPY:
           cache.seqCopy(op.seq, op.dst, op.p0, op.p1);

@@ -128,6 +128,7 @@ export function bindLlama(lib: LibraryHandle) {
     llama_set_n_threads: f('void llama_set_n_threads(llama_context * ctx, int32_t n_threads, int32_t n_threads_batch)') as (c: LlamaContextPtr, n: number, nBatch: number) => void,
     llama_synchronize: f('void llama_synchronize(llama_context * ctx)') as (c: LlamaContextPtr) => void,
     llama_get_logits_ith: f('float * llama_get_logits_ith(llama_context * ctx, int32_t i)') as (c: LlamaContextPtr, i: number) => RawPtr | null,
+    llama_get_embeddings_seq: f('float * llama_get_embeddings_seq(llama_context * ctx, int32_t seq_id)') as (c: LlamaContextPtr, seq: number) => RawPtr | null,
     llama_get_memory: f('llama_memory_t llama_get_memory(const llama_context * ctx)') as (c: LlamaContextPtr) => LlamaMemoryPtr,
     llama_memory_clear: f('void llama_memory_clear(llama_memory_t mem, bool data)') as (m: LlamaMemoryPtr, data: boolean) => void,
     llama_memory_seq_rm: f('bool llama_memory_seq_rm(llama_memory_t mem, llama_seq_id seq_id, llama_pos p0, llama_pos p1)') as (m: LlamaMemoryPtr, seq: number, p0: number, p1: number) => boolean,

@@ -29,6 +29,8 @@ export interface ReferenceOptions {
    * advertise AMX without enabling it (libllama offers no way to skip AMX alone).
    */
   extraBufts?: boolean;
+  /** compute pooled embeddings instead of logits, with this llama_pooling_type (1 mean, 2 cls, 3 last) */
+  pooling?: number;
 }
 
 /** One token of a reference batch. */
@@ -46,6 +48,7 @@ export class LlamaReference {
   #ctx: LlamaContextPtr | null;
   readonly memory: LlamaMemoryPtr;
   readonly nVocab: number;
+  readonly nEmbd: number;
   readonly nBatch: number;
   readonly #batch: LlamaBatch;
   readonly #tok: Int32Array;
@@ -61,6 +64,7 @@ export class LlamaReference {
     this.#ctx = ctx;
     this.memory = l.llama_get_memory(ctx);
     this.nVocab = l.llama_vocab_n_tokens(l.llama_model_get_vocab(model));
+    this.nEmbd = l.llama_model_n_embd(model);
     this.nBatch = nBatch;
     this.#batch = l.llama_batch_init(nBatch, 0, 1);
     const b = this.#batch;
@@ -93,6 +97,10 @@ export class LlamaReference {
     cp.flash_attn_type = options.flashAttn === false ? LLAMA_FLASH_ATTN_TYPE.DISABLED : LLAMA_FLASH_ATTN_TYPE.ENABLED;
     cp.kv_unified = options.kvUnified ?? true;
     cp.no_perf = true;
+    if (options.pooling !== undefined) {
+      cp.embeddings = true;
+      cp.pooling_type = options.pooling;
+    }
     const ctx = l.llama_init_from_model(model, cp);
     if (!ctx) {
       l.llama_model_free(model);
@@ -132,6 +140,16 @@ export class LlamaReference {
       if (!p) throw new LlamaError(`no logits for batch index ${i}`);
       return new Float32Array(koffi.view(p, this.nVocab * 4).slice(0));
     });
+  }
+
+  /**
+   * The pooled embedding of a sequence after its last decode, as libllama gives it (not
+   * normalized) // [n_embd]; needs ReferenceOptions.pooling.
+   */
+  embedding(seq: number): Float32Array {
+    const p = native().llama.llama_get_embeddings_seq(this.#c, seq);
+    if (!p) throw new LlamaError(`no embedding for seq ${seq} (was the reference loaded with pooling?)`);
+    return new Float32Array(koffi.view(p, this.nEmbd * 4).slice(0));
   }
 
   /** Decodes without reading logits back (benchmarks): only the last token outputs. */

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file strata/v1/common.proto.
  */
 export const file_strata_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChZzdHJhdGEvdjEvY29tbW9uLnByb3RvEglzdHJhdGEudjEiOQoFRXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEhEKCXdvcmtlcl9pZBgDIAEoCSLeAgoIU2FtcGxpbmcSEwoLdGVtcGVyYXR1cmUYASABKAISDQoFdG9wX2sYAiABKA0SDQoFdG9wX3AYAyABKAISDQoFbWluX3AYBCABKAISFgoOcmVwZWF0X3BlbmFsdHkYBSABKAISGQoRZnJlcXVlbmN5X3BlbmFsdHkYBiABKAISGAoQcHJlc2VuY2VfcGVuYWx0eRgHIAEoAhIMCgRzZWVkGAggASgNEg8KB2dyYW1tYXIYCSABKAkSEAoIbG9ncHJvYnMYCiABKAgSFAoMdG9wX2xvZ3Byb2JzGAsgASgNEhIKCmlnbm9yZV9lb3MYDCABKAgSNgoKbG9naXRfYmlhcxgNIAMoCzIiLnN0cmF0YS52MS5TYW1wbGluZy5Mb2dpdEJpYXNFbnRyeRowCg5Mb2dpdEJpYXNFbnRyeRILCgNrZXkYASABKAUSDQoFdmFsdWUYAiABKAI6AjgBYgZwcm90bzM");
+  fileDesc("ChZzdHJhdGEvdjEvY29tbW9uLnByb3RvEglzdHJhdGEudjEiOQoFRXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEhEKCXdvcmtlcl9pZBgDIAEoCSLtAgoIU2FtcGxpbmcSEwoLdGVtcGVyYXR1cmUYASABKAISDQoFdG9wX2sYAiABKA0SDQoFdG9wX3AYAyABKAISDQoFbWluX3AYBCABKAISFgoOcmVwZWF0X3BlbmFsdHkYBSABKAISGQoRZnJlcXVlbmN5X3BlbmFsdHkYBiABKAISGAoQcHJlc2VuY2VfcGVuYWx0eRgHIAEoAhIMCgRzZWVkGAggASgNEg8KB2dyYW1tYXIYCSABKAkSEAoIbG9ncHJvYnMYCiABKAgSFAoMdG9wX2xvZ3Byb2JzGAsgASgNEhIKCmlnbm9yZV9lb3MYDCABKAgSNgoKbG9naXRfYmlhcxgNIAMoCzIiLnN0cmF0YS52MS5TYW1wbGluZy5Mb2dpdEJpYXNFbnRyeRINCgVlbWJlZBgOIAEoCBowCg5Mb2dpdEJpYXNFbnRyeRILCgNrZXkYASABKAUSDQoFdmFsdWUYAiABKAI6AjgBYgZwcm90bzM");
 
 /**
  * A failure answered instead of a result. code is stable and machine-readable
@@ -138,6 +138,14 @@ export type Sampling = Message<"strata.v1.Sampling"> & {
    * @generated from field: map<int32, float> logit_bias = 13;
    */
   logitBias: { [key: number]: number };
+
+  /**
+   * an embedding request (OpenAI's /v1/embeddings): the prompt is evaluated, nothing is sampled;
+   * the last stage answers the pooled, unit-length final hidden state as the one sample's embedding
+   *
+   * @generated from field: bool embed = 14;
+   */
+  embed: boolean;
 };
 
 /**
