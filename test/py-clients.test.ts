@@ -4,8 +4,9 @@
 // models, chat (plain and streamed, with usage), text completions with logprobs, an OpenAI-shaped
 // 400 that the client raises as BadRequestError without retrying, LangChain's invoke, stream and
 // structured output (json_schema: constrained decoding), a forced tool call, LangChain's tool
-// loop (bind_tools, the call run, its ToolMessage sent back) and structured output by function
-// calling.
+// loop (bind_tools, the call run, its ToolMessage sent back), structured output by function
+// calling, and the Responses API (a continuation by previous_response_id, a stream of typed events,
+// LangChain's use_responses_api).
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
@@ -43,6 +44,7 @@ describe('Python OpenAI clients', () => {
       tool_call: { finish: string; name: string; arguments: { a: number; b: number } };
       langchain_tools: { calls: { name: string; args: { a: number; b: number } }[]; results: string[]; final: string; final_calls: number };
       structured_tools: { a?: number; b?: number } | null;
+      responses: { text: string; status: string; second_cached: number; first_input: number; events: string[]; langchain: string };
     };
     assert.equal(out.openai, '3.57.0');
     assert.deepEqual(out.models, [model]);
@@ -69,5 +71,10 @@ describe('Python OpenAI clients', () => {
     assert.deepEqual(out.langchain_tools.results, [String(lc.a + lc.b)], 'the tool ran on the parsed arguments');
     assert.ok(out.langchain_tools.final.length > 0 && out.langchain_tools.final_calls === 0, JSON.stringify(out.langchain_tools));
     assert.ok(valid(out.structured_tools) && out.structured_tools!.a! <= 9 && out.structured_tools!.b! <= 9, JSON.stringify(out.structured_tools));
+    // the Responses API: the same greedy answer as chat, a continuation on cached cells, typed events, LangChain on it
+    assert.equal(out.responses.text, out.chat.text);
+    assert.ok(out.responses.second_cached >= out.responses.first_input, JSON.stringify(out.responses));
+    assert.deepEqual(out.responses.events, ['response.created', `response.${out.responses.status}`]);
+    assert.equal(out.responses.langchain, out.chat.text);
   });
 });

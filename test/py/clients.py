@@ -73,4 +73,12 @@ class_schema = {"title": "Sum", "description": "Two addends", "type": "object",
                 "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}, "b": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["a", "b"]}
 out["structured_tools"] = base.with_structured_output(class_schema, method="function_calling").invoke("Two addends, please.")
 
+# The Responses API: a response, its continuation by previous_response_id, and LangChain on it.
+first = client.responses.create(model=model, input="Say hello.", max_output_tokens=12, temperature=0)
+second = client.responses.create(model=model, previous_response_id=first.id, input="Again.", max_output_tokens=6, temperature=0)
+events = [e.type for e in client.responses.create(model=model, input="Say hello.", max_output_tokens=12, temperature=0, stream=True, store=False)]
+lc_responses = ChatOpenAI(base_url=f"{url}/v1", api_key="unused", model=model, temperature=0, max_tokens=12, max_retries=0, use_responses_api=True)
+out["responses"] = {"text": first.output_text, "status": first.status, "second_cached": second.usage.input_tokens_details.cached_tokens,
+                    "first_input": first.usage.input_tokens, "events": [events[0], events[-1]], "langchain": lc_responses.invoke("Say hello.").text}
+
 json.dump(out, sys.stdout)

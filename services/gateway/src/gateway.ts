@@ -17,7 +17,9 @@ import type { GatewayConfig } from './config.ts';
 import { ApiKeys, cacheScope, type Caller } from './api-keys.ts';
 import { ApiError, fromAdminError } from './errors.ts';
 import { dashboardPage, type DashboardPage } from './dashboard.ts';
-import { runGeneration, type GenerationDeps } from './generation.ts';
+import { runGeneration, type GenerationDeps, type GenerationSink, type Usage } from './generation.ts';
+import { ResponseStore } from './response-store.ts';
+import { ResponseOutput, parseResponses, responseBody, responseId, type EventWrite } from './responses-api.ts';
 import { embeddingSpec, encodeEmbedding, parseEmbeddings, shorten } from './embeddings.ts';
 import { failRequestSpan, traceHttp } from './http-telemetry.ts';
 import { natsHeaders } from '@strata/telemetry';
@@ -53,6 +55,8 @@ export class Gateway {
   readonly #shown: ReadonlySet<number>;
   /** the model's hidden width: an embedding's length */
   readonly #width: number;
+  /** responses of the Responses API kept for previous_response_id and GET /v1/responses/{id} */
+  readonly #stored = new ResponseStore(RESPONSES_KEPT);
   /** the grammar of any JSON object (response_format json_object): the gateway's own, built once */
   #jsonObject: string | null = null;
   #stopping: Promise<void> | null = null;
@@ -113,6 +117,8 @@ export class Gateway {
           return await this.#counted(() => this.#generateOne(req, res, caller, (b, s) => parseChat(b, s)));
         case 'POST /v1/embeddings':
           return await this.#counted(() => this.#embeddings(req, res, caller));
+        case 'POST /v1/responses':
+          return await this.#counted(() => this.#responses(req, res, caller));
         case 'GET /v1/models':
           return await this.#models(res);
         case 'GET /healthz':
@@ -123,6 +129,8 @@ export class Gateway {
         case 'GET /dashboard':
           return this.#page(res);
       }
+      const stored = /^\/v1\/responses\/([^/]+)$/.exec(path);
+      if (stored && (req.method === 'GET' || req.method === 'DELETE')) return this.#storedResponse(req.method, res, caller, decodeURIComponent(stored[1]!));
       const model = /^\/v1\/models\/(.+)$/.exec(path);
       if (model && req.method === 'GET') return await this.#model(res, decodeURIComponent(model[1]!));
       const mig = /^\/admin\/v1\/sessions\/([^/]+)\/migrate$/.exec(path);
@@ -371,6 +379,73 @@ export class Gateway {
     return tokens;
   }
 
+  /**
+   * POST /v1/responses: the request read as a chat (its stored conversation first when it
+   * continues one), run, answered as a response object or its stream of events, and stored
+   * (unless store is false) with the session its cells stay in: a continuation of the newest
+   * response of a conversation reuses that session's KV.
+   */
+  async #responses(req: IncomingMessage, res: ServerResponse, caller: Caller): Promise<void> {
+    const r = parseResponses(await readJson(req, this.#c.maxBodyBytes));
+    let history: Record<string, unknown>[] = [];
+    let session = '';
+    if (r.previousId) {
+      const prev = this.#stored.get(r.previousId, caller.tenant);
+      if (!prev) throw new ApiError(400, 'previous_response_not_found', `previous response '${r.previousId}' is not stored here (store was false, it was deleted or dropped for room, or another gateway answered it)`, 'previous_response_id');
+      history = prev.messages;
+      if (this.#stored.isLatest(r.previousId)) session = prev.session;
+    }
+    const id = responseId();
+    if (r.store && !session) session = id;
+    const conversation = [...history, ...r.input];
+    const messages = r.instructions ? [{ role: 'system', content: r.instructions }, ...conversation] : conversation;
+    const spec = parseChat({ ...r.chat, model: r.model, messages, ...(session ? { session_id: session } : {}) });
+    const run = this.#prepare(caller, spec);
+    const createdAt = Math.floor(Date.now() / 1000);
+    let seq = 0;
+    const emit: EventWrite | null = r.stream ? (type, data) => {
+      if (!res.headersSent) res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+      res.write(`event: ${type}\ndata: ${JSON.stringify({ type, sequence_number: seq++, ...data })}\n\n`);
+    } : null;
+    const out = new ResponseOutput(this.#toolFormat, spec.tools, emit);
+    if (emit) {
+      const skeleton = responseBody(id, createdAt, r.model, r.echo, null, null);
+      emit('response.created', { response: skeleton });
+      emit('response.in_progress', { response: skeleton });
+    }
+    let usage: Usage;
+    try {
+      usage = await run(res, out.sink);
+    } catch (err) {
+      if (!emit || !res.headersSent) throw err;
+      // A stream that started ends with an error event (OpenAI's), not an HTTP status.
+      const e = err instanceof ApiError ? err : new ApiError(500, 'internal', 'internal error');
+      if (!(err instanceof ApiError)) this.#log.error('request failed', { err });
+      if (!res.writableEnded) {
+        emit('error', { code: e.code, message: e.message, param: e.param });
+        res.end();
+      }
+      return;
+    }
+    const body = responseBody(id, createdAt, r.model, r.echo, out, usage);
+    if (r.store) this.#stored.put(id, { tenant: caller.tenant, messages: [...conversation, out.assistantMessage()], body, session });
+    if (!emit) return json(res, 200, body);
+    emit(body.status === 'incomplete' ? 'response.incomplete' : 'response.completed', { response: body });
+    res.end();
+  }
+
+  /** GET or DELETE /v1/responses/{id}: a stored response of the caller's tenant. */
+  #storedResponse(method: string, res: ServerResponse, caller: Caller, id: string): void {
+    const missing = () => new ApiError(404, 'not_found', `no response '${id}' is stored here`, 'response_id');
+    if (method === 'DELETE') {
+      if (!this.#stored.delete(id, caller.tenant)) throw missing();
+      return json(res, 200, { id, object: 'response', deleted: true });
+    }
+    const r = this.#stored.get(id, caller.tenant);
+    if (!r) throw missing();
+    json(res, 200, r.body);
+  }
+
   /** Runs a request that uses the cluster, counted as running (a stopping gateway lets it finish). */
   async #counted(run: () => Promise<void>): Promise<void> {
     if (this.#stopping) throw Object.assign(new ApiError(503, 'shutting_down', 'this gateway is stopping; retry on another'), { retryAfter: 1 });
@@ -440,10 +515,11 @@ export class Gateway {
     });
   }
 
-  async #generateOne(req: IncomingMessage, res: ServerResponse, caller: Caller, parse: (body: unknown, session?: string) => GenerationSpec): Promise<void> {
-    const body = await readJson(req, this.#c.maxBodyBytes);
-    const header = req.headers['x-session-id'];
-    const spec = parse(body, typeof header === 'string' ? header : undefined);
+  /**
+   * What every generating request checks before any compute: the caller's session and cache
+   * scope, the model, the grammar and the prompt; returns what runs it.
+   */
+  #prepare(caller: Caller, spec: GenerationSpec): (res: ServerResponse, sink: GenerationSink) => Promise<Usage> {
     // The caller's tenant owns the session: another tenant's session of the same id is another session.
     if (spec.sessionId) spec.sessionId = sessionKey(caller.tenant, spec.sessionId);
     // Cached prompt prefixes are the tenant's (or its key's cache group's): never another's.
@@ -454,11 +530,18 @@ export class Gateway {
     for (const t of spec.logitBias.keys()) {
       if (t >= this.#vocab.size) throw new ApiError(400, 'invalid_value', `'logit_bias' names token ${t}, outside the vocabulary of ${this.#vocab.size}`, 'logit_bias');
     }
+    return (res, sink) => runGeneration(this.#deps, spec, prompt, grammar, sink, this.#clientGone(res).signal);
+  }
+
+  async #generateOne(req: IncomingMessage, res: ServerResponse, caller: Caller, parse: (body: unknown, session?: string) => GenerationSpec): Promise<void> {
+    const body = await readJson(req, this.#c.maxBodyBytes);
+    const header = req.headers['x-session-id'];
+    const spec = parse(body, typeof header === 'string' ? header : undefined);
+    const run = this.#prepare(caller, spec);
     const meta: ResponseMeta = {
       id: `${spec.kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomBytes(12).toString('hex')}`,
       created: Math.floor(Date.now() / 1000), model: spec.model, fingerprint: this.#fingerprint,
     };
-    const abort = this.#clientGone(res);
     const answer = new Answer(spec, meta, this.#toolFormat, spec.stream
       ? (obj) => {
         // No Connection header of our own: Node answers keep-alive, or close (and closes after
@@ -467,7 +550,7 @@ export class Gateway {
         res.write(`data: ${JSON.stringify(obj)}\n\n`);
       }
       : null);
-    const usage = await runGeneration(this.#deps, spec, prompt, grammar, answer.sink, abort.signal);
+    const usage = await run(res, answer.sink);
     if (!spec.stream) return json(res, 200, answer.body(usage));
     if (spec.includeUsage) res.write(`data: ${JSON.stringify(answer.usageChunk(usage))}\n\n`);
     res.end('data: [DONE]\n\n');
@@ -505,6 +588,9 @@ function schemaGrammar(compile: () => string, param: string): string {
   }
 }
 
+/** Responses the gateway keeps (least recently used out first). */
+const RESPONSES_KEPT = 10_000;
+
 /** Embeddings of one request computed at once (the rest wait their turn at the gateway). */
 const EMBED_CONCURRENCY = 8;
 
@@ -513,7 +599,8 @@ const modelObject = (id: string) => ({ id, object: 'model', created: 0, owned_by
 
 /** The methods a known path takes (null: no such path). */
 function allowedMethods(path: string): string[] | null {
-  if (path === '/v1/completions' || path === '/v1/chat/completions' || path === '/v1/embeddings') return ['POST'];
+  if (path === '/v1/completions' || path === '/v1/chat/completions' || path === '/v1/embeddings' || path === '/v1/responses') return ['POST'];
+  if (/^\/v1\/responses\/[^/]+$/.test(path)) return ['GET', 'DELETE'];
   if (['/v1/models', '/healthz', '/health', '/readyz', '/dashboard', '/admin/v1/migrations', '/admin/v1/sessions', '/admin/v1/cluster'].includes(path)) return ['GET'];
   if (/^\/v1\/models\/.+$/.test(path)) return ['GET'];
   if (/^\/admin\/v1\/sessions\/[^/]+\/migrate$/.test(path) || /^\/admin\/v1\/workers\/[^/]+\/(drain|undrain)$/.test(path)) return ['POST'];
