@@ -4,5 +4,9 @@ export { freePort } from './free-port.ts';
 export { findBinary, type FindBinaryOptions } from './find-binary.ts';
 export { type LocalServer } from './managed-server.ts';
 export { type ServerOptions } from './server-options.ts';
-export { natsAuthorization, startNats, type NatsOptions, type NatsUser } from './nats-server.ts';
-export { redisUsers, startRedis, type RedisOptions, type RedisUser } from './redis-server.ts';
+export {
+  natsAuthorization, natsClientNames, startNats, startNatsCluster, type LocalNatsCluster, type NatsClusterMember, type NatsOptions, type NatsUser,
+} from './nats-server.ts';
+export {
+  redisUsers, startRedis, startRedisSentinels, type RedisOptions, type RedisUser, type ReplicatedRedis, type ReplicatedRedisOptions,
+} from './redis-server.ts';

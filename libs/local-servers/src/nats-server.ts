@@ -4,6 +4,7 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { launchServer, type LocalServer } from './managed-server.ts';
+import { freePort } from './free-port.ts';
 import { checkInteger, resolveServerOptions, type ServerOptions } from './server-options.ts';
 import { tcpExchange } from './tcp-probe.ts';
 import { LocalServerError } from './errors.ts';
@@ -14,6 +15,19 @@ export interface NatsOptions extends ServerOptions {
   maxPayload?: number;
   /** accounts clients must log in with; none: anyone connects */
   users?: NatsUser[];
+  /** a member of a NATS cluster: its route port and its peers' route ports (all on loopback) */
+  cluster?: NatsClusterMember;
+  /** loopback port of the HTTP monitoring endpoint (/connz, /routez); none when absent */
+  monitorPort?: number;
+}
+
+/** One server's place in a cluster. */
+export interface NatsClusterMember {
+  name: string;
+  /** the port routes from other servers come in on */
+  routePort: number;
+  /** the other servers' route ports */
+  peers: readonly number[];
 }
 
 /** A NATS login, with what it may do (everything when `permissions` is absent). */
@@ -37,9 +51,14 @@ const CREDENTIAL = /^[A-Za-z0-9_.-]{1,128}$/;
 const MAX_PAYLOAD_LIMIT = 64 * 1024 * 1024; // bytes
 
 /** The nats.conf that startNats writes: listen on 127.0.0.1 only. */
-export function natsConfig(port: number, maxPayload?: number, users: readonly NatsUser[] = []): string {
+export function natsConfig(port: number, maxPayload?: number, users: readonly NatsUser[] = [], cluster?: NatsClusterMember, monitorPort?: number): string {
   const lines = ['# Written by @strata/local-servers; rewritten on every start.', `listen: "127.0.0.1:${port}"`];
   if (maxPayload !== undefined) lines.push(`max_payload: ${maxPayload}`);
+  if (monitorPort !== undefined) lines.push(`http: "127.0.0.1:${monitorPort}"`);
+  if (cluster) {
+    if (!CREDENTIAL.test(cluster.name)) throw new LocalServerError('invalid_options', 'a NATS cluster name is 1-128 of A-Z a-z 0-9 _ . -', { server: 'nats-server' });
+    lines.push('cluster {', `  name: "${cluster.name}"`, `  listen: "127.0.0.1:${cluster.routePort}"`, `  routes: [${cluster.peers.map((p) => `"nats-route://127.0.0.1:${p}"`).join(', ')}]`, '}');
+  }
   return [...lines, ...natsAuthorization(users)].join('\n') + '\n';
 }
 
@@ -81,7 +100,7 @@ export async function startNats(options: NatsOptions): Promise<LocalServer> {
   const maxPayload = options.maxPayload === undefined ? undefined : checkInteger('nats-server', 'maxPayload', options.maxPayload, 1, MAX_PAYLOAD_LIMIT);
   checkUsers(options.users ?? []);
   const config = join(resolved.dir, 'nats.conf');
-  await writeFile(config, natsConfig(resolved.port, maxPayload, options.users), { mode: 0o600 });
+  await writeFile(config, natsConfig(resolved.port, maxPayload, options.users, options.cluster, options.monitorPort), { mode: 0o600 });
   return launchServer({
     name: 'nats-server',
     binary: resolved.binary,
@@ -93,4 +112,69 @@ export async function startNats(options: NatsOptions): Promise<LocalServer> {
     startTimeoutMs: resolved.startTimeoutMs,
     stopTimeoutMs: resolved.stopTimeoutMs,
   });
+}
+
+/** A NATS cluster of servers on loopback, each routed to all others. */
+export interface LocalNatsCluster {
+  servers: LocalServer[];
+  /** the servers' client URLs, comma-separated, as Strata's services take them */
+  url: string;
+  /** each server's monitoring port, in the order of `servers` */
+  monitorPorts: number[];
+  /** Stops every server. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts `size` nats-servers in one cluster (full mesh of routes, directories `<dir>/<i>`) and
+ * resolves once every one greets clients and routes to the others.
+ */
+export async function startNatsCluster(size: number, options: NatsOptions): Promise<LocalNatsCluster> {
+  checkInteger('nats-server', 'cluster size', size, 1, 16);
+  const routes = await Promise.all(Array.from({ length: size }, () => freePort()));
+  const monitors = await Promise.all(Array.from({ length: size }, () => freePort()));
+  const servers: LocalServer[] = [];
+  try {
+    for (let i = 0; i < size; i++) {
+      servers.push(await startNats({
+        ...options, dir: join(options.dir, String(i)), port: undefined, monitorPort: monitors[i],
+        cluster: { name: 'strata', routePort: routes[i]!, peers: routes.filter((_, k) => k !== i) },
+      }));
+    }
+    // Every server sees the others before clients rely on the cluster.
+    const deadline = Date.now() + (options.startTimeoutMs ?? 10_000);
+    for (const port of monitors) {
+      for (;;) {
+        const n = await routeCount(port);
+        if (n >= size - 1) break;
+        if (Date.now() > deadline) throw new LocalServerError('start_timeout', `nats-server on monitor port ${port} routes to ${n} of ${size - 1} peers`, { server: 'nats-server' });
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+  } catch (err) {
+    await Promise.all(servers.map((s) => s.stop()));
+    throw err;
+  }
+  return {
+    servers, monitorPorts: monitors, url: servers.map((s) => s.url).join(','),
+    stop: async () => {
+      await Promise.all(servers.map((s) => s.stop()));
+    },
+  };
+}
+
+/** Routes a server has now (its /routez), 0 when it does not answer. */
+async function routeCount(monitorPort: number): Promise<number> {
+  try {
+    const r = await fetch(`http://127.0.0.1:${monitorPort}/routez`);
+    return ((await r.json()) as { num_routes?: number }).num_routes ?? 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Names of the clients connected to a server now (its /connz), by its monitoring port. */
+export async function natsClientNames(monitorPort: number): Promise<string[]> {
+  const r = await fetch(`http://127.0.0.1:${monitorPort}/connz?limit=1024`);
+  return ((await r.json()) as { connections?: { name?: string }[] }).connections?.map((c) => c.name ?? '') ?? [];
 }

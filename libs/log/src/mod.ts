@@ -55,5 +55,6 @@ export function createLogger(service: string, options: LoggerOptions = {}, base:
 
 /** A URL fit for a log line: its password, if any, replaced by ***. */
 export function redactUrl(url: string): string {
-  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/@]*):[^@/]*@/i, '$1:***@');
+  // A NATS cluster is several URLs separated by commas, each with its credentials.
+  return url.split(',').map((u) => u.replace(/^(\s*[a-z][a-z0-9+.-]*:\/\/[^:/@]*):[^@/]*@/i, '$1:***@')).join(',');
 }

@@ -4,15 +4,25 @@ import { connect, type ConnectionOptions, type MsgHdrs, type NatsConnection } fr
 import { decode, encode } from './codec.ts';
 
 /**
- * Connection options for `url` (nats://[user:password@]host:port), with a client name; nats.js
- * takes user and password as options, so they are lifted out of the URL here. Reconnects for
- * ever (a NATS restart is survived).
+ * Connection options for `url`, with a client name: one server (nats://[user:password@]host:port)
+ * or the servers of a NATS cluster separated by commas (credentials on any of them, the same for
+ * all). nats.js takes user and password as options, so they are lifted out of the URLs here.
+ * Reconnects for ever, to whichever server of the cluster answers (a server's loss or restart is
+ * survived); the servers a cluster gossips are tried too.
  */
 export function natsOptions(url: string, name: string): ConnectionOptions {
-  const u = new URL(url);
-  const o: ConnectionOptions = { servers: `${u.protocol}//${u.host}`, name, maxReconnectAttempts: -1, reconnectTimeWait: 250 };
-  if (u.username) o.user = decodeURIComponent(u.username);
-  if (u.password) o.pass = decodeURIComponent(u.password);
+  const urls = url.split(',').map((s) => s.trim()).filter(Boolean).map((s) => {
+    try {
+      return new URL(s);
+    } catch {
+      throw new TypeError(`'${s}' is not a NATS URL (nats://[user:password@]host:port)`);
+    }
+  });
+  if (urls.length === 0) throw new TypeError('no NATS server given');
+  const o: ConnectionOptions = { servers: urls.map((u) => `${u.protocol}//${u.host}`), name, maxReconnectAttempts: -1, reconnectTimeWait: 250 };
+  const auth = urls.find((u) => u.username);
+  if (auth?.username) o.user = decodeURIComponent(auth.username);
+  if (auth?.password) o.pass = decodeURIComponent(auth.password);
   return o;
 }
 

@@ -10,7 +10,9 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { GgufFile } from '@strata/gguf';
-import { freePort, startNats, startRedis, type LocalServer } from '@strata/local-servers';
+import {
+  freePort, startNats, startNatsCluster, startRedis, startRedisSentinels, type LocalNatsCluster, type LocalServer, type NatsUser, type RedisUser, type ReplicatedRedis,
+} from '@strata/local-servers';
 import { ensureDefaultModel, evenSplit, formatRange, readHParams, type LayerRange } from '@strata/model';
 import { ClusterRequestSchema, ClusterStateSchema, NATS_ROLES, natsPermissions, requestOnce, subjects, type NatsRole } from '@strata/wire';
 
@@ -73,6 +75,13 @@ export interface LocalClusterOptions {
   transferToken?: boolean;
   /** NATS's max payload in bytes (default: nats-server's 1 MiB) */
   natsMaxPayload?: number;
+  /** nats-servers, in one cluster when more than 1 (default 1); services get every server's URL */
+  natsServers?: number;
+  /**
+   * Redis replicas (default 0: one Redis); with replicas, 3 sentinels watch the primary and fail
+   * it over, and coordinators find it through them (redis-sentinel://…)
+   */
+  redisReplicas?: number;
   /** milliseconds to wait for the gateway to be ready (default 180000) */
   readyTimeoutMs?: number;
   /** every service serves Prometheus metrics on a free loopback port of its own (ServiceProcess.metricsPort) */
@@ -109,11 +118,42 @@ export function defaultSplits(nLayer: number, pipelines: number, workers: number
   return out;
 }
 
+/** The servers a local cluster runs on: one NATS or a cluster, one Redis or a Sentinel set. */
+interface Servers {
+  nats: LocalServer | null;
+  natsCluster: LocalNatsCluster | null;
+  redis: LocalServer | null;
+  redisSet: ReplicatedRedis | null;
+}
+
+/** Starts NATS and Redis as `o` asks (stopping what started when one fails). */
+async function startServers(o: LocalClusterOptions, dataDir: string, users: NatsUser[] | undefined, redisUser: RedisUser | null): Promise<Servers> {
+  const nServers = o.natsServers ?? 1;
+  const natsCluster = nServers > 1 ? await startNatsCluster(nServers, { dir: join(dataDir, 'nats'), maxPayload: o.natsMaxPayload, users }) : null;
+  const nats = natsCluster ? null : await startNats({ dir: join(dataDir, 'nats'), maxPayload: o.natsMaxPayload, users });
+  try {
+    const redisUsers = redisUser ? [redisUser] : [];
+    if ((o.redisReplicas ?? 0) > 0) {
+      return { nats, natsCluster, redis: null, redisSet: await startRedisSentinels({ dir: join(dataDir, 'redis'), replicas: o.redisReplicas, users: redisUsers }) };
+    }
+    return { nats, natsCluster, redis: await startRedis({ dir: join(dataDir, 'redis'), users: redisUsers }), redisSet: null };
+  } catch (err) {
+    await (natsCluster?.stop() ?? nats?.stop());
+    throw err;
+  }
+}
+
 /** A running local cluster. stop() is idempotent. */
 export class LocalCluster {
   readonly model: string;
+  /** the (first) nats-server */
   readonly nats: LocalServer;
+  /** the Redis primary as started (after a failover, a replica leads) */
   readonly redis: LocalServer;
+  /** every nats-server, with monitoring ports, when natsServers > 1 */
+  readonly natsCluster: LocalNatsCluster | null;
+  /** the primary, replicas and sentinels, when redisReplicas > 0 */
+  readonly redisSet: ReplicatedRedis | null;
   readonly url: string;
   readonly services: ServiceProcess[] = [];
   readonly splits: LayerRange[][];
@@ -129,12 +169,14 @@ export class LocalCluster {
   readonly #metricsPorts: number[] = [];
   #stopping: Promise<void> | null = null;
 
-  private constructor(o: LocalClusterOptions, model: string, splits: LayerRange[][], nats: LocalServer, redis: LocalServer, url: string, dataDir: string | null) {
+  private constructor(o: LocalClusterOptions, model: string, splits: LayerRange[][], servers: Servers, url: string, dataDir: string | null) {
     this.#o = o;
     this.model = model;
     this.splits = splits;
-    this.nats = nats;
-    this.redis = redis;
+    this.nats = servers.natsCluster?.servers[0] ?? servers.nats!;
+    this.redis = servers.redisSet?.primary ?? servers.redis!;
+    this.natsCluster = servers.natsCluster;
+    this.redisSet = servers.redisSet;
     this.url = url;
     this.#dataDir = dataDir;
   }
@@ -153,23 +195,19 @@ export class LocalCluster {
     const ownData = o.dataDir === undefined;
     const dataDir = o.dataDir ?? mkdtempSync(join(tmpdir(), 'strata-up-'));
     const users = o.natsAuth ?? true ? NATS_ROLES.map((role) => ({ user: `strata-${role}`, password: secret(), permissions: natsPermissions(role) })) : undefined;
-    const nats = await startNats({ dir: join(dataDir, 'nats'), maxPayload: o.natsMaxPayload, users });
     const redisUser = o.redisAuth ?? true ? { user: 'strata-coordinator', password: secret(), rules: REDIS_RULES } : null;
-    let redis: LocalServer;
-    try {
-      redis = await startRedis({ dir: join(dataDir, 'redis'), users: redisUser ? [redisUser] : [] });
-    } catch (err) {
-      await nats.stop();
-      throw err;
-    }
+    const servers = await startServers(o, dataDir, users, redisUser);
     const port = o.port === 0 ? await freePort() : o.port ?? 8080;
-    const c = new LocalCluster(o, model, splits, nats, redis, `http://127.0.0.1:${port}`, ownData ? dataDir : null);
+    const c = new LocalCluster(o, model, splits, servers, `http://127.0.0.1:${port}`, ownData ? dataDir : null);
+    const natsUrl = servers.natsCluster?.url ?? servers.nats!.url;
     for (const role of NATS_ROLES) {
       const u = users?.find((x) => x.user === `strata-${role}`);
-      c.natsUrls[role] = u ? nats.url.replace('nats://', `nats://${u.user}:${u.password}@`) : nats.url;
+      // every server of a cluster, each with the role's credentials
+      c.natsUrls[role] = u ? natsUrl.replaceAll('nats://', `nats://${u.user}:${u.password}@`) : natsUrl;
     }
     c.natsUrl = c.natsUrls.operator;
-    c.redisUrl = redisUser ? redis.url.replace('redis://', `redis://${redisUser.user}:${redisUser.password}@`) : redis.url;
+    const redisUrl = servers.redisSet?.url ?? servers.redis!.url;
+    c.redisUrl = redisUser && !servers.redisSet ? redisUrl.replace('redis://', `redis://${redisUser.user}:${redisUser.password}@`) : redisUrl;
     try {
       const nWorkers = splits.reduce((n, s) => n + s.length, 0);
       while (o.metrics && c.#metricsPorts.length < nWorkers + (o.coordinators ?? 1) + 1) {
@@ -291,8 +329,8 @@ export class LocalCluster {
     this.#stopping ??= (async () => {
       const order: ServiceProcess['role'][] = ['gateway', 'coordinator', 'worker'];
       for (const role of order) await Promise.all(this.services.filter((s) => s.role === role).map((s) => stopProcess(s.proc)));
-      await this.redis.stop();
-      await this.nats.stop();
+      await (this.redisSet?.stop() ?? this.redis.stop());
+      await (this.natsCluster?.stop() ?? this.nats.stop());
       if (this.#dataDir) rmSync(this.#dataDir, { recursive: true, force: true });
     })();
     return this.#stopping;

@@ -7,8 +7,8 @@ import { telemetryOptions, telemetrySchema, type TelemetryOptions } from '@strat
 /** Every setting of a coordinator. */
 export const coordinatorSchema = {
   id: { kind: 'string', doc: 'coordinator id (default: random)' },
-  natsUrl: { kind: 'string', doc: 'NATS server', default: 'nats://127.0.0.1:4222' },
-  redisUrl: { kind: 'string', doc: 'Redis server (redis://user:password@host:port; pass credentials in STRATA_REDIS_URL, not on the command line)', default: 'redis://127.0.0.1:6379' },
+  natsUrl: { kind: 'string', doc: 'NATS server (nats://[user:password@]host:port), or the servers of a cluster separated by commas', default: 'nats://127.0.0.1:4222' },
+  redisUrl: { kind: 'string', doc: 'Redis server (redis://user:password@host:port), or a primary behind Sentinel (redis-sentinel://user:password@host:26379,host:26379/<primary name>); pass credentials in STRATA_REDIS_URL, not on the command line', default: 'redis://127.0.0.1:6379' },
   termKeyFile: { kind: 'string', doc: 'Ed25519 private key (PKCS#8 PEM) that signs leader terms and pipeline generations; every coordinator of a cluster holds the same one, workers and gateways its public key (unset: unsigned, which verifying workers refuse)' },
   sessionTtlS: { kind: 'int', doc: 'a session unused for this many seconds is forgotten (its Redis keys expire; 0: never)', default: 86400 },
   workerTimeoutMs: { kind: 'int', doc: 'a worker unheard for this long is dead', default: 3000 },

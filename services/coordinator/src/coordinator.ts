@@ -24,6 +24,7 @@ import { DrainBook } from './drain-book.ts';
 import { Drainer } from './drainer.ts';
 import { CoordinatorError } from './errors.ts';
 import { LeaderLease } from './lease.ts';
+import { redisOptions } from './redis-url.ts';
 import { encodeEvent, failureEvents, refuse } from './replies.ts';
 import type { Blame, Rebuild } from './pipeline-core.ts';
 import { PipelineScheduler } from './scheduler.ts';
@@ -74,7 +75,7 @@ export class Coordinator {
     this.#redis = redis;
     this.#store = new SessionStore(redis, c.id, c.sessionTtlS * 1000);
     this.#signer = signer;
-    this.#lease = new LeaderLease(redis, c.id, c.leaseMs);
+    this.#lease = new LeaderLease(redis, c.id, c.leaseMs, redisOptions(c.redisUrl).sentinel);
     this.#log = log.child({ coordinator: c.id });
     this.#migrator = new Migrator({
       nc, ledger: new MigrationLedger(redis), store: this.#store, log: this.#log, owner: c.id, options: c.migration, term: () => this.#lease.term, proof: this.#proof,
@@ -95,7 +96,8 @@ export class Coordinator {
   static async start(c: CoordinatorConfig, log: Logger): Promise<Coordinator> {
     const signer = c.termKeyFile ? FenceSigner.fromPem(readFileSync(c.termKeyFile)) : null;
     if (!signer) log.warn('leader terms are not signed (--term-key-file): any client allowed to publish to workers can fence this coordinator out');
-    const redis = new Redis(c.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 3 });
+    const { sentinel: _sentinel, ...redisOpts } = redisOptions(c.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 3 });
+    const redis = new Redis(redisOpts);
     await redis.connect();
     // ioredis reconnects by itself; without a listener its errors would be 'unhandled'.
     let redisDown = false;

@@ -31,17 +31,23 @@ const RELEASE = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0`;
 
+/** How long a new term waits for a replica to hold it (Redis behind Sentinel), in milliseconds. */
+const REPLICA_ACK_MS = 500;
+
 /** The lease as held by one coordinator. */
 export class LeaderLease {
   readonly #redis: Redis;
   readonly #id: string;
   readonly #ms: number;
+  /** Redis is a primary with replicas (Sentinel): a term counts once a replica holds it */
+  readonly #replicated: boolean;
   #term = 0;
 
-  constructor(redis: Redis, id: string, ms: number) {
+  constructor(redis: Redis, id: string, ms: number, replicated = false) {
     this.#redis = redis;
     this.#id = id;
     this.#ms = ms;
+    this.#replicated = replicated;
   }
 
   /** The term held, 0 when not the leader. */
@@ -57,6 +63,13 @@ export class LeaderLease {
   async acquire(): Promise<number> {
     const term = Number(await this.#redis.eval(ACQUIRE, 2, LEASE, TERM, this.#id, this.#ms));
     this.#term = term;
+    // Replication is asynchronous: a term the primary gave out and lost in a failover before any
+    // replica had it would be given out again by the new primary, and two leaders would share a
+    // fencing token. A term counts only once a replica holds it.
+    if (term > 0 && this.#replicated && Number(await this.#redis.wait(1, REPLICA_ACK_MS)) < 1) {
+      await this.release();
+      return 0;
+    }
     return term;
   }
 

@@ -7,12 +7,32 @@
 import type { Redis } from 'ioredis';
 import { CoordinatorError } from './errors.ts';
 
-/** Redis failing (down, unreachable, out of memory): a retriable error that says so. */
+/**
+ * How long an operation keeps trying while Redis is away for a moment (a restart, a Sentinel
+ * failover: a few seconds), in milliseconds; every operation here may be repeated (claims raise
+ * the epoch again, writes keep a given prefix before appending).
+ */
+const STORE_WAIT_MS = 10_000;
+const STORE_RETRY_MS = 200;
+
+/** Redis answers that say it will take writes again soon (a replica being promoted, a primary loading). */
+const TRANSIENT_REPLY = /^(READONLY|LOADING|MASTERDOWN|TRYAGAIN)/;
+
+/** Whether an error is Redis being away for a moment rather than a refusal. */
+function transient(err: unknown): boolean {
+  return (err as Error).name !== 'ReplyError' || TRANSIENT_REPLY.test((err as Error).message);
+}
+
+/** Redis failing (down, unreachable, out of memory) for longer than a failover: a retriable error that says so. */
 async function stored<T>(what: string, op: () => Promise<T>): Promise<T> {
-  try {
-    return await op();
-  } catch (err) {
-    throw new CoordinatorError('store_unavailable', `the session store (Redis) could not ${what}: ${(err as Error).message}`);
+  const until = Date.now() + STORE_WAIT_MS;
+  for (;;) {
+    try {
+      return await op();
+    } catch (err) {
+      if (!transient(err) || Date.now() >= until) throw new CoordinatorError('store_unavailable', `the session store (Redis) could not ${what}: ${(err as Error).message}`);
+      await new Promise((r) => setTimeout(r, STORE_RETRY_MS));
+    }
   }
 }
 
@@ -58,11 +78,14 @@ export class SessionStore {
 
   /** Takes the session for `pipeline`: raises its epoch and returns it. */
   async claim(id: string, pipeline: string): Promise<number> {
-    const m = this.#redis.multi()
-      .hincrby(key(id), 'epoch', 1)
-      .hset(key(id), 'owner', this.#owner, 'pipeline', pipeline, 'updated_ms', Date.now());
-    if (this.#ttlMs > 0) m.pexpire(key(id), this.#ttlMs).pexpire(tokensKey(id), this.#ttlMs);
-    const r = await stored(`claim session ${id}`, () => m.exec());
+    const claim = () => {
+      const m = this.#redis.multi()
+        .hincrby(key(id), 'epoch', 1)
+        .hset(key(id), 'owner', this.#owner, 'pipeline', pipeline, 'updated_ms', Date.now());
+      if (this.#ttlMs > 0) m.pexpire(key(id), this.#ttlMs).pexpire(tokensKey(id), this.#ttlMs);
+      return m.exec();
+    };
+    const r = await stored(`claim session ${id}`, claim);
     const epoch = r?.[0]?.[1];
     if (typeof epoch !== 'number') throw new Error(`claiming session ${id} failed: ${String(r?.[0]?.[0] ?? 'no reply')}`);
     return epoch;

@@ -8,7 +8,7 @@ import type { GrammarLimits } from './gbnf-limits.ts';
 export const gatewaySchema = {
   host: { kind: 'string', doc: 'address to listen on', default: '127.0.0.1' },
   port: { kind: 'int', doc: 'port to listen on (0: any free one)', default: 8080 },
-  natsUrl: { kind: 'string', doc: 'NATS server', default: 'nats://127.0.0.1:4222' },
+  natsUrl: { kind: 'string', doc: 'NATS server (nats://[user:password@]host:port), or the servers of a cluster separated by commas', default: 'nats://127.0.0.1:4222' },
   model: { kind: 'string', doc: 'GGUF whose vocabulary the gateway tokenizes with (default: the synthetic default model)' },
   modelId: { kind: 'string', doc: 'model id clients name (default: the file name without .gguf)' },
   timeoutMs: { kind: 'int', doc: 'the cluster must accept and keep answering within this long', default: 60000 },

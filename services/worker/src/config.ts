@@ -15,7 +15,7 @@ export const workerSchema = {
   ordinal: { kind: 'int', doc: 'which of --stages this worker holds, from 0 (default: the -N suffix of HOSTNAME, as a StatefulSet pod has)' },
   id: { kind: 'string', doc: 'worker id, unique in the cluster (default: host-pid)' },
   group: { kind: 'string', doc: 'pipeline group: this stage chains only with stages of the same group', default: '' },
-  natsUrl: { kind: 'string', doc: 'NATS server', default: 'nats://127.0.0.1:4222' },
+  natsUrl: { kind: 'string', doc: 'NATS server (nats://[user:password@]host:port), or the servers of a cluster separated by commas', default: 'nats://127.0.0.1:4222' },
   threads: { kind: 'int', doc: 'CPU threads', default: 2 },
   device: { kind: 'string', doc: 'ggml device (CPU, CUDA0, ...)', default: 'CPU' },
   ctxSize: { kind: 'int', doc: 'KV cells', default: 4096 },
