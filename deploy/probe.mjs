@@ -15,7 +15,7 @@ import { connect } from 'node:net';
 /** Milliseconds a probe waits for an answer. */
 const TIMEOUT_MS = 3000;
 
-const DEFAULT_PORTS = { 'nats:': 4222, 'tls:': 4222, 'redis:': 6379, 'rediss:': 6379 };
+const DEFAULT_PORTS = { 'nats:': 4222, 'tls:': 4222, 'redis:': 6379, 'rediss:': 6379, 'redis-sentinel:': 26379 };
 
 function done(ok, why) {
   if (!ok) process.stderr.write(`probe: ${why}\n`);
@@ -60,11 +60,14 @@ function establishedPorts() {
   return ports;
 }
 
-/** The ports a service URL names: `nats://a:4222,b:4223` has two. */
+/**
+ * The ports a service URL names: `nats://a:4222,nats://b:4223` has two, and so has
+ * `redis-sentinel://s1:26379,s2:26379/primary` (a coordinator holds a connection to a sentinel).
+ */
 function portsOf(url) {
-  const scheme = /^([a-z]+:)\/\//.exec(url)?.[1] ?? 'nats:';
+  const scheme = /^([a-z][a-z0-9+.-]*:)\/\//.exec(url)?.[1] ?? 'nats:';
   return url.split(',').map((u) => {
-    const m = /:(\d+)(?:\/.*)?$/.exec(u.replace(/^[a-z]+:\/\//, '').replace(/^.*@/, ''));
+    const m = /:(\d+)(?:\/.*)?$/.exec(u.replace(/^[a-z][a-z0-9+.-]*:\/\//, '').replace(/^.*@/, ''));
     return m ? Number(m[1]) : DEFAULT_PORTS[scheme] ?? 0;
   });
 }

@@ -44,7 +44,7 @@ interface PodSpec {
 }
 interface Manifest {
   apiVersion: string; kind: string; metadata: { name: string };
-  spec?: { replicas?: number; template?: { spec: PodSpec }; endpoints?: unknown[]; selector?: unknown };
+  spec?: { replicas?: number; template?: { spec: PodSpec }; endpoints?: unknown[]; selector?: unknown; maxUnavailable?: number };
   data?: Record<string, string>; stringData?: Record<string, string>;
 }
 
@@ -59,7 +59,7 @@ assert.equal(ensure.code, 0, ensure.stderr);
 const tools = JSON.parse(ensure.stdout) as Tools;
 
 /** Values files of helm/strata/ci, by short name. */
-const CASES = { default: 'ci/default-values.yaml', gpu: 'ci/gpu-values.yaml', external: 'ci/external-values.yaml' } as const;
+const CASES = { default: 'ci/default-values.yaml', gpu: 'ci/gpu-values.yaml', external: 'ci/external-values.yaml', single: 'ci/single-values.yaml' } as const;
 type Case = keyof typeof CASES;
 
 function helmTemplate(...args: string[]): { code: number; stdout: string; stderr: string } {
@@ -166,6 +166,7 @@ describe('helm chart', () => {
       default: ['0:4', '4:8'],
       gpu: ['0:8', '8:16', '16:24', '24:32'],
       external: evenSplit(12, 3).map(formatRange),
+      single: ['0:4', '4:8'],
     };
     for (const c of Object.keys(CASES) as Case[]) {
       const sts = find(c, 'StatefulSet', 'strata-worker');
@@ -259,7 +260,7 @@ describe('helm chart', () => {
     }
     const wc = workerConfig({ argv: [], env: { ...podEnv(w, { name: 'strata-worker-0', namespace: NAMESPACE, labels: {} }), HOSTNAME: 'strata-worker-0' } });
     assert.equal(wc.grpcTlsMutual, true);
-    assert.equal(wc.natsUrl, 'nats://nats.messaging.svc.cluster.local:4222');
+    assert.equal(wc.natsUrl, [0, 1, 2].map((i) => `nats://nats-${i}.nats.messaging.svc.cluster.local:4222`).join(','), 'a NATS cluster is every server\'s URL');
     const co = containerOf(find('external', 'Deployment', 'strata-coordinator'));
     assert.deepEqual(envOf(co, 'STRATA_REDIS_URL')!.valueFrom!.secretKeyRef, { name: 'strata-redis-url', key: 'url' });
     assert.deepEqual(co.args, ['coordinator', '--metrics-port', '9464', '--metrics-host', '0.0.0.0']);
@@ -283,8 +284,9 @@ describe('helm chart', () => {
     const keys = find('default', 'Secret', 'strata-term-keys').stringData!;
     const signer = FenceSigner.fromPem(keys['term.key']!);
     assert.ok(FenceVerifier.fromPem(keys['term.crt']!).fence(4n, 2n, signer.fence(4n, 2n)), 'the chart\'s certificate verifies what its key signs');
-    // The built-in Redis: an ACL file and the coordinators' URL from one Secret; the default user off.
-    const auth = find('default', 'Secret', 'strata-redis-auth').stringData!;
+    // The built-in Redis: an ACL file and the coordinators' URL from one Secret; the default user
+    // off (one server here; with replicas, see below).
+    const auth = find('single', 'Secret', 'strata-redis-auth').stringData!;
     const pw = auth.password!;
     assert.ok(pw.length >= 32);
     assert.equal(auth.url, `redis://strata-coordinator:${pw}@strata-redis:6379`);
@@ -316,8 +318,11 @@ describe('helm chart', () => {
     assert.deepEqual(Object.keys(find('default', 'Secret', 'strata-nats-users').data!).sort(), [...NATS_ROLES].sort());
     for (const [kind, name, role] of [['Deployment', 'strata-gateway', 'gateway'], ['Deployment', 'strata-coordinator', 'coordinator'], ['StatefulSet', 'strata-worker', 'worker']] as const) {
       const env = podEnv(containerOf(find('default', kind, name)), { name: `${name}-0`, namespace: NAMESPACE, labels: {} });
-      assert.equal(env.STRATA_NATS_URL, `nats://strata-${role}:secret:strata-nats-users/${role}@strata-nats:4222`, `${name} logs in as ${role}`);
+      const servers = [0, 1, 2].map((i) => `nats://strata-${role}:secret:strata-nats-users/${role}@strata-nats-${i}.strata-nats-headless:4222`);
+      assert.equal(env.STRATA_NATS_URL, servers.join(','), `${name} logs in as ${role} on every server of the cluster`);
     }
+    // the cluster: each server routes to all three
+    assert.match(conf, /cluster \{\n\s+name: strata\n\s+port: 6222\n\s+routes: \["nats-route:\/\/strata-nats-0\.strata-nats-headless\.strata\.svc:6222", "nats-route:\/\/strata-nats-1[^\]]+strata-nats-2[^\]]+\]/);
     // The real nats-server takes the rendered file (on a free port, without the monitoring port).
     const port = await new Promise<number>((resolve) => {
       const srv = createServer().listen(0, '127.0.0.1', () => {
@@ -326,7 +331,8 @@ describe('helm chart', () => {
       });
     });
     const confFile = join(dir, 'nats.conf');
-    writeFileSync(confFile, conf.replace(/^port: .*$/m, `port: ${port}`).replace(/^http_port: .*$/m, '').replace(/^/, 'host: "127.0.0.1"\n'));
+    // (the route port too, on loopback: the routes to other servers only fail to resolve here)
+    writeFileSync(confFile, conf.replace(/^port: .*$/m, `port: ${port}`).replace(/^http_port: .*$/m, '').replace(/^( +)port: 6222$/m, `$1listen: "127.0.0.1:${port + 1}"`).replace(/^/, 'host: "127.0.0.1"\n'));
     const passwords = Object.fromEntries(NATS_ROLES.map((r) => [`${r.toUpperCase()}_PASSWORD`, `pw-${r}-0123456789`]));
     const server = spawn(findBinary('nats-server'), ['-c', confFile], { env: { ...process.env, ...passwords }, stdio: 'ignore' });
     try {
@@ -355,6 +361,26 @@ describe('helm chart', () => {
     } finally {
       server.kill();
     }
+  });
+
+  it('runs NATS as a cluster and Redis with replicas behind sentinels by default; single servers on request', () => {
+    const replicas = (c: Case, name: string) => find(c, 'StatefulSet', name).spec!.replicas;
+    assert.deepEqual([replicas('default', 'strata-nats'), replicas('default', 'strata-redis'), replicas('default', 'strata-sentinel')], [3, 3, 3]);
+    assert.deepEqual([replicas('single', 'strata-nats'), replicas('single', 'strata-redis')], [1, 1]);
+    assert.equal(rendered.single.docs.some((d) => d.metadata.name === 'strata-sentinel'), false);
+    // coordinators find the primary through the sentinels, with their own ACL user
+    const auth = find('default', 'Secret', 'strata-redis-auth');
+    const text = (k: string) => auth.stringData?.[k] ?? Buffer.from(auth.data![k]!, 'base64').toString();
+    assert.match(text('url'), /^redis-sentinel:\/\/strata-coordinator:[A-Za-z0-9]{32}@strata-sentinel-0\.strata-sentinel-headless:26379,strata-sentinel-1\.strata-sentinel-headless:26379,strata-sentinel-2\.strata-sentinel-headless:26379\/strata$/);
+    assert.match(text('users.acl'), /^user strata-replication on >[A-Za-z0-9]{32} \+psync \+replconf \+ping$/m);
+    assert.match(text('users.acl'), /^user strata-sentinel on >[A-Za-z0-9]{32} allchannels .*\+role/m);
+    // every server and sentinel asks the sentinels for the primary before it starts
+    const start = find('default', 'ConfigMap', 'strata-redis-start').data!;
+    for (const script of ['redis-start.sh', 'sentinel-start.sh']) assert.match(start[script]!, /SENTINEL get-master-addr-by-name strata/, script);
+    assert.match(start['sentinel-start.sh']!, /sentinel monitor strata \$PRIMARY 6379 2/);
+    assert.deepEqual(containerOf(find('default', 'StatefulSet', 'strata-redis')).command, ['sh', '/etc/redis-start/redis-start.sh']);
+    // one unavailable at a time for each
+    for (const name of ['strata-nats', 'strata-redis', 'strata-sentinel']) assert.equal(find('default', 'PodDisruptionBudget', name).spec!.maxUnavailable, 1, name);
   });
 
   it('the gateway and coordinator get only settings they know, and the gateway listens on its probed port', () => {

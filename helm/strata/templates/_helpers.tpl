@@ -89,10 +89,14 @@ role's user, its password from the nats-users Secret), an external URL, or a Sec
       key: {{ .role }}
 {{- end }}
 - name: STRATA_NATS_URL
-{{- if and $root.Values.nats.enabled $root.Values.nats.auth.enabled }}
-  value: {{ printf "nats://strata-%s:$(NATS_PASSWORD)@%s-nats:%d" .role (include "strata.fullname" $root) (int $root.Values.nats.port) | quote }}
-{{- else if $root.Values.nats.enabled }}
-  value: {{ printf "nats://%s-nats:%d" (include "strata.fullname" $root) (int $root.Values.nats.port) | quote }}
+{{- if $root.Values.nats.enabled }}
+{{- $fullname := include "strata.fullname" $root }}
+{{- $auth := ternary (printf "strata-%s:$(NATS_PASSWORD)@" .role) "" $root.Values.nats.auth.enabled }}
+{{- $urls := list }}
+{{- range $i := until (int $root.Values.nats.replicas) }}
+{{- $urls = append $urls (printf "nats://%s%s-nats-%d.%s-nats-headless:%d" $auth $fullname $i $fullname (int $root.Values.nats.port)) }}
+{{- end }}
+  value: {{ join "," $urls | quote }}
 {{- else if $root.Values.nats.urlSecret.name }}
   valueFrom:
     secretKeyRef:
@@ -143,6 +147,8 @@ libs/wire/src/permissions.ts (test/deploy.test.ts holds them equal).
     secretKeyRef:
       name: {{ include "strata.fullname" . }}-redis-auth
       key: url
+{{- else if and .Values.redis.enabled (gt (int .Values.redis.replicas) 0) }}
+  value: {{ printf "redis-sentinel://%s/%s" (include "strata.sentinelHosts" .) (include "strata.redisPrimaryName" .) | quote }}
 {{- else if .Values.redis.enabled }}
   value: {{ printf "redis://%s-redis:6379" (include "strata.fullname" .) | quote }}
 {{- else if .Values.redis.urlSecret.name }}
@@ -153,6 +159,21 @@ libs/wire/src/permissions.ts (test/deploy.test.ts holds them equal).
 {{- else }}
   value: {{ required "redis.url is required when redis.enabled is false and redis.urlSecret.name is empty" .Values.redis.url | quote }}
 {{- end }}
+{{- end }}
+
+{{/*
+Spreads a component's pods over nodes where it can (dict "root" . "component" "nats"): losing a
+node then takes one server of a cluster, not all.
+*/}}
+{{- define "strata.spreadAffinity" -}}
+affinity:
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels: {{- include "strata.selectorLabels" (dict "root" .root "component" .component) | nindent 14 }}
 {{- end }}
 
 {{/* The GGUF every model-reading pod opens. */}}

@@ -8,11 +8,12 @@ import type { Redis } from 'ioredis';
 import { CoordinatorError } from './errors.ts';
 
 /**
- * How long an operation keeps trying while Redis is away for a moment (a restart, a Sentinel
- * failover: a few seconds), in milliseconds; every operation here may be repeated (claims raise
- * the epoch again, writes keep a given prefix before appending).
+ * How long an operation keeps trying while Redis is away for a moment (a restart, a quick Sentinel
+ * failover), in milliseconds: less than a gateway's leader lapse (6 s), so that a longer outage is
+ * answered as what it is (store_unavailable) and not as a lost leader. Every operation here may be
+ * repeated (claims raise the epoch again, writes keep a given prefix before appending).
  */
-const STORE_WAIT_MS = 10_000;
+const STORE_WAIT_MS = 4_000;
 const STORE_RETRY_MS = 200;
 
 /** Redis answers that say it will take writes again soon (a replica being promoted, a primary loading). */
@@ -26,12 +27,25 @@ function transient(err: unknown): boolean {
 /** Redis failing (down, unreachable, out of memory) for longer than a failover: a retriable error that says so. */
 async function stored<T>(what: string, op: () => Promise<T>): Promise<T> {
   const until = Date.now() + STORE_WAIT_MS;
+  const unavailable = (why: string) => new CoordinatorError('store_unavailable', `the session store (Redis) could not ${what}: ${why}`);
   for (;;) {
+    let timer: NodeJS.Timeout | undefined;
+    // An attempt gets what is left of the wait: ioredis holds a command through its own
+    // reconnection attempts for longer than that.
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(unavailable(`no answer within ${STORE_WAIT_MS} ms`)), Math.max(0, until - Date.now()));
+    });
+    const attempt = op();
+    // (an attempt that loses the race may still fail later: nobody waits for it then)
+    attempt.catch(() => {});
     try {
-      return await op();
+      return await Promise.race([attempt, late]);
     } catch (err) {
-      if (!transient(err) || Date.now() >= until) throw new CoordinatorError('store_unavailable', `the session store (Redis) could not ${what}: ${(err as Error).message}`);
+      if (err instanceof CoordinatorError) throw err;
+      if (!transient(err) || Date.now() >= until) throw unavailable((err as Error).message);
       await new Promise((r) => setTimeout(r, STORE_RETRY_MS));
+    } finally {
+      clearTimeout(timer);
     }
   }
 }
