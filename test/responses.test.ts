@@ -101,6 +101,7 @@ describe('the Responses API', () => {
     };
     await bad({ made_up: 1 }, 'made_up');
     await bad({ background: true }, 'background');
+    await bad({ top_logprobs: 2 }, 'top_logprobs');
     await bad({ input: [{ role: 'user', content: [{ type: 'input_image', image_url: 'x' }] }] }, 'input[0].content');
     await bad({ tools: [{ type: 'web_search' }] }, 'tools[0].type');
     await bad({ previous_response_id: 'resp_000000000000000000000000' }, 'previous_response_id');

@@ -29,6 +29,8 @@ export interface ResponsesRequest {
 
 /** Parameters that mean the same in both APIs. */
 const SAME = ['temperature', 'top_p', 'parallel_tool_calls', 'metadata', 'user', 'safety_identifier', 'prompt_cache_key', 'service_tier', 'stream', 'top_k', 'min_p', 'seed', 'cache_salt'];
+/** Parameters of the Responses API that Strata does not serve: a 400 that says so (docs/api.md). */
+const REFUSED = ['top_logprobs', 'conversation', 'prompt', 'max_tool_calls'];
 /** Parameters taken without effect (no counterpart here; docs/api.md). */
 const ACCEPTED = ['truncation', 'include', 'reasoning', 'store', 'previous_response_id', 'instructions', 'input', 'model', 'max_output_tokens', 'tools', 'tool_choice', 'text', 'background', 'stream_options'];
 
@@ -112,7 +114,10 @@ function responseFormat(text: unknown): unknown {
 /** Reads a POST /v1/responses body. */
 export function parseResponses(body: unknown): ResponsesRequest {
   if (!isRecord(body)) throw new ApiError(400, 'invalid_body', 'the body must be a JSON object');
-  for (const k of Object.keys(body)) if (!SAME.includes(k) && !ACCEPTED.includes(k)) throw new ApiError(400, 'unknown_parameter', `unknown parameter '${k}'`, k);
+  for (const k of Object.keys(body)) {
+    if (REFUSED.includes(k) && body[k] !== null) throw new ApiError(400, 'unsupported_parameter', `'${k}' is not served by this Responses API`, k);
+    if (!SAME.includes(k) && !ACCEPTED.includes(k) && !REFUSED.includes(k)) throw new ApiError(400, 'unknown_parameter', `unknown parameter '${k}'`, k);
+  }
   if (typeof body.model !== 'string' || body.model === '') throw new ApiError(400, 'missing_required_parameter', "'model' is required", 'model');
   if (body.input === undefined) throw new ApiError(400, 'missing_required_parameter', "'input' is required", 'input');
   if (body.background === true) throw new ApiError(400, 'unsupported_parameter', "'background' responses are not served", 'background');
