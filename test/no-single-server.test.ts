@@ -2,7 +2,9 @@
 // behind 3 sentinels, and survives losing either for good under a steady load of streaming clients
 // (test/helpers/chaos.ts judges every request): kill -9 the nats-server a worker is connected to
 // (every service reconnects to another node of the cluster), then kill -9 the Redis primary (the
-// sentinels promote the replica; the coordinators follow them to it). Lost requests must be 0.
+// sentinels promote the replica; the coordinators follow them to it), then kill -9 the leader
+// coordinator (its standby takes a term from the promoted replica, alone now). Lost requests
+// must be 0.
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
@@ -10,6 +12,7 @@ import { natsClientNames } from '@strata/local-servers';
 import { ensureDefaultModel } from '@strata/model';
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
 import { chaosRun, healthy, type Fault } from './helpers/chaos.ts';
+import { clusterState } from './helpers/cluster.ts';
 
 describe('no single server', () => {
   let cluster: LocalCluster;
@@ -24,7 +27,7 @@ describe('no single server', () => {
     await cluster?.stop();
   });
 
-  it('kill -9 the NATS node a worker is on, kill -9 the Redis primary: nothing is lost', async () => {
+  it('kill -9 the NATS node a worker is on, the Redis primary, then the leader: nothing is lost', async () => {
     const nats = cluster.natsCluster!, redis = cluster.redisSet!;
     const faults: Fault[] = [
       { name: 'kill -9 NATS node of p0-s1', run: async () => {
@@ -45,6 +48,12 @@ describe('no single server', () => {
           await sleep(200);
         }
         return async () => {};
+      } },
+      // The promoted replica is alone now: a new leader must still get a term.
+      { name: 'kill -9 coordinator leader', run: async () => {
+        const leader = (await clusterState(cluster.natsUrl)).coordinatorId;
+        cluster.service(leader).proc.kill('SIGKILL');
+        return () => cluster.restart(leader);
       } },
     ];
     const rows = await chaosRun(cluster, faults, () => healthy(cluster, 2, 2));

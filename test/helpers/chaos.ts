@@ -116,18 +116,22 @@ export async function chaosRun(cluster: LocalCluster, faults: Fault[], whenHealt
     }
   });
   const windows: { name: string; fromMs: number; faultMs: number }[] = [];
-  for (const f of faults) {
-    const fromMs = performance.now();
-    await sleep(STEADY_MS);
-    const faultMs = performance.now();
-    windows.push({ name: f.name, fromMs, faultMs });
-    const heal = await f.run();
-    await sleep(AFTER_MS);
-    await heal();
-    await whenHealthy();
+  try {
+    for (const f of faults) {
+      const fromMs = performance.now();
+      await sleep(STEADY_MS);
+      const faultMs = performance.now();
+      windows.push({ name: f.name, fromMs, faultMs });
+      const heal = await f.run();
+      await sleep(AFTER_MS);
+      await heal();
+      await whenHealthy();
+    }
+  } finally {
+    // (a fault that fails the run must not leave the clients looping against a broken cluster)
+    stopping = true;
+    await Promise.all(clients);
   }
-  stopping = true;
-  await Promise.all(clients);
 
   // Judge every request against the single-process reference (re-prefilled where it stalled).
   const vocab = Vocab.load(model);

@@ -65,12 +65,19 @@ export class LeaderLease {
     this.#term = term;
     // Replication is asynchronous: a term the primary gave out and lost in a failover before any
     // replica had it would be given out again by the new primary, and two leaders would share a
-    // fencing token. A term counts only once a replica holds it.
-    if (term > 0 && this.#replicated && Number(await this.#redis.wait(1, REPLICA_ACK_MS)) < 1) {
+    // fencing token. A term counts only once a replica holds it, when the primary has any (after
+    // a failover that took the last one, the new primary alone holds everything).
+    if (term > 0 && this.#replicated && (await this.#replicas()) > 0 && Number(await this.#redis.wait(1, REPLICA_ACK_MS)) < 1) {
       await this.release();
       return 0;
     }
     return term;
+  }
+
+  /** Replicas connected to the primary now (INFO replication). */
+  async #replicas(): Promise<number> {
+    const info = await this.#redis.info('replication');
+    return Number(/^connected_slaves:(\d+)/m.exec(info)?.[1] ?? 0);
   }
 
   /** Extends the lease; false when it was lost to another coordinator (the term is then 0). */
