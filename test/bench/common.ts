@@ -43,7 +43,7 @@ export function parseBenchArgs(argv: string[]) {
     pp: Number(get('pp', '512')),
     tg: Number(get('tg', '128')),
     types: get('types', 'f16,q8_0').split(',') as ('f16' | 'q8_0')[],
-    only: new Set(get('only', 'engine,kv,cluster,migration,load,responsive,grammar,serving,prefix').split(',')),
+    only: new Set(get('only', 'engine,kv,cluster,migration,load,responsive,grammar,serving,prefix,scale').split(',')),
     servingModel: get('serving-model', ''),
     clients: get('clients', '1,8,16,32').split(',').map(Number),
     servingReps: Number(get('serving-reps', '3')),
@@ -54,6 +54,14 @@ export function parseBenchArgs(argv: string[]) {
     prefixSentences: Number(get('prefix-sentences', '70')),
     prefixReps: Number(get('prefix-reps', '3')),
     prefixParts: get('prefix-parts', 'shared,routing,tiers').split(','),
+    scalePipelines: Number(get('scale-pipelines', '256')),
+    scaleStages: Number(get('scale-stages', '4')),
+    scaleSessions: Number(get('scale-sessions', '10000')),
+    scaleConcurrency: Number(get('scale-concurrency', '1024')),
+    scaleSweep: get('scale-sweep', '64,256,1024,4096').split(',').map(Number),
+    scaleSeconds: Number(get('scale-seconds', '10')),
+    scaleStepMs: Number(get('scale-step-ms', '5')),
+    scaleStepTokenMs: Number(get('scale-step-token-ms', '0.02')),
   };
 }
 

@@ -16,6 +16,7 @@ import { runMigrationBench } from './migration.ts';
 import { runResponsiveBench } from './responsive.ts';
 import { runPrefixBench } from './prefix.ts';
 import { runServingBench } from './serving.ts';
+import { runScaleBench } from './scale.ts';
 import { Progress } from '../../services/cli/src/format.ts';
 
 const opts = parseBenchArgs(process.argv.slice(2));
@@ -164,7 +165,14 @@ const prefix = opts.only.has('prefix')
     model: servingModel, threads: opts.threads, clients: opts.prefixClients, systemSentences: opts.prefixSentences, reps: opts.prefixReps, parts: opts.prefixParts,
   }, step))
   : null;
+const scale = opts.only.has('scale')
+  ? await section('scale', 0, () => runScaleBench({
+    pipelines: opts.scalePipelines, stages: opts.scaleStages, sessions: opts.scaleSessions, sessionConcurrency: opts.scaleConcurrency,
+    sweep: opts.scaleSweep, sweepSeconds: opts.scaleSeconds, stepBaseMs: opts.scaleStepMs, stepPerTokenMs: opts.scaleStepTokenMs,
+    promptTokens: 16, genTokens: 16,
+  }))
+  : null;
 
 const out = join(process.cwd(), '.bench');
 mkdirSync(out, { recursive: true });
-writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv, cluster, migration, load, responsive, grammar, serving, prefix }, null, 2));
+writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv, cluster, migration, load, responsive, grammar, serving, prefix, scale }, null, 2));
