@@ -43,7 +43,7 @@ export function parseBenchArgs(argv: string[]) {
     pp: Number(get('pp', '512')),
     tg: Number(get('tg', '128')),
     types: get('types', 'f16,q8_0').split(',') as ('f16' | 'q8_0')[],
-    only: new Set(get('only', 'engine,kv,cluster,migration,load,responsive,grammar,serving,prefix,scale').split(',')),
+    only: new Set(get('only', 'engine,kv,cluster,migration,load,responsive,grammar,serving,prefix,scale,network').split(',')),
     servingModel: get('serving-model', ''),
     clients: get('clients', '1,8,16,32').split(',').map(Number),
     servingReps: Number(get('serving-reps', '3')),
@@ -62,6 +62,8 @@ export function parseBenchArgs(argv: string[]) {
     scaleSeconds: Number(get('scale-seconds', '10')),
     scaleStepMs: Number(get('scale-step-ms', '5')),
     scaleStepTokenMs: Number(get('scale-step-token-ms', '0.02')),
+    networkSessions: get('network-sessions', '1,8,16').split(',').map(Number),
+    networkLatencyMs: Number(get('network-latency-ms', '0.5')),
   };
 }
 

@@ -17,6 +17,7 @@ import { runResponsiveBench } from './responsive.ts';
 import { runPrefixBench } from './prefix.ts';
 import { runServingBench } from './serving.ts';
 import { runScaleBench } from './scale.ts';
+import { runNetworkBench } from './network.ts';
 import { Progress } from '../../services/cli/src/format.ts';
 
 const opts = parseBenchArgs(process.argv.slice(2));
@@ -172,7 +173,10 @@ const scale = opts.only.has('scale')
     promptTokens: 16, genTokens: 16,
   }))
   : null;
+const network = opts.only.has('network')
+  ? await section('network', 0, () => runNetworkBench({ sessions: opts.networkSessions, latencyMs: opts.networkLatencyMs, reps: 3, tokens: 64 }))
+  : null;
 
 const out = join(process.cwd(), '.bench');
 mkdirSync(out, { recursive: true });
-writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv, cluster, migration, load, responsive, grammar, serving, prefix, scale }, null, 2));
+writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv, cluster, migration, load, responsive, grammar, serving, prefix, scale, network }, null, 2));

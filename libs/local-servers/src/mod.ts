@@ -1,6 +1,7 @@
 // @strata/local-servers: private nats-server and redis-server processes on free loopback ports.
 export { LocalServerError, type LocalServerErrorCode, type LocalServerErrorFields } from './errors.ts';
 export { freePort } from './free-port.ts';
+export { FaultProxy, type LinkFaults } from './fault-proxy.ts';
 export { findBinary, type FindBinaryOptions } from './find-binary.ts';
 export { type LocalServer } from './managed-server.ts';
 export { type ServerOptions } from './server-options.ts';

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { GgufFile } from '@strata/gguf';
 import {
-  freePort, startNats, startNatsCluster, startRedis, startRedisSentinels, type LocalNatsCluster, type LocalServer, type NatsUser, type RedisUser, type ReplicatedRedis,
+  FaultProxy, freePort, startNats, startNatsCluster, startRedis, startRedisSentinels, type LocalNatsCluster, type LocalServer, type NatsUser, type RedisUser, type ReplicatedRedis,
 } from '@strata/local-servers';
 import { ensureDefaultModel, evenSplit, formatRange, readHParams, type LayerRange } from '@strata/model';
 import { ClusterRequestSchema, ClusterStateSchema, NATS_ROLES, natsPermissions, requestOnce, subjects, type NatsRole } from '@strata/wire';
@@ -82,6 +82,12 @@ export interface LocalClusterOptions {
    * it over, and coordinators find it through them (redis-sentinel://…)
    */
   redisReplicas?: number;
+  /**
+   * each service reaches NATS (and each coordinator Redis) through a fault proxy of its own
+   * (LocalCluster.link), so a test can give that link latency or bandwidth or cut it; one NATS
+   * server and one Redis only; default false
+   */
+  faultLinks?: boolean;
   /** milliseconds to wait for the gateway to be ready (default 180000) */
   readyTimeoutMs?: number;
   /** every service serves Prometheus metrics on a free loopback port of its own (ServiceProcess.metricsPort) */
@@ -165,6 +171,8 @@ export class LocalCluster {
   redisUrl = '';
   readonly #dataDir: string | null;
   readonly #o: LocalClusterOptions;
+  /** service id -> its fault proxies (option faultLinks) */
+  readonly #links = new Map<string, { nats: FaultProxy; redis: FaultProxy | null }>();
   /** free ports for the services' metrics endpoints (option metrics) */
   readonly #metricsPorts: number[] = [];
   #stopping: Promise<void> | null = null;
@@ -225,25 +233,45 @@ export class LocalCluster {
         writeFileSync(join(dataDir, 'keys', 'transfer.token'), secret(), { mode: 0o600 });
         token = ['--transfer-token-file', join(dataDir, 'keys', 'transfer.token')];
       }
-      const env = (role: NatsRole): Record<string, string> => ({ STRATA_NATS_URL: c.natsUrls[role], ...(role === 'coordinator' ? { STRATA_REDIS_URL: c.redisUrl } : {}) });
-      for (let i = 1; i <= (o.coordinators ?? 1); i++) {
-        const id = i === 1 ? 'coordinator' : `coordinator-${i}`;
-        c.#spawn('coordinator', id, ['coordinator', ...common, '--id', id, ...(keys ? ['--term-key-file', keys.privateKey] : []), ...(o.coordinatorFlags ?? [])], env('coordinator'));
+      const coordinatorIds = Array.from({ length: o.coordinators ?? 1 }, (_, i) => (i === 0 ? 'coordinator' : `coordinator-${i + 1}`));
+      if (o.faultLinks) await c.#makeLinks([...coordinatorIds, ...splits.flatMap((split, p) => split.map((_, s) => `p${p}-s${s}`)), 'gateway'], coordinatorIds);
+      const env = (role: NatsRole, id: string): Record<string, string> => {
+        const link = c.#links.get(id);
+        const via = (url: string, proxy: FaultProxy | null | undefined) => (proxy ? url.replace(/:\d+(\/?)$/, `:${proxy.port}$1`) : url);
+        return { STRATA_NATS_URL: via(c.natsUrls[role], link?.nats), ...(role === 'coordinator' ? { STRATA_REDIS_URL: via(c.redisUrl, link?.redis) } : {}) };
+      };
+      for (const [i, id] of coordinatorIds.entries()) {
+        c.#spawn('coordinator', id, ['coordinator', ...common, '--id', id, ...(keys ? ['--term-key-file', keys.privateKey] : []), ...(o.coordinatorFlags ?? [])], env('coordinator', id));
         // The first one up takes the lease: start the standbys after it.
-        if (i === 1 && (o.coordinators ?? 1) > 1) await c.#leaderUp();
+        if (i === 0 && coordinatorIds.length > 1) await c.#leaderUp();
       }
       splits.forEach((split, p) => split.forEach((layers, s) => {
         const id = `p${p}-s${s}`;
         c.#spawn('worker', id, ['worker', ...common, ...verify, ...token, '--id', id, '--group', `p${p}`, '--model', model, '--layers', formatRange(layers), '--threads', String(threads),
-          '--ctx-size', String(o.ctxSize ?? 4096), '--kv-type', o.kvTypes?.[p] ?? o.kvType ?? 'f16', ...(o.workerFlags ?? [])], env('worker'), layers);
+          '--ctx-size', String(o.ctxSize ?? 4096), '--kv-type', o.kvTypes?.[p] ?? o.kvType ?? 'f16', ...(o.workerFlags ?? [])], env('worker', id), layers);
       }));
-      c.#spawn('gateway', 'gateway', ['gateway', ...common, ...verify, '--model', model, '--port', String(port), ...(o.gatewayFlags ?? [])], env('gateway'));
+      c.#spawn('gateway', 'gateway', ['gateway', ...common, ...verify, '--model', model, '--port', String(port), ...(o.gatewayFlags ?? [])], env('gateway', 'gateway'));
       await c.#ready(splits.length, o.readyTimeoutMs ?? 180_000);
       return c;
     } catch (err) {
       await c.stop();
       throw err;
     }
+  }
+
+  /** A fault proxy for each service's NATS link (and each coordinator's Redis link). */
+  async #makeLinks(ids: string[], coordinators: string[]): Promise<void> {
+    if (this.natsCluster || this.redisSet) throw new Error('faultLinks needs one NATS server and one Redis');
+    for (const id of ids) {
+      this.#links.set(id, { nats: await FaultProxy.start(this.nats.port), redis: coordinators.includes(id) ? await FaultProxy.start(this.redis.port) : null });
+    }
+  }
+
+  /** The fault proxy of a service's link to NATS or (a coordinator's) to Redis (option faultLinks). */
+  link(id: string, to: 'nats' | 'redis'): FaultProxy {
+    const proxy = this.#links.get(id)?.[to];
+    if (!proxy) throw new Error(`${id} has no fault link to ${to} (faultLinks is off, or no such service)`);
+    return proxy;
   }
 
   /** Resolves when a coordinator leads (answers cluster queries). */
@@ -329,6 +357,7 @@ export class LocalCluster {
     this.#stopping ??= (async () => {
       const order: ServiceProcess['role'][] = ['gateway', 'coordinator', 'worker'];
       for (const role of order) await Promise.all(this.services.filter((s) => s.role === role).map((s) => stopProcess(s.proc)));
+      for (const l of this.#links.values()) await Promise.all([l.nats.stop(), l.redis?.stop()]);
       await (this.redisSet?.stop() ?? this.redis.stop());
       await (this.natsCluster?.stop() ?? this.nats.stop());
       if (this.#dataDir) rmSync(this.#dataDir, { recursive: true, force: true });
