@@ -51,6 +51,8 @@ class Pipe {
 export class FaultProxy {
   readonly port: number;
   readonly #server: Server;
+  /** the loopback port the proxy forwards to */
+  readonly #target: number;
   readonly #sockets = new Set<Socket>();
   #faults: LinkFaults = { latencyMs: 0, bytesPerSecond: 0 };
   #cut = false;
@@ -69,8 +71,6 @@ export class FaultProxy {
     });
     this.#target = target;
   }
-
-  readonly #target: number;
 
   /** Starts a proxy to 127.0.0.1:`target` on a free loopback port. */
   static async start(target: number): Promise<FaultProxy> {

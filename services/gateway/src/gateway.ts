@@ -530,7 +530,9 @@ export class Gateway {
     for (const t of spec.logitBias.keys()) {
       if (t >= this.#vocab.size) throw new ApiError(400, 'invalid_value', `'logit_bias' names token ${t}, outside the vocabulary of ${this.#vocab.size}`, 'logit_bias');
     }
-    return (res, sink) => runGeneration(this.#deps, spec, prompt, grammar, sink, this.#clientGone(res).signal);
+    // Tool-call markers show as text only where tools are offered: elsewhere a special token stays unshown.
+    const deps = spec.tools.choice.mode === 'none' ? { ...this.#deps, shown: NONE_SHOWN } : this.#deps;
+    return (res, sink) => runGeneration(deps, spec, prompt, grammar, sink, this.#clientGone(res).signal);
   }
 
   async #generateOne(req: IncomingMessage, res: ServerResponse, caller: Caller, parse: (body: unknown, session?: string) => GenerationSpec): Promise<void> {
@@ -587,6 +589,9 @@ function schemaGrammar(compile: () => string, param: string): string {
     throw err;
   }
 }
+
+/** No special token shown as text. */
+const NONE_SHOWN: ReadonlySet<number> = new Set();
 
 /** Responses the gateway keeps (least recently used out first). */
 const RESPONSES_KEPT = 10_000;
