@@ -31,6 +31,19 @@ describe('strata command', () => {
     assert.equal(hp.nLayer, 4);
     assert.equal(hp.nHeadKv, 2);
     assert.equal(hp.arch, 'llama');
+    // --split: what each stage loads; the stages of a model with its own head load every tensor once
+    const split = strata('model', 'info', '--model', model, '--split', '0:1,1:4', '--json');
+    assert.equal(split.code, 0, split.stderr);
+    const s = JSON.parse(split.stdout) as { tensorBytes: number; tensors: number; stages: { layers: string; tensors: number; bytes: number; byType: Record<string, number> }[] };
+    assert.deepEqual(s.stages.map((x) => x.layers), ['0:1', '1:4']);
+    assert.equal(s.stages.reduce((n, x) => n + x.bytes, 0), s.tensorBytes);
+    assert.equal(s.stages.reduce((n, x) => n + x.tensors, 0), s.tensors);
+    assert.ok(s.stages.every((x) => x.bytes === Object.values(x.byType).reduce((a, b) => a + b, 0) && x.byType.f16! > 0), JSON.stringify(s.stages));
+    const text = strata('model', 'info', '--model', model, '--split', '0:1,1:4');
+    assert.match(text.stdout, /stage +layers +tensors +weights +by type\n +0 +0:1 .* MiB +f16 /);
+    const bad = strata('model', 'info', '--model', model, '--split', '0:2,1:4');
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--split: .*overlaps/);
   });
 
   it('generate --json with a split prints the tokens the library generates unsplit', () => {

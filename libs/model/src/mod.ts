@@ -8,7 +8,7 @@ export { Pipeline, type PipelineBatch, type PipelineOptions } from './pipeline.t
 export { Stage, type StageBatch, type StageCounters, type StageMemory, type StageOptions } from './stage.ts';
 export { StageCache, type CacheCounters, type StageCacheOptions } from './stage-cache.ts';
 export { DEFAULT_MODEL, Rng, SYNTH_TYPES, defaultVocab, ensureDefaultModel, synthesize, type SynthOptions, type SynthType } from './synth.ts';
-export { StageWeights, stageTensorList, type LayerWeights, type WeightOptions } from './weights.ts';
+export { StageWeights, stageTensorList, stageTensors, type LayerWeights, type WeightOptions } from './weights.ts';
 export { buildShiftGraph, type ShiftGraph } from './k-shift.ts';
 export type { ExportOptions, ImportOptions } from './stage-state.ts';
 export { modelIdOf } from './model-id.ts';

@@ -99,6 +99,31 @@ export function stageTensorList(hp: HParams, range: LayerRange): Want[] {
   return out;
 }
 
+/**
+ * The tensors of `file` a stage of `range` loads, checked against the shapes the architecture
+ * needs (ModelError missing_tensor / bad_tensor_shape): its layers', the embeddings on the first
+ * stage, the head on the last (the embeddings again there when the head is tied to them).
+ */
+export function stageTensors(file: GgufFile, hp: HParams, range: LayerRange): GgufTensorInfo[] {
+  const wants = stageTensorList(hp, range);
+  const isLast = range.l1 === hp.nLayer;
+  // Tied head: the last stage needs token_embd when the file has no output.weight.
+  if (isLast && !file.tensor('output.weight') && range.l0 !== 0) wants.push({ name: 'token_embd.weight', ne: [hp.nEmbd, hp.nVocab] });
+  const infos: GgufTensorInfo[] = [];
+  for (const w of wants) {
+    const info = file.tensor(w.name);
+    if (!info) {
+      if (w.optional) continue;
+      throw new ModelError('missing_tensor', `${file.path}: tensor ${w.name} is missing`, { tensor: w.name });
+    }
+    if (!sameShape(info.ne, w.ne)) {
+      throw new ModelError('bad_tensor_shape', `${file.path}: tensor ${w.name} has shape [${info.ne.join(', ')}], expected [${w.ne.join(', ')}]`, { tensor: w.name });
+    }
+    infos.push(info);
+  }
+  return infos;
+}
+
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
   const n = Math.max(a.length, b.length);
   for (let i = 0; i < n; i++) if ((a[i] ?? 1) !== (b[i] ?? 1)) return false;
@@ -152,22 +177,7 @@ export class StageWeights {
     if (range.l0 < 0 || range.l1 > hp.nLayer || range.l0 >= range.l1) {
       throw new ModelError('bad_split', `layer range ${range.l0}:${range.l1} is outside the model's 0:${hp.nLayer}`);
     }
-    const wants = stageTensorList(hp, range);
-    const isLast = range.l1 === hp.nLayer;
-    // Tied head: the last stage needs token_embd when the file has no output.weight.
-    if (isLast && !file.tensor('output.weight') && range.l0 !== 0) wants.push({ name: 'token_embd.weight', ne: [hp.nEmbd, hp.nVocab] });
-    const infos: GgufTensorInfo[] = [];
-    for (const w of wants) {
-      const info = file.tensor(w.name);
-      if (!info) {
-        if (w.optional) continue;
-        throw new ModelError('missing_tensor', `${file.path}: tensor ${w.name} is missing`, { tensor: w.name });
-      }
-      if (!sameShape(info.ne, w.ne)) {
-        throw new ModelError('bad_tensor_shape', `${file.path}: tensor ${w.name} has shape [${info.ne.join(', ')}], expected [${w.ne.join(', ')}]`, { tensor: w.name });
-      }
-      infos.push(info);
-    }
+    const infos = stageTensors(file, hp, range);
     // Decide each tensor's buffer type (repacking types for mat-mul weights where the CPU has
     // them), then allocate one context and buffer per type.
     const probe = GgmlContext.create({ maxTensors: infos.length + 1 });

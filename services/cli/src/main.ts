@@ -22,7 +22,7 @@ commands:
               [--n-head-kv K] [--n-ff F] [--n-ctx-train C] [--seed S] [--type f32|f16|q8_0|q4_0|q4_k]
               [--head-scale X] [--vocab V.gguf] [--sliding-window W] [--swa-pattern P]
               [--head-dim D] [--logit-softcap C]
-  model info --model F [--json]
+  model info --model F [--split 0:9,9:18] [--json]
   generate [--model F] [--prompt "…"] [--n-predict N] [--split 0:4,4:8] [--threads T]
            [--seed S] [--temperature X] [--top-k K] [--top-p P] [--min-p P]
            [--repeat-penalty X] [--grammar G | --grammar-file F] [--chat] [--ctx-size N]

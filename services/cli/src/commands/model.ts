@@ -1,6 +1,7 @@
 // strata model synth | info
+import { GgmlType } from '@strata/ggml';
 import { GgufFile } from '@strata/gguf';
-import { SUPPORTED_ARCHS, SYNTH_TYPES, readHParams, synthesize, type Arch, type SynthType } from '@strata/model';
+import { ModelError, SUPPORTED_ARCHS, SYNTH_TYPES, formatRange, parseSplit, readHParams, stageTensors, synthesize, type Arch, type SynthType } from '@strata/model';
 import { Flags, parseArgs } from '../args.ts';
 import { UsageError } from '../errors.ts';
 
@@ -38,20 +39,54 @@ export function modelSynth(argv: string[], out: NodeJS.WritableStream): number {
   return 0;
 }
 
-/** `strata model info --model F [--json]` */
+/** ggml's name of a tensor type (q4_K, bf16, ...). */
+function typeName(type: number): string {
+  const key = Object.entries(GgmlType).find(([, v]) => v === type)?.[0];
+  return key ? key.toLowerCase().replace(/_k$/, '_K') : `type ${type}`;
+}
+
+/** What one stage of a split loads: its tensors and their bytes, in all and by type. */
+function stageBytes(file: GgufFile, hp: ReturnType<typeof readHParams>, split: string) {
+  return parseSplit(split, hp.nLayer).map((range) => {
+    const tensors = stageTensors(file, hp, range);
+    const byType: Record<string, number> = {};
+    for (const t of tensors) byType[typeName(t.type)] = (byType[typeName(t.type)] ?? 0) + t.size;
+    return { layers: formatRange(range), tensors: tensors.length, bytes: tensors.reduce((n, t) => n + t.size, 0), byType };
+  });
+}
+
+const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+
+/** `strata model info --model F [--split 0:9,9:18] [--json]` */
 export function modelInfo(argv: string[], out: NodeJS.WritableStream): number {
   const f = new Flags(parseArgs(argv, ['json']));
   const path = f.required('model');
+  const split = f.str('split');
   const json = f.bool('json');
   f.done();
   const file = GgufFile.open(path);
   try {
     const hp = readHParams(file);
     const bytes = file.header.tensors.reduce((n, t) => n + t.size, 0);
+    const stages = split ? stageBytes(file, hp, split) : undefined;
     const info = { path, ...hp, tensors: file.header.tensors.length, tensorBytes: bytes };
+    if (json) {
+      out.write(`${JSON.stringify(stages ? { ...info, stages } : info)}\n`);
+      return 0;
+    }
     const w = Math.max(...Object.keys(info).map((k) => k.length));
-    out.write(json ? `${JSON.stringify(info)}\n` : Object.entries(info).map(([k, v]) => `${k.padEnd(w)} ${v}`).join('\n') + '\n');
+    out.write(Object.entries(info).map(([k, v]) => `${k.padEnd(w)} ${v}`).join('\n') + '\n');
+    if (stages) {
+      out.write(`\nstage  layers  tensors  weights     by type\n`);
+      stages.forEach((st, i) => {
+        const types = Object.entries(st.byType).sort((a, b) => b[1] - a[1]).map(([t, b]) => `${t} ${mib(b)}`).join(', ');
+        out.write(`${String(i).padStart(5)}  ${st.layers.padEnd(6)}  ${String(st.tensors).padStart(7)}  ${mib(st.bytes).padStart(10)}  ${types}\n`);
+      });
+    }
     return 0;
+  } catch (err) {
+    if (err instanceof ModelError && err.code === 'bad_split') throw new UsageError(`--split: ${err.message}`);
+    throw err;
   } finally {
     file.close();
   }
