@@ -62,15 +62,16 @@ export class LeaderLease {
   /** Takes the lease if it is free; the new term, or 0 when another coordinator holds it. */
   async acquire(): Promise<number> {
     const term = Number(await this.#redis.eval(ACQUIRE, 2, LEASE, TERM, this.#id, this.#ms));
-    this.#term = term;
     // Replication is asynchronous: a term the primary gave out and lost in a failover before any
     // replica had it would be given out again by the new primary, and two leaders would share a
     // fencing token. A term counts only once a replica holds it, when the primary has any (after
-    // a failover that took the last one, the new primary alone holds everything).
+    // a failover that took the last one, the new primary alone holds everything); until then this
+    // coordinator does not hold it.
     if (term > 0 && this.#replicated && (await this.#replicas()) > 0 && Number(await this.#redis.wait(1, REPLICA_ACK_MS)) < 1) {
-      await this.release();
+      await this.#redis.eval(RELEASE, 1, LEASE, `${this.#id}/${term}`);
       return 0;
     }
+    this.#term = term;
     return term;
   }
 
