@@ -24,6 +24,9 @@ import type { SessionStore } from './session-store.ts';
 import type { CostBook } from './step-cost.ts';
 import { countPrompt, countTokens, endRequest, endStep, observeQueue, startStep, type StepTrace } from './telemetry.ts';
 
+/** ms between tries of a request's sequence operations while a stage does not answer */
+const SEQ_OP_RETRY_MS = 250;
+
 /** What a scheduler needs from the coordinator around it. */
 export interface SchedulerDeps {
   nc: NatsConnection;
@@ -338,7 +341,7 @@ export class PipelineScheduler implements Placeable {
   async #prepare(e: Extract<PipelineEffect, { type: 'prepare' }>): Promise<void> {
     let msg: PipelineMsg;
     try {
-      if (e.ops.length > 0) await this.#seqOps(e.ops);
+      if (e.ops.length > 0) await this.#seqOpsWhileUp(e.ops);
       let epoch = 0;
       if (e.claim) {
         epoch = await this.#d.store.claim(e.claim, this.view.id);
@@ -447,6 +450,26 @@ export class PipelineScheduler implements Placeable {
    * Sends sequence operations to every stage; throws CoordinatorError if one refuses. Resolves
    * with each stage's answer: per op, the highest position its sequence holds after it.
    */
+  /**
+   * A request's sequence operations, tried again while a stage does not answer (gone from NATS:
+   * partitioned, restarting) for up to --seq-op-timeout-ms: a stage that is lost takes its
+   * pipeline down meanwhile, and the request is rebuilt elsewhere instead of failing here.
+   * Every operation a request prepares with may be repeated (REMOVE and COPY give the same
+   * cells again; a LOAD the tiers no longer hold falls back to prefilling).
+   */
+  async #seqOpsWhileUp(ops: SeqOp[]): Promise<void> {
+    const until = Date.now() + this.#d.seqOpTimeoutMs;
+    for (;;) {
+      try {
+        await this.#seqOps(ops);
+        return;
+      } catch (err) {
+        if (!(err instanceof CoordinatorError) || err.code !== 'stage_failed' || Date.now() >= until) throw err;
+        await new Promise((r) => setTimeout(r, SEQ_OP_RETRY_MS));
+      }
+    }
+  }
+
   async #seqOps(ops: SeqOp[]): Promise<number[][]> {
     // A tier operation (SAVE, LOAD, FORGET) goes alone in its request; the others go together, in order.
     const tier = (o: SeqOp) => o.kind === SeqOpKind.SAVE || o.kind === SeqOpKind.LOAD || o.kind === SeqOpKind.FORGET;
