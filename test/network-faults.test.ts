@@ -41,7 +41,7 @@ describe('network partitions', () => {
         return async () => link.heal();
       } },
     ];
-    const rows = await chaosRun(cluster, faults, () => healthy(cluster, 2, 2));
+    const rows = await chaosRun(cluster, faults, () => healthy(cluster, 2, 2), { sessionsMayRetry: true });
     for (const r of rows) {
       assert.equal(r.lost.length, 0, `${r.fault}: ${r.lost.join('; ')}`);
       assert.ok(r.sent > 0 && r.completed > 0, `${r.fault}: the load went on`);

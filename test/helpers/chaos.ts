@@ -75,6 +75,16 @@ export interface Fault {
   run: () => Promise<() => Promise<void>>;
 }
 
+/** How strictly requests are judged. */
+export interface ChaosJudging {
+  /**
+   * a request of a session may end with a retriable error (stage_failed included) instead of
+   * completing: its history is in Redis and the client's retry continues it (default: sessions
+   * must complete)
+   */
+  sessionsMayRetry?: boolean;
+}
+
 /** One fault's line of the table. */
 export interface FaultRow {
   fault: string;
@@ -106,7 +116,7 @@ export async function healthy(cluster: LocalCluster, pipelines: number, coordina
  * made in turn (steady load, the fault, a while under it, healed, the cluster healthy again), then
  * judges every request against its reference and prints the table. Returns its rows.
  */
-export async function chaosRun(cluster: LocalCluster, faults: Fault[], whenHealthy: () => Promise<void>): Promise<FaultRow[]> {
+export async function chaosRun(cluster: LocalCluster, faults: Fault[], whenHealthy: () => Promise<void>, judging: ChaosJudging = {}): Promise<FaultRow[]> {
   let stopping = false;
   const outcomes: Outcome[] = [];
   const clients = Array.from({ length: CLIENTS }, async (_, c) => {
@@ -151,7 +161,7 @@ export async function chaosRun(cluster: LocalCluster, faults: Fault[], whenHealt
     let completed = 0;
     for (const o of mine) {
       if (o.error) {
-        if (!o.session && RETRIABLE.has(o.error)) failed.set(o.error, (failed.get(o.error) ?? 0) + 1);
+        if ((!o.session || judging.sessionsMayRetry) && (RETRIABLE.has(o.error) || (judging.sessionsMayRetry && o.error === 'stage_failed'))) failed.set(o.error, (failed.get(o.error) ?? 0) + 1);
         else lost.push(`${o.session || 'one-off'} '${o.prompt}': ${o.error} after ${o.tokens.length} tokens`);
         continue;
       }
