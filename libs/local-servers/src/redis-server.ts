@@ -73,8 +73,7 @@ export function redisUsers(users: readonly RedisUser[]): string[] {
 
 /** Ready once `PING` gets `+PONG` (a server still loading its data answers `-LOADING`), logged in as `login` when given. */
 async function redisReady(port: number, timeoutMs: number, login?: RedisUser): Promise<boolean> {
-  const auth = login ? `AUTH ${login.user} ${login.password}\r\n` : '';
-  const text = await tcpExchange(port, `${auth}PING\r\n`, (t) => t.split('\r\n').length > (login ? 2 : 1), timeoutMs);
+  const text = await redisCommand(port, 'PING', login, timeoutMs).catch(() => null);
   return text !== null && text.split('\r\n')[login ? 1 : 0]!.startsWith('+PONG');
 }
 
@@ -229,10 +228,10 @@ async function waitFor(check: () => Promise<boolean>, ms: number, what: string):
 }
 
 /** One inline command's raw RESP answer (logged in as `login` first when given). */
-async function redisCommand(port: number, command: string, login?: RedisUser): Promise<string> {
+async function redisCommand(port: number, command: string, login?: RedisUser, timeoutMs = 2000): Promise<string> {
   const auth = login ? `AUTH ${login.user} ${login.password}\r\n` : '';
   const replies = login ? 2 : 1;
-  const text = await tcpExchange(port, `${auth}${command}\r\n`, (t) => respEnd(t, replies) >= 0, 2000);
+  const text = await tcpExchange(port, `${auth}${command}\r\n`, (t) => respEnd(t, replies) >= 0, timeoutMs);
   if (text === null) throw new LocalServerError('exited', `no answer on port ${port}`, { server: 'redis-server' });
   return text;
 }

@@ -204,8 +204,13 @@ export class Gateway {
 
   /** GET /v1/models/{id}: the model, if a pipeline serves it for this gateway. */
   async #model(res: ServerResponse, id: string): Promise<void> {
-    if (!(await this.#served()).includes(id)) throw new ApiError(404, 'model_not_found', `the model '${id}' does not exist; this gateway serves '${this.#c.modelId}'`, 'model');
+    if (!(await this.#served()).includes(id)) throw this.#unknownModel(id);
     json(res, 200, modelObject(id));
+  }
+
+  /** The 404 for a model this gateway does not serve. */
+  #unknownModel(id: string): ApiError {
+    return new ApiError(404, 'model_not_found', `the model '${id}' does not exist; this gateway serves '${this.#c.modelId}'`, 'model');
   }
 
   /** The gateway's model, when some pipeline serves it. */
@@ -403,10 +408,7 @@ export class Gateway {
     const run = this.#prepare(caller, spec);
     const createdAt = Math.floor(Date.now() / 1000);
     let seq = 0;
-    const emit: EventWrite | null = r.stream ? (type, data) => {
-      if (!res.headersSent) res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
-      res.write(`event: ${type}\ndata: ${JSON.stringify({ type, sequence_number: seq++, ...data })}\n\n`);
-    } : null;
+    const emit: EventWrite | null = r.stream ? (type, data) => sse(res, { type, sequence_number: seq++, ...data }, type) : null;
     const out = new ResponseOutput(this.#toolFormat, spec.tools, emit);
     if (emit) {
       const skeleton = responseBody(id, createdAt, r.model, r.echo, null, null);
@@ -478,7 +480,7 @@ export class Gateway {
    */
   async #embeddings(req: IncomingMessage, res: ServerResponse, caller: Caller): Promise<void> {
     const r = parseEmbeddings(await readJson(req, this.#c.maxBodyBytes));
-    if (r.model !== this.#c.modelId) throw new ApiError(404, 'model_not_found', `the model '${r.model}' does not exist; this gateway serves '${this.#c.modelId}'`, 'model');
+    if (r.model !== this.#c.modelId) throw this.#unknownModel(r.model);
     if (r.dimensions !== null && r.dimensions > this.#width) throw new ApiError(400, 'invalid_value', `'dimensions' is at most ${this.#width}, the model's width`, 'dimensions');
     const prompts = r.inputs.map((x, i) => {
       if ('tokens' in x) {
@@ -524,7 +526,7 @@ export class Gateway {
     if (spec.sessionId) spec.sessionId = sessionKey(caller.tenant, spec.sessionId);
     // Cached prompt prefixes are the tenant's (or its key's cache group's): never another's.
     spec.cacheScope = cacheScope(caller, spec.cacheSalt);
-    if (spec.model !== this.#c.modelId) throw new ApiError(404, 'model_not_found', `the model '${spec.model}' does not exist; this gateway serves '${this.#c.modelId}'`, 'model');
+    if (spec.model !== this.#c.modelId) throw this.#unknownModel(spec.model);
     const grammar = this.#grammar(spec);
     const prompt = this.#tokens(spec);
     for (const t of spec.logitBias.keys()) {
@@ -544,17 +546,10 @@ export class Gateway {
       id: `${spec.kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomBytes(12).toString('hex')}`,
       created: Math.floor(Date.now() / 1000), model: spec.model, fingerprint: this.#fingerprint,
     };
-    const answer = new Answer(spec, meta, this.#toolFormat, spec.stream
-      ? (obj) => {
-        // No Connection header of our own: Node answers keep-alive, or close (and closes after
-        // the stream) when the client asked for it.
-        if (!res.headersSent) res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
-        res.write(`data: ${JSON.stringify(obj)}\n\n`);
-      }
-      : null);
+    const answer = new Answer(spec, meta, this.#toolFormat, spec.stream ? (obj) => sse(res, obj) : null);
     const usage = await run(res, answer.sink);
     if (!spec.stream) return json(res, 200, answer.body(usage));
-    if (spec.includeUsage) res.write(`data: ${JSON.stringify(answer.usageChunk(usage))}\n\n`);
+    if (spec.includeUsage) sse(res, answer.usageChunk(usage));
     res.end('data: [DONE]\n\n');
   }
 
@@ -578,6 +573,16 @@ export class Gateway {
     })();
     return this.#stopping;
   }
+}
+
+/**
+ * Writes one server-sent event (named `event` when given), opening the stream first. No
+ * Connection header of our own: Node answers keep-alive, or close (and closes after the stream)
+ * when the client asked for it.
+ */
+function sse(res: ServerResponse, data: unknown, event?: string): void {
+  if (!res.headersSent) res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+  res.write(`${event ? `event: ${event}\n` : ''}data: ${JSON.stringify(data)}\n\n`);
 }
 
 /** A grammar compiled from a JSON schema; a schema the compiler cannot enforce is a 400 naming `param`. */
