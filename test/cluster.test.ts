@@ -183,6 +183,6 @@ describe('a cluster of two workers splitting the layers', () => {
     assert.equal((await fetch(`${cluster.url}/healthz`)).status, 200);
     const r = await fetch(`${cluster.url}/readyz`);
     assert.equal(r.status, 200);
-    assert.deepEqual(await r.json(), { status: 'ready', pipelines: 1, draining: 0 });
+    assert.deepEqual(await r.json(), { status: 'ready', pipelines: 1, draining: 0, models: { [modelId]: { pipelines: 1, draining: 0 } } });
   });
 });

@@ -45,6 +45,11 @@ export interface LocalClusterOptions {
   kvType?: string;
   /** K/V type per pipeline, instead of kvType */
   kvTypes?: string[];
+  /**
+   * GGUF per pipeline, instead of model (the default splits cut each one's layers); the gateway
+   * serves every one of them
+   */
+  pipelineModels?: string[];
   /** log level of the services (default warn) */
   logLevel?: string;
   /** where Redis keeps its data (default: a fresh temporary folder, removed at stop) */
@@ -124,6 +129,16 @@ export function defaultSplits(nLayer: number, pipelines: number, workers: number
   return out;
 }
 
+/** A model's layer count. */
+function layersOf(model: string): number {
+  const file = GgufFile.open(model);
+  try {
+    return readHParams(file).nLayer;
+  } finally {
+    file.close();
+  }
+}
+
 /** The servers a local cluster runs on: one NATS or a cluster, one Redis or a Sentinel set. */
 interface Servers {
   nats: LocalServer | null;
@@ -192,14 +207,8 @@ export class LocalCluster {
   /** Starts every server and service and waits until the gateway is ready with every pipeline. */
   static async start(o: LocalClusterOptions = {}): Promise<LocalCluster> {
     const model = o.model ?? ensureDefaultModel();
-    const file = GgufFile.open(model);
-    let nLayer: number;
-    try {
-      nLayer = readHParams(file).nLayer;
-    } finally {
-      file.close();
-    }
-    const splits = o.splits ?? defaultSplits(nLayer, o.pipelines ?? 1, o.workers ?? 2);
+    const models = o.pipelineModels ?? Array.from({ length: o.splits?.length ?? o.pipelines ?? 1 }, () => model);
+    const splits = o.splits ?? models.map((m, p) => defaultSplits(layersOf(m), p + 1, o.workers ?? 2)[p]!);
     const ownData = o.dataDir === undefined;
     const dataDir = o.dataDir ?? mkdtempSync(join(tmpdir(), 'strata-up-'));
     const users = o.natsAuth ?? true ? NATS_ROLES.map((role) => ({ user: `strata-${role}`, password: secret(), permissions: natsPermissions(role) })) : undefined;
@@ -247,10 +256,10 @@ export class LocalCluster {
       }
       splits.forEach((split, p) => split.forEach((layers, s) => {
         const id = `p${p}-s${s}`;
-        c.#spawn('worker', id, ['worker', ...common, ...verify, ...token, '--id', id, '--group', `p${p}`, '--model', model, '--layers', formatRange(layers), '--threads', String(threads),
+        c.#spawn('worker', id, ['worker', ...common, ...verify, ...token, '--id', id, '--group', `p${p}`, '--model', models[p]!, '--layers', formatRange(layers), '--threads', String(threads),
           '--ctx-size', String(o.ctxSize ?? 4096), '--kv-type', o.kvTypes?.[p] ?? o.kvType ?? 'f16', ...(o.workerFlags ?? [])], env('worker', id), layers);
       }));
-      c.#spawn('gateway', 'gateway', ['gateway', ...common, ...verify, '--model', model, '--port', String(port), ...(o.gatewayFlags ?? [])], env('gateway', 'gateway'));
+      c.#spawn('gateway', 'gateway', ['gateway', ...common, ...verify, '--model', [...new Set(models)].join(','), '--port', String(port), ...(o.gatewayFlags ?? [])], env('gateway', 'gateway'));
       await c.#ready(splits.length, o.readyTimeoutMs ?? 180_000);
       return c;
     } catch (err) {

@@ -9,8 +9,8 @@ export const gatewaySchema = {
   host: { kind: 'string', doc: 'address to listen on', default: '127.0.0.1' },
   port: { kind: 'int', doc: 'port to listen on (0: any free one)', default: 8080 },
   natsUrl: { kind: 'string', doc: 'NATS server (nats://[user:password@]host:port), or the servers of a cluster separated by commas', default: 'nats://127.0.0.1:4222' },
-  model: { kind: 'string', doc: 'GGUF whose vocabulary the gateway tokenizes with (default: the synthetic default model)' },
-  modelId: { kind: 'string', doc: 'model id clients name (default: the file name without .gguf)' },
+  model: { kind: 'string', doc: 'GGUF whose vocabulary the gateway tokenizes with, or several separated by commas: it serves each of them (default: the synthetic default model)' },
+  modelId: { kind: 'string', doc: 'model id clients name, or one per --model separated by commas (default: each file name without .gguf)' },
   timeoutMs: { kind: 'int', doc: 'the cluster must accept and keep answering within this long', default: 60000 },
   drainMs: { kind: 'int', doc: 'on SIGTERM, running requests may finish for this long before their connections close', default: 30000 },
   maxBodyBytes: { kind: 'int', doc: 'largest request body', default: 4 * 1024 * 1024 },
@@ -27,8 +27,11 @@ export const gatewaySchema = {
   logLevel: { kind: 'string', doc: 'debug, info, warn, error, none', default: 'info' },
 } satisfies Schema;
 
+/** A model the gateway serves: the id clients name and its GGUF. */
+export interface ModelSource { id: string; path: string }
+
 /** A gateway's settings, compiled and checked. */
-export type GatewayConfig = Omit<ConfigOf<typeof gatewaySchema>, 'model' | 'modelId'> & { model: string; modelId: string; telemetry: TelemetryOptions; grammar: GrammarLimits };
+export type GatewayConfig = Omit<ConfigOf<typeof gatewaySchema>, 'model' | 'modelId'> & { models: ModelSource[]; telemetry: TelemetryOptions; grammar: GrammarLimits };
 
 /** Reads and checks a gateway's configuration. */
 export function gatewayConfig(sources?: Sources): GatewayConfig {
@@ -38,9 +41,22 @@ export function gatewayConfig(sources?: Sources): GatewayConfig {
   for (const k of ['leaderLapseMs', 'grammarMaxBytes', 'grammarMaxRules', 'grammarMaxAlternatives', 'grammarMaxNesting', 'grammarMaxFanout'] as const) {
     if (c[k] < 1) throw new ConfigError('bad_value', `${k} must be at least 1, got ${c[k]}`, k);
   }
-  const model = c.model ?? ensureDefaultModel();
+  const models = modelSources(c.model, c.modelId);
   const grammar: GrammarLimits = {
     maxBytes: c.grammarMaxBytes, maxRules: c.grammarMaxRules, maxAlternatives: c.grammarMaxAlternatives, maxNesting: c.grammarMaxNesting, maxFanout: c.grammarMaxFanout,
   };
-  return { ...c, model, modelId: c.modelId ?? modelIdOf(model), telemetry: telemetryOptions(c, 'gateway', undefined, sources?.env), grammar };
+  const { model: _, modelId: __, ...rest } = c;
+  return { ...rest, models, telemetry: telemetryOptions(c, 'gateway', undefined, sources?.env), grammar };
+}
+
+/** --model's files with --model-id's ids (each file's name without .gguf where none is given). */
+function modelSources(model: string | undefined, modelId: string | undefined): ModelSource[] {
+  const list = (s: string) => s.split(',').map((x) => x.trim());
+  const paths = model === undefined ? [ensureDefaultModel()] : list(model);
+  const ids = modelId === undefined ? paths.map(modelIdOf) : list(modelId);
+  if (paths.some((p) => p === '')) throw new ConfigError('bad_value', `model '${model}' names an empty file`, 'model');
+  if (ids.length !== paths.length) throw new ConfigError('bad_value', `modelId gives ${ids.length} id(s) for ${paths.length} model(s)`, 'modelId');
+  const dup = ids.find((id, i) => id === '' || ids.indexOf(id) !== i);
+  if (dup !== undefined) throw new ConfigError('bad_value', dup === '' ? 'a model id is empty' : `model id '${dup}' is given twice`, 'modelId');
+  return paths.map((path, i) => ({ id: ids[i]!, path }));
 }

@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { DescMessage, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
-import { LlamaError, Sampler, Vocab } from '@strata/ggml';
+import { LlamaError, Sampler } from '@strata/ggml';
 import type { Logger } from '@strata/log';
 import {
   ClusterStateSchema, ClusterRequestSchema, FenceVerifier, isSessionKey, sessionKey, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, SessionListSchema, SessionsRequestSchema, UndrainReplySchema, UndrainRequestSchema, isId,
@@ -31,16 +31,17 @@ import { jsonObject } from './json-grammar-primitives.ts';
 import { parseChat, parseCompletion, type GenerationSpec } from './openai-request.ts';
 import type { ResponseMeta } from './responses.ts';
 import { Answer } from './answer.ts';
-import { enforceableTools, toolFormatOf, toolGrammar, toolMarkers, toolTurns, ToolSchemaError, type ToolFormat } from './tool-format.ts';
+import { enforceableTools, toolGrammar, toolTurns, ToolSchemaError } from './tool-format.ts';
+import { ServedModel } from './served-model.ts';
 
 /** A running gateway. stop() is idempotent. */
 export class Gateway {
   readonly #c: GatewayConfig;
   readonly #nc: NatsConnection;
-  readonly #vocab: Vocab;
+  /** the models it serves, by id, in --model's order */
+  readonly #models: ReadonlyMap<string, ServedModel>;
   readonly #server: Server;
   readonly #log: Logger;
-  readonly #fingerprint: string;
   readonly #keys: ApiKeys | null;
   /** browser origins allowed to call (--cors-origins; '*' for any) */
   readonly #origins: Set<string>;
@@ -49,12 +50,6 @@ export class Gateway {
   #running = 0;
   /** the dashboard page, read on its first request */
   #dashboard: DashboardPage | null = null;
-  /** how the model writes tool calls */
-  readonly #toolFormat: ToolFormat;
-  /** tokens that mark tool calls: shown as text even when they are special */
-  readonly #shown: ReadonlySet<number>;
-  /** the model's hidden width: an embedding's length */
-  readonly #width: number;
   /** responses of the Responses API kept for previous_response_id and GET /v1/responses/{id} */
   readonly #stored = new ResponseStore(RESPONSES_KEPT);
   /** the grammar of any JSON object (response_format json_object): the gateway's own, built once */
@@ -63,16 +58,11 @@ export class Gateway {
   /** the address the gateway listens on, e.g. http://127.0.0.1:8080 */
   url = '';
 
-  private constructor(c: GatewayConfig, nc: NatsConnection, vocab: Vocab, log: Logger) {
+  private constructor(c: GatewayConfig, nc: NatsConnection, models: ServedModel[], log: Logger) {
     this.#c = c;
     this.#nc = nc;
-    this.#vocab = vocab;
+    this.#models = new Map(models.map((m) => [m.id, m]));
     this.#log = log;
-    this.#fingerprint = `strata-${c.modelId}`;
-    this.#toolFormat = toolFormatOf(vocab.defaultChatTemplate());
-    this.#width = Number(vocab.meta(`${vocab.meta('general.architecture') ?? ''}.embedding_length`) ?? 0);
-    // A marker that is one token of the vocabulary is that token; spelled out, it is plain text.
-    this.#shown = new Set(toolMarkers(this.#toolFormat).map((m) => vocab.tokenize(m, false, true)).filter((t) => t.length === 1).map((t) => t[0]!));
     this.#keys = c.apiKeysFile ? ApiKeys.load(c.apiKeysFile) : null;
     this.#origins = new Set(c.corsOrigins.split(',').map((o) => o.trim()).filter(Boolean));
     this.#leader = new LeaderWatch(nc, log, c.leaderLapseMs, c.termPublicKeyFile ? FenceVerifier.fromPem(readFileSync(c.termPublicKeyFile)) : null);
@@ -82,18 +72,25 @@ export class Gateway {
     this.#server.keepAliveTimeout = 65_000;
   }
 
-  /** Loads the vocabulary, connects to NATS and listens. */
+  /** Loads the models' vocabularies, connects to NATS and listens. */
   static async start(c: GatewayConfig, log: Logger): Promise<Gateway> {
-    const vocab = Vocab.load(c.model);
-    const nc = await connectNats(c.natsUrl, 'strata-gateway', () => vocab.dispose());
-    const g = new Gateway(c, nc, vocab, log);
+    const models: ServedModel[] = [];
+    const dispose = () => models.forEach((m) => m.dispose());
+    try {
+      for (const m of c.models) models.push(ServedModel.load(m.id, m.path));
+    } catch (err) {
+      dispose();
+      throw err;
+    }
+    const nc = await connectNats(c.natsUrl, 'strata-gateway', dispose);
+    const g = new Gateway(c, nc, models, log);
     await new Promise<void>((resolve, reject) => {
       g.#server.once('error', reject);
       g.#server.listen(c.port, c.host, () => resolve());
     });
     const a = g.#server.address() as AddressInfo;
     g.url = `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
-    log.info('gateway ready', { url: g.url, model: c.modelId, auth: g.#keys ? 'api keys' : 'none' });
+    log.info('gateway ready', { url: g.url, models: c.models.map((m) => m.id).join(','), auth: g.#keys ? 'api keys' : 'none' });
     return g;
   }
 
@@ -120,7 +117,7 @@ export class Gateway {
         case 'POST /v1/responses':
           return await this.#counted(() => this.#responses(req, res, caller));
         case 'GET /v1/models':
-          return await this.#models(res);
+          return await this.#modelList(res);
         case 'GET /healthz':
         case 'GET /health':
           return json(res, 200, { status: 'ok' });
@@ -132,7 +129,7 @@ export class Gateway {
       const stored = /^\/v1\/responses\/([^/]+)$/.exec(path);
       if (stored && (req.method === 'GET' || req.method === 'DELETE')) return this.#storedResponse(req.method, res, caller, decodeURIComponent(stored[1]!));
       const model = /^\/v1\/models\/(.+)$/.exec(path);
-      if (model && req.method === 'GET') return await this.#model(res, decodeURIComponent(model[1]!));
+      if (model && req.method === 'GET') return await this.#modelInfo(res, decodeURIComponent(model[1]!));
       const mig = /^\/admin\/v1\/sessions\/([^/]+)\/migrate$/.exec(path);
       if (mig && req.method === 'POST') return await this.#migrate(req, res, decodeURIComponent(mig[1]!));
       if (route === 'GET /admin/v1/migrations') return await this.#migrations(req, res);
@@ -198,41 +195,54 @@ export class Gateway {
     return this.#ask(subjects.coordinatorCluster(), ClusterRequestSchema, {}, ClusterStateSchema, 2000);
   }
 
-  async #models(res: ServerResponse): Promise<void> {
+  async #modelList(res: ServerResponse): Promise<void> {
     json(res, 200, { object: 'list', data: (await this.#served()).map(modelObject) });
   }
 
   /** GET /v1/models/{id}: the model, if a pipeline serves it for this gateway. */
-  async #model(res: ServerResponse, id: string): Promise<void> {
-    if (!(await this.#served()).includes(id)) throw this.#unknownModel(id);
+  async #modelInfo(res: ServerResponse, id: string): Promise<void> {
+    this.#model(id);
+    if (!(await this.#served()).includes(id)) throw new ApiError(404, 'model_not_found', `no pipeline serves the model '${id}' now`, 'model');
     json(res, 200, modelObject(id));
   }
 
-  /** The 404 for a model this gateway does not serve. */
-  #unknownModel(id: string): ApiError {
-    return new ApiError(404, 'model_not_found', `the model '${id}' does not exist; this gateway serves '${this.#c.modelId}'`, 'model');
+  /** The model a request names: one this gateway serves, else a 404. */
+  #model(id: string): ServedModel {
+    const m = this.#models.get(id);
+    if (!m) throw new ApiError(404, 'model_not_found', `the model '${id}' does not exist; this gateway serves ${[...this.#models.keys()].map((k) => `'${k}'`).join(', ')}`, 'model');
+    return m;
   }
 
-  /** The gateway's model, when some pipeline serves it. */
+  /** The gateway's models that some pipeline serves, in --model's order. */
   async #served(): Promise<string[]> {
     const state = await this.#cluster();
-    return [...new Set(state.pipelines.map((p) => p.modelId).filter((id) => id === this.#c.modelId))];
+    const up = new Set(state.pipelines.map((p) => p.modelId));
+    return [...this.#models.keys()].filter((id) => up.has(id));
   }
 
   /**
-   * Ready when a pipeline can take work for the gateway's model: one is up (every stage
+   * Ready when a pipeline can take work for one of the gateway's models: one is up (every stage
    * heartbeating) and not draining. A full queue does not count against it (that is a 429, gone
-   * in a moment); a pipeline that is draining does (it takes no request until undrained).
+   * in a moment); a pipeline that is draining does (it takes no request until undrained). One
+   * model without a pipeline (still loading, or scaled to none) does not take the others' service
+   * away: its requests get 503 no_pipeline; `models` tells each one's pipelines.
    */
   async #ready(res: ServerResponse): Promise<void> {
     if (this.#stopping) throw new ApiError(503, 'not_ready', 'stopping');
     if (this.#nc.isClosed()) throw new ApiError(503, 'not_ready', 'not connected to NATS');
     const state = await this.#cluster();
-    const mine = state.pipelines.filter((p) => p.modelId === this.#c.modelId);
-    if (mine.length === 0) throw new ApiError(503, 'not_ready', `no pipeline serves ${this.#c.modelId} yet`);
-    const serving = mine.filter((p) => !p.draining).length;
-    if (serving === 0) throw new ApiError(503, 'not_ready', `no pipeline can take work: the ${mine.length} pipeline(s) of ${this.#c.modelId} are draining`);
-    json(res, 200, { status: 'ready', pipelines: serving, draining: mine.length - serving });
+    const models: Record<string, { pipelines: number; draining: number }> = {};
+    for (const id of this.#models.keys()) {
+      const mine = state.pipelines.filter((p) => p.modelId === id);
+      const serving = mine.filter((p) => !p.draining).length;
+      models[id] = { pipelines: serving, draining: mine.length - serving };
+    }
+    const all = Object.values(models);
+    const serving = all.reduce((n, m) => n + m.pipelines, 0), draining = all.reduce((n, m) => n + m.draining, 0);
+    const names = [...this.#models.keys()].join(', ');
+    if (serving + draining === 0) throw new ApiError(503, 'not_ready', `no pipeline serves ${names} yet`);
+    if (serving === 0) throw new ApiError(503, 'not_ready', `no pipeline can take work: the ${draining} pipeline(s) of ${names} are draining`);
+    json(res, 200, { status: 'ready', pipelines: serving, draining, models });
   }
 
   async #migrate(req: IncomingMessage, res: ServerResponse, session: string): Promise<void> {
@@ -298,7 +308,7 @@ export class Gateway {
    * configured limits and parsed by libllama as the last stage will parse it. Whatever fails is a
    * 400 naming why.
    */
-  #grammar(spec: GenerationSpec): string {
+  #grammar(spec: GenerationSpec, m: ServedModel): string {
     const limits = this.#c.grammar;
     const calling = spec.tools.choice.mode !== 'none';
     let grammar: string, param: string, what: string;
@@ -307,7 +317,7 @@ export class Gateway {
       if (calling) throw new ApiError(400, 'invalid_value', "give either 'grammar' or 'tools' (or tool_choice 'none'), not both", 'grammar');
       [grammar, param, what] = [spec.grammar, 'grammar', ''];
     } else if (calling && (spec.tools.choice.mode === 'required' || spec.responseFormat.type !== 'text')) {
-      [grammar, param, what] = [this.#toolsGrammar(spec), 'tools', 'the tools compile to a grammar that fails: '];
+      [grammar, param, what] = [this.#toolsGrammar(spec, m), 'tools', 'the tools compile to a grammar that fails: '];
     } else if (spec.responseFormat.type === 'json_object') {
       return (this.#jsonObject ??= jsonObjectGrammar());
     } else if (spec.responseFormat.type === 'json_schema') {
@@ -323,8 +333,8 @@ export class Gateway {
     }
     if (grammar === '') return '';
     try {
-      checkGrammar(grammar, limits, (piece) => this.#vocab.tokenize(piece, false, true).length === 1);
-      Sampler.checkGrammar(this.#vocab, grammar);
+      checkGrammar(grammar, limits, (piece) => m.vocab.tokenize(piece, false, true).length === 1);
+      Sampler.checkGrammar(m.vocab, grammar);
     } catch (err) {
       if (err instanceof GrammarError) throw new ApiError(400, err.code, what + err.message, param);
       if (err instanceof LlamaError) throw new ApiError(400, 'invalid_grammar', 'invalid grammar: libllama refused it', param);
@@ -353,33 +363,33 @@ export class Gateway {
    * The grammar of a turn that calls tools: tool_choice required (or a named function) allows
    * calls only; auto with a JSON response_format allows calls or the formatted answer.
    */
-  #toolsGrammar(spec: GenerationSpec): string {
+  #toolsGrammar(spec: GenerationSpec, m: ServedModel): string {
     const enforced = this.#enforceable(spec);
     const rf = spec.responseFormat;
     if (rf.type === 'json_schema') this.#schemaBytes(rf.schema, 'response_format.json_schema.schema');
     const answer = spec.tools.choice.mode === 'required' || rf.type === 'text' ? undefined
       : rf.type === 'json_object' ? (b: GbnfBuilder) => jsonObject(b)
         : (b: GbnfBuilder) => jsonSchemaRule(b, rf.schema, 'answer');
-    return schemaGrammar(() => toolGrammar(this.#toolFormat, spec.tools, enforced, answer), 'response_format.json_schema.schema');
+    return schemaGrammar(() => toolGrammar(m.toolFormat, spec.tools, enforced, answer), 'response_format.json_schema.schema');
   }
 
-  #tokens(spec: GenerationSpec): number[] {
+  #tokens(spec: GenerationSpec, m: ServedModel): number[] {
     const p = spec.prompt;
     if ('tokens' in p) {
-      const nVocab = this.#vocab.size;
+      const nVocab = m.vocab.size;
       for (const t of p.tokens) if (t >= nVocab) throw new ApiError(400, 'invalid_value', `token ${t} is outside the vocabulary of ${nVocab}`, 'prompt');
       return p.tokens;
     }
     let text: string;
     if ('messages' in p) {
       try {
-        text = this.#vocab.applyChatTemplate(toolTurns(this.#toolFormat, p.messages, spec.tools));
+        text = m.vocab.applyChatTemplate(toolTurns(m.toolFormat, p.messages, spec.tools));
       } catch (err) {
         if (err instanceof LlamaError) throw new ApiError(400, 'chat_template', err.message, 'messages');
         throw err;
       }
     } else text = p.text;
-    const tokens = [...this.#vocab.tokenize(text, true, true)];
+    const tokens = [...m.vocab.tokenize(text, true, true)];
     if (tokens.length === 0) throw new ApiError(400, 'invalid_value', 'the prompt is empty', 'prompt');
     return tokens;
   }
@@ -405,11 +415,11 @@ export class Gateway {
     const conversation = [...history, ...r.input];
     const messages = r.instructions ? [{ role: 'system', content: r.instructions }, ...conversation] : conversation;
     const spec = parseChat({ ...r.chat, model: r.model, messages, ...(session ? { session_id: session } : {}) });
-    const run = this.#prepare(caller, spec);
+    const { run, model } = this.#prepare(caller, spec);
     const createdAt = Math.floor(Date.now() / 1000);
     let seq = 0;
     const emit: EventWrite | null = r.stream ? (type, data) => sse(res, { type, sequence_number: seq++, ...data }, type) : null;
-    const out = new ResponseOutput(this.#toolFormat, spec.tools, emit);
+    const out = new ResponseOutput(model.toolFormat, spec.tools, emit);
     if (emit) {
       const skeleton = responseBody(id, createdAt, r.model, r.echo, null, null);
       emit('response.created', { response: skeleton });
@@ -459,9 +469,9 @@ export class Gateway {
     }
   }
 
-  /** The cluster's part of a request: what runGeneration needs. */
-  get #deps(): GenerationDeps {
-    return { nc: this.#nc, vocab: this.#vocab, timeoutMs: this.#c.timeoutMs, leader: this.#leader, log: this.#log, shown: this.#shown };
+  /** The cluster's part of a request of model `m`: what runGeneration needs. */
+  #deps(m: ServedModel, shown = m.shown): GenerationDeps {
+    return { nc: this.#nc, vocab: m.vocab, timeoutMs: this.#c.timeoutMs, leader: this.#leader, log: this.#log, shown };
   }
 
   /** Aborted when the client goes away before its answer is written. */
@@ -480,15 +490,15 @@ export class Gateway {
    */
   async #embeddings(req: IncomingMessage, res: ServerResponse, caller: Caller): Promise<void> {
     const r = parseEmbeddings(await readJson(req, this.#c.maxBodyBytes));
-    if (r.model !== this.#c.modelId) throw this.#unknownModel(r.model);
-    if (r.dimensions !== null && r.dimensions > this.#width) throw new ApiError(400, 'invalid_value', `'dimensions' is at most ${this.#width}, the model's width`, 'dimensions');
+    const m = this.#model(r.model);
+    if (r.dimensions !== null && r.dimensions > m.width) throw new ApiError(400, 'invalid_value', `'dimensions' is at most ${m.width}, the model's width`, 'dimensions');
     const prompts = r.inputs.map((x, i) => {
       if ('tokens' in x) {
-        for (const t of x.tokens) if (t >= this.#vocab.size) throw new ApiError(400, 'invalid_value', `input ${i}: token ${t} is outside the vocabulary of ${this.#vocab.size}`, 'input');
+        for (const t of x.tokens) if (t >= m.vocab.size) throw new ApiError(400, 'invalid_value', `input ${i}: token ${t} is outside the vocabulary of ${m.vocab.size}`, 'input');
         return x.tokens;
       }
       // Text is text: special-token spellings in it are not parsed as tokens.
-      return [...this.#vocab.tokenize(x.text, true, false)];
+      return [...m.vocab.tokenize(x.text, true, false)];
     });
     const spec = embeddingSpec(r.model, cacheScope(caller, ''));
     const abort = this.#clientGone(res);
@@ -498,7 +508,7 @@ export class Gateway {
       while (next < prompts.length && !abort.signal.aborted) {
         const i = next++;
         let got: number[] | null = null;
-        const usage = await runGeneration(this.#deps, spec, prompts[i]!, '', { delta: () => {}, end: () => {}, embedding: (_, v) => (got = v) }, abort.signal);
+        const usage = await runGeneration(this.#deps(m), spec, prompts[i]!, '', { delta: () => {}, end: () => {}, embedding: (_, v) => (got = v) }, abort.signal);
         if (!got) throw new ApiError(502, 'no_embedding', `the cluster answered input ${i} without an embedding`);
         vectors[i] = got;
         tokens += usage.promptTokens;
@@ -521,32 +531,32 @@ export class Gateway {
    * What every generating request checks before any compute: the caller's session and cache
    * scope, the model, the grammar and the prompt; returns what runs it.
    */
-  #prepare(caller: Caller, spec: GenerationSpec): (res: ServerResponse, sink: GenerationSink) => Promise<Usage> {
+  #prepare(caller: Caller, spec: GenerationSpec): { model: ServedModel; run: (res: ServerResponse, sink: GenerationSink) => Promise<Usage> } {
     // The caller's tenant owns the session: another tenant's session of the same id is another session.
     if (spec.sessionId) spec.sessionId = sessionKey(caller.tenant, spec.sessionId);
     // Cached prompt prefixes are the tenant's (or its key's cache group's): never another's.
     spec.cacheScope = cacheScope(caller, spec.cacheSalt);
-    if (spec.model !== this.#c.modelId) throw this.#unknownModel(spec.model);
-    const grammar = this.#grammar(spec);
-    const prompt = this.#tokens(spec);
+    const model = this.#model(spec.model);
+    const grammar = this.#grammar(spec, model);
+    const prompt = this.#tokens(spec, model);
     for (const t of spec.logitBias.keys()) {
-      if (t >= this.#vocab.size) throw new ApiError(400, 'invalid_value', `'logit_bias' names token ${t}, outside the vocabulary of ${this.#vocab.size}`, 'logit_bias');
+      if (t >= model.vocab.size) throw new ApiError(400, 'invalid_value', `'logit_bias' names token ${t}, outside the vocabulary of ${model.vocab.size}`, 'logit_bias');
     }
     // Tool-call markers show as text only where tools are offered: elsewhere a special token stays unshown.
-    const deps = spec.tools.choice.mode === 'none' ? { ...this.#deps, shown: NONE_SHOWN } : this.#deps;
-    return (res, sink) => runGeneration(deps, spec, prompt, grammar, sink, this.#clientGone(res).signal);
+    const deps = this.#deps(model, spec.tools.choice.mode === 'none' ? NONE_SHOWN : model.shown);
+    return { model, run: (res, sink) => runGeneration(deps, spec, prompt, grammar, sink, this.#clientGone(res).signal) };
   }
 
   async #generateOne(req: IncomingMessage, res: ServerResponse, caller: Caller, parse: (body: unknown, session?: string) => GenerationSpec): Promise<void> {
     const body = await readJson(req, this.#c.maxBodyBytes);
     const header = req.headers['x-session-id'];
     const spec = parse(body, typeof header === 'string' ? header : undefined);
-    const run = this.#prepare(caller, spec);
+    const { run, model } = this.#prepare(caller, spec);
     const meta: ResponseMeta = {
       id: `${spec.kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomBytes(12).toString('hex')}`,
-      created: Math.floor(Date.now() / 1000), model: spec.model, fingerprint: this.#fingerprint,
+      created: Math.floor(Date.now() / 1000), model: spec.model, fingerprint: model.fingerprint,
     };
-    const answer = new Answer(spec, meta, this.#toolFormat, spec.stream ? (obj) => sse(res, obj) : null);
+    const answer = new Answer(spec, meta, model.toolFormat, spec.stream ? (obj) => sse(res, obj) : null);
     const usage = await run(res, answer.sink);
     if (!spec.stream) return json(res, 200, answer.body(usage));
     if (spec.includeUsage) sse(res, answer.usageChunk(usage));
@@ -568,7 +578,7 @@ export class Gateway {
       await closed;
       this.#leader.stop();
       await drainNats(this.#nc, this.#log);
-      this.#vocab.dispose();
+      for (const m of this.#models.values()) m.dispose();
       this.#log.info('gateway stopped');
     })();
     return this.#stopping;

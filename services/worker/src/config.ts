@@ -11,8 +11,8 @@ export const workerSchema = {
   model: { kind: 'string', doc: 'GGUF file (default: the synthetic default model)' },
   modelId: { kind: 'string', doc: 'model id clients name (default: the file name without .gguf)' },
   layers: { kind: 'string', doc: 'layer range l0:l1 this worker holds (default: its stage of --stages, else every layer)' },
-  stages: { kind: 'string', doc: 'the pipeline\'s layer ranges l0:l1,l1:l2,…; this worker holds the one at --ordinal' },
-  ordinal: { kind: 'int', doc: 'which of --stages this worker holds, from 0 (default: the -N suffix of HOSTNAME, as a StatefulSet pod has)' },
+  stages: { kind: 'string', doc: 'the pipeline\'s layer ranges l0:l1,l1:l2,…; with S ranges, the worker at --ordinal N holds range N mod S of pipeline replica N div S, and chains only with that replica\'s workers (its group gets the suffix #<replica>)' },
+  ordinal: { kind: 'int', doc: 'this worker\'s place in --stages, from 0: range ordinal mod S of replica ordinal div S (default: the -N suffix of HOSTNAME, as a StatefulSet pod has)' },
   id: { kind: 'string', doc: 'worker id, unique in the cluster (default: host-pid)' },
   group: { kind: 'string', doc: 'pipeline group: this stage chains only with stages of the same group', default: '' },
   natsUrl: { kind: 'string', doc: 'NATS server (nats://[user:password@]host:port), or the servers of a cluster separated by commas', default: 'nats://127.0.0.1:4222' },
@@ -70,12 +70,15 @@ export function workerConfig(sources?: Sources): WorkerConfig {
   const tls = [c.grpcTlsCert, c.grpcTlsKey, c.grpcTlsCa].filter((x) => x !== undefined).length;
   if (tls !== 0 && tls !== 3) throw new ConfigError('bad_value', 'TLS for KvTransfer needs --grpc-tls-cert, --grpc-tls-key and --grpc-tls-ca together', 'grpcTlsCert');
   if (c.grpcTlsMutual && tls === 0) throw new ConfigError('bad_value', '--grpc-tls-mutual needs TLS', 'grpcTlsMutual');
-  const layers = c.stages === undefined ? c.layers : stageOf(c, (sources?.env ?? process.env).HOSTNAME ?? hostname());
-  return { ...c, layers, model, modelId: c.modelId ?? modelIdOf(model), id, kvType, kvTypeName: c.kvType.toLowerCase(), telemetry: telemetryOptions(c, 'worker', id, sources?.env) };
+  const place = c.stages === undefined ? { layers: c.layers, group: c.group } : stageOf(c, (sources?.env ?? process.env).HOSTNAME ?? hostname());
+  return { ...c, ...place, model, modelId: c.modelId ?? modelIdOf(model), id, kvType, kvTypeName: c.kvType.toLowerCase(), telemetry: telemetryOptions(c, 'worker', id, sources?.env) };
 }
 
-/** The range of --stages at this worker's ordinal: --ordinal, else the `-N` that ends `host`. */
-function stageOf(c: { layers?: string; stages?: string; ordinal?: number }, host: string): string {
+/**
+ * The range and group of the worker at --ordinal (else the `-N` that ends `host`) of --stages: one
+ * StatefulSet holds whole pipelines, pods S·k … S·k+S-1 making replica k.
+ */
+function stageOf(c: { layers?: string; stages?: string; ordinal?: number; group: string }, host: string): { layers: string; group: string } {
   if (c.layers !== undefined) throw new ConfigError('bad_value', 'give --layers or --stages, not both', 'stages');
   const stages = c.stages!.split(',').map((s) => s.trim());
   let next = 0; // each range starts where the previous one ends, the first at layer 0
@@ -86,6 +89,6 @@ function stageOf(c: { layers?: string; stages?: string; ordinal?: number }, host
   }
   const ordinal = c.ordinal ?? Number(/-(\d+)$/.exec(host)?.[1] ?? NaN);
   if (Number.isNaN(ordinal)) throw new ConfigError('bad_value', `--stages needs --ordinal or a host name ending in -N, got '${host}'`, 'ordinal');
-  if (ordinal < 0 || ordinal >= stages.length) throw new ConfigError('bad_value', `ordinal ${ordinal} is outside the ${stages.length} stages '${c.stages}'`, 'ordinal');
-  return stages[ordinal]!;
+  if (ordinal < 0) throw new ConfigError('bad_value', `ordinal ${ordinal} must not be negative`, 'ordinal');
+  return { layers: stages[ordinal % stages.length]!, group: `${c.group}#${Math.floor(ordinal / stages.length)}` };
 }
