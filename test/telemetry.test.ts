@@ -167,6 +167,24 @@ describe('telemetry across the cluster', () => {
     assert.ok(sum(gw, 'http_server_request_duration_count', { http_route: '/readyz' }) >= 1);
   });
 
+  it('a pipeline\'s load counts the requests running on it, and falls back when they end', async () => {
+    const abort = new AbortController();
+    const r = await fetch(`${cluster.url}/v1/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, signal: abort.signal,
+      body: JSON.stringify({ model: MODEL_ID, prompt: 'The river ran', max_tokens: 2000, temperature: 0, ignore_eos: true, stream: true }),
+    });
+    const reader = r.body!.getReader();
+    await reader.read(); // the stream has begun: the request runs on p0
+    const running = await scrape('coordinator');
+    assert.equal(sum(running, 'strata_pipeline_load', { pipeline: 'p0-s0~p0-s1' }), 1);
+    assert.equal(sum(running, 'strata_pipeline_load', { pipeline: 'p1-s0' }), 0);
+    abort.abort();
+    await reader.cancel().catch(() => {});
+    let load = -1;
+    for (const until = Date.now() + 20_000; load !== 0 && Date.now() < until; await sleep(100)) load = sum(await scrape('coordinator'), 'strata_pipeline_load');
+    assert.equal(load, 0, 'the cancelled request no longer counts');
+  });
+
   it('a migration is one trace: admin API → coordinator → a push from each source stage → the target', async () => {
     const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
       fetch(`${cluster.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });

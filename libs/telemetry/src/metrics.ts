@@ -18,6 +18,8 @@ export interface StrataMetrics {
   stepDuration: Histogram;
   /** strata.queue.depth {pipeline}: requests waiting for sequences or cells — coordinator */
   queueDepth: ObservableGauge;
+  /** strata.pipeline.load {pipeline}: requests running or waiting on the pipeline (what autoscaling tracks) — coordinator */
+  pipelineLoad: ObservableGauge;
   /** strata.migrations {state: done|aborted}: migrations ended — coordinator */
   migrations: Counter;
   /** strata.migration.bytes (By) {state}: KV bytes pushed by migrations — coordinator */
@@ -47,6 +49,7 @@ function create(provider: MeterProvider): StrataMetrics {
     promptTokensCached: m.createCounter('strata.prompt.tokens.cached', { description: 'prompt tokens of requests that ended whose cells a session or the prefix cache already held', unit: '{token}' }),
     stepDuration: m.createHistogram('strata.step.duration', { ...latency, description: 'a micro-batch\'s round trip through its pipeline, seen by the scheduler' }),
     queueDepth: m.createObservableGauge('strata.queue.depth', { description: 'requests waiting for sequences or KV cells', unit: '{request}' }),
+    pipelineLoad: m.createObservableGauge('strata.pipeline.load', { description: 'requests running or waiting on the pipeline', unit: '{request}' }),
     migrations: m.createCounter('strata.migrations', { description: 'migrations ended, by state', unit: '{migration}' }),
     migrationBytes: m.createCounter('strata.migration.bytes', { description: 'KV state bytes pushed by migrations', unit: 'By' }),
     migrationPause: m.createHistogram('strata.migration.pause', { ...latency, description: 'time a migrated session did not decode (hold to resumption)' }),

@@ -94,7 +94,7 @@ export class PipelineScheduler implements Placeable {
     this.#route = view.stages.map((s) => s.workerId);
     const { core, effects } = openPipeline(view, deps.options, deps.costs, BigInt(Date.now()) << 16n);
     this.#core = core;
-    this.#unobserve = observeQueue(view.id, () => this.queued);
+    this.#unobserve = observeQueue(view.id, this);
     this.source = {
       view, place: (s) => this.#place(s), begin: (s) => void this.#deliver({ type: 'begin_move', session: s }),
       hold: (s) => this.#hold(s), stay: (s) => void this.#deliver({ type: 'stay', session: s }),

@@ -103,12 +103,20 @@ export function countPrompt(pipeline: string, tokens: number, cached: number): v
   strataMetrics().promptTokensCached.add(cached, { pipeline });
 }
 
-/** Reports `pipeline`'s queue depth at every collection; returns the function that stops it. */
-export function observeQueue(pipeline: string, depth: () => number): () => void {
-  const gauge = strataMetrics().queueDepth;
-  const cb = (r: { observe(v: number, a: Record<string, string>): void }) => r.observe(depth(), { pipeline });
-  gauge.addCallback(cb);
-  return () => gauge.removeCallback(cb);
+/**
+ * Reports `pipeline`'s queue depth and load (requests running or waiting) at every collection;
+ * returns the function that stops it.
+ */
+export function observeQueue(pipeline: string, p: { readonly queued: number; readonly load: number }): () => void {
+  const { queueDepth, pipelineLoad } = strataMetrics();
+  const depth = (r: { observe(v: number, a: Record<string, string>): void }) => r.observe(p.queued, { pipeline });
+  const load = (r: { observe(v: number, a: Record<string, string>): void }) => r.observe(p.load, { pipeline });
+  queueDepth.addCallback(depth);
+  pipelineLoad.addCallback(load);
+  return () => {
+    queueDepth.removeCallback(depth);
+    pipelineLoad.removeCallback(load);
+  };
 }
 
 /** Reports, per worker, whether its step runs past twice its predicted time (strata.worker.slow). */
