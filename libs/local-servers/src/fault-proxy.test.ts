@@ -59,6 +59,30 @@ describe('fault proxy', () => {
     s.destroy();
   });
 
+  it('bytes paced by the bandwidth limit still leave in order', async () => {
+    // Chunks of many sizes, arriving one by one: each gets a due time of its own, and timers of
+    // different delays can fire out of order.
+    const s = connect({ host: '127.0.0.1', port: proxy.port, noDelay: true });
+    await new Promise((r) => s.once('connect', r));
+    proxy.set({ bytesPerSecond: 2_000_000 });
+    const sizes = Array.from({ length: 300 }, (_, i) => 100 + ((i * 7919) % 2900));
+    const data = Buffer.from(Array.from({ length: sizes.reduce((a, b) => a + b, 0) }, (_, i) => (i * 31 + (i >> 8)) % 256));
+    const parts: Buffer[] = [];
+    let got = 0;
+    const back = new Promise<void>((resolve) => s.on('data', (d: Buffer) => {
+      parts.push(d);
+      if ((got += d.length) >= data.length) resolve();
+    }));
+    for (let o = 0, i = 0; i < sizes.length; o += sizes[i++]!) {
+      s.write(data.subarray(o, o + sizes[i]!));
+      await new Promise((r) => setImmediate(r));
+    }
+    await back;
+    proxy.set({ bytesPerSecond: 0 });
+    assert.ok(Buffer.concat(parts).equals(data), 'the echo is the bytes sent, in order');
+    s.destroy();
+  });
+
   it('a cut drops open connections and holds new ones until healed', async () => {
     const s = connect({ host: '127.0.0.1', port: proxy.port });
     await new Promise((r) => s.once('connect', r));

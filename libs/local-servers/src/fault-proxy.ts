@@ -12,14 +12,19 @@ export interface LinkFaults {
   bytesPerSecond: number;
 }
 
-/** One direction of a connection: chunks leave in order, each no earlier than its due time. */
+/**
+ * One direction of a connection: chunks leave in order, each no earlier than its due time. One
+ * timer serves the queue: timers of different delays may fire out of order (Node counts each
+ * from its own whole-millisecond start), which reordered bytes under a bandwidth limit.
+ */
 class Pipe {
   readonly #to: Socket;
   readonly #faults: () => LinkFaults;
   /** when the link is free again (bandwidth), performance.now() ms */
   #freeAt = 0;
-  /** when the last chunk leaves: a later one never overtakes it */
-  #lastDue = 0;
+  /** chunks waiting, oldest first; due times (performance.now() ms) never decrease */
+  readonly #queue: { chunk: Buffer; due: number }[] = [];
+  #timer: NodeJS.Timeout | null = null;
 
   constructor(to: Socket, faults: () => LinkFaults) {
     this.#to = to;
@@ -35,15 +40,29 @@ class Pipe {
       this.#freeAt = start + (chunk.length * 1000) / f.bytesPerSecond;
       due = Math.max(due, this.#freeAt + f.latencyMs);
     }
-    due = Math.max(due, this.#lastDue);
-    this.#lastDue = due;
-    if (due <= now) {
+    // a later chunk never overtakes an earlier one
+    due = Math.max(due, this.#queue.at(-1)?.due ?? 0);
+    if (this.#queue.length === 0 && due <= now) {
       this.#to.write(chunk);
       return;
     }
-    setTimeout(() => {
+    this.#queue.push({ chunk, due });
+    if (this.#timer === null) this.#arm(now);
+  }
+
+  #arm(now: number): void {
+    this.#timer = setTimeout(() => this.#flush(), this.#queue[0]!.due - now);
+  }
+
+  /** Writes every chunk that is due, then waits for the next one. */
+  #flush(): void {
+    this.#timer = null;
+    const now = performance.now();
+    while (this.#queue.length > 0 && this.#queue[0]!.due <= now) {
+      const { chunk } = this.#queue.shift()!;
       if (!this.#to.destroyed) this.#to.write(chunk);
-    }, due - now);
+    }
+    if (this.#queue.length > 0) this.#arm(now);
   }
 }
 
