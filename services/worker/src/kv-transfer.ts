@@ -286,7 +286,7 @@ export async function pushState(stage: TransferStage, workerId: string, req: Mig
     const finished = new Promise<void>((resolve) => call.on('status', () => resolve()));
     const write = async (m: Omit<PushRequest, '$typeName'>) => {
       if (!call.write({ $typeName: 'strata.v1.PushRequest', ...m })) await Promise.race([once(call, 'drain'), finished]);
-      if (response || callErr) throw new WorkerError('push_refused', 'the target ended the push');
+      if (response || callErr) throw new WorkerError('push_refused', `the target ended the push${callErr ? `: ${(callErr as Error).message}` : ''}`);
     };
     await write({
       header: {
