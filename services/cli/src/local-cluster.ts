@@ -88,9 +88,10 @@ export interface LocalClusterOptions {
    */
   redisReplicas?: number;
   /**
-   * each service reaches NATS (and each coordinator Redis) through a fault proxy of its own
-   * (LocalCluster.link), so a test can give that link latency or bandwidth or cut it; one NATS
-   * server and one Redis only; default false
+   * each service reaches NATS (and each coordinator Redis) through a fault proxy of its own, and
+   * every KvTransfer stream into a worker passes one (the worker advertises the proxy's port as its
+   * --grpc-advertise), so a test can give that link latency or bandwidth or cut it
+   * (LocalCluster.link); one NATS server and one Redis only; default false
    */
   faultLinks?: boolean;
   /** milliseconds to wait for the gateway to be ready (default 180000) */
@@ -137,6 +138,18 @@ function layersOf(model: string): number {
   } finally {
     file.close();
   }
+}
+
+/** A service's fault proxies (LocalClusterOptions.faultLinks). */
+interface ServiceLinks {
+  /** in front of NATS, for its connection */
+  nats: FaultProxy;
+  /** in front of Redis, for a coordinator's connection */
+  redis: FaultProxy | null;
+  /** in front of a worker's KvTransfer server: what other workers push to */
+  grpc: FaultProxy | null;
+  /** the port that KvTransfer server listens on, chosen before it starts (0: none) */
+  grpcPort: number;
 }
 
 /** The servers a local cluster runs on: one NATS or a cluster, one Redis or a Sentinel set. */
@@ -187,7 +200,7 @@ export class LocalCluster {
   readonly #dataDir: string | null;
   readonly #o: LocalClusterOptions;
   /** service id -> its fault proxies (option faultLinks) */
-  readonly #links = new Map<string, { nats: FaultProxy; redis: FaultProxy | null }>();
+  readonly #links = new Map<string, ServiceLinks>();
   /** free ports for the services' metrics endpoints (option metrics) */
   readonly #metricsPorts: number[] = [];
   #stopping: Promise<void> | null = null;
@@ -243,7 +256,8 @@ export class LocalCluster {
         token = ['--transfer-token-file', join(dataDir, 'keys', 'transfer.token')];
       }
       const coordinatorIds = Array.from({ length: o.coordinators ?? 1 }, (_, i) => (i === 0 ? 'coordinator' : `coordinator-${i + 1}`));
-      if (o.faultLinks) await c.#makeLinks([...coordinatorIds, ...splits.flatMap((split, p) => split.map((_, s) => `p${p}-s${s}`)), 'gateway'], coordinatorIds);
+      const workerIds = splits.flatMap((split, p) => split.map((_, s) => `p${p}-s${s}`));
+      if (o.faultLinks) await c.#makeLinks(coordinatorIds, workerIds);
       const env = (role: NatsRole, id: string): Record<string, string> => {
         const link = c.#links.get(id);
         const via = (url: string, proxy: FaultProxy | null | undefined) => (proxy ? url.replace(/:\d+(\/?)$/, `:${proxy.port}$1`) : url);
@@ -257,7 +271,7 @@ export class LocalCluster {
       splits.forEach((split, p) => split.forEach((layers, s) => {
         const id = `p${p}-s${s}`;
         c.#spawn('worker', id, ['worker', ...common, ...verify, ...token, '--id', id, '--group', `p${p}`, '--model', models[p]!, '--layers', formatRange(layers), '--threads', String(threads),
-          '--ctx-size', String(o.ctxSize ?? 4096), '--kv-type', o.kvTypes?.[p] ?? o.kvType ?? 'f16', ...(o.workerFlags ?? [])], env('worker', id), layers);
+          '--ctx-size', String(o.ctxSize ?? 4096), '--kv-type', o.kvTypes?.[p] ?? o.kvType ?? 'f16', ...c.#grpcFlags(id), ...(o.workerFlags ?? [])], env('worker', id), layers);
       }));
       c.#spawn('gateway', 'gateway', ['gateway', ...common, ...verify, '--model', [...new Set(models)].join(','), '--port', String(port), ...(o.gatewayFlags ?? [])], env('gateway', 'gateway'));
       await c.#ready(splits.length, o.readyTimeoutMs ?? 180_000);
@@ -268,16 +282,32 @@ export class LocalCluster {
     }
   }
 
-  /** A fault proxy for each service's NATS link (and each coordinator's Redis link). */
-  async #makeLinks(ids: string[], coordinators: string[]): Promise<void> {
+  /**
+   * A fault proxy for each service's NATS link, each coordinator's Redis link and each worker's
+   * KvTransfer server (on a port chosen here, distinct from every other worker's).
+   */
+  async #makeLinks(coordinators: string[], workers: string[]): Promise<void> {
     if (this.natsCluster || this.redisSet) throw new Error('faultLinks needs one NATS server and one Redis');
-    for (const id of ids) {
-      this.#links.set(id, { nats: await FaultProxy.start(this.nats.port), redis: coordinators.includes(id) ? await FaultProxy.start(this.redis.port) : null });
+    for (const id of [...coordinators, ...workers, 'gateway']) {
+      const nats = await FaultProxy.start(this.nats.port);
+      const redis = coordinators.includes(id) ? await FaultProxy.start(this.redis.port) : null;
+      let grpcPort = 0;
+      while (workers.includes(id) && (grpcPort === 0 || [...this.#links.values()].some((l) => l.grpcPort === grpcPort))) grpcPort = await freePort();
+      this.#links.set(id, { nats, redis, grpc: grpcPort > 0 ? await FaultProxy.start(grpcPort) : null, grpcPort });
     }
   }
 
-  /** The fault proxy of a service's link to NATS or (a coordinator's) to Redis (option faultLinks). */
-  link(id: string, to: 'nats' | 'redis'): FaultProxy {
+  /** A worker's KvTransfer flags when its link is proxied: it listens on its port and tells peers the proxy's. */
+  #grpcFlags(id: string): string[] {
+    const link = this.#links.get(id);
+    return link?.grpc ? ['--grpc-port', String(link.grpcPort), '--grpc-advertise', `127.0.0.1:${link.grpc.port}`] : [];
+  }
+
+  /**
+   * The fault proxy of a service's link to NATS, of a coordinator's to Redis, or in front of a
+   * worker's KvTransfer server ('grpc': every push into that worker passes it) (option faultLinks).
+   */
+  link(id: string, to: 'nats' | 'redis' | 'grpc'): FaultProxy {
     const proxy = this.#links.get(id)?.[to];
     if (!proxy) throw new Error(`${id} has no fault link to ${to} (faultLinks is off, or no such service)`);
     return proxy;
@@ -366,7 +396,7 @@ export class LocalCluster {
     this.#stopping ??= (async () => {
       const order: ServiceProcess['role'][] = ['gateway', 'coordinator', 'worker'];
       for (const role of order) await Promise.all(this.services.filter((s) => s.role === role).map((s) => stopProcess(s.proc)));
-      for (const l of this.#links.values()) await Promise.all([l.nats.stop(), l.redis?.stop()]);
+      for (const l of this.#links.values()) await Promise.all([l.nats.stop(), l.redis?.stop(), l.grpc?.stop()]);
       await (this.redisSet?.stop() ?? this.redis.stop());
       await (this.natsCluster?.stop() ?? this.nats.stop());
       if (this.#dataDir) rmSync(this.#dataDir, { recursive: true, force: true });
