@@ -30,7 +30,9 @@ export function benchModel(type: 'f16' | 'q8_0'): string {
  * Benchmark options from argv: --threads, --reps, --pp, --tg, --types f16,q8_0, --only
  * engine,kv,cluster,migration,load,responsive,grammar,serving; for serving also --serving-model
  * (default: the Gemma 3 270M of ensure-models), --clients 1,8,16,32, --serving-reps (3),
- * --serving-tokens (128), --serving-strata one,two, --serving-flags '<coordinator flags>'.
+ * --serving-tokens (128), --serving-strata one,two, --serving-flags '<coordinator flags>'; for
+ * kv-bandwidth --kv-prompt (tokens, 2000), --kv-mbits 0,1000,300,100 (Mbit/s per link, 0:
+ * unlimited), --kv-reps (3).
  */
 export function parseBenchArgs(argv: string[]) {
   const get = (name: string, fallback: string) => {
@@ -43,7 +45,7 @@ export function parseBenchArgs(argv: string[]) {
     pp: Number(get('pp', '512')),
     tg: Number(get('tg', '128')),
     types: get('types', 'f16,q8_0').split(',') as ('f16' | 'q8_0')[],
-    only: new Set(get('only', 'engine,kv,cluster,migration,load,responsive,grammar,serving,prefix,scale,network').split(',')),
+    only: new Set(get('only', 'engine,kv,cluster,migration,load,responsive,grammar,serving,prefix,scale,network,kv-bandwidth').split(',')),
     servingModel: get('serving-model', ''),
     clients: get('clients', '1,8,16,32').split(',').map(Number),
     servingReps: Number(get('serving-reps', '3')),
@@ -64,6 +66,9 @@ export function parseBenchArgs(argv: string[]) {
     scaleStepTokenMs: Number(get('scale-step-token-ms', '0.02')),
     networkSessions: get('network-sessions', '1,8,16').split(',').map(Number),
     networkLatencyMs: Number(get('network-latency-ms', '0.5')),
+    kvPrompt: Number(get('kv-prompt', '2000')),
+    kvMbits: get('kv-mbits', '0,1000,300,100').split(',').map(Number),
+    kvReps: Number(get('kv-reps', '3')),
   };
 }
 

@@ -18,6 +18,7 @@ import { runPrefixBench } from './prefix.ts';
 import { runServingBench } from './serving.ts';
 import { runScaleBench } from './scale.ts';
 import { runNetworkBench } from './network.ts';
+import { runKvBandwidthBench } from './kv-bandwidth.ts';
 import { Progress } from '../../services/cli/src/format.ts';
 
 const opts = parseBenchArgs(process.argv.slice(2));
@@ -176,7 +177,10 @@ const scale = opts.only.has('scale')
 const network = opts.only.has('network')
   ? await section('network', 0, () => runNetworkBench({ sessions: opts.networkSessions, latencyMs: opts.networkLatencyMs, reps: 3, tokens: 64 }))
   : null;
+const kvBandwidth = opts.only.has('kv-bandwidth')
+  ? await section('kv-bandwidth', 1 + opts.kvMbits.length * opts.kvReps, (step) => runKvBandwidthBench({ promptTokens: opts.kvPrompt, mbits: opts.kvMbits, reps: opts.kvReps }, step))
+  : null;
 
 const out = join(process.cwd(), '.bench');
 mkdirSync(out, { recursive: true });
-writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv, cluster, migration, load, responsive, grammar, serving, prefix, scale, network }, null, 2));
+writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv, cluster, migration, load, responsive, grammar, serving, prefix, scale, network, kvBandwidth }, null, 2));
