@@ -14,7 +14,7 @@ import { basename, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { envName, flagName, type Schema } from '@strata/config';
 import { coordinatorSchema } from '@strata/coordinator';
-import { gatewaySchema } from '@strata/gateway';
+import { gatewayConfig, gatewaySchema } from '@strata/gateway';
 import { DEFAULT_MODEL, evenSplit, formatRange } from '@strata/model';
 import { findBinary } from '@strata/local-servers';
 import { FenceSigner, FenceVerifier, NATS_ROLES, natsPermissions } from '@strata/wire';
@@ -27,7 +27,7 @@ const NAMESPACE = 'strata';
 const dir = mkdtempSync(join(tmpdir(), 'strata-deploy-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-interface Tools { helm: string; deployCheck: string; pythonPath: string; hadolint: string }
+interface Tools { helm: string; deployCheck: string; kedaCrd: string; pythonPath: string; hadolint: string }
 interface EnvVar { name: string; value?: string; valueFrom?: { fieldRef?: { fieldPath: string }; secretKeyRef?: { name: string; key: string } } }
 interface Mount { name: string; mountPath: string; readOnly?: boolean }
 interface Probe { httpGet?: { path: string; port: string }; tcpSocket?: { port: string }; exec?: { command: string[] } }
@@ -44,7 +44,13 @@ interface PodSpec {
 }
 interface Manifest {
   apiVersion: string; kind: string; metadata: { name: string };
-  spec?: { replicas?: number; template?: { spec: PodSpec }; endpoints?: unknown[]; selector?: unknown; maxUnavailable?: number };
+  spec?: {
+    replicas?: number; template?: { spec: PodSpec }; endpoints?: unknown[]; selector?: { matchLabels?: Record<string, string> }; maxUnavailable?: number;
+    updateStrategy?: { rollingUpdate?: { maxUnavailable?: number } };
+    scaleTargetRef?: { kind: string; name: string }; minReplicaCount?: number; maxReplicaCount?: number;
+    triggers?: { type: string; name: string; metricType: string; metadata: { query: string; threshold: string; serverAddress: string } }[];
+    advanced?: { horizontalPodAutoscalerConfig: { behavior: Record<'scaleUp' | 'scaleDown', { policies: { type: string; value: number }[] }> } };
+  };
   data?: Record<string, string>; stringData?: Record<string, string>;
 }
 
@@ -59,7 +65,7 @@ assert.equal(ensure.code, 0, ensure.stderr);
 const tools = JSON.parse(ensure.stdout) as Tools;
 
 /** Values files of helm/strata/ci, by short name. */
-const CASES = { default: 'ci/default-values.yaml', gpu: 'ci/gpu-values.yaml', external: 'ci/external-values.yaml', single: 'ci/single-values.yaml' } as const;
+const CASES = { default: 'ci/default-values.yaml', gpu: 'ci/gpu-values.yaml', external: 'ci/external-values.yaml', single: 'ci/single-values.yaml', multi: 'ci/multi-values.yaml' } as const;
 type Case = keyof typeof CASES;
 
 function helmTemplate(...args: string[]): { code: number; stdout: string; stderr: string } {
@@ -133,11 +139,22 @@ describe('helm chart', () => {
       assert.equal(r.code, 0, `${name}: ${r.stdout}${r.stderr}`);
       const passed = r.stdout.split('\n').filter((l) => l.startsWith('INFO') && l.includes('passed')).length;
       const monitors = docs.filter((d) => d.kind === 'ServiceMonitor').length;
-      assert.equal(passed + monitors, docs.length, `${name}: every document is checked:\n${r.stdout}`);
+      const scaled = docs.filter((d) => d.kind === 'ScaledObject').length;
+      assert.equal(passed + monitors + scaled, docs.length, `${name}: every document is checked:\n${r.stdout}`);
       const sm = run(tools.deployCheck, ['servicemonitor', file]);
       assert.equal(sm.code, 0, sm.stderr);
       assert.match(sm.stdout, new RegExp(`^${monitors} ServiceMonitor`));
+      // KEDA's ScaledObjects against the schema of KEDA's own definition, closed to unknown fields
+      const so = run(tools.deployCheck, ['crd', tools.kedaCrd, file]);
+      assert.equal(so.code, 0, so.stderr);
+      assert.match(so.stdout, new RegExp(`^${scaled} ScaledObject`));
     }
+    assert.equal(rendered.multi.docs.filter((d) => d.kind === 'ScaledObject').length, 1);
+    const badScaler = join(dir, 'bad-scaler.yaml');
+    writeFileSync(badScaler, readFileSync(rendered.multi.file, 'utf8').replace('minReplicaCount:', 'minReplicaCont:'));
+    const rs = run(tools.deployCheck, ['crd', tools.kedaCrd, badScaler]);
+    assert.notEqual(rs.code, 0);
+    assert.match(rs.stderr, /minReplicaCont/);
     assert.equal(rendered.external.docs.filter((d) => d.kind === 'ServiceMonitor').length, 1);
     // strict really is strict: a field Kubernetes does not know fails
     const bad = join(dir, 'bad.yaml');
@@ -156,29 +173,38 @@ describe('helm chart', () => {
     refused(/does not match pattern/, '--set', 'worker.stages[0]=0-4');
     refused(/additional properties 'sttages'/, '--set', 'worker.sttages=1');
     refused(/must start where the previous one ends/, '--set', 'worker.stages={0:4,5:8}');
+    refused(/pipeline b: stages 0:4,3:8/, '--set', 'pipelines[0].name=a', '--set', 'pipelines[1].name=b', '--set', 'pipelines[1].stages={0:4,3:8}');
+    refused(/the name a is given twice/, '--set', 'pipelines[0].name=a', '--set', 'pipelines[1].name=a');
+    refused(/does not match pattern/, '--set', 'pipelines[0].name=Big_Model');
+    refused(/additional properties 'kvTyp'/, '--set', 'pipelines[0].name=a', '--set', 'pipelines[0].kvTyp=q8_0');
+    refused(/the model id m names two files/, '--set', 'pipelines[0].name=a', '--set', 'pipelines[0].model.file=a.gguf', '--set', 'pipelines[0].model.id=m',
+      '--set', 'pipelines[1].name=b', '--set', 'pipelines[1].model.file=b.gguf', '--set', 'pipelines[1].model.id=m');
+    refused(/autoscaling reads Strata's metrics from Prometheus: it needs metrics.enabled/, '--set', 'worker.autoscaling.enabled=true');
+    refused(/minReplicas \(5\) is above maxReplicas \(4\)/, '--set', 'metrics.enabled=true', '--set', 'worker.autoscaling.enabled=true', '--set', 'worker.autoscaling.minReplicas=5');
     refused(/nats.url is required/, '--set', 'nats.enabled=false');
     refused(/tls.existingSecret/, '--set', 'worker.tls.enabled=true');
     refused(/serviceMonitor.enabled needs metrics.enabled/, '--set', 'metrics.serviceMonitor.enabled=true');
   });
 
   it('each worker pod computes its layer range from its ordinal, with or without the pod-index label', () => {
-    const expected: Record<Case, string[]> = {
+    const expected: Record<Exclude<Case, 'multi'>, string[]> = {
       default: ['0:4', '4:8'],
       gpu: ['0:8', '8:16', '16:24', '24:32'],
       external: evenSplit(12, 3).map(formatRange),
       single: ['0:4', '4:8'],
     };
-    for (const c of Object.keys(CASES) as Case[]) {
-      const sts = find(c, 'StatefulSet', 'strata-worker');
+    for (const c of Object.keys(expected) as (keyof typeof expected)[]) {
+      const sts = find(c, 'StatefulSet', 'strata-worker-main');
       assert.equal(sts.spec!.replicas, expected[c].length, `${c}: one pod per stage`);
       const container = containerOf(sts);
       for (let i = 0; i < expected[c].length; i++) {
-        const name = `strata-worker-${i}`;
+        const name = `strata-worker-main-${i}`;
         for (const labels of [{ 'apps.kubernetes.io/pod-index': String(i) }, {}] as Record<string, string>[]) {
           const env = { ...podEnv(container, { name, namespace: NAMESPACE, labels }), HOSTNAME: name };
           const w = workerConfig({ argv: [], env });
           assert.equal(w.layers, expected[c][i], `${c}: ${name} with labels ${JSON.stringify(labels)}`);
           assert.equal(w.id, name);
+          assert.equal(w.group, 'main#0');
           assert.equal(w.grpcAdvertise, `${name}.strata-worker.${NAMESPACE}.svc.cluster.local:50051`);
           assert.equal(w.grpcHost, '0.0.0.0');
           assertKnownSettings(`${c} worker`, workerSchema, env, container.args!.slice(1));
@@ -188,8 +214,67 @@ describe('helm chart', () => {
     }
   });
 
+  it('several pipeline groups and models: one StatefulSet per group, each pod a stage of a whole pipeline replica; the gateway serves every model', () => {
+    const groups = [
+      { name: 'llama-70b', stages: ['0:20', '20:40', '40:60', '60:80'], pipelines: undefined, model: ['/models/llama-3.1-70b-instruct-q4_k_m.gguf', 'llama-70b'], kvType: 'q8_0', gpu: true, pdb: 2 },
+      { name: 'llama-8b', stages: ['0:32'], pipelines: 2, model: ['/models/llama-3.1-8b-instruct-q8_0.gguf', 'llama-8b'], kvType: 'q8_0', gpu: true, pdb: 1 },
+      { name: 'llama-8b-cpu', stages: ['0:16', '16:32'], pipelines: 1, model: ['/models/llama-3.1-8b-instruct-q8_0.gguf', 'llama-8b'], kvType: 'f16', gpu: false, pdb: 1 },
+    ];
+    const pods: Record<string, string[]> = {};
+    for (const g of groups) {
+      const sts = find('multi', 'StatefulSet', `strata-worker-${g.name}`);
+      // autoscaled: the StatefulSet leaves replicas to KEDA's HPA (a helm upgrade must not undo it)
+      assert.equal(sts.spec!.replicas, g.pipelines && g.pipelines * g.stages.length, `${g.name}: pipelines × stages`);
+      assert.equal(sts.spec!.updateStrategy!.rollingUpdate!.maxUnavailable, g.stages.length, `${g.name}: a whole pipeline at a time`);
+      assert.equal(sts.spec!.selector!.matchLabels!['strata/pipeline'], g.name);
+      const c = containerOf(sts);
+      assert.equal(c.resources!.requests!['nvidia.com/gpu'], g.gpu ? 1 : undefined, `${g.name}: GPU`);
+      assert.equal(podOf(sts).initContainers, undefined, 'models from the claim: nothing to write');
+      pods[g.name] = [];
+      for (let i = 0; i < (g.pipelines ?? 16) * g.stages.length; i++) {
+        const name = `strata-worker-${g.name}-${i}`;
+        pods[g.name]!.push(name);
+        const env = { ...podEnv(c, { name, namespace: NAMESPACE, labels: { 'apps.kubernetes.io/pod-index': String(i) } }), HOSTNAME: name };
+        const w = workerConfig({ argv: [], env });
+        assert.equal(w.layers, g.stages[i % g.stages.length], `${name}: its stage`);
+        assert.equal(w.group, `${g.name}#${Math.floor(i / g.stages.length)}`, `${name}: chains with its replica's pods only`);
+        assert.deepEqual([w.model, w.modelId, w.kvTypeName], [...g.model, g.kvType], `${name}: model and KV type`);
+        if (i === 0) assertKnownSettings(`multi ${g.name}`, workerSchema, env, c.args!.slice(1));
+      }
+      const pdb = find('multi', 'PodDisruptionBudget', `strata-worker-${g.name}`);
+      assert.equal(pdb.spec!.maxUnavailable, g.pdb);
+      assert.deepEqual(pdb.spec!.selector!.matchLabels, sts.spec!.selector!.matchLabels, `${g.name}: the budget covers exactly the group`);
+    }
+    const gw = containerOf(find('multi', 'Deployment', 'strata-gateway'));
+    const gc = gatewayConfig({ argv: [], env: podEnv(gw, { name: 'strata-gateway-x', namespace: NAMESPACE, labels: {} }) });
+    assert.deepEqual(gc.models, [{ id: 'llama-70b', path: '/models/llama-3.1-70b-instruct-q4_k_m.gguf' }, { id: 'llama-8b', path: '/models/llama-3.1-8b-instruct-q8_0.gguf' }]);
+
+    // The autoscaler: whole pipelines of the 70B group (4 to 16), queries over exactly its pods.
+    const so = find('multi', 'ScaledObject', 'strata-worker-llama-70b');
+    assert.deepEqual(so.spec!.scaleTargetRef, { apiVersion: 'apps/v1', kind: 'StatefulSet', name: 'strata-worker-llama-70b' });
+    assert.deepEqual([so.spec!.minReplicaCount, so.spec!.maxReplicaCount], [16, 64]);
+    const behavior = so.spec!.advanced!.horizontalPodAutoscalerConfig.behavior;
+    for (const dir of ['scaleUp', 'scaleDown'] as const) assert.deepEqual(behavior[dir].policies.map((p) => [p.type, p.value]), [['Pods', 4]], `${dir}: one pipeline at a time`);
+    const [load, kv] = so.spec!.triggers!;
+    for (const t of [load!, kv!]) {
+      assert.deepEqual([t.type, t.metricType, t.metadata.threshold], ['prometheus', 'AverageValue', '1'], 'a pod per unit of the query: the query counts pods');
+      assert.match(t.metadata.query, /^4 \* ceil\(/, 'pods wanted are 4 × whole pipelines');
+    }
+    assert.match(load!.metadata.query, /sum\(strata_pipeline_load\{pipeline=~".*"\}\) or vector\(0\)\) \/ 16\)$/);
+    assert.match(kv!.metadata.query, /sum\(strata_kv_cells_used\{worker=~".*"\}\) or vector\(0\)\) \/ 104857\.6\)$/, 'cells of 4 stages × 32768 at 0.8');
+    // PromQL regexes match whole values: the group's pods and the pipelines made of them, no other group's
+    const selector = (q: string) => new RegExp(`^(?:${/=~"(.*?)"\}/.exec(q)![1]!.replaceAll('\\\\', '\\')})$`);
+    const [byPipeline, byWorker] = [selector(load!.metadata.query), selector(kv!.metadata.query)];
+    for (const [name, list] of Object.entries(pods)) {
+      for (const pod of list) {
+        assert.equal(byWorker.test(pod), name === 'llama-70b', `kv trigger on ${pod}`);
+        assert.equal(byPipeline.test(`${pod}~${pod}`), name === 'llama-70b', `load trigger on a pipeline of ${pod}`);
+      }
+    }
+  });
+
   it('GPU workers request nvidia.com/gpu, select GPU nodes and tolerate their taint; CPU workers do not', () => {
-    const gpu = find('gpu', 'StatefulSet', 'strata-worker');
+    const gpu = find('gpu', 'StatefulSet', 'strata-worker-main');
     const c = containerOf(gpu);
     assert.equal(c.resources!.requests!['nvidia.com/gpu'], 1);
     assert.equal(c.resources!.limits!['nvidia.com/gpu'], 1);
@@ -201,9 +286,9 @@ describe('helm chart', () => {
     assert.equal(podOf(gpu).initContainers, undefined);
     assert.equal(podOf(gpu).volumes!.find((v) => v.name === 'models')!.persistentVolumeClaim!.claimName, 'strata-models');
     assert.equal(envOf(c, 'STRATA_MODEL')!.value, '/models/llama-3-8b-instruct-q8_0.gguf');
-    const cpu = containerOf(find('default', 'StatefulSet', 'strata-worker'));
+    const cpu = containerOf(find('default', 'StatefulSet', 'strata-worker-main'));
     assert.equal(cpu.resources!.requests!['nvidia.com/gpu'], undefined);
-    assert.equal(podOf(find('default', 'StatefulSet', 'strata-worker')).nodeSelector, undefined);
+    assert.equal(podOf(find('default', 'StatefulSet', 'strata-worker-main')).nodeSelector, undefined);
   });
 
   it('every container has liveness and readiness probes on ports it opens; workers drain before they stop', () => {
@@ -225,13 +310,13 @@ describe('helm chart', () => {
       const gw = containerOf(find(c, 'Deployment', 'strata-gateway'));
       assert.deepEqual([gw.livenessProbe!.httpGet!.path, gw.readinessProbe!.httpGet!.path], ['/healthz', '/readyz']);
       assert.deepEqual(containerOf(find(c, 'Deployment', 'strata-coordinator')).readinessProbe!.exec!.command, ['node', '/app/deploy/probe.mjs', 'connected']);
-      const sts = find(c, 'StatefulSet', 'strata-worker');
+      const sts = find(c, 'StatefulSet', c === 'multi' ? 'strata-worker-llama-70b' : 'strata-worker-main');
       const w = containerOf(sts);
       assert.equal(w.startupProbe!.tcpSocket!.port, 'grpc');
       assert.match(w.lifecycle!.preStop!.exec!.command.join(' '), /node \/app\/bin\/strata\.mjs drain --force "\$STRATA_ID"/);
       assert.ok(podOf(sts).terminationGracePeriodSeconds! > 600, 'the grace period covers the drain\'s 600 s');
       assert.equal(find(c, 'Deployment', 'strata-coordinator').spec!.replicas, 2);
-      for (const comp of ['gateway', 'coordinator', 'worker']) find(c, 'PodDisruptionBudget', `strata-${comp}`);
+      for (const comp of ['gateway', 'coordinator', c === 'multi' ? 'worker-llama-70b' : 'worker-main']) find(c, 'PodDisruptionBudget', `strata-${comp}`);
       for (const comp of ['gateway', 'coordinator', 'worker']) find(c, 'NetworkPolicy', `strata-${comp}`);
     }
     const drain = readFileSync(join(root, 'services/cli/src/main.ts'), 'utf8');
@@ -252,13 +337,13 @@ describe('helm chart', () => {
     const gwDeploy = find('external', 'Deployment', 'strata-gateway');
     const gw = containerOf(gwDeploy);
     assert.equal(secretFile(gwDeploy, gw, envOf(gw, 'STRATA_API_KEYS_FILE')!.value!), 'strata-api-keys/keys.txt');
-    const sts = find('external', 'StatefulSet', 'strata-worker');
+    const sts = find('external', 'StatefulSet', 'strata-worker-main');
     const w = containerOf(sts);
     assert.equal(secretFile(sts, w, envOf(w, 'STRATA_TRANSFER_TOKEN_FILE')!.value!), 'strata-transfer/token');
     for (const [k, key] of [['STRATA_GRPC_TLS_CERT', 'tls.crt'], ['STRATA_GRPC_TLS_KEY', 'tls.key'], ['STRATA_GRPC_TLS_CA', 'ca.crt']] as const) {
       assert.equal(secretFile(sts, w, envOf(w, k)!.value!), `strata-worker-tls/${key}`);
     }
-    const wc = workerConfig({ argv: [], env: { ...podEnv(w, { name: 'strata-worker-0', namespace: NAMESPACE, labels: {} }), HOSTNAME: 'strata-worker-0' } });
+    const wc = workerConfig({ argv: [], env: { ...podEnv(w, { name: 'strata-worker-main-0', namespace: NAMESPACE, labels: {} }), HOSTNAME: 'strata-worker-main-0' } });
     assert.equal(wc.grpcTlsMutual, true);
     assert.equal(wc.natsUrl, [0, 1, 2].map((i) => `nats://nats-${i}.nats.messaging.svc.cluster.local:4222`).join(','), 'a NATS cluster is every server\'s URL');
     const co = containerOf(find('external', 'Deployment', 'strata-coordinator'));
@@ -268,14 +353,14 @@ describe('helm chart', () => {
     assert.equal(rendered.external.docs.filter((d) => d.kind === 'Secret').length, 0);
     const token = find('default', 'Secret', 'strata-transfer-token');
     assert.ok(Buffer.from(token.data!.token!, 'base64').length >= 16);
-    const dsts = find('default', 'StatefulSet', 'strata-worker');
+    const dsts = find('default', 'StatefulSet', 'strata-worker-main');
     assert.equal(secretFile(dsts, containerOf(dsts), envOf(containerOf(dsts), 'STRATA_TRANSFER_TOKEN_FILE')!.value!), 'strata-transfer-token/token');
     // Term keys: the private key to coordinators only, the certificate to workers and gateways.
     for (const c of ['default', 'external'] as const) {
       const secret = 'strata-term-keys'; // the chart's (default), the operator's of that name (external)
       const cod = find(c, 'Deployment', 'strata-coordinator');
       assert.equal(secretFile(cod, containerOf(cod), envOf(containerOf(cod), 'STRATA_TERM_KEY_FILE')!.value!), `${secret}/term.key`);
-      for (const [kind, name] of [['StatefulSet', 'strata-worker'], ['Deployment', 'strata-gateway']] as const) {
+      for (const [kind, name] of [['StatefulSet', 'strata-worker-main'], ['Deployment', 'strata-gateway']] as const) {
         const m = find(c, kind, name);
         assert.equal(secretFile(m, containerOf(m), envOf(containerOf(m), 'STRATA_TERM_PUBLIC_KEY_FILE')!.value!), `${secret}/term.crt`);
         assert.ok(!podOf(m).volumes!.some((v) => v.secret?.items?.some((i) => i.key === 'term.key')), `${name} gets no private key`);
@@ -316,7 +401,7 @@ describe('helm chart', () => {
       assert.ok(line.includes(`allow_responses: ${p.allowResponses}`), `${role}: responses as in @strata/wire`);
     }
     assert.deepEqual(Object.keys(find('default', 'Secret', 'strata-nats-users').data!).sort(), [...NATS_ROLES].sort());
-    for (const [kind, name, role] of [['Deployment', 'strata-gateway', 'gateway'], ['Deployment', 'strata-coordinator', 'coordinator'], ['StatefulSet', 'strata-worker', 'worker']] as const) {
+    for (const [kind, name, role] of [['Deployment', 'strata-gateway', 'gateway'], ['Deployment', 'strata-coordinator', 'coordinator'], ['StatefulSet', 'strata-worker-main', 'worker']] as const) {
       const env = podEnv(containerOf(find('default', kind, name)), { name: `${name}-0`, namespace: NAMESPACE, labels: {} });
       const servers = [0, 1, 2].map((i) => `nats://strata-${role}:secret:strata-nats-users/${role}@strata-nats-${i}.strata-nats-headless:4222`);
       assert.equal(env.STRATA_NATS_URL, servers.join(','), `${name} logs in as ${role} on every server of the cluster`);

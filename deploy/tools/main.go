@@ -10,6 +10,9 @@
 //	                                            mistyped field fails) and counts them
 //	deploy-check json <manifests.yaml>          prints the documents of a multi-document YAML
 //	                                            file as one JSON array (for the tests)
+//	deploy-check crd <crd.yaml> <manifests.yaml> validates every custom resource of the
+//	                                            definition's kind (a KEDA ScaledObject) against
+//	                                            its openAPIV3Schema, closed to unknown fields
 //
 // Exit status 0: valid; 1: invalid; 2: bad usage.
 package main
@@ -28,8 +31,8 @@ import (
 )
 
 func main() {
-	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: deploy-check compose <file> | servicemonitor <file> | json <file>")
+	if len(os.Args) != 3 && !(len(os.Args) == 4 && os.Args[1] == "crd") {
+		fmt.Fprintln(os.Stderr, "usage: deploy-check compose <file> | servicemonitor <file> | json <file> | crd <crd> <file>")
 		os.Exit(2)
 	}
 	var err error
@@ -40,6 +43,8 @@ func main() {
 		err = checkServiceMonitors(os.Args[2])
 	case "json":
 		err = printJSON(os.Args[2])
+	case "crd":
+		err = checkCustomResources(os.Args[2], os.Args[3])
 	default:
 		fmt.Fprintf(os.Stderr, "unknown check %q\n", os.Args[1])
 		os.Exit(2)

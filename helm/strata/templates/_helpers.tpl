@@ -48,14 +48,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* The pipeline's layer ranges: worker.stages, else an even split of worker.split.layers into
-     worker.split.replicas (stage i is [round(i*L/R), round((i+1)*L/R)), as `strata up` splits). */}}
+{{/* A pipeline's layer ranges (given its worker values): stages, else an even split of
+     split.layers into split.replicas (stage i is [round(i*L/R), round((i+1)*L/R)), as `strata up`
+     splits). */}}
 {{- define "strata.stages" -}}
-{{- if .Values.worker.stages }}
-{{- join "," .Values.worker.stages }}
+{{- if .stages }}
+{{- join "," .stages }}
 {{- else }}
-{{- $l := int .Values.worker.split.layers }}
-{{- $r := int .Values.worker.split.replicas }}
+{{- $l := int .split.layers }}
+{{- $r := int .split.replicas }}
 {{- $out := list }}
 {{- range $i := until $r }}
 {{- $l0 := div (add (mul 2 $i $l) $r) (mul 2 $r) }}
@@ -66,8 +67,77 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{- define "strata.workerReplicas" -}}
-{{- len (splitList "," (include "strata.stages" .)) }}
+{{/* The default model's file, which an init container writes when no model.file is given. */}}
+{{- define "strata.defaultModelFile" -}}
+default-llama-8x256-s42-f16.gguf
+{{- end }}
+
+{{/*
+The pipelines, resolved, as a JSON list: each entry of .Values.pipelines with
+  worker     worker's values, each key the entry gives replacing it (a map key by key, one level)
+  model      {file, id, path, synthetic}: the entry's model, else model.file/model.id; the id
+             defaults to the file name without .gguf; synthetic: the default model, written by an
+             init container
+  stages     its layer ranges; replicas: its pipelines (each len(stages) pods)
+Fails on a duplicate name, ranges that do not follow each other, or one model id for two files.
+*/}}
+{{- define "strata.pipelines" -}}
+{{- $out := list }}
+{{- $names := dict }}
+{{- $files := dict }}
+{{- range $p := .Values.pipelines }}
+{{- if hasKey $names $p.name }}
+{{- fail (printf "pipelines: the name %s is given twice" $p.name) }}
+{{- end }}
+{{- $_ := set $names $p.name true }}
+{{- $w := deepCopy $.Values.worker }}
+{{- range $k, $v := omit $p "name" "replicas" "model" }}
+{{- if and (kindIs "map" $v) (kindIs "map" (get $w $k)) }}
+{{- $m := deepCopy (get $w $k) }}
+{{- range $k2, $v2 := $v }}
+{{- $_ := set $m $k2 $v2 }}
+{{- end }}
+{{- $_ := set $w $k $m }}
+{{- else }}
+{{- $_ := set $w $k $v }}
+{{- end }}
+{{- end }}
+{{- $given := $p.model | default dict }}
+{{- $file := $given.file | default $.Values.model.file }}
+{{- $id := $given.id | default (ternary $.Values.model.id "" (eq $file $.Values.model.file)) }}
+{{- $path := printf "%s/%s" $.Values.model.mountPath ($file | default (include "strata.defaultModelFile" $)) }}
+{{- $id = $id | default (trimSuffix ".gguf" (base $path)) }}
+{{- if and (hasKey $files $id) (ne (get $files $id) $path) }}
+{{- fail (printf "pipelines: the model id %s names two files, %s and %s" $id (get $files $id) $path) }}
+{{- end }}
+{{- $_ := set $files $id $path }}
+{{- $stages := include "strata.stages" $w }}
+{{- $next := 0 }}
+{{- range $s := splitList "," $stages }}
+{{- $r := splitList ":" $s }}
+{{- if or (ne (int (index $r 0)) $next) (le (int (index $r 1)) $next) }}
+{{- fail (printf "pipeline %s: stages %s: each range must start where the previous one ends, from layer 0" $p.name $stages) }}
+{{- end }}
+{{- $next = int (index $r 1) }}
+{{- end }}
+{{- $replicas := ternary $p.replicas 1 (hasKey $p "replicas") }}
+{{- $out = append $out (dict "name" $p.name "replicas" (int $replicas) "worker" $w "stages" (splitList "," $stages)
+  "model" (dict "file" $file "id" $id "path" $path "synthetic" (empty $file))) }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* The models of the pipelines, each once, in order (JSON list of {file, id, path, synthetic}). */}}
+{{- define "strata.models" -}}
+{{- $out := list }}
+{{- $seen := dict }}
+{{- range $p := include "strata.pipelines" . | fromJsonArray }}
+{{- if not (hasKey $seen $p.model.id) }}
+{{- $_ := set $seen $p.model.id true }}
+{{- $out = append $out $p.model }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
 {{- end }}
 
 {{/* Headless Service of the workers: each pod is <pod>.<this>.<namespace>.svc.<clusterDomain>. */}}
@@ -176,30 +246,37 @@ affinity:
             matchLabels: {{- include "strata.selectorLabels" (dict "root" .root "component" .component) | nindent 14 }}
 {{- end }}
 
-{{/* The GGUF every model-reading pod opens. */}}
-{{- define "strata.modelPath" -}}
-{{ .Values.model.mountPath }}/{{ .Values.model.file | default "default-llama-8x256-s42-f16.gguf" }}
-{{- end }}
-
+{{/* The GGUF files a pod reads and their ids (a list of resolved models): STRATA_MODEL and
+     STRATA_MODEL_ID, comma-separated when the gateway serves several. */}}
 {{- define "strata.modelEnv" -}}
-- name: STRATA_MODEL
-  value: {{ include "strata.modelPath" . | quote }}
-{{- with .Values.model.id }}
-- name: STRATA_MODEL_ID
-  value: {{ . | quote }}
+{{- $paths := list }}
+{{- $ids := list }}
+{{- range $m := . }}
+{{- $paths = append $paths $m.path }}
+{{- $ids = append $ids $m.id }}
 {{- end }}
+- name: STRATA_MODEL
+  value: {{ join "," $paths | quote }}
+- name: STRATA_MODEL_ID
+  value: {{ join "," $ids | quote }}
 {{- end }}
 
-{{/* Volumes of a pod that reads the model, plus /tmp (the root file system is read-only). */}}
+{{/* Volumes of a pod that reads models (dict "root" . "models" <resolved models>), plus /tmp
+     (the root file system is read-only). The claim is writable only where the default model may
+     have to be written into it. */}}
 {{- define "strata.modelVolumes" -}}
+{{- $synthetic := false }}
+{{- range $m := .models }}
+{{- $synthetic = or $synthetic $m.synthetic }}
+{{- end }}
 - name: models
-{{- if .Values.model.existingClaim }}
+{{- if .root.Values.model.existingClaim }}
   persistentVolumeClaim:
-    claimName: {{ .Values.model.existingClaim }}
-    readOnly: {{ not (empty .Values.model.file) }}
+    claimName: {{ .root.Values.model.existingClaim }}
+    readOnly: {{ not $synthetic }}
 {{- else }}
   emptyDir:
-    sizeLimit: {{ .Values.model.emptyDirSize }}
+    sizeLimit: {{ .root.Values.model.emptyDirSize }}
 {{- end }}
 - name: tmp
   emptyDir: {}
@@ -214,10 +291,18 @@ affinity:
   mountPath: /tmp
 {{- end }}
 
-{{/* Without model.file: an init container writes the default model (what `strata up` serves:
-     llama, 8 layers, n_embd 256, seed 42, f16) into the models volume unless it is there. */}}
+{{/* Where a pod reads the default model (dict "root" . "models" <resolved models>): an init
+     container writes it (what `strata up` serves: llama, 8 layers, n_embd 256, seed 42, f16) into
+     the models volume unless it is there. */}}
 {{- define "strata.modelInit" -}}
-{{- if not .Values.model.file -}}
+{{- $synthetic := list }}
+{{- range $m := .models }}
+{{- if $m.synthetic }}
+{{- $synthetic = list $m }}
+{{- end }}
+{{- end }}
+{{- with .root }}
+{{- if $synthetic -}}
 initContainers:
   - name: model
     image: {{ include "strata.image" . }}
@@ -231,13 +316,15 @@ initContainers:
         --n-embd 256 --n-head 8 --n-head-kv 4 --n-ff 768 --n-ctx-train 4096 --seed 42 --type f16
         && mv "$STRATA_MODEL.tmp" "$STRATA_MODEL"; }
     env:
-      {{- include "strata.modelEnv" . | nindent 6 }}
+      - name: STRATA_MODEL
+        value: {{ (index $synthetic 0).path | quote }}
     volumeMounts:
       - name: models
         mountPath: {{ .Values.model.mountPath }}
       - name: tmp
         mountPath: /tmp
     resources: {{- toYaml .Values.model.initResources | nindent 6 }}
+{{- end }}
 {{- end }}
 {{- end }}
 
