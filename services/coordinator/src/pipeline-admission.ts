@@ -34,24 +34,24 @@ export function commonPrefix(a: readonly number[], b: readonly number[]): number
   return i;
 }
 
-/** Tokens a request may generate: its max_tokens, else the default within its choices' share of the context. */
+/** Tokens a request may generate: its max_tokens, else the default within the context and its choices' share of the cells. */
 function maxTokensOf(c: PipelineCore, req: GenerateRequest): number {
-  return req.maxTokens > 0 ? req.maxTokens : Math.min(c.options.defaultMaxTokens, Math.floor(c.room.capacity / Math.max(1, req.n)) - req.prompt.length);
+  return req.maxTokens > 0 ? req.maxTokens : Math.min(c.options.defaultMaxTokens, Math.min(c.context, Math.floor(c.room.capacity / Math.max(1, req.n))) - req.prompt.length);
 }
 
 /**
- * The refusal of a request this pipeline can never run (now or ever), or null. Each choice holds
- * its own copy of the prompt and its tokens, so all of them must fit the pipeline's cells at once.
+ * The refusal of a request this pipeline can never run (now or ever), or null. A choice's prompt
+ * and tokens must fit the model's context; each choice holds its own copy of them, so all of them
+ * must fit the pipeline's cells at once.
  */
 function neverRuns(c: PipelineCore, req: GenerateRequest): GenerateReply | null {
   const n = Math.max(1, req.n);
   const { capacity, nSeqMax } = c.room;
   if (n > nSeqMax) return refuse('bad_request', `n=${n} choices exceed the ${nSeqMax} sequences of a pipeline`);
   const perChoice = req.prompt.length + Math.max(1, maxTokensOf(c, req));
-  if (n * perChoice > capacity) {
-    const what = `${req.prompt.length} prompt tokens + ${Math.max(1, maxTokensOf(c, req))} to generate`;
-    return refuse('context_length_exceeded', n === 1 ? `${what} exceed the context of ${capacity}` : `${n} choices of ${what} each exceed the ${capacity} cells of a pipeline`);
-  }
+  const what = `${req.prompt.length} prompt tokens + ${Math.max(1, maxTokensOf(c, req))} to generate`;
+  if (perChoice > c.context) return refuse('context_length_exceeded', `${what} exceed the context of ${c.context}`);
+  if (n * perChoice > capacity) return refuse('context_length_exceeded', `${n} choices of ${what} each exceed the ${capacity} cells of a pipeline`);
   if (c.down) return refuse('pipeline_down', `pipeline ${c.view.id} is down`);
   return null;
 }

@@ -69,6 +69,19 @@ describe('pipeline core: admission', () => {
     assert.equal(code(send({ type: 'admit', req: req('f', 10) })), 'overloaded', 'the queue holds one');
   });
 
+  it('a sequence is held to the model\'s training context; the cells beyond it serve other sequences', () => {
+    const v = view('p', 1024);
+    v.stages.forEach((s) => (s.nCtxTrain = 300));
+    const { core, send } = pipeline({}, v);
+    assert.deepEqual([core.context, core.room.capacity], [300, 1024]);
+    const fx = send({ type: 'admit', req: req('long', 290, { maxTokens: 20 }) });
+    assert.equal(reply(fx).error?.code, 'context_length_exceeded');
+    assert.match(reply(fx).error!.message, /exceed the context of 300/);
+    // three sequences of 280 cells each: more than the training context together, all at once
+    for (const id of ['a', 'b', 'c']) assert.equal(reply(send({ type: 'admit', req: req(id, 270, { maxTokens: 10 }) })).accepted, true, id);
+    assert.deepEqual([load(core), queued(core)], [3, 0], 'all three run, none waits for cells');
+  });
+
   it('a session is claimed and its history written before its first step', () => {
     const { core, send } = pipeline();
     const fx = send({ type: 'admit', req: req('a', 3, { sessionId: 't:s' }) });

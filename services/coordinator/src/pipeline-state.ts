@@ -153,6 +153,9 @@ export interface PipelineCore {
   readonly route: readonly string[];
   /** tokens in a micro-batch at most */
   readonly maxBatch: number;
+  /** positions one sequence may hold: the model's training context, within the stages' cells */
+  readonly context: number;
+  /** every sequence's cells together: capacity, the fewest cells of a stage */
   readonly room: SeqRoom;
   /** running jobs, in arrival order */
   readonly jobs: Job[];
@@ -195,10 +198,10 @@ export function depth(c: PipelineCore): number {
 /** A new core for `view`, and what it asks first: empty every sequence of the stages. */
 export function openPipeline(view: PipelineView, options: PipelineOptions, costs: CostBook, firstStepId: bigint): { core: PipelineCore; effects: PipelineEffect[] } {
   const nSeqMax = Math.min(...view.stages.map((s) => s.nSeqMax));
-  const capacity = Math.min(...view.stages.map((s) => s.kvCells), view.stages[0]!.nCtxTrain);
+  const capacity = Math.min(...view.stages.map((s) => s.kvCells));
   const core: PipelineCore = {
     view, options, costs, route: view.stages.map((s) => s.workerId), maxBatch: Math.min(...view.stages.map((s) => s.maxBatch)),
-    room: new SeqRoom(nSeqMax, capacity), jobs: [], requests: new Map(), waiting: [], rebuilds: [], inflight: new Map(), early: new Map(),
+    context: Math.min(capacity, view.stages[0]!.nCtxTrain), room: new SeqRoom(nSeqMax, capacity), jobs: [], requests: new Map(), waiting: [], rebuilds: [], inflight: new Map(), early: new Map(),
     moving: new Set(), holding: new Set(), holdPending: new Set(), offloading: new Map(), offloaded: new Map(), nextKey: 1,
     nextStep: firstStepId, down: false, clean: false, lastResultMs: 0,
   };
