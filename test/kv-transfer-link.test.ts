@@ -72,4 +72,30 @@ describe('KvTransfer through a fault link', () => {
     assert.equal(owners[1], P1);
     assert.deepEqual(tokens, ref.tokens.map((t) => vocab.tokenBytes(t).toString('utf8')), 'no token lost, none changed');
   });
+
+  it('a session moved straight back finds room: the move waits for its old sequence to be emptied', async () => {
+    const post = async (path: string, body: unknown, headers: Record<string, string> = {}) => {
+      const r = await fetch(`${cluster.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
+      return { status: r.status, body: (await r.json()) as Record<string, unknown> };
+    };
+    // 700 of a pipeline's 1,024 cells: the pipeline it leaves has room for it again only once
+    // the stages have emptied the sequence it held, which their slow NATS links make take 400 ms
+    const prompt = Array.from({ length: 690 }, (_, i) => 100 + ((i * 7919) % 20000));
+    const turn = await post('/v1/completions', { model: 'default-llama-8x256-s42-f16', prompt, max_tokens: 2, temperature: 0 }, { 'x-session-id': 'back-1' });
+    assert.equal(turn.status, 200, JSON.stringify(turn.body));
+    const owner = async () => (await redis.hgetall('strata:session:back-1')).pipeline ?? '';
+    const from = await owner();
+    const to = from === P0 ? P1 : P0;
+    const slow = [0, 1].map((s) => cluster.link(`${from === P0 ? 'p0' : 'p1'}-s${s}`, 'nats'));
+    for (const l of slow) l.set({ latencyMs: 100 });
+    try {
+      const away = await post('/admin/v1/sessions/back-1/migrate', { to, wait: true });
+      assert.equal(away.body.state, 'done', JSON.stringify(away.body));
+      const back = await post('/admin/v1/sessions/back-1/migrate', { to: from, wait: true });
+      assert.equal(back.body.state, 'done', JSON.stringify(back.body));
+    } finally {
+      for (const l of slow) l.set({ latencyMs: 0 });
+    }
+    assert.equal(await owner(), from);
+  });
 });

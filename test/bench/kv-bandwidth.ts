@@ -5,7 +5,6 @@
 // link 'grpc'). An idle session of `--kv-prompt` tokens moves from one pipeline to the other and
 // back, the workers' links limited to each of `--kv-mbits` (Mbit/s per link, 0: unlimited) in
 // turn, the order alternating between repetitions; medians. Target: achieved / given ≥ 0.8.
-import { setTimeout as sleep } from 'node:timers/promises';
 import { LocalCluster } from '../../services/cli/src/local-cluster.ts';
 import { BENCH_SPEC, benchModel, getJson, median, streamTokens } from './common.ts';
 
@@ -60,13 +59,7 @@ export async function runKvBandwidthBench(o: KvBandwidthOptions, onStep: (detail
     const move = async (mbits: number) => {
       for (const w of WORKERS) cluster.link(w, 'grpc').set({ bytesPerSecond: (mbits * 1e6) / 8 });
       const to = pipelines.find((p) => p !== at)!;
-      // The pipeline the session left a moment ago may still be emptying its sequence (its cells
-      // count as held until the stages confirm): a reservation then finds no room, and is asked again.
-      let m = await getJson<MigrationReply>(`${cluster.url}/admin/v1/sessions/kv-bw/migrate`, 'POST', { to, wait: true });
-      for (let i = 0; i < 50 && m.state === 'aborted' && m.error?.startsWith('no_room'); i++) {
-        await sleep(100);
-        m = await getJson<MigrationReply>(`${cluster.url}/admin/v1/sessions/kv-bw/migrate`, 'POST', { to, wait: true });
-      }
+      const m = await getJson<MigrationReply>(`${cluster.url}/admin/v1/sessions/kv-bw/migrate`, 'POST', { to, wait: true });
       if (m.state !== 'done') throw new Error(`the move at ${mbits} Mbit/s: ${m.state} ${m.error ?? ''}`);
       at = to;
       return m;
