@@ -1,6 +1,6 @@
 // Parity with libllama on the same GGUF: teacher-forced logits at every position of a 128-token
-// prompt and greedy generation of 64 tokens, for llama, qwen2, qwen3 and phi3, GQA and MHA, two sizes, every
-// split of the layers.
+// prompt and greedy generation of 64 tokens, for llama, qwen2, qwen3 and phi3, GQA and MHA, two sizes, and
+// mixtures of experts (llama as Mixtral, qwen3moe), every split of the layers.
 //
 // Tolerances. Strata builds llama.cpp's graph op for op and places weights as llama.cpp does
 // (repacked for the CPU's fastest kernels by default), so against libllama with the same settings
@@ -44,6 +44,11 @@ const MODELS: Spec[] = [
   { label: 'phi3 GQA (fused Q/K/V and gate/up)', arch: 'phi3', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 12 },
   { label: 'phi3 MHA q8_0', arch: 'phi3', nLayer: 3, nEmbd: 128, nHead: 4, nHeadKv: 4, nFf: 256, nCtxTrain: 1024, seed: 13, type: 'q8_0' },
   { label: 'qwen3 GQA wide heads', arch: 'qwen3', nLayer: 3, nEmbd: 128, nHead: 4, nHeadKv: 2, headDim: 64, nFf: 384, nCtxTrain: 1024, seed: 10 },
+  // mixtures of experts: each token's FFN is the experts its router picks (ggml_mul_mat_id)
+  { label: 'llama MoE (as Mixtral: 4 experts, 2 used)', arch: 'llama', nLayer: 3, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 256, nCtxTrain: 1024, seed: 31, nExpert: 4, nExpertUsed: 2 },
+  { label: 'llama MoE q4_0, experts without a gate, 1 used', arch: 'llama', nLayer: 2, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 256, nCtxTrain: 1024, seed: 33, nExpert: 4, nExpertUsed: 1, type: 'q4_0', noExpertGate: true },
+  { label: 'qwen3moe (8 experts, 3 used, 96 wide)', arch: 'qwen3moe', nLayer: 3, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 32, nExpert: 8, nExpertUsed: 3, nFfExp: 96 },
+  { label: 'qwen3moe q8_0', arch: 'qwen3moe', nLayer: 2, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 256, nCtxTrain: 1024, seed: 34, nExpert: 4, nExpertUsed: 2, nFfExp: 64, type: 'q8_0' },
 ];
 
 /** Every way to cut nLayer layers into contiguous stages (all of them up to 4 layers). */

@@ -117,6 +117,14 @@ export class GgmlContext {
   tanh(a: TensorPtr): TensorPtr { return this.#g.ggml_tanh(this.ptr, a); }
   rmsNorm(a: TensorPtr, eps: number): TensorPtr { return this.#g.ggml_rms_norm(this.ptr, a, eps); }
   mulMat(a: TensorPtr, b: TensorPtr): TensorPtr { return this.#g.ggml_mul_mat(this.ptr, a, b); }
+  /** Per token, the mat-mul of the experts `ids` picks: as [k, m, n_expert], b [k, n_used|1, n], ids I32 [n_used, n] → [m, n_used, n] */
+  mulMatId(as: TensorPtr, b: TensorPtr, ids: TensorPtr): TensorPtr { return this.#g.ggml_mul_mat_id(this.ptr, as, b, ids); }
+  div(a: TensorPtr, b: TensorPtr): TensorPtr { return this.#g.ggml_div(this.ptr, a, b); }
+  sumRows(a: TensorPtr): TensorPtr { return this.#g.ggml_sum_rows(this.ptr, a); }
+  clamp(a: TensorPtr, min: number, max: number): TensorPtr { return this.#g.ggml_clamp(this.ptr, a, min, max); }
+  softMax(a: TensorPtr): TensorPtr { return this.#g.ggml_soft_max(this.ptr, a); }
+  /** I32 indices of each row's `k` largest elements, largest first */
+  argsortTopK(a: TensorPtr, k: number): TensorPtr { return this.#g.ggml_argsort_top_k(this.ptr, a, k); }
   cpy(a: TensorPtr, b: TensorPtr): TensorPtr { return this.#g.ggml_cpy(this.ptr, a, b); }
   cast(a: TensorPtr, type: number): TensorPtr { return this.#g.ggml_cast(this.ptr, a, type); }
   cont(a: TensorPtr): TensorPtr { return this.#g.ggml_cont(this.ptr, a); }

@@ -37,9 +37,10 @@ export function cpuExtraBufferTypes(): BufferTypePtr[] {
 
 /**
  * Whether `dev` can run a mat-mul whose weight `w` (not yet allocated) lives in `buft`: the same
- * probe llama.cpp makes, with a zero-size buffer standing in for the weight's memory.
+ * probe llama.cpp makes, with a zero-size buffer standing in for the weight's memory. `expertsUsed`
+ * > 0: `w` holds experts and feeds ggml_mul_mat_id with that many picked per token.
  */
-export function supportsMatMulWeight(dev: DevicePtr, buft: BufferTypePtr, w: TensorPtr): boolean {
+export function supportsMatMulWeight(dev: DevicePtr, buft: BufferTypePtr, w: TensorPtr, expertsUsed = 0): boolean {
   const { backend: b } = native();
   const info = tensorInfo(w);
   if (info.hasBuffer) throw new Error('invariant: probing a weight that is already allocated');
@@ -51,8 +52,9 @@ export function supportsMatMulWeight(dev: DevicePtr, buft: BufferTypePtr, w: Ten
   }
   const field = new BigUint64Array(koffi.view(w, 16)); // [0]: type + padding, [1]: buffer
   try {
-    const x = ctx.tensor(GgmlType.F32, [info.ne[0], 512, info.ne[2], info.ne[3]]);
-    const op = ctx.mulMat(w, x);
+    const op = expertsUsed > 0
+      ? ctx.mulMatId(w, ctx.tensor(GgmlType.F32, [info.ne[0], expertsUsed, 512]), ctx.tensor(GgmlType.I32, [expertsUsed, 512]))
+      : ctx.mulMat(w, ctx.tensor(GgmlType.F32, [info.ne[0], 512, info.ne[2], info.ne[3]]));
     field[1] = dummy;
     return b.ggml_backend_dev_supports_op(dev, op);
   } finally {
@@ -62,10 +64,13 @@ export function supportsMatMulWeight(dev: DevicePtr, buft: BufferTypePtr, w: Ten
   }
 }
 
-/** The buffer type a mat-mul weight should go to on `backend` (extra types first when `repack`). */
-export function matMulWeightBufferType(backend: Backend, w: TensorPtr, repack: boolean): BufferTypePtr {
+/**
+ * The buffer type a mat-mul weight should go to on `backend` (extra types first when `repack`);
+ * `expertsUsed` > 0 for experts, as {@link supportsMatMulWeight}.
+ */
+export function matMulWeightBufferType(backend: Backend, w: TensorPtr, repack: boolean, expertsUsed = 0): BufferTypePtr {
   if (repack && backend.isCpu) {
-    for (const buft of cpuExtraBufferTypes()) if (supportsMatMulWeight(backend.device, buft, w)) return buft;
+    for (const buft of cpuExtraBufferTypes()) if (supportsMatMulWeight(backend.device, buft, w, expertsUsed)) return buft;
   }
   return backend.bufferType();
 }

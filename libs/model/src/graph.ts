@@ -1,4 +1,4 @@
-// The ggml graph of one stage: layers [l0, l1) of a llama/qwen2/qwen3/phi3/exaone4/gemma2/gemma3 model, op for op
+// The ggml graph of one stage: layers [l0, l1) of a llama/qwen2/qwen3/qwen3moe/phi3/exaone4/gemma2/gemma3 model, op for op
 // as llama.cpp builds it (flash attention over an f16 KV cache), so that the numbers match.
 import { GgmlContext, GgmlPrec, GgmlType, native, type GraphPtr, type RopeParams, type TensorPtr } from '@strata/ggml';
 import type { KvStorage } from '@strata/kv-cache';
@@ -71,6 +71,42 @@ export function ropeParams(hp: HParams, weights: Pick<StageWeights, 'ropeFreqs'>
     nDims: hp.nRot, mode: hp.ropeType, nCtxOrig: hp.nCtxTrain, ...layerRope(hp, il),
     extFactor: 0, attnFactor: 1, betaFast: 32, betaSlow: 1, factors: weights.ropeFreqs,
   };
+}
+
+/**
+ * A mixture-of-experts FFN on `cur` [n_embd, n]: the router's softmax over the experts, the
+ * `nExpertUsed` best per token, their weights renormalized to sum to 1 (and scaled by
+ * `expertWeightsScale`), each picked expert's SwiGLU FFN through ggml_mul_mat_id, and the weighted
+ * outputs summed — op for op as libllama's build_moe_ffn (softmax gating, weights normalized, no
+ * biases, no shared expert), so the numbers match.
+ */
+function mixtureOfExperts(ctx: GgmlContext, gf: GraphPtr, hp: HParams, w: StageWeights['layers'][number], cur: TensorPtr, n: number): TensorPtr {
+  // n: rows of `cur`
+  const { nExpert, nExpertUsed: k, nEmbd } = hp;
+  const probs = ctx.softMax(ctx.mulMat(w.ffnGateInp!, cur)); // [n_expert, n]
+  const selected = ctx.argsortTopK(probs, k); // I32 [k, n]
+  let weights = ctx.getRows(ctx.reshape3d(probs, 1, nExpert, n), selected); // [1, k, n]
+  weights = ctx.reshape2d(weights, k, n);
+  // the sum is kept off zero: at least f16's smallest normal, as libllama clamps it
+  weights = ctx.div(weights, ctx.clamp(ctx.sumRows(weights), 6.103515625e-5, Infinity));
+  weights = ctx.reshape3d(weights, 1, k, n);
+  if (hp.expertWeightsScale !== 0 && hp.expertWeightsScale !== 1) weights = ctx.scale(weights, hp.expertWeightsScale);
+  ctx.expand(gf, weights);
+  const x = ctx.reshape3d(cur, nEmbd, 1, n);
+  const up = ctx.mulMatId(w.ffnUpExps!, x, selected); // [n_ff_exp, k, n]
+  const act = w.ffnGateExps ? ctx.swigluSplit(ctx.mulMatId(w.ffnGateExps, x, selected), up) : ctx.silu(up);
+  const experts = ctx.mul(ctx.mulMatId(w.ffnDownExps!, act, selected), weights); // [n_embd, k, n]
+  ctx.expand(gf, experts);
+  // each expert's rows as a view, then their sum, in libllama's order
+  const row = native().ggml.ggml_row_size(GgmlType.F32, nEmbd);
+  const views = Array.from({ length: k }, (_, i) => ctx.view2d(experts, nEmbd, n, row * k, i * row));
+  for (const v of views) ctx.expand(gf, v);
+  let out = views[0]!;
+  for (let i = 1; i < k; i++) {
+    out = ctx.add(out, views[i]!);
+    ctx.expand(gf, out);
+  }
+  return k === 1 ? ctx.cont(out) : out;
 }
 
 /** Builds the graph of `weights`' layers for one batch. */
@@ -173,14 +209,19 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
     if (w.attnPostNorm) cur = ctx.mul(ctx.rmsNorm(cur, hp.rmsEps), w.attnPostNorm);
     const ffnInp = ctx.add(cur, inpSA);
     cur = w.ffnNorm ? ctx.mul(ctx.rmsNorm(ffnInp, hp.rmsEps), w.ffnNorm) : ffnInp;
-    const up = ctx.mulMat(w.ffnUp, cur);
-    if (w.ffnGate) {
-      const gate = ctx.mulMat(w.ffnGate, cur);
-      // gemma's FFN gates with GELU (tanh approximation), the others with SiLU
-      cur = ctx.mulMat(w.ffnDown, hp.arch === 'gemma3' || hp.arch === 'gemma2' ? ctx.gegluSplit(gate, up) : ctx.swigluSplit(gate, up));
+    if (w.ffnGateInp) {
+      // the last layer's rows are the output rows only, when those were picked above
+      cur = mixtureOfExperts(ctx, gf, hp, w, cur, il === hp.nLayer - 1 && outIds ? nOutputs + nEmbed : n);
     } else {
-      // phi3: the up projection's first half is the gate
-      cur = ctx.mulMat(w.ffnDown, ctx.swiglu(up));
+      const up = ctx.mulMat(w.ffnUp!, cur);
+      if (w.ffnGate) {
+        const gate = ctx.mulMat(w.ffnGate, cur);
+        // gemma's FFN gates with GELU (tanh approximation), the others with SiLU
+        cur = ctx.mulMat(w.ffnDown!, hp.arch === 'gemma3' || hp.arch === 'gemma2' ? ctx.gegluSplit(gate, up) : ctx.swigluSplit(gate, up));
+      } else {
+        // phi3: the up projection's first half is the gate
+        cur = ctx.mulMat(w.ffnDown!, ctx.swiglu(up));
+      }
     }
     if (w.ffnPostNorm) cur = ctx.mul(ctx.rmsNorm(cur, hp.rmsEps), w.ffnPostNorm);
     inpL = ctx.add(cur, ffnInp);

@@ -1,5 +1,6 @@
 // readHParams on metadata-only GGUFs: gemma3's window, its pattern, its two RoPE bases, its
-// attention scale and soft-capping, read as libllama's llama_model_gemma3::load_arch_hparams does.
+// attention scale and soft-capping, read as libllama's llama_model_gemma3::load_arch_hparams does;
+// the experts of llama and qwen3moe mixtures, and the ones refused.
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -58,4 +59,39 @@ test('gemma3: a scalar pattern, an ignored array pattern, no window, the local b
 test('gemma3 27B (62 layers) scales attention by 1/√(n_embd / n_head)', () => {
   const hp = read(62, [], 5376, 32);
   assert.equal(hp.attnScale, Math.fround(1 / Math.fround(Math.sqrt(168))));
+});
+
+/** readHParams of a metadata-only GGUF of `arch` (n_ff 768) with `extra` keys. */
+function readArch(arch: string, extra: GgufKv[]): HParams {
+  const dir = mkdtempSync(join(tmpdir(), 'strata-hparams-'));
+  try {
+    const path = join(dir, 'm.gguf');
+    writeGguf(path, [
+      kvStr('general.architecture', arch), kvU32(`${arch}.block_count`, 4), kvU32(`${arch}.embedding_length`, 256),
+      kvU32(`${arch}.feed_forward_length`, 768), kvU32(`${arch}.attention.head_count`, 4), kvU32(`${arch}.context_length`, 4096),
+      kvU32(`${arch}.vocab_size`, 1000), kvF32(`${arch}.attention.layer_norm_rms_epsilon`, 1e-6), ...extra,
+    ], [], () => new Uint8Array(0));
+    const f = GgufFile.open(path);
+    try {
+      return readHParams(f);
+    } finally {
+      f.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('experts as libllama reads them: llama (Mixtral) experts as wide as n_ff; qwen3moe its expert width, else n_ff / used', () => {
+  const moe = (hp: HParams) => [hp.nExpert, hp.nExpertUsed, hp.nFfExp, hp.expertWeightsScale];
+  assert.deepEqual(moe(readArch('llama', [])), [0, 0, 0, 0], 'dense');
+  assert.deepEqual(moe(readArch('llama', [kvU32('llama.expert_count', 8), kvU32('llama.expert_used_count', 2)])), [8, 2, 768, 0]);
+  assert.deepEqual(moe(readArch('qwen3moe', [kvU32('qwen3moe.expert_count', 128), kvU32('qwen3moe.expert_used_count', 8), kvU32('qwen3moe.expert_feed_forward_length', 96)])), [128, 8, 96, 0]);
+  assert.deepEqual(moe(readArch('qwen3moe', [kvU32('qwen3moe.expert_count', 16), kvU32('qwen3moe.expert_used_count', 4), kvF32('qwen3moe.expert_weights_scale', 2.5)])), [16, 4, 192, 2.5]);
+});
+
+test('experts an architecture does not have, or a count that makes no mixture, are refused by name', () => {
+  assert.throws(() => readArch('qwen2', [kvU32('qwen2.expert_count', 8), kvU32('qwen2.expert_used_count', 2)]), /qwen2 with experts is not supported \(mixtures of experts: llama, qwen3moe\)/);
+  assert.throws(() => readArch('qwen3moe', []), /qwen3moe needs expert_count and 1 ≤ expert_used_count ≤ expert_count, got 0 and 0/);
+  assert.throws(() => readArch('llama', [kvU32('llama.expert_count', 4), kvU32('llama.expert_used_count', 5)]), /got 4 and 5/);
 });

@@ -5,7 +5,7 @@ import { RopeType } from '@strata/ggml';
 import { ModelError } from './errors.ts';
 
 /** Architectures whose graph Strata builds. */
-export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'qwen3', 'phi3', 'exaone4', 'gemma2', 'gemma3'] as const;
+export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'qwen3', 'phi3', 'exaone4', 'gemma2', 'gemma3', 'qwen3moe'] as const;
 export type Arch = (typeof SUPPORTED_ARCHS)[number];
 
 /** Everything the graph needs to know about a model. */
@@ -14,6 +14,16 @@ export interface HParams {
   nLayer: number;
   nEmbd: number;
   nFf: number;
+  /**
+   * experts of a mixture-of-experts FFN (llama as Mixtral ships, qwen3moe); 0: a dense FFN.
+   * Each token runs the `nExpertUsed` experts its router ranks highest, each `nFfExp` wide, and
+   * sums their outputs weighted by the router's softmax renormalized over them
+   */
+  nExpert: number;
+  nExpertUsed: number;
+  nFfExp: number;
+  /** multiplier of the experts' weights (`expert_weights_scale`; 0 or 1: none) */
+  expertWeightsScale: number;
   nHead: number;
   nHeadKv: number;
   /** per-head dimension of K and V */
@@ -103,11 +113,13 @@ export function readHParams(file: GgufFile): HParams {
   }
   const swa = slidingWindow(file, a, nLayer);
   const gemma = a === 'gemma3' || a === 'gemma2';
+  const experts = mixture(file, a, num(file, `${a}.feed_forward_length`));
   const hp: Omit<HParams, 'fingerprint'> = {
     arch: a,
     nLayer,
     nEmbd,
     nFf: num(file, `${a}.feed_forward_length`),
+    ...experts,
     nHead,
     nHeadKv,
     headDim,
@@ -147,6 +159,23 @@ export function readHParams(file: GgufFile): HParams {
   }
   for (const t of file.header.tensors) h.update(`${t.name}:${t.type}:${t.ne.join('x')}@${t.offset};`);
   return { ...hp, fingerprint: h.digest('hex').slice(0, 32) };
+}
+
+/**
+ * The mixture of experts as libllama reads it: llama with `expert_count` > 0 (Mixtral; experts as
+ * wide as `feed_forward_length`), qwen3moe (always; `expert_feed_forward_length`, else
+ * feed_forward_length / experts used). Other architectures with experts are refused by name.
+ */
+function mixture(file: GgufFile, arch: Arch, nFf: number): Pick<HParams, 'nExpert' | 'nExpertUsed' | 'nFfExp' | 'expertWeightsScale'> {
+  const nExpert = num(file, `${arch}.expert_count`, 0);
+  const nExpertUsed = num(file, `${arch}.expert_used_count`, 0);
+  if (nExpert === 0 && arch !== 'qwen3moe') return { nExpert: 0, nExpertUsed: 0, nFfExp: 0, expertWeightsScale: 0 };
+  if (arch !== 'llama' && arch !== 'qwen3moe') throw new ModelError('unknown_architecture', `${file.path}: ${arch} with experts is not supported (mixtures of experts: llama, qwen3moe)`);
+  if (nExpert < 1 || nExpertUsed < 1 || nExpertUsed > nExpert || !Number.isInteger(nExpert) || !Number.isInteger(nExpertUsed)) {
+    throw new ModelError('missing_metadata', `${file.path}: ${arch} needs expert_count and 1 ≤ expert_used_count ≤ expert_count, got ${nExpert} and ${nExpertUsed}`);
+  }
+  const nFfExp = arch === 'qwen3moe' ? num(file, `${arch}.expert_feed_forward_length`, 0) || Math.floor(nFf / nExpertUsed) : nFf;
+  return { nExpert, nExpertUsed, nFfExp, expertWeightsScale: num(file, `${arch}.expert_weights_scale`, 0) };
 }
 
 /**

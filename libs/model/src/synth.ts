@@ -37,6 +37,16 @@ export interface SynthOptions {
   attnSoftcap?: number;
   /** gemma2, gemma3: final_logit_softcapping (0 or absent: none for gemma3, libllama's 30 for gemma2) */
   logitSoftcap?: number;
+  /**
+   * a mixture of experts (llama: Mixtral's shape, experts nFf wide; qwen3moe: required, experts
+   * nFfExp wide): experts per layer and experts each token uses
+   */
+  nExpert?: number;
+  nExpertUsed?: number;
+  /** qwen3moe: an expert's FFN width (expert_feed_forward_length) */
+  nFfExp?: number;
+  /** llama experts without a gate (SiLU of the up projection alone, as libllama allows) */
+  noExpertGate?: boolean;
   /** called after each tensor with the parameters written so far and in all (a progress bar) */
   onProgress?: (done: number, total: number) => void;
 }
@@ -77,7 +87,7 @@ export class Rng {
 
 /** Default vocabulary file for an architecture. */
 export function defaultVocab(arch: Arch): string {
-  const file = join(vocabDir(), arch === 'qwen2' || arch === 'qwen3' ? 'ggml-vocab-qwen2.gguf' : 'ggml-vocab-llama-spm.gguf');
+  const file = join(vocabDir(), arch === 'qwen2' || arch === 'qwen3' || arch === 'qwen3moe' ? 'ggml-vocab-qwen2.gguf' : 'ggml-vocab-llama-spm.gguf');
   if (!existsSync(file)) {
     throw new ModelError('missing_vocab', `vocabulary ${file} is missing: run \`npm run build:native\` (it extracts the vocabularies from node-llama-cpp's llama.cpp snapshot; needs git)`);
   }
@@ -98,8 +108,13 @@ function validate(o: SynthOptions): void {
   const type = o.type ?? 'f16';
   if (!(type in WEIGHT_TYPES)) throw new ModelError('bad_input', `weight type ${type} is not one of ${SYNTH_TYPES.join(', ')}`);
   const block = BLOCK[type];
-  if (o.nEmbd % block !== 0 || o.nFf % block !== 0 || ((o.headDim ?? 0) * o.nHead) % block !== 0) {
-    throw new ModelError('bad_input', `${type} needs n_embd, n_ff and head_dim × n_head to be multiples of ${block}`);
+  if (o.nEmbd % block !== 0 || o.nFf % block !== 0 || ((o.headDim ?? 0) * o.nHead) % block !== 0 || (o.nFfExp ?? 0) % block !== 0) {
+    throw new ModelError('bad_input', `${type} needs n_embd, n_ff, n_ff_exp and head_dim × n_head to be multiples of ${block}`);
+  }
+  const moe = o.nExpert !== undefined || o.arch === 'qwen3moe';
+  if (moe && (o.arch !== 'llama' && o.arch !== 'qwen3moe')) throw new ModelError('bad_input', `experts only for llama and qwen3moe, not ${o.arch}`);
+  if (moe && !(Number.isInteger(o.nExpert) && Number.isInteger(o.nExpertUsed) && o.nExpertUsed! >= 1 && o.nExpertUsed! <= o.nExpert!)) {
+    throw new ModelError('bad_input', `a mixture of experts needs nExpert and 1 ≤ nExpertUsed ≤ nExpert, got ${o.nExpert} and ${o.nExpertUsed}`);
   }
 }
 
@@ -118,6 +133,9 @@ export function synthesize(o: SynthOptions): number {
   const a = o.arch, type = o.type ?? 'f16', wt = WEIGHT_TYPES[type];
   const hd = o.headDim ?? o.nEmbd / o.nHead, q = hd * o.nHead, kv = hd * o.nHeadKv;
   const gemma = a === 'gemma3' || a === 'gemma2';
+  const qwen = a === 'qwen2' || a === 'qwen3' || a === 'qwen3moe';
+  const moe = o.nExpert !== undefined;
+  const ffExp = a === 'qwen3moe' ? o.nFfExp ?? Math.floor(o.nFf / o.nExpertUsed!) : o.nFf;
   const kvs: GgufKv[] = [
     kvStr('general.architecture', a),
     // (libllama gives tokens of a model named like Phi-3 attributes by their text, '<|endoftext|>'
@@ -133,10 +151,12 @@ export function synthesize(o: SynthOptions): number {
     kvU32(`${a}.rope.dimension_count`, hd),
     ...(o.headDim !== undefined ? [kvU32(`${a}.attention.key_length`, hd), kvU32(`${a}.attention.value_length`, hd)] : []),
     // gemma3 as Google ships it: a global base of 1e6, 1e4 on the windowed layers (gemma2: 1e4 on all)
-    kvF32(`${a}.rope.freq_base`, a === 'qwen2' || a === 'qwen3' || a === 'gemma3' ? 1000000 : 10000),
+    kvF32(`${a}.rope.freq_base`, qwen || a === 'gemma3' ? 1000000 : 10000),
     ...(a === 'gemma3' && o.slidingWindow ? [kvF32(`${a}.rope.freq_base_swa`, 10000)] : []),
     ...(a === 'gemma2' && o.attnSoftcap ? [kvF32(`${a}.attn_logit_softcapping`, o.attnSoftcap)] : []),
-    kvF32(`${a}.attention.layer_norm_rms_epsilon`, a === 'qwen2' || a === 'qwen3' || gemma ? 1e-6 : 1e-5),
+    kvF32(`${a}.attention.layer_norm_rms_epsilon`, qwen || gemma ? 1e-6 : 1e-5),
+    ...(moe ? [kvU32(`${a}.expert_count`, o.nExpert!), kvU32(`${a}.expert_used_count`, o.nExpertUsed!)] : []),
+    ...(a === 'qwen3moe' && o.nFfExp !== undefined ? [kvU32(`${a}.expert_feed_forward_length`, o.nFfExp)] : []),
     kvU32(`${a}.vocab_size`, nVocab),
     ...(o.slidingWindow ? [kvU32(`${a}.attention.sliding_window`, o.slidingWindow)] : []),
     ...(o.swaPattern !== undefined ? [kvU32(`${a}.attention.sliding_window_pattern`, o.swaPattern)] : []),
@@ -156,7 +176,7 @@ export function synthesize(o: SynthOptions): number {
   const post = a === 'exaone4' || gemma, pre = a !== 'exaone4';
   for (let l = 0; l < o.nLayer; l++) {
     const p = `blk.${l}.`;
-    if (a === 'exaone4' || a === 'gemma3' || a === 'qwen3') {
+    if (a === 'exaone4' || a === 'gemma3' || a === 'qwen3' || a === 'qwen3moe') {
       add(`${p}attn_q_norm.weight`, [hd], GgmlType.F32, 1, 0.1);
       add(`${p}attn_k_norm.weight`, [hd], GgmlType.F32, 1, 0.1);
     }
@@ -178,9 +198,18 @@ export function synthesize(o: SynthOptions): number {
     // residual would grow by one per layer, so the post-norms are scaled like a residual branch
     if (post) add(`${p}post_attention_norm.weight`, [o.nEmbd], GgmlType.F32, resid, 0.1 * resid);
     if (pre) add(`${p}ffn_norm.weight`, [o.nEmbd], GgmlType.F32, 1, 0.1);
-    if (a !== 'phi3') add(`${p}ffn_gate.weight`, [o.nEmbd, o.nFf], wt, 0, 1 / Math.sqrt(o.nEmbd));
-    add(`${p}ffn_up.weight`, [o.nEmbd, a === 'phi3' ? 2 * o.nFf : o.nFf], wt, 0, 1 / Math.sqrt(o.nEmbd));
-    add(`${p}ffn_down.weight`, [o.nFf, o.nEmbd], wt, 0, resid / Math.sqrt(o.nFf));
+    if (moe) {
+      // the router in f32, as converted files keep it; its logits of std ~2 make clear choices
+      const e = o.nExpert!;
+      add(`${p}ffn_gate_inp.weight`, [o.nEmbd, e], GgmlType.F32, 0, 2 / Math.sqrt(o.nEmbd));
+      if (!o.noExpertGate) add(`${p}ffn_gate_exps.weight`, [o.nEmbd, ffExp, e], wt, 0, 1 / Math.sqrt(o.nEmbd));
+      add(`${p}ffn_up_exps.weight`, [o.nEmbd, ffExp, e], wt, 0, 1 / Math.sqrt(o.nEmbd));
+      add(`${p}ffn_down_exps.weight`, [ffExp, o.nEmbd, e], wt, 0, resid / Math.sqrt(ffExp));
+    } else {
+      if (a !== 'phi3') add(`${p}ffn_gate.weight`, [o.nEmbd, o.nFf], wt, 0, 1 / Math.sqrt(o.nEmbd));
+      add(`${p}ffn_up.weight`, [o.nEmbd, a === 'phi3' ? 2 * o.nFf : o.nFf], wt, 0, 1 / Math.sqrt(o.nEmbd));
+      add(`${p}ffn_down.weight`, [o.nFf, o.nEmbd], wt, 0, resid / Math.sqrt(o.nFf));
+    }
     if (post) add(`${p}post_ffw_norm.weight`, [o.nEmbd], GgmlType.F32, resid, 0.1 * resid);
   }
   add('output_norm.weight', [o.nEmbd], GgmlType.F32, 1, 0.1);

@@ -31,8 +31,14 @@ export interface LayerWeights {
   ffnPostNorm: TensorPtr | null;
   /** null where `ffnUp` holds the gate's rows too (phi3) */
   ffnGate: TensorPtr | null;
-  ffnUp: TensorPtr;
-  ffnDown: TensorPtr;
+  /** the dense FFN's up and down projections (null in a mixture of experts) */
+  ffnUp: TensorPtr | null;
+  ffnDown: TensorPtr | null;
+  /** a mixture of experts' router [n_embd, n_expert] and experts [.., .., n_expert] (null in a dense FFN; gate optional on llama) */
+  ffnGateInp: TensorPtr | null;
+  ffnGateExps: TensorPtr | null;
+  ffnUpExps: TensorPtr | null;
+  ffnDownExps: TensorPtr | null;
 }
 
 /** Options for {@link StageWeights.load}. */
@@ -43,7 +49,12 @@ export interface WeightOptions {
 
 /** Tensors that feed a mat-mul as its first operand (the ones a repacking buffer can hold). */
 function isMatMulWeight(name: string): boolean {
-  return /(attn_(q|k|v|output)|ffn_(gate|up|down))\.weight$/.test(name) || name === 'output.weight';
+  return /(attn_(q|k|v|output)|ffn_(gate|up|down|gate_inp))\.weight$/.test(name) || name === 'output.weight';
+}
+
+/** Experts: they feed ggml_mul_mat_id. */
+function isExperts(name: string): boolean {
+  return /ffn_(gate|up|down)_exps\.weight$/.test(name);
 }
 
 interface Want {
@@ -63,7 +74,7 @@ export function stageTensorList(hp: HParams, range: LayerRange): Want[] {
   // qwen3 normalize Q and K per head
   const post = hp.arch === 'exaone4' || hp.arch === 'gemma3' || hp.arch === 'gemma2';
   const pre = hp.arch !== 'exaone4';
-  const qkNorm = hp.arch === 'exaone4' || hp.arch === 'gemma3' || hp.arch === 'qwen3';
+  const qkNorm = hp.arch === 'exaone4' || hp.arch === 'gemma3' || hp.arch === 'qwen3' || hp.arch === 'qwen3moe';
   for (let l = range.l0; l < range.l1; l++) {
     const p = `blk.${l}.`;
     if (qkNorm) out.push({ name: `${p}attn_q_norm.weight`, ne: [hp.headDim] }, { name: `${p}attn_k_norm.weight`, ne: [hp.headDim] });
@@ -87,6 +98,19 @@ export function stageTensorList(hp: HParams, range: LayerRange): Want[] {
       { name: `${p}attn_q.bias`, ne: [q], optional: true },
       { name: `${p}attn_k.bias`, ne: [kv], optional: true },
       { name: `${p}attn_v.bias`, ne: [kv], optional: true },
+    );
+    if (hp.nExpert > 0) {
+      const [e, ff] = [hp.nExpert, hp.nFfExp];
+      out.push(
+        { name: `${p}ffn_gate_inp.weight`, ne: [hp.nEmbd, e] },
+        // llama's experts may have no gate (libllama: not required); qwen3moe's must
+        { name: `${p}ffn_gate_exps.weight`, ne: [hp.nEmbd, ff, e], optional: hp.arch === 'llama' },
+        { name: `${p}ffn_up_exps.weight`, ne: [hp.nEmbd, ff, e] },
+        { name: `${p}ffn_down_exps.weight`, ne: [ff, hp.nEmbd, e] },
+      );
+      continue;
+    }
+    out.push(
       { name: `${p}ffn_gate.weight`, ne: [hp.nEmbd, hp.nFf] },
       { name: `${p}ffn_up.weight`, ne: [hp.nEmbd, hp.nFf] },
       { name: `${p}ffn_down.weight`, ne: [hp.nFf, hp.nEmbd] },
@@ -163,8 +187,12 @@ export class StageWeights {
         bk: get(`${p}attn_k.bias`), bv: get(`${p}attn_v.bias`), ffnNorm: get(`${p}ffn_norm.weight`),
         qNorm: get(`${p}attn_q_norm.weight`), kNorm: get(`${p}attn_k_norm.weight`),
         attnPostNorm: get(`${p}post_attention_norm.weight`), ffnPostNorm: get(`${p}post_ffw_norm.weight`),
-        ffnGate: get(`${p}ffn_gate.weight`), ffnUp: req(`${p}ffn_up.weight`), ffnDown: req(`${p}ffn_down.weight`),
+        ffnGate: get(`${p}ffn_gate.weight`), ffnUp: get(`${p}ffn_up.weight`), ffnDown: get(`${p}ffn_down.weight`),
+        ffnGateInp: get(`${p}ffn_gate_inp.weight`), ffnGateExps: get(`${p}ffn_gate_exps.weight`),
+        ffnUpExps: get(`${p}ffn_up_exps.weight`), ffnDownExps: get(`${p}ffn_down_exps.weight`),
       });
+      const w = this.layers.at(-1)!;
+      if (!(w.ffnUp && w.ffnDown) && !(w.ffnGateInp && w.ffnUpExps && w.ffnDownExps)) throw new ModelError('missing_tensor', `layer ${l} has neither a dense FFN nor experts`, { tensor: `${p}ffn_up.weight` });
     }
     this.outputNorm = get('output_norm.weight');
     this.ropeFreqs = get('rope_freqs.weight');
@@ -184,8 +212,9 @@ export class StageWeights {
     let groups: Map<BufferTypePtr, GgufTensorInfo[]>;
     try {
       groups = groupByBufferType(infos, (info) => {
-        if (!isMatMulWeight(info.name)) return backend.bufferType();
-        return matMulWeightBufferType(backend, probe.tensor(info.type, info.ne, info.name), options.repack ?? true);
+        const experts = isExperts(info.name);
+        if (!experts && !isMatMulWeight(info.name)) return backend.bufferType();
+        return matMulWeightBufferType(backend, probe.tensor(info.type, info.ne, info.name), options.repack ?? true, experts ? hp.nExpertUsed : 0);
       });
     } finally {
       probe.dispose();

@@ -5,7 +5,7 @@ import { ModelError, SUPPORTED_ARCHS, SYNTH_TYPES, formatRange, parseSplit, read
 import { Flags, parseArgs } from '../args.ts';
 import { UsageError } from '../errors.ts';
 
-/** `strata model synth --out F --arch llama|qwen2|qwen3|phi3|exaone4|gemma2|gemma3 --n-layer N ...` */
+/** `strata model synth --out F --arch llama|qwen2|qwen3|qwen3moe|phi3|exaone4|gemma2|gemma3 --n-layer N [--n-expert E --n-expert-used K] ...` */
 export function modelSynth(argv: string[], out: NodeJS.WritableStream): number {
   const f = new Flags(parseArgs(argv));
   const arch = f.str('arch', 'llama')!;
@@ -31,6 +31,9 @@ export function modelSynth(argv: string[], out: NodeJS.WritableStream): number {
     swaPattern: f.int('swa-pattern'),
     headDim: f.int('head-dim'),
     logitSoftcap: f.num('logit-softcap'),
+    nExpert: f.int('n-expert'),
+    nExpertUsed: f.int('n-expert-used'),
+    nFfExp: f.int('n-ff-exp'),
   };
   f.done();
   const t0 = performance.now();
