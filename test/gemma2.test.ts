@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { LlamaReference, Vocab, native } from '@strata/ggml';
 import { Pipeline, generate, scoreAll, type LayerRange } from '@strata/model';
-import { LONG_TEXT, referenceGreedy, scoreUnsplit, synthModel } from './helpers/models.ts';
+import { LONG_TEXT, maxAbsDiff, referenceGreedy, scoreUnsplit, synthModel } from './helpers/models.ts';
 
 const THREADS = 2;
 const REPACK = native().libs.kind === 'native';
@@ -21,14 +21,6 @@ const path = synthModel({
   slidingWindow: WINDOW, logitSoftcap: 30, attnSoftcap: 50,
 });
 
-function maxAbsDiff(a: ArrayLike<number>[], b: ArrayLike<number>[]): number {
-  assert.equal(a.length, b.length);
-  let d = 0;
-  a.forEach((x, i) => {
-    for (let j = 0; j < x.length; j++) d = Math.max(d, Math.abs(x[j]! - b[i]![j]!));
-  });
-  return d;
-}
 
 describe('gemma2 against libllama (synthetic, every other layer windowed, attention soft-capping)', () => {
   const vocab = Vocab.load(path);

@@ -9,20 +9,12 @@ import { LlamaReference, Vocab, native } from '@strata/ggml';
 import { Pipeline, modelIdOf, topK, type LayerRange } from '@strata/model';
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
 import { readStream, strataGenerate } from './helpers/cluster.ts';
-import { LONG_TEXT, synthModel } from './helpers/models.ts';
+import { LONG_TEXT, maxAbsDiff, synthModel } from './helpers/models.ts';
 
 const THREADS = 2;
 const REPACK = native().libs.kind === 'native';
 const path = synthModel({ arch: 'qwen3moe', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 2048, seed: 41, nExpert: 8, nExpertUsed: 2, nFfExp: 128 });
 
-function maxAbsDiff(a: ArrayLike<number>[], b: ArrayLike<number>[]): number {
-  assert.equal(a.length, b.length);
-  let d = 0;
-  a.forEach((x, i) => {
-    for (let j = 0; j < x.length; j++) d = Math.max(d, Math.abs(x[j]! - b[i]![j]!));
-  });
-  return d;
-}
 
 describe('a mixture of experts (qwen3moe, 8 experts, 2 used) against libllama', () => {
   const vocab = Vocab.load(path);

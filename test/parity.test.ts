@@ -20,7 +20,7 @@ import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { LlamaReference, Sampler, Vocab, native } from '@strata/ggml';
 import { Pipeline, generate, scoreAll, topK, type LayerRange, type SynthOptions } from '@strata/model';
-import { LONG_TEXT, scoreUnsplit, synthModel } from './helpers/models.ts';
+import { LONG_TEXT, maxAbsDiff, scoreUnsplit, synthModel } from './helpers/models.ts';
 
 const PROMPT_LEN = 128;
 const N_GEN = 64;
@@ -67,16 +67,6 @@ function splits(nLayer: number): LayerRange[][] {
   return out;
 }
 
-function maxAbsDiff(a: Float32Array[], b: Float32Array[]): number {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    const x = a[i]!, y = b[i]!;
-    assert.equal(x.length, y.length);
-    for (let j = 0; j < x.length; j++) m = Math.max(m, Math.abs(x[j]! - y[j]!));
-  }
-  return m;
-}
 
 /** libllama's greedy continuation, with the smallest top-2 margin it saw. */
 function referenceGreedy(ref: LlamaReference, prompt: Int32Array, n: number): { tokens: number[]; minMargin: number } {

@@ -42,6 +42,18 @@ export const LONG_TEXT = [
   'By evening the square was empty, the shutters were closed, and only the cats kept watch in the alleys.',
 ].join(' ');
 
+/** The largest absolute difference between two lists of rows (of equal shapes). */
+export function maxAbsDiff(a: readonly ArrayLike<number>[], b: readonly ArrayLike<number>[]): number {
+  if (a.length !== b.length) throw new Error(`${a.length} rows against ${b.length}`);
+  let d = 0;
+  a.forEach((x, i) => {
+    const y = b[i]!;
+    if (x.length !== y.length) throw new Error(`row ${i}: ${x.length} values against ${y.length}`);
+    for (let j = 0; j < x.length; j++) d = Math.max(d, Math.abs(x[j]! - y[j]!));
+  });
+  return d;
+}
+
 /** Logits at every position of `tokens` from a fresh one-stage pipeline of `model` (copied out before it is freed). */
 export function scoreUnsplit(model: string, tokens: ArrayLike<number>, threads: number, repack: boolean): Float32Array[] {
   const p = Pipeline.open({ model, threads, ctxSize: 512, repack });

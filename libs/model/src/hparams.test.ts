@@ -9,16 +9,12 @@ import { test } from 'node:test';
 import { GgufFile, GgufValueType, kvF32, kvStr, kvU32, writeGguf, type GgufKv } from '@strata/gguf';
 import { layerRope, readHParams, type HParams } from './hparams.ts';
 
-function read(nLayer: number, extra: GgufKv[], nEmbd = 640, nHead = 4): HParams {
+/** readHParams of a metadata-only GGUF of these keys. */
+function readKvs(kvs: GgufKv[]): HParams {
   const dir = mkdtempSync(join(tmpdir(), 'strata-hparams-'));
   try {
     const path = join(dir, 'm.gguf');
-    writeGguf(path, [
-      kvStr('general.architecture', 'gemma3'), kvU32('gemma3.block_count', nLayer), kvU32('gemma3.embedding_length', nEmbd),
-      kvU32('gemma3.feed_forward_length', 2048), kvU32('gemma3.attention.head_count', nHead), kvU32('gemma3.attention.head_count_kv', 1),
-      kvU32('gemma3.attention.key_length', 256), kvU32('gemma3.context_length', 32768), kvU32('gemma3.vocab_size', 1000),
-      kvF32('gemma3.attention.layer_norm_rms_epsilon', 1e-6), kvF32('gemma3.rope.freq_base', 1e6), ...extra,
-    ], [], () => new Uint8Array(0));
+    writeGguf(path, kvs, [], () => new Uint8Array(0));
     const f = GgufFile.open(path);
     try {
       return readHParams(f);
@@ -28,6 +24,15 @@ function read(nLayer: number, extra: GgufKv[], nEmbd = 640, nHead = 4): HParams 
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+function read(nLayer: number, extra: GgufKv[], nEmbd = 640, nHead = 4): HParams {
+  return readKvs([
+    kvStr('general.architecture', 'gemma3'), kvU32('gemma3.block_count', nLayer), kvU32('gemma3.embedding_length', nEmbd),
+    kvU32('gemma3.feed_forward_length', 2048), kvU32('gemma3.attention.head_count', nHead), kvU32('gemma3.attention.head_count_kv', 1),
+    kvU32('gemma3.attention.key_length', 256), kvU32('gemma3.context_length', 32768), kvU32('gemma3.vocab_size', 1000),
+    kvF32('gemma3.attention.layer_norm_rms_epsilon', 1e-6), kvF32('gemma3.rope.freq_base', 1e6), ...extra,
+  ]);
 }
 
 const full = (hp: HParams) => hp.swaLayers.flatMap((x, il) => (x ? [] : [il]));
@@ -63,23 +68,11 @@ test('gemma3 27B (62 layers) scales attention by 1/√(n_embd / n_head)', () => 
 
 /** readHParams of a metadata-only GGUF of `arch` (n_ff 768) with `extra` keys. */
 function readArch(arch: string, extra: GgufKv[]): HParams {
-  const dir = mkdtempSync(join(tmpdir(), 'strata-hparams-'));
-  try {
-    const path = join(dir, 'm.gguf');
-    writeGguf(path, [
-      kvStr('general.architecture', arch), kvU32(`${arch}.block_count`, 4), kvU32(`${arch}.embedding_length`, 256),
-      kvU32(`${arch}.feed_forward_length`, 768), kvU32(`${arch}.attention.head_count`, 4), kvU32(`${arch}.context_length`, 4096),
-      kvU32(`${arch}.vocab_size`, 1000), kvF32(`${arch}.attention.layer_norm_rms_epsilon`, 1e-6), ...extra,
-    ], [], () => new Uint8Array(0));
-    const f = GgufFile.open(path);
-    try {
-      return readHParams(f);
-    } finally {
-      f.close();
-    }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  return readKvs([
+    kvStr('general.architecture', arch), kvU32(`${arch}.block_count`, 4), kvU32(`${arch}.embedding_length`, 256),
+    kvU32(`${arch}.feed_forward_length`, 768), kvU32(`${arch}.attention.head_count`, 4), kvU32(`${arch}.context_length`, 4096),
+    kvU32(`${arch}.vocab_size`, 1000), kvF32(`${arch}.attention.layer_norm_rms_epsilon`, 1e-6), ...extra,
+  ]);
 }
 
 test('experts as libllama reads them: llama (Mixtral) experts as wide as n_ff; qwen3moe its expert width, else n_ff / used', () => {
