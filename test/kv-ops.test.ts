@@ -13,17 +13,19 @@ const TOL = 1e-3;
 const N_CTX = 256;
 const N_SEQ = 4;
 const path = synthModel({ arch: 'llama', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 61 });
+/** keys re-rotated by a shift must use YaRN's frequencies and factors, as they were written */
+const yarn = synthModel({ arch: 'qwen3', nLayer: 2, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 62, ropeScaling: { type: 'yarn', factor: 4, originalContext: 256 } });
 
 interface Pair {
   p: Pipeline;
   ref: LlamaReference;
 }
 
-function open(split: boolean, streams = 1): Pair {
+function open(split: boolean, streams = 1, model = path): Pair {
   return {
     // per-sequence streams: N_CTX cells each here, N_CTX * N_SEQ / N_SEQ each in libllama
-    p: Pipeline.open({ model: path, threads: 2, ctxSize: N_CTX, split: split ? [{ l0: 0, l1: 2 }, { l0: 2, l1: 4 }] : undefined, kvStreams: streams }),
-    ref: LlamaReference.load(path, { nCtx: N_CTX * streams, nSeqMax: N_SEQ, threads: 2, kvUnified: streams === 1 }),
+    p: Pipeline.open({ model, threads: 2, ctxSize: N_CTX, split: split ? [{ l0: 0, l1: 2 }, { l0: 2, l1: 4 }] : undefined, kvStreams: streams }),
+    ref: LlamaReference.load(model, { nCtx: N_CTX * streams, nSeqMax: N_SEQ, threads: 2, kvUnified: streams === 1 }),
   };
 }
 
@@ -72,8 +74,8 @@ describe('KV cache operations against libllama', () => {
   const pairs: Pair[] = [];
   after(() => pairs.forEach((x) => { x.p.dispose(); x.ref.dispose(); }));
 
-  it('context shift: keep a prefix, discard the oldest, shift the rest, go on decoding', (t) => {
-    const pair = open(false);
+  for (const [label, model] of [['', path], [' (YaRN)', yarn]] as const) it(`context shift${label}: keep a prefix, discard the oldest, shift the rest, go on decoding`, (t) => {
+    const pair = open(false, 1, model);
     pairs.push(pair);
     let worst = decode(pair, [{ seq: 0, tokens: tokens(120, 1) }]);
     const nKeep = 8, nDiscard = 40;

@@ -44,6 +44,10 @@ const MODELS: Spec[] = [
   { label: 'phi3 GQA (fused Q/K/V and gate/up)', arch: 'phi3', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 12 },
   { label: 'phi3 MHA q8_0', arch: 'phi3', nLayer: 3, nEmbd: 128, nHead: 4, nHeadKv: 4, nFf: 256, nCtxTrain: 1024, seed: 13, type: 'q8_0' },
   { label: 'qwen3 GQA wide heads', arch: 'qwen3', nLayer: 3, nEmbd: 128, nHead: 4, nHeadKv: 2, headDim: 64, nFf: 384, nCtxTrain: 1024, seed: 10 },
+  // RoPE scaling: YaRN (context ×4 past 256 trained positions; and with an attention factor), linear
+  { label: 'qwen3 YaRN ×4', arch: 'qwen3', nLayer: 2, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 14, ropeScaling: { type: 'yarn', factor: 4, originalContext: 256 } },
+  { label: 'llama YaRN ×8, attention factor 1.2', arch: 'llama', nLayer: 2, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 2048, seed: 15, ropeScaling: { type: 'yarn', factor: 8, originalContext: 256, attnFactor: 1.2 } },
+  { label: 'qwen2 linear ×2', arch: 'qwen2', nLayer: 2, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 16, ropeScaling: { type: 'linear', factor: 2 } },
   // mixtures of experts: each token's FFN is the experts its router picks (ggml_mul_mat_id)
   { label: 'llama MoE (as Mixtral: 4 experts, 2 used)', arch: 'llama', nLayer: 3, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 256, nCtxTrain: 1024, seed: 31, nExpert: 4, nExpertUsed: 2 },
   { label: 'llama MoE q4_0, experts without a gate, 1 used', arch: 'llama', nLayer: 2, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 256, nCtxTrain: 1024, seed: 33, nExpert: 4, nExpertUsed: 1, type: 'q4_0', noExpertGate: true },

@@ -63,13 +63,13 @@ export interface GraphShape {
 }
 
 /**
- * Layer `il`'s RoPE as ggml_rope_ext takes it (YaRN off, as llama.cpp without rope scaling); the
- * base and scale differ between windowed and full layers on gemma3.
+ * Layer `il`'s RoPE as ggml_rope_ext takes it (YaRN's parameters as libllama passes them, β fast
+ * 32 and slow 1); the base and scale differ between windowed and full layers on gemma3.
  */
 export function ropeParams(hp: HParams, weights: Pick<StageWeights, 'ropeFreqs'>, il: number): RopeParams {
   return {
-    nDims: hp.nRot, mode: hp.ropeType, nCtxOrig: hp.nCtxTrain, ...layerRope(hp, il),
-    extFactor: 0, attnFactor: 1, betaFast: 32, betaSlow: 1, factors: weights.ropeFreqs,
+    nDims: hp.nRot, mode: hp.ropeType, nCtxOrig: hp.nCtxOrig, ...layerRope(hp, il),
+    extFactor: hp.ropeExtFactor, attnFactor: hp.ropeAttnFactor, betaFast: 32, betaSlow: 1, factors: weights.ropeFreqs,
   };
 }
 

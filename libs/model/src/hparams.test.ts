@@ -88,3 +88,17 @@ test('experts an architecture does not have, or a count that makes no mixture, a
   assert.throws(() => readArch('qwen3moe', []), /qwen3moe needs expert_count and 1 ≤ expert_used_count ≤ expert_count, got 0 and 0/);
   assert.throws(() => readArch('llama', [kvU32('llama.expert_count', 4), kvU32('llama.expert_used_count', 5)]), /got 4 and 5/);
 });
+
+test('RoPE scaling as libllama reads it: linear by default, yarn with its factors, none, and others refused by name', () => {
+  const rope = (extra: GgufKv[]) => {
+    const hp = readArch('qwen3', extra);
+    return [hp.ropeFreqScale, hp.ropeExtFactor, hp.ropeAttnFactor, hp.nCtxOrig];
+  };
+  assert.deepEqual(rope([]), [1, 0, 1, 4096]);
+  assert.deepEqual(rope([kvF32('qwen3.rope.scaling.factor', 4)]), [0.25, 0, 1, 4096], 'a factor without a type is linear');
+  assert.deepEqual(rope([kvStr('qwen3.rope.scaling.type', 'none'), kvF32('qwen3.rope.scaling.factor', 4)]), [1, 0, 1, 4096]);
+  const [scale, ext, attn, orig] = rope([kvStr('qwen3.rope.scaling.type', 'yarn'), kvF32('qwen3.rope.scaling.factor', 4), kvU32('qwen3.rope.scaling.original_context_length', 32768), kvF32('qwen3.rope.scaling.attn_factor', 1.5)]);
+  assert.deepEqual([scale, ext, orig], [0.25, 1, 32768]);
+  assert.ok(Math.abs(attn! - 1.5) < 1e-6, `YaRN's own factor cancels out: ${attn}`);
+  assert.throws(() => rope([kvStr('qwen3.rope.scaling.type', 'longrope')]), /rope scaling 'longrope' is not supported \(linear, yarn, none\)/);
+});

@@ -37,6 +37,14 @@ export interface HParams {
   /** RoPE base and frequency scale of the full-attention layers (every layer without a window) */
   ropeFreqBase: number;
   ropeFreqScale: number;
+  /**
+   * YaRN as ggml_rope_ext takes it: the extrapolation mix (1 with `rope.scaling.type` yarn, else
+   * 0), the attention factor, and the context the model was trained at before scaling
+   * (`rope.scaling.original_context_length`, else context_length)
+   */
+  ropeExtFactor: number;
+  ropeAttnFactor: number;
+  nCtxOrig: number;
   /** RoPE base and frequency scale of the windowed layers (gemma3: `rope.freq_base_swa`, default 10000) */
   ropeFreqBaseSwa: number;
   ropeFreqScaleSwa: number;
@@ -101,12 +109,8 @@ export function readHParams(file: GgufFile): HParams {
   const headDim = num(file, `${a}.attention.key_length`, nEmbd / nHead);
   const tokens = file.kv('tokenizer.ggml.tokens');
   const nVocab = tokens ? (tokens.value as string[]).length : num(file, `${a}.vocab_size`);
-  const scalingType = file.kv(`${a}.rope.scaling.type`)?.value;
-  let ropeFreqScale = 1;
-  if (scalingType === 'linear') ropeFreqScale = 1 / num(file, `${a}.rope.scaling.factor`, 1);
-  else if (scalingType !== undefined && scalingType !== 'none') {
-    throw new ModelError('unknown_architecture', `${file.path}: rope scaling '${String(scalingType)}' is not supported yet`);
-  }
+  const scaling = ropeScaling(file, a);
+  const ropeFreqScale = scaling.freqScale;
   const nLayer = num(file, `${a}.block_count`);
   if (a === 'phi3' && file.header.tensors.some((t) => t.name.startsWith('rope_factors_') || /^blk\.\d+\.rope_factors_/.test(t.name))) {
     throw new ModelError('unknown_architecture', `${file.path}: phi3 with LongRoPE factors (the 128k-context variants) is not supported yet`);
@@ -130,6 +134,9 @@ export function readHParams(file: GgufFile): HParams {
     ropeType: a === 'llama' ? RopeType.NORMAL : RopeType.NEOX,
     ropeFreqBase: num(file, `${a}.rope.freq_base`, 10000),
     ropeFreqScale,
+    ropeExtFactor: scaling.extFactor,
+    ropeAttnFactor: scaling.attnFactor,
+    nCtxOrig: num(file, `${a}.rope.scaling.original_context_length`, 0) || num(file, `${a}.context_length`),
     // libllama reads a windowed layers' base only where the window is on (gemma3), and never
     // scales their frequencies
     ropeFreqBaseSwa: a === 'gemma3' && swa.nSwa > 0 ? num(file, `${a}.rope.freq_base_swa`, 10000)
@@ -159,6 +166,31 @@ export function readHParams(file: GgufFile): HParams {
   }
   for (const t of file.header.tensors) h.update(`${t.name}:${t.type}:${t.ne.join('x')}@${t.offset};`);
   return { ...hp, fingerprint: h.digest('hex').slice(0, 32) };
+}
+
+/**
+ * RoPE scaling as libllama reads it: `rope.scaling.type` linear (the default), none or yarn, its
+ * `factor` (frequencies scaled by 1 / factor; none: never scaled). YaRN mixes in extrapolation
+ * (ext factor 1) and takes an attention factor that cancels the one ggml's YaRN applies itself,
+ * computed in f32 as libllama does, times `rope.scaling.attn_factor`. LongRoPE and the others
+ * are refused by name.
+ */
+function ropeScaling(file: GgufFile, arch: Arch): { freqScale: number; extFactor: number; attnFactor: number } {
+  const type = file.kv(`${arch}.rope.scaling.type`)?.value ?? 'linear';
+  if (type !== 'linear' && type !== 'none' && type !== 'yarn') {
+    throw new ModelError('unknown_architecture', `${file.path}: rope scaling '${String(type)}' is not supported (linear, yarn, none)`);
+  }
+  const factor = num(file, `${arch}.rope.scaling.factor`, 0) || num(file, `${arch}.rope.scale_linear`, 0);
+  const freqScale = type === 'none' || factor === 0 ? 1 : Math.fround(1 / factor);
+  const f32 = Math.fround;
+  let attnFactor = 1;
+  if (type === 'yarn') {
+    const s = f32(1 / freqScale);
+    const ln = f32(Math.log(s));
+    const mscale = s <= 1 ? 1 : f32(f32(f32(0.1) * ln) + 1);
+    attnFactor = f32(mscale * f32(1 / f32(1 + f32(f32(0.1) * ln))));
+  }
+  return { freqScale, extFactor: type === 'yarn' ? 1 : 0, attnFactor: f32(attnFactor * num(file, `${arch}.rope.scaling.attn_factor`, 1)) };
 }
 
 /**

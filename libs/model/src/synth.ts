@@ -43,6 +43,11 @@ export interface SynthOptions {
    */
   nExpert?: number;
   nExpertUsed?: number;
+  /**
+   * RoPE scaling metadata (`rope.scaling.type`, `.factor`, `.original_context_length`,
+   * `.attn_factor`): yarn as Qwen and others extend their context, or linear
+   */
+  ropeScaling?: { type: 'yarn' | 'linear'; factor: number; originalContext?: number; attnFactor?: number };
   /** qwen3moe: an expert's FFN width (expert_feed_forward_length) */
   nFfExp?: number;
   /** llama experts without a gate (SiLU of the up projection alone, as libllama allows) */
@@ -156,6 +161,9 @@ export function synthesize(o: SynthOptions): number {
     ...(a === 'gemma2' && o.attnSoftcap ? [kvF32(`${a}.attn_logit_softcapping`, o.attnSoftcap)] : []),
     kvF32(`${a}.attention.layer_norm_rms_epsilon`, qwen || gemma ? 1e-6 : 1e-5),
     ...(moe ? [kvU32(`${a}.expert_count`, o.nExpert!), kvU32(`${a}.expert_used_count`, o.nExpertUsed!)] : []),
+    ...(o.ropeScaling ? [kvStr(`${a}.rope.scaling.type`, o.ropeScaling.type), kvF32(`${a}.rope.scaling.factor`, o.ropeScaling.factor)] : []),
+    ...(o.ropeScaling?.originalContext ? [kvU32(`${a}.rope.scaling.original_context_length`, o.ropeScaling.originalContext)] : []),
+    ...(o.ropeScaling?.attnFactor ? [kvF32(`${a}.rope.scaling.attn_factor`, o.ropeScaling.attnFactor)] : []),
     ...(a === 'qwen3moe' && o.nFfExp !== undefined ? [kvU32(`${a}.expert_feed_forward_length`, o.nFfExp)] : []),
     kvU32(`${a}.vocab_size`, nVocab),
     ...(o.slidingWindow ? [kvU32(`${a}.attention.sliding_window`, o.slidingWindow)] : []),
