@@ -1,8 +1,9 @@
-// A stage holding layers [l0, l1) reads only the bytes of its own tensors from the GGUF.
+// A stage holding layers [l0, l1) reads only the bytes of its own tensors from the GGUF, or, with
+// the file mapped (the default on a CPU), reads nothing and spans only its own tensors' bytes.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { GgufFile } from '@strata/gguf';
-import { Backend } from '@strata/ggml';
+import { Backend, getTensor } from '@strata/ggml';
 import { StageWeights, readHParams, stageTensorList } from '@strata/model';
 import { synthModel } from './helpers/models.ts';
 
@@ -10,14 +11,42 @@ const path = synthModel({ arch: 'qwen2', nLayer: 6, nEmbd: 128, nHead: 4, nHeadK
 
 describe('stage weights', () => {
   for (const [l0, l1] of [[0, 2], [2, 4], [4, 6], [1, 5]] as const) {
-    it(`layers ${l0}:${l1} read exactly their tensors' bytes and nothing of the others`, () => {
+    it(`layers ${l0}:${l1} mapped: nothing read, a buffer over exactly their tensors' bytes holding the file's values`, () => {
+      const reads: [number, number][] = [];
+      const file = GgufFile.open(path, { observe: (o, n) => reads.push([o, n]) });
+      const headerReads = reads.length;
+      const hp = readHParams(file);
+      const backend = Backend.open({ threads: 1 });
+      const w = StageWeights.load(file, hp, { l0, l1 }, backend);
+      try {
+        assert.equal(reads.length, headerReads, 'no tensor bytes read: the f16 weights are the file\'s pages');
+        const wanted = stageTensorList(hp, { l0, l1 }).map((x) => file.tensor(x.name)).filter((x) => x !== undefined);
+        const first = Math.min(...wanted.map((t) => file.tensorFileOffset(t)));
+        const last = Math.max(...wanted.map((t) => file.tensorFileOffset(t) + t.size));
+        assert.equal(w.bytes, last - first, 'one mapped buffer from the first tensor byte to the last');
+        assert.deepEqual(w.memoryByBufferType(), { CPU_Mapped: last - first });
+        const inFile = file.tensor(`blk.${l0}.attn_q.weight`)!;
+        const bytes = new Uint8Array(inFile.size);
+        file.readTensorBytes(inFile, bytes);
+        const held = new Uint8Array(inFile.size);
+        getTensor(w.layers[0]!.wq!, held);
+        assert.deepEqual(held, bytes, 'the weight holds the file\'s bytes');
+      } finally {
+        w.dispose();
+        w.dispose();
+        backend.dispose();
+        file.close();
+      }
+    });
+
+    it(`layers ${l0}:${l1} read: exactly their tensors' bytes and nothing of the others`, () => {
       const reads: [number, number][] = [];
       const file = GgufFile.open(path, { observe: (o, n) => reads.push([o, n]) });
       const headerEnd = file.header.dataOffset;
       const headerReads = reads.length;
       const hp = readHParams(file);
       const backend = Backend.open({ threads: 1 });
-      const w = StageWeights.load(file, hp, { l0, l1 }, backend);
+      const w = StageWeights.load(file, hp, { l0, l1 }, backend, { mmap: false });
       try {
         const wanted = stageTensorList(hp, { l0, l1 }).map((x) => file.tensor(x.name)).filter((x) => x !== undefined);
         const extents = wanted.map((t) => [file.tensorFileOffset(t), file.tensorFileOffset(t) + t.size] as const);

@@ -32,7 +32,8 @@ export function benchModel(type: 'f16' | 'q8_0'): string {
  * (default: the Gemma 3 270M of ensure-models), --clients 1,8,16,32, --serving-reps (3),
  * --serving-tokens (128), --serving-strata one,two, --serving-flags '<coordinator flags>'; for
  * kv-bandwidth --kv-prompt (tokens, 2000), --kv-mbits 0,1000,300,100 (Mbit/s per link, 0:
- * unlimited), --kv-reps (3).
+ * unlimited), --kv-reps (3); for models --models-pp (256), --models-tg (64), --models-reps (3),
+ * --models <labels to keep, comma-separated substrings> (default: every one).
  */
 export function parseBenchArgs(argv: string[]) {
   const get = (name: string, fallback: string) => {
@@ -45,7 +46,7 @@ export function parseBenchArgs(argv: string[]) {
     pp: Number(get('pp', '512')),
     tg: Number(get('tg', '128')),
     types: get('types', 'f16,q8_0').split(',') as ('f16' | 'q8_0')[],
-    only: new Set(get('only', 'engine,kv,cluster,migration,load,responsive,grammar,serving,prefix,scale,network,kv-bandwidth').split(',')),
+    only: new Set(get('only', 'engine,models,kv,cluster,migration,load,responsive,grammar,serving,prefix,scale,network,kv-bandwidth').split(',')),
     servingModel: get('serving-model', ''),
     clients: get('clients', '1,8,16,32').split(',').map(Number),
     servingReps: Number(get('serving-reps', '3')),
@@ -69,6 +70,10 @@ export function parseBenchArgs(argv: string[]) {
     kvPrompt: Number(get('kv-prompt', '2000')),
     kvMbits: get('kv-mbits', '0,1000,300,100').split(',').map(Number),
     kvReps: Number(get('kv-reps', '3')),
+    modelsPp: Number(get('models-pp', '256')),
+    modelsTg: Number(get('models-tg', '64')),
+    modelsReps: Number(get('models-reps', '3')),
+    models: get('models', '').split(',').filter(Boolean),
   };
 }
 

@@ -5,8 +5,9 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { format } from 'node:util';
-import { LlamaReference, Sampler, loadNative, loadOptionsFromEnv, strataCacheDir } from '@strata/ggml';
-import { Pipeline } from '@strata/model';
+import { Sampler, loadNative, loadOptionsFromEnv, strataCacheDir } from '@strata/ggml';
+import { measureEngine, type EngineRow } from './engine.ts';
+import { runModelsBench } from './models.ts';
 import { benchModel, median, parseBenchArgs, std } from './common.ts';
 import { runClusterBench } from './cluster.ts';
 import { runGrammarBench } from './grammar.ts';
@@ -25,14 +26,7 @@ const opts = parseBenchArgs(process.argv.slice(2));
 const native = loadNative(loadOptionsFromEnv());
 console.log(`ggml: ${native.libs.kind} build (${native.libs.dir}), threads ${opts.threads}, ${opts.reps} repetitions`);
 
-interface Row { model: string; test: string; strata: number[]; llama: number[] }
-const rows: Row[] = [];
-
-function timeIt(fn: () => void): number {
-  const t0 = performance.now();
-  fn();
-  return performance.now() - t0;
-}
+const rows: EngineRow[] = [];
 
 /**
  * Runs one section under a bar of its own on stderr (a terminal; plain lines otherwise): `steps`
@@ -57,54 +51,7 @@ async function section<T>(name: string, steps: number, fn: (step: (detail?: stri
 }
 
 function engineBench(step: (detail?: string) => void): void {
-for (const type of opts.types) {
-  const path = benchModel(type);
-  const ref = LlamaReference.load(path, { nCtx: 1024, nBatch: opts.pp, threads: opts.threads });
-  const p = Pipeline.open({ model: path, threads: opts.threads, ctxSize: 1024 });
-  const prompt = Int32Array.from({ length: opts.pp }, (_, i) => 100 + ((i * 7919) % 20000));
-  const strataPp = () => {
-    p.seqRemove(0);
-    p.forward({ tokens: prompt, pos: Int32Array.from(prompt, (_, i) => i), seq: new Int32Array(prompt.length), outputs: Int32Array.of(prompt.length - 1) });
-  };
-  const llamaPp = () => {
-    ref.clear();
-    ref.decodeTokens(prompt, 0);
-  };
-  const tok = new Int32Array(1), pos = new Int32Array(1), seq = new Int32Array(1);
-  const strataTg = () => {
-    p.seqRemove(0);
-    for (let i = 0; i < opts.tg; i++) {
-      tok[0] = prompt[i]!;
-      pos[0] = i;
-      p.forward({ tokens: tok, pos, seq });
-    }
-  };
-  const llamaTg = () => {
-    ref.clear();
-    for (let i = 0; i < opts.tg; i++) ref.decodeTokens(prompt.subarray(i, i + 1), i);
-  };
-  const pp: Row = { model: `${type}`, test: `pp${opts.pp}`, strata: [], llama: [] };
-  const tg: Row = { model: `${type}`, test: `tg${opts.tg}`, strata: [], llama: [] };
-  strataPp(); llamaPp(); strataTg(); llamaTg(); // warm-up
-  step(`${type} warm-up`);
-  for (let r = 0; r < opts.reps; r++) {
-    // alternate the order so that drift of the machine hits both sides alike
-    const first = r % 2 === 0;
-    for (const side of first ? ['llama', 'strata'] : ['strata', 'llama']) {
-      if (side === 'llama') pp.llama.push((opts.pp * 1000) / timeIt(llamaPp));
-      else pp.strata.push((opts.pp * 1000) / timeIt(strataPp));
-    }
-    for (const side of first ? ['strata', 'llama'] : ['llama', 'strata']) {
-      if (side === 'llama') tg.llama.push((opts.tg * 1000) / timeIt(llamaTg));
-      else tg.strata.push((opts.tg * 1000) / timeIt(strataTg));
-    }
-    step(`${type} repetition ${r + 1}/${opts.reps}`);
-  }
-  rows.push(pp, tg);
-  p.dispose();
-  ref.dispose();
-}
-
+  for (const type of opts.types) rows.push(...measureEngine(benchModel(type), type, opts, step));
 }
 
 function printEngine(): void {
@@ -149,6 +96,9 @@ if (opts.only.has('engine')) {
   printEngine();
   samplingBench(sampling);
 }
+const models = opts.only.has('models')
+  ? await section('models', 0, (step) => runModelsBench({ threads: opts.threads, reps: opts.modelsReps, pp: opts.modelsPp, tg: opts.modelsTg, filter: opts.models }, step))
+  : null;
 const kv = opts.only.has('kv') ? await section('kv', 0, () => runKvBench(opts.threads)) : null;
 const clusterModel = opts.only.has('cluster') ? benchModel('f16') : '';
 const cluster = opts.only.has('cluster') ? await section('cluster', 0, () => runClusterBench(clusterModel, Math.max(1, Math.min(opts.reps, 3)))) : null;
@@ -183,4 +133,4 @@ const kvBandwidth = opts.only.has('kv-bandwidth')
 
 const out = join(process.cwd(), '.bench');
 mkdirSync(out, { recursive: true });
-writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, kv, cluster, migration, load, responsive, grammar, serving, prefix, scale, network, kvBandwidth }, null, 2));
+writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, models, kv, cluster, migration, load, responsive, grammar, serving, prefix, scale, network, kvBandwidth }, null, 2));

@@ -1,9 +1,10 @@
 // Tensors spread over several backend buffers (one per buffer type): a shard's weights with
 // some repacked, its K/V with some layers in host memory. One context per buffer type, each
 // allocated in one buffer.
-import { BackendBuffer, BufferUsage } from './buffer.ts';
+import { BackendBuffer, BufferUsage, checkStatus } from './buffer.ts';
 import { GgmlContext } from './context.ts';
-import type { BufferTypePtr } from './ffi/types.ts';
+import type { BufferTypePtr, DevicePtr, RawPtr, TensorPtr } from './ffi/types.ts';
+import { native } from './runtime.ts';
 
 /** Contexts and their buffers, by buffer type. dispose() frees them all and is idempotent. */
 export class BufferSet {
@@ -21,6 +22,29 @@ export class BufferSet {
       this.#parts.push({ ctx, buffer });
       return { made, buffer };
     } catch (err) {
+      ctx.dispose();
+      throw err;
+    }
+  }
+
+  /**
+   * Creates the tensors `make` declares in a new context and places each where `addressOf` says,
+   * inside `size` bytes of host memory at `base` that the set does not own (a file mapping, which
+   * must outlive the set).
+   */
+  addMapped(dev: DevicePtr, base: RawPtr, size: number, maxTensors: number, make: (ctx: GgmlContext) => TensorPtr[], addressOf: (i: number) => RawPtr): TensorPtr[] {
+    const ctx = GgmlContext.create({ maxTensors });
+    let buffer: BackendBuffer | null = null;
+    try {
+      const tensors = make(ctx);
+      const largest = tensors.reduce((m, t) => Math.max(m, native().ggml.ggml_nbytes(t)), 0);
+      buffer = BackendBuffer.fromHostPtr(dev, base, size, largest, BufferUsage.WEIGHTS);
+      const buf = buffer.ptr;
+      tensors.forEach((t, i) => checkStatus(native().backend.ggml_backend_tensor_alloc(buf, t, addressOf(i)), 'placing a tensor in mapped memory'));
+      this.#parts.push({ ctx, buffer });
+      return tensors;
+    } catch (err) {
+      buffer?.dispose();
       ctx.dispose();
       throw err;
     }

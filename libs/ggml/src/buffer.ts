@@ -1,6 +1,6 @@
 // Backend buffers: the memory a context's tensors live in (weights, KV cache).
 import { ComputeError, DisposedError, GgmlError } from './errors.ts';
-import type { BufferPtr, BufferTypePtr } from './ffi/types.ts';
+import type { BufferPtr, BufferTypePtr, DevicePtr, RawPtr } from './ffi/types.ts';
 import type { GgmlContext } from './context.ts';
 import { native } from './runtime.ts';
 
@@ -34,6 +34,18 @@ export class BackendBuffer {
     }
     b.ggml_backend_buffer_set_usage(ptr, usage);
     return new BackendBuffer(ptr);
+  }
+
+  /**
+   * A buffer over host memory it does not own (a file mapping): `size` bytes at `ptr`, for
+   * tensors of at most `maxTensorSize` bytes placed with {@link placeTensor}.
+   */
+  static fromHostPtr(dev: DevicePtr, ptr: RawPtr, size: number, maxTensorSize: number, usage: number = BufferUsage.ANY): BackendBuffer {
+    const { backend: b } = native();
+    const buf = b.ggml_backend_dev_buffer_from_host_ptr(dev, ptr, size, maxTensorSize);
+    if (!buf) throw new GgmlError('out_of_memory', `cannot make a buffer over ${size} bytes of host memory`);
+    b.ggml_backend_buffer_set_usage(buf, usage);
+    return new BackendBuffer(buf);
   }
 
   /** The raw handle; throws after dispose(). */

@@ -15,3 +15,4 @@ export { decodeToF32, encodeF32, f16ToF32 } from './quantize.ts';
 export { F16_NEG_INF, F16_ZERO, GgmlPrec, GgmlType, RopeType } from './types.ts';
 export { bufferTypeName, cpuExtraBufferTypes, matMulWeightBufferType, supportsMatMulWeight } from './weight-bufts.ts';
 export { BufferSet, groupByBufferType } from './buffer-set.ts';
+export { FileMapping } from './file-mapping.ts';

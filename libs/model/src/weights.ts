@@ -2,7 +2,7 @@
 // first stage and the output head on the last), read from the GGUF into a backend buffer.
 import type { GgufFile, GgufTensorInfo } from '@strata/gguf';
 import {
-  Backend, BufferSet, BufferUsage, GgmlContext, groupByBufferType, hostView, matMulWeightBufferType, setTensor, tensorInfo,
+  Backend, BufferSet, BufferUsage, FileMapping, GgmlContext, GgmlError, groupByBufferType, hostView, matMulWeightBufferType, setTensor, tensorInfo,
   type BufferTypePtr, type TensorPtr,
 } from '@strata/ggml';
 import { ModelError } from './errors.ts';
@@ -45,6 +45,11 @@ export interface LayerWeights {
 export interface WeightOptions {
   /** let the CPU repack mat-mul weights for its fastest kernels (default true, as llama.cpp) */
   repack?: boolean;
+  /**
+   * on a CPU backend, leave the weights that need no conversion in the file, mapped read-only
+   * (default true, as llama.cpp's mmap): no copy, and only the stage's own pages are read
+   */
+  mmap?: boolean;
 }
 
 /** Tensors that feed a mat-mul as its first operand (the ones a repacking buffer can hold). */
@@ -163,13 +168,16 @@ export class StageWeights {
   readonly output: TensorPtr | null;
   /** RoPE frequency factors [n_rot/2], when the model has them */
   readonly ropeFreqs: TensorPtr | null;
-  /** bytes of tensor data read from the file */
+  /** bytes of tensor data read from the file (or mapped from it) */
   readonly bytesRead: number;
   readonly #buffers: BufferSet;
+  /** the file, mapped, when some weights live in it */
+  readonly #mapping: FileMapping | null;
 
-  private constructor(range: LayerRange, buffers: BufferSet, byName: Map<string, TensorPtr>, bytesRead: number) {
+  private constructor(range: LayerRange, buffers: BufferSet, mapping: FileMapping | null, byName: Map<string, TensorPtr>, bytesRead: number) {
     this.range = range;
     this.#buffers = buffers;
+    this.#mapping = mapping;
     this.bytesRead = bytesRead;
     const get = (n: string) => byName.get(n) ?? null;
     const req = (n: string) => {
@@ -222,7 +230,25 @@ export class StageWeights {
     const buffers = new BufferSet();
     const byName = new Map<string, TensorPtr>();
     let bytesRead = 0;
+    let mapping: FileMapping | null = null;
     try {
+      // Plain CPU weights stay in the file, mapped (as llama.cpp maps them): the buffer spans
+      // the stage's tensors from the first byte to the last, each placed at its file offset.
+      const plain = groups.get(backend.bufferType());
+      if (plain && backend.isCpu && (options.mmap ?? true)) {
+        mapping = mapOrNull(file.path);
+        if (mapping) {
+          const m = mapping;
+          const first = Math.min(...plain.map((i) => file.tensorFileOffset(i)));
+          const last = Math.max(...plain.map((i) => file.tensorFileOffset(i) + i.size));
+          const tensors = buffers.addMapped(backend.device, m.at(first), last - first, plain.length + 1,
+            (ctx) => plain.map((info) => ctx.tensor(info.type, info.ne, info.name)), (i) => m.at(file.tensorFileOffset(plain[i]!)));
+          plain.forEach((info, i) => byName.set(info.name, tensors[i]!));
+          bytesRead += plain.reduce((n, info) => n + info.size, 0);
+          m.prefetch(first, last);
+          groups.delete(backend.bufferType());
+        }
+      }
       let staging: Uint8Array | null = null;
       for (const [buft, group] of groups) {
         const { made: local, buffer } = buffers.add(buft, group.length + 1,
@@ -244,9 +270,10 @@ export class StageWeights {
           bytesRead += info.size;
         });
       }
-      return new StageWeights(range, buffers, byName, bytesRead);
+      return new StageWeights(range, buffers, mapping, byName, bytesRead);
     } catch (err) {
       buffers.dispose();
+      mapping?.dispose();
       throw err;
     }
   }
@@ -264,5 +291,17 @@ export class StageWeights {
   /** Frees the weights. Idempotent. */
   dispose(): void {
     this.#buffers.dispose();
+    // after the buffers over it
+    this.#mapping?.dispose();
+  }
+}
+
+/** The file mapped, or null where the system will not map it (the weights are read instead). */
+function mapOrNull(path: string): FileMapping | null {
+  try {
+    return FileMapping.open(path);
+  } catch (err) {
+    if (err instanceof GgmlError) return null;
+    throw err;
   }
 }

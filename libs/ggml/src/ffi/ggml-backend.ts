@@ -17,6 +17,8 @@ export function bindGgmlBackend(base: LibraryHandle, ggml: LibraryHandle) {
     ggml_backend_buft_is_host: b('bool ggml_backend_buft_is_host(ggml_backend_buffer_type_t buft)') as (t: BufferTypePtr) => boolean,
     ggml_backend_buffer_name: b('const char * ggml_backend_buffer_name(ggml_backend_buffer_t buffer)') as (buf: BufferPtr) => string,
     ggml_backend_buffer_free: b('void ggml_backend_buffer_free(ggml_backend_buffer_t buffer)') as (buf: BufferPtr) => void,
+    ggml_backend_dev_buffer_from_host_ptr: b('ggml_backend_buffer_t ggml_backend_dev_buffer_from_host_ptr(ggml_backend_dev_t device, void * ptr, size_t size, size_t max_tensor_size)') as (d: DevicePtr, ptr: RawPtr, size: number, maxTensorSize: number) => BufferPtr | null,
+    ggml_backend_tensor_alloc: b('int ggml_backend_tensor_alloc(ggml_backend_buffer_t buffer, ggml_tensor * tensor, void * addr)') as (buf: BufferPtr, t: TensorPtr, addr: RawPtr) => number,
     ggml_backend_buffer_get_base: b('void * ggml_backend_buffer_get_base(ggml_backend_buffer_t buffer)') as (buf: BufferPtr) => RawPtr,
     ggml_backend_buffer_get_size: b('size_t ggml_backend_buffer_get_size(ggml_backend_buffer_t buffer)') as (buf: BufferPtr) => number,
     ggml_backend_buffer_clear: b('void ggml_backend_buffer_clear(ggml_backend_buffer_t buffer, uint8_t value)') as (buf: BufferPtr, value: number) => void,

@@ -1,0 +1,67 @@
+// One model's engine against libllama, as llama-bench measures them: prompt processing (one
+// `pp`-token batch into an empty cache) and generation (`tg` tokens one at a time from an empty
+// cache), Strata's one-stage Pipeline against libllama driven directly on the same GGUF, build
+// and threads, in alternating repetitions.
+import { LlamaReference } from '@strata/ggml';
+import { Pipeline } from '@strata/model';
+
+/** tokens/s of both sides over the repetitions, for one test (pp512, tg128, …). */
+export interface EngineRow { model: string; test: string; strata: number[]; llama: number[] }
+
+function timeIt(fn: () => void): number {
+  const t0 = performance.now();
+  fn();
+  return performance.now() - t0;
+}
+
+/** Measures `path` (labelled `model`): its pp and tg rows. `step` is told after the warm-up and each repetition. */
+export function measureEngine(path: string, model: string, o: { threads: number; pp: number; tg: number; reps: number }, step: (detail?: string) => void): EngineRow[] {
+  const ref = LlamaReference.load(path, { nCtx: 1024, nBatch: o.pp, threads: o.threads });
+  const p = Pipeline.open({ model: path, threads: o.threads, ctxSize: 1024 });
+  try {
+    const nVocab = p.hp.nVocab;
+    const prompt = Int32Array.from({ length: o.pp }, (_, i) => 100 + ((i * 7919) % Math.min(20000, nVocab - 100)));
+    const strataPp = () => {
+      p.seqRemove(0);
+      p.forward({ tokens: prompt, pos: Int32Array.from(prompt, (_, i) => i), seq: new Int32Array(prompt.length), outputs: Int32Array.of(prompt.length - 1) });
+    };
+    const llamaPp = () => {
+      ref.clear();
+      ref.decodeTokens(prompt, 0);
+    };
+    const tok = new Int32Array(1), pos = new Int32Array(1), seq = new Int32Array(1);
+    const strataTg = () => {
+      p.seqRemove(0);
+      for (let i = 0; i < o.tg; i++) {
+        tok[0] = prompt[i % prompt.length]!;
+        pos[0] = i;
+        p.forward({ tokens: tok, pos, seq });
+      }
+    };
+    const llamaTg = () => {
+      ref.clear();
+      for (let i = 0; i < o.tg; i++) ref.decodeTokens(prompt.subarray(i % prompt.length, (i % prompt.length) + 1), i);
+    };
+    const pp: EngineRow = { model, test: `pp${o.pp}`, strata: [], llama: [] };
+    const tg: EngineRow = { model, test: `tg${o.tg}`, strata: [], llama: [] };
+    strataPp(); llamaPp(); strataTg(); llamaTg(); // warm-up
+    step(`${model} warm-up`);
+    for (let r = 0; r < o.reps; r++) {
+      // alternate the order so that drift of the machine hits both sides alike
+      const first = r % 2 === 0;
+      for (const side of first ? ['llama', 'strata'] : ['strata', 'llama']) {
+        if (side === 'llama') pp.llama.push((o.pp * 1000) / timeIt(llamaPp));
+        else pp.strata.push((o.pp * 1000) / timeIt(strataPp));
+      }
+      for (const side of first ? ['strata', 'llama'] : ['llama', 'strata']) {
+        if (side === 'llama') tg.llama.push((o.tg * 1000) / timeIt(llamaTg));
+        else tg.strata.push((o.tg * 1000) / timeIt(strataTg));
+      }
+      step(`${model} repetition ${r + 1}/${o.reps}`);
+    }
+    return [pp, tg];
+  } finally {
+    p.dispose();
+    ref.dispose();
+  }
+}
