@@ -27,6 +27,8 @@ export interface StageOptions {
   kvType?: number;
   /** repack mat-mul weights for the CPU's fastest kernels (default true, as llama.cpp) */
   repack?: boolean;
+  /** map the CPU weights from the GGUF instead of reading them (default true, as llama.cpp) */
+  mmap?: boolean;
   /** model layers whose K/V stay in host memory instead of the device's */
   kvHostLayers?: number[];
   /**
@@ -159,7 +161,7 @@ export class Stage {
     const backend = Backend.open({ device: options.device, threads: options.threads });
     let weights: StageWeights | null = null, cache: StageCache | null = null, cpu: Backend | null = null, sched: Scheduler | null = null;
     try {
-      weights = StageWeights.load(file, hp, range, backend, { repack: options.repack });
+      weights = StageWeights.load(file, hp, range, backend, { repack: options.repack, mmap: options.mmap });
       // Off the CPU, the CPU backend comes last so the scheduler can run what the device cannot.
       if (!backend.isCpu) cpu = Backend.open({ threads: options.threads });
       cache = StageCache.create({
