@@ -55,6 +55,7 @@ const MODELS: Spec[] = [
   { label: 'llama MoE (as Mixtral: 4 experts, 2 used)', arch: 'llama', nLayer: 3, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 256, nCtxTrain: 1024, seed: 31, nExpert: 4, nExpertUsed: 2 },
   { label: 'llama MoE q4_0, experts without a gate, 1 used', arch: 'llama', nLayer: 2, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 256, nCtxTrain: 1024, seed: 33, nExpert: 4, nExpertUsed: 1, type: 'q4_0', noExpertGate: true },
   { label: 'qwen3moe (8 experts, 3 used, 96 wide)', arch: 'qwen3moe', nLayer: 3, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 32, nExpert: 8, nExpertUsed: 3, nFfExp: 96 },
+  { label: 'qwen2moe (8 experts, 2 used, weights as routed, a gated shared expert)', arch: 'qwen2moe', nLayer: 3, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 35, nExpert: 8, nExpertUsed: 2, nFfExp: 64, nFfShexp: 256 },
   { label: 'qwen3moe q8_0', arch: 'qwen3moe', nLayer: 2, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 256, nCtxTrain: 1024, seed: 34, nExpert: 4, nExpertUsed: 2, nFfExp: 64, type: 'q8_0' },
 ];
 

@@ -75,10 +75,11 @@ export function ropeParams(hp: HParams, weights: Pick<StageWeights, 'ropeFreqs'>
 
 /**
  * A mixture-of-experts FFN on `cur` [n_embd, n]: the router's softmax over the experts, the
- * `nExpertUsed` best per token, their weights renormalized to sum to 1 (and scaled by
- * `expertWeightsScale`), each picked expert's SwiGLU FFN through ggml_mul_mat_id, and the weighted
- * outputs summed — op for op as libllama's build_moe_ffn (softmax gating, weights normalized, no
- * biases, no shared expert), so the numbers match.
+ * `nExpertUsed` best per token, their weights renormalized to sum to 1 where the model does (and
+ * scaled by `expertWeightsScale`), each picked expert's SwiGLU FFN through ggml_mul_mat_id, the
+ * weighted outputs summed, and a shared expert's gated output added where there is one — op for
+ * op as libllama's build_moe_ffn (softmax gating, no biases) and qwen2moe's graph, so the numbers
+ * match.
  */
 function mixtureOfExperts(ctx: GgmlContext, gf: GraphPtr, hp: HParams, w: StageWeights['layers'][number], cur: TensorPtr, n: number): TensorPtr {
   // n: rows of `cur`
@@ -86,10 +87,12 @@ function mixtureOfExperts(ctx: GgmlContext, gf: GraphPtr, hp: HParams, w: StageW
   const probs = ctx.softMax(ctx.mulMat(w.ffnGateInp!, cur)); // [n_expert, n]
   const selected = ctx.argsortTopK(probs, k); // I32 [k, n]
   let weights = ctx.getRows(ctx.reshape3d(probs, 1, nExpert, n), selected); // [1, k, n]
-  weights = ctx.reshape2d(weights, k, n);
-  // the sum is kept off zero: at least f16's smallest normal, as libllama clamps it
-  weights = ctx.div(weights, ctx.clamp(ctx.sumRows(weights), 6.103515625e-5, Infinity));
-  weights = ctx.reshape3d(weights, 1, k, n);
+  if (hp.expertWeightsNorm) {
+    weights = ctx.reshape2d(weights, k, n);
+    // the sum is kept off zero: at least f16's smallest normal, as libllama clamps it
+    weights = ctx.div(weights, ctx.clamp(ctx.sumRows(weights), 6.103515625e-5, Infinity));
+    weights = ctx.reshape3d(weights, 1, k, n);
+  }
   if (hp.expertWeightsScale !== 0 && hp.expertWeightsScale !== 1) weights = ctx.scale(weights, hp.expertWeightsScale);
   ctx.expand(gf, weights);
   const x = ctx.reshape3d(cur, nEmbd, 1, n);
@@ -106,7 +109,15 @@ function mixtureOfExperts(ctx: GgmlContext, gf: GraphPtr, hp: HParams, w: StageW
     out = ctx.add(out, views[i]!);
     ctx.expand(gf, out);
   }
-  return k === 1 ? ctx.cont(out) : out;
+  if (k === 1) out = ctx.cont(out);
+  if (!w.ffnGateInpShexp) return out;
+  // qwen2moe's shared expert: a SwiGLU FFN every token runs, scaled by a sigmoid gate (as
+  // libllama writes the sigmoid: silu(x) / x)
+  const g = ctx.mulMat(w.ffnGateInpShexp, cur); // [1, n]
+  const gate = ctx.div(ctx.silu(g), g);
+  const sharedUp = ctx.mulMat(w.ffnUpShexp!, cur);
+  const shared = ctx.mulMat(w.ffnDownShexp!, ctx.swigluSplit(ctx.mulMat(w.ffnGateShexp!, cur), sharedUp));
+  return ctx.add(out, ctx.mul(shared, gate));
 }
 
 /** Builds the graph of `weights`' layers for one batch. */

@@ -81,10 +81,13 @@ test('experts as libllama reads them: llama (Mixtral) experts as wide as n_ff; q
   assert.deepEqual(moe(readArch('llama', [kvU32('llama.expert_count', 8), kvU32('llama.expert_used_count', 2)])), [8, 2, 768, 0]);
   assert.deepEqual(moe(readArch('qwen3moe', [kvU32('qwen3moe.expert_count', 128), kvU32('qwen3moe.expert_used_count', 8), kvU32('qwen3moe.expert_feed_forward_length', 96)])), [128, 8, 96, 0]);
   assert.deepEqual(moe(readArch('qwen3moe', [kvU32('qwen3moe.expert_count', 16), kvU32('qwen3moe.expert_used_count', 4), kvF32('qwen3moe.expert_weights_scale', 2.5)])), [16, 4, 192, 2.5]);
+  const q2 = readArch('qwen2moe', [kvU32('qwen2moe.expert_count', 60), kvU32('qwen2moe.expert_used_count', 4), kvU32('qwen2moe.expert_feed_forward_length', 1408)]);
+  assert.deepEqual([...moe(q2), q2.expertWeightsNorm, q2.nFfShexp], [60, 4, 1408, 0, false, 768], 'qwen2moe: weights as routed, a shared expert n_ff wide');
+  assert.equal(readArch('qwen3moe', [kvU32('qwen3moe.expert_count', 8), kvU32('qwen3moe.expert_used_count', 2)]).expertWeightsNorm, true);
 });
 
 test('experts an architecture does not have, or a count that makes no mixture, are refused by name', () => {
-  assert.throws(() => readArch('qwen2', [kvU32('qwen2.expert_count', 8), kvU32('qwen2.expert_used_count', 2)]), /qwen2 with experts is not supported \(mixtures of experts: llama, qwen3moe\)/);
+  assert.throws(() => readArch('qwen2', [kvU32('qwen2.expert_count', 8), kvU32('qwen2.expert_used_count', 2)]), /qwen2 with experts is not supported \(mixtures of experts: llama, qwen2moe, qwen3moe\)/);
   assert.throws(() => readArch('qwen3moe', []), /qwen3moe needs expert_count and 1 ≤ expert_used_count ≤ expert_count, got 0 and 0/);
   assert.throws(() => readArch('llama', [kvU32('llama.expert_count', 4), kvU32('llama.expert_used_count', 5)]), /got 4 and 5/);
 });

@@ -5,7 +5,7 @@ import { RopeType } from '@strata/ggml';
 import { ModelError } from './errors.ts';
 
 /** Architectures whose graph Strata builds. */
-export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'qwen3', 'phi3', 'exaone4', 'gemma2', 'gemma3', 'qwen3moe'] as const;
+export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'qwen3', 'phi3', 'exaone4', 'gemma2', 'gemma3', 'qwen3moe', 'qwen2moe'] as const;
 export type Arch = (typeof SUPPORTED_ARCHS)[number];
 
 /** Everything the graph needs to know about a model. */
@@ -24,6 +24,10 @@ export interface HParams {
   nFfExp: number;
   /** multiplier of the experts' weights (`expert_weights_scale`; 0 or 1: none) */
   expertWeightsScale: number;
+  /** the chosen experts' weights renormalized to sum to 1 (llama, qwen3moe), or the router's probabilities as they are (qwen2moe) */
+  expertWeightsNorm: boolean;
+  /** width of the shared expert every token also runs, gated by a sigmoid (qwen2moe; 0: none) */
+  nFfShexp: number;
   nHead: number;
   nHeadKv: number;
   /** per-head dimension of K and V */
@@ -195,19 +199,26 @@ function ropeScaling(file: GgufFile, arch: Arch): { freqScale: number; extFactor
 
 /**
  * The mixture of experts as libllama reads it: llama with `expert_count` > 0 (Mixtral; experts as
- * wide as `feed_forward_length`), qwen3moe (always; `expert_feed_forward_length`, else
- * feed_forward_length / experts used). Other architectures with experts are refused by name.
+ * wide as `feed_forward_length`), qwen3moe and qwen2moe (always; `expert_feed_forward_length`,
+ * else feed_forward_length / experts used; qwen2moe's weights not renormalized, and a shared
+ * expert `expert_shared_feed_forward_length` wide, else feed_forward_length). Other architectures
+ * with experts are refused by name.
  */
-function mixture(file: GgufFile, arch: Arch, nFf: number): Pick<HParams, 'nExpert' | 'nExpertUsed' | 'nFfExp' | 'expertWeightsScale'> {
+function mixture(file: GgufFile, arch: Arch, nFf: number): Pick<HParams, 'nExpert' | 'nExpertUsed' | 'nFfExp' | 'expertWeightsScale' | 'expertWeightsNorm' | 'nFfShexp'> {
   const nExpert = num(file, `${arch}.expert_count`, 0);
   const nExpertUsed = num(file, `${arch}.expert_used_count`, 0);
-  if (nExpert === 0 && arch !== 'qwen3moe') return { nExpert: 0, nExpertUsed: 0, nFfExp: 0, expertWeightsScale: 0 };
-  if (arch !== 'llama' && arch !== 'qwen3moe') throw new ModelError('unknown_architecture', `${file.path}: ${arch} with experts is not supported (mixtures of experts: llama, qwen3moe)`);
+  const qwenMoe = arch === 'qwen3moe' || arch === 'qwen2moe';
+  if (nExpert === 0 && !qwenMoe) return { nExpert: 0, nExpertUsed: 0, nFfExp: 0, expertWeightsScale: 0, expertWeightsNorm: false, nFfShexp: 0 };
+  if (arch !== 'llama' && !qwenMoe) throw new ModelError('unknown_architecture', `${file.path}: ${arch} with experts is not supported (mixtures of experts: llama, qwen2moe, qwen3moe)`);
   if (nExpert < 1 || nExpertUsed < 1 || nExpertUsed > nExpert || !Number.isInteger(nExpert) || !Number.isInteger(nExpertUsed)) {
     throw new ModelError('missing_metadata', `${file.path}: ${arch} needs expert_count and 1 ≤ expert_used_count ≤ expert_count, got ${nExpert} and ${nExpertUsed}`);
   }
-  const nFfExp = arch === 'qwen3moe' ? num(file, `${arch}.expert_feed_forward_length`, 0) || Math.floor(nFf / nExpertUsed) : nFf;
-  return { nExpert, nExpertUsed, nFfExp, expertWeightsScale: num(file, `${arch}.expert_weights_scale`, 0) };
+  const nFfExp = qwenMoe ? num(file, `${arch}.expert_feed_forward_length`, 0) || Math.floor(nFf / nExpertUsed) : nFf;
+  return {
+    nExpert, nExpertUsed, nFfExp, expertWeightsScale: num(file, `${arch}.expert_weights_scale`, 0),
+    expertWeightsNorm: arch !== 'qwen2moe',
+    nFfShexp: arch === 'qwen2moe' ? num(file, `${arch}.expert_shared_feed_forward_length`, 0) || nFf : 0,
+  };
 }
 
 /**

@@ -48,8 +48,10 @@ export interface SynthOptions {
    * `.attn_factor`): yarn as Qwen and others extend their context, or linear
    */
   ropeScaling?: { type: 'yarn' | 'linear'; factor: number; originalContext?: number; attnFactor?: number };
-  /** qwen3moe: an expert's FFN width (expert_feed_forward_length) */
+  /** qwen3moe, qwen2moe: an expert's FFN width (expert_feed_forward_length) */
   nFfExp?: number;
+  /** qwen2moe: the shared expert's width (expert_shared_feed_forward_length; default n_ff) */
+  nFfShexp?: number;
   /** llama experts without a gate (SiLU of the up projection alone, as libllama allows) */
   noExpertGate?: boolean;
   /** called after each tensor with the parameters written so far and in all (a progress bar) */
@@ -96,7 +98,7 @@ export class Rng {
 
 /** Default vocabulary file for an architecture. */
 export function defaultVocab(arch: Arch): string {
-  const file = join(vocabDir(), arch === 'qwen2' || arch === 'qwen3' || arch === 'qwen3moe' ? 'ggml-vocab-qwen2.gguf' : 'ggml-vocab-llama-spm.gguf');
+  const file = join(vocabDir(), arch === 'qwen2' || arch === 'qwen3' || arch === 'qwen3moe' || arch === 'qwen2moe' ? 'ggml-vocab-qwen2.gguf' : 'ggml-vocab-llama-spm.gguf');
   if (!existsSync(file)) {
     throw new ModelError('missing_vocab', `vocabulary ${file} is missing: run \`npm run build:native\` (it extracts the vocabularies from node-llama-cpp's llama.cpp snapshot; needs git)`);
   }
@@ -120,8 +122,8 @@ function validate(o: SynthOptions): void {
   if (o.nEmbd % block !== 0 || o.nFf % block !== 0 || ((o.headDim ?? 0) * o.nHead) % block !== 0 || (o.nFfExp ?? 0) % block !== 0) {
     throw new ModelError('bad_input', `${type} needs n_embd, n_ff, n_ff_exp and head_dim × n_head to be multiples of ${block}`);
   }
-  const moe = o.nExpert !== undefined || o.arch === 'qwen3moe';
-  if (moe && (o.arch !== 'llama' && o.arch !== 'qwen3moe')) throw new ModelError('bad_input', `experts only for llama and qwen3moe, not ${o.arch}`);
+  const moe = o.nExpert !== undefined || o.arch === 'qwen3moe' || o.arch === 'qwen2moe';
+  if (moe && (o.arch !== 'llama' && o.arch !== 'qwen3moe' && o.arch !== 'qwen2moe')) throw new ModelError('bad_input', `experts only for llama, qwen2moe and qwen3moe, not ${o.arch}`);
   if (moe && !(Number.isInteger(o.nExpert) && Number.isInteger(o.nExpertUsed) && o.nExpertUsed! >= 1 && o.nExpertUsed! <= o.nExpert!)) {
     throw new ModelError('bad_input', `a mixture of experts needs nExpert and 1 ≤ nExpertUsed ≤ nExpert, got ${o.nExpert} and ${o.nExpertUsed}`);
   }
@@ -142,9 +144,10 @@ export function synthesize(o: SynthOptions): number {
   const a = o.arch, type = o.type ?? 'f16', wt = WEIGHT_TYPES[type];
   const hd = o.headDim ?? o.nEmbd / o.nHead, q = hd * o.nHead, kv = hd * o.nHeadKv;
   const gemma = a === 'gemma3' || a === 'gemma2';
-  const qwen = a === 'qwen2' || a === 'qwen3' || a === 'qwen3moe';
+  const qwen = a === 'qwen2' || a === 'qwen3' || a === 'qwen3moe' || a === 'qwen2moe';
   const moe = o.nExpert !== undefined;
-  const ffExp = a === 'qwen3moe' ? o.nFfExp ?? Math.floor(o.nFf / o.nExpertUsed!) : o.nFf;
+  const ffExp = a === 'qwen3moe' || a === 'qwen2moe' ? o.nFfExp ?? Math.floor(o.nFf / o.nExpertUsed!) : o.nFf;
+  const ffShexp = a === 'qwen2moe' ? o.nFfShexp ?? o.nFf : 0;
   const kvs: GgufKv[] = [
     kvStr('general.architecture', a),
     // (libllama gives tokens of a model named like Phi-3 attributes by their text, '<|endoftext|>'
@@ -168,7 +171,8 @@ export function synthesize(o: SynthOptions): number {
     ...(o.ropeScaling ? [kvStr(`${a}.rope.scaling.type`, o.ropeScaling.type), kvF32(`${a}.rope.scaling.factor`, o.ropeScaling.factor)] : []),
     ...(o.ropeScaling?.originalContext ? [kvU32(`${a}.rope.scaling.original_context_length`, o.ropeScaling.originalContext)] : []),
     ...(o.ropeScaling?.attnFactor ? [kvF32(`${a}.rope.scaling.attn_factor`, o.ropeScaling.attnFactor)] : []),
-    ...(a === 'qwen3moe' && o.nFfExp !== undefined ? [kvU32(`${a}.expert_feed_forward_length`, o.nFfExp)] : []),
+    ...((a === 'qwen3moe' || a === 'qwen2moe') && o.nFfExp !== undefined ? [kvU32(`${a}.expert_feed_forward_length`, o.nFfExp)] : []),
+    ...(a === 'qwen2moe' && o.nFfShexp !== undefined ? [kvU32(`${a}.expert_shared_feed_forward_length`, o.nFfShexp)] : []),
     kvU32(`${a}.vocab_size`, nVocab),
     ...(o.slidingWindow ? [kvU32(`${a}.attention.sliding_window`, o.slidingWindow)] : []),
     ...(o.swaPattern !== undefined ? [kvU32(`${a}.attention.sliding_window_pattern`, o.swaPattern)] : []),
@@ -200,7 +204,7 @@ export function synthesize(o: SynthOptions): number {
       add(`${p}attn_k.weight`, [o.nEmbd, kv], wt, 0, 1 / Math.sqrt(o.nEmbd));
       add(`${p}attn_v.weight`, [o.nEmbd, kv], wt, 0, 1 / Math.sqrt(o.nEmbd));
     }
-    if (a === 'qwen2') {
+    if (a === 'qwen2' || a === 'qwen2moe') {
       add(`${p}attn_q.bias`, [q], GgmlType.F32, 0, 0.1);
       add(`${p}attn_k.bias`, [kv], GgmlType.F32, 0, 0.1);
       add(`${p}attn_v.bias`, [kv], GgmlType.F32, 0, 0.1);
@@ -217,6 +221,13 @@ export function synthesize(o: SynthOptions): number {
       if (!o.noExpertGate) add(`${p}ffn_gate_exps.weight`, [o.nEmbd, ffExp, e], wt, 0, 1 / Math.sqrt(o.nEmbd));
       add(`${p}ffn_up_exps.weight`, [o.nEmbd, ffExp, e], wt, 0, 1 / Math.sqrt(o.nEmbd));
       add(`${p}ffn_down_exps.weight`, [ffExp, o.nEmbd, e], wt, 0, resid / Math.sqrt(ffExp));
+      if (ffShexp > 0) {
+        // the shared expert and its gate (a sigmoid of one projection, near 0.5)
+        add(`${p}ffn_gate_inp_shexp.weight`, [o.nEmbd], GgmlType.F32, 0, 1 / Math.sqrt(o.nEmbd));
+        add(`${p}ffn_gate_shexp.weight`, [o.nEmbd, ffShexp], wt, 0, 1 / Math.sqrt(o.nEmbd));
+        add(`${p}ffn_up_shexp.weight`, [o.nEmbd, ffShexp], wt, 0, 1 / Math.sqrt(o.nEmbd));
+        add(`${p}ffn_down_shexp.weight`, [ffShexp, o.nEmbd], wt, 0, resid / Math.sqrt(ffShexp));
+      }
     } else {
       if (a !== 'phi3') add(`${p}ffn_gate.weight`, [o.nEmbd, o.nFf], wt, 0, 1 / Math.sqrt(o.nEmbd));
       add(`${p}ffn_up.weight`, [o.nEmbd, a === 'phi3' ? 2 * o.nFf : o.nFf], wt, 0, 1 / Math.sqrt(o.nEmbd));

@@ -39,6 +39,11 @@ export interface LayerWeights {
   ffnGateExps: TensorPtr | null;
   ffnUpExps: TensorPtr | null;
   ffnDownExps: TensorPtr | null;
+  /** the shared expert (qwen2moe): its sigmoid gate's weights [n_embd] and its SwiGLU FFN */
+  ffnGateInpShexp: TensorPtr | null;
+  ffnGateShexp: TensorPtr | null;
+  ffnUpShexp: TensorPtr | null;
+  ffnDownShexp: TensorPtr | null;
 }
 
 /** Options for {@link StageWeights.load}. */
@@ -54,7 +59,7 @@ export interface WeightOptions {
 
 /** Tensors that feed a mat-mul as its first operand (the ones a repacking buffer can hold). */
 function isMatMulWeight(name: string): boolean {
-  return /(attn_(q|k|v|output)|ffn_(gate|up|down|gate_inp))\.weight$/.test(name) || name === 'output.weight';
+  return /(attn_(q|k|v|output)|ffn_(gate|up|down|gate_inp)(_shexp)?)\.weight$/.test(name) || name === 'output.weight';
 }
 
 /** Experts: they feed ggml_mul_mat_id. */
@@ -113,6 +118,14 @@ export function stageTensorList(hp: HParams, range: LayerRange): Want[] {
         { name: `${p}ffn_up_exps.weight`, ne: [hp.nEmbd, ff, e] },
         { name: `${p}ffn_down_exps.weight`, ne: [ff, hp.nEmbd, e] },
       );
+      if (hp.nFfShexp > 0) {
+        out.push(
+          { name: `${p}ffn_gate_inp_shexp.weight`, ne: [hp.nEmbd] },
+          { name: `${p}ffn_gate_shexp.weight`, ne: [hp.nEmbd, hp.nFfShexp] },
+          { name: `${p}ffn_up_shexp.weight`, ne: [hp.nEmbd, hp.nFfShexp] },
+          { name: `${p}ffn_down_shexp.weight`, ne: [hp.nFfShexp, hp.nEmbd] },
+        );
+      }
       continue;
     }
     out.push(
@@ -198,6 +211,8 @@ export class StageWeights {
         ffnGate: get(`${p}ffn_gate.weight`), ffnUp: get(`${p}ffn_up.weight`), ffnDown: get(`${p}ffn_down.weight`),
         ffnGateInp: get(`${p}ffn_gate_inp.weight`), ffnGateExps: get(`${p}ffn_gate_exps.weight`),
         ffnUpExps: get(`${p}ffn_up_exps.weight`), ffnDownExps: get(`${p}ffn_down_exps.weight`),
+        ffnGateInpShexp: get(`${p}ffn_gate_inp_shexp.weight`), ffnGateShexp: get(`${p}ffn_gate_shexp.weight`),
+        ffnUpShexp: get(`${p}ffn_up_shexp.weight`), ffnDownShexp: get(`${p}ffn_down_shexp.weight`),
       });
       const w = this.layers.at(-1)!;
       if (!(w.ffnUp && w.ffnDown) && !(w.ffnGateInp && w.ffnUpExps && w.ffnDownExps)) throw new ModelError('missing_tensor', `layer ${l} has neither a dense FFN nor experts`, { tensor: `${p}ffn_up.weight` });
