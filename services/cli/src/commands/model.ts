@@ -5,7 +5,7 @@ import { ModelError, SUPPORTED_ARCHS, SYNTH_TYPES, formatRange, parseSplit, read
 import { Flags, parseArgs } from '../args.ts';
 import { UsageError } from '../errors.ts';
 
-/** `strata model synth --out F --arch llama|qwen2|qwen3|qwen3moe|phi3|exaone4|gemma2|gemma3 --n-layer N [--n-expert E --n-expert-used K] ...` */
+/** `strata model synth --out F --arch llama|qwen2|qwen3|qwen2moe|qwen3moe|phi3|exaone4|gemma2|gemma3 --n-layer N [--n-expert E --n-expert-used K] ...` */
 export function modelSynth(argv: string[], out: NodeJS.WritableStream): number {
   const f = new Flags(parseArgs(argv));
   const arch = f.str('arch', 'llama')!;
@@ -34,6 +34,7 @@ export function modelSynth(argv: string[], out: NodeJS.WritableStream): number {
     nExpert: f.int('n-expert'),
     nExpertUsed: f.int('n-expert-used'),
     nFfExp: f.int('n-ff-exp'),
+    nFfShexp: f.int('n-ff-shexp'),
   };
   f.done();
   const t0 = performance.now();
