@@ -23,7 +23,13 @@ let libc: Libc | null = null;
 
 function bindLibc(): Libc {
   if (libc) return libc;
-  const lib = koffi.load(process.platform === 'darwin' ? 'libc.dylib' : 'libc.so.6');
+  let lib: ReturnType<typeof koffi.load>;
+  try {
+    lib = koffi.load(process.platform === 'darwin' ? 'libc.dylib' : 'libc.so.6');
+  } catch (err) {
+    // no C library to map with here: the caller reads the file instead
+    throw new GgmlError('mmap_failed', `cannot load the C library for mmap: ${(err as Error).message}`);
+  }
   libc = {
     mmap: lib.func('uintptr_t mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)') as Libc['mmap'],
     munmap: lib.func('int munmap(uintptr_t addr, size_t length)') as Libc['munmap'],
