@@ -90,7 +90,7 @@ func strictSchema(s map[string]any) map[string]any {
 				x["additionalProperties"] = false
 			}
 			if top && hasProps {
-				for _, k := range []string{"apiVersion", "kind", "metadata"} {
+				for _, k := range []string{"apiVersion", "kind"} {
 					if _, ok := props[k]; !ok {
 						props[k] = map[string]any{}
 					}

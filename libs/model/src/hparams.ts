@@ -121,12 +121,13 @@ export function readHParams(file: GgufFile): HParams {
   }
   const swa = slidingWindow(file, a, nLayer);
   const gemma = a === 'gemma3' || a === 'gemma2';
-  const experts = mixture(file, a, num(file, `${a}.feed_forward_length`));
+  const nFf = num(file, `${a}.feed_forward_length`);
+  const experts = mixture(file, a, nFf);
   const hp: Omit<HParams, 'fingerprint'> = {
     arch: a,
     nLayer,
     nEmbd,
-    nFf: num(file, `${a}.feed_forward_length`),
+    nFf,
     ...experts,
     nHead,
     nHeadKv,

@@ -48,10 +48,11 @@ function neverRuns(c: PipelineCore, req: GenerateRequest): GenerateReply | null 
   const n = Math.max(1, req.n);
   const { capacity, nSeqMax } = c.room;
   if (n > nSeqMax) return refuse('bad_request', `n=${n} choices exceed the ${nSeqMax} sequences of a pipeline`);
-  const perChoice = req.prompt.length + Math.max(1, maxTokensOf(c, req));
-  const what = `${req.prompt.length} prompt tokens + ${Math.max(1, maxTokensOf(c, req))} to generate`;
-  if (perChoice > c.context) return refuse('context_length_exceeded', `${what} exceed the context of ${c.context}`);
-  if (n * perChoice > capacity) return refuse('context_length_exceeded', `${n} choices of ${what} each exceed the ${capacity} cells of a pipeline`);
+  const gen = Math.max(1, maxTokensOf(c, req));
+  const perChoice = req.prompt.length + gen;
+  const what = () => `${req.prompt.length} prompt tokens + ${gen} to generate`;
+  if (perChoice > c.context) return refuse('context_length_exceeded', `${what()} exceed the context of ${c.context}`);
+  if (n * perChoice > capacity) return refuse('context_length_exceeded', `${n} choices of ${what()} each exceed the ${capacity} cells of a pipeline`);
   if (c.down) return refuse('pipeline_down', `pipeline ${c.view.id} is down`);
   return null;
 }

@@ -430,13 +430,14 @@ export class PipelineScheduler implements Placeable {
   }
 
   async #reserve(cells: number): Promise<number> {
-    let { seq } = answer(this.#deliver({ type: 'reserve', cells }), 'reserved');
+    const ask = () => answer(this.#deliver({ type: 'reserve', cells }), 'reserved').seq;
+    let seq = ask();
     // A sequence being emptied (a session that just moved away) holds its cells until every stage
     // has answered: a migration arriving meanwhile waits for those drops (within the seq-op
     // timeout) instead of being refused for cells that are about to be free.
     for (const until = Date.now() + this.#d.seqOpTimeoutMs; seq === null && this.#drops.size > 0 && Date.now() < until;) {
       await Promise.allSettled([...this.#drops.values()]);
-      ({ seq } = answer(this.#deliver({ type: 'reserve', cells }), 'reserved'));
+      seq = ask();
     }
     if (seq === null) throw new CoordinatorError('no_room', `pipeline ${this.view.id} cannot take ${cells} cells and a sequence`);
     try {
