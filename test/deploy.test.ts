@@ -216,9 +216,10 @@ describe('helm chart', () => {
 
   it('several pipeline groups and models: one StatefulSet per group, each pod a stage of a whole pipeline replica; the gateway serves every model', () => {
     const groups = [
-      { name: 'llama-70b', stages: ['0:20', '20:40', '40:60', '60:80'], pipelines: undefined, model: ['/models/llama-3.1-70b-instruct-q4_k_m.gguf', 'llama-70b'], kvType: 'q8_0', gpu: true, pdb: 2 },
-      { name: 'llama-8b', stages: ['0:32'], pipelines: 2, model: ['/models/llama-3.1-8b-instruct-q8_0.gguf', 'llama-8b'], kvType: 'q8_0', gpu: true, pdb: 1 },
-      { name: 'llama-8b-cpu', stages: ['0:16', '16:32'], pipelines: 1, model: ['/models/llama-3.1-8b-instruct-q8_0.gguf', 'llama-8b'], kvType: 'f16', gpu: false, pdb: 1 },
+      { name: 'llama-70b', stages: ['0:20', '20:40', '40:60', '60:80'], pipelines: undefined, model: ['/models/llama-3.1-70b-instruct-q4_k_m.gguf', 'llama-70b'], kvType: 'q8_0', role: 'both', gpu: true, pdb: 2 },
+      { name: 'llama-8b', stages: ['0:32'], pipelines: 2, model: ['/models/llama-3.1-8b-instruct-q8_0.gguf', 'llama-8b'], kvType: 'q8_0', role: 'decode', gpu: true, pdb: 1 },
+      { name: 'llama-8b-prefill', stages: ['0:16', '16:32'], pipelines: 1, model: ['/models/llama-3.1-8b-instruct-q8_0.gguf', 'llama-8b'], kvType: 'q8_0', role: 'prefill', gpu: true, pdb: 1 },
+      { name: 'llama-8b-cpu', stages: ['0:16', '16:32'], pipelines: 1, model: ['/models/llama-3.1-8b-instruct-q8_0.gguf', 'llama-8b'], kvType: 'f16', role: 'both', gpu: false, pdb: 1 },
     ];
     const pods: Record<string, string[]> = {};
     for (const g of groups) {
@@ -238,7 +239,7 @@ describe('helm chart', () => {
         const w = workerConfig({ argv: [], env });
         assert.equal(w.layers, g.stages[i % g.stages.length], `${name}: its stage`);
         assert.equal(w.group, `${g.name}#${Math.floor(i / g.stages.length)}`, `${name}: chains with its replica's pods only`);
-        assert.deepEqual([w.model, w.modelId, w.kvTypeName], [...g.model, g.kvType], `${name}: model and KV type`);
+        assert.deepEqual([w.model, w.modelId, w.kvTypeName, w.role], [...g.model, g.kvType, g.role], `${name}: model, KV type and role`);
         if (i === 0) assertKnownSettings(`multi ${g.name}`, workerSchema, env, c.args!.slice(1));
       }
       const pdb = find('multi', 'PodDisruptionBudget', `strata-worker-${g.name}`);

@@ -26,6 +26,12 @@ export interface StrataMetrics {
   migrationBytes: Counter;
   /** strata.migration.pause (s): time a migrated session did not decode — coordinator */
   migrationPause: Histogram;
+  /** strata.handoffs {from, to, outcome: done|stayed}: requests a prefill pipeline handed to a decode pipeline, or kept (disaggregation) — coordinator */
+  handOffs: Counter;
+  /** strata.handoff.bytes (By) {from, to}: KV bytes those hand-offs pushed — coordinator */
+  handOffBytes: Counter;
+  /** strata.handoff.duration (s): from a request's first token on its prefill pipeline to decoding on its decode pipeline — coordinator */
+  handOffDuration: Histogram;
   /** strata.stage.duration (s) {worker, kind}: one stage computing one micro-batch — worker */
   stageDuration: Histogram;
   /** strata.kv.cells.used {worker}: KV cells holding some sequence — worker */
@@ -53,6 +59,9 @@ function create(provider: MeterProvider): StrataMetrics {
     migrations: m.createCounter('strata.migrations', { description: 'migrations ended, by state', unit: '{migration}' }),
     migrationBytes: m.createCounter('strata.migration.bytes', { description: 'KV state bytes pushed by migrations', unit: 'By' }),
     migrationPause: m.createHistogram('strata.migration.pause', { ...latency, description: 'time a migrated session did not decode (hold to resumption)' }),
+    handOffs: m.createCounter('strata.handoffs', { description: 'requests a prefill pipeline handed to a decode pipeline (done) or decoded itself (stayed)', unit: '{request}' }),
+    handOffBytes: m.createCounter('strata.handoff.bytes', { description: 'KV state bytes pushed by hand-offs from prefill to decode pipelines', unit: 'By' }),
+    handOffDuration: m.createHistogram('strata.handoff.duration', { ...latency, description: 'a hand-off\'s pause: from the first token on the prefill pipeline to decoding on the decode pipeline' }),
     stageDuration: m.createHistogram('strata.stage.duration', { ...latency, description: 'one stage computing one micro-batch' }),
     kvCellsUsed: m.createObservableGauge('strata.kv.cells.used', { description: 'KV cells holding some sequence', unit: '{cell}' }),
     kvCellsTotal: m.createObservableGauge('strata.kv.cells.total', { description: 'KV cells of the stage', unit: '{cell}' }),

@@ -73,12 +73,12 @@ export function planMicroBatch(jobs: readonly Job[], l: BatchLimits, chained: re
 
 /**
  * Whether a step may follow the in-flight one whose entry `e` samples for its job, taking that
- * sample on the stages: the job runs on (not finishing, cancelled, held or alone), nothing
+ * sample on the stages: the job runs on here (not finishing, cancelled, held, to be handed off or alone), nothing
  * already follows that sample, and the sample cannot be its last by length.
  */
 export function chainable(e: PlannedEntry): boolean {
   const j = e.job;
-  return e.output && !e.dropped && j.finish === null && !j.cancelled && !j.held && !j.alone && j.awaitingToken && j.chained === 0 &&
+  return e.output && !e.dropped && j.finish === null && !j.cancelled && !j.held && !j.handOff && !j.alone && j.awaitingToken && j.chained === 0 &&
     j.fed >= j.prompt.length && j.generated.length + 1 < j.maxTokens;
 }
 

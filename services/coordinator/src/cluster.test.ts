@@ -48,3 +48,13 @@ test('stages chain only within their pipeline group', () => {
   }
   assert.deepEqual(ups, ['a0~a1', 'b0~b1']);
 });
+
+test('stages chain only with stages of the same role; a pipeline takes its stages\' role', () => {
+  const s = initialCluster();
+  const ups: string[] = [];
+  const roled = (id: string, l0: number, l1: number, role: string) => create(StageInfoSchema, { ...stage(id, l0, l1), role });
+  for (const info of [roled('a0', 0, 4, 'prefill'), roled('b1', 4, 8, 'decode'), roled('b0', 0, 4, 'decode'), roled('a1', 4, 8, 'prefill'), stage('c0', 0, 8)]) {
+    for (const e of clusterTransition(s, hb(info, 0), o).effects) if (e.type === 'pipeline_up') ups.push(`${e.pipeline.id} ${e.pipeline.role}`);
+  }
+  assert.deepEqual(ups, ['b0~b1 decode', 'a0~a1 prefill', 'c0 both'], 'a worker without a role (older, or not given one) does both');
+});

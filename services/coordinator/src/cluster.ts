@@ -14,11 +14,21 @@ export interface WorkerView {
   load?: StageLoad;
 }
 
+/** What a pipeline does: computes prompts and hands requests on, decodes, or both (its stages' --role). */
+export type Role = 'prefill' | 'decode' | 'both';
+
+/** A stage's role ('' from a worker that predates roles: both). */
+export function roleOf(st: StageInfo): Role {
+  return st.role === 'prefill' || st.role === 'decode' ? st.role : 'both';
+}
+
 /** A pipeline: worker ids in layer order. */
 export interface PipelineView {
   id: string;
   modelId: string;
   fingerprint: string;
+  /** its stages' role (they all have the same) */
+  role: Role;
   stages: StageInfo[];
 }
 
@@ -85,7 +95,7 @@ export function clusterTransition(s: ClusterState, msg: ClusterMsg, o: ClusterOp
 }
 
 /**
- * Chains free stages into pipelines: per model fingerprint and pipeline group, depth-first from a
+ * Chains free stages into pipelines: per model fingerprint, pipeline group and role, depth-first from a
  * stage starting at layer 0 through stages starting where the previous one ends, in worker-id
  * order, so the same workers always give the same pipelines.
  */
@@ -101,7 +111,7 @@ function assemble(s: ClusterState): PipelineView[] {
     if (path.length > 0 && at === nLayer) return path;
     for (const st of free) {
       if (used.has(st.workerId) || st.l0 !== at || st.modelFingerprint !== fp || path.includes(st)) continue;
-      if (path.length > 0 && st.group !== path[0]!.group) continue;
+      if (path.length > 0 && (st.group !== path[0]!.group || roleOf(st) !== roleOf(path[0]!))) continue;
       if (path.length > 0 && (st.nLayer !== nLayer || st.modelId !== path[0]!.modelId)) continue;
       const r = chain(st.l1, fp, [...path, st]);
       if (r) return r;
@@ -113,7 +123,7 @@ function assemble(s: ClusterState): PipelineView[] {
     const stages = chain(0, head.modelFingerprint, []);
     if (!stages) continue;
     for (const st of stages) used.add(st.workerId);
-    out.push({ id: pipelineId(stages), modelId: stages[0]!.modelId, fingerprint: stages[0]!.modelFingerprint, stages });
+    out.push({ id: pipelineId(stages), modelId: stages[0]!.modelId, fingerprint: stages[0]!.modelFingerprint, role: roleOf(stages[0]!), stages });
   }
   return out;
 }

@@ -24,6 +24,8 @@ export const coordinatorSchema = {
   kvTiers: { kind: 'bool', doc: 'an idle session evicted for new work is saved to its workers\' tiers (host memory, then disk: the workers\' --kv-host-cache-mib, --kv-disk-cache-mib, --kv-disk-dir) and restored from there when used again, instead of prefilled again', default: true },
   routeByPrefix: { kind: 'bool', doc: 'place a request without a session on the pipeline where its uncached prompt plus --route-load-tokens per request already there costs least (false: the least loaded pipeline)', default: true },
   routeLoadTokens: { kind: 'int', doc: 'placement prices each request running or waiting on a pipeline like this many prompt tokens to compute: a request goes where its uncached prompt plus that price is lowest (a hot prefix spreads once its pipeline is that much busier)', default: 256 },
+  disaggMinPrompt: { kind: 'int', doc: 'with pipelines of role prefill (workers\' --role), a one-choice request whose prompt has at least this many tokens that the prefill pipeline does not hold is prefilled there and decoded on a decode pipeline (its KV moves over KvTransfer after the first token); shorter prompts are prefilled where they decode', default: 512 },
+  disaggMaxPrefillLoad: { kind: 'int', doc: 'a request is handed to a prefill pipeline only while that pipeline has fewer than this many requests running or waiting; otherwise it is prefilled where it decodes', default: 16 },
   stepBudgetMs: { kind: 'int', doc: 'prompt tokens in a micro-batch are cut so that its predicted time through the pipeline stays within this (0: only --prefill-chunk limits them)', default: 200 },
   maxRequestFailures: { kind: 'int', doc: 'a request in the step that took its pipeline down (stuck past its deadline, or in flight on a worker that died) this many times fails with 400 repeated_failure instead of being rebuilt again', default: 2 },
   seqOpTimeoutMs: { kind: 'int', doc: 'a sequence operation unanswered for this long fails', default: 5000 },
@@ -48,7 +50,7 @@ export function coordinatorConfig(sources?: Sources): CoordinatorConfig {
   const c = loadConfig(coordinatorSchema, sources);
   const id = c.id ?? `c-${randomBytes(4).toString('hex')}`;
   if (!isId(id)) throw new ConfigError('bad_value', `id '${id}' must be 1-128 of A-Z a-z 0-9 _ -`, 'id');
-  for (const k of ['workerTimeoutMs', 'leaseMs', 'prefillChunk', 'defaultMaxTokens', 'stepDeadlineFloorMs', 'stepDeadlineMargin', 'seqOpTimeoutMs', 'migrationRounds', 'pushTimeoutMs', 'maxQueue', 'queueFactor', 'maxRequestFailures'] as const) {
+  for (const k of ['workerTimeoutMs', 'leaseMs', 'prefillChunk', 'defaultMaxTokens', 'stepDeadlineFloorMs', 'stepDeadlineMargin', 'seqOpTimeoutMs', 'migrationRounds', 'pushTimeoutMs', 'maxQueue', 'queueFactor', 'maxRequestFailures', 'disaggMinPrompt', 'disaggMaxPrefillLoad'] as const) {
     if (c[k] < 1) throw new ConfigError('bad_value', `${k} must be at least 1, got ${c[k]}`, k);
   }
   if (c.stepBudgetMs < 0) throw new ConfigError('bad_value', `stepBudgetMs must be 0 or more, got ${c.stepBudgetMs}`, 'stepBudgetMs');

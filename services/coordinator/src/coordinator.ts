@@ -225,6 +225,7 @@ export class Coordinator {
     const s = new PipelineScheduler(view, {
       nc: this.#nc, resultSubject: subjects.coordinatorResult(this.id), store: this.#store, log: this.#log, term: this.#lease.term, proof: this.#proof, costs: this.#costs,
       seqOpTimeoutMs: this.#c.seqOpTimeoutMs,
+      prefilled: (from, key) => void this.#migrator.handOff(from, key).catch((err: unknown) => this.#log.error('a hand-off failed', { key, err })),
       options: {
         prefillChunk: this.#c.prefillChunk, overlap: this.#c.overlapSteps, prefixCache: this.#c.prefixCache, tiers: this.#c.kvTiers, stepDeadlineFloorMs: this.#c.stepDeadlineFloorMs, stepDeadlineMargin: this.#c.stepDeadlineMargin,
         stepBudgetMs: this.#c.stepBudgetMs, defaultMaxTokens: this.#c.defaultMaxTokens, maxQueue: this.#c.maxQueue, queueFactor: this.#c.queueFactor, maxRequestFailures: this.#c.maxRequestFailures,
@@ -391,12 +392,16 @@ export class Coordinator {
     if (req.sessionId && Math.max(1, req.n) > 1) return refuse('bad_request', 'a session continues one conversation: n must be 1');
     if (req.sampling?.embed && (req.sessionId || Math.max(1, req.n) > 1 || req.maxTokens !== 1)) return refuse('bad_request', 'an embedding is one choice of one answer, without a session');
     const hint = this.#c.routeByPrefix ? { scope: req.cacheScope, prompt: req.prompt, cacheKey: req.promptCacheKey, loadTokens: this.#c.routeLoadTokens } : undefined;
-    const placed = placeRequest([...this.#schedulers.values()], req.modelId, req.sessionId, hint);
+    const split = {
+      eligible: req.resume.length === 0 && Math.max(1, req.n) === 1 && !req.sampling?.embed, prompt: req.prompt, scope: req.cacheScope,
+      minPrompt: this.#c.disaggMinPrompt, maxPrefillLoad: this.#c.disaggMaxPrefillLoad,
+    };
+    const placed = placeRequest([...this.#schedulers.values()], req.modelId, req.sessionId, hint, split);
     if ('refused' in placed) return refuse(placed.refused.code, placed.refused.message);
     const target = placed.to;
     const nVocab = target.view.stages[0]!.nVocab;
     for (const t of req.prompt) if (t < 0 || t >= nVocab) return refuse('bad_request', `token ${t} is outside the vocabulary of ${nVocab}`);
-    const reply = req.resume.length > 0 ? target.resume(req) : target.admit(req);
+    const reply = req.resume.length > 0 ? target.resume(req) : target.admit(req, placed.handOff === true);
     return { ...reply, coordinatorId: this.id, term: BigInt(this.#lease.term) };
   }
 
@@ -417,6 +422,7 @@ export class Coordinator {
         sessions: s.sessions, seqsUsed: s.seqsUsed, queued: s.queued, draining: s.draining,
         cachedPrefixes: s.prefixCache.prefixes, cachedCells: s.prefixCache.cells,
         promptTokens: BigInt(s.promptTokens), cachedPromptTokens: BigInt(s.cachedPromptTokens),
+        role: s.role, handoffsOut: BigInt(s.handOffsOut), handoffsIn: BigInt(s.handOffsIn), handoffsFailed: BigInt(s.handOffsFailed),
       })),
       workers: [...this.#cluster.workers.values()].map((w) => ({
         stage: w.info, kvCellsUsed: w.kvCellsUsed, lastSeenMs: BigInt(w.lastSeenMs), pipelineId: this.#cluster.memberOf.get(w.info.workerId) ?? '', draining: w.draining,

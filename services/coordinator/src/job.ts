@@ -61,6 +61,8 @@ export interface Job {
   shared: number;
   /** the prefix-cache node this job computes (its prompt, for later prompts to share), or null */
   grown: PrefixNode | null;
+  /** held after its first sample, for a decode pipeline to take its KV and go on (disaggregation) */
+  handOff: boolean;
 }
 
 /** What a job asks the runtime to do after a transition. */
@@ -78,7 +80,7 @@ export type JobMsg =
 /** A new job. */
 export function newJob(init: Pick<Job, 'requestId' | 'index' | 'sessionId' | 'seq' | 'prompt' | 'pos0' | 'sampling' | 'maxTokens'>): Job {
   if (init.prompt.length === 0) throw new Error('a job needs at least one token to evaluate');
-  return { ...init, fed: 0, pos: init.pos0, samplerSent: false, generated: [], pending: null, awaitingToken: false, inflight: 0, chained: 0, held: false, done: init.pos0, replay: [], inPrompt: 0, cancelled: false, alone: false, finish: null, error: null, prefix: null, shared: 0, grown: null };
+  return { ...init, fed: 0, pos: init.pos0, samplerSent: false, generated: [], pending: null, awaitingToken: false, inflight: 0, chained: 0, held: false, done: init.pos0, replay: [], inPrompt: 0, cancelled: false, alone: false, finish: null, error: null, prefix: null, shared: 0, grown: null, handOff: false };
 }
 
 /** Position of the next token the job will feed. */
@@ -162,4 +164,5 @@ export function rebuildJob(j: Job, prefix: readonly number[]): void {
   j.prefix = null;
   j.shared = 0;
   j.grown = null;
+  j.handOff = false;
 }

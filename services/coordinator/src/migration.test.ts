@@ -11,8 +11,8 @@ import { planMigration, planRound } from './migration-plan.ts';
 import type { MovedSession } from './pipeline-core.ts';
 
 const stage = (w: string, l0: number, l1: number) => create(StageInfoSchema, { workerId: w, modelFingerprint: 'fp', modelId: 'm', nLayer: 8, l0, l1 });
-const A: PipelineView = { id: 'A', modelId: 'm', fingerprint: 'fp', stages: [stage('a0', 0, 4), stage('a1', 4, 8)] };
-const B: PipelineView = { id: 'B', modelId: 'm', fingerprint: 'fp', stages: [stage('b0', 0, 3), stage('b1', 3, 8)] };
+const A: PipelineView = { id: 'A', modelId: 'm', fingerprint: 'fp', role: 'both', stages: [stage('a0', 0, 4), stage('a1', 4, 8)] };
+const B: PipelineView = { id: 'B', modelId: 'm', fingerprint: 'fp', role: 'both', stages: [stage('b0', 0, 3), stage('b1', 3, 8)] };
 const MOVED: MovedSession = { job: null, request: null, tokens: [1, 2, 3] };
 
 interface World {

@@ -10,10 +10,12 @@ import { CoordinatorError } from './errors.ts';
 import { natsPush } from './kv-push.ts';
 import type { MigrationLedger, MigrationRecord } from './ledger.ts';
 import { startMigration, type MigrationDeps, type MigrationOptions } from './migration.ts';
-import { placeMove } from './placement.ts';
+import { handOff, type HandOffResult } from './handoff.ts';
+import { decodeTargets, placeMove } from './placement.ts';
 import { pickRebalance } from './rebalance.ts';
 import type { PipelineScheduler } from './scheduler.ts';
 import type { SessionStore } from './session-store.ts';
+import { countHandOff } from './telemetry.ts';
 
 /** A migration under way, as the coordinator tracks it. */
 export interface Moving {
@@ -88,6 +90,29 @@ export class Migrator {
   }
 
   /**
+   * Moves a request (or session) that `from`, a prefill pipeline, holds after its first token to
+   * the least loaded decode pipeline of its model with room (handoff.ts); where none takes it,
+   * it decodes on `from`.
+   */
+  async handOff(from: PipelineScheduler, key: string): Promise<HandOffResult> {
+    const d = this.#d;
+    const targets = decodeTargets([...d.schedulers.values()], from);
+    const push = natsPush({ nc: d.nc, term: d.term(), proof: d.proof, timeoutMs: d.options.pushTimeoutMs });
+    const r = await handOff({ push, claim: (s, pipeline) => d.store.claim(s, pipeline) }, key, from.source, targets.map((t) => t.target));
+    if (r.outcome === 'done') {
+      from.handOffsOut++;
+      const to = d.schedulers.get(r.to);
+      if (to) to.handOffsIn++;
+      d.log.debug('handed a request to a decode pipeline', { key, from: from.view.id, to: r.to, bytes: r.bytes, positions: r.positions, pauseMs: Math.round(r.pauseMs) });
+    } else if (r.outcome === 'stayed') {
+      from.handOffsFailed++;
+      d.log.warn('a prefilled request decodes on its prefill pipeline: no hand-off', { key, pipeline: from.view.id, error: r.error });
+    }
+    countHandOff(from.view.id, r);
+    return r;
+  }
+
+  /**
    * The rebalancer: when a worker's KV occupancy passes the high watermark, the largest session of
    * its pipeline that fits moves to the emptiest other pipeline of the model, so long as that one
    * stays below the low watermark with it. One move at a time.
@@ -96,7 +121,7 @@ export class Migrator {
     const { schedulers, cluster, rebalance, log } = this.#d;
     if (this.moving.size > 0) return;
     const loads = [...schedulers.values()].map((s) => ({
-      id: s.view.id, fingerprint: s.view.fingerprint, draining: s.draining,
+      id: s.view.id, fingerprint: s.view.fingerprint, draining: s.draining, prefill: s.role === 'prefill',
       occupancy: Math.max(...s.view.stages.map((st) => {
         const w = cluster.workers.get(st.workerId);
         return w && st.kvCells > 0 ? w.kvCellsUsed / st.kvCells : 0;

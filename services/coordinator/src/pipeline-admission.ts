@@ -61,7 +61,7 @@ function neverRuns(c: PipelineCore, req: GenerateRequest): GenerateReply | null 
  * Admits a request: refused at once (it can never run here, or its session is busy), started,
  * or queued until sequences and cells free up. Accepted requests report failures as events.
  */
-export function admit(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, now: number): GenerateReply {
+export function admit(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, now: number, handOff = false): GenerateReply {
   const never = neverRuns(c, req);
   if (never) return never;
   // Backpressure: the queue holds at most maxQueue requests and queueFactor × the pipeline's
@@ -71,10 +71,15 @@ export function admit(c: PipelineCore, fx: PipelineEffect[], req: GenerateReques
   if (c.waiting.length >= o.maxQueue || queuedCells > o.queueFactor * c.room.capacity) {
     return refuse('overloaded', `pipeline ${c.view.id} has ${c.waiting.length} requests waiting for ${queuedCells} cells`);
   }
+  // One choice only: its KV moves whole to a decode pipeline after its first token.
+  if (handOff && Math.max(1, req.n) === 1 && !req.sampling?.embed) c.handOffs.add(req.requestId);
   if (c.waiting.length === 0 && c.clean) {
     const r = tryStart(c, fx, req, now);
     if (r === 'wait' || r === 'prefix') c.waiting.push(req);
-    else if (r !== 'started') return r;
+    else if (r !== 'started') {
+      c.handOffs.delete(req.requestId);
+      return r;
+    }
   } else {
     c.waiting.push(req);
   }
@@ -345,6 +350,8 @@ function begin(c: PipelineCore, fx: PipelineEffect[], request: Admission, jobs: 
   const session = request.req.sessionId;
   c.requests.set(request.req.requestId, request);
   c.jobs.push(...jobs);
+  // Admitted to be handed off: held after its first sample (disaggregation, pipeline-steps.ts).
+  if (c.handOffs.delete(request.req.requestId)) for (const j of jobs) j.handOff = true;
   const prepare = ops.length > 0 || session !== '';
   for (const j of jobs) j.held = prepare;
   if (prepare) fx.push({ type: 'prepare', requestId: request.req.requestId, ops, claim: session, history });

@@ -19,7 +19,7 @@ function view(id = 'p', cells = 256, seqs = 4): PipelineView {
   const stage = (w: string, l0: number, l1: number) => create(StageInfoSchema, {
     workerId: w, modelFingerprint: 'fp', modelId: 'm', nLayer: 8, l0, l1, kvCells: cells, nSeqMax: seqs, maxBatch: 512, nVocab: 1000, nCtxTrain: 4096,
   });
-  return { id, modelId: 'm', fingerprint: 'fp', stages: [stage(`${id}a`, 0, 4), stage(`${id}b`, 4, 8)] };
+  return { id, modelId: 'm', fingerprint: 'fp', role: 'both', stages: [stage(`${id}a`, 0, 4), stage(`${id}b`, 4, 8)] };
 }
 
 /** A core that has emptied its stages, and a way to send it messages. */
@@ -293,6 +293,68 @@ describe('pipeline core: a migration', () => {
     const dst = pipeline({}, view('q'));
     dst.send({ type: 'reserve', cells: 8 });
     assert.deepEqual(kinds(dst.send({ type: 'unreserve', seq: 0 })), ['drop_seq']);
+  });
+});
+
+describe('pipeline core: a hand-off from prefill to decode (disaggregation)', () => {
+  it('a request admitted to be handed off is held after its first token, with nothing chained behind it', () => {
+    const src = pipeline({ overlap: true, prefixCache: true });
+    const fx = src.send({ type: 'admit', req: req('a', 40, { maxTokens: 5 }), handOff: true });
+    assert.deepEqual(steps(fx), ['0:0+40!'], 'its prompt, and no decoding step chained behind it');
+    const first = src.send({ type: 'step_result', result: result(100n, [[0, 50]]) });
+    assert.deepEqual(events(first), ['a/0 50'], 'its first token goes to its client from here');
+    assert.deepEqual(only(first, 'prefilled'), [{ type: 'prefilled', key: '#a' }], 'then the coordinator is told');
+    assert.deepEqual(steps(first), [], 'and it takes no step here');
+    assert.deepEqual(src.core.jobs.map((j) => [j.held, j.done]), [[true, 40]]);
+  });
+
+  it('the hand-over leaves the prompt in the prefill pipeline\'s cache; the decode pipeline goes on with the first token', () => {
+    const src = pipeline({ prefixCache: true });
+    src.send({ type: 'admit', req: req('a', 40, { maxTokens: 5 }), handOff: true });
+    src.send({ type: 'step_result', result: result(100n, [[0, 50]]) });
+    const dst = pipeline({}, view('q'));
+    const [reserved] = only(dst.send({ type: 'reserve', cells: 45 }), 'reserved');
+    src.send({ type: 'begin_move', session: '#a' });
+    const out = src.send({ type: 'hand_over', session: '#a' });
+    const moved = only(out, 'handed_over')[0]!.moved;
+    assert.equal(moved.job?.requestId, 'a');
+    assert.deepEqual(only(out, 'drop_seq'), [], 'its sequence stays, as the cached prompt');
+    assert.equal(src.core.jobs.length, 0);
+    assert.equal(src.core.requests.size, 0);
+    assert.deepEqual([src.core.room.prefixes.cacheSeqs().length, src.core.room.prefixes.cells()], [1, 40]);
+    // The next request of that prompt shares it there.
+    const next = src.send({ type: 'admit', req: req('b', 41, { maxTokens: 5 }) });
+    assert.equal(only(next, 'prepare')[0]!.ops.some((o) => o.kind === SeqOpKind.COPY), true, 'a later prompt copies the cached one');
+    const on = dst.send({ type: 'adopt', session: '#a', seq: reserved!.seq!, moved, epoch: 0 });
+    assert.deepEqual(dst.core.room.residents.size, 0, 'a one-off request is no session there');
+    const step = only(on, 'send_step')[0]!;
+    assert.deepEqual(step.entries.map((e) => [e.seq, e.pos0, e.nTokens, e.replay]), [[0, 40, 1, [50]]], 'it decodes on from position 40 with its first token');
+    const more = dst.send({ type: 'step_result', result: result(100n, [[0, 51]]) });
+    assert.deepEqual(events(more), ['a/0 51'], 'one stream: the second token comes from the decode pipeline');
+    assert.equal(only(more, 'event')[0]!.event.offset, 1);
+  });
+
+  it('a hand-off that fails leaves the request decoding where it was prefilled; a first token that ends it ends it there', () => {
+    const src = pipeline();
+    src.send({ type: 'admit', req: req('a', 20, { maxTokens: 5 }), handOff: true });
+    src.send({ type: 'step_result', result: result(100n, [[0, 50]]) });
+    src.send({ type: 'begin_move', session: '#a' });
+    assert.deepEqual(steps(src.send({ type: 'stay', session: '#a' })), ['0:20+1!'], 'it decodes on here');
+    const short = pipeline();
+    short.send({ type: 'admit', req: req('b', 20, { maxTokens: 1 }), handOff: true });
+    const fx = short.send({ type: 'step_result', result: result(100n, [[0, 50]]) });
+    assert.deepEqual(only(fx, 'prefilled'), [], 'nothing to hand off');
+    assert.deepEqual(events(fx), ['b/0 50', 'b/0  LENGTH']);
+  });
+
+  it('a request cancelled while it waits for its hand-off ends on the prefill pipeline', () => {
+    const src = pipeline();
+    src.send({ type: 'admit', req: req('a', 20, { maxTokens: 5 }), handOff: true });
+    src.send({ type: 'step_result', result: result(100n, [[0, 50]]) });
+    const fx = src.send({ type: 'cancel', requestId: 'a', indices: [] });
+    assert.deepEqual(events(fx), ['a/0  CANCELLED']);
+    assert.equal(src.core.jobs.length, 0);
+    assert.equal(only(src.send({ type: 'hand_over', session: '#a' }), 'handed_over')[0]!.moved.job, null, 'nothing left to move');
   });
 });
 

@@ -18,7 +18,7 @@ import { cancel, pump, retireFinished, stalled, stepResult } from './pipeline-st
 
 export { commonPrefix } from './pipeline-admission.ts';
 export {
-  jobOf, knows, load, oneOff, openPipeline, queued, sessionAt, sessionIds, sessionViews,
+  isRequestKey, jobOf, knows, load, oneOff, openPipeline, queued, requestKey, sessionAt, sessionIds, sessionViews,
   type Admission, type Blame, type MovedSession, type PipelineCore, type PipelineEffect, type PipelineOptions, type Rebuild, type SessionView,
 } from './pipeline-state.ts';
 
@@ -26,8 +26,8 @@ export {
 export type PipelineMsg =
   /** every sequence of the stages was emptied (the answer to 'empty'): work may start */
   | { type: 'emptied' }
-  /** a new request (answered by a 'reply' effect) */
-  | { type: 'admit'; req: GenerateRequest }
+  /** a new request (answered by a 'reply' effect); `handOff`: hold it after its first token for a decode pipeline to take */
+  | { type: 'admit'; req: GenerateRequest; handOff?: boolean }
   /** a request a previous leader accepted, to go on from what its client has (answered by 'reply') */
   | { type: 'resume'; req: GenerateRequest }
   /** a request whose pipeline went down, to rebuild here */
@@ -70,7 +70,7 @@ export function transition(c: PipelineCore, msg: PipelineMsg, now: number): Pipe
       c.clean = true;
       break;
     case 'admit':
-      fx.push({ type: 'reply', reply: admit(c, fx, msg.req, now) });
+      fx.push({ type: 'reply', reply: admit(c, fx, msg.req, now, msg.handOff) });
       break;
     case 'resume':
       fx.push({ type: 'reply', reply: resume(c, fx, msg.req) });
@@ -127,7 +127,7 @@ export function transition(c: PipelineCore, msg: PipelineMsg, now: number): Pipe
       stay(c, msg.session);
       break;
     case 'hand_over':
-      fx.push({ type: 'handed_over', moved: handOver(c, fx, msg.session) });
+      fx.push({ type: 'handed_over', moved: handOver(c, fx, msg.session, now) });
       break;
     case 'reserve':
       fx.push({ type: 'reserved', seq: reserve(c, fx, msg.cells) });

@@ -4,7 +4,7 @@
 // coordinator leads). Pure.
 import { cachedTokens, jobTransition, rebuildJob } from './job.ts';
 import { takeRoom } from './pipeline-admission.ts';
-import { dropSeq, failChoices, failRequest, jobOf, type Blame, type MovedSession, type PipelineCore, type PipelineEffect } from './pipeline-state.ts';
+import { dropSeq, failChoices, failRequest, isRequestKey, jobOf, type Blame, type MovedSession, type PipelineCore, type PipelineEffect } from './pipeline-state.ts';
 import { retireFinished } from './pipeline-steps.ts';
 import { PrefixTree } from './prefix-tree.ts';
 
@@ -35,18 +35,27 @@ export function stay(c: PipelineCore, session: string): void {
   if (r && !job) r.busy = false;
 }
 
-/** Takes a held session off this pipeline: what it is, for its target; its sequence here is emptied and freed. */
-export function handOver(c: PipelineCore, fx: PipelineEffect[], session: string): MovedSession {
+/**
+ * Takes a held session, or a one-off request's job (requestKey), off this pipeline: what it is,
+ * for its target. Its sequence here is emptied and freed; but a one-off request's prompt that
+ * the prefix cache was to keep stays here, cached, as if the request had ended (a prefill
+ * pipeline keeps the prompts it computed for the next requests to share).
+ */
+export function handOver(c: PipelineCore, fx: PipelineEffect[], session: string, now: number): MovedSession {
   c.moving.delete(session);
   c.holding.delete(session);
   c.holdPending.delete(session);
+  c.prefilled.delete(session);
   const job = jobOf(c, session) ?? null;
   const r = c.room.residents.get(session);
   c.room.residents.delete(session);
   // Its target holds every position itself: nothing is shared there.
   const shared = job?.prefix ?? r?.prefix;
   if (shared) c.room.prefixes.detach(shared, job?.seq ?? r!.seq);
+  let cached = false;
   if (job) {
+    cached = job.grown !== null && c.room.prefixes.ownerEnded(job.grown, true, job.pos, now);
+    job.grown = null;
     job.prefix = null;
     job.shared = 0;
   }
@@ -58,7 +67,7 @@ export function handOver(c: PipelineCore, fx: PipelineEffect[], session: string)
     c.requests.delete(job.requestId);
     seq = job.seq;
   }
-  if (seq >= 0) dropSeq(c, fx, seq, job ? job.pos : r?.tokens.length ?? 0);
+  if (seq >= 0 && !cached) dropSeq(c, fx, seq, job ? job.pos : r?.tokens.length ?? 0);
   const prefix = job ? (r?.tokens ?? []).slice(0, job.pos0) : r?.tokens ?? [];
   return { job, request, tokens: job ? [...prefix, ...cachedTokens(job)] : prefix };
 }
@@ -94,10 +103,10 @@ export function adopt(c: PipelineCore, session: string, seq: number, moved: Move
     job.inflight = 0;
     job.chained = 0;
     request.epoch = epoch;
-    c.room.residents.set(session, { seq, tokens: moved.tokens.slice(0, job.pos0), lastUsedMs: now, busy: true, epoch });
+    if (job.sessionId) c.room.residents.set(session, { seq, tokens: moved.tokens.slice(0, job.pos0), lastUsedMs: now, busy: true, epoch });
     c.requests.set(job.requestId, request);
     c.jobs.push(job);
-  } else {
+  } else if (!isRequestKey(session)) {
     c.room.residents.set(session, { seq, tokens: moved.tokens, lastUsedMs: now, busy: false, epoch });
   }
 }
@@ -147,6 +156,8 @@ export function down(c: PipelineCore, fx: PipelineEffect[], reason: string, blam
   c.requests.clear();
   c.offloading.clear();
   c.offloaded.clear();
+  c.handOffs.clear();
+  c.prefilled.clear();
 }
 
 /**
@@ -167,6 +178,8 @@ export function abandon(c: PipelineCore, fx: PipelineEffect[]): void {
   c.requests.clear();
   c.offloading.clear();
   c.offloaded.clear();
+  c.handOffs.clear();
+  c.prefilled.clear();
 }
 
 /** Every migration holding a session here learns that its hold ended (the session is gone with the pipeline). */

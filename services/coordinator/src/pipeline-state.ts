@@ -61,6 +61,8 @@ export interface Admission {
   live: number;
   /** pipelines it took down: it was in the step that stalled, or in flight when a worker died */
   failures: number;
+  /** its prompt was counted where it was prefilled (it was handed to this pipeline to decode) */
+  promptCounted?: boolean;
 }
 
 /** Which requests a pipeline going down is put on: those of the stuck oldest step, of every step in flight, or none. */
@@ -127,12 +129,17 @@ export type PipelineEffect =
   | { type: 'trim_seq'; seq: number; keepTo: number }
   /** write a session's sampled tokens at position `at` of its history in Redis, fenced by `epoch` */
   | { type: 'write_history'; session: string; epoch: number; at: number; tokens: number[] }
-  /** publish an event to a request's gateway */
-  | { type: 'event'; subject: string; event: ClientEvent }
+  /** publish an event to a request's gateway (`counted`: its prompt was counted where it was prefilled) */
+  | { type: 'event'; subject: string; event: ClientEvent; counted?: boolean }
   /** a request is over here (its span ends) */
   | { type: 'request_ended'; req: GenerateRequest; error?: { code: string; message: string } }
   /** a migration's hold of this session is complete: none of its steps is in flight */
   | { type: 'held'; session: string }
+  /**
+   * a request admitted to be handed off has its first token, and is held with nothing in flight:
+   * its KV may move to a decode pipeline (`key`: its session, or requestKey of a one-off request)
+   */
+  | { type: 'prefilled'; key: string }
   /** the answer to 'reserve': a sequence for a session moving in, or null */
   | { type: 'reserved'; seq: number | null }
   /** the answer to 'hand_over' */
@@ -178,6 +185,10 @@ export interface PipelineCore {
   /** sessions being saved to the tiers (they take no request until saved) and saved there */
   readonly offloading: Map<string, Offloaded>;
   readonly offloaded: Map<string, Offloaded>;
+  /** requests to hold after their first sample, for a decode pipeline to take (disaggregation) */
+  readonly handOffs: Set<string>;
+  /** keys of requests held for a hand-off whose 'prefilled' is not yet said */
+  readonly prefilled: Set<string>;
   /** the next tier key's number */
   nextKey: number;
   /** the next step's id */
@@ -202,15 +213,29 @@ export function openPipeline(view: PipelineView, options: PipelineOptions, costs
   const core: PipelineCore = {
     view, options, costs, route: view.stages.map((s) => s.workerId), maxBatch: Math.min(...view.stages.map((s) => s.maxBatch)),
     context: Math.min(capacity, view.stages[0]!.nCtxTrain), room: new SeqRoom(nSeqMax, capacity), jobs: [], requests: new Map(), waiting: [], rebuilds: [], inflight: new Map(), early: new Map(),
-    moving: new Set(), holding: new Set(), holdPending: new Set(), offloading: new Map(), offloaded: new Map(), nextKey: 1,
+    moving: new Set(), holding: new Set(), holdPending: new Set(), offloading: new Map(), offloaded: new Map(), handOffs: new Set(), prefilled: new Set(), nextKey: 1,
     nextStep: firstStepId, down: false, clean: false, lastResultMs: 0,
   };
   return { core, effects: [{ type: 'empty', seqs: core.room.allSeqs() }] };
 }
 
-/** The running job of `session`, if any. */
-export function jobOf(c: PipelineCore, session: string): Job | undefined {
-  return c.jobs.find((j) => j.sessionId === session);
+/**
+ * What a migration or a hand-off moves a one-off request (no session) by: its id behind a '#',
+ * which no session key has.
+ */
+export function requestKey(requestId: string): string {
+  return `#${requestId}`;
+}
+
+/** Whether `key` names a one-off request (requestKey), not a session. */
+export function isRequestKey(key: string): boolean {
+  return key.startsWith('#');
+}
+
+/** The running job of `key`: a session's, or a one-off request's (requestKey), if any. */
+export function jobOf(c: PipelineCore, key: string): Job | undefined {
+  if (isRequestKey(key)) return c.jobs.find((j) => !j.sessionId && j.requestId === key.slice(1));
+  return c.jobs.find((j) => j.sessionId === key);
 }
 
 /** What running jobs reserve (seq-room.ts). */
@@ -320,12 +345,18 @@ export function holdDone(c: PipelineCore, session: string): boolean {
   return !job || job.inflight === 0;
 }
 
-/** Says 'held' for every pending hold that is complete. */
+/** Says 'held' for every pending hold that is complete, and 'prefilled' for every hand-off ready to go. */
 export function settleHolds(c: PipelineCore, fx: PipelineEffect[]): void {
   for (const s of c.holdPending) {
     if (!holdDone(c, s)) continue;
     c.holdPending.delete(s);
     fx.push({ type: 'held', session: s });
+  }
+  for (const key of c.prefilled) {
+    if (!holdDone(c, key)) continue;
+    c.prefilled.delete(key);
+    // (A job that ended meanwhile, cancelled say, has nothing to hand off.)
+    if (jobOf(c, key)?.finish === null) fx.push({ type: 'prefilled', key });
   }
 }
 

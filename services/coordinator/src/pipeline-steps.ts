@@ -5,7 +5,7 @@
 import { FinishReason, type SampledToken, type StepEntry, type StepResult } from '@strata/wire';
 import { applyPlan, chainable, decodeCap, planMicroBatch, type PlannedEntry } from './batcher.ts';
 import { cachedTokens, jobTransition, type Job, type JobEffect } from './job.ts';
-import { depth, dropSeq, failRequest, type Admission, type InFlight, type PipelineCore, type PipelineEffect } from './pipeline-state.ts';
+import { depth, dropSeq, failRequest, requestKey, type Admission, type InFlight, type PipelineCore, type PipelineEffect } from './pipeline-state.ts';
 import { stepDeadlineMs, tokensWithin, workOf, type StepWork } from './step-cost.ts';
 
 /**
@@ -105,6 +105,12 @@ export function stepResult(c: PipelineCore, fx: PipelineEffect[], r: StepResult,
       else jfx = jobTransition(j, { type: 'sampled', token: t, fedAhead });
     }
     emitted(c, fx, j, jfx);
+    // Its first token is out: a job to be handed off stops here, for a decode pipeline to take.
+    if (j.handOff && j.finish === null && j.generated.length > 0) {
+      j.handOff = false;
+      j.held = true;
+      c.prefilled.add(j.sessionId || requestKey(j.requestId));
+    }
   }
   const next = c.early.get(r.stepId);
   if (next) {
@@ -131,7 +137,7 @@ function emitted(c: PipelineCore, fx: PipelineEffect[], j: Job, jfx: JobEffect[]
 export function event(fx: PipelineEffect[], request: Admission, j: Job, tokens: SampledToken[], finish: FinishReason): void {
   const last = finish !== FinishReason.UNSPECIFIED;
   fx.push({
-    type: 'event', subject: request.req.eventsSubject, event: {
+    type: 'event', subject: request.req.eventsSubject, ...(request.promptCounted ? { counted: true } : {}), event: {
       requestId: request.req.requestId, index: j.index, tokens, finish, error: j.error ?? undefined,
       // The tokens already sent precede these: the job's samples minus the ones being sent now.
       offset: j.generated.length - tokens.length,
@@ -182,6 +188,7 @@ export function cancel(c: PipelineCore, fx: PipelineEffect[], requestId: string,
   const queued = c.waiting.findIndex((r) => r.requestId === requestId);
   if (queued >= 0) {
     const [req] = c.waiting.splice(queued, 1);
+    c.handOffs.delete(requestId);
     failRequest(fx, req!, 'cancelled', 'cancelled before it started');
     return;
   }

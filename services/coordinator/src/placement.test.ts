@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { drainRefusal, leastLoaded, placeMove, placeRebuild, placeRequest, type DrainTarget, type Placeable } from './placement.ts';
+import { decodeTargets, drainRefusal, leastLoaded, placeMove, placeRebuild, placeRequest, type DrainTarget, type Placeable, type SplitHint } from './placement.ts';
 
 const p = (id: string, load: number, o: Partial<Omit<Placeable, 'holds'>> & { sessions?: string[] } = {}): Placeable => ({
-  id, load, modelId: o.modelId ?? 'm', fingerprint: o.fingerprint ?? 'fp', draining: o.draining ?? false,
+  id, load, modelId: o.modelId ?? 'm', fingerprint: o.fingerprint ?? 'fp', draining: o.draining ?? false, role: o.role ?? 'both', cachedPrefix: o.cachedPrefix,
   holds: (s) => (o.sessions ?? []).includes(s),
 });
 const to = (r: ReturnType<typeof placeRequest>) => ('to' in r ? r.to.id : r.refused.code);
@@ -74,4 +74,28 @@ test('without a cached prefix, one prompt_cache_key goes to one pipeline among t
   assert.notEqual([...chosen][0], 'd', 'never a much busier one');
   const keys = new Set(Array.from({ length: 40 }, (_, i) => to(placeRequest(all, 'm', '', { scope: 's', prompt, cacheKey: `key-${i}`, loadTokens: 256 }))));
   assert.ok(keys.size >= 2, 'keys spread over the pipelines');
+});
+
+test('roles: a long prompt is prefilled on a prefill pipeline and handed off; the rest goes where it decodes', () => {
+  const prompt = Array.from({ length: 600 }, (_, i) => i);
+  const split = (o: Partial<SplitHint> = {}): SplitHint => ({ eligible: true, prompt, scope: 's', minPrompt: 512, maxPrefillLoad: 4, ...o });
+  const pools = [p('d1', 3, { role: 'decode' }), p('p1', 1, { role: 'prefill' }), p('d0', 2, { role: 'decode' })];
+  const placed = placeRequest(pools, 'm', '', undefined, split());
+  assert.ok('to' in placed && placed.to.id === 'p1' && placed.handOff === true, 'prefilled on the prefill pipeline, handed off');
+  const short = placeRequest(pools, 'm', '', undefined, split({ prompt: prompt.slice(0, 100) }));
+  assert.ok('to' in short && short.to.id === 'd0' && !short.handOff, 'a short prompt goes to the least loaded decode pipeline, whole');
+  assert.equal(to(placeRequest(pools, 'm', '', undefined, split({ eligible: false }))), 'd0', 'n > 1, embeddings and resumed requests are not handed off');
+  assert.equal(to(placeRequest(pools, 'm', '', undefined, split({ maxPrefillLoad: 1 }))), 'd0', 'a prefill pipeline that is busy enough: prefilled where it decodes');
+  const cachedHere = [p('p1', 0, { role: 'prefill' }), p('d0', 0, { role: 'decode', cachedPrefix: () => 200 })];
+  assert.equal(to(placeRequest(cachedHere, 'm', '', undefined, split())), 'd0', 'what the decode pipeline holds counts: 400 new tokens there are below 512');
+  const cachedThere = [p('p1', 0, { role: 'prefill', cachedPrefix: () => 590 }), p('p2', 0, { role: 'prefill' }), p('d0', 0, { role: 'decode' })];
+  const hint = { scope: 's', prompt, cacheKey: '', loadTokens: 256 };
+  assert.equal(to(placeRequest(cachedThere, 'm', '', hint, split())), 'p1', 'a prompt a prefill pipeline holds goes there: it costs only the hand-off');
+  assert.equal(to(placeRequest(pools, 'm', '')), 'd0', 'without a split hint a prefill pipeline takes nothing');
+  assert.equal(to(placeRequest([p('p1', 5, { role: 'prefill' }), p('p2', 0, { role: 'prefill' })], 'm', '', undefined, split())), 'p2', 'only prefill pipelines: they serve whole');
+  assert.equal(to(placeRequest([p('p1', 0, { role: 'prefill', sessions: ['t:s'] }), p('d0', 0, { role: 'decode' })], 'm', 't:s', undefined, split())), 'p1', 'a session stays where its cells are');
+  assert.deepEqual(decodeTargets([...pools, p('b', 0, { fingerprint: 'other' }), p('x', 0, { draining: true })], pools[1]!).map((q) => q.id), ['d0', 'd1'], 'hand-offs go to the decode pipelines of the model, least loaded first');
+  assert.equal(placeRebuild(pools, 'fp')?.id, 'd0', 'a rebuild goes where it decodes');
+  const moved = placeMove(pools, 't:s', pools[2]!, '');
+  assert.ok('to' in moved && moved.to.id === 'd1', 'a session moves to a decode pipeline, not to a less loaded prefill one');
 });

@@ -8,6 +8,13 @@
 // to the pipeline named or to the least loaded other one; a drain is refused when it would leave a
 // model with no pipeline that takes work. A draining pipeline never takes new work, and ties go to
 // the lowest pipeline id, so every choice is predictable.
+//
+// Roles (prefill/decode disaggregation): a pipeline of role `prefill` takes only the requests
+// placement hands off — one choice whose prompt has at least `minPrompt` tokens that the pipeline
+// it would decode on does not hold, while the cheapest prefill pipeline has fewer than
+// `maxPrefillLoad` requests — and every other request goes to the pipelines of role `decode` or
+// `both` (to all of them when a model has none: roles steer work, they never refuse it).
+import type { Role } from './cluster.ts';
 
 /** A pipeline as placement sees it. */
 export interface Placeable {
@@ -19,6 +26,8 @@ export interface Placeable {
   readonly draining: boolean;
   /** requests running or waiting on it */
   readonly load: number;
+  /** prefill, decode or both (absent: both) */
+  readonly role?: Role;
   /** whether the session's cells are there */
   holds(session: string): boolean;
   /** prompt tokens of `prompt` its prefix cache holds for `scope` (0 without a cache) */
@@ -70,8 +79,27 @@ export interface Refusal {
   message: string;
 }
 
-/** A choice of pipeline, or why there is none. */
-export type Placement<P> = { to: P } | { refused: Refusal };
+/** A choice of pipeline (`handOff`: prefill there, then move to a decode pipeline), or why there is none. */
+export type Placement<P> = { to: P; handOff?: boolean } | { refused: Refusal };
+
+/** When a request is prefilled on a prefill pipeline and decoded on another (disaggregation). */
+export interface SplitHint {
+  /** the request may be handed off: one choice, no embedding, not a resumed one */
+  eligible: boolean;
+  /** its prompt and prefix-cache scope */
+  prompt: readonly number[];
+  scope: string;
+  /** prompt tokens the prefill pipeline does not hold, at least */
+  minPrompt: number;
+  /** requests running or waiting on the prefill pipeline, fewer than */
+  maxPrefillLoad: number;
+}
+
+/** Pipelines that take requests to run whole: those not of role prefill, or all when every one is. */
+function servers<P extends Placeable>(open: readonly P[]): readonly P[] {
+  const decoders = open.filter((p) => p.role !== 'prefill');
+  return decoders.length > 0 ? decoders : open;
+}
 
 /** The least loaded of `pipelines` (ties: the lowest id), or undefined when there is none. */
 export function leastLoaded<P extends Placeable>(pipelines: readonly P[]): P | undefined {
@@ -86,7 +114,7 @@ export function leastLoaded<P extends Placeable>(pipelines: readonly P[]): P | u
  * no pipeline of the model takes work, or when its session is on one that drains (it is about to
  * move: the caller retries).
  */
-export function placeRequest<P extends Placeable>(pipelines: readonly P[], modelId: string, session: string, hint?: PlaceHint): Placement<P> {
+export function placeRequest<P extends Placeable>(pipelines: readonly P[], modelId: string, session: string, hint?: PlaceHint, split?: SplitHint): Placement<P> {
   const all = pipelines.filter((p) => p.modelId === modelId);
   const open = all.filter((p) => !p.draining);
   if (open.length === 0) {
@@ -96,17 +124,34 @@ export function placeRequest<P extends Placeable>(pipelines: readonly P[], model
     return { refused: { code: 'session_busy', message: `session ${session} is moving off a draining pipeline; retry in a moment` } };
   }
   const home = session ? open.find((p) => p.holds(session)) : undefined;
-  return { to: home ?? (hint ? cheapest(open, hint) : leastLoaded(open)!) };
+  if (home) return { to: home };
+  const serve = servers(open);
+  const whole = hint ? cheapest(serve, hint) : leastLoaded(serve)!;
+  const prefill = open.filter((p) => p.role === 'prefill');
+  if (split?.eligible && prefill.length > 0 && whole.role !== 'prefill') {
+    // A long prefill where it decodes would stall that pipeline's decoding: prefilled apart,
+    // where it costs least (a prompt a prefill pipeline holds costs there only the hand-off).
+    const uncached = split.prompt.length - (whole.cachedPrefix?.(split.scope, split.prompt) ?? 0);
+    const best = hint ? cheapest(prefill, hint) : leastLoaded(prefill)!;
+    if (uncached >= split.minPrompt && best.load < split.maxPrefillLoad) return { to: best, handOff: true };
+  }
+  return { to: whole };
 }
 
-/** Where a request whose pipeline went down is rebuilt: the least loaded open pipeline of `fingerprint`, or undefined. */
+/** Where a request prefilled on `from` decodes: the other open pipelines of its model not of role prefill, least loaded first. */
+export function decodeTargets<P extends Placeable>(pipelines: readonly P[], from: P): P[] {
+  return pipelines.filter((p) => p !== from && p.fingerprint === from.fingerprint && !p.draining && p.role !== 'prefill')
+    .sort((a, b) => a.load - b.load || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+}
+
+/** Where a request whose pipeline went down is rebuilt: the least loaded open pipeline of `fingerprint` (not of role prefill while another is open), or undefined. */
 export function placeRebuild<P extends Placeable>(pipelines: readonly P[], fingerprint: string): P | undefined {
-  return leastLoaded(pipelines.filter((p) => p.fingerprint === fingerprint && !p.draining));
+  return leastLoaded(servers(pipelines.filter((p) => p.fingerprint === fingerprint && !p.draining)));
 }
 
 /**
  * Where `session`, on `from`, moves: pipeline `to` when named (it must exist, be another one and
- * not drain), else the least loaded other open pipeline of the same model.
+ * not drain), else the least loaded other open pipeline of the same model (not of role prefill while another is open).
  */
 export function placeMove<P extends Placeable>(pipelines: readonly P[], session: string, from: P, to: string): Placement<P> {
   if (to) {
@@ -117,7 +162,7 @@ export function placeMove<P extends Placeable>(pipelines: readonly P[], session:
     return { to: dst };
   }
   const others = pipelines.filter((p) => p !== from && p.fingerprint === from.fingerprint);
-  const dst = leastLoaded(others.filter((p) => !p.draining));
+  const dst = leastLoaded(servers(others.filter((p) => !p.draining)));
   if (!dst) return { refused: { code: 'no_pipeline', message: `no other pipeline of ${from.modelId} takes work${others.length > 0 ? ` (${others.length} other(s) draining)` : ''}` } };
   return { to: dst };
 }

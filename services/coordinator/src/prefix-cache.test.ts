@@ -19,7 +19,7 @@ function view(cells: number, seqs: number): PipelineView {
   const stage = (w: string, l0: number, l1: number) => create(StageInfoSchema, {
     workerId: w, modelFingerprint: 'fp', modelId: 'm', nLayer: 8, l0, l1, kvCells: cells, nSeqMax: seqs, maxBatch: 512, nVocab: 1000, nCtxTrain: 4096,
   });
-  return { id: 'p', modelId: 'm', fingerprint: 'fp', stages: [stage('a', 0, 4), stage('b', 4, 8)] };
+  return { id: 'p', modelId: 'm', fingerprint: 'fp', role: 'both', stages: [stage('a', 0, 4), stage('b', 4, 8)] };
 }
 
 function pipeline(cells = 512, seqs = 8, o: Partial<PipelineOptions> = {}): { core: PipelineCore; send: (msg: PipelineMsg, now?: number) => PipelineEffect[] } {

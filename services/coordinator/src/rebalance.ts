@@ -5,6 +5,8 @@ export interface PipelineLoad {
   id: string;
   fingerprint: string;
   draining: boolean;
+  /** a prefill pipeline takes no session */
+  prefill?: boolean;
   /** the fullest of its workers: KV cells used / cells, 0..1 */
   occupancy: number;
   /** cells of its smallest stage */
@@ -32,7 +34,7 @@ export function pickRebalance(pipelines: readonly PipelineLoad[], high: number, 
   for (const src of pipelines) {
     if (src.draining || src.occupancy < high) continue;
     const dst = pipelines
-      .filter((p) => p !== src && !p.draining && p.fingerprint === src.fingerprint && p.occupancy < low)
+      .filter((p) => p !== src && !p.draining && !p.prefill && p.fingerprint === src.fingerprint && p.occupancy < low)
       .sort((a, b) => a.occupancy - b.occupancy)[0];
     if (!dst) continue;
     const biggest = src.sessions.filter((s) => s.cells > 0 && dst.occupancy + s.cells / dst.cells < low).sort((a, b) => b.cells - a.cells)[0];

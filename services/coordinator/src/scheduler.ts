@@ -10,13 +10,13 @@ import {
   type GenerateReply, type GenerateRequest, type SeqOp, type StepResult,
 } from '@strata/wire';
 import type { NatsConnection } from 'nats';
-import type { PipelineView } from './cluster.ts';
+import type { PipelineView, Role } from './cluster.ts';
 import { CoordinatorError } from './errors.ts';
 import { cellsNeeded } from './job.ts';
 import type { MigrationSource, MigrationTarget, SessionPlace } from './migration.ts';
 import {
   knows, load, oneOff, openPipeline, queued, sessionAt, sessionIds, sessionViews, transition,
-  type Blame, type PipelineCore, type PipelineEffect, type PipelineMsg, type PipelineOptions, type Rebuild, type SessionView,
+  type Blame, type MovedSession, type PipelineCore, type PipelineEffect, type PipelineMsg, type PipelineOptions, type Rebuild, type SessionView,
 } from './pipeline-core.ts';
 import type { Placeable } from './placement.ts';
 import { encodeEvent, seqOp } from './replies.ts';
@@ -44,6 +44,8 @@ export interface SchedulerDeps {
   proof: (term: bigint, generation: bigint) => Uint8Array;
   /** what steps cost each stage, learned from results (kept across this pipeline's resets) */
   costs: CostBook;
+  /** a request admitted to be handed off has its first token and is held: move it to a decode pipeline */
+  prefilled?: (from: PipelineScheduler, key: string) => void;
 }
 
 let lastGeneration = 0n;
@@ -69,6 +71,10 @@ export class PipelineScheduler implements Placeable {
   /** prompt tokens of requests that ended here, and those a session or the prefix cache held */
   promptTokens = 0;
   cachedPromptTokens = 0;
+  /** requests handed to a decode pipeline after their prefill here, taken from a prefill pipeline, and hand-offs that failed (decoded here) */
+  handOffsOut = 0;
+  handOffsIn = 0;
+  handOffsFailed = 0;
   /** this pipeline as a migration's source */
   readonly source: MigrationSource;
   /** this pipeline as a migration's target */
@@ -98,7 +104,7 @@ export class PipelineScheduler implements Placeable {
     this.source = {
       view, place: (s) => this.#place(s), begin: (s) => void this.#deliver({ type: 'begin_move', session: s }),
       hold: (s) => this.#hold(s), stay: (s) => void this.#deliver({ type: 'stay', session: s }),
-      handOver: (s) => answer(this.#deliver({ type: 'hand_over', session: s }), 'handed_over').moved,
+      handOver: (s) => this.#handOver(s),
     };
     this.target = {
       view, draining: () => this.draining, reserve: (cells) => this.#reserve(cells), cancel: (seq) => this.#unreserve(seq),
@@ -120,6 +126,11 @@ export class PipelineScheduler implements Placeable {
   /** the model's fingerprint */
   get fingerprint(): string {
     return this.view.fingerprint;
+  }
+
+  /** what it does: prefill, decode or both */
+  get role(): Role {
+    return this.view.role;
   }
 
   /** requests running or waiting */
@@ -198,9 +209,13 @@ export class PipelineScheduler implements Placeable {
     return sessionAt(this.#core, id);
   }
 
-  /** Admits a request: refused at once, started, or queued (accepted requests report failures as events). */
-  admit(req: GenerateRequest): GenerateReply {
-    return answer(this.#deliver({ type: 'admit', req }), 'reply').reply;
+  /**
+   * Admits a request: refused at once, started, or queued (accepted requests report failures as
+   * events). `handOff`: it is held after its first token, for a decode pipeline to take (the
+   * coordinator is told through SchedulerDeps.prefilled).
+   */
+  admit(req: GenerateRequest, handOff = false): GenerateReply {
+    return answer(this.#deliver({ type: 'admit', req, handOff }), 'reply').reply;
   }
 
   /** Takes over a request a previous leader accepted and lost: it is rebuilt by re-prefill. */
@@ -274,12 +289,9 @@ export class PipelineScheduler implements Placeable {
         case 'event':
           this.#d.nc.publish(e.subject, encodeEvent(e.event));
           if (e.event.tokens.length > 0) countTokens(this.view.id, e.event.tokens.length);
-          // The last event of a request's first choice tells its prompt and what was cached.
-          if (e.event.finish && e.event.index === 0) {
-            countPrompt(this.view.id, e.event.promptTokens, e.event.cachedTokens);
-            this.promptTokens += e.event.promptTokens;
-            this.cachedPromptTokens += e.event.cachedTokens;
-          }
+          // The last event of a request's first choice tells its prompt and what was cached
+          // (a request handed over was counted where it was prefilled).
+          if (e.event.finish && e.event.index === 0 && !e.counted) this.#countPrompt(e.event.promptTokens, e.event.cachedTokens);
           break;
         case 'write_history':
           void this.#d.store.write(e.session, e.epoch, e.at, e.tokens).catch((err: unknown) => this.#log.warn('session history write failed', { session: e.session, err }));
@@ -313,6 +325,9 @@ export class PipelineScheduler implements Placeable {
         case 'held':
           for (const resolve of this.#holds.get(e.session) ?? []) resolve();
           this.#holds.delete(e.session);
+          break;
+        case 'prefilled':
+          this.#d.prefilled?.(this, e.key);
           break;
         case 'log':
           this.#log[e.level](e.message, e.fields);
@@ -414,6 +429,22 @@ export class PipelineScheduler implements Placeable {
         await new Promise((r) => setTimeout(r, Math.min(2000, 100 * 2 ** attempt)));
       }
     }
+  }
+
+  #countPrompt(tokens: number, cached: number): void {
+    countPrompt(this.view.id, tokens, cached);
+    this.promptTokens += tokens;
+    this.cachedPromptTokens += cached;
+  }
+
+  /** Gives a held session or request up to a migration's target; a request's prompt counts here, where it was computed. */
+  #handOver(key: string): MovedSession {
+    const moved = answer(this.#deliver({ type: 'hand_over', session: key }), 'handed_over').moved;
+    if (moved.request && !moved.request.promptCounted) {
+      moved.request.promptCounted = true;
+      this.#countPrompt(moved.request.req.prompt.length, moved.request.cached);
+    }
+    return moved;
   }
 
   #place(session: string): SessionPlace | null {

@@ -9,6 +9,7 @@ import { ROOT_CONTEXT, SpanKind, context, trace, type Context, type Link, type S
 import { endSpan, natsContext, natsHeaders, stepKind, strataMetrics, tracer, type StepKind } from '@strata/telemetry';
 import type { GenerateReply, GenerateRequest } from '@strata/wire';
 import type { MsgHdrs } from 'nats';
+import type { HandOffResult } from './handoff.ts';
 import type { MigrationRecord } from './ledger.ts';
 
 /** The span of each request under way, until its last event (the request object follows it across pipelines). */
@@ -101,6 +102,16 @@ export function countTokens(pipeline: string, n: number): void {
 export function countPrompt(pipeline: string, tokens: number, cached: number): void {
   strataMetrics().promptTokens.add(tokens, { pipeline });
   strataMetrics().promptTokensCached.add(cached, { pipeline });
+}
+
+/** Counts a hand-off from prefill pipeline `from` (disaggregation): its outcome, bytes and pause. */
+export function countHandOff(from: string, r: HandOffResult): void {
+  if (r.outcome === 'gone') return;
+  const met = strataMetrics();
+  met.handOffs.add(1, { from, to: r.to, outcome: r.outcome });
+  if (r.outcome !== 'done') return;
+  met.handOffBytes.add(r.bytes, { from, to: r.to });
+  met.handOffDuration.record(r.pauseMs / 1000);
 }
 
 /**

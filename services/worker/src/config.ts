@@ -6,6 +6,9 @@ import { loadConfig, ConfigError, type ConfigOf, type Schema, type Sources } fro
 import { ensureDefaultModel, modelIdOf } from '@strata/model';
 import { telemetryOptions, telemetrySchema, type TelemetryOptions } from '@strata/telemetry';
 
+/** What a pipeline may do (its stages' --role). */
+export const ROLES = ['prefill', 'decode', 'both'] as const;
+
 /** Every setting of a worker. */
 export const workerSchema = {
   model: { kind: 'string', doc: 'GGUF file (default: the synthetic default model)' },
@@ -15,6 +18,7 @@ export const workerSchema = {
   ordinal: { kind: 'int', doc: 'this worker\'s place in --stages, from 0: range ordinal mod S of replica ordinal div S (default: the -N suffix of HOSTNAME, as a StatefulSet pod has)' },
   id: { kind: 'string', doc: 'worker id, unique in the cluster (default: host-pid)' },
   group: { kind: 'string', doc: 'pipeline group: this stage chains only with stages of the same group', default: '' },
+  role: { kind: 'string', doc: 'what this stage\'s pipeline does: prefill (computes long prompts, then hands each request\'s KV to a decode pipeline), decode (takes the hand-offs, sessions and short prompts) or both; a stage chains only with stages of the same role', default: 'both' },
   natsUrl: { kind: 'string', doc: 'NATS server (nats://[user:password@]host:port), or the servers of a cluster separated by commas', default: 'nats://127.0.0.1:4222' },
   threads: { kind: 'int', doc: 'CPU threads', default: 2 },
   device: { kind: 'string', doc: 'ggml device (CPU, CUDA0, ...)', default: 'CPU' },
@@ -67,6 +71,7 @@ export function workerConfig(sources?: Sources): WorkerConfig {
   for (const k of ['threads', 'ctxSize', 'nSeqMax', 'maxBatch', 'heartbeatMs'] as const) {
     if (c[k] < 1) throw new ConfigError('bad_value', `${k} must be at least 1, got ${c[k]}`, k);
   }
+  if (!(ROLES as readonly string[]).includes(c.role)) throw new ConfigError('bad_value', `role must be one of ${ROLES.join(', ')}, got '${c.role}'`, 'role');
   const tls = [c.grpcTlsCert, c.grpcTlsKey, c.grpcTlsCa].filter((x) => x !== undefined).length;
   if (tls !== 0 && tls !== 3) throw new ConfigError('bad_value', 'TLS for KvTransfer needs --grpc-tls-cert, --grpc-tls-key and --grpc-tls-ca together', 'grpcTlsCert');
   if (c.grpcTlsMutual && tls === 0) throw new ConfigError('bad_value', '--grpc-tls-mutual needs TLS', 'grpcTlsMutual');

@@ -79,7 +79,7 @@ export class Worker {
       workerId: c.id, modelFingerprint: d.fingerprint, modelId: c.modelId, nLayer: d.nLayer,
       l0: d.l0, l1: d.l1, device: c.device, kvCells: d.kvCells, kvStreams: 1,
       nSeqMax: c.nSeqMax, maxBatch: c.maxBatch, nVocab: d.nVocab, nEmbd: d.nEmbd, nCtxTrain: d.nCtxTrain,
-      startedAtMs: BigInt(Date.now()), grpcAddress: '', kvType: c.kvTypeName, group: c.group,
+      startedAtMs: BigInt(Date.now()), grpcAddress: '', kvType: c.kvTypeName, group: c.group, role: c.role,
     };
     host.onFatal = (err) => {
       this.#log.error('the stage thread died', { err });

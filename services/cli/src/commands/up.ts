@@ -13,7 +13,7 @@ import { ApiKeys } from '@strata/gateway';
 import { UsageError } from '../errors.ts';
 import { removeRunFile, runFilePath, writeRunFile } from '../run-file.ts';
 
-/** `strata up [--model F] [--workers N] [--pipelines P] [--port 8080] [--api-keys-file F] [--prompt …] [--once]` */
+/** `strata up [--model F] [--workers N] [--pipelines P] [--roles prefill,decode,…] [--port 8080] [--api-keys-file F] [--prompt …] [--once]` */
 export async function upCommand(argv: string[], out: NodeJS.WritableStream): Promise<number> {
   const f = new Flags(parseArgs(argv, ['once', 'verbose']));
   const o = {
@@ -24,6 +24,7 @@ export async function upCommand(argv: string[], out: NodeJS.WritableStream): Pro
     threads: f.int('threads'),
     ctxSize: f.int('ctx-size'),
     kvType: f.str('kv-type'),
+    roles: f.str('roles')?.split(',').map((r) => r.trim()),
     logLevel: f.bool('verbose') ? 'info' : 'warn',
   };
   const prompt = f.str('prompt', 'Once upon a time')!;
@@ -33,6 +34,7 @@ export async function upCommand(argv: string[], out: NodeJS.WritableStream): Pro
   // below goes with the file's first user key.
   const keysFile = f.str('api-keys-file', process.env.STRATA_API_KEYS_FILE);
   f.done();
+  if (o.roles && o.roles.length !== o.pipelines) throw new UsageError(`--roles names ${o.roles.length} role(s) for ${o.pipelines} pipeline(s): give one per pipeline`);
   let auth: Record<string, string> = {};
   if (keysFile) {
     const key = ApiKeys.firstKey(readFileSync(keysFile, 'utf8'), 'user') ?? ApiKeys.firstKey(readFileSync(keysFile, 'utf8'), 'admin');
