@@ -4,7 +4,9 @@
 // its own `cache_salt`), all up at once on the same GGUF and threads, alternating; then two
 // pipelines with two system prompts, placed by cached prefix against least loaded. Prints prompt
 // tokens computed, time to first token p50/p99, hit ratio and each pipeline's share of the work;
-// then a long session evicted to the tiers, resumed from host memory, from disk, and prefilled again.
+// then a long session evicted to the tiers, resumed from host memory, from disk, and prefilled
+// again; then decoding sessions with long prompts arriving among them, on a prefill and a decode
+// pipeline (disaggregated) against two pipelines that do both (colocated).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
@@ -23,8 +25,10 @@ export interface PrefixOptions {
   /** sentences of the system prompt (about 28 tokens each with Gemma 3's tokenizer) */
   systemSentences: number;
   reps: number;
-  /** which parts: 'shared' (one system prompt, against llama-server), 'routing' (two pipelines), 'tiers' */
+  /** which parts: 'shared' (one system prompt, against llama-server), 'routing' (two pipelines), 'tiers', 'disagg' */
   parts: string[];
+  /** disagg: tokens of each long prompt */
+  longPrompt: number;
 }
 
 /** One request's outcome. */
@@ -86,6 +90,7 @@ export async function runPrefixBench(o: PrefixOptions, step: (detail?: string) =
   if (o.parts.includes('shared')) out.shared = await shared(o, bin, step);
   if (o.parts.includes('routing')) out.routing = await routing(o, step);
   if (o.parts.includes('tiers')) out.tiers = await tiers(o, step);
+  if (o.parts.includes('disagg')) out.disagg = await disagg(o, step);
   return out;
 }
 
@@ -242,5 +247,80 @@ async function tiers(o: PrefixOptions, step: (detail?: string) => void): Promise
     await host.stop();
     await disk.stop();
     rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** A streamed completion's arrival times: of the request, and of each chunk that carried text. */
+interface Stream { t0: number; times: number[] }
+
+async function streamed(url: string, model: string, prompt: string, maxTokens: number): Promise<Stream> {
+  const t0 = performance.now();
+  const times: number[] = [];
+  const body = { model, prompt, max_tokens: maxTokens, temperature: 0, ignore_eos: true, stream: true };
+  const { status, tail } = await postStream(`${url}/v1/completions`, body, (e) => {
+    if ((e as { choices?: { text?: string }[] }).choices?.[0]?.text) times.push(performance.now());
+  });
+  if (status !== 200) throw new Error(`HTTP ${status} from ${url}: ${tail}`);
+  return { t0, times };
+}
+
+const gaps = (s: Stream) => s.times.slice(1).map((t, i) => t - s.times[i]!);
+
+/**
+ * Prefill/decode disaggregation: `decoders` sessions decode 160 tokens each while three prompts of
+ * `longPrompt` tokens arrive 3 s apart (each answered with 16 tokens); on two pipelines of one
+ * worker each (half the threads each): a prefill and a decode pipeline, against two that do both.
+ * Time per output token of the decoding sessions (their gaps between tokens), time to first token
+ * of the long prompts and the pause a hand-off puts between their first and second token.
+ */
+async function disagg(o: PrefixOptions, step: (detail?: string) => void): Promise<unknown> {
+  const decoders = 4, longs = 3;
+  const sentences = Math.max(1, Math.round(o.longPrompt / 28));
+  const start = (roles: string[] | undefined) => LocalCluster.start({
+    model: o.model, pipelines: 2, workers: 1, threads: Math.max(1, o.threads / 2), port: 0, ctxSize: longs * (o.longPrompt + 256) + decoders * 256, roles,
+    logLevel: process.env.BENCH_LOG ?? 'error', coordinatorFlags: ['--seq-op-timeout-ms', '120000', '--rebalance-high', '0'], gatewayFlags: ['--timeout-ms', '1800000'],
+  });
+  const clusters = [{ name: 'disaggregated', c: await start(['prefill', 'decode']) }, { name: 'colocated', c: await start(undefined) }];
+  try {
+    const ids = await Promise.all(clusters.map((x) => modelId(x.c.url)));
+    for (const [k, { c }] of clusters.entries()) await streamed(c.url, ids[k]!, systemPrompt(`warm-${k}`, 40), 4);
+    step('disaggregation warm-up');
+    const res = new Map(clusters.map((x) => [x.name, { tpot: [] as number[], ttft: [] as number[], pause: [] as number[], wall: [] as number[] }]));
+    for (let r = 0; r < o.reps; r++) {
+      for (const k of r % 2 === 0 ? [0, 1] : [1, 0]) {
+        const { name, c } = clusters[k]!;
+        const t0 = performance.now();
+        const decoding = Array.from({ length: decoders }, (_, i) => streamed(c.url, ids[k]!, `Session ${r}-${k}-${i}: tell the story of ${TOPICS[i % TOPICS.length]}.`, 160));
+        const long: Promise<Stream>[] = [];
+        for (let i = 0; i < longs; i++) {
+          await new Promise((w) => setTimeout(w, i === 0 ? 1500 : 3000));
+          long.push(streamed(c.url, ids[k]!, `${systemPrompt(`L${r}-${k}-${i}-${randomBytes(4).toString('hex')}`, sentences)}\n\nSummarize the rules.`, 16));
+        }
+        const [ds, ls] = await Promise.all([Promise.all(decoding), Promise.all(long)]);
+        const x = res.get(name)!;
+        x.tpot.push(...ds.flatMap(gaps));
+        x.ttft.push(...ls.map((s) => (s.times[0] ?? performance.now()) - s.t0));
+        x.pause.push(...ls.map((s) => gaps(s)[0] ?? 0));
+        x.wall.push(performance.now() - t0);
+      }
+      step(`disaggregation, repetition ${r + 1}/${o.reps}`);
+    }
+    const handed = await Promise.all(clusters.map(async ({ c }) => {
+      const ps = ((await (await fetch(`${c.url}/admin/v1/cluster`)).json()) as { pipelines: { handoffsOut?: string }[] }).pipelines;
+      return ps.reduce((n, p) => n + Number(p.handoffsOut ?? 0), 0);
+    }));
+    console.log(`disaggregation: ${decoders} sessions decoding 160 tokens each, ${longs} prompts of ~${o.longPrompt} tokens arriving among them (16 tokens each);`);
+    console.log(`two pipelines of one worker (${Math.max(1, o.threads / 2)} thread each): a prefill and a decode pipeline, or two that do both; alternating, ${o.reps} reps`);
+    console.log(`${'pipelines'.padEnd(14)} ${'decoding TPOT p50 / p99 ms'.padStart(27)} ${'long TTFT p50 / p99 ms'.padStart(23)} ${'1st→2nd token ms'.padStart(17)} ${'hand-offs'.padStart(9)} ${'wall s'.padStart(7)}`);
+    const rows = [...res].map(([name, x], i) => ({
+      name, tpotP50: pct(x.tpot, 50), tpotP99: pct(x.tpot, 99), ttftP50: pct(x.ttft, 50), ttftP99: pct(x.ttft, 99), pauseP50: pct(x.pause, 50), handOffs: handed[i]!, wallS: median(x.wall) / 1000,
+    }));
+    for (const r of rows) {
+      console.log(`${r.name.padEnd(14)} ${`${r.tpotP50.toFixed(1)} / ${r.tpotP99.toFixed(1)}`.padStart(27)} ${`${Math.round(r.ttftP50)} / ${Math.round(r.ttftP99)}`.padStart(23)} ` +
+        `${Math.round(r.pauseP50).toString().padStart(17)} ${String(r.handOffs).padStart(9)} ${r.wallS.toFixed(1).padStart(7)}`);
+    }
+    return rows;
+  } finally {
+    for (const { c } of clusters) await c.stop();
   }
 }

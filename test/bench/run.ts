@@ -113,8 +113,8 @@ const serving = opts.only.has('serving')
   }, step))
   : null;
 const prefix = opts.only.has('prefix')
-  ? await section('prefix', 1 + 3 * opts.prefixReps, (step) => runPrefixBench({
-    model: servingModel, threads: opts.threads, clients: opts.prefixClients, systemSentences: opts.prefixSentences, reps: opts.prefixReps, parts: opts.prefixParts,
+  ? await section('prefix', 2 + 4 * opts.prefixReps, (step) => runPrefixBench({
+    model: servingModel, threads: opts.threads, clients: opts.prefixClients, systemSentences: opts.prefixSentences, reps: opts.prefixReps, parts: opts.prefixParts, longPrompt: opts.longPrompt,
   }, step))
   : null;
 const scale = opts.only.has('scale')

@@ -225,7 +225,7 @@ export class Coordinator {
     const s = new PipelineScheduler(view, {
       nc: this.#nc, resultSubject: subjects.coordinatorResult(this.id), store: this.#store, log: this.#log, term: this.#lease.term, proof: this.#proof, costs: this.#costs,
       seqOpTimeoutMs: this.#c.seqOpTimeoutMs,
-      prefilled: (from, key) => void this.#migrator.handOff(from, key).catch((err: unknown) => this.#log.error('a hand-off failed', { key, err })),
+      handOff: (from, key, prefilled) => this.#migrator.handOff(from, key, prefilled).catch((err: unknown) => this.#log.error('a hand-off failed', { key, err })),
       options: {
         prefillChunk: this.#c.prefillChunk, overlap: this.#c.overlapSteps, prefixCache: this.#c.prefixCache, tiers: this.#c.kvTiers, stepDeadlineFloorMs: this.#c.stepDeadlineFloorMs, stepDeadlineMargin: this.#c.stepDeadlineMargin,
         stepBudgetMs: this.#c.stepBudgetMs, defaultMaxTokens: this.#c.defaultMaxTokens, maxQueue: this.#c.maxQueue, queueFactor: this.#c.queueFactor, maxRequestFailures: this.#c.maxRequestFailures,

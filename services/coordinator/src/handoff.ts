@@ -1,11 +1,14 @@
-// Prefill/decode disaggregation's hand-off: a request that a prefill pipeline computed the prompt
-// of (and sampled its first token from) moves, KV and all, to a decode pipeline, which may be split
-// at other layers or hold K/V in another type, and decodes the rest there. It is a migration of a
-// held request: the same plan by layer overlap, the same pushes between stages (KvTransfer), the
-// same two ports of each pipeline (migration.ts); but one round (the request does not decode
-// while it moves), no record in the migration ledger (a hand-off is part of serving a request,
-// like a step: a request's KV is not worth three Redis writes), and a session's claim only when
-// the request has one. Whatever fails before the switch leaves the request where it is: it
+// Prefill/decode disaggregation's hand-off: a request that a prefill pipeline computes the prompt
+// of moves, KV and all, to a decode pipeline, which may be split at other layers or hold K/V in
+// another type, and decodes the rest there. It starts with the request: a decode pipeline
+// reserves the request's cells, and the prompt's KV is copied there chunk by chunk as the prefill
+// pipeline's stages compute it (the pre-copy of a migration, here while it prefills); the request
+// is held after its first token, the last chunk follows, and the decode pipeline adopts it. So
+// the pause between its first and second token is one chunk's copy, whatever the prompt's
+// length. It is a migration in all but three things: it copies while the request prefills
+// instead of decodes, it is not recorded in the migration ledger (a hand-off is part of serving a
+// request, like a step; it is counted in metrics instead), and it claims a session in Redis only
+// when the request has one. Whatever fails before the switch leaves the request where it is: it
 // decodes on its prefill pipeline, and its client sees no difference but the speed.
 import { randomBytes } from 'node:crypto';
 import { CoordinatorError } from './errors.ts';
@@ -21,6 +24,12 @@ export interface HandOffDeps {
   claim: (session: string, pipeline: string) => Promise<number>;
 }
 
+/** Copies smaller than this wait for more of the prompt, until its first token (positions). */
+export const MIN_COPY = 256;
+
+/** How often a hand-off looks at how far its request's prefill has come (milliseconds). */
+const POLL_MS = 20;
+
 /** How a hand-off ended. */
 export interface HandOffResult {
   /** done: decoding on `to`; stayed: decoding where it was prefilled; gone: it ended meanwhile */
@@ -30,19 +39,24 @@ export interface HandOffResult {
   bytes: number;
   /** positions moved */
   positions: number;
-  /** from its first token to its adoption on `to` (milliseconds) */
+  /** copies it took */
+  rounds: number;
+  /** from its first token to its adoption on `to` (milliseconds): what it adds between its first and second token */
   pauseMs: number;
   /** why it stayed */
   error: string;
 }
 
 /**
- * Moves the held request (or session) `key` from `src` to the first of `targets` that has room
- * for it (the caller orders them: least loaded first).
+ * Moves the request (or session) `key`, which `src` starts prefilling now, to the first of
+ * `targets` that has room for it (the caller orders them: least loaded first); `prefilled`
+ * resolves once it has its first token and `src` holds it.
  */
-export async function handOff(d: HandOffDeps, key: string, src: MigrationSource, targets: readonly MigrationTarget[]): Promise<HandOffResult> {
-  const t0 = performance.now();
-  const result = (outcome: HandOffResult['outcome'], to = '', bytes = 0, positions = 0, error = ''): HandOffResult => ({ outcome, to, bytes, positions, pauseMs: performance.now() - t0, error });
+export async function handOff(d: HandOffDeps, key: string, src: MigrationSource, targets: readonly MigrationTarget[], prefilled: Promise<void>): Promise<HandOffResult> {
+  let tFirst = 0;
+  const first = prefilled.then(() => void (tFirst = performance.now()));
+  const result = (outcome: HandOffResult['outcome'], to = '', bytes = 0, positions = 0, rounds = 0, error = ''): HandOffResult =>
+    ({ outcome, to, bytes, positions, rounds, pauseMs: tFirst ? performance.now() - tFirst : 0, error });
   const st = src.place(key);
   if (!st) return result('gone');
   src.begin(key);
@@ -61,16 +75,34 @@ export async function handOff(d: HandOffDeps, key: string, src: MigrationSource,
   }
   if (!dst) {
     src.stay(key);
-    return result('stayed', '', 0, 0, targets.length === 0 ? 'no decode pipeline takes work' : refusals.join('; ') || 'every decode pipeline drains');
+    return result('stayed', '', 0, 0, 0, targets.length === 0 ? 'no decode pipeline takes work' : refusals.join('; ') || 'every decode pipeline drains');
   }
   let switched = false;
+  let bytes = 0, rounds = 0;
   try {
-    // Held since its first token: what every stage holds does not change while it moves.
     const parts = planMigration(src.view.stages, dst.view.stages);
     const id = `h-${randomBytes(8).toString('hex')}`;
-    const sent = await Promise.all(parts.map((part) => d.push({ migrationId: id, part, seq: st.seq, targetSeq: seq, p0: 0, p1: st.done })));
-    const bytes = sent.reduce((a, b) => a + b, 0);
-    if (src.place(key)?.done !== st.done) throw new CoordinatorError('not_found', `${key} ended or changed during its hand-off`);
+    const copy = async (p0: number, p1: number) => {
+      const sent = await Promise.all(parts.map((part) => d.push({ migrationId: id, part, seq: st.seq, targetSeq: seq, p0, p1 })));
+      bytes += sent.reduce((a, b) => a + b, 0);
+      rounds++;
+    };
+    // What every stage has computed, as it computes it; the rest once the first token is out
+    // (the request is held then: what the stages hold no longer changes).
+    let sent = 0;
+    for (;;) {
+      const held = tFirst > 0;
+      const now = src.place(key);
+      if (!now) throw new CoordinatorError('not_found', `${key} ended during its hand-off`);
+      if (now.done > sent && (held || now.done - sent >= MIN_COPY)) {
+        await copy(sent, now.done);
+        sent = now.done;
+      } else if (held) {
+        break;
+      } else {
+        await Promise.race([first, new Promise((r) => setTimeout(r, POLL_MS))]);
+      }
+    }
     if (dst.draining()) throw new CoordinatorError('pipeline_draining', `pipeline ${dst.view.id} began draining during the hand-off`);
     const epoch = isRequestKey(key) ? 0 : await d.claim(key, dst.view.id);
     const moved = src.handOver(key);
@@ -81,12 +113,12 @@ export async function handOff(d: HandOffDeps, key: string, src: MigrationSource,
       return result('gone');
     }
     dst.adopt(key, seq, moved, epoch);
-    return result('done', dst.view.id, bytes, st.done);
+    return result('done', dst.view.id, bytes, sent, rounds);
   } catch (err) {
     if (!switched) {
       src.stay(key);
       await dst.cancel(seq).catch(() => {});
     }
-    return result(src.place(key) ? 'stayed' : 'gone', '', 0, 0, err instanceof CoordinatorError ? `${err.code}: ${err.message}` : (err as Error).message);
+    return result(src.place(key) ? 'stayed' : 'gone', '', 0, 0, rounds, err instanceof CoordinatorError ? `${err.code}: ${err.message}` : (err as Error).message);
   }
 }

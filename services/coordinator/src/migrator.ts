@@ -90,15 +90,16 @@ export class Migrator {
   }
 
   /**
-   * Moves a request (or session) that `from`, a prefill pipeline, holds after its first token to
-   * the least loaded decode pipeline of its model with room (handoff.ts); where none takes it,
-   * it decodes on `from`.
+   * Moves a request (or session) that `from`, a prefill pipeline, starts to the least loaded
+   * decode pipeline of its model with room (handoff.ts): its KV is copied as it is computed, and
+   * it switches once `prefilled` (its first token) resolves; where no pipeline takes it, it
+   * decodes on `from`.
    */
-  async handOff(from: PipelineScheduler, key: string): Promise<HandOffResult> {
+  async handOff(from: PipelineScheduler, key: string, prefilled: Promise<void>): Promise<HandOffResult> {
     const d = this.#d;
     const targets = decodeTargets([...d.schedulers.values()], from);
     const push = natsPush({ nc: d.nc, term: d.term(), proof: d.proof, timeoutMs: d.options.pushTimeoutMs });
-    const r = await handOff({ push, claim: (s, pipeline) => d.store.claim(s, pipeline) }, key, from.source, targets.map((t) => t.target));
+    const r = await handOff({ push, claim: (s, pipeline) => d.store.claim(s, pipeline) }, key, from.source, targets.map((t) => t.target), prefilled);
     if (r.outcome === 'done') {
       from.handOffsOut++;
       const to = d.schedulers.get(r.to);

@@ -8,7 +8,7 @@
 import { FinishReason, SeqOpKind, type GenerateReply, type GenerateRequest, type SeqOp } from '@strata/wire';
 import { cellsNeeded, jobTransition, newJob, rebuildJob, type Job } from './job.ts';
 import { accept, refuse, seqOp } from './replies.ts';
-import { dropSeq, failRequest, running, type Admission, type Offloaded, type PipelineCore, type PipelineEffect, type Rebuild } from './pipeline-state.ts';
+import { dropSeq, failRequest, requestKey, running, type Admission, type Offloaded, type PipelineCore, type PipelineEffect, type Rebuild } from './pipeline-state.ts';
 import { PrefixTree, type PrefixMatch } from './prefix-tree.ts';
 import { sharedBy, type RoomAsk, type RoomGrant } from './seq-room.ts';
 
@@ -351,7 +351,10 @@ function begin(c: PipelineCore, fx: PipelineEffect[], request: Admission, jobs: 
   c.requests.set(request.req.requestId, request);
   c.jobs.push(...jobs);
   // Admitted to be handed off: held after its first sample (disaggregation, pipeline-steps.ts).
-  if (c.handOffs.delete(request.req.requestId)) for (const j of jobs) j.handOff = true;
+  if (c.handOffs.delete(request.req.requestId)) {
+    for (const j of jobs) j.handOff = true;
+    fx.push({ type: 'prefilling', key: session || requestKey(request.req.requestId) });
+  }
   const prepare = ops.length > 0 || session !== '';
   for (const j of jobs) j.held = prepare;
   if (prepare) fx.push({ type: 'prepare', requestId: request.req.requestId, ops, claim: session, history });

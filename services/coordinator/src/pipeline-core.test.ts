@@ -300,6 +300,7 @@ describe('pipeline core: a hand-off from prefill to decode (disaggregation)', ()
   it('a request admitted to be handed off is held after its first token, with nothing chained behind it', () => {
     const src = pipeline({ overlap: true, prefixCache: true });
     const fx = src.send({ type: 'admit', req: req('a', 40, { maxTokens: 5 }), handOff: true });
+    assert.deepEqual(only(fx, 'prefilling'), [{ type: 'prefilling', key: '#a' }], 'the coordinator is told when it starts: its KV may be copied as it is computed');
     assert.deepEqual(steps(fx), ['0:0+40!'], 'its prompt, and no decoding step chained behind it');
     const first = src.send({ type: 'step_result', result: result(100n, [[0, 50]]) });
     assert.deepEqual(events(first), ['a/0 50'], 'its first token goes to its client from here');
@@ -340,6 +341,12 @@ describe('pipeline core: a hand-off from prefill to decode (disaggregation)', ()
     src.send({ type: 'step_result', result: result(100n, [[0, 50]]) });
     src.send({ type: 'begin_move', session: '#a' });
     assert.deepEqual(steps(src.send({ type: 'stay', session: '#a' })), ['0:20+1!'], 'it decodes on here');
+    const early = pipeline();
+    early.send({ type: 'admit', req: req('c', 20, { maxTokens: 5 }), handOff: true });
+    early.send({ type: 'begin_move', session: '#c' });
+    early.send({ type: 'stay', session: '#c' });
+    const on = early.send({ type: 'step_result', result: result(100n, [[0, 50]]) });
+    assert.deepEqual([only(on, 'prefilled'), steps(on)], [[], ['0:20+1!']], 'a hand-off that failed while it prefilled: it decodes here after its first token');
     const short = pipeline();
     short.send({ type: 'admit', req: req('b', 20, { maxTokens: 1 }), handOff: true });
     const fx = short.send({ type: 'step_result', result: result(100n, [[0, 50]]) });

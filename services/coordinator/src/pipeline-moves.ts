@@ -24,13 +24,19 @@ export function hold(c: PipelineCore, fx: PipelineEffect[], session: string): vo
   else c.holdPending.add(session);
 }
 
-/** The session stays here (its move failed): it takes requests and decodes again. */
+/**
+ * The session stays here (its move failed): it takes requests and decodes again. A request whose
+ * hand-off failed while it still prefills is no longer held after its first token.
+ */
 export function stay(c: PipelineCore, session: string): void {
   c.moving.delete(session);
   c.holding.delete(session);
   c.holdPending.delete(session);
+  c.prefilled.delete(session);
   const job = jobOf(c, session);
-  if (job) job.held = false;
+  // (Still prefilling: it may be held for its sequence operations, which release it.)
+  if (job?.handOff) job.handOff = false;
+  else if (job) job.held = false;
   const r = c.room.residents.get(session);
   if (r && !job) r.busy = false;
 }

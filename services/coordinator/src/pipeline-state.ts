@@ -136,9 +136,11 @@ export type PipelineEffect =
   /** a migration's hold of this session is complete: none of its steps is in flight */
   | { type: 'held'; session: string }
   /**
-   * a request admitted to be handed off has its first token, and is held with nothing in flight:
-   * its KV may move to a decode pipeline (`key`: its session, or requestKey of a one-off request)
+   * a request admitted to be handed off starts: its prompt's KV may be copied to a decode
+   * pipeline as the stages compute it (`key`: its session, or requestKey of a one-off request)
    */
+  | { type: 'prefilling'; key: string }
+  /** that request has its first token, and is held with nothing in flight: it may move now */
   | { type: 'prefilled'; key: string }
   /** the answer to 'reserve': a sequence for a session moving in, or null */
   | { type: 'reserved'; seq: number | null }

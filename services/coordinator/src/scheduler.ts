@@ -44,8 +44,11 @@ export interface SchedulerDeps {
   proof: (term: bigint, generation: bigint) => Uint8Array;
   /** what steps cost each stage, learned from results (kept across this pipeline's resets) */
   costs: CostBook;
-  /** a request admitted to be handed off has its first token and is held: move it to a decode pipeline */
-  prefilled?: (from: PipelineScheduler, key: string) => void;
+  /**
+   * a request admitted to be handed off starts here: move it to a decode pipeline, copying its
+   * KV as it is computed; `prefilled` resolves once it has its first token and is held
+   */
+  handOff?: (from: PipelineScheduler, key: string, prefilled: Promise<void>) => Promise<unknown>;
 }
 
 let lastGeneration = 0n;
@@ -88,6 +91,8 @@ export class PipelineScheduler implements Placeable {
   readonly #traces = new Map<bigint, StepTrace>();
   /** migrations waiting for their hold of a session to complete */
   readonly #holds = new Map<string, (() => void)[]>();
+  /** hand-offs waiting for their request's first token, by key */
+  readonly #prefills = new Map<string, () => void>();
   /** sequences being emptied, until they are */
   readonly #drops = new Map<number, Promise<void>>();
   /** stops reporting this pipeline's queue depth */
@@ -326,8 +331,19 @@ export class PipelineScheduler implements Placeable {
           for (const resolve of this.#holds.get(e.session) ?? []) resolve();
           this.#holds.delete(e.session);
           break;
+        case 'prefilling': {
+          let done = () => {};
+          const prefilled = new Promise<void>((resolve) => (done = resolve));
+          this.#prefills.set(e.key, done);
+          // (A request that ends before its first token never resolves it: forgotten with its hand-off.)
+          void this.#d.handOff?.(this, e.key, prefilled).finally(() => {
+            if (this.#prefills.get(e.key) === done) this.#prefills.delete(e.key);
+          });
+          break;
+        }
         case 'prefilled':
-          this.#d.prefilled?.(this, e.key);
+          this.#prefills.get(e.key)?.();
+          this.#prefills.delete(e.key);
           break;
         case 'log':
           this.#log[e.level](e.message, e.fields);
