@@ -2,7 +2,8 @@
 // session that new work needs the cells of is saved to host memory or disk and emptied; its next
 // turn comes back from there (cached_tokens, and only the new tokens computed on the stages) with
 // the answer the whole conversation gets from scratch; a damaged file on disk is refused and the
-// session prefilled again, with the same answer.
+// session prefilled again, with the same answer. A cached prompt evicted likewise comes back for
+// the next prompt that shares it.
 import assert from 'node:assert/strict';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -84,6 +85,24 @@ describe('sessions evicted to host memory and disk', () => {
     for (const s of evicted) await resume(host, s);
     const after = (await (await fetch(`${host.url}/admin/v1/sessions`)).json()) as { data: { id: string; saved?: boolean }[] };
     assert.ok(!after.data.find((x) => x.id === anna.id)?.saved, 'back on the stages');
+  });
+
+  it('a cached prompt evicted for new work comes back from host memory for the next prompt that shares it', async () => {
+    const prompt = `${story('Eve')}Then Eve`;
+    const first = await complete(host, prompt, 4);
+    assert.ok(first.prompt > 120);
+    // A request that needs every cell: the cached prompt goes to the tiers (with any idle session).
+    await complete(host, 'x', 400);
+    const next = `${prompt} sat down by the wheel`;
+    const before = await evaluated(host);
+    const r = await complete(host, next, 6);
+    const after = await evaluated(host);
+    assert.ok(r.cached >= first.prompt - 2, `cached ${r.cached} of ${r.prompt} (the first prompt had ${first.prompt})`);
+    for (const [i, n] of after.entries()) assert.equal(n - before[i]!, r.prompt - r.cached + 6 - 1, `stage ${i} computed only the new tokens`);
+    assert.equal(r.text, await reference(next, 6), 'the answer of the whole prompt from scratch');
+    // Cached again on the stages: the next one shares it there.
+    const third = await complete(host, `${prompt} looked at the sky`, 2);
+    assert.ok(third.cached >= first.prompt - 2, `cached ${third.cached}`);
   });
 
   it('and from disk; a damaged file there is refused and its session prefilled again, with the same answer', async () => {

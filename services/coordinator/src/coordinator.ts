@@ -420,7 +420,7 @@ export class Coordinator {
       pipelines: [...this.#schedulers.values()].map((s) => ({
         id: s.view.id, modelId: s.view.modelId, modelFingerprint: s.view.fingerprint, stages: s.view.stages,
         sessions: s.sessions, seqsUsed: s.seqsUsed, queued: s.queued, draining: s.draining,
-        cachedPrefixes: s.prefixCache.prefixes, cachedCells: s.prefixCache.cells,
+        cachedPrefixes: s.prefixCache.prefixes, cachedCells: s.prefixCache.cells, savedPrefixes: s.prefixCache.saved,
         promptTokens: BigInt(s.promptTokens), cachedPromptTokens: BigInt(s.cachedPromptTokens),
         role: s.role, handoffsOut: BigInt(s.handOffsOut), handoffsIn: BigInt(s.handOffsIn), handoffsFailed: BigInt(s.handOffsFailed),
       })),

@@ -8,8 +8,8 @@
 import { FinishReason, SeqOpKind, type GenerateReply, type GenerateRequest, type SeqOp } from '@strata/wire';
 import { cellsNeeded, jobTransition, newJob, rebuildJob, type Job } from './job.ts';
 import { accept, refuse, seqOp } from './replies.ts';
-import { dropSeq, failRequest, requestKey, running, type Admission, type Offloaded, type PipelineCore, type PipelineEffect, type Rebuild } from './pipeline-state.ts';
-import { PrefixTree, type PrefixMatch } from './prefix-tree.ts';
+import { dropSeq, failRequest, requestKey, running, type Admission, type Offloaded, type PipelineCore, type PipelineEffect, type Rebuild, type SavedPrefix } from './pipeline-state.ts';
+import { PrefixTree, type PrefixMatch, type PrefixNode } from './prefix-tree.ts';
 import { sharedBy, type RoomAsk, type RoomGrant } from './seq-room.ts';
 
 /**
@@ -26,6 +26,9 @@ export const WAIT_FOR_PREFIX = MIN_SHARED_PREFIX;
 
 /** Sessions a pipeline remembers in its workers' tiers at most (the oldest is forgotten). */
 export const MAX_OFFLOADED = 4096;
+
+/** cached prefixes a pipeline remembers in its workers' tiers at most (the oldest is forgotten) */
+export const MAX_SAVED_PREFIXES = 1024;
 
 /** Shortest common prefix length of two token lists. */
 export function commonPrefix(a: readonly number[], b: readonly number[]): number {
@@ -159,7 +162,11 @@ export function startWaiting(c: PipelineCore, fx: PipelineEffect[], now: number)
 export function takeRoom(c: PipelineCore, fx: PipelineEffect[], ask: RoomAsk, offload = false): RoomGrant | null {
   const grant = c.room.plan(ask, running(c));
   if (!grant) return null;
-  if (offload && c.options.tiers) for (const id of grant.evicted) offloadSession(c, fx, id);
+  if (offload && c.options.tiers) {
+    for (const id of grant.evicted) offloadSession(c, fx, id);
+    // A leaf's cells leave the device with it (an inner node's stay: its children hold them).
+    for (const p of grant.prefixes) if (p.node.children.size === 0 && sharedBy(p.node) > MIN_SHARED_PREFIX) offloadPrefix(c, fx, p.node);
+  }
   const trims = c.room.apply(grant);
   // Sent before the new work's first step: its cells are those of these sequences.
   for (const d of grant.drops) if (!c.down) fx.push({ type: 'drop_seq', seq: d.seq });
@@ -175,6 +182,14 @@ function offloadSession(c: PipelineCore, fx: PipelineEffect[], id: string): void
   fx.push({ type: 'offload', seq: r.seq, session: id, key });
 }
 
+/** Saves a cached prefix about to be evicted to the tiers (its sequence is emptied or trimmed after). */
+function offloadPrefix(c: PipelineCore, fx: PipelineEffect[], node: PrefixNode): void {
+  const key = `prefix/${c.nextKey++}`;
+  const tokens = PrefixTree.path(node);
+  c.savingPrefixes.set(key, { scope: c.room.prefixes.scopeOf(node), tokens, cells: tokens.length + node.extra, key });
+  fx.push({ type: 'offload', seq: node.seq, session: '', key });
+}
+
 /**
  * No room for `cells` now: wait, unless nothing under way frees cells. They come back when a job
  * ends, a sequence is emptied or a migration settles; with none of these under way (sequences
@@ -185,8 +200,24 @@ function noRoom(c: PipelineCore, cells: number): 'wait' | GenerateReply {
   return 'wait';
 }
 
-/** A session's save to the tiers ended: it is restorable from there (`ok`), or forgotten. */
-export function offloaded(c: PipelineCore, fx: PipelineEffect[], session: string, ok: boolean): void {
+/** A session's (or, without one, a cached prefix's) save to the tiers ended: it is restorable from there (`ok`), or forgotten. */
+export function offloaded(c: PipelineCore, fx: PipelineEffect[], session: string, key: string, ok: boolean): void {
+  if (!session) {
+    const p = c.savingPrefixes.get(key);
+    if (!p) return;
+    c.savingPrefixes.delete(key);
+    if (!ok) {
+      fx.push({ type: 'forget', key });
+      return;
+    }
+    c.savedPrefixes.set(key, p);
+    if (c.savedPrefixes.size > MAX_SAVED_PREFIXES) {
+      const oldest = c.savedPrefixes.keys().next().value as string;
+      c.savedPrefixes.delete(oldest);
+      fx.push({ type: 'forget', key: oldest });
+    }
+    return;
+  }
   const o = c.offloading.get(session);
   if (!o) return;
   c.offloading.delete(session);
@@ -237,6 +268,51 @@ function restore(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, sa
 }
 
 /**
+ * The cached prefix in the tiers that holds the most of a one-off request's prompt in its scope,
+ * if it holds at least 16 more tokens than the device's cache (`cached`) and fits the request's
+ * own cells (it is loaded whole, then cut).
+ */
+function savedPrefix(c: PipelineCore, req: GenerateRequest, cached: number): { prefix: SavedPrefix; depth: number } | null {
+  if (!c.options.tiers || !c.options.prefixCache || req.sampling?.embed) return null;
+  const own = req.prompt.length + maxTokensOf(c, req);
+  let best: { prefix: SavedPrefix; depth: number } | null = null;
+  for (const p of c.savedPrefixes.values()) {
+    if (p.scope !== req.cacheScope || p.cells > own) continue;
+    const depth = Math.min(commonPrefix(p.tokens, req.prompt), req.prompt.length - 1);
+    if (depth >= Math.max(MIN_SHARED_PREFIX, cached + MIN_SHARED_PREFIX) && depth > (best?.depth ?? 0)) best = { prefix: p, depth };
+  }
+  return best;
+}
+
+/**
+ * A one-off request starts from a cached prefix in the tiers: its sequence loads the saved state
+ * and cuts it to the `depth` tokens its prompt shares, and it computes the rest. Its prompt is
+ * cached again as it goes (a lineage from position 0, ready once the state is loaded).
+ */
+function restorePrefix(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, saved: SavedPrefix, depth: number, now: number): 'started' | 'wait' | GenerateReply {
+  const maxTokens = maxTokensOf(c, req);
+  const need = req.prompt.length + maxTokens;
+  const grant = takeRoom(c, fx, { seqs: 1, cells: need, keep: '', extra: 0 }, true);
+  if (!grant) return noRoom(c, need);
+  c.savedPrefixes.delete(saved.key);
+  const seq = grant.seqs[0]!;
+  const ops = grant.emptyFirst.map((s) => seqOp(SeqOpKind.REMOVE, s));
+  ops.push({ ...seqOp(SeqOpKind.LOAD, seq), key: saved.key });
+  if (depth < saved.cells) ops.push(seqOp(SeqOpKind.REMOVE, seq, depth, -1));
+  const job = newJob({
+    requestId: req.requestId, index: 0, sessionId: '', seq, prompt: req.prompt.slice(depth), pos0: depth,
+    sampling: { ...req.sampling!, seed: req.sampling?.seed ?? 0 }, maxTokens,
+  });
+  // The stages hold none of it until the state is loaded ('prepared'): no later prompt shares it before.
+  job.done = 0;
+  if (req.prompt.length > MIN_SHARED_PREFIX) job.grown = c.room.prefixes.grow(req.cacheScope, null, [...req.prompt], job, now);
+  fx.push({ type: 'log', level: 'debug', message: 'restoring a cached prefix from the tiers', fields: { request: req.requestId, seq, depth, key: saved.key } });
+  const request: Admission = { req, jobs: [job], cached: depth, epoch: 0, live: 1, failures: 0, restore: { tokens: saved.tokens, key: saved.key, epoch: 0, lastUsedMs: now } };
+  begin(c, fx, request, [job], ops, null);
+  return 'started';
+}
+
+/**
  * The cached prefix a request without cells of its own here shares: the longest one in its scope
  * that every stage holds (leaving one prompt token to evaluate), if long enough; 'wait' when a
  * running job is computing much more of it right now.
@@ -279,6 +355,9 @@ function tryStart(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, n
     if (m === 'wait') return 'prefix';
     match = m;
     cached = m?.depth ?? 0;
+    // Much more of the prompt in the tiers than on the device: it comes back from there.
+    const saved = session || n > 1 ? null : savedPrefix(c, req, cached);
+    if (saved) return restorePrefix(c, fx, req, saved.prefix, saved.depth, now);
   }
   const need = n * (maxTokens + req.prompt.length - cached);
   // The session's own cells past the common prefix are removed before it starts (less what it
@@ -368,8 +447,11 @@ export function prepared(c: PipelineCore, requestId: string, session: string, ep
   if (!request) return;
   request.restore = null;
   if (session) request.epoch = epoch;
-  // (A migration that holds the session meanwhile keeps it held.)
-  for (const j of request.jobs) j.held = c.holding.has(j.sessionId);
+  // (A migration that holds the session meanwhile keeps it held.) What was loaded is held now.
+  for (const j of request.jobs) {
+    j.held = c.holding.has(j.sessionId);
+    j.done = Math.max(j.done, j.pos0);
+  }
 }
 
 /**
@@ -384,13 +466,16 @@ export function prepareFailed(c: PipelineCore, fx: PipelineEffect[], requestId: 
     request.restore = null;
     const j = request.jobs[0]!;
     const kept = request.cached;
-    fx.push({ type: 'log', level: 'info', message: 'a session could not be restored from the tiers: prefilling it again', fields: { request: requestId, session: j.sessionId, code, message } });
+    fx.push({ type: 'log', level: 'info', message: 'a session or prefix could not be restored from the tiers: prefilling it again', fields: { request: requestId, session: j.sessionId, code, message } });
+    // A prefix's lineage covers the whole prompt from position 0: the job now computes it all.
+    const grown = j.grown;
     rebuildJob(j, saved.tokens.slice(0, j.pos0));
+    j.grown = grown;
     j.held = true;
     request.cached = 0;
-    const r = c.room.residents.get(j.sessionId);
+    const r = j.sessionId ? c.room.residents.get(j.sessionId) : undefined;
     if (r) r.tokens = [];
-    fx.push({ type: 'prepare', requestId, ops: [seqOp(SeqOpKind.REMOVE, j.seq)], claim: j.sessionId, history: { keep: kept, tokens: request.req.prompt.slice(kept) } });
+    fx.push({ type: 'prepare', requestId, ops: [seqOp(SeqOpKind.REMOVE, j.seq)], claim: j.sessionId, history: j.sessionId ? { keep: kept, tokens: request.req.prompt.slice(kept) } : null });
     return;
   }
   for (const j of request.jobs) {

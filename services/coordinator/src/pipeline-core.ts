@@ -45,7 +45,7 @@ export type PipelineMsg =
   /** a cache sequence was trimmed (`ok`), or its trim failed (the answer to 'trim_seq') */
   | { type: 'trimmed'; seq: number; ok: boolean }
   /** a session was saved to every stage's tiers (`ok`), or not (the first answer to 'offload') */
-  | { type: 'offloaded'; session: string; ok: boolean }
+  | { type: 'offloaded'; session: string; key: string; ok: boolean }
   /** time passes: a step past its deadline is reported ('stalled') */
   | { type: 'tick' }
   /** the pipeline went away; `blame`: whose requests count a failure for it */
@@ -103,7 +103,7 @@ export function transition(c: PipelineCore, msg: PipelineMsg, now: number): Pipe
       break;
     case 'offloaded':
       if (c.down) return fx;
-      offloaded(c, fx, msg.session, msg.ok);
+      offloaded(c, fx, msg.session, msg.key, msg.ok);
       break;
     case 'tick': {
       // A tick changes nothing: it only looks at the oldest step.

@@ -162,6 +162,8 @@ export function down(c: PipelineCore, fx: PipelineEffect[], reason: string, blam
   c.requests.clear();
   c.offloading.clear();
   c.offloaded.clear();
+  c.savingPrefixes.clear();
+  c.savedPrefixes.clear();
   c.handOffs.clear();
   c.prefilled.clear();
 }
@@ -184,6 +186,8 @@ export function abandon(c: PipelineCore, fx: PipelineEffect[]): void {
   c.requests.clear();
   c.offloading.clear();
   c.offloaded.clear();
+  c.savingPrefixes.clear();
+  c.savedPrefixes.clear();
   c.handOffs.clear();
   c.prefilled.clear();
 }

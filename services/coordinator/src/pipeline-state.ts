@@ -91,6 +91,15 @@ export interface Offloaded {
   lastUsedMs: number;
 }
 
+/** A cached prefix evicted to its workers' tiers: its scope, its path's tokens, the cells its state holds. */
+export interface SavedPrefix {
+  scope: string;
+  tokens: number[];
+  /** positions the saved sequence holds (its path, and what its request generated after it) */
+  cells: number;
+  key: string;
+}
+
 /** A micro-batch sent and not yet answered. */
 export interface InFlight {
   entries: PlannedEntry[];
@@ -118,9 +127,9 @@ export type PipelineEffect =
   /** empty a sequence on every stage; then send 'dropped' */
   | { type: 'drop_seq'; seq: number }
   /**
-   * save a session's sequence to every stage's tiers under `key` (sent before any later
-   * operation on the sequence: its emptying follows); then send 'offloaded' (whether every stage
-   * saved it)
+   * save a session's sequence ('' for a cached prefix's) to every stage's tiers under `key` (sent
+   * before any later operation on the sequence: its emptying follows); then send 'offloaded'
+   * (whether every stage saved it)
    */
   | { type: 'offload'; seq: number; session: string; key: string }
   /** forget what every stage's tiers keep under `key` */
@@ -187,6 +196,9 @@ export interface PipelineCore {
   /** sessions being saved to the tiers (they take no request until saved) and saved there */
   readonly offloading: Map<string, Offloaded>;
   readonly offloaded: Map<string, Offloaded>;
+  /** cached prefixes being saved to the tiers, and saved there (oldest first), by tier key */
+  readonly savingPrefixes: Map<string, SavedPrefix>;
+  readonly savedPrefixes: Map<string, SavedPrefix>;
   /** requests to hold after their first sample, for a decode pipeline to take (disaggregation) */
   readonly handOffs: Set<string>;
   /** keys of requests held for a hand-off whose 'prefilled' is not yet said */
@@ -215,7 +227,7 @@ export function openPipeline(view: PipelineView, options: PipelineOptions, costs
   const core: PipelineCore = {
     view, options, costs, route: view.stages.map((s) => s.workerId), maxBatch: Math.min(...view.stages.map((s) => s.maxBatch)),
     context: Math.min(capacity, view.stages[0]!.nCtxTrain), room: new SeqRoom(nSeqMax, capacity), jobs: [], requests: new Map(), waiting: [], rebuilds: [], inflight: new Map(), early: new Map(),
-    moving: new Set(), holding: new Set(), holdPending: new Set(), offloading: new Map(), offloaded: new Map(), handOffs: new Set(), prefilled: new Set(), nextKey: 1,
+    moving: new Set(), holding: new Set(), holdPending: new Set(), offloading: new Map(), offloaded: new Map(), savingPrefixes: new Map(), savedPrefixes: new Map(), handOffs: new Set(), prefilled: new Set(), nextKey: 1,
     nextStep: firstStepId, down: false, clean: false, lastResultMs: 0,
   };
   return { core, effects: [{ type: 'empty', seqs: core.room.allSeqs() }] };

@@ -117,7 +117,7 @@ describe('sessions evicted to the tiers', () => {
     const key = only(big, 'offload')[0]!.key;
     // Its next turn waits while it is being saved, then for room.
     send({ type: 'admit', req: req('s-2', [...history, 42, 7], { sessionId: 't:s' }) }, 4);
-    send({ type: 'offloaded', session: 't:s', ok: true }, 5);
+    send({ type: 'offloaded', session: 't:s', key, ok: true }, 5);
     assert.deepEqual(steps(send({ type: 'prepared', requestId: 'big', session: '', epoch: 0 }, 6)), ['0:0+64', '0:64+64']);
     send({ type: 'step_result', result: result(102n, []) }, 7);
     send({ type: 'step_result', result: result(103n, []) }, 7);
@@ -200,7 +200,7 @@ function simulate(seed: number): void {
       else if (e.type === 'offload') {
         // Saved before the emptying that follows it.
         tiers.set(e.key, kv.seqPosMax(e.seq) + 1);
-        replies.push({ type: 'offloaded', session: e.session, ok: true });
+        replies.push({ type: 'offloaded', session: e.session, key: e.key, ok: true });
       } else if (e.type === 'forget') tiers.delete(e.key);
       else if (e.type === 'request_ended') ended++;
       else if (e.type === 'send_step') {
@@ -245,3 +245,60 @@ function simulate(seed: number): void {
   assert.equal(kv.used, core.room.reserved(running(core)), `seed ${seed}: when all is quiet the room counts exactly what the stage holds`);
   assert.ok(core.room.prefixes.size > 0, `seed ${seed}: something was cached`);
 }
+
+describe('cached prefixes evicted to the tiers', () => {
+  /** A pipeline of 256 cells whose cache holds one 150-token prompt; a request that needs every cell evicts it. */
+  const evicted = () => {
+    const p = pipeline(256, 4, { tiers: true, prefillChunk: 256 });
+    const prompt = [...range(1000, 150), 1];
+    p.send({ type: 'admit', req: req('a', prompt, { maxTokens: 1 }) }, 1);
+    p.send({ type: 'step_result', result: result(100n, [[0, 42]]) }, 2);
+    assert.equal(p.core.room.prefixes.cacheSeqs().length, 1);
+    const big = p.send({ type: 'admit', req: req('big', range(5000, 200), { maxTokens: 50 }) }, 3);
+    return { ...p, prompt, big };
+  };
+
+  it('a cached prompt evicted for new work is saved before its sequence is emptied', () => {
+    const { core, send, big } = evicted();
+    const order = big.filter((e) => e.type === 'offload' || e.type === 'prepare' || e.type === 'drop_seq').map((e) => e.type === 'offload' ? `offload ${e.seq} ${e.session || 'prefix'}` : e.type);
+    assert.deepEqual(order, ['offload 0 prefix', 'prepare'], 'saved first; the new work empties the sequence it is handed');
+    const key = only(big, 'offload')[0]!.key;
+    assert.deepEqual([...core.savingPrefixes.values()].map((p) => [p.scope, p.tokens.length, p.cells]), [['tenant:t', 151, 151]]);
+    send({ type: 'offloaded', session: '', key, ok: true }, 4);
+    assert.deepEqual([...core.savedPrefixes.keys()], [key]);
+  });
+
+  it('a later prompt that shares it loads it and computes only the rest; the prompt is cached again', () => {
+    const { core, send, big, prompt } = evicted();
+    const key = only(big, 'offload')[0]!.key;
+    send({ type: 'offloaded', session: '', key, ok: true }, 4);
+    send({ type: 'prepared', requestId: 'big', session: '', epoch: 0 }, 4);
+    send({ type: 'step_result', result: result(101n, [[0, 1]]) }, 5);
+    for (let i = 102n; core.requests.has('big'); i++) send({ type: 'step_result', result: result(i, [[0, 1]]) }, 6);
+    const again = send({ type: 'admit', req: req('c', [...prompt.slice(0, 150), 7, 8], { maxTokens: 2 }) }, 7);
+    const prep = only(again, 'prepare')[0]!;
+    assert.deepEqual(prep.ops.map((o) => [SeqOpKind[o.kind], o.seq, o.key, o.p0]), [['REMOVE', 0, '', -1], ['LOAD', 0, key, -1], ['REMOVE', 0, '', 150]],
+      'its sequence takes the saved state and keeps the 150 positions the prompt shares');
+    assert.equal(core.savedPrefixes.size, 0, 'taken out of the tiers');
+    const match = core.room.prefixes.match('tenant:t', [...prompt.slice(0, 150), 9, 9], 151);
+    assert.equal(match?.depth ?? 0, 0, 'no later prompt shares it before the state is loaded');
+    const first = send({ type: 'prepared', requestId: 'c', session: '', epoch: 0 }, 8);
+    assert.deepEqual(steps(first), ['0:150+2!']);
+    assert.equal(core.room.prefixes.match('tenant:t', [...prompt.slice(0, 150), 9, 9], 151)?.depth, 150, 'loaded: shared again');
+    const second = send({ type: 'step_result', result: result(only(first, 'send_step')[0]!.stepId, [[0, 3]]) }, 9);
+    const done = send({ type: 'step_result', result: result(only(second, 'send_step')[0]!.stepId, [[0, 4]]) }, 9);
+    assert.deepEqual(cached(done), [150], 'its usage counts what came back from the tiers');
+  });
+
+  it('a state the tiers no longer give back is prefilled again, whole', () => {
+    const { core, send, big, prompt } = evicted();
+    const key = only(big, 'offload')[0]!.key;
+    send({ type: 'offloaded', session: '', key, ok: true }, 4);
+    send({ type: 'prepared', requestId: 'big', session: '', epoch: 0 }, 4);
+    for (let i = 101n; core.requests.has('big'); i++) send({ type: 'step_result', result: result(i, [[0, 1]]) }, 5);
+    send({ type: 'admit', req: req('c', [...prompt.slice(0, 150), 7, 8], { maxTokens: 2 }) }, 7);
+    const again = send({ type: 'prepare_failed', requestId: 'c', code: 'not_found', message: 'gone from the tiers' }, 8);
+    assert.deepEqual(only(again, 'prepare')[0]!.ops.map((o) => [SeqOpKind[o.kind], o.p0]), [['REMOVE', -1]]);
+    assert.deepEqual(steps(send({ type: 'prepared', requestId: 'c', session: '', epoch: 0 }, 9)), ['0:0+152!'], 'the whole prompt, computed');
+  });
+});

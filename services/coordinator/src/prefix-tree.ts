@@ -276,6 +276,14 @@ export class PrefixTree {
   }
 
   /** The path of `node`'s first `depth` positions (all by default). */
+  /** The scope whose tree `node` is in ('' when it is in none any more). */
+  scopeOf(node: PrefixNode): string {
+    let root = node;
+    while (root.parent) root = root.parent;
+    for (const [scope, r] of this.#roots) if (r === root) return scope;
+    return '';
+  }
+
   static path(node: PrefixNode, depth = end(node)): number[] {
     const parts: number[][] = [];
     for (let n: PrefixNode | null = node; n; n = n.parent) parts.unshift(n.tokens);

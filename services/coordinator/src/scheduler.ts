@@ -158,10 +158,10 @@ export class PipelineScheduler implements Placeable {
     return this.#core.room.residents.size;
   }
 
-  /** The prefix cache: cache sequences and the cells it holds. */
-  get prefixCache(): { prefixes: number; cells: number } {
+  /** The prefix cache: cache sequences and the cells it holds, and the prompts saved to the tiers. */
+  get prefixCache(): { prefixes: number; cells: number; saved: number } {
     const tree = this.#core.room.prefixes;
-    return { prefixes: tree.cacheSeqs().length, cells: tree.cells() };
+    return { prefixes: tree.cacheSeqs().length, cells: tree.cells(), saved: this.#core.savedPrefixes.size };
   }
 
   /** one-off requests running or waiting here */
@@ -403,12 +403,12 @@ export class PipelineScheduler implements Placeable {
     try {
       const saved = await this.#seqOps([{ ...seqOp(SeqOpKind.SAVE, seq), key }]);
       ok = saved.every((stage) => (stage[0] ?? -1) >= 0);
-      if (!ok) this.#log.warn('a stage\'s tiers did not take an evicted session: it will be prefilled again', { session, seq });
+      if (!ok) this.#log.warn('a stage\'s tiers did not take an evicted session or prefix: it will be prefilled again', { session, key, seq });
     } catch (err) {
       ok = false;
-      this.#log.warn('an evicted session could not be saved to the tiers: it will be prefilled again', { session, seq, err });
+      this.#log.warn('an evicted session or prefix could not be saved to the tiers: it will be prefilled again', { session, key, seq, err });
     }
-    this.#deliver({ type: 'offloaded', session, ok });
+    this.#deliver({ type: 'offloaded', session, key, ok });
   }
 
   /** Drops a cache sequence's positions from `keepTo` on, on every stage; a failed trim's cells stay counted as held. */
