@@ -161,6 +161,8 @@ describe('telemetry across the cluster', () => {
       const used = sum(m, 'strata_kv_cells_used', { worker: w });
       assert.ok(used >= 0 && used <= CTX, `${w}: ${used} cells used`);
       assert.equal(sum(m, 'strata_stage_duration_count', { worker: w }), w === 'p1-s0' ? 0 : MAX_TOKENS, `${w}: one stage run per step`);
+      assert.deepEqual(['host', 'disk'].map((tier) => m.some((x) => x.name === 'strata_kv_tier_bytes' && x.labels.worker === w && x.labels.tier === tier)), [true, true], `${w}: its tiers' bytes`);
+      assert.equal(sum(m, 'strata_kv_tier_states', { worker: w }), 0, `${w}: nothing evicted, nothing in the tiers`);
     }
     const gw = await scrape('gateway');
     assert.equal(sum(gw, 'http_server_request_duration_count', { http_route: '/v1/completions', http_response_status_code: '200' }), 1);

@@ -38,6 +38,12 @@ export interface StrataMetrics {
   kvCellsUsed: ObservableGauge;
   /** strata.kv.cells.total {worker}: KV cells of the stage — worker */
   kvCellsTotal: ObservableGauge;
+  /** strata.kv.tier.bytes (By) {worker, tier: host|disk}: KV states of evicted sessions and prefixes the worker's tiers keep — worker */
+  kvTierBytes: ObservableGauge;
+  /** strata.kv.tier.states {worker, tier}: how many — worker */
+  kvTierStates: ObservableGauge;
+  /** strata.kv.tier.ops {worker, op: save|load|miss, tier: host|disk|none}: states saved (none: no tier could hold it), loaded back, and asked for but not there (dropped for room, damaged) — worker */
+  kvTierOps: Counter;
   /** strata.stage.busy (s) {worker}: how long the step computing now has been computing (0: idle) — worker */
   stageBusy: ObservableGauge;
   /** strata.worker.slow {worker}: 1 while its step runs past twice its predicted time — coordinator */
@@ -65,6 +71,9 @@ function create(provider: MeterProvider): StrataMetrics {
     stageDuration: m.createHistogram('strata.stage.duration', { ...latency, description: 'one stage computing one micro-batch' }),
     kvCellsUsed: m.createObservableGauge('strata.kv.cells.used', { description: 'KV cells holding some sequence', unit: '{cell}' }),
     kvCellsTotal: m.createObservableGauge('strata.kv.cells.total', { description: 'KV cells of the stage', unit: '{cell}' }),
+    kvTierBytes: m.createObservableGauge('strata.kv.tier.bytes', { description: 'KV states of evicted sessions and cached prefixes kept in the worker\'s tiers', unit: 'By' }),
+    kvTierStates: m.createObservableGauge('strata.kv.tier.states', { description: 'KV states kept in the worker\'s tiers', unit: '{state}' }),
+    kvTierOps: m.createCounter('strata.kv.tier.ops', { description: 'KV states saved to the tiers, loaded back, or asked for and missing', unit: '{state}' }),
     stageBusy: m.createObservableGauge('strata.stage.busy', { description: 'how long the step computing now has been computing (0: idle)', unit: 's' }),
     workerSlow: m.createObservableGauge('strata.worker.slow', { description: '1 while a worker\'s step runs past twice its predicted time (shown, never taken down for it)', unit: '{worker}' }),
     httpDuration: m.createHistogram('http.server.request.duration', { ...latency, description: 'HTTP requests the gateway answered, to the end of the body' }),

@@ -429,13 +429,17 @@ function begin(c: PipelineCore, fx: PipelineEffect[], request: Admission, jobs: 
   const session = request.req.sessionId;
   c.requests.set(request.req.requestId, request);
   c.jobs.push(...jobs);
-  // Admitted to be handed off: held after its first sample (disaggregation, pipeline-steps.ts).
-  if (c.handOffs.delete(request.req.requestId)) {
-    for (const j of jobs) j.handOff = true;
-    fx.push({ type: 'prefilling', key: session || requestKey(request.req.requestId) });
-  }
   const prepare = ops.length > 0 || session !== '';
   for (const j of jobs) j.held = prepare;
+  // Admitted to be handed off: held after its first sample (disaggregation, pipeline-steps.ts).
+  // Its positions are copied as the stages hold them: a shared prefix only once its copy is made.
+  if (c.handOffs.delete(request.req.requestId)) {
+    for (const j of jobs) {
+      j.handOff = true;
+      if (prepare) j.done = 0;
+    }
+    fx.push({ type: 'prefilling', key: session || requestKey(request.req.requestId) });
+  }
   if (prepare) fx.push({ type: 'prepare', requestId: request.req.requestId, ops, claim: session, history });
 }
 

@@ -8,6 +8,7 @@ import { ROOT_CONTEXT, SpanKind, context, trace, type Context, type ObservableRe
 import { endSpan, metadataContext, natsContext, natsHeaders, stepKind, strataMetrics, tracer, type MetadataLike, type StepKind } from '@strata/telemetry';
 import type { MigrateOutReply, MigrateOutRequest, PushResponse, StageInfo, StepHeader } from '@strata/wire';
 import type { MsgHdrs } from 'nats';
+import type { TierStats } from './kv-tiers.ts';
 
 /** A micro-batch running on this stage. */
 export interface StageTrace {
@@ -63,6 +64,32 @@ export function observeKvCells(worker: string, cells: () => { used: number; tota
     m.kvCellsTotal.removeCallback(total);
     m.stageBusy.removeCallback(busy);
   };
+}
+
+/** Reports what the worker's tiers keep (bytes and states, per tier) at every collection; returns the function that stops it. */
+export function observeTiers(worker: string, stats: () => TierStats): () => void {
+  const m = strataMetrics();
+  const bytes = (r: ObservableResult) => {
+    const s = stats();
+    r.observe(s.hostBytes, { worker, tier: 'host' });
+    r.observe(s.diskBytes, { worker, tier: 'disk' });
+  };
+  const states = (r: ObservableResult) => {
+    const s = stats();
+    r.observe(s.hostEntries, { worker, tier: 'host' });
+    r.observe(s.diskEntries, { worker, tier: 'disk' });
+  };
+  m.kvTierBytes.addCallback(bytes);
+  m.kvTierStates.addCallback(states);
+  return () => {
+    m.kvTierBytes.removeCallback(bytes);
+    m.kvTierStates.removeCallback(states);
+  };
+}
+
+/** Counts a tier operation: a state saved (to `tier`), loaded back (from `tier`), or missing. */
+export function countTierOp(worker: string, op: 'save' | 'load' | 'miss', tier: string): void {
+  strataMetrics().kvTierOps.add(1, { worker, op, tier });
 }
 
 /** Runs a KV push inside its span, a child of the context in `headers`; the span ends with the push. */

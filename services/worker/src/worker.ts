@@ -22,7 +22,7 @@ import { KvTransferServer, closePushClients, loadSecurity, pushState, type Trans
 import { KvTiers, TierMiss } from './kv-tiers.ts';
 import { ringEntries, ringSamples, type RingSample } from './ring.ts';
 import { StageHost } from './stage-host.ts';
-import { endStage, observeKvCells, startStage, tracePush } from './telemetry.ts';
+import { countTierOp, endStage, observeKvCells, observeTiers, startStage, tracePush } from './telemetry.ts';
 import { context } from '@opentelemetry/api';
 import { headerBytes } from '@strata/telemetry';
 
@@ -107,7 +107,12 @@ export class Worker {
     }
     w.info.grpcAddress = c.grpcAdvertise ?? w.#kv.address;
     w.#subscribe();
-    w.#unobserve = observeKvCells(c.id, () => ({ used: w.#host.snapshot.used, total: w.info.kvCells, busyMs: w.load().busyMs }));
+    const unobserveCells = observeKvCells(c.id, () => ({ used: w.#host.snapshot.used, total: w.info.kvCells, busyMs: w.load().busyMs }));
+    const unobserveTiers = observeTiers(c.id, () => w.#tiers.stats);
+    w.#unobserve = () => {
+      unobserveCells();
+      unobserveTiers();
+    };
     w.#heartbeat();
     w.#timer = setInterval(() => {
       w.#heartbeat();
@@ -327,6 +332,7 @@ export class Worker {
       if (end < 0 || !this.#tiers.enabled) return { posMax: [-1] };
       const tier = this.#tiers.put(op.key, state);
       this.#log.debug('saved a sequence to a tier', { seq: op.seq, key: op.key, tier, bytes: state.byteLength });
+      countTierOp(this.info.workerId, 'save', tier ?? 'none');
       return { posMax: [tier ? end : -1] };
     }
     const check = await this.#host.seqOps([], fence);
@@ -337,9 +343,13 @@ export class Worker {
         try {
           taken = this.#tiers.take(op.key);
         } catch (err) {
-          if (err instanceof TierMiss) throw new WorkerError('kv_tier_miss', err.message);
+          if (err instanceof TierMiss) {
+            countTierOp(this.info.workerId, 'miss', 'none');
+            throw new WorkerError('kv_tier_miss', err.message);
+          }
           throw err;
         }
+        countTierOp(this.info.workerId, 'load', taken.tier);
         await this.#host.importState(taken.state, op.seq);
         return { posMax: [await this.#host.seqPosMax(op.seq)] };
       }
