@@ -25,14 +25,14 @@ export interface PrefixOptions {
   /** sentences of the system prompt (about 28 tokens each with Gemma 3's tokenizer) */
   systemSentences: number;
   reps: number;
-  /** which parts: 'shared' (one system prompt, against llama-server), 'routing' (two pipelines), 'tiers', 'disagg' */
+  /** which parts: 'shared' (one system prompt, against llama-server), 'routing' (two pipelines), 'tiers', 'multiturn' (against llama-server), 'disagg' */
   parts: string[];
   /** disagg: tokens of each long prompt */
   longPrompt: number;
 }
 
-/** One request's outcome. */
-interface Answer { ttft: number; prompt: number; computed: number }
+/** One request's outcome, and the text it answered. */
+interface Answer { ttft: number; prompt: number; computed: number; text: string }
 
 /** One run: every client's answer and the wall time. */
 interface Run { answers: Answer[]; wallMs: number }
@@ -49,7 +49,7 @@ function systemPrompt(tag: string, n: number): string {
 /** One greedy streaming chat completion; its time to first token and the prompt tokens the server computed. */
 async function ask(url: string, model: string, content: string, extra: Record<string, unknown> = {}, headers: Record<string, string> = {}): Promise<Answer> {
   const start = performance.now();
-  let first = 0, prompt = 0, computed = -1;
+  let first = 0, prompt = 0, computed = -1, text = '';
   const body = { model, messages: [{ role: 'user', content }], max_tokens: 8, temperature: 0, stream: true, stream_options: { include_usage: true }, ...extra };
   const { status, tail } = await postStream(`${url}/v1/chat/completions`, body, (e) => {
     const j = e as {
@@ -57,7 +57,11 @@ async function ask(url: string, model: string, content: string, extra: Record<st
       usage?: { prompt_tokens: number; prompt_tokens_details?: { cached_tokens?: number } };
       timings?: { prompt_n?: number };
     };
-    if (j.choices?.[0]?.delta?.content && !first) first = performance.now();
+    const piece = j.choices?.[0]?.delta?.content;
+    if (piece) {
+      first ||= performance.now();
+      text += piece;
+    }
     if (j.usage) {
       prompt = j.usage.prompt_tokens;
       if (j.usage.prompt_tokens_details?.cached_tokens !== undefined) computed = prompt - j.usage.prompt_tokens_details.cached_tokens;
@@ -66,7 +70,7 @@ async function ask(url: string, model: string, content: string, extra: Record<st
     if (j.timings?.prompt_n !== undefined) computed = j.timings.prompt_n;
   }, headers);
   if (status !== 200) throw new Error(`HTTP ${status} from ${url}: ${tail}`);
-  return { ttft: (first || performance.now()) - start, prompt, computed: computed < 0 ? prompt : computed };
+  return { ttft: (first || performance.now()) - start, prompt, computed: computed < 0 ? prompt : computed, text };
 }
 
 /** `questions` at once, each after `system`. */
@@ -90,6 +94,7 @@ export async function runPrefixBench(o: PrefixOptions, step: (detail?: string) =
   if (o.parts.includes('shared')) out.shared = await shared(o, bin, step);
   if (o.parts.includes('routing')) out.routing = await routing(o, step);
   if (o.parts.includes('tiers')) out.tiers = await tiers(o, step);
+  if (o.parts.includes('multiturn')) out.multiturn = await multiTurn(o, bin, step);
   if (o.parts.includes('disagg')) out.disagg = await disagg(o, step);
   return out;
 }
@@ -322,5 +327,65 @@ async function disagg(o: PrefixOptions, step: (detail?: string) => void): Promis
     return rows;
   } finally {
     for (const { c } of clusters) await c.stop();
+  }
+}
+
+/**
+ * Multi-turn chat with three times more conversations than the KV cells hold: `sessions`
+ * conversations of ~1,000 tokens (a system prompt of their own) take three turns each in turn
+ * (one client; each turn a short question and 16 tokens of answer, the whole history sent
+ * again), against llama-server with as many slots as the cells hold conversations
+ * (`--cache-reuse 256`: a slot keeps its last prompt) and Strata's sessions (`x-session-id`: an
+ * idle session evicted for another goes to host memory and comes back). Time to first token of
+ * the later turns, and the prompt tokens each server computed.
+ */
+async function multiTurn(o: PrefixOptions, bin: string, step: (detail?: string) => void): Promise<unknown> {
+  const fits = 4, sessions = 3 * fits, turns = 3, perSession = 1400;
+  const ls = await startLlamaServer(bin, o.model, o.threads, fits, perSession, ['--cache-reuse', '256']);
+  const strata = await LocalCluster.start({
+    model: o.model, workers: 1, threads: o.threads, port: 0, ctxSize: fits * perSession, logLevel: process.env.BENCH_LOG ?? 'error',
+    gatewayFlags: ['--timeout-ms', '1800000'], coordinatorFlags: ['--seq-op-timeout-ms', '120000'],
+  });
+  try {
+    const sid = await modelId(strata.url);
+    const targets = [
+      { name: 'llama-server', url: ls.url, model: 'model', session: (_: string): Record<string, string> => ({}) },
+      { name: 'strata', url: strata.url, model: sid, session: (id: string): Record<string, string> => ({ 'x-session-id': id }) },
+    ];
+    const res = new Map(targets.map((t) => [t.name, { later: [] as number[], first: [] as number[], computed: [] as number[], prompt: [] as number[] }]));
+    for (let r = 0; r < o.reps; r++) {
+      for (const t of r % 2 === 0 ? targets : [...targets].reverse()) {
+        const tag = `${r}-${randomBytes(4).toString('hex')}`;
+        const history = Array.from({ length: sessions }, (_, i) => [{ role: 'system', content: systemPrompt(`M${tag}-${i}`, 33) }]);
+        let computed = 0, prompt = 0;
+        for (let turn = 0; turn < turns; turn++) {
+          for (let i = 0; i < sessions; i++) {
+            const messages = [...history[i]!, { role: 'user', content: `Turn ${turn + 1}: what does ledger ${(i + turn) % 9 + 1} say about ${TOPICS[(i + turn) % TOPICS.length]}?` }];
+            const a = await ask(t.url, t.model, '', { messages, max_tokens: 16 }, t.session(`mt-${tag}-${i}`));
+            history[i] = [...messages, { role: 'assistant', content: a.text }];
+            (turn === 0 ? res.get(t.name)!.first : res.get(t.name)!.later).push(a.ttft);
+            computed += a.computed;
+            prompt += a.prompt;
+          }
+        }
+        res.get(t.name)!.computed.push(computed);
+        res.get(t.name)!.prompt.push(prompt);
+      }
+      step(`multi-turn, repetition ${r + 1}/${o.reps}`);
+    }
+    console.log(`multi-turn: ${sessions} conversations of ~1,000 tokens, ${turns} turns each in turn, where the cells hold ${fits} (one client, 16 tokens per answer, ${o.threads} threads):`);
+    console.log(`${'server'.padEnd(14)} ${'turn 1 TTFT p50 ms'.padStart(19)} ${'later turns TTFT p50 / p99 ms'.padStart(30)} ${'prompt tokens'.padStart(13)} ${'computed'.padStart(9)}`);
+    const rows = [...res].map(([name, x]) => ({
+      name, firstP50: pct(x.first, 50), laterP50: pct(x.later, 50), laterP99: pct(x.later, 99), prompt: median(x.prompt), computed: median(x.computed),
+    }));
+    for (const r of rows) {
+      console.log(`${r.name.padEnd(14)} ${Math.round(r.firstP50).toString().padStart(19)} ${`${Math.round(r.laterP50)} / ${Math.round(r.laterP99)}`.padStart(30)} ${String(r.prompt).padStart(13)} ${String(r.computed).padStart(9)}`);
+    }
+    const [l, st] = rows;
+    console.log(`later turns: Strata's median time to first token ${(l!.laterP50 / st!.laterP50).toFixed(1)}× lower; ${(l!.computed / Math.max(1, st!.computed)).toFixed(1)}× fewer prompt tokens computed`);
+    return rows;
+  } finally {
+    await strata.stop();
+    ls.proc.kill('SIGTERM');
   }
 }

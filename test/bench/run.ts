@@ -113,7 +113,7 @@ const serving = opts.only.has('serving')
   }, step))
   : null;
 const prefix = opts.only.has('prefix')
-  ? await section('prefix', 2 + 4 * opts.prefixReps, (step) => runPrefixBench({
+  ? await section('prefix', 2 + 5 * opts.prefixReps, (step) => runPrefixBench({
     model: servingModel, threads: opts.threads, clients: opts.prefixClients, systemSentences: opts.prefixSentences, reps: opts.prefixReps, parts: opts.prefixParts, longPrompt: opts.longPrompt,
   }, step))
   : null;
