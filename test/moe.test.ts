@@ -13,10 +13,13 @@ import { LONG_TEXT, maxAbsDiff, synthModel } from './helpers/models.ts';
 
 const THREADS = 2;
 const REPACK = native().libs.kind === 'native';
-const path = synthModel({ arch: 'qwen3moe', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 2048, seed: 41, nExpert: 8, nExpertUsed: 2, nFfExp: 128 });
+const qwen3moe = synthModel({ arch: 'qwen3moe', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 2048, seed: 41, nExpert: 8, nExpertUsed: 2, nFfExp: 128 });
 
 
-describe('a mixture of experts (qwen3moe, 8 experts, 2 used) against libllama', () => {
+// gpt-oss: sinks, biases, SwiGLU-OAI, softmax over the chosen experts, every other layer windowed (the prompts cross it)
+const gptOss = synthModel({ arch: 'gpt-oss', nLayer: 4, nEmbd: 128, nHead: 4, nHeadKv: 2, headDim: 32, nFf: 256, nCtxTrain: 2048, seed: 63, nExpert: 4, nExpertUsed: 2, nFfExp: 64, slidingWindow: 32, expertType: 'mxfp4' });
+
+for (const [name, path] of [['qwen3moe, 8 experts, 2 used', qwen3moe], ['gpt-oss, 4 MXFP4 experts, 2 used, window 32', gptOss]] as const) describe(`a mixture of experts (${name}) against libllama`, () => {
   const vocab = Vocab.load(path);
   const prompt = vocab.tokenize(LONG_TEXT + ' ' + LONG_TEXT).subarray(0, 128);
   after(() => vocab.dispose());
@@ -56,8 +59,8 @@ describe('a mixture of experts through the cluster', () => {
   let cluster: LocalCluster;
   let vocab: Vocab;
   before(async () => {
-    cluster = await LocalCluster.start({ model: path, splits: [[{ l0: 0, l1: 1 }, { l0: 1, l1: 4 }], [{ l0: 0, l1: 3 }, { l0: 3, l1: 4 }]], port: 0, threads: 1, ctxSize: 1024 });
-    vocab = Vocab.load(path);
+    cluster = await LocalCluster.start({ model: qwen3moe, splits: [[{ l0: 0, l1: 1 }, { l0: 1, l1: 4 }], [{ l0: 0, l1: 3 }, { l0: 3, l1: 4 }]], port: 0, threads: 1, ctxSize: 1024 });
+    vocab = Vocab.load(qwen3moe);
   });
   after(async () => {
     vocab?.dispose();
@@ -65,11 +68,11 @@ describe('a mixture of experts through the cluster', () => {
   });
 
   it('streams the tokens strata generate gives, across a migration between pipelines split at other layers', async () => {
-    const ref = await strataGenerate(['--model', path, '--prompt', 'The miller counted', '--n-predict', '48']);
+    const ref = await strataGenerate(['--model', qwen3moe, '--prompt', 'The miller counted', '--n-predict', '48']);
     let moved: Record<string, unknown> = {};
     const r = await fetch(`${cluster.url}/v1/completions`, {
       method: 'POST', headers: { 'content-type': 'application/json', 'x-session-id': 'moe-1' },
-      body: JSON.stringify({ model: modelIdOf(path), prompt: 'The miller counted', max_tokens: 48, temperature: 0, stream: true, logprobs: 0 }),
+      body: JSON.stringify({ model: modelIdOf(qwen3moe), prompt: 'The miller counted', max_tokens: 48, temperature: 0, stream: true, logprobs: 0 }),
     });
     const { tokens } = await readStream(r, async (n) => {
       if (n !== 16) return;

@@ -1,6 +1,6 @@
 // Parity with libllama on the same GGUF: teacher-forced logits at every position of a 128-token
 // prompt and greedy generation of 64 tokens, for llama, qwen2, qwen3 and phi3, GQA and MHA, two sizes, and
-// mixtures of experts (llama as Mixtral, qwen3moe), every split of the layers.
+// mixtures of experts (llama as Mixtral, qwen3moe, qwen2moe, gpt-oss), every split of the layers.
 //
 // Tolerances. Strata builds llama.cpp's graph op for op and places weights as llama.cpp does
 // (repacked for the CPU's fastest kernels by default), so against libllama with the same settings
@@ -56,6 +56,10 @@ const MODELS: Spec[] = [
   { label: 'llama MoE q4_0, experts without a gate, 1 used', arch: 'llama', nLayer: 2, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 256, nCtxTrain: 1024, seed: 33, nExpert: 4, nExpertUsed: 1, type: 'q4_0', noExpertGate: true },
   { label: 'qwen3moe (8 experts, 3 used, 96 wide)', arch: 'qwen3moe', nLayer: 3, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 32, nExpert: 8, nExpertUsed: 3, nFfExp: 96 },
   { label: 'qwen2moe (8 experts, 2 used, weights as routed, a gated shared expert)', arch: 'qwen2moe', nLayer: 3, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 35, nExpert: 8, nExpertUsed: 2, nFfExp: 64, nFfShexp: 256 },
+  // gpt-oss: attention sinks, biased Q/K/V/output, every other layer windowed (32 positions: the
+  // 128-token prompt crosses it), router and experts biased, SwiGLU-OAI, softmax over the chosen experts
+  { label: 'gpt-oss (4 experts, 2 used, window 32)', arch: 'gpt-oss', nLayer: 3, nEmbd: 128, nHead: 4, nHeadKv: 2, headDim: 32, nFf: 256, nCtxTrain: 1024, seed: 61, nExpert: 4, nExpertUsed: 2, nFfExp: 64, slidingWindow: 32 },
+  { label: 'gpt-oss, MXFP4 experts', arch: 'gpt-oss', nLayer: 2, nEmbd: 128, nHead: 4, nHeadKv: 2, headDim: 32, nFf: 256, nCtxTrain: 1024, seed: 62, nExpert: 4, nExpertUsed: 2, nFfExp: 64, slidingWindow: 32, expertType: 'mxfp4' },
   { label: 'qwen3moe q8_0', arch: 'qwen3moe', nLayer: 2, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 256, nCtxTrain: 1024, seed: 34, nExpert: 4, nExpertUsed: 2, nFfExp: 64, type: 'q8_0' },
 ];
 

@@ -21,6 +21,7 @@ export const MODEL_SPECS: Spec[] = [
   { label: 'qwen2', arch: 'qwen2', ...SHAPE },
   { label: 'qwen3', arch: 'qwen3', ...SHAPE },
   { label: 'qwen3moe 8×2', arch: 'qwen3moe', ...SHAPE, nExpert: 8, nExpertUsed: 2, nFfExp: 512 },
+  { label: 'gpt-oss 8×2 mxfp4', arch: 'gpt-oss', ...SHAPE, headDim: 64, nExpert: 8, nExpertUsed: 2, nFfExp: 512, slidingWindow: 128, expertType: 'mxfp4' },
   { label: 'phi3', arch: 'phi3', ...SHAPE },
   { label: 'gemma2', arch: 'gemma2', ...SHAPE, headDim: 64, slidingWindow: 256 },
   { label: 'gemma3', arch: 'gemma3', ...SHAPE, headDim: 64, slidingWindow: 256 },

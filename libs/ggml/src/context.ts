@@ -119,6 +119,10 @@ export class GgmlContext {
   mulMat(a: TensorPtr, b: TensorPtr): TensorPtr { return this.#g.ggml_mul_mat(this.ptr, a, b); }
   /** Per token, the mat-mul of the experts `ids` picks: as [k, m, n_expert], b [k, n_used|1, n], ids I32 [n_used, n] → [m, n_used, n] */
   mulMatId(as: TensorPtr, b: TensorPtr, ids: TensorPtr): TensorPtr { return this.#g.ggml_mul_mat_id(this.ptr, as, b, ids); }
+  /** a + the rows of `b` that `ids` pick: dst[i0, i1, i2] = a[i0, i1, i2] + b[i0, ids[i1, i2]] (experts' biases) */
+  addId(a: TensorPtr, b: TensorPtr, ids: TensorPtr): TensorPtr { return this.#g.ggml_add_id(this.ptr, a, b, ids); }
+  /** gpt-oss's SwiGLU: gate clamped above at `limit`, up to ±`limit`, (up + 1)·gate·σ(alpha·gate) */
+  swigluOai(gate: TensorPtr, up: TensorPtr, alpha: number, limit: number): TensorPtr { return this.#g.ggml_swiglu_oai(this.ptr, gate, up, alpha, limit); }
   div(a: TensorPtr, b: TensorPtr): TensorPtr { return this.#g.ggml_div(this.ptr, a, b); }
   sumRows(a: TensorPtr): TensorPtr { return this.#g.ggml_sum_rows(this.ptr, a); }
   clamp(a: TensorPtr, min: number, max: number): TensorPtr { return this.#g.ggml_clamp(this.ptr, a, min, max); }
@@ -161,8 +165,10 @@ export class GgmlContext {
       p.freqScale, p.extFactor, p.attnFactor, p.betaFast, p.betaSlow);
   }
   /** `softcap` > 0: attention logits become softcap·tanh(logits / softcap) (gemma2) */
-  flashAttnExt(q: TensorPtr, k: TensorPtr, v: TensorPtr, mask: TensorPtr | null, scale: number, prec: number, softcap = 0): TensorPtr {
+  flashAttnExt(q: TensorPtr, k: TensorPtr, v: TensorPtr, mask: TensorPtr | null, scale: number, prec: number, softcap = 0, sinks: TensorPtr | null = null): TensorPtr {
     const t = this.#g.ggml_flash_attn_ext(this.ptr, q, k, v, mask, scale, 0, softcap);
+    // attention sinks (gpt-oss): one logit per head that takes part in the softmax and adds nothing
+    if (sinks) this.#g.ggml_flash_attn_ext_add_sinks(t, sinks);
     this.#g.ggml_flash_attn_ext_set_prec(t, prec);
     return t;
   }

@@ -84,9 +84,13 @@ export function ropeParams(hp: HParams, weights: Pick<StageWeights, 'ropeFreqs'>
 function mixtureOfExperts(ctx: GgmlContext, gf: GraphPtr, hp: HParams, w: StageWeights['layers'][number], cur: TensorPtr, n: number): TensorPtr {
   // n: rows of `cur`
   const { nExpert, nExpertUsed: k, nEmbd } = hp;
-  const probs = ctx.softMax(ctx.mulMat(w.ffnGateInp!, cur)); // [n_expert, n]
+  let logits = ctx.mulMat(w.ffnGateInp!, cur); // [n_expert, n]
+  if (w.ffnGateInpB) logits = ctx.add(logits, w.ffnGateInpB);
+  // softmax_weight (gpt-oss): chosen by logit, weighed by the softmax over the chosen ones
+  const probs = hp.expertGating === 'softmax_weight' ? logits : ctx.softMax(logits);
   const selected = ctx.argsortTopK(probs, k); // I32 [k, n]
   let weights = ctx.getRows(ctx.reshape3d(probs, 1, nExpert, n), selected); // [1, k, n]
+  if (hp.expertGating === 'softmax_weight') weights = ctx.reshape3d(ctx.softMax(ctx.reshape2d(weights, k, n)), 1, k, n);
   if (hp.expertWeightsNorm) {
     weights = ctx.reshape2d(weights, k, n);
     // the sum is kept off zero: at least f16's smallest normal, as libllama clamps it
@@ -96,9 +100,15 @@ function mixtureOfExperts(ctx: GgmlContext, gf: GraphPtr, hp: HParams, w: StageW
   if (hp.expertWeightsScale !== 0 && hp.expertWeightsScale !== 1) weights = ctx.scale(weights, hp.expertWeightsScale);
   ctx.expand(gf, weights);
   const x = ctx.reshape3d(cur, nEmbd, 1, n);
-  const up = ctx.mulMatId(w.ffnUpExps!, x, selected); // [n_ff_exp, k, n]
-  const act = w.ffnGateExps ? ctx.swigluSplit(ctx.mulMatId(w.ffnGateExps, x, selected), up) : ctx.silu(up);
-  const experts = ctx.mul(ctx.mulMatId(w.ffnDownExps!, act, selected), weights); // [n_embd, k, n]
+  let up = ctx.mulMatId(w.ffnUpExps!, x, selected); // [n_ff_exp, k, n]
+  if (w.ffnUpExpsB) up = ctx.addId(up, w.ffnUpExpsB, selected);
+  let gated = w.ffnGateExps ? ctx.mulMatId(w.ffnGateExps, x, selected) : null;
+  if (gated && w.ffnGateExpsB) gated = ctx.addId(gated, w.ffnGateExpsB, selected);
+  // gpt-oss's SwiGLU (alpha 1.702, limit 7, as libllama fixes them)
+  const act = !gated ? ctx.silu(up) : hp.arch === 'gpt-oss' ? ctx.swigluOai(gated, up, 1.702, 7) : ctx.swigluSplit(gated, up);
+  let down = ctx.mulMatId(w.ffnDownExps!, act, selected);
+  if (w.ffnDownExpsB) down = ctx.addId(down, w.ffnDownExpsB, selected);
+  const experts = ctx.mul(down, weights); // [n_embd, k, n]
   ctx.expand(gf, experts);
   // each expert's rows as a view, then their sum, in libllama's order
   const row = native().ggml.ggml_row_size(GgmlType.F32, nEmbd);
@@ -208,10 +218,11 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
       vc = ctx.cast(vc, GgmlType.F16);
     }
     const qp = ctx.permute(q, 0, 2, 1, 3);
-    cur = ctx.flashAttnExt(qp, kc, vc, hp.swaLayers[il] ? maskSwa : mask, kqScale, GgmlPrec.F32, hp.attnSoftcap);
+    cur = ctx.flashAttnExt(qp, kc, vc, hp.swaLayers[il] ? maskSwa : mask, kqScale, GgmlPrec.F32, hp.attnSoftcap, w.attnSinks);
     cur = ctx.reshape2d(cur, hd * hp.nHead, n);
     if (rotV) cur = mulHadamard(ctx, cur, rotV, kv.rot.v, [hd * hp.nHead, n]);
     cur = ctx.mulMat(w.wo, cur);
+    if (w.bo) cur = ctx.add(cur, w.bo);
 
     if (il === hp.nLayer - 1 && outIds) {
       cur = ctx.getRows(cur, outIds);

@@ -87,7 +87,7 @@ test('experts as libllama reads them: llama (Mixtral) experts as wide as n_ff; q
 });
 
 test('experts an architecture does not have, or a count that makes no mixture, are refused by name', () => {
-  assert.throws(() => readArch('qwen2', [kvU32('qwen2.expert_count', 8), kvU32('qwen2.expert_used_count', 2)]), /qwen2 with experts is not supported \(mixtures of experts: llama, qwen2moe, qwen3moe\)/);
+  assert.throws(() => readArch('qwen2', [kvU32('qwen2.expert_count', 8), kvU32('qwen2.expert_used_count', 2)]), /qwen2 with experts is not supported \(mixtures of experts: llama, qwen2moe, qwen3moe, gpt-oss\)/);
   assert.throws(() => readArch('qwen3moe', []), /qwen3moe needs expert_count and 1 ≤ expert_used_count ≤ expert_count, got 0 and 0/);
   assert.throws(() => readArch('llama', [kvU32('llama.expert_count', 4), kvU32('llama.expert_used_count', 5)]), /got 4 and 5/);
 });
@@ -104,4 +104,17 @@ test('RoPE scaling as libllama reads it: linear by default, yarn with its factor
   assert.deepEqual([scale, ext, orig], [0.25, 1, 32768]);
   assert.ok(Math.abs(attn! - 1.5) < 1e-6, `YaRN's own factor cancels out: ${attn}`);
   assert.throws(() => rope([kvStr('qwen3.rope.scaling.type', 'longrope')]), /rope scaling 'longrope' is not supported \(linear, yarn, none\)/);
+});
+
+test('gpt-oss as libllama reads it: every other layer windowed, the window base, 1/√n_rot, softmax over the chosen experts', () => {
+  const hp = readArch('gpt-oss', [
+    kvU32('gpt-oss.expert_count', 32), kvU32('gpt-oss.expert_used_count', 4), kvU32('gpt-oss.expert_feed_forward_length', 2880),
+    kvU32('gpt-oss.attention.sliding_window', 128), kvU32('gpt-oss.rope.dimension_count', 64), kvU32('gpt-oss.attention.key_length', 64),
+    kvF32('gpt-oss.rope.freq_base', 150000),
+  ]);
+  assert.deepEqual([hp.nExpert, hp.nExpertUsed, hp.nFfExp, hp.expertWeightsNorm, hp.expertGating], [32, 4, 2880, false, 'softmax_weight']);
+  assert.deepEqual([hp.nSwa, full(hp)], [128, [1, 3]], 'the even layers are windowed');
+  assert.deepEqual(layerRope(hp, 0), { freqBase: 150000, freqScale: 1 }, 'the windowed layers take the global base unless the file names one');
+  assert.equal(hp.attnScale, 0.125);
+  assert.throws(() => readArch('gpt-oss', [kvU32('gpt-oss.expert_count', 4), kvU32('gpt-oss.expert_used_count', 2), kvU32('gpt-oss.attention.sliding_window', 128)]), /expert_feed_forward_length is missing/);
 });

@@ -5,7 +5,7 @@ import { RopeType } from '@strata/ggml';
 import { ModelError } from './errors.ts';
 
 /** Architectures whose graph Strata builds. */
-export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'qwen3', 'phi3', 'exaone4', 'gemma2', 'gemma3', 'qwen3moe', 'qwen2moe'] as const;
+export const SUPPORTED_ARCHS = ['llama', 'qwen2', 'qwen3', 'phi3', 'exaone4', 'gemma2', 'gemma3', 'qwen3moe', 'qwen2moe', 'gpt-oss'] as const;
 export type Arch = (typeof SUPPORTED_ARCHS)[number];
 
 /** Everything the graph needs to know about a model. */
@@ -26,6 +26,11 @@ export interface HParams {
   expertWeightsScale: number;
   /** the chosen experts' weights renormalized to sum to 1 (llama, qwen3moe), or the router's probabilities as they are (qwen2moe) */
   expertWeightsNorm: boolean;
+  /**
+   * how the router weighs the experts it chose: the softmax over every expert's logit ('softmax'),
+   * or the softmax over the chosen experts' logits only ('softmax_weight', gpt-oss)
+   */
+  expertGating: 'softmax' | 'softmax_weight';
   /** width of the shared expert every token also runs, gated by a sigmoid (qwen2moe; 0: none) */
   nFfShexp: number;
   nHead: number;
@@ -121,7 +126,8 @@ export function readHParams(file: GgufFile): HParams {
   }
   const swa = slidingWindow(file, a, nLayer);
   const gemma = a === 'gemma3' || a === 'gemma2';
-  const nFf = num(file, `${a}.feed_forward_length`);
+  // (gpt-oss has only experts: libllama does not need the dense width)
+  const nFf = num(file, `${a}.feed_forward_length`, a === 'gpt-oss' ? 0 : undefined);
   const experts = mixture(file, a, nFf);
   const hp: Omit<HParams, 'fingerprint'> = {
     arch: a,
@@ -146,10 +152,11 @@ export function readHParams(file: GgufFile): HParams {
     // scales their frequencies
     ropeFreqBaseSwa: a === 'gemma3' && swa.nSwa > 0 ? num(file, `${a}.rope.freq_base_swa`, 10000)
       // gemma2's windowed layers take the global base unless the file names their own
-      : a === 'gemma2' ? num(file, `${a}.rope.freq_base_swa`, num(file, `${a}.rope.freq_base`, 10000)) : num(file, `${a}.rope.freq_base`, 10000),
+      : a === 'gemma2' || a === 'gpt-oss' ? num(file, `${a}.rope.freq_base_swa`, num(file, `${a}.rope.freq_base`, 10000)) : num(file, `${a}.rope.freq_base`, 10000),
     ropeFreqScaleSwa: a === 'gemma3' && swa.nSwa > 0 ? 1 : ropeFreqScale,
     embdScale: gemma ? Math.sqrt(nEmbd) : 1,
-    attnScale: gemma ? gemmaAttnScale(a, nLayer, nEmbd, nHead, headDim) : 1 / Math.sqrt(headDim),
+    // gpt-oss: 1/√n_rot, in f32
+    attnScale: gemma ? gemmaAttnScale(a, nLayer, nEmbd, nHead, headDim) : a === 'gpt-oss' ? Math.fround(1 / Math.fround(Math.sqrt(num(file, `${a}.rope.dimension_count`, headDim)))) : 1 / Math.sqrt(headDim),
     // gemma and phi3 scale Q after RoPE and pass 1 to the attention
     qScaled: gemma || a === 'phi3',
     logitSoftcap: gemma ? num(file, `${a}.final_logit_softcapping`, a === 'gemma2' ? 30 : 0) : 0,
@@ -205,19 +212,21 @@ function ropeScaling(file: GgufFile, arch: Arch): { freqScale: number; extFactor
  * expert `expert_shared_feed_forward_length` wide, else feed_forward_length). Other architectures
  * with experts are refused by name.
  */
-function mixture(file: GgufFile, arch: Arch, nFf: number): Pick<HParams, 'nExpert' | 'nExpertUsed' | 'nFfExp' | 'expertWeightsScale' | 'expertWeightsNorm' | 'nFfShexp'> {
+function mixture(file: GgufFile, arch: Arch, nFf: number): Pick<HParams, 'nExpert' | 'nExpertUsed' | 'nFfExp' | 'expertWeightsScale' | 'expertWeightsNorm' | 'expertGating' | 'nFfShexp'> {
   const nExpert = num(file, `${arch}.expert_count`, 0);
   const nExpertUsed = num(file, `${arch}.expert_used_count`, 0);
   const qwenMoe = arch === 'qwen3moe' || arch === 'qwen2moe';
-  if (nExpert === 0 && !qwenMoe) return { nExpert: 0, nExpertUsed: 0, nFfExp: 0, expertWeightsScale: 0, expertWeightsNorm: false, nFfShexp: 0 };
-  if (arch !== 'llama' && !qwenMoe) throw new ModelError('unknown_architecture', `${file.path}: ${arch} with experts is not supported (mixtures of experts: llama, qwen2moe, qwen3moe)`);
+  const always = qwenMoe || arch === 'gpt-oss';
+  if (nExpert === 0 && !always) return { nExpert: 0, nExpertUsed: 0, nFfExp: 0, expertWeightsScale: 0, expertWeightsNorm: false, expertGating: 'softmax', nFfShexp: 0 };
+  if (arch !== 'llama' && !always) throw new ModelError('unknown_architecture', `${file.path}: ${arch} with experts is not supported (mixtures of experts: llama, qwen2moe, qwen3moe, gpt-oss)`);
   if (nExpert < 1 || nExpertUsed < 1 || nExpertUsed > nExpert || !Number.isInteger(nExpert) || !Number.isInteger(nExpertUsed)) {
     throw new ModelError('missing_metadata', `${file.path}: ${arch} needs expert_count and 1 ≤ expert_used_count ≤ expert_count, got ${nExpert} and ${nExpertUsed}`);
   }
-  const nFfExp = qwenMoe ? num(file, `${arch}.expert_feed_forward_length`, 0) || Math.floor(nFf / nExpertUsed) : nFf;
+  const nFfExp = arch === 'gpt-oss' ? num(file, `${arch}.expert_feed_forward_length`) : qwenMoe ? num(file, `${arch}.expert_feed_forward_length`, 0) || Math.floor(nFf / nExpertUsed) : nFf;
   return {
     nExpert, nExpertUsed, nFfExp, expertWeightsScale: num(file, `${arch}.expert_weights_scale`, 0),
-    expertWeightsNorm: arch !== 'qwen2moe',
+    expertWeightsNorm: arch !== 'qwen2moe' && arch !== 'gpt-oss',
+    expertGating: arch === 'gpt-oss' ? 'softmax_weight' : 'softmax',
     nFfShexp: arch === 'qwen2moe' ? num(file, `${arch}.expert_shared_feed_forward_length`, 0) || nFf : 0,
   };
 }
@@ -259,6 +268,14 @@ function slidingWindow(file: GgufFile, arch: Arch, nLayer: number): { nSwa: numb
     const patternKv = file.kv(`${arch}.attention.sliding_window_pattern`);
     const scalar = patternKv && !ArrayBuffer.isView(patternKv.value) && !Array.isArray(patternKv.value);
     const period = scalar ? Number(patternKv.value) : 6;
+    return { nSwa, swaLayers: Array.from({ length: nLayer }, (_, il) => period === 0 || il % period < period - 1) };
+  }
+  if (arch === 'gpt-oss') {
+    // every other layer windowed (the even ones), unless a period is given
+    const nSwa = num(file, `${arch}.attention.sliding_window`);
+    const patternKv = file.kv(`${arch}.attention.sliding_window_pattern`);
+    const scalar = patternKv && !ArrayBuffer.isView(patternKv.value) && !Array.isArray(patternKv.value);
+    const period = scalar ? Number(patternKv.value) : 2;
     return { nSwa, swaLayers: Array.from({ length: nLayer }, (_, il) => period === 0 || il % period < period - 1) };
   }
   if (arch !== 'exaone4' || nLayer !== 64) return none;

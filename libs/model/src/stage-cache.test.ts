@@ -13,7 +13,7 @@ const HEAD_DIM = 32, N_HEAD_KV = 2, N_EMBD_KV = HEAD_DIM * N_HEAD_KV, FREQ_BASE 
 
 function hparams(fingerprint = 'synthetic-2-layer'): HParams {
   return {
-    arch: 'llama', nLayer: 2, nEmbd: 64, nFf: 128, nExpert: 0, nExpertUsed: 0, nFfExp: 0, expertWeightsScale: 0, expertWeightsNorm: false, nFfShexp: 0, nHead: 2, nHeadKv: N_HEAD_KV, headDim: HEAD_DIM, nRot: HEAD_DIM,
+    arch: 'llama', nLayer: 2, nEmbd: 64, nFf: 128, nExpert: 0, nExpertUsed: 0, nFfExp: 0, expertWeightsScale: 0, expertWeightsNorm: false, expertGating: 'softmax', nFfShexp: 0, nHead: 2, nHeadKv: N_HEAD_KV, headDim: HEAD_DIM, nRot: HEAD_DIM,
     nCtxTrain: 256, nVocab: 16, rmsEps: 1e-5, ropeType: RopeType.NORMAL, ropeFreqBase: FREQ_BASE, ropeFreqScale: 1, ropeExtFactor: 0, ropeAttnFactor: 1, nCtxOrig: 256,
     ropeFreqBaseSwa: FREQ_BASE, ropeFreqScaleSwa: 1, embdScale: 1, attnScale: 1 / Math.sqrt(HEAD_DIM), qScaled: false, logitSoftcap: 0, attnSoftcap: 0,
     nSwa: 0, swaLayers: [false, false], pooling: 'mean', fingerprint,

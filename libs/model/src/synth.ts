@@ -1,4 +1,4 @@
-// Synthetic llama/qwen2/qwen3/phi3/exaone4/gemma2/gemma3 models: seeded random weights with a real tokenizer vocabulary (copied
+// Synthetic llama/qwen2/qwen3/phi3/exaone4/gemma2/gemma3/MoE/gpt-oss models: seeded random weights with a real tokenizer vocabulary (copied
 // from the snapshot's vocab GGUFs), a file libllama loads and runs. The output head is scaled so
 // that next-token choices are clear rather than near ties.
 import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
@@ -54,6 +54,8 @@ export interface SynthOptions {
   nFfShexp?: number;
   /** llama experts without a gate (SiLU of the up projection alone, as libllama allows) */
   noExpertGate?: boolean;
+  /** type of the experts' weights when it is not `type` (gpt-oss ships MXFP4 experts) */
+  expertType?: SynthType;
   /** called after each tensor with the parameters written so far and in all (a progress bar) */
   onProgress?: (done: number, total: number) => void;
 }
@@ -61,10 +63,11 @@ export interface SynthOptions {
 const WEIGHT_TYPES = {
   f32: GgmlType.F32, f16: GgmlType.F16, bf16: GgmlType.BF16, q8_0: GgmlType.Q8_0, q5_0: GgmlType.Q5_0, q4_0: GgmlType.Q4_0,
   q6_k: GgmlType.Q6_K, q5_k: GgmlType.Q5_K, q4_k: GgmlType.Q4_K, q3_k: GgmlType.Q3_K, q2_k: GgmlType.Q2_K, iq4_nl: GgmlType.IQ4_NL, iq4_xs: GgmlType.IQ4_XS,
+  mxfp4: GgmlType.MXFP4,
 } as const;
 // llama_ftype of a file whose matrices are all of the type (the _M mixes' numbers for k-quants)
-const FILE_TYPES = { f32: 0, f16: 1, bf16: 32, q8_0: 7, q5_0: 8, q4_0: 2, q6_k: 18, q5_k: 17, q4_k: 15, q3_k: 12, q2_k: 10, iq4_nl: 25, iq4_xs: 30 } as const;
-const BLOCK = { f32: 1, f16: 1, bf16: 1, q8_0: 32, q5_0: 32, q4_0: 32, q6_k: 256, q5_k: 256, q4_k: 256, q3_k: 256, q2_k: 256, iq4_nl: 32, iq4_xs: 256 } as const;
+const FILE_TYPES = { f32: 0, f16: 1, bf16: 32, q8_0: 7, q5_0: 8, q4_0: 2, q6_k: 18, q5_k: 17, q4_k: 15, q3_k: 12, q2_k: 10, iq4_nl: 25, iq4_xs: 30, mxfp4: 38 } as const;
+const BLOCK = { f32: 1, f16: 1, bf16: 1, q8_0: 32, q5_0: 32, q4_0: 32, q6_k: 256, q5_k: 256, q4_k: 256, q3_k: 256, q2_k: 256, iq4_nl: 32, iq4_xs: 256, mxfp4: 32 } as const;
 
 /** Weight types `synthesize` writes. */
 export type SynthType = keyof typeof WEIGHT_TYPES;
@@ -122,8 +125,12 @@ function validate(o: SynthOptions): void {
   if (o.nEmbd % block !== 0 || o.nFf % block !== 0 || ((o.headDim ?? 0) * o.nHead) % block !== 0 || (o.nFfExp ?? 0) % block !== 0) {
     throw new ModelError('bad_input', `${type} needs n_embd, n_ff, n_ff_exp and head_dim × n_head to be multiples of ${block}`);
   }
-  const moe = o.nExpert !== undefined || o.arch === 'qwen3moe' || o.arch === 'qwen2moe';
-  if (moe && (o.arch !== 'llama' && o.arch !== 'qwen3moe' && o.arch !== 'qwen2moe')) throw new ModelError('bad_input', `experts only for llama, qwen2moe and qwen3moe, not ${o.arch}`);
+  const moe = o.nExpert !== undefined || o.arch === 'qwen3moe' || o.arch === 'qwen2moe' || o.arch === 'gpt-oss';
+  if (moe && (o.arch !== 'llama' && o.arch !== 'qwen3moe' && o.arch !== 'qwen2moe' && o.arch !== 'gpt-oss')) throw new ModelError('bad_input', `experts only for llama, qwen2moe, qwen3moe and gpt-oss, not ${o.arch}`);
+  if (o.arch === 'gpt-oss' && !o.slidingWindow) throw new ModelError('bad_input', 'gpt-oss needs a sliding window (attention.sliding_window)');
+  const et = o.expertType ?? type;
+  if (!(et in WEIGHT_TYPES)) throw new ModelError('bad_input', `expert type ${et} is not one of ${SYNTH_TYPES.join(', ')}`);
+  if (o.nEmbd % BLOCK[et] !== 0 || (o.nFfExp ?? o.nFf) % BLOCK[et] !== 0) throw new ModelError('bad_input', `${et} experts need n_embd and n_ff_exp to be multiples of ${BLOCK[et]}`);
   if (moe && !(Number.isInteger(o.nExpert) && Number.isInteger(o.nExpertUsed) && o.nExpertUsed! >= 1 && o.nExpertUsed! <= o.nExpert!)) {
     throw new ModelError('bad_input', `a mixture of experts needs nExpert and 1 ≤ nExpertUsed ≤ nExpert, got ${o.nExpert} and ${o.nExpertUsed}`);
   }
@@ -141,19 +148,20 @@ export function synthesize(o: SynthOptions): number {
   const nVocab = (tokens.value as string[]).length;
   if (!tokenizer.some((kv) => kv.key === 'tokenizer.chat_template')) tokenizer.push(kvStr('tokenizer.chat_template', 'chatml'));
 
-  const a = o.arch, type = o.type ?? 'f16', wt = WEIGHT_TYPES[type];
+  const a = o.arch, type = o.type ?? 'f16', wt = WEIGHT_TYPES[type], et = WEIGHT_TYPES[o.expertType ?? type];
+  const gptOss = a === 'gpt-oss';
   const hd = o.headDim ?? o.nEmbd / o.nHead, q = hd * o.nHead, kv = hd * o.nHeadKv;
   const gemma = a === 'gemma3' || a === 'gemma2';
   const qwen = a === 'qwen2' || a === 'qwen3' || a === 'qwen3moe' || a === 'qwen2moe';
   const moe = o.nExpert !== undefined;
-  const ffExp = a === 'qwen3moe' || a === 'qwen2moe' ? o.nFfExp ?? Math.floor(o.nFf / o.nExpertUsed!) : o.nFf;
+  const ffExp = a === 'qwen3moe' || a === 'qwen2moe' || gptOss ? o.nFfExp ?? Math.floor(o.nFf / o.nExpertUsed!) : o.nFf;
   const ffShexp = a === 'qwen2moe' ? o.nFfShexp ?? o.nFf : 0;
   const kvs: GgufKv[] = [
     kvStr('general.architecture', a),
     // (libllama gives tokens of a model named like Phi-3 attributes by their text, '<|endoftext|>'
     // among them, which the llama-spm vocabulary lacks: the name avoids it)
     kvStr('general.name', `strata-synth-${a === 'phi3' ? 'phi-three' : a}-${o.nLayer}x${o.nEmbd}-s${o.seed}`),
-    kvU32('general.file_type', FILE_TYPES[type]),
+    kvU32('general.file_type', FILE_TYPES[o.expertType ?? type]),
     kvU32(`${a}.context_length`, o.nCtxTrain),
     kvU32(`${a}.embedding_length`, o.nEmbd),
     kvU32(`${a}.block_count`, o.nLayer),
@@ -163,7 +171,7 @@ export function synthesize(o: SynthOptions): number {
     kvU32(`${a}.rope.dimension_count`, hd),
     ...(o.headDim !== undefined ? [kvU32(`${a}.attention.key_length`, hd), kvU32(`${a}.attention.value_length`, hd)] : []),
     // gemma3 as Google ships it: a global base of 1e6, 1e4 on the windowed layers (gemma2: 1e4 on all)
-    kvF32(`${a}.rope.freq_base`, qwen || a === 'gemma3' ? 1000000 : 10000),
+    kvF32(`${a}.rope.freq_base`, qwen || a === 'gemma3' ? 1000000 : gptOss ? 150000 : 10000),
     ...(a === 'gemma3' && o.slidingWindow ? [kvF32(`${a}.rope.freq_base_swa`, 10000)] : []),
     ...(a === 'gemma2' && o.attnSoftcap ? [kvF32(`${a}.attn_logit_softcapping`, o.attnSoftcap)] : []),
     kvF32(`${a}.attention.layer_norm_rms_epsilon`, qwen || gemma ? 1e-6 : 1e-5),
@@ -172,6 +180,7 @@ export function synthesize(o: SynthOptions): number {
     ...(o.ropeScaling?.originalContext ? [kvU32(`${a}.rope.scaling.original_context_length`, o.ropeScaling.originalContext)] : []),
     ...(o.ropeScaling?.attnFactor ? [kvF32(`${a}.rope.scaling.attn_factor`, o.ropeScaling.attnFactor)] : []),
     ...((a === 'qwen3moe' || a === 'qwen2moe') && o.nFfExp !== undefined ? [kvU32(`${a}.expert_feed_forward_length`, o.nFfExp)] : []),
+    ...(gptOss ? [kvU32(`${a}.expert_feed_forward_length`, ffExp)] : []),
     ...(a === 'qwen2moe' && o.nFfShexp !== undefined ? [kvU32(`${a}.expert_shared_feed_forward_length`, o.nFfShexp)] : []),
     kvU32(`${a}.vocab_size`, nVocab),
     ...(o.slidingWindow ? [kvU32(`${a}.attention.sliding_window`, o.slidingWindow)] : []),
@@ -204,23 +213,36 @@ export function synthesize(o: SynthOptions): number {
       add(`${p}attn_k.weight`, [o.nEmbd, kv], wt, 0, 1 / Math.sqrt(o.nEmbd));
       add(`${p}attn_v.weight`, [o.nEmbd, kv], wt, 0, 1 / Math.sqrt(o.nEmbd));
     }
-    if (a === 'qwen2' || a === 'qwen2moe') {
+    if (a === 'qwen2' || a === 'qwen2moe' || gptOss) {
       add(`${p}attn_q.bias`, [q], GgmlType.F32, 0, 0.1);
       add(`${p}attn_k.bias`, [kv], GgmlType.F32, 0, 0.1);
       add(`${p}attn_v.bias`, [kv], GgmlType.F32, 0, 0.1);
     }
     add(`${p}attn_output.weight`, [q, o.nEmbd], wt, 0, resid / Math.sqrt(q));
+    if (gptOss) {
+      // the output projection's bias, a sink logit per head (near the scores' scale), and the
+      // norm of the FFN's input (named post_attention_norm)
+      add(`${p}attn_output.bias`, [o.nEmbd], GgmlType.F32, 0, 0.02);
+      add(`${p}attn_sinks.weight`, [o.nHead], GgmlType.F32, 0, 1);
+      add(`${p}post_attention_norm.weight`, [o.nEmbd], GgmlType.F32, 1, 0.1);
+    }
     // exaone4 normalizes after attention and after the FFN; with a unit-ish scale there the
     // residual would grow by one per layer, so the post-norms are scaled like a residual branch
     if (post) add(`${p}post_attention_norm.weight`, [o.nEmbd], GgmlType.F32, resid, 0.1 * resid);
-    if (pre) add(`${p}ffn_norm.weight`, [o.nEmbd], GgmlType.F32, 1, 0.1);
+    if (pre && !gptOss) add(`${p}ffn_norm.weight`, [o.nEmbd], GgmlType.F32, 1, 0.1);
     if (moe) {
       // the router in f32, as converted files keep it; its logits of std ~2 make clear choices
       const e = o.nExpert!;
       add(`${p}ffn_gate_inp.weight`, [o.nEmbd, e], GgmlType.F32, 0, 2 / Math.sqrt(o.nEmbd));
-      if (!o.noExpertGate) add(`${p}ffn_gate_exps.weight`, [o.nEmbd, ffExp, e], wt, 0, 1 / Math.sqrt(o.nEmbd));
-      add(`${p}ffn_up_exps.weight`, [o.nEmbd, ffExp, e], wt, 0, 1 / Math.sqrt(o.nEmbd));
-      add(`${p}ffn_down_exps.weight`, [ffExp, o.nEmbd, e], wt, 0, resid / Math.sqrt(ffExp));
+      if (!o.noExpertGate) add(`${p}ffn_gate_exps.weight`, [o.nEmbd, ffExp, e], et, 0, 1 / Math.sqrt(o.nEmbd));
+      add(`${p}ffn_up_exps.weight`, [o.nEmbd, ffExp, e], et, 0, 1 / Math.sqrt(o.nEmbd));
+      add(`${p}ffn_down_exps.weight`, [ffExp, o.nEmbd, e], et, 0, resid / Math.sqrt(ffExp));
+      if (gptOss) {
+        add(`${p}ffn_gate_inp.bias`, [e], GgmlType.F32, 0, 0.5);
+        add(`${p}ffn_gate_exps.bias`, [ffExp, e], GgmlType.F32, 0, 0.1);
+        add(`${p}ffn_up_exps.bias`, [ffExp, e], GgmlType.F32, 0, 0.1);
+        add(`${p}ffn_down_exps.bias`, [o.nEmbd, e], GgmlType.F32, 0, 0.1 * resid);
+      }
       if (ffShexp > 0) {
         // the shared expert and its gate (a sigmoid of one projection, near 0.5)
         add(`${p}ffn_gate_inp_shexp.weight`, [o.nEmbd], GgmlType.F32, 0, 1 / Math.sqrt(o.nEmbd));

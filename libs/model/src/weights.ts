@@ -22,6 +22,9 @@ export interface LayerWeights {
   bq: TensorPtr | null;
   bk: TensorPtr | null;
   bv: TensorPtr | null;
+  /** the output projection's bias, and one attention sink logit per head (gpt-oss) */
+  bo: TensorPtr | null;
+  attnSinks: TensorPtr | null;
   /** pre-FFN norm (llama, qwen2, gemma3) */
   ffnNorm: TensorPtr | null;
   /** per-head norms of Q and K, norms after attention and after the FFN (exaone4, gemma3) */
@@ -44,6 +47,11 @@ export interface LayerWeights {
   ffnGateShexp: TensorPtr | null;
   ffnUpShexp: TensorPtr | null;
   ffnDownShexp: TensorPtr | null;
+  /** biases of the router and of each expert's projections (gpt-oss) */
+  ffnGateInpB: TensorPtr | null;
+  ffnGateExpsB: TensorPtr | null;
+  ffnUpExpsB: TensorPtr | null;
+  ffnDownExpsB: TensorPtr | null;
 }
 
 /** Options for {@link StageWeights.load}. */
@@ -83,13 +91,19 @@ export function stageTensorList(hp: HParams, range: LayerRange): Want[] {
   // exaone4 normalizes after attention and the FFN; gemma3 before and after both; those two and
   // qwen3 normalize Q and K per head
   const post = hp.arch === 'exaone4' || hp.arch === 'gemma3' || hp.arch === 'gemma2';
-  const pre = hp.arch !== 'exaone4';
+  const pre = hp.arch !== 'exaone4' && hp.arch !== 'gpt-oss';
+  const gptOss = hp.arch === 'gpt-oss';
   const qkNorm = hp.arch === 'exaone4' || hp.arch === 'gemma3' || hp.arch === 'qwen3' || hp.arch === 'qwen3moe';
   for (let l = range.l0; l < range.l1; l++) {
     const p = `blk.${l}.`;
     if (qkNorm) out.push({ name: `${p}attn_q_norm.weight`, ne: [hp.headDim] }, { name: `${p}attn_k_norm.weight`, ne: [hp.headDim] });
     if (post) out.push({ name: `${p}post_attention_norm.weight`, ne: [hp.nEmbd] }, { name: `${p}post_ffw_norm.weight`, ne: [hp.nEmbd] });
     if (pre) out.push({ name: `${p}attn_norm.weight`, ne: [hp.nEmbd] }, { name: `${p}ffn_norm.weight`, ne: [hp.nEmbd] });
+    // gpt-oss: its post_attention_norm normalizes the FFN's input (after the residual)
+    if (gptOss) {
+      out.push({ name: `${p}attn_norm.weight`, ne: [hp.nEmbd] }, { name: `${p}post_attention_norm.weight`, ne: [hp.nEmbd] });
+      out.push({ name: `${p}attn_sinks.weight`, ne: [hp.nHead] }, { name: `${p}attn_output.bias`, ne: [hp.nEmbd] });
+    }
     if (hp.arch === 'phi3') {
       // one fused Q/K/V projection, and one up projection that holds the gate's rows too
       out.push(
@@ -118,6 +132,14 @@ export function stageTensorList(hp: HParams, range: LayerRange): Want[] {
         { name: `${p}ffn_up_exps.weight`, ne: [hp.nEmbd, ff, e] },
         { name: `${p}ffn_down_exps.weight`, ne: [ff, hp.nEmbd, e] },
       );
+      if (gptOss) {
+        out.push(
+          { name: `${p}ffn_gate_inp.bias`, ne: [e] },
+          { name: `${p}ffn_gate_exps.bias`, ne: [ff, e] },
+          { name: `${p}ffn_up_exps.bias`, ne: [ff, e] },
+          { name: `${p}ffn_down_exps.bias`, ne: [hp.nEmbd, e] },
+        );
+      }
       if (hp.nFfShexp > 0) {
         out.push(
           { name: `${p}ffn_gate_inp_shexp.weight`, ne: [hp.nEmbd] },
@@ -187,7 +209,7 @@ export class StageWeights {
   /** the file, mapped, when some weights live in it */
   readonly #mapping: FileMapping | null;
 
-  private constructor(range: LayerRange, buffers: BufferSet, mapping: FileMapping | null, byName: Map<string, TensorPtr>, bytesRead: number) {
+  private constructor(hp: HParams, range: LayerRange, buffers: BufferSet, mapping: FileMapping | null, byName: Map<string, TensorPtr>, bytesRead: number) {
     this.range = range;
     this.#buffers = buffers;
     this.#mapping = mapping;
@@ -200,19 +222,24 @@ export class StageWeights {
     };
     this.tokEmbd = get('token_embd.weight');
     this.layers = [];
+    // gpt-oss's post_attention_norm is its FFN norm
+    const gptOss = hp.arch === 'gpt-oss';
     for (let l = range.l0; l < range.l1; l++) {
       const p = `blk.${l}.`;
       this.layers.push({
         attnNorm: get(`${p}attn_norm.weight`), wq: get(`${p}attn_q.weight`), wk: get(`${p}attn_k.weight`),
         wv: get(`${p}attn_v.weight`), wqkv: get(`${p}attn_qkv.weight`), wo: req(`${p}attn_output.weight`), bq: get(`${p}attn_q.bias`),
-        bk: get(`${p}attn_k.bias`), bv: get(`${p}attn_v.bias`), ffnNorm: get(`${p}ffn_norm.weight`),
+        bk: get(`${p}attn_k.bias`), bv: get(`${p}attn_v.bias`), bo: get(`${p}attn_output.bias`), attnSinks: get(`${p}attn_sinks.weight`),
+        ffnNorm: gptOss ? get(`${p}post_attention_norm.weight`) : get(`${p}ffn_norm.weight`),
         qNorm: get(`${p}attn_q_norm.weight`), kNorm: get(`${p}attn_k_norm.weight`),
-        attnPostNorm: get(`${p}post_attention_norm.weight`), ffnPostNorm: get(`${p}post_ffw_norm.weight`),
+        attnPostNorm: gptOss ? null : get(`${p}post_attention_norm.weight`), ffnPostNorm: get(`${p}post_ffw_norm.weight`),
         ffnGate: get(`${p}ffn_gate.weight`), ffnUp: get(`${p}ffn_up.weight`), ffnDown: get(`${p}ffn_down.weight`),
         ffnGateInp: get(`${p}ffn_gate_inp.weight`), ffnGateExps: get(`${p}ffn_gate_exps.weight`),
         ffnUpExps: get(`${p}ffn_up_exps.weight`), ffnDownExps: get(`${p}ffn_down_exps.weight`),
         ffnGateInpShexp: get(`${p}ffn_gate_inp_shexp.weight`), ffnGateShexp: get(`${p}ffn_gate_shexp.weight`),
         ffnUpShexp: get(`${p}ffn_up_shexp.weight`), ffnDownShexp: get(`${p}ffn_down_shexp.weight`),
+        ffnGateInpB: get(`${p}ffn_gate_inp.bias`), ffnGateExpsB: get(`${p}ffn_gate_exps.bias`),
+        ffnUpExpsB: get(`${p}ffn_up_exps.bias`), ffnDownExpsB: get(`${p}ffn_down_exps.bias`),
       });
       const w = this.layers.at(-1)!;
       if (!(w.ffnUp && w.ffnDown) && !(w.ffnGateInp && w.ffnUpExps && w.ffnDownExps)) throw new ModelError('missing_tensor', `layer ${l} has neither a dense FFN nor experts`, { tensor: `${p}ffn_up.weight` });
@@ -285,7 +312,7 @@ export class StageWeights {
           bytesRead += info.size;
         });
       }
-      return new StageWeights(range, buffers, mapping, byName, bytesRead);
+      return new StageWeights(hp, range, buffers, mapping, byName, bytesRead);
     } catch (err) {
       buffers.dispose();
       mapping?.dispose();

@@ -5,13 +5,15 @@ import { ModelError, SUPPORTED_ARCHS, SYNTH_TYPES, formatRange, parseSplit, read
 import { Flags, parseArgs } from '../args.ts';
 import { UsageError } from '../errors.ts';
 
-/** `strata model synth --out F --arch llama|qwen2|qwen3|qwen2moe|qwen3moe|phi3|exaone4|gemma2|gemma3 --n-layer N [--n-expert E --n-expert-used K] ...` */
+/** `strata model synth --out F --arch llama|qwen2|qwen3|qwen2moe|qwen3moe|gpt-oss|phi3|exaone4|gemma2|gemma3 --n-layer N [--n-expert E --n-expert-used K] [--expert-type T] ...` */
 export function modelSynth(argv: string[], out: NodeJS.WritableStream): number {
   const f = new Flags(parseArgs(argv));
   const arch = f.str('arch', 'llama')!;
   if (!(SUPPORTED_ARCHS as readonly string[]).includes(arch)) throw new UsageError(`--arch must be one of ${SUPPORTED_ARCHS.join(', ')}, got '${arch}'`);
   const type = f.str('type', 'f16')!.toLowerCase() as SynthType;
   if (!SYNTH_TYPES.includes(type)) throw new UsageError(`--type must be one of ${SYNTH_TYPES.join(', ')}, got '${type}'`);
+  const expertType = f.str('expert-type')?.toLowerCase() as SynthType | undefined;
+  if (expertType !== undefined && !SYNTH_TYPES.includes(expertType)) throw new UsageError(`--expert-type must be one of ${SYNTH_TYPES.join(', ')}, got '${expertType}'`);
   const nEmbd = f.int('n-embd', 256)!;
   const nHead = f.int('n-head', 8)!;
   const opts = {
@@ -35,6 +37,7 @@ export function modelSynth(argv: string[], out: NodeJS.WritableStream): number {
     nExpertUsed: f.int('n-expert-used'),
     nFfExp: f.int('n-ff-exp'),
     nFfShexp: f.int('n-ff-shexp'),
+    expertType,
   };
   f.done();
   const t0 = performance.now();
