@@ -47,6 +47,8 @@ const MODELS: Spec[] = [
   // the other weight types GGUF files use: k-quants, i-quants without an importance matrix, bf16
   ...(['bf16', 'q5_0', 'iq4_nl'] as const).map((type, i) => ({ label: `llama GQA ${type}`, arch: 'llama' as const, nLayer: 2, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 50 + i, type })),
   ...(['q6_k', 'q5_k', 'q3_k', 'q2_k', 'iq4_xs'] as const).map((type, i) => ({ label: `qwen3 GQA ${type}`, arch: 'qwen3' as const, nLayer: 2, nEmbd: 256, nHead: 4, nHeadKv: 2, nFf: 512, nCtxTrain: 1024, seed: 55 + i, type })),
+  // the i-quants made with an importance matrix (a flat one: every column weighs the same)
+  ...(['iq3_s', 'iq3_xxs', 'iq2_s', 'iq2_xs', 'iq2_xxs', 'iq1_m', 'iq1_s'] as const).map((type, i) => ({ label: `llama GQA ${type}`, arch: 'llama' as const, nLayer: 2, nEmbd: 256, nHead: 4, nHeadKv: 2, nFf: 512, nCtxTrain: 1024, seed: 70 + i, type })),
   // RoPE scaling: YaRN (context ×4 past 256 trained positions; and with an attention factor), linear
   { label: 'qwen3 YaRN ×4', arch: 'qwen3', nLayer: 2, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 1024, seed: 14, ropeScaling: { type: 'yarn', factor: 4, originalContext: 256 } },
   { label: 'llama YaRN ×8, attention factor 1.2', arch: 'llama', nLayer: 2, nEmbd: 128, nHead: 4, nHeadKv: 2, nFf: 384, nCtxTrain: 2048, seed: 15, ropeScaling: { type: 'yarn', factor: 8, originalContext: 256, attnFactor: 1.2 } },

@@ -20,7 +20,8 @@ export function encodeF32(type: number, data: Float32Array, nPerRow: number): Ui
     throw new GgmlError('bad_shape', `rows of ${nPerRow} are not whole ${g.ggml_type_name(type)} blocks of ${g.ggml_blck_size(type)}`);
   }
   const out = new Uint8Array(g.ggml_row_size(type, nPerRow) * nRows);
-  g.ggml_quantize_chunk(type, data, out, 0, nRows, nPerRow, null);
+  // The i-quants that need an importance matrix get a flat one (every column weighs the same)
+  g.ggml_quantize_chunk(type, data, out, 0, nRows, nPerRow, g.ggml_quantize_requires_imatrix(type) ? new Float32Array(nPerRow).fill(1) : null);
   return out;
 }
 

@@ -64,10 +64,13 @@ const WEIGHT_TYPES = {
   f32: GgmlType.F32, f16: GgmlType.F16, bf16: GgmlType.BF16, q8_0: GgmlType.Q8_0, q5_0: GgmlType.Q5_0, q4_0: GgmlType.Q4_0,
   q6_k: GgmlType.Q6_K, q5_k: GgmlType.Q5_K, q4_k: GgmlType.Q4_K, q3_k: GgmlType.Q3_K, q2_k: GgmlType.Q2_K, iq4_nl: GgmlType.IQ4_NL, iq4_xs: GgmlType.IQ4_XS,
   mxfp4: GgmlType.MXFP4,
+  iq3_s: GgmlType.IQ3_S, iq3_xxs: GgmlType.IQ3_XXS, iq2_s: GgmlType.IQ2_S, iq2_xs: GgmlType.IQ2_XS, iq2_xxs: GgmlType.IQ2_XXS, iq1_m: GgmlType.IQ1_M, iq1_s: GgmlType.IQ1_S,
 } as const;
 // llama_ftype of a file whose matrices are all of the type (the _M mixes' numbers for k-quants)
-const FILE_TYPES = { f32: 0, f16: 1, bf16: 32, q8_0: 7, q5_0: 8, q4_0: 2, q6_k: 18, q5_k: 17, q4_k: 15, q3_k: 12, q2_k: 10, iq4_nl: 25, iq4_xs: 30, mxfp4: 38 } as const;
-const BLOCK = { f32: 1, f16: 1, bf16: 1, q8_0: 32, q5_0: 32, q4_0: 32, q6_k: 256, q5_k: 256, q4_k: 256, q3_k: 256, q2_k: 256, iq4_nl: 32, iq4_xs: 256, mxfp4: 32 } as const;
+const FILE_TYPES = { f32: 0, f16: 1, bf16: 32, q8_0: 7, q5_0: 8, q4_0: 2, q6_k: 18, q5_k: 17, q4_k: 15, q3_k: 12, q2_k: 10, iq4_nl: 25, iq4_xs: 30, mxfp4: 38,
+  iq3_s: 26, iq3_xxs: 23, iq2_s: 28, iq2_xs: 20, iq2_xxs: 19, iq1_m: 31, iq1_s: 24 } as const;
+const BLOCK = { f32: 1, f16: 1, bf16: 1, q8_0: 32, q5_0: 32, q4_0: 32, q6_k: 256, q5_k: 256, q4_k: 256, q3_k: 256, q2_k: 256, iq4_nl: 32, iq4_xs: 256, mxfp4: 32,
+  iq3_s: 256, iq3_xxs: 256, iq2_s: 256, iq2_xs: 256, iq2_xxs: 256, iq1_m: 256, iq1_s: 256 } as const;
 
 /** Weight types `synthesize` writes. */
 export type SynthType = keyof typeof WEIGHT_TYPES;

@@ -78,6 +78,7 @@ export function bindGgml(lib: LibraryHandle) {
     ggml_graph_n_nodes: f('int ggml_graph_n_nodes(ggml_cgraph * cgraph)') as (g: GraphPtr) => number,
     ggml_fp32_to_fp16_row: f('void ggml_fp32_to_fp16_row(const float * x, uint16_t * y, int64_t n)') as (x: Float32Array, y: Uint16Array, n: number) => void,
     ggml_fp16_to_fp32_row: f('void ggml_fp16_to_fp32_row(const uint16_t * x, float * y, int64_t n)') as (x: Uint16Array, y: Float32Array, n: number) => void,
+    ggml_quantize_requires_imatrix: f('bool ggml_quantize_requires_imatrix(int type)') as (type: number) => boolean,
     ggml_quantize_chunk: f('size_t ggml_quantize_chunk(int type, const float * src, void * dst, int64_t start, int64_t nrows, int64_t n_per_row, const float * imatrix)') as (type: number, src: Float32Array, dst: Bytes, start: number, nrows: number, nPerRow: number, imatrix: Float32Array | null) => number,
     ggml_get_type_traits: f('const void * ggml_get_type_traits(int type)') as (type: number) => RawPtr | null,
     ggml_log_set: f('void ggml_log_set(ggml_log_callback * log_callback, void * user_data)') as (cb: unknown, user: null) => void,
