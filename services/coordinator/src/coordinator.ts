@@ -401,7 +401,12 @@ export class Coordinator {
     const target = placed.to;
     const nVocab = target.view.stages[0]!.nVocab;
     for (const t of req.prompt) if (t < 0 || t >= nVocab) return refuse('bad_request', `token ${t} is outside the vocabulary of ${nVocab}`);
-    const reply = req.resume.length > 0 ? target.resume(req) : target.admit(req, placed.handOff === true);
+    let reply = req.resume.length > 0 ? target.resume(req) : target.admit(req, placed.handOff === true);
+    // A prefill pipeline whose queue is full: prefilled where it decodes instead.
+    if (placed.handOff && reply.error?.code === 'overloaded') {
+      const whole = placeRequest([...this.#schedulers.values()], req.modelId, req.sessionId, hint);
+      if ('to' in whole && whole.to !== target) reply = whole.to.admit(req);
+    }
     return { ...reply, coordinatorId: this.id, term: BigInt(this.#lease.term) };
   }
 
