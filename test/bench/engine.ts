@@ -15,9 +15,11 @@ function timeIt(fn: () => void): number {
 }
 
 /** Measures `path` (labelled `model`): its pp and tg rows. `step` is told after the warm-up and each repetition. */
-export function measureEngine(path: string, model: string, o: { threads: number; pp: number; tg: number; reps: number }, step: (detail?: string) => void): EngineRow[] {
-  const ref = LlamaReference.load(path, { nCtx: 1024, nBatch: o.pp, threads: o.threads });
-  const p = Pipeline.open({ model: path, threads: o.threads, ctxSize: 1024 });
+export function measureEngine(path: string, model: string, o: { threads: number; pp: number; tg: number; reps: number; device?: string }, step: (detail?: string) => void): EngineRow[] {
+  // Off the CPU both sides run every layer on the device (libllama: every layer offloaded).
+  const onDevice = (o.device ?? 'CPU') !== 'CPU';
+  const ref = LlamaReference.load(path, { nCtx: 1024, nBatch: o.pp, threads: o.threads, gpuLayers: onDevice ? 999 : 0 });
+  const p = Pipeline.open({ model: path, threads: o.threads, ctxSize: 1024, device: o.device });
   try {
     const nVocab = p.hp.nVocab;
     const prompt = Int32Array.from({ length: o.pp }, (_, i) => 100 + ((i * 7919) % Math.min(20000, nVocab - 100)));

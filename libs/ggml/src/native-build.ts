@@ -6,7 +6,7 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import {
   cpuKey, llamaPackageDir, llamaPackageVersion, nativeBuildDir, readNativeManifest, strataCacheDir,
   type NativeManifest,
@@ -26,6 +26,20 @@ function log(msg: string): void {
 
 function has(cmd: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
+}
+
+/**
+ * Where the pinned llama.cpp sources are: `STRATA_LLAMA_SRC` when set (a device check carries
+ * them unpacked, without the git bundle), else a clone of the shipped snapshot in the cache.
+ */
+function sourceDir(version: string): string {
+  return process.env.STRATA_LLAMA_SRC || join(strataCacheDir(), 'llama', `src-${version}`);
+}
+
+/** `-DCMAKE_CUDA_ARCHITECTURES=…` when `STRATA_CUDA_ARCHS` names them (e.g. 90: only sm_90, minutes instead of an hour). */
+function cudaArchArgs(gpu: 'cpu' | 'cuda'): string[] {
+  const archs = process.env.STRATA_CUDA_ARCHS;
+  return gpu === 'cuda' && archs ? [`-DCMAKE_CUDA_ARCHITECTURES=${archs}`] : [];
 }
 
 /** Clones the shipped snapshot into `dir` (once). */
@@ -50,6 +64,7 @@ export function ensureVocab(srcDir: string, version: string, cacheRoot?: string)
 function withLock<T>(lock: string, fn: () => T): T {
   try {
     if (existsSync(lock) && Date.now() - statSync(lock).mtimeMs > 2 * 3600_000) rmSync(lock, { recursive: true, force: true });
+    mkdirSync(dirname(lock), { recursive: true });
     mkdirSync(lock);
   } catch {
     throw new Error(`another build holds ${lock}; wait for it or remove the folder`);
@@ -96,7 +111,7 @@ function build(srcDir: string, outDir: string, gpu: 'cpu' | 'cuda', version: str
     '-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON', `-DGGML_NATIVE=${portable ? 'OFF' : 'ON'}`, '-DGGML_BACKEND_DL=OFF',
     '-DLLAMA_BUILD_TESTS=OFF', '-DLLAMA_BUILD_EXAMPLES=OFF', '-DLLAMA_BUILD_TOOLS=OFF',
     '-DLLAMA_BUILD_SERVER=OFF', '-DLLAMA_BUILD_COMMON=OFF', '-DLLAMA_CURL=OFF', '-DLLAMA_OPENSSL=OFF',
-    `-DGGML_CUDA=${gpu === 'cuda' ? 'ON' : 'OFF'}`,
+    `-DGGML_CUDA=${gpu === 'cuda' ? 'ON' : 'OFF'}`, ...cudaArchArgs(gpu),
   ];
   if (has('ninja')) cmakeArgs.push('-G', 'Ninja');
   const amx = amxUsable(buildDir);
@@ -131,44 +146,66 @@ function build(srcDir: string, outDir: string, gpu: 'cpu' | 'cuda', version: str
 }
 
 /**
- * Builds llama.cpp's own `llama-server` (CPU, statically linked, this machine's CPU) from the same
- * pinned snapshot, once, into `<native build dir>-server/llama-server`, and returns its path. The
- * serving benchmark runs it beside Strata as the reference a user would otherwise pick.
+ * Builds one of llama.cpp's own tools (`llama-server`, `llama-bench`; statically linked, this
+ * machine's CPU, with CUDA for `gpu` 'cuda') from the pinned snapshot, once, into `outDir`;
+ * returns the binary's path.
  */
-export function ensureLlamaServer(version = llamaPackageVersion()): string {
-  const outDir = `${nativeBuildDir(version, 'cpu')}-server`;
-  const bin = join(outDir, 'llama-server');
+function ensureTool(tool: 'llama-server' | 'llama-bench', gpu: 'cpu' | 'cuda', outDir: string, version: string): string {
+  const bin = join(outDir, tool);
   if (existsSync(bin)) return bin;
-  const missing = ['cmake', 'c++', 'git'].filter((c) => !has(c));
-  if (missing.length > 0) throw new Error(`building llama-server needs ${missing.join(', ')}`);
-  const srcDir = join(strataCacheDir(), 'llama', `src-${version}`);
+  const srcDir = sourceDir(version);
+  const missing = ['cmake', 'c++', ...(existsSync(join(srcDir, 'CMakeLists.txt')) ? [] : ['git'])].filter((c) => !has(c));
+  if (missing.length > 0) throw new Error(`building ${tool} needs ${missing.join(', ')}`);
   return withLock(`${outDir}.lock`, () => {
     ensureSource(srcDir);
     const buildDir = `${outDir}.build`;
     const cmakeArgs = [
       '-S', srcDir, '-B', buildDir, '-DCMAKE_BUILD_TYPE=Release', '-DBUILD_SHARED_LIBS=OFF', '-DGGML_NATIVE=ON',
       '-DGGML_BACKEND_DL=OFF', '-DLLAMA_BUILD_TESTS=OFF', '-DLLAMA_BUILD_EXAMPLES=OFF', '-DLLAMA_BUILD_TOOLS=ON',
-      '-DLLAMA_BUILD_SERVER=ON', '-DLLAMA_BUILD_COMMON=ON', '-DLLAMA_CURL=OFF', '-DLLAMA_OPENSSL=OFF', '-DGGML_CUDA=OFF',
+      `-DLLAMA_BUILD_SERVER=${tool === 'llama-server' ? 'ON' : 'OFF'}`, '-DLLAMA_BUILD_COMMON=ON', '-DLLAMA_CURL=OFF', '-DLLAMA_OPENSSL=OFF',
+      `-DGGML_CUDA=${gpu === 'cuda' ? 'ON' : 'OFF'}`, ...cudaArchArgs(gpu),
     ];
     if (has('ninja')) cmakeArgs.push('-G', 'Ninja');
     if (!amxUsable(buildDir)) {
       const noAmx = '-mno-amx-tile -mno-amx-int8 -mno-amx-bf16';
       cmakeArgs.push(`-DCMAKE_C_FLAGS=${noAmx}`, `-DCMAKE_CXX_FLAGS=${noAmx}`);
     }
-    log(`building llama-server from the pinned snapshot in ${buildDir} (many minutes; once per machine)`);
+    log(`building ${tool} (${gpu}) from the pinned snapshot in ${buildDir} (many minutes; once per machine)`);
     execFileSync('cmake', cmakeArgs, { stdio: ['ignore', 'ignore', 'inherit'] });
-    execFileSync('cmake', ['--build', buildDir, '--target', 'llama-server', '-j', String(availableParallelism())], {
-      stdio: ['ignore', 'ignore', 'inherit'],
-    });
+    execFileSync('cmake', ['--build', buildDir, '--target', tool, '-j', String(availableParallelism())], { stdio: ['ignore', 'ignore', 'inherit'] });
     mkdirSync(outDir, { recursive: true });
-    cpSync(join(buildDir, 'bin', 'llama-server'), bin);
+    cpSync(join(buildDir, 'bin', tool), bin);
     rmSync(buildDir, { recursive: true, force: true });
     return bin;
   });
 }
 
 /**
- * Entry point: `native-build.ts [--gpu auto|cpu|cuda] [--force] [--strict]`. 'auto' (the default)
+ * llama.cpp's own `llama-server` (CPU) from the same pinned snapshot, built once into
+ * `<native build dir>-server/llama-server`. The serving benchmark runs it beside Strata as the
+ * reference a user would otherwise pick.
+ */
+export function ensureLlamaServer(version = llamaPackageVersion()): string {
+  return ensureTool('llama-server', 'cpu', `${nativeBuildDir(version, 'cpu')}-server`, version);
+}
+
+/** Where {@link ensureLlamaBench} puts llama-bench for `gpu` ('' when it is not built). */
+export function llamaBenchPath(gpu: 'cpu' | 'cuda', version = llamaPackageVersion()): string {
+  const bin = join(`${nativeBuildDir(version, gpu)}-bench`, 'llama-bench');
+  return existsSync(bin) ? bin : '';
+}
+
+/** llama.cpp's `llama-bench` of `gpu`'s kind (the device check), built once into `<native build dir>-bench/llama-bench`. */
+export function ensureLlamaBench(gpu: 'cpu' | 'cuda', version = llamaPackageVersion()): string {
+  return ensureTool('llama-bench', gpu, `${nativeBuildDir(version, gpu)}-bench`, version);
+}
+
+/**
+ * Entry point: `native-build.ts [--gpu auto|cpu|cuda] [--force] [--strict] [--llama-bench]`
+ * (`--llama-bench`: llama-bench of the same GPU kind too, for the device check).
+ * `STRATA_LLAMA_SRC` names the sources (default: the shipped snapshot, cloned once) and
+ * `STRATA_CUDA_ARCHS` the CUDA architectures to compile for (default: this machine's GPUs, or
+ * ggml's list when portable). 'auto' (the default)
  * builds with CUDA where nvcc and an NVIDIA driver exist; a CUDA build holds the CPU backend too.
  * For container images, where `npm ci` runs the build with no flags and no GPU: STRATA_GGML_CUDA=1
  * means --gpu cuda, and STRATA_GGML_PORTABLE=1 builds for any x86-64 CPU with AVX2 and for ggml's
@@ -181,8 +218,8 @@ export function main(argv: string[]): number {
   const portable = process.env.STRATA_GGML_PORTABLE === '1';
   const gpu: 'cpu' | 'cuda' = gpuArg === 'cuda' || (gpuArg === 'auto' && has('nvcc') && has('nvidia-smi')) ? 'cuda' : 'cpu';
   const force = argv.includes('--force');
-  const srcDir = join(strataCacheDir(), 'llama', `src-${version}`);
-  if (!has('git')) {
+  const srcDir = sourceDir(version);
+  if (!has('git') && !process.env.STRATA_LLAMA_SRC) {
     log('git not found: cannot read the shipped llama.cpp snapshot; using prebuilt binaries, and synthetic models need `apt-get install git`');
     return 1;
   }
@@ -192,9 +229,19 @@ export function main(argv: string[]): number {
     return 0;
   }
   const outDir = nativeBuildDir(version, gpu);
+  const bench = () => {
+    if (!argv.includes('--llama-bench')) return 0;
+    try {
+      log(`llama-bench ready at ${ensureLlamaBench(gpu, version)}`);
+      return 0;
+    } catch (err) {
+      log(`llama-bench could not be built (${(err as Error).message})`);
+      return 1;
+    }
+  };
   if (!force && readNativeManifest(outDir)) {
     log(`native ${gpu} build cached at ${outDir}`);
-    return 0;
+    return bench();
   }
   const missing = ['cmake', 'c++'].filter((c) => !has(c));
   if (gpu === 'cuda' && !has('nvcc')) missing.push('nvcc');
@@ -209,7 +256,7 @@ export function main(argv: string[]): number {
       return build(srcDir, outDir, gpu, version, portable);
     });
     log(`native ${gpu} build ready in ${outDir} (${manifest.seconds.toFixed(0)} s)`);
-    return 0;
+    return bench();
   } catch (err) {
     log(`native build failed (${(err as Error).message}); the prebuilt binaries will be used`);
     return 1;

@@ -40,9 +40,11 @@ const require = createRequire(import.meta.url);
 
 /** Root of node-llama-cpp's installed package. */
 export function llamaPackageDir(): string {
-  // The package's exports hide package.json: walk up from its entry point instead.
+  // The package's exports hide package.json: walk up from its entry point instead (to its own
+  // package.json: a device check's pack carries that and the entry, not the rest).
   let dir = dirname(require.resolve(LLAMA_PACKAGE));
-  while (!existsSync(join(dir, 'llama', 'gitRelease.bundle'))) {
+  const isRoot = (d: string) => existsSync(join(d, 'package.json')) && (JSON.parse(readFileSync(join(d, 'package.json'), 'utf8')) as { name?: string }).name === LLAMA_PACKAGE;
+  while (!isRoot(dir)) {
     const up = dirname(dir);
     if (up === dir) throw new NativeLibraryError(`cannot find the ${LLAMA_PACKAGE} package directory`);
     dir = up;

@@ -47,6 +47,8 @@ export interface LocalClusterOptions {
   kvTypes?: string[];
   /** role per pipeline (prefill, decode, both: the workers' --role; default both) */
   roles?: string[];
+  /** ggml device per pipeline (CPU, CUDA0, …: the workers' --device; default CPU) */
+  devices?: string[];
   /**
    * GGUF per pipeline, instead of model (the default splits cut each one's layers); the gateway
    * serves every one of them
@@ -273,7 +275,7 @@ export class LocalCluster {
       splits.forEach((split, p) => split.forEach((layers, s) => {
         const id = `p${p}-s${s}`;
         c.#spawn('worker', id, ['worker', ...common, ...verify, ...token, '--id', id, '--group', `p${p}`, '--model', models[p]!, '--layers', formatRange(layers), '--threads', String(threads),
-          '--ctx-size', String(o.ctxSize ?? 4096), '--kv-type', o.kvTypes?.[p] ?? o.kvType ?? 'f16', '--role', o.roles?.[p] ?? 'both', ...c.#grpcFlags(id), ...(o.workerFlags ?? [])], env('worker', id), layers);
+          '--ctx-size', String(o.ctxSize ?? 4096), '--kv-type', o.kvTypes?.[p] ?? o.kvType ?? 'f16', '--role', o.roles?.[p] ?? 'both', '--device', o.devices?.[p] ?? 'CPU', ...c.#grpcFlags(id), ...(o.workerFlags ?? [])], env('worker', id), layers);
       }));
       c.#spawn('gateway', 'gateway', ['gateway', ...common, ...verify, '--model', [...new Set(models)].join(','), '--port', String(port), ...(o.gatewayFlags ?? [])], env('gateway', 'gateway'));
       await c.#ready(splits.length, o.readyTimeoutMs ?? 180_000);

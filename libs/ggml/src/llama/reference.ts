@@ -31,6 +31,8 @@ export interface ReferenceOptions {
   extraBufts?: boolean;
   /** compute pooled embeddings instead of logits, with this llama_pooling_type (1 mean, 2 cls, 3 last) */
   pooling?: number;
+  /** layers libllama offloads to the GPU of a CUDA build (default 0: all on the CPU; 999: every one) */
+  gpuLayers?: number;
 }
 
 /** One token of a reference batch. */
@@ -80,7 +82,7 @@ export class LlamaReference {
   static load(path: string, options: ReferenceOptions = {}): LlamaReference {
     const { llama: l } = native();
     const mp = l.llama_model_default_params();
-    mp.n_gpu_layers = 0;
+    mp.n_gpu_layers = options.gpuLayers ?? 0;
     mp.use_extra_bufts = options.extraBufts ?? native().libs.kind === 'native';
     const model = l.llama_model_load_from_file(path, mp);
     if (!model) throw new LlamaError(`libllama could not load ${path}`);
