@@ -471,10 +471,12 @@ export function prepareFailed(c: PipelineCore, fx: PipelineEffect[], requestId: 
     const j = request.jobs[0]!;
     const kept = request.cached;
     fx.push({ type: 'log', level: 'info', message: 'a session or prefix could not be restored from the tiers: prefilling it again', fields: { request: requestId, session: j.sessionId, code, message } });
-    // A prefix's lineage covers the whole prompt from position 0: the job now computes it all.
-    const grown = j.grown;
+    // A prefix's lineage covers the whole prompt from position 0: the job now computes it all
+    // (and is still handed off after its first token, if it was to be).
+    const { grown, handOff } = j;
     rebuildJob(j, saved.tokens.slice(0, j.pos0));
     j.grown = grown;
+    j.handOff = handOff;
     j.held = true;
     request.cached = 0;
     const r = j.sessionId ? c.room.residents.get(j.sessionId) : undefined;

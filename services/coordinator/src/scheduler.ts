@@ -335,10 +335,12 @@ export class PipelineScheduler implements Placeable {
           let done = () => {};
           const prefilled = new Promise<void>((resolve) => (done = resolve));
           this.#prefills.set(e.key, done);
-          // (A request that ends before its first token never resolves it: forgotten with its hand-off.)
-          void this.#d.handOff?.(this, e.key, prefilled).finally(() => {
+          // (A request that ends before its first token never resolves it: forgotten with its
+          // hand-off.) Started once these effects are carried out: its first moves reach this
+          // pipeline's core, which must not be re-entered meanwhile.
+          queueMicrotask(() => void this.#d.handOff?.(this, e.key, prefilled).finally(() => {
             if (this.#prefills.get(e.key) === done) this.#prefills.delete(e.key);
-          });
+          }));
           break;
         }
         case 'prefilled':
