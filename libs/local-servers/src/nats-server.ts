@@ -4,7 +4,7 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { launchServer, type LocalServer } from './managed-server.ts';
-import { freePort } from './free-port.ts';
+import { freePorts } from './free-port.ts';
 import { checkInteger, resolveServerOptions, type ServerOptions } from './server-options.ts';
 import { tcpExchange } from './tcp-probe.ts';
 import { LocalServerError } from './errors.ts';
@@ -131,13 +131,15 @@ export interface LocalNatsCluster {
  */
 export async function startNatsCluster(size: number, options: NatsOptions): Promise<LocalNatsCluster> {
   checkInteger('nats-server', 'cluster size', size, 1, 16);
-  const routes = await Promise.all(Array.from({ length: size }, () => freePort()));
-  const monitors = await Promise.all(Array.from({ length: size }, () => freePort()));
+  // Every port of the cluster at once, all distinct (picked one by one, a later pick may repeat an
+  // earlier one that no server has bound yet).
+  const ports = await freePorts(3 * size);
+  const [clients, routes, monitors] = [ports.slice(0, size), ports.slice(size, 2 * size), ports.slice(2 * size)];
   const servers: LocalServer[] = [];
   try {
     for (let i = 0; i < size; i++) {
       servers.push(await startNats({
-        ...options, dir: join(options.dir, String(i)), port: undefined, monitorPort: monitors[i],
+        ...options, dir: join(options.dir, String(i)), port: clients[i], monitorPort: monitors[i],
         cluster: { name: 'strata', routePort: routes[i]!, peers: routes.filter((_, k) => k !== i) },
       }));
     }
