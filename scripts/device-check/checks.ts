@@ -14,6 +14,7 @@ import { Pipeline, ensureDefaultModel, generate, scoreAll, synthesize, topK } fr
 import { LocalCluster } from '../../services/cli/src/local-cluster.ts';
 import { benchModel, median } from '../../test/bench/common.ts';
 import { measureEngine } from '../../test/bench/engine.ts';
+import { maxAbsDiff } from '../../test/helpers/models.ts';
 import { strataCacheDir } from '@strata/ggml';
 
 interface Row { check: string; result: string; ok: boolean; detail: Record<string, unknown> }
@@ -63,9 +64,7 @@ function parity(): void {
       const label = split.map((r) => `${r.l0}:${r.l1}`).join(',');
       const p = Pipeline.open({ model, threads, ctxSize: 512, split, device });
       try {
-        const rowsGot = scoreAll(p, prompt);
-        let d = 0;
-        rowsGot.forEach((row, i) => row.forEach((x, k) => (d = Math.max(d, Math.abs(x - want[i]![k]!)))));
+        const d = maxAbsDiff(scoreAll(p, prompt), want);
         p.seqRemove(0);
         const got = generate(p, vocab, prompt, { nPredict: 32, temperature: 0, stopAtEog: false }).tokens;
         const same = got.every((t, i) => t === greedy[i]);

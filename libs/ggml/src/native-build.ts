@@ -189,15 +189,18 @@ export function ensureLlamaServer(version = llamaPackageVersion()): string {
   return ensureTool('llama-server', 'cpu', `${nativeBuildDir(version, 'cpu')}-server`, version);
 }
 
+/** Where llama-bench of `gpu`'s kind is built: `<native build dir>-bench`. */
+const benchDir = (gpu: 'cpu' | 'cuda', version: string) => `${nativeBuildDir(version, gpu)}-bench`;
+
 /** Where {@link ensureLlamaBench} puts llama-bench for `gpu` ('' when it is not built). */
 export function llamaBenchPath(gpu: 'cpu' | 'cuda', version = llamaPackageVersion()): string {
-  const bin = join(`${nativeBuildDir(version, gpu)}-bench`, 'llama-bench');
+  const bin = join(benchDir(gpu, version), 'llama-bench');
   return existsSync(bin) ? bin : '';
 }
 
 /** llama.cpp's `llama-bench` of `gpu`'s kind (the device check), built once into `<native build dir>-bench/llama-bench`. */
 export function ensureLlamaBench(gpu: 'cpu' | 'cuda', version = llamaPackageVersion()): string {
-  return ensureTool('llama-bench', gpu, `${nativeBuildDir(version, gpu)}-bench`, version);
+  return ensureTool('llama-bench', gpu, benchDir(gpu, version), version);
 }
 
 /**

@@ -252,42 +252,44 @@ function slidingWindow(file: GgufFile, arch: Arch, nLayer: number): { nSwa: numb
   const none = { nSwa: 0, swaLayers: new Array<boolean>(nLayer).fill(false) };
   if (arch === 'gemma2') {
     // always windowed (4096 unless the file says), every other layer unless a pattern is given
-    const nSwa = num(file, `${arch}.attention.sliding_window`, 4096);
-    const patternKv = file.kv(`${arch}.attention.sliding_window_pattern`);
-    if (patternKv && (ArrayBuffer.isView(patternKv.value) || Array.isArray(patternKv.value))) {
-      const arr = Array.from(patternKv.value as ArrayLike<number | boolean>, (x) => Boolean(x));
-      if (arr.length !== nLayer) throw new ModelError('missing_metadata', `${file.path}: sliding_window_pattern has ${arr.length} entries for ${nLayer} layers`);
-      return { nSwa, swaLayers: arr };
-    }
-    const period = patternKv ? Number(patternKv.value) : 2;
-    return { nSwa, swaLayers: Array.from({ length: nLayer }, (_, il) => period === 0 || il % period < period - 1) };
+    return { nSwa: num(file, `${arch}.attention.sliding_window`, 4096), swaLayers: patternLayers(file, arch, nLayer, 2) };
   }
   if (arch === 'gemma3') {
     const nSwa = num(file, `${arch}.attention.sliding_window`, 0);
     if (nSwa === 0) return none;
-    const patternKv = file.kv(`${arch}.attention.sliding_window_pattern`);
-    const scalar = patternKv && !ArrayBuffer.isView(patternKv.value) && !Array.isArray(patternKv.value);
-    const period = scalar ? Number(patternKv.value) : 6;
-    return { nSwa, swaLayers: Array.from({ length: nLayer }, (_, il) => period === 0 || il % period < period - 1) };
+    return { nSwa, swaLayers: windowedEvery(nLayer, scalarPeriod(file, arch, 6)) };
   }
   if (arch === 'gpt-oss') {
     // every other layer windowed (the even ones), unless a period is given
-    const nSwa = num(file, `${arch}.attention.sliding_window`);
-    const patternKv = file.kv(`${arch}.attention.sliding_window_pattern`);
-    const scalar = patternKv && !ArrayBuffer.isView(patternKv.value) && !Array.isArray(patternKv.value);
-    const period = scalar ? Number(patternKv.value) : 2;
-    return { nSwa, swaLayers: Array.from({ length: nLayer }, (_, il) => period === 0 || il % period < period - 1) };
+    return { nSwa: num(file, `${arch}.attention.sliding_window`), swaLayers: windowedEvery(nLayer, scalarPeriod(file, arch, 2)) };
   }
   if (arch !== 'exaone4' || nLayer !== 64) return none;
-  const nSwa = num(file, `${arch}.attention.sliding_window`, 4096);
-  const patternKv = file.kv(`${arch}.attention.sliding_window_pattern`);
-  if (patternKv && (ArrayBuffer.isView(patternKv.value) || Array.isArray(patternKv.value))) {
-    const arr = Array.from(patternKv!.value as ArrayLike<number | boolean>, (x) => Boolean(x));
+  return { nSwa: num(file, `${arch}.attention.sliding_window`, 4096), swaLayers: patternLayers(file, arch, nLayer, 4) };
+}
+
+/**
+ * `attention.sliding_window_pattern` as gemma2 and exaone4 read it: an array, one flag per layer
+ * (windowed where true), or a period (each `period`-th layer full; absent: `fallback`).
+ */
+function patternLayers(file: GgufFile, arch: Arch, nLayer: number, fallback: number): boolean[] {
+  const kv = file.kv(`${arch}.attention.sliding_window_pattern`);
+  if (kv && (ArrayBuffer.isView(kv.value) || Array.isArray(kv.value))) {
+    const arr = Array.from(kv.value as ArrayLike<number | boolean>, (x) => Boolean(x));
     if (arr.length !== nLayer) throw new ModelError('missing_metadata', `${file.path}: sliding_window_pattern has ${arr.length} entries for ${nLayer} layers`);
-    return { nSwa, swaLayers: arr };
+    return arr;
   }
-  const period = patternKv ? Number(patternKv.value) : 4;
-  return { nSwa, swaLayers: Array.from({ length: nLayer }, (_, il) => period === 0 || il % period < period - 1) };
+  return windowedEvery(nLayer, kv ? Number(kv.value) : fallback);
+}
+
+/** Every layer windowed but each `period`-th (libllama's set_swa_pattern; 0: every layer windowed). */
+function windowedEvery(nLayer: number, period: number): boolean[] {
+  return Array.from({ length: nLayer }, (_, il) => period === 0 || il % period < period - 1);
+}
+
+/** A scalar `attention.sliding_window_pattern`, else `fallback` (an array is ignored, as libllama does for these). */
+function scalarPeriod(file: GgufFile, arch: Arch, fallback: number): number {
+  const kv = file.kv(`${arch}.attention.sliding_window_pattern`);
+  return kv && !ArrayBuffer.isView(kv.value) && !Array.isArray(kv.value) ? Number(kv.value) : fallback;
 }
 
 /** RoPE base and frequency scale of layer `il` (libllama's get_rope_freq_base/scale). */

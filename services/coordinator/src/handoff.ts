@@ -12,7 +12,7 @@
 // decodes on its prefill pipeline, and its client sees no difference but the speed.
 import { randomBytes } from 'node:crypto';
 import { CoordinatorError } from './errors.ts';
-import type { MigrationSource, MigrationTarget, Push } from './migration.ts';
+import { pushRange, type MigrationSource, type MigrationTarget, type Push } from './migration.ts';
 import { planMigration } from './migration-plan.ts';
 import { isRequestKey } from './pipeline-core.ts';
 
@@ -83,8 +83,7 @@ export async function handOff(d: HandOffDeps, key: string, src: MigrationSource,
     const parts = planMigration(src.view.stages, dst.view.stages);
     const id = `h-${randomBytes(8).toString('hex')}`;
     const copy = async (p0: number, p1: number) => {
-      const sent = await Promise.all(parts.map((part) => d.push({ migrationId: id, part, seq: st.seq, targetSeq: seq, p0, p1 })));
-      bytes += sent.reduce((a, b) => a + b, 0);
+      bytes += await pushRange(d.push, parts, id, st.seq, seq, p0, p1);
       rounds++;
     };
     // What every stage has computed, as it computes it; the rest once the first token is out

@@ -95,6 +95,12 @@ export interface Migration {
   finished: Promise<MigrationRecord>;
 }
 
+/** Pushes positions [p0, p1) of sequence `seq` by every part of a plan into `targetSeq`, at once; the bytes sent. */
+export async function pushRange(push: MigrationDeps['push'], parts: readonly PlanPart[], migrationId: string, seq: number, targetSeq: number, p0: number, p1: number): Promise<number> {
+  const bytes = await Promise.all(parts.map((part) => push({ migrationId, part, seq, targetSeq, p0, p1 })));
+  return bytes.reduce((a, b) => a + b, 0);
+}
+
 /** A ledger record on the wire. */
 export function migrationInfo(r: MigrationRecord): MigrationInfo {
   return {
@@ -132,11 +138,7 @@ async function run(d: MigrationDeps, m: MigrationRecord, parts: PlanPart[], src:
     targetSeq = await dst.reserve(st.cells);
     m.targetSeq = targetSeq;
     await d.ledger.update(m.id, m.session, 'copying', { targetSeq });
-    const copy = async (p0: number, p1: number) => {
-      if (p1 <= p0) return 0;
-      const bytes = await Promise.all(parts.map((part) => d.push({ migrationId: m.id, part, seq: st.seq, targetSeq: targetSeq!, p0, p1 })));
-      return bytes.reduce((a, b) => a + b, 0);
-    };
+    const copy = (p0: number, p1: number) => (p1 <= p0 ? Promise.resolve(0) : pushRange(d.push, parts, m.id, st.seq, targetSeq!, p0, p1));
 
     // Pre-copy while the session decodes: what every stage holds now, then what it wrote since.
     let sent = 0;

@@ -210,12 +210,7 @@ export function offloaded(c: PipelineCore, fx: PipelineEffect[], session: string
       fx.push({ type: 'forget', key });
       return;
     }
-    c.savedPrefixes.set(key, p);
-    if (c.savedPrefixes.size > MAX_SAVED_PREFIXES) {
-      const oldest = c.savedPrefixes.keys().next().value as string;
-      c.savedPrefixes.delete(oldest);
-      fx.push({ type: 'forget', key: oldest });
-    }
+    remember(fx, c.savedPrefixes, key, p, MAX_SAVED_PREFIXES);
     return;
   }
   const o = c.offloading.get(session);
@@ -226,12 +221,28 @@ export function offloaded(c: PipelineCore, fx: PipelineEffect[], session: string
     fx.push({ type: 'forget', key: o.key });
     return;
   }
-  c.offloaded.set(session, o);
-  if (c.offloaded.size > MAX_OFFLOADED) {
-    const [oldest, entry] = c.offloaded.entries().next().value as [string, Offloaded];
-    c.offloaded.delete(oldest);
-    fx.push({ type: 'forget', key: entry.key });
-  }
+  remember(fx, c.offloaded, session, o, MAX_OFFLOADED);
+}
+
+/** Keeps `value` in `saved` under `id`; past `max` entries the oldest is forgotten, in the tiers too. */
+function remember<T extends { key: string }>(fx: PipelineEffect[], saved: Map<string, T>, id: string, value: T, max: number): void {
+  saved.set(id, value);
+  if (saved.size <= max) return;
+  const [oldest, entry] = saved.entries().next().value as [string, T];
+  saved.delete(oldest);
+  fx.push({ type: 'forget', key: entry.key });
+}
+
+/**
+ * A granted sequence's operations when it starts from a state in the tiers: the evicted sequences
+ * it was handed emptied, the state under `key` loaded into `seq`, then cut to its first `keep`
+ * positions when it `holds` more.
+ */
+function loadOps(grant: RoomGrant, seq: number, key: string, keep: number, holds: number): SeqOp[] {
+  const ops = grant.emptyFirst.map((s) => seqOp(SeqOpKind.REMOVE, s));
+  ops.push({ ...seqOp(SeqOpKind.LOAD, seq), key });
+  if (keep < holds) ops.push(seqOp(SeqOpKind.REMOVE, seq, keep, -1));
+  return ops;
 }
 
 /**
@@ -253,9 +264,7 @@ function restore(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, sa
   if (!grant) return noRoom(c, maxTokens + req.prompt.length);
   c.offloaded.delete(session);
   const seq = grant.seqs[0]!;
-  const ops = grant.emptyFirst.map((s) => seqOp(SeqOpKind.REMOVE, s));
-  ops.push({ ...seqOp(SeqOpKind.LOAD, seq), key: saved.key });
-  if (cached < saved.tokens.length) ops.push(seqOp(SeqOpKind.REMOVE, seq, cached, -1));
+  const ops = loadOps(grant, seq, saved.key, cached, saved.tokens.length);
   c.room.residents.set(session, { seq, tokens: saved.tokens.slice(0, cached), lastUsedMs: now, busy: true, epoch: saved.epoch });
   const job = newJob({
     requestId: req.requestId, index: 0, sessionId: session, seq, prompt: req.prompt.slice(cached), pos0: cached,
@@ -296,9 +305,7 @@ function restorePrefix(c: PipelineCore, fx: PipelineEffect[], req: GenerateReque
   if (!grant) return noRoom(c, need);
   c.savedPrefixes.delete(saved.key);
   const seq = grant.seqs[0]!;
-  const ops = grant.emptyFirst.map((s) => seqOp(SeqOpKind.REMOVE, s));
-  ops.push({ ...seqOp(SeqOpKind.LOAD, seq), key: saved.key });
-  if (depth < saved.cells) ops.push(seqOp(SeqOpKind.REMOVE, seq, depth, -1));
+  const ops = loadOps(grant, seq, saved.key, depth, saved.cells);
   const job = newJob({
     requestId: req.requestId, index: 0, sessionId: '', seq, prompt: req.prompt.slice(depth), pos0: depth,
     sampling: { ...req.sampling!, seed: req.sampling?.seed ?? 0 }, maxTokens,

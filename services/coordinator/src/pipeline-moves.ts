@@ -160,12 +160,7 @@ export function down(c: PipelineCore, fx: PipelineEffect[], reason: string, blam
   for (const rebuild of c.rebuilds.splice(0)) fx.push({ type: 'orphan', rebuild });
   c.room.clear();
   c.requests.clear();
-  c.offloading.clear();
-  c.offloaded.clear();
-  c.savingPrefixes.clear();
-  c.savedPrefixes.clear();
-  c.handOffs.clear();
-  c.prefilled.clear();
+  forgetSaved(c);
 }
 
 /**
@@ -184,6 +179,11 @@ export function abandon(c: PipelineCore, fx: PipelineEffect[]): void {
   c.room.residents.clear();
   c.room.prefixes.clear();
   c.requests.clear();
+  forgetSaved(c);
+}
+
+/** What the tiers keep for this pipeline's sessions and prefixes, and the hand-offs under way, are forgotten: its sequences are gone. */
+function forgetSaved(c: PipelineCore): void {
   c.offloading.clear();
   c.offloaded.clear();
   c.savingPrefixes.clear();
