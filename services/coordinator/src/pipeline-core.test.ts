@@ -256,6 +256,28 @@ describe('pipeline core: resume and rebuild', () => {
     assert.deepEqual(events(again), ['run/0  ERROR repeated_failure'], 'the second pipeline it took down is the last');
     assert.deepEqual(only(again, 'orphan'), []);
   });
+
+  it('a choice cancelled while its token was in flight ends with its pipeline, not rebuilt: its session is free for the retry', () => {
+    const a = pipeline({}, view('p', 100));
+    a.send({ type: 'admit', req: req('s', 4, { maxTokens: 40, sessionId: 'chat' }) });
+    a.send({ type: 'prepared', requestId: 's', session: 'chat', epoch: 1 });
+    a.send({ type: 'step_result', result: result(100n, [[0, 42]]) });
+    a.send({ type: 'admit', req: req('m', 3, { n: 2, maxTokens: 8 }) });
+    assert.deepEqual(events(a.send({ type: 'cancel', requestId: 's', indices: [] })), [], 'its token is in flight');
+    a.send({ type: 'cancel', requestId: 'm', indices: [1] });
+    // The step in flight is lost (a NATS node died): the pipeline resets.
+    const fx = a.send({ type: 'down', reason: 'stuck', blame: 'none' });
+    assert.deepEqual(events(fx).sort(), ['m/1  CANCELLED', 's/0  CANCELLED']);
+    assert.ok(only(fx, 'request_ended').some((e) => e.req.requestId === 's'));
+    const orphans = only(fx, 'orphan');
+    assert.deepEqual(orphans.map((o) => [o.rebuild.request.req.requestId, o.rebuild.jobs.map((j) => j.index)]), [['m', [0]]], 'only the choice still wanted is rebuilt');
+
+    const b = pipeline({}, view('q', 100));
+    b.send({ type: 'rebuild', rebuild: orphans[0]!.rebuild });
+    let ended = false;
+    for (let step = 100n; step < 120n && !ended; step++) ended = only(b.send({ type: 'step_result', result: result(step, [[0, 5]]) }), 'request_ended').length > 0;
+    assert.ok(ended, 'the rebuilt request ends once its one live choice does');
+  });
 });
 
 describe('pipeline core: a migration', () => {

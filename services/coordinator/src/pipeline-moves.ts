@@ -133,7 +133,15 @@ export function down(c: PipelineCore, fx: PipelineEffect[], reason: string, blam
   releaseHolds(c, fx);
   const limit = c.options.maxRequestFailures;
   for (const request of c.requests.values()) {
-    const live = request.jobs.filter((j) => j.finish === null && c.jobs.includes(j));
+    const unfinished = request.jobs.filter((j) => j.finish === null && c.jobs.includes(j));
+    // A choice cancelled while its token was in flight ends here, as CANCELLED, with the jobs
+    // retired below: rebuilt, it would wait for that token for ever, and its session stay busy.
+    for (const j of unfinished.filter((x) => x.cancelled)) {
+      j.inflight = 0;
+      j.awaitingToken = false;
+      jobTransition(j, { type: 'cancel' });
+    }
+    const live = unfinished.filter((j) => j.finish === null);
     if (live.length === 0) continue;
     const prefix = request.req.sessionId ? c.room.residents.get(request.req.sessionId)?.tokens ?? [] : [];
     for (const j of live) {
