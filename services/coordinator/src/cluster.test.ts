@@ -6,7 +6,7 @@ import { clusterTransition, initialCluster, type ClusterMsg } from './cluster.ts
 
 const stage = (id: string, l0: number, l1: number, fp = 'fp', started = 1n, group = '') =>
   create(StageInfoSchema, { workerId: id, l0, l1, nLayer: 8, modelFingerprint: fp, modelId: 'm', startedAtMs: started, group });
-const hb = (info: ReturnType<typeof stage>, nowMs: number, draining = false): ClusterMsg => ({ type: 'heartbeat', info, kvCellsUsed: 0, draining, nowMs });
+const hb = (info: ReturnType<typeof stage>, nowMs: number, draining = false, reconnects = 0): ClusterMsg => ({ type: 'heartbeat', info, kvCellsUsed: 0, draining, nowMs, reconnects });
 const o = { workerTimeoutMs: 3000 };
 
 test('pipelines assemble from stages of one model, split differently, and only once', () => {
@@ -57,4 +57,19 @@ test('stages chain only with stages of the same role; a pipeline takes its stage
     for (const e of clusterTransition(s, hb(info, 0), o).effects) if (e.type === 'pipeline_up') ups.push(`${e.pipeline.id} ${e.pipeline.role}`);
   }
   assert.deepEqual(ups, ['b0~b1 decode', 'a0~a1 prefill', 'c0 both'], 'a worker without a role (older, or not given one) does both');
+});
+
+test("a worker's NATS reconnect is told for its pipeline, once per reconnect; a restart is a restart", () => {
+  const s = initialCluster();
+  const run = (m: ClusterMsg) => clusterTransition(s, m, o).effects.map((e) => `${e.type}:${e.pipeline.id}${e.type === 'reconnected' ? `:${e.workerId}` : ''}`);
+  const again = (info: ReturnType<typeof stage>, nowMs: number, reconnects: number) => hb(info, nowMs, false, reconnects);
+  run(hb(stage('a', 0, 4), 0));
+  assert.deepEqual(run(hb(stage('b', 4, 8), 0)), ['pipeline_up:a~b']);
+  assert.deepEqual(run(again(stage('b', 4, 8), 100, 0)), []);
+  assert.deepEqual(run(again(stage('b', 4, 8), 200, 1)), ['reconnected:a~b:b']);
+  assert.deepEqual(run(again(stage('b', 4, 8), 300, 1)), [], 'told once');
+  assert.deepEqual(run(again(stage('b', 4, 8, 'fp', 2n), 400, 0)), ['pipeline_down:a~b', 'pipeline_up:a~b'], 'a restarted worker counts from 0 again');
+  assert.deepEqual(run(again(stage('b', 4, 8, 'fp', 2n), 500, 1)), ['reconnected:a~b:b']);
+  run(hb(stage('x', 0, 4), 600));
+  assert.deepEqual(run(again(stage('x', 0, 4), 700, 3)), [], 'a worker in no pipeline');
 });

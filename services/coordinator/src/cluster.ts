@@ -1,6 +1,7 @@
 // The cluster actor: workers announce themselves by heartbeat; it assembles pipelines (chains of
 // stages of one model covering [0, n_layer)) from the stages it sees and takes a pipeline down
-// when one of its workers stops heartbeating, restarts or drains. Pure: transition(state, msg)
+// when one of its workers stops heartbeating, restarts or drains, and says when one reconnected
+// to NATS (steps through it may be lost). Pure: transition(state, msg)
 // returns the next state and the effects for the runtime to carry out.
 import type { StageInfo, StageLoad } from '@strata/wire';
 
@@ -12,6 +13,8 @@ export interface WorkerView {
   draining: boolean;
   /** what it computed when it last heartbeated */
   load?: StageLoad;
+  /** times its NATS connection came back (its heartbeats' count) */
+  reconnects: number;
 }
 
 /** What a pipeline does: computes prompts and hands requests on, decodes, or both (its stages' --role). */
@@ -42,13 +45,15 @@ export interface ClusterState {
 
 /** Messages the cluster actor takes. */
 export type ClusterMsg =
-  | { type: 'heartbeat'; info: StageInfo; kvCellsUsed: number; draining: boolean; nowMs: number; load?: StageLoad }
+  | { type: 'heartbeat'; info: StageInfo; kvCellsUsed: number; draining: boolean; nowMs: number; load?: StageLoad; reconnects?: number }
   | { type: 'tick'; nowMs: number };
 
 /** What the runtime must do. */
 export type ClusterEffect =
   | { type: 'pipeline_up'; pipeline: PipelineView }
-  | { type: 'pipeline_down'; pipeline: PipelineView; reason: string; lost: boolean };
+  | { type: 'pipeline_down'; pipeline: PipelineView; reason: string; lost: boolean }
+  /** a worker of the pipeline reconnected to NATS: steps in flight through it may be lost */
+  | { type: 'reconnected'; pipeline: PipelineView; workerId: string };
 
 /** Settings of the cluster actor. */
 export interface ClusterOptions {
@@ -77,7 +82,10 @@ export function clusterTransition(s: ClusterState, msg: ClusterMsg, o: ClusterOp
     const prev = s.workers.get(msg.info.workerId);
     if (prev && prev.info.startedAtMs !== msg.info.startedAtMs) down(msg.info.workerId, `worker ${msg.info.workerId} restarted`, true);
     if (prev && !prev.draining && msg.draining) down(msg.info.workerId, `worker ${msg.info.workerId} is draining`, false);
-    s.workers.set(msg.info.workerId, { info: msg.info, kvCellsUsed: msg.kvCellsUsed, lastSeenMs: msg.nowMs, draining: msg.draining, load: msg.load });
+    const reconnects = msg.reconnects ?? 0;
+    const pid = s.memberOf.get(msg.info.workerId);
+    if (prev && reconnects > prev.reconnects && pid !== undefined) effects.push({ type: 'reconnected', pipeline: s.pipelines.get(pid)!, workerId: msg.info.workerId });
+    s.workers.set(msg.info.workerId, { info: msg.info, kvCellsUsed: msg.kvCellsUsed, lastSeenMs: msg.nowMs, draining: msg.draining, load: msg.load, reconnects });
   } else {
     for (const [id, w] of s.workers) {
       if (msg.nowMs - w.lastSeenMs > o.workerTimeoutMs) {

@@ -242,6 +242,10 @@ export class Coordinator {
       if (e.type === 'pipeline_up') {
         this.#scheduler(e.pipeline);
         this.#log.info('pipeline up', { pipeline: e.pipeline.id, model: e.pipeline.modelId, layers: e.pipeline.stages.map((s) => `${s.l0}:${s.l1}`).join(',') });
+      } else if (e.type === 'reconnected') {
+        // (as after this coordinator's own reconnect: a lost step need not wait for its deadline)
+        const s = this.#schedulers.get(e.pipeline.id);
+        if (s && s.inFlight > 0) this.#reset(s, `worker ${e.workerId} reconnected to NATS with steps in flight`, 'none');
       } else {
         const down = this.#schedulers.get(e.pipeline.id);
         this.#schedulers.delete(e.pipeline.id);
@@ -344,7 +348,7 @@ export class Coordinator {
       this.#log.warn('refused a heartbeat with a bad stage', { worker: hb.stage?.workerId });
       return;
     }
-    this.#apply(clusterTransition(this.#cluster, { type: 'heartbeat', info: hb.stage, kvCellsUsed: hb.kvCellsUsed, draining: hb.draining, nowMs: Date.now(), load: hb.load }, this.#c).effects);
+    this.#apply(clusterTransition(this.#cluster, { type: 'heartbeat', info: hb.stage, kvCellsUsed: hb.kvCellsUsed, draining: hb.draining, nowMs: Date.now(), load: hb.load, reconnects: hb.reconnects }, this.#c).effects);
   }
 
   #tick(): void {

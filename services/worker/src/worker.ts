@@ -49,6 +49,8 @@ export class Worker {
   #timer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | null = null;
   #draining = false;
+  /** times the NATS connection came back (heartbeats carry it: the leader resets a pipeline with steps in flight) */
+  #reconnects = 0;
   /** stops reporting KV occupancy to metrics */
   #unobserve: () => void = () => {};
   /** the newest leader's term */
@@ -107,6 +109,7 @@ export class Worker {
     }
     w.info.grpcAddress = c.grpcAdvertise ?? w.#kv.address;
     w.#subscribe();
+    void w.#watchNats();
     const unobserveCells = observeKvCells(c.id, () => ({ used: w.#host.snapshot.used, total: w.info.kvCells, busyMs: w.load().busyMs }));
     const unobserveTiers = observeTiers(c.id, () => w.#tiers.stats);
     w.#unobserve = () => {
@@ -151,12 +154,25 @@ export class Worker {
     this.#subs.push(this.#nc.subscribe(subjects.workerStats(id), { callback: (err, m) => err ? this.#log.error('stats subscription', { err }) : this.#onStats(m) }));
   }
 
+  /**
+   * Counts NATS reconnects and heartbeats at once after one: steps or results sent while the
+   * connection was away may be lost, and the leader need not wait for its step deadline to know.
+   */
+  async #watchNats(): Promise<void> {
+    for await (const s of this.#nc.status()) {
+      if (s.type !== 'reconnect') continue;
+      this.#reconnects++;
+      this.#log.warn('NATS reconnected: steps in flight may have been lost', { reconnects: this.#reconnects });
+      this.#heartbeat();
+    }
+  }
+
   #heartbeat(): void {
     if (this.#nc.isClosed()) return;
     const s = this.#host.snapshot;
     this.#nc.publish(subjects.workerHeartbeat(), encode(HeartbeatSchema, {
       stage: this.info, kvCellsUsed: s.used, sequences: s.sequences,
-      counters: this.counters(), sentAtMs: BigInt(Date.now()), draining: this.#draining, load: this.load(),
+      counters: this.counters(), sentAtMs: BigInt(Date.now()), draining: this.#draining, load: this.load(), reconnects: this.#reconnects,
     }));
   }
 
