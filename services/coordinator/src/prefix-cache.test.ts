@@ -1,6 +1,7 @@
 // Automatic prefix caching in a pipeline's core: what requests share, what they compute, and a
 // randomized run against llama.cpp's cell bookkeeping (the stages' own KvCells) that checks the
-// core never lets a stage hold more cells than it has, nor sends a position a sequence lacks.
+// core never lets a stage hold more cells than it has, nor sends a position a sequence lacks, and
+// that every request it accepted ends, through pipeline resets too.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { create } from '@bufbuild/protobuf';
@@ -96,7 +97,7 @@ describe('prefix cache in a pipeline core', () => {
     assert.equal(core.room.reserved(running(core)), core.room.prefixes.cells() + 3, 'the session holds three cells of its own');
   });
 
-  it('randomized: the stages never hold more cells than they have, and every step continues its sequences', () => {
+  it('randomized: the stages never hold more cells than they have, every step continues its sequences, every request ends (resets too)', () => {
     for (let seed = Number(process.env.PREFIX_SIM_FROM ?? 1); seed <= Number(process.env.PREFIX_SIM_SEEDS ?? 12); seed++) simulate(seed);
   });
 });
@@ -164,20 +165,25 @@ function rng(seed: number): () => number {
  * Drives a core with random requests (shared system prompts, two tenants, sessions, cancels)
  * against one stage's KvCells: sequence operations and steps reach it in the order the core
  * sends them (one NATS connection keeps its messages in order) and are answered later, the
- * operations' acknowledgements in any order.
+ * operations' acknowledgements in any order. Now and then the pipeline resets (as when a NATS
+ * node dies): what was on its way is lost, the stage is emptied, and a fresh core rebuilds the
+ * old one's requests; every accepted request must still end.
  */
 function simulate(seed: number): void {
   const rand = rng(seed);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!;
   const CELLS = 384;
-  const { core, send } = pipeline(CELLS, 6, { prefillChunk: 48, overlap: seed % 2 === 0, tiers: seed % 3 === 0 });
+  const options = { prefillChunk: 48, overlap: seed % 2 === 0, tiers: seed % 3 === 0 };
+  let { core, send } = pipeline(CELLS, 6, options);
   /** what the tiers keep: key -> positions saved */
   const tiers = new Map<string, number>();
-  const kv = new KvCells(CELLS);
+  let kv = new KvCells(CELLS);
+  /** requests the last reset handed back, for the fresh core */
+  const orphans: PipelineEffect[] = [];
   const replies: PipelineMsg[] = [];
   // The last shares its first 8 tokens with the first: too few to share, so a lineage of its own.
   const systems = [range(1000, 70), range(2000, 40), range(3000, 90), [...range(1000, 8), ...range(4000, 50)]];
-  let now = 0, nextId = 0, ended = 0, admitted = 0;
+  let now = 0, nextId = 0, ended = 0, admitted = 0, resets = 0, cachedEver = false;
   const apply = (ops: readonly { kind: SeqOpKind; seq: number; dst: number; p0: number; p1: number; key?: string }[], reply: PipelineMsg) => {
     for (const op of ops) {
       if (op.kind === SeqOpKind.REMOVE) kv.seqRemove(op.seq, op.p0, op.p1);
@@ -203,6 +209,7 @@ function simulate(seed: number): void {
         replies.push({ type: 'offloaded', session: e.session, key: e.key, ok: true });
       } else if (e.type === 'forget') tiers.delete(e.key);
       else if (e.type === 'request_ended') ended++;
+      else if (e.type === 'orphan') orphans.push(e);
       else if (e.type === 'send_step') {
         const tokens: [number, number][] = [];
         for (const entry of e.entries) {
@@ -219,6 +226,21 @@ function simulate(seed: number): void {
     const counted = core.room.reserved(running(core));
     assert.ok(kv.used <= counted, `seed ${seed}: the stage holds ${kv.used} cells, the room counts ${counted}`);
   };
+  /** The pipeline resets: what was on its way is lost, the stage emptied, the requests rebuilt on a fresh core. */
+  const reset = () => {
+    cachedEver ||= core.room.prefixes.size > 0;
+    // (What the old core still asks of its stage is moot: the fresh one empties it.)
+    for (const e of send({ type: 'down', reason: 'reset', blame: 'none' }, now)) {
+      if (e.type === 'request_ended') ended++;
+      else if (e.type === 'orphan') orphans.push(e);
+    }
+    replies.length = 0;
+    tiers.clear();
+    kv = new KvCells(CELLS);
+    ({ core, send } = pipeline(CELLS, 6, options));
+    resets++;
+    for (const o of orphans.splice(0)) if (o.type === 'orphan') run(send({ type: 'rebuild', rebuild: o.rebuild }, now));
+  };
   for (let i = 0; i < 400 || replies.length > 0; i++) {
     now += 1;
     const r = rand();
@@ -231,7 +253,13 @@ function simulate(seed: number): void {
       if (only(fx, 'reply')[0]!.reply.accepted) admitted++;
       run(fx);
     } else if (i < 400 && r < 0.28 && nextId > 0) {
-      run(send({ type: 'cancel', requestId: `r${Math.floor(rand() * nextId)}`, indices: [] }, now));
+      // (mostly one of the last few: a request still running, its token perhaps in flight)
+      const k = rand() < 0.7 ? Math.max(0, nextId - 1 - Math.floor(rand() * 4)) : Math.floor(rand() * nextId);
+      run(send({ type: 'cancel', requestId: `r${k}`, indices: [] }, now));
+      // A reset soon after a cancel: the cancelled token may still be in flight.
+      if (rand() < 0.25) reset();
+    } else if (i < 400 && r < 0.29) {
+      reset();
     } else if (replies.length > 0) {
       // Step results come back in order (one pipeline); acknowledgements in any order.
       const k = replies.findIndex((m) => m.type === 'step_result');
@@ -241,9 +269,9 @@ function simulate(seed: number): void {
       run(send(m!, now));
     }
   }
-  assert.equal(ended, admitted, `seed ${seed}: every accepted request ended`);
+  assert.equal(ended, admitted, `seed ${seed}: every accepted request ended (${resets} resets)`);
   assert.equal(kv.used, core.room.reserved(running(core)), `seed ${seed}: when all is quiet the room counts exactly what the stage holds`);
-  assert.ok(core.room.prefixes.size > 0, `seed ${seed}: something was cached`);
+  assert.ok(cachedEver || core.room.prefixes.size > 0, `seed ${seed}: something was cached`);
 }
 
 describe('cached prefixes evicted to the tiers', () => {
