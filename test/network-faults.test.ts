@@ -6,11 +6,12 @@
 // - the leader cut off from Redis (its Redis link cut) cannot renew its lease: a standby takes a
 //   newer term and the workers fence the old leader out; healed, it returns as a standby.
 import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { ensureDefaultModel } from '@strata/model';
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
 import { chaosRun, healthy, type Fault } from './helpers/chaos.ts';
-import { clusterState } from './helpers/cluster.ts';
+import { clusterState, sseEvents, type CompletionChunk } from './helpers/cluster.ts';
 
 describe('network partitions', () => {
   let cluster: LocalCluster;
@@ -47,5 +48,56 @@ describe('network partitions', () => {
       assert.ok(r.sent > 0 && r.completed > 0, `${r.fault}: the load went on`);
     }
     assert.notEqual((await clusterState(cluster.natsUrl)).coordinatorId, leaderBefore, 'the standby took over from the leader cut off from Redis');
+  });
+});
+
+// The gateway's cancel of a request it sends again after its own reconnect can be lost: published
+// while the coordinator's connection was also away, nobody heard it. The earlier attempt then
+// decodes on (rebuilt after the coordinator's reconnect) and holds its session; the gateway's new
+// attempt is refused session_busy until it ends. The gateway tells the cancel again on each such
+// refusal, so the session's request goes on within moments rather than after the old attempt's
+// last token (here ~6 s of slow steps, more than the gateway's 4 s timeout).
+describe('a cancel lost while the gateway and the coordinator both reconnect', () => {
+  let cluster: LocalCluster;
+  before(async () => {
+    cluster = await LocalCluster.start({
+      model: ensureDefaultModel(), pipelines: 1, workers: 2, port: 0, threads: 1, ctxSize: 1024, faultLinks: true,
+      coordinatorFlags: ['--worker-timeout-ms', '10000', '--rebalance-high', '0'],
+      workerFlags: ['--test-step-delay-ms', '60'], gatewayFlags: ['--timeout-ms', '4000'],
+    });
+  });
+  after(async () => {
+    await cluster?.stop();
+  });
+
+  it("the session's request goes on, whole, instead of waiting for the earlier attempt to end", async () => {
+    const MAX = 100;
+    const r = await fetch(`${cluster.url}/v1/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json', 'x-session-id': 'lost-cancel' },
+      body: JSON.stringify({ model: 'default-llama-8x256-s42-f16', prompt: 'Once upon a time', max_tokens: MAX, temperature: 0, stream: true, logprobs: 0, ignore_eos: true }),
+    });
+    assert.equal(r.status, 200);
+    const tokens: string[] = [];
+    let finish: string | null = null, error = '';
+    let cut = false;
+    const gateway = cluster.link('gateway', 'nats'), coordinator = cluster.link('coordinator', 'nats');
+    for await (const j of sseEvents<CompletionChunk>(r.body!)) {
+      if (j.error) error = j.error.code;
+      tokens.push(...(j.choices?.[0]?.logprobs?.tokens ?? []));
+      finish = j.choices?.[0]?.finish_reason ?? finish;
+      if (!cut && tokens.length >= 10) {
+        cut = true;
+        gateway.cut();
+        coordinator.cut();
+        await sleep(300);
+        // The gateway is back first: its cancel and its new attempt reach no coordinator.
+        gateway.heal();
+        await sleep(1500);
+        coordinator.heal();
+      }
+    }
+    assert.equal(error, '', 'the request did not fail');
+    assert.equal(finish, 'length');
+    assert.equal(tokens.length, MAX, 'every token, once');
   });
 });

@@ -122,8 +122,11 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
   let settled = false;
   /** event gaps recovered from so far */
   let gaps = 0;
+  /** attempts this request moved away from (cancelled): told again while their session is busy */
+  const earlier: string[] = [];
+  const cancelId = (requestId: string, indices: number[] = []) => d.nc.publish(subjects.coordinatorCancel(), encode(CancelRequestSchema, { requestId, indices }));
   const cancel = (indices: number[] = []) => {
-    if (current) d.nc.publish(subjects.coordinatorCancel(), encode(CancelRequestSchema, { requestId: current.requestId, indices }));
+    if (current) cancelId(current.requestId, indices);
   };
 
   let settle!: { resolve: (u: Usage) => void; reject: (e: unknown) => void };
@@ -216,6 +219,7 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
     const eventsSubject = subjects.gatewayEvents(requestId);
     const sub = d.nc.subscribe(eventsSubject, { callback: (err, m) => (err ? settle.reject(err) : onEvent(m)) });
     current?.sub.unsubscribe();
+    if (current) earlier.push(current.requestId);
     current = { requestId, sub, term: 0n };
     const deadline = Date.now() + d.timeoutMs;
     for (;;) {
@@ -247,6 +251,9 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
       // A new leader that has not heard every worker yet knows no pipeline for the model; a
       // session whose cancelled attempt has a step in flight is busy for a moment.
       if (!reply.accepted && (reply.error?.code === 'no_pipeline' || reply.error?.code === 'session_busy') && resume.length > 0 && Date.now() < deadline && !settled) {
+        // The cancel of the earlier attempt may have been lost (sent while the coordinator's own
+        // connection was away): without it, that attempt decodes to its end and holds the session.
+        if (reply.error.code === 'session_busy') for (const id of earlier) cancelId(id);
         await new Promise((r) => setTimeout(r, 200));
         continue;
       }
