@@ -192,7 +192,7 @@ export class LocalCluster {
   readonly natsCluster: LocalNatsCluster | null;
   /** the primary, replicas and sentinels, when redisReplicas > 0 */
   readonly redisSet: ReplicatedRedis | null;
-  readonly url: string;
+  #url: string;
   readonly services: ServiceProcess[] = [];
   readonly splits: LayerRange[][];
   /** the URL tools and tests connect to NATS with: the operator role's (credentials included when natsAuth is on) */
@@ -217,7 +217,7 @@ export class LocalCluster {
     this.redis = servers.redisSet?.primary ?? servers.redis!;
     this.natsCluster = servers.natsCluster;
     this.redisSet = servers.redisSet;
-    this.url = url;
+    this.#url = url;
     this.#dataDir = dataDir;
   }
 
@@ -278,7 +278,7 @@ export class LocalCluster {
           '--ctx-size', String(o.ctxSize ?? 4096), '--kv-type', o.kvTypes?.[p] ?? o.kvType ?? 'f16', '--role', o.roles?.[p] ?? 'both', '--device', o.devices?.[p] ?? 'CPU', ...c.#grpcFlags(id), ...(o.workerFlags ?? [])], env('worker', id), layers);
       }));
       c.#spawn('gateway', 'gateway', ['gateway', ...common, ...verify, '--model', [...new Set(models)].join(','), '--port', String(port), ...(o.gatewayFlags ?? [])], env('gateway', 'gateway'));
-      await c.#ready(splits.length, o.readyTimeoutMs ?? 180_000);
+      await c.#ready(splits.length, o.readyTimeoutMs ?? 180_000, o.port === 0);
       return c;
     } catch (err) {
       await c.stop();
@@ -369,11 +369,25 @@ export class LocalCluster {
     this.#spawn(old.role, old.id, old.args, old.env, old.layers);
   }
 
-  async #ready(pipelines: number, timeoutMs: number): Promise<void> {
+  /**
+   * Waits for the gateway to serve `pipelines` pipelines. `freePortChosen`: the gateway's port was
+   * picked free here and is bound only when the gateway starts, so another socket may take it
+   * meanwhile (EADDRINUSE): a gateway that exits on start then gets another free port, twice at most.
+   */
+  async #ready(pipelines: number, timeoutMs: number, freePortChosen: boolean): Promise<void> {
     const t0 = Date.now();
-    let last = '';
+    let last = '', retries = 0;
     while (Date.now() - t0 < timeoutMs) {
       const dead = this.services.find((s) => s.proc.exitCode !== null || s.proc.signalCode !== null);
+      if (dead?.role === 'gateway' && freePortChosen && dead.proc.exitCode === 1 && retries++ < 2) {
+        const port = await freePort();
+        this.services.splice(this.services.indexOf(dead), 1);
+        const args = [...dead.args];
+        args[args.indexOf('--port') + 1] = String(port);
+        this.#url = `http://127.0.0.1:${port}`;
+        this.#spawn('gateway', dead.id, args, dead.env);
+        continue;
+      }
       if (dead) throw new Error(`${dead.role} ${dead.id} exited (${dead.proc.exitCode ?? dead.proc.signalCode}) while the cluster started`);
       try {
         const r = await fetch(`${this.url}/readyz`);
@@ -386,6 +400,11 @@ export class LocalCluster {
       await sleep(200);
     }
     throw new Error(`the local cluster was not ready after ${timeoutMs} ms: ${last}`);
+  }
+
+  /** the gateway's URL */
+  get url(): string {
+    return this.#url;
   }
 
   /** The process of a service by id. */
