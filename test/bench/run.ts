@@ -21,10 +21,14 @@ import { runScaleBench } from './scale.ts';
 import { runNetworkBench } from './network.ts';
 import { runKvBandwidthBench } from './kv-bandwidth.ts';
 import { Progress } from '../../services/cli/src/format.ts';
+import { measureQuiet, sayQuiet } from './quiet.ts';
 
 const opts = parseBenchArgs(process.argv.slice(2));
 const native = loadNative(loadOptionsFromEnv());
 console.log(`ggml: ${native.libs.kind} build (${native.libs.dir}), threads ${opts.threads}, ${opts.reps} repetitions`);
+// A figure only counts from a quiet machine: said before and after, loudly when it is not.
+const quietBefore = await measureQuiet();
+sayQuiet(quietBefore, 'before');
 
 const rows: EngineRow[] = [];
 
@@ -131,6 +135,9 @@ const kvBandwidth = opts.only.has('kv-bandwidth')
   ? await section('kv-bandwidth', 1 + opts.kvMbits.length * opts.kvReps, (step) => runKvBandwidthBench({ promptTokens: opts.kvPrompt, mbits: opts.kvMbits, reps: opts.kvReps }, step))
   : null;
 
+const quietAfter = await measureQuiet();
+sayQuiet(quietAfter, 'after');
+
 const out = join(process.cwd(), '.bench');
 mkdirSync(out, { recursive: true });
-writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), native: native.libs, threads: opts.threads, rows, samplingUs: sampling, models, kv, cluster, migration, load, responsive, grammar, serving, prefix, scale, network, kvBandwidth }, null, 2));
+writeFileSync(join(out, 'engine.json'), JSON.stringify({ date: new Date().toISOString(), quiet: { before: quietBefore, after: quietAfter }, native: native.libs, threads: opts.threads, rows, samplingUs: sampling, models, kv, cluster, migration, load, responsive, grammar, serving, prefix, scale, network, kvBandwidth }, null, 2));
