@@ -1,6 +1,7 @@
 // Is the machine quiet? A figure only counts from a quiet machine: before (and after) the benches,
 // the CPU time every process used over a short window is read from /proc, and a machine busy
-// with something else is said loudly, with the busiest processes named.
+// with something else is said loudly, with the busiest processes named. procCpu is also how the
+// serving and scale benches read a process's CPU time.
 import { readFileSync, readdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -14,19 +15,29 @@ export function parseCpuLine(stat: string): { total: number; idle: number } {
   return { total, idle: (f[3] ?? 0) + (f[4] ?? 0) };
 }
 
-/** CPU jiffies (user + system) of each process, with its command name. */
-function processJiffies(): Map<number, { name: string; jiffies: number }> {
-  const out = new Map<number, { name: string; jiffies: number }>();
+/**
+ * A process's command name and CPU time (user + system, its threads included) in milliseconds,
+ * from /proc/<pid>/stat; null when it is gone.
+ */
+export function procCpu(pid: number): { name: string; cpuMs: number } | null {
+  let s: string;
+  try {
+    s = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return null;
+  }
+  const close = s.lastIndexOf(')');
+  const fields = s.slice(close + 2).split(' ');
+  // utime and stime, fields 14 and 15 of stat (11 and 12 after the command), in clock ticks (100 Hz on Linux)
+  return { name: s.slice(s.indexOf('(') + 1, close), cpuMs: (Number(fields[11]) + Number(fields[12])) * 10 };
+}
+
+/** Every process's name and CPU milliseconds. */
+function processCpu(): Map<number, { name: string; cpuMs: number }> {
+  const out = new Map<number, { name: string; cpuMs: number }>();
   for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const s = readFileSync(`/proc/${d}/stat`, 'utf8');
-      const close = s.lastIndexOf(')');
-      const fields = s.slice(close + 2).split(' ');
-      out.set(Number(d), { name: s.slice(s.indexOf('(') + 1, close), jiffies: Number(fields[11]) + Number(fields[12]) });
-    } catch {
-      // (gone meanwhile)
-    }
+    const p = /^\d+$/.test(d) ? procCpu(Number(d)) : null;
+    if (p) out.set(Number(d), p);
   }
   return out;
 }
@@ -40,15 +51,15 @@ export interface Quiet {
 }
 
 export async function measureQuiet(ms = 2000): Promise<Quiet> {
-  const a = parseCpuLine(readFileSync('/proc/stat', 'utf8')), pa = processJiffies();
+  const a = parseCpuLine(readFileSync('/proc/stat', 'utf8')), pa = processCpu();
   await sleep(ms);
-  const b = parseCpuLine(readFileSync('/proc/stat', 'utf8')), pb = processJiffies();
+  const b = parseCpuLine(readFileSync('/proc/stat', 'utf8')), pb = processCpu();
   const total = b.total - a.total;
   const busyPct = total > 0 ? (100 * (total - (b.idle - a.idle))) / total : 0;
-  // jiffies are 1/100 s here (USER_HZ): a process's share of one core over the window
+  // a process's share of one core over the window
   const busiest = [...pb]
     .filter(([pid]) => pid !== process.pid)
-    .map(([pid, p]) => ({ pid, name: p.name, pct: (p.jiffies - (pa.get(pid)?.jiffies ?? p.jiffies)) / (ms / 1000) }))
+    .map(([pid, p]) => ({ pid, name: p.name, pct: (100 * (p.cpuMs - (pa.get(pid)?.cpuMs ?? p.cpuMs))) / ms }))
     .filter((p) => p.pct >= 5)
     .sort((x, y) => y.pct - x.pct)
     .slice(0, 3)

@@ -19,6 +19,7 @@ import { freePort, startNats, startRedis, type LocalServer } from '@strata/local
 import {
   ClusterRequestSchema, ClusterStateSchema, FinishReason, GenerateEventSchema, GenerateReplySchema, GenerateRequestSchema, decode, natsOptions, request, subjects,
 } from '@strata/wire';
+import { procCpu } from './quiet.ts';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BIN = join(here, '..', '..', 'bin', 'strata.mjs');
@@ -68,12 +69,10 @@ interface SimReport { counters: { steps: number; samples: number; tokens: number
 
 /** CPU milliseconds and resident bytes of a process, from /proc. */
 function procStats(pid: number): { cpuMs: number; rssBytes: number } {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  // utime and stime, fields 14 and 15 of stat (11 and 12 after the command), in clock ticks (100 Hz on Linux)
-  const cpuMs = (Number(fields[11]) + Number(fields[12])) * 10;
+  const cpu = procCpu(pid);
+  if (!cpu) throw new Error(`process ${pid} is gone`);
   const rss = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1];
-  return { cpuMs, rssBytes: Number(rss ?? 0) * 1024 };
+  return { cpuMs: cpu.cpuMs, rssBytes: Number(rss ?? 0) * 1024 };
 }
 
 function percentile(xs: number[], p: number): number {

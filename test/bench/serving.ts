@@ -6,11 +6,12 @@
 // output token (p50/p99) and the ratios to llama-server, and where the CPU went: each process's
 // CPU milliseconds per output token.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { ensureLlamaServer } from '@strata/ggml';
 import { LocalCluster } from '../../services/cli/src/local-cluster.ts';
 import { exchange, median } from './common.ts';
+import { procCpu } from './quiet.ts';
 
 /** Options of the serving benchmark. */
 export interface ServingOptions {
@@ -79,20 +80,9 @@ async function chat(t: Target, i: number, tokens: number): Promise<Timing> {
   return { start, first, last, tokens: usage };
 }
 
-/** CPU time (ms) of each pid, from /proc: utime + stime of the process and its threads. */
-function cpuMs(pid: number): number {
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = f.slice(f.lastIndexOf(')') + 2).split(' ');
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
-  } catch {
-    return 0;
-  }
-}
-
 function cpuOf(t: Target): Map<string, number> {
   const out = new Map<string, number>();
-  for (const [name, pids] of t.pids()) out.set(name, pids.reduce((s, p) => s + cpuMs(p), 0));
+  for (const [name, pids] of t.pids()) out.set(name, pids.reduce((s, p) => s + (procCpu(p)?.cpuMs ?? 0), 0));
   return out;
 }
 
