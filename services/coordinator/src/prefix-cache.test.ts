@@ -9,7 +9,7 @@ import { KvCells } from '@strata/kv-cache';
 import { GenerateRequestSchema, SampledTokenSchema, SamplingSchema, SeqOpKind, StageInfoSchema, StepResultSchema, subjects, type GenerateRequest } from '@strata/wire';
 import type { PipelineView } from './cluster.ts';
 import { openPipeline, transition, type PipelineCore, type PipelineEffect, type PipelineMsg, type PipelineOptions } from './pipeline-core.ts';
-import { running } from './pipeline-state.ts';
+import { running, type Rebuild } from './pipeline-state.ts';
 import { CostBook } from './step-cost.ts';
 
 const OPTIONS: PipelineOptions = {
@@ -178,8 +178,6 @@ function simulate(seed: number): void {
   /** what the tiers keep: key -> positions saved */
   const tiers = new Map<string, number>();
   let kv = new KvCells(CELLS);
-  /** requests the last reset handed back, for the fresh core */
-  const orphans: PipelineEffect[] = [];
   const replies: PipelineMsg[] = [];
   // The last shares its first 8 tokens with the first: too few to share, so a lineage of its own.
   const systems = [range(1000, 70), range(2000, 40), range(3000, 90), [...range(1000, 8), ...range(4000, 50)]];
@@ -209,7 +207,6 @@ function simulate(seed: number): void {
         replies.push({ type: 'offloaded', session: e.session, key: e.key, ok: true });
       } else if (e.type === 'forget') tiers.delete(e.key);
       else if (e.type === 'request_ended') ended++;
-      else if (e.type === 'orphan') orphans.push(e);
       else if (e.type === 'send_step') {
         const tokens: [number, number][] = [];
         for (const entry of e.entries) {
@@ -230,16 +227,17 @@ function simulate(seed: number): void {
   const reset = () => {
     cachedEver ||= core.room.prefixes.size > 0;
     // (What the old core still asks of its stage is moot: the fresh one empties it.)
+    const orphans: Rebuild[] = [];
     for (const e of send({ type: 'down', reason: 'reset', blame: 'none' }, now)) {
       if (e.type === 'request_ended') ended++;
-      else if (e.type === 'orphan') orphans.push(e);
+      else if (e.type === 'orphan') orphans.push(e.rebuild);
     }
     replies.length = 0;
     tiers.clear();
     kv = new KvCells(CELLS);
     ({ core, send } = pipeline(CELLS, 6, options));
     resets++;
-    for (const o of orphans.splice(0)) if (o.type === 'orphan') run(send({ type: 'rebuild', rebuild: o.rebuild }, now));
+    for (const rebuild of orphans) run(send({ type: 'rebuild', rebuild }, now));
   };
   for (let i = 0; i < 400 || replies.length > 0; i++) {
     now += 1;
