@@ -7,10 +7,10 @@
 //
 // Compared: logits at every prompt position (libllama's defaults: repacked where the native
 // build allows it; and both sides plain), whole and split (at an odd layer, with an all-windowed
-// first stage that frees the cells its window dropped, and in three stages), 48 greedy tokens;
+// first stage whose cells are a windowed group, and in three stages), 48 greedy tokens;
 // and two sequences batched together (prompt and decode steps in one batch each) against
 // libllama decoding the same batches. Same kernels, same cell order: the same bits (we allow
-// 1e-3; measured 0), also where a stage whose layers are all windowed frees the cells its window
+// 1e-3; measured 0), also where a stage whose layers are all windowed takes over the cells its window
 // dropped (new tokens still go after the older ones, as in libllama's windowed cache).
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
@@ -103,14 +103,14 @@ describe('gemma3 against libllama (synthetic, interleaved sliding window)', () =
         t.diagnostic(`smallest top-2 margin on libllama's path: ${minMargin.toExponential(2)}; cells held per stage: ${p.stages.map((s) => s.cache.cells.used).join(', ')}`);
         assert.deepEqual(res.tokens, greedy);
         const windowedFirst = p.hp.swaLayers.slice(split[0]!.l0, split[0]!.l1).every((x) => x);
-        if (windowedFirst) assert.ok(p.stages[0]!.cache.cells.used < WINDOW, 'the all-windowed stage keeps only its window');
+        if (windowedFirst) assert.ok(p.stages[0]!.cache.groups[0]!.windowed, 'the all-windowed stage\'s cells are a windowed group');
       } finally {
         p.dispose();
       }
     });
   }
 
-  // only a stage that holds layer 5 keeps every cell: every split has a stage that frees cells
+  // only a stage that holds layer 5 keeps every cell: every split has a stage whose cells are a windowed group
   for (const split of [undefined, [{ l0: 0, l1: 3 }, { l0: 3, l1: 8 }]]) {
     const label = split ? `split ${split.map((r) => `${r.l0}:${r.l1}`).join(',')}` : 'one stage';
     it(`${label}: two sequences batched together match libllama decoding the same batches`, (t) => {

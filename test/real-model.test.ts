@@ -8,6 +8,8 @@
 //    allow 1e-3) and 64 greedy tokens, whole and split into 2 and 3 stages at odd layers; tokens
 //    must equal libllama's up to the first near tie of the reference (a top-2 margin under 0.05),
 //    and at least 8 must be compared (measured: all 64 equal; the first near tie, 0.015, at token 16).
+//    With the windowed layers' K/V in a cache of their own (1,024 cells beside 2,048) over 1,400
+//    positions: the last 64 positions' logits against libllama's with swa_full off.
 // 2. Through a local cluster of two pipelines split differently (9 + 9 and 5 + 7 + 6 layers):
 //    a chat completion formatted with the model's chat template (this GGUF carries none, so
 //    libllama's built-in 'gemma' template: see Vocab.defaultChatTemplate) whose answer reads as
@@ -76,6 +78,40 @@ describe('Gemma 3 270M Q4_K_M against libllama', () => {
       assert.equal(p.stages[0]!.weights.output, p.stages[0]!.weights.tokEmbd, 'the head is the embedding matrix');
     } finally {
       p.dispose();
+    }
+  });
+
+  it('with windowed layers in a cache of their own (llama-server\'s default), 1,400 positions: libllama\'s logits in less K/V memory', () => {
+    // swa_full off: 15 windowed layers keep pad256(min(2048, 512 + 512)) = 1,024 cells, which
+    // the context outgrows, the 3 full layers 2,048; libllama with swa_full off alongside
+    const UB = 512, N = 1400, LAST = 64;
+    const long = Int32Array.from({ length: N }, (_, i) => prompt[1 + (i % (prompt.length - 1))]!);
+    long[0] = prompt[0]!;
+    const r = LlamaReference.load(model, { nCtx: 2048, nBatch: UB, threads: THREADS, swaFull: false });
+    const p = Pipeline.open({ model, threads: THREADS, ctxSize: 2048, maxBatch: UB, kvSwaFull: false });
+    const full = Pipeline.open({ model, threads: THREADS, ctxSize: 2048, maxBatch: UB });
+    try {
+      let want: Float32Array[] = [], got: Float32Array[] = [];
+      for (let i = 0; i < N; i += UB) {
+        const t = long.subarray(i, Math.min(N, i + UB));
+        const tail = Math.max(0, i + t.length - (N - LAST)); // outputs: the last LAST positions
+        const outs = Int32Array.from({ length: Math.max(1, tail) }, (_, j) => t.length - Math.max(1, tail) + j);
+        want = r.decode(Array.from(t, (token, j) => ({ token, pos: i + j, seq: 0, logits: outs.includes(j) })));
+        const l = p.forward({ tokens: t, pos: Int32Array.from(t, (_, j) => i + j), seq: new Int32Array(t.length), outputs: outs });
+        got = Array.from(outs, (_, j) => l.slice(j * p.hp.nVocab, (j + 1) * p.hp.nVocab));
+      }
+      assert.equal(got.length, LAST);
+      let d = 0;
+      got.forEach((row, j) => row.forEach((x, k) => { d = Math.max(d, Math.abs(x - want[j]![k]!)); }));
+      assert.ok(d <= 1e-3, `logits differ by ${d}`);
+      assert.equal(p.seqPosMin(0), r.seqPosMin(0), 'the windowed cache holds the same positions');
+      const kv = (q: Pipeline) => Object.values(q.stages[0]!.memory().kv).reduce((a, b) => a + b, 0);
+      const row = 2 * p.stages[0]!.cache.storage.rowBytes;
+      assert.deepEqual([kv(p), kv(full)], [row * (3 * 2048 + 15 * 1024), row * 18 * 2048]);
+    } finally {
+      r.dispose();
+      p.dispose();
+      full.dispose();
     }
   });
 

@@ -102,34 +102,41 @@ describe('KvCells', () => {
     assert.equal(c.seqPosMax(0), -1);
   });
 
-  it('masks what a sliding window hides and frees what no sequence can see any more', () => {
-    const c = new KvCells(8);
+  it('masks what a sliding window hides; a windowed search takes over only cells no window sees', () => {
+    const c = new KvCells(8, 1, 3);
     c.apply(c.findSlot(6)!, [0, 1, 2, 3, 4, 5], [0, 0, 0, 0, 0, 0]);
     const mask = new Uint16Array(6);
     buildMask(c, 6, [5], [0], mask, 3); // window 3: a token at 5 sees 3, 4, 5
     assert.deepEqual(Array.from(mask), [0xfc00, 0xfc00, 0xfc00, 0, 0, 0]);
-    c.seqCopy(0, 1, 1, 2); // seq 1 shares position 1 and has nothing newer
-    assert.equal(c.pruneSwa(3), 3, 'positions 0, 2, 3 are out of seq 0\'s window (its next token is 6)');
-    assert.deepEqual(Array.from(c.pos.subarray(0, 6)), [-1, 1, -1, -1, 4, 5], 'position 1 stays: seq 1 still sees it');
+    c.seqCopy(0, 1, 1, 2); // seq 1 shares position 1
+    // seq 0's next token (6) no longer sees 0..3; position 1 is shared, so it is never taken over
+    assert.deepEqual(Array.from(c.findSlot(5)!.cells), [6, 7, 0, 2, 3]);
+    assert.equal(c.findSlot(6), null, 'cells 1, 4 and 5 cannot be taken');
   });
 
-  it('after pruning, new tokens go after the older ones until the cache wraps, as in libllama\'s windowed cache', () => {
-    const c = new KvCells(16);
+  it('windowed cells stay until a search takes them over, as in libllama\'s windowed cache', () => {
+    const c = new KvCells(16, 1, 3);
     const step = (p: number) => c.apply(c.findSlot(1)!, [p], [0]);
     c.apply(c.findSlot(8)!, Array.from({ length: 8 }, (_, i) => i), new Array(8).fill(0));
-    assert.equal(c.pruneSwa(3), 6);
     step(8);
-    assert.equal(c.pos[8], 8, 'not into cell 0, freed ahead of the others');
-    for (let p = 9; p < 16; p++) {
-      step(p);
-      c.pruneSwa(3);
-    }
-    assert.deepEqual(Array.from(c.pos.subarray(13, 16)), [-1, 14, 15], 'each token in the next cell; the window keeps two');
+    assert.equal(c.pos[8], 8, 'into the next cell, not over position 0');
+    for (let p = 9; p < 16; p++) step(p);
+    assert.deepEqual([c.used, c.seqPosMin(0), c.windowReused], [16, 0, 0], 'nothing dropped yet: a cut back within them goes on exactly');
     step(16);
-    assert.equal(c.pos[0], 16, 'then it wraps to the first freed cell');
+    assert.deepEqual([c.pos[0], c.seqPosMin(0), c.windowReused], [16, 1, 1], 'then it wraps, taking over the oldest');
     c.seqRemove(0, -1, -1);
     step(0);
     assert.equal(c.pos[0], 0, 'an emptied cache starts from its first cell');
+  });
+
+  it('taking over a cell drops the older positions of its sequence, as llama.cpp keeps them contiguous', () => {
+    const c = new KvCells(8, 1, 2);
+    c.apply(c.findSlot(4)!, [0, 1, 2, 3], [0, 0, 0, 0]);
+    c.apply({ cells: Int32Array.of(2) }, [0], [1]); // position 2 of seq 0 taken over by seq 1
+    assert.deepEqual([c.seqPosMin(0), c.seqPosMax(0), c.used, c.windowReused], [3, 3, 2, 1], 'seq 0 keeps 3 only: 0 and 1 went with 2');
+    const plain = new KvCells(8);
+    plain.apply({ cells: Int32Array.of(0) }, [0], [0]);
+    assert.throws(() => plain.apply({ cells: Int32Array.of(0) }, [1], [0]), /invariant/, 'without a window a used cell is never a target');
   });
 
   it('shifts a full context: keeps the prefix, drops the oldest, moves the rest back', () => {

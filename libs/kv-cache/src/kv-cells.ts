@@ -43,16 +43,18 @@ export class KvCells {
   /** per stream: where the next slot search starts (an absolute cell index) */
   readonly #heads: Int32Array;
   /**
-   * cells pruneSwa freed that llama.cpp would still hold (occupied, masked, reused only when a
-   * slot search reaches them) // [size]; the slot search counts them as used, so new tokens keep
-   * going after the older ones as in libllama and flash attention sums in the same order
+   * a sliding window of this many positions (0: none): the cells of a group whose layers all
+   * attend through it. As in llama.cpp's windowed cache, a cell that its one sequence's next token
+   * no longer sees stays until a slot search takes it over (so a sequence cut back within what is
+   * still held goes on exactly); taking it over drops that position and every older one of the
+   * sequence.
    */
-  readonly #windowFreed: Uint8Array;
-  /** per stream: cells marked in #windowFreed */
-  readonly #windowFreedPer: Int32Array;
+  readonly window: number;
+  /** cells taken over from a position the window no longer saw */
+  #reused = 0;
   #hasShift = false;
 
-  constructor(size: number, streams = 1) {
+  constructor(size: number, streams = 1, window = 0) {
     if (!Number.isInteger(size) || size < 1) throw new RangeError(`KV cache size must be a positive integer, got ${size}`);
     if (!Number.isInteger(streams) || streams < 1 || size % streams !== 0 || streams > MAX_SEQ) {
       throw new RangeError(`${streams} streams cannot split ${size} cells evenly`);
@@ -62,8 +64,8 @@ export class KvCells {
     this.streamSize = size / streams;
     this.#usedPer = new Int32Array(streams);
     this.#heads = Int32Array.from({ length: streams }, (_, s) => s * this.streamSize);
-    this.#windowFreed = new Uint8Array(size);
-    this.#windowFreedPer = new Int32Array(streams);
+    if (!Number.isInteger(window) || window < 0) throw new RangeError(`window must be a non-negative integer, got ${window}`);
+    this.window = window;
     this.pos = new Int32Array(size).fill(-1);
     this.shift = new Int32Array(size);
     this.#seq = new Uint32Array(size * WORDS);
@@ -72,6 +74,11 @@ export class KvCells {
   /** Cells in use. */
   get used(): number {
     return this.#used;
+  }
+
+  /** Cells a slot search took over from positions the window no longer saw. */
+  get windowReused(): number {
+    return this.#reused;
   }
 
   /** Whether some cell's keys still need re-rotating (after seqAdd/seqDivide). */
@@ -170,10 +177,11 @@ export class KvCells {
    */
   findSlot(n: number, stream = 0, contiguous = false): SlotPlan | null {
     const lo = stream * this.streamSize, hi = lo + this.streamSize, used = this.#usedPer[stream]!;
-    if (n < 1 || n > this.streamSize - used) return null;
-    let head = this.#heads[stream]! - lo > used + this.#windowFreedPer[stream]! + 2 * n ? lo : this.#heads[stream]!;
+    if (n < 1 || n > this.streamSize || (this.window === 0 && n > this.streamSize - used)) return null;
+    let head = this.#heads[stream]! - lo > used + 2 * n ? lo : this.#heads[stream]!;
+    const usable = this.#usable();
     if (contiguous) {
-      // llama.cpp's `cont`: n free cells in a row, tried from the head, wrapping once
+      // llama.cpp's `cont`: n usable cells in a row, tried from the head, wrapping once
       for (let tested = 0; tested < this.streamSize;) {
         if (head + n > hi) {
           tested += hi - head;
@@ -181,7 +189,7 @@ export class KvCells {
           continue;
         }
         let run = 0;
-        while (run < n && this.pos[head + run] === -1) run++;
+        while (run < n && usable(head + run)) run++;
         if (run === n) return { cells: Int32Array.from({ length: n }, (_, k) => head + k) };
         tested += run + 1;
         head += run + 1;
@@ -192,10 +200,28 @@ export class KvCells {
     let k = 0;
     for (let tested = 0; tested < this.streamSize && k < n; tested++) {
       if (head >= hi) head = lo;
-      if (this.pos[head] === -1) cells[k++] = head;
+      if (usable(head)) cells[k++] = head;
       head++;
     }
     return k === n ? { cells } : null;
+  }
+
+  /**
+   * Whether a slot search may take a cell: it is empty, or (with a window) its one sequence's
+   * next token no longer sees it (llama.cpp's is_masked_swa against seq_pos_max + 1).
+   */
+  #usable(): (i: number) => boolean {
+    if (this.window === 0) return (i) => this.pos[i] === -1;
+    const limit = new Map<number, number>(); // seq -> highest position its window no longer sees
+    return (i) => {
+      const p = this.pos[i]!;
+      if (p === -1) return true;
+      const seqs = this.seqsOf(i);
+      if (seqs.length !== 1) return false;
+      let l = limit.get(seqs[0]!);
+      if (l === undefined) limit.set(seqs[0]!, (l = this.seqPosMax(seqs[0]!) + 1 - this.window));
+      return p <= l;
+    };
   }
 
   /** Finds cells for a batch whose token t belongs to seqs[t], each in its sequence's stream. */
@@ -218,39 +244,42 @@ export class KvCells {
     return { cells };
   }
 
-  /** Stamps a plan: token t gets position pos[t] in sequence seq[t]. */
+  /**
+   * Stamps a plan: token t gets position pos[t] in sequence seq[t]. A cell taken over from a
+   * position the window no longer saw drops that position and, as llama.cpp keeps every
+   * sequence's positions contiguous, every older one of its sequence.
+   */
   apply(plan: SlotPlan, pos: ArrayLike<number>, seq: ArrayLike<number>): void {
     const n = plan.cells.length;
     for (let t = 0; t < n; t++) {
       this.#checkSeq(seq[t]!);
-      if (this.pos[plan.cells[t]!] !== -1) throw new Error(`invariant: slot plan targets used cell ${plan.cells[t]}`);
+      if (this.pos[plan.cells[t]!] !== -1 && this.window === 0) throw new Error(`invariant: slot plan targets used cell ${plan.cells[t]}`);
       if (!(pos[t]! >= 0)) throw new RangeError(`position ${pos[t]} is negative`);
     }
+    const dropped = new Map<number, number>(); // seq -> the newest position taken over
     for (let t = 0; t < n; t++) {
       const i = plan.cells[t]!;
+      if (this.pos[i] !== -1) {
+        for (const s of this.seqsOf(i)) dropped.set(s, Math.max(dropped.get(s) ?? -1, this.pos[i]!));
+        this.#freeCell(i);
+        this.#reused++;
+      }
       this.pos[i] = pos[t]!;
       this.#used++;
       this.#usedPer[this.#streamOfCell(i)]!++;
-      this.#unmarkWindowFreed(i);
       this.#seqAdd(i, seq[t]!);
-      this.#heads[this.#streamOfCell(i)] = i + 1;
     }
+    for (const [s, p] of dropped) {
+      const min = this.seqPosMin(s);
+      if (min >= 0 && min <= p) this.seqRemove(s, min, p + 1);
+    }
+    // after that purge (whose seq_rm lowers the head), as llama.cpp: the head goes past the plan
+    for (const i of plan.cells) this.#heads[this.#streamOfCell(i)] = i + 1;
   }
 
   /** Frees the cells of a plan that was applied but whose batch failed. */
   release(plan: SlotPlan): void {
     for (const i of plan.cells) if (this.pos[i]! >= 0) this.#freeCell(i);
-  }
-
-  #unmarkWindowFreed(i: number): void {
-    if (this.#windowFreed[i] === 0) return;
-    this.#windowFreed[i] = 0;
-    this.#windowFreedPer[this.#streamOfCell(i)]!--;
-  }
-
-  #clearWindowFreed(): void {
-    this.#windowFreed.fill(0);
-    this.#windowFreedPer.fill(0);
   }
 
   #lowerHead(i: number): void {
@@ -276,8 +305,6 @@ export class KvCells {
         this.#lowerHead(i);
       }
     }
-    // an empty cache holds nothing masked either (llama.cpp's seq_rm frees those cells too)
-    if (this.#used === 0) this.#clearWindowFreed();
     return true;
   }
 
@@ -476,38 +503,6 @@ export class KvCells {
       this.#seq.fill(0, f * WORDS, (f + 1) * WORDS);
     }
     for (let st = 0; st < this.streams; st++) this.#heads[st] = st * this.streamSize + this.#usedPer[st]!;
-    this.#clearWindowFreed();
-  }
-
-  /**
-   * Frees the cells that every one of their sequences can no longer see through a sliding window
-   * of `nSwa` positions: the sequence's next token (at posMax + 1) masks positions up to
-   * posMax + 1 - nSwa. Only a shard whose layers all use the window may do this. Returns the
-   * cells freed. The head stays where it is and the slot search still counts these cells as used
-   * (llama.cpp keeps them, masked, until a search reaches them), so new tokens take the same cells
-   * as in libllama's windowed cache until it wraps.
-   */
-  pruneSwa(nSwa: number): number {
-    if (nSwa <= 0) return 0;
-    const limit = new Map<number, number>(); // seq -> highest position it can no longer see
-    let freed = 0;
-    for (let i = 0; i < this.size; i++) {
-      const p = this.pos[i]!;
-      if (p < 0) continue;
-      const seqs = this.seqsOf(i);
-      const dead = seqs.every((s) => {
-        let l = limit.get(s);
-        if (l === undefined) limit.set(s, (l = this.seqPosMax(s) + 1 - nSwa));
-        return p <= l;
-      });
-      if (dead) {
-        this.#freeCell(i);
-        this.#windowFreed[i] = 1;
-        this.#windowFreedPer[this.#streamOfCell(i)]!++;
-        freed++;
-      }
-    }
-    return freed;
   }
 
   /** Share of cells in use, for heartbeats. */
@@ -552,7 +547,6 @@ export class KvCells {
     this.#used = 0;
     this.#usedPer.fill(0);
     this.#heads.forEach((_, st) => { this.#heads[st] = st * this.streamSize; });
-    this.#clearWindowFreed();
     this.#hasShift = false;
   }
 }

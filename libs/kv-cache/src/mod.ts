@@ -3,5 +3,5 @@ export { KvCells, MAX_SEQ, type SlotPlan } from './kv-cells.ts';
 export { attendedCells, buildMask } from './kv-mask.ts';
 export { KvStorage, type KvStorageOptions } from './kv-storage.ts';
 export { KvStateError } from './errors.ts';
-export { STATE_MAGIC, STATE_VERSION, decodeState, encodeState, stateBytes, type DecodedState, type StateHeader } from './state-format.ts';
+export { STATE_MAGIC, STATE_VERSION, decodeState, encodeState, stateBytes, type CellSets, type DecodedState, type StateHeader } from './state-format.ts';
 export { hadamardInPlace, hadamardMatrix, rotationSizes } from './rotation.ts';

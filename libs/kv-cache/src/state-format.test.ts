@@ -45,8 +45,49 @@ describe('KV state format', () => {
     const longer = new Uint8Array(b.length + 3);
     longer.set(b);
     assert.throws(() => decodeState(longer), refused('truncated', /past its end/));
-    const v2 = b.slice();
-    new DataView(v2.buffer).setUint16(4, 2, true);
-    assert.throws(() => decodeState(v2), refused('unsupported_version', /version 2/));
+    const v3 = b.slice();
+    new DataView(v3.buffer).setUint16(4, 3, true);
+    assert.throws(() => decodeState(v3), refused('unsupported_version', /version 3/));
+  });
+
+  // version 2: layers 2 and 4 follow set 0 (positions 7, 8, 9), layer 3 set 1 (position 9 only),
+  // as a stage whose windowed layers keep fewer cells writes it
+  const sets = { sets: [Int32Array.of(7, 8, 9), Int32Array.of(9)], layerSet: Uint8Array.of(0, 1, 0) };
+  const blob2 = () => encodeState(header, sets, (l, k, v) => {
+    k.fill(l);
+    v.fill(l + 100);
+  });
+
+  it('round-trips several cell sets, each layer with its own set\'s rows (version 2)', () => {
+    const b = blob2();
+    assert.equal(new DataView(b.buffer).getUint16(4, true), 2);
+    assert.ok(b.length < blob().length, 'layer 3 holds one row, not three');
+    const d = decodeState(b);
+    assert.deepEqual(d.header, header);
+    assert.deepEqual(d.sets.map((x) => Array.from(x)), [[7, 8, 9], [9]]);
+    assert.deepEqual(Array.from(d.layerSet), [0, 1, 0]);
+    assert.deepEqual(Array.from(d.pos), [7, 8, 9]);
+    assert.deepEqual(d.k.map((x) => x.length), [48, 16, 48]);
+    assert.ok(d.v[1]!.every((x) => x === 103));
+    // a version 1 blob decodes with one set every layer follows
+    assert.deepEqual(Array.from(decodeState(blob()).layerSet), [0, 0, 0]);
+  });
+
+  it('refuses damage to the cell sets of a version 2 blob', () => {
+    const b = blob2();
+    const at = 80; // the set section follows the 80-byte header
+    const with16 = (o: number, x: number) => { const c = b.slice(); new DataView(c.buffer).setUint16(o, x, true); return c; };
+    assert.throws(() => decodeState(with16(at, 0)), refused('checksum', /claims 0 cell sets/));
+    assert.throws(() => decodeState(with16(at, 9)), refused('checksum', /claims 9 cell sets/));
+    const badLayer = b.slice();
+    badLayer[at + 3] = 5;
+    assert.throws(() => decodeState(badLayer), refused('checksum', /names a cell set/));
+    const flipped = b.slice();
+    flipped[at + 10]! ^= 1;
+    assert.throws(() => decodeState(flipped), refused('checksum', /cell checksum/));
+    const bigger = b.slice();
+    new DataView(bigger.buffer).setUint32(at + 5, 1000, true);
+    assert.throws(() => decodeState(bigger), refused('truncated', /promises/));
+    assert.throws(() => decodeState(b.subarray(0, at + 3)), refused('truncated', /cell sets/));
   });
 });

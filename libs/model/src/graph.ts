@@ -2,6 +2,12 @@
 // as llama.cpp builds it (flash attention over an f16 KV cache), so that the numbers match.
 import { GgmlContext, GgmlPrec, GgmlType, native, type GraphPtr, type RopeParams, type TensorPtr } from '@strata/ggml';
 import type { KvStorage } from '@strata/kv-cache';
+
+/** What a stage graph reads of its KV cache (a StageCache): the storage of each group, and each layer's group. */
+export interface GraphKv {
+  readonly groups: readonly { readonly storage: KvStorage }[];
+  layerGroup(layer: number): { group: number; slot: number };
+}
 import { layerRope, type HParams } from './hparams.ts';
 import type { StageWeights } from './weights.ts';
 
@@ -18,11 +24,13 @@ export interface StageGraph {
   hidden: TensorPtr | null;
   /** I32 [n_tokens] */
   pos: TensorPtr;
-  /** I64 [n_tokens]: the cell each token's K/V row is written to */
+  /** I64 [n_tokens]: the cell each token's K/V row is written to (the cache's first group) */
   kvIdxs: TensorPtr;
+  /** I64 [n_tokens]: the same in the windowed layers' own group, when the cache has one */
+  kvIdxsSwa: TensorPtr | null;
   /** F16 [n_kv, n_tokens]: causal, same sequence (null when every layer is windowed) */
   mask: TensorPtr | null;
-  /** F16 [n_kv, n_tokens]: also within the sliding window (null when no layer is windowed) */
+  /** F16 [n_kv (of the windowed group), n_tokens]: also within the sliding window (null when no layer is windowed) */
   maskSwa: TensorPtr | null;
   /** I32 [n_outputs + n_embed], last stage only, when not every token outputs */
   outIds: TensorPtr | null;
@@ -54,6 +62,8 @@ export interface GraphShape {
   nTokens: number;
   /** cells the attention reads: [0, nKv) */
   nKv: number;
+  /** the same in the windowed layers' own group (0 when the cache has none) */
+  nKvSwa: number;
   /** rows of logits to produce on the last stage */
   nOutputs: number;
   /** rows whose final normalized hidden states the last stage produces (embeddings), after the logit rows */
@@ -131,8 +141,10 @@ function mixtureOfExperts(ctx: GgmlContext, gf: GraphPtr, hp: HParams, w: StageW
 }
 
 /** Builds the graph of `weights`' layers for one batch. */
-export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorage, shape: GraphShape): StageGraph {
-  const { nTokens: n, nKv, nOutputs, nEmbed, selectOutputs } = shape;
+export function buildStageGraph(hp: HParams, weights: StageWeights, cache: GraphKv, shape: GraphShape): StageGraph {
+  const { nTokens: n, nKv, nKvSwa, nOutputs, nEmbed, selectOutputs } = shape;
+  const kv = cache.groups[0]!.storage;
+  const twoGroups = cache.groups.length > 1;
   const { l0, l1 } = weights.range;
   const isFirst = l0 === 0, isLast = l1 === hp.nLayer;
   const ctx = GgmlContext.create({ maxTensors: GRAPH_NODES, graphNodes: GRAPH_NODES });
@@ -144,9 +156,10 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
   const hidden = isFirst ? null : ctx.input(GgmlType.F32, [hp.nEmbd, n], 'inp_hidden');
   const pos = ctx.input(GgmlType.I32, [n], 'inp_pos');
   const kvIdxs = ctx.input(GgmlType.I64, [n], 'inp_kv_idxs');
+  const kvIdxsSwa = twoGroups ? ctx.input(GgmlType.I64, [n], 'inp_kv_idxs_swa') : null;
   const swa = hp.swaLayers.slice(l0, l1);
   const mask = swa.some((x) => !x) ? ctx.input(GgmlType.F16, [nKv, n], 'inp_kq_mask') : null;
-  const maskSwa = swa.some((x) => x) ? ctx.input(GgmlType.F16, [nKv, n], 'inp_kq_mask_swa') : null;
+  const maskSwa = swa.some((x) => x) ? ctx.input(GgmlType.F16, [twoGroups ? nKvSwa : nKv, n], 'inp_kq_mask_swa') : null;
   const outIds = isLast && selectOutputs ? ctx.input(GgmlType.I32, [nOutputs + nEmbed], 'inp_out_ids') : null;
   const rotK = kv.rot.k ? ctx.input(GgmlType.F32, [kv.rot.k, kv.rot.k], 'attn_inp_k_rot') : null;
   const rotV = kv.rot.v ? ctx.input(GgmlType.F32, [kv.rot.v, kv.rot.v], 'attn_inp_v_rot') : null;
@@ -160,7 +173,11 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
   if (isFirst && hp.embdScale !== 1) inpL = ctx.scale(inpL, hp.embdScale);
   for (let il = l0; il < l1; il++) {
     const w = weights.layers[il - l0]!;
-    const slot = il - l0;
+    // the layer's K/V: its group's storage, cells and attended span
+    const { group, slot } = cache.layerGroup(il);
+    const store = cache.groups[group]!.storage;
+    const idxs = group === 0 ? kvIdxs : kvIdxsSwa!;
+    const nKvL = group === 0 ? nKv : nKvSwa;
     const rope = ropeParams(hp, weights, il);
     let inpSA = inpL;
     // llama/qwen2/qwen3/gemma3 normalize before attention; exaone4 after it; exaone4, gemma3 and qwen3 also normalize Q and K per head
@@ -205,13 +222,13 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
 
     // store this batch's K/V rows in their cells
     const rowF32 = rowSize(GgmlType.F32, nKvEmbd);
-    ctx.expand(gf, ctx.setRows(kv.k[slot]!, ctx.view2d(k, nKvEmbd, n, rowF32, 0), kvIdxs));
-    ctx.expand(gf, ctx.setRows(kv.v[slot]!, ctx.view2d(v, nKvEmbd, n, rowF32, 0), kvIdxs));
+    ctx.expand(gf, ctx.setRows(store.k[slot]!, ctx.view2d(k, nKvEmbd, n, rowF32, 0), idxs));
+    ctx.expand(gf, ctx.setRows(store.v[slot]!, ctx.view2d(v, nKvEmbd, n, rowF32, 0), idxs));
 
-    // attend over cells [0, nKv)
-    const kvRow = rowSize(kvType, nKvEmbd), kvHead = rowSize(kvType, hd), kvAll = rowSize(kvType, nKvEmbd * kv.size);
-    let kc = ctx.permute(ctx.view4d(kv.k[slot]!, [hd, hp.nHeadKv, nKv, 1], kvHead, kvRow, kvAll, 0), 0, 2, 1, 3);
-    let vc = ctx.permute(ctx.view4d(kv.v[slot]!, [hd, hp.nHeadKv, nKv, 1], kvHead, kvRow, kvAll, 0), 0, 2, 1, 3);
+    // attend over cells [0, nKvL)
+    const kvRow = rowSize(kvType, nKvEmbd), kvHead = rowSize(kvType, hd), kvAll = rowSize(kvType, nKvEmbd * store.size);
+    let kc = ctx.permute(ctx.view4d(store.k[slot]!, [hd, hp.nHeadKv, nKvL, 1], kvHead, kvRow, kvAll, 0), 0, 2, 1, 3);
+    let vc = ctx.permute(ctx.view4d(store.v[slot]!, [hd, hp.nHeadKv, nKvL, 1], kvHead, kvRow, kvAll, 0), 0, 2, 1, 3);
     // flash attention reads f16 or quantized K/V; an f32 cache is cast, as llama.cpp does
     if (kvType === GgmlType.F32) {
       kc = ctx.cast(kc, GgmlType.F16);
@@ -269,5 +286,5 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, kv: KvStorag
   }
   ctx.setOutput(out);
   ctx.expand(gf, out);
-  return { ctx, graph: gf, tokens, hidden, pos, kvIdxs, mask, maskSwa, outIds, embd, rotK, rotV, out };
+  return { ctx, graph: gf, tokens, hidden, pos, kvIdxs, kvIdxsSwa, mask, maskSwa, outIds, embd, rotK, rotV, out };
 }

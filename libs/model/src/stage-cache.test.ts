@@ -53,9 +53,9 @@ function fill(c: StageCache, seq: number, pos: number[]): Int32Array {
         v[i * N_EMBD_KV + j] = value(slot, 1, seq, p, j);
       }
     });
-    c.storage.writeRows(slot, plan.cells, new Uint8Array(k.buffer), new Uint8Array(v.buffer));
+    c.storage.writeRows(slot, plan.plans[0]!.cells, new Uint8Array(k.buffer), new Uint8Array(v.buffer));
   }
-  return plan.cells;
+  return plan.plans[0]!.cells;
 }
 
 /** The K and V rows of `cells` in layer slot `slot`, as f32. */
@@ -183,13 +183,13 @@ describe('StageCache', () => {
     const seqs = Int32Array.of(0);
     const plan = c.findSlot(seqs)!;
     c.apply(plan, [4], seqs);
-    c.lock(plan.cells);
-    assert.equal(c.locked, plan.cells);
+    c.lock(plan);
+    assert.deepEqual(c.locked, [plan.plans[0]!.cells]);
     for (const [what, op] of [
       ['seqRemove', () => c.seqRemove(1)], ['seqCopy', () => c.seqCopy(1, 2)], ['seqKeep', () => c.seqKeep(1)],
       ['seqAdd', () => c.seqAdd(1, 0, -1, 1)], ['seqDivide', () => c.seqDivide(1, 0, -1, 2)], ['defrag', () => c.defrag()],
       ['contextShift', () => c.contextShift(1, 1)], ['importState', () => c.importState(c.exportState(1), 3)],
-      ['apply', () => c.apply(c.findSlot(seqs)!, [5], seqs)], ['lock', () => c.lock(plan.cells)],
+      ['apply', () => c.apply(c.findSlot(seqs)!, [5], seqs)], ['lock', () => c.lock(plan)],
       ['an export of the cells being written', () => c.exportState(0)],
     ] as const) {
       assert.throws(op, isBusy, what);
@@ -199,7 +199,7 @@ describe('StageCache', () => {
     c.unlock();
     assert.equal(c.locked, null);
     c.seqAdd(1, 0, -1, 1);
-    c.lock(plan.cells);
+    c.lock(plan);
     assert.throws(() => c.exportState(1), isBusy, 'a pending K-shift cannot run while a batch computes');
     c.unlock();
     assert.ok(c.exportState(1).length > 0);

@@ -3,6 +3,11 @@
 // changes them between batches: seq_rm/cp/keep/add/div, the K-shift that re-rotates moved keys,
 // defragmentation, context shift, and a sequence's state out and in. The stage's graph writes the
 // rows of a batch's cells; while it computes (lock) nothing here changes a cell.
+//
+// A stage that holds both windowed and full layers keeps, unless told to keep one full-size set
+// (`swaSize` unset: llama.cpp's swa_full), two groups of cells as llama.cpp's iSWA cache does:
+// the full layers' and, much smaller, the windowed layers', which drops what no window sees any
+// more. Every sequence operation applies to both; a batch takes cells in each.
 import { Backend, GgmlType, Scheduler, setTensor, type TensorPtr } from '@strata/ggml';
 import { KvCells, KvStorage, hadamardMatrix, type DecodedState, type SlotPlan } from '@strata/kv-cache';
 import { ModelError } from './errors.ts';
@@ -31,6 +36,27 @@ export interface StageCacheOptions {
   hostLayers?: number[];
   /** the model's RoPE frequency factors (rope_freqs.weight), which the K-shift applies too */
   ropeFreqs?: TensorPtr | null;
+  /**
+   * cells of the windowed layers' group (llama.cpp's iSWA cache with swa_full off): a separate
+   * group when the range also holds full layers, the one group when it holds none; unset or 0:
+   * one group of `size` cells for all
+   */
+  swaSize?: number;
+}
+
+/** One cell set and the K/V rows of the layers that attend through it. */
+export interface KvGroup {
+  /** model layers whose rows it holds: storage slot i is layers[i] */
+  readonly layers: readonly number[];
+  readonly cells: KvCells;
+  readonly storage: KvStorage;
+  /** every layer of the group attends through the sliding window: a batch may take over what no window sees (KvCells.window) */
+  readonly windowed: boolean;
+}
+
+/** Cells a batch takes: one plan per group of the cache (StageCache.groups). */
+export interface StagePlan {
+  readonly plans: readonly SlotPlan[];
 }
 
 /** Counters of what the cache did, for observability. */
@@ -39,7 +65,7 @@ export interface CacheCounters {
   shifts: number;
   /** defragmentations done */
   defrags: number;
-  /** cells freed because they fell out of every sequence's sliding window */
+  /** windowed cells a batch took over from positions no window saw any more */
   swaPruned: number;
 }
 
@@ -47,57 +73,94 @@ export interface CacheCounters {
 export class StageCache {
   readonly hp: HParams;
   readonly range: LayerRange;
-  /** which cell holds which positions of which sequences */
-  readonly cells: KvCells;
-  /** the K/V rows of every cell, per layer of the range */
-  readonly storage: KvStorage;
-  readonly counters: CacheCounters = { shifts: 0, defrags: 0, swaPruned: 0 };
+  /**
+   * the cell groups: one for every layer of the range, or the full layers' first and the
+   * windowed layers' second (see swaSize)
+   */
+  readonly groups: readonly KvGroup[];
+  readonly #counters = { shifts: 0, defrags: 0 };
   readonly #backends: Backend[];
   readonly #ropeFreqs: TensorPtr | null;
   /** Hadamard matrices by size, built once // n -> [n * n] */
   readonly #rotations = new Map<number, Float32Array>();
-  /** every layer of the range attends through a sliding window */
-  readonly #windowedOnly: boolean;
-  /** the K-shift graph, with a scheduler of its own so the stage's step graph stays allocated */
-  #shift: { graph: ShiftGraph; sched: Scheduler } | null = null;
-  /** cells the batch computing now writes; null when none computes */
-  #locked: Int32Array | null = null;
+  /** per layer of the range: its group and its slot in that group's storage */
+  readonly #where: { group: number; slot: number }[];
+  /** each group's K-shift graph, with a scheduler of its own so the stage's step graph stays allocated */
+  #shift: ({ graph: ShiftGraph; sched: Scheduler } | null)[];
+  /** per group, the cells the batch computing now writes; null when none computes */
+  #locked: Int32Array[] | null = null;
   #disposed = false;
 
-  private constructor(o: StageCacheOptions, storage: KvStorage) {
+  private constructor(o: StageCacheOptions, groups: KvGroup[]) {
     this.hp = o.hp;
     this.range = o.range;
-    this.storage = storage;
-    this.cells = new KvCells(storage.size, o.streams ?? 1);
+    this.groups = groups;
     this.#backends = o.cpu ? [o.backend, o.cpu] : [o.backend];
     this.#ropeFreqs = o.ropeFreqs ?? null;
-    this.#windowedOnly = o.hp.nSwa > 0 && o.hp.swaLayers.slice(o.range.l0, o.range.l1).every((x) => x);
+    this.#shift = groups.map(() => null);
+    this.#where = [];
+    groups.forEach((g, group) => g.layers.forEach((l, slot) => (this.#where[l - o.range.l0] = { group, slot })));
   }
 
-  /** Allocates zeroed K/V tensors for the range's layers on `backend` (host layers in host memory). */
+  /**
+   * Allocates zeroed K/V tensors for the range's layers on `backend` (host layers in host
+   * memory): one group, or two when `swaSize` asks for a separate windowed one and the range
+   * holds both kinds of layer.
+   */
   static create(o: StageCacheOptions): StageCache {
     const { hp, range } = o;
     const layers = Array.from({ length: range.l1 - range.l0 }, (_, i) => range.l0 + i);
-    const storage = KvStorage.create(o.backend, {
-      layers, size: o.size, nEmbdKv: nEmbdKvGqa(hp), type: o.type ?? GgmlType.F16, headDim: hp.headDim,
-      hostLayers: o.hostLayers?.filter((l) => l >= range.l0 && l < range.l1),
-    });
+    const isSwa = (l: number) => hp.nSwa > 0 && hp.swaLayers[l]!;
+    const split = (o.swaSize ?? 0) > 0 && layers.some(isSwa) && !layers.every(isSwa);
+    const parts = split
+      ? [{ layers: layers.filter((l) => !isSwa(l)), size: o.size, windowed: false }, { layers: layers.filter(isSwa), size: Math.min(o.size, o.swaSize!), windowed: true }]
+      : [{ layers, size: layers.every(isSwa) && (o.swaSize ?? 0) > 0 ? Math.min(o.size, o.swaSize!) : o.size, windowed: layers.every(isSwa) }];
+    const groups: KvGroup[] = [];
     try {
-      return new StageCache(o, storage);
+      for (const part of parts) {
+        const storage = KvStorage.create(o.backend, {
+          layers: part.layers, size: part.size, nEmbdKv: nEmbdKvGqa(hp), type: o.type ?? GgmlType.F16, headDim: hp.headDim,
+          hostLayers: o.hostLayers?.filter((l) => part.layers.includes(l)),
+        });
+        groups.push({ layers: part.layers, storage, windowed: part.windowed, cells: new KvCells(part.size, o.streams ?? 1, part.windowed ? hp.nSwa : 0) });
+      }
+      return new StageCache(o, groups);
     } catch (err) {
-      storage.dispose();
+      for (const g of groups) g.storage.dispose();
       throw err;
     }
   }
 
+  /** What the cache did. */
+  get counters(): CacheCounters {
+    return { ...this.#counters, swaPruned: this.groups.reduce((n, g) => n + g.cells.windowReused, 0) };
+  }
+
+  /** The first group's cells (the only group's, or the full layers'): which cell holds which positions of which sequences. */
+  get cells(): KvCells {
+    return this.groups[0]!.cells;
+  }
+
+  /** The first group's K/V rows. */
+  get storage(): KvStorage {
+    return this.groups[0]!.storage;
+  }
+
+  /** The group of a model layer of the range and its slot in that group's storage. */
+  layerGroup(layer: number): { group: number; slot: number } {
+    const w = this.#where[layer - this.range.l0];
+    if (!w) throw new ModelError('bad_split', `layer ${layer} is not in stage ${this.range.l0}:${this.range.l1}`);
+    return w;
+  }
+
   /**
-   * Marks `cells` as written by a batch that computes now (the stage's evalAsync): until
+   * Marks a plan's cells as written by a batch that computes now (the stage's evalAsync): until
    * unlock(), every operation that changes cells throws ModelError('busy'), and an export of any
    * of those cells too (their rows are not final yet).
    */
-  lock(cells: Int32Array): void {
+  lock(plan: StagePlan): void {
     this.#idle();
-    this.#locked = cells;
+    this.#locked = plan.plans.map((p) => p.cells);
   }
 
   /** Ends lock(). */
@@ -105,25 +168,36 @@ export class StageCache {
     this.#locked = null;
   }
 
-  /** Cells the batch computing now writes, or null when none computes. // [n] */
-  get locked(): Int32Array | null {
+  /** Per group, the cells the batch computing now writes, or null when none computes. // [groups] of [n] */
+  get locked(): readonly Int32Array[] | null {
     return this.#locked;
   }
 
-  /** Cells for a batch's tokens (`seqs` // [n]), or null when they do not fit. Changes nothing. */
-  findSlot(seqs: ArrayLike<number>): SlotPlan | null {
-    return this.cells.findSlotFor(seqs);
+  /** Cells in every group for a batch's tokens (`seqs` // [n]), or null when they do not fit. Changes nothing. */
+  findSlot(seqs: ArrayLike<number>): StagePlan | null {
+    const plans: SlotPlan[] = [];
+    for (const g of this.groups) {
+      const p = g.cells.findSlotFor(seqs);
+      if (!p) return null;
+      plans.push(p);
+    }
+    return { plans };
+  }
+
+  /** Free cells of the group that has fewest. */
+  get free(): number {
+    return Math.min(...this.groups.map((g) => g.cells.size - g.cells.used));
   }
 
   /** Gives a plan's cells their positions and sequences (`pos`, `seq` // [n]). */
-  apply(plan: SlotPlan, pos: ArrayLike<number>, seq: ArrayLike<number>): void {
+  apply(plan: StagePlan, pos: ArrayLike<number>, seq: ArrayLike<number>): void {
     this.#idle();
-    this.cells.apply(plan, pos, seq);
+    this.groups.forEach((g, i) => g.cells.apply(plan.plans[i]!, pos, seq));
   }
 
   /** Frees the cells of an applied plan whose batch failed (also while it is locked). */
-  release(plan: SlotPlan): void {
-    this.cells.release(plan);
+  release(plan: StagePlan): void {
+    this.groups.forEach((g, i) => g.cells.release(plan.plans[i]!));
   }
 
   /** The n×n Hadamard matrix that rotates quantized K/V, built once. // [n * n] */
@@ -135,31 +209,21 @@ export class StageCache {
 
   /** Re-rotates the keys of cells that seqAdd/seqDivide moved, then marks the shifts applied. */
   applyShift(): void {
-    if (!this.cells.hasShift) return;
+    if (!this.groups.some((g) => g.cells.hasShift)) return;
     this.#idle();
-    this.#shift ??= {
-      graph: buildShiftGraph(this.hp, (slot) => ropeParams(this.hp, { ropeFreqs: this.#ropeFreqs }, this.range.l0 + slot), this.storage),
-      sched: Scheduler.create({ backends: this.#backends, graphSize: GRAPH_NODES }),
-    };
-    const { graph, sched } = this.#shift;
-    sched.alloc(graph.graph);
-    setTensor(graph.shift, this.cells.pendingShifts());
-    if (graph.rot) setTensor(graph.rot, this.rotation(this.storage.rot.k));
-    sched.run(graph.graph);
-    this.cells.resetShift();
-    this.counters.shifts++;
-  }
-
-  /**
-   * After a batch: when every layer of the range attends through a sliding window, frees the
-   * cells that no sequence's window sees any more. Returns the cells freed.
-   */
-  pruneWindow(): number {
-    if (!this.#windowedOnly) return 0;
-    this.#idle();
-    const n = this.cells.pruneSwa(this.hp.nSwa);
-    this.counters.swaPruned += n;
-    return n;
+    this.groups.forEach((g, i) => {
+      if (!g.cells.hasShift) return;
+      const s = this.#shift[i] ??= {
+        graph: buildShiftGraph(this.hp, (slot) => ropeParams(this.hp, { ropeFreqs: this.#ropeFreqs }, g.layers[slot]!), g.storage),
+        sched: Scheduler.create({ backends: this.#backends, graphSize: GRAPH_NODES }),
+      };
+      s.sched.alloc(s.graph.graph);
+      setTensor(s.graph.shift, g.cells.pendingShifts());
+      if (s.graph.rot) setTensor(s.graph.rot, this.rotation(g.storage.rot.k));
+      s.sched.run(s.graph.graph);
+      g.cells.resetShift();
+    });
+    this.#counters.shifts++;
   }
 
   /**
@@ -168,7 +232,8 @@ export class StageCache {
    */
   seqRemove(seq: number, p0 = -1, p1 = -1): boolean {
     this.#idle();
-    return this.cells.seqRemove(seq, p0, p1);
+    for (const g of this.groups) g.cells.seqRemove(seq, p0, p1);
+    return true;
   }
 
   /**
@@ -177,31 +242,36 @@ export class StageCache {
    */
   seqCopy(src: number, dst: number, p0 = -1, p1 = -1): void {
     this.#idle();
-    const moved = this.cells.seqCopy(src, dst, p0, p1);
-    if (moved && moved.from.length > 0) this.storage.moveRows(moved.from, moved.to);
+    for (const g of this.groups) {
+      const moved = g.cells.seqCopy(src, dst, p0, p1);
+      if (moved && moved.from.length > 0) g.storage.moveRows(moved.from, moved.to);
+    }
   }
 
   /** Drops every sequence but `seq`. */
   seqKeep(seq: number): void {
     this.#idle();
-    this.cells.seqKeep(seq);
+    for (const g of this.groups) g.cells.seqKeep(seq);
   }
 
   /** Moves `seq`'s positions in [p0, p1) by `delta`; keys are re-rotated before the next batch. */
   seqAdd(seq: number, p0: number, p1: number, delta: number): void {
     this.#idle();
-    this.cells.seqAdd(seq, p0, p1, delta);
+    for (const g of this.groups) g.cells.seqAdd(seq, p0, p1, delta);
   }
 
   /** Divides `seq`'s positions in [p0, p1) by `d`; keys are re-rotated before the next batch. */
   seqDivide(seq: number, p0: number, p1: number, d: number): void {
     this.#idle();
-    this.cells.seqDivide(seq, p0, p1, d);
+    for (const g of this.groups) g.cells.seqDivide(seq, p0, p1, d);
   }
 
-  /** Smallest cached position of `seq`, -1 when none. */
+  /**
+   * Smallest cached position of `seq` that every group holds, -1 when none (as llama.cpp's iSWA
+   * cache: a windowed group that dropped old positions raises it).
+   */
   seqPosMin(seq: number): number {
-    return this.cells.seqPosMin(seq);
+    return Math.max(...this.groups.map((g) => g.cells.seqPosMin(seq)));
   }
 
   /** Largest cached position of `seq`, -1 when none. */
@@ -212,7 +282,13 @@ export class StageCache {
   /** Context shift of a full sequence (see KvCells.contextShift); returns the positions dropped. */
   contextShift(seq: number, nKeep: number, nDiscard?: number): number {
     this.#idle();
-    return this.cells.contextShift(seq, nKeep, nDiscard);
+    // the windowed group holds the newest positions only: it drops the same span and moves what is after it
+    const dropped = this.cells.contextShift(seq, nKeep, nDiscard);
+    if (dropped > 0) for (const g of this.groups.slice(1)) {
+      g.cells.seqRemove(seq, nKeep, nKeep + dropped);
+      g.cells.seqAdd(seq, nKeep + dropped, -1, -dropped);
+    }
+    return dropped;
   }
 
   /**
@@ -221,12 +297,16 @@ export class StageCache {
    */
   defrag(): number {
     this.#idle();
-    const plan = this.cells.defragPlan();
-    if (!plan) return 0;
-    this.storage.moveRows(plan.from, plan.to);
-    this.cells.applyDefrag(plan);
-    this.counters.defrags++;
-    return plan.from.length;
+    let moved = 0;
+    for (const g of this.groups) {
+      const plan = g.cells.defragPlan();
+      if (!plan) continue;
+      g.storage.moveRows(plan.from, plan.to);
+      g.cells.applyDefrag(plan);
+      moved += plan.from.length;
+    }
+    if (moved > 0) this.#counters.defrags++;
+    return moved;
   }
 
   /**
@@ -250,9 +330,11 @@ export class StageCache {
     return importSeqState(this, blob, seq, options);
   }
 
-  /** Bytes of K/V memory per buffer type ('CPU', 'CUDA0', 'CUDA_Host', ...). */
+  /** Bytes of K/V memory per buffer type ('CPU', 'CUDA0', 'CUDA_Host', ...), every group together. */
   memory(): Record<string, number> {
-    return this.storage.memoryByBufferType();
+    const out: Record<string, number> = {};
+    for (const g of this.groups) for (const [k, v] of Object.entries(g.storage.memoryByBufferType())) out[k] = (out[k] ?? 0) + v;
+    return out;
   }
 
   /** Cells change only between batches: an operation that changes them throws while one computes. */
@@ -269,9 +351,11 @@ export class StageCache {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    this.#shift?.sched.dispose();
-    this.#shift?.graph.ctx.dispose();
-    this.#shift = null;
-    this.storage.dispose();
+    for (const s of this.#shift) {
+      s?.sched.dispose();
+      s?.graph.ctx.dispose();
+    }
+    this.#shift = [];
+    for (const g of this.groups) g.storage.dispose();
   }
 }

@@ -1,14 +1,14 @@
 // A stage: layers [l0, l1) of one model on one backend, with the KV cache for those layers
 // (stage.cache, a StageCache). It takes token ids (first stage) or hidden states and returns
 // hidden states or logits.
-import { Backend, Scheduler, getTensor, setTensor } from '@strata/ggml';
+import { Backend, Scheduler, getTensor, setTensor, type TensorPtr } from '@strata/ggml';
 import { GgufFile } from '@strata/gguf';
-import { MAX_SEQ, attendedCells, buildMask, type SlotPlan } from '@strata/kv-cache';
+import { MAX_SEQ, attendedCells, buildMask } from '@strata/kv-cache';
 import { KvCacheFullError, ModelError } from './errors.ts';
 import { readHParams, type HParams } from './hparams.ts';
 import { formatRange, type LayerRange } from './layer-range.ts';
 import { GRAPH_NODES, buildStageGraph, type GraphShape, type StageGraph } from './graph.ts';
-import { StageCache, type CacheCounters } from './stage-cache.ts';
+import { StageCache, type CacheCounters, type StagePlan } from './stage-cache.ts';
 import { StageWeights } from './weights.ts';
 
 /** Options for {@link Stage.open}. */
@@ -37,6 +37,16 @@ export interface StageOptions {
    * (llama.cpp's kv_unified = false)
    */
   kvStreams?: number;
+  /**
+   * true (default, as libllama's own default): windowed layers keep a full-size cell set, shared
+   * with the full layers. false: a stage holding both kinds keeps the windowed layers' K/V in a
+   * group of their own, sized for what the window sees (llama.cpp's iSWA cache with swa_full off,
+   * llama-server's default): pad256(min(cells, n_swa · kvSwaSeqs + maxBatch)) cells (per stream
+   * with kvStreams, each sized for one sequence)
+   */
+  kvSwaFull?: boolean;
+  /** sequences the windowed group is sized for when kvSwaFull is false (llama.cpp's n_seq_max; default 1) */
+  kvSwaSeqs?: number;
   /** receives a picture of the cells after every batch (what STRATA_KV_DEBUG=1 switches on) */
   kvDebug?: (dump: string) => void;
   /**
@@ -88,7 +98,7 @@ export interface StageCounters extends CacheCounters {
 
 /** A batch whose cells are taken and whose inputs are set, ready to compute. */
 interface PreparedBatch {
-  plan: SlotPlan;
+  plan: StagePlan;
   n: number;
   graph: StageGraph;
   nOutputs: number;
@@ -158,6 +168,14 @@ export class Stage {
     if (!Number.isInteger(streams) || streams < 1 || streams > MAX_SEQ) throw new ModelError('bad_input', `kvStreams must be 1..${MAX_SEQ}, got ${streams}`);
     // ctxSize cells per stream (llama.cpp gives each stream n_ctx / n_seq_max)
     const size = Math.min(options.ctxSize ?? 4096, hp.nCtxTrain) * streams;
+    const maxBatch = options.maxBatch ?? 512;
+    const swaSeqs = options.kvSwaSeqs ?? 1;
+    if (!Number.isInteger(swaSeqs) || swaSeqs < 1 || swaSeqs > MAX_SEQ) throw new ModelError('bad_input', `kvSwaSeqs must be 1..${MAX_SEQ}, got ${swaSeqs}`);
+    // llama.cpp's size per stream: GGML_PAD(min(cells, n_swa · (one stream ? n_seq_max : 1) + n_ubatch), 256), here never past the full group's
+    const perStream = size / streams;
+    const swaSize = options.kvSwaFull === false && hp.nSwa > 0
+      ? streams * Math.min(perStream, Math.ceil(Math.min(perStream, hp.nSwa * (streams > 1 ? 1 : swaSeqs) + maxBatch) / 256) * 256)
+      : 0;
     const backend = Backend.open({ device: options.device, threads: options.threads });
     let weights: StageWeights | null = null, cache: StageCache | null = null, cpu: Backend | null = null, sched: Scheduler | null = null;
     try {
@@ -165,14 +183,14 @@ export class Stage {
       // Off the CPU, the CPU backend comes last so the scheduler can run what the device cannot.
       if (!backend.isCpu) cpu = Backend.open({ threads: options.threads });
       cache = StageCache.create({
-        hp, range, backend, cpu, size, streams, type: options.kvType, hostLayers: options.kvHostLayers, ropeFreqs: weights.ropeFreqs,
+        hp, range, backend, cpu, size, streams, type: options.kvType, hostLayers: options.kvHostLayers, ropeFreqs: weights.ropeFreqs, swaSize,
       });
       sched = Scheduler.create({ backends: cpu ? [backend, cpu] : [backend], graphSize: GRAPH_NODES });
       // reserve the compute buffers of the largest batch, every token an output, all cells attended
-      const maxBatch = options.maxBatch ?? 512;
       if (maxBatch > 0) {
-        const kv = cache.storage;
-        const worst = buildStageGraph(hp, weights, kv, { nTokens: maxBatch, nKv: kv.size, nOutputs: maxBatch, nEmbed: 0, selectOutputs: false });
+        const worst = buildStageGraph(hp, weights, cache, {
+          nTokens: maxBatch, nKv: cache.groups[0]!.storage.size, nKvSwa: cache.groups[1]?.storage.size ?? 0, nOutputs: maxBatch, nEmbed: 0, selectOutputs: false,
+        });
         try {
           sched.reserve(worst.graph);
         } finally {
@@ -212,7 +230,7 @@ export class Stage {
    */
   async evalAsync(batch: StageBatch): Promise<Float32Array> {
     const b = this.#begin(batch);
-    this.cache.lock(b.plan.cells);
+    this.cache.lock(b.plan);
     try {
       await this.#sched.runAsync(b.graph.graph);
     } catch (err) {
@@ -232,8 +250,8 @@ export class Stage {
     return this.#embeddings;
   }
 
-  /** Cells the batch computing now writes (evalAsync), or null when no batch computes. // [n] */
-  get computing(): Int32Array | null {
+  /** Per cell group, the cells the batch computing now writes (evalAsync), or null when no batch computes. // [groups] of [n] */
+  get computing(): readonly Int32Array[] | null {
     return this.cache.locked;
   }
 
@@ -251,10 +269,10 @@ export class Stage {
     const { cache } = this;
     cache.applyShift();
     const plan = cache.findSlot(batch.seq);
-    if (!plan) throw new KvCacheFullError(n, cache.cells.size - cache.cells.used);
+    if (!plan) throw new KvCacheFullError(n, cache.free);
     cache.apply(plan, batch.pos, batch.seq);
     try {
-      return { plan, n, ...this.#setInputs(batch, plan.cells, n) };
+      return { plan, n, ...this.#setInputs(batch, plan, n) };
     } catch (err) {
       cache.release(plan);
       throw err;
@@ -277,15 +295,18 @@ export class Stage {
     if (b.graph.embd) getTensor(b.graph.embd, this.#embeddings);
     this.#counters.batches++;
     this.#counters.tokens += b.n;
-    // a shard whose layers all attend through the window keeps only what the window still sees
-    this.cache.pruneWindow();
-    this.#kvDebug?.(`stage ${formatRange(this.range)} after a batch of ${b.n}: ${this.cache.cells.debugDump()}`);
+    if (this.#kvDebug) {
+      const dumps = this.cache.groups.map((g, i) => (this.cache.groups.length > 1 ? `${i === 0 ? 'full' : 'windowed'} layers: ` : '') + g.cells.debugDump());
+      this.#kvDebug(`stage ${formatRange(this.range)} after a batch of ${b.n}: ${dumps.join('\n')}`);
+    }
     return out;
   }
 
-  #setInputs(batch: StageBatch, slots: Int32Array, n: number): { graph: StageGraph; nOutputs: number; nEmbed: number } {
-    const { cells, storage } = this.cache;
-    const nKv = attendedCells(cells);
+  #setInputs(batch: StageBatch, plan: StagePlan, n: number): { graph: StageGraph; nOutputs: number; nEmbed: number } {
+    const { storage, groups } = this.cache;
+    const nKv = attendedCells(groups[0]!.cells);
+    const swaCells = groups[1]?.cells ?? null;
+    const nKvSwa = swaCells ? attendedCells(swaCells) : 0;
     const embed = this.isLast && batch.embed && batch.embed.length > 0 ? batch.embed : null;
     const logitRows = batch.outputs ?? (embed ? new Int32Array(0) : null);
     // every token in order needs no row selection (llama.cpp skips it too)
@@ -299,21 +320,28 @@ export class Stage {
     }
     const nEmbed = embed?.length ?? 0;
     const nOutputs = this.isLast && logitRows ? logitRows.length : n;
-    const sg = this.#graphFor({ nTokens: n, nKv, nOutputs, nEmbed, selectOutputs: outputs !== null });
+    const sg = this.#graphFor({ nTokens: n, nKv, nKvSwa, nOutputs, nEmbed, selectOutputs: outputs !== null });
     if (sg.tokens) setTensor(sg.tokens, batch.tokens!);
     if (sg.hidden) setTensor(sg.hidden, batch.hidden!);
     setTensor(sg.pos, batch.pos);
     const idx = new BigInt64Array(n);
-    for (let t = 0; t < n; t++) idx[t] = BigInt(slots[t]!);
-    setTensor(sg.kvIdxs, idx);
-    if (this.#maskBuf.length < n * nKv) this.#maskBuf = new Uint16Array(n * nKv);
-    const mask = this.#maskBuf.subarray(0, n * nKv);
+    const setIdxs = (t: TensorPtr, cells: Int32Array) => {
+      for (let i = 0; i < n; i++) idx[i] = BigInt(cells[i]!);
+      setTensor(t, idx);
+    };
+    setIdxs(sg.kvIdxs, plan.plans[0]!.cells);
+    if (sg.kvIdxsSwa) setIdxs(sg.kvIdxsSwa, plan.plans[1]!.cells);
+    const most = Math.max(nKv, nKvSwa);
+    if (this.#maskBuf.length < n * most) this.#maskBuf = new Uint16Array(n * most);
     if (sg.mask) {
-      buildMask(cells, nKv, batch.pos, batch.seq, mask);
+      const mask = this.#maskBuf.subarray(0, n * nKv);
+      buildMask(groups[0]!.cells, nKv, batch.pos, batch.seq, mask);
       setTensor(sg.mask, mask);
     }
     if (sg.maskSwa) {
-      buildMask(cells, nKv, batch.pos, batch.seq, mask, this.hp.nSwa);
+      const span = swaCells ? nKvSwa : nKv;
+      const mask = this.#maskBuf.subarray(0, n * span);
+      buildMask(swaCells ?? groups[0]!.cells, span, batch.pos, batch.seq, mask, this.hp.nSwa);
       setTensor(sg.maskSwa, mask);
     }
     if (sg.outIds) setTensor(sg.outIds, outputs!);
@@ -329,13 +357,13 @@ export class Stage {
    */
   #graphFor(shape: GraphShape): StageGraph {
     const c = this.#graph;
-    if (c && c.shape.nTokens === shape.nTokens && c.shape.nKv === shape.nKv && c.shape.nOutputs === shape.nOutputs
+    if (c && c.shape.nTokens === shape.nTokens && c.shape.nKv === shape.nKv && c.shape.nKvSwa === shape.nKvSwa && c.shape.nOutputs === shape.nOutputs
       && c.shape.nEmbed === shape.nEmbed && c.shape.selectOutputs === shape.selectOutputs) {
       this.#counters.graphReuses++;
       return c.graph;
     }
     this.#dropGraph();
-    const graph = buildStageGraph(this.hp, this.weights, this.cache.storage, shape);
+    const graph = buildStageGraph(this.hp, this.weights, this.cache, shape);
     try {
       this.#sched.alloc(graph.graph);
     } catch (err) {

@@ -26,7 +26,7 @@ commands:
   generate [--model F] [--prompt "…"] [--n-predict N] [--split 0:4,4:8] [--threads T]
            [--seed S] [--temperature X] [--top-k K] [--top-p P] [--min-p P]
            [--repeat-penalty X] [--grammar G | --grammar-file F] [--chat] [--ctx-size N]
-           [--kv-type f16|f32|q8_0|q4_0] [--kv-host-layers 0,1] [--kv-streams N] [--device D] [--json]
+           [--kv-type f16|f32|q8_0|q4_0] [--kv-host-layers 0,1] [--kv-streams N] [--kv-swa-full true|false] [--device D] [--json]
   logits [--model F] [--prompt "…"] [--split …] [--top K] [--kv-type T] [--json]
   up [--model F] [--workers N] [--pipelines P] [--port 8080] [--prompt "…"] [--max-tokens N]
      [--threads T] [--ctx-size N] [--kv-type T] [--api-keys-file F] [--once] [--verbose]

@@ -21,6 +21,8 @@ export interface ReferenceOptions {
   typeV?: number;
   /** one KV stream shared by all sequences (default true); false: one stream per sequence */
   kvUnified?: boolean;
+  /** full-size windowed cache (libllama's default, true); false: its iSWA cache sized for the window (llama-server's default) */
+  swaFull?: boolean;
   /** flash attention (default on, as Strata's graph uses it) */
   flashAttn?: boolean;
   /**
@@ -98,6 +100,7 @@ export class LlamaReference {
     cp.type_v = options.typeV ?? 1;
     cp.flash_attn_type = options.flashAttn === false ? LLAMA_FLASH_ATTN_TYPE.DISABLED : LLAMA_FLASH_ATTN_TYPE.ENABLED;
     cp.kv_unified = options.kvUnified ?? true;
+    cp.swa_full = options.swaFull ?? true;
     cp.no_perf = true;
     if (options.pooling !== undefined) {
       cp.embeddings = true;

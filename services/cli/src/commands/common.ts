@@ -41,7 +41,10 @@ export function openPipelineFromFlags(f: Flags): OpenedModel {
     return n;
   }) : undefined;
   const kvStreams = f.int('kv-streams', 1)!;
+  // as llama.cpp's tools: windowed layers keep a cache sized for the window unless told otherwise
+  const swaFullText = f.str('kv-swa-full', 'false')!;
+  if (swaFullText !== 'true' && swaFullText !== 'false') throw new UsageError(`--kv-swa-full takes true or false, got '${swaFullText}'`);
   // STRATA_KV_DEBUG=1 draws every stage's cells after each batch (like LLAMA_KV_CACHE_DEBUG)
   const kvDebug = process.env.STRATA_KV_DEBUG === '1' ? (d: string) => process.stderr.write(d) : undefined;
-  return { path, pipeline: Pipeline.open({ model: path, split, threads, ctxSize, device, kvType, kvHostLayers, kvStreams, kvDebug }) };
+  return { path, pipeline: Pipeline.open({ model: path, split, threads, ctxSize, device, kvType, kvHostLayers, kvStreams, kvSwaFull: swaFullText === 'true', kvDebug }) };
 }
