@@ -84,7 +84,7 @@ export class SimStages {
           $typeName: 'strata.v1.StageInfo', workerId: `sim-p${p}-s${s}`, modelFingerprint: `sim-${o.nLayer}x${o.nEmbd}`, modelId: o.modelId,
           nLayer: o.nLayer, l0: s * per, l1: s === o.stages - 1 ? o.nLayer : (s + 1) * per, device: 'SIM', kvCells: o.kvCells, kvStreams: 1,
           nSeqMax: o.nSeqMax, maxBatch: o.maxBatch, nVocab: o.nVocab, nEmbd: o.nEmbd, nCtxTrain: o.kvCells, startedAtMs: started,
-          grpcAddress: '127.0.0.1:1', kvType: 'f16', group: `p${p}`, role: 'both',
+          grpcAddress: '127.0.0.1:1', kvType: 'f16', group: `p${p}`, role: 'both', kvSwaCells: 0,
         };
         const st: Stage = { info, p, s, pos: new Map(), assembler: new StageInputAssembler(), freeAt: 0, samples: new Map(), waiting: new Map() };
         this.#stages.push(st);

@@ -73,6 +73,8 @@ export interface CacheCounters {
 export class StageCache {
   readonly hp: HParams;
   readonly range: LayerRange;
+  /** cells of a full-size group: the positions every sequence together may hold */
+  readonly size: number;
   /**
    * the cell groups: one for every layer of the range, or the full layers' first and the
    * windowed layers' second (see swaSize)
@@ -94,6 +96,7 @@ export class StageCache {
   private constructor(o: StageCacheOptions, groups: KvGroup[]) {
     this.hp = o.hp;
     this.range = o.range;
+    this.size = o.size;
     this.groups = groups;
     this.#backends = o.cpu ? [o.backend, o.cpu] : [o.backend];
     this.#ropeFreqs = o.ropeFreqs ?? null;

@@ -252,8 +252,7 @@ function loadOps(grant: RoomGrant, seq: number, key: string, keep: number, holds
 function restore(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, saved: Offloaded, now: number): 'started' | 'wait' | 'fresh' | GenerateReply {
   const session = req.sessionId;
   const maxTokens = maxTokensOf(c, req);
-  let cached = commonPrefix(saved.tokens, req.prompt);
-  if (cached === req.prompt.length) cached--;
+  const cached = resumeAt(c, saved.tokens, req.prompt);
   // Restored whole, then cut to what the prompt keeps: the job's own cells must hold it all meanwhile.
   if (cached < MIN_SHARED_PREFIX || saved.tokens.length > req.prompt.length + maxTokens) {
     c.offloaded.delete(session);
@@ -320,6 +319,18 @@ function restorePrefix(c: PipelineCore, fx: PipelineEffect[], req: GenerateReque
 }
 
 /**
+ * Where a request goes on from a sequence holding `held`: after the prompt's common prefix with
+ * it, less one (at least one prompt token is evaluated, to get the logits to sample from); on a
+ * pipeline that resumes only exactly (PipelineCore.exactResume), from 0 unless the prompt extends
+ * all of `held`.
+ */
+function resumeAt(c: PipelineCore, held: readonly number[], prompt: readonly number[]): number {
+  const common = commonPrefix(held, prompt);
+  if (c.exactResume && (common < held.length || common === prompt.length)) return 0;
+  return common === prompt.length ? common - 1 : common;
+}
+
+/**
  * The cached prefix a request without cells of its own here shares: the longest one in its scope
  * that every stage holds (leaving one prompt token to evaluate), if long enough; 'wait' when a
  * running job is computing much more of it right now.
@@ -354,9 +365,7 @@ function tryStart(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, n
   let cached = 0;
   let match: PrefixMatch | null = null;
   if (resident) {
-    cached = commonPrefix(resident.tokens, req.prompt);
-    // At least one prompt token must be evaluated to get the logits to sample from.
-    if (cached === req.prompt.length) cached--;
+    cached = resumeAt(c, resident.tokens, req.prompt);
   } else {
     const m = cachedPrefix(c, req);
     if (m === 'wait') return 'prefix';

@@ -16,15 +16,15 @@ const OPTIONS: PipelineOptions = {
   prefillChunk: 64, stepDeadlineFloorMs: 30_000, stepDeadlineMargin: 4, stepBudgetMs: 0, defaultMaxTokens: 16, maxQueue: 64, queueFactor: 16, maxRequestFailures: 2, overlap: false, prefixCache: true, tiers: false,
 };
 
-function view(cells: number, seqs: number): PipelineView {
+function view(cells: number, seqs: number, kvSwaCells = 0): PipelineView {
   const stage = (w: string, l0: number, l1: number) => create(StageInfoSchema, {
-    workerId: w, modelFingerprint: 'fp', modelId: 'm', nLayer: 8, l0, l1, kvCells: cells, nSeqMax: seqs, maxBatch: 512, nVocab: 1000, nCtxTrain: 4096,
+    workerId: w, modelFingerprint: 'fp', modelId: 'm', nLayer: 8, l0, l1, kvCells: cells, nSeqMax: seqs, maxBatch: 512, nVocab: 1000, nCtxTrain: 4096, kvSwaCells: l0 === 0 ? kvSwaCells : 0,
   });
   return { id: 'p', modelId: 'm', fingerprint: 'fp', role: 'both', stages: [stage('a', 0, 4), stage('b', 4, 8)] };
 }
 
-function pipeline(cells = 512, seqs = 8, o: Partial<PipelineOptions> = {}): { core: PipelineCore; send: (msg: PipelineMsg, now?: number) => PipelineEffect[] } {
-  const { core } = openPipeline(view(cells, seqs), { ...OPTIONS, ...o }, new CostBook(), 100n);
+function pipeline(cells = 512, seqs = 8, o: Partial<PipelineOptions> = {}, kvSwaCells = 0): { core: PipelineCore; send: (msg: PipelineMsg, now?: number) => PipelineEffect[] } {
+  const { core } = openPipeline(view(cells, seqs, kvSwaCells), { ...OPTIONS, ...o }, new CostBook(), 100n);
   const send = (msg: PipelineMsg, now = 0) => transition(core, msg, now);
   send({ type: 'emptied' });
   return { core, send };
@@ -95,6 +95,37 @@ describe('prefix cache in a pipeline core', () => {
     const r = core.room.residents.get('t:s')!;
     assert.equal(r.tokens.length, 103);
     assert.equal(core.room.reserved(running(core)), core.room.prefixes.cells() + 3, 'the session holds three cells of its own');
+  });
+
+  it('with a stage\'s windowed layers in a small cache of their own: no prefix cache, and a session goes on only from its end', () => {
+    const { core, send } = pipeline(512, 8, {}, 256);
+    assert.equal(core.exactResume, true);
+    send({ type: 'admit', req: req('a', [...SYSTEM, 1]) });
+    send({ type: 'step_result', result: result(100n, []) });
+    send({ type: 'step_result', result: result(101n, [[0, 50]]) });
+    send({ type: 'step_result', result: result(102n, [[0, 51]]) });
+    assert.equal(core.room.prefixes.cells(), 0, 'nothing cached: a windowed cell no window sees may be taken over');
+    assert.deepEqual(steps(send({ type: 'admit', req: req('b', [...SYSTEM, 2]) })), ['1:0+64', '1:64+37!'], 'the same system prompt is computed again');
+    // a session: its next turn that extends its whole history goes on from its end ...
+    send({ type: 'admit', req: req('s1', [1, 2, 3], { sessionId: 't:s', maxTokens: 1 }) });
+    send({ type: 'prepared', requestId: 's1', session: 't:s', epoch: 1 });
+    for (let id = 103n; core.room.residents.get('t:s')?.busy; id++) send({ type: 'step_result', result: result(id, [[1, 7], [2, 7]]) });
+    const held = core.room.residents.get('t:s')!.tokens;
+    const next = only(send({ type: 'admit', req: req('s2', [...held, 8, 9], { sessionId: 't:s' }) }), 'prepare')[0]!;
+    assert.deepEqual(next.ops, [], 'nothing removed');
+    assert.deepEqual(next.history, { keep: held.length, tokens: [8, 9] });
+  });
+
+  it('with a stage\'s windowed layers in a small cache of their own, a turn that changes the history starts over', () => {
+    const { core, send } = pipeline(512, 8, {}, 256);
+    send({ type: 'admit', req: req('s1', [1, 2, 3, 4], { sessionId: 't:s', maxTokens: 1 }) });
+    send({ type: 'prepared', requestId: 's1', session: 't:s', epoch: 1 });
+    for (let id = 100n; core.room.residents.get('t:s')?.busy; id++) send({ type: 'step_result', result: result(id, [[0, 7]]) });
+    // the same first three tokens, then another: elsewhere it would go on from 3
+    const fx = send({ type: 'admit', req: req('s2', [1, 2, 3, 9], { sessionId: 't:s' }) });
+    const prep = only(fx, 'prepare')[0]!;
+    assert.deepEqual(prep.ops.map((o) => [o.kind, o.seq, o.p0, o.p1]), [[SeqOpKind.REMOVE, 0, 0, -1]], 'the whole sequence goes');
+    assert.deepEqual(prep.history, { keep: 0, tokens: [1, 2, 3, 9] });
   });
 
   it('randomized: the stages never hold more cells than they have, every step continues its sequences, every request ends (resets too)', () => {

@@ -16,6 +16,8 @@ export interface StageThreadOptions {
   kvType: number;
   maxBatch: number;
   nSeqMax: number;
+  /** windowed layers keep a full-size cache (false: one sized for nSeqMax windows, llama.cpp's iSWA) */
+  kvSwaFull: boolean;
   /** print every stage's cells after each batch (STRATA_KV_DEBUG=1) */
   kvDebug: boolean;
   /**
@@ -37,6 +39,8 @@ export interface StageDescription {
   l1: number;
   /** KV cells, all streams */
   kvCells: number;
+  /** cells of a windowed group smaller than kvCells (0: none) */
+  kvSwaCells: number;
   /** bytes of one K (or V) row of one cell and layer */
   rowBytes: number;
 }

@@ -67,6 +67,7 @@ class StageActor {
       const range = o.layers ? parseRange(o.layers) : { l0: 0, l1: hp.nLayer };
       stage = Stage.load(file, hp, {
         model: o.model, range, threads: o.threads, device: o.device, ctxSize: o.ctxSize, kvType: o.kvType, maxBatch: o.maxBatch,
+        kvSwaFull: o.kvSwaFull, kvSwaSeqs: o.nSeqMax,
         // the step runner samples the logits at once
         reuseLogits: true,
         kvDebug: o.kvDebug ? (dump) => process.stderr.write(`${dump}\n`) : undefined,
@@ -91,7 +92,8 @@ class StageActor {
       type: 'ready', memory: s.memory(), snapshot: this.#snapshot(),
       description: {
         fingerprint: hp.fingerprint, nLayer: hp.nLayer, nVocab: hp.nVocab, nEmbd: hp.nEmbd, nCtxTrain: hp.nCtxTrain,
-        l0: s.range.l0, l1: s.range.l1, kvCells: s.cache.cells.size, rowBytes: s.cache.storage.rowBytes,
+        l0: s.range.l0, l1: s.range.l1, kvCells: s.cache.size, rowBytes: s.cache.storage.rowBytes,
+        kvSwaCells: s.cache.groups.find((g) => g.windowed && g.cells.size < s.cache.size)?.cells.size ?? 0,
       },
     });
   }

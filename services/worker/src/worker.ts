@@ -81,7 +81,7 @@ export class Worker {
       workerId: c.id, modelFingerprint: d.fingerprint, modelId: c.modelId, nLayer: d.nLayer,
       l0: d.l0, l1: d.l1, device: c.device, kvCells: d.kvCells, kvStreams: 1,
       nSeqMax: c.nSeqMax, maxBatch: c.maxBatch, nVocab: d.nVocab, nEmbd: d.nEmbd, nCtxTrain: d.nCtxTrain,
-      startedAtMs: BigInt(Date.now()), grpcAddress: '', kvType: c.kvTypeName, group: c.group, role: c.role,
+      startedAtMs: BigInt(Date.now()), grpcAddress: '', kvType: c.kvTypeName, group: c.group, role: c.role, kvSwaCells: d.kvSwaCells,
     };
     host.onFatal = (err) => {
       this.#log.error('the stage thread died', { err });
@@ -96,7 +96,7 @@ export class Worker {
     if (!verifier) log.warn('leader terms are not verified (--term-public-key-file): any client allowed to publish here can fence the leader out');
     const host = await StageHost.start({
       workerId: c.id, model: c.model, layers: c.layers, threads: c.threads, device: c.device, ctxSize: c.ctxSize, kvType: c.kvType,
-      maxBatch: c.maxBatch, nSeqMax: c.nSeqMax, kvDebug: c.kvDebug, testStepDelayMs: c.testStepDelayMs, testStepDelayMinTokens: c.testStepDelayMinTokens,
+      maxBatch: c.maxBatch, nSeqMax: c.nSeqMax, kvSwaFull: c.kvSwaFull, kvDebug: c.kvDebug, testStepDelayMs: c.testStepDelayMs, testStepDelayMinTokens: c.testStepDelayMinTokens,
     });
     const nc = await connectNats(c.natsUrl, `strata-worker-${c.id}`, () => host.close());
     const w = new Worker(c, host, nc, verifier, log.child({ worker: c.id }));

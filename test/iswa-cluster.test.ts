@@ -1,0 +1,88 @@
+// Workers whose windowed layers keep a small K/V cache of their own (`--kv-swa-full false`, as
+// llama-server's default) on a real cluster (NATS, Redis, two ggml stages of a synthetic gemma3,
+// split so the first stage is all windowed and the second mixed): the stages say so
+// (StageInfo.kv_swa_cells), the coordinator then caches no prefix and continues a session only
+// from its end; a session's turns past the windowed cache's 256 cells answer as libllama's
+// semantics do in one process, a turn that extends the history computes only its new tokens,
+// and one that changes it starts over, with the right answer.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { Vocab } from '@strata/ggml';
+import { Pipeline, generate, type LayerRange } from '@strata/model';
+import { LocalCluster } from '../services/cli/src/local-cluster.ts';
+import { workerStats } from './helpers/cluster.ts';
+import { LONG_TEXT, synthModel } from './helpers/models.ts';
+
+const path = synthModel({
+  arch: 'gemma3', nLayer: 8, nEmbd: 128, nHead: 4, nHeadKv: 1, headDim: 64, nFf: 384, nCtxTrain: 2048, seed: 17,
+  slidingWindow: 32, logitSoftcap: 30,
+});
+const SPLIT: LayerRange[] = [{ l0: 0, l1: 3 }, { l0: 3, l1: 8 }];
+const N = 12;
+
+interface Answer { text: string; prompt: number; cached: number }
+
+describe('a cluster whose workers keep windowed layers in a small cache of their own', () => {
+  let cluster: LocalCluster;
+  let vocab: Vocab;
+  let model = '';
+  before(async () => {
+    cluster = await LocalCluster.start({
+      model: path, splits: [SPLIT], port: 0, threads: 1, ctxSize: 512,
+      workerFlags: ['--kv-swa-full', 'false', '--n-seq-max', '2', '--max-batch', '64'],
+    });
+    vocab = Vocab.load(path);
+    model = ((await (await fetch(`${cluster.url}/v1/models`)).json()) as { data: { id: string }[] }).data[0]!.id;
+  });
+  after(async () => {
+    vocab?.dispose();
+    await cluster?.stop();
+  });
+
+  const complete = async (prompt: number[], session: string): Promise<Answer> => {
+    const r = await fetch(`${cluster.url}/v1/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json', 'x-session-id': session },
+      body: JSON.stringify({ model, prompt, max_tokens: N, temperature: 0, ignore_eos: true }),
+    });
+    assert.equal(r.status, 200, await r.clone().text());
+    const b = (await r.json()) as { choices: { text: string }[]; usage: { prompt_tokens: number; prompt_tokens_details: { cached_tokens: number } } };
+    return { text: b.choices[0]!.text, prompt: b.usage.prompt_tokens, cached: b.usage.prompt_tokens_details.cached_tokens };
+  };
+  /** N greedy tokens after `prompt` in one process, from scratch, with the same small windowed caches. */
+  const reference = (prompt: number[]) => {
+    const p = Pipeline.open({ model: path, threads: 1, ctxSize: 512, split: SPLIT, maxBatch: 64, kvSwaFull: false, kvSwaSeqs: 2 });
+    try {
+      return generate(p, vocab, prompt, { nPredict: N, temperature: 0, stopAtEog: false, nBatch: 64 }).tokens;
+    } finally {
+      p.dispose();
+    }
+  };
+  const text = (tokens: number[]) => tokens.map((t) => vocab.tokenBytes(t).toString('utf8')).join('');
+  const evaluated = async () => (await Promise.all(['p0-s0', 'p0-s1'].map((w) => workerStats(cluster.natsUrl, w)))).map((s) => Number(s.counters!.tokens));
+
+  it('the stages report their small windowed caches; turns extend, then change the history, each answered as from scratch', async () => {
+    const stats = await Promise.all(['p0-s0', 'p0-s1'].map((w) => workerStats(cluster.natsUrl, w)));
+    assert.deepEqual(stats.map((s) => [s.stage?.kvCells, s.stage?.kvSwaCells]), [[512, 256], [512, 256]], 'pad256(32 · 2 + 64) windowed cells beside 512');
+    const all = vocab.tokenize(`${LONG_TEXT} ${LONG_TEXT} ${LONG_TEXT} ${LONG_TEXT}`);
+    const first = Array.from(all.subarray(0, 300));
+    const a1 = await complete(first, 'chat');
+    const want1 = reference(first);
+    assert.equal(a1.text, text(want1), 'past the windowed cache\'s 256 cells');
+    // the next turn extends the whole history: only its new tokens are computed
+    const second = [...first, ...want1, ...Array.from(all.subarray(300, 340))];
+    const before = await evaluated();
+    const a2 = await complete(second, 'chat');
+    const after = await evaluated();
+    assert.equal(a2.cached, first.length + N - 1, 'the history the stages hold (the last sample was never evaluated)');
+    for (const [i, n] of after.entries()) assert.equal(n - before[i]!, second.length - a2.cached + N - 1, `stage ${i} computed only the new tokens`);
+    assert.equal(a2.text, text(reference(second)));
+    // a turn that changes the history: elsewhere it would go on from the common prefix; here it starts over
+    const third = [...first.slice(0, 200), ...Array.from(all.subarray(400, 430))];
+    const a3 = await complete(third, 'chat');
+    assert.equal(a3.cached, 0);
+    assert.equal(a3.text, text(reference(third)));
+    // and a one-off request sharing the history's start caches nothing
+    const a4 = await complete(first.slice(0, 250), '');
+    assert.equal(a4.cached, 0);
+  });
+});
