@@ -12,6 +12,14 @@ export interface SlotPlan {
   cells: Int32Array;
 }
 
+/**
+ * The oldest position the next token of a sequence whose newest is `posMax` sees through a
+ * window of `window` positions (llama.cpp's is_masked_swa against posMax + 1): older ones are masked.
+ */
+export function windowStart(posMax: number, window: number): number {
+  return posMax + 2 - window;
+}
+
 /** Half-open position bounds with llama.cpp's rule: a negative bound is open. */
 function bounds(p0: number, p1: number): [number, number] {
   return [p0 < 0 ? 0 : p0, p1 < 0 ? Number.MAX_SAFE_INTEGER : p1];
@@ -212,15 +220,15 @@ export class KvCells {
    */
   #usable(): (i: number) => boolean {
     if (this.window === 0) return (i) => this.pos[i] === -1;
-    const limit = new Map<number, number>(); // seq -> highest position its window no longer sees
+    const start = new Map<number, number>(); // seq -> the oldest position its next token sees
     return (i) => {
       const p = this.pos[i]!;
       if (p === -1) return true;
       const seqs = this.seqsOf(i);
       if (seqs.length !== 1) return false;
-      let l = limit.get(seqs[0]!);
-      if (l === undefined) limit.set(seqs[0]!, (l = this.seqPosMax(seqs[0]!) + 1 - this.window));
-      return p <= l;
+      let s = start.get(seqs[0]!);
+      if (s === undefined) start.set(seqs[0]!, (s = windowStart(this.seqPosMax(seqs[0]!), this.window)));
+      return p < s;
     };
   }
 

@@ -1,5 +1,5 @@
 // @strata/kv-cache: the KV cache of a layer shard.
-export { KvCells, MAX_SEQ, type SlotPlan } from './kv-cells.ts';
+export { KvCells, MAX_SEQ, windowStart, type SlotPlan } from './kv-cells.ts';
 export { attendedCells, buildMask } from './kv-mask.ts';
 export { KvStorage, type KvStorageOptions } from './kv-storage.ts';
 export { KvStateError } from './errors.ts';

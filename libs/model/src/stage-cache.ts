@@ -6,8 +6,8 @@
 //
 // A stage that holds both windowed and full layers keeps, unless told to keep one full-size set
 // (`swaSize` unset: llama.cpp's swa_full), two groups of cells as llama.cpp's iSWA cache does:
-// the full layers' and, much smaller, the windowed layers', which drops what no window sees any
-// more. Every sequence operation applies to both; a batch takes cells in each.
+// the full layers' and, much smaller, the windowed layers', whose cells no window sees any more
+// a batch may take over. Every sequence operation applies to both; a batch takes cells in each.
 import { Backend, GgmlType, Scheduler, setTensor, type TensorPtr } from '@strata/ggml';
 import { KvCells, KvStorage, hadamardMatrix, type DecodedState, type SlotPlan } from '@strata/kv-cache';
 import { ModelError } from './errors.ts';
@@ -114,10 +114,11 @@ export class StageCache {
     const { hp, range } = o;
     const layers = Array.from({ length: range.l1 - range.l0 }, (_, i) => range.l0 + i);
     const isSwa = (l: number) => hp.nSwa > 0 && hp.swaLayers[l]!;
-    const split = (o.swaSize ?? 0) > 0 && layers.some(isSwa) && !layers.every(isSwa);
-    const parts = split
-      ? [{ layers: layers.filter((l) => !isSwa(l)), size: o.size, windowed: false }, { layers: layers.filter(isSwa), size: Math.min(o.size, o.swaSize!), windowed: true }]
-      : [{ layers, size: layers.every(isSwa) && (o.swaSize ?? 0) > 0 ? Math.min(o.size, o.swaSize!) : o.size, windowed: layers.every(isSwa) }];
+    const allWindowed = layers.every(isSwa);
+    const swaSize = (o.swaSize ?? 0) > 0 ? Math.min(o.size, o.swaSize!) : 0;
+    const parts = swaSize > 0 && !allWindowed && layers.some(isSwa)
+      ? [{ layers: layers.filter((l) => !isSwa(l)), size: o.size, windowed: false }, { layers: layers.filter(isSwa), size: swaSize, windowed: true }]
+      : [{ layers, size: allWindowed && swaSize > 0 ? swaSize : o.size, windowed: allWindowed }];
     const groups: KvGroup[] = [];
     try {
       for (const part of parts) {
@@ -285,12 +286,9 @@ export class StageCache {
   /** Context shift of a full sequence (see KvCells.contextShift); returns the positions dropped. */
   contextShift(seq: number, nKeep: number, nDiscard?: number): number {
     this.#idle();
-    // the windowed group holds the newest positions only: it drops the same span and moves what is after it
+    // a windowed group (holding the newest positions only) drops the span the full group dropped
     const dropped = this.cells.contextShift(seq, nKeep, nDiscard);
-    if (dropped > 0) for (const g of this.groups.slice(1)) {
-      g.cells.seqRemove(seq, nKeep, nKeep + dropped);
-      g.cells.seqAdd(seq, nKeep + dropped, -1, -dropped);
-    }
+    if (dropped > 0) for (const g of this.groups.slice(1)) g.cells.contextShift(seq, nKeep, dropped);
     return dropped;
   }
 

@@ -4,7 +4,7 @@
 import { GGML_TYPES } from '@strata/gguf';
 import { decodeToF32, encodeF32, native } from '@strata/ggml';
 import {
-  KvStateError, MAX_SEQ, decodeState, encodeState, hadamardInPlace,
+  KvStateError, MAX_SEQ, decodeState, encodeState, hadamardInPlace, windowStart,
   type DecodedState, type KvCells, type SlotPlan, type StateHeader,
 } from '@strata/kv-cache';
 import { ModelError } from './errors.ts';
@@ -14,7 +14,7 @@ import { formatRange, type LayerRange } from './layer-range.ts';
 
 /** What an export reads and an import changes: a stage's layers, cell groups and K/V rows (a StageCache). */
 export interface SeqStateHost {
-  readonly hp: Pick<HParams, 'fingerprint' | 'nSwa'>;
+  readonly hp: Pick<HParams, 'fingerprint'>;
   readonly range: LayerRange;
   readonly groups: readonly KvGroup[];
   /** per group, cells a batch computing now writes, null when none // [groups] of [n] */
@@ -66,7 +66,7 @@ export function exportSeqState(cache: SeqStateHost, seq: number, options: Export
   // only until a batch takes it over
   const cells = used.map((g) => {
     const c = groups[g]!.cells;
-    return cellsOf(c, seq, c.window > 0 ? Math.max(lo, c.seqPosMax(seq) + 2 - c.window) : lo, hi);
+    return cellsOf(c, seq, c.window > 0 ? Math.max(lo, windowStart(c.seqPosMax(seq), c.window)) : lo, hi);
   });
   // While a batch computes (evalAsync) the rows it writes are not final yet.
   used.forEach((g, i) => {
@@ -127,10 +127,10 @@ export function importSeqState(cache: SeqStateHost, blob: Uint8Array | DecodedSt
       // in the source's cell order (so attention sums in the same order there and here)
       const sets = [...new Set(layers.map((l) => st.layerSet[l - h.l0]!))].sort((a, b) => a - b);
       let pos = [...new Set(sets.flatMap((i) => Array.from(st.sets[i]!)))];
-      if (grp.windowed && hp.nSwa > 0 && pos.length > 0) {
-        // what the window of the sequence's next position no longer sees stays behind (KvCells.window's rule)
-        const dead = Math.max(pos.reduce((a, b) => Math.max(a, b)), grp.cells.seqPosMax(seq)) + 1 - hp.nSwa;
-        pos = pos.filter((p) => p > dead);
+      if (grp.cells.window > 0 && pos.length > 0) {
+        // what the window of the sequence's next position no longer sees stays behind
+        const start = windowStart(Math.max(pos.reduce((a, b) => Math.max(a, b)), grp.cells.seqPosMax(seq)), grp.cells.window);
+        pos = pos.filter((p) => p >= start);
       }
       const t = cellsFor(grp.cells, seq, Int32Array.from(pos), options.merge ?? false);
       if (t.plan) grp.cells.apply(t.plan, t.planPos, new Int32Array(t.planPos.length).fill(seq));
