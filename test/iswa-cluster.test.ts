@@ -1,10 +1,11 @@
 // Workers whose windowed layers keep a small K/V cache of their own (`--kv-swa-full false`, as
 // llama-server's default) on a real cluster (NATS, Redis, two ggml stages of a synthetic gemma3,
 // split so the first stage is all windowed and the second mixed): the stages say so
-// (StageInfo.kv_swa_cells), the coordinator then caches no prefix and continues a session only
-// from its end; a session's turns past the windowed cache's 256 cells answer as libllama's
-// semantics do in one process, a turn that extends the history computes only its new tokens,
-// and one that changes it starts over, with the right answer.
+// (StageInfo.kv_swa_cells), the coordinator then shares a cached prefix only where a cached
+// sequence ends and continues a session only from its end; a session's turns past the windowed
+// cache's 256 cells answer as libllama's semantics do in one process, a turn that extends the
+// history computes only its new tokens, and one that changes it starts over, with the right
+// answer; one-off requests (no session) that resend an earlier answer share all of it.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Vocab } from '@strata/ggml';
@@ -81,8 +82,25 @@ describe('a cluster whose workers keep windowed layers in a small cache of their
     const a3 = await complete(third, 'chat');
     assert.equal(a3.cached, 0);
     assert.equal(a3.text, text(reference(third)));
-    // and a one-off request sharing the history's start caches nothing
-    const a4 = await complete(first.slice(0, 250), '');
-    assert.equal(a4.cached, 0);
+  });
+
+  it('a one-off request\'s prompt and answer stay cached: a next turn that resends them shares them all, one that only begins the same does not', async () => {
+    const all = vocab.tokenize(`${LONG_TEXT} ${LONG_TEXT} ${LONG_TEXT} ${LONG_TEXT}`);
+    const start = Array.from(all.subarray(0, 280));
+    const b1 = await complete(start, '');
+    const want1 = reference(start);
+    assert.equal(b1.text, text(want1));
+    const next = [...start, ...want1, ...Array.from(all.subarray(500, 520))];
+    const before = await evaluated();
+    const b2 = await complete(next, '');
+    const after = await evaluated();
+    assert.equal(b2.cached, start.length + N - 1, 'all the first request\'s sequence holds');
+    for (const [i, n] of after.entries()) assert.equal(n - before[i]!, next.length - b2.cached + N - 1, `stage ${i} computed only the new tokens`);
+    assert.equal(b2.text, text(reference(next)), 'past the shared window, as from scratch');
+    // the same start, then another question: the windowed cells it would need may be gone
+    const other = [...start.slice(0, 200), ...Array.from(all.subarray(600, 620))];
+    const b3 = await complete(other, '');
+    assert.equal(b3.cached, 0);
+    assert.equal(b3.text, text(reference(other)));
   });
 });

@@ -109,9 +109,15 @@ describe('KvCells', () => {
     buildMask(c, 6, [5], [0], mask, 3); // window 3: a token at 5 sees 3, 4, 5
     assert.deepEqual(Array.from(mask), [0xfc00, 0xfc00, 0xfc00, 0, 0, 0]);
     c.seqCopy(0, 1, 1, 2); // seq 1 shares position 1
-    // seq 0's next token (6) no longer sees 0..3; position 1 is shared, so it is never taken over
+    // seq 0's next token (6) no longer sees 0..3; seq 1's (2) still sees position 1
     assert.deepEqual(Array.from(c.findSlot(5)!.cells), [6, 7, 0, 2, 3]);
     assert.equal(c.findSlot(6), null, 'cells 1, 4 and 5 cannot be taken');
+    // once seq 1 is past it too, the shared cell is taken (llama.cpp keeps it while shared)
+    c.apply({ cells: Int32Array.of(6, 7) }, [2, 3], [1, 1]);
+    assert.deepEqual(Array.from(c.findSlot(4)!.cells), [0, 1, 2, 3]);
+    assert.equal(c.takeable(), 4);
+    c.apply({ cells: Int32Array.of(1) }, [4], [1]);
+    assert.deepEqual([c.seqPosMin(0), c.seqPosMin(1), c.seqsOf(1)], [2, 2, [1]], 'each of its sequences drops it and what is older');
   });
 
   it('windowed cells stay until a search takes them over, as in libllama\'s windowed cache', () => {

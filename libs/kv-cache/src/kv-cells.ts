@@ -52,10 +52,10 @@ export class KvCells {
   readonly #heads: Int32Array;
   /**
    * a sliding window of this many positions (0: none): the cells of a group whose layers all
-   * attend through it. As in llama.cpp's windowed cache, a cell that its one sequence's next token
-   * no longer sees stays until a slot search takes it over (so a sequence cut back within what is
-   * still held goes on exactly); taking it over drops that position and every older one of the
-   * sequence.
+   * attend through it. As in llama.cpp's windowed cache, a cell that no sequence's next token
+   * sees any more stays until a slot search takes it over (so a sequence cut back within what is
+   * still held goes on exactly); taking it over drops that position and every older one of each
+   * of its sequences.
    */
   readonly window: number;
   /** cells taken over from a position the window no longer saw */
@@ -215,21 +215,33 @@ export class KvCells {
   }
 
   /**
-   * Whether a slot search may take a cell: it is empty, or (with a window) its one sequence's
-   * next token no longer sees it (llama.cpp's is_masked_swa against seq_pos_max + 1).
+   * Whether a slot search may take a cell: it is empty, or (with a window) the next token of no
+   * sequence of it sees it any more (llama.cpp's is_masked_swa against seq_pos_max + 1).
+   * llama.cpp takes over only cells of one sequence; a cell shared by several (a copied prefix)
+   * is taken here too once every one of them is past it, so shared prefixes never pile up in a
+   * windowed group sized for its sequences' windows.
    */
   #usable(): (i: number) => boolean {
     if (this.window === 0) return (i) => this.pos[i] === -1;
     const start = new Map<number, number>(); // seq -> the oldest position its next token sees
+    const startOf = (seq: number): number => {
+      let s = start.get(seq);
+      if (s === undefined) start.set(seq, (s = windowStart(this.seqPosMax(seq), this.window)));
+      return s;
+    };
     return (i) => {
       const p = this.pos[i]!;
-      if (p === -1) return true;
-      const seqs = this.seqsOf(i);
-      if (seqs.length !== 1) return false;
-      let s = start.get(seqs[0]!);
-      if (s === undefined) start.set(seqs[0]!, (s = windowStart(this.seqPosMax(seqs[0]!), this.window)));
-      return p < s;
+      return p === -1 || this.seqsOf(i).every((seq) => p < startOf(seq));
     };
+  }
+
+  /** Cells a slot search may take: the empty ones and, with a window, those no window sees. */
+  takeable(): number {
+    if (this.window === 0) return this.size - this.#used;
+    const usable = this.#usable();
+    let n = 0;
+    for (let i = 0; i < this.size; i++) if (usable(i)) n++;
+    return n;
   }
 
   /** Finds cells for a batch whose token t belongs to seqs[t], each in its sequence's stream. */

@@ -188,9 +188,9 @@ export class StageCache {
     return { plans };
   }
 
-  /** Free cells of the group that has fewest. */
+  /** Cells a batch may take (empty, or windowed ones no window sees) in the group that has fewest. */
   get free(): number {
-    return Math.min(...this.groups.map((g) => g.cells.size - g.cells.used));
+    return Math.min(...this.groups.map((g) => g.cells.takeable()));
   }
 
   /** Gives a plan's cells their positions and sequences (`pos`, `seq` // [n]). */

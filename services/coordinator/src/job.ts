@@ -141,6 +141,11 @@ export function cachedTokens(j: Job): number[] {
   return [...j.prompt.slice(0, j.fed), ...evaluated];
 }
 
+/** What the job's sequence holds past its prompt once it is done: the samples it fed (none while its prompt is not all in). */
+export function fedSamples(j: Job): number[] {
+  return j.fed < j.prompt.length ? [] : cachedTokens(j).slice(j.prompt.length);
+}
+
 /**
  * Turns a job whose cells were lost (its pipeline went down) into one that rebuilds them by
  * prefilling everything its sequence held, and every token it sampled, from position 0: its next

@@ -287,6 +287,8 @@ function savedPrefix(c: PipelineCore, req: GenerateRequest, cached: number): { p
   for (const p of c.savedPrefixes.values()) {
     if (p.scope !== req.cacheScope || p.cells > own) continue;
     const depth = Math.min(commonPrefix(p.tokens, req.prompt), req.prompt.length - 1);
+    // Saved from a small windowed cache, a state holds its window before its end only.
+    if (c.exactResume && (depth !== p.cells || p.tokens.length !== p.cells)) continue;
     if (depth >= Math.max(MIN_SHARED_PREFIX, cached + MIN_SHARED_PREFIX) && depth > (best?.depth ?? 0)) best = { prefix: p, depth };
   }
   return best;

@@ -2,7 +2,7 @@
 // hold, hand over, stay) and target side (reserve, adopt, unreserve), and the pipeline going down
 // (its running requests handed back to be rebuilt elsewhere) or being abandoned (another
 // coordinator leads). Pure.
-import { cachedTokens, jobTransition, rebuildJob } from './job.ts';
+import { cachedTokens, fedSamples, jobTransition, rebuildJob } from './job.ts';
 import { takeRoom } from './pipeline-admission.ts';
 import { dropSeq, failChoices, failRequest, isRequestKey, jobOf, type Blame, type MovedSession, type PipelineCore, type PipelineEffect } from './pipeline-state.ts';
 import { retireFinished } from './pipeline-steps.ts';
@@ -60,7 +60,7 @@ export function handOver(c: PipelineCore, fx: PipelineEffect[], session: string,
   if (shared) c.room.prefixes.detach(shared, job?.seq ?? r!.seq);
   let cached = false;
   if (job) {
-    cached = job.grown !== null && c.room.prefixes.ownerEnded(job.grown, true, job.pos, now);
+    cached = job.grown !== null && c.room.prefixes.ownerEnded(job.grown, true, job.pos, now, fedSamples(job));
     job.grown = null;
     job.prefix = null;
     job.shared = 0;

@@ -176,7 +176,8 @@ export interface PipelineCore {
   /**
    * a stage keeps its windowed layers' K/V in a small cache of its own (StageInfo.kvSwaCells),
    * whose cells no window sees any batch may take over: a cached sequence goes on only from its
-   * end (a session's next turn that extends it), and the prefix cache is off
+   * end (a session's next turn that extends it), and the prefix cache shares only where a cache
+   * sequence ends (PrefixTreeOptions.endsOnly)
    */
   readonly exactResume: boolean;
   /** every sequence's cells together: capacity, the fewest cells of a stage */
@@ -232,8 +233,8 @@ export function openPipeline(view: PipelineView, options: PipelineOptions, costs
   const capacity = Math.min(...view.stages.map((s) => s.kvCells));
   const exactResume = view.stages.some((s) => s.kvSwaCells > 0);
   const core: PipelineCore = {
-    view, options: exactResume ? { ...options, prefixCache: false } : options, costs, exactResume, route: view.stages.map((s) => s.workerId), maxBatch: Math.min(...view.stages.map((s) => s.maxBatch)),
-    context: Math.min(capacity, view.stages[0]!.nCtxTrain), room: new SeqRoom(nSeqMax, capacity), jobs: [], requests: new Map(), waiting: [], rebuilds: [], inflight: new Map(), early: new Map(),
+    view, options, costs, exactResume, route: view.stages.map((s) => s.workerId), maxBatch: Math.min(...view.stages.map((s) => s.maxBatch)),
+    context: Math.min(capacity, view.stages[0]!.nCtxTrain), room: new SeqRoom(nSeqMax, capacity, { endsOnly: exactResume }), jobs: [], requests: new Map(), waiting: [], rebuilds: [], inflight: new Map(), early: new Map(),
     moving: new Set(), holding: new Set(), holdPending: new Set(), offloading: new Map(), offloaded: new Map(), savingPrefixes: new Map(), savedPrefixes: new Map(), handOffs: new Set(), prefilled: new Set(), nextKey: 1,
     nextStep: firstStepId, down: false, clean: false, lastResultMs: 0,
   };

@@ -4,7 +4,7 @@
 // deadline of the oldest step. Pure.
 import { FinishReason, type SampledToken, type StepEntry, type StepResult } from '@strata/wire';
 import { applyPlan, chainable, decodeCap, planMicroBatch, type PlannedEntry } from './batcher.ts';
-import { cachedTokens, jobTransition, type Job, type JobEffect } from './job.ts';
+import { cachedTokens, fedSamples, jobTransition, type Job, type JobEffect } from './job.ts';
 import { depth, dropSeq, failRequest, requestKey, type Admission, type InFlight, type PipelineCore, type PipelineEffect } from './pipeline-state.ts';
 import { stepDeadlineMs, tokensWithin, workOf, type StepWork } from './step-cost.ts';
 
@@ -178,7 +178,7 @@ function release(c: PipelineCore, fx: PipelineEffect[], j: Job, request: Admissi
   }
   if (j.sessionId) residents.delete(j.sessionId);
   // What a failed step left in the sequence is not to be trusted: it is not cached.
-  const kept = j.grown !== null && tree.ownerEnded(j.grown, j.finish !== FinishReason.ERROR, j.pos, now);
+  const kept = j.grown !== null && tree.ownerEnded(j.grown, j.finish !== FinishReason.ERROR, j.pos, now, fedSamples(j));
   if (j.prefix) tree.detach(j.prefix, j.seq);
   if (!kept) dropSeq(c, fx, j.seq, j.pos);
 }

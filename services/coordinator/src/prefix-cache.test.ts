@@ -67,6 +67,7 @@ describe('prefix cache in a pipeline core', () => {
     const fx = send({ type: 'step_result', result: result(102n, [[0, 51]]) });
     assert.deepEqual(only(fx, 'drop_seq'), [], 'its sequence stays as the cache\'s');
     assert.equal(core.room.prefixes.cells(), 102, 'its prompt and its first sample');
+    assert.equal(core.room.prefixes.match('tenant:t', [...SYSTEM, 1, 50, 51], 102)?.depth, 102, 'a prompt that resends the sample shares it too');
     const other = send({ type: 'admit', req: req('x', [...SYSTEM, 2], { cacheScope: 'tenant:u' }) });
     assert.deepEqual(steps(other), ['1:0+64', '1:64+37!'], 'another tenant computes its own');
     send({ type: 'step_result', result: result(103n, []) });
@@ -97,19 +98,28 @@ describe('prefix cache in a pipeline core', () => {
     assert.equal(core.room.reserved(running(core)), core.room.prefixes.cells() + 3, 'the session holds three cells of its own');
   });
 
-  it('with a stage\'s windowed layers in a small cache of their own: no prefix cache, and a session goes on only from its end', () => {
+  it('with a stage\'s windowed layers in a small cache of their own: a prefix is shared only where a cache sequence ends, and a session goes on only from its end', () => {
     const { core, send } = pipeline(512, 8, {}, 256);
     assert.equal(core.exactResume, true);
     send({ type: 'admit', req: req('a', [...SYSTEM, 1]) });
     send({ type: 'step_result', result: result(100n, []) });
     send({ type: 'step_result', result: result(101n, [[0, 50]]) });
     send({ type: 'step_result', result: result(102n, [[0, 51]]) });
-    assert.equal(core.room.prefixes.cells(), 0, 'nothing cached: a windowed cell no window sees may be taken over');
+    assert.equal(core.room.prefixes.cells(), 102, 'a\'s prompt and the sample it fed stay cached');
+    // Its windowed cells older than its window may be taken over: its system prompt alone is not shared ...
     assert.deepEqual(steps(send({ type: 'admit', req: req('b', [...SYSTEM, 2]) })), ['1:0+64', '1:64+37!'], 'the same system prompt is computed again');
+    // ... but a prompt that goes on from all it holds is (a chat client's next turn resends the answer).
+    const c = send({ type: 'admit', req: req('c', [...SYSTEM, 1, 50, 51, 9]) });
+    assert.deepEqual(only(c, 'prepare')[0]!.ops.map((o) => [o.kind, o.seq, o.dst, o.p0, o.p1]), [[SeqOpKind.COPY, 0, 2, 0, 102]]);
+    send({ type: 'prepared', requestId: 'c', session: '', epoch: 0 });
     // a session: its next turn that extends its whole history goes on from its end ...
     send({ type: 'admit', req: req('s1', [1, 2, 3], { sessionId: 't:s', maxTokens: 1 }) });
     send({ type: 'prepared', requestId: 's1', session: 't:s', epoch: 1 });
-    for (let id = 103n; core.room.residents.get('t:s')?.busy; id++) send({ type: 'step_result', result: result(id, [[1, 7], [2, 7]]) });
+    for (let id = 103n; core.room.residents.get('t:s')?.busy; id++) send({ type: 'step_result', result: result(id, [[1, 7], [2, 7], [3, 7]]) });
+    const copies = (fx: PipelineEffect[]) => only(fx, 'prepare')[0]?.ops.filter((o) => o.kind === SeqOpKind.COPY).map((o) => [o.seq, o.p1]);
+    assert.deepEqual(copies(send({ type: 'admit', req: req('d', [...SYSTEM, 1, 50, 51]) })), [[0, 102]], 'a\'s end, shared again');
+    const e = send({ type: 'admit', req: req('e', [...SYSTEM, 1, 77, 78]) });
+    assert.deepEqual(only(e, 'log').find((l) => l.message === 'start')?.fields?.cached, 0, 'inside a\'s cells: not shared, computed from 0');
     const held = core.room.residents.get('t:s')!.tokens;
     const next = only(send({ type: 'admit', req: req('s2', [...held, 8, 9], { sessionId: 't:s' }) }), 'prepare')[0]!;
     assert.deepEqual(next.ops, [], 'nothing removed');

@@ -38,6 +38,51 @@ describe('PrefixTree', () => {
     assert.deepEqual(PrefixTree.path(node), range(0, 100));
   });
 
+  it('what a request generated joins its prompt\'s path: its node grows, or below a shared end a node of its own', () => {
+    const t = new PrefixTree();
+    const a = { seq: 1, done: 100 };
+    const na = t.grow('s', null, range(0, 100), a, 1)!;
+    assert.equal(t.ownerEnded(na, true, 103, 2, [7, 8, 9]), true);
+    assert.deepEqual([na.tokens.length, na.seq, na.extra, t.cells()], [103, 1, 0, 103], 'the node grew by the three it fed');
+    assert.equal(t.match('s', [...range(0, 100), 7, 8, 9, 4, 5], 105)!.depth, 103, 'a next turn that resends the answer shares it');
+    // b shares a's first 100 positions and generates after them: its samples are a node below them
+    const at = t.attach(t.match('s', [...range(0, 100), 5], 100)!, [2], 3);
+    const b = { seq: 2, done: 101 };
+    const nb = t.grow('s', at.node, [5], b, 3)!;
+    t.detach(at.node, 2);
+    assert.equal(t.ownerEnded(nb, true, 103, 4, [6, 6]), true);
+    assert.deepEqual([nb.tokens, nb.seq], [[5, 6, 6], 2]);
+    // c attached at the end of a's path, and a cache sequence ended there
+    const c = { seq: 3, done: 104 };
+    const nc = t.grow('s', na, [1], c, 5)!;
+    t.ownerEnded(nc, true, 106, 6, [2, 2]);
+    assert.deepEqual(PrefixTree.path(nc), [...range(0, 100), 7, 8, 9, 1, 2, 2]);
+    assert.deepEqual(t.problems(), []);
+    assert.equal(t.ownerEnded(t.grow('s', null, range(500, 20), { seq: 4, done: 20 }, 7)!, true, 22, 8, [1]), true, 'what it fed does not say what it holds');
+    assert.equal(t.match('s', range(500, 30), 29)!.node.extra, 2, 'held as positions past the path');
+  });
+
+  it('with endsOnly, a prefix is shared only where a cache sequence ends', () => {
+    const t = new PrefixTree({ endsOnly: true });
+    const a = { seq: 1, done: 40 };
+    const na = t.grow('s', null, range(0, 100), a, 1)!;
+    assert.equal(t.match('s', range(0, 120), 119), null, 'nothing while a job computes it');
+    a.done = 100;
+    t.ownerEnded(na, true, 102, 2, [5, 6]);
+    assert.equal(t.match('s', range(0, 120), 119), null, 'not inside a cache sequence');
+    assert.deepEqual(t.match('s', [...range(0, 100), 5, 6, 7], 102)!.depth, 102, 'at its end');
+    const e = t.grow('s', null, range(200, 50), { seq: 2, done: 50 }, 3)!;
+    t.ownerEnded(e, true, 53, 4, [1]);
+    assert.equal(t.match('s', [...range(200, 50), 9, 9, 9, 9], 53), null, 'nor where it holds positions past its path');
+    // a node split by a second lineage keeps its sequence below: its upper part ends no sequence
+    const at = t.attach(t.match('s', [...range(0, 100), 5, 6, 3], 102)!, [3], 5);
+    const nb = t.grow('s', at.node, [3], { seq: 3, done: 103 }, 5)!;
+    t.detach(at.node, 3);
+    t.ownerEnded(nb, true, 104, 6, [4]);
+    assert.equal(t.match('s', [...range(0, 100), 5, 6, 3, 4, 0], 104)!.depth, 104);
+    assert.equal(t.evictionOf(nb).action, 'drop', 'never trimmed: what a trimmed sequence ends on may be gone');
+  });
+
   it('an owner that ends early leaves only what it computed, and nothing after a failure', () => {
     const t = new PrefixTree();
     const a = { seq: 1, done: 30 };

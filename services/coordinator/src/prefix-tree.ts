@@ -77,12 +77,28 @@ function common(n: PrefixNode, tokens: readonly number[], depth: number, limit: 
   return k;
 }
 
+/** How a tree matches. */
+export interface PrefixTreeOptions {
+  /**
+   * The stages keep windowed layers' K/V in a small cache (StageInfo.kvSwaCells) that holds only
+   * what each sequence's window still sees: a prefix is shared only where a cache sequence ends
+   * (the window before its end is all there), never inside one, nor a trimmed one, nor one a job is
+   * computing.
+   */
+  endsOnly?: boolean;
+}
+
 /** The prefix cache of one pipeline. */
 export class PrefixTree {
   readonly #roots = new Map<string, PrefixNode>();
   readonly #nodes = new Set<PrefixNode>();
   /** keys of lineages under the roots */
   #lineages = 0;
+  readonly endsOnly: boolean;
+
+  constructor(options: PrefixTreeOptions = {}) {
+    this.endsOnly = options.endsOnly ?? false;
+  }
 
   /** nodes, for tests and operators */
   get size(): number {
@@ -134,6 +150,7 @@ export class PrefixTree {
       depth += take;
       if (take < child.tokens.length) break;
     }
+    if (this.endsOnly) return endOnPath(node, depth);
     return depth > 0 || pending > 0 ? { node, depth, pending } : null;
   }
 
@@ -188,9 +205,11 @@ export class PrefixTree {
    * The owner of `node` (and of its ancestors that it owns) ended. With `keep`, its sequence, which
    * holds `heldCells` positions from 0, stays as the cache sequence of what it computed (true
    * returned); else, or when it computed none of it, its sequence is not the tree's (false): the
-   * caller empties it.
+   * caller empties it. `after`: the tokens it holds past its prompt (what it generated and fed),
+   * when known: they join the tree as a node below the prompt's, so that a later prompt repeating
+   * them (a chat client's next turn, which resends the answer) shares them too.
    */
-  ownerEnded(node: PrefixNode, keep: boolean, heldCells: number, now: number): boolean {
+  ownerEnded(node: PrefixNode, keep: boolean, heldCells: number, now: number, after: readonly number[] = []): boolean {
     const owner = node.owner;
     const chain: PrefixNode[] = [];
     for (let n: PrefixNode | null = node; n && owner && n.owner === owner; n = n.parent) chain.push(n);
@@ -210,9 +229,21 @@ export class PrefixTree {
       for (const n of chain) if (this.#nodes.has(n)) this.#prune(n);
       return false;
     }
-    tip.seq = owner.seq;
-    tip.extra = Math.max(0, heldCells - end(tip));
     tip.lastUsedMs = now;
+    const extra = Math.max(0, heldCells - end(tip));
+    if (extra > 0 && after.length === extra && tip.children.size === 0 && tip.pins.size === 0) {
+      // No one shares its end yet: the node grows by them.
+      tip.tokens = [...tip.tokens, ...after];
+    } else if (extra > 0 && after.length === extra && !tip.children.has(after[0]!)) {
+      const generated = newNode(tip, after[0]!, [...after], end(tip), now);
+      generated.seq = owner.seq;
+      tip.children.set(generated.key, generated);
+      this.#nodes.add(generated);
+      return true;
+    } else {
+      tip.extra = extra;
+    }
+    tip.seq = owner.seq;
     return true;
   }
 
@@ -233,7 +264,8 @@ export class PrefixTree {
     const stays = (c: PrefixNode) => c !== node && !gone.has(c);
     if ([...node.children.values()].some(stays)) return { node, cells: node.extra, action: 'drop' };
     const p = node.parent!;
-    const parentAlone = p.parent !== null && ![...p.children.values()].some(stays) && p.seq < 0 && p.owner === null && p.pins.size === 0;
+    // (A trimmed sequence ends where its windowed cells may be gone: with endsOnly it is dropped.)
+    const parentAlone = !this.endsOnly && p.parent !== null && ![...p.children.values()].some(stays) && p.seq < 0 && p.owner === null && p.pins.size === 0;
     return { node, cells: node.tokens.length + node.extra, action: parentAlone ? 'trim' : 'drop' };
   }
 
@@ -331,6 +363,17 @@ export class PrefixTree {
   #prune(n: PrefixNode): void {
     for (let x: PrefixNode | null = n; x && x.parent && !held(x); x = x.parent) this.#remove(x);
   }
+}
+
+/**
+ * The deepest place at or above `depth` on `node`'s path where a cache sequence ends exactly (the
+ * end of a node whose sequence holds nothing past it), as a match; null when there is none.
+ */
+function endOnPath(node: PrefixNode, depth: number): PrefixMatch | null {
+  for (let n: PrefixNode | null = node; n && n.parent; n = n.parent) {
+    if (end(n) <= depth && n.seq >= 0 && n.extra === 0 && !n.owner) return { node: n, depth: end(n), pending: 0 };
+  }
+  return null;
 }
 
 /** A sequence holding `node`'s whole path now. */

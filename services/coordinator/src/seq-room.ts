@@ -9,7 +9,7 @@
 // the prefix cache's, sessions moving in, and sequences not yet emptied or trimmed (or whose
 // emptying failed). A stage never holds more, so no later admission, eviction or migration can
 // starve a running job.
-import { PrefixTree, type PrefixNode } from './prefix-tree.ts';
+import { PrefixTree, type PrefixNode, type PrefixTreeOptions } from './prefix-tree.ts';
 
 /** A session whose cells stay on a pipeline between its turns. */
 export interface Resident {
@@ -139,7 +139,7 @@ export class SeqRoom {
   /** sessions whose cells stay here, by session */
   readonly residents = new Map<string, Resident>();
   /** prompts of requests that ended, for later ones to share */
-  readonly prefixes = new PrefixTree();
+  readonly prefixes: PrefixTree;
   /** free ids, the next one last (the lowest id is handed out first) */
   readonly #free: number[];
   /** sequences reserved for sessions moving in -> their cells */
@@ -155,9 +155,10 @@ export class SeqRoom {
   /** cells of trims that failed: counted as held until the pipeline resets */
   #trimLost = 0;
 
-  constructor(nSeqMax: number, capacity: number) {
+  constructor(nSeqMax: number, capacity: number, tree: PrefixTreeOptions = {}) {
     this.nSeqMax = nSeqMax;
     this.capacity = capacity;
+    this.prefixes = new PrefixTree(tree);
     this.#free = Array.from({ length: nSeqMax }, (_, i) => nSeqMax - 1 - i);
   }
 

@@ -93,7 +93,7 @@ class StageActor {
       description: {
         fingerprint: hp.fingerprint, nLayer: hp.nLayer, nVocab: hp.nVocab, nEmbd: hp.nEmbd, nCtxTrain: hp.nCtxTrain,
         l0: s.range.l0, l1: s.range.l1, kvCells: s.cache.size, rowBytes: s.cache.storage.rowBytes,
-        kvSwaCells: s.cache.groups.find((g) => g.windowed && g.cells.size < s.cache.size)?.cells.size ?? 0,
+        kvSwaCells: s.cache.groups.find((g) => g.windowed)?.cells.size ?? 0,
       },
     });
   }

@@ -151,9 +151,10 @@ export type StageInfo = Message<"strata.v1.StageInfo"> & {
   role: string;
 
   /**
-   * cells of the windowed layers' own, smaller cache (llama.cpp's iSWA cache with swa_full off;
-   * 0: the windowed layers keep a full-size one): a windowed cell no window sees may be taken over
-   * by any batch, so the pipeline continues a cached sequence only at its end
+   * cells of a cache of windowed layers only: the windowed layers' own, smaller one (llama.cpp's
+   * iSWA cache with swa_full off), or the one cache of a stage whose layers are all windowed (0:
+   * none): a windowed cell no window sees may be taken over by any batch, so the pipeline shares
+   * and continues a cached sequence only at its end
    *
    * @generated from field: uint32 kv_swa_cells = 20;
    */
