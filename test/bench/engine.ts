@@ -14,8 +14,29 @@ function timeIt(fn: () => void): number {
   return performance.now() - t0;
 }
 
-/** Measures `path` (labelled `model`): its pp and tg rows. `step` is told after the warm-up and each repetition. */
-export function measureEngine(path: string, model: string, o: { threads: number; pp: number; tg: number; reps: number; device?: string }, step: (detail?: string) => void): EngineRow[] {
+/**
+ * Measures `path` (labelled `model`): its pp and tg rows. The repetitions are spread over
+ * `instances` fresh pairs of both sides (3 by default): where a side's buffers land is fixed for
+ * the life of one instance and moves its figures by several per cent either way (the same llama
+ * f16 model gave 0.92 and then 1.06 in two instances, one after the other), so medians over one
+ * instance's repetitions measure that placement as much as the code. `step` is told after each
+ * instance's warm-up and each repetition.
+ */
+export function measureEngine(path: string, model: string, o: { threads: number; pp: number; tg: number; reps: number; device?: string; instances?: number }, step: (detail?: string) => void): EngineRow[] {
+  const pp: EngineRow = { model, test: `pp${o.pp}`, strata: [], llama: [] };
+  const tg: EngineRow = { model, test: `tg${o.tg}`, strata: [], llama: [] };
+  const instances = Math.max(1, Math.min(o.instances ?? 3, o.reps));
+  let r = 0;
+  for (let k = 0; k < instances; k++) {
+    const reps = Math.floor(o.reps / instances) + (k < o.reps % instances ? 1 : 0);
+    measureInstance(path, model, o, reps, r, pp, tg, step);
+    r += reps;
+  }
+  return [pp, tg];
+}
+
+/** One instance of both sides: a warm-up, then `reps` alternating repetitions (numbered from `r0`) added to `pp` and `tg`. */
+function measureInstance(path: string, model: string, o: { threads: number; pp: number; tg: number; reps: number; device?: string }, reps: number, r0: number, pp: EngineRow, tg: EngineRow, step: (detail?: string) => void): void {
   // Off the CPU both sides run every layer on the device (libllama: every layer offloaded).
   const onDevice = (o.device ?? 'CPU') !== 'CPU';
   const ref = LlamaReference.load(path, { nCtx: 1024, nBatch: o.pp, threads: o.threads, gpuLayers: onDevice ? 999 : 0 });
@@ -44,11 +65,15 @@ export function measureEngine(path: string, model: string, o: { threads: number;
       ref.clear();
       for (let i = 0; i < o.tg; i++) ref.decodeTokens(prompt.subarray(i % prompt.length, (i % prompt.length) + 1), i);
     };
-    const pp: EngineRow = { model, test: `pp${o.pp}`, strata: [], llama: [] };
-    const tg: EngineRow = { model, test: `tg${o.tg}`, strata: [], llama: [] };
-    strataPp(); llamaPp(); strataTg(); llamaTg(); // warm-up
+    // Warm-up: a few prompts each, so that the JavaScript around Strata's graph (the mask, the
+    // inputs) is optimized by V8 before it is timed, which one call does not do.
+    for (let i = 0; i < 3; i++) {
+      strataPp();
+      llamaPp();
+    }
+    strataTg(); llamaTg();
     step(`${model} warm-up`);
-    for (let r = 0; r < o.reps; r++) {
+    for (let r = r0; r < r0 + reps; r++) {
       // alternate the order so that drift of the machine hits both sides alike
       const first = r % 2 === 0;
       for (const side of first ? ['llama', 'strata'] : ['strata', 'llama']) {
@@ -61,7 +86,6 @@ export function measureEngine(path: string, model: string, o: { threads: number;
       }
       step(`${model} repetition ${r + 1}/${o.reps}`);
     }
-    return [pp, tg];
   } finally {
     p.dispose();
     ref.dispose();

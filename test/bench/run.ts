@@ -96,7 +96,7 @@ for (const [name, us] of Object.entries(sampling)) {
 const sampling: Record<string, number> = {};
 if (opts.only.has('engine')) {
   for (const type of opts.types) benchModel(type);
-  await section('engine', opts.types.length * (opts.reps + 1), (step) => engineBench(step));
+  await section('engine', opts.types.length * (opts.reps + Math.min(3, opts.reps)), (step) => engineBench(step));
   printEngine();
   samplingBench(sampling);
 }
