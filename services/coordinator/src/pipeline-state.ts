@@ -174,8 +174,9 @@ export interface PipelineCore {
   /** positions one sequence may hold: the model's training context, within the stages' cells */
   readonly context: number;
   /**
-   * a stage keeps its windowed layers' K/V in a small cache of its own (StageInfo.kvSwaCells),
-   * whose cells no window sees any batch may take over: a cached sequence goes on only from its
+   * a stage keeps windowed layers' K/V in a cache of their own (StageInfo.kvSwaCells: a small
+   * one, or an all-windowed stage's only one), whose cells no window sees any batch may take
+   * over: a cached sequence goes on only from its
    * end (a session's next turn that extends it), and the prefix cache shares only where a cache
    * sequence ends (PrefixTreeOptions.endsOnly)
    */

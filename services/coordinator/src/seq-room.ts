@@ -138,7 +138,7 @@ export class SeqRoom {
   readonly nSeqMax: number;
   /** sessions whose cells stay here, by session */
   readonly residents = new Map<string, Resident>();
-  /** prompts of requests that ended, for later ones to share */
+  /** prompts of requests that ended, with what they generated, for later ones to share */
   readonly prefixes: PrefixTree;
   /** free ids, the next one last (the lowest id is handed out first) */
   readonly #free: number[];
