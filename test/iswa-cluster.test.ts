@@ -27,12 +27,15 @@ describe('a cluster whose workers keep windowed layers in a small cache of their
   let cluster: LocalCluster;
   let vocab: Vocab;
   let model = '';
+  /** a long text's tokens, to cut prompts from */
+  let all: number[] = [];
   before(async () => {
     cluster = await LocalCluster.start({
       model: path, splits: [SPLIT], port: 0, threads: 1, ctxSize: 512,
       workerFlags: ['--kv-swa-full', 'false', '--n-seq-max', '2', '--max-batch', '64'],
     });
     vocab = Vocab.load(path);
+    all = Array.from(vocab.tokenize(`${LONG_TEXT} ${LONG_TEXT} ${LONG_TEXT} ${LONG_TEXT}`));
     model = ((await (await fetch(`${cluster.url}/v1/models`)).json()) as { data: { id: string }[] }).data[0]!.id;
   });
   after(async () => {
@@ -60,45 +63,45 @@ describe('a cluster whose workers keep windowed layers in a small cache of their
   };
   const text = (tokens: number[]) => tokens.map((t) => vocab.tokenBytes(t).toString('utf8')).join('');
   const evaluated = async () => (await Promise.all(['p0-s0', 'p0-s1'].map((w) => workerStats(cluster.natsUrl, w)))).map((s) => Number(s.counters!.tokens));
+  /** `prompt` answered; asserts that each stage evaluated only what was not cached: the rest of the prompt and every sample but the last. */
+  const completeComputingOnlyNew = async (prompt: number[], session: string): Promise<Answer> => {
+    const before = await evaluated();
+    const a = await complete(prompt, session);
+    const after = await evaluated();
+    for (const [i, n] of after.entries()) assert.equal(n - before[i]!, prompt.length - a.cached + N - 1, `stage ${i} computed only the new tokens`);
+    return a;
+  };
 
   it('the stages report their small windowed caches; turns extend, then change the history, each answered as from scratch', async () => {
     const stats = await Promise.all(['p0-s0', 'p0-s1'].map((w) => workerStats(cluster.natsUrl, w)));
     assert.deepEqual(stats.map((s) => [s.stage?.kvCells, s.stage?.kvSwaCells]), [[512, 256], [512, 256]], 'pad256(32 · 2 + 64) windowed cells beside 512');
-    const all = vocab.tokenize(`${LONG_TEXT} ${LONG_TEXT} ${LONG_TEXT} ${LONG_TEXT}`);
-    const first = Array.from(all.subarray(0, 300));
+    const first = all.slice(0, 300);
     const a1 = await complete(first, 'chat');
     const want1 = reference(first);
     assert.equal(a1.text, text(want1), 'past the windowed cache\'s 256 cells');
     // the next turn extends the whole history: only its new tokens are computed
-    const second = [...first, ...want1, ...Array.from(all.subarray(300, 340))];
-    const before = await evaluated();
-    const a2 = await complete(second, 'chat');
-    const after = await evaluated();
+    const second = [...first, ...want1, ...all.slice(300, 340)];
+    const a2 = await completeComputingOnlyNew(second, 'chat');
     assert.equal(a2.cached, first.length + N - 1, 'the history the stages hold (the last sample was never evaluated)');
-    for (const [i, n] of after.entries()) assert.equal(n - before[i]!, second.length - a2.cached + N - 1, `stage ${i} computed only the new tokens`);
     assert.equal(a2.text, text(reference(second)));
     // a turn that changes the history: elsewhere it would go on from the common prefix; here it starts over
-    const third = [...first.slice(0, 200), ...Array.from(all.subarray(400, 430))];
+    const third = [...first.slice(0, 200), ...all.slice(400, 430)];
     const a3 = await complete(third, 'chat');
     assert.equal(a3.cached, 0);
     assert.equal(a3.text, text(reference(third)));
   });
 
   it('a one-off request\'s prompt and answer stay cached: a next turn that resends them shares them all, one that only begins the same does not', async () => {
-    const all = vocab.tokenize(`${LONG_TEXT} ${LONG_TEXT} ${LONG_TEXT} ${LONG_TEXT}`);
-    const start = Array.from(all.subarray(0, 280));
+    const start = all.slice(0, 280);
     const b1 = await complete(start, '');
     const want1 = reference(start);
     assert.equal(b1.text, text(want1));
-    const next = [...start, ...want1, ...Array.from(all.subarray(500, 520))];
-    const before = await evaluated();
-    const b2 = await complete(next, '');
-    const after = await evaluated();
+    const next = [...start, ...want1, ...all.slice(500, 520)];
+    const b2 = await completeComputingOnlyNew(next, '');
     assert.equal(b2.cached, start.length + N - 1, 'all the first request\'s sequence holds');
-    for (const [i, n] of after.entries()) assert.equal(n - before[i]!, next.length - b2.cached + N - 1, `stage ${i} computed only the new tokens`);
     assert.equal(b2.text, text(reference(next)), 'past the shared window, as from scratch');
     // the same start, then another question: the windowed cells it would need may be gone
-    const other = [...start.slice(0, 200), ...Array.from(all.subarray(600, 620))];
+    const other = [...start.slice(0, 200), ...all.slice(600, 620)];
     const b3 = await complete(other, '');
     assert.equal(b3.cached, 0);
     assert.equal(b3.text, text(reference(other)));

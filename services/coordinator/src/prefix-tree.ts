@@ -231,10 +231,12 @@ export class PrefixTree {
     }
     tip.lastUsedMs = now;
     const extra = Math.max(0, heldCells - end(tip));
-    if (extra > 0 && after.length === extra && tip.children.size === 0 && tip.pins.size === 0) {
+    // what it holds past the node, when `after` says which tokens they are
+    const known = extra > 0 && after.length === extra;
+    if (known && tip.children.size === 0 && tip.pins.size === 0) {
       // No one shares its end yet: the node grows by them.
       tip.tokens = [...tip.tokens, ...after];
-    } else if (extra > 0 && after.length === extra && !tip.children.has(after[0]!)) {
+    } else if (known && !tip.children.has(after[0]!)) {
       const generated = newNode(tip, after[0]!, [...after], end(tip), now);
       generated.seq = owner.seq;
       tip.children.set(generated.key, generated);
