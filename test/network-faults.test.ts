@@ -101,3 +101,67 @@ describe('a cancel lost while the gateway and the coordinator both reconnect', (
     assert.equal(tokens.length, MAX, 'every token, once');
   });
 });
+
+// The coordinator's connection can drop with a request's last event still on its way (written to
+// the old socket, never delivered): no later event shows the gap, and the coordinator, done with
+// the request, has nothing in flight to rebuild. Its next announcement counts the reconnect, and
+// the gateway starts its running requests over from what their clients have. Here the
+// coordinator's link is slow (0.9 s each way) and is cut while the final event sits in it (with
+// the emptying of the request's sequence, asked again until it succeeds).
+describe("a request's last event lost while the coordinator reconnects", () => {
+  let cluster: LocalCluster;
+  before(async () => {
+    cluster = await LocalCluster.start({
+      model: ensureDefaultModel(), pipelines: 1, workers: 2, port: 0, threads: 1, ctxSize: 1024, faultLinks: true,
+      coordinatorFlags: ['--worker-timeout-ms', '15000', '--rebalance-high', '0'], gatewayFlags: ['--timeout-ms', '10000'],
+    });
+  });
+  after(async () => {
+    await cluster?.stop();
+  });
+
+  it('the request ends whole instead of timing out', async () => {
+    const body = (prompt: string) => JSON.stringify({ model: 'default-llama-8x256-s42-f16', prompt, max_tokens: 1, temperature: 0, stream: true, logprobs: 0, ignore_eos: true });
+    const warm = await fetch(`${cluster.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: body('Once upon a time') });
+    assert.equal(warm.status, 200);
+    await warm.text();
+    // (Below the gateway's 2 s wait for an acceptance, which it would ask again for.)
+    const LATENCY_MS = 900;
+    const coordinator = cluster.link('coordinator', 'nats');
+    coordinator.set({ latencyMs: LATENCY_MS });
+    // One token: the coordinator hears the request one latency after it was sent, its step
+    // reaches the stages a second one later, their result reaches it a third one later, and the
+    // final event (the stream's first and last) reaches NATS a fourth one later: cut halfway
+    // through that.
+    const cut = (async () => {
+      await sleep(LATENCY_MS * 3.5);
+      coordinator.set({ latencyMs: 0 });
+      coordinator.cut();
+      await sleep(300);
+      coordinator.heal();
+    })();
+    const r = await fetch(`${cluster.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: body('The river ran') });
+    assert.equal(r.status, 200);
+    const tokens: string[] = [];
+    let finish: string | null = null, error = '';
+    for await (const j of sseEvents<CompletionChunk>(r.body!)) {
+      if (j.error) error = j.error.code;
+      tokens.push(...(j.choices?.[0]?.logprobs?.tokens ?? []));
+      finish = j.choices?.[0]?.finish_reason ?? finish;
+    }
+    await cut;
+    assert.equal(error, '', 'the request did not fail');
+    assert.equal(finish, 'length');
+    assert.equal(tokens.length, 1, 'its token, once');
+    // The emptying of its sequence, sent with the final event, was lost too: the sequence is
+    // out of use until the scheduler, asking again, gets it emptied.
+    let stranded = 0, now = 0;
+    for (const until = Date.now() + 20_000; Date.now() < until; await sleep(100)) {
+      now = (await clusterState(cluster.natsUrl)).pipelines[0]!.strandedSeqs;
+      stranded = Math.max(stranded, now);
+      if (stranded > 0 && now === 0) break;
+    }
+    assert.ok(stranded > 0, 'the sequence whose emptying was lost counted as stranded');
+    assert.equal(now, 0, 'and was emptied after all');
+  });
+});

@@ -61,6 +61,8 @@ export class Coordinator {
   /** subscriptions only the leader holds */
   #leaderSubs: Subscription[] = [];
   #leading = false;
+  /** times this process's NATS connection came back (its announcements carry it) */
+  #reconnects = 0;
   #campaigning = false;
   #timer: NodeJS.Timeout | undefined;
   /** stops reporting slow workers to metrics */
@@ -124,12 +126,18 @@ export class Coordinator {
 
   /**
    * After NATS reconnects, steps in flight may have been lost with the old connection (or the
-   * server): the pipelines that had any start over at once rather than at the step timeout.
+   * server): the pipelines that had any start over at once rather than at the step timeout. So
+   * may events: the leader announces itself at once, counting the reconnect, and the gateways
+   * start their running requests over from what their clients have (a request's last event,
+   * lost, would otherwise leave its client waiting with nothing in flight anywhere).
    */
   async #watchNats(): Promise<void> {
     for await (const s of this.#nc.status()) {
-      if (s.type !== 'reconnect' || !this.#leading) continue;
+      if (s.type !== 'reconnect') continue;
+      this.#reconnects++;
+      if (!this.#leading) continue;
       for (const sc of [...this.#schedulers.values()]) if (sc.inFlight > 0) this.#reset(sc, 'NATS reconnected with steps in flight', 'none');
+      this.#announce();
     }
   }
 
@@ -162,7 +170,7 @@ export class Coordinator {
 
   #announce(): void {
     const term = BigInt(this.#lease.term);
-    this.#nc.publish(subjects.coordinatorLeader(), encode(LeaderAnnouncementSchema, { coordinatorId: this.id, term, proof: this.#signer?.leader(this.id, term) ?? new Uint8Array(0) }));
+    this.#nc.publish(subjects.coordinatorLeader(), encode(LeaderAnnouncementSchema, { coordinatorId: this.id, term, proof: this.#signer?.leader(this.id, term) ?? new Uint8Array(0), reconnects: this.#reconnects }));
   }
 
   /** Takes the lead: the pipelines seen so far get schedulers (emptying their stages), then work comes. */
@@ -428,7 +436,7 @@ export class Coordinator {
       coordinatorId: this.id,
       pipelines: [...this.#schedulers.values()].map((s) => ({
         id: s.view.id, modelId: s.view.modelId, modelFingerprint: s.view.fingerprint, stages: s.view.stages,
-        sessions: s.sessions, seqsUsed: s.seqsUsed, queued: s.queued, draining: s.draining,
+        sessions: s.sessions, seqsUsed: s.seqsUsed, strandedSeqs: s.strandedSeqs, queued: s.queued, draining: s.draining,
         cachedPrefixes: s.prefixCache.prefixes, cachedCells: s.prefixCache.cells, savedPrefixes: s.prefixCache.saved,
         promptTokens: BigInt(s.promptTokens), cachedPromptTokens: BigInt(s.cachedPromptTokens),
         role: s.role, handoffsOut: BigInt(s.handOffsOut), handoffsIn: BigInt(s.handOffsIn), handoffsFailed: BigInt(s.handOffsFailed),

@@ -139,7 +139,7 @@ describe('pipeline core: room', () => {
     assert.deepEqual(steps(send({ type: 'prepared', requestId: 'new', session: '', epoch: 0 })), ['0:0+30!']);
   });
 
-  it('queues a request until a running one ends, and refuses one that nothing under way could make room for', () => {
+  it('queues a request until a running one ends, refuses one that nothing under way could make room for, and takes a stranded sequence back once emptied', () => {
     const { core, send } = pipeline({}, view('p', 100, 1));
     send({ type: 'admit', req: req('a', 10, { maxTokens: 70 }) });
     assert.equal(reply(send({ type: 'admit', req: req('b', 10, { maxTokens: 30 }) })).accepted, true);
@@ -156,6 +156,9 @@ describe('pipeline core: room', () => {
     send2({ type: 'step_result', result: result(100n, [[0, 5]], 'stage_failed') });
     send2({ type: 'dropped', seq: 0, ok: false });
     assert.equal(reply(send2({ type: 'admit', req: req('d', 10, { maxTokens: 85 }) })).error?.code, 'kv_full', 'a sequence that could not be emptied holds its cells, and nothing else will free any');
+    // (the scheduler asks again: emptied after all, its id and cells come back)
+    send2({ type: 'dropped', seq: 0, ok: true });
+    assert.deepEqual(steps(send2({ type: 'admit', req: req('d', 10, { maxTokens: 85 }) })), ['0:0+10!'], 'a stranded sequence emptied later is used again');
   });
 });
 

@@ -3,6 +3,7 @@
 // stage, claims and history in Redis (session-store.ts), events to gateways, spans and metrics —
 // and feeds what comes back to the core as messages. It serves a migration as its source or its
 // target (the ports of migration.ts) and answers the coordinator's questions.
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '@strata/log';
 import { headerBytes } from '@strata/telemetry';
 import {
@@ -26,6 +27,9 @@ import { countPrompt, countTokens, endRequest, endStep, observeQueue, startStep,
 
 /** ms between tries of a request's sequence operations while a stage does not answer */
 const SEQ_OP_RETRY_MS = 250;
+/** a sequence whose emptying failed is asked again after this long, then twice as long each time, up to the most */
+const RECLAIM_FIRST_MS = 1000;
+const RECLAIM_MAX_MS = 30_000;
 
 /** What a scheduler needs from the coordinator around it. */
 export interface SchedulerDeps {
@@ -146,6 +150,11 @@ export class PipelineScheduler implements Placeable {
   /** sequence ids in use */
   get seqsUsed(): number {
     return this.#core.room.seqsUsed;
+  }
+
+  /** sequences out of use since their emptying failed (asked again until it succeeds) */
+  get strandedSeqs(): number {
+    return this.#core.room.strandedSeqs;
   }
 
   /** requests waiting for sequences or cells */
@@ -387,16 +396,41 @@ export class PipelineScheduler implements Placeable {
     this.#deliver(msg);
   }
 
-  /** Empties a sequence on every stage; an id whose emptying failed stays out of use, its cells counted as held. */
+  /**
+   * Empties a sequence on every stage. An id whose emptying failed stays out of use, its cells
+   * counted as held, until it is emptied after all: asked again, less and less often.
+   */
   async #drop(seq: number): Promise<void> {
     let ok = true;
     try {
       await this.#seqOps([seqOp(SeqOpKind.REMOVE, seq)]);
     } catch (err) {
       ok = false;
-      this.#log.error('a sequence could not be emptied; its id stays out of use', { seq, err });
+      this.#log.error('a sequence could not be emptied: its id stays out of use until it is', { seq, err });
     }
     this.#deliver({ type: 'dropped', seq, ok });
+    if (!ok) void this.#reclaim(seq);
+  }
+
+  /**
+   * Empties a sequence whose emptying failed (its answer lost with a NATS connection, a stage
+   * that hung for a while) until every stage answers or the pipeline goes down. Safe to repeat:
+   * nothing else uses the id meanwhile.
+   */
+  async #reclaim(seq: number): Promise<void> {
+    for (let waitMs = RECLAIM_FIRST_MS; ; waitMs = Math.min(RECLAIM_MAX_MS, 2 * waitMs)) {
+      await sleep(waitMs, undefined, { ref: false });
+      if (this.#core.down) return;
+      try {
+        await this.#seqOps([seqOp(SeqOpKind.REMOVE, seq)]);
+      } catch {
+        continue;
+      }
+      if (this.#core.down) return;
+      this.#log.info('a sequence that could not be emptied is empty now: its id is in use again', { seq });
+      this.#deliver({ type: 'dropped', seq, ok: true });
+      return;
+    }
   }
 
   /** Saves a session's sequence to every stage's tiers ('offloaded'); its emptying follows as another effect. */

@@ -148,7 +148,7 @@ export class SeqRoom {
   readonly #releasing = new Map<number, number>();
   /** evicted sequences being emptied whose cells new work has already (not counted) -> their cells */
   readonly #given = new Map<number, number>();
-  /** sequences whose emptying failed: out of use, their cells counted as held until the pipeline resets */
+  /** sequences whose emptying failed: out of use, their cells counted as held until an emptying succeeds or the pipeline resets */
   readonly #stranded = new Map<number, number>();
   /** cache sequences being trimmed to a shorter path -> the cells they drop meanwhile */
   readonly #trimming = new Map<number, number>();
@@ -175,6 +175,11 @@ export class SeqRoom {
   /** sequences whose cells come back by themselves: being emptied, or reserved for a session moving in */
   get settling(): number {
     return this.#releasing.size + this.#incoming.size;
+  }
+
+  /** sequences whose emptying failed, out of use until it succeeds */
+  get strandedSeqs(): number {
+    return this.#stranded.size;
   }
 
   /** cells held by sequences whose emptying (or trimming) failed */
@@ -280,8 +285,18 @@ export class SeqRoom {
     this.#releasing.set(seq, cells);
   }
 
-  /** `seq` was emptied (`ok`), and its id is free again; or its emptying failed, and it stays out of use. */
+  /**
+   * `seq` was emptied (`ok`), and its id is free again; or its emptying failed, and it stays out
+   * of use (stranded) until a later emptying succeeds.
+   */
   released(seq: number, ok: boolean): void {
+    if (this.#stranded.has(seq)) {
+      if (ok) {
+        this.#stranded.delete(seq);
+        this.#free.push(seq);
+      }
+      return;
+    }
     const cells = this.#releasing.get(seq) ?? this.#given.get(seq) ?? 0;
     this.#releasing.delete(seq);
     this.#given.delete(seq);

@@ -2,8 +2,9 @@
 // renewal, and a higher term means a new leader, to which running requests move. Announcements
 // that stop for longer than the lapse mean no coordinator holds the lease (the leader died and no
 // standby took over): requests then fail at once instead of waiting for one. It also says when
-// the gateway's NATS connection came back: events may have been lost meanwhile. With the
-// coordinators' public key, an announcement counts only with their signature.
+// the gateway's NATS connection came back, or the leader's (its announcements count its
+// reconnects): events may have been lost meanwhile. With the coordinators' public key, an
+// announcement counts only with their signature.
 import type { Logger } from '@strata/log';
 import { LeaderAnnouncementSchema, decode, subjects, type FenceVerifier } from '@strata/wire';
 import type { NatsConnection, Subscription } from 'nats';
@@ -16,7 +17,8 @@ export class LeaderWatch {
   readonly #waiters = new Set<() => void>();
   readonly #reconnects = new Set<() => void>();
   readonly #lapses = new Set<() => void>();
-  #leader: { id: string; term: bigint } | null = null;
+  /** the leader last announced, with how many times its NATS connection had come back then */
+  #leader: { id: string; term: bigint; reconnects: number } | null = null;
   /** milliseconds without an announcement after which no coordinator holds the lease */
   readonly lapseMs: number;
   /** when the leader was last heard (or the connection last came up: give it a lapse to be heard) */
@@ -45,9 +47,15 @@ export class LeaderWatch {
         // The same leader renewing its lease, or a new one.
         if (this.lapsed) log.info('a coordinator leads again', { coordinator: a.coordinatorId });
         this.#heard();
-        if (this.#leader && a.term === this.#leader.term) return;
+        if (this.#leader && a.term === this.#leader.term) {
+          if (a.coordinatorId !== this.#leader.id || a.reconnects <= this.#leader.reconnects) return;
+          this.#leader.reconnects = a.reconnects;
+          log.warn('the leader\'s NATS connection came back: running requests start over from what their clients have', { coordinator: a.coordinatorId, reconnects: a.reconnects });
+          for (const fn of this.#reconnects) fn();
+          return;
+        }
         if (this.#leader) log.info('a new coordinator leads', { coordinator: a.coordinatorId, term: a.term });
-        this.#leader = { id: a.coordinatorId, term: a.term };
+        this.#leader = { id: a.coordinatorId, term: a.term, reconnects: a.reconnects };
         for (const w of this.#watchers) w(a.term);
         for (const w of this.#waiters) w();
         this.#waiters.clear();
@@ -92,7 +100,10 @@ export class LeaderWatch {
     return () => this.#lapses.delete(fn);
   }
 
-  /** Calls `fn` whenever the connection to NATS comes back; returns the function that stops it. */
+  /**
+   * Calls `fn` whenever this gateway's connection to NATS, or the leader's, comes back (events
+   * may have been lost on either); returns the function that stops it.
+   */
   onReconnect(fn: () => void): () => void {
     this.#reconnects.add(fn);
     return () => this.#reconnects.delete(fn);

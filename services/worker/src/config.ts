@@ -25,7 +25,7 @@ export const workerSchema = {
   ctxSize: { kind: 'int', doc: 'KV cells', default: 4096 },
   kvType: { kind: 'string', doc: 'K/V type: f16, f32, q8_0, q4_0', default: 'f16' },
   nSeqMax: { kind: 'int', doc: 'sequences the worker holds at once', default: 64 },
-  kvSwaFull: { kind: 'bool', doc: 'windowed layers (Gemma 2/3, gpt-oss) keep a full-size K/V cache; false: one sized for --n-seq-max windows plus a micro-batch beside the full layers\' (llama.cpp\'s iSWA cache, llama-server\'s default), and the pipeline then continues a cached sequence only at its end (no prefix cache)', default: true },
+  kvSwaFull: { kind: 'bool', doc: 'windowed layers (Gemma 2/3, gpt-oss) keep a full-size K/V cache; false: one sized for --n-seq-max windows plus a micro-batch beside the full layers\' (llama.cpp\'s iSWA cache, llama-server\'s default), and the pipeline then continues a cached sequence, and shares a cached prefix, only where it ends', default: true },
   kvHostCacheMib: { kind: 'int', doc: 'host memory for the KV state of idle sessions evicted from the device\'s cells, restored when they are used again (0: none)', default: 512 },
   kvDiskCacheMib: { kind: 'int', doc: 'disk for the KV state of evicted sessions that host memory no longer holds (with --kv-disk-dir)', default: 4096 },
   kvDiskDir: { kind: 'string', doc: 'directory of the disk tier: the worker keeps its files in <dir>/<worker id>, emptied at start (unset: no disk tier)', default: '' },

@@ -79,7 +79,7 @@ export function renderStatus(c: ClusterState, sessions: readonly SessionInfo[], 
   for (const p of [...c.pipelines].sort((x, y) => (x.id < y.id ? -1 : x.id > y.id ? 1 : 0))) {
     const draining = p.draining || p.stages.some((s) => byId.get(s.workerId)?.draining);
     const role = p.role && p.role !== 'both' ? `  [${p.role}]` : '';
-    out.push('', `pipeline ${p.id}  ${p.modelId}${role}  ${p.sessions} session(s), ${p.seqsUsed}/${p.stages[0]?.nSeqMax ?? 0} sequences, ${p.queued} queued${draining ? ', draining' : ''}`);
+    out.push('', `pipeline ${p.id}  ${p.modelId}${role}  ${p.sessions} session(s), ${p.seqsUsed}/${p.stages[0]?.nSeqMax ?? 0} sequences${p.strandedSeqs ? ` (${p.strandedSeqs} not emptied yet)` : ''}, ${p.queued} queued${draining ? ', draining' : ''}`);
     out.push(`  prefix cache: ${p.cachedPrefixes} prompt(s) in ${p.cachedCells} cells${p.savedPrefixes ? `, ${p.savedPrefixes} saved to the tiers` : ''}; ${cachedShare(p.promptTokens, p.cachedPromptTokens)}`);
     if (role || p.handoffsOut + p.handoffsIn + p.handoffsFailed > 0n) out.push(`  hand-offs: ${p.handoffsOut} prefilled here and decoded elsewhere, ${p.handoffsIn} taken to decode, ${p.handoffsFailed} kept here (no decode pipeline took them)`);
     out.push(...table(header, workerRows(p.stages, byId, nowMs)));
