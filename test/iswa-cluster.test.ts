@@ -5,7 +5,8 @@
 // sequence ends and continues a session only from its end; a session's turns past the windowed
 // cache's 256 cells answer as libllama's semantics do in one process, a turn that extends the
 // history computes only its new tokens, and one that changes it starts over, with the right
-// answer; one-off requests (no session) that resend an earlier answer share all of it.
+// answer; one-off requests (no session) that resend an earlier answer share all of it, and those
+// that only begin alike (a system prompt) share it from the second one's checkpoint on.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Vocab } from '@strata/ggml';
@@ -32,7 +33,7 @@ describe('a cluster whose workers keep windowed layers in a small cache of their
   before(async () => {
     cluster = await LocalCluster.start({
       model: path, splits: [SPLIT], port: 0, threads: 1, ctxSize: 512,
-      workerFlags: ['--kv-swa-full', 'false', '--n-seq-max', '2', '--max-batch', '64'],
+      workerFlags: ['--kv-swa-full', 'false', '--n-seq-max', '4', '--max-batch', '64'],
     });
     vocab = Vocab.load(path);
     all = Array.from(vocab.tokenize(`${LONG_TEXT} ${LONG_TEXT} ${LONG_TEXT} ${LONG_TEXT}`));
@@ -74,7 +75,7 @@ describe('a cluster whose workers keep windowed layers in a small cache of their
 
   it('the stages report their small windowed caches; turns extend, then change the history, each answered as from scratch', async () => {
     const stats = await Promise.all(['p0-s0', 'p0-s1'].map((w) => workerStats(cluster.natsUrl, w)));
-    assert.deepEqual(stats.map((s) => [s.stage?.kvCells, s.stage?.kvSwaCells]), [[512, 256], [512, 256]], 'pad256(32 · 2 + 64) windowed cells beside 512');
+    assert.deepEqual(stats.map((s) => [s.stage?.kvCells, s.stage?.kvSwaCells]), [[512, 256], [512, 256]], 'pad256(32 · 4 + 64) windowed cells beside 512');
     const first = all.slice(0, 300);
     const a1 = await complete(first, 'chat');
     const want1 = reference(first);
@@ -105,5 +106,19 @@ describe('a cluster whose workers keep windowed layers in a small cache of their
     const b3 = await complete(other, '');
     assert.equal(b3.cached, 0);
     assert.equal(b3.text, text(reference(other)));
+  });
+
+  it('prompts that only begin alike: the second computes the common part again and is checkpointed there; the third shares it', async () => {
+    // (The text repeats every 146 tokens: a start and questions at other places in it.)
+    const system = all.slice(60, 180);
+    const asks = [all.slice(200, 215), all.slice(250, 265), all.slice(300, 315)].map((q) => [...system, ...q]);
+    const x1 = await complete(asks[0]!, '');
+    assert.equal(x1.text, text(reference(asks[0]!)));
+    const x2 = await complete(asks[1]!, '');
+    assert.equal(x2.cached, 0, 'inside the first one\'s sequence: not shared');
+    assert.equal(x2.text, text(reference(asks[1]!)), 'paused at its checkpoint, then on: as from scratch');
+    const x3 = await completeComputingOnlyNew(asks[2]!, '');
+    assert.equal(x3.cached, system.length, 'the checkpoint ends where the system prompt does');
+    assert.equal(x3.text, text(reference(asks[2]!)), 'from the checkpoint\'s windowed cells, as from scratch');
   });
 });

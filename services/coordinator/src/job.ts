@@ -63,6 +63,11 @@ export interface Job {
   grown: PrefixNode | null;
   /** held after its first sample, for a decode pipeline to take its KV and go on (disaggregation) */
   handOff: boolean;
+  /**
+   * a checkpoint of its prompt for the prefix cache (prefix-checkpoint.ts): once every stage holds
+   * positions [0, at), they are copied into cache sequence `seq` (while `copying`, the job waits)
+   */
+  checkpoint: { at: number; seq: number; copying: boolean } | null;
 }
 
 /** What a job asks the runtime to do after a transition. */
@@ -80,7 +85,7 @@ export type JobMsg =
 /** A new job. */
 export function newJob(init: Pick<Job, 'requestId' | 'index' | 'sessionId' | 'seq' | 'prompt' | 'pos0' | 'sampling' | 'maxTokens'>): Job {
   if (init.prompt.length === 0) throw new Error('a job needs at least one token to evaluate');
-  return { ...init, fed: 0, pos: init.pos0, samplerSent: false, generated: [], pending: null, awaitingToken: false, inflight: 0, chained: 0, held: false, done: init.pos0, replay: [], inPrompt: 0, cancelled: false, alone: false, finish: null, error: null, prefix: null, shared: 0, grown: null, handOff: false };
+  return { ...init, fed: 0, pos: init.pos0, samplerSent: false, generated: [], pending: null, awaitingToken: false, inflight: 0, chained: 0, held: false, done: init.pos0, replay: [], inPrompt: 0, cancelled: false, alone: false, finish: null, error: null, prefix: null, shared: 0, grown: null, handOff: false, checkpoint: null };
 }
 
 /** Position of the next token the job will feed. */
@@ -90,7 +95,7 @@ export function nextPos(j: Job): number {
 
 /** Whether the job has tokens to send now. */
 export function isReady(j: Job): boolean {
-  return j.finish === null && !j.cancelled && !j.held && !j.awaitingToken && (j.fed < j.prompt.length || j.pending !== null);
+  return j.finish === null && !j.cancelled && !j.held && !j.awaitingToken && (j.fed < j.prompt.length || j.pending !== null) && !(j.checkpoint && j.pos >= j.checkpoint.at);
 }
 
 /** Tokens the job's sequence will hold at most when it ends. */
@@ -170,4 +175,5 @@ export function rebuildJob(j: Job, prefix: readonly number[]): void {
   j.shared = 0;
   j.grown = null;
   j.handOff = false;
+  j.checkpoint = null;
 }

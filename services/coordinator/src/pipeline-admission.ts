@@ -6,6 +6,7 @@
 // effect (sequence operations, then its session's claim and history in Redis) before its first
 // step. Pure.
 import { FinishReason, SeqOpKind, type GenerateReply, type GenerateRequest, type SeqOp } from '@strata/wire';
+import { checkpointAt, checkpointSeq } from './prefix-checkpoint.ts';
 import { cellsNeeded, jobTransition, newJob, rebuildJob, type Job } from './job.ts';
 import { accept, refuse, seqOp } from './replies.ts';
 import { dropSeq, failRequest, requestKey, running, type Admission, type Offloaded, type PipelineCore, type PipelineEffect, type Rebuild, type SavedPrefix } from './pipeline-state.ts';
@@ -414,13 +415,17 @@ function tryStart(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, n
     return j;
   });
   // A one-off request's prompt is cached for later ones as it is computed (a session's cells are
-  // its own); one too short for any later prompt to share is not, nor an embedding's.
+  // its own); one too short for any later prompt to share is not, nor an embedding's. Where the
+  // tree shares only at ends, it may be checkpointed where it leaves the paths there.
+  const at = checkpointAt(c, req, cached);
   if (c.options.prefixCache && !session && !req.sampling?.embed && req.prompt.length > MIN_SHARED_PREFIX) jobs[0]!.grown = tree.grow(req.cacheScope, prefix, jobs[0]!.prompt, jobs[0]!, now);
   fx.push({ type: 'log', level: 'debug', message: 'start', fields: { request: req.requestId, session, seqs, cached, need } });
   const request: Admission = { req, jobs, cached, epoch: 0, live: jobs.length, failures: 0 };
   // A new session's history in Redis is its whole prompt.
   const keep = resident ? cached : 0;
   begin(c, fx, request, jobs, ops, session ? { keep, tokens: req.prompt.slice(keep) } : null);
+  const seq = at !== null && jobs[0]!.grown ? checkpointSeq(c) : null;
+  if (seq !== null) jobs[0]!.checkpoint = { at: at!, seq, copying: false };
   return 'started';
 }
 

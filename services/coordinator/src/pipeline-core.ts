@@ -9,10 +9,12 @@
 //
 // The pieces: pipeline-state.ts (the state, effects and queries), pipeline-admission.ts (admit,
 // resume, rebuild, prepare), pipeline-steps.ts (micro-batches, results, retire, cancel, the
-// deadline), pipeline-moves.ts (a migration's two sides, down, abandon); the room is seq-room.ts.
+// deadline), pipeline-moves.ts (a migration's two sides, down, abandon), prefix-checkpoint.ts
+// (checkpoints of prompts where caches share only at ends); the room is seq-room.ts.
 import type { GenerateRequest, StepResult } from '@strata/wire';
 import { admit, offloaded, prepareFailed, prepared, resume, startWaiting } from './pipeline-admission.ts';
 import { abandon, adopt, beginMove, down, handOver, hold, reserve, stay, unreserve } from './pipeline-moves.ts';
+import { checkpointed } from './prefix-checkpoint.ts';
 import { settleHolds, type Blame, type MovedSession, type PipelineCore, type PipelineEffect, type Rebuild } from './pipeline-state.ts';
 import { cancel, pump, retireFinished, stalled, stepResult } from './pipeline-steps.ts';
 
@@ -42,6 +44,8 @@ export type PipelineMsg =
   | { type: 'step_result'; result: StepResult }
   /** a sequence was emptied (`ok`), or its emptying failed (the answer to 'drop_seq') */
   | { type: 'dropped'; seq: number; ok: boolean }
+  /** a job's checkpoint was copied (`ok`), or not (the answer to 'checkpoint') */
+  | { type: 'checkpointed'; requestId: string; index: number; seq: number; ok: boolean }
   /** a cache sequence was trimmed (`ok`), or its trim failed (the answer to 'trim_seq') */
   | { type: 'trimmed'; seq: number; ok: boolean }
   /** a session was saved to every stage's tiers (`ok`), or not (the first answer to 'offload') */
@@ -96,6 +100,10 @@ export function transition(c: PipelineCore, msg: PipelineMsg, now: number): Pipe
     case 'dropped':
       if (c.down) return fx;
       c.room.released(msg.seq, msg.ok);
+      break;
+    case 'checkpointed':
+      if (c.down) return fx;
+      checkpointed(c, fx, msg.requestId, msg.index, msg.seq, msg.ok, now);
       break;
     case 'trimmed':
       if (c.down) return fx;

@@ -5,6 +5,7 @@
 import { cachedTokens, fedSamples, jobTransition, rebuildJob } from './job.ts';
 import { takeRoom } from './pipeline-admission.ts';
 import { dropSeq, failChoices, failRequest, isRequestKey, jobOf, type Blame, type MovedSession, type PipelineCore, type PipelineEffect } from './pipeline-state.ts';
+import { dropCheckpoint } from './prefix-checkpoint.ts';
 import { retireFinished } from './pipeline-steps.ts';
 import { PrefixTree } from './prefix-tree.ts';
 
@@ -60,6 +61,7 @@ export function handOver(c: PipelineCore, fx: PipelineEffect[], session: string,
   if (shared) c.room.prefixes.detach(shared, job?.seq ?? r!.seq);
   let cached = false;
   if (job) {
+    dropCheckpoint(c, fx, job);
     cached = job.grown !== null && c.room.prefixes.ownerEnded(job.grown, true, job.pos, now, fedSamples(job));
     job.grown = null;
     job.prefix = null;

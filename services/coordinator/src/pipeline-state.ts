@@ -126,6 +126,8 @@ export type PipelineEffect =
   | { type: 'prepare'; requestId: string; ops: SeqOp[]; claim: string; history: { keep: number; tokens: number[] } | null }
   /** empty a sequence on every stage; then send 'dropped' */
   | { type: 'drop_seq'; seq: number }
+  /** copy a job's prompt so far into a cache sequence (`ops` on every stage: prefix-checkpoint.ts); then send 'checkpointed' */
+  | { type: 'checkpoint'; requestId: string; index: number; seq: number; ops: SeqOp[] }
   /**
    * save a session's sequence ('' for a cached prefix's) to every stage's tiers under `key` (sent
    * before any later operation on the sequence: its emptying follows); then send 'offloaded'

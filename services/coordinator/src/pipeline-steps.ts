@@ -6,6 +6,7 @@ import { FinishReason, type SampledToken, type StepEntry, type StepResult } from
 import { applyPlan, chainable, decodeCap, planMicroBatch, type PlannedEntry } from './batcher.ts';
 import { cachedTokens, fedSamples, jobTransition, type Job, type JobEffect } from './job.ts';
 import { depth, dropSeq, failRequest, requestKey, type Admission, type InFlight, type PipelineCore, type PipelineEffect } from './pipeline-state.ts';
+import { checkpointDue, dropCheckpoint } from './prefix-checkpoint.ts';
 import { stepDeadlineMs, tokensWithin, workOf, type StepWork } from './step-cost.ts';
 
 /**
@@ -105,6 +106,7 @@ export function stepResult(c: PipelineCore, fx: PipelineEffect[], r: StepResult,
       else jfx = jobTransition(j, { type: 'sampled', token: t, fedAhead });
     }
     emitted(c, fx, j, jfx);
+    checkpointDue(c, fx, j);
     // Its first token is out: a job to be handed off stops here, for a decode pipeline to take.
     if (j.handOff && j.finish === null && j.generated.length > 0) {
       j.handOff = false;
@@ -169,6 +171,7 @@ export function retireFinished(c: PipelineCore, fx: PipelineEffect[], now: numbe
  * sequence (positions it shared with the cache stay the cache's).
  */
 function release(c: PipelineCore, fx: PipelineEffect[], j: Job, request: Admission, now: number): void {
+  dropCheckpoint(c, fx, j);
   const residents = c.room.residents;
   const tree = c.room.prefixes;
   if (j.sessionId && j.finish !== FinishReason.ERROR) {

@@ -107,15 +107,15 @@ describe('prefix cache in a pipeline core', () => {
     send({ type: 'step_result', result: result(102n, [[0, 51]]) });
     assert.equal(core.room.prefixes.cells(), 102, 'a\'s prompt and the sample it fed stay cached');
     // Its windowed cells older than its window may be taken over: its system prompt alone is not shared ...
-    assert.deepEqual(steps(send({ type: 'admit', req: req('b', [...SYSTEM, 2]) })), ['1:0+64', '1:64+37!'], 'the same system prompt is computed again');
+    assert.deepEqual(steps(send({ type: 'admit', req: req('b', [...SYSTEM, 2]) })), ['1:0+64', '1:64+36'], 'the same system prompt is computed again, up to where it leaves a\'s path (a checkpoint: below)');
     // ... but a prompt that goes on from all it holds is (a chat client's next turn resends the answer).
     const c = send({ type: 'admit', req: req('c', [...SYSTEM, 1, 50, 51, 9]) });
-    assert.deepEqual(only(c, 'prepare')[0]!.ops.map((o) => [o.kind, o.seq, o.dst, o.p0, o.p1]), [[SeqOpKind.COPY, 0, 2, 0, 102]]);
+    assert.deepEqual(only(c, 'prepare')[0]!.ops.map((o) => [o.kind, o.seq, o.dst, o.p0, o.p1]), [[SeqOpKind.COPY, 0, 3, 0, 102]], '(seq 2 is b\'s checkpoint\'s)');
     send({ type: 'prepared', requestId: 'c', session: '', epoch: 0 });
     // a session: its next turn that extends its whole history goes on from its end ...
     send({ type: 'admit', req: req('s1', [1, 2, 3], { sessionId: 't:s', maxTokens: 1 }) });
     send({ type: 'prepared', requestId: 's1', session: 't:s', epoch: 1 });
-    for (let id = 103n; core.room.residents.get('t:s')?.busy; id++) send({ type: 'step_result', result: result(id, [[1, 7], [2, 7], [3, 7]]) });
+    for (let id = 103n; core.room.residents.get('t:s')?.busy; id++) send({ type: 'step_result', result: result(id, [[1, 7], [3, 7], [4, 7]]) });
     const copies = (fx: PipelineEffect[]) => only(fx, 'prepare')[0]?.ops.filter((o) => o.kind === SeqOpKind.COPY).map((o) => [o.seq, o.p1]);
     assert.deepEqual(copies(send({ type: 'admit', req: req('d', [...SYSTEM, 1, 50, 51]) })), [[0, 102]], 'a\'s end, shared again');
     const e = send({ type: 'admit', req: req('e', [...SYSTEM, 1, 77, 78]) });
@@ -124,6 +124,41 @@ describe('prefix cache in a pipeline core', () => {
     const next = only(send({ type: 'admit', req: req('s2', [...held, 8, 9], { sessionId: 't:s' }) }), 'prepare')[0]!;
     assert.deepEqual(next.ops, [], 'nothing removed');
     assert.deepEqual(next.history, { keep: held.length, tokens: [8, 9] });
+  });
+
+  it('with a stage\'s windowed layers in a small cache of their own: a prompt that leaves a cached path inside a sequence is checkpointed there, and later ones share the checkpoint', () => {
+    const { core, send } = pipeline(512, 8, {}, 256);
+    send({ type: 'admit', req: req('a', [...SYSTEM, 1]) });
+    send({ type: 'step_result', result: result(100n, []) });
+    send({ type: 'step_result', result: result(101n, [[0, 50]]) });
+    send({ type: 'step_result', result: result(102n, [[0, 51]]) });
+    // b computes the system prompt again (inside a's sequence: not shared), and stops at its end ...
+    assert.deepEqual(steps(send({ type: 'admit', req: req('b', [...SYSTEM, 2, 3]) })), ['1:0+64', '1:64+36']);
+    send({ type: 'step_result', result: result(103n, []) });
+    const fx = send({ type: 'step_result', result: result(104n, []) });
+    assert.deepEqual(steps(fx), [], 'b waits while its checkpoint is copied');
+    const ckpt = only(fx, 'checkpoint')[0]!;
+    assert.deepEqual(ckpt.ops.map((o) => [o.kind, o.seq, o.dst, o.p0, o.p1]), [[SeqOpKind.REMOVE, 2, 0, -1, -1], [SeqOpKind.COPY, 1, 2, 0, 100]], 'its 100 positions go to cache sequence 2');
+    // ... then goes on; sequence 2 ends at the system prompt's end, a place every later prompt may share.
+    assert.deepEqual(steps(send({ type: 'checkpointed', requestId: 'b', index: 0, seq: 2, ok: true })), ['1:100+2!']);
+    assert.equal(core.room.prefixes.match('tenant:t', [...SYSTEM, 9, 9], 101)?.depth, 100);
+    const c = send({ type: 'admit', req: req('c', [...SYSTEM, 7, 8]) });
+    assert.deepEqual(only(c, 'prepare')[0]!.ops.map((o) => [o.kind, o.seq, o.dst, o.p0, o.p1]), [[SeqOpKind.COPY, 2, 3, 0, 100]], 'c copies the checkpoint');
+    assert.equal(only(c, 'checkpoint').length + (core.jobs.find((j) => j.requestId === 'c')?.checkpoint ? 1 : 0), 0, 'and needs none of its own');
+    assert.deepEqual(steps(send({ type: 'prepared', requestId: 'c', session: '', epoch: 0 })), ['3:100+2!']);
+    assert.deepEqual(core.room.prefixes.problems(), []);
+    // A request cancelled while its checkpoint is copied: the copy is emptied.
+    const d = pipeline(512, 8, {}, 256);
+    d.send({ type: 'admit', req: req('a', [...SYSTEM, 1], { maxTokens: 1 }) });
+    d.send({ type: 'step_result', result: result(100n, []) });
+    d.send({ type: 'step_result', result: result(101n, [[0, 50]]) });
+    d.send({ type: 'admit', req: req('b', [...SYSTEM, 2, 3]) });
+    d.send({ type: 'step_result', result: result(102n, []) });
+    assert.equal(only(d.send({ type: 'step_result', result: result(103n, []) }), 'checkpoint').length, 1);
+    d.send({ type: 'cancel', requestId: 'b', indices: [] });
+    assert.deepEqual(only(d.send({ type: 'checkpointed', requestId: 'b', index: 0, seq: 2, ok: true }), 'drop_seq').map((e) => e.seq), [2]);
+    assert.equal(d.core.room.prefixes.match('tenant:t', [...SYSTEM, 9], 100)?.node.seq, 1, 'what b computed stays cached in its own sequence, which ends there too');
+    assert.deepEqual(d.core.room.prefixes.problems(), []);
   });
 
   it('with a stage\'s windowed layers in a small cache of their own, a turn that changes the history starts over', () => {
@@ -139,7 +174,9 @@ describe('prefix cache in a pipeline core', () => {
   });
 
   it('randomized: the stages never hold more cells than they have, every step continues its sequences, every request ends (resets too)', () => {
-    for (let seed = Number(process.env.PREFIX_SIM_FROM ?? 1); seed <= Number(process.env.PREFIX_SIM_SEEDS ?? 12); seed++) simulate(seed);
+    let checkpoints = 0;
+    for (let seed = Number(process.env.PREFIX_SIM_FROM ?? 1); seed <= Number(process.env.PREFIX_SIM_SEEDS ?? 12); seed++) checkpoints += simulate(seed);
+    assert.ok(checkpoints > 0, 'prompts were checkpointed (on the seeds whose tree shares only at ends)');
   });
 });
 
@@ -208,21 +245,24 @@ function rng(seed: number): () => number {
  * sends them (one NATS connection keeps its messages in order) and are answered later, the
  * operations' acknowledgements in any order. Now and then the pipeline resets (as when a NATS
  * node dies): what was on its way is lost, the stage is emptied, and a fresh core rebuilds the
- * old one's requests; every accepted request must still end.
+ * old one's requests; every accepted request must still end. Returns the checkpoints taken.
  */
-function simulate(seed: number): void {
+function simulate(seed: number): number {
   const rand = rng(seed);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!;
   const CELLS = 384;
   const options = { prefillChunk: 48, overlap: seed % 2 === 0, tiers: seed % 3 === 0 };
-  let { core, send } = pipeline(CELLS, 6, options);
+  // (Every fourth seed: a stage keeps its windowed layers in a small cache, so the tree shares only
+  // at ends and prompts are checkpointed.)
+  const swaCells = seed % 4 === 1 ? 128 : 0;
+  let { core, send } = pipeline(CELLS, 6, options, swaCells);
   /** what the tiers keep: key -> positions saved */
   const tiers = new Map<string, number>();
   let kv = new KvCells(CELLS);
   const replies: PipelineMsg[] = [];
   // The last shares its first 8 tokens with the first: too few to share, so a lineage of its own.
   const systems = [range(1000, 70), range(2000, 40), range(3000, 90), [...range(1000, 8), ...range(4000, 50)]];
-  let now = 0, nextId = 0, ended = 0, admitted = 0, resets = 0, cachedEver = false;
+  let now = 0, nextId = 0, ended = 0, admitted = 0, resets = 0, cachedEver = false, checkpoints = 0;
   const apply = (ops: readonly { kind: SeqOpKind; seq: number; dst: number; p0: number; p1: number; key?: string }[], reply: PipelineMsg) => {
     for (const op of ops) {
       if (op.kind === SeqOpKind.REMOVE) kv.seqRemove(op.seq, op.p0, op.p1);
@@ -239,7 +279,9 @@ function simulate(seed: number): void {
   };
   const run = (fx: PipelineEffect[]) => {
     for (const e of fx) {
+      if (e.type === 'checkpoint') checkpoints++;
       if (e.type === 'prepare') apply(e.ops, { type: 'prepared', requestId: e.requestId, session: e.claim, epoch: e.claim ? 1 : 0 });
+      else if (e.type === 'checkpoint') apply(e.ops, { type: 'checkpointed', requestId: e.requestId, index: e.index, seq: e.seq, ok: rand() < 0.9 });
       else if (e.type === 'drop_seq') apply([{ kind: SeqOpKind.REMOVE, seq: e.seq, dst: 0, p0: -1, p1: -1 }], { type: 'dropped', seq: e.seq, ok: true });
       else if (e.type === 'trim_seq') apply([{ kind: SeqOpKind.REMOVE, seq: e.seq, dst: 0, p0: e.keepTo, p1: -1 }], { type: 'trimmed', seq: e.seq, ok: true });
       else if (e.type === 'offload') {
@@ -276,7 +318,7 @@ function simulate(seed: number): void {
     replies.length = 0;
     tiers.clear();
     kv = new KvCells(CELLS);
-    ({ core, send } = pipeline(CELLS, 6, options));
+    ({ core, send } = pipeline(CELLS, 6, options, swaCells));
     resets++;
     for (const rebuild of orphans) run(send({ type: 'rebuild', rebuild }, now));
   };
@@ -311,6 +353,7 @@ function simulate(seed: number): void {
   assert.equal(ended, admitted, `seed ${seed}: every accepted request ended (${resets} resets)`);
   assert.equal(kv.used, core.room.reserved(running(core)), `seed ${seed}: when all is quiet the room counts exactly what the stage holds`);
   assert.ok(cachedEver || core.room.prefixes.size > 0, `seed ${seed}: something was cached`);
+  return checkpoints;
 }
 
 describe('cached prefixes evicted to the tiers', () => {

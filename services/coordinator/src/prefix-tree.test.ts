@@ -83,6 +83,32 @@ describe('PrefixTree', () => {
     assert.equal(t.evictionOf(nb).action, 'drop', 'never trimmed: what a trimmed sequence ends on may be gone');
   });
 
+  it('with endsOnly, a checkpoint: a cache sequence that ends inside a running job\'s node, shared on any lineage', () => {
+    const t = new PrefixTree({ endsOnly: true });
+    const na = t.grow('s', null, [...range(0, 100), 1], { seq: 1, done: 101 }, 1)!;
+    t.ownerEnded(na, true, 101, 2);
+    // b shares a's first 100 tokens, inside a's sequence: nothing to share, 100 in common.
+    const prompt = [...range(0, 100), 2, 3];
+    assert.equal(t.match('s', prompt, 101), null);
+    assert.equal(t.common('s', prompt, 101), 100);
+    const b = { seq: 2, done: 40 };
+    const nb = t.grow('s', null, prompt, b, 3)!;
+    assert.equal(t.checkpoint(nb, 100, 3, 4), false, 'not before b computed that far');
+    b.done = 100;
+    assert.equal(t.checkpoint(nb, 100, 3, 4), true);
+    assert.deepEqual([nb.start, nb.parent!.seq, nb.parent!.owner], [100, 3, b], 'split at 100: the upper part is the checkpoint\'s, still b\'s to compute below');
+    assert.equal(t.match('s', [...range(0, 100), 7], 100)!.node.seq, 3, 'shared while b runs, on b\'s lineage though a\'s matches as much');
+    b.done = 102;
+    t.ownerEnded(nb, true, 102, 5);
+    assert.deepEqual([nb.seq, nb.parent!.seq, nb.parent!.owner], [2, 3, null]);
+    // an owner that computed nothing past its checkpoint leaves only the checkpoint's sequence
+    const c = { seq: 4, done: 100 };
+    const nc = t.grow('s', null, [...range(0, 100), 5, 5], c, 6)!;
+    t.checkpoint(nc, 100, 5, 6);
+    assert.equal(t.ownerEnded(nc, true, 100, 7), false, 'its own sequence is not kept');
+    assert.deepEqual(t.problems(), []);
+  });
+
   it('an owner that ends early leaves only what it computed, and nothing after a failure', () => {
     const t = new PrefixTree();
     const a = { seq: 1, done: 30 };

@@ -77,6 +77,44 @@ function common(n: PrefixNode, tokens: readonly number[], depth: number, limit: 
   return k;
 }
 
+/**
+ * How far `tokens` (at most `limit`) go down the tree from `root`, counting only positions every
+ * stage holds; `pending`: how many more a running job is computing. Under the root every lineage
+ * (prompts computed from scratch) is a candidate, the longest match winning, unless `lineage`
+ * names the one to take.
+ */
+function walk(root: PrefixNode, tokens: readonly number[], limit: number, lineage: PrefixNode | null): PrefixMatch {
+  let node = root, depth = 0, pending = 0;
+  for (;;) {
+    let child: PrefixNode | undefined, k = 0;
+    if (depth >= limit) break;
+    if (node === root && lineage) {
+      child = lineage;
+      k = common(lineage, tokens, depth, limit);
+    } else if (node === root) {
+      // The longest match (computed, or being computed: then worth waiting for), then the most computed.
+      let best = -1;
+      for (const c of root.children.values()) {
+        const ck = common(c, tokens, depth, limit);
+        const score = ck * (limit + 1) + Math.min(ck, ready(c));
+        if (ck > 0 && score > best) [child, k, best] = [c, ck, score];
+      }
+    } else {
+      child = node.children.get(tokens[depth]!);
+      k = child ? common(child, tokens, depth, limit) : 0;
+    }
+    if (!child || k === 0) break;
+    const r = ready(child);
+    if (r < k) pending = k - r;
+    const take = Math.min(k, r);
+    if (take === 0) break;
+    node = child;
+    depth += take;
+    if (take < child.tokens.length) break;
+  }
+  return { node, depth, pending };
+}
+
 /** How a tree matches. */
 export interface PrefixTreeOptions {
   /**
@@ -124,34 +162,46 @@ export class PrefixTree {
   match(scope: string, tokens: readonly number[], limit: number): PrefixMatch | null {
     const root = this.#roots.get(scope);
     if (!root) return null;
-    let node = root, depth = 0, pending = 0;
-    for (;;) {
-      // Under the root every lineage (prompts computed from scratch) is a candidate: the longest wins.
-      let child: PrefixNode | undefined, k = 0;
-      if (depth >= limit) break;
-      if (node === root) {
-        // The longest match (computed, or being computed: then worth waiting for), then the most computed.
-        let best = -1;
-        for (const c of root.children.values()) {
-          const ck = common(c, tokens, depth, limit);
-          const score = ck * (limit + 1) + Math.min(ck, ready(c));
-          if (ck > 0 && score > best) [child, k, best] = [c, ck, score];
-        }
-      } else {
-        child = node.children.get(tokens[depth]!);
-        k = child ? common(child, tokens, depth, limit) : 0;
-      }
-      if (!child || k === 0) break;
-      const r = ready(child);
-      if (r < k) pending = k - r;
-      const take = Math.min(k, r);
-      if (take === 0) break;
-      node = child;
-      depth += take;
-      if (take < child.tokens.length) break;
+    if (!this.endsOnly) {
+      const w = walk(root, tokens, limit, null);
+      return w.depth > 0 || w.pending > 0 ? w : null;
     }
-    if (this.endsOnly) return endOnPath(node, depth);
-    return depth > 0 || pending > 0 ? { node, depth, pending } : null;
+    // Where a cache sequence ends: the deepest such end on any lineage's path.
+    let best: PrefixMatch | null = null;
+    for (const lineage of root.children.values()) {
+      const w = walk(root, tokens, limit, lineage);
+      const m = endOnPath(w.node, w.depth);
+      if (m && m.depth > (best?.depth ?? 0)) best = m;
+    }
+    return best;
+  }
+
+  /**
+   * How many tokens of `tokens` (at most `limit`) some computed path in `scope` shares, wherever
+   * they end: with endsOnly, past the match, where a checkpoint (a cache sequence ending there)
+   * would let later prompts share them.
+   */
+  common(scope: string, tokens: readonly number[], limit: number): number {
+    const root = this.#roots.get(scope);
+    return root ? walk(root, tokens, limit, null).depth : 0;
+  }
+
+  /**
+   * Cache sequence `seq` holds `node`'s path up to `depth` (copied from the job that owns `node`
+   * and has computed that far), ending there: the node is split at `depth`, and its upper part is
+   * the sequence's, a place a prompt may share on a tree that shares only at ends. False (nothing
+   * changed) when `node` is gone, does not reach `depth`, or a sequence already ends there.
+   */
+  checkpoint(node: PrefixNode, depth: number, seq: number, now: number): boolean {
+    if (!this.#nodes.has(node)) return false;
+    let at: PrefixNode | null = node;
+    while (at && at.parent && at.start >= depth) at = at.parent;
+    if (!at || !at.parent || depth > end(at) || ready(at) < depth - at.start) return false;
+    const upper = this.#splitAt(at, depth, now);
+    if (upper.seq >= 0) return false;
+    upper.seq = seq;
+    upper.lastUsedMs = now;
+    return true;
   }
 
   /**
@@ -233,7 +283,10 @@ export class PrefixTree {
     const extra = Math.max(0, heldCells - end(tip));
     // what it holds past the node, when `after` says which tokens they are
     const known = extra > 0 && after.length === extra;
-    if (known && tip.children.size === 0 && tip.pins.size === 0) {
+    // A checkpoint's sequence already ends at the tip (the owner computed no further of its prompt):
+    // the owner's is kept only for what it holds past it, in a node of its own.
+    const checkpointed = tip.seq >= 0;
+    if (known && !checkpointed && tip.children.size === 0 && tip.pins.size === 0) {
       // No one shares its end yet: the node grows by them.
       tip.tokens = [...tip.tokens, ...after];
     } else if (known && !tip.children.has(after[0]!)) {
@@ -242,6 +295,8 @@ export class PrefixTree {
       tip.children.set(generated.key, generated);
       this.#nodes.add(generated);
       return true;
+    } else if (checkpointed) {
+      return false;
     } else {
       tip.extra = extra;
     }
@@ -309,7 +364,6 @@ export class PrefixTree {
     this.#nodes.clear();
   }
 
-  /** The path of `node`'s first `depth` positions (all by default). */
   /** The scope whose tree `node` is in ('' when it is in none any more). */
   scopeOf(node: PrefixNode): string {
     let root = node;
@@ -318,6 +372,7 @@ export class PrefixTree {
     return '';
   }
 
+  /** The path of `node`'s first `depth` positions (all by default). */
   static path(node: PrefixNode, depth = end(node)): number[] {
     const parts: number[][] = [];
     for (let n: PrefixNode | null = node; n; n = n.parent) parts.unshift(n.tokens);
@@ -373,7 +428,7 @@ export class PrefixTree {
  */
 function endOnPath(node: PrefixNode, depth: number): PrefixMatch | null {
   for (let n: PrefixNode | null = node; n && n.parent; n = n.parent) {
-    if (end(n) <= depth && n.seq >= 0 && n.extra === 0 && !n.owner) return { node: n, depth: end(n), pending: 0 };
+    if (end(n) <= depth && n.seq >= 0 && n.extra === 0 && ready(n) === n.tokens.length) return { node: n, depth: end(n), pending: 0 };
   }
   return null;
 }

@@ -323,6 +323,9 @@ export class PipelineScheduler implements Placeable {
           this.#drops.set(e.seq, done);
           break;
         }
+        case 'checkpoint':
+          void this.#checkpoint(e.requestId, e.index, e.seq, e.ops);
+          break;
         case 'trim_seq':
           void this.#trim(e.seq, e.keepTo);
           break;
@@ -445,6 +448,18 @@ export class PipelineScheduler implements Placeable {
       this.#log.warn('an evicted session or prefix could not be saved to the tiers: it will be prefilled again', { session, key, seq, err });
     }
     this.#deliver({ type: 'offloaded', session, key, ok });
+  }
+
+  /** Copies a job's prompt so far into the cache sequence of its checkpoint, on every stage. */
+  async #checkpoint(requestId: string, index: number, seq: number, ops: SeqOp[]): Promise<void> {
+    let ok = true;
+    try {
+      await this.#seqOps(ops);
+    } catch (err) {
+      ok = false;
+      this.#log.warn('a prompt could not be checkpointed for the prefix cache', { request: requestId, err });
+    }
+    this.#deliver({ type: 'checkpointed', requestId, index, seq, ok });
   }
 
   /** Drops a cache sequence's positions from `keepTo` on, on every stage; a failed trim's cells stay counted as held. */
