@@ -161,6 +161,17 @@ describe('prefix cache in a pipeline core', () => {
     assert.deepEqual(d.core.room.prefixes.problems(), []);
   });
 
+  it('with a stage\'s windowed layers in a small cache of their own: prompts that arrive together take one checkpoint of what they share', () => {
+    const { core, send } = pipeline(512, 8, {}, 256);
+    send({ type: 'admit', req: req('a', [...SYSTEM, 1]) });
+    send({ type: 'step_result', result: result(100n, []) });
+    send({ type: 'step_result', result: result(101n, [[0, 50]]) });
+    send({ type: 'step_result', result: result(102n, [[0, 51]]) });
+    send({ type: 'admit', req: req('b', [...SYSTEM, 2, 3]) });
+    send({ type: 'admit', req: req('c', [...SYSTEM, 4, 5]) });
+    assert.deepEqual(core.jobs.map((j) => [j.requestId, j.checkpoint?.at ?? null]), [['b', 100], ['c', null]], 'b checkpoints the system prompt; c computes it too, and shares the checkpoint next time');
+  });
+
   it('with a stage\'s windowed layers in a small cache of their own, a turn that changes the history starts over', () => {
     const { core, send } = pipeline(512, 8, {}, 256);
     send({ type: 'admit', req: req('s1', [1, 2, 3, 4], { sessionId: 't:s', maxTokens: 1 }) });

@@ -10,6 +10,7 @@
 import { SeqOpKind } from '@strata/wire';
 import type { GenerateRequest } from '@strata/wire';
 import type { Job } from './job.ts';
+import { commonPrefix } from './pipeline-admission.ts';
 import { dropSeq, running, type PipelineCore, type PipelineEffect } from './pipeline-state.ts';
 import { seqOp } from './replies.ts';
 
@@ -25,8 +26,15 @@ export function checkpointAt(c: PipelineCore, req: GenerateRequest, cached: numb
   const tree = c.room.prefixes;
   if (!tree.endsOnly || !c.options.prefixCache || req.sessionId || req.sampling?.embed || Math.max(1, req.n) > 1) return null;
   const at = tree.common(req.cacheScope, req.prompt, req.prompt.length - 1);
-  return at - cached >= MIN_CHECKPOINT_GAIN ? at : null;
+  if (at - cached < MIN_CHECKPOINT_GAIN) return null;
+  // One checkpoint of a prefix at a time: prompts that arrive together share the first one's.
+  for (const j of c.jobs) {
+    const other = j.checkpoint && c.requests.get(j.requestId)?.req;
+    if (other && j.checkpoint!.at === at && other.cacheScope === req.cacheScope && commonPrefix(other.prompt, req.prompt) >= at) return null;
+  }
+  return at;
 }
+
 
 /**
  * A free sequence for a checkpoint, reserved; null when taking one would evict anything (a
