@@ -111,7 +111,7 @@ describe('tenants and credentials (strata up\'s defaults)', () => {
       for (const chunk of encodeStageInput({
         $typeName: 'strata.v1.StepHeader', stepId: 1n, pipelineId: 'p0', route: ['p0-s0', 'p0-s1'], hop: 1, replySubject: subjects.coordinatorResult(leader),
         entries: [{ $typeName: 'strata.v1.StepEntry', seq: 0, pos0: 0, nTokens: 1, output: true, replay: [], chained: false, embed: false }], tokens: [], traceparent: '', stageMs: [],
-        term: 999_999n, generation: 1n, fenceProof: new Uint8Array(64), follows: 0n, ring: false,
+        term: 999_999n, generation: 1n, fenceProof: new Uint8Array(64), follows: 0n, ring: false, burst: 0,
       }, new Float32Array(256), 1 << 20)) wc.publish(subjects.workerStep('p0-s1'), chunk);
       await wc.flush();
       await nc.flush();

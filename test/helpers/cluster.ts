@@ -69,7 +69,7 @@ export async function* sseEvents<T>(body: AsyncIterable<unknown>): AsyncGenerato
 
 /** A completion chunk as the gateway streams it (`logprobs: 0` names the tokens). */
 export interface CompletionChunk {
-  choices?: { logprobs: { tokens: string[] } | null; finish_reason: string | null }[];
+  choices?: { text?: string; logprobs: { tokens: string[] } | null; finish_reason: string | null }[];
   error?: { code: string; message: string };
 }
 

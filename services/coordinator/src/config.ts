@@ -26,6 +26,7 @@ export const coordinatorSchema = {
   routeLoadTokens: { kind: 'int', doc: 'placement prices each request running or waiting on a pipeline like this many prompt tokens to compute: a request goes where its uncached prompt plus that price is lowest (a hot prefix spreads once its pipeline is that much busier)', default: 256 },
   disaggMinPrompt: { kind: 'int', doc: 'with pipelines of role prefill (workers\' --role), a one-choice request whose prompt has at least this many tokens that the prefill pipeline does not hold is prefilled there and decoded on a decode pipeline (its KV moves over KvTransfer after the first token); shorter prompts are prefilled where they decode', default: 512 },
   disaggMaxPrefillLoad: { kind: 'int', doc: 'a request is handed to a prefill pipeline only while that pipeline has fewer than this many requests running or waiting; otherwise it is prefilled where it decodes', default: 16 },
+  decodeBurstMs: { kind: 'int', doc: 'on a one-stage pipeline whose jobs all decode while nothing waits, one step decodes several tokens each on the stage, lasting about this long: one message each way and one event per request for all of them (0: a step per token)', default: 100 },
   stepBudgetMs: { kind: 'int', doc: 'prompt tokens in a micro-batch are cut so that its predicted time through the pipeline stays within this (0: only --prefill-chunk limits them)', default: 200 },
   maxRequestFailures: { kind: 'int', doc: 'a request in the step that took its pipeline down (stuck past its deadline, or in flight on a worker that died) this many times fails with 400 repeated_failure instead of being rebuilt again', default: 2 },
   seqOpTimeoutMs: { kind: 'int', doc: 'a sequence operation unanswered for this long fails', default: 5000 },
@@ -53,6 +54,7 @@ export function coordinatorConfig(sources?: Sources): CoordinatorConfig {
   for (const k of ['workerTimeoutMs', 'leaseMs', 'prefillChunk', 'defaultMaxTokens', 'stepDeadlineFloorMs', 'stepDeadlineMargin', 'seqOpTimeoutMs', 'migrationRounds', 'pushTimeoutMs', 'maxQueue', 'queueFactor', 'maxRequestFailures', 'disaggMinPrompt', 'disaggMaxPrefillLoad'] as const) {
     if (c[k] < 1) throw new ConfigError('bad_value', `${k} must be at least 1, got ${c[k]}`, k);
   }
+  if (c.decodeBurstMs < 0) throw new ConfigError('bad_value', `decodeBurstMs must be 0 or more, got ${c.decodeBurstMs}`, 'decodeBurstMs');
   if (c.stepBudgetMs < 0) throw new ConfigError('bad_value', `stepBudgetMs must be 0 or more, got ${c.stepBudgetMs}`, 'stepBudgetMs');
   if (c.rebalanceHigh < 0 || c.rebalanceHigh > 1 || c.rebalanceLow < 0 || c.rebalanceLow > 1) throw new ConfigError('bad_value', 'rebalanceHigh and rebalanceLow are fractions 0..1', 'rebalanceHigh');
   return { ...c, id, migration: { maxRounds: c.migrationRounds, deltaPositions: c.migrationDelta, pushTimeoutMs: c.pushTimeoutMs }, telemetry: telemetryOptions(c, 'coordinator', id, sources?.env) };

@@ -236,7 +236,7 @@ export class Coordinator {
       handOff: (from, key, prefilled) => this.#migrator.handOff(from, key, prefilled).catch((err: unknown) => this.#log.error('a hand-off failed', { key, err })),
       options: {
         prefillChunk: this.#c.prefillChunk, overlap: this.#c.overlapSteps, prefixCache: this.#c.prefixCache, tiers: this.#c.kvTiers, stepDeadlineFloorMs: this.#c.stepDeadlineFloorMs, stepDeadlineMargin: this.#c.stepDeadlineMargin,
-        stepBudgetMs: this.#c.stepBudgetMs, defaultMaxTokens: this.#c.defaultMaxTokens, maxQueue: this.#c.maxQueue, queueFactor: this.#c.queueFactor, maxRequestFailures: this.#c.maxRequestFailures,
+        stepBudgetMs: this.#c.stepBudgetMs, decodeBurstMs: this.#c.decodeBurstMs, defaultMaxTokens: this.#c.defaultMaxTokens, maxQueue: this.#c.maxQueue, queueFactor: this.#c.queueFactor, maxRequestFailures: this.#c.maxRequestFailures,
       },
     });
     s.draining = this.#drainer.drains(view.stages);

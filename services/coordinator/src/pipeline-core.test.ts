@@ -8,7 +8,7 @@ import {
 } from '@strata/wire';
 import type { PipelineView } from './cluster.ts';
 import { load, openPipeline, queued, sessionAt, transition, type PipelineCore, type PipelineEffect, type PipelineMsg, type PipelineOptions } from './pipeline-core.ts';
-import { CostBook } from './step-cost.ts';
+import { CostBook, workOf } from './step-cost.ts';
 
 const OPTIONS: PipelineOptions = {
   prefillChunk: 256, stepDeadlineFloorMs: 30_000, stepDeadlineMargin: 4, stepBudgetMs: 0, defaultMaxTokens: 16, maxQueue: 4, queueFactor: 4, maxRequestFailures: 2, overlap: false, prefixCache: false, tiers: false,
@@ -31,7 +31,7 @@ function pipeline(o: Partial<PipelineOptions> = {}, v = view()): { core: Pipelin
   return { core, send };
 }
 
-const req = (id: string, prompt: number, o: Partial<Pick<GenerateRequest, 'n' | 'maxTokens' | 'sessionId'>> = {}) => create(GenerateRequestSchema, {
+const req = (id: string, prompt: number, o: Partial<Pick<GenerateRequest, 'n' | 'maxTokens' | 'sessionId' | 'sampling'>> = {}) => create(GenerateRequestSchema, {
   requestId: id, modelId: 'm', prompt: Array.from({ length: prompt }, (_, i) => 10 + i), maxTokens: 2, n: 1, eventsSubject: subjects.gatewayEvents(id),
   sampling: create(SamplingSchema, { seed: 7 }), ...o,
 });
@@ -501,5 +501,55 @@ describe('pipeline core: overlapping steps (a ring)', () => {
     const end = send({ type: 'step_result', result: create(StepResultSchema, { stepId: 102n, pipelineId: 'p' }) });
     assert.deepEqual(events(end), ['a/0  ERROR stage_failed']);
     assert.equal(core.jobs.length, 0);
+  });
+});
+
+describe('pipeline core: decode bursts', () => {
+  /** One stage; its step costs known (about 5 ms a decode step), so a 22 ms budget fits 4 tokens. */
+  const oneStage = (o: Partial<PipelineOptions> = {}) => {
+    const v = view();
+    const p = pipeline({ decodeBurstMs: 22, overlap: true, ...o }, { ...v, stages: [{ ...v.stages[0]!, l1: 8 }] });
+    for (let n = 1; n <= 64; n *= 2) p.core.costs.observe(p.core.route, workOf([{ tokens: n, pos0: 0 }]), [2 + 3 * n]);
+    return p;
+  };
+  const burstOf = (fx: PipelineEffect[]) => only(fx, 'send_step').map((s) => s.burst);
+
+  it('a decoding job alone takes several tokens a step, in one event, and its positions follow what the stage evaluated', () => {
+    const { core, send } = oneStage();
+    const fx = send({ type: 'admit', req: req('a', 3, { maxTokens: 10, sampling: create(SamplingSchema, { seed: 7, ignoreEos: true }) }) });
+    assert.deepEqual(burstOf(fx), [1], 'its prompt is a plain step');
+    const b = send({ type: 'step_result', result: result(100n, [[0, 50]]) });
+    assert.deepEqual([steps(b), burstOf(b)], [['0:3+1!'], [4]], 'then a burst of 4 (22 ms over about 5 ms a step), not a chained step');
+    const e = send({ type: 'step_result', result: result(101n, [[0, 51], [0, 52], [0, 53], [0, 54]]) });
+    assert.deepEqual(events(e), ['a/0 51,52,53,54'], 'one event carries the four samples');
+    assert.deepEqual([steps(e), burstOf(e)], [['0:7+1!'], [4]], 'the last sample is fed next, at position 7');
+    // 5 of 10 sampled: the next burst stops at the request's end (5 more)
+    const f = send({ type: 'step_result', result: result(102n, [[0, 55], [0, 56, true], [0, 57], [0, 58]]) });
+    assert.deepEqual(events(f), ['a/0 55,56,57,58'], 'an end of generation the request ignores is a token like any');
+    assert.deepEqual(burstOf(f), [1], 'one token left: a plain step');
+    assert.deepEqual(events(send({ type: 'step_result', result: result(103n, [[0, 59]]) })), ['a/0 59', 'a/0  LENGTH']);
+    assert.equal(core.jobs.length, 0);
+  });
+
+  it('a request cancelled during a burst takes one sample more, and its sequence loses the positions past it', () => {
+    const { core, send } = oneStage({ prefixCache: true });
+    send({ type: 'admit', req: req('a', 20, { maxTokens: 10 }) });
+    send({ type: 'step_result', result: result(100n, [[0, 50]]) });
+    send({ type: 'cancel', requestId: 'a', indices: [] });
+    const fx = send({ type: 'step_result', result: result(101n, [[0, 51], [0, 52], [0, 53], [0, 54]]) });
+    assert.deepEqual(events(fx), ['a/0 51', 'a/0  CANCELLED']);
+    assert.deepEqual(only(fx, 'trim_seq').map((e) => [e.seq, e.keepTo]), [[0, 21]], 'the stage fed it 51, 52 and 53 at 21 to 23: they go');
+    assert.equal(core.room.prefixes.match('', [...Array.from({ length: 20 }, (_, i) => 10 + i), 50, 9], 21)?.depth, 21, 'its prompt and the sample it fed stay cached');
+  });
+
+  it('a sample that ends its choice ends the burst; work that arrives meanwhile ends bursting', () => {
+    const { send } = oneStage();
+    send({ type: 'admit', req: req('a', 3, { maxTokens: 10 }) });
+    send({ type: 'step_result', result: result(100n, [[0, 50]]) });
+    // b arrives during the burst: it waits for it (one stage, one step in flight), then plain steps
+    assert.deepEqual(steps(send({ type: 'admit', req: req('b', 5) })), []);
+    const fx = send({ type: 'step_result', result: result(101n, [[0, 51], [0, 52, true]]) });
+    assert.deepEqual(events(fx), ['a/0 51,52', 'a/0  STOP'], 'the stage stopped at the end of generation');
+    assert.deepEqual([steps(fx), burstOf(fx)], [['1:0+5!'], [1]]);
   });
 });

@@ -45,6 +45,11 @@ export interface PipelineOptions {
    * first, a ring), not through this coordinator
    */
   overlap: boolean;
+  /**
+   * decode bursts on one-stage pipelines (decode-burst.ts): when every job decodes and nothing
+   * waits, a step decodes several tokens each, lasting about this long (ms; 0 or absent: off)
+   */
+  decodeBurstMs?: number;
 }
 
 /** An accepted request on this pipeline and its jobs (one per choice). */
@@ -109,6 +114,8 @@ export interface InFlight {
   follows: bigint | null;
   /** the step in flight that follows this one (null: none) */
   follower: bigint | null;
+  /** evaluations the stage runs for it (a decode burst; 1: a plain step) */
+  burst: number;
 }
 
 /** What the core asks its runtime to do, in this order. */
@@ -118,7 +125,7 @@ export type PipelineEffect =
   /** empty these sequences on every stage, asking again until the stages answer; then send 'emptied' */
   | { type: 'empty'; seqs: number[] }
   /** send a micro-batch to the first stage */
-  | { type: 'send_step'; stepId: bigint; entries: StepEntry[]; tokens: number[]; trace: StepTraceEntry[]; follows: bigint; ring: boolean }
+  | { type: 'send_step'; stepId: bigint; entries: StepEntry[]; tokens: number[]; trace: StepTraceEntry[]; follows: bigint; ring: boolean; burst: number }
   /**
    * make a request's sequences ready: run `ops` on every stage, then claim `claim` (a session, '' for
    * none) in Redis and, with `history`, write its history there; then send 'prepared' (or 'prepare_failed')

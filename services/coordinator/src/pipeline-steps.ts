@@ -6,6 +6,7 @@ import { FinishReason, type SampledToken, type StepEntry, type StepResult } from
 import { applyPlan, chainable, decodeCap, planMicroBatch, type PlannedEntry } from './batcher.ts';
 import { cachedTokens, fedSamples, jobTransition, type Job, type JobEffect } from './job.ts';
 import { depth, dropSeq, failRequest, requestKey, type Admission, type InFlight, type PipelineCore, type PipelineEffect } from './pipeline-state.ts';
+import { burstOf, burstsNow, samplesBySeq } from './decode-burst.ts';
 import { checkpointDue, dropCheckpoint } from './prefix-checkpoint.ts';
 import { stepDeadlineMs, tokensWithin, workOf, type StepWork } from './step-cost.ts';
 
@@ -30,8 +31,8 @@ export function pump(c: PipelineCore, fx: PipelineEffect[], now: number): void {
     if (!plan) {
       // At most one step queued behind each computing one: a group of jobs left without a
       // follower takes the next free place when its step is back, so groups merge.
-      if (!o.overlap || c.inflight.size >= 2 * depth(c)) return;
-      lead = [...c.inflight].find(([, f]) => f.follower === null && f.entries.some(chainable)) ?? null;
+      if (!o.overlap || c.inflight.size >= 2 * depth(c) || burstsNow(c)) return;
+      lead = [...c.inflight].find(([, f]) => f.follower === null && f.burst === 1 && f.entries.some(chainable)) ?? null;
       if (!lead) return;
       // At most a fair share of the decoding jobs, so that the micro-batches in flight stay even
       // (one stage's step is not the whole pipeline's): the rest take the next free place.
@@ -39,14 +40,17 @@ export function pump(c: PipelineCore, fx: PipelineEffect[], now: number): void {
       // A step that follows another exists to take some of its samples on the stages.
       if (!plan?.some((e) => e.chained)) return;
     }
+    const burst = lead ? 1 : burstOf(c, plan);
     applyPlan(plan);
-    const stepId = send(c, fx, plan, now, lead?.[0] ?? null);
+    // (a burst feeds each job its pending token, then burst - 1 of its own samples)
+    if (burst > 1) for (const e of plan) e.job.pos += burst - 1;
+    const stepId = send(c, fx, plan, now, lead?.[0] ?? null, burst);
     if (lead) lead[1].follower = stepId;
   }
 }
 
-/** Sends a planned micro-batch (following step `follows`, or none); returns its step id. */
-function send(c: PipelineCore, fx: PipelineEffect[], plan: PlannedEntry[], now: number, follows: bigint | null): bigint {
+/** Sends a planned micro-batch (following step `follows`, or none; `burst` evaluations); returns its step id. */
+function send(c: PipelineCore, fx: PipelineEffect[], plan: PlannedEntry[], now: number, follows: bigint | null, burst: number): bigint {
   const stepId = c.nextStep++;
   const entries: StepEntry[] = [];
   const tokens: number[] = [];
@@ -59,8 +63,8 @@ function send(c: PipelineCore, fx: PipelineEffect[], plan: PlannedEntry[], now: 
     tokens.push(...e.tokens);
   }
   const trace = plan.map((e) => ({ req: c.requests.get(e.job.requestId)?.req, prefill: e.pos0 < e.job.pos0 + e.job.prompt.length, tokens: e.tokens.length }));
-  c.inflight.set(stepId, { entries: plan, work: workOf(plan.map((e) => ({ tokens: e.tokens.length, pos0: e.pos0 }))), sentMs: now, follows, follower: null });
-  fx.push({ type: 'send_step', stepId, entries, tokens, trace, follows: follows ?? 0n, ring: c.options.overlap && plan.some((e) => e.output) });
+  c.inflight.set(stepId, { entries: plan, work: workOf(plan.map((e) => ({ tokens: e.tokens.length, pos0: e.pos0 }))), sentMs: now, follows, follower: null, burst });
+  fx.push({ type: 'send_step', stepId, entries, tokens, trace, follows: follows ?? 0n, ring: c.options.overlap && plan.some((e) => e.output) && burst === 1, burst });
   return stepId;
 }
 
@@ -77,6 +81,7 @@ export function stepResult(c: PipelineCore, fx: PipelineEffect[], r: StepResult,
   }
   c.inflight.delete(r.stepId);
   c.lastResultMs = now;
+  if (f.burst > 1) return burstResult(c, fx, f, r);
   if (!r.error && r.stageMs.length === c.view.stages.length) c.costs.observe(c.route, f.work, r.stageMs);
   const bySeq = new Map(r.tokens.map((t) => [t.seq, t]));
   const follower = f.follower === null ? undefined : c.inflight.get(f.follower);
@@ -118,6 +123,46 @@ export function stepResult(c: PipelineCore, fx: PipelineEffect[], r: StepResult,
   if (next) {
     c.early.delete(r.stepId);
     stepResult(c, fx, next, now);
+  }
+}
+
+/**
+ * The answer to a decode burst: each job takes its samples in the order drawn (all but the last
+ * already fed on the stage), in one event and one history write; its positions are those the
+ * stage evaluated (fewer than planned where a sample ended its choice).
+ */
+function burstResult(c: PipelineCore, fx: PipelineEffect[], f: InFlight, r: StepResult): void {
+  const bySeq = samplesBySeq(r.tokens);
+  for (const e of f.entries) {
+    const j = e.job;
+    j.inflight--;
+    const samples = bySeq.get(j.seq) ?? [];
+    const emit: SampledToken[] = [];
+    if (r.error) jobTransition(j, { type: 'failed', code: r.error.code, message: r.error.message });
+    else if (samples.length === 0) jobTransition(j, { type: 'failed', code: 'stage_failed', message: `step ${r.stepId} returned no token for seq ${j.seq}` });
+    else {
+      let taken = 0;
+      for (const [i, t] of samples.entries()) {
+        if (j.finish !== null) break;
+        taken++;
+        const jfx = t.error ? jobTransition(j, { type: 'failed', code: t.error.code, message: t.error.message }) : jobTransition(j, { type: 'sampled', token: t, fedAhead: i < samples.length - 1 });
+        for (const x of jfx) if (x.type === 'emit') emit.push(x.token);
+      }
+      // The stage fed it its pending token and every sample but the last. A job cancelled during
+      // the burst (a stop string, a client gone) takes fewer: the positions past its last sample
+      // taken are removed, and that sample counts as never fed, as a step's last always does.
+      j.done = j.pos = e.pos0 + taken;
+      j.awaitingToken = false;
+      if (taken < samples.length) {
+        j.pending = samples[taken - 1]!.token;
+        fx.push({ type: 'trim_seq', seq: j.seq, keepTo: j.pos });
+      }
+    }
+    const request = c.requests.get(j.requestId);
+    if (request && emit.length > 0) {
+      event(fx, request, j, emit, FinishReason.UNSPECIFIED);
+      if (j.sessionId) fx.push({ type: 'write_history', session: j.sessionId, epoch: request.epoch, at: request.req.prompt.length + j.generated.length - emit.length, tokens: emit.map((t) => t.token) });
+    }
   }
 }
 
@@ -222,7 +267,8 @@ export function stalled(c: PipelineCore, now: number): string | null {
   if (!head) return null;
   const since = Math.max(head.sentMs, c.lastResultMs);
   const o = c.options;
-  const predicted = c.costs.predict(c.route, head.work);
+  const one = c.costs.predict(c.route, head.work);
+  const predicted = one === null ? null : one * head.burst;
   const deadline = stepDeadlineMs(predicted, { floorMs: o.stepDeadlineFloorMs, margin: o.stepDeadlineMargin });
   if (now - since <= deadline) return null;
   const expected = predicted === null ? 'its cost is not known yet' : `${Math.round(predicted)} ms predicted for ${head.work.tokens} tokens`;

@@ -374,7 +374,7 @@ export class PipelineScheduler implements Placeable {
     const header = {
       $typeName: 'strata.v1.StepHeader' as const, stepId: e.stepId, pipelineId: this.view.id, route: this.#route, hop: 0,
       replySubject: this.#d.resultSubject, entries: e.entries, tokens: e.tokens, traceparent: '', stageMs: [], term, generation: this.generation,
-      fenceProof: this.#d.proof(term, this.generation), follows: e.follows, ring: e.ring,
+      fenceProof: this.#d.proof(term, this.generation), follows: e.follows, ring: e.ring, burst: e.burst,
     };
     // The trace-context headers count against NATS's max payload.
     for (const chunk of encodeStageInput(header, new Float32Array(0), (this.#d.nc.info?.max_payload ?? 1 << 20) - headerBytes(trace.headers))) {

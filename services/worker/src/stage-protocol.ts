@@ -97,7 +97,8 @@ export type StageRequest =
  */
 export type StepOutput =
   | { kind: 'hidden'; hidden: Float32Array }
-  | { kind: 'tokens'; tokens: SampledToken[]; ends: boolean[] }
+  /** `evaluated`: tokens the stage computed for them (more than the step's with a burst) */
+  | { kind: 'tokens'; tokens: SampledToken[]; ends: boolean[]; evaluated: number }
   | { kind: 'empty' };
 
 /** A step's samples, as the step that follows it takes them (RingTokens, or the stage's own). */

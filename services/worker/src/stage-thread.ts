@@ -238,7 +238,7 @@ class StageActor {
       if (this.#o.testStepDelayMs > 0 && tokens >= this.#o.testStepDelayMinTokens) await sleep(this.#o.testStepDelayMs);
       const output = await this.#runner.run(h, t.hidden);
       const ms = performance.now() - t0;
-      this.#lastStep = { tokens, ms };
+      this.#lastStep = { tokens: output.kind === 'tokens' ? output.evaluated : tokens, ms };
       // One stage is the whole ring: its samples stay here for the step that follows.
       if (h.ring && this.#stage.isFirst && output.kind === 'tokens') this.#ring.record(h.stepId, ringSamples(ringEntries(output.tokens, output.ends)));
       this.#ok(t.id, { output, ms, rewrite }, output.kind === 'hidden' ? [output.hidden.buffer as ArrayBuffer] : []);

@@ -8,6 +8,9 @@ import { EmbeddingPools } from './pooling.ts';
 import type { SamplerSet } from './samplers.ts';
 import type { StepOutput } from './stage-protocol.ts';
 
+/** Evaluations in one decode burst at most (StepHeader.burst). */
+export const MAX_BURST = 32;
+
 /** Steps of at least this many tokens compute on a native pool thread (Stage.evalAsync). */
 export const ASYNC_MIN_TOKENS = 64;
 
@@ -55,6 +58,12 @@ export class StepRunner {
       throw bad(stage.isFirst ? `${h.tokens.length} tokens for entries of ${n}` : `${hidden.length} activations for ${n} tokens of ${stage.hp.nEmbd}`);
     }
     if (stage.isFirst) for (const t of h.tokens) if (t < 0 || t >= stage.hp.nVocab) throw bad(`token ${t} outside the vocabulary`);
+    if (h.burst > 1) {
+      if (!stage.isFirst || !stage.isLast) throw bad('a decode burst needs a one-stage pipeline');
+      if (h.burst > MAX_BURST) throw bad(`a burst of ${h.burst} steps; at most ${MAX_BURST}`);
+      if (h.entries.some((e) => e.nTokens !== 1 || !e.output || e.embed)) throw bad('a decode burst holds decoding entries only (one token each, sampled)');
+      if (new Set(h.entries.map((e) => e.seq)).size !== h.entries.length) throw bad('a decode burst holds each sequence once');
+    }
     const pos = new Int32Array(n), seq = new Int32Array(n);
     const outputs: number[] = [], embed: number[] = [];
     let i = 0;
@@ -99,7 +108,39 @@ export class StepRunner {
       tokens.push(this.#samplers!.sample(e.seq, out.subarray(o * nVocab, (o + 1) * nVocab)));
       o++;
     }
-    return { kind: 'tokens', tokens, ends: tokens.map((t) => this.#samplers!.ends(t)) };
+    const ends = tokens.map((t) => this.#samplers!.ends(t));
+    if (h.burst > 1) return this.#burst(h, tokens, ends, n);
+    return { kind: 'tokens', tokens, ends, evaluated: n };
+  }
+
+  /**
+   * The rest of a decode burst after its first evaluation (`tokens`, one sample per entry): every
+   * entry whose last sample did not end its choice is fed that sample, one position on, and
+   * sampled again, up to `h.burst` evaluations in all.
+   */
+  #burst(h: StepHeader, first: SampledToken[], firstEnds: boolean[], evaluated: number): StepOutput {
+    const { stage } = this;
+    const nVocab = stage.hp.nVocab;
+    const tokens = [...first], ends = [...firstEnds];
+    let live = h.entries.map((e, i) => ({ seq: e.seq, pos: e.pos0 + 1, last: first[i]!, ends: firstEnds[i]! }));
+    for (let k = 1; k < h.burst; k++) {
+      live = live.filter((x) => !x.ends);
+      if (live.length === 0) break;
+      const n = live.length;
+      const out = stage.eval({
+        tokens: Int32Array.from(live.map((x) => x.last.token)), pos: Int32Array.from(live.map((x) => x.pos)), seq: Int32Array.from(live.map((x) => x.seq)),
+        outputs: Int32Array.from(live.map((_, i) => i)),
+      });
+      evaluated += n;
+      live.forEach((x, i) => {
+        x.last = this.#samplers!.sample(x.seq, out.subarray(i * nVocab, (i + 1) * nVocab));
+        x.ends = this.#samplers!.ends(x.last);
+        x.pos++;
+        tokens.push(x.last);
+        ends.push(x.ends);
+      });
+    }
+    return { kind: 'tokens', tokens, ends, evaluated };
   }
 
   /** Applies sequence operations in order; returns each op's sequence's highest position after it. */
