@@ -11,7 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import { ensureDefaultModel } from '@strata/model';
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
 import { chaosRun, healthy, type Fault } from './helpers/chaos.ts';
-import { clusterState, sseEvents, type CompletionChunk } from './helpers/cluster.ts';
+import { clusterState, sseEvents, workerStats, type CompletionChunk } from './helpers/cluster.ts';
 
 describe('network partitions', () => {
   let cluster: LocalCluster;
@@ -163,5 +163,26 @@ describe("a request's last event lost while the coordinator reconnects", () => {
     }
     assert.ok(stranded > 0, 'the sequence whose emptying was lost counted as stranded');
     assert.equal(now, 0, 'and was emptied after all');
+  });
+
+  // With 1.2 s each way, the gateway's 2 s wait for an acceptance runs out twice: its third ask
+  // reaches the coordinator after the request ended there. It is answered, not run again.
+  it('a request asked again after it ended is not run twice', async () => {
+    const coordinator = cluster.link('coordinator', 'nats');
+    const steps = async () => Number((await workerStats(cluster.natsUrl, 'p0-s0')).counters!.steps);
+    const before = await steps();
+    coordinator.set({ latencyMs: 1200 });
+    try {
+      const r = await fetch(`${cluster.url}/v1/completions`, {
+        method: 'POST', headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'default-llama-8x256-s42-f16', prompt: 'Every morning he', max_tokens: 1, temperature: 0 }),
+      });
+      assert.equal(r.status, 200);
+      // (the third ask's answer comes back too before the link is fast again)
+      await sleep(3000);
+    } finally {
+      coordinator.set({ latencyMs: 0 });
+    }
+    assert.equal((await steps()) - before, 1, 'one prefill step: the request ran once');
   });
 });

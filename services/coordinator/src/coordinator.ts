@@ -24,6 +24,7 @@ import { DrainBook } from './drain-book.ts';
 import { Drainer } from './drainer.ts';
 import { CoordinatorError } from './errors.ts';
 import { LeaderLease } from './lease.ts';
+import { RecentIds } from './recent-ids.ts';
 import { redisOptions } from './redis-url.ts';
 import { encodeEvent, failureEvents, refuse } from './replies.ts';
 import type { Blame, Rebuild } from './pipeline-core.ts';
@@ -38,6 +39,9 @@ import { listSessions } from './session-list.ts';
 import { endRequest, observeSlowWorkers, tracedAdmit } from './telemetry.ts';
 import { context } from '@opentelemetry/api';
 import { natsContext } from '@strata/telemetry';
+
+/** ids of ended requests a coordinator remembers (a gateway asks again within seconds) */
+const ENDED_KEPT = 4096;
 
 /** A running coordinator. stop() is idempotent. */
 export class Coordinator {
@@ -63,6 +67,8 @@ export class Coordinator {
   #leading = false;
   /** times this process's NATS connection came back (its announcements carry it) */
   #reconnects = 0;
+  /** ids of requests that ended here lately: one asked again is not run twice */
+  readonly #ended = new RecentIds(ENDED_KEPT);
   #campaigning = false;
   #timer: NodeJS.Timeout | undefined;
   /** stops reporting slow workers to metrics */
@@ -233,6 +239,7 @@ export class Coordinator {
     const s = new PipelineScheduler(view, {
       nc: this.#nc, resultSubject: subjects.coordinatorResult(this.id), store: this.#store, log: this.#log, term: this.#lease.term, proof: this.#proof, costs: this.#costs,
       seqOpTimeoutMs: this.#c.seqOpTimeoutMs,
+      ended: (id) => this.#ended.add(id),
       handOff: (from, key, prefilled) => this.#migrator.handOff(from, key, prefilled).catch((err: unknown) => this.#log.error('a hand-off failed', { key, err })),
       options: {
         prefillChunk: this.#c.prefillChunk, overlap: this.#c.overlapSteps, prefixCache: this.#c.prefixCache, tiers: this.#c.kvTiers, stepDeadlineFloorMs: this.#c.stepDeadlineFloorMs, stepDeadlineMargin: this.#c.stepDeadlineMargin,
@@ -397,9 +404,12 @@ export class Coordinator {
     if (!isId(req.requestId)) return refuse('bad_request', 'a request id is 1-128 of A-Z a-z 0-9 _ -');
     if (req.eventsSubject !== subjects.gatewayEvents(req.requestId)) return refuse('bad_request', 'events go to the request\'s own gateway subject');
     if (req.prompt.length === 0) return refuse('bad_request', 'the prompt is empty');
-    // A gateway that timed out waiting for the answer asks again: the same request, once.
+    // A gateway that timed out waiting for the answer asks again: the same request, once (its
+    // events went to the subscription it opened before asking, even when it has ended since).
     const known = [...this.#schedulers.values()].find((x) => x.knows(req.requestId));
-    if (known) return { $typeName: 'strata.v1.GenerateReply', accepted: true, cachedTokens: 0, pipelineId: known.view.id, coordinatorId: this.id, term: BigInt(this.#lease.term) };
+    if (known || this.#ended.has(req.requestId)) {
+      return { $typeName: 'strata.v1.GenerateReply', accepted: true, cachedTokens: 0, pipelineId: known?.view.id ?? '', coordinatorId: this.id, term: BigInt(this.#lease.term) };
+    }
     if (req.sessionId && !isSessionKey(req.sessionId)) return refuse('bad_request', 'a session is [<tenant>:]<id>: tenant 1-40 of A-Z a-z 0-9 -, id 1-128 of A-Z a-z 0-9 _ -');
     if (req.sessionId && Math.max(1, req.n) > 1) return refuse('bad_request', 'a session continues one conversation: n must be 1');
     if (req.sampling?.embed && (req.sessionId || Math.max(1, req.n) > 1 || req.maxTokens !== 1)) return refuse('bad_request', 'an embedding is one choice of one answer, without a session');

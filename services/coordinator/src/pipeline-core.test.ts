@@ -531,6 +531,19 @@ describe('pipeline core: decode bursts', () => {
     assert.equal(core.jobs.length, 0);
   });
 
+  it("a whole burst teaches the cost model the stage's time per evaluation", () => {
+    const { core, send } = oneStage();
+    send({ type: 'admit', req: req('a', 3, { maxTokens: 10 }) });
+    send({ type: 'step_result', result: result(100n, [[0, 50]]) });
+    const decode = workOf([{ tokens: 1, pos0: 3 }]);
+    const before = core.costs.predict(core.route, decode)!;
+    const slow = create(StepResultSchema, { stepId: 101n, pipelineId: 'p', tokens: [51, 52, 53, 54].map((token) => create(SampledTokenSchema, { seq: 0, token })), stageMs: [4 * 60] });
+    send({ type: 'step_result', result: slow });
+    const after = core.costs.predict(core.route, decode)!;
+    // (one observation among seven: 60 ms an evaluation moves the prediction to about 19 ms; 240 would move it to about 57)
+    assert.ok(after > before && after < 30, `60 ms an evaluation, not 240 ms a step: ${before.toFixed(1)} -> ${after.toFixed(1)} ms`);
+  });
+
   it('a request cancelled during a burst takes one sample more, and its sequence loses the positions past it', () => {
     const { core, send } = oneStage({ prefixCache: true });
     send({ type: 'admit', req: req('a', 20, { maxTokens: 10 }) });

@@ -133,6 +133,9 @@ export function stepResult(c: PipelineCore, fx: PipelineEffect[], r: StepResult,
  */
 function burstResult(c: PipelineCore, fx: PipelineEffect[], f: InFlight, r: StepResult): void {
   const bySeq = samplesBySeq(r.tokens);
+  // Every entry evaluated `burst` times: the stage's time per evaluation teaches the cost model.
+  const whole = f.entries.every((e) => bySeq.get(e.job.seq)?.length === f.burst);
+  if (!r.error && whole && r.stageMs.length === c.view.stages.length) c.costs.observe(c.route, f.work, r.stageMs.map((ms) => ms / f.burst));
   for (const e of f.entries) {
     const j = e.job;
     j.inflight--;

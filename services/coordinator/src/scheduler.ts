@@ -53,6 +53,8 @@ export interface SchedulerDeps {
    * KV as it is computed; `prefilled` resolves once it has its first token and is held
    */
   handOff?: (from: PipelineScheduler, key: string, prefilled: Promise<void>) => Promise<unknown>;
+  /** a request is over on this pipeline */
+  ended?: (requestId: string) => void;
 }
 
 let lastGeneration = 0n;
@@ -312,6 +314,7 @@ export class PipelineScheduler implements Placeable {
           break;
         case 'request_ended':
           endRequest(e.req, e.error);
+          this.#d.ended?.(e.req.requestId);
           break;
         case 'prepare':
           void this.#prepare(e);
