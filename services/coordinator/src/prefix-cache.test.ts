@@ -41,6 +41,13 @@ const result = (stepId: bigint, tokens: [number, number][]) => create(StepResult
   stepId, pipelineId: 'p', tokens: tokens.map(([seq, token]) => create(SampledTokenSchema, { seq, token })), stageMs: [5, 5],
 });
 const cached = (fx: PipelineEffect[]) => only(fx, 'event').filter((e) => e.event.finish).map((e) => e.event.cachedTokens);
+/** Request a (the system prompt and one token, two samples: 50, then 51) runs to its end on sequence 0, in steps 100 to 102. */
+const endA = (send: (msg: PipelineMsg) => PipelineEffect[]) => {
+  send({ type: 'admit', req: req('a', [...SYSTEM, 1]) });
+  send({ type: 'step_result', result: result(100n, []) });
+  send({ type: 'step_result', result: result(101n, [[0, 50]]) });
+  send({ type: 'step_result', result: result(102n, [[0, 51]]) });
+};
 
 describe('prefix cache in a pipeline core', () => {
   it('a second prompt with the same system prompt shares its cells with one seq_cp and prefills only its question', () => {
@@ -82,10 +89,7 @@ describe('prefix cache in a pipeline core', () => {
 
   it('cached_tokens and the cells of a session whose first turn shares a cached prefix', () => {
     const { core, send } = pipeline();
-    send({ type: 'admit', req: req('a', [...SYSTEM, 1]) });
-    send({ type: 'step_result', result: result(100n, []) });
-    send({ type: 'step_result', result: result(101n, [[0, 50]]) });
-    send({ type: 'step_result', result: result(102n, [[0, 51]]) });
+    endA(send);
     const fx = send({ type: 'admit', req: req('s1', [...SYSTEM, 9, 9], { sessionId: 't:s' }) });
     const prep = only(fx, 'prepare')[0]!;
     assert.deepEqual(prep.ops.map((o) => [o.kind, o.seq, o.dst, o.p1]), [[SeqOpKind.COPY, 0, 1, 100]]);
@@ -101,10 +105,7 @@ describe('prefix cache in a pipeline core', () => {
   it('with a stage\'s windowed layers in a small cache of their own: a prefix is shared only where a cache sequence ends, and a session goes on only from its end', () => {
     const { core, send } = pipeline(512, 8, {}, 256);
     assert.equal(core.exactResume, true);
-    send({ type: 'admit', req: req('a', [...SYSTEM, 1]) });
-    send({ type: 'step_result', result: result(100n, []) });
-    send({ type: 'step_result', result: result(101n, [[0, 50]]) });
-    send({ type: 'step_result', result: result(102n, [[0, 51]]) });
+    endA(send);
     assert.equal(core.room.prefixes.cells(), 102, 'a\'s prompt and the sample it fed stay cached');
     // Its windowed cells older than its window may be taken over: its system prompt alone is not shared ...
     assert.deepEqual(steps(send({ type: 'admit', req: req('b', [...SYSTEM, 2]) })), ['1:0+64', '1:64+36'], 'the same system prompt is computed again, up to where it leaves a\'s path (a checkpoint: below)');
@@ -128,10 +129,7 @@ describe('prefix cache in a pipeline core', () => {
 
   it('with a stage\'s windowed layers in a small cache of their own: a prompt that leaves a cached path inside a sequence is checkpointed there, and later ones share the checkpoint', () => {
     const { core, send } = pipeline(512, 8, {}, 256);
-    send({ type: 'admit', req: req('a', [...SYSTEM, 1]) });
-    send({ type: 'step_result', result: result(100n, []) });
-    send({ type: 'step_result', result: result(101n, [[0, 50]]) });
-    send({ type: 'step_result', result: result(102n, [[0, 51]]) });
+    endA(send);
     // b computes the system prompt again (inside a's sequence: not shared), and stops at its end ...
     assert.deepEqual(steps(send({ type: 'admit', req: req('b', [...SYSTEM, 2, 3]) })), ['1:0+64', '1:64+36']);
     send({ type: 'step_result', result: result(103n, []) });
@@ -163,10 +161,7 @@ describe('prefix cache in a pipeline core', () => {
 
   it('with a stage\'s windowed layers in a small cache of their own: prompts that arrive together take one checkpoint of what they share', () => {
     const { core, send } = pipeline(512, 8, {}, 256);
-    send({ type: 'admit', req: req('a', [...SYSTEM, 1]) });
-    send({ type: 'step_result', result: result(100n, []) });
-    send({ type: 'step_result', result: result(101n, [[0, 50]]) });
-    send({ type: 'step_result', result: result(102n, [[0, 51]]) });
+    endA(send);
     send({ type: 'admit', req: req('b', [...SYSTEM, 2, 3]) });
     send({ type: 'admit', req: req('c', [...SYSTEM, 4, 5]) });
     assert.deepEqual(core.jobs.map((j) => [j.requestId, j.checkpoint?.at ?? null]), [['b', 100], ['c', null]], 'b checkpoints the system prompt; c computes it too, and shares the checkpoint next time');
