@@ -40,10 +40,25 @@ describe('strata command', () => {
     assert.equal(s.stages.reduce((n, x) => n + x.tensors, 0), s.tensors);
     assert.ok(s.stages.every((x) => x.bytes === Object.values(x.byType).reduce((a, b) => a + b, 0) && x.byType.f16! > 0), JSON.stringify(s.stages));
     const text = strata('model', 'info', '--model', model, '--split', '0:1,1:4');
-    assert.match(text.stdout, /stage +layers +tensors +weights +by type\n +0 +0:1 .* MiB +f16 /);
+    assert.match(text.stdout, /stage +layers +tensors +weights +read\/token +by type\n +0 +0:1 .* MiB +[\d.]+ MiB +f16 /);
     const bad = strata('model', 'info', '--model', model, '--split', '0:2,1:4');
     assert.equal(bad.code, 2);
     assert.match(bad.stderr, /--split: .*overlaps/);
+    // --stages: the split whose stage with the most to read per token reads least of all splits
+    type Stages = { stages: { layers: string; decodeBytes: number }[] };
+    const worst = (args: string[]) => {
+      const r = strata('model', 'info', '--model', model, ...args, '--json');
+      assert.equal(r.code, 0, r.stderr);
+      const st = (JSON.parse(r.stdout) as Stages).stages;
+      assert.ok(st.every((x) => x.decodeBytes > 0), r.stdout);
+      return { layers: st.map((x) => x.layers).join(','), most: Math.max(...st.map((x) => x.decodeBytes)) };
+    };
+    const balanced = worst(['--stages', '2']);
+    const all = ['0:1,1:4', '0:2,2:4', '0:3,3:4'].map((sp) => worst(['--split', sp]));
+    assert.equal(balanced.most, Math.min(...all.map((x) => x.most)), JSON.stringify({ balanced, all }));
+    assert.ok(all.some((x) => x.layers === balanced.layers));
+    assert.equal(strata('model', 'info', '--model', model, '--stages', '2', '--split', '0:1,1:4').code, 2);
+    assert.match(strata('model', 'info', '--model', model, '--stages', '5').stderr, /--stages: cannot split 4 layers into 5 stages/);
   });
 
   it('generate --json with a split prints the tokens the library generates unsplit', () => {
@@ -84,6 +99,7 @@ describe('strata command', () => {
       [['generate', '--model', model, '--bogus', '1'], /unknown flag --bogus/, 2],
       [['model', 'synth', '--out', join(dir, 'x.gguf'), '--arch', 'gpt9'], /--arch must be one of llama, qwen2, qwen3, phi3, exaone4, gemma2, gemma3/, 2],
       [['frobnicate'], /unknown command 'frobnicate'/, 2],
+      [['up', '--split', 'lopsided', '--once'], /--split must be even or balanced, got 'lopsided'/, 2],
     ];
     for (const [args, msg, code] of cases) {
       const r = strata(...args);

@@ -53,6 +53,8 @@ export function parseBenchArgs(argv: string[]) {
     servingTokens: Number(get('serving-tokens', '128')),
     servingStrata: get('serving-strata', 'one,two').split(',') as ('one' | 'two')[],
     servingFlags: get('serving-flags', '').split(' ').filter(Boolean),
+    servingEndpoint: get('serving-endpoint', 'chat') as 'chat' | 'completions',
+    servingSplit: get('serving-split', 'balanced') as 'even' | 'balanced',
     prefixClients: Number(get('prefix-clients', '16')),
     prefixSentences: Number(get('prefix-sentences', '70')),
     prefixReps: Number(get('prefix-reps', '3')),

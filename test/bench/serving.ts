@@ -9,6 +9,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { ensureLlamaServer } from '@strata/ggml';
+import { GgufFile } from '@strata/gguf';
+import { formatRange } from '@strata/model';
 import { LocalCluster } from '../../services/cli/src/local-cluster.ts';
 import { exchange, median } from './common.ts';
 import { procCpu } from './quiet.ts';
@@ -25,6 +27,33 @@ export interface ServingOptions {
   strata: ('one' | 'two')[];
   /** extra flags for Strata's coordinator (to compare settings, e.g. --overlap-steps false) */
   coordinatorFlags: string[];
+  /**
+   * 'chat' (/v1/chat/completions, the model's template) or 'completions' (/v1/completions, the
+   * prompt as is, for random-weight models: see {@link strayBytes})
+   */
+  endpoint: 'chat' | 'completions';
+  /** how the two-worker cluster cuts the layers (LocalClusterOptions.split) */
+  split: 'even' | 'balanced';
+}
+
+/**
+ * A random-weight model samples byte-fallback tokens at random, and a lone byte of 0x80-0xFF is
+ * not UTF-8: llama-server's output parser then ends the stream with an error ("does not match the
+ * expected Content-only format"). On the completions endpoint the bench bans those 128 tokens
+ * (logit_bias -100) for every server alike.
+ */
+function strayBytes(model: string): Record<string, number> {
+  const file = GgufFile.open(model);
+  try {
+    const tokens = (file.kv('tokenizer.ggml.tokens')?.value ?? []) as string[];
+    const out: Record<string, number> = {};
+    tokens.forEach((t, id) => {
+      if (/^<0x[89A-F][0-9A-F]>$/.test(t)) out[String(id)] = -100;
+    });
+    return out;
+  } finally {
+    file.close();
+  }
 }
 
 /** One request's timings (ms, performance.now()). */
@@ -34,6 +63,9 @@ interface Timing { start: number; first: number; last: number; tokens: number }
 interface Run { tokS: number; ttft: number[]; tpot: number[]; tokens: number; cpu: Map<string, number> }
 
 interface Target { name: string; url: string; model: string; pids: () => Map<string, number[]> }
+
+/** What the client asks: chat, or completions with the tokens it bans. */
+type Endpoint = 'chat' | { ban: Record<string, number> };
 
 const SUBJECTS = ['the sea', 'a clockmaker', 'winter in a mountain town', 'a lost letter', 'the first train', 'an old map', 'a garden at night', 'two rival bakers'];
 
@@ -59,18 +91,20 @@ export async function postStream(url: string, body: unknown, onEvent: (j: unknow
   return { status, tail };
 }
 
-/** One greedy streaming chat completion of exactly `tokens` tokens; its timings. */
-async function chat(t: Target, i: number, tokens: number): Promise<Timing> {
+/** One greedy streaming (chat) completion of exactly `tokens` tokens; its timings. */
+async function chat(t: Target, i: number, tokens: number, endpoint: Endpoint): Promise<Timing> {
   const start = performance.now();
   let first = 0, last = 0, usage = 0;
+  const input = endpoint === 'chat' ? { messages: [{ role: 'user', content: promptOf(i) }] } : { prompt: promptOf(i), logit_bias: endpoint.ban };
   const body = {
-    model: t.model, messages: [{ role: 'user', content: promptOf(i) }], max_tokens: tokens, temperature: 0,
+    model: t.model, ...input, max_tokens: tokens, temperature: 0,
     ignore_eos: true, stream: true, stream_options: { include_usage: true },
   };
-  const { status, tail } = await postStream(`${t.url}/v1/chat/completions`, body, (e) => {
-    const j = e as { choices?: { delta?: { content?: string } }[]; usage?: { completion_tokens: number } };
+  const path = endpoint === 'chat' ? '/v1/chat/completions' : '/v1/completions';
+  const { status, tail } = await postStream(`${t.url}${path}`, body, (e) => {
+    const j = e as { choices?: { delta?: { content?: string }; text?: string }[]; usage?: { completion_tokens: number } };
     if (j.usage) usage = j.usage.completion_tokens;
-    if (j.choices?.[0]?.delta?.content) {
+    if (j.choices?.[0]?.delta?.content || j.choices?.[0]?.text) {
       last = performance.now();
       if (!first) first = last;
     }
@@ -93,12 +127,12 @@ export const pct = (xs: number[], p: number) => {
 };
 
 /** `clients` clients, each sending `perClient` requests back to back. */
-async function run(t: Target, clients: number, perClient: number, tokens: number, base: number): Promise<Run> {
+async function run(t: Target, clients: number, perClient: number, tokens: number, base: number, endpoint: Endpoint): Promise<Run> {
   const cpu0 = cpuOf(t);
   const t0 = performance.now();
   const all = await Promise.all(Array.from({ length: clients }, async (_, c) => {
     const out: Timing[] = [];
-    for (let r = 0; r < perClient; r++) out.push(await chat(t, base + c * perClient + r, tokens));
+    for (let r = 0; r < perClient; r++) out.push(await chat(t, base + c * perClient + r, tokens, endpoint));
     return out;
   }));
   const wall = performance.now() - t0;
@@ -180,8 +214,9 @@ export async function runServingBench(o: ServingOptions, step: (detail?: string)
   if (!bin) return null;
   const maxClients = Math.max(...o.clients);
   const ctxPerSlot = 512;
-  console.log(`\nserving: ${o.model.split('/').pop()}, greedy streaming chat, ${o.tokens} tokens per request (ignore_eos), ${o.threads} threads each; ` +
+  console.log(`\nserving: ${o.model.split('/').pop()}, greedy streaming ${o.endpoint === 'chat' ? 'chat' : 'completions'}, ${o.tokens} tokens per request (ignore_eos), ${o.threads} threads each; ` +
     `alternating, medians of ${o.reps}`);
+  const endpoint: Endpoint = o.endpoint === 'chat' ? 'chat' : { ban: strayBytes(o.model) };
   const ls = await startLlamaServer(bin, o.model, o.threads, maxClients, ctxPerSlot);
   const clusters: LocalCluster[] = [];
   const targets: Target[] = [{ name: 'llama-server', url: ls.url, model: 'model', pids: () => new Map([['llama-server', [ls.proc.pid!]]]) }];
@@ -190,13 +225,14 @@ export async function runServingBench(o: ServingOptions, step: (detail?: string)
       const workers = kind === 'one' ? 1 : 2;
       const c = await LocalCluster.start({
         model: o.model, workers, threads: Math.max(1, o.threads / workers), port: 0, ctxSize: maxClients * ctxPerSlot,
-        logLevel: process.env.BENCH_LOG ?? 'error', coordinatorFlags: o.coordinatorFlags,
+        logLevel: process.env.BENCH_LOG ?? 'error', coordinatorFlags: o.coordinatorFlags, split: o.split,
       });
       clusters.push(c);
       const id = ((await (await fetch(`${c.url}/v1/models`)).json()) as { data: { id: string }[] }).data[0]!.id;
       targets.push({ name: `strata ${workers}w`, url: c.url, model: id, pids: () => strataPids(c) });
+      if (workers > 1) console.log(`strata ${workers}w: layers ${c.splits[0]!.map(formatRange).join(', ')} (${o.split} split)`);
     }
-    for (const t of targets) await run(t, 2, 1, 16, 900_000); // warm-up
+    for (const t of targets) await run(t, 2, 1, 16, 900_000, endpoint); // warm-up
     step('warm-up');
     const results = new Map<string, Map<number, Run[]>>(targets.map((t) => [t.name, new Map()]));
     let base = 0;
@@ -207,7 +243,7 @@ export async function runServingBench(o: ServingOptions, step: (detail?: string)
         const order = r % 2 === 0 ? targets : [...targets].reverse();
         for (const t of order) {
           const runs = results.get(t.name)!;
-          runs.set(clients, [...(runs.get(clients) ?? []), await run(t, clients, perClient, o.tokens, (base += 1000))]);
+          runs.set(clients, [...(runs.get(clients) ?? []), await run(t, clients, perClient, o.tokens, (base += 1000), endpoint)]);
         }
         step(`${clients} clients, repetition ${r + 1}/${o.reps}`);
       }

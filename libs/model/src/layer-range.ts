@@ -49,6 +49,51 @@ export function evenSplit(nLayer: number, n: number): LayerRange[] {
   return out;
 }
 
+/**
+ * What each token costs a stage, in any unit (the weights it reads: {@link decodeCosts}): one
+ * figure per layer, and the output head's on the last stage.
+ */
+export interface LayerCosts {
+  layers: readonly number[];
+  head: number;
+}
+
+/**
+ * The split of the layers into n contiguous stages whose most costly stage costs least (the last
+ * one carries the head): a pipeline's pace is its slowest stage's. Ties go to the split whose
+ * earlier stages hold more, so the last stage, beside the head, keeps fewer layers.
+ */
+export function balancedSplit(costs: LayerCosts, n: number): LayerRange[] {
+  const nLayer = costs.layers.length;
+  if (n < 1 || n > nLayer) throw new ModelError('bad_split', `cannot split ${nLayer} layers into ${n} stages`);
+  const prefix = [0];
+  for (const c of costs.layers) prefix.push(prefix.at(-1)! + c);
+  const cost = (l0: number, l1: number) => prefix[l1]! - prefix[l0]! + (l1 === nLayer ? costs.head : 0);
+  // best[s][l]: the least possible cost of the most costly of s stages that cover layers [l, nLayer)
+  const best: number[][] = Array.from({ length: n + 1 }, () => new Array<number>(nLayer + 1).fill(Infinity));
+  const cut: number[][] = Array.from({ length: n + 1 }, () => new Array<number>(nLayer + 1).fill(-1));
+  best[0]![nLayer] = 0;
+  for (let s = 1; s <= n; s++) {
+    for (let l = nLayer - s; l >= 0; l--) {
+      // the first of these s stages is [l, m); the other s - 1 cover [m, nLayer); the last m wins ties
+      for (let m = l + 1; m <= nLayer - s + 1; m++) {
+        const worst = Math.max(cost(l, m), best[s - 1]![m]!);
+        if (worst <= best[s]![l]!) {
+          best[s]![l] = worst;
+          cut[s]![l] = m;
+        }
+      }
+    }
+  }
+  const out: LayerRange[] = [];
+  for (let s = n, l = 0; s > 0; s--) {
+    const m = cut[s]![l]!;
+    out.push({ l0: l, l1: m });
+    l = m;
+  }
+  return out;
+}
+
 /** '0:4' */
 export function formatRange(r: LayerRange): string {
   return `${r.l0}:${r.l1}`;

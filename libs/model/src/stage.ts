@@ -227,6 +227,10 @@ export class Stage {
    * eval() with the graph computed on a native pool thread: the calling thread's event loop is
    * free until the result comes. Meanwhile the stage takes no other batch and no operation that
    * changes cells; reading (exporting a sequence the batch does not write) is allowed.
+   * With ggml's OpenMP build, mind the cost: every thread that starts a graph gets an OpenMP team
+   * of its own, and once a process holds more OpenMP threads than CPUs libgomp sleeps at barriers
+   * instead of spinning, which slows every later graph of the process (the worker therefore
+   * computes every step on one thread; docs/benchmarks.md, "One OpenMP team").
    */
   async evalAsync(batch: StageBatch): Promise<Float32Array> {
     const b = this.#begin(batch);

@@ -7,7 +7,7 @@ import {
 } from '@strata/ggml';
 import { ModelError } from './errors.ts';
 import { nEmbdKvGqa, type HParams } from './hparams.ts';
-import type { LayerRange } from './layer-range.ts';
+import type { LayerCosts, LayerRange } from './layer-range.ts';
 
 /** One transformer block's tensors. */
 export interface LayerWeights {
@@ -73,6 +73,25 @@ function isMatMulWeight(name: string): boolean {
 /** Experts: they feed ggml_mul_mat_id. */
 function isExperts(name: string): boolean {
   return /ffn_(gate|up|down)_exps\.weight$/.test(name);
+}
+
+/**
+ * What a token costs each layer and the head in a decode step: the bytes of the weights it reads
+ * (mat-mul weights, a mixture's router and its share of the experts: n_expert_used of n_expert).
+ * A decode step reads every weight once per step, so on CPUs and GPUs alike its time follows these
+ * bytes; the token embeddings cost a row each and count nothing. The head is `output.weight`, or
+ * the embeddings where the head is tied to them.
+ */
+export function decodeCosts(file: GgufFile, hp: HParams): LayerCosts {
+  const layers = new Array<number>(hp.nLayer).fill(0);
+  for (const t of file.header.tensors) {
+    const m = /^blk\.(\d+)\./.exec(t.name);
+    if (!m || Number(m[1]) >= hp.nLayer) continue;
+    if (isMatMulWeight(t.name)) layers[Number(m[1])]! += t.size;
+    else if (isExperts(t.name)) layers[Number(m[1])]! += (t.size * hp.nExpertUsed) / Math.max(1, hp.nExpert);
+  }
+  const head = file.tensor('output.weight') ?? file.tensor('token_embd.weight');
+  return { layers, head: head?.size ?? 0 };
 }
 
 interface Want {

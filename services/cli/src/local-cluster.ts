@@ -13,7 +13,7 @@ import { GgufFile } from '@strata/gguf';
 import {
   FaultProxy, freePort, startNats, startNatsCluster, startRedis, startRedisSentinels, type LocalNatsCluster, type LocalServer, type NatsUser, type RedisUser, type ReplicatedRedis,
 } from '@strata/local-servers';
-import { ensureDefaultModel, evenSplit, formatRange, readHParams, type LayerRange } from '@strata/model';
+import { balancedSplit, decodeCosts, ensureDefaultModel, evenSplit, formatRange, readHParams, type LayerRange } from '@strata/model';
 import { ClusterRequestSchema, ClusterStateSchema, NATS_ROLES, natsPermissions, requestOnce, subjects, type NatsRole } from '@strata/wire';
 
 const BIN = join(dirname(fileURLToPath(import.meta.url)), '../../../bin/strata.mjs');
@@ -35,6 +35,12 @@ export interface LocalClusterOptions {
   coordinators?: number;
   /** explicit layer ranges per pipeline, instead of pipelines × workers */
   splits?: LayerRange[][];
+  /**
+   * how pipelines × workers cut the layers: 'even' (default; as many layers per stage) or
+   * 'balanced' (as much decode cost per stage: the weights a token reads, the head counted on
+   * the last stage; balancedSplit)
+   */
+  split?: 'even' | 'balanced';
   /** gateway port (default 8080; 0: a free one) */
   port?: number;
   /** CPU threads per worker (default: the cores shared out, at least 1) */
@@ -120,25 +126,27 @@ export interface ServiceProcess {
 }
 
 /**
- * Default splits: pipeline p cuts the layers evenly into `workers` stages, inner boundaries
- * moved down by p, so several pipelines of one model are split at different layers.
+ * Default splits: pipeline p cuts the layers into `workers` stages (evenly, or as `base` cuts
+ * them), inner boundaries moved down by p, so several pipelines of one model are split at
+ * different layers.
  */
-export function defaultSplits(nLayer: number, pipelines: number, workers: number): LayerRange[][] {
+export function defaultSplits(nLayer: number, pipelines: number, workers: number, base: LayerRange[] = evenSplit(nLayer, workers)): LayerRange[][] {
   const out: LayerRange[][] = [];
   for (let p = 0; p < pipelines; p++) {
-    const even = evenSplit(nLayer, workers);
-    const cuts = even.slice(1).map((r, i) => Math.max(i + 1, r.l0 - p));
+    const cuts = base.slice(1).map((r, i) => Math.max(i + 1, r.l0 - p));
     const bounds = [0, ...cuts, nLayer];
     out.push(bounds.slice(1).map((l1, i) => ({ l0: bounds[i]!, l1 })));
   }
   return out;
 }
 
-/** A model's layer count. */
-function layersOf(model: string): number {
+/** Pipeline p's split of `model` into `workers` stages (defaultSplits; 'balanced': from balancedSplit). */
+function splitOf(model: string, p: number, workers: number, how: 'even' | 'balanced'): LayerRange[] {
   const file = GgufFile.open(model);
   try {
-    return readHParams(file).nLayer;
+    const hp = readHParams(file);
+    const base = how === 'balanced' ? balancedSplit(decodeCosts(file, hp), workers) : undefined;
+    return defaultSplits(hp.nLayer, p + 1, workers, base)[p]!;
   } finally {
     file.close();
   }
@@ -225,7 +233,7 @@ export class LocalCluster {
   static async start(o: LocalClusterOptions = {}): Promise<LocalCluster> {
     const model = o.model ?? ensureDefaultModel();
     const models = o.pipelineModels ?? Array.from({ length: o.splits?.length ?? o.pipelines ?? 1 }, () => model);
-    const splits = o.splits ?? models.map((m, p) => defaultSplits(layersOf(m), p + 1, o.workers ?? 2)[p]!);
+    const splits = o.splits ?? models.map((m, p) => splitOf(m, p, o.workers ?? 2, o.split ?? 'even'));
     const ownData = o.dataDir === undefined;
     const dataDir = o.dataDir ?? mkdtempSync(join(tmpdir(), 'strata-up-'));
     const users = o.natsAuth ?? true ? NATS_ROLES.map((role) => ({ user: `strata-${role}`, password: secret(), permissions: natsPermissions(role) })) : undefined;

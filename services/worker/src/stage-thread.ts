@@ -1,15 +1,15 @@
 // The stage thread of a worker: it owns the stage (weights, KV cache, samplers) and runs what the
 // main thread sends, so the main thread never computes. Steps, sequence operations and imports
-// change cells: they run one at a time, in arrival order. While a long step's graph
-// computes (on a native pool thread, Stage.evalAsync; see StepRunner) this thread's loop is free
-// and answers what only reads: exports of positions the step does not write, positions, memory.
+// change cells: they run one at a time, in arrival order. A step computes on this thread (never
+// on a pool thread: see StepRunner.run), so what only reads (exports, positions, memory) is
+// answered between steps; the coordinator keeps a step to its budget (--step-budget-ms).
 // Work of an older fence (a deposed leader, a pipeline that was reset since) is dropped unrun.
 import { parentPort, workerData } from 'node:worker_threads';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Vocab } from '@strata/ggml';
 import { GgufFile } from '@strata/gguf';
 import { decodeState, type DecodedState } from '@strata/kv-cache';
-import { ModelError, Stage, parseRange, readHParams } from '@strata/model';
+import { Stage, parseRange, readHParams } from '@strata/model';
 import { RingBook, fillChained, ringEntries, ringSamples } from './ring.ts';
 import { SamplerSet } from './samplers.ts';
 import { StepRunner, stepErrorCode } from './step-runner.ts';
@@ -28,8 +28,6 @@ type Ordered =
   | Extract<StageRequest, { op: 'step' | 'seq' }>
   | { op: 'import'; id: number; state: DecodedState; seq: number };
 
-type Export = Extract<StageRequest, { op: 'export' }>;
-
 function failure(err: unknown, code?: string): StageFailure {
   const e = err as { name?: string; code?: unknown; message?: string };
   return { name: e?.name ?? 'Error', code: code ?? (typeof e?.code === 'string' ? e.code : 'internal'), message: e?.message ?? String(err) };
@@ -44,8 +42,6 @@ class StageActor {
   readonly #vocab: Vocab | null;
   readonly #post: (m: StageMessage, transfer?: ArrayBuffer[]) => void;
   readonly #queue: Ordered[] = [];
-  /** exports that asked for rows the computing step writes: served after it */
-  readonly #deferred: Export[] = [];
   #running = false;
   #pumping: Promise<void> = Promise.resolve();
   #lastStep: StageSnapshot['lastStep'] = null;
@@ -132,9 +128,11 @@ class StageActor {
           // Checked (checksum, format) at once, applied in order.
           this.#queue.push({ op: 'import', id: r.id, state: decodeState(r.blob), seq: r.seq });
           break;
-        case 'export':
-          this.#export(r);
+        case 'export': {
+          const blob = this.#stage.cache.exportState(r.seq, { p0: r.p0, p1: r.p1, layers: { l0: r.l0, l1: r.l1 } });
+          this.#ok(r.id, blob, [blob.buffer as ArrayBuffer]);
           break;
+        }
         case 'posMax':
           this.#ok(r.id, this.#stage.cache.seqPosMax(r.seq));
           break;
@@ -156,21 +154,6 @@ class StageActor {
     this.#ring.interrupt();
   }
 
-  /** Exports now, or after the computing step when it writes rows of the positions asked for. */
-  #export(r: Export): void {
-    let blob: Uint8Array;
-    try {
-      blob = this.#stage.cache.exportState(r.seq, { p0: r.p0, p1: r.p1, layers: { l0: r.l0, l1: r.l1 } });
-    } catch (err) {
-      if (err instanceof ModelError && err.code === 'busy') {
-        this.#deferred.push(r);
-        return;
-      }
-      throw err;
-    }
-    this.#ok(r.id, blob, [blob.buffer as ArrayBuffer]);
-  }
-
   #pump(): Promise<void> {
     if (!this.#running) this.#pumping = this.#drain();
     return this.#pumping;
@@ -179,16 +162,7 @@ class StageActor {
   async #drain(): Promise<void> {
     this.#running = true;
     try {
-      for (let t = this.#queue.shift(); t; t = this.#queue.shift()) {
-        await this.#run(t);
-        for (const e of this.#deferred.splice(0)) {
-          try {
-            this.#export(e);
-          } catch (err) {
-            this.#fail(e.id, failure(err));
-          }
-        }
-      }
+      for (let t = this.#queue.shift(); t; t = this.#queue.shift()) await this.#run(t);
     } finally {
       this.#running = false;
     }

@@ -1,6 +1,6 @@
 // Runs micro-batches on a stage (on the worker's stage thread): checks a step against what this worker is, evaluates it, and on
 // the last stage samples each entry that asks for a token.
-import { KvCacheFullError, ModelError, type Stage, type StageBatch } from '@strata/model';
+import { KvCacheFullError, ModelError, type Stage } from '@strata/model';
 import type { SampledToken, SeqOp, StepHeader } from '@strata/wire';
 import { SeqOpKind } from '@strata/wire';
 import { WorkerError } from './errors.ts';
@@ -10,9 +10,6 @@ import type { StepOutput } from './stage-protocol.ts';
 
 /** Evaluations in one decode burst at most (StepHeader.burst). */
 export const MAX_BURST = 32;
-
-/** Steps of at least this many tokens compute on a native pool thread (Stage.evalAsync). */
-export const ASYNC_MIN_TOKENS = 64;
 
 /** Options of a {@link StepRunner}. */
 export interface StepRunnerOptions {
@@ -81,10 +78,12 @@ export class StepRunner {
     // A step of prompt chunks only samples nothing; the last stage still computes one row of
     // logits (a stage outputs at least one token) and drops it: one row of the head, next to a
     // chunk's worth of layers.
-    // A long step computes off this thread's loop (it then still serves exports); a short one
-    // (decoding) computes in place: a pool thread's wake-up would cost it more than it frees.
-    const evaluate = n >= ASYNC_MIN_TOKENS ? (b: StageBatch) => stage.evalAsync(b) : (b: StageBatch) => stage.eval(b);
-    const out = await evaluate({
+    // Every step computes here, on the stage thread, never on a pool thread (Stage.evalAsync):
+    // with ggml's OpenMP threads, each thread that starts a graph gets a team of its own, and
+    // once a process holds more OpenMP threads than CPUs, libgomp stops spinning at barriers and
+    // sleeps at each one instead. One long step on a pool thread made every later decode step
+    // about 1.5 times slower (docs/benchmarks.md, "One OpenMP team"). Exports wait for the step.
+    const out = stage.eval({
       tokens: stage.isFirst ? Int32Array.from(h.tokens) : undefined,
       hidden: stage.isFirst ? undefined : hidden,
       pos,

@@ -1,7 +1,7 @@
 // strata model synth | info
 import { GgmlType } from '@strata/ggml';
 import { GgufFile } from '@strata/gguf';
-import { ModelError, SUPPORTED_ARCHS, SYNTH_TYPES, formatRange, parseSplit, readHParams, stageTensors, synthesize, type Arch, type SynthType } from '@strata/model';
+import { ModelError, SUPPORTED_ARCHS, SYNTH_TYPES, balancedSplit, decodeCosts, formatRange, parseSplit, readHParams, stageTensors, synthesize, type Arch, type LayerRange, type SynthType } from '@strata/model';
 import { Flags, parseArgs } from '../args.ts';
 import { UsageError } from '../errors.ts';
 
@@ -52,30 +52,38 @@ function typeName(type: number): string {
   return key ? key.toLowerCase().replace(/_k$/, '_K') : `type ${type}`;
 }
 
-/** What one stage of a split loads: its tensors and their bytes, in all and by type. */
-function stageBytes(file: GgufFile, hp: ReturnType<typeof readHParams>, split: string) {
-  return parseSplit(split, hp.nLayer).map((range) => {
+/**
+ * What one stage of a split loads (its tensors and their bytes, in all and by type) and what a
+ * token reads there in a decode step (decodeCosts).
+ */
+function stageBytes(file: GgufFile, hp: ReturnType<typeof readHParams>, split: LayerRange[]) {
+  const costs = decodeCosts(file, hp);
+  return split.map((range) => {
     const tensors = stageTensors(file, hp, range);
     const byType: Record<string, number> = {};
     for (const t of tensors) byType[typeName(t.type)] = (byType[typeName(t.type)] ?? 0) + t.size;
-    return { layers: formatRange(range), tensors: tensors.length, bytes: tensors.reduce((n, t) => n + t.size, 0), byType };
+    const decode = costs.layers.slice(range.l0, range.l1).reduce((a, b) => a + b, 0) + (range.l1 === hp.nLayer ? costs.head : 0);
+    return { layers: formatRange(range), tensors: tensors.length, bytes: tensors.reduce((n, t) => n + t.size, 0), decodeBytes: Math.round(decode), byType };
   });
 }
 
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
 
-/** `strata model info --model F [--split 0:9,9:18] [--json]` */
+/** `strata model info --model F [--split 0:9,9:18 | --stages N] [--json]` */
 export function modelInfo(argv: string[], out: NodeJS.WritableStream): number {
   const f = new Flags(parseArgs(argv, ['json']));
   const path = f.required('model');
   const split = f.str('split');
+  const stagesWanted = f.int('stages');
   const json = f.bool('json');
   f.done();
+  if (split && stagesWanted !== undefined) throw new UsageError('give --split or --stages, not both');
   const file = GgufFile.open(path);
   try {
     const hp = readHParams(file);
     const bytes = file.header.tensors.reduce((n, t) => n + t.size, 0);
-    const stages = split ? stageBytes(file, hp, split) : undefined;
+    const ranges = split ? parseSplit(split, hp.nLayer) : stagesWanted !== undefined ? balancedSplit(decodeCosts(file, hp), stagesWanted) : undefined;
+    const stages = ranges ? stageBytes(file, hp, ranges) : undefined;
     const info = { path, ...hp, tensors: file.header.tensors.length, tensorBytes: bytes };
     if (json) {
       out.write(`${JSON.stringify(stages ? { ...info, stages } : info)}\n`);
@@ -84,15 +92,15 @@ export function modelInfo(argv: string[], out: NodeJS.WritableStream): number {
     const w = Math.max(...Object.keys(info).map((k) => k.length));
     out.write(Object.entries(info).map(([k, v]) => `${k.padEnd(w)} ${v}`).join('\n') + '\n');
     if (stages) {
-      out.write(`\nstage  layers  tensors  weights     by type\n`);
+      out.write(`\nstage  layers  tensors  weights     read/token  by type\n`);
       stages.forEach((st, i) => {
         const types = Object.entries(st.byType).sort((a, b) => b[1] - a[1]).map(([t, b]) => `${t} ${mib(b)}`).join(', ');
-        out.write(`${String(i).padStart(5)}  ${st.layers.padEnd(6)}  ${String(st.tensors).padStart(7)}  ${mib(st.bytes).padStart(10)}  ${types}\n`);
+        out.write(`${String(i).padStart(5)}  ${st.layers.padEnd(6)}  ${String(st.tensors).padStart(7)}  ${mib(st.bytes).padStart(10)}  ${mib(st.decodeBytes).padStart(10)}  ${types}\n`);
       });
     }
     return 0;
   } catch (err) {
-    if (err instanceof ModelError && err.code === 'bad_split') throw new UsageError(`--split: ${err.message}`);
+    if (err instanceof ModelError && err.code === 'bad_split') throw new UsageError(`${split ? '--split' : '--stages'}: ${err.message}`);
     throw err;
   } finally {
     file.close();

@@ -13,13 +13,14 @@ import { ApiKeys } from '@strata/gateway';
 import { UsageError } from '../errors.ts';
 import { removeRunFile, runFilePath, writeRunFile } from '../run-file.ts';
 
-/** `strata up [--model F] [--workers N] [--pipelines P] [--roles prefill,decode,…] [--port 8080] [--api-keys-file F] [--prompt …] [--once]` */
+/** `strata up [--model F] [--workers N] [--pipelines P] [--split even|balanced] [--roles prefill,decode,…] [--port 8080] [--api-keys-file F] [--prompt …] [--once]` */
 export async function upCommand(argv: string[], out: NodeJS.WritableStream): Promise<number> {
   const f = new Flags(parseArgs(argv, ['once', 'verbose']));
   const o = {
     model: f.str('model'),
     workers: f.int('workers', 2)!,
     pipelines: f.int('pipelines', 1)!,
+    split: f.str('split', 'even') as 'even' | 'balanced',
     port: f.int('port', 8080)!,
     threads: f.int('threads'),
     ctxSize: f.int('ctx-size'),
@@ -34,6 +35,7 @@ export async function upCommand(argv: string[], out: NodeJS.WritableStream): Pro
   // below goes with the file's first user key.
   const keysFile = f.str('api-keys-file', process.env.STRATA_API_KEYS_FILE);
   f.done();
+  if (o.split !== 'even' && o.split !== 'balanced') throw new UsageError(`--split must be even or balanced, got '${o.split}'`);
   if (o.roles && o.roles.length !== o.pipelines) throw new UsageError(`--roles names ${o.roles.length} role(s) for ${o.pipelines} pipeline(s): give one per pipeline`);
   let auth: Record<string, string> = {};
   if (keysFile) {
