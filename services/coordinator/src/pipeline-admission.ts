@@ -237,12 +237,12 @@ function remember<T extends { key: string }>(fx: PipelineEffect[], saved: Map<st
 /**
  * A granted sequence's operations when it starts from a state in the tiers: the evicted sequences
  * it was handed emptied, the state under `key` loaded into `seq`, then cut to its first `keep`
- * positions when it `holds` more.
+ * positions. Cut even when it should hold no more: a cached prefix saved while a trim of its
+ * sequence had failed holds the positions that trim was to drop (a stage saves all it has).
  */
-function loadOps(grant: RoomGrant, seq: number, key: string, keep: number, holds: number): SeqOp[] {
+function loadOps(grant: RoomGrant, seq: number, key: string, keep: number): SeqOp[] {
   const ops = grant.emptyFirst.map((s) => seqOp(SeqOpKind.REMOVE, s));
-  ops.push({ ...seqOp(SeqOpKind.LOAD, seq), key });
-  if (keep < holds) ops.push(seqOp(SeqOpKind.REMOVE, seq, keep, -1));
+  ops.push({ ...seqOp(SeqOpKind.LOAD, seq), key }, seqOp(SeqOpKind.REMOVE, seq, keep, -1));
   return ops;
 }
 
@@ -264,7 +264,7 @@ function restore(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, sa
   if (!grant) return noRoom(c, maxTokens + req.prompt.length);
   c.offloaded.delete(session);
   const seq = grant.seqs[0]!;
-  const ops = loadOps(grant, seq, saved.key, cached, saved.tokens.length);
+  const ops = loadOps(grant, seq, saved.key, cached);
   c.room.residents.set(session, { seq, tokens: saved.tokens.slice(0, cached), lastUsedMs: now, busy: true, epoch: saved.epoch });
   const job = newJob({
     requestId: req.requestId, index: 0, sessionId: session, seq, prompt: req.prompt.slice(cached), pos0: cached,
@@ -307,7 +307,7 @@ function restorePrefix(c: PipelineCore, fx: PipelineEffect[], req: GenerateReque
   if (!grant) return noRoom(c, need);
   c.savedPrefixes.delete(saved.key);
   const seq = grant.seqs[0]!;
-  const ops = loadOps(grant, seq, saved.key, depth, saved.cells);
+  const ops = loadOps(grant, seq, saved.key, depth);
   const job = newJob({
     requestId: req.requestId, index: 0, sessionId: '', seq, prompt: req.prompt.slice(depth), pos0: depth,
     sampling: { ...req.sampling!, seed: req.sampling?.seed ?? 0 }, maxTokens,

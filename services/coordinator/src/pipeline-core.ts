@@ -48,6 +48,8 @@ export type PipelineMsg =
   | { type: 'checkpointed'; requestId: string; index: number; seq: number; ok: boolean }
   /** a cache sequence was trimmed (`ok`), or its trim failed (the answer to 'trim_seq') */
   | { type: 'trimmed'; seq: number; ok: boolean }
+  /** a while after a failed trim: ask it again, if the sequence still waits for it */
+  | { type: 'retry_trim'; seq: number }
   /** a session was saved to every stage's tiers (`ok`), or not (the first answer to 'offload') */
   | { type: 'offloaded'; session: string; key: string; ok: boolean }
   /** time passes: a step past its deadline is reported ('stalled') */
@@ -109,6 +111,12 @@ export function transition(c: PipelineCore, msg: PipelineMsg, now: number): Pipe
       if (c.down) return fx;
       c.room.trimmed(msg.seq, msg.ok);
       break;
+    case 'retry_trim': {
+      if (c.down) return fx;
+      const keepTo = c.room.retryTrim(msg.seq);
+      if (keepTo !== null) fx.push({ type: 'trim_seq', seq: msg.seq, keepTo });
+      break;
+    }
     case 'offloaded':
       if (c.down) return fx;
       offloaded(c, fx, msg.session, msg.key, msg.ok);

@@ -180,9 +180,16 @@ describe('prefix cache in a pipeline core', () => {
   });
 
   it('randomized: the stages never hold more cells than they have, every step continues its sequences, every request ends (resets too)', () => {
-    let checkpoints = 0;
-    for (let seed = Number(process.env.PREFIX_SIM_FROM ?? 1); seed <= Number(process.env.PREFIX_SIM_SEEDS ?? 12); seed++) checkpoints += simulate(seed);
+    let checkpoints = 0, trims = 0, failedTrims = 0;
+    for (let seed = Number(process.env.PREFIX_SIM_FROM ?? 1); seed <= Number(process.env.PREFIX_SIM_SEEDS ?? 12); seed++) {
+      const r = simulate(seed);
+      checkpoints += r.checkpoints;
+      trims += r.trims;
+      failedTrims += r.failedTrims;
+    }
     assert.ok(checkpoints > 0, 'prompts were checkpointed (on the seeds whose tree shares only at ends)');
+    // (A failed trim's cells are reclaimed by asking again: the count is exact when all is quiet.)
+    assert.ok(failedTrims > 0 && trims > failedTrims, `cached prefixes were trimmed, some trims failing (${failedTrims} of ${trims})`);
   });
 });
 
@@ -212,7 +219,8 @@ describe('sessions evicted to the tiers', () => {
       for (const d of only(fx, 'drop_seq')) fx = send({ type: 'dropped', seq: d.seq, ok: true }, 8);
     }
     const prep = only(fx, 'prepare').find((p) => p.requestId === 's-2')!;
-    assert.deepEqual(prep.ops.map((o) => [o.kind, o.key]), [[SeqOpKind.LOAD, key]], 'its state comes back from the tiers');
+    assert.deepEqual(prep.ops.map((o) => [o.kind, o.key, o.p0]), [[SeqOpKind.LOAD, key, -1], [SeqOpKind.REMOVE, '', 100]],
+      'its state comes back from the tiers, cut to what the core knows it holds');
     assert.deepEqual(prep.history, { keep: 100, tokens: [42, 7] }, 'its history keeps what the tiers held (the last sample was never evaluated)');
     const seq = prep.ops[0]!.seq;
     assert.deepEqual(steps(send({ type: 'prepared', requestId: 's-2', session: 't:s', epoch: 4 }, 9)), [`${seq}:100+2!`], 'only its new tokens are computed');
@@ -222,7 +230,7 @@ describe('sessions evicted to the tiers', () => {
     const { core, send } = pipeline(256, 4, { tiers: true, prefixCache: false });
     core.offloaded.set('t:s', { tokens: range(500, 40), key: 't:s/9', epoch: 2, lastUsedMs: 1 });
     const fx = send({ type: 'admit', req: req('s-2', [...range(500, 40), 7, 8], { sessionId: 't:s' }) }, 1);
-    assert.deepEqual(only(fx, 'prepare')[0]!.ops.map((o) => [o.kind, o.key]), [[SeqOpKind.LOAD, 't:s/9']]);
+    assert.deepEqual(only(fx, 'prepare')[0]!.ops.map((o) => [o.kind, o.key]), [[SeqOpKind.LOAD, 't:s/9'], [SeqOpKind.REMOVE, '']]);
     const again = send({ type: 'prepare_failed', requestId: 's-2', code: 'kv_tier_miss', message: 'no tier holds it' }, 2);
     const prep = only(again, 'prepare')[0]!;
     assert.deepEqual(prep.ops.map((o) => [o.kind, o.p0]), [[SeqOpKind.REMOVE, -1]], 'whatever a stage loaded goes');
@@ -251,9 +259,10 @@ function rng(seed: number): () => number {
  * sends them (one NATS connection keeps its messages in order) and are answered later, the
  * operations' acknowledgements in any order. Now and then the pipeline resets (as when a NATS
  * node dies): what was on its way is lost, the stage is emptied, and a fresh core rebuilds the
- * old one's requests; every accepted request must still end. Returns the checkpoints taken.
+ * old one's requests; every accepted request must still end. One trim in ten fails and is asked
+ * again later, as the scheduler does. Returns the checkpoints taken and the trims asked.
  */
-function simulate(seed: number): number {
+function simulate(seed: number): { checkpoints: number; trims: number; failedTrims: number } {
   const rand = rng(seed);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!;
   const CELLS = 384;
@@ -268,7 +277,7 @@ function simulate(seed: number): number {
   const replies: PipelineMsg[] = [];
   // The last shares its first 8 tokens with the first: too few to share, so a lineage of its own.
   const systems = [range(1000, 70), range(2000, 40), range(3000, 90), [...range(1000, 8), ...range(4000, 50)]];
-  let now = 0, nextId = 0, ended = 0, admitted = 0, resets = 0, cachedEver = false, checkpoints = 0;
+  let now = 0, nextId = 0, ended = 0, admitted = 0, resets = 0, cachedEver = false, checkpoints = 0, trims = 0, failedTrims = 0;
   const apply = (ops: readonly { kind: SeqOpKind; seq: number; dst: number; p0: number; p1: number; key?: string }[], reply: PipelineMsg) => {
     for (const op of ops) {
       if (op.kind === SeqOpKind.REMOVE) kv.seqRemove(op.seq, op.p0, op.p1);
@@ -289,7 +298,15 @@ function simulate(seed: number): number {
       if (e.type === 'prepare') apply(e.ops, { type: 'prepared', requestId: e.requestId, session: e.claim, epoch: e.claim ? 1 : 0 });
       else if (e.type === 'checkpoint') apply(e.ops, { type: 'checkpointed', requestId: e.requestId, index: e.index, seq: e.seq, ok: rand() < 0.9 });
       else if (e.type === 'drop_seq') apply([{ kind: SeqOpKind.REMOVE, seq: e.seq, dst: 0, p0: -1, p1: -1 }], { type: 'dropped', seq: e.seq, ok: true });
-      else if (e.type === 'trim_seq') apply([{ kind: SeqOpKind.REMOVE, seq: e.seq, dst: 0, p0: e.keepTo, p1: -1 }], { type: 'trimmed', seq: e.seq, ok: true });
+      else if (e.type === 'trim_seq') {
+        // One trim in ten fails: its answer lost (the stage trimmed) or the stage's error (it did not).
+        const ok = rand() < 0.9;
+        const reply: PipelineMsg = { type: 'trimmed', seq: e.seq, ok };
+        if (ok || rand() < 0.5) apply([{ kind: SeqOpKind.REMOVE, seq: e.seq, dst: 0, p0: e.keepTo, p1: -1 }], reply);
+        else replies.push(reply);
+        trims++;
+        if (!ok) failedTrims++;
+      }
       else if (e.type === 'offload') {
         // Saved before the emptying that follows it.
         tiers.set(e.key, kv.seqPosMax(e.seq) + 1);
@@ -354,12 +371,14 @@ function simulate(seed: number): number {
       if (k >= 0 && (rand() < 0.7 || replies[idx]!.type === 'step_result')) idx = k;
       const [m] = replies.splice(idx, 1);
       run(send(m!, now));
+      // (The scheduler asks a failed trim again a while later.)
+      if (m!.type === 'trimmed' && !m!.ok) replies.push({ type: 'retry_trim', seq: m!.seq });
     }
   }
   assert.equal(ended, admitted, `seed ${seed}: every accepted request ended (${resets} resets)`);
   assert.equal(kv.used, core.room.reserved(running(core)), `seed ${seed}: when all is quiet the room counts exactly what the stage holds`);
   assert.ok(cachedEver || core.room.prefixes.size > 0, `seed ${seed}: something was cached`);
-  return checkpoints;
+  return { checkpoints, trims, failedTrims };
 }
 
 describe('cached prefixes evicted to the tiers', () => {

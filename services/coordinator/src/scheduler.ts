@@ -27,7 +27,7 @@ import { countPrompt, countTokens, endRequest, endStep, observeQueue, startStep,
 
 /** ms between tries of a request's sequence operations while a stage does not answer */
 const SEQ_OP_RETRY_MS = 250;
-/** a sequence whose emptying failed is asked again after this long, then twice as long each time, up to the most */
+/** a sequence whose emptying (or a cache sequence whose trim) failed is asked again after this long, then twice as long each time, up to the most */
 const RECLAIM_FIRST_MS = 1000;
 const RECLAIM_MAX_MS = 30_000;
 
@@ -101,6 +101,8 @@ export class PipelineScheduler implements Placeable {
   readonly #prefills = new Map<string, () => void>();
   /** sequences being emptied, until they are */
   readonly #drops = new Map<number, Promise<void>>();
+  /** cache sequences whose trim failed -> the last wait before asking again */
+  readonly #trimRetries = new Map<number, number>();
   /** stops reporting this pipeline's queue depth */
   readonly #unobserve: () => void;
 
@@ -465,16 +467,29 @@ export class PipelineScheduler implements Placeable {
     this.#deliver({ type: 'checkpointed', requestId, index, seq, ok });
   }
 
-  /** Drops a cache sequence's positions from `keepTo` on, on every stage; a failed trim's cells stay counted as held. */
+  /**
+   * Drops a cache sequence's positions from `keepTo` on, on every stage. A failed trim's cells
+   * stay counted as held, and the core is asked to trim again a while later (after 1 s, doubling
+   * up to 30 s), while the sequence still waits for it.
+   */
   async #trim(seq: number, keepTo: number): Promise<void> {
     let ok = true;
     try {
       await this.#seqOps([seqOp(SeqOpKind.REMOVE, seq, keepTo, -1)]);
     } catch (err) {
       ok = false;
-      this.#log.error('a cached prefix could not be trimmed; its cells stay counted as held', { seq, err });
+      this.#log.error('a cached prefix could not be trimmed; its cells stay counted as held until a later trim', { seq, err });
     }
     this.#deliver({ type: 'trimmed', seq, ok });
+    const waitMs = this.#trimRetries.get(seq);
+    if (ok) {
+      this.#trimRetries.delete(seq);
+      return;
+    }
+    const next = waitMs === undefined ? RECLAIM_FIRST_MS : Math.min(RECLAIM_MAX_MS, 2 * waitMs);
+    this.#trimRetries.set(seq, next);
+    await sleep(next, undefined, { ref: false });
+    if (!this.#core.down) this.#deliver({ type: 'retry_trim', seq });
   }
 
   /**

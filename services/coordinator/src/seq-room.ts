@@ -11,6 +11,12 @@
 // starve a running job.
 import { PrefixTree, type PrefixNode, type PrefixTreeOptions } from './prefix-tree.ts';
 
+/** A cache sequence's trim: it keeps positions [0, keepTo), and the cells it drops count as held until it is done. */
+interface Trim {
+  keepTo: number;
+  cells: number;
+}
+
 /** A session whose cells stay on a pipeline between its turns. */
 export interface Resident {
   seq: number;
@@ -150,10 +156,10 @@ export class SeqRoom {
   readonly #given = new Map<number, number>();
   /** sequences whose emptying failed: out of use, their cells counted as held until an emptying succeeds or the pipeline resets */
   readonly #stranded = new Map<number, number>();
-  /** cache sequences being trimmed to a shorter path -> the cells they drop meanwhile */
-  readonly #trimming = new Map<number, number>();
-  /** cells of trims that failed: counted as held until the pipeline resets */
-  #trimLost = 0;
+  /** cache sequences being trimmed to a shorter path -> where they are to end, and the cells they drop meanwhile */
+  readonly #trimming = new Map<number, Trim>();
+  /** cache sequences whose trim failed -> the same: counted as held until the trim, asked again, or their emptying succeeds */
+  readonly #trimFailed = new Map<number, Trim>();
 
   constructor(nSeqMax: number, capacity: number, tree: PrefixTreeOptions = {}) {
     this.nSeqMax = nSeqMax;
@@ -184,16 +190,18 @@ export class SeqRoom {
 
   /** cells held by sequences whose emptying (or trimming) failed */
   get strandedCells(): number {
-    let n = this.#trimLost;
+    let n = 0;
     for (const c of this.#stranded.values()) n += c;
+    for (const t of this.#trimFailed.values()) n += t.cells;
     return n;
   }
 
   /** Cells reserved now, with what `running` jobs reserve. */
   reserved(running: Running): number {
-    let n = running.cells + this.prefixes.cells() + this.#trimLost;
+    let n = running.cells + this.prefixes.cells();
     for (const [id, r] of this.residents) if (!running.sessions.has(id)) n += ownOf(r);
-    for (const cells of [this.#incoming, this.#releasing, this.#stranded, this.#trimming]) for (const c of cells.values()) n += c;
+    for (const cells of [this.#incoming, this.#releasing, this.#stranded]) for (const c of cells.values()) n += c;
+    for (const trims of [this.#trimming, this.#trimFailed]) for (const t of trims.values()) n += t.cells;
     return n;
   }
 
@@ -245,11 +253,17 @@ export class SeqRoom {
       const before = this.prefixes.cells();
       const e = this.prefixes.evict(p.node, p.action);
       const cells = before - this.prefixes.cells();
+      // An earlier trim of the sequence, on its way or failed, is covered by this one (a shorter
+      // path) or by the emptying: its cells go with them (a trim's first answer settles both; an
+      // emptied sequence's trims are not retried).
+      const earlier = (this.#trimming.get(e.seq)?.cells ?? 0) + (this.#trimFailed.get(e.seq)?.cells ?? 0);
+      this.#trimming.delete(e.seq);
+      this.#trimFailed.delete(e.seq);
       if (e.action === 'trim') {
         trims.push({ seq: e.seq, keepTo: e.keepTo });
-        this.#trimming.set(e.seq, (this.#trimming.get(e.seq) ?? 0) + cells);
+        this.#trimming.set(e.seq, { keepTo: e.keepTo, cells: cells + earlier });
       } else {
-        left.set(e.seq, cells);
+        left.set(e.seq, cells + earlier);
       }
     }
     for (const seq of grant.seqs) {
@@ -261,11 +275,28 @@ export class SeqRoom {
     return trims;
   }
 
-  /** A trim of cache sequence `seq` is done (`ok`), or failed (its cells stay counted until the pipeline resets). */
+  /**
+   * A trim of cache sequence `seq` is done (`ok`), or failed: then its cells stay counted until
+   * it is asked again and succeeds ({@link retryTrim}), or the sequence is emptied or trimmed
+   * shorter.
+   */
   trimmed(seq: number, ok: boolean): void {
-    const cells = this.#trimming.get(seq) ?? 0;
+    const t = this.#trimming.get(seq);
     this.#trimming.delete(seq);
-    if (!ok) this.#trimLost += cells;
+    if (!ok && t) this.#trimFailed.set(seq, t);
+  }
+
+  /**
+   * A failed trim of `seq` to ask again: the position it keeps up to (counted as trimming again),
+   * or null when there is none any more (the sequence was emptied or trimmed since). Safe to
+   * repeat on the stages: a cache sequence is never written past its path.
+   */
+  retryTrim(seq: number): number | null {
+    const t = this.#trimFailed.get(seq);
+    if (!t) return null;
+    this.#trimFailed.delete(seq);
+    this.#trimming.set(seq, t);
+    return t.keepTo;
   }
 
   /** Reserves `seq` (granted) and its `cells` for a session moving in. */
@@ -311,6 +342,6 @@ export class SeqRoom {
     this.#releasing.clear();
     this.#stranded.clear();
     this.#trimming.clear();
-    this.#trimLost = 0;
+    this.#trimFailed.clear();
   }
 }
