@@ -104,12 +104,7 @@ export function stepResult(c: PipelineCore, fx: PipelineEffect[], r: StepResult,
         if (ahead) ahead.dropped = true;
       }
     }
-    if (r.error) jfx = jobTransition(j, { type: 'failed', code: r.error.code, message: r.error.message });
-    else if (e.output) {
-      if (!t) jfx = jobTransition(j, { type: 'failed', code: 'stage_failed', message: `step ${r.stepId} returned no token for seq ${j.seq}` });
-      else if (t.error) jfx = jobTransition(j, { type: 'failed', code: t.error.code, message: t.error.message });
-      else jfx = jobTransition(j, { type: 'sampled', token: t, fedAhead });
-    }
+    if (r.error || e.output) jfx = take(j, r, t, fedAhead);
     emitted(c, fx, j, jfx);
     checkpointDue(c, fx, j);
     // Its first token is out: a job to be handed off stops here, for a decode pipeline to take.
@@ -141,15 +136,13 @@ function burstResult(c: PipelineCore, fx: PipelineEffect[], f: InFlight, r: Step
     j.inflight--;
     const samples = bySeq.get(j.seq) ?? [];
     const emit: SampledToken[] = [];
-    if (r.error) jobTransition(j, { type: 'failed', code: r.error.code, message: r.error.message });
-    else if (samples.length === 0) jobTransition(j, { type: 'failed', code: 'stage_failed', message: `step ${r.stepId} returned no token for seq ${j.seq}` });
+    if (r.error || samples.length === 0) take(j, r, undefined, false);
     else {
       let taken = 0;
       for (const [i, t] of samples.entries()) {
         if (j.finish !== null) break;
         taken++;
-        const jfx = t.error ? jobTransition(j, { type: 'failed', code: t.error.code, message: t.error.message }) : jobTransition(j, { type: 'sampled', token: t, fedAhead: i < samples.length - 1 });
-        for (const x of jfx) if (x.type === 'emit') emit.push(x.token);
+        for (const x of take(j, r, t, i < samples.length - 1)) if (x.type === 'emit') emit.push(x.token);
       }
       // The stage fed it its pending token and every sample but the last. A job cancelled during
       // the burst (a stop string, a client gone) takes fewer: the positions past its last sample
@@ -167,6 +160,17 @@ function burstResult(c: PipelineCore, fx: PipelineEffect[], f: InFlight, r: Step
       if (j.sessionId) fx.push({ type: 'write_history', session: j.sessionId, epoch: request.epoch, at: request.req.prompt.length + j.generated.length - emit.length, tokens: emit.map((t) => t.token) });
     }
   }
+}
+
+/**
+ * Job `j` takes what step `r` says of it: the step's failure, a missing sample, the sample's own
+ * failure, or sample `t` (`fedAhead`: the stages already fed it).
+ */
+function take(j: Job, r: StepResult, t: SampledToken | undefined, fedAhead: boolean): JobEffect[] {
+  if (r.error) return jobTransition(j, { type: 'failed', code: r.error.code, message: r.error.message });
+  if (!t) return jobTransition(j, { type: 'failed', code: 'stage_failed', message: `step ${r.stepId} returned no token for seq ${j.seq}` });
+  if (t.error) return jobTransition(j, { type: 'failed', code: t.error.code, message: t.error.message });
+  return jobTransition(j, { type: 'sampled', token: t, fedAhead });
 }
 
 /** A job's samples: an event each, and for a session its place in the history. */
