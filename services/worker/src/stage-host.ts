@@ -153,12 +153,12 @@ export class StageHost {
     return this.#call('seq', { ops, fence });
   }
 
-  /** Exports a sequence's cells in [p0, p1) for layers [l0, l1), as soon as nothing writes them. */
+  /** Exports a sequence's cells in [p0, p1) for layers [l0, l1), between steps (not behind the queued ones). */
   exportState(seq: number, p0: number, p1: number, l0: number, l1: number): Promise<Uint8Array> {
     return this.#call('export', { seq, p0, p1, l0, l1 });
   }
 
-  /** The sequence's highest position (-1: none), without waiting for the step computing. */
+  /** The sequence's highest position (-1: none), between steps (not behind the queued ones). */
   seqPosMax(seq: number): Promise<number> {
     return this.#call('posMax', { seq });
   }
