@@ -26,11 +26,18 @@ export function benchModel(type: 'f16' | 'q8_0'): string {
   return file;
 }
 
+/** `value` when it is one of `allowed`; else an error that names the flag. */
+function oneOf<T extends string>(flag: string, value: string, allowed: readonly T[]): T {
+  if (!(allowed as readonly string[]).includes(value)) throw new Error(`--${flag} must be one of ${allowed.join(', ')}, got '${value}'`);
+  return value as T;
+}
+
 /**
  * Benchmark options from argv: --threads, --reps, --pp, --tg, --types f16,q8_0, --only
  * engine,kv,cluster,migration,load,responsive,grammar,serving; for serving also --serving-model
  * (default: the Gemma 3 270M of ensure-models), --clients 1,8,16,32, --serving-reps (3),
- * --serving-tokens (128), --serving-strata one,two, --serving-flags '<coordinator flags>'; for
+ * --serving-tokens (128), --serving-strata one,two, --serving-flags '<coordinator flags>',
+ * --serving-endpoint chat|completions, --serving-split balanced|even; for
  * kv-bandwidth --kv-prompt (tokens, 2000), --kv-mbits 0,1000,300,100 (Mbit/s per link, 0:
  * unlimited), --kv-reps (3); for models --models-pp (256), --models-tg (64), --models-reps (3),
  * --models <labels to keep, comma-separated substrings> (default: every one).
@@ -53,8 +60,8 @@ export function parseBenchArgs(argv: string[]) {
     servingTokens: Number(get('serving-tokens', '128')),
     servingStrata: get('serving-strata', 'one,two').split(',') as ('one' | 'two')[],
     servingFlags: get('serving-flags', '').split(' ').filter(Boolean),
-    servingEndpoint: get('serving-endpoint', 'chat') as 'chat' | 'completions',
-    servingSplit: get('serving-split', 'balanced') as 'even' | 'balanced',
+    servingEndpoint: oneOf('serving-endpoint', get('serving-endpoint', 'chat'), ['chat', 'completions'] as const),
+    servingSplit: oneOf('serving-split', get('serving-split', 'balanced'), ['balanced', 'even'] as const),
     prefixClients: Number(get('prefix-clients', '16')),
     prefixSentences: Number(get('prefix-sentences', '70')),
     prefixReps: Number(get('prefix-reps', '3')),
