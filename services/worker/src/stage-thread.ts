@@ -210,7 +210,7 @@ class StageActor {
     const t0 = performance.now();
     try {
       if (this.#o.testStepDelayMs > 0 && tokens >= this.#o.testStepDelayMinTokens) await sleep(this.#o.testStepDelayMs);
-      const output = await this.#runner.run(h, t.hidden);
+      const output = this.#runner.run(h, t.hidden);
       const ms = performance.now() - t0;
       this.#lastStep = { tokens: output.kind === 'tokens' ? output.evaluated : tokens, ms };
       // One stage is the whole ring: its samples stay here for the step that follows.

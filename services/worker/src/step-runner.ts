@@ -37,10 +37,10 @@ export class StepRunner {
   }
 
   /**
-   * Runs one micro-batch (the graph computes off this thread's event loop); a step that does not
+   * Runs one micro-batch on this thread (its graph computes here: see below); a step that does not
    * fit this stage throws WorkerError('bad_step').
    */
-  async run(h: StepHeader, hidden: Float32Array): Promise<StepOutput> {
+  run(h: StepHeader, hidden: Float32Array): StepOutput {
     const { stage } = this;
     const bad = (why: string) => new WorkerError('bad_step', `step ${h.stepId}: ${why}`);
     if (h.route[h.hop] !== this.#o.workerId) throw bad(`routed to '${h.route[h.hop] ?? ''}', this is '${this.#o.workerId}'`);
