@@ -70,6 +70,8 @@ export class Coordinator {
   /** ids of requests that ended here lately: one asked again is not run twice */
   readonly #ended = new RecentIds(ENDED_KEPT);
   #campaigning = false;
+  /** The latest lead taken, done once it subscribed to the leader's subjects */
+  #leadTask: Promise<void> = Promise.resolve();
   #timer: NodeJS.Timeout | undefined;
   /** stops reporting slow workers to metrics */
   #unobserve: () => void = () => {};
@@ -126,6 +128,7 @@ export class Coordinator {
     co.#leaseTimer = setInterval(() => void co.#campaign(), c.leaseMs / 3);
     void co.#watchNats();
     await co.#campaign();
+    await co.#leadTask;
     co.#log.info('coordinator ready', { role: co.#leading ? 'leader' : 'standby', term: co.term, nats: redactUrl(c.natsUrl), redis: redactUrl(c.redisUrl) });
     return co;
   }
@@ -164,8 +167,9 @@ export class Coordinator {
         else this.#standDown('another coordinator holds the lease');
       } else if (Date.now() - this.#startedMs >= this.#c.workerTimeoutMs / 2) {
         // (A fresh process first listens to heartbeats for a while, to know the pipelines.)
+        // Not awaited: the lease is renewed on the next tick while the new leader reads Redis.
         const term = await this.#lease.acquire();
-        if (term > 0) await this.#lead(term);
+        if (term > 0) this.#leadTask = this.#lead(term);
       }
     } catch (err) {
       this.#log.warn('the leader lease could not be checked', { err });
@@ -191,6 +195,9 @@ export class Coordinator {
     await this.#drainer.load();
     // (Redis unreachable: the ledger waits for the next leader; this one still serves.)
     await this.#migrator.recover().catch((err: unknown) => this.#log.warn('unfinished migrations could not be read from the ledger', { err }));
+    // Stood down meanwhile (the lease lost while Redis answered slowly), or leading again under a
+    // newer term whose own lead subscribes: this one takes no work.
+    if (!this.#leading || this.#lease.term !== term) return;
     const s = (subject: string, fn: (m: Msg) => void, queue?: string) => this.#leaderSubs.push(this.#sub(subject, fn, queue));
     s(subjects.coordinatorResult(this.id), (m) => this.#onResult(m));
     s(subjects.coordinatorGenerate(), (m) => this.#onGenerate(m), 'coordinator');

@@ -18,13 +18,20 @@ local term = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. '/' .. term, 'PX', ARGV[2])
 return term`;
 
-// KEYS: lease; ARGV: holder, ms. Extends our own lease, or takes it back under the same term if
-// it expired and no one took it meanwhile (Redis restarted without the key, say); 0: lost.
+// KEYS: lease, term; ARGV: holder, ms, term. Extends our own lease, or takes it back under the
+// same term if it expired and no newer term was given out meanwhile (Redis restarted without the
+// key, say: the counter is then restored too); 0: lost. A term once superseded never comes back:
+// the workers fence it out, so a leader holding it again would hold the cluster up for nothing.
 const RENEW = `
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if v == false then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
-return 0`;
+if v ~= false then return 0 end
+local newest = tonumber(redis.call('GET', KEYS[2]) or '0')
+local ours = tonumber(ARGV[3])
+if newest > ours then return 0 end
+if newest < ours then redis.call('SET', KEYS[2], ARGV[3]) end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1`;
 
 // KEYS: lease; ARGV: holder. Gives the lease up if it is still ours.
 const RELEASE = `
@@ -84,7 +91,7 @@ export class LeaderLease {
   /** Extends the lease; false when it was lost to another coordinator (the term is then 0). */
   async renew(): Promise<boolean> {
     if (this.#term === 0) return false;
-    const ok = Number(await this.#redis.eval(RENEW, 1, LEASE, this.#holder(), this.#ms)) === 1;
+    const ok = Number(await this.#redis.eval(RENEW, 2, LEASE, TERM, this.#holder(), this.#ms, this.#term)) === 1;
     if (!ok) this.#term = 0;
     return ok;
   }
