@@ -30,7 +30,7 @@ export const MODEL_SPECS: Spec[] = [
 ];
 
 /** The synthetic model of `spec`, made once into the model cache. */
-function modelOf(spec: Spec): string {
+export function modelOf(spec: Spec): string {
   const dir = join(strataCacheDir(), 'models');
   mkdirSync(dir, { recursive: true });
   const file = join(dir, `bench-${spec.label.replace(/[^a-z0-9]+/gi, '-')}-${spec.type ?? 'f16'}.gguf`);

@@ -94,9 +94,14 @@ export class KvCells {
     return this.#hasShift;
   }
 
-  /** One past the highest used cell (0 when empty). */
-  usedMaxP1(): number {
-    for (let i = this.size - 1; i >= 0; i--) if (this.pos[i]! >= 0) return i + 1;
+  /**
+   * One past the highest used cell (0 when empty); of one stream, counted from the stream's
+   * first cell (llama.cpp's used_max_p1 of that stream's cells).
+   */
+  usedMaxP1(stream?: number): number {
+    const lo = stream === undefined ? 0 : stream * this.streamSize;
+    const hi = stream === undefined ? this.size : lo + this.streamSize;
+    for (let i = hi - 1; i >= lo; i--) if (this.pos[i]! >= 0) return i + 1 - lo;
     return 0;
   }
 

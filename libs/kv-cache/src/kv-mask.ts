@@ -9,25 +9,36 @@ const F16_NEG_INF = 0xfc00;
 /**
  * Fills `out` (f16 bits, [nTokens][nKv], nKv fastest) with 0 where token t may attend to cell j
  * and -inf elsewhere. With a sliding window `nSwa` > 0 a token at p also masks cells at positions
- * p - nSwa and before (llama.cpp's LLAMA_SWA_TYPE_STANDARD).
+ * p - nSwa and before (llama.cpp's LLAMA_SWA_TYPE_STANDARD). With one stream per sequence, a
+ * token's cells are its stream's: j counts from the stream's first cell (the rows of a micro-batch
+ * of whole streams, stream after stream, are llama.cpp's mask [n_kv, n_tokens / n_stream, 1, n_stream]).
  */
 export function buildMask(cells: KvCells, nKv: number, pos: ArrayLike<number>, seq: ArrayLike<number>, out: Uint16Array, nSwa = 0): void {
   const n = pos.length;
   if (out.length < n * nKv) throw new RangeError(`mask buffer of ${out.length} for ${n}x${nKv}`);
   const cpos = cells.pos;
+  const perStream = cells.streams > 1;
   for (let t = 0; t < n; t++) {
     const p = pos[t]!, s = seq[t]!;
     const row = t * nKv;
+    const base = perStream ? cells.streamOf(s) * cells.streamSize : 0;
     for (let j = 0; j < nKv; j++) {
-      const cp = cpos[j]!;
-      const visible = cp >= 0 && cp <= p && (nSwa === 0 || p - cp < nSwa) && cells.hasSeq(j, s);
+      const c = base + j;
+      const cp = cpos[c]!;
+      const visible = cp >= 0 && cp <= p && (nSwa === 0 || p - cp < nSwa) && cells.hasSeq(c, s);
       out[row + j] = visible ? F16_ZERO : F16_NEG_INF;
     }
   }
 }
 
-/** Cells the attention looks at: used cells padded to 256 (stable graph shapes), capped at size. */
-export function attendedCells(cells: KvCells, pad = 256): number {
-  const used = cells.usedMaxP1();
-  return Math.min(cells.size, Math.max(pad, Math.ceil(used / pad) * pad));
+/**
+ * Cells the attention looks at: used cells padded to 256 (stable graph shapes), capped at size.
+ * With one stream per sequence, per stream: the most that any of `streams` (those of a
+ * micro-batch) needs, capped at a stream's size (llama.cpp's get_n_kv).
+ */
+export function attendedCells(cells: KvCells, pad = 256, streams: Iterable<number> = [0]): number {
+  if (cells.streams === 1) return Math.min(cells.size, Math.max(pad, Math.ceil(cells.usedMaxP1() / pad) * pad));
+  let most = 0;
+  for (const s of streams) most = Math.max(most, Math.min(cells.streamSize, Math.max(pad, Math.ceil(cells.usedMaxP1(s) / pad) * pad)));
+  return most;
 }

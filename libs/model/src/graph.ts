@@ -1,11 +1,12 @@
 // The ggml graph of one stage: layers [l0, l1) of a llama/qwen2/qwen3/qwen3moe/phi3/exaone4/gemma2/gemma3 model, op for op
 // as llama.cpp builds it (flash attention over an f16 KV cache), so that the numbers match.
-import { GgmlContext, GgmlPrec, GgmlType, native, type GraphPtr, type RopeParams, type TensorPtr } from '@strata/ggml';
+import { GgmlContext, GgmlPrec, GgmlType, native, tensorInfo, type GraphPtr, type RopeParams, type TensorPtr } from '@strata/ggml';
 import type { KvStorage } from '@strata/kv-cache';
 
 /** What a stage graph reads of its KV cache (a StageCache): the storage of each group, and each layer's group. */
 export interface GraphKv {
-  readonly groups: readonly { readonly storage: KvStorage }[];
+  /** each group's K/V rows, and its cells' streams (none: one stream of every cell) */
+  readonly groups: readonly { readonly storage: KvStorage; readonly cells?: { readonly streams: number } }[];
   layerGroup(layer: number): { group: number; slot: number };
 }
 import { layerRope, type HParams } from './hparams.ts';
@@ -28,9 +29,12 @@ export interface StageGraph {
   kvIdxs: TensorPtr;
   /** I64 [n_tokens]: the same in the windowed layers' own group, when the cache has one */
   kvIdxsSwa: TensorPtr | null;
-  /** F16 [n_kv, n_tokens]: causal, same sequence (null when every layer is windowed) */
+  /**
+   * F16 [n_kv, n_tokens / n_streams, 1, n_streams]: causal, same sequence (null when every layer
+   * is windowed)
+   */
   mask: TensorPtr | null;
-  /** F16 [n_kv (of the windowed group), n_tokens]: also within the sliding window (null when no layer is windowed) */
+  /** F16, the same for the windowed group's cells: also within the sliding window (null when no layer is windowed) */
   maskSwa: TensorPtr | null;
   /** I32 [n_outputs + n_embed], last stage only, when not every token outputs */
   outIds: TensorPtr | null;
@@ -70,6 +74,14 @@ export interface GraphShape {
   nEmbed: number;
   /** select the output rows with an index input (false: every token, in order) */
   selectOutputs: boolean;
+  /**
+   * With one KV stream per sequence: the streams the micro-batch's tokens belong to, consecutive
+   * from `stream0`, each bringing nTokens / nStreams tokens (stream after stream); every token
+   * attends to the first nKv cells of its own stream only (llama.cpp's 4-D K/V views). Default 1
+   * and 0: one stream, every token attends to cells [0, nKv).
+   */
+  nStreams?: number;
+  stream0?: number;
 }
 
 /**
@@ -143,6 +155,8 @@ function mixtureOfExperts(ctx: GgmlContext, gf: GraphPtr, hp: HParams, w: StageW
 /** Builds the graph of `weights`' layers for one batch. */
 export function buildStageGraph(hp: HParams, weights: StageWeights, cache: GraphKv, shape: GraphShape): StageGraph {
   const { nTokens: n, nKv, nKvSwa, nOutputs, nEmbed, selectOutputs } = shape;
+  const ns = shape.nStreams ?? 1, s0 = shape.stream0 ?? 0;
+  if (n % ns !== 0) throw new RangeError(`${n} tokens do not split evenly into ${ns} streams`);
   const kv = cache.groups[0]!.storage;
   const twoGroups = cache.groups.length > 1;
   const { l0, l1 } = weights.range;
@@ -158,8 +172,8 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, cache: Graph
   const kvIdxs = ctx.input(GgmlType.I64, [n], 'inp_kv_idxs');
   const kvIdxsSwa = twoGroups ? ctx.input(GgmlType.I64, [n], 'inp_kv_idxs_swa') : null;
   const swa = hp.swaLayers.slice(l0, l1);
-  const mask = swa.some((x) => !x) ? ctx.input(GgmlType.F16, [nKv, n], 'inp_kq_mask') : null;
-  const maskSwa = swa.some((x) => x) ? ctx.input(GgmlType.F16, [twoGroups ? nKvSwa : nKv, n], 'inp_kq_mask_swa') : null;
+  const mask = swa.some((x) => !x) ? ctx.input(GgmlType.F16, [nKv, n / ns, 1, ns], 'inp_kq_mask') : null;
+  const maskSwa = swa.some((x) => x) ? ctx.input(GgmlType.F16, [twoGroups ? nKvSwa : nKv, n / ns, 1, ns], 'inp_kq_mask_swa') : null;
   const outIds = isLast && selectOutputs ? ctx.input(GgmlType.I32, [nOutputs + nEmbed], 'inp_out_ids') : null;
   const rotK = kv.rot.k ? ctx.input(GgmlType.F32, [kv.rot.k, kv.rot.k], 'attn_inp_k_rot') : null;
   const rotV = kv.rot.v ? ctx.input(GgmlType.F32, [kv.rot.v, kv.rot.v], 'attn_inp_v_rot') : null;
@@ -225,16 +239,24 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, cache: Graph
     ctx.expand(gf, ctx.setRows(store.k[slot]!, ctx.view2d(k, nKvEmbd, n, rowF32, 0), idxs));
     ctx.expand(gf, ctx.setRows(store.v[slot]!, ctx.view2d(v, nKvEmbd, n, rowF32, 0), idxs));
 
-    // attend over cells [0, nKvL)
-    const kvRow = rowSize(kvType, nKvEmbd), kvHead = rowSize(kvType, hd), kvAll = rowSize(kvType, nKvEmbd * store.size);
-    let kc = ctx.permute(ctx.view4d(store.k[slot]!, [hd, hp.nHeadKv, nKvL, 1], kvHead, kvRow, kvAll, 0), 0, 2, 1, 3);
-    let vc = ctx.permute(ctx.view4d(store.v[slot]!, [hd, hp.nHeadKv, nKvL, 1], kvHead, kvRow, kvAll, 0), 0, 2, 1, 3);
+    // attend over cells [0, nKvL) of each stream: streams s0 .. s0 + ns - 1 of the storage's
+    // cache.groups[group].streams, each of store.size / streams cells
+    const streamCells = store.size / (cache.groups[group]!.cells?.streams ?? 1);
+    const kvRow = rowSize(kvType, nKvEmbd), kvHead = rowSize(kvType, hd), kvStream = rowSize(kvType, nKvEmbd * streamCells);
+    let kc = ctx.permute(ctx.view4d(store.k[slot]!, [hd, hp.nHeadKv, nKvL, ns], kvHead, kvRow, kvStream, kvStream * s0), 0, 2, 1, 3);
+    let vc = ctx.permute(ctx.view4d(store.v[slot]!, [hd, hp.nHeadKv, nKvL, ns], kvHead, kvRow, kvStream, kvStream * s0), 0, 2, 1, 3);
     // flash attention reads f16 or quantized K/V; an f32 cache is cast, as llama.cpp does
     if (kvType === GgmlType.F32) {
       kc = ctx.cast(kc, GgmlType.F16);
       vc = ctx.cast(vc, GgmlType.F16);
     }
-    const qp = ctx.permute(q, 0, 2, 1, 3);
+    // q [hd, n_head, n_tokens] as [hd, n_head, n_tokens / ns, ns], then [hd, n_tokens / ns, n_head, ns]
+    let qs = q;
+    if (ns > 1) {
+      const qi = tensorInfo(q);
+      qs = ctx.view4d(q, [hd, hp.nHead, n / ns, ns], qi.nb[1], qi.nb[2], qi.nb[2] * (n / ns), 0);
+    }
+    const qp = ctx.permute(qs, 0, 2, 1, 3);
     cur = ctx.flashAttnExt(qp, kc, vc, hp.swaLayers[il] ? maskSwa : mask, kqScale, GgmlPrec.F32, hp.attnSoftcap, w.attnSinks);
     cur = ctx.reshape2d(cur, hd * hp.nHead, n);
     if (rotV) cur = mulHadamard(ctx, cur, rotV, kv.rot.v, [hd * hp.nHead, n]);

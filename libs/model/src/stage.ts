@@ -9,6 +9,7 @@ import { readHParams, type HParams } from './hparams.ts';
 import { formatRange, type LayerRange } from './layer-range.ts';
 import { GRAPH_NODES, buildStageGraph, type GraphShape, type StageGraph } from './graph.ts';
 import { StageCache, type CacheCounters, type StagePlan } from './stage-cache.ts';
+import { splitEqual, type EqualPart } from './ubatch.ts';
 import { StageWeights } from './weights.ts';
 
 /** Options for {@link Stage.open}. */
@@ -105,6 +106,26 @@ interface PreparedBatch {
   nEmbed: number;
 }
 
+/** A batch split into equal parts (one KV stream per sequence), and where each part's rows go. */
+interface SplitBatch {
+  /** floats per result row: the vocabulary on the last stage, the hidden size before */
+  width: number;
+  /** result rows: the logit rows asked for on the last stage, every token before */
+  nOutputs: number;
+  parts: {
+    part: EqualPart;
+    batch: StageBatch;
+    /** the batch's token of each of the part's tokens */
+    tokens: Int32Array;
+    /** the result row of each of the part's logit rows (last stage) */
+    outRows: number[];
+    /** the embedding row of each of the part's embedding rows (last stage) */
+    embedRows: number[];
+  }[];
+  /** the batch's embedding rows, gathered */
+  embeddings: Float32Array<ArrayBuffer>;
+}
+
 function isIdentity(outputs: Int32Array, n: number): boolean {
   if (outputs.length !== n) return false;
   for (let i = 0; i < n; i++) if (outputs[i] !== i) return false;
@@ -128,6 +149,10 @@ export class Stage {
   #maskBuf = new Uint16Array(0);
   /** the kept logits buffer (StageOptions.reuseLogits), or null */
   #logitsBuf: Float32Array | null = null;
+  /** the same for a batch split into parts (one KV stream per sequence), or null */
+  #gatherBuf: Float32Array | null = null;
+  /** tokens of the largest micro-batch (StageOptions.maxBatch) */
+  #maxBatch = 512;
   #kvDebug: ((dump: string) => void) | undefined;
   #graph: { shape: GraphShape; graph: StageGraph } | null = null;
   #embeddings = new Float32Array(0);
@@ -189,7 +214,7 @@ export class Stage {
       // reserve the compute buffers of the largest batch, every token an output, all cells attended
       if (maxBatch > 0) {
         const worst = buildStageGraph(hp, weights, cache, {
-          nTokens: maxBatch, nKv: cache.groups[0]!.storage.size, nKvSwa: cache.groups[1]?.storage.size ?? 0, nOutputs: maxBatch, nEmbed: 0, selectOutputs: false,
+          nTokens: maxBatch, nKv: cache.groups[0]!.storage.size / streams, nKvSwa: (cache.groups[1]?.storage.size ?? 0) / streams, nOutputs: maxBatch, nEmbed: 0, selectOutputs: false,
         });
         try {
           sched.reserve(worst.graph);
@@ -199,7 +224,11 @@ export class Stage {
       }
       const stage = new Stage(hp, range, backend, cpu, weights, cache, sched);
       stage.#kvDebug = options.kvDebug;
-      if (options.reuseLogits) stage.#logitsBuf = new Float32Array(0);
+      if (options.reuseLogits) {
+        stage.#logitsBuf = new Float32Array(0);
+        stage.#gatherBuf = new Float32Array(0);
+      }
+      stage.#maxBatch = Math.max(1, maxBatch);
       return stage;
     } catch (err) {
       sched?.dispose();
@@ -213,7 +242,23 @@ export class Stage {
 
   /** Runs one micro-batch; returns hidden states [n * n_embd] or logits [n_outputs * n_vocab]. */
   eval(batch: StageBatch): Float32Array {
-    const b = this.#begin(batch);
+    // one KV stream per sequence: the batch computes in equal parts of consecutive streams
+    const split = this.#split(batch);
+    if (!split || !('parts' in split)) return this.#evalPart(batch, split);
+    const out = this.#gatherTarget(split);
+    split.parts.forEach((p, k) => {
+      try {
+        this.#gather(split, k, this.#evalPart(p.batch, p.part), out);
+      } catch (err) {
+        this.#undo(batch, k);
+        throw err;
+      }
+    });
+    return out;
+  }
+
+  #evalPart(batch: StageBatch, part: EqualPart | null): Float32Array {
+    const b = this.#begin(batch, part);
     try {
       this.#sched.run(b.graph.graph);
     } catch (err) {
@@ -233,7 +278,22 @@ export class Stage {
    * computes every step on one thread; docs/benchmarks.md, "One OpenMP team").
    */
   async evalAsync(batch: StageBatch): Promise<Float32Array> {
-    const b = this.#begin(batch);
+    const split = this.#split(batch);
+    if (!split || !('parts' in split)) return this.#evalPartAsync(batch, split);
+    const out = this.#gatherTarget(split);
+    for (const [k, p] of split.parts.entries()) {
+      try {
+        this.#gather(split, k, await this.#evalPartAsync(p.batch, p.part), out);
+      } catch (err) {
+        this.#undo(batch, k);
+        throw err;
+      }
+    }
+    return out;
+  }
+
+  async #evalPartAsync(batch: StageBatch, part: EqualPart | null): Promise<Float32Array> {
+    const b = this.#begin(batch, part);
     this.cache.lock(b.plan);
     try {
       await this.#sched.runAsync(b.graph.graph);
@@ -264,8 +324,100 @@ export class Stage {
     return { ...this.#counters, ...this.cache.counters };
   }
 
+  /**
+   * With one KV stream per sequence, the micro-batches a batch computes as (splitEqual), or the
+   * one part it is when it is one in its own order; null with one stream for all. Each part
+   * gets the rows it outputs: logit rows and embedding rows of its tokens, in the order asked
+   * (a part with none computes one logit row, dropped, as a stage outputs at least one).
+   */
+  #split(batch: StageBatch): SplitBatch | EqualPart | null {
+    const cells = this.cache.cells;
+    const n = batch.pos.length;
+    if (cells.streams === 1 || n === 0) return null;
+    this.#checkBatch(batch, n);
+    const parts = splitEqual(batch.seq, this.#maxBatch);
+    if (parts.length === 1 && isIdentity(parts[0]!.tokens, n)) return parts[0]!;
+    const embed = this.isLast && batch.embed && batch.embed.length > 0 ? batch.embed : null;
+    const outputs = this.isLast ? batch.outputs ?? (embed ? new Int32Array(0) : Int32Array.from({ length: n }, (_, i) => i)) : null;
+    const where = new Int32Array(n * 2); // token -> part, index in part
+    parts.forEach((p, k) => p.tokens.forEach((t, j) => {
+      where[2 * t] = k;
+      where[2 * t + 1] = j;
+    }));
+    const sub = (a: Int32Array, p: EqualPart) => Int32Array.from(p.tokens, (t) => a[t]!);
+    const width = this.hp.nEmbd;
+    return {
+      width: this.isLast ? this.hp.nVocab : width,
+      nOutputs: outputs ? outputs.length : n,
+      parts: parts.map((p, k) => {
+        const rowsOf = (asked: Int32Array | null) => {
+          const rows: number[] = [], locals: number[] = [];
+          asked?.forEach((t, r) => {
+            if (where[2 * t] === k) {
+              rows.push(r);
+              locals.push(where[2 * t + 1]!);
+            }
+          });
+          return { rows, locals };
+        };
+        const out = rowsOf(outputs), emb = rowsOf(embed);
+        let hidden: Float32Array | undefined;
+        if (batch.hidden) {
+          hidden = new Float32Array(p.tokens.length * width);
+          p.tokens.forEach((t, j) => hidden!.set(batch.hidden!.subarray(t * width, (t + 1) * width), j * width));
+        }
+        const dropOne = this.isLast && out.locals.length === 0 && emb.locals.length === 0;
+        return {
+          part: p,
+          batch: {
+            tokens: batch.tokens ? sub(batch.tokens, p) : undefined, hidden, pos: sub(batch.pos, p), seq: sub(batch.seq, p),
+            outputs: this.isLast ? Int32Array.from(dropOne ? [p.tokens.length - 1] : out.locals) : undefined,
+            embed: emb.locals.length > 0 ? Int32Array.from(emb.locals) : undefined,
+          },
+          tokens: p.tokens,
+          outRows: dropOne ? [] : out.rows,
+          embedRows: emb.rows,
+        };
+      }),
+      embeddings: new Float32Array((embed?.length ?? 0) * width),
+    };
+  }
+
+  /** The result of a split batch, filled part by part (#gather). */
+  #gatherTarget(split: SplitBatch): Float32Array {
+    const size = split.width * split.nOutputs;
+    if (!(this.#gatherBuf && this.isLast)) return new Float32Array(size);
+    if (this.#gatherBuf.length < size) this.#gatherBuf = new Float32Array(size);
+    return this.#gatherBuf.subarray(0, size);
+  }
+
+  /**
+   * Puts part k's result (`o`, and the embeddings its batch left) in the batch's order: hidden
+   * rows by token, logit and embedding rows as the batch asked for them.
+   */
+  #gather(split: SplitBatch, k: number, o: Float32Array, out: Float32Array): void {
+    const p = split.parts[k]!, w = split.width;
+    if (!this.isLast) {
+      p.tokens.forEach((t, j) => out.set(o.subarray(j * w, (j + 1) * w), t * w));
+      return;
+    }
+    p.outRows.forEach((r, j) => out.set(o.subarray(j * w, (j + 1) * w), r * w));
+    // (#end left the part's own embedding rows in #embeddings)
+    const e = this.hp.nEmbd, mine = this.#embeddings;
+    p.embedRows.forEach((r, j) => split.embeddings.set(mine.subarray(j * e, (j + 1) * e), r * e));
+    this.#embeddings = split.embeddings;
+  }
+
+  /** Takes back what the first `done` parts of a failed batch put in the cache: its sequences' positions from the batch's first on. */
+  #undo(batch: StageBatch, done: number): void {
+    if (done === 0) return;
+    const first = new Map<number, number>();
+    batch.seq.forEach((s, t) => first.set(s, Math.min(first.get(s) ?? Infinity, batch.pos[t]!)));
+    for (const [s, p] of first) this.cache.seqRemove(s, p, -1);
+  }
+
   /** Checks a batch, takes its cells and sets the graph's inputs: everything before compute. */
-  #begin(batch: StageBatch): PreparedBatch {
+  #begin(batch: StageBatch, part: EqualPart | null): PreparedBatch {
     if (this.#disposed) throw new ModelError('bad_input', 'stage was disposed');
     if (this.cache.locked) throw new ModelError('busy', 'a batch is computing on this stage');
     const n = batch.pos.length;
@@ -276,7 +428,7 @@ export class Stage {
     if (!plan) throw new KvCacheFullError(n, cache.free);
     cache.apply(plan, batch.pos, batch.seq);
     try {
-      return { plan, n, ...this.#setInputs(batch, plan, n) };
+      return { plan, n, ...this.#setInputs(batch, plan, n, part) };
     } catch (err) {
       cache.release(plan);
       throw err;
@@ -306,11 +458,14 @@ export class Stage {
     return out;
   }
 
-  #setInputs(batch: StageBatch, plan: StagePlan, n: number): { graph: StageGraph; nOutputs: number; nEmbed: number } {
+  #setInputs(batch: StageBatch, plan: StagePlan, n: number, part: EqualPart | null): { graph: StageGraph; nOutputs: number; nEmbed: number } {
     const { storage, groups } = this.cache;
-    const nKv = attendedCells(groups[0]!.cells);
+    // one KV stream per sequence: the part's streams, each token attending to its own
+    const ns = part?.streams ?? 1, stream0 = part?.first ?? 0;
+    const streams = Array.from({ length: ns }, (_, i) => stream0 + i);
+    const nKv = attendedCells(groups[0]!.cells, 256, streams);
     const swaCells = groups[1]?.cells ?? null;
-    const nKvSwa = swaCells ? attendedCells(swaCells) : 0;
+    const nKvSwa = swaCells ? attendedCells(swaCells, 256, streams) : 0;
     const embed = this.isLast && batch.embed && batch.embed.length > 0 ? batch.embed : null;
     const logitRows = batch.outputs ?? (embed ? new Int32Array(0) : null);
     // every token in order needs no row selection (llama.cpp skips it too)
@@ -324,7 +479,7 @@ export class Stage {
     }
     const nEmbed = embed?.length ?? 0;
     const nOutputs = this.isLast && logitRows ? logitRows.length : n;
-    const sg = this.#graphFor({ nTokens: n, nKv, nKvSwa, nOutputs, nEmbed, selectOutputs: outputs !== null });
+    const sg = this.#graphFor({ nTokens: n, nKv, nKvSwa, nOutputs, nEmbed, selectOutputs: outputs !== null, nStreams: ns, stream0 });
     if (sg.tokens) setTensor(sg.tokens, batch.tokens!);
     if (sg.hidden) setTensor(sg.hidden, batch.hidden!);
     setTensor(sg.pos, batch.pos);
@@ -362,7 +517,7 @@ export class Stage {
   #graphFor(shape: GraphShape): StageGraph {
     const c = this.#graph;
     if (c && c.shape.nTokens === shape.nTokens && c.shape.nKv === shape.nKv && c.shape.nKvSwa === shape.nKvSwa && c.shape.nOutputs === shape.nOutputs
-      && c.shape.nEmbed === shape.nEmbed && c.shape.selectOutputs === shape.selectOutputs) {
+      && c.shape.nEmbed === shape.nEmbed && c.shape.selectOutputs === shape.selectOutputs && c.shape.nStreams === shape.nStreams && c.shape.stream0 === shape.stream0) {
       this.#counters.graphReuses++;
       return c.graph;
     }

@@ -1,0 +1,42 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { splitEqual } from './ubatch.ts';
+
+const parts = (seq: number[], max = 512) => splitEqual(seq, max).map((p) => ({ tokens: Array.from(p.tokens), first: p.first, streams: p.streams }));
+
+test('decoding sequences in order are one part, stream after stream', () => {
+  assert.deepEqual(parts([0, 1, 2, 3]), [{ tokens: [0, 1, 2, 3], first: 0, streams: 4 }]);
+  assert.deepEqual(parts([5, 5, 6, 6]), [{ tokens: [0, 1, 2, 3], first: 5, streams: 2 }]);
+});
+
+test('unequal sequences: equal shares first, the rest after; only consecutive ids share a part', () => {
+  // seq 0 brings 3 tokens, seq 1 one: {0, 1} one token each, then seq 0's other two
+  assert.deepEqual(parts([0, 0, 0, 1]), [{ tokens: [0, 3], first: 0, streams: 2 }, { tokens: [1, 2], first: 0, streams: 1 }]);
+  // out of order: a part starts at the first token's sequence and takes the next id up only
+  assert.deepEqual(parts([2, 0, 1, 3]), [{ tokens: [0, 3], first: 2, streams: 2 }, { tokens: [1, 2], first: 0, streams: 2 }]);
+  // a gap in the ids: two parts
+  assert.deepEqual(parts([0, 1, 3]), [{ tokens: [0, 1], first: 0, streams: 2 }, { tokens: [2], first: 3, streams: 1 }]);
+});
+
+test('a part stays within the micro-batch size, at least one token from each sequence', () => {
+  assert.deepEqual(parts([0, 0, 0, 0, 0], 2), [{ tokens: [0, 1], first: 0, streams: 1 }, { tokens: [2, 3], first: 0, streams: 1 }, { tokens: [4], first: 0, streams: 1 }]);
+  assert.deepEqual(parts([0, 0, 1, 1], 3), [{ tokens: [0, 2], first: 0, streams: 2 }, { tokens: [1, 3], first: 0, streams: 2 }]);
+});
+
+test('every token lands in exactly one part', () => {
+  for (let trial = 0; trial < 200; trial++) {
+    const n = 1 + (trial % 37);
+    const seq = Array.from({ length: n }, (_, i) => (i * 7 + trial) % 5);
+    const seen = new Set<number>();
+    for (const p of splitEqual(seq, 8)) {
+      assert.ok(p.tokens.length <= Math.max(8, p.streams) && p.tokens.length % p.streams === 0);
+      const per = p.tokens.length / p.streams;
+      p.tokens.forEach((t, j) => {
+        assert.equal(seq[t], p.first + Math.floor(j / per), 'stream after stream');
+        assert.ok(!seen.has(t));
+        seen.add(t);
+      });
+    }
+    assert.equal(seen.size, n);
+  }
+});

@@ -1,0 +1,61 @@
+// How a batch splits into micro-batches when every sequence has a KV stream of its own: each
+// micro-batch takes consecutive sequences and the same number of tokens from each, stream after
+// stream, so that one attention op covers them all through 4-D views of the K/V (llama.cpp's
+// llama_batch_allocr::split_equal with sequential ids, as its non-unified cache splits a batch).
+
+/** One micro-batch of a split batch. */
+export interface EqualPart {
+  /** the batch's token indices, stream after stream (each stream's in batch order) // [n] */
+  tokens: Int32Array;
+  /** the first sequence (its stream); the part's sequences are first .. first + streams - 1 */
+  first: number;
+  /** sequences in the part */
+  streams: number;
+}
+
+/**
+ * Splits a batch (`seq` // [n], each token's sequence) as llama.cpp's sequential equal split does:
+ * a part starts at the sequence of the first token not yet taken and takes, going through the
+ * batch in order, each next sequence whose id is one above the last it took; then one token of
+ * each of them at a time (the earliest not yet taken), while every one has a token left and one
+ * more round stays within `maxTokens`.
+ */
+export function splitEqual(seq: ArrayLike<number>, maxTokens: number): EqualPart[] {
+  const n = seq.length;
+  const byseq = new Map<number, number[]>();
+  for (let i = 0; i < n; i++) {
+    const s = seq[i]!;
+    let list = byseq.get(s);
+    if (!list) byseq.set(s, (list = []));
+    list.push(i);
+  }
+  const next = new Map<number, number>([...byseq.keys()].map((s) => [s, 0]));
+  const used = new Uint8Array(n);
+  const parts: EqualPart[] = [];
+  let taken = 0;
+  while (taken < n) {
+    const seqs: number[] = [];
+    for (let i = 0; i < n; i++) {
+      if (used[i]) continue;
+      const s = seq[i]!;
+      if (seqs.includes(s)) continue;
+      if (seqs.length > 0 && s !== seqs[seqs.length - 1]! + 1) continue;
+      seqs.push(s);
+      if (seqs.length > maxTokens) break;
+    }
+    const per: number[][] = seqs.map(() => []);
+    for (;;) {
+      if (seqs.some((s) => next.get(s)! >= byseq.get(s)!.length)) break;
+      seqs.forEach((s, k) => {
+        const i = byseq.get(s)![next.get(s)!]!;
+        per[k]!.push(i);
+        used[i] = 1;
+        taken++;
+        next.set(s, next.get(s)! + 1);
+      });
+      if ((per[0]!.length + 1) * seqs.length > maxTokens) break;
+    }
+    parts.push({ tokens: Int32Array.from(per.flat()), first: seqs[0]!, streams: seqs.length });
+  }
+  return parts;
+}
