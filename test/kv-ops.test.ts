@@ -24,10 +24,10 @@ interface Pair {
   ref: LlamaReference;
 }
 
-function open(split: boolean, streams = 1, model = path, swaFull = true): Pair {
+function open(split: boolean, streams = 1, model = path, swaFull = true, groupStreams = false): Pair {
   return {
     // per-sequence streams: N_CTX cells each here, N_CTX * N_SEQ / N_SEQ each in libllama
-    p: Pipeline.open({ model, threads: 2, ctxSize: N_CTX, split: split ? [{ l0: 0, l1: 2 }, { l0: 2, l1: 4 }] : undefined, kvStreams: streams, kvSwaFull: swaFull }),
+    p: Pipeline.open({ model, threads: 2, ctxSize: N_CTX, split: split ? [{ l0: 0, l1: 2 }, { l0: 2, l1: 4 }] : undefined, kvStreams: streams, kvSwaFull: swaFull, groupStreams }),
     ref: LlamaReference.load(model, { nCtx: N_CTX * streams, nSeqMax: N_SEQ, threads: 2, kvUnified: streams === 1, swaFull }),
   };
 }
@@ -143,7 +143,19 @@ describe('KV cache operations against libllama', () => {
     t.diagnostic(`largest |Δlogit|: ${worst.toExponential(2)} (largest |logit| ${lastScale.toFixed(1)})`);
     assert.ok(worst <= TOL, `logits differ by ${worst}`);
     assert.equal(argmaxMismatches, 0, 'the same greedy token at every output');
-    assert.throws(() => pair.p.seqCopy(0, 3, 0, 5), /whole sequences/);
+    // Part of a sequence copied into another stream (what the prefix cache does with a cached
+    // prompt): libllama copies whole sequences only, so its side computes the same 5 positions
+    // into seq 3; decoding on from them agrees.
+    const prefix = tokens(20, 21).slice(0, 5);
+    pair.p.seqCopy(0, 3, 0, 5);
+    pair.ref.seqRemove(3, -1, -1);
+    pair.ref.decode(prefix.map((token, pos) => ({ token, pos, seq: 3, logits: pos === 4 })));
+    checkPositions(pair, 'seq_cp of a prefix across streams');
+    assert.equal(pair.p.stages[1]!.cache.cells.seqsOf(3 * (N_CTX) + 0).join(), '3', 'the copy lives in seq 3\'s own stream');
+    const after = decode(pair, [{ seq: 3, tokens: tokens(3, 30) }]);
+    t.diagnostic(`after a prefix copy: |Δlogit| ${after.toExponential(2)}`);
+    assert.ok(after <= TOL, `logits differ by ${after}`);
+    assert.equal(argmaxMismatches, 0);
   });
 
   for (const swaFull of [true, false]) it(`one stream per sequence with windowed layers (swa_full ${swaFull}): every sequence past the window, batched together`, (t) => {
@@ -159,6 +171,23 @@ describe('KV cache operations against libllama', () => {
     checkPositions(pair, 'seq_rm of one stream');
     t.diagnostic(`largest |Δlogit|: ${worst.toExponential(2)}`);
     assert.ok(worst <= TOL, `logits differ by ${worst}`);
+  });
+
+  for (const model of [path, windowed]) it(`one stream per sequence in one graph (${model === path ? 'llama' : 'windowed layers'}): any sequences, a group each, the same results`, (t) => {
+    const pair = open(true, N_SEQ, model, false, true);
+    pairs.push(pair);
+    let worst = decode(pair, [{ seq: 2, tokens: tokens(9, 70) }, { seq: 0, tokens: tokens(30, 71) }]);
+    const before = pair.p.stages[0]!.counters.batches;
+    // seqs 2 and 0 decoding (1 idle between them), then a prompt of seq 3 beside 0 and 2
+    for (let i = 0; i < 20; i++) worst = Math.max(worst, decode(pair, [{ seq: 2, tokens: tokens(1, 80 + i) }, { seq: 0, tokens: tokens(1, 100 + i) }]));
+    worst = Math.max(worst, decode(pair, [{ seq: 3, tokens: tokens(4, 72) }, { seq: 0, tokens: tokens(1, 73) }, { seq: 2, tokens: tokens(1, 74) }]));
+    assert.equal(pair.p.stages[0]!.counters.batches - before, 21, 'one graph a batch');
+    for (let i = 0; i < 20; i++) worst = Math.max(worst, decode(pair, [0, 2, 3].map((seq) => ({ seq, tokens: tokens(1, 120 + 3 * i + seq) }))));
+    checkPositions(pair, 'grouped batches');
+    // other mat-mul shapes than libllama's micro-batches: the same greedy tokens, logits to rounding
+    t.diagnostic(`largest |Δlogit|: ${worst.toExponential(2)} (largest |logit| ${lastScale.toFixed(1)})`);
+    assert.ok(worst <= 2e-3 * lastScale, `logits differ by ${worst}`);
+    assert.equal(argmaxMismatches, 0, 'the same greedy token at every output');
   });
 
   it('K/V of some layers kept in host memory give the same results', () => {

@@ -105,3 +105,54 @@ describe('prefix cache on a cluster of two stages', () => {
     assert.ok(Number(p.cachedPromptTokens) > 0 && Number(p.cachedPromptTokens) < Number(p.promptTokens), JSON.stringify(p));
   });
 });
+
+// The same cache on workers that keep one KV stream per sequence (--kv-streams): a cached prefix
+// given to a new request is a copy of its K/V rows into that request's stream, not cells shared
+// in place, and a decode step of any sequences is one micro-batch with padding rows between them.
+describe('prefix cache on stages with one KV stream per sequence', () => {
+  let cluster: LocalCluster;
+  before(async () => {
+    cluster = await LocalCluster.start({
+      model: ensureDefaultModel(), splits: [[{ l0: 0, l1: 4 }, { l0: 4, l1: 8 }]], port: 0, threads: 1, ctxSize: 4096, kvStreams: 16,
+    });
+  });
+  after(async () => {
+    await cluster?.stop();
+  });
+
+  const complete = async (prompt: string, extra: Record<string, unknown> = {}) => {
+    const r = await fetch(`${cluster.url}/v1/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: MODEL, prompt, max_tokens: 8, temperature: 0, ...extra }),
+    });
+    const body = (await r.json()) as { choices?: { text: string }[]; usage?: { prompt_tokens: number; prompt_tokens_details: { cached_tokens: number } }; error?: { message: string } };
+    return { status: r.status, text: body.choices?.[0]?.text ?? body.error?.message ?? '', promptTokens: body.usage?.prompt_tokens ?? 0, cached: body.usage?.prompt_tokens_details.cached_tokens ?? -1 };
+  };
+
+  it('the stages say so, and a sequence holds at most one stream', async () => {
+    const s = await workerStats(cluster.natsUrl, 'p0-s0');
+    assert.equal(s.stage?.kvStreams, 16);
+    assert.equal(s.stage?.kvCells, 256, 'cells per stream');
+    const long = await complete('word '.repeat(300));
+    assert.equal(long.status, 400, long.text);
+    assert.match(long.text, /context of 256/);
+  });
+
+  it('a cached prefix is copied into the next request\'s stream: it computes only its own tokens and answers as without the cache', async () => {
+    const first = await complete(`${SYSTEM}Who built the wheel?`);
+    assert.equal(first.status, 200, first.text);
+    const second = await complete(`${SYSTEM}When did the flood come?`);
+    assert.ok(second.cached >= second.promptTokens - 12 && second.cached < second.promptTokens, `cached ${second.cached} of ${second.promptTokens}`);
+    const fresh = await complete(`${SYSTEM}When did the flood come?`, { cache_salt: 'fresh-streams' });
+    assert.equal(fresh.cached, 0);
+    assert.equal(second.text, fresh.text, 'greedy output with and without the cache');
+  });
+
+  it('requests at once answer as each alone', async () => {
+    const prompts = Array.from({ length: 6 }, (_, i) => `Item ${i}: the ${['mill', 'wheel', 'river', 'bridge', 'ledger', 'flood'][i]} was`);
+    const alone: string[] = [];
+    for (const p of prompts) alone.push((await complete(p, { cache_salt: `alone-${p}` })).text);
+    const together = await Promise.all(prompts.map((p) => complete(p, { cache_salt: `together-${p}`, max_tokens: 8 })));
+    together.forEach((a, i) => assert.equal(a.text, alone[i], `request ${i}`));
+  });
+});

@@ -34,6 +34,11 @@ export interface ServingOptions {
   endpoint: 'chat' | 'completions';
   /** how the two-worker cluster cuts the layers (LocalClusterOptions.split) */
   split: 'even' | 'balanced';
+  /**
+   * the workers' KV layout: 'streams', one stream of 512 cells per client (--kv-streams, --n-seq-max
+   * the most clients: llama-server's layout here), or 'shared', one stream of them all
+   */
+  kv: 'streams' | 'shared';
 }
 
 /**
@@ -214,7 +219,7 @@ export async function runServingBench(o: ServingOptions, step: (detail?: string)
   if (!bin) return null;
   const maxClients = Math.max(...o.clients);
   const ctxPerSlot = 512;
-  console.log(`\nserving: ${o.model.split('/').pop()}, greedy streaming ${o.endpoint === 'chat' ? 'chat' : 'completions'}, ${o.tokens} tokens per request (ignore_eos), ${o.threads} threads each; ` +
+  console.log(`\nserving: ${o.model.split('/').pop()}, greedy streaming ${o.endpoint === 'chat' ? 'chat' : 'completions'}, ${o.tokens} tokens per request (ignore_eos), ${o.threads} threads each, Strata's KV ${o.kv === 'streams' ? 'one stream per client' : 'one shared stream'}; ` +
     `alternating, medians of ${o.reps}`);
   const endpoint: Endpoint = o.endpoint === 'chat' ? 'chat' : { ban: strayBytes(o.model) };
   const ls = await startLlamaServer(bin, o.model, o.threads, maxClients, ctxPerSlot);
@@ -226,6 +231,7 @@ export async function runServingBench(o: ServingOptions, step: (detail?: string)
       const c = await LocalCluster.start({
         model: o.model, workers, threads: Math.max(1, o.threads / workers), port: 0, ctxSize: maxClients * ctxPerSlot,
         logLevel: process.env.BENCH_LOG ?? 'error', coordinatorFlags: o.coordinatorFlags, split: o.split,
+        workerFlags: o.kv === 'streams' ? ['--kv-streams', 'true', '--n-seq-max', String(maxClients)] : [],
       });
       clusters.push(c);
       const id = ((await (await fetch(`${c.url}/v1/models`)).json()) as { data: { id: string }[] }).data[0]!.id;

@@ -130,6 +130,8 @@ export class GgmlContext {
   /** I32 indices of each row's `k` largest elements, largest first */
   argsortTopK(a: TensorPtr, k: number): TensorPtr { return this.#g.ggml_argsort_top_k(this.ptr, a, k); }
   cpy(a: TensorPtr, b: TensorPtr): TensorPtr { return this.#g.ggml_cpy(this.ptr, a, b); }
+  /** `a` and `b` one after the other along dimension `dim` (the other dimensions equal) */
+  concat(a: TensorPtr, b: TensorPtr, dim: number): TensorPtr { return this.#g.ggml_concat(this.ptr, a, b, dim); }
   cast(a: TensorPtr, type: number): TensorPtr { return this.#g.ggml_cast(this.ptr, a, type); }
   cont(a: TensorPtr): TensorPtr { return this.#g.ggml_cont(this.ptr, a); }
   reshape2d(a: TensorPtr, ne0: number, ne1: number): TensorPtr { return this.#g.ggml_reshape_2d(this.ptr, a, ne0, ne1); }

@@ -31,7 +31,15 @@ describe('KvCells', () => {
     assert.equal(c.used, 4);
     c.seqKeep(0);
     assert.equal(c.seqPosMax(1), 2, 'seq_keep acts within its own stream');
-    assert.throws(() => c.seqCopy(0, 1, 1, -1), /whole sequences/);
+    // part of a sequence: dst's own positions in the range go, the copy takes its first free cells
+    const part = c.seqCopy(0, 1, 1, -1)!;
+    assert.deepEqual([Array.from(part.from), Array.from(part.to)], [[1, 2], [4, 5]]);
+    assert.deepEqual(Array.from(c.pos.subarray(4)), [1, 2, -1, -1]);
+    assert.equal(c.used, 4);
+    c.apply(c.findSlotFor([1, 1])!, [3, 4], [1, 1]);
+    c.apply(c.findSlotFor([0])!, [10], [0]);
+    assert.throws(() => c.seqCopy(1, 0, 0, 5), /stream 0 has 3 free cells for 4 copied positions/);
+    assert.deepEqual(Array.from(c.pos.subarray(0, 4)), [10, 1, 2, -1], 'a copy that does not fit changes nothing');
     assert.throws(() => c.findSlotFor([2]), /seq id 2 outside 0..1/);
   });
 

@@ -335,9 +335,11 @@ export class KvCells {
 
   /**
    * Gives `dst` the cells of `src` with p0 <= pos < p1. In one stream the cells are shared and
-   * no data moves (returns null). Across streams (llama.cpp: whole sequences only) `dst`'s stream
-   * is emptied and takes a copy of `src`'s cells at the same places; the returned moves tell the
-   * caller which K/V rows to copy.
+   * no data moves (returns null). Across streams, a whole sequence (p0 and p1 open, as llama.cpp
+   * copies) empties `dst`'s stream, which takes a copy of `src`'s cells at the same places; a
+   * part of one (a cached prefix) first drops `dst`'s own positions in [p0, p1), then copies those
+   * cells into the first free cells of `dst`'s stream, in order (RangeError when too few are
+   * free). The returned moves tell the caller which K/V rows to copy.
    */
   seqCopy(src: number, dst: number, p0: number, p1: number): { from: Int32Array; to: Int32Array } | null {
     this.#checkSeq(src);
@@ -352,7 +354,7 @@ export class KvCells {
       }
       return null;
     }
-    if (p0 > 0 || (p1 >= 0 && p1 < Number.MAX_SAFE_INTEGER)) throw new RangeError('copying between streams copies whole sequences (p0 and p1 must be open)');
+    if (p0 > 0 || (p1 >= 0 && p1 < Number.MAX_SAFE_INTEGER)) return this.#copyPart(src, dst, lo, hi);
     const base0 = s0 * this.streamSize, base1 = s1 * this.streamSize;
     for (let i = base1; i < base1 + this.streamSize; i++) if (this.pos[i]! >= 0) this.#freeCell(i);
     const from: number[] = [], to: number[] = [];
@@ -368,6 +370,34 @@ export class KvCells {
       to.push(j);
     }
     this.#heads[s1] = this.#heads[s0]! - base0 + base1;
+    return { from: Int32Array.from(from), to: Int32Array.from(to) };
+  }
+
+  /** Copies `src`'s positions [lo, hi) into the free cells of `dst`'s stream (another stream). */
+  #copyPart(src: number, dst: number, lo: number, hi: number): { from: Int32Array; to: Int32Array } {
+    const s0 = this.streamOf(src), s1 = this.streamOf(dst);
+    const base0 = s0 * this.streamSize, base1 = s1 * this.streamSize;
+    const from: number[] = [];
+    for (let i = base0; i < base0 + this.streamSize; i++) {
+      const p = this.pos[i]!;
+      if (p >= lo && p < hi && this.hasSeq(i, src)) from.push(i);
+    }
+    // (a stream's cells hold its own sequence only: dst's positions in the range free theirs)
+    let free = 0;
+    for (let j = base1; j < base1 + this.streamSize; j++) if (this.pos[j]! < 0 || (this.pos[j]! >= lo && this.pos[j]! < hi)) free++;
+    if (free < from.length) throw new RangeError(`stream ${s1} has ${free} free cells for ${from.length} copied positions`);
+    this.seqRemove(dst, lo, hi);
+    const to: number[] = [];
+    for (let j = base1; j < base1 + this.streamSize && to.length < from.length; j++) if (this.pos[j]! < 0) to.push(j);
+    from.forEach((i, k) => {
+      const j = to[k]!;
+      this.pos[j] = this.pos[i]!;
+      this.shift[j] = this.shift[i]!;
+      this.#used++;
+      this.#usedPer[s1]!++;
+      this.#seqAdd(j, dst);
+    });
+    if (to.length > 0) this.#heads[s1] = Math.max(this.#heads[s1]!, to[to.length - 1]! + 1);
     return { from: Int32Array.from(from), to: Int32Array.from(to) };
   }
 

@@ -30,12 +30,11 @@ export interface StageGraph {
   /** I64 [n_tokens]: the same in the windowed layers' own group, when the cache has one */
   kvIdxsSwa: TensorPtr | null;
   /**
-   * F16 [n_kv, n_tokens / n_streams, 1, n_streams]: causal, same sequence (null when every layer
-   * is windowed)
+   * per attention group (GraphShape.groups): F16 [n_kv, per, 1, streams], causal, same sequence
+   * (`full`, null when every layer is windowed), and the same over the windowed group's cells,
+   * also within the sliding window (`swa`, null when no layer is windowed)
    */
-  mask: TensorPtr | null;
-  /** F16, the same for the windowed group's cells: also within the sliding window (null when no layer is windowed) */
-  maskSwa: TensorPtr | null;
+  masks: { full: TensorPtr | null; swa: TensorPtr | null }[];
   /** I32 [n_outputs + n_embed], last stage only, when not every token outputs */
   outIds: TensorPtr | null;
   /** F32 [n_embd, n_embed]: the final normalized hidden states of the embedding rows (last stage), or null */
@@ -75,13 +74,25 @@ export interface GraphShape {
   /** select the output rows with an index input (false: every token, in order) */
   selectOutputs: boolean;
   /**
-   * With one KV stream per sequence: the streams the micro-batch's tokens belong to, consecutive
-   * from `stream0`, each bringing nTokens / nStreams tokens (stream after stream); every token
-   * attends to the first nKv cells of its own stream only (llama.cpp's 4-D K/V views). Default 1
-   * and 0: one stream, every token attends to cells [0, nKv).
+   * With one KV stream per sequence: the tokens' attention groups, in row order. Each group is
+   * `streams` consecutive streams from `first`, each bringing `per` tokens (stream after stream),
+   * and each token attends to the first nKv (nKvSwa) cells of its own stream only (llama.cpp's
+   * 4-D K/V views); the mat-muls take every row at once. Default: one group of one stream, every
+   * token attending to cells [0, nKv).
    */
-  nStreams?: number;
-  stream0?: number;
+  groups?: readonly AttnGroup[];
+}
+
+/** Tokens of consecutive KV streams that attend together (GraphShape.groups). */
+export interface AttnGroup {
+  /** the first stream */
+  first: number;
+  streams: number;
+  /** tokens from each stream */
+  per: number;
+  /** cells attended in each stream, of the full layers' group and of the windowed group */
+  nKv: number;
+  nKvSwa: number;
 }
 
 /**
@@ -155,8 +166,8 @@ function mixtureOfExperts(ctx: GgmlContext, gf: GraphPtr, hp: HParams, w: StageW
 /** Builds the graph of `weights`' layers for one batch. */
 export function buildStageGraph(hp: HParams, weights: StageWeights, cache: GraphKv, shape: GraphShape): StageGraph {
   const { nTokens: n, nKv, nKvSwa, nOutputs, nEmbed, selectOutputs } = shape;
-  const ns = shape.nStreams ?? 1, s0 = shape.stream0 ?? 0;
-  if (n % ns !== 0) throw new RangeError(`${n} tokens do not split evenly into ${ns} streams`);
+  const groups = shape.groups ?? [{ first: 0, streams: 1, per: n, nKv, nKvSwa }];
+  if (groups.reduce((t, g) => t + g.streams * g.per, 0) !== n) throw new RangeError(`attention groups do not hold the ${n} tokens`);
   const kv = cache.groups[0]!.storage;
   const twoGroups = cache.groups.length > 1;
   const { l0, l1 } = weights.range;
@@ -172,8 +183,10 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, cache: Graph
   const kvIdxs = ctx.input(GgmlType.I64, [n], 'inp_kv_idxs');
   const kvIdxsSwa = twoGroups ? ctx.input(GgmlType.I64, [n], 'inp_kv_idxs_swa') : null;
   const swa = hp.swaLayers.slice(l0, l1);
-  const mask = swa.some((x) => !x) ? ctx.input(GgmlType.F16, [nKv, n / ns, 1, ns], 'inp_kq_mask') : null;
-  const maskSwa = swa.some((x) => x) ? ctx.input(GgmlType.F16, [twoGroups ? nKvSwa : nKv, n / ns, 1, ns], 'inp_kq_mask_swa') : null;
+  const masks = groups.map((g, i) => ({
+    full: swa.some((x) => !x) ? ctx.input(GgmlType.F16, [g.nKv, g.per, 1, g.streams], `inp_kq_mask${i || ''}`) : null,
+    swa: swa.some((x) => x) ? ctx.input(GgmlType.F16, [twoGroups ? g.nKvSwa : g.nKv, g.per, 1, g.streams], `inp_kq_mask_swa${i || ''}`) : null,
+  }));
   const outIds = isLast && selectOutputs ? ctx.input(GgmlType.I32, [nOutputs + nEmbed], 'inp_out_ids') : null;
   const rotK = kv.rot.k ? ctx.input(GgmlType.F32, [kv.rot.k, kv.rot.k], 'attn_inp_k_rot') : null;
   const rotV = kv.rot.v ? ctx.input(GgmlType.F32, [kv.rot.v, kv.rot.v], 'attn_inp_v_rot') : null;
@@ -187,11 +200,10 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, cache: Graph
   if (isFirst && hp.embdScale !== 1) inpL = ctx.scale(inpL, hp.embdScale);
   for (let il = l0; il < l1; il++) {
     const w = weights.layers[il - l0]!;
-    // the layer's K/V: its group's storage, cells and attended span
+    // the layer's K/V: its group's storage and cells
     const { group, slot } = cache.layerGroup(il);
     const store = cache.groups[group]!.storage;
     const idxs = group === 0 ? kvIdxs : kvIdxsSwa!;
-    const nKvL = group === 0 ? nKv : nKvSwa;
     const rope = ropeParams(hp, weights, il);
     let inpSA = inpL;
     // llama/qwen2/qwen3/gemma3 normalize before attention; exaone4 after it; exaone4, gemma3 and qwen3 also normalize Q and K per head
@@ -239,26 +251,29 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, cache: Graph
     ctx.expand(gf, ctx.setRows(store.k[slot]!, ctx.view2d(k, nKvEmbd, n, rowF32, 0), idxs));
     ctx.expand(gf, ctx.setRows(store.v[slot]!, ctx.view2d(v, nKvEmbd, n, rowF32, 0), idxs));
 
-    // attend over cells [0, nKvL) of each stream: streams s0 .. s0 + ns - 1 of the storage's
-    // cache.groups[group].streams, each of store.size / streams cells
+    // each attention group: its tokens' Q rows against the first cells of each of its streams
+    // (store.size / streams cells each); the groups' outputs one after the other
     const streamCells = store.size / (cache.groups[group]!.cells?.streams ?? 1);
     const kvRow = rowSize(kvType, nKvEmbd), kvHead = rowSize(kvType, hd), kvStream = rowSize(kvType, nKvEmbd * streamCells);
-    let kc = ctx.permute(ctx.view4d(store.k[slot]!, [hd, hp.nHeadKv, nKvL, ns], kvHead, kvRow, kvStream, kvStream * s0), 0, 2, 1, 3);
-    let vc = ctx.permute(ctx.view4d(store.v[slot]!, [hd, hp.nHeadKv, nKvL, ns], kvHead, kvRow, kvStream, kvStream * s0), 0, 2, 1, 3);
-    // flash attention reads f16 or quantized K/V; an f32 cache is cast, as llama.cpp does
-    if (kvType === GgmlType.F32) {
-      kc = ctx.cast(kc, GgmlType.F16);
-      vc = ctx.cast(vc, GgmlType.F16);
+    const qi = groups.length > 1 || groups[0]!.streams > 1 ? tensorInfo(q) : null;
+    let row = 0, attn: TensorPtr | null = null;
+    for (const [gi, g] of groups.entries()) {
+      const nKvG = group === 0 ? g.nKv : g.nKvSwa;
+      let kc = ctx.permute(ctx.view4d(store.k[slot]!, [hd, hp.nHeadKv, nKvG, g.streams], kvHead, kvRow, kvStream, kvStream * g.first), 0, 2, 1, 3);
+      let vc = ctx.permute(ctx.view4d(store.v[slot]!, [hd, hp.nHeadKv, nKvG, g.streams], kvHead, kvRow, kvStream, kvStream * g.first), 0, 2, 1, 3);
+      // flash attention reads f16 or quantized K/V; an f32 cache is cast, as llama.cpp does
+      if (kvType === GgmlType.F32) {
+        kc = ctx.cast(kc, GgmlType.F16);
+        vc = ctx.cast(vc, GgmlType.F16);
+      }
+      // q [hd, n_head, n_tokens]: the group's rows as [hd, n_head, per, streams], then [hd, per, n_head, streams]
+      const qg = qi ? ctx.view4d(q, [hd, hp.nHead, g.per, g.streams], qi.nb[1], qi.nb[2], qi.nb[2] * g.per, qi.nb[2] * row) : q;
+      const m = hp.swaLayers[il] ? masks[gi]!.swa : masks[gi]!.full;
+      const out = ctx.reshape2d(ctx.flashAttnExt(ctx.permute(qg, 0, 2, 1, 3), kc, vc, m, kqScale, GgmlPrec.F32, hp.attnSoftcap, w.attnSinks), hd * hp.nHead, g.per * g.streams);
+      attn = attn ? ctx.concat(attn, out, 1) : out;
+      row += g.per * g.streams;
     }
-    // q [hd, n_head, n_tokens] as [hd, n_head, n_tokens / ns, ns], then [hd, n_tokens / ns, n_head, ns]
-    let qs = q;
-    if (ns > 1) {
-      const qi = tensorInfo(q);
-      qs = ctx.view4d(q, [hd, hp.nHead, n / ns, ns], qi.nb[1], qi.nb[2], qi.nb[2] * (n / ns), 0);
-    }
-    const qp = ctx.permute(qs, 0, 2, 1, 3);
-    cur = ctx.flashAttnExt(qp, kc, vc, hp.swaLayers[il] ? maskSwa : mask, kqScale, GgmlPrec.F32, hp.attnSoftcap, w.attnSinks);
-    cur = ctx.reshape2d(cur, hd * hp.nHead, n);
+    cur = attn!;
     if (rotV) cur = mulHadamard(ctx, cur, rotV, kv.rot.v, [hd * hp.nHead, n]);
     cur = ctx.mulMat(w.wo, cur);
     if (w.bo) cur = ctx.add(cur, w.bo);
@@ -308,5 +323,5 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, cache: Graph
   }
   ctx.setOutput(out);
   ctx.expand(gf, out);
-  return { ctx, graph: gf, tokens, hidden, pos, kvIdxs, kvIdxsSwa, mask, maskSwa, outIds, embd, rotK, rotV, out };
+  return { ctx, graph: gf, tokens, hidden, pos, kvIdxs, kvIdxsSwa, masks, outIds, embd, rotK, rotV, out };
 }

@@ -3,13 +3,13 @@
 // hidden states or logits.
 import { Backend, Scheduler, getTensor, setTensor, type TensorPtr } from '@strata/ggml';
 import { GgufFile } from '@strata/gguf';
-import { MAX_SEQ, attendedCells, buildMask } from '@strata/kv-cache';
+import { MAX_SEQ, attendedCells, buildMask, type KvCells } from '@strata/kv-cache';
 import { KvCacheFullError, ModelError } from './errors.ts';
 import { readHParams, type HParams } from './hparams.ts';
 import { formatRange, type LayerRange } from './layer-range.ts';
-import { GRAPH_NODES, buildStageGraph, type GraphShape, type StageGraph } from './graph.ts';
+import { GRAPH_NODES, buildStageGraph, type AttnGroup, type GraphShape, type StageGraph } from './graph.ts';
 import { StageCache, type CacheCounters, type StagePlan } from './stage-cache.ts';
-import { splitEqual, type EqualPart } from './ubatch.ts';
+import { attnOf, groupStreams, splitEqual, type Attn, type EqualPart } from './ubatch.ts';
 import { StageWeights } from './weights.ts';
 
 /** Options for {@link Stage.open}. */
@@ -38,6 +38,13 @@ export interface StageOptions {
    * (llama.cpp's kv_unified = false)
    */
   kvStreams?: number;
+  /**
+   * With kvStreams: a batch computes as one graph whatever sequences it holds (groupStreams: its
+   * tokens in sequence order, one attention op per run of consecutive sequences with the same
+   * number of tokens). Default false: split into micro-batches as llama.cpp does (splitEqual),
+   * which libllama's results match to the bit.
+   */
+  groupStreams?: boolean;
   /**
    * true (default, as libllama's own default): windowed layers keep a full-size cell set, shared
    * with the full layers. false: a stage holding both kinds keeps the windowed layers' K/V in a
@@ -115,7 +122,7 @@ interface SplitBatch {
   parts: {
     part: EqualPart;
     batch: StageBatch;
-    /** the batch's token of each of the part's tokens */
+    /** the batch's token of each of the part's rows */
     tokens: Int32Array;
     /** the result row of each of the part's logit rows (last stage) */
     outRows: number[];
@@ -124,6 +131,15 @@ interface SplitBatch {
   }[];
   /** the batch's embedding rows, gathered */
   embeddings: Float32Array<ArrayBuffer>;
+}
+
+/** Whether two shapes' attention groups are the same. */
+function sameGroups(a: readonly AttnGroup[] | undefined, b: readonly AttnGroup[] | undefined): boolean {
+  if (!a || !b) return a === b;
+  return a.length === b.length && a.every((g, i) => {
+    const h = b[i]!;
+    return g.first === h.first && g.streams === h.streams && g.per === h.per && g.nKv === h.nKv && g.nKvSwa === h.nKvSwa;
+  });
 }
 
 function isIdentity(outputs: Int32Array, n: number): boolean {
@@ -153,6 +169,8 @@ export class Stage {
   #gatherBuf: Float32Array | null = null;
   /** tokens of the largest micro-batch (StageOptions.maxBatch) */
   #maxBatch = 512;
+  /** StageOptions.groupStreams */
+  #groupStreams = false;
   #kvDebug: ((dump: string) => void) | undefined;
   #graph: { shape: GraphShape; graph: StageGraph } | null = null;
   #embeddings = new Float32Array(0);
@@ -229,6 +247,7 @@ export class Stage {
         stage.#gatherBuf = new Float32Array(0);
       }
       stage.#maxBatch = Math.max(1, maxBatch);
+      stage.#groupStreams = options.groupStreams === true;
       return stage;
     } catch (err) {
       sched?.dispose();
@@ -242,13 +261,15 @@ export class Stage {
 
   /** Runs one micro-batch; returns hidden states [n * n_embd] or logits [n_outputs * n_vocab]. */
   eval(batch: StageBatch): Float32Array {
+    const grouped = this.#grouped(batch);
+    if (grouped) return grouped.finish(this.#evalPart(grouped.batch, grouped.attn));
     // one KV stream per sequence: the batch computes in equal parts of consecutive streams
     const split = this.#split(batch);
-    if (!split || !('parts' in split)) return this.#evalPart(batch, split);
+    if (!split || !('parts' in split)) return this.#evalPart(batch, split && attnOf(split));
     const out = this.#gatherTarget(split);
     split.parts.forEach((p, k) => {
       try {
-        this.#gather(split, k, this.#evalPart(p.batch, p.part), out);
+        this.#gather(split, k, this.#evalPart(p.batch, attnOf(p.part)), out);
       } catch (err) {
         this.#undo(batch, k);
         throw err;
@@ -257,8 +278,8 @@ export class Stage {
     return out;
   }
 
-  #evalPart(batch: StageBatch, part: EqualPart | null): Float32Array {
-    const b = this.#begin(batch, part);
+  #evalPart(batch: StageBatch, attn: Attn[] | null): Float32Array {
+    const b = this.#begin(batch, attn);
     try {
       this.#sched.run(b.graph.graph);
     } catch (err) {
@@ -278,12 +299,14 @@ export class Stage {
    * computes every step on one thread; docs/benchmarks.md, "One OpenMP team").
    */
   async evalAsync(batch: StageBatch): Promise<Float32Array> {
+    const grouped = this.#grouped(batch);
+    if (grouped) return grouped.finish(await this.#evalPartAsync(grouped.batch, grouped.attn));
     const split = this.#split(batch);
-    if (!split || !('parts' in split)) return this.#evalPartAsync(batch, split);
+    if (!split || !('parts' in split)) return this.#evalPartAsync(batch, split && attnOf(split));
     const out = this.#gatherTarget(split);
     for (const [k, p] of split.parts.entries()) {
       try {
-        this.#gather(split, k, await this.#evalPartAsync(p.batch, p.part), out);
+        this.#gather(split, k, await this.#evalPartAsync(p.batch, attnOf(p.part)), out);
       } catch (err) {
         this.#undo(batch, k);
         throw err;
@@ -292,8 +315,8 @@ export class Stage {
     return out;
   }
 
-  async #evalPartAsync(batch: StageBatch, part: EqualPart | null): Promise<Float32Array> {
-    const b = this.#begin(batch, part);
+  async #evalPartAsync(batch: StageBatch, attn: Attn[] | null): Promise<Float32Array> {
+    const b = this.#begin(batch, attn);
     this.cache.lock(b.plan);
     try {
       await this.#sched.runAsync(b.graph.graph);
@@ -325,6 +348,44 @@ export class Stage {
   }
 
   /**
+   * With one KV stream per sequence and groupStreams: the batch in sequence order (its outputs and
+   * embedding rows renumbered, asked for in the same order), its attention groups, and what puts
+   * a result back in the batch's order (hidden rows by token; logit rows come as asked). Null
+   * otherwise.
+   */
+  #grouped(batch: StageBatch): { batch: StageBatch; attn: Attn[]; finish: (out: Float32Array) => Float32Array } | null {
+    if (!this.#groupStreams || this.cache.cells.streams === 1) return null;
+    const n = batch.pos.length;
+    this.#checkBatch(batch, n);
+    const { order, groups } = groupStreams(batch.seq);
+    if (isIdentity(order, n)) return { batch, attn: groups, finish: (out) => out };
+    const row = new Int32Array(n); // token -> row
+    order.forEach((t, r) => (row[t] = r));
+    const pick = (a: Int32Array) => Int32Array.from(order, (t) => a[t]!);
+    const rows = (a: Int32Array) => Int32Array.from(a, (t) => row[t]!);
+    const e = this.hp.nEmbd;
+    let hidden: Float32Array | undefined;
+    if (batch.hidden) {
+      hidden = new Float32Array(n * e);
+      order.forEach((t, r) => hidden!.set(batch.hidden!.subarray(t * e, (t + 1) * e), r * e));
+    }
+    // the last stage's logit rows, every token's when none are named (none with embeddings)
+    const outputs = !this.isLast ? undefined : batch.outputs ? rows(batch.outputs) : batch.embed?.length ? undefined : row;
+    const sorted: StageBatch = {
+      tokens: batch.tokens && pick(batch.tokens), hidden, pos: pick(batch.pos), seq: pick(batch.seq), outputs, embed: batch.embed && rows(batch.embed),
+    };
+    return {
+      batch: sorted, attn: groups,
+      finish: (out) => {
+        if (this.isLast) return out;
+        const back = new Float32Array(out.length);
+        order.forEach((t, r) => back.set(out.subarray(r * e, (r + 1) * e), t * e));
+        return back;
+      },
+    };
+  }
+
+  /**
    * With one KV stream per sequence, the micro-batches a batch computes as (splitEqual), or the
    * one part it is when it is one in its own order; null with one stream for all. Each part
    * gets the rows it outputs: logit rows and embedding rows of its tokens, in the order asked
@@ -339,12 +400,13 @@ export class Stage {
     if (parts.length === 1 && isIdentity(parts[0]!.tokens, n)) return parts[0]!;
     const embed = this.isLast && batch.embed && batch.embed.length > 0 ? batch.embed : null;
     const outputs = this.isLast ? batch.outputs ?? (embed ? new Int32Array(0) : Int32Array.from({ length: n }, (_, i) => i)) : null;
-    const where = new Int32Array(n * 2); // token -> part, index in part
-    parts.forEach((p, k) => p.tokens.forEach((t, j) => {
+    const own = parts.map((p) => p.tokens);
+    const where = new Int32Array(n * 2); // token -> part, index among the part's own
+    own.forEach((tokens, k) => tokens.forEach((t, j) => {
       where[2 * t] = k;
       where[2 * t + 1] = j;
     }));
-    const sub = (a: Int32Array, p: EqualPart) => Int32Array.from(p.tokens, (t) => a[t]!);
+    const sub = (a: Int32Array, k: number) => Int32Array.from(own[k]!, (t) => a[t]!);
     const width = this.hp.nEmbd;
     return {
       width: this.isLast ? this.hp.nVocab : width,
@@ -363,15 +425,15 @@ export class Stage {
         const out = rowsOf(outputs), emb = rowsOf(embed);
         let hidden: Float32Array | undefined;
         if (batch.hidden) {
-          hidden = new Float32Array(p.tokens.length * width);
-          p.tokens.forEach((t, j) => hidden!.set(batch.hidden!.subarray(t * width, (t + 1) * width), j * width));
+          hidden = new Float32Array(own[k]!.length * width);
+          own[k]!.forEach((t, j) => hidden!.set(batch.hidden!.subarray(t * width, (t + 1) * width), j * width));
         }
         const dropOne = this.isLast && out.locals.length === 0 && emb.locals.length === 0;
         return {
           part: p,
           batch: {
-            tokens: batch.tokens ? sub(batch.tokens, p) : undefined, hidden, pos: sub(batch.pos, p), seq: sub(batch.seq, p),
-            outputs: this.isLast ? Int32Array.from(dropOne ? [p.tokens.length - 1] : out.locals) : undefined,
+            tokens: batch.tokens ? sub(batch.tokens, k) : undefined, hidden, pos: sub(batch.pos, k), seq: sub(batch.seq, k),
+            outputs: this.isLast ? Int32Array.from(dropOne ? [own[k]!.length - 1] : out.locals) : undefined,
             embed: emb.locals.length > 0 ? Int32Array.from(emb.locals) : undefined,
           },
           tokens: p.tokens,
@@ -417,7 +479,7 @@ export class Stage {
   }
 
   /** Checks a batch, takes its cells and sets the graph's inputs: everything before compute. */
-  #begin(batch: StageBatch, part: EqualPart | null): PreparedBatch {
+  #begin(batch: StageBatch, attn: Attn[] | null): PreparedBatch {
     if (this.#disposed) throw new ModelError('bad_input', 'stage was disposed');
     if (this.cache.locked) throw new ModelError('busy', 'a batch is computing on this stage');
     const n = batch.pos.length;
@@ -428,7 +490,7 @@ export class Stage {
     if (!plan) throw new KvCacheFullError(n, cache.free);
     cache.apply(plan, batch.pos, batch.seq);
     try {
-      return { plan, n, ...this.#setInputs(batch, plan, n, part) };
+      return { plan, n, ...this.#setInputs(batch, plan, n, attn) };
     } catch (err) {
       cache.release(plan);
       throw err;
@@ -458,14 +520,16 @@ export class Stage {
     return out;
   }
 
-  #setInputs(batch: StageBatch, plan: StagePlan, n: number, part: EqualPart | null): { graph: StageGraph; nOutputs: number; nEmbed: number } {
-    const { storage, groups } = this.cache;
-    // one KV stream per sequence: the part's streams, each token attending to its own
-    const ns = part?.streams ?? 1, stream0 = part?.first ?? 0;
-    const streams = Array.from({ length: ns }, (_, i) => stream0 + i);
-    const nKv = attendedCells(groups[0]!.cells, 256, streams);
-    const swaCells = groups[1]?.cells ?? null;
-    const nKvSwa = swaCells ? attendedCells(swaCells, 256, streams) : 0;
+  #setInputs(batch: StageBatch, plan: StagePlan, n: number, attn: Attn[] | null): { graph: StageGraph; nOutputs: number; nEmbed: number } {
+    const { storage, groups: kv } = this.cache;
+    const swaCells = kv[1]?.cells ?? null;
+    // one KV stream per sequence: each attention group over the first cells of its own streams
+    const groups: AttnGroup[] | undefined = attn?.map((g) => {
+      const streams = Array.from({ length: g.streams }, (_, i) => g.first + i);
+      return { ...g, nKv: attendedCells(kv[0]!.cells, 256, streams), nKvSwa: swaCells ? attendedCells(swaCells, 256, streams) : 0 };
+    });
+    const nKv = groups ? Math.max(...groups.map((g) => g.nKv)) : attendedCells(kv[0]!.cells);
+    const nKvSwa = groups ? Math.max(...groups.map((g) => g.nKvSwa)) : swaCells ? attendedCells(swaCells) : 0;
     const embed = this.isLast && batch.embed && batch.embed.length > 0 ? batch.embed : null;
     const logitRows = batch.outputs ?? (embed ? new Int32Array(0) : null);
     // every token in order needs no row selection (llama.cpp skips it too)
@@ -479,7 +543,7 @@ export class Stage {
     }
     const nEmbed = embed?.length ?? 0;
     const nOutputs = this.isLast && logitRows ? logitRows.length : n;
-    const sg = this.#graphFor({ nTokens: n, nKv, nKvSwa, nOutputs, nEmbed, selectOutputs: outputs !== null, nStreams: ns, stream0 });
+    const sg = this.#graphFor({ nTokens: n, nKv, nKvSwa, nOutputs, nEmbed, selectOutputs: outputs !== null, groups });
     if (sg.tokens) setTensor(sg.tokens, batch.tokens!);
     if (sg.hidden) setTensor(sg.hidden, batch.hidden!);
     setTensor(sg.pos, batch.pos);
@@ -490,23 +554,27 @@ export class Stage {
     };
     setIdxs(sg.kvIdxs, plan.plans[0]!.cells);
     if (sg.kvIdxsSwa) setIdxs(sg.kvIdxsSwa, plan.plans[1]!.cells);
-    const most = Math.max(nKv, nKvSwa);
-    if (this.#maskBuf.length < n * most) this.#maskBuf = new Uint16Array(n * most);
-    if (sg.mask) {
-      const mask = this.#maskBuf.subarray(0, n * nKv);
-      buildMask(groups[0]!.cells, nKv, batch.pos, batch.seq, mask);
-      setTensor(sg.mask, mask);
-    }
-    if (sg.maskSwa) {
-      const span = swaCells ? nKvSwa : nKv;
-      const mask = this.#maskBuf.subarray(0, n * span);
-      buildMask(swaCells ?? groups[0]!.cells, span, batch.pos, batch.seq, mask, this.hp.nSwa);
-      setTensor(sg.maskSwa, mask);
-    }
+    // each group's masks over its rows
+    let row = 0;
+    (groups ?? [{ first: 0, streams: 1, per: n, nKv, nKvSwa }]).forEach((g, i) => {
+      const rows = g.streams * g.per, pos = batch.pos.subarray(row, row + rows), seq = batch.seq.subarray(row, row + rows);
+      const { full, swa } = sg.masks[i]!;
+      if (full) this.#setMask(full, kv[0]!.cells, g.nKv, pos, seq, 0);
+      if (swa) this.#setMask(swa, swaCells ?? kv[0]!.cells, swaCells ? g.nKvSwa : g.nKv, pos, seq, this.hp.nSwa);
+      row += rows;
+    });
     if (sg.outIds) setTensor(sg.outIds, outputs!);
     if (sg.rotK) setTensor(sg.rotK, this.cache.rotation(storage.rot.k));
     if (sg.rotV) setTensor(sg.rotV, this.cache.rotation(storage.rot.v));
     return { graph: sg, nOutputs, nEmbed };
+  }
+
+  #setMask(t: TensorPtr, cells: KvCells, nKv: number, pos: Int32Array, seq: Int32Array, nSwa: number): void {
+    const size = pos.length * nKv;
+    if (this.#maskBuf.length < size) this.#maskBuf = new Uint16Array(size);
+    const mask = this.#maskBuf.subarray(0, size);
+    buildMask(cells, nKv, pos, seq, mask, nSwa);
+    setTensor(t, mask);
   }
 
   /**
@@ -517,7 +585,7 @@ export class Stage {
   #graphFor(shape: GraphShape): StageGraph {
     const c = this.#graph;
     if (c && c.shape.nTokens === shape.nTokens && c.shape.nKv === shape.nKv && c.shape.nKvSwa === shape.nKvSwa && c.shape.nOutputs === shape.nOutputs
-      && c.shape.nEmbed === shape.nEmbed && c.shape.selectOutputs === shape.selectOutputs && c.shape.nStreams === shape.nStreams && c.shape.stream0 === shape.stream0) {
+      && c.shape.nEmbed === shape.nEmbed && c.shape.selectOutputs === shape.selectOutputs && sameGroups(c.shape.groups, shape.groups)) {
       this.#counters.graphReuses++;
       return c.graph;
     }

@@ -1,7 +1,16 @@
-// How a batch splits into micro-batches when every sequence has a KV stream of its own: each
-// micro-batch takes consecutive sequences and the same number of tokens from each, stream after
-// stream, so that one attention op covers them all through 4-D views of the K/V (llama.cpp's
-// llama_batch_allocr::split_equal with sequential ids, as its non-unified cache splits a batch).
+// How a batch computes when every sequence has a KV stream of its own. As llama.cpp does
+// (splitEqual: llama_batch_allocr::split_equal with sequential ids, as its non-unified cache
+// splits a batch): micro-batches of consecutive sequences with the same number of tokens from
+// each, stream after stream, one attention op covering each through 4-D views of the K/V. Or in
+// one graph (groupStreams): the tokens in sequence order, the mat-muls over all of them, one
+// attention op per group of consecutive sequences that bring the same number of tokens.
+
+/** Tokens of consecutive streams that attend together: `streams` from `first`, `per` tokens each, stream after stream. */
+export interface Attn {
+  first: number;
+  streams: number;
+  per: number;
+}
 
 /** One micro-batch of a split batch. */
 export interface EqualPart {
@@ -58,4 +67,30 @@ export function splitEqual(seq: ArrayLike<number>, maxTokens: number): EqualPart
     parts.push({ tokens: Int32Array.from(per.flat()), first: seqs[0]!, streams: seqs.length });
   }
   return parts;
+}
+
+/** A part of splitEqual as one attention group. */
+export function attnOf(p: EqualPart): Attn[] {
+  return [{ first: p.first, streams: p.streams, per: p.tokens.length / p.streams }];
+}
+
+/**
+ * A batch (`seq` // [n]) in sequence order, each sequence's tokens in batch order (`order`: the
+ * batch's token of each row), and its attention groups: runs of consecutive sequences that bring
+ * the same number of tokens.
+ */
+export function groupStreams(seq: ArrayLike<number>): { order: Int32Array; groups: Attn[] } {
+  const n = seq.length;
+  const order = Int32Array.from({ length: n }, (_, i) => i).sort((a, b) => seq[a]! - seq[b]! || a - b);
+  const groups: Attn[] = [];
+  for (let i = 0; i < n;) {
+    const s = seq[order[i]!]!;
+    let j = i;
+    while (j < n && seq[order[j]!] === s) j++;
+    const per = j - i, g = groups[groups.length - 1];
+    if (g && g.per === per && g.first + g.streams === s) g.streams++;
+    else groups.push({ first: s, streams: 1, per });
+    i = j;
+  }
+  return { order, groups };
 }

@@ -47,6 +47,11 @@ export interface LocalClusterOptions {
   threads?: number;
   /** KV cells per worker (default 4096) */
   ctxSize?: number;
+  /**
+   * one KV stream per sequence: each worker holds this many sequences, ctxSize / kvStreams cells
+   * each (the workers' --kv-streams and --n-seq-max); unset: one stream they all share
+   */
+  kvStreams?: number;
   /** K/V type of every worker (default f16) */
   kvType?: string;
   /** K/V type per pipeline, instead of kvType */
@@ -283,7 +288,7 @@ export class LocalCluster {
       splits.forEach((split, p) => split.forEach((layers, s) => {
         const id = `p${p}-s${s}`;
         c.#spawn('worker', id, ['worker', ...common, ...verify, ...token, '--id', id, '--group', `p${p}`, '--model', models[p]!, '--layers', formatRange(layers), '--threads', String(threads),
-          '--ctx-size', String(o.ctxSize ?? 4096), '--kv-type', o.kvTypes?.[p] ?? o.kvType ?? 'f16', '--role', o.roles?.[p] ?? 'both', '--device', o.devices?.[p] ?? 'CPU', ...c.#grpcFlags(id), ...(o.workerFlags ?? [])], env('worker', id), layers);
+          '--ctx-size', String(o.ctxSize ?? 4096), ...(o.kvStreams ? ['--kv-streams', 'true', '--n-seq-max', String(o.kvStreams)] : []), '--kv-type', o.kvTypes?.[p] ?? o.kvType ?? 'f16', '--role', o.roles?.[p] ?? 'both', '--device', o.devices?.[p] ?? 'CPU', ...c.#grpcFlags(id), ...(o.workerFlags ?? [])], env('worker', id), layers);
       }));
       c.#spawn('gateway', 'gateway', ['gateway', ...common, ...verify, '--model', [...new Set(models)].join(','), '--port', String(port), ...(o.gatewayFlags ?? [])], env('gateway', 'gateway'));
       await c.#ready(splits.length, o.readyTimeoutMs ?? 180_000, o.port === 0);

@@ -46,6 +46,21 @@ test('decodeCap splits active jobs over the micro-batches in flight', () => {
   assert.equal(shape(planMicroBatch(jobs, { ...limits, decodeCap: 3 })), 'j3:1+1! j4:1+1!');
 });
 
+test('with one KV stream per sequence, micro-batches take decoding jobs in sequence order', () => {
+  const jobs: Job[] = [];
+  for (const [i, seq] of [7, 2, 5, 0, 3].entries()) {
+    const j = job(`j${i}`, 1, seq);
+    applyPlan([{ job: j, tokens: [1], pos0: 0, output: true }]);
+    jobTransition(j, { type: 'sampled', token: tok(seq, 9) });
+    j.inflight--;
+    jobs.push(j);
+  }
+  const first = planMicroBatch(jobs, { ...limits, decodeCap: 3, bySeq: true });
+  assert.deepEqual(first!.map((e) => e.job.seq), [0, 2, 3], 'the lowest sequences together');
+  applyPlan(first!);
+  assert.deepEqual(planMicroBatch(jobs, { ...limits, decodeCap: 3, bySeq: true })!.map((e) => e.job.seq), [5, 7]);
+});
+
 test('a job finishes on an end token, on max_tokens, on cancel, on failure; the cache holds what was fed', () => {
   const a = job('a', 2, 0, 3);
   applyPlan(planMicroBatch([a], limits)!);

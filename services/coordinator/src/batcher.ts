@@ -35,6 +35,11 @@ export interface BatchLimits {
    * micro-batch that already holds `fixed`; absent: `cap`
    */
   prefillWithin?: (fixed: StepWork, pos0: number, cap: number) => number;
+  /**
+   * decoding jobs are taken in sequence order (stages with one KV stream per sequence: a
+   * micro-batch of nearby sequences computes as one part), else in arrival order
+   */
+  bySeq?: boolean;
 }
 
 /**
@@ -48,7 +53,7 @@ export function planMicroBatch(jobs: readonly Job[], l: BatchLimits, chained: re
   const entries: PlannedEntry[] = suspect ? [] : chained.slice(0, l.maxBatch).map((j) => ({ job: j, tokens: [0], pos0: nextPos(j), output: true, chained: true }));
   let used = entries.length;
   let decodes = entries.length;
-  for (const j of pool) {
+  for (const j of l.bySeq ? [...pool].sort((a, b) => a.seq - b.seq) : pool) {
     if (!isReady(j) || j.fed < j.prompt.length || used >= l.maxBatch || decodes >= l.decodeCap) continue;
     entries.push({ job: j, tokens: [j.pending!], pos0: nextPos(j), output: true });
     used++;

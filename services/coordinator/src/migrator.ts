@@ -12,6 +12,7 @@ import type { MigrationLedger, MigrationRecord } from './ledger.ts';
 import { startMigration, type MigrationDeps, type MigrationOptions } from './migration.ts';
 import { handOff, type HandOffResult } from './handoff.ts';
 import { decodeTargets, placeMove } from './placement.ts';
+import { stageCells } from './pipeline-state.ts';
 import { pickRebalance } from './rebalance.ts';
 import type { PipelineScheduler } from './scheduler.ts';
 import type { SessionStore } from './session-store.ts';
@@ -125,9 +126,9 @@ export class Migrator {
       id: s.view.id, fingerprint: s.view.fingerprint, draining: s.draining, prefill: s.role === 'prefill',
       occupancy: Math.max(...s.view.stages.map((st) => {
         const w = cluster.workers.get(st.workerId);
-        return w && st.kvCells > 0 ? w.kvCellsUsed / st.kvCells : 0;
+        return w && st.kvCells > 0 ? w.kvCellsUsed / stageCells(st) : 0;
       })),
-      cells: Math.min(...s.view.stages.map((st) => st.kvCells)),
+      cells: Math.min(...s.view.stages.map(stageCells)),
       sessions: s.sessionIds().map((id) => ({ id, cells: s.session(id)?.done ?? 0 })),
     }));
     const move = pickRebalance(loads, rebalance.high, rebalance.low);

@@ -190,6 +190,8 @@ export interface PipelineCore {
    * sequence ends (PrefixTreeOptions.endsOnly)
    */
   readonly exactResume: boolean;
+  /** the stages keep one KV stream per sequence (StageInfo.kv_streams): micro-batches take decoding jobs in sequence order */
+  readonly streams: boolean;
   /** every sequence's cells together: capacity, the fewest cells of a stage */
   readonly room: SeqRoom;
   /** running jobs, in arrival order */
@@ -232,6 +234,11 @@ export interface PipelineCore {
   lastResultMs: number;
 }
 
+/** A stage's KV cells, every stream together. */
+export function stageCells(s: { kvCells: number; kvStreams: number }): number {
+  return s.kvCells * Math.max(1, s.kvStreams);
+}
+
 /** micro-batches kept in flight: one per stage, so every stage has work */
 export function depth(c: PipelineCore): number {
   return c.view.stages.length;
@@ -240,11 +247,12 @@ export function depth(c: PipelineCore): number {
 /** A new core for `view`, and what it asks first: empty every sequence of the stages. */
 export function openPipeline(view: PipelineView, options: PipelineOptions, costs: CostBook, firstStepId: bigint): { core: PipelineCore; effects: PipelineEffect[] } {
   const nSeqMax = Math.min(...view.stages.map((s) => s.nSeqMax));
-  const capacity = Math.min(...view.stages.map((s) => s.kvCells));
+  // (StageInfo.kvCells is per stream: with one stream per sequence, the most one sequence holds)
+  const capacity = Math.min(...view.stages.map(stageCells));
   const exactResume = view.stages.some((s) => s.kvSwaCells > 0);
   const core: PipelineCore = {
-    view, options, costs, exactResume, route: view.stages.map((s) => s.workerId), maxBatch: Math.min(...view.stages.map((s) => s.maxBatch)),
-    context: Math.min(capacity, view.stages[0]!.nCtxTrain), room: new SeqRoom(nSeqMax, capacity, { endsOnly: exactResume }), jobs: [], requests: new Map(), waiting: [], rebuilds: [], inflight: new Map(), early: new Map(),
+    view, options, costs, exactResume, streams: view.stages.some((s) => s.kvStreams > 1), route: view.stages.map((s) => s.workerId), maxBatch: Math.min(...view.stages.map((s) => s.maxBatch)),
+    context: Math.min(...view.stages.map((s) => s.kvCells), view.stages[0]!.nCtxTrain), room: new SeqRoom(nSeqMax, capacity, { endsOnly: exactResume }), jobs: [], requests: new Map(), waiting: [], rebuilds: [], inflight: new Map(), early: new Map(),
     moving: new Set(), holding: new Set(), holdPending: new Set(), offloading: new Map(), offloaded: new Map(), savingPrefixes: new Map(), savedPrefixes: new Map(), handOffs: new Set(), prefilled: new Set(), nextKey: 1,
     nextStep: firstStepId, down: false, clean: false, lastResultMs: 0,
   };

@@ -22,7 +22,7 @@ export function pump(c: PipelineCore, fx: PipelineEffect[], now: number): void {
   while (!c.down) {
     const active = c.jobs.filter((j) => j.finish === null).length;
     const limits = {
-      maxBatch: c.maxBatch, prefillChunk: o.prefillChunk, decodeCap: decodeCap(active, depth(c)),
+      maxBatch: c.maxBatch, prefillChunk: o.prefillChunk, decodeCap: decodeCap(active, depth(c)), bySeq: c.streams,
       // The step budget: prompt tokens that keep a micro-batch's predicted time within it.
       prefillWithin: o.stepBudgetMs > 0 ? (fixed: StepWork, pos0: number, cap: number) => tokensWithin(predict, o.stepBudgetMs, fixed, pos0, cap) : undefined,
     };

@@ -25,6 +25,7 @@ export const workerSchema = {
   ctxSize: { kind: 'int', doc: 'KV cells', default: 4096 },
   kvType: { kind: 'string', doc: 'K/V type: f16, f32, q8_0, q4_0', default: 'f16' },
   nSeqMax: { kind: 'int', doc: 'sequences the worker holds at once', default: 64 },
+  kvStreams: { kind: 'bool', doc: 'one KV stream per sequence: --n-seq-max streams of --ctx-size / --n-seq-max cells each (the most a sequence holds), each token attending to its own stream only (llama-server\'s default layout, faster attention with many sequences); a cached prefix is then copied into a sequence rather than shared. false: one stream every sequence shares', default: false },
   kvSwaFull: { kind: 'bool', doc: 'windowed layers (Gemma 2/3, gpt-oss) keep a full-size K/V cache; false: one sized for --n-seq-max windows plus a micro-batch beside the full layers\' (llama.cpp\'s iSWA cache, llama-server\'s default), and the pipeline then continues a cached sequence, and shares a cached prefix, only where it ends', default: true },
   kvHostCacheMib: { kind: 'int', doc: 'host memory for the KV state of idle sessions evicted from the device\'s cells, restored when they are used again (0: none)', default: 512 },
   kvDiskCacheMib: { kind: 'int', doc: 'disk for the KV state of evicted sessions that host memory no longer holds (with --kv-disk-dir)', default: 4096 },
@@ -71,6 +72,9 @@ export function workerConfig(sources?: Sources): WorkerConfig {
   if (!isId(id)) throw new ConfigError('bad_value', `id '${id}' must be 1-128 of A-Z a-z 0-9 _ -`, 'id');
   for (const k of ['threads', 'ctxSize', 'nSeqMax', 'maxBatch', 'heartbeatMs'] as const) {
     if (c[k] < 1) throw new ConfigError('bad_value', `${k} must be at least 1, got ${c[k]}`, k);
+  }
+  if (c.kvStreams && (c.nSeqMax > 256 || c.ctxSize % c.nSeqMax !== 0)) {
+    throw new ConfigError('bad_value', `--kv-streams splits --ctx-size ${c.ctxSize} into --n-seq-max ${c.nSeqMax} equal streams of at most 256: give a multiple of it`, 'kvStreams');
   }
   if (!(ROLES as readonly string[]).includes(c.role)) throw new ConfigError('bad_value', `role must be one of ${ROLES.join(', ')}, got '${c.role}'`, 'role');
   const tls = [c.grpcTlsCert, c.grpcTlsKey, c.grpcTlsCa].filter((x) => x !== undefined).length;

@@ -18,6 +18,8 @@ export interface StageThreadOptions {
   nSeqMax: number;
   /** windowed layers keep a full-size cache (false: one sized for nSeqMax windows, llama.cpp's iSWA) */
   kvSwaFull: boolean;
+  /** one KV stream per sequence: nSeqMax streams of ctxSize / nSeqMax cells (false: one stream of ctxSize) */
+  kvStreams: boolean;
   /** print every stage's cells after each batch (STRATA_KV_DEBUG=1) */
   kvDebug: boolean;
   /**
@@ -39,6 +41,8 @@ export interface StageDescription {
   l1: number;
   /** KV cells, all streams */
   kvCells: number;
+  /** KV streams: 1, or one per sequence */
+  kvStreams: number;
   /** cells of a windowed group smaller than kvCells (0: none) */
   kvSwaCells: number;
   /** bytes of one K (or V) row of one cell and layer */

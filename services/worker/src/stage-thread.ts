@@ -62,7 +62,9 @@ class StageActor {
       const hp = readHParams(file);
       const range = o.layers ? parseRange(o.layers) : { l0: 0, l1: hp.nLayer };
       stage = Stage.load(file, hp, {
-        model: o.model, range, threads: o.threads, device: o.device, ctxSize: o.ctxSize, kvType: o.kvType, maxBatch: o.maxBatch,
+        model: o.model, range, threads: o.threads, device: o.device, kvType: o.kvType, maxBatch: o.maxBatch,
+        // one stream per sequence: a step computes as one graph whichever sequences it holds
+        ...(o.kvStreams ? { ctxSize: o.ctxSize / o.nSeqMax, kvStreams: o.nSeqMax, groupStreams: true } : { ctxSize: o.ctxSize }),
         kvSwaFull: o.kvSwaFull, kvSwaSeqs: o.nSeqMax,
         // the step runner samples the logits at once
         reuseLogits: true,
@@ -88,7 +90,7 @@ class StageActor {
       type: 'ready', memory: s.memory(), snapshot: this.#snapshot(),
       description: {
         fingerprint: hp.fingerprint, nLayer: hp.nLayer, nVocab: hp.nVocab, nEmbd: hp.nEmbd, nCtxTrain: hp.nCtxTrain,
-        l0: s.range.l0, l1: s.range.l1, kvCells: s.cache.size, rowBytes: s.cache.storage.rowBytes,
+        l0: s.range.l0, l1: s.range.l1, kvCells: s.cache.size, kvStreams: s.cache.cells.streams, rowBytes: s.cache.storage.rowBytes,
         kvSwaCells: s.cache.groups.find((g) => g.windowed)?.cells.size ?? 0,
       },
     });

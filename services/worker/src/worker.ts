@@ -79,7 +79,7 @@ export class Worker {
     this.info = {
       $typeName: 'strata.v1.StageInfo',
       workerId: c.id, modelFingerprint: d.fingerprint, modelId: c.modelId, nLayer: d.nLayer,
-      l0: d.l0, l1: d.l1, device: c.device, kvCells: d.kvCells, kvStreams: 1,
+      l0: d.l0, l1: d.l1, device: c.device, kvCells: d.kvCells / d.kvStreams, kvStreams: d.kvStreams,
       nSeqMax: c.nSeqMax, maxBatch: c.maxBatch, nVocab: d.nVocab, nEmbd: d.nEmbd, nCtxTrain: d.nCtxTrain,
       startedAtMs: BigInt(Date.now()), grpcAddress: '', kvType: c.kvTypeName, group: c.group, role: c.role, kvSwaCells: d.kvSwaCells,
     };
@@ -96,7 +96,7 @@ export class Worker {
     if (!verifier) log.warn('leader terms are not verified (--term-public-key-file): any client allowed to publish here can fence the leader out');
     const host = await StageHost.start({
       workerId: c.id, model: c.model, layers: c.layers, threads: c.threads, device: c.device, ctxSize: c.ctxSize, kvType: c.kvType,
-      maxBatch: c.maxBatch, nSeqMax: c.nSeqMax, kvSwaFull: c.kvSwaFull, kvDebug: c.kvDebug, testStepDelayMs: c.testStepDelayMs, testStepDelayMinTokens: c.testStepDelayMinTokens,
+      maxBatch: c.maxBatch, nSeqMax: c.nSeqMax, kvSwaFull: c.kvSwaFull, kvStreams: c.kvStreams, kvDebug: c.kvDebug, testStepDelayMs: c.testStepDelayMs, testStepDelayMinTokens: c.testStepDelayMinTokens,
     });
     const nc = await connectNats(c.natsUrl, `strata-worker-${c.id}`, () => host.close());
     const w = new Worker(c, host, nc, verifier, log.child({ worker: c.id }));
@@ -110,7 +110,7 @@ export class Worker {
     w.info.grpcAddress = c.grpcAdvertise ?? w.#kv.address;
     w.#subscribe();
     void w.#watchNats();
-    const unobserveCells = observeKvCells(c.id, () => ({ used: w.#host.snapshot.used, total: w.info.kvCells, busyMs: w.load().busyMs }));
+    const unobserveCells = observeKvCells(c.id, () => ({ used: w.#host.snapshot.used, total: w.info.kvCells * w.info.kvStreams, busyMs: w.load().busyMs }));
     const unobserveTiers = observeTiers(c.id, () => w.#tiers.stats);
     w.#unobserve = () => {
       unobserveCells();
@@ -121,7 +121,7 @@ export class Worker {
       w.#heartbeat();
       for (const id of w.#assembler.prune(PARTIAL_STEP_MS)) w.#log.warn('dropped a step whose chunks stopped coming', { step: id });
     }, c.heartbeatMs);
-    w.#log.info('worker ready', { layers: `${w.info.l0}:${w.info.l1}`, model: c.modelId, kvCells: w.info.kvCells, nats: redactUrl(c.natsUrl) });
+    w.#log.info('worker ready', { layers: `${w.info.l0}:${w.info.l1}`, model: c.modelId, kvCells: w.info.kvCells, kvStreams: w.info.kvStreams, nats: redactUrl(c.natsUrl) });
     return w;
   }
 

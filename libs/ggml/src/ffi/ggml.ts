@@ -50,6 +50,7 @@ export function bindGgml(lib: LibraryHandle) {
     ggml_soft_max: f('ggml_tensor * ggml_soft_max(ggml_context * ctx, ggml_tensor * a)') as (ctx: ContextPtr, a: TensorPtr) => TensorPtr,
     ggml_argsort_top_k: f('ggml_tensor * ggml_argsort_top_k(ggml_context * ctx, ggml_tensor * a, int k)') as (ctx: ContextPtr, a: TensorPtr, k: number) => TensorPtr,
     ggml_cpy: f('ggml_tensor * ggml_cpy(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b)') as (ctx: ContextPtr, a: TensorPtr, b: TensorPtr) => TensorPtr,
+    ggml_concat: f('ggml_tensor * ggml_concat(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b, int dim)') as (ctx: ContextPtr, a: TensorPtr, b: TensorPtr, dim: number) => TensorPtr,
     ggml_cast: f('ggml_tensor * ggml_cast(ggml_context * ctx, ggml_tensor * a, int type)') as (ctx: ContextPtr, a: TensorPtr, type: number) => TensorPtr,
     ggml_cont: f('ggml_tensor * ggml_cont(ggml_context * ctx, ggml_tensor * a)') as (ctx: ContextPtr, a: TensorPtr) => TensorPtr,
     ggml_reshape_2d: f('ggml_tensor * ggml_reshape_2d(ggml_context * ctx, ggml_tensor * a, int64_t ne0, int64_t ne1)') as (ctx: ContextPtr, a: TensorPtr, ne0: number, ne1: number) => TensorPtr,

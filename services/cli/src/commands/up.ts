@@ -13,7 +13,7 @@ import { ApiKeys } from '@strata/gateway';
 import { UsageError } from '../errors.ts';
 import { removeRunFile, runFilePath, writeRunFile } from '../run-file.ts';
 
-/** `strata up [--model F] [--workers N] [--pipelines P] [--split even|balanced] [--roles prefill,decode,…] [--port 8080] [--api-keys-file F] [--prompt …] [--once]` */
+/** `strata up [--model F] [--workers N] [--pipelines P] [--split even|balanced] [--roles prefill,decode,…] [--port 8080] [--kv-streams N] [--api-keys-file F] [--prompt …] [--once]` */
 export async function upCommand(argv: string[], out: NodeJS.WritableStream): Promise<number> {
   const f = new Flags(parseArgs(argv, ['once', 'verbose']));
   const o = {
@@ -24,6 +24,7 @@ export async function upCommand(argv: string[], out: NodeJS.WritableStream): Pro
     port: f.int('port', 8080)!,
     threads: f.int('threads'),
     ctxSize: f.int('ctx-size'),
+    kvStreams: f.int('kv-streams'),
     kvType: f.str('kv-type'),
     roles: f.str('roles')?.split(',').map((r) => r.trim()),
     logLevel: f.bool('verbose') ? 'info' : 'warn',
@@ -36,6 +37,9 @@ export async function upCommand(argv: string[], out: NodeJS.WritableStream): Pro
   const keysFile = f.str('api-keys-file', process.env.STRATA_API_KEYS_FILE);
   f.done();
   if (o.split !== 'even' && o.split !== 'balanced') throw new UsageError(`--split must be even or balanced, got '${o.split}'`);
+  if (o.kvStreams !== undefined && !(o.kvStreams >= 1 && (o.ctxSize ?? 4096) % o.kvStreams === 0)) {
+    throw new UsageError(`--kv-streams ${o.kvStreams} must split --ctx-size ${o.ctxSize ?? 4096} into equal streams`);
+  }
   if (o.roles && o.roles.length !== o.pipelines) throw new UsageError(`--roles names ${o.roles.length} role(s) for ${o.pipelines} pipeline(s): give one per pipeline`);
   let auth: Record<string, string> = {};
   if (keysFile) {
