@@ -190,6 +190,25 @@ describe('KV cache operations against libllama', () => {
     assert.equal(argmaxMismatches, 0, 'the same greedy token at every output');
   });
 
+  it('one stream per sequence in one graph: more groups than a graph holds compute in parts, with the same results', (t) => {
+    // 40 streams, every other one decoding: 20 groups, more than a stage computes in one graph
+    const streams = 40;
+    const pair: Pair = {
+      p: Pipeline.open({ model: path, threads: 2, ctxSize: 64, kvStreams: streams, groupStreams: true }),
+      ref: LlamaReference.load(path, { nCtx: 64 * streams, nSeqMax: streams, threads: 2, kvUnified: false }),
+    };
+    pairs.push(pair);
+    const seqs = Array.from({ length: 20 }, (_, i) => 2 * i);
+    let worst = decode(pair, seqs.map((seq) => ({ seq, tokens: tokens(3, 200 + seq) })));
+    const before = pair.p.stages[0]!.counters.batches;
+    for (let i = 0; i < 5; i++) worst = Math.max(worst, decode(pair, seqs.map((seq) => ({ seq, tokens: tokens(1, 300 + 7 * i + seq) }))));
+    assert.equal(pair.p.stages[0]!.counters.batches - before, 10, 'two graphs a step');
+    for (const seq of seqs) assert.equal(pair.p.seqPosMax(seq), pair.ref.seqPosMax(seq));
+    t.diagnostic(`largest |Δlogit|: ${worst.toExponential(2)} (largest |logit| ${lastScale.toFixed(1)})`);
+    assert.ok(worst <= 2e-3 * lastScale, `logits differ by ${worst}`);
+    assert.equal(argmaxMismatches, 0, 'the same greedy token at every output');
+  });
+
   it('K/V of some layers kept in host memory give the same results', () => {
     const prompt = tokens(30, 9);
     const run = (hostLayers?: number[]) => {

@@ -256,7 +256,8 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, cache: Graph
     const streamCells = store.size / (cache.groups[group]!.cells?.streams ?? 1);
     const kvRow = rowSize(kvType, nKvEmbd), kvHead = rowSize(kvType, hd), kvStream = rowSize(kvType, nKvEmbd * streamCells);
     const qi = groups.length > 1 || groups[0]!.streams > 1 ? tensorInfo(q) : null;
-    let row = 0, attn: TensorPtr | null = null;
+    let row = 0;
+    let outs: TensorPtr[] = [];
     for (const [gi, g] of groups.entries()) {
       const nKvG = group === 0 ? g.nKv : g.nKvSwa;
       let kc = ctx.permute(ctx.view4d(store.k[slot]!, [hd, hp.nHeadKv, nKvG, g.streams], kvHead, kvRow, kvStream, kvStream * g.first), 0, 2, 1, 3);
@@ -270,10 +271,12 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, cache: Graph
       const qg = qi ? ctx.view4d(q, [hd, hp.nHead, g.per, g.streams], qi.nb[1], qi.nb[2], qi.nb[2] * g.per, qi.nb[2] * row) : q;
       const m = hp.swaLayers[il] ? masks[gi]!.swa : masks[gi]!.full;
       const out = ctx.reshape2d(ctx.flashAttnExt(ctx.permute(qg, 0, 2, 1, 3), kc, vc, m, kqScale, GgmlPrec.F32, hp.attnSoftcap, w.attnSinks), hd * hp.nHead, g.per * g.streams);
-      attn = attn ? ctx.concat(attn, out, 1) : out;
+      outs.push(out);
       row += g.per * g.streams;
     }
-    cur = attn!;
+    // the groups' rows one after the other, concatenated pairwise (each row copied log2(groups) times)
+    while (outs.length > 1) outs = Array.from({ length: Math.ceil(outs.length / 2) }, (_, i) => (outs[2 * i + 1] ? ctx.concat(outs[2 * i]!, outs[2 * i + 1]!, 1) : outs[2 * i]!));
+    cur = outs[0]!;
     if (rotV) cur = mulHadamard(ctx, cur, rotV, kv.rot.v, [hd * hp.nHead, n]);
     cur = ctx.mulMat(w.wo, cur);
     if (w.bo) cur = ctx.add(cur, w.bo);

@@ -9,7 +9,7 @@ import { readHParams, type HParams } from './hparams.ts';
 import { formatRange, type LayerRange } from './layer-range.ts';
 import { GRAPH_NODES, buildStageGraph, type AttnGroup, type GraphShape, type StageGraph } from './graph.ts';
 import { StageCache, type CacheCounters, type StagePlan } from './stage-cache.ts';
-import { attnOf, groupStreams, splitEqual, type Attn, type EqualPart } from './ubatch.ts';
+import { attnOf, groupStreams, splitEqual, type Attn } from './ubatch.ts';
 import { StageWeights } from './weights.ts';
 
 /** Options for {@link Stage.open}. */
@@ -120,7 +120,7 @@ interface SplitBatch {
   /** result rows: the logit rows asked for on the last stage, every token before */
   nOutputs: number;
   parts: {
-    part: EqualPart;
+    attn: Attn[];
     batch: StageBatch;
     /** the batch's token of each of the part's rows */
     tokens: Int32Array;
@@ -171,6 +171,8 @@ export class Stage {
   #maxBatch = 512;
   /** StageOptions.groupStreams */
   #groupStreams = false;
+  /** attention groups one graph holds: a node budget per layer of the stage */
+  #maxGroups = 16;
   #kvDebug: ((dump: string) => void) | undefined;
   #graph: { shape: GraphShape; graph: StageGraph } | null = null;
   #embeddings = new Float32Array(0);
@@ -248,6 +250,8 @@ export class Stage {
       }
       stage.#maxBatch = Math.max(1, maxBatch);
       stage.#groupStreams = options.groupStreams === true;
+      // about a dozen nodes per group and layer, beside each layer's own
+      stage.#maxGroups = Math.max(1, Math.min(16, Math.floor(GRAPH_NODES / (16 * (range.l1 - range.l0))) - 4));
       return stage;
     } catch (err) {
       sched?.dispose();
@@ -263,13 +267,13 @@ export class Stage {
   eval(batch: StageBatch): Float32Array {
     const grouped = this.#grouped(batch);
     if (grouped) return grouped.finish(this.#evalPart(grouped.batch, grouped.attn));
-    // one KV stream per sequence: the batch computes in equal parts of consecutive streams
+    // one KV stream per sequence: the batch computes in parts
     const split = this.#split(batch);
-    if (!split || !('parts' in split)) return this.#evalPart(batch, split && attnOf(split));
+    if (!split || !('parts' in split)) return this.#evalPart(batch, split);
     const out = this.#gatherTarget(split);
     split.parts.forEach((p, k) => {
       try {
-        this.#gather(split, k, this.#evalPart(p.batch, attnOf(p.part)), out);
+        this.#gather(split, k, this.#evalPart(p.batch, p.attn), out);
       } catch (err) {
         this.#undo(batch, k);
         throw err;
@@ -302,11 +306,11 @@ export class Stage {
     const grouped = this.#grouped(batch);
     if (grouped) return grouped.finish(await this.#evalPartAsync(grouped.batch, grouped.attn));
     const split = this.#split(batch);
-    if (!split || !('parts' in split)) return this.#evalPartAsync(batch, split && attnOf(split));
+    if (!split || !('parts' in split)) return this.#evalPartAsync(batch, split);
     const out = this.#gatherTarget(split);
     for (const [k, p] of split.parts.entries()) {
       try {
-        this.#gather(split, k, await this.#evalPartAsync(p.batch, attnOf(p.part)), out);
+        this.#gather(split, k, await this.#evalPartAsync(p.batch, p.attn), out);
       } catch (err) {
         this.#undo(batch, k);
         throw err;
@@ -357,7 +361,10 @@ export class Stage {
     if (!this.#groupStreams || this.cache.cells.streams === 1) return null;
     const n = batch.pos.length;
     this.#checkBatch(batch, n);
-    const { order, groups } = groupStreams(batch.seq);
+    const parts = groupStreams(batch.seq, this.#maxGroups);
+    // (more groups than a graph holds: parts, #split)
+    if (parts.length > 1) return null;
+    const { tokens: order, attn: groups } = parts[0]!;
     if (isIdentity(order, n)) return { batch, attn: groups, finish: (out) => out };
     const row = new Int32Array(n); // token -> row
     order.forEach((t, r) => (row[t] = r));
@@ -386,18 +393,19 @@ export class Stage {
   }
 
   /**
-   * With one KV stream per sequence, the micro-batches a batch computes as (splitEqual), or the
-   * one part it is when it is one in its own order; null with one stream for all. Each part
+   * With one KV stream per sequence, the micro-batches a batch computes as (splitEqual, or
+   * groupStreams' parts when it has more groups than a graph holds), or the attention of the one
+   * part it is when that is in its own order; null with one stream for all. Each part
    * gets the rows it outputs: logit rows and embedding rows of its tokens, in the order asked
    * (a part with none computes one logit row, dropped, as a stage outputs at least one).
    */
-  #split(batch: StageBatch): SplitBatch | EqualPart | null {
+  #split(batch: StageBatch): SplitBatch | Attn[] | null {
     const cells = this.cache.cells;
     const n = batch.pos.length;
     if (cells.streams === 1 || n === 0) return null;
     this.#checkBatch(batch, n);
-    const parts = splitEqual(batch.seq, this.#maxBatch);
-    if (parts.length === 1 && isIdentity(parts[0]!.tokens, n)) return parts[0]!;
+    const parts = this.#groupStreams ? groupStreams(batch.seq, this.#maxGroups) : splitEqual(batch.seq, this.#maxBatch).map((p) => ({ tokens: p.tokens, attn: attnOf(p) }));
+    if (parts.length === 1 && isIdentity(parts[0]!.tokens, n)) return parts[0]!.attn;
     const embed = this.isLast && batch.embed && batch.embed.length > 0 ? batch.embed : null;
     const outputs = this.isLast ? batch.outputs ?? (embed ? new Int32Array(0) : Int32Array.from({ length: n }, (_, i) => i)) : null;
     const own = parts.map((p) => p.tokens);
@@ -430,7 +438,7 @@ export class Stage {
         }
         const dropOne = this.isLast && out.locals.length === 0 && emb.locals.length === 0;
         return {
-          part: p,
+          attn: p.attn,
           batch: {
             tokens: batch.tokens ? sub(batch.tokens, k) : undefined, hidden, pos: sub(batch.pos, k), seq: sub(batch.seq, k),
             outputs: this.isLast ? Int32Array.from(dropOne ? [own[k]!.length - 1] : out.locals) : undefined,

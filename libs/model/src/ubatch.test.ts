@@ -41,30 +41,36 @@ test('every token lands in exactly one part', () => {
   }
 });
 
-const grouped = (seq: number[]) => {
-  const g = groupStreams(seq);
-  return { order: Array.from(g.order), groups: g.groups };
-};
+const grouped = (seq: number[], max?: number) => groupStreams(seq, max).map((p) => ({ tokens: Array.from(p.tokens), attn: p.attn }));
 
 test('one graph: the tokens in sequence order, a group per run of consecutive sequences with equal shares', () => {
-  assert.deepEqual(grouped([0, 1, 2, 3]), { order: [0, 1, 2, 3], groups: [{ first: 0, streams: 4, per: 1 }] });
+  assert.deepEqual(grouped([0, 1, 2, 3]), [{ tokens: [0, 1, 2, 3], attn: [{ first: 0, streams: 4, per: 1 }] }]);
   // decoding 4, 0, 2 and 3: gaps cut the groups
-  assert.deepEqual(grouped([4, 0, 2, 3]), { order: [1, 2, 3, 0], groups: [{ first: 0, streams: 1, per: 1 }, { first: 2, streams: 3, per: 1 }] });
+  assert.deepEqual(grouped([4, 0, 2, 3]), [{ tokens: [1, 2, 3, 0], attn: [{ first: 0, streams: 1, per: 1 }, { first: 2, streams: 3, per: 1 }] }]);
   // a prompt chunk of seq 1 beside decoding 0 and 2: three groups, each sequence's tokens in batch order
-  assert.deepEqual(grouped([1, 0, 1, 2, 1]), { order: [1, 0, 2, 4, 3], groups: [{ first: 0, streams: 1, per: 1 }, { first: 1, streams: 1, per: 3 }, { first: 2, streams: 1, per: 1 }] });
+  assert.deepEqual(grouped([1, 0, 1, 2, 1]), [{ tokens: [1, 0, 2, 4, 3], attn: [{ first: 0, streams: 1, per: 1 }, { first: 1, streams: 1, per: 3 }, { first: 2, streams: 1, per: 1 }] }]);
+  // at most two groups a part
+  assert.deepEqual(grouped([1, 0, 1, 2, 1], 2), [
+    { tokens: [1, 0, 2, 4], attn: [{ first: 0, streams: 1, per: 1 }, { first: 1, streams: 1, per: 3 }] },
+    { tokens: [3], attn: [{ first: 2, streams: 1, per: 1 }] },
+  ]);
 });
 
 test('one graph: every token in exactly one row, the groups covering the rows in order', () => {
   for (let trial = 0; trial < 200; trial++) {
     const n = 1 + (trial % 41);
     const seq = Array.from({ length: n }, (_, i) => (i * 11 + trial * 3) % 9);
-    const { order, groups } = groupStreams(seq);
+    const parts = groupStreams(seq, 1 + (trial % 4));
+    const order = parts.flatMap((p) => Array.from(p.tokens));
     assert.deepEqual([...order].sort((a, b) => a - b), Array.from({ length: n }, (_, i) => i));
-    let row = 0;
-    for (const g of groups) {
-      for (let k = 0; k < g.streams * g.per; k++, row++) assert.equal(seq[order[row]!], g.first + Math.floor(k / g.per));
+    for (const p of parts) {
+      assert.ok(p.attn.length <= 1 + (trial % 4));
+      let row = 0;
+      for (const g of p.attn) {
+        for (let k = 0; k < g.streams * g.per; k++, row++) assert.equal(seq[p.tokens[row]!], g.first + Math.floor(k / g.per));
+      }
+      assert.equal(row, p.tokens.length);
     }
-    assert.equal(row, n);
     for (let r = 1; r < n; r++) if (seq[order[r]!] === seq[order[r - 1]!]) assert.ok(order[r]! > order[r - 1]!, 'a sequence\'s tokens in batch order');
   }
 });

@@ -74,12 +74,19 @@ export function attnOf(p: EqualPart): Attn[] {
   return [{ first: p.first, streams: p.streams, per: p.tokens.length / p.streams }];
 }
 
+/** Tokens of a batch that compute together (the batch's token of each row, in row order), and their attention groups. */
+export interface GroupedPart {
+  tokens: Int32Array;
+  attn: Attn[];
+}
+
 /**
- * A batch (`seq` // [n]) in sequence order, each sequence's tokens in batch order (`order`: the
- * batch's token of each row), and its attention groups: runs of consecutive sequences that bring
- * the same number of tokens.
+ * A batch (`seq` // [n]) in sequence order, each sequence's tokens in batch order, and its
+ * attention groups: runs of consecutive sequences that bring the same number of tokens. One part
+ * while it has at most `maxGroups` groups; more, and each part takes `maxGroups` of them (one
+ * attention op per group and layer: a graph holds only so many).
  */
-export function groupStreams(seq: ArrayLike<number>): { order: Int32Array; groups: Attn[] } {
+export function groupStreams(seq: ArrayLike<number>, maxGroups = Infinity): GroupedPart[] {
   const n = seq.length;
   const order = Int32Array.from({ length: n }, (_, i) => i).sort((a, b) => seq[a]! - seq[b]! || a - b);
   const groups: Attn[] = [];
@@ -92,5 +99,12 @@ export function groupStreams(seq: ArrayLike<number>): { order: Int32Array; group
     else groups.push({ first: s, streams: 1, per });
     i = j;
   }
-  return { order, groups };
+  const parts: GroupedPart[] = [];
+  for (let g = 0, row = 0; g < groups.length; g += maxGroups) {
+    const attn = groups.slice(g, g + maxGroups);
+    const rows = attn.reduce((t, a) => t + a.streams * a.per, 0);
+    parts.push({ tokens: order.slice(row, row + rows), attn });
+    row += rows;
+  }
+  return parts;
 }
