@@ -36,8 +36,8 @@ export interface BatchLimits {
    */
   prefillWithin?: (fixed: StepWork, pos0: number, cap: number) => number;
   /**
-   * decoding jobs are taken in sequence order (stages with one KV stream per sequence: a
-   * micro-batch of nearby sequences computes as one part), else in arrival order
+   * decoding jobs are taken in sequence order (stages with one KV stream per sequence: nearby
+   * sequences share an attention op), else in arrival order
    */
   bySeq?: boolean;
 }

@@ -167,8 +167,8 @@ export class Coordinator {
         else this.#standDown('another coordinator holds the lease');
       } else if (Date.now() - this.#startedMs >= this.#c.workerTimeoutMs / 2) {
         // (A fresh process first listens to heartbeats for a while, to know the pipelines.)
-        // Not awaited: the lease is renewed on the next tick while the new leader reads Redis.
         const term = await this.#lease.acquire();
+        // Not awaited: the next ticks renew the lease while the new leader reads Redis.
         if (term > 0) this.#leadTask = this.#lead(term);
       }
     } catch (err) {

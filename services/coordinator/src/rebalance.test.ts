@@ -10,6 +10,8 @@ test('the largest session that fits below the low watermark moves to the empties
   assert.deepEqual(move, { session: 's2', from: 'a', to: 'c', occupancy: 0.95 });
   // c can take at most 0.6 of its cells below 0.7: 500 fits; with c at 0.3, only 300 would.
   assert.equal(pickRebalance([p('a', 0.95, [['s1', 300], ['s2', 500]]), p('c', 0.3, [])], 0.9, 0.7)?.session, 's1');
+  // one KV stream per sequence there, of 400 cells: s2 would not fit one
+  assert.equal(pickRebalance([p('a', 0.95, [['s1', 300], ['s2', 500]]), p('c', 0.1, [], { perSeq: 400 })], 0.9, 0.7)?.session, 's1');
 });
 
 test('no move below the high watermark, to a full, draining or other-model pipeline, or that would ping-pong', () => {

@@ -11,6 +11,8 @@ export interface PipelineLoad {
   occupancy: number;
   /** cells of its smallest stage */
   cells: number;
+  /** the most cells one sequence may hold there (one KV stream per sequence: a stream's); default: `cells` */
+  perSeq?: number;
   /** sessions living on it and the cells each holds */
   sessions: { id: string; cells: number }[];
 }
@@ -37,7 +39,7 @@ export function pickRebalance(pipelines: readonly PipelineLoad[], high: number, 
       .filter((p) => p !== src && !p.draining && !p.prefill && p.fingerprint === src.fingerprint && p.occupancy < low)
       .sort((a, b) => a.occupancy - b.occupancy)[0];
     if (!dst) continue;
-    const biggest = src.sessions.filter((s) => s.cells > 0 && dst.occupancy + s.cells / dst.cells < low).sort((a, b) => b.cells - a.cells)[0];
+    const biggest = src.sessions.filter((s) => s.cells > 0 && s.cells <= (dst.perSeq ?? dst.cells) && dst.occupancy + s.cells / dst.cells < low).sort((a, b) => b.cells - a.cells)[0];
     if (biggest) return { session: biggest.id, from: src.id, to: dst.id, occupancy: src.occupancy };
   }
   return null;
