@@ -39,3 +39,14 @@ test('bad stages, a negative ordinal or none at all, and --layers with --stages 
   assert.throws(() => layersOf(['--stages', STAGES], { HOSTNAME: 'worker' }), refused(/host name ending in -N, got 'worker'/));
   assert.throws(() => layersOf(['--stages', STAGES, '--layers', '0:4'], { HOSTNAME: 'w-0' }), refused(/not both/));
 });
+
+test('--kv-streams splits --ctx-size into --n-seq-max equal streams, or is refused', () => {
+  const conf = (argv: string[]) => workerConfig({ argv: ['--model', '/models/m.gguf', '--id', 'w', ...argv], env: {} });
+  const c = conf(['--kv-streams', 'true', '--ctx-size', '8192', '--n-seq-max', '16']);
+  assert.equal(c.kvStreams, true);
+  assert.equal(conf([]).kvStreams, false, 'one shared stream by default');
+  assert.equal(conf(['--n-seq-max', '7']).nSeqMax, 7, 'any count without streams');
+  const refused = (e: unknown) => e instanceof ConfigError && /equal streams/.test(e.message);
+  assert.throws(() => conf(['--kv-streams', 'true', '--ctx-size', '4096', '--n-seq-max', '7']), refused);
+  assert.throws(() => conf(['--kv-streams', 'true', '--ctx-size', '4096', '--n-seq-max', '512']), refused);
+});
