@@ -9,7 +9,7 @@ import { readHParams, type HParams } from './hparams.ts';
 import { formatRange, type LayerRange } from './layer-range.ts';
 import { GRAPH_NODES, buildStageGraph, type AttnGroup, type GraphShape, type StageGraph } from './graph.ts';
 import { StageCache, type CacheCounters, type StagePlan } from './stage-cache.ts';
-import { attnOf, groupStreams, splitEqual, type Attn } from './ubatch.ts';
+import { attnOf, groupStreams, splitEqual, type Attn, type GroupedPart } from './ubatch.ts';
 import { StageWeights } from './weights.ts';
 
 /** Options for {@link Stage.open}. */
@@ -142,6 +142,19 @@ function sameGroups(a: readonly AttnGroup[] | undefined, b: readonly AttnGroup[]
   });
 }
 
+/** Rows `tokens` of `src` (rows of `width`), in that order. */
+function pickRows(src: Float32Array, tokens: Int32Array, width: number): Float32Array {
+  const out = new Float32Array(tokens.length * width);
+  tokens.forEach((t, j) => out.set(src.subarray(t * width, (t + 1) * width), j * width));
+  return out;
+}
+
+/** Puts row j of `src` at row tokens[j] of `dst` (rows of `width`); returns `dst`. */
+function putRows(dst: Float32Array, src: Float32Array, tokens: Int32Array, width: number): Float32Array {
+  tokens.forEach((t, j) => dst.set(src.subarray(j * width, (j + 1) * width), t * width));
+  return dst;
+}
+
 function isIdentity(outputs: Int32Array, n: number): boolean {
   if (outputs.length !== n) return false;
   for (let i = 0; i < n; i++) if (outputs[i] !== i) return false;
@@ -265,11 +278,13 @@ export class Stage {
 
   /** Runs one micro-batch; returns hidden states [n * n_embd] or logits [n_outputs * n_vocab]. */
   eval(batch: StageBatch): Float32Array {
-    const grouped = this.#grouped(batch);
+    const parts = this.#parts(batch);
+    if (!parts) return this.#evalPart(batch, null);
+    const grouped = this.#grouped(batch, parts);
     if (grouped) return grouped.finish(this.#evalPart(grouped.batch, grouped.attn));
     // one KV stream per sequence: the batch computes in parts
-    const split = this.#split(batch);
-    if (!split || !('parts' in split)) return this.#evalPart(batch, split);
+    const split = this.#split(batch, parts);
+    if (!('parts' in split)) return this.#evalPart(batch, split);
     const out = this.#gatherTarget(split);
     split.parts.forEach((p, k) => {
       try {
@@ -303,10 +318,12 @@ export class Stage {
    * computes every step on one thread; docs/benchmarks.md, "One OpenMP team").
    */
   async evalAsync(batch: StageBatch): Promise<Float32Array> {
-    const grouped = this.#grouped(batch);
+    const parts = this.#parts(batch);
+    if (!parts) return this.#evalPartAsync(batch, null);
+    const grouped = this.#grouped(batch, parts);
     if (grouped) return grouped.finish(await this.#evalPartAsync(grouped.batch, grouped.attn));
-    const split = this.#split(batch);
-    if (!split || !('parts' in split)) return this.#evalPartAsync(batch, split);
+    const split = this.#split(batch, parts);
+    if (!('parts' in split)) return this.#evalPartAsync(batch, split);
     const out = this.#gatherTarget(split);
     for (const [k, p] of split.parts.entries()) {
       try {
@@ -352,18 +369,25 @@ export class Stage {
   }
 
   /**
-   * With one KV stream per sequence and groupStreams: the batch in sequence order (its outputs and
-   * embedding rows renumbered, asked for in the same order), its attention groups, and what puts
-   * a result back in the batch's order (hidden rows by token; logit rows come as asked). Null
-   * otherwise.
+   * With one KV stream per sequence, the batch (checked) in the parts it computes as: groupStreams'
+   * (one part unless it has more groups than a graph holds) or llama.cpp's splitEqual. Null with
+   * one stream for all, or an empty batch (which #begin refuses).
    */
-  #grouped(batch: StageBatch): { batch: StageBatch; attn: Attn[]; finish: (out: Float32Array) => Float32Array } | null {
-    if (!this.#groupStreams || this.cache.cells.streams === 1) return null;
+  #parts(batch: StageBatch): GroupedPart[] | null {
     const n = batch.pos.length;
+    if (this.cache.cells.streams === 1 || n === 0) return null;
     this.#checkBatch(batch, n);
-    const parts = groupStreams(batch.seq, this.#maxGroups);
-    // (more groups than a graph holds: parts, #split)
-    if (parts.length > 1) return null;
+    return this.#groupStreams ? groupStreams(batch.seq, this.#maxGroups) : splitEqual(batch.seq, this.#maxBatch).map((p) => ({ tokens: p.tokens, attn: attnOf(p) }));
+  }
+
+  /**
+   * With groupStreams and one part: the batch in sequence order (its outputs and embedding rows
+   * renumbered, asked for in the same order), its attention groups, and what puts a result back in
+   * the batch's order (hidden rows by token; logit rows come as asked). Null otherwise.
+   */
+  #grouped(batch: StageBatch, parts: GroupedPart[]): { batch: StageBatch; attn: Attn[]; finish: (out: Float32Array) => Float32Array } | null {
+    if (!this.#groupStreams || parts.length > 1) return null;
+    const n = batch.pos.length;
     const { tokens: order, attn: groups } = parts[0]!;
     if (isIdentity(order, n)) return { batch, attn: groups, finish: (out) => out };
     const row = new Int32Array(n); // token -> row
@@ -371,40 +395,26 @@ export class Stage {
     const pick = (a: Int32Array) => Int32Array.from(order, (t) => a[t]!);
     const rows = (a: Int32Array) => Int32Array.from(a, (t) => row[t]!);
     const e = this.hp.nEmbd;
-    let hidden: Float32Array | undefined;
-    if (batch.hidden) {
-      hidden = new Float32Array(n * e);
-      order.forEach((t, r) => hidden!.set(batch.hidden!.subarray(t * e, (t + 1) * e), r * e));
-    }
     // the last stage's logit rows, every token's when none are named (none with embeddings)
     const outputs = !this.isLast ? undefined : batch.outputs ? rows(batch.outputs) : batch.embed?.length ? undefined : row;
     const sorted: StageBatch = {
-      tokens: batch.tokens && pick(batch.tokens), hidden, pos: pick(batch.pos), seq: pick(batch.seq), outputs, embed: batch.embed && rows(batch.embed),
+      tokens: batch.tokens && pick(batch.tokens), hidden: batch.hidden && pickRows(batch.hidden, order, e), pos: pick(batch.pos), seq: pick(batch.seq),
+      outputs, embed: batch.embed && rows(batch.embed),
     };
     return {
       batch: sorted, attn: groups,
-      finish: (out) => {
-        if (this.isLast) return out;
-        const back = new Float32Array(out.length);
-        order.forEach((t, r) => back.set(out.subarray(r * e, (r + 1) * e), t * e));
-        return back;
-      },
+      finish: (out) => (this.isLast ? out : putRows(new Float32Array(out.length), out, order, e)),
     };
   }
 
   /**
-   * With one KV stream per sequence, the micro-batches a batch computes as (splitEqual, or
-   * groupStreams' parts when it has more groups than a graph holds), or the attention of the one
-   * part it is when that is in its own order; null with one stream for all. Each part
-   * gets the rows it outputs: logit rows and embedding rows of its tokens, in the order asked
-   * (a part with none computes one logit row, dropped, as a stage outputs at least one).
+   * The micro-batches of `parts` (one KV stream per sequence), or the attention of the one part
+   * the batch is when that is in its own order. Each part gets the rows it outputs: logit rows
+   * and embedding rows of its tokens, in the order asked (a part with none computes one logit
+   * row, dropped, as a stage outputs at least one).
    */
-  #split(batch: StageBatch): SplitBatch | Attn[] | null {
-    const cells = this.cache.cells;
+  #split(batch: StageBatch, parts: GroupedPart[]): SplitBatch | Attn[] {
     const n = batch.pos.length;
-    if (cells.streams === 1 || n === 0) return null;
-    this.#checkBatch(batch, n);
-    const parts = this.#groupStreams ? groupStreams(batch.seq, this.#maxGroups) : splitEqual(batch.seq, this.#maxBatch).map((p) => ({ tokens: p.tokens, attn: attnOf(p) }));
     if (parts.length === 1 && isIdentity(parts[0]!.tokens, n)) return parts[0]!.attn;
     const embed = this.isLast && batch.embed && batch.embed.length > 0 ? batch.embed : null;
     const outputs = this.isLast ? batch.outputs ?? (embed ? new Int32Array(0) : Int32Array.from({ length: n }, (_, i) => i)) : null;
@@ -431,11 +441,7 @@ export class Stage {
           return { rows, locals };
         };
         const out = rowsOf(outputs), emb = rowsOf(embed);
-        let hidden: Float32Array | undefined;
-        if (batch.hidden) {
-          hidden = new Float32Array(own[k]!.length * width);
-          own[k]!.forEach((t, j) => hidden!.set(batch.hidden!.subarray(t * width, (t + 1) * width), j * width));
-        }
+        const hidden = batch.hidden && pickRows(batch.hidden, own[k]!, width);
         const dropOne = this.isLast && out.locals.length === 0 && emb.locals.length === 0;
         return {
           attn: p.attn,
@@ -468,7 +474,7 @@ export class Stage {
   #gather(split: SplitBatch, k: number, o: Float32Array, out: Float32Array): void {
     const p = split.parts[k]!, w = split.width;
     if (!this.isLast) {
-      p.tokens.forEach((t, j) => out.set(o.subarray(j * w, (j + 1) * w), t * w));
+      putRows(out, o, p.tokens, w);
       return;
     }
     p.outRows.forEach((r, j) => out.set(o.subarray(j * w, (j + 1) * w), r * w));
