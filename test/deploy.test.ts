@@ -184,6 +184,8 @@ describe('helm chart', () => {
     refused(/nats.url is required/, '--set', 'nats.enabled=false');
     refused(/tls.existingSecret/, '--set', 'worker.tls.enabled=true');
     refused(/serviceMonitor.enabled needs metrics.enabled/, '--set', 'metrics.serviceMonitor.enabled=true');
+    refused(/pipeline main: kvStreams makes nSeqMax \(48\) equal streams of ctxSize \(4096\)/, '--set', 'worker.kvStreams=true', '--set', 'worker.nSeqMax=48');
+    refused(/pipeline a: kvStreams makes nSeqMax \(512\)/, '--set', 'pipelines[0].name=a', '--set', 'pipelines[0].kvStreams=true', '--set', 'pipelines[0].nSeqMax=512', '--set', 'pipelines[0].ctxSize=32768');
   });
 
   it('each worker pod computes its layer range from its ordinal, with or without the pod-index label', () => {
@@ -217,7 +219,7 @@ describe('helm chart', () => {
   it('several pipeline groups and models: one StatefulSet per group, each pod a stage of a whole pipeline replica; the gateway serves every model', () => {
     const groups = [
       { name: 'llama-70b', stages: ['0:20', '20:40', '40:60', '60:80'], pipelines: undefined, model: ['/models/llama-3.1-70b-instruct-q4_k_m.gguf', 'llama-70b'], kvType: 'q8_0', role: 'both', gpu: true, pdb: 2 },
-      { name: 'llama-8b', stages: ['0:32'], pipelines: 2, model: ['/models/llama-3.1-8b-instruct-q8_0.gguf', 'llama-8b'], kvType: 'q8_0', role: 'decode', gpu: true, pdb: 1 },
+      { name: 'llama-8b', stages: ['0:32'], pipelines: 2, model: ['/models/llama-3.1-8b-instruct-q8_0.gguf', 'llama-8b'], kvType: 'q8_0', role: 'decode', gpu: true, pdb: 1, streams: [65536, 16] },
       { name: 'llama-8b-prefill', stages: ['0:16', '16:32'], pipelines: 1, model: ['/models/llama-3.1-8b-instruct-q8_0.gguf', 'llama-8b'], kvType: 'q8_0', role: 'prefill', gpu: true, pdb: 1 },
       { name: 'llama-8b-cpu', stages: ['0:16', '16:32'], pipelines: 1, model: ['/models/llama-3.1-8b-instruct-q8_0.gguf', 'llama-8b'], kvType: 'f16', role: 'both', gpu: false, pdb: 1 },
     ];
@@ -240,6 +242,7 @@ describe('helm chart', () => {
         assert.equal(w.layers, g.stages[i % g.stages.length], `${name}: its stage`);
         assert.equal(w.group, `${g.name}#${Math.floor(i / g.stages.length)}`, `${name}: chains with its replica's pods only`);
         assert.deepEqual([w.model, w.modelId, w.kvTypeName, w.role], [...g.model, g.kvType, g.role], `${name}: model, KV type and role`);
+        assert.deepEqual([w.kvStreams, w.ctxSize, w.nSeqMax], g.streams ? [true, ...g.streams] : [false, g.name === 'llama-70b' ? 32768 : 16384, 64], `${name}: KV layout`);
         if (i === 0) assertKnownSettings(`multi ${g.name}`, workerSchema, env, c.args!.slice(1));
       }
       const pdb = find('multi', 'PodDisruptionBudget', `strata-worker-${g.name}`);
