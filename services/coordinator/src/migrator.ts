@@ -72,7 +72,7 @@ export class Migrator {
       if (saved) throw new CoordinatorError('bad_request', `session ${session} is saved to the tiers of pipeline ${saved.view.id}'s workers: its next turn brings it back, then it can move`);
       throw new CoordinatorError('not_found', `no pipeline holds session ${session}`);
     }
-    const placed = placeMove(pipelines, session, src, to);
+    const placed = placeMove(pipelines, session, src, to, src.session(session)?.done ?? 0);
     if ('refused' in placed) throw new CoordinatorError(placed.refused.code, placed.refused.message);
     const dst = placed.to;
     const deps: MigrationDeps = {

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import { decodeTargets, drainRefusal, leastLoaded, placeMove, placeRebuild, placeRequest, type DrainTarget, type Placeable, type SplitHint } from './placement.ts';
 
 const p = (id: string, load: number, o: Partial<Omit<Placeable, 'holds'>> & { sessions?: string[] } = {}): Placeable => ({
-  id, load, modelId: o.modelId ?? 'm', fingerprint: o.fingerprint ?? 'fp', draining: o.draining ?? false, role: o.role ?? 'both', cachedPrefix: o.cachedPrefix,
+  id, load, modelId: o.modelId ?? 'm', fingerprint: o.fingerprint ?? 'fp', draining: o.draining ?? false, role: o.role ?? 'both', cachedPrefix: o.cachedPrefix, context: o.context,
   holds: (s) => (o.sessions ?? []).includes(s),
 });
 const to = (r: ReturnType<typeof placeRequest>) => ('to' in r ? r.to.id : r.refused.code);
@@ -44,6 +44,17 @@ test('a session moves to the pipeline named, or to the least loaded other open o
   assert.equal(dst(placeMove(ps, 't:s', a, 'd')), 'pipeline_draining: pipeline d is draining: it takes no session');
   assert.equal(dst(placeMove(ps, 't:s', a, 'z')), 'no_pipeline: no pipeline z');
   assert.equal(dst(placeMove([a, d], 't:s', a, '')), 'no_pipeline: no other pipeline of m takes work (1 other(s) draining)');
+});
+
+test('a session moves only where one sequence holds its positions (a pipeline of one KV stream per sequence holds fewer)', () => {
+  const a = p('a', 0, { context: 4096 }), streams = p('s', 0, { context: 512 }), shared = p('h', 3, { context: 4096 });
+  const dst = (r: ReturnType<typeof placeMove>) => ('to' in r ? r.to.id : `${r.refused.code}: ${r.refused.message}`);
+  assert.equal(dst(placeMove([a, streams, shared], 't:s', a, '', 300)), 's', 'fits both: the least loaded');
+  assert.equal(dst(placeMove([a, streams, shared], 't:s', a, '', 512)), 's', 'exactly one stream');
+  assert.equal(dst(placeMove([a, streams, shared], 't:s', a, '', 513)), 'h', 'too long for a stream: the more loaded one where it fits');
+  assert.equal(dst(placeMove([a, streams, shared], 't:s', a, 's', 2000)), 'bad_request: session t:s holds 2000 positions; a sequence of pipeline s holds at most 512');
+  assert.equal(dst(placeMove([a, streams], 't:s', a, '', 2000)), 'no_pipeline: no other pipeline of m takes work where its 2000 positions fit (at most 512 a sequence)');
+  assert.equal(dst(placeMove([a, p('x', 0)], 't:s', a, '', 100_000)), 'x', 'no context known: no limit');
 });
 
 test('a drain is refused when no other pipeline of the model would take work, unless the target drains already', () => {

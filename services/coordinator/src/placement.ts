@@ -28,6 +28,8 @@ export interface Placeable {
   readonly load: number;
   /** prefill, decode or both (absent: both) */
   readonly role?: Role;
+  /** positions one sequence may hold there (absent: no limit placement knows of) */
+  readonly context?: number;
   /** whether the session's cells are there */
   holds(session: string): boolean;
   /** prompt tokens of `prompt` its prefix cache holds for `scope` (0 without a cache) */
@@ -150,20 +152,29 @@ export function placeRebuild<P extends Placeable>(pipelines: readonly P[], finge
 }
 
 /**
- * Where `session`, on `from`, moves: pipeline `to` when named (it must exist, be another one and
- * not drain), else the least loaded other open pipeline of the same model (not of role prefill while another is open).
+ * Where `session`, on `from`, moves: pipeline `to` when named (it must exist, be another one, not
+ * drain and let one sequence hold the session's `positions`), else the least loaded other open
+ * pipeline of the same model where it fits (not of role prefill while another is open). A
+ * pipeline of one KV stream per sequence holds fewer positions a sequence than one of a shared
+ * stream: a long session cannot go there.
  */
-export function placeMove<P extends Placeable>(pipelines: readonly P[], session: string, from: P, to: string): Placement<P> {
+export function placeMove<P extends Placeable>(pipelines: readonly P[], session: string, from: P, to: string, positions = 0): Placement<P> {
+  const fits = (p: P) => p.context === undefined || positions <= p.context;
   if (to) {
     const dst = pipelines.find((p) => p.id === to);
     if (!dst) return { refused: { code: 'no_pipeline', message: `no pipeline ${to}` } };
     if (dst === from) return { refused: { code: 'bad_request', message: `session ${session} is already on ${to}` } };
     if (dst.draining) return { refused: { code: 'pipeline_draining', message: `pipeline ${to} is draining: it takes no session` } };
+    if (!fits(dst)) return { refused: { code: 'bad_request', message: `session ${session} holds ${positions} positions; a sequence of pipeline ${to} holds at most ${dst.context}` } };
     return { to: dst };
   }
   const others = pipelines.filter((p) => p !== from && p.fingerprint === from.fingerprint);
-  const dst = leastLoaded(servers(others.filter((p) => !p.draining)));
-  if (!dst) return { refused: { code: 'no_pipeline', message: `no other pipeline of ${from.modelId} takes work${others.length > 0 ? ` (${others.length} other(s) draining)` : ''}` } };
+  const open = others.filter((p) => !p.draining);
+  const dst = leastLoaded(servers(open.filter(fits)));
+  if (!dst) {
+    const why = open.length > 0 ? ` where its ${positions} positions fit (at most ${Math.max(...open.map((p) => p.context ?? 0))} a sequence)` : others.length > 0 ? ` (${others.length} other(s) draining)` : '';
+    return { refused: { code: 'no_pipeline', message: `no other pipeline of ${from.modelId} takes work${why}` } };
+  }
   return { to: dst };
 }
 

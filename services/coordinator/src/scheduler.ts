@@ -146,6 +146,11 @@ export class PipelineScheduler implements Placeable {
     return this.view.role;
   }
 
+  /** positions one sequence may hold (one KV stream's cells, with a stream per sequence) */
+  get context(): number {
+    return this.#core.context;
+  }
+
   /** requests running or waiting */
   get load(): number {
     return load(this.#core);
