@@ -6,9 +6,6 @@ import type { Backend } from './backend.ts';
 import { checkStatus } from './buffer.ts';
 import { native } from './runtime.ts';
 
-/** A koffi function's asynchronous form: the same arguments, then a Node-style callback. */
-type AsyncCall<A extends unknown[], R> = { async(...args: [...A, (err: unknown, result: R) => void]): void };
-
 /** Options for {@link Scheduler.create}. */
 export interface SchedulerOptions {
   /** backends in priority order; the CPU backend must be last */
@@ -68,27 +65,6 @@ export class Scheduler {
   /** Computes a graph that alloc() placed. */
   run(graph: GraphPtr): void {
     checkStatus(native().backend.ggml_backend_sched_graph_compute(this.ptr, graph), 'graph compute');
-  }
-
-  /**
-   * Computes a graph that alloc() placed on one of libuv's pool threads (koffi's asynchronous
-   * call), so the calling thread's event loop stays free meanwhile. The caller must not touch
-   * the scheduler, the graph or its inputs until the promise settles.
-   */
-  runAsync(graph: GraphPtr): Promise<void> {
-    const compute = native().backend.ggml_backend_sched_graph_compute as unknown as AsyncCall<[SchedPtr, GraphPtr], number>;
-    const s = this.ptr;
-    return new Promise((resolve, reject) => {
-      compute.async(s, graph, (err, status) => {
-        if (err) return reject(err);
-        try {
-          checkStatus(status, 'graph compute');
-          resolve();
-        } catch (e) {
-          reject(e);
-        }
-      });
-    });
   }
 
   /** Bytes of compute buffer held for one backend. */

@@ -2,7 +2,7 @@
 
 /** A model file or a request on it is not what Strata can run. */
 export class ModelError extends Error {
-  /** unknown_architecture, missing_metadata, missing_tensor, bad_tensor_shape, bad_split, bad_input, busy (an operation that must wait for the batch computing) */
+  /** unknown_architecture, missing_metadata, missing_tensor, bad_tensor_shape, bad_split, bad_input */
   readonly code: string;
   readonly tensor?: string;
   constructor(code: string, message: string, fields: { tensor?: string } = {}) {

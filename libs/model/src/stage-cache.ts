@@ -89,8 +89,6 @@ export class StageCache {
   readonly #where: { group: number; slot: number }[];
   /** each group's K-shift graph, with a scheduler of its own so the stage's step graph stays allocated */
   #shift: ({ graph: ShiftGraph; sched: Scheduler } | null)[];
-  /** per group, the cells the batch computing now writes; null when none computes */
-  #locked: Int32Array[] | null = null;
   #disposed = false;
 
   private constructor(o: StageCacheOptions, groups: KvGroup[]) {
@@ -157,26 +155,6 @@ export class StageCache {
     return w;
   }
 
-  /**
-   * Marks a plan's cells as written by a batch that computes now (the stage's evalAsync): until
-   * unlock(), every operation that changes cells throws ModelError('busy'), and an export of any
-   * of those cells too (their rows are not final yet).
-   */
-  lock(plan: StagePlan): void {
-    this.#idle();
-    this.#locked = plan.plans.map((p) => p.cells);
-  }
-
-  /** Ends lock(). */
-  unlock(): void {
-    this.#locked = null;
-  }
-
-  /** Per group, the cells the batch computing now writes, or null when none computes. // [groups] of [n] */
-  get locked(): readonly Int32Array[] | null {
-    return this.#locked;
-  }
-
   /** Cells in every group for a batch's tokens (`seqs` // [n]), or null when they do not fit. Changes nothing. */
   findSlot(seqs: ArrayLike<number>): StagePlan | null {
     const plans: SlotPlan[] = [];
@@ -195,7 +173,7 @@ export class StageCache {
 
   /** Gives a plan's cells their positions and sequences (`pos`, `seq` // [n]). */
   apply(plan: StagePlan, pos: ArrayLike<number>, seq: ArrayLike<number>): void {
-    this.#idle();
+    this.#alive();
     this.groups.forEach((g, i) => g.cells.apply(plan.plans[i]!, pos, seq));
   }
 
@@ -214,7 +192,7 @@ export class StageCache {
   /** Re-rotates the keys of cells that seqAdd/seqDivide moved, then marks the shifts applied. */
   applyShift(): void {
     if (!this.groups.some((g) => g.cells.hasShift)) return;
-    this.#idle();
+    this.#alive();
     this.groups.forEach((g, i) => {
       if (!g.cells.hasShift) return;
       const s = this.#shift[i] ??= {
@@ -235,7 +213,7 @@ export class StageCache {
    * Always true on this cache (llama.cpp's false is for caches that cannot cut a sequence).
    */
   seqRemove(seq: number, p0 = -1, p1 = -1): boolean {
-    this.#idle();
+    this.#alive();
     for (const g of this.groups) g.cells.seqRemove(seq, p0, p1);
     return true;
   }
@@ -245,7 +223,7 @@ export class StageCache {
    * their K/V rows across per-sequence streams.
    */
   seqCopy(src: number, dst: number, p0 = -1, p1 = -1): void {
-    this.#idle();
+    this.#alive();
     for (const g of this.groups) {
       const moved = g.cells.seqCopy(src, dst, p0, p1);
       if (moved && moved.from.length > 0) g.storage.moveRows(moved.from, moved.to);
@@ -254,19 +232,19 @@ export class StageCache {
 
   /** Drops every sequence but `seq`. */
   seqKeep(seq: number): void {
-    this.#idle();
+    this.#alive();
     for (const g of this.groups) g.cells.seqKeep(seq);
   }
 
   /** Moves `seq`'s positions in [p0, p1) by `delta`; keys are re-rotated before the next batch. */
   seqAdd(seq: number, p0: number, p1: number, delta: number): void {
-    this.#idle();
+    this.#alive();
     for (const g of this.groups) g.cells.seqAdd(seq, p0, p1, delta);
   }
 
   /** Divides `seq`'s positions in [p0, p1) by `d`; keys are re-rotated before the next batch. */
   seqDivide(seq: number, p0: number, p1: number, d: number): void {
-    this.#idle();
+    this.#alive();
     for (const g of this.groups) g.cells.seqDivide(seq, p0, p1, d);
   }
 
@@ -285,7 +263,7 @@ export class StageCache {
 
   /** Context shift of a full sequence (see KvCells.contextShift); returns the positions dropped. */
   contextShift(seq: number, nKeep: number, nDiscard?: number): number {
-    this.#idle();
+    this.#alive();
     // a windowed group (holding the newest positions only) drops the span the full group dropped
     const dropped = this.cells.contextShift(seq, nKeep, nDiscard);
     if (dropped > 0) for (const g of this.groups.slice(1)) g.cells.contextShift(seq, nKeep, dropped);
@@ -297,7 +275,7 @@ export class StageCache {
    * no result changes, and later batches attend over fewer cells. Returns the cells moved.
    */
   defrag(): number {
-    this.#idle();
+    this.#alive();
     let moved = 0;
     for (const g of this.groups) {
       const plan = g.cells.defragPlan();
@@ -327,7 +305,7 @@ export class StageCache {
    * stage-state.ts); a corrupt, truncated or mismatched blob leaves the cache as it was.
    */
   importState(blob: Uint8Array | DecodedState, seq: number, options: ImportOptions = {}): { layers: LayerRange; cells: number } {
-    this.#idle();
+    this.#alive();
     return importSeqState(this, blob, seq, options);
   }
 
@@ -336,12 +314,6 @@ export class StageCache {
     const out: Record<string, number> = {};
     for (const g of this.groups) for (const [k, v] of Object.entries(g.storage.memoryByBufferType())) out[k] = (out[k] ?? 0) + v;
     return out;
-  }
-
-  /** Cells change only between batches: an operation that changes them throws while one computes. */
-  #idle(): void {
-    this.#alive();
-    if (this.#locked) throw new ModelError('busy', 'a batch is computing on this stage: cells change only between batches');
   }
 
   #alive(): void {

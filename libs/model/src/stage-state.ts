@@ -17,8 +17,6 @@ export interface SeqStateHost {
   readonly hp: Pick<HParams, 'fingerprint'>;
   readonly range: LayerRange;
   readonly groups: readonly KvGroup[];
-  /** per group, cells a batch computing now writes, null when none // [groups] of [n] */
-  readonly locked: readonly Int32Array[] | null;
   layerGroup(layer: number): { group: number; slot: number };
 }
 
@@ -67,13 +65,6 @@ export function exportSeqState(cache: SeqStateHost, seq: number, options: Export
   const cells = used.map((g) => {
     const c = groups[g]!.cells;
     return cellsOf(c, seq, c.window > 0 ? Math.max(lo, windowStart(c.seqPosMax(seq), c.window)) : lo, hi);
-  });
-  // While a batch computes (evalAsync) the rows it writes are not final yet.
-  used.forEach((g, i) => {
-    const writing = cache.locked ? new Set(cache.locked[g]) : null;
-    if (writing && cells[i]!.some((c) => writing.has(c))) {
-      throw new ModelError('busy', `sequence ${seq}: a batch computing now writes cells of the positions asked for`);
-    }
   });
   const kv = groups[0]!.storage;
   const header: StateHeader = {

@@ -309,58 +309,11 @@ export class Stage {
   }
 
   /**
-   * eval() with the graph computed on a native pool thread: the calling thread's event loop is
-   * free until the result comes. Meanwhile the stage takes no other batch and no operation that
-   * changes cells; reading (exporting a sequence the batch does not write) is allowed.
-   * With ggml's OpenMP build, mind the cost: every thread that starts a graph gets an OpenMP team
-   * of its own, and once a process holds more OpenMP threads than CPUs libgomp sleeps at barriers
-   * instead of spinning, which slows every later graph of the process (the worker therefore
-   * computes every step on one thread; docs/benchmarks.md, "One OpenMP team").
-   */
-  async evalAsync(batch: StageBatch): Promise<Float32Array> {
-    const parts = this.#parts(batch);
-    if (!parts) return this.#evalPartAsync(batch, null);
-    const grouped = this.#grouped(batch, parts);
-    if (grouped) return grouped.finish(await this.#evalPartAsync(grouped.batch, grouped.attn));
-    const split = this.#split(batch, parts);
-    if (!('parts' in split)) return this.#evalPartAsync(batch, split);
-    const out = this.#gatherTarget(split);
-    for (const [k, p] of split.parts.entries()) {
-      try {
-        this.#gather(split, k, await this.#evalPartAsync(p.batch, p.attn), out);
-      } catch (err) {
-        this.#undo(batch, k);
-        throw err;
-      }
-    }
-    return out;
-  }
-
-  async #evalPartAsync(batch: StageBatch, attn: Attn[] | null): Promise<Float32Array> {
-    const b = this.#begin(batch, attn);
-    this.cache.lock(b.plan);
-    try {
-      await this.#sched.runAsync(b.graph.graph);
-    } catch (err) {
-      this.cache.release(b.plan);
-      throw err;
-    } finally {
-      this.cache.unlock();
-    }
-    return this.#end(b);
-  }
-
-  /**
    * The last batch's embedding rows (StageBatch.embed), final normalized hidden states in the
    * order asked // [n_embed * n_embd]; valid until the next batch.
    */
   get embeddings(): Float32Array {
     return this.#embeddings;
-  }
-
-  /** Per cell group, the cells the batch computing now writes (evalAsync), or null when no batch computes. // [groups] of [n] */
-  get computing(): readonly Int32Array[] | null {
-    return this.cache.locked;
   }
 
   /** What the stage did: batches and tokens, graph reuses, and its cache's counters. */
@@ -495,7 +448,6 @@ export class Stage {
   /** Checks a batch, takes its cells and sets the graph's inputs: everything before compute. */
   #begin(batch: StageBatch, attn: Attn[] | null): PreparedBatch {
     if (this.#disposed) throw new ModelError('bad_input', 'stage was disposed');
-    if (this.cache.locked) throw new ModelError('busy', 'a batch is computing on this stage');
     const n = batch.pos.length;
     this.#checkBatch(batch, n);
     const { cache } = this;

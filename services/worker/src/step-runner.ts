@@ -78,7 +78,7 @@ export class StepRunner {
     // A step of prompt chunks only samples nothing; the last stage still computes one row of
     // logits (a stage outputs at least one token) and drops it: one row of the head, next to a
     // chunk's worth of layers.
-    // Every step computes here, on the stage thread, never on a pool thread (Stage.evalAsync):
+    // Every step computes here, on the stage thread, never on a pool thread:
     // with ggml's OpenMP threads, each thread that starts a graph gets a team of its own, and
     // once a process holds more OpenMP threads than CPUs, libgomp stops spinning at barriers and
     // sleeps at each one instead. One long step on a pool thread made every later decode step
