@@ -96,6 +96,21 @@ describe('a cluster of two workers splitting the layers', () => {
     }
   });
 
+  it('n choices of a long prompt compute it once: the first up to its last token, the others a copy of it', async () => {
+    const prompt = 'Far away, beyond the seven hills and the long grey river, an old miller kept a small house where travellers stopped';
+    const ref = await strataGenerate(['--prompt', prompt, '--n-predict', '8', '--split', '0:4,4:8']);
+    const before = await Promise.all(['p0-s0', 'p0-s1'].map((w) => workerStats(cluster.natsUrl, w)));
+    const r = await client.completions.create({ model: modelId, prompt, max_tokens: 8, temperature: 0, n: 3 });
+    const after = await Promise.all(['p0-s0', 'p0-s1'].map((w) => workerStats(cluster.natsUrl, w)));
+    for (const c of r.choices) assert.equal(c.text, ref.tokens.map(piece).join(''), `choice ${c.index}`);
+    assert.ok(r.usage!.prompt_tokens > 20, `${r.usage!.prompt_tokens} prompt tokens`);
+    assert.equal(r.usage!.prompt_tokens_details?.cached_tokens ?? 0, 0);
+    // Evaluated on every stage: the prompt but its last token once, then each choice's last prompt
+    // token and every sample but its last (n × max_tokens), where three copies would be 3 × prompt.
+    const expected = r.usage!.prompt_tokens - 1 + r.usage!.completion_tokens;
+    for (const [i, s] of after.entries()) assert.equal(Number(s.counters!.tokens - before[i]!.counters!.tokens), expected, `stage ${i}`);
+  });
+
   it('a session\'s second turn prefills only its new tokens', async () => {
     const first = [{ role: 'user' as const, content: 'Tell me a story about the old mill by the river.' }];
     const a = await client.chat.completions.create({ model: modelId, messages: first, max_tokens: 12, temperature: 0 }, { headers: { 'x-session-id': 'conv-1' } });

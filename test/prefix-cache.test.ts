@@ -155,4 +155,16 @@ describe('prefix cache on stages with one KV stream per sequence', () => {
     const together = await Promise.all(prompts.map((p) => complete(p, { cache_salt: `together-${p}`, max_tokens: 8 })));
     together.forEach((a, i) => assert.equal(a.text, alone[i], `request ${i}`));
   });
+
+  it('the choices of a request share its prompt across streams: each answers as one choice alone', async () => {
+    const prompt = `${SYSTEM}What did the miller keep in the old ledger?`;
+    const alone = await complete(prompt, { cache_salt: 'n-alone' });
+    const r = await fetch(`${cluster.url}/v1/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: MODEL, prompt, max_tokens: 8, temperature: 0, n: 3, cache_salt: 'n-three' }),
+    });
+    const body = (await r.json()) as { choices: { text: string }[] };
+    assert.equal(r.status, 200, JSON.stringify(body));
+    assert.deepEqual(body.choices.map((c) => c.text), [alone.text, alone.text, alone.text]);
+  });
 });

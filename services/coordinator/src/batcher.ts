@@ -65,7 +65,7 @@ export function planMicroBatch(jobs: readonly Job[], l: BatchLimits, chained: re
   for (const j of pool) {
     if (!isReady(j) || j.fed >= j.prompt.length) continue;
     // (A checkpoint of its prompt is taken where every stage holds the positions before it.)
-    const cap = Math.min(j.prompt.length - j.fed, l.maxBatch - used, l.prefillChunk - prefill, j.checkpoint ? j.checkpoint.at - nextPos(j) : Infinity);
+    const cap = Math.min(j.prompt.length - j.fed, l.maxBatch - used, l.prefillChunk - prefill, j.checkpoint ? j.checkpoint.at - nextPos(j) : Infinity, j.fork ? j.fork.at - nextPos(j) : Infinity);
     if (cap <= 0) break;
     const fixed = workOf(entries.map((e) => ({ tokens: e.tokens.length, pos0: e.pos0 })));
     const n = within ? Math.max(within(fixed, nextPos(j), cap), Math.min(cap, prefill === 0 ? MIN_PREFILL : 0)) : cap;

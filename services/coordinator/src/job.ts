@@ -68,6 +68,14 @@ export interface Job {
    * positions [0, at), they are copied into cache sequence `seq` (while `copying`, the job waits)
    */
   checkpoint: { at: number; seq: number; copying: boolean } | null;
+  /**
+   * the first choice of a request whose choices share its prompt (choice-fork.ts): once every
+   * stage holds positions [pos0, at), they are copied into the other choices' sequences (it waits
+   * at `at` until then)
+   */
+  fork: { at: number; copying: boolean } | null;
+  /** another choice of such a request: not ready until the first one's fork is copied (or dropped) */
+  forkWait: boolean;
 }
 
 /** What a job asks the runtime to do after a transition. */
@@ -85,7 +93,7 @@ export type JobMsg =
 /** A new job. */
 export function newJob(init: Pick<Job, 'requestId' | 'index' | 'sessionId' | 'seq' | 'prompt' | 'pos0' | 'sampling' | 'maxTokens'>): Job {
   if (init.prompt.length === 0) throw new Error('a job needs at least one token to evaluate');
-  return { ...init, fed: 0, pos: init.pos0, samplerSent: false, generated: [], pending: null, awaitingToken: false, inflight: 0, chained: 0, held: false, done: init.pos0, replay: [], inPrompt: 0, cancelled: false, alone: false, finish: null, error: null, prefix: null, shared: 0, grown: null, handOff: false, checkpoint: null };
+  return { ...init, fed: 0, pos: init.pos0, samplerSent: false, generated: [], pending: null, awaitingToken: false, inflight: 0, chained: 0, held: false, done: init.pos0, replay: [], inPrompt: 0, cancelled: false, alone: false, finish: null, error: null, prefix: null, shared: 0, grown: null, handOff: false, checkpoint: null, fork: null, forkWait: false };
 }
 
 /** Position of the next token the job will feed. */
@@ -95,7 +103,8 @@ export function nextPos(j: Job): number {
 
 /** Whether the job has tokens to send now. */
 export function isReady(j: Job): boolean {
-  return j.finish === null && !j.cancelled && !j.held && !j.awaitingToken && (j.fed < j.prompt.length || j.pending !== null) && !(j.checkpoint && j.pos >= j.checkpoint.at);
+  return j.finish === null && !j.cancelled && !j.held && !j.awaitingToken && !j.forkWait && (j.fed < j.prompt.length || j.pending !== null)
+    && !(j.checkpoint && j.pos >= j.checkpoint.at) && !(j.fork && j.pos >= j.fork.at);
 }
 
 /** Tokens the job's sequence will hold at most when it ends. */
@@ -176,4 +185,6 @@ export function rebuildJob(j: Job, prefix: readonly number[]): void {
   j.grown = null;
   j.handOff = false;
   j.checkpoint = null;
+  j.fork = null;
+  j.forkWait = false;
 }

@@ -8,6 +8,7 @@
 import { FinishReason, SeqOpKind, type GenerateReply, type GenerateRequest, type SeqOp } from '@strata/wire';
 import { checkpointAt, checkpointSeq } from './prefix-checkpoint.ts';
 import { cellsNeeded, jobTransition, newJob, rebuildJob, type Job } from './job.ts';
+import { forkAt } from './choice-fork.ts';
 import { accept, refuse, seqOp } from './replies.ts';
 import { dropSeq, failRequest, requestKey, running, type Admission, type Offloaded, type PipelineCore, type PipelineEffect, type Rebuild, type SavedPrefix } from './pipeline-state.ts';
 import { PrefixTree, type PrefixMatch, type PrefixNode } from './prefix-tree.ts';
@@ -414,6 +415,12 @@ function tryStart(c: PipelineCore, fx: PipelineEffect[], req: GenerateRequest, n
     j.shared = sharedBy(prefix);
     return j;
   });
+  // Several choices compute the prompt once: the first one, and the others get a copy.
+  const fork = forkAt(req, cached);
+  if (fork !== null) {
+    jobs[0]!.fork = { at: fork, copying: false };
+    for (const j of jobs.slice(1)) j.forkWait = true;
+  }
   // A one-off request's prompt is cached for later ones as it is computed (a session's cells are
   // its own); one too short for any later prompt to share is not, nor an embedding's. Where the
   // tree shares only at ends, it may be checkpointed where it leaves the paths there.

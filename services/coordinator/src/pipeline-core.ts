@@ -15,6 +15,7 @@ import type { GenerateRequest, StepResult } from '@strata/wire';
 import { admit, offloaded, prepareFailed, prepared, resume, startWaiting } from './pipeline-admission.ts';
 import { abandon, adopt, beginMove, down, handOver, hold, reserve, stay, unreserve } from './pipeline-moves.ts';
 import { checkpointed } from './prefix-checkpoint.ts';
+import { forked } from './choice-fork.ts';
 import { settleHolds, type Blame, type MovedSession, type PipelineCore, type PipelineEffect, type Rebuild } from './pipeline-state.ts';
 import { cancel, pump, retireFinished, stalled, stepResult } from './pipeline-steps.ts';
 
@@ -46,6 +47,8 @@ export type PipelineMsg =
   | { type: 'dropped'; seq: number; ok: boolean }
   /** a job's checkpoint was copied (`ok`), or not (the answer to 'checkpoint') */
   | { type: 'checkpointed'; requestId: string; index: number; seq: number; ok: boolean }
+  /** a request's prompt was copied into its other choices' sequences (`ok`), or not (the answer to 'fork') */
+  | { type: 'forked'; requestId: string; at: number; ok: boolean }
   /** a cache sequence was trimmed (`ok`), or its trim failed (the answer to 'trim_seq') */
   | { type: 'trimmed'; seq: number; ok: boolean }
   /** a while after a failed trim: ask it again, if the sequence still waits for it */
@@ -106,6 +109,10 @@ export function transition(c: PipelineCore, msg: PipelineMsg, now: number): Pipe
     case 'checkpointed':
       if (c.down) return fx;
       checkpointed(c, fx, msg.requestId, msg.index, msg.seq, msg.ok, now);
+      break;
+    case 'forked':
+      if (c.down) return fx;
+      forked(c, fx, msg.requestId, msg.at, msg.ok);
       break;
     case 'trimmed':
       if (c.down) return fx;

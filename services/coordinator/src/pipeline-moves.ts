@@ -6,8 +6,8 @@ import { cachedTokens, fedSamples, jobTransition, rebuildJob } from './job.ts';
 import { takeRoom } from './pipeline-admission.ts';
 import { dropSeq, failChoices, failRequest, isRequestKey, jobOf, type Blame, type MovedSession, type PipelineCore, type PipelineEffect } from './pipeline-state.ts';
 import { dropCheckpoint } from './prefix-checkpoint.ts';
+import { dropFork } from './choice-fork.ts';
 import { retireFinished } from './pipeline-steps.ts';
-import { PrefixTree } from './prefix-tree.ts';
 
 /** A session starts moving off: no new request of it starts here until it stays or is handed over. */
 export function beginMove(c: PipelineCore, session: string): void {
@@ -62,6 +62,7 @@ export function handOver(c: PipelineCore, fx: PipelineEffect[], session: string,
   let cached = false;
   if (job) {
     dropCheckpoint(c, fx, job);
+    dropFork(c, job);
     cached = job.grown !== null && c.room.prefixes.ownerEnded(job.grown, true, job.pos, now, fedSamples(job));
     job.grown = null;
     job.prefix = null;
@@ -148,8 +149,9 @@ export function down(c: PipelineCore, fx: PipelineEffect[], reason: string, blam
     const prefix = request.req.sessionId ? c.room.residents.get(request.req.sessionId)?.tokens ?? [] : [];
     for (const j of live) {
       c.jobs.splice(c.jobs.indexOf(j), 1);
-      // A one-off job's first positions were the prefix cache's.
-      rebuildJob(j, (j.prefix && !request.req.sessionId ? PrefixTree.path(j.prefix) : prefix).slice(0, j.pos0));
+      // A one-off job's first positions were its prompt's (the prefix cache's, or its first
+      // choice's copy); a session's, its history's.
+      rebuildJob(j, (request.req.sessionId ? prefix : request.req.prompt).slice(0, j.pos0));
     }
     if (blamed.has(request.req.requestId)) for (const j of live) j.alone = true;
     if (blamed.has(request.req.requestId) && ++request.failures >= limit) {

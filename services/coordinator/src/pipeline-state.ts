@@ -135,6 +135,8 @@ export type PipelineEffect =
   | { type: 'drop_seq'; seq: number }
   /** copy a job's prompt so far into a cache sequence (`ops` on every stage: prefix-checkpoint.ts); then send 'checkpointed' */
   | { type: 'checkpoint'; requestId: string; index: number; seq: number; ops: SeqOp[] }
+  /** copy a request's first choice's prompt into its other choices' sequences (`ops` on every stage: choice-fork.ts); then send 'forked' */
+  | { type: 'fork'; requestId: string; at: number; ops: SeqOp[] }
   /**
    * save a session's sequence ('' for a cached prefix's) to every stage's tiers under `key` (sent
    * before any later operation on the sequence: its emptying follows); then send 'offloaded'

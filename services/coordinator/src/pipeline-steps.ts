@@ -8,6 +8,7 @@ import { cachedTokens, fedSamples, jobTransition, type Job, type JobEffect } fro
 import { depth, dropSeq, failRequest, requestKey, type Admission, type InFlight, type PipelineCore, type PipelineEffect } from './pipeline-state.ts';
 import { burstOf, burstsNow, samplesBySeq } from './decode-burst.ts';
 import { checkpointDue, dropCheckpoint } from './prefix-checkpoint.ts';
+import { dropFork, forkDue } from './choice-fork.ts';
 import { stepDeadlineMs, tokensWithin, workOf, type StepWork } from './step-cost.ts';
 
 /**
@@ -107,6 +108,7 @@ export function stepResult(c: PipelineCore, fx: PipelineEffect[], r: StepResult,
     if (r.error || e.output) jfx = take(j, r, t, fedAhead);
     emitted(c, fx, j, jfx);
     checkpointDue(c, fx, j);
+    forkDue(c, fx, j);
     // Its first token is out: a job to be handed off stops here, for a decode pipeline to take.
     if (j.handOff && j.finish === null && j.generated.length > 0) {
       j.handOff = false;
@@ -224,6 +226,7 @@ export function retireFinished(c: PipelineCore, fx: PipelineEffect[], now: numbe
  */
 function release(c: PipelineCore, fx: PipelineEffect[], j: Job, request: Admission, now: number): void {
   dropCheckpoint(c, fx, j);
+  dropFork(c, j);
   const residents = c.room.residents;
   const tree = c.room.prefixes;
   if (j.sessionId && j.finish !== FinishReason.ERROR) {

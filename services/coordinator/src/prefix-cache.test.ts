@@ -66,6 +66,39 @@ describe('prefix cache in a pipeline core', () => {
     assert.deepEqual(cached(send({ type: 'step_result', result: result(104n, [[1, 61]]) })), [100]);
   });
 
+  it('the choices of a request compute its prompt once: the first one up to its last token, then a seq_cp to each other', () => {
+    const { core, send } = pipeline();
+    const prompt = [...SYSTEM, 1, 2, 3];
+    assert.deepEqual(steps(send({ type: 'admit', req: req('a', prompt, { n: 3 }) })), ['0:0+64', '0:64+38'], 'the first choice stops before the last token');
+    assert.deepEqual(steps(send({ type: 'step_result', result: result(100n, []) })), []);
+    const fx = send({ type: 'step_result', result: result(101n, []) });
+    assert.deepEqual(steps(fx), [], 'every choice waits for the copy');
+    const fork = only(fx, 'fork')[0]!;
+    assert.deepEqual(fork.ops.map((o) => [o.kind, o.seq, o.dst, o.p0, o.p1]), [[SeqOpKind.COPY, 0, 1, 0, 102], [SeqOpKind.COPY, 0, 2, 0, 102]]);
+    const go = send({ type: 'forked', requestId: 'a', at: 102, ok: true });
+    assert.deepEqual(steps(go), ['0:102+1! 1:102+1! 2:102+1!'], 'each computes the last token itself and samples its own');
+    assert.deepEqual(steps(send({ type: 'step_result', result: result(102n, [[0, 50], [1, 60], [2, 70]]) })), ['0:103+1! 1:103+1!', '2:103+1!']);
+    send({ type: 'step_result', result: result(103n, [[0, 51], [1, 61]]) });
+    const end = send({ type: 'step_result', result: result(104n, [[2, 71]]) });
+    assert.equal(only(end, 'request_ended').length, 1);
+    assert.deepEqual(core.room.prefixes.problems(), []);
+
+    // The copy failed (some stage may hold part of it): the other choices compute the whole
+    // prompt, once what the copy left is removed.
+    const b = pipeline();
+    b.send({ type: 'admit', req: req('a', prompt, { n: 2 }) });
+    b.send({ type: 'step_result', result: result(100n, []) });
+    b.send({ type: 'step_result', result: result(101n, []) });
+    const failed = b.send({ type: 'forked', requestId: 'a', at: 102, ok: false });
+    assert.deepEqual(only(failed, 'prepare').map((p) => p.ops.map((o) => [o.kind, o.seq, o.p0, o.p1])), [[[SeqOpKind.REMOVE, 1, 0, -1]]]);
+    assert.deepEqual(steps(failed), ['0:102+1!'], 'the first choice goes on');
+    assert.deepEqual(steps(b.send({ type: 'prepared', requestId: 'a', session: '', epoch: 0 })), ['1:0+64'], 'the other computes its prompt');
+
+    // A short prompt is computed by each choice: waiting for a copy would cost more.
+    const c = pipeline();
+    assert.deepEqual(steps(c.send({ type: 'admit', req: req('a', range(1, 10), { n: 2 }) })), ['0:0+10! 1:0+10!']);
+  });
+
   it('a request that ended leaves its prompt cached; another scope never shares it; room evicts it when needed', () => {
     const { core, send } = pipeline(256, 4);
     send({ type: 'admit', req: req('a', [...SYSTEM, 1]) });
@@ -180,13 +213,15 @@ describe('prefix cache in a pipeline core', () => {
   });
 
   it('randomized: the stages never hold more cells than they have, every step continues its sequences, every request ends (resets too)', () => {
-    let checkpoints = 0, trims = 0, failedTrims = 0;
+    let checkpoints = 0, trims = 0, failedTrims = 0, forks = 0;
     for (let seed = Number(process.env.PREFIX_SIM_FROM ?? 1); seed <= Number(process.env.PREFIX_SIM_SEEDS ?? 12); seed++) {
       const r = simulate(seed);
       checkpoints += r.checkpoints;
       trims += r.trims;
       failedTrims += r.failedTrims;
+      forks += r.forks;
     }
+    assert.ok(forks > 0, 'the choices of some requests shared their prompt');
     assert.ok(checkpoints > 0, 'prompts were checkpointed (on the seeds whose tree shares only at ends)');
     // (A failed trim's cells are reclaimed by asking again: the count is exact when all is quiet.)
     assert.ok(failedTrims > 0 && trims > failedTrims, `cached prefixes were trimmed, some trims failing (${failedTrims} of ${trims})`);
@@ -260,9 +295,10 @@ function rng(seed: number): () => number {
  * operations' acknowledgements in any order. Now and then the pipeline resets (as when a NATS
  * node dies): what was on its way is lost, the stage is emptied, and a fresh core rebuilds the
  * old one's requests; every accepted request must still end. One trim in ten fails and is asked
- * again later, as the scheduler does. Returns the checkpoints taken and the trims asked.
+ * again later, as the scheduler does, and one fork of a prompt to a request's other choices in
+ * ten fails. Returns the checkpoints taken, the trims asked and the forks.
  */
-function simulate(seed: number): { checkpoints: number; trims: number; failedTrims: number } {
+function simulate(seed: number): { checkpoints: number; trims: number; failedTrims: number; forks: number } {
   const rand = rng(seed);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!;
   const CELLS = 384;
@@ -277,7 +313,7 @@ function simulate(seed: number): { checkpoints: number; trims: number; failedTri
   const replies: PipelineMsg[] = [];
   // The last shares its first 8 tokens with the first: too few to share, so a lineage of its own.
   const systems = [range(1000, 70), range(2000, 40), range(3000, 90), [...range(1000, 8), ...range(4000, 50)]];
-  let now = 0, nextId = 0, ended = 0, admitted = 0, resets = 0, cachedEver = false, checkpoints = 0, trims = 0, failedTrims = 0;
+  let now = 0, nextId = 0, ended = 0, admitted = 0, resets = 0, cachedEver = false, checkpoints = 0, trims = 0, failedTrims = 0, forks = 0;
   const apply = (ops: readonly { kind: SeqOpKind; seq: number; dst: number; p0: number; p1: number; key?: string }[], reply: PipelineMsg) => {
     for (const op of ops) {
       if (op.kind === SeqOpKind.REMOVE) kv.seqRemove(op.seq, op.p0, op.p1);
@@ -297,6 +333,10 @@ function simulate(seed: number): { checkpoints: number; trims: number; failedTri
       if (e.type === 'checkpoint') checkpoints++;
       if (e.type === 'prepare') apply(e.ops, { type: 'prepared', requestId: e.requestId, session: e.claim, epoch: e.claim ? 1 : 0 });
       else if (e.type === 'checkpoint') apply(e.ops, { type: 'checkpointed', requestId: e.requestId, index: e.index, seq: e.seq, ok: rand() < 0.9 });
+      else if (e.type === 'fork') {
+        forks++;
+        apply(e.ops, { type: 'forked', requestId: e.requestId, at: e.at, ok: rand() < 0.9 });
+      }
       else if (e.type === 'drop_seq') apply([{ kind: SeqOpKind.REMOVE, seq: e.seq, dst: 0, p0: -1, p1: -1 }], { type: 'dropped', seq: e.seq, ok: true });
       else if (e.type === 'trim_seq') {
         // One trim in ten fails: its answer lost (the stage trimmed) or the stage's error (it did not).
@@ -378,7 +418,7 @@ function simulate(seed: number): { checkpoints: number; trims: number; failedTri
   assert.equal(ended, admitted, `seed ${seed}: every accepted request ended (${resets} resets)`);
   assert.equal(kv.used, core.room.reserved(running(core)), `seed ${seed}: when all is quiet the room counts exactly what the stage holds`);
   assert.ok(cachedEver || core.room.prefixes.size > 0, `seed ${seed}: something was cached`);
-  return { checkpoints, trims, failedTrims };
+  return { checkpoints, trims, failedTrims, forks };
 }
 
 describe('cached prefixes evicted to the tiers', () => {

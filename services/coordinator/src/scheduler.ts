@@ -336,6 +336,9 @@ export class PipelineScheduler implements Placeable {
         case 'checkpoint':
           void this.#checkpoint(e.requestId, e.index, e.seq, e.ops);
           break;
+        case 'fork':
+          void this.#fork(e.requestId, e.at, e.ops);
+          break;
         case 'trim_seq':
           void this.#trim(e.seq, e.keepTo);
           break;
@@ -470,6 +473,18 @@ export class PipelineScheduler implements Placeable {
       this.#log.warn('a prompt could not be checkpointed for the prefix cache', { request: requestId, err });
     }
     this.#deliver({ type: 'checkpointed', requestId, index, seq, ok });
+  }
+
+  /** Copies a request's prompt into its other choices' sequences, on every stage. */
+  async #fork(requestId: string, at: number, ops: SeqOp[]): Promise<void> {
+    let ok = true;
+    try {
+      await this.#seqOps(ops);
+    } catch (err) {
+      ok = false;
+      this.#log.warn('a prompt could not be shared with the other choices of its request: they compute it', { request: requestId, err });
+    }
+    this.#deliver({ type: 'forked', requestId, at, ok });
   }
 
   /**
