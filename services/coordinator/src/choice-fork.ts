@@ -4,7 +4,7 @@
 // own first token (vLLM's parallel sampling shares the prompt's blocks the same way). Until the
 // copy is done the first choice waits at the last token and the others wait to start; where the
 // copy fails, or the first choice leaves before it, the others compute the whole prompt. Pure.
-import { SeqOpKind, type GenerateRequest } from '@strata/wire';
+import { SeqOpKind, type GenerateRequest, type SeqOp } from '@strata/wire';
 import type { Job } from './job.ts';
 import { seqOp } from './replies.ts';
 import type { PipelineCore, PipelineEffect } from './pipeline-state.ts';
@@ -50,7 +50,7 @@ export function forked(c: PipelineCore, fx: PipelineEffect[], requestId: string,
   if (!request) return;
   const first = request.jobs.find((j) => j.fork?.copying && j.fork.at === at);
   if (first) first.fork = null;
-  const undo = [];
+  const undo: SeqOp[] = [];
   for (const s of request.jobs) {
     if (!s.forkWait) continue;
     s.forkWait = false;
