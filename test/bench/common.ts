@@ -66,7 +66,7 @@ export function parseBenchArgs(argv: string[]) {
     prefixClients: Number(get('prefix-clients', '16')),
     prefixSentences: Number(get('prefix-sentences', '70')),
     prefixReps: Number(get('prefix-reps', '3')),
-    prefixParts: get('prefix-parts', 'shared,routing,tiers,multiturn,disagg').split(','),
+    prefixParts: get('prefix-parts', 'shared,routing,tiers,multiturn,disagg,choices').split(','),
     longPrompt: Number(get('long-prompt', '4000')),
     scalePipelines: Number(get('scale-pipelines', '256')),
     scaleStages: Number(get('scale-stages', '4')),
