@@ -3,7 +3,7 @@
 // flight), then prefill chunks fill what is left, at most prefillChunk prompt tokens per
 // micro-batch and, with a step budget while some session decodes, only as many as keep the
 // micro-batch's predicted time within it, so a long prompt never stalls everyone's decoding. Pure.
-import { isReady, nextPos, type Job } from './job.ts';
+import { isReady, nextPos, stopAt, type Job } from './job.ts';
 import { workOf, type StepWork } from './step-cost.ts';
 
 /** Prompt tokens a step budget lets through while a cost is known: at least this many, to make progress. */
@@ -64,8 +64,8 @@ export function planMicroBatch(jobs: readonly Job[], l: BatchLimits, chained: re
   let prefill = 0;
   for (const j of pool) {
     if (!isReady(j) || j.fed >= j.prompt.length) continue;
-    // (A checkpoint of its prompt is taken where every stage holds the positions before it.)
-    const cap = Math.min(j.prompt.length - j.fed, l.maxBatch - used, l.prefillChunk - prefill, j.checkpoint ? j.checkpoint.at - nextPos(j) : Infinity, j.fork ? j.fork.at - nextPos(j) : Infinity);
+    // (A checkpoint or a fork of its prompt is taken where every stage holds the positions before it.)
+    const cap = Math.min(j.prompt.length - j.fed, l.maxBatch - used, l.prefillChunk - prefill, stopAt(j) - nextPos(j));
     if (cap <= 0) break;
     const fixed = workOf(entries.map((e) => ({ tokens: e.tokens.length, pos0: e.pos0 })));
     const n = within ? Math.max(within(fixed, nextPos(j), cap), Math.min(cap, prefill === 0 ? MIN_PREFILL : 0)) : cap;

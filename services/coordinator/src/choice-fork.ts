@@ -5,7 +5,7 @@
 // copy is done the first choice waits at the last token and the others wait to start; where the
 // copy fails, or the first choice leaves before it, the others compute the whole prompt. Pure.
 import { SeqOpKind, type GenerateRequest, type SeqOp } from '@strata/wire';
-import type { Job } from './job.ts';
+import { copyReady, type Job } from './job.ts';
 import { seqOp } from './replies.ts';
 import type { PipelineCore, PipelineEffect } from './pipeline-state.ts';
 
@@ -30,7 +30,7 @@ export function forkAt(req: GenerateRequest, cached: number): number | null {
  */
 export function forkDue(c: PipelineCore, fx: PipelineEffect[], j: Job): void {
   const f = j.fork;
-  if (!f || f.copying || j.done < f.at || j.inflight > 0 || j.finish !== null) return;
+  if (!f || f.copying || !copyReady(j, f.at)) return;
   const waiting = siblings(c, j).filter((s) => s.finish === null);
   if (waiting.length === 0) {
     release(c, j);

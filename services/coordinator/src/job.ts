@@ -103,8 +103,20 @@ export function nextPos(j: Job): number {
 
 /** Whether the job has tokens to send now. */
 export function isReady(j: Job): boolean {
-  return j.finish === null && !j.cancelled && !j.held && !j.awaitingToken && !j.forkWait && (j.fed < j.prompt.length || j.pending !== null)
-    && !(j.checkpoint && j.pos >= j.checkpoint.at) && !(j.fork && j.pos >= j.fork.at);
+  return j.finish === null && !j.cancelled && !j.held && !j.awaitingToken && !j.forkWait && (j.fed < j.prompt.length || j.pending !== null) && j.pos < stopAt(j);
+}
+
+/**
+ * Where the job stops feeding until its positions before that point are copied (its checkpoint's
+ * or its fork's), or Infinity.
+ */
+export function stopAt(j: Job): number {
+  return Math.min(j.checkpoint?.at ?? Infinity, j.fork?.at ?? Infinity);
+}
+
+/** Whether every stage holds the job's positions before `at`, with nothing of it in flight: a copy of them may start. */
+export function copyReady(j: Job, at: number): boolean {
+  return j.done >= at && j.inflight === 0 && j.finish === null;
 }
 
 /** Tokens the job's sequence will hold at most when it ends. */

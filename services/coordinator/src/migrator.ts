@@ -129,7 +129,7 @@ export class Migrator {
         return w && st.kvCells > 0 ? w.kvCellsUsed / stageCells(st) : 0;
       })),
       cells: Math.min(...s.view.stages.map(stageCells)),
-      perSeq: Math.min(...s.view.stages.map((st) => st.kvCells)),
+      perSeq: s.context,
       sessions: s.sessionIds().map((id) => ({ id, cells: s.session(id)?.done ?? 0 })),
     }));
     const move = pickRebalance(loads, rebalance.high, rebalance.low);

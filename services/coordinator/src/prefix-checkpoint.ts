@@ -9,7 +9,7 @@
 // context checkpoints for SWA models, but a place in the shared tree rather than a saved state.
 import { SeqOpKind } from '@strata/wire';
 import type { GenerateRequest } from '@strata/wire';
-import type { Job } from './job.ts';
+import { copyReady, type Job } from './job.ts';
 import { commonPrefix } from './pipeline-admission.ts';
 import { dropSeq, running, type PipelineCore, type PipelineEffect } from './pipeline-state.ts';
 import { seqOp } from './replies.ts';
@@ -56,7 +56,7 @@ export function checkpointSeq(c: PipelineCore): number | null {
  */
 export function checkpointDue(c: PipelineCore, fx: PipelineEffect[], j: Job): void {
   const k = j.checkpoint;
-  if (!k || k.copying || j.done < k.at || j.inflight > 0 || j.finish !== null) return;
+  if (!k || k.copying || !copyReady(j, k.at)) return;
   k.copying = true;
   c.room.reserveIncoming(k.seq, k.at);
   fx.push({ type: 'checkpoint', requestId: j.requestId, index: j.index, seq: k.seq, ops: [seqOp(SeqOpKind.REMOVE, k.seq), seqOp(SeqOpKind.COPY, j.seq, 0, k.at, k.seq)] });

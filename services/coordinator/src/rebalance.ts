@@ -11,7 +11,7 @@ export interface PipelineLoad {
   occupancy: number;
   /** cells of its smallest stage */
   cells: number;
-  /** the most cells one sequence may hold there (one KV stream per sequence: a stream's); default: `cells` */
+  /** the most positions one sequence may hold there (one KV stream per sequence: a stream's cells); default: `cells` */
   perSeq?: number;
   /** sessions living on it and the cells each holds */
   sessions: { id: string; cells: number }[];

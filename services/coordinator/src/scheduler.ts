@@ -417,13 +417,7 @@ export class PipelineScheduler implements Placeable {
    * counted as held, until it is emptied after all: asked again, less and less often.
    */
   async #drop(seq: number): Promise<void> {
-    let ok = true;
-    try {
-      await this.#seqOps([seqOp(SeqOpKind.REMOVE, seq)]);
-    } catch (err) {
-      ok = false;
-      this.#log.error('a sequence could not be emptied: its id stays out of use until it is', { seq, err });
-    }
+    const ok = await this.#tryOps([seqOp(SeqOpKind.REMOVE, seq)], 'error', 'a sequence could not be emptied: its id stays out of use until it is', { seq });
     this.#deliver({ type: 'dropped', seq, ok });
     if (!ok) void this.#reclaim(seq);
   }
@@ -465,25 +459,13 @@ export class PipelineScheduler implements Placeable {
 
   /** Copies a job's prompt so far into the cache sequence of its checkpoint, on every stage. */
   async #checkpoint(requestId: string, index: number, seq: number, ops: SeqOp[]): Promise<void> {
-    let ok = true;
-    try {
-      await this.#seqOps(ops);
-    } catch (err) {
-      ok = false;
-      this.#log.warn('a prompt could not be checkpointed for the prefix cache', { request: requestId, err });
-    }
+    const ok = await this.#tryOps(ops, 'warn', 'a prompt could not be checkpointed for the prefix cache', { request: requestId });
     this.#deliver({ type: 'checkpointed', requestId, index, seq, ok });
   }
 
   /** Copies a request's prompt into its other choices' sequences, on every stage. */
   async #fork(requestId: string, at: number, ops: SeqOp[]): Promise<void> {
-    let ok = true;
-    try {
-      await this.#seqOps(ops);
-    } catch (err) {
-      ok = false;
-      this.#log.warn('a prompt could not be shared with the other choices of its request: they compute it', { request: requestId, err });
-    }
+    const ok = await this.#tryOps(ops, 'warn', 'a prompt could not be shared with the other choices of its request: they compute it', { request: requestId });
     this.#deliver({ type: 'forked', requestId, at, ok });
   }
 
@@ -493,13 +475,7 @@ export class PipelineScheduler implements Placeable {
    * up to 30 s), while the sequence still waits for it.
    */
   async #trim(seq: number, keepTo: number): Promise<void> {
-    let ok = true;
-    try {
-      await this.#seqOps([seqOp(SeqOpKind.REMOVE, seq, keepTo, -1)]);
-    } catch (err) {
-      ok = false;
-      this.#log.error('a cached prefix could not be trimmed; its cells stay counted as held until a later trim', { seq, err });
-    }
+    const ok = await this.#tryOps([seqOp(SeqOpKind.REMOVE, seq, keepTo, -1)], 'error', 'a cached prefix could not be trimmed; its cells stay counted as held until a later trim', { seq });
     this.#deliver({ type: 'trimmed', seq, ok });
     const waitMs = this.#trimRetries.get(seq);
     if (ok) {
@@ -601,6 +577,17 @@ export class PipelineScheduler implements Placeable {
    * Every operation a request prepares with may be repeated (REMOVE and COPY give the same
    * cells again; a LOAD the tiers no longer hold falls back to prefilling).
    */
+  /** Runs `ops` on every stage: whether every stage did; a failure is logged at `level`. */
+  async #tryOps(ops: SeqOp[], level: 'warn' | 'error', message: string, fields: Record<string, unknown>): Promise<boolean> {
+    try {
+      await this.#seqOps(ops);
+      return true;
+    } catch (err) {
+      this.#log[level](message, { ...fields, err });
+      return false;
+    }
+  }
+
   async #seqOpsWhileUp(ops: SeqOp[]): Promise<void> {
     const until = Date.now() + this.#d.seqOpTimeoutMs;
     for (;;) {
