@@ -3,6 +3,9 @@
 // reference. A request must either complete with exactly the reference's tokens or, only where
 // the client asked for nothing durable (no session), fail with a clear retriable error. The table
 // printed: requests sent, completed, failed (with reasons), lost (must be 0), recovery per fault.
+// Judging computes references in this process, blocking its event loop for seconds: a cluster
+// whose fault proxies live here (faultLinks) has every link stalled meanwhile, so what a test
+// asserts about the cluster's state is read before chaosRun returns (in a fault's heal).
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { Vocab } from '@strata/ggml';
