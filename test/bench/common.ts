@@ -37,6 +37,7 @@ function oneOf<T extends string>(flag: string, value: string, allowed: readonly 
  * engine,kv,cluster,migration,load,responsive,grammar,serving; for serving also --serving-model
  * (default: the Gemma 3 270M of ensure-models), --clients 1,8,16,32, --serving-reps (3),
  * --serving-tokens (128), --serving-strata one,two, --serving-flags '<coordinator flags>',
+ * --serving-worker-flags '<worker flags>',
  * --serving-endpoint chat|completions, --serving-split balanced|even, --serving-kv streams|shared; for
  * kv-bandwidth --kv-prompt (tokens, 2000), --kv-mbits 0,1000,300,100 (Mbit/s per link, 0:
  * unlimited), --kv-reps (3); for models --models-pp (256), --models-tg (64), --models-reps (3),
@@ -60,6 +61,7 @@ export function parseBenchArgs(argv: string[]) {
     servingTokens: Number(get('serving-tokens', '128')),
     servingStrata: get('serving-strata', 'one,two').split(',') as ('one' | 'two')[],
     servingFlags: get('serving-flags', '').split(' ').filter(Boolean),
+    servingWorkerFlags: get('serving-worker-flags', '').split(' ').filter(Boolean),
     servingEndpoint: oneOf('serving-endpoint', get('serving-endpoint', 'chat'), ['chat', 'completions'] as const),
     servingSplit: oneOf('serving-split', get('serving-split', 'balanced'), ['balanced', 'even'] as const),
     servingKv: oneOf('serving-kv', get('serving-kv', 'streams'), ['streams', 'shared'] as const),

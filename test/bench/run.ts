@@ -113,7 +113,7 @@ const grammar = opts.only.has('grammar') ? await section('grammar', 0, () => run
 const servingModel = opts.servingModel || join(strataCacheDir(), 'models', 'gemma-3-270m-q4_k_m.gguf');
 const serving = opts.only.has('serving')
   ? await section('serving', 1 + opts.clients.length * opts.servingReps, (step) => runServingBench({
-    model: servingModel, threads: opts.threads, clients: opts.clients, reps: opts.servingReps, tokens: opts.servingTokens, strata: opts.servingStrata, coordinatorFlags: opts.servingFlags, endpoint: opts.servingEndpoint, split: opts.servingSplit, kv: opts.servingKv,
+    model: servingModel, threads: opts.threads, clients: opts.clients, reps: opts.servingReps, tokens: opts.servingTokens, strata: opts.servingStrata, coordinatorFlags: opts.servingFlags, workerFlags: opts.servingWorkerFlags, endpoint: opts.servingEndpoint, split: opts.servingSplit, kv: opts.servingKv,
   }, step))
   : null;
 const prefix = opts.only.has('prefix')

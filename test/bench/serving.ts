@@ -27,6 +27,8 @@ export interface ServingOptions {
   strata: ('one' | 'two')[];
   /** extra flags for Strata's coordinator (to compare settings, e.g. --overlap-steps false) */
   coordinatorFlags: string[];
+  /** added to every worker's flags */
+  workerFlags: string[];
   /**
    * 'chat' (/v1/chat/completions, the model's template) or 'completions' (/v1/completions, the
    * prompt as is, for random-weight models: see {@link strayBytes})
@@ -231,7 +233,7 @@ export async function runServingBench(o: ServingOptions, step: (detail?: string)
       const c = await LocalCluster.start({
         model: o.model, workers, threads: Math.max(1, o.threads / workers), port: 0, ctxSize: maxClients * ctxPerSlot,
         logLevel: process.env.BENCH_LOG ?? 'error', coordinatorFlags: o.coordinatorFlags, split: o.split,
-        workerFlags: o.kv === 'streams' ? ['--kv-streams', 'true', '--n-seq-max', String(maxClients)] : [],
+        workerFlags: [...(o.kv === 'streams' ? ['--kv-streams', 'true', '--n-seq-max', String(maxClients)] : []), ...o.workerFlags],
       });
       clusters.push(c);
       const id = ((await (await fetch(`${c.url}/v1/models`)).json()) as { data: { id: string }[] }).data[0]!.id;
