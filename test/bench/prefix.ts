@@ -25,7 +25,7 @@ export interface PrefixOptions {
   /** sentences of the system prompt (about 28 tokens each with Gemma 3's tokenizer) */
   systemSentences: number;
   reps: number;
-  /** which parts: 'shared' (one system prompt, against llama-server), 'routing' (two pipelines), 'tiers', 'multiturn' (against llama-server), 'disagg', 'choices' (n = 4 against n = 1) */
+  /** which parts: 'shared' (one system prompt, against llama-server), 'routing' (two pipelines), 'tiers', 'multiturn' (against llama-server), 'disagg', 'choices' (n = 4 against n = 1, against llama-server) */
   parts: string[];
   /** disagg: tokens of each long prompt */
   longPrompt: number;
@@ -96,42 +96,52 @@ export async function runPrefixBench(o: PrefixOptions, step: (detail?: string) =
   if (o.parts.includes('tiers')) out.tiers = await tiers(o, step);
   if (o.parts.includes('multiturn')) out.multiturn = await multiTurn(o, bin, step);
   if (o.parts.includes('disagg')) out.disagg = await disagg(o, step);
-  if (o.parts.includes('choices')) out.choices = await choices(o, step);
+  if (o.parts.includes('choices')) out.choices = await choices(o, bin, step);
   return out;
 }
 
 /**
- * A request of 4 choices against one of 1, on one long prompt that nothing cached (each its own
- * `cache_salt`), alternating: the wall time of the whole request and the tokens the stage
- * computed. The choices compute the prompt once (docs/cluster.md); four would compute it 4 times.
+ * A request of 4 choices against one of 1, on one long prompt that nothing cached (each its own),
+ * on Strata (one worker) and on llama-server (4 slots; `n` starts child tasks that take a copy
+ * of the parent's prompt once it is processed), alternating: the wall time of the whole request,
+ * and the tokens Strata's stage computed. Strata's choices compute the prompt once
+ * (docs/cluster.md); four would compute it 4 times.
  */
-async function choices(o: PrefixOptions, step: (detail?: string) => void): Promise<unknown> {
+async function choices(o: PrefixOptions, bin: string, step: (detail?: string) => void): Promise<unknown> {
   const sentences = Math.round(o.systemSentences * 2);
-  const c = await LocalCluster.start({ model: o.model, workers: 1, threads: o.threads, port: 0, ctxSize: 4 * (30 * sentences + 512), logLevel: process.env.BENCH_LOG ?? 'error' });
+  const perSlot = 30 * sentences + 512;
+  const c = await LocalCluster.start({ model: o.model, workers: 1, threads: o.threads, port: 0, ctxSize: 4 * perSlot, logLevel: process.env.BENCH_LOG ?? 'error' });
+  const ls = await startLlamaServer(bin, o.model, o.threads, 4, perSlot);
   try {
     const id = await modelId(c.url);
+    const servers = [{ name: 'strata', url: c.url, model: id }, { name: 'llama-server', url: ls.url, model: 'model' }];
     const computed = async () => Number((await workerStats(c.natsUrl, 'p0-s0')).counters!.tokens);
-    const wall = new Map<number, number[]>([[1, []], [4, []]]);
+    const wall = new Map<string, number[]>();
     const tokens = new Map<number, number[]>();
     let prompt = 0;
-    await ask(c.url, id, systemPrompt('warm-up', sentences));
+    for (const s of servers) await ask(s.url, s.model, systemPrompt(`warm-up ${s.name}`, sentences));
     for (let r = 0; r < o.reps; r++) {
-      for (const n of r % 2 === 0 ? [1, 4] : [4, 1]) {
-        const before = await computed();
-        const t0 = performance.now();
-        const a = await ask(c.url, id, systemPrompt(`choices ${r}`, sentences), { n, cache_salt: `choices-${r}-${n}` });
-        wall.get(n)!.push(performance.now() - t0);
-        tokens.set(n, [...(tokens.get(n) ?? []), (await computed()) - before]);
-        prompt = a.prompt;
+      for (const s of r % 2 === 0 ? servers : [...servers].reverse()) {
+        for (const n of r % 2 === 0 ? [1, 4] : [4, 1]) {
+          const before = s.name === 'strata' ? await computed() : 0;
+          const t0 = performance.now();
+          // (a prompt of its own from the first token: neither server reuses another's cells)
+          const a = await ask(s.url, s.model, systemPrompt(`choices ${r} ${n}`, sentences), { n });
+          wall.set(`${s.name} ${n}`, [...(wall.get(`${s.name} ${n}`) ?? []), performance.now() - t0]);
+          if (s.name === 'strata') tokens.set(n, [...(tokens.get(n) ?? []), (await computed()) - before]);
+          prompt = a.prompt;
+        }
       }
       step(`choices, repetition ${r + 1}/${o.reps}`);
     }
-    console.log(`one request of n choices, ${prompt} prompt tokens, 8 tokens each (one worker, ${o.threads} threads):`);
-    const rows = [1, 4].map((n) => ({ n, wallMs: median(wall.get(n)!), computed: median(tokens.get(n)!) }));
-    for (const r of rows) console.log(`  n = ${r.n}: ${Math.round(r.wallMs).toString().padStart(6)} ms, ${String(r.computed).padStart(6)} tokens computed`);
-    console.log(`  4 choices cost ${(rows[1]!.wallMs / rows[0]!.wallMs).toFixed(2)}× one (4 separate requests: 4×)`);
+    console.log(`one request of n choices, ${prompt} prompt tokens, 8 tokens each (${o.threads} threads; Strata one worker, llama-server 4 slots):`);
+    const rows = [1, 4].map((n) => ({ n, wallMs: median(wall.get(`strata ${n}`)!), computed: median(tokens.get(n)!), llamaServerMs: median(wall.get(`llama-server ${n}`)!) }));
+    for (const r of rows) console.log(`  n = ${r.n}: strata ${Math.round(r.wallMs).toString().padStart(6)} ms, ${String(r.computed).padStart(6)} tokens computed; llama-server ${Math.round(r.llamaServerMs).toString().padStart(6)} ms`);
+    console.log(`  4 choices cost ${(rows[1]!.wallMs / rows[0]!.wallMs).toFixed(2)}× one on Strata, ${(rows[1]!.llamaServerMs / rows[0]!.llamaServerMs).toFixed(2)}× on llama-server (4 separate requests: 4×); ` +
+      `Strata / llama-server at n = 4: ${(rows[1]!.wallMs / rows[1]!.llamaServerMs).toFixed(2)}× the time`);
     return { prompt, rows };
   } finally {
+    ls.proc.kill('SIGTERM');
     await c.stop();
   }
 }
