@@ -39,8 +39,10 @@ export function measureEngine(path: string, model: string, o: { threads: number;
 function measureInstance(path: string, model: string, o: { threads: number; pp: number; tg: number; reps: number; device?: string }, reps: number, r0: number, pp: EngineRow, tg: EngineRow, step: (detail?: string) => void): void {
   // Off the CPU both sides run every layer on the device (libllama: every layer offloaded).
   const onDevice = (o.device ?? 'CPU') !== 'CPU';
-  const ref = LlamaReference.load(path, { nCtx: 1024, nBatch: o.pp, threads: o.threads, gpuLayers: onDevice ? 999 : 0 });
-  const p = Pipeline.open({ model: path, threads: o.threads, ctxSize: 1024, device: o.device });
+  // (room for the longest prompt asked, in whole 256-cell pages)
+  const ctx = Math.max(1024, Math.ceil((o.pp + o.tg) / 256) * 256);
+  const ref = LlamaReference.load(path, { nCtx: ctx, nBatch: o.pp, threads: o.threads, gpuLayers: onDevice ? 999 : 0 });
+  const p = Pipeline.open({ model: path, threads: o.threads, ctxSize: ctx, device: o.device });
   try {
     const nVocab = p.hp.nVocab;
     const prompt = Int32Array.from({ length: o.pp }, (_, i) => 100 + ((i * 7919) % Math.min(20000, nVocab - 100)));
