@@ -56,8 +56,8 @@ describe('network partitions', () => {
             }
           } finally {
             redis.disconnect();
+            link.heal();
           }
-          link.heal();
         };
       } },
     ];
