@@ -566,17 +566,6 @@ export class PipelineScheduler implements Placeable {
     return this.#drops.get(seq) ?? Promise.resolve();
   }
 
-  /**
-   * Sends sequence operations to every stage; throws CoordinatorError if one refuses. Resolves
-   * with each stage's answer: per op, the highest position its sequence holds after it.
-   */
-  /**
-   * A request's sequence operations, tried again while a stage does not answer (gone from NATS:
-   * partitioned, restarting) for up to --seq-op-timeout-ms: a stage that is lost takes its
-   * pipeline down meanwhile, and the request is rebuilt elsewhere instead of failing here.
-   * Every operation a request prepares with may be repeated (REMOVE and COPY give the same
-   * cells again; a LOAD the tiers no longer hold falls back to prefilling).
-   */
   /** Runs `ops` on every stage: whether every stage did; a failure is logged at `level`. */
   async #tryOps(ops: SeqOp[], level: 'warn' | 'error', message: string, fields: Record<string, unknown>): Promise<boolean> {
     try {
@@ -588,6 +577,13 @@ export class PipelineScheduler implements Placeable {
     }
   }
 
+  /**
+   * A request's sequence operations, tried again while a stage does not answer (gone from NATS:
+   * partitioned, restarting) for up to --seq-op-timeout-ms: a stage that is lost takes its
+   * pipeline down meanwhile, and the request is rebuilt elsewhere instead of failing here.
+   * Every operation a request prepares with may be repeated (REMOVE and COPY give the same
+   * cells again; a LOAD the tiers no longer hold falls back to prefilling).
+   */
   async #seqOpsWhileUp(ops: SeqOp[]): Promise<void> {
     const until = Date.now() + this.#d.seqOpTimeoutMs;
     for (;;) {
@@ -601,6 +597,10 @@ export class PipelineScheduler implements Placeable {
     }
   }
 
+  /**
+   * Sends sequence operations to every stage; throws CoordinatorError if one refuses. Resolves
+   * with each stage's answer: per op, the highest position its sequence holds after it.
+   */
   async #seqOps(ops: SeqOp[]): Promise<number[][]> {
     // A tier operation (SAVE, LOAD, FORGET) goes alone in its request; the others go together, in order.
     const tier = (o: SeqOp) => o.kind === SeqOpKind.SAVE || o.kind === SeqOpKind.LOAD || o.kind === SeqOpKind.FORGET;
