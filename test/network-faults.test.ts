@@ -50,9 +50,10 @@ describe('network partitions', () => {
           const redis = new Redis(redisOptions(cluster.redisUrl));
           try {
             // (no holder for a moment: the old lease expired and the standby's next tick takes it)
-            for (let i = 0; i < 100 && (lease.during?.id ?? leaderBefore) === leaderBefore; i++) {
+            for (let i = 0; i < 100; i++) {
               lease.during = await LeaderLease.holder(redis);
-              if ((lease.during?.id ?? leaderBefore) === leaderBefore) await sleep(100);
+              if (lease.during && lease.during.id !== leaderBefore) break;
+              await sleep(100);
             }
           } finally {
             redis.disconnect();
