@@ -24,11 +24,11 @@ interface Pair {
   ref: LlamaReference;
 }
 
-function open(split: boolean, streams = 1, model = path, swaFull = true, groupStreams = false): Pair {
+function open(split: boolean, streams = 1, model = path, swaFull = true, groupStreams = false, nCtx = N_CTX): Pair {
   return {
-    // per-sequence streams: N_CTX cells each here, N_CTX * N_SEQ / N_SEQ each in libllama
-    p: Pipeline.open({ model, threads: 2, ctxSize: N_CTX, split: split ? [{ l0: 0, l1: 2 }, { l0: 2, l1: 4 }] : undefined, kvStreams: streams, kvSwaFull: swaFull, groupStreams }),
-    ref: LlamaReference.load(model, { nCtx: N_CTX * streams, nSeqMax: N_SEQ, threads: 2, kvUnified: streams === 1, swaFull }),
+    // per-sequence streams: nCtx cells each here, nCtx * N_SEQ / N_SEQ each in libllama
+    p: Pipeline.open({ model, threads: 2, ctxSize: nCtx, split: split ? [{ l0: 0, l1: 2 }, { l0: 2, l1: 4 }] : undefined, kvStreams: streams, kvSwaFull: swaFull, groupStreams }),
+    ref: LlamaReference.load(model, { nCtx: nCtx * streams, nSeqMax: N_SEQ, threads: 2, kvUnified: streams === 1, swaFull }),
   };
 }
 
@@ -92,6 +92,34 @@ describe('KV cache operations against libllama', () => {
     assert.ok(pair.p.stages[0]!.counters.shifts >= 1, 'the keys were re-rotated');
     t.diagnostic(`largest |Δlogit|: ${worst.toExponential(2)}`);
     assert.ok(worst <= TOL, `logits differ by ${worst}`);
+  });
+
+  for (const model of [path, windowed]) it(`a batch among other sequences' cells reads only the span it sees (${model === path ? 'llama' : 'windowed layers'}): libllama's bits`, (t) => {
+    const pair = open(model === path, 1, model, true, false, 1024);
+    pairs.push(pair);
+    const skipped = () => pair.p.stages.reduce((n, st) => n + st.counters.skippedCells, 0);
+    // seq 0 holds cells 0..299; seq 1's prompt takes 300..599 and reads cells 256..767 (windowed
+    // layers, a 16-position window, from further up once it goes on)
+    let worst = decode(pair, [{ seq: 0, tokens: tokens(300, 21) }]);
+    assert.equal(skipped(), 0);
+    worst = Math.max(worst, decode(pair, [{ seq: 1, tokens: tokens(300, 22) }]));
+    assert.ok(skipped() >= 256, `skipped ${skipped()} cells`);
+    const before = skipped();
+    worst = Math.max(worst, decode(pair, [{ seq: 1, tokens: tokens(20, 23) }]));
+    assert.ok(skipped() - before >= (model === path ? 256 : 512) * pair.p.stages.length, 'a chunk further on skips as much or more');
+    // one token reads every used cell (libllama's split of the cells among threads); two sequences from cell 0
+    const single = skipped();
+    worst = Math.max(worst, decode(pair, [{ seq: 1, tokens: tokens(1, 24) }]));
+    assert.equal(skipped(), single);
+    worst = Math.max(worst, decode(pair, [{ seq: 0, tokens: tokens(3, 25) }, { seq: 1, tokens: tokens(3, 26) }]));
+    // seq 0 gone, seq 2's prompt takes cells 0..199 below seq 1's and reads up to cell 256 only
+    for (const side of [pair.p, pair.ref]) side.seqRemove(0, -1, -1);
+    const below = skipped();
+    worst = Math.max(worst, decode(pair, [{ seq: 2, tokens: tokens(200, 27) }]));
+    assert.ok(skipped() - below >= 512 * pair.p.stages.length, `the cells above seq 2's were skipped too (${skipped() - below})`);
+    checkPositions(pair, 'the batches');
+    t.diagnostic(`largest |Δlogit|: ${worst.toExponential(2)}; cells skipped: ${skipped()}`);
+    assert.equal(worst, 0, 'the same bits as libllama reading from cell 0');
   });
 
   it('shared prefix: seq_cp shares cells, the copies diverge, seq_div and seq_keep', (t) => {

@@ -1,7 +1,7 @@
 // KV cell bookkeeping without tensors: slots, removal, positions, masks, and random op sequences.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { KvCells, attendedCells, buildMask } from './mod.ts';
+import { KvCells, attendedCells, attendedWindow, buildMask } from './mod.ts';
 
 describe('KvCells', () => {
   it('finds a contiguous slot, stamps it, and returns null when full', () => {
@@ -82,6 +82,34 @@ describe('KvCells', () => {
     // token 0: seq 0 at pos 1 sees cells 0,1; token 1: seq 1 at pos 0 sees cell 2 only
     assert.deepEqual(Array.from(mask), [0, 0, 0xfc00, 0xfc00, 0xfc00, 0xfc00, 0, 0xfc00]);
     assert.equal(attendedCells(c), 4);
+  });
+
+  it('attends to the span of cells a batch may see: other sequences and windowed-out positions outside it are skipped', () => {
+    const c = new KvCells(1280);
+    // seq 0 (a cached prefix) holds cells 0..299, seq 1 a prompt at 300..899, seq 3 an idle
+    // session at 900..1099; seq 2 shares seq 0's first 10
+    c.apply(c.findSlot(300)!, Array.from({ length: 300 }, (_, i) => i), new Array(300).fill(0));
+    c.apply(c.findSlot(600)!, Array.from({ length: 600 }, (_, i) => i), new Array(600).fill(1));
+    c.apply(c.findSlot(200)!, Array.from({ length: 200 }, (_, i) => i), new Array(200).fill(3));
+    c.seqCopy(0, 2, 0, 10);
+    assert.deepEqual(c.visibleSpan(new Map([[1, 600]])), { first: 300, last: 899 });
+    assert.deepEqual(attendedWindow(c, new Map([[1, 600]])), { lo: 256, n: 768, all: 1280 }, 'widened to multiples of 256');
+    assert.deepEqual(c.visibleSpan(new Map([[1, 600], [2, 10]])), { first: 0, last: 899 }, 'a shared cell counts for each of its sequences');
+    assert.deepEqual(attendedWindow(c, new Map([[3, 200]])), { lo: 768, n: 512, all: 1280 }, 'up to the used cells padded (1,280), not past them');
+    // a window of 100: seq 1's earliest token at 600 sees positions 501.. (cells 801..)
+    assert.deepEqual(c.visibleSpan(new Map([[1, 600]]), 100), { first: 801, last: 899 });
+    assert.deepEqual(attendedWindow(c, new Map([[1, 600]]), 100), { lo: 768, n: 256, all: 1280 });
+    assert.equal(c.visibleSpan(new Map([[4, 0]])), null, 'a sequence with no cells sees none');
+    assert.deepEqual(attendedWindow(c, new Map([[4, 0]])), { lo: 0, n: 1280, all: 1280 });
+    // the mask of a window: its columns equal the whole mask's there, and every other column was masked
+    const whole = new Uint16Array(2 * 1280), part = new Uint16Array(2 * 768);
+    buildMask(c, 1280, [598, 599], [1, 1], whole);
+    buildMask(c, 768, [598, 599], [1, 1], part, 0, 256);
+    for (let t = 0; t < 2; t++) {
+      const row = whole.subarray(t * 1280, (t + 1) * 1280);
+      assert.deepEqual(Array.from(part.subarray(t * 768, (t + 1) * 768)), Array.from(row.subarray(256, 1024)));
+      assert.ok([...row.subarray(0, 256), ...row.subarray(1024)].every((m) => m === 0xfc00), 'the skipped columns were masked');
+    }
   });
 
   it('shares cells on copy, keeps one sequence, and shifts and divides positions', () => {

@@ -105,6 +105,42 @@ export class KvCells {
     return 0;
   }
 
+  /**
+   * The lowest and the highest cell that a token of a batch may see: cells holding a sequence of
+   * `from` at a position not older than what that sequence's earliest token there sees (`from`:
+   * seq → its lowest position in the batch; `window` > 0: a sliding window, so that position −
+   * window and older are masked). null: none. Scans from each end towards the other and stops at
+   * the first such cell (one stream: the caller reads the cells between them, every other cell is
+   * masked for each of the batch's tokens).
+   */
+  visibleSpan(from: ReadonlyMap<number, number>, window = 0): { first: number; last: number } | null {
+    const words = new Uint32Array(WORDS);
+    for (const s of from.keys()) {
+      this.#checkSeq(s);
+      words[s >>> 5]! |= 1 << (s & 31);
+    }
+    const used: number[] = [];
+    words.forEach((w, i) => w !== 0 && used.push(i));
+    const visible = (c: number): boolean => {
+      if (this.pos[c]! < 0) return false;
+      for (const w of used) {
+        let bits = this.#seq[c * WORDS + w]! & words[w]!;
+        while (bits !== 0) {
+          const s = w * 32 + 31 - Math.clz32(bits & -bits);
+          if (window === 0 || from.get(s)! - this.pos[c]! < window) return true;
+          bits &= bits - 1;
+        }
+      }
+      return false;
+    };
+    let first = 0;
+    while (first < this.size && !visible(first)) first++;
+    if (first === this.size) return null;
+    let last = this.usedMaxP1() - 1;
+    while (!visible(last)) last--;
+    return { first, last };
+  }
+
   /** Whether cell `i` belongs to sequence `seq`. */
   hasSeq(i: number, seq: number): boolean {
     return (this.#seq[i * WORDS + (seq >>> 5)]! & (1 << (seq & 31))) !== 0;

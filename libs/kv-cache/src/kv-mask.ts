@@ -12,8 +12,9 @@ const F16_NEG_INF = 0xfc00;
  * p - nSwa and before (llama.cpp's LLAMA_SWA_TYPE_STANDARD). With one stream per sequence, a
  * token's cells are its stream's: j counts from the stream's first cell (the rows of a micro-batch
  * of whole streams, stream after stream, are llama.cpp's mask [n_kv, n_tokens / n_stream, 1, n_stream]).
+ * `lo`: the columns start at that cell of the stream (the attention reads cells [lo, lo + nKv)).
  */
-export function buildMask(cells: KvCells, nKv: number, pos: ArrayLike<number>, seq: ArrayLike<number>, out: Uint16Array, nSwa = 0): void {
+export function buildMask(cells: KvCells, nKv: number, pos: ArrayLike<number>, seq: ArrayLike<number>, out: Uint16Array, nSwa = 0, lo = 0): void {
   const n = pos.length;
   if (out.length < n * nKv) throw new RangeError(`mask buffer of ${out.length} for ${n}x${nKv}`);
   const cpos = cells.pos;
@@ -21,7 +22,7 @@ export function buildMask(cells: KvCells, nKv: number, pos: ArrayLike<number>, s
   for (let t = 0; t < n; t++) {
     const p = pos[t]!, s = seq[t]!;
     const row = t * nKv;
-    const base = perStream ? cells.streamOf(s) * cells.streamSize : 0;
+    const base = (perStream ? cells.streamOf(s) * cells.streamSize : 0) + lo;
     for (let j = 0; j < nKv; j++) {
       const c = base + j;
       const cp = cpos[c]!;
@@ -41,4 +42,28 @@ export function attendedCells(cells: KvCells, pad = 256, streams: Iterable<numbe
   let most = 0;
   for (const s of streams) most = Math.max(most, Math.min(cells.streamSize, Math.max(pad, Math.ceil(cells.usedMaxP1(s) / pad) * pad)));
   return most;
+}
+
+/** Cells an attention reads in one stream: [lo, lo + n), of the `all` it would read from cell 0. */
+export interface KvWindow {
+  lo: number;
+  n: number;
+  all: number;
+}
+
+/**
+ * The cells a batch's attention reads in one shared stream: those between the lowest and the
+ * highest cell any of its tokens may see (KvCells.visibleSpan), widened to multiples of `pad`
+ * (stable graph shapes) within the used cells padded as attendedCells pads them. The cells outside
+ * hold other sequences (cached prefixes, idle sessions) or positions a sliding window already
+ * hides: reading them would cost the attention a masked column each. `from`: seq → its lowest
+ * position in the batch.
+ */
+export function attendedWindow(cells: KvCells, from: ReadonlyMap<number, number>, window = 0, pad = 256): KvWindow {
+  const all = attendedCells(cells, pad);
+  const span = cells.visibleSpan(from, window);
+  if (!span) return { lo: 0, n: all, all };
+  const hi = Math.min(all, Math.ceil((span.last + 1) / pad) * pad);
+  const lo = Math.min(Math.floor(span.first / pad) * pad, Math.max(0, hi - pad));
+  return { lo, n: hi - lo, all };
 }

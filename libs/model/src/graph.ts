@@ -63,10 +63,15 @@ export function mulHadamard(ctx: GgmlContext, cur: TensorPtr, rot: TensorPtr, n:
 /** Shape of one evaluation. */
 export interface GraphShape {
   nTokens: number;
-  /** cells the attention reads: [0, nKv) */
+  /** cells the full layers' attention reads: [kvLo, kvLo + nKv) */
   nKv: number;
-  /** the same in the windowed layers' own group (0 when the cache has none) */
+  kvLo: number;
+  /**
+   * the same for the windowed layers, in their own group's cells (the full layers' cells when
+   * the cache has one group); a sliding window hides more of the oldest cells
+   */
   nKvSwa: number;
+  kvLoSwa: number;
   /** rows of logits to produce on the last stage */
   nOutputs: number;
   /** rows whose final normalized hidden states the last stage produces (embeddings), after the logit rows */
@@ -78,7 +83,7 @@ export interface GraphShape {
    * `streams` consecutive streams from `first`, each bringing `per` tokens (stream after stream),
    * and each token attends to the first nKv (nKvSwa) cells of its own stream only (llama.cpp's
    * 4-D K/V views); the mat-muls take every row at once. Default: one group of one stream, every
-   * token attending to cells [0, nKv).
+   * token attending to cells [kvLo, kvLo + nKv) (windowed layers: [kvLoSwa, kvLoSwa + nKvSwa)).
    */
   groups?: readonly AttnGroup[];
 }
@@ -90,9 +95,11 @@ export interface AttnGroup {
   streams: number;
   /** tokens from each stream */
   per: number;
-  /** cells attended in each stream, of the full layers' group and of the windowed group */
+  /** cells attended in each stream, by the full layers and by the windowed ones, from kvLo (kvLoSwa) on */
   nKv: number;
   nKvSwa: number;
+  kvLo: number;
+  kvLoSwa: number;
 }
 
 /**
@@ -165,8 +172,8 @@ function mixtureOfExperts(ctx: GgmlContext, gf: GraphPtr, hp: HParams, w: StageW
 
 /** Builds the graph of `weights`' layers for one batch. */
 export function buildStageGraph(hp: HParams, weights: StageWeights, cache: GraphKv, shape: GraphShape): StageGraph {
-  const { nTokens: n, nKv, nKvSwa, nOutputs, nEmbed, selectOutputs } = shape;
-  const groups = shape.groups ?? [{ first: 0, streams: 1, per: n, nKv, nKvSwa }];
+  const { nTokens: n, nKv, nKvSwa, kvLo, kvLoSwa, nOutputs, nEmbed, selectOutputs } = shape;
+  const groups = shape.groups ?? [{ first: 0, streams: 1, per: n, nKv, nKvSwa, kvLo, kvLoSwa }];
   if (groups.reduce((t, g) => t + g.streams * g.per, 0) !== n) throw new RangeError(`attention groups do not hold the ${n} tokens`);
   const kv = cache.groups[0]!.storage;
   const twoGroups = cache.groups.length > 1;
@@ -185,7 +192,7 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, cache: Graph
   const swa = hp.swaLayers.slice(l0, l1);
   const masks = groups.map((g, i) => ({
     full: swa.some((x) => !x) ? ctx.input(GgmlType.F16, [g.nKv, g.per, 1, g.streams], `inp_kq_mask${i || ''}`) : null,
-    swa: swa.some((x) => x) ? ctx.input(GgmlType.F16, [twoGroups ? g.nKvSwa : g.nKv, g.per, 1, g.streams], `inp_kq_mask_swa${i || ''}`) : null,
+    swa: swa.some((x) => x) ? ctx.input(GgmlType.F16, [g.nKvSwa, g.per, 1, g.streams], `inp_kq_mask_swa${i || ''}`) : null,
   }));
   const outIds = isLast && selectOutputs ? ctx.input(GgmlType.I32, [nOutputs + nEmbed], 'inp_out_ids') : null;
   const rotK = kv.rot.k ? ctx.input(GgmlType.F32, [kv.rot.k, kv.rot.k], 'attn_inp_k_rot') : null;
@@ -259,9 +266,10 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, cache: Graph
     let row = 0;
     let outs: TensorPtr[] = [];
     for (const [gi, g] of groups.entries()) {
-      const nKvG = group === 0 ? g.nKv : g.nKvSwa;
-      let kc = ctx.permute(ctx.view4d(store.k[slot]!, [hd, hp.nHeadKv, nKvG, g.streams], kvHead, kvRow, kvStream, kvStream * g.first), 0, 2, 1, 3);
-      let vc = ctx.permute(ctx.view4d(store.v[slot]!, [hd, hp.nHeadKv, nKvG, g.streams], kvHead, kvRow, kvStream, kvStream * g.first), 0, 2, 1, 3);
+      const [nKvG, loG] = hp.swaLayers[il] ? [g.nKvSwa, g.kvLoSwa] : [g.nKv, g.kvLo];
+      const at = kvStream * g.first + kvRow * loG;
+      let kc = ctx.permute(ctx.view4d(store.k[slot]!, [hd, hp.nHeadKv, nKvG, g.streams], kvHead, kvRow, kvStream, at), 0, 2, 1, 3);
+      let vc = ctx.permute(ctx.view4d(store.v[slot]!, [hd, hp.nHeadKv, nKvG, g.streams], kvHead, kvRow, kvStream, at), 0, 2, 1, 3);
       // flash attention reads f16 or quantized K/V; an f32 cache is cast, as llama.cpp does
       if (kvType === GgmlType.F32) {
         kc = ctx.cast(kc, GgmlType.F16);

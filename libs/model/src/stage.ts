@@ -3,7 +3,7 @@
 // hidden states or logits.
 import { Backend, Scheduler, getTensor, setTensor, type TensorPtr } from '@strata/ggml';
 import { GgufFile } from '@strata/gguf';
-import { MAX_SEQ, attendedCells, buildMask, type KvCells } from '@strata/kv-cache';
+import { MAX_SEQ, attendedCells, attendedWindow, buildMask, type KvCells, type KvWindow } from '@strata/kv-cache';
 import { KvCacheFullError, ModelError } from './errors.ts';
 import { readHParams, type HParams } from './hparams.ts';
 import { formatRange, type LayerRange } from './layer-range.ts';
@@ -102,6 +102,11 @@ export interface StageCounters extends CacheCounters {
   tokens: number;
   /** batches that reused the previous batch's graph */
   graphReuses: number;
+  /**
+   * cells outside what batches' attention read, of those that reading from cell 0 up to the used
+   * cells would have read (full and windowed layers' added up): masked columns not paid for
+   */
+  skippedCells: number;
 }
 
 /** A batch whose cells are taken and whose inputs are set, ready to compute. */
@@ -138,7 +143,7 @@ function sameGroups(a: readonly AttnGroup[] | undefined, b: readonly AttnGroup[]
   if (!a || !b) return a === b;
   return a.length === b.length && a.every((g, i) => {
     const h = b[i]!;
-    return g.first === h.first && g.streams === h.streams && g.per === h.per && g.nKv === h.nKv && g.nKvSwa === h.nKvSwa;
+    return g.first === h.first && g.streams === h.streams && g.per === h.per && g.nKv === h.nKv && g.nKvSwa === h.nKvSwa && g.kvLo === h.kvLo && g.kvLoSwa === h.kvLoSwa;
   });
 }
 
@@ -171,7 +176,7 @@ export class Stage {
   readonly weights: StageWeights;
   /** the KV cache of the stage's layers: cells, K/V rows and every sequence operation */
   readonly cache: StageCache;
-  readonly #counters = { batches: 0, tokens: 0, graphReuses: 0 };
+  readonly #counters = { batches: 0, tokens: 0, graphReuses: 0, skippedCells: 0 };
   readonly #sched: Scheduler;
   /** the CPU backend the scheduler falls back to when the stage runs on another device */
   readonly #cpu: Backend | null;
@@ -247,7 +252,7 @@ export class Stage {
       // reserve the compute buffers of the largest batch, every token an output, all cells attended
       if (maxBatch > 0) {
         const worst = buildStageGraph(hp, weights, cache, {
-          nTokens: maxBatch, nKv: cache.groups[0]!.storage.size / streams, nKvSwa: (cache.groups[1]?.storage.size ?? 0) / streams, nOutputs: maxBatch, nEmbed: 0, selectOutputs: false,
+          nTokens: maxBatch, nKv: cache.groups[0]!.storage.size / streams, nKvSwa: (cache.groups[1] ?? cache.groups[0]!).storage.size / streams, kvLo: 0, kvLoSwa: 0, nOutputs: maxBatch, nEmbed: 0, selectOutputs: false,
         });
         try {
           sched.reserve(worst.graph);
@@ -488,14 +493,16 @@ export class Stage {
 
   #setInputs(batch: StageBatch, plan: StagePlan, n: number, attn: Attn[] | null): { graph: StageGraph; nOutputs: number; nEmbed: number } {
     const { storage, groups: kv } = this.cache;
-    const swaCells = kv[1]?.cells ?? null;
+    // the windowed layers' cells: their own group's, else the full layers'
+    const swaCells = kv[1]?.cells ?? kv[0]!.cells;
     // one KV stream per sequence: each attention group over the first cells of its own streams
     const groups: AttnGroup[] | undefined = attn?.map((g) => {
       const streams = Array.from({ length: g.streams }, (_, i) => g.first + i);
-      return { ...g, nKv: attendedCells(kv[0]!.cells, 256, streams), nKvSwa: swaCells ? attendedCells(swaCells, 256, streams) : 0 };
+      return { ...g, nKv: attendedCells(kv[0]!.cells, 256, streams), nKvSwa: attendedCells(swaCells, 256, streams), kvLo: 0, kvLoSwa: 0 };
     });
-    const nKv = groups ? Math.max(...groups.map((g) => g.nKv)) : attendedCells(kv[0]!.cells);
-    const nKvSwa = groups ? Math.max(...groups.map((g) => g.nKvSwa)) : swaCells ? attendedCells(swaCells) : 0;
+    const whole = (n: number): KvWindow => ({ lo: 0, n, all: n });
+    const { full, windowed } = groups ? { full: whole(Math.max(...groups.map((g) => g.nKv))), windowed: whole(Math.max(...groups.map((g) => g.nKvSwa))) }
+      : this.#windows(batch, swaCells);
     const embed = this.isLast && batch.embed && batch.embed.length > 0 ? batch.embed : null;
     const logitRows = batch.outputs ?? (embed ? new Int32Array(0) : null);
     // every token in order needs no row selection (llama.cpp skips it too)
@@ -509,7 +516,9 @@ export class Stage {
     }
     const nEmbed = embed?.length ?? 0;
     const nOutputs = this.isLast && logitRows ? logitRows.length : n;
-    const sg = this.#graphFor({ nTokens: n, nKv, nKvSwa, nOutputs, nEmbed, selectOutputs: outputs !== null, groups });
+    const shape = { nKv: full.n, kvLo: full.lo, nKvSwa: windowed.n, kvLoSwa: windowed.lo };
+    this.#counters.skippedCells += full.all - full.n + (this.hp.nSwa > 0 ? windowed.all - windowed.n : 0);
+    const sg = this.#graphFor({ nTokens: n, ...shape, nOutputs, nEmbed, selectOutputs: outputs !== null, groups });
     if (sg.tokens) setTensor(sg.tokens, batch.tokens!);
     if (sg.hidden) setTensor(sg.hidden, batch.hidden!);
     setTensor(sg.pos, batch.pos);
@@ -522,11 +531,11 @@ export class Stage {
     if (sg.kvIdxsSwa) setIdxs(sg.kvIdxsSwa, plan.plans[1]!.cells);
     // each group's masks over its rows
     let row = 0;
-    (groups ?? [{ first: 0, streams: 1, per: n, nKv, nKvSwa }]).forEach((g, i) => {
+    (groups ?? [{ first: 0, streams: 1, per: n, ...shape }]).forEach((g, i) => {
       const rows = g.streams * g.per, pos = batch.pos.subarray(row, row + rows), seq = batch.seq.subarray(row, row + rows);
-      const { full, swa } = sg.masks[i]!;
-      if (full) this.#setMask(full, kv[0]!.cells, g.nKv, pos, seq, 0);
-      if (swa) this.#setMask(swa, swaCells ?? kv[0]!.cells, swaCells ? g.nKvSwa : g.nKv, pos, seq, this.hp.nSwa);
+      const masks = sg.masks[i]!;
+      if (masks.full) this.#setMask(masks.full, kv[0]!.cells, g.nKv, g.kvLo, pos, seq, 0);
+      if (masks.swa) this.#setMask(masks.swa, swaCells, g.nKvSwa, g.kvLoSwa, pos, seq, this.hp.nSwa);
       row += rows;
     });
     if (sg.outIds) setTensor(sg.outIds, outputs!);
@@ -535,11 +544,31 @@ export class Stage {
     return { graph: sg, nOutputs, nEmbed };
   }
 
-  #setMask(t: TensorPtr, cells: KvCells, nKv: number, pos: Int32Array, seq: Int32Array, nSwa: number): void {
+  /**
+   * The cells a batch attends to in one shared stream, for the full layers and the windowed ones:
+   * from the lowest to the highest cell any of its tokens sees (not the cached prefixes and idle
+   * sessions around its sequences' cells, nor positions a window hides). A batch of one token reads
+   * every used cell as libllama does: there ggml's CPU flash attention splits the cells among its
+   * threads, and other bounds would sum in another order (other bits than libllama's); with two
+   * tokens or more a skipped cell was a masked column, skipped the same way inside the op.
+   */
+  #windows(batch: StageBatch, swaCells: KvCells): { full: KvWindow; windowed: KvWindow } {
+    const cells = this.cache.groups[0]!.cells;
+    if (batch.pos.length === 1) {
+      const [n, nSwa] = [attendedCells(cells), attendedCells(swaCells)];
+      return { full: { lo: 0, n, all: n }, windowed: { lo: 0, n: nSwa, all: nSwa } };
+    }
+    const from = new Map<number, number>();
+    batch.seq.forEach((s, t) => from.set(s, Math.min(from.get(s) ?? Infinity, batch.pos[t]!)));
+    const full = attendedWindow(cells, from);
+    return { full, windowed: this.hp.nSwa === 0 && swaCells === cells ? full : attendedWindow(swaCells, from, this.hp.nSwa) };
+  }
+
+  #setMask(t: TensorPtr, cells: KvCells, nKv: number, lo: number, pos: Int32Array, seq: Int32Array, nSwa: number): void {
     const size = pos.length * nKv;
     if (this.#maskBuf.length < size) this.#maskBuf = new Uint16Array(size);
     const mask = this.#maskBuf.subarray(0, size);
-    buildMask(cells, nKv, pos, seq, mask, nSwa);
+    buildMask(cells, nKv, pos, seq, mask, nSwa, lo);
     setTensor(t, mask);
   }
 
@@ -550,7 +579,8 @@ export class Stage {
    */
   #graphFor(shape: GraphShape): StageGraph {
     const c = this.#graph;
-    if (c && c.shape.nTokens === shape.nTokens && c.shape.nKv === shape.nKv && c.shape.nKvSwa === shape.nKvSwa && c.shape.nOutputs === shape.nOutputs
+    if (c && c.shape.nTokens === shape.nTokens && c.shape.nKv === shape.nKv && c.shape.nKvSwa === shape.nKvSwa && c.shape.kvLo === shape.kvLo
+      && c.shape.kvLoSwa === shape.kvLoSwa && c.shape.nOutputs === shape.nOutputs
       && c.shape.nEmbed === shape.nEmbed && c.shape.selectOutputs === shape.selectOutputs && sameGroups(c.shape.groups, shape.groups)) {
       this.#counters.graphReuses++;
       return c.graph;
