@@ -122,6 +122,27 @@ describe('KV cache operations against libllama', () => {
     assert.equal(worst, 0, 'the same bits as libllama reading from cell 0');
   });
 
+  for (const groupStreams of [false, true]) it(`one stream per sequence${groupStreams ? ' in one graph' : ''}: windowed layers read only what their window sees of each stream; libllama's bits`, (t) => {
+    const pair = open(false, N_SEQ, windowed, true, groupStreams, 1024);
+    pairs.push(pair);
+    const skipped = () => pair.p.stages[0]!.counters.skippedCells;
+    let worst = decode(pair, [{ seq: 0, tokens: tokens(300, 31) }]);
+    worst = Math.max(worst, decode(pair, [{ seq: 0, tokens: tokens(300, 30) }]));
+    worst = Math.max(worst, decode(pair, [{ seq: 1, tokens: tokens(300, 32) }]));
+    const before = skipped();
+    // seq 0's next chunk sees positions 585.. of its stream (16-position window): cells 512..767
+    worst = Math.max(worst, decode(pair, [{ seq: 0, tokens: tokens(20, 33) }]));
+    assert.ok(skipped() - before >= 512, `skipped ${skipped() - before} cells`);
+    // both streams: one window over both (from cell 256, seq 1's window)
+    worst = Math.max(worst, decode(pair, [{ seq: 0, tokens: tokens(20, 34) }, { seq: 1, tokens: tokens(20, 35) }]));
+    const single = skipped();
+    worst = Math.max(worst, decode(pair, [{ seq: 1, tokens: tokens(1, 36) }]));
+    assert.equal(skipped(), single, 'one token of one stream reads every used cell');
+    checkPositions(pair, 'the batches');
+    t.diagnostic(`largest |Δlogit|: ${worst.toExponential(2)}; cells skipped: ${skipped()}`);
+    assert.equal(worst, 0, 'the same bits as libllama reading every used cell of each stream');
+  });
+
   it('shared prefix: seq_cp shares cells, the copies diverge, seq_div and seq_keep', (t) => {
     const pair = open(true);
     pairs.push(pair);

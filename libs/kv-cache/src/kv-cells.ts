@@ -110,10 +110,10 @@ export class KvCells {
    * `from` at a position not older than what that sequence's earliest token there sees (`from`:
    * seq → its lowest position in the batch; `window` > 0: a sliding window, so that position −
    * window and older are masked). null: none. Scans from each end towards the other and stops at
-   * the first such cell (one stream: the caller reads the cells between them, every other cell is
-   * masked for each of the batch's tokens).
+   * the first such cell (the caller reads the cells between them: every other cell is masked for
+   * each of the batch's tokens). With `stream`, within that stream, counted from its first cell.
    */
-  visibleSpan(from: ReadonlyMap<number, number>, window = 0): { first: number; last: number } | null {
+  visibleSpan(from: ReadonlyMap<number, number>, window = 0, stream?: number): { first: number; last: number } | null {
     const words = new Uint32Array(WORDS);
     for (const s of from.keys()) {
       this.#checkSeq(s);
@@ -133,12 +133,14 @@ export class KvCells {
       }
       return false;
     };
-    let first = 0;
-    while (first < this.size && !visible(first)) first++;
-    if (first === this.size) return null;
-    let last = this.usedMaxP1() - 1;
+    const base = stream === undefined ? 0 : stream * this.streamSize;
+    const end = stream === undefined ? this.size : base + this.streamSize;
+    let first = base;
+    while (first < end && !visible(first)) first++;
+    if (first === end) return null;
+    let last = base + this.usedMaxP1(stream) - 1;
     while (!visible(last)) last--;
-    return { first, last };
+    return { first: first - base, last: last - base };
   }
 
   /** Whether cell `i` belongs to sequence `seq`. */

@@ -52,18 +52,25 @@ export interface KvWindow {
 }
 
 /**
- * The cells a batch's attention reads in one shared stream: those between the lowest and the
- * highest cell any of its tokens may see (KvCells.visibleSpan), widened to multiples of `pad`
- * (stable graph shapes) within the used cells padded as attendedCells pads them. The cells outside
- * hold other sequences (cached prefixes, idle sessions) or positions a sliding window already
- * hides: reading them would cost the attention a masked column each. `from`: seq → its lowest
- * position in the batch.
+ * The cells a batch's attention reads: those between the lowest and the highest cell any of its
+ * tokens may see (KvCells.visibleSpan), widened to multiples of `pad` (stable graph shapes) within
+ * the used cells padded as attendedCells pads them. The cells outside hold other sequences (cached
+ * prefixes, idle sessions) or positions a sliding window already hides: reading them would cost
+ * the attention a masked column each. `from`: seq → its lowest position in the batch. With one
+ * stream per sequence, `streams` are a micro-batch's (read through one view): one window, counted
+ * from each stream's first cell, that holds every stream's span.
  */
-export function attendedWindow(cells: KvCells, from: ReadonlyMap<number, number>, window = 0, pad = 256): KvWindow {
-  const all = attendedCells(cells, pad);
-  const span = cells.visibleSpan(from, window);
-  if (!span) return { lo: 0, n: all, all };
-  const hi = Math.min(all, Math.ceil((span.last + 1) / pad) * pad);
-  const lo = Math.min(Math.floor(span.first / pad) * pad, Math.max(0, hi - pad));
+export function attendedWindow(cells: KvCells, from: ReadonlyMap<number, number>, window = 0, pad = 256, streams?: readonly number[]): KvWindow {
+  const all = attendedCells(cells, pad, streams);
+  let lo = Infinity, hi = 0;
+  for (const s of streams ?? [undefined]) {
+    const span = cells.visibleSpan(from, window, s);
+    if (!span) continue;
+    lo = Math.min(lo, Math.floor(span.first / pad) * pad);
+    hi = Math.max(hi, Math.ceil((span.last + 1) / pad) * pad);
+  }
+  if (hi === 0) return { lo: 0, n: all, all };
+  hi = Math.min(all, hi);
+  lo = Math.min(lo, Math.max(0, hi - pad));
   return { lo, n: hi - lo, all };
 }

@@ -495,14 +495,11 @@ export class Stage {
     const { storage, groups: kv } = this.cache;
     // the windowed layers' cells: their own group's, else the full layers'
     const swaCells = kv[1]?.cells ?? kv[0]!.cells;
-    // one KV stream per sequence: each attention group over the first cells of its own streams
-    const groups: AttnGroup[] | undefined = attn?.map((g) => {
-      const streams = Array.from({ length: g.streams }, (_, i) => g.first + i);
-      return { ...g, nKv: attendedCells(kv[0]!.cells, 256, streams), nKvSwa: attendedCells(swaCells, 256, streams), kvLo: 0, kvLoSwa: 0 };
-    });
-    const whole = (n: number): KvWindow => ({ lo: 0, n, all: n });
-    const { full, windowed } = groups ? { full: whole(Math.max(...groups.map((g) => g.nKv))), windowed: whole(Math.max(...groups.map((g) => g.nKvSwa))) }
-      : this.#windows(batch, swaCells);
+    // one KV stream per sequence: each attention group over the cells of its own streams
+    const groups: AttnGroup[] | undefined = attn ? this.#groupWindows(batch, attn, swaCells) : undefined;
+    const widest = (n: number): KvWindow => ({ lo: 0, n, all: n });
+    const { full, windowed } = groups ? { full: widest(Math.max(...groups.map((g) => g.nKv))), windowed: widest(Math.max(...groups.map((g) => g.nKvSwa))) }
+      : this.#windows(batch, swaCells, 0, batch.pos.length);
     const embed = this.isLast && batch.embed && batch.embed.length > 0 ? batch.embed : null;
     const logitRows = batch.outputs ?? (embed ? new Int32Array(0) : null);
     // every token in order needs no row selection (llama.cpp skips it too)
@@ -517,7 +514,7 @@ export class Stage {
     const nEmbed = embed?.length ?? 0;
     const nOutputs = this.isLast && logitRows ? logitRows.length : n;
     const shape = { nKv: full.n, kvLo: full.lo, nKvSwa: windowed.n, kvLoSwa: windowed.lo };
-    this.#counters.skippedCells += full.all - full.n + (this.hp.nSwa > 0 ? windowed.all - windowed.n : 0);
+    if (!groups) this.#countSkipped(full, windowed);
     const sg = this.#graphFor({ nTokens: n, ...shape, nOutputs, nEmbed, selectOutputs: outputs !== null, groups });
     if (sg.tokens) setTensor(sg.tokens, batch.tokens!);
     if (sg.hidden) setTensor(sg.hidden, batch.hidden!);
@@ -545,23 +542,44 @@ export class Stage {
   }
 
   /**
-   * The cells a batch attends to in one shared stream, for the full layers and the windowed ones:
-   * from the lowest to the highest cell any of its tokens sees (not the cached prefixes and idle
-   * sessions around its sequences' cells, nor positions a window hides). A batch of one token reads
+   * The cells that rows [row0, row1) of a batch attend to (in `streams`, with one stream per
+   * sequence), for the full layers and the windowed ones: from the lowest to the highest cell any
+   * of them sees (not the cached prefixes and idle sessions around their sequences' cells, nor
+   * positions a window hides). One token reads
    * every used cell as libllama does: there ggml's CPU flash attention splits the cells among its
    * threads, and other bounds would sum in another order (other bits than libllama's); with two
    * tokens or more a skipped cell was a masked column, skipped the same way inside the op.
    */
-  #windows(batch: StageBatch, swaCells: KvCells): { full: KvWindow; windowed: KvWindow } {
+  #windows(batch: StageBatch, swaCells: KvCells, row0: number, row1: number, streams?: number[]): { full: KvWindow; windowed: KvWindow } {
     const cells = this.cache.groups[0]!.cells;
-    if (batch.pos.length === 1) {
-      const [n, nSwa] = [attendedCells(cells), attendedCells(swaCells)];
+    if (row1 - row0 === 1) {
+      const [n, nSwa] = [attendedCells(cells, 256, streams), attendedCells(swaCells, 256, streams)];
       return { full: { lo: 0, n, all: n }, windowed: { lo: 0, n: nSwa, all: nSwa } };
     }
     const from = new Map<number, number>();
-    batch.seq.forEach((s, t) => from.set(s, Math.min(from.get(s) ?? Infinity, batch.pos[t]!)));
-    const full = attendedWindow(cells, from);
-    return { full, windowed: this.hp.nSwa === 0 && swaCells === cells ? full : attendedWindow(swaCells, from, this.hp.nSwa) };
+    for (let t = row0; t < row1; t++) from.set(batch.seq[t]!, Math.min(from.get(batch.seq[t]!) ?? Infinity, batch.pos[t]!));
+    const full = attendedWindow(cells, from, 0, 256, streams);
+    return { full, windowed: this.hp.nSwa === 0 && swaCells === cells ? full : attendedWindow(swaCells, from, this.hp.nSwa, 256, streams) };
+  }
+
+  /**
+   * With one KV stream per sequence, each attention group's window (#windows over its rows and
+   * streams, one view for them all; a group of one token of one stream reads every used cell).
+   */
+  #groupWindows(batch: StageBatch, attn: readonly Attn[], swaCells: KvCells): AttnGroup[] {
+    let row = 0;
+    return attn.map((g) => {
+      const streams = Array.from({ length: g.streams }, (_, i) => g.first + i);
+      const rows = g.streams * g.per;
+      const { full, windowed } = this.#windows(batch, swaCells, row, row + rows, streams);
+      row += rows;
+      this.#countSkipped(full, windowed);
+      return { ...g, nKv: full.n, kvLo: full.lo, nKvSwa: windowed.n, kvLoSwa: windowed.lo };
+    });
+  }
+
+  #countSkipped(full: KvWindow, windowed: KvWindow): void {
+    this.#counters.skippedCells += full.all - full.n + (this.hp.nSwa > 0 ? windowed.all - windowed.n : 0);
   }
 
   #setMask(t: TensorPtr, cells: KvCells, nKv: number, lo: number, pos: Int32Array, seq: Int32Array, nSwa: number): void {
