@@ -81,8 +81,8 @@ export interface GraphShape {
   /**
    * With one KV stream per sequence: the tokens' attention groups, in row order. Each group is
    * `streams` consecutive streams from `first`, each bringing `per` tokens (stream after stream),
-   * and each token attends to the first nKv (nKvSwa) cells of its own stream only (llama.cpp's
-   * 4-D K/V views); the mat-muls take every row at once. Default: one group of one stream, every
+   * and each token attends to nKv (nKvSwa) cells of its own stream only, from its kvLo (kvLoSwa)
+   * on (llama.cpp's 4-D K/V views); the mat-muls take every row at once. Default: one group of one stream, every
    * token attending to cells [kvLo, kvLo + nKv) (windowed layers: [kvLoSwa, kvLoSwa + nKvSwa)).
    */
   groups?: readonly AttnGroup[];
@@ -258,7 +258,7 @@ export function buildStageGraph(hp: HParams, weights: StageWeights, cache: Graph
     ctx.expand(gf, ctx.setRows(store.k[slot]!, ctx.view2d(k, nKvEmbd, n, rowF32, 0), idxs));
     ctx.expand(gf, ctx.setRows(store.v[slot]!, ctx.view2d(v, nKvEmbd, n, rowF32, 0), idxs));
 
-    // each attention group: its tokens' Q rows against the first cells of each of its streams
+    // each attention group: its tokens' Q rows against its window of cells in each of its streams
     // (store.size / streams cells each); the groups' outputs one after the other
     const streamCells = store.size / (cache.groups[group]!.cells?.streams ?? 1);
     const kvRow = rowSize(kvType, nKvEmbd), kvHead = rowSize(kvType, hd), kvStream = rowSize(kvType, nKvEmbd * streamCells);
