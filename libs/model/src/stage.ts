@@ -497,7 +497,7 @@ export class Stage {
     const swaCells = kv[1]?.cells ?? kv[0]!.cells;
     // one KV stream per sequence: each attention group over the cells of its own streams
     const groups: AttnGroup[] | undefined = attn ? this.#groupWindows(batch, attn, swaCells) : undefined;
-    const widest = (n: number): KvWindow => ({ lo: 0, n, all: n });
+    const widest = (cells: number): KvWindow => ({ lo: 0, n: cells, all: cells });
     const { full, windowed } = groups ? { full: widest(Math.max(...groups.map((g) => g.nKv))), windowed: widest(Math.max(...groups.map((g) => g.nKvSwa))) }
       : this.#windows(batch, swaCells, 0, batch.pos.length);
     const embed = this.isLast && batch.embed && batch.embed.length > 0 ? batch.embed : null;
@@ -545,10 +545,10 @@ export class Stage {
    * The cells that rows [row0, row1) of a batch attend to (in `streams`, with one stream per
    * sequence), for the full layers and the windowed ones: from the lowest to the highest cell any
    * of them sees (not the cached prefixes and idle sessions around their sequences' cells, nor
-   * positions a window hides). One token reads
-   * every used cell as libllama does: there ggml's CPU flash attention splits the cells among its
-   * threads, and other bounds would sum in another order (other bits than libllama's); with two
-   * tokens or more a skipped cell was a masked column, skipped the same way inside the op.
+   * positions a window hides). One token reads every used cell as libllama does: there ggml's CPU
+   * flash attention splits the cells among its threads, and other bounds would sum in another
+   * order (other bits than libllama's); with two tokens or more a skipped cell was a masked
+   * column, skipped the same way inside the op.
    */
   #windows(batch: StageBatch, swaCells: KvCells, row0: number, row1: number, streams?: number[]): { full: KvWindow; windowed: KvWindow } {
     const cells = this.cache.groups[0]!.cells;
@@ -578,6 +578,7 @@ export class Stage {
     });
   }
 
+  /** Adds the cells two windows leave out to StageCounters.skippedCells (the windowed one only where layers are windowed). */
   #countSkipped(full: KvWindow, windowed: KvWindow): void {
     this.#counters.skippedCells += full.all - full.n + (this.hp.nSwa > 0 ? windowed.all - windowed.n : 0);
   }
