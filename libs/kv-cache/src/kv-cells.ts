@@ -138,7 +138,7 @@ export class KvCells {
     let first = base;
     while (first < end && !visible(first)) first++;
     if (first === end) return null;
-    let last = base + this.usedMaxP1(stream) - 1;
+    let last = end - 1;
     while (!visible(last)) last--;
     return { first: first - base, last: last - base };
   }

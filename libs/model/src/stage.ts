@@ -514,7 +514,6 @@ export class Stage {
     const nEmbed = embed?.length ?? 0;
     const nOutputs = this.isLast && logitRows ? logitRows.length : n;
     const shape = { nKv: full.n, kvLo: full.lo, nKvSwa: windowed.n, kvLoSwa: windowed.lo };
-    if (!groups) this.#countSkipped(full, windowed);
     const sg = this.#graphFor({ nTokens: n, ...shape, nOutputs, nEmbed, selectOutputs: outputs !== null, groups });
     if (sg.tokens) setTensor(sg.tokens, batch.tokens!);
     if (sg.hidden) setTensor(sg.hidden, batch.hidden!);
@@ -548,7 +547,8 @@ export class Stage {
    * positions a window hides). One token reads every used cell as libllama does: there ggml's CPU
    * flash attention splits the cells among its threads, and other bounds would sum in another
    * order (other bits than libllama's); with two tokens or more a skipped cell was a masked
-   * column, skipped the same way inside the op.
+   * column, skipped the same way inside the op. Adds the cells left out to
+   * StageCounters.skippedCells.
    */
   #windows(batch: StageBatch, swaCells: KvCells, row0: number, row1: number, streams?: number[]): { full: KvWindow; windowed: KvWindow } {
     const cells = this.cache.groups[0]!.cells;
@@ -559,7 +559,9 @@ export class Stage {
     const from = new Map<number, number>();
     for (let t = row0; t < row1; t++) from.set(batch.seq[t]!, Math.min(from.get(batch.seq[t]!) ?? Infinity, batch.pos[t]!));
     const full = attendedWindow(cells, from, 0, 256, streams);
-    return { full, windowed: this.hp.nSwa === 0 && swaCells === cells ? full : attendedWindow(swaCells, from, this.hp.nSwa, 256, streams) };
+    const windowed = this.hp.nSwa === 0 && swaCells === cells ? full : attendedWindow(swaCells, from, this.hp.nSwa, 256, streams);
+    this.#counters.skippedCells += full.all - full.n + (this.hp.nSwa > 0 ? windowed.all - windowed.n : 0);
+    return { full, windowed };
   }
 
   /**
@@ -573,14 +575,8 @@ export class Stage {
       const rows = g.streams * g.per;
       const { full, windowed } = this.#windows(batch, swaCells, row, row + rows, streams);
       row += rows;
-      this.#countSkipped(full, windowed);
       return { ...g, nKv: full.n, kvLo: full.lo, nKvSwa: windowed.n, kvLoSwa: windowed.lo };
     });
-  }
-
-  /** Adds the cells two windows leave out to StageCounters.skippedCells (the windowed one only where layers are windowed). */
-  #countSkipped(full: KvWindow, windowed: KvWindow): void {
-    this.#counters.skippedCells += full.all - full.n + (this.hp.nSwa > 0 ? windowed.all - windowed.n : 0);
   }
 
   #setMask(t: TensorPtr, cells: KvCells, nKv: number, lo: number, pos: Int32Array, seq: Int32Array, nSwa: number): void {
