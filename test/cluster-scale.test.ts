@@ -43,7 +43,8 @@ describe('two pipelines split differently, 32 concurrent sessions', () => {
   const prompts = Array.from({ length: SESSIONS }, (_, i) => words.slice(i % 7, (i % 7) + 6 + ((i * 29) % 94)).join(' '));
 
   before(async () => {
-    cluster = await LocalCluster.start({ model, pipelines: 2, workers: 2, port: 0, threads: 1, ctxSize: 4096, natsMaxPayload: 64 * 1024 });
+    // Steps over NATS (not same-host stage links), to cut activations into several messages.
+    cluster = await LocalCluster.start({ model, pipelines: 2, workers: 2, port: 0, threads: 1, ctxSize: 4096, natsMaxPayload: 64 * 1024, stageLinks: false });
     vocab = Vocab.load(model);
   });
   after(async () => {

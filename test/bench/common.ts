@@ -36,7 +36,7 @@ function oneOf<T extends string>(flag: string, value: string, allowed: readonly 
  * Benchmark options from argv: --threads, --reps, --pp, --tg, --types f16,q8_0, --only
  * engine,kv,cluster,migration,load,responsive,grammar,serving; for serving also --serving-model
  * (default: the Gemma 3 270M of ensure-models), --clients 1,8,16,32, --serving-reps (3),
- * --serving-tokens (128), --serving-strata one,two, --serving-flags '<coordinator flags>',
+ * --serving-tokens (128), --serving-strata one,two (and two-nats: two workers over NATS only), --serving-flags '<coordinator flags>',
  * --serving-worker-flags '<worker flags>',
  * --serving-endpoint chat|completions, --serving-split balanced|even, --serving-kv streams|shared; for
  * kv-bandwidth --kv-prompt (tokens, 2000), --kv-mbits 0,1000,300,100 (Mbit/s per link, 0:
@@ -59,7 +59,7 @@ export function parseBenchArgs(argv: string[]) {
     clients: get('clients', '1,8,16,32').split(',').map(Number),
     servingReps: Number(get('serving-reps', '3')),
     servingTokens: Number(get('serving-tokens', '128')),
-    servingStrata: get('serving-strata', 'one,two').split(',') as ('one' | 'two')[],
+    servingStrata: get('serving-strata', 'one,two').split(',').map((k) => oneOf('serving-strata', k, ['one', 'two', 'two-nats'] as const)),
     servingFlags: get('serving-flags', '').split(' ').filter(Boolean),
     servingWorkerFlags: get('serving-worker-flags', '').split(' ').filter(Boolean),
     servingEndpoint: oneOf('serving-endpoint', get('serving-endpoint', 'chat'), ['chat', 'completions'] as const),

@@ -23,8 +23,11 @@ export interface ServingOptions {
   reps: number;
   /** output tokens per request */
   tokens: number;
-  /** 'one' (one worker), 'two' (two workers) or both, and llama-server always */
-  strata: ('one' | 'two')[];
+  /**
+   * 'one' (one worker), 'two' (two workers, over a same-host stage link), 'two-nats' (two workers,
+   * every step over NATS: LocalClusterOptions.stageLinks false), any of them, and llama-server always
+   */
+  strata: ('one' | 'two' | 'two-nats')[];
   /** extra flags for Strata's coordinator (to compare settings, e.g. --overlap-steps false) */
   coordinatorFlags: string[];
   /** added to every worker's flags */
@@ -231,13 +234,13 @@ export async function runServingBench(o: ServingOptions, step: (detail?: string)
     for (const kind of o.strata) {
       const workers = kind === 'one' ? 1 : 2;
       const c = await LocalCluster.start({
-        model: o.model, workers, threads: Math.max(1, o.threads / workers), port: 0, ctxSize: maxClients * ctxPerSlot,
+        model: o.model, workers, threads: Math.max(1, o.threads / workers), port: 0, ctxSize: maxClients * ctxPerSlot, stageLinks: kind !== 'two-nats',
         logLevel: process.env.BENCH_LOG ?? 'error', coordinatorFlags: o.coordinatorFlags, split: o.split,
         workerFlags: [...(o.kv === 'streams' ? ['--kv-streams', 'true', '--n-seq-max', String(maxClients)] : []), ...o.workerFlags],
       });
       clusters.push(c);
       const id = ((await (await fetch(`${c.url}/v1/models`)).json()) as { data: { id: string }[] }).data[0]!.id;
-      targets.push({ name: `strata ${workers}w`, url: c.url, model: id, pids: () => strataPids(c) });
+      targets.push({ name: `strata ${workers}w${kind === 'two-nats' ? ' nats' : ''}`, url: c.url, model: id, pids: () => strataPids(c) });
       if (workers > 1) console.log(`strata ${workers}w: layers ${c.splits[0]!.map(formatRange).join(', ')} (${o.split} split)`);
     }
     for (const t of targets) await run(t, 2, 1, 16, 900_000, endpoint); // warm-up

@@ -3,7 +3,7 @@ export { TelemetryError } from './errors.ts';
 export { strataMetrics, type StrataMetrics } from './metrics.ts';
 export { telemetryOptions, telemetrySchema, type TelemetryOptions } from './options.ts';
 export {
-  headerBytes, httpContext, injectMetadata, metadataContext, natsContext, natsHeaders, traceCarrier, type MetadataLike,
+  carrierContext, headerBytes, httpContext, injectMetadata, metadataContext, natsContext, natsHeaders, traceCarrier, type MetadataLike,
 } from './propagation.ts';
 export { startTelemetry, type Telemetry } from './setup.ts';
 export { endSpan, stepKind, tracer, type StepKind } from './spans.ts';

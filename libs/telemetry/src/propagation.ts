@@ -37,6 +37,11 @@ export function natsContext(h: MsgHdrs | undefined): Context {
   return h ? propagation.extract(ROOT_CONTEXT, h, natsGetter) : ROOT_CONTEXT;
 }
 
+/** The context propagation fields carry (what traceCarrier made), else the root. */
+export function carrierContext(carrier: Record<string, string>): Context {
+  return propagation.extract(ROOT_CONTEXT, carrier);
+}
+
 /** The context an HTTP request carries in its headers (a caller's traceparent), else the root. */
 export function httpContext(h: Record<string, string | string[] | undefined>): Context {
   return propagation.extract(ROOT_CONTEXT, h);

@@ -109,6 +109,12 @@ export interface LocalClusterOptions {
    * (LocalCluster.link); one NATS server and one Redis only; default false
    */
   faultLinks?: boolean;
+  /**
+   * workers hand steps to the next stage and samples to the first over Unix sockets in
+   * <data dir>/links (--stage-link-dir) instead of NATS; default true, false with faultLinks
+   * (whose proxies stand for a network between hosts)
+   */
+  stageLinks?: boolean;
   /** milliseconds to wait for the gateway to be ready (default 180000) */
   readyTimeoutMs?: number;
   /** every service serves Prometheus metrics on a free loopback port of its own (ServiceProcess.metricsPort) */
@@ -272,6 +278,11 @@ export class LocalCluster {
         writeFileSync(join(dataDir, 'keys', 'transfer.token'), secret(), { mode: 0o600 });
         token = ['--transfer-token-file', join(dataDir, 'keys', 'transfer.token')];
       }
+      let links: string[] = [];
+      if (o.stageLinks ?? !o.faultLinks) {
+        mkdirSync(join(dataDir, 'links'), { recursive: true, mode: 0o700 });
+        links = ['--stage-link-dir', join(dataDir, 'links')];
+      }
       const coordinatorIds = Array.from({ length: o.coordinators ?? 1 }, (_, i) => (i === 0 ? 'coordinator' : `coordinator-${i + 1}`));
       const workerIds = splits.flatMap((split, p) => split.map((_, s) => `p${p}-s${s}`));
       if (o.faultLinks) await c.#makeLinks(coordinatorIds, workerIds);
@@ -287,7 +298,7 @@ export class LocalCluster {
       }
       splits.forEach((split, p) => split.forEach((layers, s) => {
         const id = `p${p}-s${s}`;
-        c.#spawn('worker', id, ['worker', ...common, ...verify, ...token, '--id', id, '--group', `p${p}`, '--model', models[p]!, '--layers', formatRange(layers), '--threads', String(threads),
+        c.#spawn('worker', id, ['worker', ...common, ...verify, ...token, ...links, '--id', id, '--group', `p${p}`, '--model', models[p]!, '--layers', formatRange(layers), '--threads', String(threads),
           '--ctx-size', String(o.ctxSize ?? 4096), ...(o.kvStreams ? ['--kv-streams', 'true', '--n-seq-max', String(o.kvStreams)] : []), '--kv-type', o.kvTypes?.[p] ?? o.kvType ?? 'f16', '--role', o.roles?.[p] ?? 'both', '--device', o.devices?.[p] ?? 'CPU', ...c.#grpcFlags(id), ...(o.workerFlags ?? [])], env('worker', id), layers);
       }));
       c.#spawn('gateway', 'gateway', ['gateway', ...common, ...verify, '--model', [...new Set(models)].join(','), '--port', String(port), ...(o.gatewayFlags ?? [])], env('gateway', 'gateway'));

@@ -29,7 +29,7 @@ commands:
            [--kv-type f16|f32|q8_0|q4_0] [--kv-host-layers 0,1] [--kv-streams N] [--kv-swa-full true|false] [--device D] [--json]
   logits [--model F] [--prompt "…"] [--split …] [--top K] [--kv-type T] [--json]
   up [--model F] [--workers N] [--pipelines P] [--split even|balanced] [--port 8080] [--prompt "…"] [--max-tokens N] [--kv-streams N]
-     [--threads T] [--ctx-size N] [--kv-type T] [--api-keys-file F] [--once] [--verbose]
+     [--threads T] [--ctx-size N] [--kv-type T] [--stage-links true|false] [--api-keys-file F] [--once] [--verbose]
   secrets [--dir secrets] [--nats-host nats:4222] [--redis-host redis:6379] [--force]
   worker [--model F] [--layers 0:4] [--id W] [--nats-url U] … (strata worker --help)
   coordinator [--nats-url U] [--redis-url U] … (strata coordinator --help)

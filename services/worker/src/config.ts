@@ -41,6 +41,7 @@ export const workerSchema = {
   grpcTlsCa: { kind: 'string', doc: 'PEM CA that signs every worker\'s certificate' },
   grpcTlsMutual: { kind: 'bool', doc: 'require and check a client certificate from KvTransfer peers', default: false },
   transferMaxBlobBytes: { kind: 'int', doc: 'largest KV state blob a push may carry', default: 256 * 1024 * 1024 },
+  stageLinkDir: { kind: 'string', doc: 'directory of this host\'s stage sockets, the same for every worker of the host (made with mode 0700; refused if other users may enter it): a step goes to a next stage on this host, and its samples back to the first, over a Unix socket between the stage threads instead of NATS; the workers present --transfer-token-file\'s token to each other (unset: every step crosses NATS)', default: '' },
   heartbeatMs: { kind: 'int', doc: 'milliseconds between heartbeats', default: 1000 },
   kvDebug: { kind: 'bool', doc: 'print the stage\'s cells after every batch (STRATA_KV_DEBUG=1)', default: false },
   testStepDelayMs: { kind: 'int', doc: 'test only: every step of at least --test-step-delay-min-tokens tokens takes this many milliseconds longer, as on a slow device (0: none)', default: 0 },

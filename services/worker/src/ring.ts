@@ -4,7 +4,7 @@
 // when it is also the last; the step waits for them here, in its place in the stage's order,
 // instead of a round trip through the coordinator. Entries whose sample ended their choice (an end
 // of generation, a failure) or never came are dropped, exactly as the coordinator expects.
-import type { SampledToken, StepEntry } from '@strata/wire';
+import type { RingTokensSchema, SampledToken, StepEntry, StepHeader, encode } from '@strata/wire';
 import type { ChainedRewrite, RingSamples } from './stage-protocol.ts';
 
 /** Samples kept for steps that may still be followed: far more than a pipeline has in flight. */
@@ -43,6 +43,14 @@ export interface RingSample {
 /** A last stage's samples as the ring carries them; `ends[i]`: sample i ends its choice. */
 export function ringEntries(tokens: readonly SampledToken[], ends: readonly boolean[]): RingSample[] {
   return tokens.map((t, i) => ({ seq: t.seq, token: t.token, ends: ends[i]! }));
+}
+
+/** A RingTokens message, as encode() takes it. */
+export type RingMessage = Parameters<typeof encode<typeof RingTokensSchema>>[1];
+
+/** The RingTokens of step `h`: its samples, or its failure (`error`, with no samples). */
+export function ringMessage(h: StepHeader, tokens: readonly RingSample[], error: { code: string; message: string; workerId: string } | null): RingMessage {
+  return { stepId: h.stepId, pipelineId: h.pipelineId, tokens: [...tokens], error: error ?? undefined, term: h.term, generation: h.generation, fenceProof: h.fenceProof };
 }
 
 /** A step's samples (none when it `failed`) as the step that follows it takes them. */

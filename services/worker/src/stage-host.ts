@@ -10,7 +10,7 @@ import type {
   BusyStep, Fence, RingSamples, StageDescription, StageFailure, StageMessage, StageRequest, StageSnapshot, StageThreadOptions, StageValues,
 } from './stage-protocol.ts';
 
-type Op = Exclude<StageRequest['op'], 'ring'>;
+type Op = Exclude<StageRequest['op'], 'ring' | 'leader'>;
 type Body<K extends Op> = Omit<Extract<StageRequest, { op: K }>, 'op' | 'id'>;
 
 interface Pending {
@@ -21,7 +21,12 @@ interface Pending {
 /** The error of a failure on the stage thread, as the class that was thrown there. */
 function rethrow(f: StageFailure): Error {
   if (f.name === 'KvStateError') return new KvStateError(f.code, f.message);
-  return new WorkerError(f.code, f.message);
+  return Object.assign(new WorkerError(f.code, f.message), f.ringed ? { ringed: true } : {});
+}
+
+/** Whether a step's failure already went to its first stage over a same-host link. */
+export function ringedFailure(err: unknown): boolean {
+  return (err as { ringed?: unknown } | null)?.ringed === true;
 }
 
 /** The answer to a step: what it produced and how long it computed, or stale (dropped unrun). */
@@ -43,6 +48,10 @@ export class StageHost {
   #closing: Promise<void> | null = null;
   /** called once if the thread dies on its own (a native crash, an uncaught error) */
   onFatal: (err: Error) => void = () => {};
+  /** a step that came to the thread over a same-host link, and its answer to come */
+  onLinked: (header: StepHeader, trace: Record<string, string>, bytes: number, answer: Promise<StepAnswer>) => void = () => {};
+  /** a line the thread asks the worker to log at warn */
+  onWarn: (msg: string, fields: Record<string, unknown>) => void = () => {};
 
   private constructor(thread: Thread, ready: Extract<StageMessage, { type: 'ready' }>) {
     this.#thread = thread;
@@ -89,6 +98,11 @@ export class StageHost {
   }
 
   #onMessage(m: StageMessage): void {
+    if (m.type === 'linked') {
+      const answer = new Promise<StepAnswer>((resolve, reject) => this.#pending.set(m.id, { resolve: resolve as (v: unknown) => void, reject }));
+      return this.onLinked(m.header, m.trace, m.bytes, this.#track(m.header, answer));
+    }
+    if (m.type === 'warn') return this.onWarn(m.msg, m.fields);
     if (m.type !== 'reply') return;
     this.#snapshot = m.snapshot;
     const p = this.#pending.get(m.id);
@@ -116,16 +130,24 @@ export class StageHost {
     });
   }
 
-  /** Runs one micro-batch (queued behind the stage's earlier work); `hidden` moves to the thread. */
-  step(header: StepHeader, hidden: Float32Array): Promise<StepAnswer> {
+  /**
+   * Runs one micro-batch (queued behind the stage's earlier work); `hidden` moves to the thread.
+   * `trace`: the step's span context, for the next stage if the step goes there over a link.
+   */
+  step(header: StepHeader, hidden: Float32Array, trace: Record<string, string>): Promise<StepAnswer> {
     const transfer = hidden.byteLength > 0 && hidden.byteOffset === 0 && hidden.byteLength === hidden.buffer.byteLength ? [hidden.buffer as ArrayBuffer] : [];
+    return this.#track(header, this.#call('step', { header, hidden, trace }, transfer));
+  }
+
+  /** Counts a step as the stage's (busy) until `answer` comes. */
+  #track(header: StepHeader, answer: Promise<StepAnswer>): Promise<StepAnswer> {
     const step = {
       stepId: header.stepId, postedMs: Date.now(),
       tokens: header.entries.reduce((n, e) => n + e.nTokens, 0),
       attention: header.entries.reduce((n, e) => n + e.nTokens * (e.pos0 + e.nTokens), 0),
     };
     this.#steps.push(step);
-    return this.#call('step', { header, hidden }, transfer).finally(() => {
+    return answer.finally(() => {
       this.#steps.splice(this.#steps.indexOf(step), 1);
       this.#lastStepDoneMs = Date.now();
     });
@@ -145,6 +167,13 @@ export class StageHost {
   ring(stepId: bigint, samples: RingSamples, fence: Fence): void {
     if (this.#exited || this.#closing) return;
     const r: StageRequest = { op: 'ring', id: 0, stepId, samples, fence };
+    this.#thread.postMessage(r);
+  }
+
+  /** Tells the thread of a newer leader's term: its work of older terms is stale. */
+  leader(term: bigint): void {
+    if (this.#exited || this.#closing) return;
+    const r: StageRequest = { op: 'leader', id: 0, term };
     this.#thread.postMessage(r);
   }
 

@@ -3,6 +3,7 @@
 // arrays moved (transferred) rather than copied where the sender is done with them.
 import type { StageCounters, StageMemory } from '@strata/model';
 import type { SampledToken, SeqOp, StepEntry, StepHeader } from '@strata/wire';
+import type { LinkCounters } from './stage-link.ts';
 
 /** What the stage thread loads (its workerData). */
 export interface StageThreadOptions {
@@ -22,6 +23,10 @@ export interface StageThreadOptions {
   kvStreams: boolean;
   /** print every stage's cells after each batch (STRATA_KV_DEBUG=1) */
   kvDebug: boolean;
+  /** directory of this host's stage sockets ('': no same-host links) */
+  linkDir: string;
+  /** the token links present (the KvTransfer token); null: none */
+  linkToken: string | null;
   /**
    * Test only: every step of at least `testStepDelayMinTokens` tokens takes this much longer
    * (milliseconds, 0: none), as a slow device would; the thread's event loop stays free meanwhile.
@@ -70,6 +75,8 @@ export interface StageSnapshot {
   queued: number;
   /** the last step: its tokens and how long it computed (milliseconds) */
   lastStep: { tokens: number; ms: number } | null;
+  /** frames over same-host stage links (null: none) */
+  links: LinkCounters | null;
 }
 
 /**
@@ -84,11 +91,14 @@ export interface Fence {
 
 /**
  * A request to the stage thread. Each gets exactly one reply with its id, except 'ring' (a step's
- * samples from the last stage, for a step that follows it here), which gets none.
+ * samples from the last stage, for a step that follows it here) and 'leader' (a newer leader's
+ * term: work of older terms is stale), which get none. A step carries its span's trace context
+ * (W3C fields), for the next stage when it goes there over a link.
  */
 export type StageRequest =
   | { op: 'ring'; id: 0; stepId: bigint; samples: RingSamples; fence: Fence }
-  | { op: 'step'; id: number; header: StepHeader; hidden: Float32Array }
+  | { op: 'leader'; id: 0; term: bigint }
+  | { op: 'step'; id: number; header: StepHeader; hidden: Float32Array; trace: Record<string, string> }
   | { op: 'seq'; id: number; ops: SeqOp[]; fence: Fence }
   | { op: 'export'; id: number; seq: number; p0: number; p1: number; l0: number; l1: number }
   | { op: 'posMax'; id: number; seq: number }
@@ -101,6 +111,11 @@ export type StageRequest =
  */
 export type StepOutput =
   | { kind: 'hidden'; hidden: Float32Array }
+  /**
+   * the hidden states went to the next stage over a same-host link (`bytes`), or were `dropped`:
+   * the link its fence's steps take broke
+   */
+  | { kind: 'forwarded'; bytes: number; dropped: boolean }
   /** `evaluated`: tokens the stage computed for them (more than the step's with a burst) */
   | { kind: 'tokens'; tokens: SampledToken[]; ends: boolean[]; evaluated: number }
   | { kind: 'empty' };
@@ -121,7 +136,8 @@ export interface ChainedRewrite {
 
 /** The value each request answers with. */
 export interface StageValues {
-  step: { output: StepOutput; ms: number; rewrite?: ChainedRewrite } | { stale: true };
+  /** `ringed`: the stage sent the samples to the first stage itself, over a same-host link */
+  step: { output: StepOutput; ms: number; rewrite?: ChainedRewrite; ringed?: boolean } | { stale: true };
   seq: { posMax: number[] } | { stale: true };
   export: Uint8Array;
   posMax: number;
@@ -136,12 +152,18 @@ export interface StageFailure {
   /** its code, or the wire code of a step's failure */
   code: string;
   message: string;
+  /** a step's failure went to its first stage over a same-host link already */
+  ringed?: boolean;
 }
 
 /** Messages from the stage thread. */
 export type StageMessage =
   | { type: 'ready'; description: StageDescription; memory: StageMemory; snapshot: StageSnapshot }
   | { type: 'load_failed'; failure: StageFailure }
+  /** a line for the worker's log, at warn */
+  | { type: 'warn'; msg: string; fields: Record<string, unknown> }
+  /** a step came over a same-host link: its reply will come with `id` (negative, the thread's own count) */
+  | { type: 'linked'; id: number; header: StepHeader; trace: Record<string, string>; bytes: number }
   | { type: 'reply'; id: number; ok: true; value: unknown; snapshot: StageSnapshot }
   | { type: 'reply'; id: number; ok: false; failure: StageFailure; snapshot: StageSnapshot };
 

@@ -10,7 +10,9 @@ import { Vocab } from '@strata/ggml';
 import { GgufFile } from '@strata/gguf';
 import { decodeState, type DecodedState } from '@strata/kv-cache';
 import { Stage, parseRange, readHParams } from '@strata/model';
-import { RingBook, fillChained, ringEntries, ringSamples } from './ring.ts';
+import type { RingTokens } from '@strata/wire';
+import { RingBook, fillChained, ringEntries, ringMessage, ringSamples } from './ring.ts';
+import { StageLinks, type LinkStep } from './stage-link.ts';
 import { SamplerSet } from './samplers.ts';
 import { StepRunner, stepErrorCode } from './step-runner.ts';
 import {
@@ -51,6 +53,10 @@ class StageActor {
   readonly #ring = new RingBook();
   /** close() began: a step waiting for samples stops waiting */
   #closed = false;
+  /** same-host links to the next and first stages (null: none) */
+  #links: StageLinks | null = null;
+  /** ids of steps that came over a link: negative, apart from the main thread's */
+  #linkedId = -1;
 
   constructor(o: StageThreadOptions, post: (m: StageMessage, transfer?: ArrayBuffer[]) => void) {
     this.#o = o;
@@ -83,6 +89,32 @@ class StageActor {
     this.#runner = new StepRunner(stage, this.#samplers, { workerId: o.workerId, nSeqMax: o.nSeqMax, maxBatch: o.maxBatch });
   }
 
+  /** Opens this stage's socket for same-host links (--stage-link-dir). */
+  async openLinks(): Promise<void> {
+    if (!this.#o.linkDir) return;
+    this.#links = await StageLinks.open({
+      dir: this.#o.linkDir, workerId: this.#o.workerId, token: this.#o.linkToken,
+      // a whole micro-batch's activations, its header and trace context
+      maxFrameBytes: this.#o.maxBatch * this.#stage.hp.nEmbd * 4 + (1 << 20),
+    }, {
+      step: (s, bytes) => this.#linkedStep(s, bytes),
+      ring: (r) => this.#linkedRing(r),
+      warn: (msg, fields) => this.#post({ type: 'warn', msg, fields }),
+    });
+  }
+
+  /** A step from the stage before, over a link: the main thread hears of it, then it queues as any step. */
+  #linkedStep(s: LinkStep, bytes: number): void {
+    const id = this.#linkedId--;
+    this.#post({ type: 'linked', id, header: s.header, trace: s.trace, bytes });
+    this.onRequest({ op: 'step', id, header: s.header, hidden: s.hidden, trace: s.trace });
+  }
+
+  /** A last stage's samples, over a link, for a step that follows theirs here. */
+  #linkedRing(r: RingTokens): void {
+    this.onRequest({ op: 'ring', id: 0, stepId: r.stepId, samples: ringSamples(r.tokens, r.error !== undefined), fence: { term: r.term, generation: r.generation } });
+  }
+
   /** Tells the main thread what it loaded. */
   ready(): void {
     const s = this.#stage, hp = s.hp;
@@ -100,7 +132,7 @@ class StageActor {
     const s = this.#stage;
     let sequences = 0;
     for (let q = 0; q < this.#o.nSeqMax; q++) if (s.cache.seqPosMax(q) >= 0) sequences++;
-    return { used: s.cache.cells.used, sequences, counters: s.counters, queued: this.#queue.length, lastStep: this.#lastStep };
+    return { used: s.cache.cells.used, sequences, counters: s.counters, queued: this.#queue.length, lastStep: this.#lastStep, links: this.#links ? { ...this.#links.counters } : null };
   }
 
   #ok(id: number, value: unknown, transfer: ArrayBuffer[] = []): void {
@@ -121,6 +153,10 @@ class StageActor {
           break;
         case 'ring':
           if (!fenceOlder(r.fence, this.#fence)) this.#ring.record(r.stepId, r.samples);
+          return;
+        case 'leader':
+          // Work of an older leader's terms is stale from now on (steps over links too).
+          this.#raise({ term: r.term, generation: 0n });
           return;
         case 'seq':
           this.#raise(r.fence);
@@ -209,6 +245,11 @@ class StageActor {
       if (h.entries.length === 0) return this.#ok(t.id, { output: { kind: 'empty' }, ms: 0, rewrite });
     }
     const tokens = h.entries.reduce((n, e) => n + e.nTokens, 0);
+    // Where this step's output goes next, connected while it computes.
+    const next = this.#stage.isLast ? undefined : h.route[h.hop + 1];
+    const first = h.ring && h.hop > 0 ? h.route[0] : undefined;
+    if (this.#links && next !== undefined) this.#links.warm(next);
+    if (this.#links && first !== undefined) this.#links.warm(first);
     const t0 = performance.now();
     try {
       if (this.#o.testStepDelayMs > 0 && tokens >= this.#o.testStepDelayMinTokens) await sleep(this.#o.testStepDelayMs);
@@ -217,10 +258,21 @@ class StageActor {
       this.#lastStep = { tokens: output.kind === 'tokens' ? output.evaluated : tokens, ms };
       // One stage is the whole ring: its samples stay here for the step that follows.
       if (h.ring && this.#stage.isFirst && output.kind === 'tokens') this.#ring.record(h.stepId, ringSamples(ringEntries(output.tokens, output.ends)));
-      this.#ok(t.id, { output, ms, rewrite }, output.kind === 'hidden' ? [output.hidden.buffer as ArrayBuffer] : []);
+      if (output.kind === 'hidden' && this.#links && next !== undefined) {
+        const via = await this.#links.stepPath(next, fence);
+        if (via !== 'nats') {
+          const bytes = via === 'link' ? this.#links.sendStep(next, { ...h, hop: h.hop + 1, stageMs: [...h.stageMs, ms] }, t.trace, output.hidden) : 0;
+          return this.#ok(t.id, { output: { kind: 'forwarded', bytes, dropped: via === 'drop' }, ms, rewrite });
+        }
+      }
+      const ringed = output.kind === 'tokens' && first !== undefined && !!this.#links?.sendRing(first, ringMessage(h, ringEntries(output.tokens, output.ends), null));
+      this.#ok(t.id, { output, ms, rewrite, ringed }, output.kind === 'hidden' ? [output.hidden.buffer as ArrayBuffer] : []);
     } catch (err) {
       if (h.ring && this.#stage.isFirst) this.#ring.record(h.stepId, ringSamples([], true));
-      this.#fail(t.id, failure(err, stepErrorCode(err)));
+      const f = failure(err, stepErrorCode(err));
+      // A step that follows this one must not wait for samples that will not come.
+      f.ringed = first !== undefined && !!this.#links?.sendRing(first, ringMessage(h, [], { code: f.code, message: f.message, workerId: this.#o.workerId }));
+      this.#fail(t.id, f);
     }
   }
 
@@ -230,6 +282,7 @@ class StageActor {
     this.#closed = true;
     this.#ring.interrupt();
     await this.#pumping;
+    await this.#links?.close();
     this.#samplers?.dispose();
     this.#stage.dispose();
     this.#vocab?.dispose();
@@ -248,12 +301,17 @@ try {
 }
 if (actor) {
   const a = actor;
-  port.on('message', (r: StageRequest | { op: 'dispose' }) => {
-    if (r.op === 'dispose') {
-      void a.close().finally(() => port.close());
-      return;
-    }
-    a.onRequest(r);
+  a.openLinks().then(() => {
+    port.on('message', (r: StageRequest | { op: 'dispose' }) => {
+      if (r.op === 'dispose') {
+        void a.close().finally(() => port.close());
+        return;
+      }
+      a.onRequest(r);
+    });
+    a.ready();
+  }, (err: unknown) => {
+    post({ type: 'load_failed', failure: failure(err) });
+    void a.close().finally(() => port.close());
   });
-  a.ready();
 }

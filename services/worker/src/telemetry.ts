@@ -1,6 +1,7 @@
 // The worker's spans and metrics (docs/observability.md). Each micro-batch a stage runs gets a
 // span, a child of the span that sent it (the scheduler's step span for the first stage, the
-// previous stage's span after it), whose context goes on to the next stage in the NATS headers.
+// previous stage's span after it), whose context goes on to the next stage in the NATS headers
+// (or in a same-host link's step frame).
 // A KV push gets a span on the source (a child of the coordinator's migration span) and one on
 // the target (a child of the push, its context in the gRPC metadata). KV occupancy is observed
 // at every metrics collection.
@@ -22,10 +23,10 @@ export interface StageTrace {
 }
 
 /**
- * Opens the span of micro-batch `h` on this stage. The stage sees an entry of one token that
- * samples as a decode and any other as a prompt chunk.
+ * Opens the span of micro-batch `h` on this stage, a child of `parent` (the sender's span). The
+ * stage sees an entry of one token that samples as a decode and any other as a prompt chunk.
  */
-export function startStage(info: StageInfo, h: StepHeader, headers: MsgHdrs | undefined): StageTrace {
+export function startStage(info: StageInfo, h: StepHeader, parent: Context): StageTrace {
   let decode = 0, tokens = 0;
   for (const e of h.entries) {
     if (e.nTokens === 1 && e.output) decode++;
@@ -38,7 +39,7 @@ export function startStage(info: StageInfo, h: StepHeader, headers: MsgHdrs | un
       'strata.worker': info.workerId, 'strata.layers': `${info.l0}:${info.l1}`, 'strata.pipeline': h.pipelineId, 'strata.step.id': h.stepId.toString(),
       'strata.step.kind': kind, 'strata.stage.hop': h.hop, 'strata.step.entries': h.entries.length, 'strata.step.tokens': tokens,
     },
-  }, natsContext(headers));
+  }, parent);
   const ctx = trace.setSpan(ROOT_CONTEXT, span);
   return { span, context: ctx, headers: natsHeaders(ctx), kind, worker: info.workerId };
 }

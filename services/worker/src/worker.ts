@@ -20,11 +20,11 @@ import type { WorkerConfig } from './config.ts';
 import { WorkerError } from './errors.ts';
 import { KvTransferServer, closePushClients, loadSecurity, pushState, type TransferSecurity } from './kv-transfer.ts';
 import { KvTiers, TierMiss } from './kv-tiers.ts';
-import { ringEntries, ringSamples, type RingSample } from './ring.ts';
-import { StageHost } from './stage-host.ts';
+import { ringEntries, ringMessage, ringSamples, type RingSample } from './ring.ts';
+import { StageHost, ringedFailure, type StepAnswer } from './stage-host.ts';
 import { countTierOp, endStage, observeKvCells, observeTiers, startStage, tracePush } from './telemetry.ts';
 import { context } from '@opentelemetry/api';
-import { headerBytes } from '@strata/telemetry';
+import { carrierContext, headerBytes, natsContext, traceCarrier } from '@strata/telemetry';
 
 /** Sequence operations that go through the tiers, not the stage alone. */
 const isTierOp = (op: SeqOp) => op.kind === SeqOpKind.SAVE || op.kind === SeqOpKind.LOAD || op.kind === SeqOpKind.FORGET;
@@ -88,20 +88,30 @@ export class Worker {
       this.#fail(err);
       void this.stop();
     };
+    host.onWarn = (msg, fields) => this.#log.warn(msg, fields);
+    // A step from the stage before over a same-host link: it computes already; this thread
+    // counts it, traces it and sends on what it produces.
+    host.onLinked = (h, trace, bytes, answer) => {
+      this.#io.steps++;
+      this.#io.bytesIn += BigInt(bytes);
+      void this.#finishStep(h, answer, startStage(this.info, h, carrierContext(trace)), performance.now());
+    };
   }
 
   /** Loads the stage on its thread, connects to NATS, subscribes and starts heartbeating. */
   static async start(c: WorkerConfig, log: Logger): Promise<Worker> {
     const verifier = c.termPublicKeyFile ? FenceVerifier.fromPem(readFileSync(c.termPublicKeyFile)) : null;
     if (!verifier) log.warn('leader terms are not verified (--term-public-key-file): any client allowed to publish here can fence the leader out');
+    const security = loadSecurity(c);
     const host = await StageHost.start({
       workerId: c.id, model: c.model, layers: c.layers, threads: c.threads, device: c.device, ctxSize: c.ctxSize, kvType: c.kvType,
       maxBatch: c.maxBatch, nSeqMax: c.nSeqMax, kvSwaFull: c.kvSwaFull, kvStreams: c.kvStreams, kvDebug: c.kvDebug, testStepDelayMs: c.testStepDelayMs, testStepDelayMinTokens: c.testStepDelayMinTokens,
+      linkDir: c.stageLinkDir, linkToken: security.token,
     });
     const nc = await connectNats(c.natsUrl, `strata-worker-${c.id}`, () => host.close());
     const w = new Worker(c, host, nc, verifier, log.child({ worker: c.id }));
     try {
-      w.#security = loadSecurity(c);
+      w.#security = security;
       w.#kv = await KvTransferServer.start({ security: w.#security, host: c.grpcHost, port: c.grpcPort, workerId: c.id, nSeqMax: c.nSeqMax, stage: host, log: w.#log, maxBlobBytes: c.transferMaxBlobBytes, onChange: () => w.#heartbeat() });
     } catch (err) {
       await w.stop();
@@ -127,11 +137,12 @@ export class Worker {
 
   /** the stage's counters and the worker's traffic */
   counters(): StageCounters {
-    const c = this.#host.snapshot.counters;
+    const c = this.#host.snapshot.counters, l = this.#host.snapshot.links;
     return {
       $typeName: 'strata.v1.StageCounters',
       batches: BigInt(c.batches), tokens: BigInt(c.tokens), graphReuses: BigInt(c.graphReuses), shifts: BigInt(c.shifts),
       defrags: BigInt(c.defrags), swaPruned: BigInt(c.swaPruned), steps: this.#io.steps, bytesIn: this.#io.bytesIn, bytesOut: this.#io.bytesOut,
+      linkStepsIn: BigInt(l?.stepsIn ?? 0), linkStepsOut: BigInt(l?.stepsOut ?? 0), linkRingsIn: BigInt(l?.ringsIn ?? 0), linkRingsOut: BigInt(l?.ringsOut ?? 0),
     };
   }
 
@@ -202,12 +213,17 @@ export class Worker {
     void this.#runStep(h, whole.hidden, m);
   }
 
-  async #runStep(h: StepHeader, hidden: Float32Array, m: Msg): Promise<void> {
+  #runStep(h: StepHeader, hidden: Float32Array, m: Msg): Promise<void> {
     const t0 = performance.now();
-    const stage = startStage(this.info, h, m.headers);
+    const stage = startStage(this.info, h, natsContext(m.headers));
+    return this.#finishStep(h, this.#host.step(h, hidden, traceCarrier(stage.context)), stage, t0);
+  }
+
+  /** Sends on what a step produced once the stage thread answers: hidden states, samples, or its failure. */
+  async #finishStep(h: StepHeader, pending: Promise<StepAnswer>, stage: ReturnType<typeof startStage>, t0: number): Promise<void> {
     let failure: unknown;
     try {
-      const answer = await this.#host.step(h, hidden);
+      const answer = await pending;
       if ('stale' in answer) {
         this.#log.debug('dropped a step of an earlier generation of its pipeline', { step: h.stepId, generation: h.generation });
         endStage(stage, performance.now() - t0, undefined);
@@ -222,6 +238,10 @@ export class Worker {
       h.stageMs.push(answer.ms);
       if (out.kind === 'empty') {
         this.#reply(h, { stepId: h.stepId, pipelineId: h.pipelineId, tokens: [], stageMs: [] });
+      } else if (out.kind === 'forwarded') {
+        // The stage thread sent it on over a same-host link itself.
+        this.#io.bytesOut += BigInt(out.bytes);
+        if (out.dropped) this.#log.warn('dropped a step: the stage link its pipeline\'s steps take broke (the coordinator resets the pipeline)', { step: h.stepId, next: h.route[h.hop + 1] });
       } else if (out.kind === 'hidden') {
         const next = h.route[h.hop + 1];
         if (next === undefined) throw new WorkerError('bad_step', `step ${h.stepId}: no stage after hop ${h.hop} but this stage is not the last`);
@@ -233,7 +253,7 @@ export class Worker {
         }
       } else {
         // The ring first: the first stage may be waiting for these samples to run the next step.
-        if (h.ring && h.hop > 0) this.#ringTo(h, ringEntries(out.tokens, out.ends), null);
+        if (h.ring && h.hop > 0 && !answer.ringed) this.#ringTo(h, ringEntries(out.tokens, out.ends), null);
         this.#reply(h, { stepId: h.stepId, pipelineId: h.pipelineId, tokens: out.tokens, stageMs: h.stageMs });
       }
     } catch (err) {
@@ -243,7 +263,7 @@ export class Worker {
       const error = { code, message: (err as Error).message, workerId: this.info.workerId };
       // A step that follows this one must not wait for samples that will not come (a first stage's
       // own failure is recorded where it ran, on its stage thread).
-      if (h.ring && h.hop > 0) this.#ringTo(h, [], error);
+      if (h.ring && h.hop > 0 && !ringedFailure(err)) this.#ringTo(h, [], error);
       this.#reply(h, { stepId: h.stepId, pipelineId: h.pipelineId, error });
     }
     endStage(stage, performance.now() - t0, failure);
@@ -253,9 +273,7 @@ export class Worker {
   #ringTo(h: StepHeader, tokens: RingSample[], error: { code: string; message: string; workerId: string } | null): void {
     const first = h.route[0];
     if (first === undefined || first === this.info.workerId) return;
-    this.#publish(subjects.workerRing(first), encode(RingTokensSchema, {
-      stepId: h.stepId, pipelineId: h.pipelineId, tokens, error: error ?? undefined, term: h.term, generation: h.generation, fenceProof: h.fenceProof,
-    }));
+    this.#publish(subjects.workerRing(first), encode(RingTokensSchema, ringMessage(h, tokens, error)));
   }
 
   /** A last stage's samples for a step that follows theirs here. */
@@ -288,6 +306,7 @@ export class Worker {
         return;
       }
       this.#term = a.term;
+      this.#host.leader(a.term);
     } catch (err) {
       this.#log.warn('refused a leader announcement', { err });
     }

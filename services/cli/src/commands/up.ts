@@ -13,7 +13,7 @@ import { ApiKeys } from '@strata/gateway';
 import { UsageError } from '../errors.ts';
 import { removeRunFile, runFilePath, writeRunFile } from '../run-file.ts';
 
-/** `strata up [--model F] [--workers N] [--pipelines P] [--split even|balanced] [--roles prefill,decode,…] [--port 8080] [--kv-streams N] [--api-keys-file F] [--prompt …] [--once]` */
+/** `strata up [--model F] [--workers N] [--pipelines P] [--split even|balanced] [--roles prefill,decode,…] [--port 8080] [--kv-streams N] [--stage-links true|false] [--api-keys-file F] [--prompt …] [--once]` */
 export async function upCommand(argv: string[], out: NodeJS.WritableStream): Promise<number> {
   const f = new Flags(parseArgs(argv, ['once', 'verbose']));
   const o = {
@@ -28,6 +28,7 @@ export async function upCommand(argv: string[], out: NodeJS.WritableStream): Pro
     kvType: f.str('kv-type'),
     roles: f.str('roles')?.split(',').map((r) => r.trim()),
     logLevel: f.bool('verbose') ? 'info' : 'warn',
+    stageLinks: f.str('stage-links', 'true'),
   };
   const prompt = f.str('prompt', 'Once upon a time')!;
   const maxTokens = f.int('max-tokens', 32)!;
@@ -36,6 +37,7 @@ export async function upCommand(argv: string[], out: NodeJS.WritableStream): Pro
   // below goes with the file's first user key.
   const keysFile = f.str('api-keys-file', process.env.STRATA_API_KEYS_FILE);
   f.done();
+  if (o.stageLinks !== 'true' && o.stageLinks !== 'false') throw new UsageError(`--stage-links must be true or false, got '${o.stageLinks}'`);
   if (o.split !== 'even' && o.split !== 'balanced') throw new UsageError(`--split must be even or balanced, got '${o.split}'`);
   if (o.kvStreams !== undefined && !(o.kvStreams >= 1 && (o.ctxSize ?? 4096) % o.kvStreams === 0)) {
     throw new UsageError(`--kv-streams ${o.kvStreams} must split --ctx-size ${o.ctxSize ?? 4096} into equal streams`);
@@ -62,7 +64,7 @@ export async function upCommand(argv: string[], out: NodeJS.WritableStream): Pro
   const spinner = isTerminal(process.stderr) ? new Spinner('waiting for every pipeline to be ready') : null;
   let cluster: LocalCluster;
   try {
-    cluster = await LocalCluster.start({ ...o, model, gatewayFlags: keysFile ? ['--api-keys-file', keysFile] : [] });
+    cluster = await LocalCluster.start({ ...o, model, stageLinks: o.stageLinks === 'true', gatewayFlags: keysFile ? ['--api-keys-file', keysFile] : [] });
   } finally {
     spinner?.stop('');
   }

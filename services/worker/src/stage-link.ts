@@ -1,0 +1,419 @@
+// Same-host stage links: the stage threads of two workers on one host hand a step's activations
+// forward, and a last stage's samples back to its first, over a Unix socket, without the two
+// main threads and nats-server in between (docs/cluster.md, "Same-host stage links"). NATS keeps
+// everything else: steps from the coordinator, results, sequence operations, heartbeats.
+//
+// Each worker listens at <dir>/<worker id>.sock; a worker connects to its next stage's (and its
+// first stage's) socket when a step first names it there. The directory is this user's alone
+// (mode 0700, refused otherwise), and a connecting worker presents the cluster's KvTransfer token
+// when it has one. Steps to one peer keep one path for one fence (leader term and pipeline
+// generation): a step sent over NATS could otherwise overtake one sent over the link, or the
+// reverse, and a stage runs steps in the order they come. A link that breaks drops that peer's
+// steps until the pipeline's next fence; the coordinator's step deadline resets the pipeline, as
+// when a worker dies. Samples carry their step's id and may take either path.
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { chmodSync, lstatSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { RingTokensSchema, StepHeaderSchema, decode, encode, type RingTokens, type StepHeader } from '@strata/wire';
+import { WorkerError } from './errors.ts';
+import type { RingMessage } from './ring.ts';
+import { fenceOlder, type Fence } from './stage-protocol.ts';
+
+/** Frame kinds: [u32 LE length of what follows][u8 kind][body]. */
+export const FrameKind = { hello: 1, welcome: 2, refuse: 3, step: 4, ring: 5 } as const;
+type Kind = (typeof FrameKind)[keyof typeof FrameKind];
+const KINDS = new Set<number>(Object.values(FrameKind));
+
+/** Version of the hello; a peer speaking another is refused. */
+const VERSION = 1;
+/** Largest frame before the hello is through (bytes). */
+const HELLO_MAX_BYTES = 4096;
+/** How long a connection may take to say hello, or to be welcomed (milliseconds). */
+const HELLO_MS = 5_000;
+/** After a failed connection, how long before the next try to that peer (milliseconds). */
+const RETRY_MS = 5_000;
+/** The longest path of a Unix socket Linux takes (sun_path less its NUL). */
+const MAX_SOCKET_PATH = 107;
+
+/** One frame as read. */
+export interface Frame {
+  kind: Kind;
+  body: Buffer;
+}
+
+/** The parts to write for a frame of `kind` whose body is `parts` one after another. */
+export function frame(kind: Kind, ...parts: Uint8Array[]): Uint8Array[] {
+  const head = Buffer.allocUnsafe(5);
+  head.writeUInt32LE(1 + parts.reduce((n, p) => n + p.length, 0), 0);
+  head.writeUInt8(kind, 4);
+  return [head, ...parts];
+}
+
+/** Cuts a byte stream into frames; a frame over `maxBytes` or of an unknown kind throws. */
+export class FrameReader {
+  #parts: Buffer[] = [];
+  #have = 0;
+  /** bytes the frame being read needs in all (its length prefix included); 0: not known yet */
+  #need = 0;
+  maxBytes: number;
+
+  constructor(maxBytes: number) {
+    this.maxBytes = maxBytes;
+  }
+
+  /** Adds bytes; returns the frames they complete. */
+  push(chunk: Buffer): Frame[] {
+    this.#parts.push(chunk);
+    this.#have += chunk.length;
+    const out: Frame[] = [];
+    for (;;) {
+      if (this.#need === 0) {
+        if (this.#have < 5) break;
+        const head = this.#parts[0]!.length >= 5 ? this.#parts[0]! : this.#join();
+        const length = head.readUInt32LE(0);
+        const kind = head.readUInt8(4);
+        if (length < 1 || length > this.maxBytes) throw new WorkerError('bad_link_frame', `a frame of ${length} bytes; at most ${this.maxBytes}`);
+        if (!KINDS.has(kind)) throw new WorkerError('bad_link_frame', `a frame of kind ${kind}`);
+        this.#need = 4 + length;
+      }
+      if (this.#have < this.#need) break;
+      const all = this.#join();
+      out.push({ kind: all.readUInt8(4) as Kind, body: all.subarray(5, this.#need) });
+      const rest = all.subarray(this.#need);
+      this.#parts = rest.length > 0 ? [rest] : [];
+      this.#have = rest.length;
+      this.#need = 0;
+    }
+    return out;
+  }
+
+  #join(): Buffer {
+    if (this.#parts.length > 1) this.#parts = [Buffer.concat(this.#parts, this.#have)];
+    return this.#parts[0]!;
+  }
+}
+
+/** A step as a link carries it: header, trace context (W3C fields) and activations. */
+export interface LinkStep {
+  header: StepHeader;
+  trace: Record<string, string>;
+  /** [n_tokens * n_embd], its own aligned buffer */
+  hidden: Float32Array;
+}
+
+/** The body of a step frame: [u32 header bytes][StepHeader][u32 trace bytes][trace JSON][float32 activations]. */
+export function stepBody(header: StepHeader, trace: Record<string, string>, hidden: Float32Array): Uint8Array[] {
+  const h = encode(StepHeaderSchema, header);
+  const t = Buffer.from(JSON.stringify(trace));
+  const lens = Buffer.allocUnsafe(8);
+  lens.writeUInt32LE(h.length, 0);
+  lens.writeUInt32LE(t.length, 4);
+  // Float32 on the wire is little-endian, as every platform Strata builds for.
+  return [lens.subarray(0, 4), h, lens.subarray(4, 8), t, new Uint8Array(hidden.buffer, hidden.byteOffset, hidden.byteLength)];
+}
+
+/** Reads a step frame's body; anything that does not fit the layout throws. */
+export function readStep(body: Buffer): LinkStep {
+  const bad = (why: string) => new WorkerError('bad_link_frame', `a step frame ${why}`);
+  let at = 0;
+  const take = (what: string): Buffer => {
+    if (body.length < at + 4) throw bad(`ends inside its ${what}'s length`);
+    const n = body.readUInt32LE(at);
+    if (body.length < at + 4 + n) throw bad(`ends inside its ${what} (${n} bytes)`);
+    at += 4 + n;
+    return body.subarray(at - n, at);
+  };
+  const header = decode(StepHeaderSchema, take('header'));
+  let trace: unknown;
+  try {
+    trace = JSON.parse(take('trace context').toString('utf8'));
+  } catch (err) {
+    if (err instanceof WorkerError) throw err;
+    throw bad('has a trace context that is not JSON');
+  }
+  if (typeof trace !== 'object' || trace === null || Array.isArray(trace) || Object.values(trace).some((v) => typeof v !== 'string')) throw bad('has a trace context that is not an object of strings');
+  const data = body.subarray(at);
+  if (data.length % 4 !== 0) throw bad(`carries ${data.length} bytes of activations, not float32`);
+  const hidden = new Float32Array(data.length / 4);
+  new Uint8Array(hidden.buffer).set(data);
+  return { header, trace: trace as Record<string, string>, hidden };
+}
+
+/** What a link's far ends hand this stage thread. */
+export interface LinkInbox {
+  step(s: LinkStep, bytes: number): void;
+  ring(r: RingTokens): void;
+  warn(msg: string, fields: Record<string, unknown>): void;
+}
+
+/** Options of {@link StageLinks.open}. */
+export interface StageLinkOptions {
+  /** the directory of the host's stage sockets, this user's alone */
+  dir: string;
+  workerId: string;
+  /** the token every link presents (the KvTransfer token); null: the directory's mode alone guards it */
+  token: string | null;
+  /** largest frame taken (bytes): a micro-batch's activations and header */
+  maxFrameBytes: number;
+}
+
+/** Frames sent and received over the links. */
+export interface LinkCounters {
+  stepsIn: number;
+  stepsOut: number;
+  ringsIn: number;
+  ringsOut: number;
+}
+
+/** The socket of worker `id` in `dir`. */
+export function socketPath(dir: string, id: string): string {
+  return join(dir, `${id}.sock`);
+}
+
+/** Makes `dir` (mode 0700) or checks that it is a directory of this user's that nobody else may enter. */
+function ownDir(dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const s = statSync(dir);
+  if (!s.isDirectory()) throw new WorkerError('bad_config', `--stage-link-dir ${dir} is not a directory`);
+  if (process.getuid && s.uid !== process.getuid()) throw new WorkerError('bad_config', `--stage-link-dir ${dir} belongs to uid ${s.uid}, not to this user`);
+  if ((s.mode & 0o077) !== 0) throw new WorkerError('bad_config', `--stage-link-dir ${dir} has mode ${(s.mode & 0o777).toString(8)}: other users may reach its sockets (chmod 700)`);
+}
+
+const digest = (s: string) => createHash('sha256').update(s).digest();
+
+/** One stage thread's links: its socket, and its connections to the peers it sends to. */
+export class StageLinks {
+  readonly counters: LinkCounters = { stepsIn: 0, stepsOut: 0, ringsIn: 0, ringsOut: 0 };
+  readonly #o: StageLinkOptions;
+  readonly #inbox: LinkInbox;
+  readonly #server: Server;
+  readonly #path: string;
+  /** connections accepted */
+  readonly #accepted = new Set<Socket>();
+  /** peer -> its connection once welcomed, or null while one is being made */
+  readonly #peers = new Map<string, Promise<Socket | null>>();
+  /** peer -> its welcomed connection (what sends without waiting) */
+  readonly #live = new Map<string, Socket>();
+  /** peer -> when a connection to it last failed (Date.now()) */
+  readonly #failedAt = new Map<string, number>();
+  /** peer -> the path its steps take for one fence: a connection (the link) or null (NATS) */
+  readonly #paths = new Map<string, { fence: Fence; socket: Socket | null }>();
+  #closed = false;
+
+  private constructor(o: StageLinkOptions, inbox: LinkInbox, server: Server, path: string) {
+    this.#o = o;
+    this.#inbox = inbox;
+    this.#server = server;
+    this.#path = path;
+    server.on('connection', (s) => this.#accept(s));
+  }
+
+  /** Listens at <dir>/<worker id>.sock (a stale socket there from an earlier run is replaced). */
+  static async open(o: StageLinkOptions, inbox: LinkInbox): Promise<StageLinks> {
+    ownDir(o.dir);
+    const path = socketPath(o.dir, o.workerId);
+    if (Buffer.byteLength(path) > MAX_SOCKET_PATH) throw new WorkerError('bad_config', `--stage-link-dir ${o.dir} is too long for a socket of worker '${o.workerId}' (${Buffer.byteLength(path)} bytes; at most ${MAX_SOCKET_PATH})`);
+    try {
+      if (!lstatSync(path).isSocket()) throw new WorkerError('bad_config', `${path} exists and is not a socket`);
+      unlinkSync(path);
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'ENOENT') throw err;
+    }
+    const server = createServer();
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(path, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    chmodSync(path, 0o600);
+    return new StageLinks(o, inbox, server, path);
+  }
+
+  #accept(s: Socket): void {
+    if (this.#closed) return void s.destroy();
+    this.#accepted.add(s);
+    const reader = new FrameReader(HELLO_MAX_BYTES);
+    let peer: string | null = null;
+    let refused = false;
+    const timer = setTimeout(() => s.destroy(), HELLO_MS);
+    // Says why, then closes (what the peer sends meanwhile is not read).
+    const refuse = (why: string) => {
+      refused = true;
+      this.#inbox.warn('refused a stage link', { why, peer });
+      for (const p of frame(FrameKind.refuse, Buffer.from(why))) s.write(p);
+      s.end();
+      setTimeout(() => s.destroy(), 1000).unref();
+    };
+    s.on('error', () => {});
+    s.on('close', () => {
+      clearTimeout(timer);
+      this.#accepted.delete(s);
+    });
+    s.on('data', (chunk: Buffer) => {
+      if (refused) return;
+      let frames;
+      try {
+        frames = reader.push(chunk);
+      } catch (err) {
+        return refuse((err as Error).message);
+      }
+      for (const f of frames) {
+        if (refused || s.destroyed) return;
+        if (peer === null) {
+          if (f.kind !== FrameKind.hello) return refuse('the first frame is not a hello');
+          const why = this.#checkHello(f.body);
+          if (typeof why === 'string') return refuse(why);
+          peer = why.from;
+          clearTimeout(timer);
+          reader.maxBytes = this.#o.maxFrameBytes;
+          for (const p of frame(FrameKind.welcome)) s.write(p);
+          continue;
+        }
+        try {
+          this.#deliver(f);
+        } catch (err) {
+          return refuse((err as Error).message);
+        }
+      }
+    });
+  }
+
+  /** The hello's sender, or why it is refused. */
+  #checkHello(body: Buffer): { from: string } | string {
+    let h: { v?: unknown; from?: unknown; to?: unknown; token?: unknown };
+    try {
+      h = JSON.parse(body.toString('utf8')) as typeof h;
+    } catch {
+      return 'a hello that is not JSON';
+    }
+    if (h.v !== VERSION) return `hello version ${String(h.v)}; this worker speaks ${VERSION}`;
+    if (h.to !== this.#o.workerId) return `the hello is for '${String(h.to)}', this is '${this.#o.workerId}'`;
+    if (typeof h.from !== 'string' || h.from.length === 0) return 'a hello without its sender';
+    if (this.#o.token !== null && (typeof h.token !== 'string' || !timingSafeEqual(digest(h.token), digest(this.#o.token)))) return 'a hello without the cluster\'s token';
+    return { from: h.from };
+  }
+
+  #deliver(f: Frame): void {
+    if (f.kind === FrameKind.step) {
+      const s = readStep(f.body);
+      this.counters.stepsIn++;
+      this.#inbox.step(s, f.body.length);
+    } else if (f.kind === FrameKind.ring) {
+      const r = decode(RingTokensSchema, f.body);
+      this.counters.ringsIn++;
+      this.#inbox.ring(r);
+    } else {
+      throw new WorkerError('bad_link_frame', `a frame of kind ${f.kind} after the hello`);
+    }
+  }
+
+  /** Starts connecting to `peer`, unless connected, connecting or lately failed. */
+  warm(peer: string): void {
+    void this.#connect(peer);
+  }
+
+  #connect(peer: string): Promise<Socket | null> {
+    const known = this.#peers.get(peer);
+    if (known) return known;
+    if (this.#closed || peer === this.#o.workerId || Date.now() - (this.#failedAt.get(peer) ?? -Infinity) < RETRY_MS) return Promise.resolve(null);
+    const made = new Promise<Socket | null>((resolve) => {
+      const s = createConnection(socketPath(this.#o.dir, peer));
+      const reader = new FrameReader(HELLO_MAX_BYTES);
+      let welcomed = false;
+      const fail = (why: string) => {
+        if (welcomed) return;
+        clearTimeout(timer);
+        s.destroy();
+        this.#failedAt.set(peer, Date.now());
+        if (this.#peers.get(peer) === made) this.#peers.delete(peer);
+        // No socket: the peer is on another host, or not up. Anything else is worth a line.
+        if (!/ENOENT|ECONNREFUSED/.test(why)) this.#inbox.warn('no stage link', { peer, why });
+        resolve(null);
+      };
+      const timer = setTimeout(() => fail('no welcome in time'), HELLO_MS);
+      s.on('connect', () => {
+        for (const p of frame(FrameKind.hello, Buffer.from(JSON.stringify({ v: VERSION, from: this.#o.workerId, to: peer, token: this.#o.token ?? undefined })))) s.write(p);
+      });
+      s.on('data', (chunk: Buffer) => {
+        if (welcomed) return;
+        let frames;
+        try {
+          frames = reader.push(chunk);
+        } catch (err) {
+          return fail((err as Error).message);
+        }
+        const f = frames[0];
+        if (!f) return;
+        if (f.kind !== FrameKind.welcome) return fail(f.kind === FrameKind.refuse ? `refused: ${f.body.toString('utf8')}` : `frame kind ${f.kind} instead of a welcome`);
+        welcomed = true;
+        clearTimeout(timer);
+        this.#live.set(peer, s);
+        resolve(s);
+      });
+      s.on('error', (err) => fail(err.message));
+      s.on('close', () => {
+        fail('closed');
+        if (this.#live.get(peer) === s) this.#live.delete(peer);
+        if (this.#peers.get(peer) === made) this.#peers.delete(peer);
+      });
+    });
+    this.#peers.set(peer, made);
+    return made;
+  }
+
+  /**
+   * Which way a step of fence `fence` goes to `peer`: 'link', 'nats', or 'drop' (its fence's
+   * steps went over a link that has since broken). The first step of a newer fence waits for the
+   * connection (once per peer and fence; a local socket answers within a millisecond).
+   */
+  async stepPath(peer: string, fence: Fence): Promise<'link' | 'nats' | 'drop'> {
+    let p = this.#paths.get(peer);
+    const same = p && p.fence.term === fence.term && p.fence.generation === fence.generation;
+    if (!p || (!same && !fenceOlder(fence, p.fence))) {
+      p = { fence, socket: await this.#connect(peer) };
+      this.#paths.set(peer, p);
+    }
+    if (p.socket === null) return 'nats';
+    return p.socket.destroyed || this.#closed ? 'drop' : 'link';
+  }
+
+  /** Sends a step to `peer` over the link stepPath() chose; returns the frame's bytes. */
+  sendStep(peer: string, header: StepHeader, trace: Record<string, string>, hidden: Float32Array): number {
+    const s = this.#paths.get(peer)?.socket;
+    if (!s || s.destroyed) throw new Error(`no stage link to '${peer}' (stepPath first)`);
+    const parts = frame(FrameKind.step, ...stepBody(header, trace, hidden));
+    s.cork();
+    for (const p of parts) s.write(p);
+    s.uncork();
+    this.counters.stepsOut++;
+    return parts.reduce((n, p) => n + p.length, 0);
+  }
+
+  /** Sends a step's samples to `peer` if a link to it is up (true), else starts one for later (false). */
+  sendRing(peer: string, r: RingMessage): boolean {
+    const s = this.#live.get(peer);
+    if (!s || s.destroyed) {
+      this.warm(peer);
+      return false;
+    }
+    for (const p of frame(FrameKind.ring, encode(RingTokensSchema, r))) s.write(p);
+    this.counters.ringsOut++;
+    return true;
+  }
+
+  /** Closes every connection and the socket, and removes its file. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const s of [...this.#accepted, ...this.#live.values()]) s.destroy();
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    try {
+      unlinkSync(this.#path);
+    } catch {
+      // already gone (server.close removes it on some platforms)
+    }
+  }
+}
