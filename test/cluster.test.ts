@@ -7,7 +7,7 @@ import OpenAI from 'openai';
 import { Vocab } from '@strata/ggml';
 import { ensureDefaultModel } from '@strata/model';
 import { connect } from 'nats';
-import { GenerateReplySchema, SeqOpReplySchema, decode, subjects } from '@strata/wire';
+import { GenerateEventsSchema, GenerateReplySchema, GenerateRequestSchema, SeqOpReplySchema, decode, encode, subjects } from '@strata/wire';
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
 import { strataGenerate, workerStats } from './helpers/cluster.ts';
 
@@ -172,6 +172,53 @@ describe('a cluster of two workers splitting the layers', () => {
       nc.publish(subjects.workerHeartbeat(), junk);
       nc.publish(subjects.coordinatorResult('coordinator'), junk);
       await nc.flush();
+    } finally {
+      await nc.close();
+    }
+    const r = await client.completions.create({ model: modelId, prompt: 'Once upon a time', max_tokens: 4, temperature: 0 });
+    assert.equal(r.usage!.completion_tokens, 4);
+  });
+
+  it('events reach the gateway batched per step: one message for the requests a step served', async () => {
+    const nc = await connect({ servers: cluster.nats.url });
+    try {
+      let batches = 0, perRequest = 0, gateway = '';
+      const perBatch: number[] = [];
+      const sub = nc.subscribe('strata.v1.gateway.events.*', {
+        callback: (_err, m) => {
+          if (m.subject.startsWith('strata.v1.gateway.events.batch-')) {
+            batches++;
+            gateway = m.subject;
+            perBatch.push(decode(GenerateEventsSchema, m.data).events.length);
+          } else {
+            perRequest++;
+          }
+        },
+      });
+      await nc.flush();
+      const N = 16;
+      const answers = await Promise.all([0, 1, 2, 3].map((i) => client.completions.create({ model: modelId, prompt: `Story ${i}: once upon a time`, max_tokens: N, temperature: 0 })));
+      for (const a of answers) assert.equal(a.usage!.completion_tokens, N);
+      await nc.flush();
+      sub.unsubscribe();
+      assert.equal(perRequest, 0, 'no event went to a request\'s own subject');
+      const events = perBatch.reduce((a, b) => a + b, 0);
+      assert.ok(events >= 4 * N, `${events} events`);
+      assert.ok(batches < events * 0.6, `${batches} messages for ${events} events: steps of several requests share one`);
+      // On the gateway's subject, a batch that does not decode is dropped, and events of no
+      // request of its change nothing.
+      nc.publish(gateway, Uint8Array.from([0x0a, 0xff, 0xff, 0xff, 0x7f]));
+      nc.publish(gateway, encode(GenerateEventsSchema, { events: [{ requestId: 'nobody', index: 0, offset: 0 }] }));
+      await nc.flush();
+      // Batched events go to a gateway's batch subject, nowhere else.
+      const ask = (requestId: string, batchSubject: string) => nc.request(subjects.coordinatorGenerate(), encode(GenerateRequestSchema, {
+        requestId, modelId, prompt: [1, 2, 3], maxTokens: 2, n: 1, eventsSubject: subjects.gatewayEvents(requestId), batchSubject,
+      }), { timeout: 5000 }).then((m) => decode(GenerateReplySchema, m.data));
+      for (const [id, to] of [['r-bad-batch', subjects.workerStep('p0-s0')], ['batch-posing', subjects.gatewayBatch('x')]]) {
+        const reply = await ask(id!, to!);
+        assert.equal(reply.accepted, false, `${id} → ${to}`);
+        assert.equal(reply.error?.code, 'bad_request');
+      }
     } finally {
       await nc.close();
     }

@@ -6,7 +6,7 @@ export { StageInputAssembler, encodeStageInput, type StageMessage } from './acti
 export { decode, encode, toJson } from './codec.ts';
 export { MIGRATION_ACTIVE_STATES, migrationJson, sessionJson, type MigrationJson, type PlanPartJson, type SessionJson } from './admin-json.ts';
 export { WireError } from './errors.ts';
-export { checkId, isId, subjects } from './subjects.ts';
+export { checkId, isGatewayBatch, isId, subjects } from './subjects.ts';
 export { isSessionKey, sessionKey, splitSessionKey } from './session-key.ts';
 export { NATS_ROLES, natsPermissions, type NatsPermissions, type NatsRole } from './permissions.ts';
 export { FenceGuard, FenceSigner, FenceVerifier } from './fence-proof.ts';

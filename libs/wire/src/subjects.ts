@@ -16,6 +16,11 @@ export function checkId(id: string, what = 'id'): string {
   return id;
 }
 
+/** Whether `subject` is a gateway's subject for batched events (subjects.gatewayBatch). */
+export function isGatewayBatch(subject: string): boolean {
+  return /^strata\.v1\.gateway\.events\.batch-[A-Za-z0-9_-]{1,128}$/.test(subject);
+}
+
 /** Subjects, by role. */
 export const subjects = {
   /** workers publish Heartbeat here */
@@ -54,4 +59,9 @@ export const subjects = {
   coordinatorResult: (coordinator: string) => `${PREFIX}.coordinator.result.${checkId(coordinator, 'coordinator id')}`,
   /** GenerateEvent stream of one request */
   gatewayEvents: (request: string) => `${PREFIX}.gateway.events.${checkId(request, 'request id')}`,
+  /**
+   * GenerateEvents of one gateway's requests, batched per step: a gateway events subject whose id
+   * starts with `batch-` (no request id does), so the roles' permissions cover it as they are
+   */
+  gatewayBatch: (gateway: string) => `${PREFIX}.gateway.events.batch-${checkId(gateway, 'gateway id')}`,
 } as const;

@@ -14,7 +14,7 @@ import { redactUrl, type Logger } from '@strata/log';
 import { connectNats, drainNats,
   CancelRequestSchema, ClusterStateSchema, LeaderAnnouncementSchema, DrainReplySchema, DrainRequestSchema, MigrateReplySchema, MigrateRequestSchema, MigrationListSchema, MigrationsRequestSchema, SessionListSchema, SessionsRequestSchema, GenerateReplySchema, GenerateRequestSchema, HeartbeatSchema, StepResultSchema,
   FenceSigner, UndrainReplySchema, UndrainRequestSchema,
-  decode, encode, isId, isSessionKey, subjects, type GenerateReply, type GenerateRequest, type DrainReply, type MigrateReply, type UndrainReply,
+  decode, encode, isGatewayBatch, isId, isSessionKey, subjects, type GenerateReply, type GenerateRequest, type DrainReply, type MigrateReply, type UndrainReply,
 } from '@strata/wire';
 import { Redis } from 'ioredis';
 import type { Msg, NatsConnection, Subscription } from 'nats';
@@ -26,7 +26,7 @@ import { CoordinatorError } from './errors.ts';
 import { LeaderLease } from './lease.ts';
 import { RecentIds } from './recent-ids.ts';
 import { redisOptions } from './redis-url.ts';
-import { encodeEvent, failureEvents, refuse } from './replies.ts';
+import { encodeEvent, encodeEvents, eventsTo, failureEvents, refuse } from './replies.ts';
 import type { Blame, Rebuild } from './pipeline-core.ts';
 import { PipelineScheduler } from './scheduler.ts';
 import { MigrationLedger } from './ledger.ts';
@@ -354,7 +354,10 @@ export class Coordinator {
   #failRebuild(r: Rebuild, message: string): void {
     const { req } = r.request;
     const error = { code: 'pipeline_down', message };
-    for (const e of failureEvents(req, r.jobs.map((j) => ({ index: j.index, offset: j.generated.length })), error.code, error.message)) this.#nc.publish(req.eventsSubject, encodeEvent(e));
+    const events = failureEvents(req, r.jobs.map((j) => ({ index: j.index, offset: j.generated.length })), error.code, error.message);
+    const to = eventsTo(req);
+    if (to.batched) this.#nc.publish(to.subject, encodeEvents(events));
+    else for (const e of events) this.#nc.publish(to.subject, encodeEvent(e));
     endRequest(req, error);
   }
 
@@ -409,7 +412,9 @@ export class Coordinator {
   /** Checks a request and hands it to the pipeline placement chooses (placement.ts). */
   #admit(req: GenerateRequest): GenerateReply {
     if (!isId(req.requestId)) return refuse('bad_request', 'a request id is 1-128 of A-Z a-z 0-9 _ -');
+    if (req.requestId.startsWith('batch-')) return refuse('bad_request', 'a request id does not start with batch- (gateways\' batched event subjects do)');
     if (req.eventsSubject !== subjects.gatewayEvents(req.requestId)) return refuse('bad_request', 'events go to the request\'s own gateway subject');
+    if (req.batchSubject && !isGatewayBatch(req.batchSubject)) return refuse('bad_request', 'batched events go to a gateway\'s batch subject (strata.v1.gateway.events.batch-<gateway>)');
     if (req.prompt.length === 0) return refuse('bad_request', 'the prompt is empty');
     // A gateway that timed out waiting for the answer asks again: the same request, once (its
     // events went to the subscription it opened before asking, even when it has ended since).

@@ -6,7 +6,7 @@ import type { GenerateReply, GenerateRequest, SeqOp, StepEntry, StepResult } fro
 import type { PlannedEntry } from './batcher.ts';
 import type { PipelineView } from './cluster.ts';
 import { ownCells, type Job } from './job.ts';
-import { failureEvents, type ClientEvent } from './replies.ts';
+import { eventsTo, failureEvents, type ClientEvent } from './replies.ts';
 import { SeqRoom, type Running } from './seq-room.ts';
 import type { CostBook, StepWork } from './step-cost.ts';
 import type { StepTraceEntry } from './telemetry.ts';
@@ -150,7 +150,8 @@ export type PipelineEffect =
   /** write a session's sampled tokens at position `at` of its history in Redis, fenced by `epoch` */
   | { type: 'write_history'; session: string; epoch: number; at: number; tokens: number[] }
   /** publish an event to a request's gateway (`counted`: its prompt was counted where it was prefilled) */
-  | { type: 'event'; subject: string; event: ClientEvent; counted?: boolean }
+  /** `batched`: `subject` is the gateway's, where the step's events go together (GenerateEvents) */
+  | { type: 'event'; subject: string; batched: boolean; event: ClientEvent; counted?: boolean }
   /** a request is over here (its span ends) */
   | { type: 'request_ended'; req: GenerateRequest; error?: { code: string; message: string } }
   /** a migration's hold of this session is complete: none of its steps is in flight */
@@ -298,7 +299,7 @@ export function failRequest(fx: PipelineEffect[], req: GenerateRequest, code: st
 
 /** Ends choices of a request with an error event each; `offset`: tokens the choice already sent. */
 export function failChoices(fx: PipelineEffect[], req: GenerateRequest, choices: readonly { index: number; offset: number }[], code: string, message: string): void {
-  for (const event of failureEvents(req, choices, code, message)) fx.push({ type: 'event', subject: req.eventsSubject, event });
+  for (const event of failureEvents(req, choices, code, message)) fx.push({ type: 'event', ...eventsTo(req), event });
   fx.push({ type: 'request_ended', req, error: { code, message } });
 }
 

@@ -10,6 +10,7 @@ import { burstOf, burstsNow, samplesBySeq } from './decode-burst.ts';
 import { checkpointDue, dropCheckpoint } from './prefix-checkpoint.ts';
 import { dropFork, forkDue } from './choice-fork.ts';
 import { stepDeadlineMs, tokensWithin, workOf, type StepWork } from './step-cost.ts';
+import { eventsTo } from './replies.ts';
 
 /**
  * Sends micro-batches while fewer than one per stage are in flight and some job is ready. With
@@ -193,7 +194,7 @@ function emitted(c: PipelineCore, fx: PipelineEffect[], j: Job, jfx: JobEffect[]
 export function event(fx: PipelineEffect[], request: Admission, j: Job, tokens: SampledToken[], finish: FinishReason): void {
   const last = finish !== FinishReason.UNSPECIFIED;
   fx.push({
-    type: 'event', subject: request.req.eventsSubject, ...(request.promptCounted ? { counted: true } : {}), event: {
+    type: 'event', ...eventsTo(request.req), ...(request.promptCounted ? { counted: true } : {}), event: {
       requestId: request.req.requestId, index: j.index, tokens, finish, error: j.error ?? undefined,
       // The tokens already sent precede these: the job's samples minus the ones being sent now.
       offset: j.generated.length - tokens.length,

@@ -1,7 +1,7 @@
 // What the coordinator tells gateways and stages besides steps, as values: the answer to a
 // generate request, the events a request's choices stream, sequence operations. Pure: the
 // runtime publishes them.
-import { FinishReason, GenerateEventSchema, encode, type GenerateReply, type GenerateRequest, type SampledToken, type SeqOp, type SeqOpKind } from '@strata/wire';
+import { FinishReason, GenerateEventSchema, GenerateEventsSchema, encode, type GenerateReply, type GenerateRequest, type SampledToken, type SeqOp, type SeqOpKind } from '@strata/wire';
 
 /** An event of one choice of a request, for its gateway. */
 export interface ClientEvent {
@@ -23,6 +23,19 @@ export interface ClientEvent {
 /** An event as it goes on the wire. */
 export function encodeEvent(e: ClientEvent): Uint8Array {
   return encode(GenerateEventSchema, e);
+}
+
+/** Events of several requests of one gateway in one message (GenerateEvents), in order. */
+export function encodeEvents(events: readonly ClientEvent[]): Uint8Array {
+  return encode(GenerateEventsSchema, { events: [...events] });
+}
+
+/**
+ * Where `req`'s events go: batched per step to its gateway's subject when it named one, else one
+ * message each to the request's own subject.
+ */
+export function eventsTo(req: GenerateRequest): { subject: string; batched: boolean } {
+  return req.batchSubject ? { subject: req.batchSubject, batched: true } : { subject: req.eventsSubject, batched: false };
 }
 
 /** The last events of choices of `req` that fail; `offset`: tokens the choice already sent. */

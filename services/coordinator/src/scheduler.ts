@@ -20,7 +20,7 @@ import {
   type Blame, type MovedSession, type PipelineCore, type PipelineEffect, type PipelineMsg, type PipelineOptions, type Rebuild, type SessionView,
 } from './pipeline-core.ts';
 import type { Placeable } from './placement.ts';
-import { encodeEvent, seqOp } from './replies.ts';
+import { encodeEvent, encodeEvents, seqOp, type ClientEvent } from './replies.ts';
 import type { SessionStore } from './session-store.ts';
 import type { CostBook } from './step-cost.ts';
 import { countPrompt, countTokens, endRequest, endStep, observeQueue, startStep, type StepTrace } from './telemetry.ts';
@@ -304,13 +304,21 @@ export class PipelineScheduler implements Placeable {
   }
 
   #run(fx: readonly PipelineEffect[]): void {
+    // Events for gateways that take them batched: one message per gateway once every effect ran.
+    const batches = new Map<string, ClientEvent[]>();
     for (const e of fx) {
       switch (e.type) {
         case 'send_step':
           this.#send(e);
           break;
         case 'event':
-          this.#d.nc.publish(e.subject, encodeEvent(e.event));
+          if (e.batched) {
+            const b = batches.get(e.subject);
+            if (b) b.push(e.event);
+            else batches.set(e.subject, [e.event]);
+          } else {
+            this.#d.nc.publish(e.subject, encodeEvent(e.event));
+          }
           if (e.event.tokens.length > 0) countTokens(this.view.id, e.event.tokens.length);
           // The last event of a request's first choice tells its prompt and what was cached
           // (a request handed over was counted where it was prefilled).
@@ -378,6 +386,7 @@ export class PipelineScheduler implements Placeable {
         // Answers (reply, reserved, handed_over, orphan, stalled): read by whoever sent the message.
       }
     }
+    for (const [subject, events] of batches) this.#d.nc.publish(subject, encodeEvents(events));
   }
 
   #send(e: Extract<PipelineEffect, { type: 'send_step' }>): void {

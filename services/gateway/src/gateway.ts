@@ -18,6 +18,7 @@ import { ApiKeys, cacheScope, type Caller } from './api-keys.ts';
 import { ApiError, fromAdminError } from './errors.ts';
 import { dashboardPage, type DashboardPage } from './dashboard.ts';
 import { runGeneration, type GenerationDeps, type GenerationSink, type Usage } from './generation.ts';
+import { EventRouter } from './event-router.ts';
 import { ResponseStore } from './response-store.ts';
 import { ResponseOutput, parseResponses, responseBody, responseId, type EventWrite } from './responses-api.ts';
 import { embeddingSpec, encodeEmbedding, parseEmbeddings, shorten } from './embeddings.ts';
@@ -55,6 +56,8 @@ export class Gateway {
   /** the grammar of any JSON object (response_format json_object): the gateway's own, built once */
   #jsonObject: string | null = null;
   #stopping: Promise<void> | null = null;
+  /** every request's events, batched per step by the coordinator */
+  readonly #events: EventRouter;
   /** the address the gateway listens on, e.g. http://127.0.0.1:8080 */
   url = '';
 
@@ -66,6 +69,7 @@ export class Gateway {
     this.#keys = c.apiKeysFile ? ApiKeys.load(c.apiKeysFile) : null;
     this.#origins = new Set(c.corsOrigins.split(',').map((o) => o.trim()).filter(Boolean));
     this.#leader = new LeaderWatch(nc, log, c.leaderLapseMs, c.termPublicKeyFile ? FenceVerifier.fromPem(readFileSync(c.termPublicKeyFile)) : null);
+    this.#events = new EventRouter(nc, log);
     this.#server = createServer((req, res) => void traceHttp(req, res, () => this.#handle(req, res)));
     // Idle keep-alive connections stay open longer than clients and load balancers keep theirs
     // (Node's 5 s would close under a client about to reuse the connection).
@@ -471,7 +475,7 @@ export class Gateway {
 
   /** The cluster's part of a request of model `m`: what runGeneration needs. */
   #deps(m: ServedModel, shown = m.shown): GenerationDeps {
-    return { nc: this.#nc, vocab: m.vocab, timeoutMs: this.#c.timeoutMs, leader: this.#leader, log: this.#log, shown };
+    return { nc: this.#nc, events: this.#events, vocab: m.vocab, timeoutMs: this.#c.timeoutMs, leader: this.#leader, log: this.#log, shown };
   }
 
   /** Aborted when the client goes away before its answer is written. */

@@ -5,10 +5,11 @@ import { randomBytes } from 'node:crypto';
 import type { Vocab } from '@strata/ggml';
 import {
   CancelRequestSchema, FinishReason, GenerateEventSchema, GenerateReplySchema, GenerateRequestSchema, decode, encode, request, subjects,
-  type ChoiceProgress, type SampledToken,
+  type ChoiceProgress, type GenerateEvent, type SampledToken,
 } from '@strata/wire';
 import type { Msg, NatsConnection, Subscription } from 'nats';
 import { ApiError, fromClusterError } from './errors.ts';
+import type { EventRouter } from './event-router.ts';
 import type { LeaderWatch } from './leader-watch.ts';
 import type { Logger } from '@strata/log';
 import type { GenerationSpec } from './openai-request.ts';
@@ -48,6 +49,8 @@ export interface Usage {
 /** What a generation needs from the gateway. */
 export interface GenerationDeps {
   nc: NatsConnection;
+  /** where batched events arrive (null: every event on the request's own subject) */
+  events: EventRouter | null;
   vocab: Vocab;
   /** the coordinator must accept within this long, and events must not stop for longer (milliseconds) */
   timeoutMs: number;
@@ -117,8 +120,8 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
   const choices: Choice[] = Array.from({ length: n }, () => ({ tokens: [], text: new TextStream(spec.stop), ended: false, finished: false, completion: 0, eog: false }));
   let usage: Usage = { promptTokens: prompt.length, completionTokens: 0, cachedTokens: 0 };
   const seed = spec.seed ?? randomBytes(4).readUInt32LE(0);
-  /** the attempt now running: its request id, events subscription and the term that accepted it */
-  let current = null as { requestId: string; sub: Subscription; term: bigint } | null;
+  /** the attempt now running: its request id, events subscription (and batched events' handler) and the term that accepted it */
+  let current = null as { requestId: string; sub: Subscription; off: () => void; term: bigint } | null;
   let settled = false;
   /** event gaps recovered from so far */
   let gaps = 0;
@@ -166,14 +169,17 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
   const finishAll = () => {
     if (choices.every((x) => x.finished)) settle.resolve({ ...usage, completionTokens: choices.reduce((s, x) => s + x.completion, 0) });
   };
-  const onEvent = (m: Msg) => {
-    armIdle();
+  const onMessage = (m: Msg) => {
     let ev;
     try {
       ev = decode(GenerateEventSchema, m.data, m.subject);
     } catch (e) {
       return settle.reject(e);
     }
+    onEvent(ev);
+  };
+  const onEvent = (ev: GenerateEvent) => {
+    armIdle();
     const c = choices[ev.index];
     if (!c) return;
     // Events carry how many tokens came before them. A gap (events lost while NATS reconnected)
@@ -217,10 +223,12 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
   const submit = async (resume: ChoiceProgress[]): Promise<void> => {
     const requestId = randomBytes(12).toString('hex');
     const eventsSubject = subjects.gatewayEvents(requestId);
-    const sub = d.nc.subscribe(eventsSubject, { callback: (err, m) => (err ? settle.reject(err) : onEvent(m)) });
+    const sub = d.nc.subscribe(eventsSubject, { callback: (err, m) => (err ? settle.reject(err) : onMessage(m)) });
+    const off = d.events?.add(requestId, onEvent) ?? (() => {});
     current?.sub.unsubscribe();
+    current?.off();
     if (current) earlier.push(current.requestId);
-    current = { requestId, sub, term: 0n };
+    current = { requestId, sub, off, term: 0n };
     const deadline = Date.now() + d.timeoutMs;
     for (;;) {
       let reply;
@@ -229,7 +237,7 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
         // queue group, and NATS would keep handing it requests.
         const leader = d.leader.leader?.id;
         reply = await request(d.nc, leader ? subjects.coordinatorGenerateAt(leader) : subjects.coordinatorGenerate(), GenerateRequestSchema, {
-          requestId, sessionId: spec.sessionId, modelId: spec.model, prompt, maxTokens: spec.maxTokens, n, eventsSubject, resume,
+          requestId, sessionId: spec.sessionId, modelId: spec.model, prompt, maxTokens: spec.maxTokens, n, eventsSubject, batchSubject: d.events?.subject ?? '', resume,
           cacheScope: spec.cacheScope, promptCacheKey: spec.promptCacheKey,
           sampling: {
             temperature: spec.temperature, topK: spec.topK, topP: spec.topP, minP: spec.minP, repeatPenalty: spec.repeatPenalty,
@@ -313,5 +321,6 @@ export async function runGeneration(d: GenerationDeps, spec: GenerationSpec, pro
     stopReconnect();
     signal.removeEventListener('abort', onAbort);
     current?.sub.unsubscribe();
+    current?.off();
   }
 }

@@ -25,7 +25,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file strata/v1/coordinator.proto.
  */
 export const file_strata_v1_coordinator: GenFile = /*@__PURE__*/
-  fileDesc("ChtzdHJhdGEvdjEvY29vcmRpbmF0b3IucHJvdG8SCXN0cmF0YS52MSKoAgoPR2VuZXJhdGVSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIQCghtb2RlbF9pZBgDIAEoCRIOCgZwcm9tcHQYBCADKAUSEgoKbWF4X3Rva2VucxgFIAEoDRIlCghzYW1wbGluZxgGIAEoCzITLnN0cmF0YS52MS5TYW1wbGluZxIJCgFuGAcgASgNEhYKDmV2ZW50c19zdWJqZWN0GAggASgJEhMKC3RyYWNlcGFyZW50GAkgASgJEikKBnJlc3VtZRgKIAMoCzIZLnN0cmF0YS52MS5DaG9pY2VQcm9ncmVzcxITCgtjYWNoZV9zY29wZRgLIAEoCRIYChBwcm9tcHRfY2FjaGVfa2V5GAwgASgJIj4KDkNob2ljZVByb2dyZXNzEg0KBWluZGV4GAEgASgNEg4KBnRva2VucxgCIAMoBRINCgVlbmRlZBgDIAEoCCJdChJMZWFkZXJBbm5vdW5jZW1lbnQSFgoOY29vcmRpbmF0b3JfaWQYASABKAkSDAoEdGVybRgCIAEoBBINCgVwcm9vZhgDIAEoDBISCgpyZWNvbm5lY3RzGAQgASgNIpQBCg1HZW5lcmF0ZVJlcGx5EhAKCGFjY2VwdGVkGAEgASgIEh8KBWVycm9yGAIgASgLMhAuc3RyYXRhLnYxLkVycm9yEhUKDWNhY2hlZF90b2tlbnMYAyABKA0SEwoLcGlwZWxpbmVfaWQYBCABKAkSFgoOY29vcmRpbmF0b3JfaWQYBSABKAkSDAoEdGVybRgGIAEoBCLjAQoNR2VuZXJhdGVFdmVudBISCgpyZXF1ZXN0X2lkGAEgASgJEg0KBWluZGV4GAIgASgNEicKBnRva2VucxgDIAMoCzIXLnN0cmF0YS52MS5TYW1wbGVkVG9rZW4SJwoGZmluaXNoGAQgASgOMhcuc3RyYXRhLnYxLkZpbmlzaFJlYXNvbhIfCgVlcnJvchgFIAEoCzIQLnN0cmF0YS52MS5FcnJvchIVCg1wcm9tcHRfdG9rZW5zGAYgASgNEhUKDWNhY2hlZF90b2tlbnMYByABKA0SDgoGb2Zmc2V0GAggASgNIjQKDUNhbmNlbFJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRIPCgdpbmRpY2VzGAIgAygNIhAKDkNsdXN0ZXJSZXF1ZXN0IpkDCgxQaXBlbGluZUluZm8SCgoCaWQYASABKAkSEAoIbW9kZWxfaWQYAiABKAkSGQoRbW9kZWxfZmluZ2VycHJpbnQYAyABKAkSJAoGc3RhZ2VzGAQgAygLMhQuc3RyYXRhLnYxLlN0YWdlSW5mbxIQCghzZXNzaW9ucxgFIAEoDRIRCglzZXFzX3VzZWQYBiABKA0SDgoGcXVldWVkGAcgASgNEhAKCGRyYWluaW5nGAggASgIEhcKD2NhY2hlZF9wcmVmaXhlcxgJIAEoDRIUCgxjYWNoZWRfY2VsbHMYCiABKA0SFQoNcHJvbXB0X3Rva2VucxgLIAEoBBIcChRjYWNoZWRfcHJvbXB0X3Rva2VucxgMIAEoBBIMCgRyb2xlGA0gASgJEhQKDGhhbmRvZmZzX291dBgOIAEoBBITCgtoYW5kb2Zmc19pbhgPIAEoBBIXCg9oYW5kb2Zmc19mYWlsZWQYECABKAQSFgoOc2F2ZWRfcHJlZml4ZXMYESABKA0SFQoNc3RyYW5kZWRfc2VxcxgSIAEoDSLOAQoLV29ya2VyU3RhdGUSIwoFc3RhZ2UYASABKAsyFC5zdHJhdGEudjEuU3RhZ2VJbmZvEhUKDWt2X2NlbGxzX3VzZWQYAiABKA0SFAoMbGFzdF9zZWVuX21zGAMgASgEEhMKC3BpcGVsaW5lX2lkGAQgASgJEhAKCGRyYWluaW5nGAUgASgIEiIKBGxvYWQYBiABKAsyFC5zdHJhdGEudjEuU3RhZ2VMb2FkEgwKBHNsb3cYByABKAgSFAoMcHJlZGljdGVkX21zGAggASgCInsKDENsdXN0ZXJTdGF0ZRIWCg5jb29yZGluYXRvcl9pZBgBIAEoCRIqCglwaXBlbGluZXMYAiADKAsyFy5zdHJhdGEudjEuUGlwZWxpbmVJbmZvEicKB3dvcmtlcnMYAyADKAsyFi5zdHJhdGEudjEuV29ya2VyU3RhdGUiIAoPU2Vzc2lvbnNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgNIqABCgtTZXNzaW9uSW5mbxIKCgJpZBgBIAEoCRITCgtwaXBlbGluZV9pZBgCIAEoCRILCgNzZXEYAyABKAUSEQoJcG9zaXRpb25zGAQgASgNEgwKBGJ1c3kYBSABKAgSDgoGbW92aW5nGAYgASgIEhQKDGxhc3RfdXNlZF9tcxgHIAEoBBINCgVlcG9jaBgIIAEoBBINCgVzYXZlZBgJIAEoCCJGCgtTZXNzaW9uTGlzdBIoCghzZXNzaW9ucxgBIAMoCzIWLnN0cmF0YS52MS5TZXNzaW9uSW5mbxINCgV0b3RhbBgCIAEoDSJXCg5NaWdyYXRlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhMKC3RvX3BpcGVsaW5lGAIgASgJEg4KBnJlYXNvbhgDIAEoCRIMCgR3YWl0GAQgASgIIlwKDE1pZ3JhdGVSZXBseRIfCgVlcnJvchgBIAEoCzIQLnN0cmF0YS52MS5FcnJvchIrCgltaWdyYXRpb24YAiABKAsyGC5zdHJhdGEudjEuTWlncmF0aW9uSW5mbyKjAgoNTWlncmF0aW9uSW5mbxIKCgJpZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhUKDWZyb21fcGlwZWxpbmUYAyABKAkSEwoLdG9fcGlwZWxpbmUYBCABKAkSDQoFc3RhdGUYBSABKAkSDgoGcmVhc29uGAYgASgJEg0KBWVycm9yGAcgASgJEg0KBWJ5dGVzGAggASgEEg4KBnJvdW5kcxgJIAEoDRIPCgdjb3B5X21zGAogASgCEhAKCHBhdXNlX21zGAsgASgCEhAKCHRvdGFsX21zGAwgASgCEhIKCmNyZWF0ZWRfbXMYDSABKAQSDAoEcGxhbhgOIAEoCRIRCglwb3NpdGlvbnMYDyABKA0SDwoHaG9sZF9tcxgQIAEoAiIiChFNaWdyYXRpb25zUmVxdWVzdBINCgVsaW1pdBgBIAEoDSI9Cg1NaWdyYXRpb25MaXN0EiwKCm1pZ3JhdGlvbnMYASADKAsyGC5zdHJhdGEudjEuTWlncmF0aW9uSW5mbyIwCgxEcmFpblJlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEg0KBWZvcmNlGAIgASgIIqMBCgpEcmFpblJlcGx5Eh8KBWVycm9yGAEgASgLMhAuc3RyYXRhLnYxLkVycm9yEhMKC3BpcGVsaW5lX2lkGAIgASgJEiwKCm1pZ3JhdGlvbnMYAyADKAsyGC5zdHJhdGEudjEuTWlncmF0aW9uSW5mbxIOCgZ3YWl0ZWQYBCABKA0SDgoGZmFpbGVkGAUgASgNEhEKCXVuZHJhaW5lZBgGIAEoCCIjCg5VbmRyYWluUmVxdWVzdBIRCgl3b3JrZXJfaWQYASABKAkiVQoMVW5kcmFpblJlcGx5Eh8KBWVycm9yGAEgASgLMhAuc3RyYXRhLnYxLkVycm9yEhMKC3BpcGVsaW5lX2lkGAIgASgJEg8KB3dvcmtlcnMYAyADKAkqlQEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSRklOSVNIX1JFQVNPTl9TVE9QEAESGAoURklOSVNIX1JFQVNPTl9MRU5HVEgQAhIbChdGSU5JU0hfUkVBU09OX0NBTkNFTExFRBADEhcKE0ZJTklTSF9SRUFTT05fRVJST1IQBGIGcHJvdG8z", [file_strata_v1_common, file_strata_v1_worker]);
+  fileDesc("ChtzdHJhdGEvdjEvY29vcmRpbmF0b3IucHJvdG8SCXN0cmF0YS52MSK/AgoPR2VuZXJhdGVSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIQCghtb2RlbF9pZBgDIAEoCRIOCgZwcm9tcHQYBCADKAUSEgoKbWF4X3Rva2VucxgFIAEoDRIlCghzYW1wbGluZxgGIAEoCzITLnN0cmF0YS52MS5TYW1wbGluZxIJCgFuGAcgASgNEhYKDmV2ZW50c19zdWJqZWN0GAggASgJEhMKC3RyYWNlcGFyZW50GAkgASgJEikKBnJlc3VtZRgKIAMoCzIZLnN0cmF0YS52MS5DaG9pY2VQcm9ncmVzcxITCgtjYWNoZV9zY29wZRgLIAEoCRIYChBwcm9tcHRfY2FjaGVfa2V5GAwgASgJEhUKDWJhdGNoX3N1YmplY3QYDSABKAkiPgoOQ2hvaWNlUHJvZ3Jlc3MSDQoFaW5kZXgYASABKA0SDgoGdG9rZW5zGAIgAygFEg0KBWVuZGVkGAMgASgIIl0KEkxlYWRlckFubm91bmNlbWVudBIWCg5jb29yZGluYXRvcl9pZBgBIAEoCRIMCgR0ZXJtGAIgASgEEg0KBXByb29mGAMgASgMEhIKCnJlY29ubmVjdHMYBCABKA0ilAEKDUdlbmVyYXRlUmVwbHkSEAoIYWNjZXB0ZWQYASABKAgSHwoFZXJyb3IYAiABKAsyEC5zdHJhdGEudjEuRXJyb3ISFQoNY2FjaGVkX3Rva2VucxgDIAEoDRITCgtwaXBlbGluZV9pZBgEIAEoCRIWCg5jb29yZGluYXRvcl9pZBgFIAEoCRIMCgR0ZXJtGAYgASgEIuMBCg1HZW5lcmF0ZUV2ZW50EhIKCnJlcXVlc3RfaWQYASABKAkSDQoFaW5kZXgYAiABKA0SJwoGdG9rZW5zGAMgAygLMhcuc3RyYXRhLnYxLlNhbXBsZWRUb2tlbhInCgZmaW5pc2gYBCABKA4yFy5zdHJhdGEudjEuRmluaXNoUmVhc29uEh8KBWVycm9yGAUgASgLMhAuc3RyYXRhLnYxLkVycm9yEhUKDXByb21wdF90b2tlbnMYBiABKA0SFQoNY2FjaGVkX3Rva2VucxgHIAEoDRIOCgZvZmZzZXQYCCABKA0iOgoOR2VuZXJhdGVFdmVudHMSKAoGZXZlbnRzGAEgAygLMhguc3RyYXRhLnYxLkdlbmVyYXRlRXZlbnQiNAoNQ2FuY2VsUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEg8KB2luZGljZXMYAiADKA0iEAoOQ2x1c3RlclJlcXVlc3QimQMKDFBpcGVsaW5lSW5mbxIKCgJpZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIZChFtb2RlbF9maW5nZXJwcmludBgDIAEoCRIkCgZzdGFnZXMYBCADKAsyFC5zdHJhdGEudjEuU3RhZ2VJbmZvEhAKCHNlc3Npb25zGAUgASgNEhEKCXNlcXNfdXNlZBgGIAEoDRIOCgZxdWV1ZWQYByABKA0SEAoIZHJhaW5pbmcYCCABKAgSFwoPY2FjaGVkX3ByZWZpeGVzGAkgASgNEhQKDGNhY2hlZF9jZWxscxgKIAEoDRIVCg1wcm9tcHRfdG9rZW5zGAsgASgEEhwKFGNhY2hlZF9wcm9tcHRfdG9rZW5zGAwgASgEEgwKBHJvbGUYDSABKAkSFAoMaGFuZG9mZnNfb3V0GA4gASgEEhMKC2hhbmRvZmZzX2luGA8gASgEEhcKD2hhbmRvZmZzX2ZhaWxlZBgQIAEoBBIWCg5zYXZlZF9wcmVmaXhlcxgRIAEoDRIVCg1zdHJhbmRlZF9zZXFzGBIgASgNIs4BCgtXb3JrZXJTdGF0ZRIjCgVzdGFnZRgBIAEoCzIULnN0cmF0YS52MS5TdGFnZUluZm8SFQoNa3ZfY2VsbHNfdXNlZBgCIAEoDRIUCgxsYXN0X3NlZW5fbXMYAyABKAQSEwoLcGlwZWxpbmVfaWQYBCABKAkSEAoIZHJhaW5pbmcYBSABKAgSIgoEbG9hZBgGIAEoCzIULnN0cmF0YS52MS5TdGFnZUxvYWQSDAoEc2xvdxgHIAEoCBIUCgxwcmVkaWN0ZWRfbXMYCCABKAIiewoMQ2x1c3RlclN0YXRlEhYKDmNvb3JkaW5hdG9yX2lkGAEgASgJEioKCXBpcGVsaW5lcxgCIAMoCzIXLnN0cmF0YS52MS5QaXBlbGluZUluZm8SJwoHd29ya2VycxgDIAMoCzIWLnN0cmF0YS52MS5Xb3JrZXJTdGF0ZSIgCg9TZXNzaW9uc1JlcXVlc3QSDQoFbGltaXQYASABKA0ioAEKC1Nlc3Npb25JbmZvEgoKAmlkGAEgASgJEhMKC3BpcGVsaW5lX2lkGAIgASgJEgsKA3NlcRgDIAEoBRIRCglwb3NpdGlvbnMYBCABKA0SDAoEYnVzeRgFIAEoCBIOCgZtb3ZpbmcYBiABKAgSFAoMbGFzdF91c2VkX21zGAcgASgEEg0KBWVwb2NoGAggASgEEg0KBXNhdmVkGAkgASgIIkYKC1Nlc3Npb25MaXN0EigKCHNlc3Npb25zGAEgAygLMhYuc3RyYXRhLnYxLlNlc3Npb25JbmZvEg0KBXRvdGFsGAIgASgNIlcKDk1pZ3JhdGVSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEwoLdG9fcGlwZWxpbmUYAiABKAkSDgoGcmVhc29uGAMgASgJEgwKBHdhaXQYBCABKAgiXAoMTWlncmF0ZVJlcGx5Eh8KBWVycm9yGAEgASgLMhAuc3RyYXRhLnYxLkVycm9yEisKCW1pZ3JhdGlvbhgCIAEoCzIYLnN0cmF0YS52MS5NaWdyYXRpb25JbmZvIqMCCg1NaWdyYXRpb25JbmZvEgoKAmlkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSFQoNZnJvbV9waXBlbGluZRgDIAEoCRITCgt0b19waXBlbGluZRgEIAEoCRINCgVzdGF0ZRgFIAEoCRIOCgZyZWFzb24YBiABKAkSDQoFZXJyb3IYByABKAkSDQoFYnl0ZXMYCCABKAQSDgoGcm91bmRzGAkgASgNEg8KB2NvcHlfbXMYCiABKAISEAoIcGF1c2VfbXMYCyABKAISEAoIdG90YWxfbXMYDCABKAISEgoKY3JlYXRlZF9tcxgNIAEoBBIMCgRwbGFuGA4gASgJEhEKCXBvc2l0aW9ucxgPIAEoDRIPCgdob2xkX21zGBAgASgCIiIKEU1pZ3JhdGlvbnNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgNIj0KDU1pZ3JhdGlvbkxpc3QSLAoKbWlncmF0aW9ucxgBIAMoCzIYLnN0cmF0YS52MS5NaWdyYXRpb25JbmZvIjAKDERyYWluUmVxdWVzdBIRCgl3b3JrZXJfaWQYASABKAkSDQoFZm9yY2UYAiABKAgiowEKCkRyYWluUmVwbHkSHwoFZXJyb3IYASABKAsyEC5zdHJhdGEudjEuRXJyb3ISEwoLcGlwZWxpbmVfaWQYAiABKAkSLAoKbWlncmF0aW9ucxgDIAMoCzIYLnN0cmF0YS52MS5NaWdyYXRpb25JbmZvEg4KBndhaXRlZBgEIAEoDRIOCgZmYWlsZWQYBSABKA0SEQoJdW5kcmFpbmVkGAYgASgIIiMKDlVuZHJhaW5SZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCSJVCgxVbmRyYWluUmVwbHkSHwoFZXJyb3IYASABKAsyEC5zdHJhdGEudjEuRXJyb3ISEwoLcGlwZWxpbmVfaWQYAiABKAkSDwoHd29ya2VycxgDIAMoCSqVAQoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xFTkdUSBACEhsKF0ZJTklTSF9SRUFTT05fQ0FOQ0VMTEVEEAMSFwoTRklOSVNIX1JFQVNPTl9FUlJPUhAEYgZwcm90bzM", [file_strata_v1_common, file_strata_v1_worker]);
 
 /**
  * A completion request in tokens (the gateway tokenizes).
@@ -73,7 +73,7 @@ export type GenerateRequest = Message<"strata.v1.GenerateRequest"> & {
   n: number;
 
   /**
-   * subject the GenerateEvents go to
+   * subject the request's GenerateEvent messages go to, one per event
    *
    * @generated from field: string events_subject = 8;
    */
@@ -108,6 +108,15 @@ export type GenerateRequest = Message<"strata.v1.GenerateRequest"> & {
    * @generated from field: string prompt_cache_key = 12;
    */
   promptCacheKey: string;
+
+  /**
+   * the gateway's subject for events batched per step (GenerateEvents: every event one step
+   * result produced for this gateway's requests, in one message); empty: one message per event
+   * to events_subject. A gateway events subject whose id starts with "batch-".
+   *
+   * @generated from field: string batch_subject = 13;
+   */
+  batchSubject: string;
 };
 
 /**
@@ -299,6 +308,25 @@ export const GenerateEventSchema: GenMessage<GenerateEvent> = /*@__PURE__*/
   messageDesc(file_strata_v1_coordinator, 4);
 
 /**
+ * The events one step result (or one failure) produced for the requests of one gateway, in order.
+ *
+ * @generated from message strata.v1.GenerateEvents
+ */
+export type GenerateEvents = Message<"strata.v1.GenerateEvents"> & {
+  /**
+   * @generated from field: repeated strata.v1.GenerateEvent events = 1;
+   */
+  events: GenerateEvent[];
+};
+
+/**
+ * Describes the message strata.v1.GenerateEvents.
+ * Use `create(GenerateEventsSchema)` to create a new message.
+ */
+export const GenerateEventsSchema: GenMessage<GenerateEvents> = /*@__PURE__*/
+  messageDesc(file_strata_v1_coordinator, 5);
+
+/**
  * Stops a request (a client went away, or a stop string matched).
  *
  * @generated from message strata.v1.CancelRequest
@@ -322,7 +350,7 @@ export type CancelRequest = Message<"strata.v1.CancelRequest"> & {
  * Use `create(CancelRequestSchema)` to create a new message.
  */
 export const CancelRequestSchema: GenMessage<CancelRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 5);
+  messageDesc(file_strata_v1_coordinator, 6);
 
 /**
  * Asks for the cluster's state.
@@ -337,7 +365,7 @@ export type ClusterRequest = Message<"strata.v1.ClusterRequest"> & {
  * Use `create(ClusterRequestSchema)` to create a new message.
  */
 export const ClusterRequestSchema: GenMessage<ClusterRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 6);
+  messageDesc(file_strata_v1_coordinator, 7);
 
 /**
  * A pipeline: stages in layer order.
@@ -460,7 +488,7 @@ export type PipelineInfo = Message<"strata.v1.PipelineInfo"> & {
  * Use `create(PipelineInfoSchema)` to create a new message.
  */
 export const PipelineInfoSchema: GenMessage<PipelineInfo> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 7);
+  messageDesc(file_strata_v1_coordinator, 8);
 
 /**
  * A worker as the cluster actor sees it.
@@ -523,7 +551,7 @@ export type WorkerState = Message<"strata.v1.WorkerState"> & {
  * Use `create(WorkerStateSchema)` to create a new message.
  */
 export const WorkerStateSchema: GenMessage<WorkerState> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 8);
+  messageDesc(file_strata_v1_coordinator, 9);
 
 /**
  * The cluster at a glance.
@@ -552,7 +580,7 @@ export type ClusterState = Message<"strata.v1.ClusterState"> & {
  * Use `create(ClusterStateSchema)` to create a new message.
  */
 export const ClusterStateSchema: GenMessage<ClusterState> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 9);
+  messageDesc(file_strata_v1_coordinator, 10);
 
 /**
  * Asks for the sessions the leader's pipelines hold (strata.v1.coordinator.sessions, request/reply).
@@ -573,7 +601,7 @@ export type SessionsRequest = Message<"strata.v1.SessionsRequest"> & {
  * Use `create(SessionsRequestSchema)` to create a new message.
  */
 export const SessionsRequestSchema: GenMessage<SessionsRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 10);
+  messageDesc(file_strata_v1_coordinator, 11);
 
 /**
  * A session where it lives now: its pipeline and what it holds there.
@@ -647,7 +675,7 @@ export type SessionInfo = Message<"strata.v1.SessionInfo"> & {
  * Use `create(SessionInfoSchema)` to create a new message.
  */
 export const SessionInfoSchema: GenMessage<SessionInfo> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 11);
+  messageDesc(file_strata_v1_coordinator, 12);
 
 /**
  * Sessions, busy ones first, then most recently used first.
@@ -673,7 +701,7 @@ export type SessionList = Message<"strata.v1.SessionList"> & {
  * Use `create(SessionListSchema)` to create a new message.
  */
 export const SessionListSchema: GenMessage<SessionList> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 12);
+  messageDesc(file_strata_v1_coordinator, 13);
 
 /**
  * Moves a session to another pipeline (strata.v1.coordinator.migrate, request/reply).
@@ -713,7 +741,7 @@ export type MigrateRequest = Message<"strata.v1.MigrateRequest"> & {
  * Use `create(MigrateRequestSchema)` to create a new message.
  */
 export const MigrateRequestSchema: GenMessage<MigrateRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 13);
+  messageDesc(file_strata_v1_coordinator, 14);
 
 /**
  * The answer to a MigrateRequest.
@@ -737,7 +765,7 @@ export type MigrateReply = Message<"strata.v1.MigrateReply"> & {
  * Use `create(MigrateReplySchema)` to create a new message.
  */
 export const MigrateReplySchema: GenMessage<MigrateReply> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 14);
+  messageDesc(file_strata_v1_coordinator, 15);
 
 /**
  * A migration as the Redis ledger records it.
@@ -844,7 +872,7 @@ export type MigrationInfo = Message<"strata.v1.MigrationInfo"> & {
  * Use `create(MigrationInfoSchema)` to create a new message.
  */
 export const MigrationInfoSchema: GenMessage<MigrationInfo> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 15);
+  messageDesc(file_strata_v1_coordinator, 16);
 
 /**
  * Asks for the recent migrations (strata.v1.coordinator.migrations, request/reply).
@@ -865,7 +893,7 @@ export type MigrationsRequest = Message<"strata.v1.MigrationsRequest"> & {
  * Use `create(MigrationsRequestSchema)` to create a new message.
  */
 export const MigrationsRequestSchema: GenMessage<MigrationsRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 16);
+  messageDesc(file_strata_v1_coordinator, 17);
 
 /**
  * Recent migrations, most recent first.
@@ -884,7 +912,7 @@ export type MigrationList = Message<"strata.v1.MigrationList"> & {
  * Use `create(MigrationListSchema)` to create a new message.
  */
 export const MigrationListSchema: GenMessage<MigrationList> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 17);
+  messageDesc(file_strata_v1_coordinator, 18);
 
 /**
  * Moves every session off a worker's pipeline so the worker can be stopped
@@ -915,7 +943,7 @@ export type DrainRequest = Message<"strata.v1.DrainRequest"> & {
  * Use `create(DrainRequestSchema)` to create a new message.
  */
 export const DrainRequestSchema: GenMessage<DrainRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 18);
+  messageDesc(file_strata_v1_coordinator, 19);
 
 /**
  * The answer to a DrainRequest.
@@ -967,7 +995,7 @@ export type DrainReply = Message<"strata.v1.DrainReply"> & {
  * Use `create(DrainReplySchema)` to create a new message.
  */
 export const DrainReplySchema: GenMessage<DrainReply> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 19);
+  messageDesc(file_strata_v1_coordinator, 20);
 
 /**
  * Lets a drained worker's pipeline take work again (strata.v1.coordinator.undrain,
@@ -987,7 +1015,7 @@ export type UndrainRequest = Message<"strata.v1.UndrainRequest"> & {
  * Use `create(UndrainRequestSchema)` to create a new message.
  */
 export const UndrainRequestSchema: GenMessage<UndrainRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 20);
+  messageDesc(file_strata_v1_coordinator, 21);
 
 /**
  * The answer to an UndrainRequest.
@@ -1020,7 +1048,7 @@ export type UndrainReply = Message<"strata.v1.UndrainReply"> & {
  * Use `create(UndrainReplySchema)` to create a new message.
  */
 export const UndrainReplySchema: GenMessage<UndrainReply> = /*@__PURE__*/
-  messageDesc(file_strata_v1_coordinator, 21);
+  messageDesc(file_strata_v1_coordinator, 22);
 
 /**
  * Why a choice ended.
