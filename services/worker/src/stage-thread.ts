@@ -249,7 +249,8 @@ class StageActor {
     const next = this.#stage.isLast ? undefined : h.route[h.hop + 1];
     const first = h.ring && h.hop > 0 ? h.route[0] : undefined;
     if (this.#links && next !== undefined) this.#links.warm(next);
-    if (this.#links && first !== undefined) this.#links.warm(first);
+    // (a middle stage sends the first stage samples only when a step fails: over NATS is enough)
+    if (this.#links && first !== undefined && this.#stage.isLast) this.#links.warm(first);
     const t0 = performance.now();
     try {
       if (this.#o.testStepDelayMs > 0 && tokens >= this.#o.testStepDelayMinTokens) await sleep(this.#o.testStepDelayMs);
