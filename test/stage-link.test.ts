@@ -7,7 +7,8 @@ import { createConnection } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { ensureDefaultModel } from '@strata/model';
 import { LocalCluster } from '../services/cli/src/local-cluster.ts';
-import { FrameKind, FrameReader, frame, socketPath } from '../services/worker/src/stage-link.ts';
+import { FrameKind, FrameReader, frame } from '../services/worker/src/link-frames.ts';
+import { socketPath } from '../services/worker/src/stage-link.ts';
 import { workerStats } from './helpers/cluster.ts';
 
 const model = ensureDefaultModel();

@@ -6,7 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { create } from '@bufbuild/protobuf';
 import { StepEntrySchema, StepHeaderSchema, type RingTokens } from '@strata/wire';
-import { FrameKind, FrameReader, StageLinks, frame, readStep, socketPath, stepBody, type LinkInbox, type LinkStep } from './stage-link.ts';
+import { FrameKind, FrameReader, frame, readStep, stepBody, type LinkStep } from './link-frames.ts';
+import { StageLinks, socketPath, type LinkInbox } from './stage-link.ts';
 
 const header = (stepId: bigint, term = 1n, generation = 1n) => create(StepHeaderSchema, {
   stepId, pipelineId: 'p0', route: ['a', 'b'], hop: 1, term, generation,

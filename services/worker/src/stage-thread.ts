@@ -12,7 +12,8 @@ import { decodeState, type DecodedState } from '@strata/kv-cache';
 import { Stage, parseRange, readHParams } from '@strata/model';
 import type { RingTokens } from '@strata/wire';
 import { RingBook, fillChained, ringEntries, ringMessage, ringSamples } from './ring.ts';
-import { StageLinks, type LinkStep } from './stage-link.ts';
+import type { LinkStep } from './link-frames.ts';
+import { StageLinks } from './stage-link.ts';
 import { SamplerSet } from './samplers.ts';
 import { StepRunner, stepErrorCode } from './step-runner.ts';
 import {
