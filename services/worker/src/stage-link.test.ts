@@ -146,6 +146,26 @@ describe('stage links', () => {
     assert.equal(b.box.steps.length, 0);
   });
 
+  it('refuse a hello that is not an object, and stay up', async () => {
+    const dir = join(root, 'odd-hello');
+    const b = await start(dir, 'b', null);
+    for (const hello of ['null', '[1]', '"hi"', '{"v":']) {
+      const s = createConnection(socketPath(dir, 'b'));
+      const said: Buffer[] = [];
+      const closed = new Promise<void>((resolve) => {
+        s.on('data', (d) => said.push(d));
+        s.on('close', () => resolve());
+        s.on('error', () => {});
+      });
+      for (const p of frame(FrameKind.hello, Buffer.from(hello))) s.write(p);
+      await closed;
+      const frames = new FrameReader(4096).push(Buffer.concat(said));
+      assert.deepEqual(frames.map((f) => f.kind), [FrameKind.refuse], hello);
+      assert.match(frames[0]!.body.toString(), /not JSON|not a JSON object/, hello);
+    }
+    assert.equal(b.box.steps.length, 0);
+  });
+
   it('cut off a peer whose frame after the hello is damaged', async () => {
     const dir = join(root, 'damaged');
     const b = await start(dir, 'b', null);

@@ -175,12 +175,17 @@ export class StageLinks {
 
   /** The hello's sender, or why it is refused. */
   #checkHello(body: Buffer): { from: string } | string {
-    let h: { v?: unknown; from?: unknown; to?: unknown; token?: unknown };
+    let h: unknown;
     try {
-      h = JSON.parse(body.toString('utf8')) as typeof h;
+      h = JSON.parse(body.toString('utf8'));
     } catch {
       return 'a hello that is not JSON';
     }
+    if (typeof h !== 'object' || h === null || Array.isArray(h)) return 'a hello that is not a JSON object';
+    return this.#checkHelloFields(h as { v?: unknown; from?: unknown; to?: unknown; token?: unknown });
+  }
+
+  #checkHelloFields(h: { v?: unknown; from?: unknown; to?: unknown; token?: unknown }): { from: string } | string {
     if (h.v !== VERSION) return `hello version ${String(h.v)}; this worker speaks ${VERSION}`;
     if (h.to !== this.#o.workerId) return `the hello is for '${String(h.to)}', this is '${this.#o.workerId}'`;
     if (typeof h.from !== 'string' || h.from.length === 0) return 'a hello without its sender';
