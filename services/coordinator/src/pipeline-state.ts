@@ -149,8 +149,11 @@ export type PipelineEffect =
   | { type: 'trim_seq'; seq: number; keepTo: number }
   /** write a session's sampled tokens at position `at` of its history in Redis, fenced by `epoch` */
   | { type: 'write_history'; session: string; epoch: number; at: number; tokens: number[] }
-  /** publish an event to a request's gateway (`counted`: its prompt was counted where it was prefilled) */
-  /** `batched`: `subject` is the gateway's, where the step's events go together (GenerateEvents) */
+  /**
+   * publish an event to a request's gateway (`counted`: its prompt was counted where it was
+   * prefilled; `batched`: `subject` is the gateway's, where a step's events go together in one
+   * GenerateEvents)
+   */
   | { type: 'event'; subject: string; batched: boolean; event: ClientEvent; counted?: boolean }
   /** a request is over here (its span ends) */
   | { type: 'request_ended'; req: GenerateRequest; error?: { code: string; message: string } }
