@@ -1,5 +1,6 @@
 // The frames of a same-host stage link (stage-link.ts): [u32 LE length of what follows][u8
 // kind][body]. A hello (JSON) answered by a welcome or a refusal, then steps and samples.
+import type { Socket } from 'node:net';
 import { StepHeaderSchema, decode, encode, type StepHeader } from '@strata/wire';
 import { WorkerError } from './errors.ts';
 
@@ -20,6 +21,15 @@ export function frame(kind: Kind, ...parts: Uint8Array[]): Uint8Array[] {
   head.writeUInt32LE(1 + parts.reduce((n, p) => n + p.length, 0), 0);
   head.writeUInt8(kind, 4);
   return [head, ...parts];
+}
+
+/** Writes a frame of `kind` whose body is `parts` to `s` in one go (corked); returns its bytes. */
+export function writeFrame(s: Pick<Socket, 'cork' | 'uncork' | 'write'>, kind: Kind, ...parts: Uint8Array[]): number {
+  const all = frame(kind, ...parts);
+  s.cork();
+  for (const p of all) s.write(p);
+  s.uncork();
+  return all.reduce((n, p) => n + p.length, 0);
 }
 
 /** Cuts a byte stream into frames; a frame over `maxBytes` or of an unknown kind throws. */

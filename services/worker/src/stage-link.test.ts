@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { create } from '@bufbuild/protobuf';
 import { StepEntrySchema, StepHeaderSchema, type RingTokens } from '@strata/wire';
-import { FrameKind, FrameReader, frame, readStep, stepBody, type LinkStep } from './link-frames.ts';
+import { FrameKind, FrameReader, frame, readStep, stepBody, writeFrame, type Frame, type LinkStep } from './link-frames.ts';
 import { StageLinks, socketPath, type LinkInbox } from './stage-link.ts';
 
 const header = (stepId: bigint, term = 1n, generation = 1n) => create(StepHeaderSchema, {
@@ -19,6 +19,20 @@ const concat = (parts: Uint8Array[]) => Buffer.concat(parts.map((p) => Buffer.fr
 function inbox(): LinkInbox & { steps: LinkStep[]; rings: RingTokens[]; warnings: string[] } {
   const got = { steps: [] as LinkStep[], rings: [] as RingTokens[], warnings: [] as string[] };
   return { ...got, step: (s) => got.steps.push(s), ring: (r) => got.rings.push(r), warn: (m, f) => got.warnings.push(`${m}: ${String(f.why)}`) };
+}
+
+/** A raw client of worker `id`'s socket in `dir`: writes `frames` ([kind, ...body]) and returns what the worker said until it closed. */
+async function exchange(dir: string, id: string, frames: [kind: (typeof FrameKind)[keyof typeof FrameKind], ...body: Uint8Array[]][]): Promise<Frame[]> {
+  const s = createConnection(socketPath(dir, id));
+  const said: Buffer[] = [];
+  const closed = new Promise<void>((resolve) => {
+    s.on('data', (d) => said.push(d));
+    s.on('close', () => resolve());
+    s.on('error', () => {});
+  });
+  for (const [kind, ...body] of frames) writeFrame(s, kind, ...body);
+  await closed;
+  return new FrameReader(4096).push(Buffer.concat(said));
 }
 
 const until = async (what: string, ok: () => boolean | Promise<boolean>) => {
@@ -134,15 +148,9 @@ describe('stage links', () => {
     assert.ok(a.box.warnings.some((w) => /refused: a hello without the cluster's token/.test(w)), a.box.warnings.join('; '));
 
     // A raw client that sends a step first is cut off, and nothing reaches the stage.
-    const s = createConnection(socketPath(dir, 'b'));
-    const closed = new Promise<string>((resolve) => {
-      let said = '';
-      s.on('data', (d) => (said += d.toString('latin1')));
-      s.on('close', () => resolve(said));
-      s.on('error', () => {});
-    });
-    for (const p of frame(FrameKind.step, ...stepBody(header(5n), {}, new Float32Array(2)))) s.write(p);
-    assert.match(await closed, /the first frame is not a hello/);
+    const frames = await exchange(dir, 'b', [[FrameKind.step, ...stepBody(header(5n), {}, new Float32Array(2))]]);
+    assert.deepEqual(frames.map((f) => f.kind), [FrameKind.refuse]);
+    assert.match(frames[0]!.body.toString(), /the first frame is not a hello/);
     assert.equal(b.box.steps.length, 0);
   });
 
@@ -150,16 +158,7 @@ describe('stage links', () => {
     const dir = join(root, 'odd-hello');
     const b = await start(dir, 'b', null);
     for (const hello of ['null', '[1]', '"hi"', '{"v":']) {
-      const s = createConnection(socketPath(dir, 'b'));
-      const said: Buffer[] = [];
-      const closed = new Promise<void>((resolve) => {
-        s.on('data', (d) => said.push(d));
-        s.on('close', () => resolve());
-        s.on('error', () => {});
-      });
-      for (const p of frame(FrameKind.hello, Buffer.from(hello))) s.write(p);
-      await closed;
-      const frames = new FrameReader(4096).push(Buffer.concat(said));
+      const frames = await exchange(dir, 'b', [[FrameKind.hello, Buffer.from(hello)]]);
       assert.deepEqual(frames.map((f) => f.kind), [FrameKind.refuse], hello);
       assert.match(frames[0]!.body.toString(), /not JSON|not a JSON object/, hello);
     }
@@ -169,17 +168,10 @@ describe('stage links', () => {
   it('cut off a peer whose frame after the hello is damaged', async () => {
     const dir = join(root, 'damaged');
     const b = await start(dir, 'b', null);
-    const s = createConnection(socketPath(dir, 'b'));
-    const said: Buffer[] = [];
-    const closed = new Promise<void>((resolve) => {
-      s.on('data', (d) => said.push(d));
-      s.on('close', () => resolve());
-      s.on('error', () => {});
-    });
-    for (const p of frame(FrameKind.hello, Buffer.from(JSON.stringify({ v: 1, from: 'raw', to: 'b' })))) s.write(p);
-    for (const p of frame(FrameKind.step, Buffer.from([200, 0, 0, 0, 1, 2]))) s.write(p);
-    await closed;
-    const frames = new FrameReader(4096).push(Buffer.concat(said));
+    const frames = await exchange(dir, 'b', [
+      [FrameKind.hello, Buffer.from(JSON.stringify({ v: 1, from: 'raw', to: 'b' }))],
+      [FrameKind.step, Buffer.from([200, 0, 0, 0, 1, 2])],
+    ]);
     assert.deepEqual(frames.map((f) => f.kind), [FrameKind.welcome, FrameKind.refuse]);
     assert.match(frames[1]!.body.toString(), /ends inside its header/);
     assert.equal(b.box.steps.length, 0);

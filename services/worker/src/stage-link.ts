@@ -17,7 +17,7 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 import { join } from 'node:path';
 import { RingTokensSchema, decode, encode, type RingTokens, type StepHeader } from '@strata/wire';
 import { WorkerError } from './errors.ts';
-import { FrameKind, FrameReader, frame, readStep, stepBody, type Frame, type LinkStep } from './link-frames.ts';
+import { FrameKind, FrameReader, readStep, stepBody, writeFrame, type Frame, type LinkStep } from './link-frames.ts';
 import type { RingMessage } from './ring.ts';
 import { fenceOlder, type Fence } from './stage-protocol.ts';
 
@@ -135,7 +135,7 @@ export class StageLinks {
     const refuse = (why: string) => {
       refused = true;
       this.#inbox.warn('refused a stage link', { why, peer });
-      for (const p of frame(FrameKind.refuse, Buffer.from(why))) s.write(p);
+      writeFrame(s, FrameKind.refuse, Buffer.from(why));
       s.end();
       setTimeout(() => s.destroy(), 1000).unref();
     };
@@ -161,7 +161,7 @@ export class StageLinks {
           peer = why.from;
           clearTimeout(timer);
           reader.maxBytes = this.#o.maxFrameBytes;
-          for (const p of frame(FrameKind.welcome)) s.write(p);
+          writeFrame(s, FrameKind.welcome);
           continue;
         }
         try {
@@ -232,7 +232,7 @@ export class StageLinks {
       };
       const timer = setTimeout(() => fail('no welcome in time'), HELLO_MS);
       s.on('connect', () => {
-        for (const p of frame(FrameKind.hello, Buffer.from(JSON.stringify({ v: VERSION, from: this.#o.workerId, to: peer, token: this.#o.token ?? undefined })))) s.write(p);
+        writeFrame(s, FrameKind.hello, Buffer.from(JSON.stringify({ v: VERSION, from: this.#o.workerId, to: peer, token: this.#o.token ?? undefined })));
       });
       s.on('data', (chunk: Buffer) => {
         if (welcomed) return;
@@ -281,12 +281,9 @@ export class StageLinks {
   sendStep(peer: string, header: StepHeader, trace: Record<string, string>, hidden: Float32Array): number {
     const s = this.#paths.get(peer)?.socket;
     if (!s || s.destroyed) throw new Error(`no stage link to '${peer}' (stepPath first)`);
-    const parts = frame(FrameKind.step, ...stepBody(header, trace, hidden));
-    s.cork();
-    for (const p of parts) s.write(p);
-    s.uncork();
+    const bytes = writeFrame(s, FrameKind.step, ...stepBody(header, trace, hidden));
     this.counters.stepsOut++;
-    return parts.reduce((n, p) => n + p.length, 0);
+    return bytes;
   }
 
   /** Sends a step's samples to `peer` if a link to it is up (true), else starts one for later (false). */
@@ -296,7 +293,7 @@ export class StageLinks {
       this.warm(peer);
       return false;
     }
-    for (const p of frame(FrameKind.ring, encode(RingTokensSchema, r))) s.write(p);
+    writeFrame(s, FrameKind.ring, encode(RingTokensSchema, r));
     this.counters.ringsOut++;
     return true;
   }
